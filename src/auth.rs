@@ -1,0 +1,325 @@
+//! Who is calling, and how services can trust it.
+//!
+//! Only the gateway authenticates bearer tokens. It forwards the caller's identity to the
+//! services in two metadata entries: [`PRINCIPAL_HEADER`] (the identity, encoded) and
+//! [`SIGNATURE_HEADER`] (an HMAC-SHA256 of it under the deployment's [`InternalKey`]). Services
+//! accept an identity only with a valid, unexpired signature, so a client that reaches a service
+//! port directly cannot claim to be someone else. Service-to-service calls sign a
+//! [`Role::Service`] principal the same way.
+
+use std::fmt;
+use std::path::Path;
+use std::sync::Arc;
+
+use base64::Engine as _;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use hmac::{Hmac, Mac};
+use sha2::Sha256;
+use tonic::metadata::MetadataMap;
+use tonic::{Request, Status};
+use uuid::Uuid;
+
+/// Metadata key carrying the encoded principal.
+pub const PRINCIPAL_HEADER: &str = "x-kapal-principal";
+/// Metadata key carrying the principal's signature.
+pub const SIGNATURE_HEADER: &str = "x-kapal-signature";
+/// How long a signed principal stays valid.
+const SIGNATURE_TTL_SECS: i64 = 300;
+
+/// What a caller may do.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Role {
+    Customer,
+    Admin,
+    /// Another Kapal service.
+    Service,
+}
+
+impl Role {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Role::Customer => "customer",
+            Role::Admin => "admin",
+            Role::Service => "service",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Role> {
+        match s {
+            "customer" => Some(Role::Customer),
+            "admin" => Some(Role::Admin),
+            "service" => Some(Role::Service),
+            _ => None,
+        }
+    }
+}
+
+/// The authenticated caller of a request.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Principal {
+    pub account_id: Uuid,
+    pub customer_id: String,
+    pub role: Role,
+    /// The session or API token the caller used (nil for services).
+    pub token_id: Uuid,
+}
+
+impl Principal {
+    /// The principal Kapal's services use to call each other.
+    pub fn service() -> Principal {
+        Principal {
+            account_id: Uuid::nil(),
+            customer_id: String::new(),
+            role: Role::Service,
+            token_id: Uuid::nil(),
+        }
+    }
+
+    fn encode(&self, expires_unix: i64) -> String {
+        let raw = format!(
+            "{}\n{}\n{}\n{}\n{}",
+            self.account_id,
+            self.customer_id,
+            self.role.as_str(),
+            self.token_id,
+            expires_unix
+        );
+        URL_SAFE_NO_PAD.encode(raw)
+    }
+
+    fn decode(encoded: &str) -> Option<(Principal, i64)> {
+        let raw = String::from_utf8(URL_SAFE_NO_PAD.decode(encoded).ok()?).ok()?;
+        let mut parts = raw.split('\n');
+        let account_id = Uuid::parse_str(parts.next()?).ok()?;
+        let customer_id = parts.next()?.to_string();
+        let role = Role::parse(parts.next()?)?;
+        let token_id = Uuid::parse_str(parts.next()?).ok()?;
+        let expires = parts.next()?.parse().ok()?;
+        if parts.next().is_some() {
+            return None;
+        }
+        Some((
+            Principal {
+                account_id,
+                customer_id,
+                role,
+                token_id,
+            },
+            expires,
+        ))
+    }
+}
+
+/// The secret that signs principals between Kapal's processes. All services of one deployment
+/// must share it.
+#[derive(Clone)]
+pub struct InternalKey(Arc<[u8]>);
+
+impl fmt::Debug for InternalKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("InternalKey(<redacted>)")
+    }
+}
+
+impl InternalKey {
+    /// A key from configured text (at least 32 characters).
+    pub fn from_secret(secret: &str) -> anyhow::Result<InternalKey> {
+        anyhow::ensure!(
+            secret.len() >= 32,
+            "the internal key must be at least 32 characters long (got {})",
+            secret.len()
+        );
+        Ok(InternalKey(Arc::from(secret.as_bytes())))
+    }
+
+    /// A fresh random key (for tests and single-process deployments).
+    pub fn random() -> InternalKey {
+        let bytes: [u8; 32] = rand::random();
+        InternalKey(Arc::from(&bytes[..]))
+    }
+
+    /// Reads the key from `path`, creating it (mode 0600) with a random key when it does not exist.
+    pub fn load_or_create(path: &Path) -> anyhow::Result<InternalKey> {
+        use anyhow::Context as _;
+        match std::fs::read_to_string(path) {
+            Ok(text) => InternalKey::from_secret(text.trim())
+                .with_context(|| format!("reading the internal key from {}", path.display())),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                let secret = hex::encode(rand::random::<[u8; 32]>());
+                if let Some(dir) = path.parent() {
+                    std::fs::create_dir_all(dir)
+                        .with_context(|| format!("creating {}", dir.display()))?;
+                }
+                write_private(path, &secret)
+                    .with_context(|| format!("writing the internal key to {}", path.display()))?;
+                InternalKey::from_secret(&secret)
+            }
+            Err(e) => {
+                Err(e).with_context(|| format!("reading the internal key from {}", path.display()))
+            }
+        }
+    }
+
+    fn mac(&self, data: &str) -> Hmac<Sha256> {
+        #[expect(clippy::expect_used, reason = "HMAC accepts keys of any length")]
+        let mut mac = Hmac::<Sha256>::new_from_slice(&self.0).expect("hmac key");
+        mac.update(data.as_bytes());
+        mac
+    }
+
+    /// Writes `principal` into `metadata`, signed, replacing whatever identity was there.
+    pub fn sign_into(&self, principal: &Principal, metadata: &mut MetadataMap) {
+        let expires = chrono::Utc::now().timestamp() + SIGNATURE_TTL_SECS;
+        let encoded = principal.encode(expires);
+        let signature = hex::encode(self.mac(&encoded).finalize().into_bytes());
+        // Both values are base64url / hex, so always valid ASCII metadata.
+        if let (Ok(p), Ok(s)) = (encoded.parse(), signature.parse()) {
+            metadata.insert(PRINCIPAL_HEADER, p);
+            metadata.insert(SIGNATURE_HEADER, s);
+        }
+    }
+
+    /// The principal in `metadata` if it carries a valid, unexpired signature.
+    pub fn verify(&self, metadata: &MetadataMap) -> Result<Option<Principal>, Status> {
+        let Some(encoded) = metadata.get(PRINCIPAL_HEADER) else {
+            return Ok(None);
+        };
+        let invalid = || Status::unauthenticated("the caller's identity could not be verified");
+        let encoded = encoded.to_str().map_err(|_| invalid())?;
+        let signature = metadata
+            .get(SIGNATURE_HEADER)
+            .and_then(|s| s.to_str().ok())
+            .and_then(|s| hex::decode(s).ok())
+            .ok_or_else(invalid)?;
+        self.mac(encoded)
+            .verify_slice(&signature)
+            .map_err(|_| invalid())?;
+        let (principal, expires) = Principal::decode(encoded).ok_or_else(invalid)?;
+        if expires < chrono::Utc::now().timestamp() {
+            return Err(invalid());
+        }
+        Ok(Some(principal))
+    }
+}
+
+/// Server-side interceptor: verifies the signed principal and puts it into the request's
+/// extensions, for [`caller`] to read. A request without a principal passes on anonymous.
+#[derive(Clone, Debug)]
+pub struct VerifyPrincipal(pub InternalKey);
+
+impl tonic::service::Interceptor for VerifyPrincipal {
+    fn call(&mut self, mut req: Request<()>) -> Result<Request<()>, Status> {
+        if let Some(principal) = self.0.verify(req.metadata())? {
+            req.extensions_mut().insert(principal);
+        }
+        Ok(req)
+    }
+}
+
+/// Client-side interceptor for calls between Kapal's services: signs every call as
+/// [`Role::Service`].
+#[derive(Clone, Debug)]
+pub struct SignAsService(pub InternalKey);
+
+impl tonic::service::Interceptor for SignAsService {
+    fn call(&mut self, mut req: Request<()>) -> Result<Request<()>, Status> {
+        self.0.sign_into(&Principal::service(), req.metadata_mut());
+        Ok(req)
+    }
+}
+
+#[cfg(unix)]
+fn write_private(path: &Path, contents: &str) -> std::io::Result<()> {
+    use std::io::Write as _;
+    use std::os::unix::fs::OpenOptionsExt as _;
+    let mut file = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path)?;
+    file.write_all(contents.as_bytes())
+}
+
+#[cfg(not(unix))]
+fn write_private(path: &Path, contents: &str) -> std::io::Result<()> {
+    std::fs::write(path, contents)
+}
+
+/// The verified caller of a request, or UNAUTHENTICATED.
+pub fn caller<T>(req: &Request<T>) -> Result<&Principal, Status> {
+    req.extensions()
+        .get::<Principal>()
+        .ok_or_else(|| Status::unauthenticated("sign in first: this call needs a session or API token"))
+}
+
+/// The caller, who must be a customer or an admin acting for themselves.
+pub fn customer<T>(req: &Request<T>) -> Result<&Principal, Status> {
+    let p = caller(req)?;
+    match p.role {
+        Role::Customer | Role::Admin => Ok(p),
+        Role::Service => Err(Status::permission_denied("this call is for customers")),
+    }
+}
+
+/// The caller, who must be another Kapal service.
+pub fn service<T>(req: &Request<T>) -> Result<&Principal, Status> {
+    let p = caller(req)?;
+    if p.role == Role::Service {
+        Ok(p)
+    } else {
+        Err(Status::permission_denied("this call is for Kapal's own services"))
+    }
+}
+
+/// The caller, who must have the admin role.
+pub fn admin<T>(req: &Request<T>) -> Result<&Principal, Status> {
+    let p = caller(req)?;
+    if p.role == Role::Admin {
+        Ok(p)
+    } else {
+        Err(Status::permission_denied("this call needs the admin role"))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn alice() -> Principal {
+        Principal {
+            account_id: Uuid::new_v4(),
+            customer_id: "c1234567".into(),
+            role: Role::Customer,
+            token_id: Uuid::new_v4(),
+        }
+    }
+
+    #[test]
+    fn signed_principal_round_trips() {
+        let key = InternalKey::random();
+        let mut md = MetadataMap::new();
+        key.sign_into(&alice(), &mut md);
+        let got = key.verify(&md).ok().flatten();
+        assert_eq!(got.map(|p| p.customer_id), Some("c1234567".to_string()));
+    }
+
+    #[test]
+    fn another_key_or_a_tampered_principal_is_rejected() {
+        let key = InternalKey::random();
+        let mut md = MetadataMap::new();
+        key.sign_into(&alice(), &mut md);
+        assert!(InternalKey::random().verify(&md).is_err());
+
+        let mut admin = alice();
+        admin.role = Role::Admin;
+        let forged = admin.encode(chrono::Utc::now().timestamp() + 60);
+        md.insert(PRINCIPAL_HEADER, forged.parse().expect("ascii"));
+        assert!(key.verify(&md).is_err());
+    }
+
+    #[test]
+    fn no_principal_is_anonymous() {
+        let key = InternalKey::random();
+        assert_eq!(key.verify(&MetadataMap::new()).ok(), Some(None));
+    }
+}

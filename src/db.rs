@@ -1,0 +1,243 @@
+//! Persistence plumbing shared by the services: one body of diesel query code over two backends.
+//!
+//! Each service owns its tables. On the embedded default every service has its own SQLite file in
+//! the data directory; on PostgreSQL every service has its own schema (`kapal_<service>`) in the
+//! configured database. Migrations are embedded in each service crate (one folder per backend)
+//! and run at start-up.
+//!
+//! Query code is written once and run on either backend with [`db!`](crate::db):
+//!
+//! ```ignore
+//! let mut conn = db.get().await?;
+//! let n: i64 = kapal::db!(&mut conn, |c| accounts::table.count().get_result(c).await)?;
+//! ```
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::Context as _;
+use diesel::SqliteConnection;
+use diesel::connection::SimpleConnection as _;
+use diesel_async::pooled_connection::bb8::{Pool, PooledConnection, RunError};
+use diesel_async::pooled_connection::{AsyncDieselConnectionManager, ManagerConfig};
+use diesel_async::sync_connection_wrapper::SyncConnectionWrapper;
+use diesel_async::{AsyncConnection as _, AsyncMigrationHarness, AsyncPgConnection, SimpleAsyncConnection as _};
+use diesel_migrations::{EmbeddedMigrations, MigrationHarness as _};
+use futures::FutureExt as _;
+
+/// The async SQLite connection (a synchronous diesel connection run on tokio's blocking pool).
+pub type SqliteConn = SyncConnectionWrapper<SqliteConnection>;
+
+/// Where a service keeps its data.
+#[derive(Clone, Debug)]
+pub enum DbConfig {
+    /// SQLite files in this directory (`<dir>/<service>.db`).
+    DataDir(PathBuf),
+    /// A PostgreSQL connection URL; each service uses its own schema in that database.
+    Postgres(String),
+}
+
+impl DbConfig {
+    /// Postgres when a URL is given, the data directory otherwise.
+    pub fn new(database_url: Option<&str>, data_dir: PathBuf) -> anyhow::Result<DbConfig> {
+        match database_url.map(str::trim).filter(|u| !u.is_empty()) {
+            None => Ok(DbConfig::DataDir(data_dir)),
+            Some(url) if url.starts_with("postgres://") || url.starts_with("postgresql://") => {
+                Ok(DbConfig::Postgres(url.to_string()))
+            }
+            Some(_) => anyhow::bail!(
+                "KAPAL_DATABASE_URL must be a postgres:// or postgresql:// URL; leave it unset to use SQLite files in the data directory"
+            ),
+        }
+    }
+}
+
+/// The migrations of one service, one folder per backend. Build it from two `const`s made with
+/// `diesel_migrations::embed_migrations!`.
+pub struct Migrations {
+    pub postgres: EmbeddedMigrations,
+    pub sqlite: EmbeddedMigrations,
+}
+
+/// A failure to reach or use the database.
+#[derive(Debug, thiserror::Error)]
+pub enum DbError {
+    #[error("database connection unavailable: {0}")]
+    Pool(String),
+    #[error(transparent)]
+    Query(#[from] diesel::result::Error),
+}
+
+impl From<RunError> for DbError {
+    fn from(e: RunError) -> Self {
+        DbError::Pool(e.to_string())
+    }
+}
+
+impl DbError {
+    /// Whether this is a unique-constraint violation (e.g. a duplicate idempotency key).
+    pub fn is_unique_violation(&self) -> bool {
+        matches!(
+            self,
+            DbError::Query(diesel::result::Error::DatabaseError(
+                diesel::result::DatabaseErrorKind::UniqueViolation,
+                _
+            ))
+        )
+    }
+
+    /// Whether the row asked for does not exist.
+    pub fn is_not_found(&self) -> bool {
+        matches!(self, DbError::Query(diesel::result::Error::NotFound))
+    }
+}
+
+/// A pool of connections to one service's database.
+#[derive(Clone)]
+pub enum Db {
+    Postgres(Pool<AsyncPgConnection>),
+    Sqlite(Pool<SqliteConn>),
+}
+
+/// One pooled connection; use it with [`db!`](crate::db).
+pub enum DbConn<'a> {
+    Postgres(PooledConnection<'a, AsyncPgConnection>),
+    Sqlite(PooledConnection<'a, SqliteConn>),
+}
+
+/// Runs the same diesel code on whichever backend the connection is: `$c` is bound to the
+/// backend's connection inside `$body`.
+#[macro_export]
+macro_rules! db {
+    ($conn:expr, |$c:ident| $body:expr) => {
+        match $conn {
+            $crate::db::DbConn::Postgres($c) => $body,
+            $crate::db::DbConn::Sqlite($c) => $body,
+        }
+    };
+}
+
+impl Db {
+    /// Connects to `service`'s database and runs its pending migrations.
+    pub async fn connect(config: &DbConfig, service: &str, migrations: Migrations) -> anyhow::Result<Db> {
+        let db = match config {
+            DbConfig::DataDir(dir) => {
+                std::fs::create_dir_all(dir)
+                    .with_context(|| format!("creating the data directory {}", dir.display()))?;
+                let path = dir.join(format!("{service}.db"));
+                let url = path.to_string_lossy().into_owned();
+                let mut manager_config = ManagerConfig::<SqliteConn>::default();
+                manager_config.custom_setup = Box::new(|url| {
+                    let url = url.to_string();
+                    async move {
+                        let mut conn = SqliteConn::establish(&url).await?;
+                        conn.batch_execute(
+                            "PRAGMA journal_mode = WAL; PRAGMA synchronous = NORMAL; \
+                             PRAGMA foreign_keys = ON; PRAGMA busy_timeout = 10000;",
+                        )
+                        .await
+                        .map_err(diesel::ConnectionError::CouldntSetupConfiguration)?;
+                        Ok(conn)
+                    }
+                    .boxed()
+                });
+                let manager = AsyncDieselConnectionManager::new_with_config(url, manager_config);
+                // One connection: SQLite allows one writer at a time, and a single connection
+                // never meets SQLITE_BUSY inside a transaction. Queries take microseconds.
+                let pool = Pool::builder()
+                    .max_size(1)
+                    .connection_timeout(Duration::from_secs(30))
+                    .build(manager)
+                    .await
+                    .with_context(|| format!("opening SQLite database {}", path.display()))?;
+                Db::Sqlite(pool)
+            }
+            DbConfig::Postgres(url) => {
+                let schema = format!("kapal_{}", service.replace('-', "_"));
+                create_schema(url, &schema).await?;
+                let mut manager_config = ManagerConfig::<AsyncPgConnection>::default();
+                let setup_schema = schema.clone();
+                manager_config.custom_setup = Box::new(move |url| {
+                    let url = url.to_string();
+                    let schema = setup_schema.clone();
+                    async move {
+                        let mut conn = AsyncPgConnection::establish(&url).await?;
+                        conn.batch_execute(&format!("SET search_path TO {schema}; SET TIME ZONE 'UTC'"))
+                            .await
+                            .map_err(diesel::ConnectionError::CouldntSetupConfiguration)?;
+                        Ok(conn)
+                    }
+                    .boxed()
+                });
+                let manager = AsyncDieselConnectionManager::new_with_config(url.clone(), manager_config);
+                let pool = Pool::builder()
+                    .max_size(16)
+                    .connection_timeout(Duration::from_secs(10))
+                    .build(manager)
+                    .await
+                    .context("connecting to PostgreSQL (check KAPAL_DATABASE_URL)")?;
+                Db::Postgres(pool)
+            }
+        };
+        db.migrate(migrations).await?;
+        Ok(db)
+    }
+
+    async fn migrate(&self, migrations: Migrations) -> anyhow::Result<()> {
+        let result = match self {
+            Db::Postgres(pool) => {
+                let conn = pool.get_owned().await.context("connecting to run migrations")?;
+                let source = migrations.postgres;
+                tokio::task::block_in_place(|| {
+                    AsyncMigrationHarness::new(conn).run_pending_migrations(source).map(|_| ())
+                })
+            }
+            Db::Sqlite(pool) => {
+                let conn = pool.get_owned().await.context("connecting to run migrations")?;
+                let source = migrations.sqlite;
+                tokio::task::block_in_place(|| {
+                    AsyncMigrationHarness::new(conn).run_pending_migrations(source).map(|_| ())
+                })
+            }
+        };
+        result.map_err(|e| anyhow::anyhow!("running database migrations: {e}"))
+    }
+
+    /// A connection from the pool.
+    pub async fn get(&self) -> Result<DbConn<'_>, DbError> {
+        Ok(match self {
+            Db::Postgres(pool) => DbConn::Postgres(pool.get().await?),
+            Db::Sqlite(pool) => DbConn::Sqlite(pool.get().await?),
+        })
+    }
+
+    /// Which backend this is, for logs.
+    pub fn backend(&self) -> &'static str {
+        match self {
+            Db::Postgres(_) => "postgres",
+            Db::Sqlite(_) => "sqlite",
+        }
+    }
+}
+
+async fn create_schema(url: &str, schema: &str) -> anyhow::Result<()> {
+    let mut conn = AsyncPgConnection::establish(url)
+        .await
+        .context("connecting to PostgreSQL (check KAPAL_DATABASE_URL)")?;
+    // Two services starting at once may race to create their schemas; retry once.
+    let sql = format!("CREATE SCHEMA IF NOT EXISTS {schema}");
+    if conn.batch_execute(&sql).await.is_err() {
+        conn.batch_execute(&sql)
+            .await
+            .with_context(|| format!("creating schema {schema}"))?;
+    }
+    Ok(())
+}
+
+/// Opens a plain synchronous SQLite connection (for tools and tests).
+pub fn sqlite_sync(path: &std::path::Path) -> anyhow::Result<SqliteConnection> {
+    use diesel::Connection as _;
+    let mut conn = SqliteConnection::establish(&path.to_string_lossy())?;
+    conn.batch_execute("PRAGMA busy_timeout = 10000;")?;
+    Ok(conn)
+}

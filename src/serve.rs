@@ -1,0 +1,70 @@
+//! Starting gRPC servers and connecting to peers, the same way in every service.
+
+use std::future::Future;
+use std::time::Duration;
+
+use anyhow::Context as _;
+use tokio::net::TcpListener;
+use tonic::service::interceptor::InterceptedService;
+use tonic::transport::{Channel, Endpoint};
+
+use crate::auth::{InternalKey, SignAsService};
+
+/// A channel to another Kapal service, signing every call as a service.
+pub type InternalChannel = InterceptedService<Channel, SignAsService>;
+
+/// A lazily connecting channel to `endpoint` (`http://host:port`), signed with `key`.
+pub fn internal_channel(endpoint: &str, key: &InternalKey) -> anyhow::Result<InternalChannel> {
+    let channel = Endpoint::from_shared(endpoint.to_string())
+        .with_context(|| format!("{endpoint:?} is not a valid endpoint URL (expected http://host:port)"))?
+        .connect_timeout(Duration::from_secs(5))
+        .tcp_nodelay(true)
+        .http2_keep_alive_interval(Duration::from_secs(30))
+        .connect_lazy();
+    Ok(InterceptedService::new(channel, SignAsService(key.clone())))
+}
+
+/// Binds a TCP listener, saying which address failed.
+pub async fn bind(addr: &str) -> anyhow::Result<TcpListener> {
+    TcpListener::bind(addr)
+        .await
+        .with_context(|| format!("cannot listen on {addr}"))
+}
+
+/// Serves `router` on `listener` until `shutdown` completes.
+pub async fn serve(
+    router: tonic::transport::server::Router,
+    listener: TcpListener,
+    shutdown: impl Future<Output = ()> + Send,
+) -> anyhow::Result<()> {
+    let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
+    router
+        .serve_with_incoming_shutdown(incoming, shutdown)
+        .await
+        .context("gRPC server failed")
+}
+
+/// The gRPC reflection service for the given encoded descriptor set.
+pub fn reflection(
+    descriptors: &[u8],
+) -> anyhow::Result<tonic_reflection::server::v1::ServerReflectionServer<impl tonic_reflection::server::v1::ServerReflection>> {
+    tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(descriptors)
+        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        .build_v1()
+        .context("building the reflection service")
+}
+
+/// Installs the tracing subscriber: `RUST_LOG` filters (default `info`), JSON when `json`.
+pub fn init_tracing(json: bool) {
+    use tracing_subscriber::EnvFilter;
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_target(true);
+    // A second call (tests start many services in one process) keeps the first subscriber.
+    let _ = if json { builder.json().try_init() } else { builder.try_init() };
+}
+
+/// Installs rustls' process-wide crypto provider (ring). Call first thing in `main`.
+pub fn install_crypto_provider() {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+}
