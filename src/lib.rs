@@ -29,3 +29,4 @@ pub mod clock;
 pub mod db;
 pub mod serve;
 pub mod wire;
+pub mod testing;
