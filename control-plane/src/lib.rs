@@ -1,1 +1,232 @@
-//! placeholder
+//! Kapal's control-plane: accounts, the catalog, orders (idempotent checkout), instances (desired
+//! state and status history), and the orchestration of billing and the provisioner.
+//!
+//! Public services (reached through the gateway): `kapal.v1.CatalogService`, `AccountService`,
+//! `OrderService`, `InstanceService`. Internal services: `kapal.internal.v1.IdentityService`
+//! (for the gateway) and `InstanceStateService` (for the provisioner).
+
+mod accounts;
+mod catalog;
+pub mod error;
+mod instances;
+mod internal;
+mod models;
+mod orders;
+mod schema;
+
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context as _;
+use diesel_migrations::{EmbeddedMigrations, embed_migrations};
+use kapal::auth::{InternalKey, VerifyPrincipal};
+use kapal::catalog::Catalog;
+use kapal::clock::SharedClock;
+use kapal::db::{Db, DbConfig, Migrations};
+use kapal::proto::internal::v1::billing_service_client::BillingServiceClient;
+use kapal::proto::internal::v1::identity_service_server::IdentityServiceServer;
+use kapal::proto::internal::v1::instance_state_service_server::InstanceStateServiceServer;
+use kapal::proto::internal::v1::provisioner_service_client::ProvisionerServiceClient;
+use kapal::proto::v1::account_service_server::AccountServiceServer;
+use kapal::proto::v1::catalog_service_server::CatalogServiceServer;
+use kapal::proto::v1::instance_service_server::InstanceServiceServer;
+use kapal::proto::v1::order_service_server::OrderServiceServer;
+use kapal::serve::InternalChannel;
+use tokio::net::TcpListener;
+use tokio::sync::broadcast;
+
+const POSTGRES_MIGRATIONS: EmbeddedMigrations = embed_migrations!("migrations/postgres");
+const SQLITE_MIGRATIONS: EmbeddedMigrations = embed_migrations!("migrations/sqlite");
+
+/// How the control-plane runs.
+pub struct Config {
+    pub db: DbConfig,
+    pub catalog: Arc<Catalog>,
+    /// Signs and verifies principals between Kapal's services.
+    pub key: InternalKey,
+    pub clock: SharedClock,
+    /// Billing's internal gRPC endpoint, e.g. `http://127.0.0.1:8082`.
+    pub billing_endpoint: String,
+    /// The provisioner's internal gRPC endpoint.
+    pub provisioner_endpoint: String,
+    /// Instances are served on `<customer-id>.<app>.<domain>`.
+    pub domain: String,
+    /// Lifetime of a login session.
+    pub session_ttl: Duration,
+    /// Accounts signing up with one of these emails get the admin role.
+    pub admin_emails: Vec<String>,
+    /// How often orders left pending (e.g. by a crash) are picked up again.
+    pub recovery_interval: Duration,
+}
+
+impl Config {
+    /// A configuration with the defaults: system clock, domain `kapal.localhost`, 30-day sessions.
+    pub fn new(
+        db: DbConfig,
+        catalog: Arc<Catalog>,
+        key: InternalKey,
+        billing_endpoint: impl Into<String>,
+        provisioner_endpoint: impl Into<String>,
+    ) -> Config {
+        Config {
+            db,
+            catalog,
+            key,
+            clock: kapal::clock::system(),
+            billing_endpoint: billing_endpoint.into(),
+            provisioner_endpoint: provisioner_endpoint.into(),
+            domain: "kapal.localhost".into(),
+            session_ttl: Duration::from_secs(30 * 24 * 3600),
+            admin_emails: Vec::new(),
+            recovery_interval: Duration::from_secs(15),
+        }
+    }
+}
+
+/// What every handler shares.
+#[derive(Clone)]
+pub(crate) struct Ctx {
+    pub db: Db,
+    pub catalog: Arc<Catalog>,
+    pub clock: SharedClock,
+    pub billing: BillingServiceClient<InternalChannel>,
+    pub provisioner: ProvisionerServiceClient<InternalChannel>,
+    pub domain: String,
+    pub session_ttl: chrono::Duration,
+    pub admin_emails: Arc<Vec<String>>,
+    /// Ids of instances whose state changed, for watchers.
+    pub changes: broadcast::Sender<String>,
+}
+
+impl Ctx {
+    pub fn now(&self) -> chrono::NaiveDateTime {
+        self.clock.now().naive_utc()
+    }
+}
+
+/// Runs the control-plane on `listener` until `shutdown` completes.
+pub async fn run(
+    config: Config,
+    listener: TcpListener,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> anyhow::Result<()> {
+    validate_domain(&config.domain)?;
+    let db = Db::connect(
+        &config.db,
+        "control-plane",
+        Migrations {
+            postgres: POSTGRES_MIGRATIONS,
+            sqlite: SQLITE_MIGRATIONS,
+        },
+    )
+    .await?;
+    let key = config.key.clone();
+    let ctx = Ctx {
+        db,
+        catalog: config.catalog,
+        clock: config.clock,
+        billing: BillingServiceClient::new(kapal::serve::internal_channel(
+            &config.billing_endpoint,
+            &key,
+        )?),
+        provisioner: ProvisionerServiceClient::new(kapal::serve::internal_channel(
+            &config.provisioner_endpoint,
+            &key,
+        )?),
+        domain: config.domain,
+        session_ttl: chrono::Duration::from_std(config.session_ttl)
+            .context("session_ttl is too large")?,
+        admin_emails: Arc::new(
+            config
+                .admin_emails
+                .iter()
+                .map(|e| e.trim().to_lowercase())
+                .collect(),
+        ),
+        changes: broadcast::channel(1024).0,
+    };
+
+    let (health_reporter, health_service) = tonic_health::server::health_reporter();
+    health_reporter
+        .set_serving::<AccountServiceServer<accounts::Accounts>>()
+        .await;
+    health_reporter
+        .set_serving::<CatalogServiceServer<catalog::CatalogApi>>()
+        .await;
+    health_reporter
+        .set_serving::<OrderServiceServer<orders::Orders>>()
+        .await;
+    health_reporter
+        .set_serving::<InstanceServiceServer<instances::Instances>>()
+        .await;
+    health_reporter
+        .set_serving::<IdentityServiceServer<internal::Identity>>()
+        .await;
+    health_reporter
+        .set_serving::<InstanceStateServiceServer<internal::InstanceState>>()
+        .await;
+
+    let verify = VerifyPrincipal(key);
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let recovery = tokio::spawn(orders::recover_pending(
+        ctx.clone(),
+        config.recovery_interval,
+        stop_rx.clone(),
+    ));
+
+    let router = tonic::transport::Server::builder()
+        .add_service(health_service)
+        .add_service(kapal::serve::reflection(kapal::proto::DESCRIPTOR_SET)?)
+        .add_service(CatalogServiceServer::with_interceptor(
+            catalog::CatalogApi(ctx.clone()),
+            verify.clone(),
+        ))
+        .add_service(AccountServiceServer::with_interceptor(
+            accounts::Accounts(ctx.clone()),
+            verify.clone(),
+        ))
+        .add_service(OrderServiceServer::with_interceptor(
+            orders::Orders(ctx.clone()),
+            verify.clone(),
+        ))
+        .add_service(InstanceServiceServer::with_interceptor(
+            instances::Instances {
+                ctx: ctx.clone(),
+                stop: stop_rx.clone(),
+            },
+            verify.clone(),
+        ))
+        .add_service(IdentityServiceServer::with_interceptor(
+            internal::Identity(ctx.clone()),
+            verify.clone(),
+        ))
+        .add_service(InstanceStateServiceServer::with_interceptor(
+            internal::InstanceState(ctx.clone()),
+            verify,
+        ));
+
+    tracing::info!(addr = ?listener.local_addr().ok(), backend = ctx.db.backend(), "control-plane serving");
+    let result = kapal::serve::serve(router, listener, shutdown).await;
+    let _ = stop_tx.send(true);
+    let _ = recovery.await;
+    result
+}
+
+fn validate_domain(domain: &str) -> anyhow::Result<()> {
+    let ok = !domain.is_empty()
+        && domain.len() <= 200
+        && domain.split('.').all(|l| {
+            !l.is_empty()
+                && l.len() <= 63
+                && l.bytes()
+                    .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+                && !l.starts_with('-')
+                && !l.ends_with('-')
+        });
+    anyhow::ensure!(
+        ok,
+        "KAPAL_DOMAIN must be a lower-case DNS name such as apps.example.com, got {domain:?}"
+    );
+    Ok(())
+}

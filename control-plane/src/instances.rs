@@ -1,0 +1,356 @@
+//! `kapal.v1.InstanceService`: a customer's instances, their status and the actions on them.
+//!
+//! The control-plane keeps the desired state (running, stopped, deleted) and the status history;
+//! the provisioner converges the cluster and reports the status it observes.
+
+use std::pin::Pin;
+use std::time::Duration;
+
+use diesel::prelude::*;
+use diesel_async::RunQueryDsl;
+use futures::Stream;
+use kapal::auth;
+use kapal::proto::internal::v1::{ApplyInstanceRequest, GetCredentialsRequest, InstanceSpec};
+use kapal::proto::v1::instance_service_server::InstanceService;
+use kapal::proto::v1::{
+    self as pb, GetInstanceRequest, InstanceActionRequest, InstanceEvent, ListInstancesRequest,
+    ListInstancesResponse, WatchInstanceRequest,
+};
+use kapal::wire::{opt_timestamp, timestamp};
+use tokio::sync::broadcast::error::RecvError;
+use tonic::{Request, Response, Status};
+
+use crate::Ctx;
+use crate::error::{Error, Result};
+use crate::models::{Account, Instance, instance_state};
+use crate::orders::{paginate, parse_page_token};
+use crate::schema::{accounts, instances};
+
+pub struct Instances {
+    pub ctx: Ctx,
+    pub stop: tokio::sync::watch::Receiver<bool>,
+}
+
+pub(crate) fn instance_to_wire(i: &Instance) -> pb::Instance {
+    pb::Instance {
+        id: i.id.clone(),
+        app_id: i.app_id.clone(),
+        plan_id: i.plan_id.clone(),
+        status: instance_state::status_to_wire(&i.status) as i32,
+        status_reason: i.status_reason.clone(),
+        desired_state: instance_state::desired_to_wire(&i.desired_state) as i32,
+        url: format!("https://{}", i.hostname),
+        hostname: i.hostname.clone(),
+        subscription_id: i.subscription_id.clone().unwrap_or_default(),
+        order_id: i.order_id.clone(),
+        credentials: None,
+        created_at: Some(timestamp(i.created_at)),
+        updated_at: Some(timestamp(i.updated_at)),
+        ready_at: opt_timestamp(i.ready_at),
+    }
+}
+
+/// The provisioner's view of an instance.
+pub(crate) fn spec_of(i: &Instance, customer_id: &str) -> InstanceSpec {
+    InstanceSpec {
+        instance_id: i.id.clone(),
+        account_id: i.account_id.clone(),
+        customer_id: customer_id.to_string(),
+        app_id: i.app_id.clone(),
+        plan_id: i.plan_id.clone(),
+        hostname: i.hostname.clone(),
+        namespace: i.namespace.clone(),
+        desired_state: instance_state::desired_to_wire(&i.desired_state) as i32,
+        restart_generation: u64::try_from(i.restart_generation).unwrap_or(0),
+    }
+}
+
+/// Asks the provisioner to converge `instance`. Failures are logged, not returned: the
+/// provisioner's periodic resync lists desired instances and converges them anyway.
+pub(crate) async fn push_to_provisioner(ctx: &Ctx, instance: &Instance, customer_id: &str) {
+    let request = ApplyInstanceRequest {
+        spec: Some(spec_of(instance, customer_id)),
+    };
+    match ctx.provisioner.clone().apply_instance(request).await {
+        Ok(state) => {
+            let state = state.into_inner();
+            if let Err(e) = crate::internal::record_state(ctx, &state).await {
+                tracing::warn!(instance_id = %instance.id, error = %e, "recording the provisioner's answer failed");
+            }
+        }
+        Err(s) => tracing::warn!(
+            instance_id = %instance.id, code = ?s.code(), message = s.message(),
+            "provisioner unreachable; its resync will converge the instance"
+        ),
+    }
+}
+
+/// One of the caller's instances, or NOT_FOUND.
+async fn owned(ctx: &Ctx, account_id: &str, id: &str) -> Result<Instance> {
+    let mut conn = ctx.db.get().await?;
+    kapal::db!(&mut conn, |c| instances::table
+        .filter(instances::id.eq(id))
+        .filter(instances::account_id.eq(account_id))
+        .select(Instance::as_select())
+        .first(c)
+        .await
+        .optional())?
+    .ok_or_else(|| Error::not_found(format!("no instance {id}")))
+}
+
+pub(crate) async fn load(ctx: &Ctx, id: &str) -> Result<Option<Instance>> {
+    let mut conn = ctx.db.get().await?;
+    Ok(kapal::db!(&mut conn, |c| instances::table
+        .find(id)
+        .select(Instance::as_select())
+        .first(c)
+        .await
+        .optional())?)
+}
+
+enum Action {
+    Restart,
+    Stop,
+    Start,
+    Delete,
+}
+
+impl Instances {
+    async fn act(
+        &self,
+        req: Request<InstanceActionRequest>,
+        action: Action,
+    ) -> Result<Response<pb::Instance>, Status> {
+        let p = auth::customer(&req)?.clone();
+        let id = kapal::wire::uuid("instance_id", &req.get_ref().instance_id)?.to_string();
+        let ctx = &self.ctx;
+        let account_id = p.account_id.to_string();
+        let current = owned(ctx, &account_id, &id).await?;
+        if current.desired_state == instance_state::DELETED {
+            return Err(Status::failed_precondition("the instance has been deleted"));
+        }
+        let now = ctx.now();
+        let target = instances::table
+            .filter(instances::id.eq(&id))
+            .filter(instances::account_id.eq(&account_id));
+        let mut conn = ctx.db.get().await.map_err(Error::from)?;
+        match action {
+            Action::Restart => {
+                if current.desired_state != instance_state::RUNNING {
+                    return Err(Status::failed_precondition(
+                        "the instance is stopped: start it instead of restarting it",
+                    ));
+                }
+                kapal::db!(&mut conn, |c| diesel::update(target)
+                    .set((
+                        instances::restart_generation.eq(instances::restart_generation + 1),
+                        instances::updated_at.eq(now)
+                    ))
+                    .execute(c)
+                    .await)
+                .map_err(Error::from)?;
+            }
+            Action::Stop | Action::Start | Action::Delete => {
+                let desired = match action {
+                    Action::Stop => instance_state::STOPPED,
+                    Action::Start => instance_state::RUNNING,
+                    _ => instance_state::DELETED,
+                };
+                kapal::db!(&mut conn, |c| diesel::update(target)
+                    .set((
+                        instances::desired_state.eq(desired),
+                        instances::updated_at.eq(now)
+                    ))
+                    .execute(c)
+                    .await)
+                .map_err(Error::from)?;
+            }
+        }
+        drop(conn);
+        let _ = ctx.changes.send(id.clone());
+        let updated = owned(ctx, &account_id, &id).await?;
+        push_to_provisioner(ctx, &updated, &p.customer_id).await;
+        let updated = owned(ctx, &account_id, &id).await?;
+        Ok(Response::new(instance_to_wire(&updated)))
+    }
+}
+
+type EventStream = Pin<Box<dyn Stream<Item = Result<InstanceEvent, Status>> + Send>>;
+
+#[tonic::async_trait]
+impl InstanceService for Instances {
+    async fn list_instances(
+        &self,
+        req: Request<ListInstancesRequest>,
+    ) -> Result<Response<ListInstancesResponse>, Status> {
+        let p = auth::customer(&req)?;
+        let limit = kapal::wire::page_size(req.get_ref().page_size);
+        let offset = parse_page_token(&req.get_ref().page_token)?;
+        let mut conn = self.ctx.db.get().await.map_err(Error::from)?;
+        let rows = kapal::db!(&mut conn, |c| instances::table
+            .filter(instances::account_id.eq(p.account_id.to_string()))
+            .order((instances::created_at.desc(), instances::id.desc()))
+            .limit(limit + 1)
+            .offset(offset)
+            .select(Instance::as_select())
+            .load(c)
+            .await)
+        .map_err(Error::from)?;
+        let (page, next) = paginate(rows, limit, offset);
+        Ok(Response::new(ListInstancesResponse {
+            instances: page.iter().map(instance_to_wire).collect(),
+            next_page_token: next,
+        }))
+    }
+
+    async fn get_instance(
+        &self,
+        req: Request<GetInstanceRequest>,
+    ) -> Result<Response<pb::Instance>, Status> {
+        let p = auth::customer(&req)?;
+        let id = kapal::wire::uuid("instance_id", &req.get_ref().instance_id)?.to_string();
+        let instance = owned(&self.ctx, &p.account_id.to_string(), &id).await?;
+        let mut wire = instance_to_wire(&instance);
+        if instance.desired_state != instance_state::DELETED {
+            // Credentials live only in the cluster (a Kubernetes Secret), read through the provisioner.
+            match self
+                .ctx
+                .provisioner
+                .clone()
+                .get_credentials(GetCredentialsRequest {
+                    instance_id: id.clone(),
+                })
+                .await
+            {
+                Ok(creds) => wire.credentials = Some(creds.into_inner()),
+                Err(s) if s.code() == tonic::Code::NotFound => {}
+                Err(s) => {
+                    tracing::warn!(instance_id = %id, code = ?s.code(), "credentials unavailable")
+                }
+            }
+        }
+        Ok(Response::new(wire))
+    }
+
+    type WatchInstanceStream = EventStream;
+
+    async fn watch_instance(
+        &self,
+        req: Request<WatchInstanceRequest>,
+    ) -> Result<Response<EventStream>, Status> {
+        let p = auth::customer(&req)?;
+        let id = kapal::wire::uuid("instance_id", &req.get_ref().instance_id)?.to_string();
+        let account_id = p.account_id.to_string();
+        let first = owned(&self.ctx, &account_id, &id).await?;
+        let ctx = self.ctx.clone();
+        let mut changes = ctx.changes.subscribe();
+        let mut stop = self.stop.clone();
+        let stream = async_stream(move |tx| async move {
+            let key = |i: &Instance| {
+                (
+                    i.status.clone(),
+                    i.status_reason.clone(),
+                    i.desired_state.clone(),
+                    i.restart_generation,
+                )
+            };
+            let mut last = key(&first);
+            let event = |i: &Instance| InstanceEvent {
+                instance: Some(instance_to_wire(i)),
+                at: Some(timestamp(i.updated_at)),
+            };
+            if tx.send(Ok(event(&first))).await.is_err() {
+                return;
+            }
+            if first.status == "deleted" {
+                return;
+            }
+            loop {
+                // Wake on a change of this instance, or every few seconds (changes made by another
+                // control-plane replica do not reach this process's channel).
+                tokio::select! {
+                    r = changes.recv() => match r {
+                        Ok(changed) if changed != id => continue,
+                        Ok(_) | Err(RecvError::Lagged(_)) => {}
+                        Err(RecvError::Closed) => return,
+                    },
+                    _ = tokio::time::sleep(Duration::from_secs(3)) => {}
+                    _ = stop.changed() => return,
+                    _ = tx.closed() => return,
+                }
+                let current = match load(&ctx, &id).await {
+                    Ok(Some(i)) => i,
+                    Ok(None) => return,
+                    Err(e) => {
+                        let _ = tx.send(Err(Status::from(e))).await;
+                        return;
+                    }
+                };
+                if key(&current) != last {
+                    last = key(&current);
+                    if tx.send(Ok(event(&current))).await.is_err() {
+                        return;
+                    }
+                }
+                if current.status == "deleted" {
+                    return;
+                }
+            }
+        });
+        Ok(Response::new(stream))
+    }
+
+    async fn restart_instance(
+        &self,
+        req: Request<InstanceActionRequest>,
+    ) -> Result<Response<pb::Instance>, Status> {
+        self.act(req, Action::Restart).await
+    }
+
+    async fn stop_instance(
+        &self,
+        req: Request<InstanceActionRequest>,
+    ) -> Result<Response<pb::Instance>, Status> {
+        self.act(req, Action::Stop).await
+    }
+
+    async fn start_instance(
+        &self,
+        req: Request<InstanceActionRequest>,
+    ) -> Result<Response<pb::Instance>, Status> {
+        self.act(req, Action::Start).await
+    }
+
+    async fn delete_instance(
+        &self,
+        req: Request<InstanceActionRequest>,
+    ) -> Result<Response<pb::Instance>, Status> {
+        self.act(req, Action::Delete).await
+    }
+}
+
+/// A stream fed by a task through a small channel.
+fn async_stream<F, Fut>(body: F) -> EventStream
+where
+    F: FnOnce(tokio::sync::mpsc::Sender<Result<InstanceEvent, Status>>) -> Fut,
+    Fut: std::future::Future<Output = ()> + Send + 'static,
+{
+    let (tx, rx) = tokio::sync::mpsc::channel(16);
+    tokio::spawn(body(tx));
+    Box::pin(tokio_stream::wrappers::ReceiverStream::new(rx))
+}
+
+/// Every instance that is not gone yet, with its owner's customer id (for the provisioner).
+pub(crate) async fn desired(ctx: &Ctx) -> Result<Vec<InstanceSpec>> {
+    let mut conn = ctx.db.get().await?;
+    let rows: Vec<(Instance, Account)> = kapal::db!(&mut conn, |c| instances::table
+        .inner_join(accounts::table)
+        .filter(instances::status.ne("deleted"))
+        .select((Instance::as_select(), Account::as_select()))
+        .load(c)
+        .await)?;
+    Ok(rows
+        .iter()
+        .map(|(i, a)| spec_of(i, &a.customer_id))
+        .collect())
+}

@@ -1,0 +1,131 @@
+//! Internal services: identity for the gateway, instance state for the provisioner.
+
+use diesel::prelude::*;
+use diesel_async::{AsyncConnection as _, RunQueryDsl};
+use kapal::auth;
+use kapal::db::DbError;
+use kapal::proto::internal::v1::identity_service_server::IdentityService;
+use kapal::proto::internal::v1::instance_state_service_server::InstanceStateService;
+use kapal::proto::internal::v1::{
+    self as ipb, AuthenticateRequest, ListDesiredInstancesRequest, ListDesiredInstancesResponse,
+    ReportInstanceStateResponse,
+};
+use kapal::proto::v1::InstanceStatus;
+use tonic::{Request, Response, Status};
+use uuid::Uuid;
+
+use crate::error::{Error, Result};
+use crate::models::{Instance, InstanceEvent, instance_state};
+use crate::schema::{instance_events, instances};
+use crate::{Ctx, accounts};
+
+pub struct Identity(pub Ctx);
+
+#[tonic::async_trait]
+impl IdentityService for Identity {
+    async fn authenticate(
+        &self,
+        req: Request<AuthenticateRequest>,
+    ) -> Result<Response<ipb::Principal>, Status> {
+        auth::service(&req)?;
+        let (p, expires_at) = accounts::authenticate(&self.0, &req.get_ref().token).await?;
+        let role = match p.role {
+            auth::Role::Admin => kapal::proto::v1::Role::Admin,
+            _ => kapal::proto::v1::Role::Customer,
+        };
+        Ok(Response::new(ipb::Principal {
+            account_id: p.account_id.to_string(),
+            customer_id: p.customer_id,
+            role: role as i32,
+            token_id: p.token_id.to_string(),
+            expires_at: Some(kapal::wire::timestamp(expires_at)),
+        }))
+    }
+}
+
+pub struct InstanceState(pub Ctx);
+
+/// Records an observed status: updates the instance and appends to its history when it changed.
+pub(crate) async fn record_state(ctx: &Ctx, state: &ipb::InstanceState) -> Result<bool> {
+    let status = InstanceStatus::try_from(state.status).unwrap_or(InstanceStatus::Unspecified);
+    if status == InstanceStatus::Unspecified {
+        return Err(Error::invalid("status is required"));
+    }
+    let id = kapal::wire::uuid("instance_id", &state.instance_id)?.to_string();
+    let status_db = instance_state::status_to_db(status);
+    let now = ctx.now();
+    let reason = kapal::wire::truncate(&state.reason, 500).to_string();
+    let mut conn = ctx.db.get().await?;
+    let changed: Result<bool, DbError> = kapal::db!(&mut conn, |c| c
+        .transaction(async |c| {
+            let Some(current) = instances::table
+                .find(&id)
+                .select(Instance::as_select())
+                .first(c)
+                .await
+                .optional()?
+            else {
+                return Ok(false);
+            };
+            if current.status == status_db && current.status_reason == reason {
+                return Ok(false);
+            }
+            let ready_at = match (current.ready_at, status) {
+                (None, InstanceStatus::Ready) => Some(now),
+                (r, _) => r,
+            };
+            diesel::update(instances::table.find(&id))
+                .set((
+                    instances::status.eq(status_db),
+                    instances::status_reason.eq(&reason),
+                    instances::ready_at.eq(ready_at),
+                    instances::updated_at.eq(now),
+                ))
+                .execute(c)
+                .await?;
+            diesel::insert_into(instance_events::table)
+                .values(&InstanceEvent {
+                    id: Uuid::now_v7().to_string(),
+                    instance_id: id.clone(),
+                    status: status_db.to_string(),
+                    reason: reason.clone(),
+                    at: now,
+                })
+                .execute(c)
+                .await?;
+            Ok(true)
+        })
+        .await);
+    let changed = changed?;
+    if changed {
+        tracing::info!(instance_id = %id, status = status_db, reason = %reason, "instance status changed");
+        let _ = ctx.changes.send(id);
+    }
+    Ok(changed)
+}
+
+#[tonic::async_trait]
+impl InstanceStateService for InstanceState {
+    async fn report_instance_state(
+        &self,
+        req: Request<ipb::InstanceState>,
+    ) -> Result<Response<ReportInstanceStateResponse>, Status> {
+        auth::service(&req)?;
+        let id = kapal::wire::uuid("instance_id", &req.get_ref().instance_id)?.to_string();
+        if crate::instances::load(&self.0, &id).await?.is_none() {
+            return Err(Status::not_found(format!("no instance {id}")));
+        }
+        record_state(&self.0, req.get_ref()).await?;
+        Ok(Response::new(ReportInstanceStateResponse {}))
+    }
+
+    async fn list_desired_instances(
+        &self,
+        req: Request<ListDesiredInstancesRequest>,
+    ) -> Result<Response<ListDesiredInstancesResponse>, Status> {
+        auth::service(&req)?;
+        Ok(Response::new(ListDesiredInstancesResponse {
+            instances: crate::instances::desired(&self.0).await?,
+        }))
+    }
+}

@@ -1,0 +1,148 @@
+//! Rows of the control-plane's tables, and the text values of their state columns.
+
+use chrono::NaiveDateTime;
+use diesel::prelude::*;
+
+use crate::schema::*;
+
+#[derive(Clone, Debug, Queryable, Selectable, Insertable)]
+#[diesel(table_name = accounts)]
+pub struct Account {
+    pub id: String,
+    pub email: String,
+    pub password_hash: String,
+    pub customer_id: String,
+    pub display_name: String,
+    pub role: String,
+    pub created_at: NaiveDateTime,
+}
+
+#[derive(Clone, Debug, Queryable, Selectable, Insertable)]
+#[diesel(table_name = tokens)]
+pub struct Token {
+    pub id: String,
+    pub account_id: String,
+    pub kind: String,
+    pub name: String,
+    pub token_hash: String,
+    pub prefix: String,
+    pub created_at: NaiveDateTime,
+    pub expires_at: NaiveDateTime,
+    pub revoked_at: Option<NaiveDateTime>,
+}
+
+#[derive(Clone, Debug, Queryable, Selectable, Insertable)]
+#[diesel(table_name = orders)]
+pub struct Order {
+    pub id: String,
+    pub account_id: String,
+    pub idempotency_key: String,
+    pub app_id: String,
+    pub plan_id: String,
+    pub status: String,
+    pub failure_reason: String,
+    pub amount: i64,
+    pub currency: String,
+    pub subscription_id: Option<String>,
+    pub instance_id: String,
+    pub created_at: NaiveDateTime,
+    pub updated_at: NaiveDateTime,
+}
+
+#[derive(Clone, Debug, Queryable, Selectable, Insertable)]
+#[diesel(table_name = instances)]
+pub struct Instance {
+    pub id: String,
+    pub account_id: String,
+    pub order_id: String,
+    pub app_id: String,
+    pub plan_id: String,
+    pub hostname: String,
+    pub namespace: String,
+    pub subscription_id: Option<String>,
+    pub desired_state: String,
+    pub status: String,
+    pub status_reason: String,
+    pub restart_generation: i64,
+    pub created_at: NaiveDateTime,
+    pub updated_at: NaiveDateTime,
+    pub ready_at: Option<NaiveDateTime>,
+}
+
+#[derive(Clone, Debug, Queryable, Selectable, Insertable)]
+#[diesel(table_name = instance_events)]
+pub struct InstanceEvent {
+    pub id: String,
+    pub instance_id: String,
+    pub status: String,
+    pub reason: String,
+    pub at: NaiveDateTime,
+}
+
+#[derive(Clone, Debug, Insertable)]
+#[diesel(table_name = audit_log)]
+pub struct AuditEntry {
+    pub id: String,
+    pub actor_account_id: String,
+    pub action: String,
+    pub target: String,
+    pub detail: String,
+    pub at: NaiveDateTime,
+}
+
+pub mod token_kind {
+    pub const SESSION: &str = "session";
+    pub const API: &str = "api";
+}
+
+pub mod order_status {
+    pub const PENDING: &str = "pending";
+    pub const COMPLETED: &str = "completed";
+    pub const FAILED: &str = "failed";
+}
+
+/// Instance statuses and desired states as stored, with their wire values.
+pub mod instance_state {
+    use kapal::proto::v1::{DesiredState, InstanceStatus};
+
+    pub const RUNNING: &str = "running";
+    pub const STOPPED: &str = "stopped";
+    pub const DELETED: &str = "deleted";
+
+    pub fn desired_to_wire(s: &str) -> DesiredState {
+        match s {
+            RUNNING => DesiredState::Running,
+            STOPPED => DesiredState::Stopped,
+            DELETED => DesiredState::Deleted,
+            _ => DesiredState::Unspecified,
+        }
+    }
+
+    pub fn status_to_db(s: InstanceStatus) -> &'static str {
+        match s {
+            InstanceStatus::Unspecified => "unspecified",
+            InstanceStatus::Pending => "pending",
+            InstanceStatus::Provisioning => "provisioning",
+            InstanceStatus::Ready => "ready",
+            InstanceStatus::Degraded => "degraded",
+            InstanceStatus::Suspended => "suspended",
+            InstanceStatus::Deleting => "deleting",
+            InstanceStatus::Deleted => "deleted",
+            InstanceStatus::Failed => "failed",
+        }
+    }
+
+    pub fn status_to_wire(s: &str) -> InstanceStatus {
+        match s {
+            "pending" => InstanceStatus::Pending,
+            "provisioning" => InstanceStatus::Provisioning,
+            "ready" => InstanceStatus::Ready,
+            "degraded" => InstanceStatus::Degraded,
+            "suspended" => InstanceStatus::Suspended,
+            "deleting" => InstanceStatus::Deleting,
+            "deleted" => InstanceStatus::Deleted,
+            "failed" => InstanceStatus::Failed,
+            _ => InstanceStatus::Unspecified,
+        }
+    }
+}

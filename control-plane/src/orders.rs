@@ -1,0 +1,464 @@
+//! `kapal.v1.OrderService`: checkout, idempotent per (customer, idempotency key).
+//!
+//! Checkout first records the order (a unique index on the key makes duplicates impossible, also
+//! under concurrency), then completes it: billing creates the subscription and settles the first
+//! invoice (idempotent per order), the instance row is created (unique per order), and the
+//! provisioner is asked to converge it. Each step is idempotent, so an order interrupted at any
+//! point (crash, peer down) is completed by retrying it: the client's retry with the same key does
+//! that, and so does the recovery loop for orders left pending. No order is ever lost and none is
+//! provisioned twice.
+
+use std::time::Duration;
+
+use diesel::prelude::*;
+use diesel_async::{AsyncConnection as _, RunQueryDsl};
+use kapal::auth;
+use kapal::db::DbError;
+use kapal::proto::internal::v1::CreateSubscriptionRequest;
+use kapal::proto::v1::order_service_server::OrderService;
+use kapal::proto::v1::{
+    self as pb, CheckoutRequest, GetOrderRequest, ListOrdersRequest, ListOrdersResponse,
+};
+use kapal::wire::timestamp;
+use tonic::{Code, Request, Response, Status};
+use uuid::Uuid;
+
+use crate::Ctx;
+use crate::error::{Error, Result};
+use crate::instances;
+use crate::models::{Account, Instance, Order, instance_state, order_status};
+use crate::schema::{accounts, instances as instances_t, orders};
+
+pub struct Orders(pub Ctx);
+
+fn order_to_wire(o: &Order) -> pb::Order {
+    let status = match o.status.as_str() {
+        order_status::PENDING => pb::OrderStatus::Pending,
+        order_status::COMPLETED => pb::OrderStatus::Completed,
+        order_status::FAILED => pb::OrderStatus::Failed,
+        _ => pb::OrderStatus::Unspecified,
+    };
+    let completed = o.status == order_status::COMPLETED;
+    pb::Order {
+        id: o.id.clone(),
+        app_id: o.app_id.clone(),
+        plan_id: o.plan_id.clone(),
+        status: status as i32,
+        failure_reason: o.failure_reason.clone(),
+        amount: Some(pb::Money {
+            amount: o.amount,
+            currency: o.currency.clone(),
+        }),
+        subscription_id: o.subscription_id.clone().unwrap_or_default(),
+        instance_id: if completed {
+            o.instance_id.clone()
+        } else {
+            String::new()
+        },
+        idempotency_key: o.idempotency_key.clone(),
+        created_at: Some(timestamp(o.created_at)),
+        updated_at: Some(timestamp(o.updated_at)),
+    }
+}
+
+fn check_idempotency_key(key: &str) -> Result<()> {
+    let ok = (8..=128).contains(&key.len())
+        && key
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b':' | b'-'));
+    if ok {
+        Ok(())
+    } else if key.is_empty() {
+        Err(Error::invalid(
+            "idempotency_key is required: send a new UUID per order, and the same one when retrying",
+        ))
+    } else {
+        Err(Error::invalid(
+            "idempotency_key must be 8-128 characters of letters, digits, '.', '_', ':' or '-'",
+        ))
+    }
+}
+
+async fn load_order(ctx: &Ctx, account_id: &str, id: &str) -> Result<Option<Order>> {
+    let mut conn = ctx.db.get().await?;
+    Ok(kapal::db!(&mut conn, |c| orders::table
+        .filter(orders::id.eq(id))
+        .filter(orders::account_id.eq(account_id))
+        .select(Order::as_select())
+        .first(c)
+        .await
+        .optional())?)
+}
+
+async fn set_failed(ctx: &Ctx, order: &Order, reason: &str) -> Result<Order> {
+    let now = ctx.now();
+    let mut conn = ctx.db.get().await?;
+    kapal::db!(&mut conn, |c| diesel::update(
+        orders::table
+            .filter(orders::id.eq(&order.id))
+            .filter(orders::status.eq(order_status::PENDING))
+    )
+    .set((
+        orders::status.eq(order_status::FAILED),
+        orders::failure_reason.eq(reason),
+        orders::updated_at.eq(now),
+    ))
+    .execute(c)
+    .await)?;
+    drop(conn);
+    tracing::warn!(order_id = %order.id, reason, "order failed");
+    Ok(load_order(ctx, &order.account_id, &order.id)
+        .await?
+        .unwrap_or_else(|| order.clone()))
+}
+
+/// Completes a pending order; returns it as it is afterwards. Safe to call any number of times,
+/// concurrently too.
+pub(crate) async fn process(ctx: &Ctx, order: Order) -> Result<Order> {
+    if order.status != order_status::PENDING {
+        return Ok(order);
+    }
+    // 1. Subscription and first payment (idempotent per order id in billing).
+    let billing = ctx
+        .billing
+        .clone()
+        .create_subscription(CreateSubscriptionRequest {
+            order_id: order.id.clone(),
+            account_id: order.account_id.clone(),
+            app_id: order.app_id.clone(),
+            plan_id: order.plan_id.clone(),
+            instance_id: order.instance_id.clone(),
+        })
+        .await;
+    let subscription_id = match billing {
+        Ok(resp) => resp
+            .into_inner()
+            .subscription
+            .map(|s| s.id)
+            .unwrap_or_default(),
+        Err(s) if matches!(s.code(), Code::FailedPrecondition | Code::InvalidArgument) => {
+            return set_failed(ctx, &order, s.message()).await;
+        }
+        Err(s) => {
+            // Billing is down or failed: the order stays pending and is retried.
+            tracing::warn!(order_id = %order.id, code = ?s.code(), "billing unavailable; order stays pending");
+            return Ok(order);
+        }
+    };
+    if subscription_id.is_empty() {
+        return Err(Error::Internal("billing returned no subscription".into()));
+    }
+
+    // 2. The instance row and the order's completion, in one transaction.
+    let account = {
+        let mut conn = ctx.db.get().await?;
+        kapal::db!(&mut conn, |c| accounts::table
+            .find(&order.account_id)
+            .select(Account::as_select())
+            .first(c)
+            .await)?
+    };
+    let mut attempt = 0;
+    let instance = loop {
+        attempt += 1;
+        match create_instance(ctx, &order, &account, &subscription_id).await {
+            Ok(instance) => break instance,
+            // Another request took the hostname we picked: pick again.
+            Err(Error::Db(e)) if e.is_unique_violation() && attempt < 5 => continue,
+            Err(e) => return Err(e),
+        }
+    };
+
+    // 3. Hand it to the provisioner. If it is unreachable the instance stays pending and the
+    // provisioner's resync (which lists desired instances) picks it up.
+    instances::push_to_provisioner(ctx, &instance, &account.customer_id).await;
+    tracing::info!(order_id = %order.id, instance_id = %instance.id, "order completed");
+    Ok(load_order(ctx, &order.account_id, &order.id)
+        .await?
+        .unwrap_or(order))
+}
+
+async fn create_instance(
+    ctx: &Ctx,
+    order: &Order,
+    account: &Account,
+    subscription_id: &str,
+) -> Result<Instance> {
+    let now = ctx.now();
+    let mut conn = ctx.db.get().await?;
+    let existing: Vec<String> = kapal::db!(&mut conn, |c| instances_t::table
+        .filter(instances_t::account_id.eq(&account.id))
+        .filter(instances_t::app_id.eq(&order.app_id))
+        .select(instances_t::hostname)
+        .load(c)
+        .await)?;
+    let label = (1..)
+        .map(|n| {
+            if n == 1 {
+                account.customer_id.clone()
+            } else {
+                format!("{}-{n}", account.customer_id)
+            }
+        })
+        .find(|l| !existing.contains(&format!("{l}.{}.{}", order.app_id, ctx.domain)))
+        .unwrap_or_else(|| account.customer_id.clone());
+    let fresh = Instance {
+        id: order.instance_id.clone(),
+        account_id: order.account_id.clone(),
+        order_id: order.id.clone(),
+        app_id: order.app_id.clone(),
+        plan_id: order.plan_id.clone(),
+        hostname: format!("{label}.{}.{}", order.app_id, ctx.domain),
+        namespace: format!("kapal-{label}-{}", order.app_id),
+        subscription_id: Some(subscription_id.to_string()),
+        desired_state: instance_state::RUNNING.into(),
+        status: instance_state::status_to_db(pb::InstanceStatus::Pending).into(),
+        status_reason: "Waiting for the cluster".into(),
+        restart_generation: 0,
+        created_at: now,
+        updated_at: now,
+        ready_at: None,
+    };
+    let result: Result<Instance, DbError> = kapal::db!(&mut conn, |c| c
+        .transaction(async |c| {
+            let instance = match instances_t::table
+                .find(&fresh.id)
+                .select(Instance::as_select())
+                .first(c)
+                .await
+                .optional()?
+            {
+                Some(instance) => instance,
+                None => {
+                    diesel::insert_into(instances_t::table)
+                        .values(&fresh)
+                        .execute(c)
+                        .await?;
+                    fresh.clone()
+                }
+            };
+            diesel::update(
+                orders::table
+                    .find(&order.id)
+                    .filter(orders::status.eq(order_status::PENDING)),
+            )
+            .set((
+                orders::status.eq(order_status::COMPLETED),
+                orders::subscription_id.eq(subscription_id),
+                orders::updated_at.eq(now),
+            ))
+            .execute(c)
+            .await?;
+            Ok(instance)
+        })
+        .await);
+    Ok(result?)
+}
+
+#[tonic::async_trait]
+impl OrderService for Orders {
+    async fn checkout(&self, req: Request<CheckoutRequest>) -> Result<Response<pb::Order>, Status> {
+        let p = auth::customer(&req)?.clone();
+        let req = req.into_inner();
+        let ctx = &self.0;
+        let app_id = kapal::wire::required("app_id", &req.app_id)?;
+        let plan_id = kapal::wire::required("plan_id", &req.plan_id)?;
+        let app = ctx.catalog.app(app_id).ok_or_else(|| {
+            Error::invalid(format!(
+                "unknown app {:?}: choose one of {}",
+                kapal::wire::truncate(app_id, 64),
+                ctx.catalog
+                    .apps()
+                    .map(|a| a.id.as_str())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ))
+        })?;
+        let plan = app.plan(plan_id).ok_or_else(|| {
+            Error::invalid(format!(
+                "unknown plan {:?} for {}: choose one of {}",
+                kapal::wire::truncate(plan_id, 64),
+                app.id,
+                app.plans
+                    .iter()
+                    .map(|p| p.id.as_str())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ))
+        })?;
+        check_idempotency_key(&req.idempotency_key)?;
+
+        let now = ctx.now();
+        let account_id = p.account_id.to_string();
+        let new = Order {
+            id: Uuid::new_v4().to_string(),
+            account_id: account_id.clone(),
+            idempotency_key: req.idempotency_key.clone(),
+            app_id: app.id.clone(),
+            plan_id: plan.id.clone(),
+            status: order_status::PENDING.into(),
+            failure_reason: String::new(),
+            amount: plan.monthly_price_idr,
+            currency: "IDR".into(),
+            subscription_id: None,
+            instance_id: Uuid::new_v4().to_string(),
+            created_at: now,
+            updated_at: now,
+        };
+        let mut conn = ctx.db.get().await.map_err(Error::from)?;
+        let inserted = kapal::db!(&mut conn, |c| diesel::insert_into(orders::table)
+            .values(&new)
+            .execute(c)
+            .await)
+        .map_err(DbError::from);
+        let order = match inserted {
+            Ok(_) => {
+                tracing::info!(order_id = %new.id, app = %new.app_id, plan = %new.plan_id, "order accepted");
+                new
+            }
+            Err(e) if e.is_unique_violation() => {
+                let existing = kapal::db!(&mut conn, |c| orders::table
+                    .filter(orders::account_id.eq(&account_id))
+                    .filter(orders::idempotency_key.eq(&req.idempotency_key))
+                    .select(Order::as_select())
+                    .first(c)
+                    .await)
+                .map_err(Error::from)?;
+                if existing.app_id != new.app_id || existing.plan_id != new.plan_id {
+                    return Err(Error::FailedPrecondition(format!(
+                        "idempotency_key was already used for an order of {} ({}); use a new key for a different order",
+                        existing.app_id, existing.plan_id
+                    ))
+                    .into());
+                }
+                existing
+            }
+            Err(e) => return Err(Error::from(e).into()),
+        };
+        drop(conn);
+        let order = process(ctx, order).await?;
+        Ok(Response::new(order_to_wire(&order)))
+    }
+
+    async fn get_order(
+        &self,
+        req: Request<GetOrderRequest>,
+    ) -> Result<Response<pb::Order>, Status> {
+        let p = auth::customer(&req)?;
+        let id = kapal::wire::uuid("order_id", &req.get_ref().order_id)?;
+        let order = load_order(&self.0, &p.account_id.to_string(), &id.to_string())
+            .await?
+            .ok_or_else(|| Status::not_found(format!("no order {id}")))?;
+        Ok(Response::new(order_to_wire(&order)))
+    }
+
+    async fn list_orders(
+        &self,
+        req: Request<ListOrdersRequest>,
+    ) -> Result<Response<ListOrdersResponse>, Status> {
+        let p = auth::customer(&req)?;
+        let limit = kapal::wire::page_size(req.get_ref().page_size);
+        let offset = parse_page_token(&req.get_ref().page_token)?;
+        let mut conn = self.0.db.get().await.map_err(Error::from)?;
+        let rows = kapal::db!(&mut conn, |c| orders::table
+            .filter(orders::account_id.eq(p.account_id.to_string()))
+            .order((orders::created_at.desc(), orders::id.desc()))
+            .limit(limit + 1)
+            .offset(offset)
+            .select(Order::as_select())
+            .load(c)
+            .await)
+        .map_err(Error::from)?;
+        let (page, next) = paginate(rows, limit, offset);
+        Ok(Response::new(ListOrdersResponse {
+            orders: page.iter().map(order_to_wire).collect(),
+            next_page_token: next,
+        }))
+    }
+}
+
+/// Offset pagination tokens: the offset of the next page, as text.
+pub(crate) fn parse_page_token(token: &str) -> Result<i64, Status> {
+    if token.is_empty() {
+        return Ok(0);
+    }
+    token
+        .parse::<i64>()
+        .ok()
+        .filter(|n| *n >= 0)
+        .ok_or_else(|| Status::invalid_argument("page_token is not one this service returned"))
+}
+
+/// Splits `limit + 1` loaded rows into the page and the next page's token.
+pub(crate) fn paginate<T>(mut rows: Vec<T>, limit: i64, offset: i64) -> (Vec<T>, String) {
+    let more = rows.len() as i64 > limit;
+    rows.truncate(usize::try_from(limit).unwrap_or(0));
+    let next = if more {
+        (offset + limit).to_string()
+    } else {
+        String::new()
+    };
+    (rows, next)
+}
+
+/// Completes orders left pending (a crash, billing down) every `interval`, until `stop`.
+pub(crate) async fn recover_pending(
+    ctx: Ctx,
+    interval: Duration,
+    mut stop: tokio::sync::watch::Receiver<bool>,
+) {
+    loop {
+        tokio::select! {
+            _ = tokio::time::sleep(interval) => {}
+            _ = stop.changed() => return,
+        }
+        let cutoff = ctx.now() - chrono::Duration::seconds(5);
+        let pending = async {
+            let mut conn = ctx.db.get().await?;
+            Ok::<_, Error>(kapal::db!(&mut conn, |c| orders::table
+                .filter(orders::status.eq(order_status::PENDING))
+                .filter(orders::updated_at.lt(cutoff))
+                .order(orders::created_at.asc())
+                .limit(100)
+                .select(Order::as_select())
+                .load(c)
+                .await)?)
+        }
+        .await;
+        match pending {
+            Ok(orders) => {
+                for order in orders {
+                    let id = order.id.clone();
+                    if let Err(e) = process(&ctx, order).await {
+                        tracing::warn!(order_id = %id, error = %e, "could not complete a pending order; will retry");
+                    }
+                }
+            }
+            Err(e) => tracing::warn!(error = %e, "listing pending orders failed; will retry"),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn idempotency_keys_are_checked() {
+        assert!(check_idempotency_key("0b9f6c1e-4a5d-4c4e-9a57-6f7e0f1d2c3b").is_ok());
+        assert!(check_idempotency_key("").is_err());
+        assert!(check_idempotency_key("short").is_err());
+        assert!(check_idempotency_key("has space in it").is_err());
+        assert!(check_idempotency_key(&"x".repeat(129)).is_err());
+    }
+
+    #[test]
+    fn pages_split_with_a_next_token() {
+        let (page, next) = paginate(vec![1, 2, 3], 2, 0);
+        assert_eq!((page, next.as_str()), (vec![1, 2], "2"));
+        let (page, next) = paginate(vec![3], 2, 2);
+        assert_eq!((page, next.as_str()), (vec![3], ""));
+        assert!(parse_page_token("-1").is_err());
+        assert!(parse_page_token("abc").is_err());
+    }
+}

@@ -1,0 +1,98 @@
+//! The control-plane's tables (one definition for SQLite and PostgreSQL).
+
+diesel::table! {
+    accounts (id) {
+        id -> Text,
+        email -> Text,
+        password_hash -> Text,
+        customer_id -> Text,
+        display_name -> Text,
+        role -> Text,
+        created_at -> Timestamp,
+    }
+}
+
+diesel::table! {
+    tokens (id) {
+        id -> Text,
+        account_id -> Text,
+        kind -> Text,
+        name -> Text,
+        token_hash -> Text,
+        prefix -> Text,
+        created_at -> Timestamp,
+        expires_at -> Timestamp,
+        revoked_at -> Nullable<Timestamp>,
+    }
+}
+
+diesel::table! {
+    orders (id) {
+        id -> Text,
+        account_id -> Text,
+        idempotency_key -> Text,
+        app_id -> Text,
+        plan_id -> Text,
+        status -> Text,
+        failure_reason -> Text,
+        amount -> BigInt,
+        currency -> Text,
+        subscription_id -> Nullable<Text>,
+        instance_id -> Text,
+        created_at -> Timestamp,
+        updated_at -> Timestamp,
+    }
+}
+
+diesel::table! {
+    instances (id) {
+        id -> Text,
+        account_id -> Text,
+        order_id -> Text,
+        app_id -> Text,
+        plan_id -> Text,
+        hostname -> Text,
+        namespace -> Text,
+        subscription_id -> Nullable<Text>,
+        desired_state -> Text,
+        status -> Text,
+        status_reason -> Text,
+        restart_generation -> BigInt,
+        created_at -> Timestamp,
+        updated_at -> Timestamp,
+        ready_at -> Nullable<Timestamp>,
+    }
+}
+
+diesel::table! {
+    instance_events (id) {
+        id -> Text,
+        instance_id -> Text,
+        status -> Text,
+        reason -> Text,
+        at -> Timestamp,
+    }
+}
+
+diesel::table! {
+    audit_log (id) {
+        id -> Text,
+        actor_account_id -> Text,
+        action -> Text,
+        target -> Text,
+        detail -> Text,
+        at -> Timestamp,
+    }
+}
+
+diesel::joinable!(tokens -> accounts (account_id));
+diesel::joinable!(instances -> accounts (account_id));
+diesel::joinable!(instance_events -> instances (instance_id));
+diesel::allow_tables_to_appear_in_same_query!(
+    accounts,
+    tokens,
+    orders,
+    instances,
+    instance_events,
+    audit_log
+);
