@@ -1,1 +1,176 @@
-//! placeholder
+//! Kapal's provisioner: the only part of Kapal that talks to Kubernetes.
+//!
+//! It serves `kapal.internal.v1.ProvisionerService` to the other services and runs a
+//! level-triggered controller: every instance gets its own namespace with its credentials Secret,
+//! volumes, workloads, Services, Ingress, quota, limits and network policies, converged with
+//! server-side apply; its status is computed from the cluster and reported to the
+//! control-plane's `InstanceStateService` when it changes.
+//!
+//! The Kubernetes identity it runs as needs, cluster-wide: namespaces (get, create, patch,
+//! delete); secrets (get, create, patch); persistentvolumeclaims, services, resourcequotas,
+//! limitranges (get, list, create, patch); deployments and statefulsets (get, list, watch,
+//! create, patch); pods (list, watch); ingresses and networkpolicies (get, create, patch).
+//!
+//! Not yet: a retention period before a deleted instance's data is removed (DELETED removes the
+//! namespace, and its volumes with it, at once); pruning objects of components removed from
+//! the catalog; copying a wildcard TLS Secret into instance namespaces (`tls_secret` must
+//! exist there, or the ingress controller must serve it as its default certificate).
+
+pub mod cluster;
+pub mod controller;
+pub mod error;
+pub mod render;
+pub mod service;
+pub mod spec;
+pub mod status;
+pub mod store;
+
+use std::future::Future;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context as _;
+use kapal::auth::{InternalKey, VerifyPrincipal};
+use kapal::catalog::Catalog;
+use kapal::clock::SharedClock;
+use kapal::db::{Db, DbConfig};
+use kapal::proto::internal::v1::instance_state_service_client::InstanceStateServiceClient;
+use kapal::proto::internal::v1::provisioner_service_server::ProvisionerServiceServer;
+use tokio::net::TcpListener;
+use tonic::server::NamedService as _;
+
+/// Settings of the provisioner. [`Config::new`] gives the defaults.
+#[derive(Clone, Debug)]
+pub struct Config {
+    /// Where the provisioner keeps its copy of the desired specs.
+    pub db: DbConfig,
+    pub catalog: Arc<Catalog>,
+    /// Verifies callers and signs calls to the control-plane.
+    pub key: InternalKey,
+    /// Kubeconfig file of the cluster. `None`: in-cluster service account, else `$KUBECONFIG`
+    /// or `~/.kube/config` (kube's inference).
+    pub kubeconfig: Option<PathBuf>,
+    /// `http://host:port` of the control-plane's InstanceStateService. Empty: none (desired
+    /// state comes only from ApplyInstance, and statuses are not reported).
+    pub control_plane_endpoint: String,
+    /// IngressClass of instance Ingresses. Default `traefik` (K3s).
+    pub ingress_class: String,
+    /// Namespace of the ingress controller, allowed through instance network policies.
+    /// Default `kube-system` (where K3s runs Traefik).
+    pub ingress_namespace: String,
+    /// StorageClass of instance volumes; `None` (default) uses the cluster's default class.
+    pub storage_class: Option<String>,
+    /// cert-manager ClusterIssuer for each hostname's certificate. Default none.
+    pub tls_issuer: Option<String>,
+    /// Existing (wildcard) certificate Secret for instance Ingresses, used when no issuer is
+    /// set. Default none (no TLS section).
+    pub tls_secret: Option<String>,
+    /// How often every instance is converged again and the desired list pulled. Default 30 s.
+    pub resync_interval: Duration,
+    /// How long a pod may wait for capacity or a volume before its instance is FAILED.
+    /// Default 2 minutes.
+    pub unschedulable_grace: Duration,
+    pub clock: SharedClock,
+}
+
+impl Config {
+    pub fn new(
+        db: DbConfig,
+        catalog: Arc<Catalog>,
+        key: InternalKey,
+        kubeconfig: Option<PathBuf>,
+        control_plane_endpoint: impl Into<String>,
+    ) -> Config {
+        Config {
+            db,
+            catalog,
+            key,
+            kubeconfig,
+            control_plane_endpoint: control_plane_endpoint.into(),
+            ingress_class: "traefik".to_string(),
+            ingress_namespace: "kube-system".to_string(),
+            storage_class: None,
+            tls_issuer: None,
+            tls_secret: None,
+            resync_interval: Duration::from_secs(30),
+            unschedulable_grace: Duration::from_secs(120),
+            clock: kapal::clock::system(),
+        }
+    }
+}
+
+async fn kube_client(kubeconfig: Option<&PathBuf>) -> anyhow::Result<kube::Client> {
+    let config = match kubeconfig {
+        Some(path) => {
+            let kc = kube::config::Kubeconfig::read_from(path)
+                .with_context(|| format!("reading the kubeconfig {}", path.display()))?;
+            kube::Config::from_custom_kubeconfig(kc, &kube::config::KubeConfigOptions::default())
+                .await
+                .with_context(|| format!("loading the kubeconfig {}", path.display()))?
+        }
+        None => kube::Config::infer()
+            .await
+            .context("finding the cluster: not running in a pod, and no $KUBECONFIG or ~/.kube/config (set the kubeconfig path)")?,
+    };
+    kube::Client::try_from(config).context("building the Kubernetes client")
+}
+
+/// Connects the database (running migrations), starts the controller, and serves gRPC on
+/// `listener` until `shutdown` completes; the controller stops with it.
+pub async fn run(
+    config: Config,
+    listener: TcpListener,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> anyhow::Result<()> {
+    kapal::serve::install_crypto_provider();
+    let db = Db::connect(&config.db, "provisioner", store::migrations()).await?;
+    let client = kube_client(config.kubeconfig.as_ref()).await?;
+    let control_plane = match config.control_plane_endpoint.trim() {
+        "" => {
+            tracing::warn!("no control-plane endpoint: statuses are not reported");
+            None
+        }
+        endpoint => Some(InstanceStateServiceClient::new(
+            kapal::serve::internal_channel(endpoint, &config.key)?,
+        )),
+    };
+    let (controller, queues) = controller::Controller::new(controller::Parts {
+        store: store::Store::new(db),
+        catalog: config.catalog.clone(),
+        cluster: cluster::Cluster::new(client),
+        settings: render::Settings {
+            ingress_class: config.ingress_class.clone(),
+            storage_class: config.storage_class.clone(),
+            tls_issuer: config.tls_issuer.clone(),
+            tls_secret: config.tls_secret.clone(),
+            ingress_namespace: config.ingress_namespace.clone(),
+        },
+        clock: config.clock.clone(),
+        unschedulable_grace: config.unschedulable_grace,
+        resync_interval: config.resync_interval,
+        control_plane,
+    });
+    let tasks = controller.spawn(queues);
+
+    let (health, health_service) = tonic_health::server::health_reporter();
+    health
+        .set_service_status(
+            ProvisionerServiceServer::<service::Provisioner>::NAME,
+            tonic_health::ServingStatus::Serving,
+        )
+        .await;
+    let router = tonic::transport::Server::builder()
+        .add_service(health_service)
+        .add_service(kapal::serve::reflection(kapal::proto::DESCRIPTOR_SET)?)
+        .add_service(ProvisionerServiceServer::with_interceptor(
+            service::Provisioner::new(controller),
+            VerifyPrincipal(config.key.clone()),
+        ));
+    tracing::info!(addr = ?listener.local_addr().ok(), "provisioner serving");
+    let served = kapal::serve::serve(router, listener, shutdown).await;
+    for task in tasks {
+        task.abort();
+    }
+    served
+}

@@ -1,0 +1,470 @@
+//! The level-triggered controller: it records desired specs, converges the cluster towards them
+//! (on request, at start-up, every resync interval, and again after a failure with backoff),
+//! computes each instance's status from the cluster, and reports changes to the control-plane.
+//!
+//! Desired state lives in the control-plane; the provisioner keeps its own copy so that it
+//! resumes after a restart even while the control-plane is unreachable.
+
+use std::collections::{HashMap, HashSet};
+use std::fmt::Debug;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use futures::StreamExt as _;
+use kapal::catalog::{App, Catalog, Plan};
+use kapal::clock::SharedClock;
+use kapal::proto::internal::v1::instance_state_service_client::InstanceStateServiceClient;
+use kapal::proto::internal::v1::{InstanceSpec, InstanceState, ListDesiredInstancesRequest};
+use kapal::proto::v1::{Credentials, InstanceStatus};
+use kapal::serve::InternalChannel;
+use kube::runtime::{WatchStreamExt as _, watcher};
+use kube::{Api, Resource, ResourceExt as _};
+use serde::de::DeserializeOwned;
+use tokio::sync::mpsc;
+use tokio::time::Instant;
+use uuid::Uuid;
+
+use crate::cluster::{Cluster, Owner};
+use crate::error::{Error, Result, chain};
+use crate::render::{
+    LABEL_INSTANCE, LABEL_MANAGED_BY, MANAGED_BY, PASSWORD_KEY, Settings, USERNAME_KEY,
+};
+use crate::spec::{Desired, Spec};
+use crate::status::{self, Known, Verdict};
+use crate::store::{Store, Stored, Upsert};
+
+/// Status changes arriving within this window are evaluated once.
+const DEBOUNCE: Duration = Duration::from_millis(200);
+/// First retry of a failed convergence; doubles up to the resync interval.
+const FIRST_RETRY: Duration = Duration::from_secs(1);
+/// Retry of a failed report to the control-plane.
+const REPORT_RETRY: Duration = Duration::from_secs(2);
+
+pub struct Controller {
+    store: Store,
+    catalog: Arc<Catalog>,
+    cluster: Cluster,
+    settings: Settings,
+    clock: SharedClock,
+    unschedulable_grace: Duration,
+    resync_interval: Duration,
+    control_plane: Option<InstanceStateServiceClient<InternalChannel>>,
+    /// One lock per instance: convergence and spec changes of one instance never interleave.
+    locks: Mutex<HashMap<Uuid, Arc<tokio::sync::Mutex<()>>>>,
+    /// Instances whose status may have changed.
+    status_tx: mpsc::UnboundedSender<Uuid>,
+    /// Instances to converge now.
+    converge_tx: mpsc::UnboundedSender<Uuid>,
+}
+
+/// The receiving ends of the controller's queues, for [`Controller::spawn`].
+pub struct Queues {
+    status_rx: mpsc::UnboundedReceiver<Uuid>,
+    converge_rx: mpsc::UnboundedReceiver<Uuid>,
+}
+
+pub struct Parts {
+    pub store: Store,
+    pub catalog: Arc<Catalog>,
+    pub cluster: Cluster,
+    pub settings: Settings,
+    pub clock: SharedClock,
+    pub unschedulable_grace: Duration,
+    pub resync_interval: Duration,
+    pub control_plane: Option<InstanceStateServiceClient<InternalChannel>>,
+}
+
+impl Controller {
+    pub fn new(parts: Parts) -> (Arc<Controller>, Queues) {
+        let (status_tx, status_rx) = mpsc::unbounded_channel();
+        let (converge_tx, converge_rx) = mpsc::unbounded_channel();
+        let controller = Controller {
+            store: parts.store,
+            catalog: parts.catalog,
+            cluster: parts.cluster,
+            settings: parts.settings,
+            clock: parts.clock,
+            unschedulable_grace: parts.unschedulable_grace,
+            resync_interval: parts.resync_interval,
+            control_plane: parts.control_plane,
+            locks: Mutex::new(HashMap::new()),
+            status_tx,
+            converge_tx,
+        };
+        (
+            Arc::new(controller),
+            Queues {
+                status_rx,
+                converge_rx,
+            },
+        )
+    }
+
+    /// Starts the reconcile loop, the status reporter and the watchers.
+    pub fn spawn(self: &Arc<Self>, queues: Queues) -> Vec<tokio::task::JoinHandle<()>> {
+        let client = self.cluster.client().clone();
+        vec![
+            tokio::spawn(self.clone().reconcile_loop(queues.converge_rx)),
+            tokio::spawn(self.clone().status_loop(queues.status_rx)),
+            tokio::spawn(watch(
+                Api::<k8s_openapi::api::apps::v1::Deployment>::all(client.clone()),
+                "deployments",
+                self.status_tx.clone(),
+            )),
+            tokio::spawn(watch(
+                Api::<k8s_openapi::api::apps::v1::StatefulSet>::all(client.clone()),
+                "statefulsets",
+                self.status_tx.clone(),
+            )),
+            tokio::spawn(watch(
+                Api::<k8s_openapi::api::core::v1::Pod>::all(client),
+                "pods",
+                self.status_tx.clone(),
+            )),
+        ]
+    }
+
+    async fn lock(&self, id: Uuid) -> tokio::sync::OwnedMutexGuard<()> {
+        let lock = {
+            let mut locks = self.locks.lock().unwrap_or_else(|e| e.into_inner());
+            locks.entry(id).or_default().clone()
+        };
+        lock.lock_owned().await
+    }
+
+    fn app_and_plan(&self, spec: &Spec) -> Result<(&App, &Plan)> {
+        let app = self.catalog.app(&spec.app_id).ok_or_else(|| {
+            Error::Internal(format!(
+                "instance {} runs {}, which is no longer in the catalog",
+                spec.instance_id, spec.app_id
+            ))
+        })?;
+        let plan = app.plan(&spec.plan_id).ok_or_else(|| {
+            Error::Internal(format!(
+                "instance {} has plan {}, which {} no longer has",
+                spec.instance_id, spec.plan_id, app.id
+            ))
+        })?;
+        Ok((app, plan))
+    }
+
+    fn state(&self, id: Uuid, verdict: Verdict) -> InstanceState {
+        InstanceState {
+            instance_id: id.to_string(),
+            status: verdict.status as i32,
+            reason: verdict.reason,
+            observed_at: Some(kapal::wire::timestamp(self.clock.now().naive_utc())),
+        }
+    }
+
+    /// ApplyInstance: validates and records `wire`, converges the cluster, and returns the
+    /// status the cluster shows afterwards.
+    pub async fn apply(&self, wire: &InstanceSpec) -> Result<InstanceState> {
+        let spec = Spec::from_wire(wire, &self.catalog)?;
+        let id = spec.instance_id;
+        let converged = {
+            let _guard = self.lock(id).await;
+            if spec.desired != Desired::Deleted
+                && self.cluster.owner(&spec).await? == Owner::Foreign
+            {
+                return Err(Error::FailedPrecondition(format!(
+                    "namespace {} already exists and does not belong to instance {id}",
+                    spec.namespace
+                )));
+            }
+            let upsert = self
+                .store
+                .upsert(&spec, self.clock.now().naive_utc(), None)
+                .await?;
+            tracing::info!(instance = %id, namespace = %spec.namespace, desired = ?spec.desired, ?upsert, "instance applied");
+            let (app, plan) = self.app_and_plan(&spec)?;
+            self.cluster
+                .converge(&spec, app, plan, &self.settings)
+                .await
+        };
+        if let Err(e) = converged {
+            // Recorded: the reconcile loop retries it.
+            let _ = self.converge_tx.send(id);
+            return Err(e);
+        }
+        let verdict = self.evaluate(id).await?.0;
+        let _ = self.status_tx.send(id);
+        Ok(self.state(id, verdict))
+    }
+
+    /// GetInstanceState: the status as computed from the cluster now.
+    pub async fn instance_state(&self, instance_id: &str) -> Result<InstanceState> {
+        let id = kapal::wire::uuid("instance_id", instance_id)
+            .map_err(|s| Error::invalid(s.message()))?;
+        let verdict = self.evaluate(id).await?.0;
+        Ok(self.state(id, verdict))
+    }
+
+    /// GetCredentials: the instance's generated login, from its Secret.
+    pub async fn credentials(&self, instance_id: &str) -> Result<Credentials> {
+        let id = kapal::wire::uuid("instance_id", instance_id)
+            .map_err(|s| Error::invalid(s.message()))?;
+        let not_found = || {
+            Error::NotFound(format!(
+                "instance {id} has no credentials (it has not been provisioned)"
+            ))
+        };
+        let stored = self.store.get(id).await?.ok_or_else(not_found)?;
+        if stored.spec.desired == Desired::Deleted {
+            return Err(not_found());
+        }
+        let (app, _) = self.app_and_plan(&stored.spec)?;
+        let data = self
+            .cluster
+            .credentials(&stored.spec)
+            .await?
+            .ok_or_else(not_found)?;
+        let value = |key: &str| {
+            data.get(key).cloned().ok_or_else(|| {
+                Error::Internal(format!("the credentials of instance {id} have no {key}"))
+            })
+        };
+        Ok(Credentials {
+            username: value(USERNAME_KEY)?,
+            password: value(PASSWORD_KEY)?,
+            login_url: format!("{}{}", stored.spec.url(), app.credentials.login_path),
+        })
+    }
+
+    /// Computes the instance's status from the cluster and remembers when it became READY.
+    async fn evaluate(&self, id: Uuid) -> Result<(Verdict, Option<Stored>)> {
+        let Some(stored) = self.store.get(id).await? else {
+            return Ok((
+                status::compute(
+                    None,
+                    &status::Observed::default(),
+                    self.clock.now(),
+                    self.unschedulable_grace,
+                ),
+                None,
+            ));
+        };
+        let (app, _) = self.app_and_plan(&stored.spec)?;
+        let observed = self.cluster.observe(&stored.spec).await?;
+        let known = Known {
+            desired: stored.spec.desired,
+            was_ready: stored.was_ready,
+            app,
+        };
+        let verdict = status::compute(
+            Some(known),
+            &observed,
+            self.clock.now(),
+            self.unschedulable_grace,
+        );
+        if verdict.status == InstanceStatus::Ready && !stored.was_ready {
+            self.store
+                .set_was_ready(id, true, stored.updated_at)
+                .await?;
+        }
+        Ok((verdict, Some(stored)))
+    }
+
+    /// Evaluates the instance and reports its status to the control-plane if it changed since
+    /// the last successful report.
+    async fn report(&self, id: Uuid) -> Result<()> {
+        let (verdict, stored) = self.evaluate(id).await?;
+        let Some(stored) = stored else { return Ok(()) };
+        let current = (verdict.status as i32, verdict.reason.clone());
+        if stored.reported.as_ref() == Some(&current) {
+            return Ok(());
+        }
+        tracing::info!(instance = %id, status = verdict.status.as_str_name(), reason = %verdict.reason, "instance status changed");
+        if let Some(client) = &self.control_plane {
+            let mut client = client.clone();
+            client
+                .report_instance_state(self.state(id, verdict))
+                .await
+                .map_err(|s| {
+                    Error::Internal(format!(
+                        "reporting to the control-plane failed: {} {}",
+                        s.code(),
+                        s.message()
+                    ))
+                })?;
+        }
+        self.store.set_reported(id, current.0, &current.1).await
+    }
+
+    /// Converges one recorded instance (nothing when it is unknown or deleted and reported).
+    async fn converge(&self, id: Uuid) -> Result<()> {
+        let _guard = self.lock(id).await;
+        let Some(stored) = self.store.get(id).await? else {
+            return Ok(());
+        };
+        if stored.is_finished() {
+            return Ok(());
+        }
+        let (app, plan) = self.app_and_plan(&stored.spec)?;
+        self.cluster
+            .converge(&stored.spec, app, plan, &self.settings)
+            .await
+    }
+
+    /// Records what the control-plane wants (its list is the source of truth). A spec that
+    /// changed here while the list was being fetched is newer than the list and kept.
+    async fn pull_desired(&self) {
+        let Some(client) = &self.control_plane else {
+            return;
+        };
+        let started = self.clock.now().naive_utc();
+        let listed = match client
+            .clone()
+            .list_desired_instances(ListDesiredInstancesRequest {})
+            .await
+        {
+            Ok(r) => r.into_inner().instances,
+            Err(s) => {
+                tracing::warn!(code = ?s.code(), message = s.message(), "cannot list desired instances from the control-plane; converging the recorded ones");
+                return;
+            }
+        };
+        for wire in listed {
+            let spec = match Spec::from_wire(&wire, &self.catalog) {
+                Ok(spec) => spec,
+                Err(e) => {
+                    tracing::warn!(instance = %wire.instance_id, error = %e, "the control-plane listed an invalid instance; skipped");
+                    continue;
+                }
+            };
+            let _guard = self.lock(spec.instance_id).await;
+            match self
+                .store
+                .upsert(&spec, self.clock.now().naive_utc(), Some(started))
+                .await
+            {
+                Ok(Upsert::Unchanged | Upsert::Stale) => {}
+                Ok(upsert) => {
+                    tracing::info!(instance = %spec.instance_id, desired = ?spec.desired, ?upsert, "desired state from the control-plane")
+                }
+                Err(e) => {
+                    tracing::warn!(instance = %spec.instance_id, error = %chain(&e), "cannot record a desired instance")
+                }
+            }
+        }
+    }
+
+    async fn converge_tracked(&self, id: Uuid, retries: &mut HashMap<Uuid, (Instant, u32)>) {
+        match self.converge(id).await {
+            Ok(()) => {
+                retries.remove(&id);
+            }
+            Err(e) => {
+                let attempts = retries.get(&id).map_or(0, |r| r.1).saturating_add(1);
+                let delay = FIRST_RETRY
+                    .saturating_mul(1 << attempts.min(16))
+                    .min(self.resync_interval);
+                tracing::warn!(instance = %id, error = %chain(&e), attempts, retry_in = ?delay, "converging failed");
+                retries.insert(id, (Instant::now() + delay, attempts));
+            }
+        }
+        let _ = self.status_tx.send(id);
+    }
+
+    /// At start-up and every resync interval: pull the desired list, converge every recorded
+    /// instance. In between: converge what is queued, retry failures with backoff.
+    async fn reconcile_loop(self: Arc<Self>, mut converge_rx: mpsc::UnboundedReceiver<Uuid>) {
+        let mut resync = tokio::time::interval(self.resync_interval);
+        resync.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut retries: HashMap<Uuid, (Instant, u32)> = HashMap::new();
+        loop {
+            let next_retry = retries.values().map(|r| r.0).min();
+            tokio::select! {
+                _ = resync.tick() => {
+                    self.pull_desired().await;
+                    match self.store.list().await {
+                        Ok(all) => {
+                            for stored in all.iter().filter(|s| !s.is_finished()) {
+                                self.converge_tracked(stored.spec.instance_id, &mut retries).await;
+                            }
+                        }
+                        Err(e) => tracing::warn!(error = %chain(&e), "cannot list recorded instances"),
+                    }
+                }
+                Some(id) = converge_rx.recv() => self.converge_tracked(id, &mut retries).await,
+                _ = sleep_until(next_retry) => {
+                    let now = Instant::now();
+                    let due: Vec<Uuid> = retries.iter().filter(|(_, r)| r.0 <= now).map(|(id, _)| *id).collect();
+                    for id in due {
+                        self.converge_tracked(id, &mut retries).await;
+                    }
+                }
+            }
+        }
+    }
+
+    /// Evaluates instances whose objects changed and reports status changes, retrying failed
+    /// reports.
+    async fn status_loop(self: Arc<Self>, mut status_rx: mpsc::UnboundedReceiver<Uuid>) {
+        let mut retries: HashMap<Uuid, Instant> = HashMap::new();
+        loop {
+            let mut batch = HashSet::new();
+            let next_retry = retries.values().min().copied();
+            tokio::select! {
+                id = status_rx.recv() => match id {
+                    Some(id) => { batch.insert(id); }
+                    None => return,
+                },
+                _ = sleep_until(next_retry) => {}
+            }
+            tokio::time::sleep(DEBOUNCE).await;
+            while let Ok(id) = status_rx.try_recv() {
+                batch.insert(id);
+            }
+            let now = Instant::now();
+            retries.retain(|id, at| {
+                if *at <= now {
+                    batch.insert(*id);
+                    false
+                } else {
+                    true
+                }
+            });
+            for id in batch {
+                if let Err(e) = self.report(id).await {
+                    tracing::warn!(instance = %id, error = %chain(&e), retry_in = ?REPORT_RETRY, "cannot evaluate or report the instance's status");
+                    retries.insert(id, Instant::now() + REPORT_RETRY);
+                }
+            }
+        }
+    }
+}
+
+async fn sleep_until(at: Option<Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
+    }
+}
+
+/// Watches Kapal's objects of one kind in every namespace and queues their instance for a
+/// status evaluation on every change.
+async fn watch<K>(api: Api<K>, kind: &'static str, status_tx: mpsc::UnboundedSender<Uuid>)
+where
+    K: Resource + Clone + DeserializeOwned + Debug + Send + Sync + 'static,
+{
+    let config = watcher::Config::default().labels(&format!("{LABEL_MANAGED_BY}={MANAGED_BY}"));
+    let stream = watcher(api, config).default_backoff().touched_objects();
+    let mut stream = std::pin::pin!(stream);
+    while let Some(item) = stream.next().await {
+        match item {
+            Ok(obj) => {
+                let id = obj
+                    .labels()
+                    .get(LABEL_INSTANCE)
+                    .and_then(|v| Uuid::parse_str(v).ok());
+                if let Some(id) = id
+                    && status_tx.send(id).is_err()
+                {
+                    return;
+                }
+            }
+            Err(e) => tracing::warn!(kind, error = %e, "watch failed; retrying with backoff"),
+        }
+    }
+}

@@ -1,0 +1,1318 @@
+//! The Kubernetes objects an instance should have, computed by pure functions from its spec, its
+//! catalog app and plan, and the provisioner's settings. Nothing here talks to the cluster, so
+//! every object is unit-tested as rendered.
+//!
+//! Names inside the instance's namespace:
+//! - `<component>`: the component's Deployment or StatefulSet, and its Service;
+//! - `<component>-data`: the component's PersistentVolumeClaim;
+//! - [`CREDENTIALS_SECRET`]: generated username, password and app secrets;
+//! - [`INGRESS_NAME`]: routes the hostname to the public component;
+//! - [`QUOTA_NAME`], [`LIMITS_NAME`]: the plan's resources as a quota and container limits;
+//! - [`DENY_POLICY`], [`ALLOW_NAMESPACE_POLICY`], [`ALLOW_INGRESS_POLICY`]: network isolation.
+
+use std::collections::BTreeMap;
+
+use k8s_openapi::api::apps::v1::{
+    Deployment, DeploymentSpec, DeploymentStrategy, StatefulSet, StatefulSetSpec,
+};
+use k8s_openapi::api::core::v1::{
+    Capabilities, Container, ContainerPort, EnvVar, EnvVarSource, HTTPGetAction, LimitRange,
+    LimitRangeItem, LimitRangeSpec, Namespace, PersistentVolumeClaim, PersistentVolumeClaimSpec,
+    PersistentVolumeClaimVolumeSource, PodSecurityContext, PodSpec, PodTemplateSpec, Probe,
+    ResourceQuota, ResourceQuotaSpec, ResourceRequirements, SeccompProfile, Secret,
+    SecretKeySelector, SecurityContext, Service, ServicePort, ServiceSpec, TCPSocketAction, Volume,
+    VolumeMount, VolumeResourceRequirements,
+};
+use k8s_openapi::api::networking::v1::{
+    HTTPIngressPath, HTTPIngressRuleValue, Ingress, IngressBackend, IngressRule,
+    IngressServiceBackend, IngressSpec, IngressTLS, NetworkPolicy, NetworkPolicyIngressRule,
+    NetworkPolicyPeer, NetworkPolicySpec, ServiceBackendPort,
+};
+use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta};
+use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
+use kapal::catalog::{App, Component, Plan, WorkloadKind};
+
+use crate::spec::Spec;
+
+/// The one field manager of every server-side apply.
+pub const FIELD_MANAGER: &str = "kapal-provisioner";
+pub const LABEL_MANAGED_BY: &str = "app.kubernetes.io/managed-by";
+pub const MANAGED_BY: &str = "kapal";
+pub const LABEL_INSTANCE: &str = "kapal.dev/instance";
+pub const LABEL_CUSTOMER: &str = "kapal.dev/customer";
+pub const LABEL_APP: &str = "kapal.dev/app";
+/// On workloads, their pods and Services: which catalog component.
+pub const LABEL_COMPONENT: &str = "kapal.dev/component";
+pub const LABEL_POD_SECURITY: &str = "pod-security.kubernetes.io/enforce";
+/// Pod-template annotation; bumping it rolls the workload's pods.
+pub const ANNOTATION_RESTART: &str = "kapal.dev/restart-generation";
+/// cert-manager's annotation naming the ClusterIssuer of an Ingress' certificate.
+pub const ANNOTATION_CLUSTER_ISSUER: &str = "cert-manager.io/cluster-issuer";
+pub const CREDENTIALS_SECRET: &str = "kapal-credentials";
+pub const INGRESS_NAME: &str = "kapal-web";
+/// The Secret cert-manager writes the certificate into when an issuer is configured.
+pub const TLS_SECRET: &str = "kapal-tls";
+pub const QUOTA_NAME: &str = "kapal-quota";
+pub const LIMITS_NAME: &str = "kapal-limits";
+pub const DENY_POLICY: &str = "kapal-default-deny";
+pub const ALLOW_NAMESPACE_POLICY: &str = "kapal-allow-same-namespace";
+pub const ALLOW_INGRESS_POLICY: &str = "kapal-allow-ingress-controller";
+/// Keys of the credentials Secret besides the app's generated secrets.
+pub const USERNAME_KEY: &str = "username";
+pub const PASSWORD_KEY: &str = "password";
+const PASSWORD_LENGTH: usize = 24;
+const DATA_VOLUME: &str = "data";
+const PORT_NAME: &str = "main";
+
+/// Deployment-wide settings that shape every instance's objects.
+#[derive(Clone, Debug)]
+pub struct Settings {
+    /// IngressClass of every Ingress.
+    pub ingress_class: String,
+    /// StorageClass of new volumes; `None` uses the cluster's default class.
+    pub storage_class: Option<String>,
+    /// cert-manager ClusterIssuer for each hostname's certificate (wins over `tls_secret`).
+    pub tls_issuer: Option<String>,
+    /// Name of an existing (wildcard) certificate Secret for the Ingress' TLS.
+    pub tls_secret: Option<String>,
+    /// Namespace of the ingress controller, the only other namespace allowed to reach instances.
+    pub ingress_namespace: String,
+}
+
+/// A component's workload.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Workload {
+    Deployment(Deployment),
+    StatefulSet(StatefulSet),
+}
+
+impl Workload {
+    pub fn name(&self) -> &str {
+        let meta = match self {
+            Workload::Deployment(d) => &d.metadata,
+            Workload::StatefulSet(s) => &s.metadata,
+        };
+        meta.name.as_deref().unwrap_or_default()
+    }
+
+    pub fn pod_template(&self) -> Option<&PodTemplateSpec> {
+        match self {
+            Workload::Deployment(d) => d.spec.as_ref().map(|s| &s.template),
+            Workload::StatefulSet(s) => s.spec.as_ref().map(|s| &s.template),
+        }
+    }
+
+    pub fn replicas(&self) -> Option<i32> {
+        match self {
+            Workload::Deployment(d) => d.spec.as_ref().and_then(|s| s.replicas),
+            Workload::StatefulSet(s) => s.spec.as_ref().and_then(|s| s.replicas),
+        }
+    }
+}
+
+/// Everything an instance's namespace should contain (but its credentials Secret, which is
+/// created once by [`credentials_secret`] and never re-rendered).
+#[derive(Clone, Debug)]
+pub struct Objects {
+    pub namespace: Namespace,
+    pub quota: ResourceQuota,
+    pub limits: LimitRange,
+    pub network_policies: Vec<NetworkPolicy>,
+    pub volumes: Vec<PersistentVolumeClaim>,
+    pub services: Vec<Service>,
+    pub workloads: Vec<Workload>,
+    pub ingress: Ingress,
+}
+
+/// CPU and memory of one component: its `resource_share` percent of the plan.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Resources {
+    pub cpu_millis: u32,
+    pub memory_mib: u32,
+}
+
+impl Resources {
+    pub fn of(plan: &Plan, component: &Component) -> Resources {
+        Resources {
+            cpu_millis: share(plan.cpu_millis, component.resource_share),
+            memory_mib: share(plan.memory_mib, component.resource_share),
+        }
+    }
+
+    fn quantities(self) -> BTreeMap<String, Quantity> {
+        BTreeMap::from([
+            ("cpu".to_string(), cpu(self.cpu_millis)),
+            ("memory".to_string(), mebibytes(self.memory_mib)),
+        ])
+    }
+}
+
+fn share(total: u32, percent: u32) -> u32 {
+    // u64: no overflow for any u32 total.
+    u32::try_from(u64::from(total) * u64::from(percent) / 100).unwrap_or(total)
+}
+
+fn cpu(millis: u32) -> Quantity {
+    Quantity(format!("{millis}m"))
+}
+
+/// Canonical form (what the API server stores), so applies are no-ops when nothing changed.
+fn mebibytes(mib: u32) -> Quantity {
+    if mib.is_multiple_of(1024) {
+        Quantity(format!("{}Gi", mib / 1024))
+    } else {
+        Quantity(format!("{mib}Mi"))
+    }
+}
+
+fn count(n: usize) -> Quantity {
+    Quantity(n.to_string())
+}
+
+/// Size of a component's volume: its `storage_share` percent of the plan's storage.
+pub fn volume_size(plan: &Plan, storage_share: u32) -> Quantity {
+    mebibytes(share(plan.storage_gib.saturating_mul(1024), storage_share))
+}
+
+/// Name of a component's PersistentVolumeClaim.
+pub fn volume_name(component: &str) -> String {
+    format!("{component}-{DATA_VOLUME}")
+}
+
+/// The labels every object of the instance carries.
+pub fn instance_labels(spec: &Spec) -> BTreeMap<String, String> {
+    BTreeMap::from([
+        (LABEL_MANAGED_BY.to_string(), MANAGED_BY.to_string()),
+        (LABEL_INSTANCE.to_string(), spec.instance_id.to_string()),
+        (LABEL_CUSTOMER.to_string(), spec.customer_id.clone()),
+        (LABEL_APP.to_string(), spec.app_id.clone()),
+    ])
+}
+
+fn component_labels(spec: &Spec, component: &str) -> BTreeMap<String, String> {
+    let mut labels = instance_labels(spec);
+    labels.insert(LABEL_COMPONENT.to_string(), component.to_string());
+    labels
+}
+
+/// The (immutable) selector of a component's pods.
+fn selector_labels(spec: &Spec, component: &str) -> BTreeMap<String, String> {
+    BTreeMap::from([
+        (LABEL_INSTANCE.to_string(), spec.instance_id.to_string()),
+        (LABEL_COMPONENT.to_string(), component.to_string()),
+    ])
+}
+
+fn meta(spec: &Spec, name: &str, labels: BTreeMap<String, String>) -> ObjectMeta {
+    ObjectMeta {
+        name: Some(name.to_string()),
+        namespace: Some(spec.namespace.clone()),
+        labels: Some(labels),
+        ..ObjectMeta::default()
+    }
+}
+
+/// Replaces `{{hostname}}`, `{{url}}`, `{{instance_id}}`, `{{customer_id}}` and
+/// `{{component:<name>}}` (the component's Service name) in `template`. Anything else in braces
+/// is left as it is.
+pub fn render_template(template: &str, spec: &Spec, app: &App) -> String {
+    let mut out = String::with_capacity(template.len());
+    let mut rest = template;
+    while let Some(start) = rest.find("{{") {
+        out.push_str(&rest[..start]);
+        let after = &rest[start + 2..];
+        let Some(end) = after.find("}}") else {
+            out.push_str(&rest[start..]);
+            return out;
+        };
+        let key = &after[..end];
+        let value = match key {
+            "hostname" => Some(spec.hostname.clone()),
+            "url" => Some(spec.url()),
+            "instance_id" => Some(spec.instance_id.to_string()),
+            "customer_id" => Some(spec.customer_id.clone()),
+            _ => key
+                .strip_prefix("component:")
+                .filter(|name| app.components.iter().any(|c| c.name == *name))
+                .map(str::to_string),
+        };
+        match value {
+            Some(v) => out.push_str(&v),
+            None => out.push_str(&rest[start..start + 2 + end + 2]),
+        }
+        rest = &after[end + 2..];
+    }
+    out.push_str(rest);
+    out
+}
+
+/// The app's admin user name for this instance.
+pub fn username(spec: &Spec, app: &App) -> String {
+    render_template(&app.credentials.username, spec, app)
+}
+
+/// The instance's credentials Secret with freshly generated values. Created once; never
+/// re-rendered over an existing Secret.
+pub fn credentials_secret(spec: &Spec, app: &App) -> Secret {
+    let mut data = BTreeMap::from([
+        (USERNAME_KEY.to_string(), username(spec, app)),
+        (PASSWORD_KEY.to_string(), generate_secret(PASSWORD_LENGTH)),
+    ]);
+    for s in &app.secrets {
+        data.insert(s.name.clone(), generate_secret(s.length));
+    }
+    Secret {
+        metadata: meta(spec, CREDENTIALS_SECRET, instance_labels(spec)),
+        string_data: Some(data),
+        type_: Some("Opaque".to_string()),
+        ..Secret::default()
+    }
+}
+
+/// Keys the credentials Secret must hold for `app`.
+pub fn credential_keys(app: &App) -> Vec<String> {
+    let mut keys = vec![USERNAME_KEY.to_string(), PASSWORD_KEY.to_string()];
+    keys.extend(app.secrets.iter().map(|s| s.name.clone()));
+    keys
+}
+
+/// A random alphanumeric value from the OS-seeded thread RNG.
+pub fn generate_secret(length: usize) -> String {
+    use rand::Rng as _;
+    rand::rng()
+        .sample_iter(rand::distr::Alphanumeric)
+        .take(length)
+        .map(char::from)
+        .collect()
+}
+
+/// Every object of the instance but its credentials Secret.
+pub fn render(spec: &Spec, app: &App, plan: &Plan, settings: &Settings) -> Objects {
+    Objects {
+        namespace: namespace(spec),
+        quota: quota(spec, app, plan),
+        limits: limit_range(spec, plan),
+        network_policies: network_policies(spec, settings),
+        volumes: app
+            .components
+            .iter()
+            .filter_map(|c| {
+                c.volume
+                    .as_ref()
+                    .map(|v| volume(spec, plan, c, v.storage_share, settings))
+            })
+            .collect(),
+        services: app.components.iter().map(|c| service(spec, c)).collect(),
+        workloads: app
+            .components
+            .iter()
+            .map(|c| workload(spec, app, plan, c))
+            .collect(),
+        ingress: ingress(spec, app, settings),
+    }
+}
+
+fn namespace(spec: &Spec) -> Namespace {
+    let mut labels = instance_labels(spec);
+    labels.insert(LABEL_POD_SECURITY.to_string(), "baseline".to_string());
+    Namespace {
+        metadata: ObjectMeta {
+            name: Some(spec.namespace.clone()),
+            labels: Some(labels),
+            ..ObjectMeta::default()
+        },
+        ..Namespace::default()
+    }
+}
+
+fn quota(spec: &Spec, app: &App, plan: &Plan) -> ResourceQuota {
+    let volumes = app.components.iter().filter(|c| c.volume.is_some()).count();
+    let hard = BTreeMap::from([
+        ("requests.cpu".to_string(), cpu(plan.cpu_millis)),
+        ("limits.cpu".to_string(), cpu(plan.cpu_millis)),
+        ("requests.memory".to_string(), mebibytes(plan.memory_mib)),
+        ("limits.memory".to_string(), mebibytes(plan.memory_mib)),
+        (
+            "requests.storage".to_string(),
+            mebibytes(plan.storage_gib.saturating_mul(1024)),
+        ),
+        ("persistentvolumeclaims".to_string(), count(volumes)),
+        // Room for one replacement pod per component while an old one terminates.
+        ("pods".to_string(), count(app.components.len() * 2)),
+        ("services".to_string(), count(app.components.len())),
+        ("services.nodeports".to_string(), count(0)),
+        ("services.loadbalancers".to_string(), count(0)),
+    ]);
+    ResourceQuota {
+        metadata: meta(spec, QUOTA_NAME, instance_labels(spec)),
+        spec: Some(ResourceQuotaSpec {
+            hard: Some(hard),
+            ..ResourceQuotaSpec::default()
+        }),
+        ..ResourceQuota::default()
+    }
+}
+
+fn limit_range(spec: &Spec, plan: &Plan) -> LimitRange {
+    let default = Resources {
+        cpu_millis: plan.cpu_millis.min(100),
+        memory_mib: plan.memory_mib.min(128),
+    }
+    .quantities();
+    let max = Resources {
+        cpu_millis: plan.cpu_millis,
+        memory_mib: plan.memory_mib,
+    }
+    .quantities();
+    LimitRange {
+        metadata: meta(spec, LIMITS_NAME, instance_labels(spec)),
+        spec: Some(LimitRangeSpec {
+            limits: vec![
+                LimitRangeItem {
+                    type_: "Container".to_string(),
+                    default: Some(default.clone()),
+                    default_request: Some(default),
+                    max: Some(max),
+                    ..LimitRangeItem::default()
+                },
+                LimitRangeItem {
+                    type_: "PersistentVolumeClaim".to_string(),
+                    max: Some(BTreeMap::from([(
+                        "storage".to_string(),
+                        mebibytes(plan.storage_gib.saturating_mul(1024)),
+                    )])),
+                    ..LimitRangeItem::default()
+                },
+            ],
+        }),
+    }
+}
+
+fn network_policies(spec: &Spec, settings: &Settings) -> Vec<NetworkPolicy> {
+    let all_pods = || Some(LabelSelector::default());
+    let policy = |name: &str, ingress: Option<Vec<NetworkPolicyIngressRule>>| NetworkPolicy {
+        metadata: meta(spec, name, instance_labels(spec)),
+        spec: Some(NetworkPolicySpec {
+            pod_selector: all_pods(),
+            policy_types: Some(vec!["Ingress".to_string()]),
+            ingress,
+            ..NetworkPolicySpec::default()
+        }),
+    };
+    vec![
+        // Selecting every pod for Ingress with no rule denies all incoming traffic ...
+        policy(DENY_POLICY, None),
+        // ... but from the instance's own pods ...
+        policy(
+            ALLOW_NAMESPACE_POLICY,
+            Some(vec![NetworkPolicyIngressRule {
+                from: Some(vec![NetworkPolicyPeer {
+                    pod_selector: all_pods(),
+                    ..NetworkPolicyPeer::default()
+                }]),
+                ..NetworkPolicyIngressRule::default()
+            }]),
+        ),
+        // ... and from the ingress controller (Traefik, and cert-manager's HTTP-01 solver pods
+        // in this namespace are reached through it too).
+        policy(
+            ALLOW_INGRESS_POLICY,
+            Some(vec![NetworkPolicyIngressRule {
+                from: Some(vec![NetworkPolicyPeer {
+                    namespace_selector: Some(LabelSelector {
+                        match_labels: Some(BTreeMap::from([(
+                            "kubernetes.io/metadata.name".to_string(),
+                            settings.ingress_namespace.clone(),
+                        )])),
+                        ..LabelSelector::default()
+                    }),
+                    ..NetworkPolicyPeer::default()
+                }]),
+                ..NetworkPolicyIngressRule::default()
+            }]),
+        ),
+    ]
+}
+
+fn volume(
+    spec: &Spec,
+    plan: &Plan,
+    component: &Component,
+    storage_share: u32,
+    settings: &Settings,
+) -> PersistentVolumeClaim {
+    PersistentVolumeClaim {
+        metadata: meta(
+            spec,
+            &volume_name(&component.name),
+            component_labels(spec, &component.name),
+        ),
+        spec: Some(PersistentVolumeClaimSpec {
+            access_modes: Some(vec!["ReadWriteOnce".to_string()]),
+            resources: Some(VolumeResourceRequirements {
+                requests: Some(BTreeMap::from([(
+                    "storage".to_string(),
+                    volume_size(plan, storage_share),
+                )])),
+                ..VolumeResourceRequirements::default()
+            }),
+            storage_class_name: settings.storage_class.clone(),
+            ..PersistentVolumeClaimSpec::default()
+        }),
+        ..PersistentVolumeClaim::default()
+    }
+}
+
+fn service(spec: &Spec, component: &Component) -> Service {
+    Service {
+        metadata: meta(
+            spec,
+            &component.name,
+            component_labels(spec, &component.name),
+        ),
+        spec: Some(ServiceSpec {
+            type_: Some("ClusterIP".to_string()),
+            selector: Some(selector_labels(spec, &component.name)),
+            ports: Some(vec![ServicePort {
+                name: Some(PORT_NAME.to_string()),
+                port: i32::from(component.port),
+                target_port: Some(IntOrString::Int(i32::from(component.port))),
+                protocol: Some("TCP".to_string()),
+                ..ServicePort::default()
+            }]),
+            ..ServiceSpec::default()
+        }),
+        ..Service::default()
+    }
+}
+
+fn env(spec: &Spec, app: &App, component: &Component) -> Vec<EnvVar> {
+    component
+        .env
+        .iter()
+        .map(|e| match (&e.value, &e.secret) {
+            (_, Some(key)) => EnvVar {
+                name: e.name.clone(),
+                value_from: Some(EnvVarSource {
+                    secret_key_ref: Some(SecretKeySelector {
+                        name: CREDENTIALS_SECRET.to_string(),
+                        key: key.clone(),
+                        optional: None,
+                    }),
+                    ..EnvVarSource::default()
+                }),
+                ..EnvVar::default()
+            },
+            (value, None) => EnvVar {
+                name: e.name.clone(),
+                value: Some(render_template(
+                    value.as_deref().unwrap_or_default(),
+                    spec,
+                    app,
+                )),
+                ..EnvVar::default()
+            },
+        })
+        .collect()
+}
+
+fn pod_template(spec: &Spec, app: &App, plan: &Plan, component: &Component) -> PodTemplateSpec {
+    let resources = Resources::of(plan, component).quantities();
+    let port = IntOrString::Int(i32::from(component.port));
+    let readiness_probe = Probe {
+        http_get: component.readiness_path.as_ref().map(|path| HTTPGetAction {
+            path: Some(path.clone()),
+            port: port.clone(),
+            ..HTTPGetAction::default()
+        }),
+        tcp_socket: match component.readiness_path {
+            Some(_) => None,
+            None => Some(TCPSocketAction {
+                port,
+                ..TCPSocketAction::default()
+            }),
+        },
+        initial_delay_seconds: Some(5),
+        period_seconds: Some(10),
+        timeout_seconds: Some(3),
+        failure_threshold: Some(3),
+        ..Probe::default()
+    };
+    let non_root = component.run_as_user.is_some();
+    let container = Container {
+        name: component.name.clone(),
+        image: Some(component.image.clone()),
+        image_pull_policy: Some("IfNotPresent".to_string()),
+        args: (!component.args.is_empty()).then(|| component.args.clone()),
+        ports: Some(vec![ContainerPort {
+            name: Some(PORT_NAME.to_string()),
+            container_port: i32::from(component.port),
+            protocol: Some("TCP".to_string()),
+            ..ContainerPort::default()
+        }]),
+        env: (!component.env.is_empty()).then(|| env(spec, app, component)),
+        resources: Some(ResourceRequirements {
+            requests: Some(resources.clone()),
+            limits: Some(resources),
+            ..ResourceRequirements::default()
+        }),
+        readiness_probe: Some(readiness_probe),
+        security_context: Some(SecurityContext {
+            allow_privilege_escalation: Some(false),
+            // An image that starts as root (e.g. MySQL's entrypoint, which switches user) needs
+            // its default capabilities; one that runs as a fixed user needs none.
+            capabilities: non_root.then(|| Capabilities {
+                drop: Some(vec!["ALL".to_string()]),
+                ..Capabilities::default()
+            }),
+            run_as_non_root: non_root.then_some(true),
+            run_as_user: component.run_as_user,
+            ..SecurityContext::default()
+        }),
+        volume_mounts: component.volume.as_ref().map(|v| {
+            vec![VolumeMount {
+                name: DATA_VOLUME.to_string(),
+                mount_path: v.mount_path.clone(),
+                ..VolumeMount::default()
+            }]
+        }),
+        ..Container::default()
+    };
+    PodTemplateSpec {
+        metadata: Some(ObjectMeta {
+            labels: Some(component_labels(spec, &component.name)),
+            annotations: Some(BTreeMap::from([(
+                ANNOTATION_RESTART.to_string(),
+                spec.restart_generation.to_string(),
+            )])),
+            ..ObjectMeta::default()
+        }),
+        spec: Some(PodSpec {
+            automount_service_account_token: Some(false),
+            // Service links would inject <SERVICE>_PORT variables that some apps misread.
+            enable_service_links: Some(false),
+            security_context: Some(PodSecurityContext {
+                run_as_non_root: non_root.then_some(true),
+                run_as_user: component.run_as_user,
+                run_as_group: component.run_as_user,
+                fs_group: component.run_as_user,
+                seccomp_profile: Some(SeccompProfile {
+                    type_: "RuntimeDefault".to_string(),
+                    ..SeccompProfile::default()
+                }),
+                ..PodSecurityContext::default()
+            }),
+            containers: vec![container],
+            volumes: component.volume.as_ref().map(|_| {
+                vec![Volume {
+                    name: DATA_VOLUME.to_string(),
+                    persistent_volume_claim: Some(PersistentVolumeClaimVolumeSource {
+                        claim_name: volume_name(&component.name),
+                        ..PersistentVolumeClaimVolumeSource::default()
+                    }),
+                    ..Volume::default()
+                }]
+            }),
+            ..PodSpec::default()
+        }),
+    }
+}
+
+fn workload(spec: &Spec, app: &App, plan: &Plan, component: &Component) -> Workload {
+    let metadata = meta(
+        spec,
+        &component.name,
+        component_labels(spec, &component.name),
+    );
+    let selector = LabelSelector {
+        match_labels: Some(selector_labels(spec, &component.name)),
+        ..LabelSelector::default()
+    };
+    let template = pod_template(spec, app, plan, component);
+    let replicas = Some(spec.desired.replicas());
+    match component.kind {
+        WorkloadKind::Deployment => Workload::Deployment(Deployment {
+            metadata,
+            spec: Some(DeploymentSpec {
+                replicas,
+                selector,
+                template,
+                revision_history_limit: Some(3),
+                // A volume is ReadWriteOnce and the app owns its data: stop the old pod before
+                // the new one starts (this also keeps a restart within the namespace's quota).
+                strategy: component.volume.as_ref().map(|_| DeploymentStrategy {
+                    type_: Some("Recreate".to_string()),
+                    ..DeploymentStrategy::default()
+                }),
+                ..DeploymentSpec::default()
+            }),
+            ..Deployment::default()
+        }),
+        WorkloadKind::StatefulSet => Workload::StatefulSet(StatefulSet {
+            metadata,
+            spec: Some(StatefulSetSpec {
+                replicas,
+                selector,
+                template,
+                service_name: Some(component.name.clone()),
+                revision_history_limit: Some(3),
+                ..StatefulSetSpec::default()
+            }),
+            ..StatefulSet::default()
+        }),
+    }
+}
+
+fn ingress(spec: &Spec, app: &App, settings: &Settings) -> Ingress {
+    // Catalog validation guarantees exactly one public component.
+    let public = app.public_component().or(app.components.first());
+    let (service, port) = public.map(|c| (c.name.clone(), c.port)).unwrap_or_default();
+    let mut metadata = meta(spec, INGRESS_NAME, instance_labels(spec));
+    let tls_secret = match (&settings.tls_issuer, &settings.tls_secret) {
+        (Some(issuer), _) => {
+            metadata.annotations = Some(BTreeMap::from([(
+                ANNOTATION_CLUSTER_ISSUER.to_string(),
+                issuer.clone(),
+            )]));
+            Some(TLS_SECRET.to_string())
+        }
+        (None, Some(secret)) => Some(secret.clone()),
+        (None, None) => None,
+    };
+    Ingress {
+        metadata,
+        spec: Some(IngressSpec {
+            ingress_class_name: Some(settings.ingress_class.clone()),
+            rules: Some(vec![IngressRule {
+                host: Some(spec.hostname.clone()),
+                http: Some(HTTPIngressRuleValue {
+                    paths: vec![HTTPIngressPath {
+                        path: Some("/".to_string()),
+                        path_type: "Prefix".to_string(),
+                        backend: IngressBackend {
+                            service: Some(IngressServiceBackend {
+                                name: service,
+                                port: Some(ServiceBackendPort {
+                                    number: Some(i32::from(port)),
+                                    ..ServiceBackendPort::default()
+                                }),
+                            }),
+                            ..IngressBackend::default()
+                        },
+                    }],
+                }),
+            }]),
+            tls: tls_secret.map(|secret| {
+                vec![IngressTLS {
+                    hosts: Some(vec![spec.hostname.clone()]),
+                    secret_name: Some(secret),
+                }]
+            }),
+            ..IngressSpec::default()
+        }),
+        ..Ingress::default()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::spec::Desired;
+    use kapal::catalog::Catalog;
+    use uuid::Uuid;
+
+    fn catalog() -> Catalog {
+        Catalog::load(&kapal::catalog::repo_catalog_dir()).expect("catalog")
+    }
+
+    fn spec(app: &str, plan: &str) -> Spec {
+        Spec {
+            instance_id: Uuid::parse_str("0197a0e0-0000-7000-8000-000000000001").expect("uuid"),
+            account_id: Uuid::new_v4(),
+            customer_id: "c1a2b3c4".into(),
+            app_id: app.into(),
+            plan_id: plan.into(),
+            hostname: format!("c1a2b3c4.{app}.kapal.example"),
+            namespace: format!("kapal-c1a2b3c4-{app}"),
+            desired: Desired::Running,
+            restart_generation: 0,
+        }
+    }
+
+    fn settings() -> Settings {
+        Settings {
+            ingress_class: "traefik".into(),
+            storage_class: None,
+            tls_issuer: None,
+            tls_secret: None,
+            ingress_namespace: "kube-system".into(),
+        }
+    }
+
+    fn rendered(app_id: &str, plan_id: &str) -> (Spec, Objects) {
+        let catalog = catalog();
+        let app = catalog.app(app_id).expect("app");
+        let spec = spec(app_id, plan_id);
+        let objects = render(&spec, app, app.plan(plan_id).expect("plan"), &settings());
+        (spec, objects)
+    }
+
+    fn labels_of(meta: &ObjectMeta) -> &BTreeMap<String, String> {
+        meta.labels.as_ref().expect("labels")
+    }
+
+    /// Every object carries the instance's labels and lives in its namespace.
+    fn assert_instance_labels(spec: &Spec, meta: &ObjectMeta) {
+        let labels = labels_of(meta);
+        let name = meta.name.as_deref().unwrap_or("?");
+        assert_eq!(
+            labels.get(LABEL_MANAGED_BY).map(String::as_str),
+            Some("kapal"),
+            "{name}"
+        );
+        assert_eq!(
+            labels.get(LABEL_INSTANCE),
+            Some(&spec.instance_id.to_string()),
+            "{name}"
+        );
+        assert_eq!(
+            labels.get(LABEL_CUSTOMER),
+            Some(&spec.customer_id),
+            "{name}"
+        );
+        assert_eq!(labels.get(LABEL_APP), Some(&spec.app_id), "{name}");
+    }
+
+    fn all_metas(objects: &Objects) -> Vec<&ObjectMeta> {
+        let mut metas = vec![
+            &objects.quota.metadata,
+            &objects.limits.metadata,
+            &objects.ingress.metadata,
+        ];
+        metas.extend(objects.network_policies.iter().map(|p| &p.metadata));
+        metas.extend(objects.volumes.iter().map(|p| &p.metadata));
+        metas.extend(objects.services.iter().map(|s| &s.metadata));
+        metas.extend(objects.workloads.iter().map(|w| match w {
+            Workload::Deployment(d) => &d.metadata,
+            Workload::StatefulSet(s) => &s.metadata,
+        }));
+        metas
+    }
+
+    fn container(w: &Workload) -> &Container {
+        &w.pod_template()
+            .and_then(|t| t.spec.as_ref())
+            .expect("pod spec")
+            .containers[0]
+    }
+
+    fn env_value<'a>(c: &'a Container, name: &str) -> &'a EnvVar {
+        c.env
+            .as_ref()
+            .and_then(|env| env.iter().find(|e| e.name == name))
+            .unwrap_or_else(|| panic!("env {name}"))
+    }
+
+    fn secret_ref(e: &EnvVar) -> (&str, &str) {
+        let r = e
+            .value_from
+            .as_ref()
+            .and_then(|v| v.secret_key_ref.as_ref())
+            .unwrap_or_else(|| panic!("{} comes from a secret", e.name));
+        (r.name.as_str(), r.key.as_str())
+    }
+
+    const MIB: u128 = 1 << 20;
+
+    /// CPU and memory bytes of a container, checking requests equal limits.
+    fn limits(c: &Container) -> (String, u128) {
+        let r = c.resources.as_ref().expect("resources");
+        assert_eq!(r.requests, r.limits, "requests equal limits");
+        let l = r.limits.as_ref().expect("limits");
+        (
+            l["cpu"].0.clone(),
+            crate::cluster::quantity_bytes(&l["memory"]).expect("memory"),
+        )
+    }
+
+    /// `share` percent of the plan's CPU and memory.
+    fn share_of(plan: &Plan, share: u32) -> (String, u128) {
+        (
+            format!("{}m", plan.cpu_millis * share / 100),
+            u128::from(plan.memory_mib * share / 100) * MIB,
+        )
+    }
+
+    fn bytes(q: &Quantity) -> u128 {
+        crate::cluster::quantity_bytes(q).expect("quantity")
+    }
+
+    fn pvc_size(p: &PersistentVolumeClaim) -> Quantity {
+        p.spec
+            .as_ref()
+            .and_then(|s| s.resources.as_ref())
+            .and_then(|r| r.requests.as_ref())
+            .expect("requests")["storage"]
+            .clone()
+    }
+
+    #[test]
+    fn quantities_are_written_in_the_api_servers_canonical_form() {
+        assert_eq!(mebibytes(2560).0, "2560Mi");
+        assert_eq!(mebibytes(2048).0, "2Gi");
+        assert_eq!(cpu(250).0, "250m");
+        let catalog = catalog();
+        let plan = catalog
+            .app("ghost")
+            .and_then(|a| a.plan("starter"))
+            .expect("plan");
+        assert_eq!(
+            bytes(&volume_size(plan, 50)),
+            (u128::from(plan.storage_gib) << 30) / 2
+        );
+    }
+
+    #[test]
+    fn n8n_renders_one_deployment_with_its_volume_service_and_ingress() {
+        let (spec, objects) = rendered("n8n", "trial");
+        let plan = catalog()
+            .app("n8n")
+            .and_then(|a| a.plan("trial"))
+            .expect("plan")
+            .clone();
+        let ns = &objects.namespace.metadata;
+        assert_eq!(ns.name.as_deref(), Some("kapal-c1a2b3c4-n8n"));
+        assert_eq!(
+            labels_of(ns).get(LABEL_POD_SECURITY).map(String::as_str),
+            Some("baseline")
+        );
+        assert_instance_labels(&spec, ns);
+        for meta in all_metas(&objects) {
+            assert_instance_labels(&spec, meta);
+            assert_eq!(meta.namespace.as_deref(), Some("kapal-c1a2b3c4-n8n"));
+        }
+
+        assert_eq!(objects.workloads.len(), 1);
+        let Workload::Deployment(d) = &objects.workloads[0] else {
+            panic!("n8n runs as a Deployment")
+        };
+        assert_eq!(d.metadata.name.as_deref(), Some("app"));
+        let dspec = d.spec.as_ref().expect("spec");
+        assert_eq!(dspec.replicas, Some(1));
+        assert_eq!(
+            dspec.strategy.as_ref().and_then(|s| s.type_.as_deref()),
+            Some("Recreate")
+        );
+        let selector = dspec.selector.match_labels.as_ref().expect("selector");
+        let pod_labels = dspec
+            .template
+            .metadata
+            .as_ref()
+            .and_then(|m| m.labels.as_ref())
+            .expect("pod labels");
+        for (k, v) in selector {
+            assert_eq!(
+                pod_labels.get(k),
+                Some(v),
+                "the selector matches the pod labels"
+            );
+        }
+        assert_eq!(
+            pod_labels.get(LABEL_MANAGED_BY).map(String::as_str),
+            Some("kapal"),
+            "pods are watched by label"
+        );
+
+        let c = container(&objects.workloads[0]);
+        assert_eq!(c.image.as_deref(), Some("docker.n8n.io/n8nio/n8n:1.94.1"));
+        assert_eq!(c.ports.as_ref().expect("ports")[0].container_port, 5678);
+        // all of the plan for the single component
+        assert_eq!(limits(c), share_of(&plan, 100));
+        assert_eq!(
+            env_value(c, "N8N_HOST").value.as_deref(),
+            Some("c1a2b3c4.n8n.kapal.example")
+        );
+        assert_eq!(
+            env_value(c, "WEBHOOK_URL").value.as_deref(),
+            Some("https://c1a2b3c4.n8n.kapal.example/")
+        );
+        assert_eq!(
+            secret_ref(env_value(c, "N8N_ENCRYPTION_KEY")),
+            (CREDENTIALS_SECRET, "encryption_key")
+        );
+        let probe = c
+            .readiness_probe
+            .as_ref()
+            .and_then(|p| p.http_get.as_ref())
+            .expect("http readiness probe");
+        assert_eq!(probe.path.as_deref(), Some("/healthz"));
+        assert_eq!(probe.port, IntOrString::Int(5678));
+        let sc = c.security_context.as_ref().expect("security context");
+        assert_eq!(sc.allow_privilege_escalation, Some(false));
+        assert_eq!(sc.run_as_non_root, Some(true));
+        assert_eq!(sc.run_as_user, Some(1000));
+        assert_eq!(
+            sc.capabilities.as_ref().and_then(|c| c.drop.clone()),
+            Some(vec!["ALL".to_string()])
+        );
+        let pod = d
+            .spec
+            .as_ref()
+            .and_then(|s| s.template.spec.as_ref())
+            .expect("pod spec");
+        assert_eq!(pod.automount_service_account_token, Some(false));
+        assert_eq!(
+            pod.volumes.as_ref().expect("volumes")[0]
+                .persistent_volume_claim
+                .as_ref()
+                .map(|p| p.claim_name.as_str()),
+            Some("app-data")
+        );
+        assert_eq!(
+            c.volume_mounts.as_ref().expect("mounts")[0].mount_path,
+            "/home/node/.n8n"
+        );
+        let annotations = d
+            .spec
+            .as_ref()
+            .and_then(|s| s.template.metadata.as_ref())
+            .and_then(|m| m.annotations.as_ref());
+        assert_eq!(
+            annotations
+                .and_then(|a| a.get(ANNOTATION_RESTART))
+                .map(String::as_str),
+            Some("0")
+        );
+
+        assert_eq!(objects.volumes.len(), 1);
+        assert_eq!(
+            objects.volumes[0].metadata.name.as_deref(),
+            Some("app-data")
+        );
+        assert_eq!(
+            bytes(&pvc_size(&objects.volumes[0])),
+            u128::from(plan.storage_gib) << 30
+        );
+        assert_eq!(
+            objects.volumes[0]
+                .spec
+                .as_ref()
+                .and_then(|s| s.storage_class_name.clone()),
+            None,
+            "cluster default"
+        );
+
+        assert_eq!(objects.services.len(), 1);
+        let svc = objects.services[0].spec.as_ref().expect("service spec");
+        assert_eq!(objects.services[0].metadata.name.as_deref(), Some("app"));
+        assert_eq!(svc.ports.as_ref().expect("ports")[0].port, 5678);
+        assert_eq!(svc.selector.as_ref(), Some(selector));
+
+        let ing = objects.ingress.spec.as_ref().expect("ingress spec");
+        assert_eq!(ing.ingress_class_name.as_deref(), Some("traefik"));
+        let rule = &ing.rules.as_ref().expect("rules")[0];
+        assert_eq!(rule.host.as_deref(), Some("c1a2b3c4.n8n.kapal.example"));
+        let backend = rule.http.as_ref().expect("http").paths[0]
+            .backend
+            .service
+            .as_ref()
+            .expect("service backend");
+        assert_eq!(backend.name, "app");
+        assert_eq!(backend.port.as_ref().and_then(|p| p.number), Some(5678));
+        assert!(ing.tls.is_none(), "no TLS configured");
+
+        let hard = objects
+            .quota
+            .spec
+            .as_ref()
+            .and_then(|s| s.hard.as_ref())
+            .expect("hard");
+        assert_eq!(hard["requests.cpu"].0, format!("{}m", plan.cpu_millis));
+        assert_eq!(
+            bytes(&hard["limits.memory"]),
+            u128::from(plan.memory_mib) * MIB
+        );
+        assert_eq!(
+            bytes(&hard["requests.storage"]),
+            u128::from(plan.storage_gib) << 30
+        );
+        assert_eq!(hard["persistentvolumeclaims"].0, "1");
+        let names: Vec<_> = objects
+            .network_policies
+            .iter()
+            .filter_map(|p| p.metadata.name.as_deref())
+            .collect();
+        assert_eq!(
+            names,
+            [DENY_POLICY, ALLOW_NAMESPACE_POLICY, ALLOW_INGRESS_POLICY]
+        );
+    }
+
+    #[test]
+    fn ghost_splits_the_plan_between_app_and_database() {
+        let (spec, objects) = rendered("ghost", "starter");
+        let plan = catalog()
+            .app("ghost")
+            .and_then(|a| a.plan("starter"))
+            .expect("plan")
+            .clone();
+        for meta in all_metas(&objects) {
+            assert_instance_labels(&spec, meta);
+        }
+        let names: Vec<_> = objects.workloads.iter().map(Workload::name).collect();
+        assert_eq!(names, ["app", "db"]);
+        let app = &objects.workloads[0];
+        let db = &objects.workloads[1];
+        assert!(matches!(app, Workload::Deployment(_)));
+        let Workload::StatefulSet(sts) = db else {
+            panic!("ghost's db is a StatefulSet")
+        };
+        assert_eq!(
+            sts.spec.as_ref().and_then(|s| s.service_name.as_deref()),
+            Some("db")
+        );
+
+        // split 50/50
+        assert_eq!(limits(container(app)), share_of(&plan, 50));
+        assert_eq!(limits(container(db)), share_of(&plan, 50));
+        let half = (u128::from(plan.storage_gib) << 30) / 2;
+        let sizes: Vec<_> = objects
+            .volumes
+            .iter()
+            .map(|p| {
+                (
+                    p.metadata.name.as_deref().unwrap_or_default(),
+                    bytes(&pvc_size(p)),
+                )
+            })
+            .collect();
+        assert_eq!(sizes, [("app-data", half), ("db-data", half)]);
+
+        let c = container(app);
+        assert_eq!(
+            env_value(c, "database__connection__host").value.as_deref(),
+            Some("db"),
+            "the db component's Service"
+        );
+        assert_eq!(
+            env_value(c, "url").value.as_deref(),
+            Some("https://c1a2b3c4.ghost.kapal.example")
+        );
+        assert_eq!(
+            secret_ref(env_value(c, "database__connection__password")),
+            (CREDENTIALS_SECRET, "db_password")
+        );
+        let service_names: Vec<_> = objects
+            .services
+            .iter()
+            .filter_map(|s| s.metadata.name.as_deref())
+            .collect();
+        assert!(service_names.contains(&"db"), "{service_names:?}");
+        let d = container(db);
+        assert_eq!(
+            secret_ref(env_value(d, "MYSQL_PASSWORD")),
+            (CREDENTIALS_SECRET, "db_password")
+        );
+        assert_eq!(
+            secret_ref(env_value(d, "MYSQL_ROOT_PASSWORD")),
+            (CREDENTIALS_SECRET, "db_root_password")
+        );
+        // MySQL's entrypoint starts as root: it keeps its capabilities but may not escalate.
+        let sc = d.security_context.as_ref().expect("security context");
+        assert_eq!(sc.allow_privilege_escalation, Some(false));
+        assert!(sc.capabilities.is_none());
+        assert_eq!(sc.run_as_non_root, None);
+        assert!(
+            d.readiness_probe
+                .as_ref()
+                .and_then(|p| p.tcp_socket.as_ref())
+                .is_some(),
+            "TCP readiness without a path"
+        );
+    }
+
+    #[test]
+    fn wordpress_points_at_its_mariadb_and_the_ingress_uses_the_configured_tls() {
+        let catalog = catalog();
+        let app = catalog.app("wordpress").expect("wordpress");
+        let spec = spec("wordpress", "pro");
+        let mut settings = settings();
+        settings.ingress_class = "nginx".into();
+        settings.storage_class = Some("fast".into());
+        settings.tls_issuer = Some("letsencrypt".into());
+        let objects = render(&spec, app, app.plan("pro").expect("pro"), &settings);
+
+        let c = container(&objects.workloads[0]);
+        assert_eq!(c.image.as_deref(), Some("wordpress:6.8.1-php8.3-apache"));
+        let plan = app.plan("pro").expect("pro");
+        // split 50/50
+        assert_eq!(limits(c), share_of(plan, 50));
+        assert_eq!(
+            env_value(c, "WORDPRESS_DB_HOST").value.as_deref(),
+            Some("db")
+        );
+        assert_eq!(
+            env_value(c, "WORDPRESS_CONFIG_EXTRA").value.as_deref(),
+            Some(
+                "define('WP_HOME', 'https://c1a2b3c4.wordpress.kapal.example'); define('WP_SITEURL', 'https://c1a2b3c4.wordpress.kapal.example');"
+            )
+        );
+        assert_eq!(
+            secret_ref(env_value(c, "WORDPRESS_DB_PASSWORD")),
+            (CREDENTIALS_SECRET, "db_password")
+        );
+        let half = (u128::from(plan.storage_gib) << 30) / 2;
+        assert_eq!(
+            objects
+                .volumes
+                .iter()
+                .map(|p| bytes(&pvc_size(p)))
+                .collect::<Vec<_>>(),
+            [half, half]
+        );
+        for v in &objects.volumes {
+            assert_eq!(
+                v.spec
+                    .as_ref()
+                    .and_then(|s| s.storage_class_name.as_deref()),
+                Some("fast")
+            );
+        }
+
+        let ing = objects.ingress.spec.as_ref().expect("spec");
+        assert_eq!(ing.ingress_class_name.as_deref(), Some("nginx"));
+        let tls = &ing.tls.as_ref().expect("tls")[0];
+        assert_eq!(tls.secret_name.as_deref(), Some(TLS_SECRET));
+        assert_eq!(
+            tls.hosts.as_deref(),
+            Some(&["c1a2b3c4.wordpress.kapal.example".to_string()][..])
+        );
+        let annotations = objects
+            .ingress
+            .metadata
+            .annotations
+            .as_ref()
+            .expect("annotations");
+        assert_eq!(
+            annotations
+                .get(ANNOTATION_CLUSTER_ISSUER)
+                .map(String::as_str),
+            Some("letsencrypt")
+        );
+        let backend = ing.rules.as_ref().expect("rules")[0]
+            .http
+            .as_ref()
+            .expect("http")
+            .paths[0]
+            .backend
+            .service
+            .as_ref()
+            .expect("backend");
+        assert_eq!(
+            (
+                backend.name.as_str(),
+                backend.port.as_ref().and_then(|p| p.number)
+            ),
+            ("app", Some(80))
+        );
+
+        settings.tls_issuer = None;
+        settings.tls_secret = Some("wildcard-tls".into());
+        let objects = render(&spec, app, app.plan("pro").expect("pro"), &settings);
+        let tls = &objects
+            .ingress
+            .spec
+            .as_ref()
+            .and_then(|s| s.tls.as_ref())
+            .expect("tls")[0];
+        assert_eq!(tls.secret_name.as_deref(), Some("wildcard-tls"));
+        assert!(objects.ingress.metadata.annotations.is_none());
+    }
+
+    #[test]
+    fn stopped_scales_to_zero_and_a_restart_changes_only_the_pod_annotation() {
+        let catalog = catalog();
+        let app = catalog.app("ghost").expect("ghost");
+        let plan = app.plan("trial").expect("trial");
+        let mut s = spec("ghost", "trial");
+        let running = render(&s, app, plan, &settings());
+        s.desired = Desired::Stopped;
+        let stopped = render(&s, app, plan, &settings());
+        assert!(stopped.workloads.iter().all(|w| w.replicas() == Some(0)));
+        assert_eq!(
+            stopped.volumes, running.volumes,
+            "stopping keeps the volumes"
+        );
+
+        s.desired = Desired::Running;
+        s.restart_generation = 7;
+        let restarted = render(&s, app, plan, &settings());
+        for (before, after) in running.workloads.iter().zip(&restarted.workloads) {
+            assert_ne!(before, after);
+            let ann = after
+                .pod_template()
+                .and_then(|t| t.metadata.as_ref())
+                .and_then(|m| m.annotations.as_ref());
+            assert_eq!(
+                ann.and_then(|a| a.get(ANNOTATION_RESTART))
+                    .map(String::as_str),
+                Some("7")
+            );
+            assert_eq!(
+                before.pod_template().map(|t| &t.spec),
+                after.pod_template().map(|t| &t.spec),
+                "only the annotation changes"
+            );
+        }
+    }
+
+    #[test]
+    fn templates_render_known_placeholders_and_keep_the_rest() {
+        let catalog = catalog();
+        let app = catalog.app("ghost").expect("ghost");
+        let s = spec("ghost", "trial");
+        assert_eq!(
+            render_template(
+                "{{url}}/x {{instance_id}} {{customer_id}} {{component:db}} {{component:nope}} {{other}} {{open",
+                &s,
+                app
+            ),
+            format!(
+                "https://c1a2b3c4.ghost.kapal.example/x {} c1a2b3c4 db {{{{component:nope}}}} {{{{other}}}} {{{{open",
+                s.instance_id
+            )
+        );
+        assert_eq!(username(&s, app), "owner@c1a2b3c4.ghost.kapal.example");
+    }
+
+    #[test]
+    fn the_credentials_secret_holds_every_generated_value() {
+        let catalog = catalog();
+        let app = catalog.app("wordpress").expect("wordpress");
+        let s = spec("wordpress", "trial");
+        let secret = credentials_secret(&s, app);
+        assert_eq!(secret.metadata.name.as_deref(), Some(CREDENTIALS_SECRET));
+        assert_instance_labels(&s, &secret.metadata);
+        let data = secret.string_data.as_ref().expect("data");
+        assert_eq!(data.keys().cloned().collect::<Vec<_>>(), {
+            let mut k = credential_keys(app);
+            k.sort();
+            k
+        });
+        assert_eq!(data[USERNAME_KEY], "admin");
+        assert_eq!(data[PASSWORD_KEY].len(), PASSWORD_LENGTH);
+        assert_eq!(data["db_password"].len(), 32);
+        assert!(
+            data[PASSWORD_KEY]
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric())
+        );
+        let again = credentials_secret(&s, app);
+        assert_ne!(
+            again.string_data.as_ref().map(|d| &d[PASSWORD_KEY]),
+            Some(&data[PASSWORD_KEY]),
+            "random each time"
+        );
+    }
+}
