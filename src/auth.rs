@@ -247,9 +247,9 @@ fn write_private(path: &Path, contents: &str) -> std::io::Result<()> {
 
 /// The verified caller of a request, or UNAUTHENTICATED.
 pub fn caller<T>(req: &Request<T>) -> Result<&Principal, Status> {
-    req.extensions()
-        .get::<Principal>()
-        .ok_or_else(|| Status::unauthenticated("sign in first: this call needs a session or API token"))
+    req.extensions().get::<Principal>().ok_or_else(|| {
+        Status::unauthenticated("sign in first: this call needs a session or API token")
+    })
 }
 
 /// The caller, who must be a customer or an admin acting for themselves.
@@ -267,7 +267,9 @@ pub fn service<T>(req: &Request<T>) -> Result<&Principal, Status> {
     if p.role == Role::Service {
         Ok(p)
     } else {
-        Err(Status::permission_denied("this call is for Kapal's own services"))
+        Err(Status::permission_denied(
+            "this call is for Kapal's own services",
+        ))
     }
 }
 

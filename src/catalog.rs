@@ -150,7 +150,8 @@ fn err(file: &Path, field: impl Into<String>, reason: impl Into<String>) -> Cata
 fn is_dns_label(s: &str, max: usize) -> bool {
     !s.is_empty()
         && s.len() <= max
-        && s.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+        && s.bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
         && !s.starts_with('-')
         && !s.ends_with('-')
 }
@@ -164,7 +165,11 @@ fn is_env_name(s: &str) -> bool {
 impl App {
     fn validate(&self, file: &Path) -> Result<(), CatalogError> {
         if !is_dns_label(&self.id, 20) {
-            return Err(err(file, "id", "must be 1-20 characters of a-z, 0-9 and '-'"));
+            return Err(err(
+                file,
+                "id",
+                "must be 1-20 characters of a-z, 0-9 and '-'",
+            ));
         }
         if self.name.trim().is_empty() {
             return Err(err(file, "name", "must not be empty"));
@@ -176,10 +181,18 @@ impl App {
         for (i, plan) in self.plans.iter().enumerate() {
             let f = |name: &str| format!("plans[{i}].{name}");
             if !is_dns_label(&plan.id, 32) {
-                return Err(err(file, f("id"), "must be 1-32 characters of a-z, 0-9 and '-'"));
+                return Err(err(
+                    file,
+                    f("id"),
+                    "must be 1-32 characters of a-z, 0-9 and '-'",
+                ));
             }
             if !plan_ids.insert(plan.id.as_str()) {
-                return Err(err(file, f("id"), format!("plan '{}' is defined twice", plan.id)));
+                return Err(err(
+                    file,
+                    f("id"),
+                    format!("plan '{}' is defined twice", plan.id),
+                ));
             }
             if plan.monthly_price_idr < 0 {
                 return Err(err(file, f("monthly_price_idr"), "must not be negative"));
@@ -201,10 +214,18 @@ impl App {
         let secret_names: BTreeSet<&str> = self.secrets.iter().map(|s| s.name.as_str()).collect();
         for (i, s) in self.secrets.iter().enumerate() {
             if !is_env_name(&s.name) || s.name == "username" || s.name == "password" {
-                return Err(err(file, format!("secrets[{i}].name"), "must be a name of letters, digits and '_', other than username and password"));
+                return Err(err(
+                    file,
+                    format!("secrets[{i}].name"),
+                    "must be a name of letters, digits and '_', other than username and password",
+                ));
             }
             if !(8..=128).contains(&s.length) {
-                return Err(err(file, format!("secrets[{i}].length"), "must be between 8 and 128"));
+                return Err(err(
+                    file,
+                    format!("secrets[{i}].length"),
+                    "must be between 8 and 128",
+                ));
             }
         }
         let names: BTreeSet<&str> = self.components.iter().map(|c| c.name.as_str()).collect();
@@ -216,13 +237,21 @@ impl App {
         for (i, c) in self.components.iter().enumerate() {
             let f = |name: &str| format!("components[{i}].{name}");
             if !is_dns_label(&c.name, 20) {
-                return Err(err(file, f("name"), "must be 1-20 characters of a-z, 0-9 and '-'"));
+                return Err(err(
+                    file,
+                    f("name"),
+                    "must be 1-20 characters of a-z, 0-9 and '-'",
+                ));
             }
             let Some((_, tag)) = c.image.rsplit_once(':') else {
                 return Err(err(file, f("image"), "must pin a version tag (image:tag)"));
             };
             if tag.is_empty() || tag == "latest" || tag.contains('/') {
-                return Err(err(file, f("image"), "must pin a version tag, not 'latest'"));
+                return Err(err(
+                    file,
+                    f("image"),
+                    "must pin a version tag, not 'latest'",
+                ));
             }
             if c.port == 0 {
                 return Err(err(file, f("port"), "must be a port number"));
@@ -233,30 +262,51 @@ impl App {
             share += c.resource_share;
             if let Some(v) = &c.volume {
                 if !v.mount_path.starts_with('/') {
-                    return Err(err(file, f("volume.mount_path"), "must be an absolute path"));
+                    return Err(err(
+                        file,
+                        f("volume.mount_path"),
+                        "must be an absolute path",
+                    ));
                 }
                 if v.storage_share == 0 || v.storage_share > 100 {
-                    return Err(err(file, f("volume.storage_share"), "must be 1-100 (percent)"));
+                    return Err(err(
+                        file,
+                        f("volume.storage_share"),
+                        "must be 1-100 (percent)",
+                    ));
                 }
                 storage += v.storage_share;
             }
             for (j, e) in c.env.iter().enumerate() {
                 let field = format!("components[{i}].env[{j}]");
                 if !is_env_name(&e.name) {
-                    return Err(err(file, format!("{field}.name"), "must be letters, digits and '_'"));
+                    return Err(err(
+                        file,
+                        format!("{field}.name"),
+                        "must be letters, digits and '_'",
+                    ));
                 }
                 match (&e.value, &e.secret) {
                     (Some(v), None) => {
                         for reference in v.split("{{component:").skip(1) {
                             let target = reference.split("}}").next().unwrap_or_default();
                             if !names.contains(target) {
-                                return Err(err(file, format!("{field}.value"), format!("refers to unknown component '{target}'")));
+                                return Err(err(
+                                    file,
+                                    format!("{field}.value"),
+                                    format!("refers to unknown component '{target}'"),
+                                ));
                             }
                         }
                     }
                     (None, Some(s)) => {
-                        if s != "username" && s != "password" && !secret_names.contains(s.as_str()) {
-                            return Err(err(file, format!("{field}.secret"), format!("'{s}' is not in secrets (nor username/password)")));
+                        if s != "username" && s != "password" && !secret_names.contains(s.as_str())
+                        {
+                            return Err(err(
+                                file,
+                                format!("{field}.secret"),
+                                format!("'{s}' is not in secrets (nor username/password)"),
+                            ));
                         }
                     }
                     _ => return Err(err(file, field, "needs exactly one of value or secret")),
@@ -264,14 +314,26 @@ impl App {
             }
         }
         if share != 100 {
-            return Err(err(file, "components", format!("resource_share adds up to {share}%, not 100%")));
+            return Err(err(
+                file,
+                "components",
+                format!("resource_share adds up to {share}%, not 100%"),
+            ));
         }
         if storage > 100 {
-            return Err(err(file, "components", format!("volume storage_share adds up to {storage}%, over 100%")));
+            return Err(err(
+                file,
+                "components",
+                format!("volume storage_share adds up to {storage}%, over 100%"),
+            ));
         }
         let public = self.components.iter().filter(|c| c.public).count();
         if public != 1 {
-            return Err(err(file, "components", format!("exactly one component must be public (found {public})")));
+            return Err(err(
+                file,
+                "components",
+                format!("exactly one component must be public (found {public})"),
+            ));
         }
         if self.credentials.username.trim().is_empty() {
             return Err(err(file, "credentials.username", "must not be empty"));
@@ -294,7 +356,12 @@ impl Catalog {
     pub fn load(dir: &Path) -> anyhow::Result<Catalog> {
         use anyhow::Context as _;
         let mut files: Vec<PathBuf> = std::fs::read_dir(dir)
-            .with_context(|| format!("reading the catalog directory {} (set KAPAL_CATALOG_DIR)", dir.display()))?
+            .with_context(|| {
+                format!(
+                    "reading the catalog directory {} (set KAPAL_CATALOG_DIR)",
+                    dir.display()
+                )
+            })?
             .filter_map(|e| e.ok().map(|e| e.path()))
             .filter(|p| p.extension().is_some_and(|e| e == "yaml" || e == "yml"))
             .collect();
@@ -305,19 +372,30 @@ impl Catalog {
                 .with_context(|| format!("reading {}", file.display()))?;
             catalog.add_yaml(&file, &text)?;
         }
-        anyhow::ensure!(!catalog.apps.is_empty(), "the catalog directory {} has no app (*.yaml) files", dir.display());
+        anyhow::ensure!(
+            !catalog.apps.is_empty(),
+            "the catalog directory {} has no app (*.yaml) files",
+            dir.display()
+        );
         Ok(catalog)
     }
 
     /// Adds one app from YAML text; `file` names it in errors.
     pub fn add_yaml(&mut self, file: &Path, text: &str) -> Result<(), CatalogError> {
         let app: App = serde_yaml::from_str(text).map_err(|e| {
-            let at = e.location().map(|l| format!("line {}", l.line())).unwrap_or_else(|| "file".into());
+            let at = e
+                .location()
+                .map(|l| format!("line {}", l.line()))
+                .unwrap_or_else(|| "file".into());
             err(file, at, e.to_string())
         })?;
         app.validate(file)?;
         if self.apps.contains_key(&app.id) {
-            return Err(err(file, "id", format!("app '{}' is defined by another file too", app.id)));
+            return Err(err(
+                file,
+                "id",
+                format!("app '{}' is defined by another file too", app.id),
+            ));
         }
         self.apps.insert(app.id.clone(), app);
         Ok(())
@@ -346,7 +424,10 @@ mod tests {
         let catalog = Catalog::load(&repo_catalog_dir()).expect("catalog loads");
         for id in ["n8n", "ghost", "wordpress"] {
             let app = catalog.app(id).unwrap_or_else(|| panic!("{id} in catalog"));
-            assert!(app.plans.iter().any(|p| p.trial_days > 0), "{id} has a trial plan");
+            assert!(
+                app.plans.iter().any(|p| p.trial_days > 0),
+                "{id} has a trial plan"
+            );
         }
     }
 
@@ -363,9 +444,14 @@ components:
   - {name: app, kind: Deployment, image: "demo:latest", port: 80, public: true, resource_share: 100}
 credentials: {username: admin}
 "#;
-        let e = catalog.add_yaml(Path::new("demo.yaml"), yaml).expect_err("latest is rejected");
+        let e = catalog
+            .add_yaml(Path::new("demo.yaml"), yaml)
+            .expect_err("latest is rejected");
         assert_eq!(e.field, "components[0].image");
-        assert!(e.to_string().starts_with("demo.yaml: components[0].image:"), "{e}");
+        assert!(
+            e.to_string().starts_with("demo.yaml: components[0].image:"),
+            "{e}"
+        );
         let e = catalog
             .add_yaml(Path::new("bad.yaml"), "id: Bad App\n")
             .expect_err("missing fields");

@@ -21,7 +21,9 @@ use diesel::connection::SimpleConnection as _;
 use diesel_async::pooled_connection::bb8::{Pool, PooledConnection, RunError};
 use diesel_async::pooled_connection::{AsyncDieselConnectionManager, ManagerConfig};
 use diesel_async::sync_connection_wrapper::SyncConnectionWrapper;
-use diesel_async::{AsyncConnection as _, AsyncMigrationHarness, AsyncPgConnection, SimpleAsyncConnection as _};
+use diesel_async::{
+    AsyncConnection as _, AsyncMigrationHarness, AsyncPgConnection, SimpleAsyncConnection as _,
+};
 use diesel_migrations::{EmbeddedMigrations, MigrationHarness as _};
 use futures::FutureExt as _;
 
@@ -119,7 +121,11 @@ macro_rules! db {
 
 impl Db {
     /// Connects to `service`'s database and runs its pending migrations.
-    pub async fn connect(config: &DbConfig, service: &str, migrations: Migrations) -> anyhow::Result<Db> {
+    pub async fn connect(
+        config: &DbConfig,
+        service: &str,
+        migrations: Migrations,
+    ) -> anyhow::Result<Db> {
         let db = match config {
             DbConfig::DataDir(dir) => {
                 std::fs::create_dir_all(dir)
@@ -162,14 +168,17 @@ impl Db {
                     let schema = setup_schema.clone();
                     async move {
                         let mut conn = AsyncPgConnection::establish(&url).await?;
-                        conn.batch_execute(&format!("SET search_path TO {schema}; SET TIME ZONE 'UTC'"))
-                            .await
-                            .map_err(diesel::ConnectionError::CouldntSetupConfiguration)?;
+                        conn.batch_execute(&format!(
+                            "SET search_path TO {schema}; SET TIME ZONE 'UTC'"
+                        ))
+                        .await
+                        .map_err(diesel::ConnectionError::CouldntSetupConfiguration)?;
                         Ok(conn)
                     }
                     .boxed()
                 });
-                let manager = AsyncDieselConnectionManager::new_with_config(url.clone(), manager_config);
+                let manager =
+                    AsyncDieselConnectionManager::new_with_config(url.clone(), manager_config);
                 let pool = Pool::builder()
                     .max_size(16)
                     .connection_timeout(Duration::from_secs(10))
@@ -186,17 +195,27 @@ impl Db {
     async fn migrate(&self, migrations: Migrations) -> anyhow::Result<()> {
         let result = match self {
             Db::Postgres(pool) => {
-                let conn = pool.get_owned().await.context("connecting to run migrations")?;
+                let conn = pool
+                    .get_owned()
+                    .await
+                    .context("connecting to run migrations")?;
                 let source = migrations.postgres;
                 tokio::task::block_in_place(|| {
-                    AsyncMigrationHarness::new(conn).run_pending_migrations(source).map(|_| ())
+                    AsyncMigrationHarness::new(conn)
+                        .run_pending_migrations(source)
+                        .map(|_| ())
                 })
             }
             Db::Sqlite(pool) => {
-                let conn = pool.get_owned().await.context("connecting to run migrations")?;
+                let conn = pool
+                    .get_owned()
+                    .await
+                    .context("connecting to run migrations")?;
                 let source = migrations.sqlite;
                 tokio::task::block_in_place(|| {
-                    AsyncMigrationHarness::new(conn).run_pending_migrations(source).map(|_| ())
+                    AsyncMigrationHarness::new(conn)
+                        .run_pending_migrations(source)
+                        .map(|_| ())
                 })
             }
         };

@@ -28,5 +28,5 @@ pub mod catalog;
 pub mod clock;
 pub mod db;
 pub mod serve;
-pub mod wire;
 pub mod testing;
+pub mod wire;

@@ -16,7 +16,9 @@ pub type InternalChannel = InterceptedService<Channel, SignAsService>;
 /// A lazily connecting channel to `endpoint` (`http://host:port`), signed with `key`.
 pub fn internal_channel(endpoint: &str, key: &InternalKey) -> anyhow::Result<InternalChannel> {
     let channel = Endpoint::from_shared(endpoint.to_string())
-        .with_context(|| format!("{endpoint:?} is not a valid endpoint URL (expected http://host:port)"))?
+        .with_context(|| {
+            format!("{endpoint:?} is not a valid endpoint URL (expected http://host:port)")
+        })?
         .connect_timeout(Duration::from_secs(5))
         .tcp_nodelay(true)
         .http2_keep_alive_interval(Duration::from_secs(30))
@@ -47,7 +49,11 @@ pub async fn serve(
 /// The gRPC reflection service for the given encoded descriptor set.
 pub fn reflection(
     descriptors: &[u8],
-) -> anyhow::Result<tonic_reflection::server::v1::ServerReflectionServer<impl tonic_reflection::server::v1::ServerReflection>> {
+) -> anyhow::Result<
+    tonic_reflection::server::v1::ServerReflectionServer<
+        impl tonic_reflection::server::v1::ServerReflection,
+    >,
+> {
     tonic_reflection::server::Builder::configure()
         .register_encoded_file_descriptor_set(descriptors)
         .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
@@ -59,9 +65,15 @@ pub fn reflection(
 pub fn init_tracing(json: bool) {
     use tracing_subscriber::EnvFilter;
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_target(true);
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_target(true);
     // A second call (tests start many services in one process) keeps the first subscriber.
-    let _ = if json { builder.json().try_init() } else { builder.try_init() };
+    let _ = if json {
+        builder.json().try_init()
+    } else {
+        builder.try_init()
+    };
 }
 
 /// Installs rustls' process-wide crypto provider (ring). Call first thing in `main`.

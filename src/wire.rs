@@ -31,8 +31,12 @@ pub fn uuid(field: &str, value: &str) -> Result<Uuid, Status> {
     if value.is_empty() {
         return Err(Status::invalid_argument(format!("{field} is required")));
     }
-    Uuid::parse_str(value)
-        .map_err(|_| Status::invalid_argument(format!("{field} must be a UUID, got {:?}", truncate(value, 64))))
+    Uuid::parse_str(value).map_err(|_| {
+        Status::invalid_argument(format!(
+            "{field} must be a UUID, got {:?}",
+            truncate(value, 64)
+        ))
+    })
 }
 
 /// A required, non-empty text field.
