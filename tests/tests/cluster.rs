@@ -9,7 +9,7 @@ use anyhow::Context;
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::{Node, PersistentVolumeClaim, Pod, ResourceQuota, Service};
 use kapal_tests::cluster::{
-    STORAGE_CLASS, TempNode, TestNamespace, api_status, node_state, wait_for,
+    INGRESS_CLASS, STORAGE_CLASS, TempNode, TestNamespace, api_status, node_state, wait_for,
 };
 use kube::Api;
 use kube::api::{ListParams, PostParams};
@@ -177,6 +177,26 @@ async fn pvc_of_the_default_storage_class_binds() -> anyhow::Result<()> {
         || async { Ok((phase(&pods.get("user").await?) == "Running").then_some(())) },
     )
     .await?;
+    ns.cleanup().await
+}
+
+#[tokio::test]
+async fn ingress_without_a_class_gets_traefik() -> anyhow::Result<()> {
+    let ns = TestNamespace::new("ingress").await?;
+    let ingresses: Api<k8s_openapi::api::networking::v1::Ingress> = ns.api();
+    let ingress = from_json(json!({
+        "metadata": { "name": "web" },
+        "spec": { "rules": [{ "host": "c1.n8n.kapal.test", "http": { "paths": [{
+            "path": "/", "pathType": "Prefix",
+            "backend": { "service": { "name": "web", "port": { "number": 80 } } },
+        }] } }] },
+    }));
+    let created = ingresses.create(&PostParams::default(), &ingress).await?;
+    // The DefaultIngressClass admission plugin fills in the class marked default, as on K3s.
+    assert_eq!(
+        created.spec.and_then(|s| s.ingress_class_name).as_deref(),
+        Some(INGRESS_CLASS)
+    );
     ns.cleanup().await
 }
 
