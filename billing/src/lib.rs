@@ -1,1 +1,142 @@
-//! placeholder
+//! Kapal billing: plans and prices (IDR, from the shared catalog), subscriptions, trials,
+//! invoices and payments.
+//!
+//! Serves `kapal.internal.v1.BillingService` (the control-plane creates the subscription of an
+//! order through it, idempotently) and the public `kapal.v1.SubscriptionService` (customers
+//! see and change their own subscriptions and invoices), plus gRPC health and reflection.
+//!
+//! Payments go through a [`PaymentProvider`]; [`DummyProvider`] settles everything (the free
+//! trial is Rp 0). The subscription statuses and their allowed transitions live in
+//! [`lifecycle`].
+//!
+//! ## CreateSubscription: idempotency and failed payments
+//!
+//! One transaction creates, per `order_id` (UNIQUE), the subscription in status INCOMPLETE, its
+//! first invoice (OPEN, with the next number of a per-database counter) and a creation event; a
+//! retry, concurrent or not, finds these rows instead. The invoice is then charged by exactly
+//! one request at a time (a lease on the invoice, taken by compare-and-set), always with the
+//! idempotency key `kapal-invoice-<invoice id>`; every attempt is a row in `payments`. On
+//! success the invoice is PAID and the subscription becomes TRIALING or ACTIVE (an event).
+//!
+//! On a failed payment the call answers FAILED_PRECONDITION "payment failed: ...", the invoice
+//! stays FAILED and the subscription INCOMPLETE, which customers never see. Nothing blocks a
+//! retry: the next CreateSubscription for the order charges the same invoice again, with the
+//! same idempotency key, and completes the same subscription. Requests that were waiting on
+//! the failed charge report its failure rather than charging again.
+
+use std::future::Future;
+use std::sync::Arc;
+
+use anyhow::Context as _;
+use kapal::auth::{InternalKey, VerifyPrincipal};
+use kapal::catalog::Catalog;
+use kapal::clock::SharedClock;
+use kapal::db::{Db, DbConfig, Migrations};
+use kapal::proto::internal::v1::billing_service_server::BillingServiceServer;
+use kapal::proto::v1::subscription_service_server::SubscriptionServiceServer;
+use tokio::net::TcpListener;
+use tonic::server::NamedService as _;
+
+mod api;
+pub mod error;
+pub mod lifecycle;
+pub mod payments;
+pub mod schema;
+mod store;
+
+pub use error::Error;
+pub use payments::{ChargeRequest, DummyProvider, PaymentError, PaymentProvider, PaymentReceipt};
+
+const POSTGRES_MIGRATIONS: diesel_migrations::EmbeddedMigrations =
+    diesel_migrations::embed_migrations!("migrations/postgres");
+const SQLITE_MIGRATIONS: diesel_migrations::EmbeddedMigrations =
+    diesel_migrations::embed_migrations!("migrations/sqlite");
+
+/// The name of billing's database (SQLite file `billing.db`, PostgreSQL schema `kapal_billing`).
+pub const DB_NAME: &str = "billing";
+
+/// Billing's migrations, for [`Db::connect`] (tools and tests that open billing's database).
+pub fn migrations() -> Migrations {
+    Migrations {
+        postgres: POSTGRES_MIGRATIONS,
+        sqlite: SQLITE_MIGRATIONS,
+    }
+}
+
+/// How to run billing.
+pub struct Config {
+    /// Where billing keeps its tables.
+    pub db: DbConfig,
+    /// Apps and plans; prices and trial lengths come from here.
+    pub catalog: Arc<Catalog>,
+    /// Verifies the principals the gateway and other services sign.
+    pub key: InternalKey,
+    /// The clock every period, trial end and invoice date is computed from.
+    pub clock: SharedClock,
+    /// Who settles invoices.
+    pub payments: Arc<dyn PaymentProvider>,
+}
+
+impl Config {
+    /// Billing with the system clock and the dummy payment provider.
+    pub fn new(db: DbConfig, catalog: Arc<Catalog>, key: InternalKey) -> Config {
+        Config {
+            db,
+            catalog,
+            key,
+            clock: kapal::clock::system(),
+            payments: Arc::new(DummyProvider::new()),
+        }
+    }
+}
+
+/// Connects the database (running migrations) and serves billing's gRPC services on
+/// `listener` until `shutdown` completes.
+pub async fn run(
+    config: Config,
+    listener: TcpListener,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> anyhow::Result<()> {
+    let Config {
+        db,
+        catalog,
+        key,
+        clock,
+        payments,
+    } = config;
+    let db = Db::connect(&db, DB_NAME, migrations())
+        .await
+        .context("opening billing's database")?;
+    tracing::info!(
+        backend = db.backend(),
+        provider = payments.name(),
+        "billing database ready"
+    );
+    let billing = api::Billing::new(db, catalog, clock, payments);
+
+    let (health, health_service) = tonic_health::server::health_reporter();
+    for name in [
+        BillingServiceServer::<api::Billing>::NAME,
+        SubscriptionServiceServer::<api::Billing>::NAME,
+    ] {
+        health
+            .set_service_status(name, tonic_health::ServingStatus::Serving)
+            .await;
+    }
+
+    let router = tonic::transport::Server::builder()
+        .add_service(health_service)
+        .add_service(kapal::serve::reflection(kapal::proto::DESCRIPTOR_SET)?)
+        .add_service(BillingServiceServer::with_interceptor(
+            billing.clone(),
+            VerifyPrincipal(key.clone()),
+        ))
+        .add_service(SubscriptionServiceServer::with_interceptor(
+            billing,
+            VerifyPrincipal(key),
+        ));
+    if let Ok(addr) = listener.local_addr() {
+        tracing::info!(%addr, "billing serving gRPC");
+    }
+    kapal::serve::serve(router, listener, shutdown).await
+}

@@ -1,0 +1,455 @@
+//! The gRPC services: `kapal.internal.v1.BillingService` for the control-plane and the public
+//! `kapal.v1.SubscriptionService` for customers.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use chrono::{Months, NaiveDateTime, SubsecRound as _};
+use kapal::auth;
+use kapal::catalog::Catalog;
+use kapal::clock::SharedClock;
+use kapal::db::Db;
+use kapal::proto::internal::v1 as internal;
+use kapal::proto::v1 as pb;
+use kapal::wire;
+use tonic::{Request, Response, Status};
+use uuid::Uuid;
+
+use crate::error::Error;
+use crate::lifecycle::{InvoiceStatus, RenewalChange, SubscriptionStatus};
+use crate::payments::{ChargeRequest, PaymentError, PaymentProvider};
+use crate::store::{self, InvoiceRow, SubscriptionRow};
+
+/// How long one request may charge an invoice before another request may charge it again (with
+/// the same idempotency key). Longer than [`CHARGE_TIMEOUT`], so a lease only runs out when its
+/// holder died.
+const CHARGE_LEASE: chrono::Duration = chrono::Duration::seconds(120);
+/// How long billing waits for the payment provider.
+const CHARGE_TIMEOUT: Duration = Duration::from_secs(60);
+/// How long a request waits for a concurrent request of the same order to finish its charge.
+const WAIT_FOR_OTHER_CHARGE: Duration = Duration::from_secs(70);
+/// How often a waiting request looks again.
+const POLL_INTERVAL: Duration = Duration::from_millis(20);
+
+/// The currency of every price in the catalog.
+const CURRENCY: &str = "IDR";
+
+/// The human-facing form of an invoice number: "KPL-000042".
+pub fn invoice_number(number: i64) -> String {
+    format!("KPL-{number:06}")
+}
+
+/// A CreateSubscription request, checked.
+struct NewOrder {
+    order_id: Uuid,
+    account_id: Uuid,
+    instance_id: Uuid,
+    app_id: String,
+    plan_id: String,
+}
+
+impl TryFrom<internal::CreateSubscriptionRequest> for NewOrder {
+    type Error = Status;
+
+    fn try_from(req: internal::CreateSubscriptionRequest) -> Result<NewOrder, Status> {
+        Ok(NewOrder {
+            order_id: wire::uuid("order_id", &req.order_id)?,
+            account_id: wire::uuid("account_id", &req.account_id)?,
+            instance_id: wire::uuid("instance_id", &req.instance_id)?,
+            app_id: wire::required("app_id", &req.app_id)?.to_string(),
+            plan_id: wire::required("plan_id", &req.plan_id)?.to_string(),
+        })
+    }
+}
+
+/// Billing's state, shared by both services.
+#[derive(Clone)]
+pub struct Billing(Arc<Inner>);
+
+struct Inner {
+    db: Db,
+    catalog: Arc<Catalog>,
+    clock: SharedClock,
+    payments: Arc<dyn PaymentProvider>,
+}
+
+impl Billing {
+    pub fn new(
+        db: Db,
+        catalog: Arc<Catalog>,
+        clock: SharedClock,
+        payments: Arc<dyn PaymentProvider>,
+    ) -> Billing {
+        Billing(Arc::new(Inner {
+            db,
+            catalog,
+            clock,
+            payments,
+        }))
+    }
+
+    /// The current time as stored (UTC, microseconds: what both backends keep).
+    fn now(&self) -> NaiveDateTime {
+        self.0.clock.now().naive_utc().trunc_subsecs(6)
+    }
+
+    async fn create_subscription(
+        &self,
+        order: NewOrder,
+    ) -> Result<(SubscriptionRow, InvoiceRow), Error> {
+        let NewOrder {
+            order_id,
+            account_id,
+            instance_id,
+            app_id,
+            plan_id,
+        } = order;
+        let app = self.0.catalog.app(&app_id).ok_or_else(|| {
+            Error::InvalidArgument(format!(
+                "app_id {:?} is not in the catalog",
+                wire::truncate(&app_id, 64)
+            ))
+        })?;
+        let plan = app.plan(&plan_id).ok_or_else(|| {
+            let plans: Vec<&str> = app.plans.iter().map(|p| p.id.as_str()).collect();
+            Error::InvalidArgument(format!(
+                "plan_id {:?} is not a plan of {}; its plans are {}",
+                wire::truncate(&plan_id, 64),
+                app.id,
+                plans.join(", ")
+            ))
+        })?;
+
+        let now = self.now();
+        let trial = plan.trial_days > 0;
+        let (period_end, trial_end) = if trial {
+            let end = now + chrono::Duration::days(i64::from(plan.trial_days));
+            (end, Some(end))
+        } else {
+            let end = now
+                .checked_add_months(Months::new(1))
+                .ok_or_else(|| Error::Corrupt(format!("the clock is out of range: {now}")))?;
+            (end, None)
+        };
+        let sub = SubscriptionRow {
+            id: Uuid::now_v7().to_string(),
+            account_id: account_id.to_string(),
+            order_id: order_id.to_string(),
+            instance_id: instance_id.to_string(),
+            app_id: app.id.clone(),
+            plan_id: plan.id.clone(),
+            status: SubscriptionStatus::Incomplete.as_str().to_string(),
+            price_amount: plan.monthly_price_idr,
+            currency: CURRENCY.to_string(),
+            trial_end,
+            current_period_start: now,
+            current_period_end: period_end,
+            // A trial charges nothing automatically: it ends unless the customer picks a paid plan.
+            auto_renew: !trial,
+            cancel_at_period_end: false,
+            created_at: now,
+            updated_at: now,
+        };
+        let invoice_id = Uuid::now_v7().to_string();
+        let invoice = InvoiceRow {
+            id: invoice_id,
+            number: 0, // allocated by the store, in the same transaction
+            subscription_id: sub.id.clone(),
+            account_id: sub.account_id.clone(),
+            period_start: now,
+            period_end,
+            amount: plan.monthly_price_idr,
+            currency: CURRENCY.to_string(),
+            status: InvoiceStatus::Open.as_str().to_string(),
+            charging_until: None,
+            failure_reason: None,
+            created_at: now,
+            paid_at: None,
+            payment_provider: None,
+            payment_reference: None,
+        };
+        let cause = format!("created for order {order_id}");
+        let (stored, first) =
+            store::find_or_create_subscription(&self.0.db, &sub, &invoice, &cause).await?;
+        if (
+            &stored.account_id,
+            &stored.instance_id,
+            &stored.app_id,
+            &stored.plan_id,
+        ) != (&sub.account_id, &sub.instance_id, &sub.app_id, &sub.plan_id)
+        {
+            return Err(Error::OrderConflict(format!(
+                "order {order_id} already has a subscription with another account, instance, app or plan"
+            )));
+        }
+        self.settle_first_invoice(first).await
+    }
+
+    /// Brings the first invoice to PAID, charging it when no one else is, and returns it with
+    /// its (then started) subscription.
+    ///
+    /// At most one request charges an invoice at a time: a charge first takes the invoice's
+    /// lease (`invoices.charging_until`) with a compare-and-set on the status and lease this
+    /// request saw, so of several requests that saw the same state exactly one proceeds. The
+    /// others wait for that charge's outcome and report it: PAID, or its failure (they do not
+    /// charge again). A lease runs out only when its holder died; then the next request
+    /// charges again, with the same idempotency key.
+    ///
+    /// A failed charge leaves the invoice FAILED and the subscription INCOMPLETE (invisible to
+    /// the customer); the next CreateSubscription for the order charges the same invoice again
+    /// with the same idempotency key.
+    async fn settle_first_invoice(
+        &self,
+        first: InvoiceRow,
+    ) -> Result<(SubscriptionRow, InvoiceRow), Error> {
+        let db = &self.0.db;
+        let deadline = tokio::time::Instant::now() + WAIT_FOR_OTHER_CHARGE;
+        // Whether another request's charge ran while this one was here: its failure is then
+        // this request's answer too.
+        let mut waited = false;
+        let mut invoice = first;
+        loop {
+            let now = self.now();
+            let status = invoice.status()?;
+            match status {
+                InvoiceStatus::Paid => {
+                    let sub = store::subscription(db, &invoice.subscription_id).await?;
+                    return Ok((sub, invoice));
+                }
+                InvoiceStatus::Void => {
+                    return Err(Error::FailedPrecondition(format!(
+                        "the invoice {} of this order was voided",
+                        invoice_number(invoice.number)
+                    )));
+                }
+                InvoiceStatus::Open | InvoiceStatus::Failed => {}
+            }
+            if invoice.is_being_charged(now) {
+                waited = true;
+                if tokio::time::Instant::now() >= deadline {
+                    return Err(Error::PaymentInProgress);
+                }
+                tokio::time::sleep(POLL_INTERVAL).await;
+            } else if waited && status == InvoiceStatus::Failed {
+                let reason = invoice.failure_reason.clone().unwrap_or_default();
+                return Err(Error::PaymentFailed(reason));
+            } else {
+                let provider = self.0.payments.name();
+                match store::claim_charge(db, &invoice, provider, now, now + CHARGE_LEASE).await? {
+                    Some(claim) => self.charge(&claim).await?,
+                    // Another request changed the invoice first: look at what it did.
+                    None => waited = true,
+                }
+            }
+            invoice = store::invoice(db, &invoice.id).await?;
+        }
+    }
+
+    /// Charges a claimed invoice and records the outcome. No connection is held meanwhile.
+    async fn charge(&self, claim: &store::Claim) -> Result<(), Error> {
+        let invoice = &claim.invoice;
+        let request = ChargeRequest {
+            invoice_id: parse_stored_uuid(&invoice.id)?,
+            invoice_number: invoice_number(invoice.number),
+            idempotency_key: claim.idempotency_key.clone(),
+            amount: invoice.amount,
+            currency: invoice.currency.clone(),
+            account_id: parse_stored_uuid(&invoice.account_id)?,
+        };
+        let outcome =
+            match tokio::time::timeout(CHARGE_TIMEOUT, self.0.payments.charge(request)).await {
+                Ok(outcome) => outcome,
+                Err(_) => Err(PaymentError::Unavailable(format!(
+                    "no answer within {}s",
+                    CHARGE_TIMEOUT.as_secs()
+                ))),
+            };
+        let now = self.now();
+        match outcome {
+            Ok(receipt) => {
+                tracing::info!(
+                    invoice = %invoice_number(invoice.number),
+                    provider = %receipt.provider,
+                    reference = %receipt.reference,
+                    amount = invoice.amount,
+                    "payment settled"
+                );
+                store::record_payment_success(
+                    &self.0.db,
+                    claim,
+                    &receipt.provider,
+                    &receipt.reference,
+                    now,
+                )
+                .await
+            }
+            Err(e) => {
+                tracing::warn!(
+                    invoice = %invoice_number(invoice.number),
+                    attempt = claim.attempt,
+                    error = %e,
+                    "payment failed"
+                );
+                let reason = e.public_reason();
+                store::record_payment_failure(&self.0.db, claim, &reason, &e.to_string(), now)
+                    .await?;
+                Err(Error::PaymentFailed(reason))
+            }
+        }
+    }
+}
+
+fn parse_stored_uuid(s: &str) -> Result<Uuid, Error> {
+    Uuid::parse_str(s).map_err(|_| Error::Corrupt(format!("stored id {s:?} is not a UUID")))
+}
+
+fn subscription_to_proto(row: &SubscriptionRow) -> Result<pb::Subscription, Error> {
+    Ok(pb::Subscription {
+        id: row.id.clone(),
+        app_id: row.app_id.clone(),
+        plan_id: row.plan_id.clone(),
+        status: row.status()?.to_proto().into(),
+        price: Some(pb::Money {
+            amount: row.price_amount,
+            currency: row.currency.clone(),
+        }),
+        current_period_start: Some(wire::timestamp(row.current_period_start)),
+        current_period_end: Some(wire::timestamp(row.current_period_end)),
+        auto_renew: row.auto_renew,
+        cancel_at_period_end: row.cancel_at_period_end,
+        order_id: row.order_id.clone(),
+        created_at: Some(wire::timestamp(row.created_at)),
+        trial_end: wire::opt_timestamp(row.trial_end),
+    })
+}
+
+fn invoice_to_proto(row: &InvoiceRow) -> Result<pb::Invoice, Error> {
+    Ok(pb::Invoice {
+        id: row.id.clone(),
+        number: invoice_number(row.number),
+        subscription_id: row.subscription_id.clone(),
+        period_start: Some(wire::timestamp(row.period_start)),
+        period_end: Some(wire::timestamp(row.period_end)),
+        amount: Some(pb::Money {
+            amount: row.amount,
+            currency: row.currency.clone(),
+        }),
+        status: row.status()?.to_proto().into(),
+        created_at: Some(wire::timestamp(row.created_at)),
+        paid_at: wire::opt_timestamp(row.paid_at),
+        payment_provider: row.payment_provider.clone().unwrap_or_default(),
+        payment_reference: row.payment_reference.clone().unwrap_or_default(),
+    })
+}
+
+#[tonic::async_trait]
+impl internal::billing_service_server::BillingService for Billing {
+    async fn create_subscription(
+        &self,
+        request: Request<internal::CreateSubscriptionRequest>,
+    ) -> Result<Response<internal::CreateSubscriptionResponse>, Status> {
+        auth::service(&request)?;
+        let order = NewOrder::try_from(request.into_inner())?;
+        let (sub, invoice) = self.create_subscription(order).await?;
+        Ok(Response::new(internal::CreateSubscriptionResponse {
+            subscription: Some(subscription_to_proto(&sub)?),
+            invoice: Some(invoice_to_proto(&invoice)?),
+        }))
+    }
+}
+
+#[tonic::async_trait]
+impl pb::subscription_service_server::SubscriptionService for Billing {
+    async fn list_subscriptions(
+        &self,
+        request: Request<pb::ListSubscriptionsRequest>,
+    ) -> Result<Response<pb::ListSubscriptionsResponse>, Status> {
+        let account = auth::customer(&request)?.account_id.to_string();
+        let rows = store::list_subscriptions(&self.0.db, &account).await?;
+        let subscriptions = rows
+            .iter()
+            .map(subscription_to_proto)
+            .collect::<Result<_, _>>()?;
+        Ok(Response::new(pb::ListSubscriptionsResponse {
+            subscriptions,
+        }))
+    }
+
+    async fn get_subscription(
+        &self,
+        request: Request<pb::GetSubscriptionRequest>,
+    ) -> Result<Response<pb::Subscription>, Status> {
+        let account = auth::customer(&request)?.account_id.to_string();
+        let id = wire::uuid("subscription_id", &request.get_ref().subscription_id)?;
+        let row = store::customer_subscription(&self.0.db, &account, &id.to_string()).await?;
+        Ok(Response::new(subscription_to_proto(&row)?))
+    }
+
+    async fn cancel_subscription(
+        &self,
+        request: Request<pb::CancelSubscriptionRequest>,
+    ) -> Result<Response<pb::Subscription>, Status> {
+        let account = auth::customer(&request)?.account_id.to_string();
+        let id = wire::uuid("subscription_id", &request.get_ref().subscription_id)?;
+        let row = store::change_renewal(
+            &self.0.db,
+            &account,
+            &id.to_string(),
+            RenewalChange::Cancel,
+            self.now(),
+        )
+        .await?;
+        Ok(Response::new(subscription_to_proto(&row)?))
+    }
+
+    async fn set_auto_renew(
+        &self,
+        request: Request<pb::SetAutoRenewRequest>,
+    ) -> Result<Response<pb::Subscription>, Status> {
+        let account = auth::customer(&request)?.account_id.to_string();
+        let req = request.get_ref();
+        let id = wire::uuid("subscription_id", &req.subscription_id)?;
+        let row = store::change_renewal(
+            &self.0.db,
+            &account,
+            &id.to_string(),
+            RenewalChange::AutoRenew(req.auto_renew),
+            self.now(),
+        )
+        .await?;
+        Ok(Response::new(subscription_to_proto(&row)?))
+    }
+
+    async fn list_invoices(
+        &self,
+        request: Request<pb::ListInvoicesRequest>,
+    ) -> Result<Response<pb::ListInvoicesResponse>, Status> {
+        let account = auth::customer(&request)?.account_id.to_string();
+        let subscription_id = match request.get_ref().subscription_id.trim() {
+            "" => None,
+            id => {
+                let id = wire::uuid("subscription_id", id)?.to_string();
+                // Someone else's (or no) subscription is NOT_FOUND, not an empty list.
+                store::customer_subscription(&self.0.db, &account, &id).await?;
+                Some(id)
+            }
+        };
+        let rows = store::list_invoices(&self.0.db, &account, subscription_id.as_deref()).await?;
+        let invoices = rows
+            .iter()
+            .map(invoice_to_proto)
+            .collect::<Result<_, _>>()?;
+        Ok(Response::new(pb::ListInvoicesResponse { invoices }))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn invoice_numbers_are_padded() {
+        assert_eq!(invoice_number(42), "KPL-000042");
+        assert_eq!(invoice_number(1_234_567), "KPL-1234567");
+    }
+}

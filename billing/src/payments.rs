@@ -1,0 +1,186 @@
+//! Payment providers: who actually moves the money.
+//!
+//! Billing charges an invoice through a [`PaymentProvider`]. Every charge of one invoice carries
+//! the same idempotency key (derived from the invoice id), so a provider that honours it (as
+//! Indonesian gateways such as Midtrans and Xendit do) settles an invoice at most once even when
+//! billing charges it again after a crash, a timeout or a failure. A new gateway is one more
+//! implementation of the trait; the subscription lifecycle does not change.
+//!
+//! [`DummyProvider`] settles every charge instantly (the free trial is Rp 0) and can be told to
+//! fail, for tests.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+
+use uuid::Uuid;
+
+/// One charge of one invoice.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ChargeRequest {
+    pub invoice_id: Uuid,
+    /// The human-facing invoice number, e.g. "KPL-000042" (gateways show it to the payer).
+    pub invoice_number: String,
+    /// The same for every charge of the same invoice: a provider must settle one key at most
+    /// once, and answer a repeated key with the original outcome.
+    pub idempotency_key: String,
+    /// Amount in whole units of `currency` (rupiah).
+    pub amount: i64,
+    /// ISO 4217 code, "IDR".
+    pub currency: String,
+    /// The paying account.
+    pub account_id: Uuid,
+}
+
+/// Proof that a charge was settled.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PaymentReceipt {
+    /// The provider's name, e.g. "dummy" (shown on the invoice).
+    pub provider: String,
+    /// The provider's reference of the payment (shown on the invoice).
+    pub reference: String,
+}
+
+/// Why a charge did not settle.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum PaymentError {
+    /// The provider refused the payment. The reason is meant for the customer (e.g. "card
+    /// declined", "insufficient balance") and must not contain secrets.
+    #[error("declined: {0}")]
+    Declined(String),
+    /// The provider could not be reached or gave no clear answer, so the outcome is unknown.
+    /// Charging again with the same idempotency key is safe. The text is for logs only.
+    #[error("provider unavailable: {0}")]
+    Unavailable(String),
+}
+
+impl PaymentError {
+    /// The reason as the customer may read it.
+    pub fn public_reason(&self) -> String {
+        match self {
+            PaymentError::Declined(reason) => format!("declined: {reason}"),
+            PaymentError::Unavailable(_) => {
+                "the payment provider did not answer; please try again".to_string()
+            }
+        }
+    }
+}
+
+/// A payment gateway.
+#[async_trait::async_trait]
+pub trait PaymentProvider: Send + Sync + 'static {
+    /// Short, stable name recorded with each payment, e.g. "dummy", "midtrans".
+    fn name(&self) -> &str;
+
+    /// Charges `request.amount` to the account. Must be idempotent on
+    /// `request.idempotency_key`: a repeated key returns the first outcome and never moves
+    /// money twice. Billing bounds the call with a timeout and treats a timeout as
+    /// [`PaymentError::Unavailable`].
+    async fn charge(&self, request: ChargeRequest) -> Result<PaymentReceipt, PaymentError>;
+}
+
+/// A provider that settles every charge instantly, like the Rp 0 trial checkout needs. Clones
+/// share their state, so a test can keep one handle and switch failures on and off with
+/// [`DummyProvider::set_fail`].
+#[derive(Clone, Debug, Default)]
+pub struct DummyProvider {
+    fail: Arc<AtomicBool>,
+    /// Settled charges by idempotency key, so a repeated key gets the same receipt, as a real
+    /// gateway would answer.
+    settled: Arc<Mutex<HashMap<String, PaymentReceipt>>>,
+}
+
+impl DummyProvider {
+    /// The provider's name on invoices.
+    pub const NAME: &'static str = "dummy";
+
+    /// A provider that settles every charge.
+    pub fn new() -> DummyProvider {
+        DummyProvider::default()
+    }
+
+    /// A provider that declines every charge until [`DummyProvider::set_fail`]`(false)`.
+    pub fn failing() -> DummyProvider {
+        let provider = DummyProvider::new();
+        provider.set_fail(true);
+        provider
+    }
+
+    /// Declines every following charge (`true`) or settles them again (`false`).
+    pub fn set_fail(&self, fail: bool) {
+        self.fail.store(fail, Ordering::SeqCst);
+    }
+}
+
+#[async_trait::async_trait]
+impl PaymentProvider for DummyProvider {
+    fn name(&self) -> &str {
+        Self::NAME
+    }
+
+    async fn charge(&self, request: ChargeRequest) -> Result<PaymentReceipt, PaymentError> {
+        let mut settled = self.settled.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(receipt) = settled.get(&request.idempotency_key) {
+            return Ok(receipt.clone());
+        }
+        if self.fail.load(Ordering::SeqCst) {
+            return Err(PaymentError::Declined(
+                "the dummy provider was told to fail".to_string(),
+            ));
+        }
+        if request.amount < 0 {
+            return Err(PaymentError::Declined(
+                "a negative amount cannot be charged".to_string(),
+            ));
+        }
+        let receipt = PaymentReceipt {
+            provider: Self::NAME.to_string(),
+            reference: format!("dummy-{}", Uuid::new_v4()),
+        };
+        settled.insert(request.idempotency_key, receipt.clone());
+        Ok(receipt)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn request(key: &str) -> ChargeRequest {
+        ChargeRequest {
+            invoice_id: Uuid::new_v4(),
+            invoice_number: "KPL-000001".into(),
+            idempotency_key: key.into(),
+            amount: 0,
+            currency: "IDR".into(),
+            account_id: Uuid::new_v4(),
+        }
+    }
+
+    #[tokio::test]
+    async fn settles_once_per_idempotency_key_and_fails_on_demand() {
+        let provider = DummyProvider::new();
+        let a = provider.charge(request("k1")).await.expect("settles");
+        assert_eq!(a.provider, "dummy");
+        assert!(a.reference.starts_with("dummy-"), "{}", a.reference);
+        assert_eq!(provider.charge(request("k1")).await, Ok(a.clone()));
+
+        let handle = provider.clone();
+        handle.set_fail(true);
+        assert!(matches!(
+            provider.charge(request("k2")).await,
+            Err(PaymentError::Declined(_))
+        ));
+        // An already settled key keeps its receipt.
+        assert_eq!(provider.charge(request("k1")).await, Ok(a.clone()));
+        handle.set_fail(false);
+        let b = provider.charge(request("k2")).await.expect("settles again");
+        assert_ne!(a.reference, b.reference);
+        assert!(
+            DummyProvider::failing()
+                .charge(request("k3"))
+                .await
+                .is_err()
+        );
+    }
+}

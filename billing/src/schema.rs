@@ -1,0 +1,89 @@
+//! Billing's tables, one definition for both backends (see `migrations/`).
+
+diesel::table! {
+    subscriptions (id) {
+        id -> Text,
+        account_id -> Text,
+        order_id -> Text,
+        instance_id -> Text,
+        app_id -> Text,
+        plan_id -> Text,
+        status -> Text,
+        price_amount -> BigInt,
+        currency -> Text,
+        trial_end -> Nullable<Timestamp>,
+        current_period_start -> Timestamp,
+        current_period_end -> Timestamp,
+        auto_renew -> Bool,
+        cancel_at_period_end -> Bool,
+        created_at -> Timestamp,
+        updated_at -> Timestamp,
+    }
+}
+
+diesel::table! {
+    invoice_counter (id) {
+        id -> Integer,
+        last_number -> BigInt,
+    }
+}
+
+diesel::table! {
+    invoices (id) {
+        id -> Text,
+        number -> BigInt,
+        subscription_id -> Text,
+        account_id -> Text,
+        period_start -> Timestamp,
+        period_end -> Timestamp,
+        amount -> BigInt,
+        currency -> Text,
+        status -> Text,
+        charging_until -> Nullable<Timestamp>,
+        failure_reason -> Nullable<Text>,
+        created_at -> Timestamp,
+        paid_at -> Nullable<Timestamp>,
+        payment_provider -> Nullable<Text>,
+        payment_reference -> Nullable<Text>,
+    }
+}
+
+diesel::table! {
+    payments (id) {
+        id -> Text,
+        invoice_id -> Text,
+        attempt -> Integer,
+        idempotency_key -> Text,
+        provider -> Text,
+        amount -> BigInt,
+        currency -> Text,
+        status -> Text,
+        reference -> Nullable<Text>,
+        error -> Nullable<Text>,
+        created_at -> Timestamp,
+        finished_at -> Nullable<Timestamp>,
+    }
+}
+
+diesel::table! {
+    subscription_events (id) {
+        id -> BigInt,
+        subscription_id -> Text,
+        at -> Timestamp,
+        from_status -> Nullable<Text>,
+        to_status -> Text,
+        cause -> Text,
+    }
+}
+
+diesel::joinable!(invoices -> subscriptions (subscription_id));
+diesel::joinable!(payments -> invoices (invoice_id));
+diesel::joinable!(subscription_events -> subscriptions (subscription_id));
+
+diesel::allow_tables_to_appear_in_same_query!(
+    subscriptions,
+    invoice_counter,
+    invoices,
+    payments,
+    subscription_events,
+);

@@ -1,0 +1,570 @@
+//! Data access: every query billing runs, written once for both backends with [`kapal::db!`].
+//!
+//! Each function takes the pool, holds one connection only for its own queries (never across a
+//! payment-provider call) and does its writes in one transaction.
+
+use chrono::NaiveDateTime;
+use diesel::{
+    ExpressionMethods as _, Insertable, OptionalExtension as _, QueryDsl as _, Queryable,
+    Selectable, SelectableHelper as _,
+};
+use diesel_async::{AsyncConnection as _, RunQueryDsl as _};
+use kapal::db::Db;
+
+use crate::error::Error;
+use crate::lifecycle::{self, InvoiceStatus, Renewal, RenewalChange, SubscriptionStatus};
+use crate::schema::{invoice_counter, invoices, payments, subscription_events, subscriptions};
+
+/// A stored subscription.
+#[derive(Clone, Debug, PartialEq, Eq, Queryable, Selectable, Insertable)]
+#[diesel(table_name = subscriptions)]
+pub struct SubscriptionRow {
+    pub id: String,
+    pub account_id: String,
+    pub order_id: String,
+    pub instance_id: String,
+    pub app_id: String,
+    pub plan_id: String,
+    pub status: String,
+    pub price_amount: i64,
+    pub currency: String,
+    pub trial_end: Option<NaiveDateTime>,
+    pub current_period_start: NaiveDateTime,
+    pub current_period_end: NaiveDateTime,
+    pub auto_renew: bool,
+    pub cancel_at_period_end: bool,
+    pub created_at: NaiveDateTime,
+    pub updated_at: NaiveDateTime,
+}
+
+impl SubscriptionRow {
+    pub fn status(&self) -> Result<SubscriptionStatus, Error> {
+        SubscriptionStatus::parse(&self.status).ok_or_else(|| {
+            Error::Corrupt(format!(
+                "subscription {} has unknown status {:?}",
+                self.id, self.status
+            ))
+        })
+    }
+
+    pub fn is_trial(&self) -> bool {
+        self.trial_end.is_some()
+    }
+}
+
+/// A stored invoice.
+#[derive(Clone, Debug, PartialEq, Eq, Queryable, Selectable, Insertable)]
+#[diesel(table_name = invoices)]
+pub struct InvoiceRow {
+    pub id: String,
+    pub number: i64,
+    pub subscription_id: String,
+    pub account_id: String,
+    pub period_start: NaiveDateTime,
+    pub period_end: NaiveDateTime,
+    pub amount: i64,
+    pub currency: String,
+    pub status: String,
+    pub charging_until: Option<NaiveDateTime>,
+    pub failure_reason: Option<String>,
+    pub created_at: NaiveDateTime,
+    pub paid_at: Option<NaiveDateTime>,
+    pub payment_provider: Option<String>,
+    pub payment_reference: Option<String>,
+}
+
+impl InvoiceRow {
+    pub fn status(&self) -> Result<InvoiceStatus, Error> {
+        InvoiceStatus::parse(&self.status).ok_or_else(|| {
+            Error::Corrupt(format!(
+                "invoice {} has unknown status {:?}",
+                self.id, self.status
+            ))
+        })
+    }
+
+    /// The idempotency key of every charge of this invoice.
+    pub fn idempotency_key(&self) -> String {
+        format!("kapal-invoice-{}", self.id)
+    }
+
+    /// Whether a charge of this invoice is running (its lease has not run out at `now`).
+    pub fn is_being_charged(&self, now: NaiveDateTime) -> bool {
+        self.charging_until.is_some_and(|until| until >= now)
+    }
+}
+
+#[derive(Insertable)]
+#[diesel(table_name = subscription_events)]
+struct NewEvent<'a> {
+    subscription_id: &'a str,
+    at: NaiveDateTime,
+    from_status: Option<&'a str>,
+    to_status: &'a str,
+    cause: &'a str,
+}
+
+#[derive(Insertable)]
+#[diesel(table_name = payments)]
+struct NewPayment<'a> {
+    id: &'a str,
+    invoice_id: &'a str,
+    attempt: i32,
+    idempotency_key: &'a str,
+    provider: &'a str,
+    amount: i64,
+    currency: &'a str,
+    status: &'a str,
+    created_at: NaiveDateTime,
+}
+
+/// The subscription of `sub.order_id` and its first invoice: created from `sub` and `invoice`
+/// (status INCOMPLETE, invoice OPEN, with the next invoice number) when the order has none,
+/// or the ones stored by an earlier call. Safe under concurrent calls for the same order: the
+/// insert does nothing when another call's insert won, and this call reads the winner's rows.
+pub async fn find_or_create_subscription(
+    db: &Db,
+    sub: &SubscriptionRow,
+    invoice: &InvoiceRow,
+    cause: &str,
+) -> Result<(SubscriptionRow, InvoiceRow), Error> {
+    let mut conn = db.get().await?;
+    kapal::db!(&mut conn, |c| {
+        c.transaction(async |c| {
+            // First the subscription: a concurrent call for the same order waits here on the
+            // order_id index until the winner commits, then inserts nothing.
+            let inserted = diesel::insert_into(subscriptions::table)
+                .values(sub)
+                .on_conflict(subscriptions::order_id)
+                .do_nothing()
+                .execute(c)
+                .await?;
+            let stored: SubscriptionRow = subscriptions::table
+                .filter(subscriptions::order_id.eq(&sub.order_id))
+                .select(SubscriptionRow::as_select())
+                .first(c)
+                .await?;
+            if inserted == 1 {
+                let number: i64 = diesel::update(invoice_counter::table.find(1))
+                    .set(invoice_counter::last_number.eq(invoice_counter::last_number + 1))
+                    .returning(invoice_counter::last_number)
+                    .get_result(c)
+                    .await?;
+                let invoice = InvoiceRow {
+                    number,
+                    subscription_id: stored.id.clone(),
+                    ..invoice.clone()
+                };
+                diesel::insert_into(invoices::table)
+                    .values(&invoice)
+                    .execute(c)
+                    .await?;
+                diesel::insert_into(subscription_events::table)
+                    .values(NewEvent {
+                        subscription_id: &stored.id,
+                        at: stored.created_at,
+                        from_status: None,
+                        to_status: &stored.status,
+                        cause,
+                    })
+                    .execute(c)
+                    .await?;
+            }
+            let first: InvoiceRow = invoices::table
+                .filter(invoices::subscription_id.eq(&stored.id))
+                .order(invoices::number.asc())
+                .select(InvoiceRow::as_select())
+                .first(c)
+                .await?;
+            Ok::<_, Error>((stored, first))
+        })
+        .await
+    })
+}
+
+/// A charge this request may make: it holds the invoice's lease.
+#[derive(Debug)]
+pub struct Claim {
+    pub invoice: InvoiceRow,
+    /// The lease this request holds (`invoices.charging_until`).
+    pub lease_until: NaiveDateTime,
+    /// The pending row in `payments`.
+    pub payment_id: String,
+    /// 1 for the first charge of the invoice.
+    pub attempt: i32,
+    pub idempotency_key: String,
+}
+
+/// Takes the right to charge `seen` until `lease_until`, if the invoice is still in the status
+/// and lease this request saw (a compare-and-set, so of all requests that saw the same state
+/// exactly one gets it), and records the attempt as a pending payment through `provider`.
+/// `None` when the invoice changed meanwhile.
+pub async fn claim_charge(
+    db: &Db,
+    seen: &InvoiceRow,
+    provider: &str,
+    now: NaiveDateTime,
+    lease_until: NaiveDateTime,
+) -> Result<Option<Claim>, Error> {
+    let status = seen.status()?;
+    if !status.is_chargeable() || seen.is_being_charged(now) {
+        return Ok(None);
+    }
+    let invoice_id = seen.id.as_str();
+    let payment_id = uuid::Uuid::now_v7().to_string();
+    let mut conn = db.get().await?;
+    kapal::db!(&mut conn, |c| {
+        c.transaction(async |c| {
+            // On PostgreSQL a concurrent claim waits on the row lock and then re-checks the
+            // filter against the winner's row, so exactly one claim updates it.
+            let target = invoices::table
+                .find(invoice_id)
+                .filter(invoices::status.eq(status.as_str()));
+            let claimed = match seen.charging_until {
+                None => {
+                    diesel::update(target.filter(invoices::charging_until.is_null()))
+                        .set(invoices::charging_until.eq(Some(lease_until)))
+                        .execute(c)
+                        .await?
+                }
+                Some(expired) => {
+                    diesel::update(target.filter(invoices::charging_until.eq(expired)))
+                        .set(invoices::charging_until.eq(Some(lease_until)))
+                        .execute(c)
+                        .await?
+                }
+            };
+            if claimed == 0 {
+                return Ok::<_, Error>(None);
+            }
+            let invoice: InvoiceRow = invoices::table
+                .find(invoice_id)
+                .select(InvoiceRow::as_select())
+                .first(c)
+                .await?;
+            let earlier: i64 = payments::table
+                .filter(payments::invoice_id.eq(invoice_id))
+                .count()
+                .get_result(c)
+                .await?;
+            let attempt = i32::try_from(earlier + 1).map_err(|_| {
+                Error::Corrupt(format!("invoice {invoice_id} has {earlier} payments"))
+            })?;
+            let idempotency_key = invoice.idempotency_key();
+            diesel::insert_into(payments::table)
+                .values(NewPayment {
+                    id: &payment_id,
+                    invoice_id,
+                    attempt,
+                    idempotency_key: &idempotency_key,
+                    provider,
+                    amount: invoice.amount,
+                    currency: &invoice.currency,
+                    status: lifecycle::payment::PENDING,
+                    created_at: now,
+                })
+                .execute(c)
+                .await?;
+            Ok(Some(Claim {
+                invoice,
+                lease_until,
+                payment_id: payment_id.clone(),
+                attempt,
+                idempotency_key,
+            }))
+        })
+        .await
+    })
+}
+
+/// Records a settled charge: the invoice is PAID, and a subscription waiting for its first
+/// payment starts (TRIALING or ACTIVE), with an event.
+pub async fn record_payment_success(
+    db: &Db,
+    claim: &Claim,
+    provider: &str,
+    reference: &str,
+    now: NaiveDateTime,
+) -> Result<(), Error> {
+    let invoice = &claim.invoice;
+    let chargeable = [InvoiceStatus::Open.as_str(), InvoiceStatus::Failed.as_str()];
+    let cause = format!(
+        "invoice {} paid",
+        crate::api::invoice_number(invoice.number)
+    );
+    let mut conn = db.get().await?;
+    kapal::db!(&mut conn, |c| {
+        c.transaction(async |c| {
+            let paid = diesel::update(
+                invoices::table
+                    .find(&invoice.id)
+                    .filter(invoices::status.eq_any(chargeable)),
+            )
+            .set((
+                invoices::status.eq(InvoiceStatus::Paid.as_str()),
+                invoices::paid_at.eq(Some(now)),
+                invoices::payment_provider.eq(Some(provider)),
+                invoices::payment_reference.eq(Some(reference)),
+                invoices::charging_until.eq(None::<NaiveDateTime>),
+                invoices::failure_reason.eq(None::<String>),
+            ))
+            .execute(c)
+            .await?;
+            // An invoice already paid by another attempt (the provider answered the repeated
+            // idempotency key with the same payment): this attempt settled nothing new.
+            let payment_status = if paid == 1 {
+                lifecycle::payment::SUCCEEDED
+            } else {
+                lifecycle::payment::DUPLICATE
+            };
+            diesel::update(payments::table.find(&claim.payment_id))
+                .set((
+                    payments::status.eq(payment_status),
+                    payments::reference.eq(Some(reference)),
+                    payments::finished_at.eq(Some(now)),
+                ))
+                .execute(c)
+                .await?;
+            if paid == 0 {
+                return Ok::<_, Error>(());
+            }
+            let sub: SubscriptionRow = subscriptions::table
+                .find(&invoice.subscription_id)
+                .select(SubscriptionRow::as_select())
+                .first(c)
+                .await?;
+            let from = sub.status()?;
+            if from == SubscriptionStatus::Incomplete {
+                let to = SubscriptionStatus::started(sub.is_trial());
+                debug_assert!(from.can_become(to));
+                diesel::update(
+                    subscriptions::table
+                        .find(&sub.id)
+                        .filter(subscriptions::status.eq(from.as_str())),
+                )
+                .set((
+                    subscriptions::status.eq(to.as_str()),
+                    subscriptions::updated_at.eq(now),
+                ))
+                .execute(c)
+                .await?;
+                diesel::insert_into(subscription_events::table)
+                    .values(NewEvent {
+                        subscription_id: &sub.id,
+                        at: now,
+                        from_status: Some(from.as_str()),
+                        to_status: to.as_str(),
+                        cause: &cause,
+                    })
+                    .execute(c)
+                    .await?;
+            }
+            Ok(())
+        })
+        .await
+    })
+}
+
+/// Records a failed charge: the payment keeps the provider's `error`; the invoice becomes
+/// FAILED with `public_reason` (and can be charged again), unless this request's lease ran out
+/// and another request is charging it now.
+pub async fn record_payment_failure(
+    db: &Db,
+    claim: &Claim,
+    public_reason: &str,
+    error: &str,
+    now: NaiveDateTime,
+) -> Result<(), Error> {
+    let invoice = &claim.invoice;
+    let chargeable = [InvoiceStatus::Open.as_str(), InvoiceStatus::Failed.as_str()];
+    let mut conn = db.get().await?;
+    kapal::db!(&mut conn, |c| {
+        c.transaction(async |c| {
+            diesel::update(payments::table.find(&claim.payment_id))
+                .set((
+                    payments::status.eq(lifecycle::payment::FAILED),
+                    payments::error.eq(Some(error)),
+                    payments::finished_at.eq(Some(now)),
+                ))
+                .execute(c)
+                .await?;
+            diesel::update(
+                invoices::table
+                    .find(&invoice.id)
+                    .filter(invoices::status.eq_any(chargeable))
+                    .filter(invoices::charging_until.eq(claim.lease_until)),
+            )
+            .set((
+                invoices::status.eq(InvoiceStatus::Failed.as_str()),
+                invoices::failure_reason.eq(Some(public_reason)),
+                invoices::charging_until.eq(None::<NaiveDateTime>),
+            ))
+            .execute(c)
+            .await?;
+            Ok::<_, Error>(())
+        })
+        .await
+    })
+}
+
+pub async fn invoice(db: &Db, id: &str) -> Result<InvoiceRow, Error> {
+    let mut conn = db.get().await?;
+    let row = kapal::db!(&mut conn, |c| {
+        invoices::table
+            .find(id)
+            .select(InvoiceRow::as_select())
+            .first(c)
+            .await
+    })?;
+    Ok(row)
+}
+
+pub async fn subscription(db: &Db, id: &str) -> Result<SubscriptionRow, Error> {
+    let mut conn = db.get().await?;
+    let row = kapal::db!(&mut conn, |c| {
+        subscriptions::table
+            .find(id)
+            .select(SubscriptionRow::as_select())
+            .first(c)
+            .await
+    })?;
+    Ok(row)
+}
+
+/// The account's subscriptions the customer may see, newest first.
+pub async fn list_subscriptions(db: &Db, account_id: &str) -> Result<Vec<SubscriptionRow>, Error> {
+    let hidden = SubscriptionStatus::Incomplete.as_str();
+    let mut conn = db.get().await?;
+    let rows = kapal::db!(&mut conn, |c| {
+        subscriptions::table
+            .filter(subscriptions::account_id.eq(account_id))
+            .filter(subscriptions::status.ne(hidden))
+            .order((subscriptions::created_at.desc(), subscriptions::id.desc()))
+            .select(SubscriptionRow::as_select())
+            .load(c)
+            .await
+    })?;
+    Ok(rows)
+}
+
+/// One of the account's visible subscriptions; NotFound for anyone else's.
+pub async fn customer_subscription(
+    db: &Db,
+    account_id: &str,
+    id: &str,
+) -> Result<SubscriptionRow, Error> {
+    let hidden = SubscriptionStatus::Incomplete.as_str();
+    let mut conn = db.get().await?;
+    let row = kapal::db!(&mut conn, |c| {
+        subscriptions::table
+            .find(id)
+            .filter(subscriptions::account_id.eq(account_id))
+            .filter(subscriptions::status.ne(hidden))
+            .select(SubscriptionRow::as_select())
+            .first(c)
+            .await
+            .optional()
+    })?;
+    row.ok_or(Error::NotFound("subscription"))
+}
+
+/// The account's invoices of visible subscriptions (of one subscription when given), newest
+/// first.
+pub async fn list_invoices(
+    db: &Db,
+    account_id: &str,
+    subscription_id: Option<&str>,
+) -> Result<Vec<InvoiceRow>, Error> {
+    let hidden = SubscriptionStatus::Incomplete.as_str();
+    let mut conn = db.get().await?;
+    let rows = kapal::db!(&mut conn, |c| {
+        let mut query = invoices::table
+            .inner_join(subscriptions::table)
+            .filter(invoices::account_id.eq(account_id))
+            .filter(subscriptions::account_id.eq(account_id))
+            .filter(subscriptions::status.ne(hidden))
+            .order(invoices::number.desc())
+            .select(InvoiceRow::as_select())
+            .into_boxed();
+        if let Some(id) = subscription_id {
+            query = query.filter(invoices::subscription_id.eq(id));
+        }
+        query.load(c).await
+    })?;
+    Ok(rows)
+}
+
+/// Applies the customer's `change` to how one of their subscriptions ends (see
+/// [`lifecycle::change_renewal`]) and records it as an event; unchanged when it changes
+/// nothing.
+pub async fn change_renewal(
+    db: &Db,
+    account_id: &str,
+    id: &str,
+    change: RenewalChange,
+    now: NaiveDateTime,
+) -> Result<SubscriptionRow, Error> {
+    let hidden = SubscriptionStatus::Incomplete.as_str();
+    let mut conn = db.get().await?;
+    kapal::db!(&mut conn, |c| {
+        c.transaction(async |c| {
+            let sub: SubscriptionRow = subscriptions::table
+                .find(id)
+                .filter(subscriptions::account_id.eq(account_id))
+                .filter(subscriptions::status.ne(hidden))
+                .select(SubscriptionRow::as_select())
+                .first(c)
+                .await
+                .optional()?
+                .ok_or(Error::NotFound("subscription"))?;
+            let status = sub.status()?;
+            let current = Renewal {
+                auto_renew: sub.auto_renew,
+                cancel_at_period_end: sub.cancel_at_period_end,
+            };
+            let Some((next, cause)) =
+                lifecycle::change_renewal(status, sub.is_trial(), current, change)
+                    .map_err(Error::FailedPrecondition)?
+            else {
+                return Ok::<_, Error>(sub);
+            };
+            // Filtered on the values read, so a concurrent change is not overwritten.
+            let updated = diesel::update(
+                subscriptions::table
+                    .find(&sub.id)
+                    .filter(subscriptions::status.eq(&sub.status))
+                    .filter(subscriptions::auto_renew.eq(sub.auto_renew))
+                    .filter(subscriptions::cancel_at_period_end.eq(sub.cancel_at_period_end)),
+            )
+            .set((
+                subscriptions::auto_renew.eq(next.auto_renew),
+                subscriptions::cancel_at_period_end.eq(next.cancel_at_period_end),
+                subscriptions::updated_at.eq(now),
+            ))
+            .execute(c)
+            .await?;
+            if updated != 1 {
+                return Err(Error::FailedPrecondition(
+                    "the subscription changed at the same time; try again".to_string(),
+                ));
+            }
+            diesel::insert_into(subscription_events::table)
+                .values(NewEvent {
+                    subscription_id: &sub.id,
+                    at: now,
+                    from_status: Some(&sub.status),
+                    to_status: &sub.status,
+                    cause,
+                })
+                .execute(c)
+                .await?;
+            Ok(SubscriptionRow {
+                auto_renew: next.auto_renew,
+                cancel_at_period_end: next.cancel_at_period_end,
+                updated_at: now,
+                ..sub
+            })
+        })
+        .await
+    })
+}
