@@ -1,1 +1,383 @@
-//! placeholder
+//! Kapal's gateway: the only public door.
+//!
+//! One port serves native gRPC (HTTP/2) and grpc-web (browsers, HTTP/1.1 and HTTP/2) for Kapal's
+//! public API, `kapal.v1.*`. `SubscriptionService` calls go to billing, every other public service
+//! to the control-plane; anything else (`kapal.internal.*` included) is UNIMPLEMENTED. The proxy
+//! works at the HTTP level from the public descriptors, so a new public method needs no change
+//! here. On the way the gateway answers CORS preflights, authenticates bearer tokens and signs the
+//! caller into the forwarded call ([`identity`]), limits callers' rates, request sizes and
+//! deadlines, and serves its own `grpc.health.v1` and reflection (public API only).
+//!
+//! With [`Config::tls`] it speaks TLS (rustls; HTTP/2 by ALPN, as browsers do); otherwise plain
+//! HTTP/1.1 and h2c, for running behind a TLS-terminating proxy or on localhost.
+
+use std::future::Future;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context as _;
+use http::{HeaderName, HeaderValue, Method};
+use kapal::auth::InternalKey;
+use kapal::proto::internal::v1::identity_service_client::IdentityServiceClient;
+use tokio::net::TcpListener;
+use tonic::transport::{Identity, Server, ServerTlsConfig};
+use tower::ServiceBuilder;
+use tower_http::cors::{AllowOrigin, CorsLayer};
+use tower_http::trace::{
+    DefaultMakeSpan, DefaultOnFailure, DefaultOnRequest, DefaultOnResponse, TraceLayer,
+};
+use tracing::Level;
+
+mod deadline;
+pub mod error;
+mod identity;
+mod middleware;
+mod proxy;
+mod rate_limit;
+mod routes;
+mod size_limit;
+
+pub use error::Error;
+
+pub(crate) type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+/// Where the gateway listens unless told otherwise.
+pub const DEFAULT_LISTEN_ADDR: &str = "127.0.0.1:8080";
+
+/// Request headers browsers may send (CORS).
+const CORS_ALLOW_HEADERS: [&str; 5] = [
+    "authorization",
+    "content-type",
+    "x-grpc-web",
+    "x-user-agent",
+    "grpc-timeout",
+];
+/// Response headers page scripts may read (CORS): a gRPC call's outcome.
+const CORS_EXPOSE_HEADERS: [&str; 3] = ["grpc-status", "grpc-message", "grpc-status-details-bin"];
+/// How long browsers may cache a preflight answer.
+const CORS_MAX_AGE: Duration = Duration::from_secs(2 * 60 * 60);
+
+/// A certificate chain and its private key, both PEM files.
+#[derive(Clone, Debug)]
+pub struct TlsConfig {
+    pub cert_path: PathBuf,
+    pub key_path: PathBuf,
+}
+
+/// Everything the gateway needs; [`Config::new`] fills in the defaults.
+#[derive(Clone, Debug)]
+pub struct Config {
+    /// The control-plane's gRPC endpoint, `http://host:port`: most public services and the
+    /// internal identity service.
+    pub control_plane_endpoint: String,
+    /// Billing's gRPC endpoint, `http://host:port`: `SubscriptionService`.
+    pub billing_endpoint: String,
+    /// The deployment's internal key: signs callers for the upstreams and the gateway's own
+    /// calls to the identity service.
+    pub key: InternalKey,
+    /// Serve TLS with this certificate; plain HTTP/1.1 and h2c when `None` (default).
+    pub tls: Option<TlsConfig>,
+    /// Origins (`https://console.example.com`) browsers may call from; empty (default) allows
+    /// any origin. Tokens travel in the `authorization` header, never in cookies, so any origin
+    /// is safe; a list only narrows which pages can use the API.
+    pub cors_allowed_origins: Vec<String>,
+    /// Calls per second per caller (account, or client address when anonymous); 0 turns rate
+    /// limits off. Default 10.
+    pub rate_limit_per_second: u32,
+    /// Calls a caller may make at once before the rate applies. Default 50.
+    pub rate_limit_burst: u32,
+    /// Largest request message accepted. Default 64 KiB. Responses are not limited.
+    pub max_message_bytes: usize,
+    /// Deadline of unary calls whose client set none. Default 15 s. Streaming calls get none.
+    pub default_deadline: Duration,
+    /// Longest deadline a unary call may have; longer client deadlines are cut to it.
+    /// Default 60 s.
+    pub max_deadline: Duration,
+    /// How long a token's identity is cached; a token revoked elsewhere than through this
+    /// gateway's LogOut / RevokeApiToken keeps working at most this long. Default 10 s; zero
+    /// disables the cache.
+    pub auth_cache_ttl: Duration,
+    /// Take the client address for anonymous rate limits from the last `x-forwarded-for` entry
+    /// (set it when exactly one trusted proxy, e.g. the cluster's ingress, is in front of the
+    /// gateway). Default false: the TCP peer's address.
+    pub trust_x_forwarded_for: bool,
+}
+
+impl Config {
+    /// A configuration with the defaults for everything but the upstreams and the key.
+    pub fn new(
+        control_plane_endpoint: impl Into<String>,
+        billing_endpoint: impl Into<String>,
+        key: InternalKey,
+    ) -> Config {
+        Config {
+            control_plane_endpoint: control_plane_endpoint.into(),
+            billing_endpoint: billing_endpoint.into(),
+            key,
+            tls: None,
+            cors_allowed_origins: Vec::new(),
+            rate_limit_per_second: 10,
+            rate_limit_burst: 50,
+            max_message_bytes: 64 * 1024,
+            default_deadline: Duration::from_secs(15),
+            max_deadline: Duration::from_secs(60),
+            auth_cache_ttl: Duration::from_secs(10),
+            trust_x_forwarded_for: false,
+        }
+    }
+
+    /// Every invalid setting, named, with what was expected.
+    fn validate(&self) -> anyhow::Result<()> {
+        let mut problems = Vec::new();
+        if self.rate_limit_per_second > 0 && self.rate_limit_burst == 0 {
+            problems.push(
+                "rate_limit_burst must be at least 1 when rate limits are on (rate_limit_per_second > 0)"
+                    .to_string(),
+            );
+        }
+        if self.max_message_bytes == 0 {
+            problems.push("max_message_bytes must be at least 1".to_string());
+        }
+        if self.max_deadline.is_zero() {
+            problems.push("max_deadline must be longer than zero".to_string());
+        }
+        if self.default_deadline.is_zero() {
+            problems.push("default_deadline must be longer than zero".to_string());
+        }
+        if self.default_deadline > self.max_deadline {
+            problems.push(format!(
+                "default_deadline ({:?}) must not be longer than max_deadline ({:?})",
+                self.default_deadline, self.max_deadline
+            ));
+        }
+        if let Err(e) = allowed_origins(&self.cors_allowed_origins) {
+            problems.push(format!("{e:#}"));
+        }
+        anyhow::ensure!(
+            problems.is_empty(),
+            "invalid gateway configuration:\n  {}",
+            problems.join("\n  ")
+        );
+        Ok(())
+    }
+}
+
+/// The configured origins, or `None` for any origin.
+fn allowed_origins(origins: &[String]) -> anyhow::Result<Option<Vec<HeaderValue>>> {
+    if origins.is_empty() || origins.iter().any(|o| o == "*") {
+        return Ok(None);
+    }
+    let mut values = Vec::new();
+    for origin in origins {
+        let uri: http::Uri = origin.parse().with_context(|| {
+            format!(
+                "cors_allowed_origins: {origin:?} is not an origin like https://console.example.com"
+            )
+        })?;
+        let bare = match (uri.scheme(), uri.authority()) {
+            (Some(scheme), Some(authority)) => format!("{scheme}://{authority}") == *origin,
+            _ => false,
+        };
+        anyhow::ensure!(
+            bare,
+            "cors_allowed_origins: {origin:?} must be scheme://host[:port] with no path or trailing slash"
+        );
+        values.push(HeaderValue::from_str(origin).with_context(|| {
+            format!("cors_allowed_origins: {origin:?} is not a valid header value")
+        })?);
+    }
+    Ok(Some(values))
+}
+
+fn cors_layer(origins: &[String]) -> anyhow::Result<CorsLayer> {
+    let allow_origin = match allowed_origins(origins)? {
+        None => AllowOrigin::any(),
+        Some(list) => AllowOrigin::list(list),
+    };
+    Ok(CorsLayer::new()
+        .allow_origin(allow_origin)
+        .allow_methods([Method::POST])
+        .allow_headers(CORS_ALLOW_HEADERS.map(HeaderName::from_static))
+        .expose_headers(CORS_EXPOSE_HEADERS.map(HeaderName::from_static))
+        .max_age(CORS_MAX_AGE))
+}
+
+fn tls_config(tls: &TlsConfig) -> anyhow::Result<ServerTlsConfig> {
+    let cert = std::fs::read(&tls.cert_path).with_context(|| {
+        format!(
+            "reading the TLS certificate from {}",
+            tls.cert_path.display()
+        )
+    })?;
+    let key = std::fs::read(&tls.key_path)
+        .with_context(|| format!("reading the TLS key from {}", tls.key_path.display()))?;
+    Ok(ServerTlsConfig::new().identity(Identity::from_pem(cert, key)))
+}
+
+/// Serves the gateway on `listener` until `shutdown` completes.
+pub async fn run(
+    config: Config,
+    listener: TcpListener,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> anyhow::Result<()> {
+    kapal::serve::install_crypto_provider();
+    config.validate()?;
+
+    let table = routes::RouteTable::new(kapal::proto::PUBLIC_DESCRIPTOR_SET)?;
+    let identity_channel =
+        kapal::serve::internal_channel(&config.control_plane_endpoint, &config.key)
+            .context("control_plane_endpoint")?;
+    let authenticator = identity::Authenticator::new(
+        IdentityServiceClient::new(identity_channel),
+        config.auth_cache_ttl,
+        kapal::clock::system(),
+    );
+    let proxy = proxy::Proxy::new(&config.control_plane_endpoint, &config.billing_endpoint)?;
+
+    let (health_reporter, health) = tonic_health::server::health_reporter();
+    health_reporter
+        .set_service_status("", tonic_health::ServingStatus::Serving)
+        .await;
+    let health = health.max_decoding_message_size(config.max_message_bytes);
+    let reflection = kapal::serve::reflection(kapal::proto::PUBLIC_DESCRIPTOR_SET)?
+        .max_decoding_message_size(config.max_message_bytes);
+    // The gateway's own services have their routes; every other path falls to the proxy.
+    let services = tonic::service::Routes::from(axum::Router::new().fallback_service(proxy))
+        .add_service(health)
+        .add_service(reflection);
+
+    let limiter = (config.rate_limit_per_second > 0).then(|| {
+        Arc::new(rate_limit::Limiter::new(
+            config.rate_limit_per_second,
+            config.rate_limit_burst,
+        ))
+    });
+    let stack = ServiceBuilder::new()
+        // Access log, outermost: every call is logged with its outcome, including those the
+        // layers below turn away. Headers are not logged: they carry bearer tokens.
+        .layer(
+            TraceLayer::new_for_grpc()
+                .make_span_with(DefaultMakeSpan::new().level(Level::INFO))
+                .on_request(DefaultOnRequest::new().level(Level::DEBUG))
+                .on_response(DefaultOnResponse::new().level(Level::INFO))
+                .on_failure(DefaultOnFailure::new().level(Level::WARN)),
+        )
+        // CORS, before grpc-web: browsers' preflights (OPTIONS) are not grpc-web and would be
+        // refused by it, so they are answered here. Every response gets the CORS headers, the
+        // gateway's own errors included, so page scripts can read their grpc-status.
+        .layer(cors_layer(&config.cors_allowed_origins)?)
+        // grpc-web <-> gRPC: below this point every call is plain gRPC whatever the client
+        // spoke, and every answer from below (gateway errors too) goes back in its dialect.
+        .layer(tonic_web::GrpcWebLayer::new())
+        // Forged identities out, first thing after translation: nothing below, and no upstream,
+        // sees an identity the gateway did not sign itself.
+        .layer(middleware::MiddlewareLayer(identity::StripIdentity))
+        // Routing: unknown and internal methods are turned away before they cost anything (no
+        // rate-limit token, no token check, no body read). The layers below read its Route.
+        .layer(middleware::MiddlewareLayer(routes::Routing(table)))
+        // Rate limits, before authentication: a flood of made-up tokens is limited per client
+        // address and never reaches the identity service faster than the limit.
+        .layer(middleware::MiddlewareLayer(rate_limit::RateLimit {
+            limiter,
+            authenticator: authenticator.clone(),
+            trust_forwarded_for: config.trust_x_forwarded_for,
+        }))
+        // Deadlines, before anything that takes time: the token check, reading the body and the
+        // upstream call all count against the call's deadline.
+        .layer(middleware::MiddlewareLayer(deadline::Deadlines {
+            default: config.default_deadline,
+            max: config.max_deadline,
+        }))
+        // Authentication, before the body is read: an anonymous caller of a private method
+        // cannot make the gateway buffer anything. Signs the caller into the forwarded call.
+        .layer(middleware::MiddlewareLayer(identity::Authenticate {
+            authenticator,
+            key: config.key.clone(),
+        }))
+        // Size limit, last: reads the one request message (up to the limit) just before the
+        // call goes to its service.
+        .layer(middleware::MiddlewareLayer(size_limit::SizeLimit {
+            max_message_bytes: config.max_message_bytes,
+        }))
+        .into_inner();
+
+    let mut server = Server::builder();
+    if let Some(tls) = &config.tls {
+        server = server
+            .tls_config(tls_config(tls)?)
+            .context("the TLS certificate or key is not valid PEM of a matching pair")?;
+    }
+    let router = server
+        .accept_http1(true)
+        // Watches stay open through idle minutes: keep their connections known to be alive.
+        .http2_keepalive_interval(Some(Duration::from_secs(30)))
+        .layer(stack)
+        .add_routes(services);
+
+    tracing::info!(
+        addr = ?listener.local_addr().ok(),
+        tls = config.tls.is_some(),
+        control_plane = %config.control_plane_endpoint,
+        billing = %config.billing_endpoint,
+        "gateway listening"
+    );
+    router
+        .serve_with_incoming_shutdown(
+            tokio_stream::wrappers::TcpListenerStream::new(listener),
+            shutdown,
+        )
+        .await
+        .context("the gateway server failed")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn config() -> Config {
+        Config::new(
+            "http://127.0.0.1:1",
+            "http://127.0.0.1:2",
+            InternalKey::random(),
+        )
+    }
+
+    #[test]
+    fn defaults_are_valid() {
+        assert!(config().validate().is_ok());
+    }
+
+    #[test]
+    fn every_bad_setting_is_named() {
+        let mut c = config();
+        c.rate_limit_burst = 0;
+        c.max_message_bytes = 0;
+        c.default_deadline = Duration::from_secs(120);
+        c.cors_allowed_origins = vec!["https://console.example.com/".into()];
+        let message = format!("{:#}", c.validate().expect_err("invalid"));
+        for setting in [
+            "rate_limit_burst",
+            "max_message_bytes",
+            "default_deadline",
+            "cors_allowed_origins",
+        ] {
+            assert!(message.contains(setting), "{setting} in {message}");
+        }
+    }
+
+    #[test]
+    fn origins_are_checked() {
+        assert!(allowed_origins(&[]).is_ok_and(|o| o.is_none()));
+        assert!(allowed_origins(&["*".into()]).is_ok_and(|o| o.is_none()));
+        assert!(
+            allowed_origins(&[
+                "https://console.example.com".into(),
+                "http://localhost:5173".into()
+            ])
+            .is_ok_and(|o| o.is_some_and(|l| l.len() == 2))
+        );
+        assert!(allowed_origins(&["console.example.com".into()]).is_err());
+        assert!(allowed_origins(&["https://console.example.com/app".into()]).is_err());
+    }
+}
