@@ -102,6 +102,10 @@ pub enum Db {
 }
 
 /// One pooled connection; use it with [`db!`](crate::db).
+#[expect(
+    clippy::large_enum_variant,
+    reason = "one short-lived connection handle per request; boxing would add an allocation"
+)]
 pub enum DbConn<'a> {
     Postgres(PooledConnection<'a, AsyncPgConnection>),
     Sqlite(PooledConnection<'a, SqliteConn>),

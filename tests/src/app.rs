@@ -1,0 +1,413 @@
+//! `TestApp`: Kapal's four real services on free loopback ports, talking gRPC to each other, with
+//! a client side for tests (native gRPC and grpc-web through the gateway).
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context as _;
+use kapal::auth::InternalKey;
+use kapal::catalog::Catalog;
+use kapal::db::DbConfig;
+use kapal::proto::v1::account_service_client::AccountServiceClient;
+use kapal::proto::v1::catalog_service_client::CatalogServiceClient;
+use kapal::proto::v1::instance_service_client::InstanceServiceClient;
+use kapal::proto::v1::order_service_client::OrderServiceClient;
+use kapal::proto::v1::subscription_service_client::SubscriptionServiceClient;
+use kapal::proto::v1::{InstanceStatus, SignUpRequest, WatchInstanceRequest};
+use kapal::testing::Backend;
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use tokio::task::JoinSet;
+use tonic::metadata::MetadataValue;
+use tonic::service::interceptor::InterceptedService;
+use tonic::transport::Channel;
+
+/// How to build a [`TestApp`].
+pub struct TestAppBuilder {
+    backend: Backend,
+    domain: String,
+    max_message_bytes: Option<usize>,
+    rate_limit: Option<(u32, u32)>,
+}
+
+/// The running services of one test.
+pub struct TestApp {
+    pub backend: Backend,
+    pub gateway_addr: SocketAddr,
+    pub key: InternalKey,
+    pub db: DbConfig,
+    pub catalog: Arc<Catalog>,
+    pub kubeconfig: std::path::PathBuf,
+    pub domain: String,
+    /// Temporary directory with the SQLite files (kept across [`TestApp::restart`]).
+    pub dir: Arc<tempfile::TempDir>,
+    max_message_bytes: Option<usize>,
+    rate_limit: Option<(u32, u32)>,
+    stop: watch::Sender<bool>,
+    tasks: JoinSet<(&'static str, anyhow::Result<()>)>,
+}
+
+impl TestAppBuilder {
+    pub fn backend(mut self, backend: Backend) -> Self {
+        self.backend = backend;
+        self
+    }
+
+    pub fn with_max_message_bytes(mut self, n: usize) -> Self {
+        self.max_message_bytes = Some(n);
+        self
+    }
+
+    pub fn with_rate_limit(mut self, per_second: u32, burst: u32) -> Self {
+        self.rate_limit = Some((per_second, burst));
+        self
+    }
+
+    pub async fn start(self) -> anyhow::Result<TestApp> {
+        kapal::serve::install_crypto_provider();
+        kapal::serve::init_tracing(false);
+        let cluster = crate::cluster::cluster().await?;
+        let dir = Arc::new(tempfile::tempdir()?);
+        let db = kapal::testing::db_config(self.backend, dir.path()).await?;
+        let catalog = Arc::new(Catalog::load(&kapal::catalog::repo_catalog_dir())?);
+        let (stop, _) = watch::channel(false);
+        let mut app = TestApp {
+            backend: self.backend,
+            gateway_addr: ([127, 0, 0, 1], 0).into(),
+            key: InternalKey::random(),
+            db,
+            catalog,
+            kubeconfig: cluster.kubeconfig_path().to_path_buf(),
+            domain: self.domain,
+            dir,
+            max_message_bytes: self.max_message_bytes,
+            rate_limit: self.rate_limit,
+            stop,
+            tasks: JoinSet::new(),
+        };
+        app.spawn_services(None).await?;
+        Ok(app)
+    }
+}
+
+async fn free_listener() -> anyhow::Result<TcpListener> {
+    Ok(TcpListener::bind("127.0.0.1:0").await?)
+}
+
+impl TestApp {
+    pub fn builder() -> TestAppBuilder {
+        TestAppBuilder {
+            backend: Backend::Sqlite,
+            domain: "kapal.test".into(),
+            max_message_bytes: None,
+            rate_limit: None,
+        }
+    }
+
+    async fn spawn_services(&mut self, gateway_addr: Option<SocketAddr>) -> anyhow::Result<()> {
+        let (stop, stop_rx) = watch::channel(false);
+        self.stop = stop;
+        let shutdown = move || {
+            let mut rx = stop_rx.clone();
+            async move {
+                let _ = rx.wait_for(|s| *s).await;
+            }
+        };
+        let cp = free_listener().await?;
+        let billing = free_listener().await?;
+        let prov = free_listener().await?;
+        let gateway = match gateway_addr {
+            // Restarting: the same address, so clients keep working (retry while it is released).
+            Some(addr) => {
+                let mut tries = 0;
+                loop {
+                    match TcpListener::bind(addr).await {
+                        Ok(l) => break l,
+                        Err(_) if tries < 50 => {
+                            tries += 1;
+                            tokio::time::sleep(Duration::from_millis(100)).await;
+                        }
+                        Err(e) => return Err(e).context("rebinding the gateway address"),
+                    }
+                }
+            }
+            None => free_listener().await?,
+        };
+        let url = |l: &TcpListener| -> anyhow::Result<String> {
+            Ok(format!("http://{}", l.local_addr()?))
+        };
+        let (cp_url, billing_url, prov_url) = (url(&cp)?, url(&billing)?, url(&prov)?);
+        self.gateway_addr = gateway.local_addr()?;
+
+        let billing_config =
+            kapal_billing::Config::new(self.db.clone(), self.catalog.clone(), self.key.clone());
+        self.tasks.spawn({
+            let s = shutdown();
+            async move {
+                (
+                    "billing",
+                    kapal_billing::run(billing_config, billing, s).await,
+                )
+            }
+        });
+
+        let kubeconfig = kube::config::Kubeconfig::read_from(&self.kubeconfig)?;
+        let kube = kube::Config::from_custom_kubeconfig(
+            kubeconfig,
+            &kube::config::KubeConfigOptions::default(),
+        )
+        .await?;
+        let mut prov_config = kapal_provisioner::Config::new(
+            self.db.clone(),
+            self.catalog.clone(),
+            self.key.clone(),
+            kube,
+            cp_url.clone(),
+        );
+        prov_config.resync_interval = Duration::from_secs(5);
+        self.tasks.spawn({
+            let s = shutdown();
+            async move {
+                (
+                    "provisioner",
+                    kapal_provisioner::run(prov_config, prov, s).await,
+                )
+            }
+        });
+
+        let mut cp_config = kapal_control_plane::Config::new(
+            self.db.clone(),
+            self.catalog.clone(),
+            self.key.clone(),
+            billing_url.clone(),
+            prov_url,
+        );
+        cp_config.domain = self.domain.clone();
+        cp_config.recovery_interval = Duration::from_secs(1);
+        self.tasks.spawn({
+            let s = shutdown();
+            async move {
+                (
+                    "control-plane",
+                    kapal_control_plane::run(cp_config, cp, s).await,
+                )
+            }
+        });
+
+        let mut gw_config = kapal_gateway::Config::new(cp_url, billing_url, self.key.clone());
+        if let Some(n) = self.max_message_bytes {
+            gw_config.max_message_bytes = n;
+        }
+        match self.rate_limit {
+            Some((rate, burst)) => {
+                gw_config.rate_limit_per_second = rate;
+                gw_config.rate_limit_burst = burst;
+            }
+            // Tests fire requests fast; the limiter has tests of its own.
+            None => {
+                gw_config.rate_limit_per_second = 100_000;
+                gw_config.rate_limit_burst = 100_000;
+            }
+        }
+        self.tasks.spawn({
+            let s = shutdown();
+            async move { ("gateway", kapal_gateway::run(gw_config, gateway, s).await) }
+        });
+        self.wait_ready().await
+    }
+
+    async fn wait_ready(&mut self) -> anyhow::Result<()> {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+        loop {
+            if let Some(done) = self.tasks.try_join_next() {
+                let (name, result) = done?;
+                anyhow::bail!("{name} stopped during start-up: {:?}", result.err());
+            }
+            let mut catalog = CatalogServiceClient::new(self.channel());
+            if catalog
+                .list_apps(kapal::proto::v1::ListAppsRequest {})
+                .await
+                .is_ok()
+            {
+                return Ok(());
+            }
+            anyhow::ensure!(
+                tokio::time::Instant::now() < deadline,
+                "services did not come up in 30 s"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// Stops every service and waits for them to finish.
+    pub async fn stop(&mut self) -> anyhow::Result<()> {
+        let _ = self.stop.send(true);
+        while let Some(done) = self.tasks.join_next().await {
+            let (name, result) = done?;
+            result.with_context(|| format!("{name} failed"))?;
+        }
+        Ok(())
+    }
+
+    /// Stops every service and starts them again on the same data and gateway address.
+    pub async fn restart(&mut self) -> anyhow::Result<()> {
+        self.stop().await?;
+        let addr = self.gateway_addr;
+        self.spawn_services(Some(addr)).await
+    }
+
+    pub fn endpoint(&self) -> String {
+        format!("http://{}", self.gateway_addr)
+    }
+
+    /// A native gRPC channel to the gateway.
+    pub fn channel(&self) -> Channel {
+        #[expect(clippy::expect_used, reason = "a loopback URL is always valid")]
+        Channel::from_shared(self.endpoint())
+            .expect("valid url")
+            .connect_lazy()
+    }
+
+    /// Clients acting with `token` (or anonymously with "").
+    pub fn clients(&self, token: &str) -> Clients {
+        Clients::new(self.channel(), token)
+    }
+
+    /// Signs up a new customer with a unique email and returns its clients.
+    pub async fn customer(&self, name: &str) -> anyhow::Result<Customer> {
+        let email = format!(
+            "{name}-{}@example.com",
+            &uuid::Uuid::new_v4().simple().to_string()[..8]
+        );
+        let password = "correct horse 42".to_string();
+        let session = self
+            .clients("")
+            .accounts
+            .sign_up(SignUpRequest {
+                email: email.clone(),
+                password: password.clone(),
+                display_name: name.to_string(),
+            })
+            .await?
+            .into_inner();
+        let account = session.account.context("sign-up returned no account")?;
+        Ok(Customer {
+            clients: self.clients(&session.token),
+            token: session.token,
+            email,
+            password,
+            account,
+        })
+    }
+}
+
+impl Drop for TestApp {
+    fn drop(&mut self) {
+        let _ = self.stop.send(true);
+    }
+}
+
+/// Adds `authorization: Bearer <token>` to every call.
+#[derive(Clone)]
+pub struct Bearer(Option<MetadataValue<tonic::metadata::Ascii>>);
+
+impl tonic::service::Interceptor for Bearer {
+    fn call(&mut self, mut req: tonic::Request<()>) -> Result<tonic::Request<()>, tonic::Status> {
+        if let Some(v) = &self.0 {
+            req.metadata_mut().insert("authorization", v.clone());
+        }
+        Ok(req)
+    }
+}
+
+pub type Authed<S> = InterceptedService<S, Bearer>;
+
+/// The public API's clients over one transport.
+#[derive(Clone)]
+pub struct Clients<S = Channel> {
+    pub catalog: CatalogServiceClient<Authed<S>>,
+    pub accounts: AccountServiceClient<Authed<S>>,
+    pub orders: OrderServiceClient<Authed<S>>,
+    pub instances: InstanceServiceClient<Authed<S>>,
+    pub subscriptions: SubscriptionServiceClient<Authed<S>>,
+}
+
+impl<S, RB> Clients<S>
+where
+    S: tower::Service<http::Request<tonic::body::Body>, Response = http::Response<RB>>
+        + Clone
+        + Send
+        + 'static,
+    S::Error: Into<tonic::codegen::StdError>,
+    S::Future: Send,
+    RB: tonic::codegen::Body<Data = tonic::codegen::Bytes> + Send + 'static,
+    RB::Error: Into<tonic::codegen::StdError> + Send,
+{
+    pub fn new(transport: S, token: &str) -> Self {
+        let bearer = Bearer(if token.is_empty() {
+            None
+        } else {
+            format!("Bearer {token}").parse().ok()
+        });
+        let s = |t: &S| InterceptedService::new(t.clone(), bearer.clone());
+        Clients {
+            catalog: CatalogServiceClient::new(s(&transport)),
+            accounts: AccountServiceClient::new(s(&transport)),
+            orders: OrderServiceClient::new(s(&transport)),
+            instances: InstanceServiceClient::new(s(&transport)),
+            subscriptions: SubscriptionServiceClient::new(s(&transport)),
+        }
+    }
+}
+
+/// A signed-up customer.
+pub struct Customer {
+    pub clients: Clients,
+    pub token: String,
+    pub email: String,
+    pub password: String,
+    pub account: kapal::proto::v1::Account,
+}
+
+/// Watches an instance until its status is `want`; returns the statuses seen on the way.
+pub async fn watch_until<T>(
+    instances: &mut InstanceServiceClient<T>,
+    instance_id: &str,
+    want: InstanceStatus,
+    timeout: Duration,
+) -> anyhow::Result<Vec<InstanceStatus>>
+where
+    T: tonic::client::GrpcService<tonic::body::Body>,
+    T::Error: Into<tonic::codegen::StdError>,
+    T::ResponseBody: tonic::codegen::Body<Data = tonic::codegen::Bytes> + Send + 'static,
+    <T::ResponseBody as tonic::codegen::Body>::Error: Into<tonic::codegen::StdError> + Send,
+{
+    let fut = async {
+        let mut stream = instances
+            .watch_instance(WatchInstanceRequest {
+                instance_id: instance_id.to_string(),
+            })
+            .await?
+            .into_inner();
+        let mut seen = Vec::new();
+        while let Some(event) = stream.message().await? {
+            let instance = event.instance.context("event without instance")?;
+            let status =
+                InstanceStatus::try_from(instance.status).unwrap_or(InstanceStatus::Unspecified);
+            if seen.last() != Some(&status) {
+                seen.push(status);
+            }
+            if status == want {
+                return Ok(seen);
+            }
+            if status == InstanceStatus::Failed && want != InstanceStatus::Failed {
+                anyhow::bail!("instance failed: {}", instance.status_reason);
+            }
+        }
+        anyhow::bail!("watch ended before {want:?}; saw {seen:?}")
+    };
+    tokio::time::timeout(timeout, fut)
+        .await
+        .with_context(|| format!("instance {instance_id} not {want:?} within {timeout:?}"))?
+}
