@@ -277,16 +277,20 @@ impl Controller {
         tracing::info!(instance = %id, status = verdict.status.as_str_name(), reason = %verdict.reason, "instance status changed");
         if let Some(client) = &self.control_plane {
             let mut client = client.clone();
-            client
-                .report_instance_state(self.state(id, verdict))
-                .await
-                .map_err(|s| {
-                    Error::Internal(format!(
+            match client.report_instance_state(self.state(id, verdict)).await {
+                Ok(_) => {}
+                // Retrying cannot help: record it as reported.
+                Err(s) if s.code() == tonic::Code::NotFound => {
+                    tracing::warn!(instance = %id, "the control-plane does not know this instance; its status is not reported");
+                }
+                Err(s) => {
+                    return Err(Error::Internal(format!(
                         "reporting to the control-plane failed: {} {}",
                         s.code(),
                         s.message()
-                    ))
-                })?;
+                    )));
+                }
+            }
         }
         self.store.set_reported(id, current.0, &current.1).await
     }

@@ -26,7 +26,7 @@ pub mod status;
 pub mod store;
 
 use std::future::Future;
-use std::path::PathBuf;
+use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -48,9 +48,9 @@ pub struct Config {
     pub catalog: Arc<Catalog>,
     /// Verifies callers and signs calls to the control-plane.
     pub key: InternalKey,
-    /// Kubeconfig file of the cluster. `None`: in-cluster service account, else `$KUBECONFIG`
-    /// or `~/.kube/config` (kube's inference).
-    pub kubeconfig: Option<PathBuf>,
+    /// How to reach the cluster (e.g. [`kube::Config::infer`], or from a kubeconfig file with
+    /// [`kube_config_from`]).
+    pub kube: kube::Config,
     /// `http://host:port` of the control-plane's InstanceStateService. Empty: none (desired
     /// state comes only from ApplyInstance, and statuses are not reported).
     pub control_plane_endpoint: String,
@@ -79,14 +79,14 @@ impl Config {
         db: DbConfig,
         catalog: Arc<Catalog>,
         key: InternalKey,
-        kubeconfig: Option<PathBuf>,
+        kube: kube::Config,
         control_plane_endpoint: impl Into<String>,
     ) -> Config {
         Config {
             db,
             catalog,
             key,
-            kubeconfig,
+            kube,
             control_plane_endpoint: control_plane_endpoint.into(),
             ingress_class: "traefik".to_string(),
             ingress_namespace: "kube-system".to_string(),
@@ -100,8 +100,10 @@ impl Config {
     }
 }
 
-async fn kube_client(kubeconfig: Option<&PathBuf>) -> anyhow::Result<kube::Client> {
-    let config = match kubeconfig {
+/// The cluster of a kubeconfig file, or with `None` kube's inference: the in-cluster service
+/// account, else `$KUBECONFIG` or `~/.kube/config`.
+pub async fn kube_config_from(kubeconfig: Option<&Path>) -> anyhow::Result<kube::Config> {
+    Ok(match kubeconfig {
         Some(path) => {
             let kc = kube::config::Kubeconfig::read_from(path)
                 .with_context(|| format!("reading the kubeconfig {}", path.display()))?;
@@ -112,8 +114,7 @@ async fn kube_client(kubeconfig: Option<&PathBuf>) -> anyhow::Result<kube::Clien
         None => kube::Config::infer()
             .await
             .context("finding the cluster: not running in a pod, and no $KUBECONFIG or ~/.kube/config (set the kubeconfig path)")?,
-    };
-    kube::Client::try_from(config).context("building the Kubernetes client")
+    })
 }
 
 /// Connects the database (running migrations), starts the controller, and serves gRPC on
@@ -125,7 +126,8 @@ pub async fn run(
 ) -> anyhow::Result<()> {
     kapal::serve::install_crypto_provider();
     let db = Db::connect(&config.db, "provisioner", store::migrations()).await?;
-    let client = kube_client(config.kubeconfig.as_ref()).await?;
+    let client =
+        kube::Client::try_from(config.kube.clone()).context("building the Kubernetes client")?;
     let control_plane = match config.control_plane_endpoint.trim() {
         "" => {
             tracing::warn!("no control-plane endpoint: statuses are not reported");

@@ -1,0 +1,846 @@
+//! The provisioner against the real local control plane (`scripts/local-cluster`): it is started
+//! with `run` on a free port, next to a real tonic server standing in for the control-plane's
+//! InstanceStateService (it records reports and serves a desired list), and called over gRPC the
+//! way the control-plane calls it. Each test uses its own customer, instance and namespace, so
+//! they run in parallel; namespaces are deleted at the end, or on drop after a failure.
+
+use std::collections::BTreeMap;
+use std::fmt::Debug;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use anyhow::{Context as _, bail};
+use k8s_openapi::NamespaceResourceScope;
+use k8s_openapi::api::apps::v1::{Deployment, StatefulSet};
+use k8s_openapi::api::core::v1::{
+    LimitRange, Namespace, PersistentVolumeClaim, Pod, ResourceQuota, Secret, Service,
+};
+use k8s_openapi::api::networking::v1::{Ingress, NetworkPolicy};
+use kapal::auth::{InternalKey, Principal, Role, VerifyPrincipal};
+use kapal::catalog::Catalog;
+use kapal::db::DbConfig;
+use kapal::proto::internal::v1::instance_state_service_server::{
+    InstanceStateService, InstanceStateServiceServer,
+};
+use kapal::proto::internal::v1::provisioner_service_client::ProvisionerServiceClient;
+use kapal::proto::internal::v1::{
+    ApplyInstanceRequest, GetCredentialsRequest, GetInstanceStateRequest, InstanceSpec,
+    InstanceState, ListDesiredInstancesRequest, ListDesiredInstancesResponse,
+    ReportInstanceStateResponse,
+};
+use kapal::proto::v1::{Credentials, DesiredState, InstanceStatus};
+use kapal::serve::InternalChannel;
+use kapal_tests::cluster::{TestNamespace, cluster, wait_for};
+use kube::api::{DeleteParams, ListParams};
+use kube::{Api, Client, Resource, ResourceExt as _};
+use serde::de::DeserializeOwned;
+use tokio::net::TcpListener;
+use tokio::sync::oneshot;
+use tonic::{Code, Request, Response, Status};
+use uuid::Uuid;
+
+const READY_TIMEOUT: Duration = Duration::from_secs(120);
+
+// ---------------------------------------------------------------------------------------------
+// A control-plane stand-in: a real gRPC server on a free port.
+
+#[derive(Clone, Default)]
+struct FakeControlPlane {
+    reports: Arc<Mutex<Vec<InstanceState>>>,
+    desired: Arc<Mutex<Vec<InstanceSpec>>>,
+}
+
+#[tonic::async_trait]
+impl InstanceStateService for FakeControlPlane {
+    async fn report_instance_state(
+        &self,
+        req: Request<InstanceState>,
+    ) -> Result<Response<ReportInstanceStateResponse>, Status> {
+        kapal::auth::service(&req)?;
+        lock(&self.reports).push(req.into_inner());
+        Ok(Response::new(ReportInstanceStateResponse {}))
+    }
+
+    async fn list_desired_instances(
+        &self,
+        req: Request<ListDesiredInstancesRequest>,
+    ) -> Result<Response<ListDesiredInstancesResponse>, Status> {
+        kapal::auth::service(&req)?;
+        Ok(Response::new(ListDesiredInstancesResponse {
+            instances: lock(&self.desired).clone(),
+        }))
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+impl FakeControlPlane {
+    /// Statuses reported for `id`, in order.
+    fn reported(&self, id: &str) -> Vec<(i32, String)> {
+        lock(&self.reports)
+            .iter()
+            .filter(|r| r.instance_id == id)
+            .map(|r| (r.status, r.reason.clone()))
+            .collect()
+    }
+
+    async fn wait_reported(&self, id: &str, status: InstanceStatus) -> anyhow::Result<()> {
+        wait_for(
+            &format!("a {} report for {id}", status.as_str_name()),
+            READY_TIMEOUT,
+            || async {
+                Ok(self
+                    .reported(id)
+                    .iter()
+                    .any(|(s, _)| *s == status as i32)
+                    .then_some(()))
+            },
+        )
+        .await
+        .with_context(|| format!("reports so far: {:?}", self.reported(id)))
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// The provisioner under test.
+
+struct Provisioner {
+    client: ProvisionerServiceClient<InternalChannel>,
+    key: InternalKey,
+    endpoint: String,
+    control_plane: FakeControlPlane,
+    kube: Client,
+    stop: Vec<oneshot::Sender<()>>,
+    task: Option<tokio::task::JoinHandle<anyhow::Result<()>>>,
+}
+
+struct Options {
+    catalog: Arc<Catalog>,
+    data_dir: std::path::PathBuf,
+    unschedulable_grace: Duration,
+    control_plane: FakeControlPlane,
+}
+
+impl Options {
+    fn new(data_dir: &std::path::Path) -> anyhow::Result<Options> {
+        Ok(Options {
+            catalog: Arc::new(Catalog::load(&kapal::catalog::repo_catalog_dir())?),
+            data_dir: data_dir.to_path_buf(),
+            unschedulable_grace: Duration::from_secs(120),
+            control_plane: FakeControlPlane::default(),
+        })
+    }
+}
+
+async fn free_listener() -> anyhow::Result<(TcpListener, String)> {
+    let listener = TcpListener::bind("127.0.0.1:0").await?;
+    let endpoint = format!("http://{}", listener.local_addr()?);
+    Ok((listener, endpoint))
+}
+
+impl Provisioner {
+    async fn start(options: Options) -> anyhow::Result<Provisioner> {
+        kapal::serve::init_tracing(false);
+        let cluster = cluster().await?;
+        let key = InternalKey::random();
+
+        let (cp_listener, cp_endpoint) = free_listener().await?;
+        let (cp_stop, cp_stopped) = oneshot::channel::<()>();
+        let router = tonic::transport::Server::builder().add_service(
+            InstanceStateServiceServer::with_interceptor(
+                options.control_plane.clone(),
+                VerifyPrincipal(key.clone()),
+            ),
+        );
+        tokio::spawn(kapal::serve::serve(router, cp_listener, async {
+            let _ = cp_stopped.await;
+        }));
+
+        let mut config = kapal_provisioner::Config::new(
+            DbConfig::DataDir(options.data_dir.clone()),
+            options.catalog,
+            key.clone(),
+            cluster.config().clone(),
+            cp_endpoint,
+        );
+        config.resync_interval = Duration::from_secs(2);
+        config.unschedulable_grace = options.unschedulable_grace;
+        let (listener, endpoint) = free_listener().await?;
+        let (stop, stopped) = oneshot::channel::<()>();
+        let task = tokio::spawn(kapal_provisioner::run(config, listener, async {
+            let _ = stopped.await;
+        }));
+        let client =
+            ProvisionerServiceClient::new(kapal::serve::internal_channel(&endpoint, &key)?);
+        Ok(Provisioner {
+            client,
+            key,
+            endpoint,
+            control_plane: options.control_plane,
+            kube: cluster.client(),
+            stop: vec![stop, cp_stop],
+            task: Some(task),
+        })
+    }
+
+    /// Stops the provisioner (and its control-plane) and returns what `run` returned.
+    async fn shutdown(mut self) -> anyhow::Result<()> {
+        for stop in self.stop.drain(..) {
+            let _ = stop.send(());
+        }
+        match self.task.take() {
+            Some(task) => tokio::time::timeout(Duration::from_secs(10), task)
+                .await
+                .context("the provisioner did not stop within 10 s")??,
+            None => Ok(()),
+        }
+    }
+
+    async fn apply(&self, spec: &InstanceSpec) -> Result<InstanceState, Status> {
+        let req = ApplyInstanceRequest {
+            spec: Some(spec.clone()),
+        };
+        Ok(self.client.clone().apply_instance(req).await?.into_inner())
+    }
+
+    async fn state(&self, id: &str) -> Result<InstanceState, Status> {
+        let req = GetInstanceStateRequest {
+            instance_id: id.to_string(),
+        };
+        Ok(self
+            .client
+            .clone()
+            .get_instance_state(req)
+            .await?
+            .into_inner())
+    }
+
+    async fn credentials(&self, id: &str) -> Result<Credentials, Status> {
+        let req = GetCredentialsRequest {
+            instance_id: id.to_string(),
+        };
+        Ok(self.client.clone().get_credentials(req).await?.into_inner())
+    }
+
+    async fn wait_status(&self, id: &str, status: InstanceStatus) -> anyhow::Result<InstanceState> {
+        let last = Arc::new(Mutex::new(None::<InstanceState>));
+        let seen = last.clone();
+        wait_for(
+            &format!("instance {id} to be {}", status.as_str_name()),
+            READY_TIMEOUT,
+            || {
+                let seen = seen.clone();
+                async move {
+                    let state = self.state(id).await?;
+                    *lock(&seen) = Some(state.clone());
+                    Ok((state.status == status as i32).then_some(state))
+                }
+            },
+        )
+        .await
+        .with_context(|| format!("last state: {:?}", lock(&last)))
+    }
+}
+
+impl Drop for Provisioner {
+    fn drop(&mut self) {
+        for stop in self.stop.drain(..) {
+            let _ = stop.send(());
+        }
+    }
+}
+
+/// Deletes an instance's namespace when the test ends, however it ends.
+struct Cleanup {
+    namespace: String,
+    config: kube::Config,
+}
+
+impl Cleanup {
+    async fn new(namespace: &str) -> anyhow::Result<Cleanup> {
+        Ok(Cleanup {
+            namespace: namespace.to_string(),
+            config: cluster().await?.config().clone(),
+        })
+    }
+}
+
+impl Drop for Cleanup {
+    fn drop(&mut self) {
+        let (name, config) = (self.namespace.clone(), self.config.clone());
+        // The test's runtime may be shutting down: delete on a thread of its own, best effort.
+        let _ = std::thread::spawn(move || {
+            let Ok(rt) = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+            else {
+                return;
+            };
+            rt.block_on(async move {
+                let Ok(client) = Client::try_from(config) else {
+                    return;
+                };
+                let api = Api::<Namespace>::all(client);
+                let _ = tokio::time::timeout(
+                    Duration::from_secs(20),
+                    api.delete(&name, &DeleteParams::background()),
+                )
+                .await;
+            });
+        })
+        .join();
+    }
+}
+
+fn spec(app: &str, plan: &str) -> InstanceSpec {
+    let instance = Uuid::new_v4();
+    let customer = format!("t{}", &Uuid::new_v4().simple().to_string()[..8]);
+    InstanceSpec {
+        instance_id: instance.to_string(),
+        account_id: Uuid::new_v4().to_string(),
+        customer_id: customer.clone(),
+        app_id: app.to_string(),
+        plan_id: plan.to_string(),
+        hostname: format!("{customer}.{app}.kapal.test"),
+        namespace: format!("kapal-{customer}-{app}"),
+        desired_state: DesiredState::Running as i32,
+        restart_generation: 0,
+    }
+}
+
+fn namespaced<K>(client: &Client, ns: &str) -> Api<K>
+where
+    K: Resource<Scope = NamespaceResourceScope, DynamicType = ()>,
+{
+    Api::namespaced(client.clone(), ns)
+}
+
+/// `Kind/name` -> resourceVersion of every object Kapal manages in `ns` (and the namespace).
+async fn versions(client: &Client, ns: &str) -> anyhow::Result<BTreeMap<String, String>> {
+    async fn add<K>(
+        client: &Client,
+        ns: &str,
+        out: &mut BTreeMap<String, String>,
+    ) -> anyhow::Result<()>
+    where
+        K: Resource<Scope = NamespaceResourceScope, DynamicType = ()>
+            + Clone
+            + DeserializeOwned
+            + Debug,
+    {
+        for obj in namespaced::<K>(client, ns)
+            .list(&ListParams::default().labels("app.kubernetes.io/managed-by=kapal"))
+            .await?
+        {
+            out.insert(
+                format!("{}/{}", K::kind(&()), obj.name_any()),
+                obj.resource_version().unwrap_or_default(),
+            );
+        }
+        Ok(())
+    }
+    let mut out = BTreeMap::new();
+    let namespace = Api::<Namespace>::all(client.clone()).get(ns).await?;
+    out.insert(
+        "Namespace".to_string(),
+        namespace.resource_version().unwrap_or_default(),
+    );
+    add::<Secret>(client, ns, &mut out).await?;
+    add::<PersistentVolumeClaim>(client, ns, &mut out).await?;
+    add::<Service>(client, ns, &mut out).await?;
+    add::<Deployment>(client, ns, &mut out).await?;
+    add::<StatefulSet>(client, ns, &mut out).await?;
+    add::<Ingress>(client, ns, &mut out).await?;
+    add::<ResourceQuota>(client, ns, &mut out).await?;
+    add::<LimitRange>(client, ns, &mut out).await?;
+    add::<NetworkPolicy>(client, ns, &mut out).await?;
+    Ok(out)
+}
+
+/// [`versions`] once the cluster's own controllers are done with the objects (the volume
+/// binder and quota controller update them for a while after the app is ready): two readings
+/// three seconds (more than a resync) apart agree.
+async fn settled_versions(client: &Client, ns: &str) -> anyhow::Result<BTreeMap<String, String>> {
+    let mut last = versions(client, ns).await?;
+    for _ in 0..10 {
+        tokio::time::sleep(Duration::from_secs(3)).await;
+        let now = versions(client, ns).await?;
+        if now == last {
+            return Ok(now);
+        }
+        last = now;
+    }
+    bail!("the objects in {ns} keep changing: {last:?}")
+}
+
+fn phase(pod: &Pod) -> &str {
+    pod.status
+        .as_ref()
+        .and_then(|s| s.phase.as_deref())
+        .unwrap_or("")
+}
+
+async fn pods(client: &Client, ns: &str) -> anyhow::Result<Vec<Pod>> {
+    Ok(namespaced::<Pod>(client, ns)
+        .list(&ListParams::default())
+        .await?
+        .items)
+}
+
+async fn pvc_phase(client: &Client, ns: &str, name: &str) -> anyhow::Result<String> {
+    let pvc = namespaced::<PersistentVolumeClaim>(client, ns)
+        .get(name)
+        .await?;
+    Ok(pvc
+        .status
+        .and_then(|s| s.phase)
+        .unwrap_or_else(|| "Pending".into()))
+}
+
+fn code(result: Result<impl Debug, Status>) -> Code {
+    match result {
+        Ok(v) => panic!("expected an error, got {v:?}"),
+        Err(s) => s.code(),
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_n8n_instance_lives_its_whole_life() -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    let p = Provisioner::start(Options::new(dir.path())?).await?;
+    let mut spec = spec("n8n", "trial");
+    let id = spec.instance_id.clone();
+    let ns = spec.namespace.clone();
+    let _cleanup = Cleanup::new(&ns).await?;
+    let kube = p.kube.clone();
+
+    // Apply: every object exists, labelled, and the app comes up.
+    let applied = p.apply(&spec).await?;
+    assert_eq!(applied.instance_id, id);
+    assert!(
+        [
+            InstanceStatus::Provisioning as i32,
+            InstanceStatus::Ready as i32
+        ]
+        .contains(&applied.status),
+        "{applied:?}"
+    );
+    let ready = p.wait_status(&id, InstanceStatus::Ready).await?;
+    assert_eq!(ready.reason, "The app is running.");
+    p.control_plane
+        .wait_reported(&id, InstanceStatus::Ready)
+        .await?;
+
+    let namespace = Api::<Namespace>::all(kube.clone()).get(&ns).await?;
+    let labels = namespace.labels();
+    for (k, v) in [
+        ("app.kubernetes.io/managed-by", "kapal"),
+        ("kapal.dev/instance", id.as_str()),
+        ("kapal.dev/customer", spec.customer_id.as_str()),
+        ("kapal.dev/app", "n8n"),
+        ("pod-security.kubernetes.io/enforce", "baseline"),
+    ] {
+        assert_eq!(
+            labels.get(k).map(String::as_str),
+            Some(v),
+            "namespace label {k}"
+        );
+    }
+    let deployment = namespaced::<Deployment>(&kube, &ns).get("app").await?;
+    assert_eq!(
+        deployment.status.as_ref().and_then(|s| s.ready_replicas),
+        Some(1)
+    );
+    let running = pods(&kube, &ns).await?;
+    assert_eq!(running.len(), 1, "one pod");
+    assert_eq!(phase(&running[0]), "Running");
+    assert_eq!(
+        running[0].labels().get("kapal.dev/instance"),
+        Some(&id),
+        "pods carry the instance label"
+    );
+    assert_eq!(pvc_phase(&kube, &ns, "app-data").await?, "Bound");
+    let service = namespaced::<Service>(&kube, &ns).get("app").await?;
+    let cluster_ip = service.spec.and_then(|s| s.cluster_ip).unwrap_or_default();
+    assert!(
+        cluster_ip.parse::<std::net::Ipv4Addr>().is_ok(),
+        "ClusterIP {cluster_ip:?}"
+    );
+    let ingress = namespaced::<Ingress>(&kube, &ns).get("kapal-web").await?;
+    let ingress_spec = ingress.spec.unwrap_or_default();
+    assert_eq!(ingress_spec.ingress_class_name.as_deref(), Some("traefik"));
+    assert_eq!(
+        ingress_spec.rules.unwrap_or_default()[0].host.as_deref(),
+        Some(spec.hostname.as_str())
+    );
+    let quota = namespaced::<ResourceQuota>(&kube, &ns)
+        .get("kapal-quota")
+        .await?;
+    let used = quota.status.and_then(|s| s.used).unwrap_or_default();
+    assert_eq!(
+        used.get("pods").map(|q| q.0.as_str()),
+        Some("1"),
+        "{used:?}"
+    );
+    assert_eq!(
+        namespaced::<NetworkPolicy>(&kube, &ns)
+            .list(&ListParams::default())
+            .await?
+            .items
+            .len(),
+        3
+    );
+
+    // Credentials are generated once and stay.
+    let credentials = p.credentials(&id).await?;
+    assert_eq!(credentials.username, format!("owner@{}", spec.hostname));
+    assert_eq!(credentials.password.len(), 24);
+    assert_eq!(
+        credentials.login_url,
+        format!("https://{}/signin", spec.hostname)
+    );
+
+    // Applying the same spec again, and the resync loop running over it, change nothing.
+    let before = settled_versions(&kube, &ns).await?;
+    assert!(
+        before.len() >= 10,
+        "namespace, secret, volume, service, deployment, ingress, quota, limits, 3 policies: {before:?}"
+    );
+    let again = p.apply(&spec).await?;
+    assert_eq!(again.status, InstanceStatus::Ready as i32);
+    tokio::time::sleep(Duration::from_secs(5)).await; // two resyncs
+    assert_eq!(
+        versions(&kube, &ns).await?,
+        before,
+        "re-applying changed objects"
+    );
+    assert_eq!(p.credentials(&id).await?, credentials);
+    let ready_reports = p
+        .control_plane
+        .reported(&id)
+        .into_iter()
+        .filter(|(s, _)| *s == InstanceStatus::Ready as i32)
+        .count();
+    assert_eq!(ready_reports, 1, "a status is reported once, on change");
+
+    // A restart rolls the pod.
+    let old_pod = running[0].uid();
+    spec.restart_generation = 1;
+    p.apply(&spec).await?;
+    let template = namespaced::<Deployment>(&kube, &ns)
+        .get("app")
+        .await?
+        .spec
+        .and_then(|s| s.template.metadata)
+        .and_then(|m| m.annotations)
+        .unwrap_or_default();
+    assert_eq!(
+        template
+            .get("kapal.dev/restart-generation")
+            .map(String::as_str),
+        Some("1")
+    );
+    wait_for("a new pod after the restart", READY_TIMEOUT, || async {
+        let pods = pods(&kube, &ns).await?;
+        Ok(pods
+            .iter()
+            .any(|p| {
+                p.uid() != old_pod
+                    && phase(p) == "Running"
+                    && p.metadata.deletion_timestamp.is_none()
+            })
+            .then_some(()))
+    })
+    .await?;
+    p.wait_status(&id, InstanceStatus::Ready).await?;
+    assert_eq!(
+        p.credentials(&id).await?,
+        credentials,
+        "a restart keeps the credentials"
+    );
+
+    // Stop: scaled to zero, data kept.
+    spec.desired_state = DesiredState::Stopped as i32;
+    p.apply(&spec).await?;
+    let deployment = namespaced::<Deployment>(&kube, &ns).get("app").await?;
+    assert_eq!(deployment.spec.and_then(|s| s.replicas), Some(0));
+    let suspended = p.wait_status(&id, InstanceStatus::Suspended).await?;
+    wait_for("the pods to be gone", READY_TIMEOUT, || async {
+        Ok(pods(&kube, &ns).await?.is_empty().then_some(()))
+    })
+    .await?;
+    assert!(suspended.reason.contains("data is kept"), "{suspended:?}");
+    assert_eq!(
+        p.wait_status(&id, InstanceStatus::Suspended).await?.reason,
+        "Stopped; the app's data is kept."
+    );
+    assert_eq!(
+        pvc_phase(&kube, &ns, "app-data").await?,
+        "Bound",
+        "the volume stays"
+    );
+    p.control_plane
+        .wait_reported(&id, InstanceStatus::Suspended)
+        .await?;
+
+    // Start again.
+    spec.desired_state = DesiredState::Running as i32;
+    p.apply(&spec).await?;
+    p.wait_status(&id, InstanceStatus::Ready).await?;
+    assert_eq!(
+        p.credentials(&id).await?,
+        credentials,
+        "the same credentials after a stop"
+    );
+
+    // Delete: the namespace goes, and with it everything.
+    spec.desired_state = DesiredState::Deleted as i32;
+    let deleting = p.apply(&spec).await?;
+    assert!(
+        [
+            InstanceStatus::Deleting as i32,
+            InstanceStatus::Deleted as i32
+        ]
+        .contains(&deleting.status),
+        "{deleting:?}"
+    );
+    p.wait_status(&id, InstanceStatus::Deleted).await?;
+    assert!(
+        Api::<Namespace>::all(kube.clone())
+            .get_opt(&ns)
+            .await?
+            .is_none(),
+        "namespace removed"
+    );
+    p.control_plane
+        .wait_reported(&id, InstanceStatus::Deleted)
+        .await?;
+    assert_eq!(code(p.credentials(&id).await), Code::NotFound);
+    let reports = p.control_plane.reported(&id);
+    for pair in reports.windows(2) {
+        assert_ne!(pair[0], pair[1], "only changes are reported: {reports:?}");
+    }
+    let statuses: Vec<i32> = reports.iter().map(|r| r.0).collect();
+    for status in [
+        InstanceStatus::Provisioning,
+        InstanceStatus::Ready,
+        InstanceStatus::Suspended,
+        InstanceStatus::Deleted,
+    ] {
+        assert!(statuses.contains(&(status as i32)), "{reports:?}");
+    }
+    p.shutdown().await
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_ghost_instance_runs_its_database_as_a_stateful_set() -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    let p = Provisioner::start(Options::new(dir.path())?).await?;
+    let mut spec = spec("ghost", "trial");
+    let (id, ns) = (spec.instance_id.clone(), spec.namespace.clone());
+    let _cleanup = Cleanup::new(&ns).await?;
+    let kube = p.kube.clone();
+
+    p.apply(&spec).await?;
+    p.wait_status(&id, InstanceStatus::Ready).await?;
+    let db = namespaced::<StatefulSet>(&kube, &ns).get("db").await?;
+    assert_eq!(db.status.and_then(|s| s.ready_replicas), Some(1));
+    assert_eq!(pvc_phase(&kube, &ns, "db-data").await?, "Bound");
+    assert_eq!(pvc_phase(&kube, &ns, "app-data").await?, "Bound");
+    let app = namespaced::<Deployment>(&kube, &ns).get("app").await?;
+    let env = app
+        .spec
+        .and_then(|s| s.template.spec)
+        .map(|s| s.containers[0].env.clone().unwrap_or_default())
+        .unwrap_or_default();
+    let host = env
+        .iter()
+        .find(|e| e.name == "database__connection__host")
+        .and_then(|e| e.value.clone());
+    assert_eq!(host.as_deref(), Some("db"));
+    namespaced::<Service>(&kube, &ns).get("db").await?;
+    let secret = namespaced::<Secret>(&kube, &ns)
+        .get("kapal-credentials")
+        .await?;
+    let keys: Vec<String> = secret.data.unwrap_or_default().into_keys().collect();
+    assert_eq!(
+        keys,
+        ["db_password", "db_root_password", "password", "username"]
+    );
+
+    spec.desired_state = DesiredState::Deleted as i32;
+    p.apply(&spec).await?;
+    p.wait_status(&id, InstanceStatus::Deleted).await?;
+    p.shutdown().await
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn desired_instances_come_from_the_control_plane_and_survive_a_restart() -> anyhow::Result<()>
+{
+    let dir = tempfile::tempdir()?;
+    let mut spec = spec("n8n", "starter");
+    let (id, ns) = (spec.instance_id.clone(), spec.namespace.clone());
+    let _cleanup = Cleanup::new(&ns).await?;
+
+    // Never applied over gRPC: the reconcile loop finds it in the control-plane's list.
+    let options = Options::new(dir.path())?;
+    lock(&options.control_plane.desired).push(spec.clone());
+    let p = Provisioner::start(options).await?;
+    let kube = p.kube.clone();
+    p.control_plane
+        .wait_reported(&id, InstanceStatus::Ready)
+        .await?;
+    assert_eq!(p.state(&id).await?.status, InstanceStatus::Ready as i32);
+    let credentials = p.credentials(&id).await?;
+    p.shutdown().await?;
+
+    // While the provisioner is down, its deployment is lost. Restarted with a control-plane
+    // that lists nothing, it rebuilds it from its own record.
+    namespaced::<Deployment>(&kube, &ns)
+        .delete("app", &DeleteParams::foreground())
+        .await?;
+    wait_for("the deployment to be gone", READY_TIMEOUT, || async {
+        Ok(namespaced::<Deployment>(&kube, &ns)
+            .get_opt("app")
+            .await?
+            .is_none()
+            .then_some(()))
+    })
+    .await?;
+    let p = Provisioner::start(Options::new(dir.path())?).await?;
+    wait_for("the deployment to be recreated", READY_TIMEOUT, || async {
+        Ok(namespaced::<Deployment>(&kube, &ns)
+            .get_opt("app")
+            .await?
+            .map(|_| ()))
+    })
+    .await?;
+    p.wait_status(&id, InstanceStatus::Ready).await?;
+    assert_eq!(p.credentials(&id).await?, credentials);
+
+    // And a newer spec from the control-plane wins over the record.
+    spec.desired_state = DesiredState::Stopped as i32;
+    *lock(&p.control_plane.desired) = vec![spec.clone()];
+    p.wait_status(&id, InstanceStatus::Suspended).await?;
+    // The control-plane records the deletion, then tells the provisioner.
+    spec.desired_state = DesiredState::Deleted as i32;
+    *lock(&p.control_plane.desired) = vec![spec.clone()];
+    p.apply(&spec).await?;
+    p.wait_status(&id, InstanceStatus::Deleted).await?;
+    p.shutdown().await
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn bad_input_and_strangers_are_turned_away() -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    let p = Provisioner::start(Options::new(dir.path())?).await?;
+
+    let mut unknown_app = spec("n8n", "trial");
+    unknown_app.app_id = "minecraft".into();
+    let status = p.apply(&unknown_app).await.expect_err("unknown app");
+    assert_eq!(status.code(), Code::InvalidArgument);
+    assert!(status.message().contains("app_id"), "{status:?}");
+    let mut bad_host = spec("n8n", "trial");
+    bad_host.hostname = "Not A Host".into();
+    assert_eq!(code(p.apply(&bad_host).await), Code::InvalidArgument);
+    let mut bad_plan = spec("n8n", "gold");
+    bad_plan.plan_id = "gold".into();
+    assert_eq!(code(p.apply(&bad_plan).await), Code::InvalidArgument);
+    let mut bad_id = spec("n8n", "trial");
+    bad_id.instance_id = "42".into();
+    assert_eq!(code(p.apply(&bad_id).await), Code::InvalidArgument);
+    let mut system = spec("n8n", "trial");
+    system.namespace = "kube-system".into();
+    assert_eq!(code(p.apply(&system).await), Code::InvalidArgument);
+
+    // Never applied: PENDING, and no credentials.
+    let never = Uuid::new_v4().to_string();
+    assert_eq!(
+        p.state(&never).await?.status,
+        InstanceStatus::Pending as i32
+    );
+    assert_eq!(code(p.credentials(&never).await), Code::NotFound);
+
+    // A namespace that is not the instance's own is never taken over.
+    let foreign = TestNamespace::new("foreign").await?;
+    let mut takeover = spec("n8n", "trial");
+    takeover.namespace = foreign.name().to_string();
+    assert_eq!(code(p.apply(&takeover).await), Code::FailedPrecondition);
+    let ns = Api::<Namespace>::all(p.kube.clone())
+        .get(foreign.name())
+        .await?;
+    assert!(!ns.labels().contains_key("kapal.dev/instance"), "untouched");
+    foreign.cleanup().await?;
+
+    // Only Kapal's services may call.
+    let mut client = ProvisionerServiceClient::connect(p.endpoint.clone()).await?;
+    let anonymous = client
+        .get_instance_state(GetInstanceStateRequest {
+            instance_id: never.clone(),
+        })
+        .await;
+    assert_eq!(code(anonymous), Code::Unauthenticated);
+    let mut req = Request::new(GetCredentialsRequest {
+        instance_id: never.clone(),
+    });
+    let customer = Principal {
+        account_id: Uuid::new_v4(),
+        customer_id: "c1234567".into(),
+        role: Role::Customer,
+        token_id: Uuid::new_v4(),
+    };
+    p.key.sign_into(&customer, req.metadata_mut());
+    assert_eq!(
+        code(client.get_credentials(req).await),
+        Code::PermissionDenied
+    );
+    p.shutdown().await
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_app_too_big_for_the_cluster_fails_with_a_reason() -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    let mut options = Options::new(dir.path())?;
+    let mut catalog = Catalog::load(&kapal::catalog::repo_catalog_dir())?;
+    catalog.add_yaml(
+        std::path::Path::new("huge.yaml"),
+        r#"
+id: huge
+name: Huge
+description: Needs more CPU than any node has.
+version: "1"
+plans: [{id: max, name: Max, monthly_price_idr: 1000, cpu_millis: 64000, memory_mib: 1024, storage_gib: 1}]
+components:
+  - {name: app, kind: Deployment, image: "nginx:1.27.5", port: 80, public: true, resource_share: 100}
+credentials: {username: admin}
+"#,
+    )?;
+    options.catalog = Arc::new(catalog);
+    options.unschedulable_grace = Duration::ZERO;
+    let p = Provisioner::start(options).await?;
+    let mut spec = spec("huge", "max");
+    let (id, ns) = (spec.instance_id.clone(), spec.namespace.clone());
+    let _cleanup = Cleanup::new(&ns).await?;
+
+    p.apply(&spec).await?;
+    let failed = p.wait_status(&id, InstanceStatus::Failed).await?;
+    if !failed
+        .reason
+        .starts_with("There is not enough free capacity in the cluster")
+    {
+        bail!("unexpected reason: {failed:?}");
+    }
+    assert!(failed.reason.contains("Insufficient cpu"), "{failed:?}");
+    p.control_plane
+        .wait_reported(&id, InstanceStatus::Failed)
+        .await?;
+
+    spec.desired_state = DesiredState::Deleted as i32;
+    p.apply(&spec).await?;
+    p.wait_status(&id, InstanceStatus::Deleted).await?;
+    p.shutdown().await
+}
