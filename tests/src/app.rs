@@ -274,6 +274,21 @@ impl TestApp {
         Clients::new(self.channel(), token)
     }
 
+    /// Clients acting with `token` over grpc-web (HTTP/1.1 like most browsers, or HTTP/2).
+    pub fn web_clients(&self, token: &str, http2: bool) -> anyhow::Result<Clients<WebTransport>> {
+        let mut builder =
+            hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new());
+        builder.http2_only(http2);
+        let transport = tower::ServiceBuilder::new()
+            .layer(tonic_web::GrpcWebClientLayer::new())
+            .service(builder.build_http());
+        Ok(Clients::with_origin(
+            transport,
+            Some(self.endpoint().parse()?),
+            token,
+        ))
+    }
+
     /// Signs up a new customer with a unique email and returns its clients.
     pub async fn customer(&self, name: &str) -> anyhow::Result<Customer> {
         let email = format!(
@@ -323,6 +338,14 @@ impl tonic::service::Interceptor for Bearer {
 
 pub type Authed<S> = InterceptedService<S, Bearer>;
 
+/// The grpc-web transport: tonic-web's client layer over a plain hyper HTTP client.
+pub type WebTransport = tonic_web::GrpcWebClientService<
+    hyper_util::client::legacy::Client<
+        hyper_util::client::legacy::connect::HttpConnector,
+        tonic_web::GrpcWebCall<tonic::body::Body>,
+    >,
+>;
+
 /// The public API's clients over one transport.
 #[derive(Clone)]
 pub struct Clients<S = Channel> {
@@ -345,18 +368,32 @@ where
     RB::Error: Into<tonic::codegen::StdError> + Send,
 {
     pub fn new(transport: S, token: &str) -> Self {
+        Self::with_origin(transport, None, token)
+    }
+
+    /// Clients over `transport`, sending to `origin` (needed by plain HTTP clients such as the
+    /// grpc-web one, which need absolute URIs).
+    pub fn with_origin(transport: S, origin: Option<http::Uri>, token: &str) -> Self {
         let bearer = Bearer(if token.is_empty() {
             None
         } else {
             format!("Bearer {token}").parse().ok()
         });
         let s = |t: &S| InterceptedService::new(t.clone(), bearer.clone());
+        macro_rules! client {
+            ($c:ident) => {
+                match &origin {
+                    Some(o) => $c::with_origin(s(&transport), o.clone()),
+                    None => $c::new(s(&transport)),
+                }
+            };
+        }
         Clients {
-            catalog: CatalogServiceClient::new(s(&transport)),
-            accounts: AccountServiceClient::new(s(&transport)),
-            orders: OrderServiceClient::new(s(&transport)),
-            instances: InstanceServiceClient::new(s(&transport)),
-            subscriptions: SubscriptionServiceClient::new(s(&transport)),
+            catalog: client!(CatalogServiceClient),
+            accounts: client!(AccountServiceClient),
+            orders: client!(OrderServiceClient),
+            instances: client!(InstanceServiceClient),
+            subscriptions: client!(SubscriptionServiceClient),
         }
     }
 }
