@@ -1,0 +1,417 @@
+//! `kapal server`: runs all four services in one process (still talking gRPC to each other over
+//! loopback), or one of them.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context as _;
+use clap::{Args, ValueEnum};
+use kapal::auth::InternalKey;
+use kapal::catalog::Catalog;
+use kapal::db::DbConfig;
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum Service {
+    /// All four services in this process.
+    All,
+    Gateway,
+    ControlPlane,
+    Billing,
+    Provisioner,
+}
+
+#[derive(Args, Debug)]
+pub struct ServerArgs {
+    /// Which service to run.
+    #[arg(long, value_enum, default_value = "all", env = "KAPAL_SERVICE")]
+    pub service: Service,
+    /// Address of the public gateway (gRPC and grpc-web).
+    #[arg(long, default_value = "127.0.0.1:8080", env = "KAPAL_LISTEN")]
+    pub listen: String,
+    /// Directory for the embedded SQLite databases and the internal key.
+    #[arg(long, default_value = "kapal-data", env = "KAPAL_DATA_DIR")]
+    pub data_dir: PathBuf,
+    /// PostgreSQL URL (postgres://user:password@host/db); SQLite files in the data directory when unset.
+    #[arg(long, env = "KAPAL_DATABASE_URL", hide_env_values = true)]
+    pub database_url: Option<String>,
+    /// Directory of the app catalog (*.yaml).
+    #[arg(long, default_value = "catalog", env = "KAPAL_CATALOG_DIR")]
+    pub catalog_dir: PathBuf,
+    /// Instances are served on <customer-id>.<app>.<domain>.
+    #[arg(long, default_value = "kapal.localhost", env = "KAPAL_DOMAIN")]
+    pub domain: String,
+    /// Secret (32+ characters) signing identities between the services; all services of a
+    /// deployment need the same one. Default: read or created at <data-dir>/internal.key.
+    #[arg(long, env = "KAPAL_INTERNAL_KEY", hide_env_values = true)]
+    pub internal_key: Option<String>,
+    /// Emails that get the admin role when they sign up (comma-separated).
+    #[arg(long, env = "KAPAL_ADMIN_EMAILS", value_delimiter = ',')]
+    pub admin_emails: Vec<String>,
+
+    /// Listen address of the control-plane (default: 127.0.0.1:8081, or a free port with --service all).
+    #[arg(long, env = "KAPAL_CONTROL_PLANE_LISTEN")]
+    pub control_plane_listen: Option<String>,
+    /// Listen address of billing (default: 127.0.0.1:8082, or a free port with --service all).
+    #[arg(long, env = "KAPAL_BILLING_LISTEN")]
+    pub billing_listen: Option<String>,
+    /// Listen address of the provisioner (default: 127.0.0.1:8083, or a free port with --service all).
+    #[arg(long, env = "KAPAL_PROVISIONER_LISTEN")]
+    pub provisioner_listen: Option<String>,
+    /// URL of the control-plane for the other services (default: from its listen address).
+    #[arg(long, env = "KAPAL_CONTROL_PLANE_ENDPOINT")]
+    pub control_plane_endpoint: Option<String>,
+    /// URL of billing for the other services.
+    #[arg(long, env = "KAPAL_BILLING_ENDPOINT")]
+    pub billing_endpoint: Option<String>,
+    /// URL of the provisioner for the other services.
+    #[arg(long, env = "KAPAL_PROVISIONER_ENDPOINT")]
+    pub provisioner_endpoint: Option<String>,
+
+    /// Kubeconfig of the cluster instances run on (default: $KUBECONFIG, ~/.kube/config, or in-cluster).
+    #[arg(long, env = "KAPAL_KUBECONFIG")]
+    pub kubeconfig: Option<PathBuf>,
+    /// IngressClass of instance ingresses.
+    #[arg(long, default_value = "traefik", env = "KAPAL_INGRESS_CLASS")]
+    pub ingress_class: String,
+    /// StorageClass of instance volumes (default: the cluster's default class).
+    #[arg(long, env = "KAPAL_STORAGE_CLASS")]
+    pub storage_class: Option<String>,
+    /// cert-manager ClusterIssuer that issues instance certificates.
+    #[arg(long, env = "KAPAL_TLS_ISSUER")]
+    pub tls_issuer: Option<String>,
+    /// Name of a wildcard TLS secret for instance ingresses (instead of an issuer).
+    #[arg(long, env = "KAPAL_TLS_SECRET")]
+    pub tls_secret: Option<String>,
+
+    /// PEM certificate of the gateway; TLS is on when this and --tls-key are set.
+    #[arg(long, env = "KAPAL_TLS_CERT", requires = "tls_key")]
+    pub tls_cert: Option<PathBuf>,
+    /// PEM private key of the gateway.
+    #[arg(long, env = "KAPAL_TLS_KEY", requires = "tls_cert")]
+    pub tls_key: Option<PathBuf>,
+    /// Browser origins allowed by CORS (comma-separated; default any).
+    #[arg(long, env = "KAPAL_CORS_ORIGINS", value_delimiter = ',')]
+    pub cors_origins: Vec<String>,
+    /// Requests per second allowed per caller.
+    #[arg(long, default_value_t = 50, env = "KAPAL_RATE_LIMIT")]
+    pub rate_limit: u32,
+    /// Burst of requests allowed per caller above the rate.
+    #[arg(long, default_value_t = 100, env = "KAPAL_RATE_BURST")]
+    pub rate_burst: u32,
+    /// Largest request message accepted, in bytes.
+    #[arg(long, default_value_t = 64 * 1024, env = "KAPAL_MAX_MESSAGE_BYTES")]
+    pub max_message_bytes: usize,
+
+    /// Log as JSON lines.
+    #[arg(long, env = "KAPAL_LOG_JSON")]
+    pub log_json: bool,
+}
+
+/// Settings checked all at once, so every mistake is reported before exiting.
+struct Checked {
+    db: DbConfig,
+    catalog: Arc<Catalog>,
+    key: InternalKey,
+}
+
+fn check(args: &ServerArgs) -> anyhow::Result<Checked> {
+    let mut problems = Vec::new();
+    let db = DbConfig::new(args.database_url.as_deref(), args.data_dir.clone())
+        .map_err(|e| problems.push(format!("KAPAL_DATABASE_URL (--database-url): {e}")))
+        .ok();
+    let catalog = Catalog::load(&args.catalog_dir)
+        .map_err(|e| problems.push(format!("KAPAL_CATALOG_DIR (--catalog-dir): {e:#}")))
+        .ok();
+    let key = match &args.internal_key {
+        Some(k) => InternalKey::from_secret(k)
+            .map_err(|e| problems.push(format!("KAPAL_INTERNAL_KEY (--internal-key): {e}")))
+            .ok(),
+        None => InternalKey::load_or_create(&args.data_dir.join("internal.key"))
+            .map_err(|e| problems.push(format!("KAPAL_DATA_DIR (--data-dir): {e:#}")))
+            .ok(),
+    };
+    for (name, value) in [
+        ("KAPAL_LISTEN (--listen)", Some(&args.listen)),
+        (
+            "KAPAL_CONTROL_PLANE_LISTEN",
+            args.control_plane_listen.as_ref(),
+        ),
+        ("KAPAL_BILLING_LISTEN", args.billing_listen.as_ref()),
+        ("KAPAL_PROVISIONER_LISTEN", args.provisioner_listen.as_ref()),
+    ] {
+        if let Some(v) = value
+            && v.parse::<SocketAddr>().is_err()
+        {
+            problems.push(format!(
+                "{name}: {v:?} is not an address like 127.0.0.1:8080"
+            ));
+        }
+    }
+    for (name, value) in [
+        ("KAPAL_CONTROL_PLANE_ENDPOINT", &args.control_plane_endpoint),
+        ("KAPAL_BILLING_ENDPOINT", &args.billing_endpoint),
+        ("KAPAL_PROVISIONER_ENDPOINT", &args.provisioner_endpoint),
+    ] {
+        if let Some(v) = value
+            && !(v.starts_with("http://") || v.starts_with("https://"))
+        {
+            problems.push(format!(
+                "{name}: {v:?} is not a URL like http://127.0.0.1:8081"
+            ));
+        }
+    }
+    if args.rate_limit == 0 {
+        problems
+            .push("KAPAL_RATE_LIMIT (--rate-limit): must be at least 1 request per second".into());
+    }
+    if args.max_message_bytes < 1024 {
+        problems
+            .push("KAPAL_MAX_MESSAGE_BYTES (--max-message-bytes): must be at least 1024".into());
+    }
+    match (db, catalog, key) {
+        (Some(db), Some(catalog), Some(key)) if problems.is_empty() => Ok(Checked {
+            db,
+            catalog: Arc::new(catalog),
+            key,
+        }),
+        _ => anyhow::bail!("invalid configuration:\n  - {}", problems.join("\n  - ")),
+    }
+}
+
+async fn listener(
+    explicit: &Option<String>,
+    all_in_one: bool,
+    default: &str,
+) -> anyhow::Result<TcpListener> {
+    let addr = match explicit {
+        Some(a) => a.as_str(),
+        None if all_in_one => "127.0.0.1:0",
+        None => default,
+    };
+    kapal::serve::bind(addr).await
+}
+
+fn endpoint(explicit: &Option<String>, listener: Option<&TcpListener>, default: &str) -> String {
+    if let Some(e) = explicit {
+        return e.clone();
+    }
+    match listener.and_then(|l| l.local_addr().ok()) {
+        Some(addr) => format!("http://{addr}"),
+        None => format!("http://{default}"),
+    }
+}
+
+pub async fn run(args: ServerArgs) -> anyhow::Result<()> {
+    kapal::serve::init_tracing(args.log_json);
+    let started = std::time::Instant::now();
+    let checked = check(&args)?;
+    let all = args.service == Service::All;
+    let runs = |s: Service| all || args.service == s;
+
+    // Bind every listener first, so the endpoints the services give each other are known.
+    let cp_listener = if runs(Service::ControlPlane) {
+        Some(listener(&args.control_plane_listen, all, "127.0.0.1:8081").await?)
+    } else {
+        None
+    };
+    let billing_listener = if runs(Service::Billing) {
+        Some(listener(&args.billing_listen, all, "127.0.0.1:8082").await?)
+    } else {
+        None
+    };
+    let prov_listener = if runs(Service::Provisioner) {
+        Some(listener(&args.provisioner_listen, all, "127.0.0.1:8083").await?)
+    } else {
+        None
+    };
+    let gateway_listener = if runs(Service::Gateway) {
+        Some(kapal::serve::bind(&args.listen).await?)
+    } else {
+        None
+    };
+    let cp_endpoint = endpoint(
+        &args.control_plane_endpoint,
+        cp_listener.as_ref(),
+        "127.0.0.1:8081",
+    );
+    let billing_endpoint = endpoint(
+        &args.billing_endpoint,
+        billing_listener.as_ref(),
+        "127.0.0.1:8082",
+    );
+    let prov_endpoint = endpoint(
+        &args.provisioner_endpoint,
+        prov_listener.as_ref(),
+        "127.0.0.1:8083",
+    );
+
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let shutdown = move || {
+        let mut rx = stop_rx.clone();
+        async move {
+            let _ = rx.wait_for(|stop| *stop).await;
+        }
+    };
+    let mut tasks = tokio::task::JoinSet::new();
+
+    if let Some(l) = billing_listener {
+        let config = kapal_billing::Config::new(
+            checked.db.clone(),
+            checked.catalog.clone(),
+            checked.key.clone(),
+        );
+        let stop = shutdown();
+        tasks.spawn(async move { ("billing", kapal_billing::run(config, l, stop).await) });
+    }
+    if let Some(l) = prov_listener {
+        let config = provisioner_config(&args, &checked, &cp_endpoint).await?;
+        let stop = shutdown();
+        tasks.spawn(async move { ("provisioner", kapal_provisioner::run(config, l, stop).await) });
+    }
+    if let Some(l) = cp_listener {
+        let mut config = kapal_control_plane::Config::new(
+            checked.db.clone(),
+            checked.catalog.clone(),
+            checked.key.clone(),
+            billing_endpoint.clone(),
+            prov_endpoint.clone(),
+        );
+        config.domain = args.domain.clone();
+        config.admin_emails = args.admin_emails.clone();
+        let stop = shutdown();
+        tasks.spawn(async move {
+            (
+                "control-plane",
+                kapal_control_plane::run(config, l, stop).await,
+            )
+        });
+    }
+    if let Some(l) = gateway_listener {
+        let mut config = kapal_gateway::Config::new(
+            cp_endpoint.clone(),
+            billing_endpoint.clone(),
+            checked.key.clone(),
+        );
+        if let (Some(cert_path), Some(key_path)) = (&args.tls_cert, &args.tls_key) {
+            config.tls = Some(kapal_gateway::TlsConfig {
+                cert_path: cert_path.clone(),
+                key_path: key_path.clone(),
+            });
+        }
+        config.cors_allowed_origins = args.cors_origins.clone();
+        config.rate_limit_per_second = args.rate_limit;
+        config.rate_limit_burst = args.rate_burst;
+        config.max_message_bytes = args.max_message_bytes;
+        let scheme = if config.tls.is_some() {
+            "https"
+        } else {
+            "http"
+        };
+        tracing::info!("Kapal gateway on {scheme}://{}", args.listen);
+        let stop = shutdown();
+        tasks.spawn(async move { ("gateway", kapal_gateway::run(config, l, stop).await) });
+    }
+    tracing::info!(
+        service = ?args.service,
+        database = checked.db_kind(),
+        startup_ms = started.elapsed().as_millis() as u64,
+        "kapal server started"
+    );
+
+    // Run until a signal, or until any service stops (which is an error: stop the rest).
+    let mut failure = None;
+    tokio::select! {
+        _ = shutdown_signal() => tracing::info!("shutting down"),
+        Some(done) = tasks.join_next() => {
+            failure = Some(match done {
+                Ok((name, Ok(()))) => anyhow::anyhow!("{name} stopped unexpectedly"),
+                Ok((name, Err(e))) => e.context(format!("{name} failed")),
+                Err(e) => anyhow::anyhow!("a service task panicked: {e}"),
+            });
+        }
+    }
+    let _ = stop_tx.send(true);
+    let drain = async {
+        while let Some(done) = tasks.join_next().await {
+            if let Ok((name, Err(e))) = done {
+                tracing::error!(service = name, error = %format!("{e:#}"), "service failed while stopping");
+            }
+        }
+    };
+    if tokio::time::timeout(Duration::from_secs(10), drain)
+        .await
+        .is_err()
+    {
+        tracing::warn!("services did not stop within 10 s");
+    }
+    match failure {
+        Some(e) => Err(e),
+        None => Ok(()),
+    }
+}
+
+impl Checked {
+    fn db_kind(&self) -> &'static str {
+        match self.db {
+            DbConfig::DataDir(_) => "sqlite",
+            DbConfig::Postgres(_) => "postgres",
+        }
+    }
+}
+
+async fn provisioner_config(
+    args: &ServerArgs,
+    checked: &Checked,
+    control_plane_endpoint: &str,
+) -> anyhow::Result<kapal_provisioner::Config> {
+    let kube = match &args.kubeconfig {
+        Some(path) => {
+            let kubeconfig = kube::config::Kubeconfig::read_from(path)
+                .with_context(|| format!("KAPAL_KUBECONFIG: reading {}", path.display()))?;
+            kube::Config::from_custom_kubeconfig(kubeconfig, &kube::config::KubeConfigOptions::default())
+                .await
+                .with_context(|| format!("KAPAL_KUBECONFIG: using {}", path.display()))?
+        }
+        None => kube::Config::infer()
+            .await
+            .context("no Kubernetes cluster configured: set KAPAL_KUBECONFIG (scripts/local-cluster up prints one), KUBECONFIG, or run in a cluster")?,
+    };
+    let mut config = kapal_provisioner::Config::new(
+        checked.db.clone(),
+        checked.catalog.clone(),
+        checked.key.clone(),
+        kube,
+        control_plane_endpoint.to_string(),
+    );
+    config.ingress_class = args.ingress_class.clone();
+    config.storage_class = args.storage_class.clone();
+    config.tls_issuer = args.tls_issuer.clone();
+    config.tls_secret = args.tls_secret.clone();
+    Ok(config)
+}
+
+async fn shutdown_signal() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        match signal(SignalKind::terminate()) {
+            Ok(mut term) => {
+                tokio::select! {
+                    _ = tokio::signal::ctrl_c() => {}
+                    _ = term.recv() => {}
+                }
+            }
+            Err(_) => {
+                let _ = tokio::signal::ctrl_c().await;
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = tokio::signal::ctrl_c().await;
+    }
+}
