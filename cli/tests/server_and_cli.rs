@@ -1,0 +1,204 @@
+//! The `kapal` binary as a user runs it: `kapal server` on a fresh data directory against the
+//! local cluster, driven by the `kapal` CLI; then a restart on the same data.
+
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::Context as _;
+
+const KAPAL: &str = env!("CARGO_BIN_EXE_kapal");
+
+struct Server(Child);
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn free_port() -> anyhow::Result<u16> {
+    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port())
+}
+
+fn start_server(
+    data: &std::path::Path,
+    port: u16,
+    kubeconfig: &std::path::Path,
+) -> anyhow::Result<Server> {
+    let log = std::fs::File::create(data.with_extension("log"))?;
+    let child = Command::new(KAPAL)
+        .args([
+            "server",
+            "--listen",
+            &format!("127.0.0.1:{port}"),
+            "--domain",
+            "kapal.test",
+        ])
+        .arg("--data-dir")
+        .arg(data)
+        .arg("--kubeconfig")
+        .arg(kubeconfig)
+        .env("KAPAL_CATALOG_DIR", kapal::catalog::repo_catalog_dir())
+        .env_remove("KAPAL_DATABASE_URL")
+        .stdout(Stdio::null())
+        .stderr(log)
+        .spawn()?;
+    Ok(Server(child))
+}
+
+/// Runs the CLI with the test's endpoint and config directory.
+fn cli(endpoint: &str, config: &std::path::Path, args: &[&str]) -> anyhow::Result<Output> {
+    Ok(Command::new(KAPAL)
+        .args(args)
+        .env("KAPAL_ENDPOINT", endpoint)
+        .env("KAPAL_CONFIG_DIR", config)
+        .env("KAPAL_PASSWORD", "correct horse 42")
+        .env_remove("KAPAL_TOKEN")
+        .stdin(Stdio::null())
+        .output()?)
+}
+
+fn ok(out: Output) -> anyhow::Result<String> {
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    anyhow::ensure!(
+        out.status.success(),
+        "kapal failed ({}): {stdout}{}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    Ok(stdout)
+}
+
+fn wait_up(endpoint: &str, config: &std::path::Path) -> anyhow::Result<Duration> {
+    let start = Instant::now();
+    while start.elapsed() < Duration::from_secs(60) {
+        if cli(endpoint, config, &["catalog"])?.status.success() {
+            return Ok(start.elapsed());
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    anyhow::bail!("kapal server did not answer within 60 s")
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn server_and_cli_end_to_end() -> anyhow::Result<()> {
+    let cluster = kapal_tests::cluster::cluster().await?;
+    let dir = tempfile::tempdir()?;
+    let data = dir.path().join("data");
+    let config = dir.path().join("config");
+    let port = free_port()?;
+    let endpoint = format!("http://127.0.0.1:{port}");
+
+    let mut server = start_server(&data, port, cluster.kubeconfig_path())?;
+    let up = wait_up(&endpoint, &config)
+        .with_context(|| std::fs::read_to_string(data.with_extension("log")).unwrap_or_default())?;
+    println!("kapal server answered {} ms after start", up.as_millis());
+
+    let catalog = ok(cli(&endpoint, &config, &["catalog"])?)?;
+    assert!(
+        catalog.contains("n8n") && catalog.contains("Rp 79.000"),
+        "{catalog}"
+    );
+
+    let email = format!(
+        "cli-{}@example.com",
+        &uuid::Uuid::new_v4().simple().to_string()[..8]
+    );
+    ok(cli(&endpoint, &config, &["signup", "--email", &email])?)?;
+    let whoami = ok(cli(&endpoint, &config, &["whoami"])?)?;
+    assert!(whoami.contains(&email), "{whoami}");
+
+    let order = ok(cli(
+        &endpoint,
+        &config,
+        &[
+            "order",
+            "n8n",
+            "--plan",
+            "trial",
+            "--wait",
+            "--timeout",
+            "3m",
+        ],
+    )?)?;
+    assert!(order.contains("READY"), "progress is shown: {order}");
+    assert!(
+        order.contains(".n8n.kapal.test"),
+        "the URL is shown: {order}"
+    );
+    assert!(order.contains("Password"), "credentials are shown: {order}");
+
+    let instances = ok(cli(&endpoint, &config, &["instances", "--output", "json"])?)?;
+    let json: serde_json::Value = serde_json::from_str(&instances)?;
+    let list = json
+        .as_array()
+        .or_else(|| json["instances"].as_array())
+        .context("instances array")?;
+    assert_eq!(list.len(), 1, "{json}");
+    let id = list[0]["id"].as_str().context("id")?.to_string();
+
+    // Wrong input gets a readable error and a failing exit code.
+    let bad = cli(&endpoint, &config, &["order", "nope", "--plan", "trial"])?;
+    assert!(!bad.status.success());
+    let stderr = String::from_utf8_lossy(&bad.stderr);
+    assert!(
+        stderr.contains("unknown app") && stderr.contains("INVALID_ARGUMENT"),
+        "{stderr}"
+    );
+
+    // A graceful stop, and a restart on the same data loses nothing.
+    #[cfg(unix)]
+    {
+        let pid = server.0.id().to_string();
+        Command::new("kill").args(["-TERM", &pid]).status()?;
+        let deadline = Instant::now() + Duration::from_secs(15);
+        let status = loop {
+            if let Some(status) = server.0.try_wait()? {
+                break status;
+            }
+            anyhow::ensure!(
+                Instant::now() < deadline,
+                "kapal server did not stop on SIGTERM"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        };
+        assert!(status.success(), "clean exit on SIGTERM: {status}");
+    }
+    drop(server);
+    let _server = start_server(&data, port, cluster.kubeconfig_path())?;
+    wait_up(&endpoint, &config)?;
+    let whoami = ok(cli(&endpoint, &config, &["whoami"])?)?;
+    assert!(
+        whoami.contains(&email),
+        "the stored session still works: {whoami}"
+    );
+    let instance = ok(cli(&endpoint, &config, &["instance", &id])?)?;
+    assert!(instance.contains(".n8n.kapal.test"), "{instance}");
+
+    ok(cli(&endpoint, &config, &["delete", &id, "-y"])?)?;
+    Ok(())
+}
+
+#[test]
+fn invalid_settings_are_all_reported() -> anyhow::Result<()> {
+    let out = Command::new(KAPAL)
+        .args([
+            "server",
+            "--database-url",
+            "mysql://nope",
+            "--listen",
+            "nonsense",
+            "--catalog-dir",
+            "/nonexistent",
+        ])
+        .output()?;
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    for setting in ["KAPAL_DATABASE_URL", "KAPAL_LISTEN", "KAPAL_CATALOG_DIR"] {
+        assert!(stderr.contains(setting), "{setting} in {stderr}");
+    }
+    Ok(())
+}
