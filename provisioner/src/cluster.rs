@@ -6,7 +6,7 @@ use std::collections::BTreeMap;
 use std::fmt::Debug;
 
 use k8s_openapi::api::apps::v1::{Deployment, StatefulSet};
-use k8s_openapi::api::core::v1::{Namespace, PersistentVolumeClaim, Pod, Secret};
+use k8s_openapi::api::core::v1::{Namespace, Node, PersistentVolumeClaim, Pod, Secret};
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use kapal::catalog::{App, Plan};
 use kube::api::{DeleteParams, ListParams, Patch, PatchParams, PostParams};
@@ -303,6 +303,54 @@ impl Cluster {
                 .map(|(k, v)| (k, String::from_utf8_lossy(&v.0).into_owned()))
                 .collect()
         }))
+    }
+
+    /// Force-deletes the instance's pods that were evicted (they are terminating) from a node
+    /// that is not Ready: no kubelet will ever confirm their end, and until they are gone they
+    /// hold the namespace's quota (so a Deployment's replacement pod is refused for minutes, until
+    /// the quota controller's next full resync) and a StatefulSet never recreates its pod.
+    /// Eviction only happens after the node-failure toleration ran out, so the node has been
+    /// unreachable for a while; the volume is ReadWriteOnce and the app's only writer is gone.
+    /// Returns how many pods were released.
+    pub async fn release_stranded_pods(&self, spec: &Spec, pods: &[Pod]) -> Result<usize> {
+        let nodes = Api::<Node>::all(self.client.clone());
+        let api: Api<Pod> = self.namespaced(&spec.namespace);
+        let mut released = 0;
+        for pod in pods {
+            let Some(node_name) = pod.spec.as_ref().and_then(|s| s.node_name.as_deref()) else {
+                continue;
+            };
+            if pod.metadata.deletion_timestamp.is_none() {
+                continue;
+            }
+            let node_ready = nodes.get_opt(node_name).await?.is_some_and(|n| {
+                n.status
+                    .and_then(|s| s.conditions)
+                    .unwrap_or_default()
+                    .iter()
+                    .any(|c| c.type_ == "Ready" && c.status == "True")
+            });
+            if node_ready {
+                continue;
+            }
+            let name = pod.metadata.name.clone().unwrap_or_default();
+            tracing::warn!(instance = %spec.instance_id, pod = %name, node = node_name, "releasing a pod evicted from a failed node");
+            match api
+                .delete(
+                    &name,
+                    &DeleteParams {
+                        grace_period_seconds: Some(0),
+                        ..DeleteParams::background()
+                    },
+                )
+                .await
+            {
+                Ok(_) => released += 1,
+                Err(e) if is_status(&e, &[404]) => {}
+                Err(e) => return Err(e.into()),
+            }
+        }
+        Ok(released)
     }
 
     /// What the cluster shows of the instance now.

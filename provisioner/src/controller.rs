@@ -102,24 +102,39 @@ impl Controller {
 
     /// Starts the reconcile loop, the status reporter and the watchers.
     pub fn spawn(self: &Arc<Self>, queues: Queues) -> Vec<tokio::task::JoinHandle<()>> {
+        use k8s_openapi::api::apps::v1::{Deployment, StatefulSet};
+        use k8s_openapi::api::core::v1::{Pod, Service};
         let client = self.cluster.client().clone();
+        let queues_of = |repair: bool| WatchQueues {
+            status: self.status_tx.clone(),
+            converge: repair.then(|| self.converge_tx.clone()),
+        };
         vec![
             tokio::spawn(self.clone().reconcile_loop(queues.converge_rx)),
             tokio::spawn(self.clone().status_loop(queues.status_rx)),
             tokio::spawn(watch(
-                Api::<k8s_openapi::api::apps::v1::Deployment>::all(client.clone()),
+                Api::<Deployment>::all(client.clone()),
                 "deployments",
-                self.status_tx.clone(),
+                queues_of(true),
+                spec_generation,
             )),
             tokio::spawn(watch(
-                Api::<k8s_openapi::api::apps::v1::StatefulSet>::all(client.clone()),
+                Api::<StatefulSet>::all(client.clone()),
                 "statefulsets",
-                self.status_tx.clone(),
+                queues_of(true),
+                spec_generation,
             )),
             tokio::spawn(watch(
-                Api::<k8s_openapi::api::core::v1::Pod>::all(client),
+                Api::<Service>::all(client.clone()),
+                "services",
+                queues_of(true),
+                resource_version,
+            )),
+            tokio::spawn(watch(
+                Api::<Pod>::all(client),
                 "pods",
-                self.status_tx.clone(),
+                queues_of(false),
+                resource_version,
             )),
         ]
     }
@@ -246,6 +261,13 @@ impl Controller {
         };
         let (app, _) = self.app_and_plan(&stored.spec)?;
         let observed = self.cluster.observe(&stored.spec).await?;
+        if let Err(e) = self
+            .cluster
+            .release_stranded_pods(&stored.spec, &observed.pods)
+            .await
+        {
+            tracing::warn!(instance = %id, error = %chain(&e), "cannot release pods stranded on a failed node");
+        }
         let known = Known {
             desired: stored.spec.desired,
             was_ready: stored.was_ready,
@@ -446,29 +468,79 @@ async fn sleep_until(at: Option<Instant>) {
     }
 }
 
+/// Where a watcher sends the instances whose objects changed.
+struct WatchQueues {
+    /// Always: the instance's status may have changed.
+    status: mpsc::UnboundedSender<Uuid>,
+    /// For kinds the provisioner owns: an object deleted or its spec changed by someone else is
+    /// drift, repaired by converging the instance at once (not only at the next resync).
+    converge: Option<mpsc::UnboundedSender<Uuid>>,
+}
+
+/// What changes when an object's spec changes (not its status): its generation.
+fn spec_generation<K: Resource>(obj: &K) -> Option<String> {
+    obj.meta().generation.map(|g| g.to_string())
+}
+
+/// Any change of an object without a generation (a Service has no status that changes).
+fn resource_version<K: Resource>(obj: &K) -> Option<String> {
+    obj.meta().resource_version.clone()
+}
+
 /// Watches Kapal's objects of one kind in every namespace and queues their instance for a
-/// status evaluation on every change.
-async fn watch<K>(api: Api<K>, kind: &'static str, status_tx: mpsc::UnboundedSender<Uuid>)
-where
+/// status evaluation on every change, and (see [`WatchQueues::converge`]) for convergence when
+/// one is deleted or its `fingerprint` changes. Converging after Kapal's own change is a
+/// server-side apply that changes nothing.
+async fn watch<K>(
+    api: Api<K>,
+    kind: &'static str,
+    queues: WatchQueues,
+    fingerprint: fn(&K) -> Option<String>,
+) where
     K: Resource + Clone + DeserializeOwned + Debug + Send + Sync + 'static,
 {
     let config = watcher::Config::default().labels(&format!("{LABEL_MANAGED_BY}={MANAGED_BY}"));
-    let stream = watcher(api, config).default_backoff().touched_objects();
+    let stream = watcher(api, config).default_backoff();
     let mut stream = std::pin::pin!(stream);
+    // uid -> fingerprint last seen.
+    let mut seen: HashMap<String, Option<String>> = HashMap::new();
     while let Some(item) = stream.next().await {
-        match item {
-            Ok(obj) => {
-                let id = obj
-                    .labels()
-                    .get(LABEL_INSTANCE)
-                    .and_then(|v| Uuid::parse_str(v).ok());
-                if let Some(id) = id
-                    && status_tx.send(id).is_err()
-                {
-                    return;
-                }
+        let (obj, deleted) = match item {
+            Ok(watcher::Event::Apply(obj) | watcher::Event::InitApply(obj)) => (obj, false),
+            Ok(watcher::Event::Delete(obj)) => (obj, true),
+            Ok(watcher::Event::Init | watcher::Event::InitDone) => continue,
+            Err(e) => {
+                tracing::warn!(kind, error = %e, "watch failed; retrying with backoff");
+                continue;
             }
-            Err(e) => tracing::warn!(kind, error = %e, "watch failed; retrying with backoff"),
+        };
+        let Some(id) = obj
+            .labels()
+            .get(LABEL_INSTANCE)
+            .and_then(|v| Uuid::parse_str(v).ok())
+        else {
+            continue;
+        };
+        if queues.status.send(id).is_err() {
+            return;
+        }
+        let Some(converge) = &queues.converge else {
+            continue;
+        };
+        let uid = obj.meta().uid.clone().unwrap_or_default();
+        let drifted = if deleted {
+            seen.remove(&uid);
+            true
+        } else {
+            let now = fingerprint(&obj);
+            // A new object (or the first listing) is not drift.
+            matches!(seen.insert(uid, now.clone()), Some(before) if before != now)
+        };
+        if drifted {
+            tracing::debug!(kind, instance = %id, name = %obj.name_any(), deleted, "object changed; converging its instance");
+            if converge.send(id).is_err() {
+                return;
+            }
         }
     }
 }

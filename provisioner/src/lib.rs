@@ -7,9 +7,17 @@
 //! control-plane's `InstanceStateService` when it changes.
 //!
 //! The Kubernetes identity it runs as needs, cluster-wide: namespaces (get, create, patch,
-//! delete); secrets (get, create, patch); persistentvolumeclaims, services, resourcequotas,
-//! limitranges (get, list, create, patch); deployments and statefulsets (get, list, watch,
-//! create, patch); pods (list, watch); ingresses and networkpolicies (get, create, patch).
+//! delete); secrets (get, create, patch); persistentvolumeclaims, resourcequotas, limitranges
+//! (get, list, create, patch); services (get, list, watch, create, patch); deployments and
+//! statefulsets (get, list, watch, create, patch); pods (list, watch, delete: pods evicted from a
+//! failed node are force-deleted); nodes (get); ingresses and networkpolicies (get, create,
+//! patch).
+//!
+//! Self-healing: instance pods tolerate a failed node for [`Config::node_failure_toleration`]
+//! (20 s) instead of 300 s, and pods evicted from a node that is not Ready are force-deleted so
+//! their replacement is admitted at once; a deleted Service, Deployment or StatefulSet, or a
+//! workload whose spec someone changed (e.g. scaled down), is converged again as soon as the
+//! watchers see it, not only at the next resync.
 //!
 //! Not yet: a retention period before a deleted instance's data is removed (DELETED removes the
 //! namespace, and its volumes with it, at once); pruning objects of components removed from
@@ -71,6 +79,15 @@ pub struct Config {
     /// How long a pod may wait for capacity or a volume before its instance is FAILED.
     /// Default 2 minutes.
     pub unschedulable_grace: Duration,
+    /// How long an instance pod stays on a node that is not ready or unreachable before it is
+    /// evicted and recreated on a healthy node (its toleration of the node-failure taints).
+    /// Default 20 s: with the node monitor's grace period (40 s on K3s) a pod moves within about
+    /// a minute, instead of the API server's default 300 s.
+    pub node_failure_toleration: Duration,
+    /// Further tolerations on every instance pod. Default none.
+    pub extra_tolerations: Vec<k8s_openapi::api::core::v1::Toleration>,
+    /// Affinity of every instance pod (e.g. a dedicated node pool). Default none.
+    pub affinity: Option<k8s_openapi::api::core::v1::Affinity>,
     pub clock: SharedClock,
 }
 
@@ -95,6 +112,9 @@ impl Config {
             tls_secret: None,
             resync_interval: Duration::from_secs(30),
             unschedulable_grace: Duration::from_secs(120),
+            node_failure_toleration: Duration::from_secs(20),
+            extra_tolerations: Vec::new(),
+            affinity: None,
             clock: kapal::clock::system(),
         }
     }
@@ -147,6 +167,9 @@ pub async fn run(
             tls_issuer: config.tls_issuer.clone(),
             tls_secret: config.tls_secret.clone(),
             ingress_namespace: config.ingress_namespace.clone(),
+            node_failure_toleration: config.node_failure_toleration,
+            extra_tolerations: config.extra_tolerations.clone(),
+            affinity: config.affinity.clone(),
         },
         clock: config.clock.clone(),
         unschedulable_grace: config.unschedulable_grace,

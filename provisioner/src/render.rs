@@ -11,17 +11,18 @@
 //! - [`DENY_POLICY`], [`ALLOW_NAMESPACE_POLICY`], [`ALLOW_INGRESS_POLICY`]: network isolation.
 
 use std::collections::BTreeMap;
+use std::time::Duration;
 
 use k8s_openapi::api::apps::v1::{
     Deployment, DeploymentSpec, DeploymentStrategy, StatefulSet, StatefulSetSpec,
 };
 use k8s_openapi::api::core::v1::{
-    Capabilities, Container, ContainerPort, EnvVar, EnvVarSource, HTTPGetAction, LimitRange,
-    LimitRangeItem, LimitRangeSpec, Namespace, PersistentVolumeClaim, PersistentVolumeClaimSpec,
-    PersistentVolumeClaimVolumeSource, PodSecurityContext, PodSpec, PodTemplateSpec, Probe,
-    ResourceQuota, ResourceQuotaSpec, ResourceRequirements, SeccompProfile, Secret,
-    SecretKeySelector, SecurityContext, Service, ServicePort, ServiceSpec, TCPSocketAction, Volume,
-    VolumeMount, VolumeResourceRequirements,
+    Affinity, Capabilities, Container, ContainerPort, EnvVar, EnvVarSource, HTTPGetAction,
+    LimitRange, LimitRangeItem, LimitRangeSpec, Namespace, PersistentVolumeClaim,
+    PersistentVolumeClaimSpec, PersistentVolumeClaimVolumeSource, PodSecurityContext, PodSpec,
+    PodTemplateSpec, Probe, ResourceQuota, ResourceQuotaSpec, ResourceRequirements, SeccompProfile,
+    Secret, SecretKeySelector, SecurityContext, Service, ServicePort, ServiceSpec, TCPSocketAction,
+    Toleration, Volume, VolumeMount, VolumeResourceRequirements,
 };
 use k8s_openapi::api::networking::v1::{
     HTTPIngressPath, HTTPIngressRuleValue, Ingress, IngressBackend, IngressRule,
@@ -78,7 +79,21 @@ pub struct Settings {
     pub tls_secret: Option<String>,
     /// Namespace of the ingress controller, the only other namespace allowed to reach instances.
     pub ingress_namespace: String,
+    /// How long instance pods stay bound to a node that is not ready or unreachable before they
+    /// are evicted and recreated elsewhere (`tolerationSeconds` of the
+    /// `node.kubernetes.io/not-ready` and `node.kubernetes.io/unreachable` NoExecute taints).
+    pub node_failure_toleration: Duration,
+    /// Further tolerations on every instance pod (e.g. a dedicated node pool's taint).
+    pub extra_tolerations: Vec<Toleration>,
+    /// Affinity of every instance pod; `None` (default) lets the scheduler choose.
+    pub affinity: Option<Affinity>,
 }
+
+/// The node-condition taints whose toleration [`Settings::node_failure_toleration`] bounds.
+pub const NODE_FAILURE_TAINTS: [&str; 2] = [
+    "node.kubernetes.io/not-ready",
+    "node.kubernetes.io/unreachable",
+];
 
 /// A component's workload.
 #[derive(Clone, Debug, PartialEq)]
@@ -307,7 +322,7 @@ pub fn render(spec: &Spec, app: &App, plan: &Plan, settings: &Settings) -> Objec
         workloads: app
             .components
             .iter()
-            .map(|c| workload(spec, app, plan, c))
+            .map(|c| workload(spec, app, plan, c, settings))
             .collect(),
         ingress: ingress(spec, app, settings),
     }
@@ -517,7 +532,31 @@ fn env(spec: &Spec, app: &App, component: &Component) -> Vec<EnvVar> {
         .collect()
 }
 
-fn pod_template(spec: &Spec, app: &App, plan: &Plan, component: &Component) -> PodTemplateSpec {
+/// Tolerations of every instance pod: the node-failure taints for
+/// [`Settings::node_failure_toleration`] (instead of the API server's default 300 s, which would
+/// keep a pod on a dead node for over five minutes), then the extra ones.
+fn tolerations(settings: &Settings) -> Vec<Toleration> {
+    let seconds = i64::try_from(settings.node_failure_toleration.as_secs()).unwrap_or(i64::MAX);
+    NODE_FAILURE_TAINTS
+        .iter()
+        .map(|key| Toleration {
+            key: Some((*key).to_string()),
+            operator: Some("Exists".to_string()),
+            effect: Some("NoExecute".to_string()),
+            toleration_seconds: Some(seconds),
+            ..Toleration::default()
+        })
+        .chain(settings.extra_tolerations.iter().cloned())
+        .collect()
+}
+
+fn pod_template(
+    spec: &Spec,
+    app: &App,
+    plan: &Plan,
+    component: &Component,
+    settings: &Settings,
+) -> PodTemplateSpec {
     let resources = Resources::of(plan, component).quantities();
     let port = IntOrString::Int(i32::from(component.port));
     let readiness_probe = Probe {
@@ -604,6 +643,8 @@ fn pod_template(spec: &Spec, app: &App, plan: &Plan, component: &Component) -> P
                 ..PodSecurityContext::default()
             }),
             containers: vec![container],
+            tolerations: Some(tolerations(settings)),
+            affinity: settings.affinity.clone(),
             volumes: component.volume.as_ref().map(|_| {
                 vec![Volume {
                     name: DATA_VOLUME.to_string(),
@@ -619,7 +660,13 @@ fn pod_template(spec: &Spec, app: &App, plan: &Plan, component: &Component) -> P
     }
 }
 
-fn workload(spec: &Spec, app: &App, plan: &Plan, component: &Component) -> Workload {
+fn workload(
+    spec: &Spec,
+    app: &App,
+    plan: &Plan,
+    component: &Component,
+    settings: &Settings,
+) -> Workload {
     let metadata = meta(
         spec,
         &component.name,
@@ -629,7 +676,7 @@ fn workload(spec: &Spec, app: &App, plan: &Plan, component: &Component) -> Workl
         match_labels: Some(selector_labels(spec, &component.name)),
         ..LabelSelector::default()
     };
-    let template = pod_template(spec, app, plan, component);
+    let template = pod_template(spec, app, plan, component, settings);
     let replicas = Some(spec.desired.replicas());
     match component.kind {
         WorkloadKind::Deployment => Workload::Deployment(Deployment {
@@ -747,6 +794,9 @@ mod tests {
             tls_issuer: None,
             tls_secret: None,
             ingress_namespace: "kube-system".into(),
+            node_failure_toleration: Duration::from_secs(20),
+            extra_tolerations: Vec::new(),
+            affinity: None,
         }
     }
 
@@ -1265,6 +1315,58 @@ mod tests {
                 "only the annotation changes"
             );
         }
+    }
+
+    #[test]
+    fn every_pod_leaves_a_failed_node_after_the_configured_toleration() {
+        let catalog = catalog();
+        let app = catalog.app("ghost").expect("ghost");
+        let spec = spec("ghost", "trial");
+        let mut settings = settings();
+        let extra: Toleration = serde_json::from_value(serde_json::json!(
+            { "key": "pool", "operator": "Equal", "value": "a", "effect": "NoSchedule" }
+        ))
+        .expect("toleration");
+        settings.extra_tolerations = vec![extra.clone()];
+        let affinity: Affinity = serde_json::from_value(serde_json::json!({ "nodeAffinity": {
+            "preferredDuringSchedulingIgnoredDuringExecution": [{ "weight": 1,
+                "preference": { "matchExpressions": [{ "key": "pool", "operator": "In", "values": ["a"] }] } }]
+        } }))
+        .expect("affinity");
+        settings.affinity = Some(affinity.clone());
+        let objects = render(&spec, app, app.plan("trial").expect("trial"), &settings);
+        assert_eq!(objects.workloads.len(), 2);
+        for w in &objects.workloads {
+            let pod = w
+                .pod_template()
+                .and_then(|t| t.spec.as_ref())
+                .expect("pod spec");
+            let tolerations = pod.tolerations.as_ref().expect("tolerations");
+            for key in NODE_FAILURE_TAINTS {
+                let t = tolerations
+                    .iter()
+                    .find(|t| t.key.as_deref() == Some(key))
+                    .unwrap_or_else(|| panic!("{} tolerates {key}", w.name()));
+                assert_eq!(
+                    (
+                        t.operator.as_deref(),
+                        t.effect.as_deref(),
+                        t.toleration_seconds
+                    ),
+                    (Some("Exists"), Some("NoExecute"), Some(20))
+                );
+            }
+            assert_eq!(tolerations.last(), Some(&extra));
+            assert_eq!(pod.affinity.as_ref(), Some(&affinity));
+        }
+        // Without extras: only the two node-failure tolerations, no affinity.
+        let (_, objects) = rendered("n8n", "trial");
+        let pod = objects.workloads[0]
+            .pod_template()
+            .and_then(|t| t.spec.as_ref())
+            .expect("pod spec");
+        assert_eq!(pod.tolerations.as_ref().map(Vec::len), Some(2));
+        assert_eq!(pod.affinity, None);
     }
 
     #[test]

@@ -13,7 +13,8 @@ use anyhow::{Context as _, bail};
 use k8s_openapi::NamespaceResourceScope;
 use k8s_openapi::api::apps::v1::{Deployment, StatefulSet};
 use k8s_openapi::api::core::v1::{
-    LimitRange, Namespace, PersistentVolumeClaim, Pod, ResourceQuota, Secret, Service,
+    Affinity, LimitRange, Namespace, PersistentVolumeClaim, Pod, ResourceQuota, Secret, Service,
+    Toleration,
 };
 use k8s_openapi::api::networking::v1::{Ingress, NetworkPolicy};
 use kapal::auth::{InternalKey, Principal, Role, VerifyPrincipal};
@@ -30,8 +31,8 @@ use kapal::proto::internal::v1::{
 };
 use kapal::proto::v1::{Credentials, DesiredState, InstanceStatus};
 use kapal::serve::InternalChannel;
-use kapal_tests::cluster::{TestNamespace, cluster, wait_for};
-use kube::api::{DeleteParams, ListParams};
+use kapal_tests::cluster::{TempNode, TestNamespace, cluster, wait_for};
+use kube::api::{DeleteParams, ListParams, Patch, PatchParams};
 use kube::{Api, Client, Resource, ResourceExt as _};
 use serde::de::DeserializeOwned;
 use tokio::net::TcpListener;
@@ -121,6 +122,9 @@ struct Options {
     data_dir: std::path::PathBuf,
     unschedulable_grace: Duration,
     control_plane: FakeControlPlane,
+    resync_interval: Duration,
+    extra_tolerations: Vec<Toleration>,
+    affinity: Option<Affinity>,
 }
 
 impl Options {
@@ -130,6 +134,9 @@ impl Options {
             data_dir: data_dir.to_path_buf(),
             unschedulable_grace: Duration::from_secs(120),
             control_plane: FakeControlPlane::default(),
+            resync_interval: Duration::from_secs(2),
+            extra_tolerations: Vec::new(),
+            affinity: None,
         })
     }
 }
@@ -165,8 +172,10 @@ impl Provisioner {
             cluster.config().clone(),
             cp_endpoint,
         );
-        config.resync_interval = Duration::from_secs(2);
+        config.resync_interval = options.resync_interval;
         config.unschedulable_grace = options.unschedulable_grace;
+        config.extra_tolerations = options.extra_tolerations;
+        config.affinity = options.affinity;
         let (listener, endpoint) = free_listener().await?;
         let (stop, stopped) = oneshot::channel::<()>();
         let task = tokio::spawn(kapal_provisioner::run(config, listener, async {
@@ -838,6 +847,180 @@ credentials: {username: admin}
     p.control_plane
         .wait_reported(&id, InstanceStatus::Failed)
         .await?;
+
+    spec.desired_state = DesiredState::Deleted as i32;
+    p.apply(&spec).await?;
+    p.wait_status(&id, InstanceStatus::Deleted).await?;
+    p.shutdown().await
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_instance_on_a_failed_node_moves_and_is_ready_again() -> anyhow::Result<()> {
+    // The instance's pod lands on a node of its own (only this test's pods tolerate its taint),
+    // so stopping it disturbs no other test.
+    let node = TempNode::create("kapal-failing").await?;
+    let dir = tempfile::tempdir()?;
+    let mut options = Options::new(dir.path())?;
+    options.extra_tolerations = vec![serde_json::from_value(node.toleration())?];
+    options.affinity = Some(serde_json::from_value(node.preferred_affinity())?);
+    let p = Provisioner::start(options).await?;
+    let mut spec = spec("n8n", "trial");
+    let (id, ns) = (spec.instance_id.clone(), spec.namespace.clone());
+    let _cleanup = Cleanup::new(&ns).await?;
+    let kube = p.kube.clone();
+
+    p.apply(&spec).await?;
+    p.wait_status(&id, InstanceStatus::Ready).await?;
+    let running = pods(&kube, &ns).await?;
+    assert_eq!(running.len(), 1);
+    let pod = &running[0];
+    let pod_spec = pod.spec.clone().unwrap_or_default();
+    if pod_spec.node_name.as_deref() != Some(node.name()) {
+        bail!(
+            "the pod was scheduled on {:?}, not on the test's node {} despite its affinity",
+            pod_spec.node_name,
+            node.name()
+        );
+    }
+    for key in [
+        "node.kubernetes.io/not-ready",
+        "node.kubernetes.io/unreachable",
+    ] {
+        let seconds = pod_spec
+            .tolerations
+            .iter()
+            .flatten()
+            .find(|t| t.key.as_deref() == Some(key) && t.effect.as_deref() == Some("NoExecute"))
+            .and_then(|t| t.toleration_seconds);
+        assert_eq!(seconds, Some(20), "toleration of {key}");
+    }
+    let first_pod = pod.uid();
+
+    let stopped = std::time::Instant::now();
+    node.stop().await?;
+    p.wait_status(&id, InstanceStatus::Degraded).await?;
+    let degraded_after = stopped.elapsed();
+    p.control_plane
+        .wait_reported(&id, InstanceStatus::Degraded)
+        .await?;
+    let moved = wait_for(
+        "a replacement pod Running on another node",
+        Duration::from_secs(240),
+        || async {
+            let pods = pods(&kube, &ns).await?;
+            Ok(pods
+                .into_iter()
+                .find(|p| {
+                    p.uid() != first_pod
+                        && phase(p) == "Running"
+                        && p.metadata.deletion_timestamp.is_none()
+                })
+                .and_then(|p| p.spec.and_then(|s| s.node_name)))
+        },
+    )
+    .await?;
+    assert_ne!(moved, node.name());
+    let ready = p.wait_status(&id, InstanceStatus::Ready).await?;
+    let recovered_after = stopped.elapsed();
+    println!(
+        "node failure: node stopped -> instance DEGRADED after {:.1} s, READY again on {moved} after {:.1} s",
+        degraded_after.as_secs_f64(),
+        recovered_after.as_secs_f64()
+    );
+    assert_eq!(ready.reason, "The app is running.");
+    wait_for("READY reported after DEGRADED", READY_TIMEOUT, || async {
+        let statuses: Vec<i32> = p.control_plane.reported(&id).iter().map(|r| r.0).collect();
+        let degraded = statuses
+            .iter()
+            .rposition(|s| *s == InstanceStatus::Degraded as i32);
+        Ok(degraded
+            .is_some_and(|d| statuses[d..].contains(&(InstanceStatus::Ready as i32)))
+            .then_some(()))
+    })
+    .await?;
+
+    spec.desired_state = DesiredState::Deleted as i32;
+    p.apply(&spec).await?;
+    // The evicted pod stays Terminating on the stopped node until the node goes.
+    node.delete().await?;
+    p.wait_status(&id, InstanceStatus::Deleted).await?;
+    p.shutdown().await
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_deleted_service_and_a_scaled_down_workload_come_back_at_once() -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    let mut options = Options::new(dir.path())?;
+    // Far beyond the test: only the watchers can repair in time.
+    options.resync_interval = Duration::from_secs(3600);
+    let p = Provisioner::start(options).await?;
+    let mut spec = spec("ghost", "trial");
+    let (id, ns) = (spec.instance_id.clone(), spec.namespace.clone());
+    let _cleanup = Cleanup::new(&ns).await?;
+    let kube = p.kube.clone();
+    const REPAIR: Duration = Duration::from_secs(20);
+
+    p.apply(&spec).await?;
+    p.wait_status(&id, InstanceStatus::Ready).await?;
+
+    // A Service deleted by hand is recreated.
+    let services = namespaced::<Service>(&kube, &ns);
+    let old = services.get("app").await?.uid();
+    services.delete("app", &DeleteParams::default()).await?;
+    let started = std::time::Instant::now();
+    wait_for("the Service to come back", REPAIR, || async {
+        Ok(services
+            .get_opt("app")
+            .await?
+            .filter(|s| s.uid() != old)
+            .map(|_| ()))
+    })
+    .await?;
+    println!(
+        "drift: deleted Service recreated after {:.1} s",
+        started.elapsed().as_secs_f64()
+    );
+
+    // A Deployment and a StatefulSet scaled to zero by hand are scaled back.
+    let scale_to_zero = serde_json::json!({ "spec": { "replicas": 0 } });
+    namespaced::<Deployment>(&kube, &ns)
+        .patch(
+            "app",
+            &PatchParams::default(),
+            &Patch::Merge(&scale_to_zero),
+        )
+        .await?;
+    namespaced::<StatefulSet>(&kube, &ns)
+        .patch("db", &PatchParams::default(), &Patch::Merge(&scale_to_zero))
+        .await?;
+    let started = std::time::Instant::now();
+    wait_for("the workloads to be scaled back", REPAIR, || async {
+        let app = namespaced::<Deployment>(&kube, &ns).get("app").await?;
+        let db = namespaced::<StatefulSet>(&kube, &ns).get("db").await?;
+        Ok((app.spec.and_then(|s| s.replicas) == Some(1)
+            && db.spec.and_then(|s| s.replicas) == Some(1))
+        .then_some(()))
+    })
+    .await?;
+    println!(
+        "drift: scaled-down workloads restored after {:.1} s",
+        started.elapsed().as_secs_f64()
+    );
+    p.wait_status(&id, InstanceStatus::Ready).await?;
+
+    // A deleted Deployment comes back too.
+    namespaced::<Deployment>(&kube, &ns)
+        .delete("app", &DeleteParams::background())
+        .await?;
+    wait_for("the Deployment to come back", REPAIR, || async {
+        Ok(namespaced::<Deployment>(&kube, &ns)
+            .get_opt("app")
+            .await?
+            .filter(|d| d.metadata.deletion_timestamp.is_none())
+            .map(|_| ()))
+    })
+    .await?;
+    p.wait_status(&id, InstanceStatus::Ready).await?;
 
     spec.desired_state = DesiredState::Deleted as i32;
     p.apply(&spec).await?;
