@@ -23,9 +23,9 @@ use crate::store::{self, InvoiceRow, SubscriptionRow};
 /// How long one request may charge an invoice before another request may charge it again (with
 /// the same idempotency key). Longer than [`CHARGE_TIMEOUT`], so a lease only runs out when its
 /// holder died.
-const CHARGE_LEASE: chrono::Duration = chrono::Duration::seconds(120);
+pub(crate) const CHARGE_LEASE: chrono::Duration = chrono::Duration::seconds(120);
 /// How long billing waits for the payment provider.
-const CHARGE_TIMEOUT: Duration = Duration::from_secs(60);
+pub(crate) const CHARGE_TIMEOUT: Duration = Duration::from_secs(60);
 /// How long a request waits for a concurrent request of the same order to finish its charge.
 const WAIT_FOR_OTHER_CHARGE: Duration = Duration::from_secs(70);
 /// How often a waiting request looks again.
@@ -245,6 +245,15 @@ impl Billing {
         }
     }
 
+    /// The wire form of a subscription, with its pending plan change.
+    async fn subscription_to_proto(
+        &self,
+        row: &SubscriptionRow,
+    ) -> Result<pb::Subscription, Error> {
+        let next_plan = store::next_plan(&self.0.db, &row.id).await?;
+        subscription_to_proto(row, next_plan)
+    }
+
     /// Charges a claimed invoice and records the outcome. No connection is held meanwhile.
     async fn charge(&self, claim: &store::Claim) -> Result<(), Error> {
         let invoice = &claim.invoice;
@@ -303,7 +312,10 @@ fn parse_stored_uuid(s: &str) -> Result<Uuid, Error> {
     Uuid::parse_str(s).map_err(|_| Error::Corrupt(format!("stored id {s:?} is not a UUID")))
 }
 
-fn subscription_to_proto(row: &SubscriptionRow) -> Result<pb::Subscription, Error> {
+fn subscription_to_proto(
+    row: &SubscriptionRow,
+    next_plan: Option<String>,
+) -> Result<pb::Subscription, Error> {
     Ok(pb::Subscription {
         id: row.id.clone(),
         app_id: row.app_id.clone(),
@@ -320,6 +332,7 @@ fn subscription_to_proto(row: &SubscriptionRow) -> Result<pb::Subscription, Erro
         order_id: row.order_id.clone(),
         created_at: Some(wire::timestamp(row.created_at)),
         trial_end: wire::opt_timestamp(row.trial_end),
+        next_plan_id: next_plan.unwrap_or_default(),
     })
 }
 
@@ -352,7 +365,7 @@ impl internal::billing_service_server::BillingService for Billing {
         let order = NewOrder::try_from(request.into_inner())?;
         let (sub, invoice) = self.create_subscription(order).await?;
         Ok(Response::new(internal::CreateSubscriptionResponse {
-            subscription: Some(subscription_to_proto(&sub)?),
+            subscription: Some(subscription_to_proto(&sub, None)?),
             invoice: Some(invoice_to_proto(&invoice)?),
         }))
     }
@@ -366,10 +379,10 @@ impl pb::subscription_service_server::SubscriptionService for Billing {
     ) -> Result<Response<pb::ListSubscriptionsResponse>, Status> {
         let account = auth::customer(&request)?.account_id.to_string();
         let rows = store::list_subscriptions(&self.0.db, &account).await?;
-        let subscriptions = rows
-            .iter()
-            .map(subscription_to_proto)
-            .collect::<Result<_, _>>()?;
+        let mut subscriptions = Vec::with_capacity(rows.len());
+        for row in &rows {
+            subscriptions.push(self.subscription_to_proto(row).await?);
+        }
         Ok(Response::new(pb::ListSubscriptionsResponse {
             subscriptions,
         }))
@@ -382,7 +395,7 @@ impl pb::subscription_service_server::SubscriptionService for Billing {
         let account = auth::customer(&request)?.account_id.to_string();
         let id = wire::uuid("subscription_id", &request.get_ref().subscription_id)?;
         let row = store::customer_subscription(&self.0.db, &account, &id.to_string()).await?;
-        Ok(Response::new(subscription_to_proto(&row)?))
+        Ok(Response::new(self.subscription_to_proto(&row).await?))
     }
 
     async fn cancel_subscription(
@@ -399,7 +412,7 @@ impl pb::subscription_service_server::SubscriptionService for Billing {
             self.now(),
         )
         .await?;
-        Ok(Response::new(subscription_to_proto(&row)?))
+        Ok(Response::new(self.subscription_to_proto(&row).await?))
     }
 
     async fn set_auto_renew(
@@ -417,7 +430,7 @@ impl pb::subscription_service_server::SubscriptionService for Billing {
             self.now(),
         )
         .await?;
-        Ok(Response::new(subscription_to_proto(&row)?))
+        Ok(Response::new(self.subscription_to_proto(&row).await?))
     }
 
     async fn list_invoices(
@@ -440,6 +453,80 @@ impl pb::subscription_service_server::SubscriptionService for Billing {
             .map(invoice_to_proto)
             .collect::<Result<_, _>>()?;
         Ok(Response::new(pb::ListInvoicesResponse { invoices }))
+    }
+
+    async fn change_plan(
+        &self,
+        request: Request<pb::ChangePlanRequest>,
+    ) -> Result<Response<pb::Subscription>, Status> {
+        let account = auth::customer(&request)?.account_id.to_string();
+        let req = request.get_ref();
+        let id = wire::uuid("subscription_id", &req.subscription_id)?.to_string();
+        let plan_id = wire::required("plan_id", &req.plan_id)?;
+        let sub = store::customer_subscription(&self.0.db, &account, &id).await?;
+        let app = self.0.catalog.app(&sub.app_id).ok_or_else(|| {
+            Error::Corrupt(format!(
+                "subscription {} has app {:?}, which is not in the catalog",
+                sub.id, sub.app_id
+            ))
+        })?;
+        let plan = app.plan(plan_id).ok_or_else(|| {
+            let plans: Vec<&str> = app
+                .plans
+                .iter()
+                .filter(|p| p.trial_days == 0)
+                .map(|p| p.id.as_str())
+                .collect();
+            Error::InvalidArgument(format!(
+                "plan_id {:?} is not a plan of {}; its paid plans are {}",
+                wire::truncate(plan_id, 64),
+                app.id,
+                plans.join(", ")
+            ))
+        })?;
+        if plan.trial_days > 0 {
+            return Err(Error::InvalidArgument(format!(
+                "{} is a free trial; choose a paid plan of {}",
+                plan.id, app.id
+            ))
+            .into());
+        }
+        let (row, next_plan) = store::change_plan(
+            &self.0.db,
+            &account,
+            &id,
+            &plan.id,
+            plan.monthly_price_idr,
+            self.now(),
+        )
+        .await?;
+        Ok(Response::new(subscription_to_proto(&row, next_plan)?))
+    }
+
+    async fn list_subscription_events(
+        &self,
+        request: Request<pb::ListSubscriptionEventsRequest>,
+    ) -> Result<Response<pb::ListSubscriptionEventsResponse>, Status> {
+        let account = auth::customer(&request)?.account_id.to_string();
+        let id = wire::uuid("subscription_id", &request.get_ref().subscription_id)?.to_string();
+        store::customer_subscription(&self.0.db, &account, &id).await?;
+        let rows = store::subscription_events(&self.0.db, &id).await?;
+        let status = |s: Option<&str>| -> i32 {
+            s.and_then(SubscriptionStatus::parse)
+                .map(|s| s.to_proto())
+                .unwrap_or(pb::SubscriptionStatus::Unspecified)
+                .into()
+        };
+        let events = rows
+            .iter()
+            .map(|e| pb::SubscriptionEvent {
+                at: Some(wire::timestamp(e.at)),
+                from_status: status(e.from_status.as_deref()),
+                to_status: status(Some(&e.to_status)),
+                cause: e.cause.clone(),
+            })
+            .collect();
+        Ok(Response::new(pb::ListSubscriptionEventsResponse { events }))
     }
 }
 

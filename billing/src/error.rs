@@ -30,6 +30,9 @@ pub enum Error {
     /// Another request is charging the same invoice and did not finish in time.
     #[error("a payment for this order is in progress")]
     PaymentInProgress,
+    /// A concurrent change won a race; the operation is retried from the start.
+    #[error("a concurrent change won; retry")]
+    Raced,
     #[error(transparent)]
     Db(#[from] DbError),
     /// A stored row that billing cannot read (e.g. an unknown status).
@@ -54,6 +57,7 @@ impl From<Error> for Status {
             e @ Error::PaymentInProgress => {
                 Status::unavailable(format!("{e}; retry in a few seconds"))
             }
+            e @ Error::Raced => Status::aborted(e.to_string()),
             e @ (Error::Db(_) | Error::Corrupt(_)) => {
                 tracing::error!(error = %ErrorChain(&e), "billing request failed");
                 Status::internal("billing failed internally; the error was logged")

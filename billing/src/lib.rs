@@ -41,6 +41,7 @@ mod api;
 pub mod error;
 pub mod lifecycle;
 pub mod payments;
+pub mod scheduler;
 pub mod schema;
 mod store;
 
@@ -75,6 +76,11 @@ pub struct Config {
     pub clock: SharedClock,
     /// Who settles invoices.
     pub payments: Arc<dyn PaymentProvider>,
+    /// Grace, suspension and retention periods of the lifecycle scheduler.
+    pub scheduler: scheduler::Settings,
+    /// How often the scheduler runs in the background; `None`: not at all (tests call
+    /// [`scheduler::Scheduler::tick`] themselves).
+    pub scheduler_interval: Option<std::time::Duration>,
 }
 
 impl Config {
@@ -86,6 +92,8 @@ impl Config {
             key,
             clock: kapal::clock::system(),
             payments: Arc::new(DummyProvider::new()),
+            scheduler: scheduler::Settings::default(),
+            scheduler_interval: Some(std::time::Duration::from_secs(60)),
         }
     }
 }
@@ -103,6 +111,8 @@ pub async fn run(
         key,
         clock,
         payments,
+        scheduler,
+        scheduler_interval,
     } = config;
     let db = Db::connect(&db, DB_NAME, migrations())
         .await
@@ -112,7 +122,26 @@ pub async fn run(
         provider = payments.name(),
         "billing database ready"
     );
-    let billing = api::Billing::new(db, catalog, clock, payments);
+    let billing = api::Billing::new(db.clone(), catalog, clock.clone(), payments.clone());
+
+    // Background tasks stop when `shutdown` completes.
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let shutdown = async move {
+        shutdown.await;
+        let _ = stop_tx.send(true);
+    };
+    let mut background = tokio::task::JoinSet::new();
+    if let Some(interval) = scheduler_interval {
+        let scheduler = scheduler::Scheduler::new(db, clock, payments, scheduler);
+        let mut stop = stop_rx.clone();
+        background.spawn(async move {
+            scheduler
+                .run(interval, async move {
+                    let _ = stop.wait_for(|stop| *stop).await;
+                })
+                .await;
+        });
+    }
 
     let (health, health_service) = tonic_health::server::health_reporter();
     for name in [
@@ -138,5 +167,8 @@ pub async fn run(
     if let Ok(addr) = listener.local_addr() {
         tracing::info!(%addr, "billing serving gRPC");
     }
-    kapal::serve::serve(router, listener, shutdown).await
+    let served = kapal::serve::serve(router, listener, shutdown).await;
+    drop(stop_rx);
+    while background.join_next().await.is_some() {}
+    served
 }

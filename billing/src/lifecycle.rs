@@ -7,7 +7,8 @@
 //! | `INCOMPLETE` | `TRIALING`   | the first invoice (Rp 0) of a trial plan was paid              |
 //! | `INCOMPLETE` | `ACTIVE`     | the first invoice of a paid plan was paid                      |
 //! | `INCOMPLETE` | `EXPIRED`    | the checkout was abandoned (its payment never succeeded)       |
-//! | `TRIALING`   | `ACTIVE`     | the customer moved to a paid plan and paid                     |
+//! | `TRIALING`   | `ACTIVE`     | the trial ended, converted (ChangePlan) to a paid plan, paid   |
+//! | `TRIALING`   | `PAST_DUE`   | the trial ended, converted, but the first charge failed       |
 //! | `TRIALING`   | `EXPIRED`    | the trial ended without a paid plan                            |
 //! | `TRIALING`   | `CANCELED`   | cancelled by the customer, at the end of the trial             |
 //! | `ACTIVE`     | `PAST_DUE`   | the renewal payment failed; the grace period starts            |
@@ -21,9 +22,15 @@
 //! | `SUSPENDED`  | `CANCELED`   | cancelled by the customer                                      |
 //!
 //! `EXPIRED` and `CANCELED` are final. A renewal of an `ACTIVE` subscription keeps its status and
-//! only moves its period. Today billing makes the first three transitions (creation and the
-//! first payment); the scheduler for trials ending, renewals, grace and suspension comes later
-//! and must go through [`SubscriptionStatus::can_become`].
+//! only moves its period. CreateSubscription makes the first transitions (creation and the
+//! first payment); every later one is made by the scheduler (`crate::scheduler`), which goes
+//! through [`SubscriptionStatus::can_become`] and records each change as an event with its
+//! time (when it was due) and cause. After `EXPIRED`/`CANCELED` the scheduler still cleans up:
+//! once the retention period has passed the instance is deleted (an event, status unchanged).
+//!
+//! What the instance may do follows the status ([`Entitlement`]): `TRIALING`, `ACTIVE` and
+//! `PAST_DUE` (grace) run it; `SUSPENDED`, `EXPIRED` and `CANCELED` keep it scaled to zero with
+//! its data; after clean-up it is deleted.
 //!
 //! `INCOMPLETE` is billing's own: a subscription whose first payment has not succeeded (yet) is
 //! not shown to the customer at all, so the public API never carries it.
@@ -102,7 +109,7 @@ impl SubscriptionStatus {
         use SubscriptionStatus::*;
         match self {
             Incomplete => &[Trialing, Active, Expired],
-            Trialing => &[Active, Expired, Canceled],
+            Trialing => &[Active, PastDue, Expired, Canceled],
             Active => &[PastDue, Expired, Canceled],
             PastDue => &[Active, Suspended, Canceled],
             Suspended => &[Active, Expired, Canceled],
@@ -138,6 +145,48 @@ impl SubscriptionStatus {
 impl fmt::Display for SubscriptionStatus {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(self.as_str())
+    }
+}
+
+/// What a subscription lets its instance do, as billing tells the control-plane.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Entitlement {
+    /// Runs (trialing, active, or inside grace).
+    Active,
+    /// Scaled to zero, data kept (suspended, or ended and not cleaned up yet).
+    Suspended,
+    /// Deleted (ended and cleaned up).
+    Expired,
+}
+
+impl Entitlement {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Entitlement::Active => "active",
+            Entitlement::Suspended => "suspended",
+            Entitlement::Expired => "expired",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Entitlement> {
+        [
+            Entitlement::Active,
+            Entitlement::Suspended,
+            Entitlement::Expired,
+        ]
+        .into_iter()
+        .find(|e| e.as_str() == s)
+    }
+
+    /// The entitlement of a subscription in `status`, cleaned up or not.
+    pub fn of(status: SubscriptionStatus, cleaned_up: bool) -> Entitlement {
+        use SubscriptionStatus::*;
+        match status {
+            Incomplete | Trialing | Active | PastDue => Entitlement::Active,
+            Suspended => Entitlement::Suspended,
+            Expired | Canceled if cleaned_up => Entitlement::Expired,
+            Expired | Canceled => Entitlement::Suspended,
+        }
     }
 }
 

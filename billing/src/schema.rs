@@ -22,6 +22,33 @@ diesel::table! {
 }
 
 diesel::table! {
+    subscription_schedule (subscription_id) {
+        subscription_id -> Text,
+        next_plan_id -> Nullable<Text>,
+        next_price_amount -> Nullable<BigInt>,
+        deadline -> Nullable<Timestamp>,
+        next_charge_at -> Nullable<Timestamp>,
+        ended_at -> Nullable<Timestamp>,
+        cleaned_up_at -> Nullable<Timestamp>,
+        next_action_at -> Nullable<Timestamp>,
+        version -> BigInt,
+        lease_until -> Nullable<Timestamp>,
+    }
+}
+
+diesel::table! {
+    entitlement_outbox (id) {
+        id -> BigInt,
+        subscription_id -> Text,
+        instance_id -> Text,
+        entitlement -> Text,
+        at -> Timestamp,
+        attempts -> Integer,
+        delivered_at -> Nullable<Timestamp>,
+    }
+}
+
+diesel::table! {
     invoice_counter (id) {
         id -> Integer,
         last_number -> BigInt,
@@ -79,6 +106,8 @@ diesel::table! {
 diesel::joinable!(invoices -> subscriptions (subscription_id));
 diesel::joinable!(payments -> invoices (invoice_id));
 diesel::joinable!(subscription_events -> subscriptions (subscription_id));
+diesel::joinable!(entitlement_outbox -> subscriptions (subscription_id));
+diesel::joinable!(subscription_schedule -> subscriptions (subscription_id));
 
 diesel::allow_tables_to_appear_in_same_query!(
     subscriptions,
@@ -86,4 +115,6 @@ diesel::allow_tables_to_appear_in_same_query!(
     invoices,
     payments,
     subscription_events,
+    entitlement_outbox,
+    subscription_schedule,
 );

@@ -13,7 +13,9 @@ use kapal::db::Db;
 
 use crate::error::Error;
 use crate::lifecycle::{self, InvoiceStatus, Renewal, RenewalChange, SubscriptionStatus};
-use crate::schema::{invoice_counter, invoices, payments, subscription_events, subscriptions};
+use crate::schema::{
+    invoice_counter, invoices, payments, subscription_events, subscription_schedule, subscriptions,
+};
 
 /// A stored subscription.
 #[derive(Clone, Debug, PartialEq, Eq, Queryable, Selectable, Insertable)]
@@ -47,8 +49,10 @@ impl SubscriptionRow {
         })
     }
 
+    /// Whether it is (or, before its first payment, will be) a free trial: a converted trial
+    /// is not one any more.
     pub fn is_trial(&self) -> bool {
-        self.trial_end.is_some()
+        self.trial_end.is_some() && matches!(self.status.as_str(), "incomplete" | "trialing")
     }
 }
 
@@ -96,12 +100,202 @@ impl InvoiceRow {
 
 #[derive(Insertable)]
 #[diesel(table_name = subscription_events)]
-struct NewEvent<'a> {
-    subscription_id: &'a str,
-    at: NaiveDateTime,
-    from_status: Option<&'a str>,
-    to_status: &'a str,
-    cause: &'a str,
+pub(crate) struct NewEvent<'a> {
+    pub subscription_id: &'a str,
+    pub at: NaiveDateTime,
+    pub from_status: Option<&'a str>,
+    pub to_status: &'a str,
+    pub cause: &'a str,
+}
+
+/// A subscription's scheduling state (see `crate::scheduler`).
+#[derive(Clone, Debug, PartialEq, Eq, Queryable, Selectable, Insertable)]
+#[diesel(table_name = subscription_schedule)]
+pub struct ScheduleRow {
+    pub subscription_id: String,
+    /// A plan change taking effect at the next renewal, and its price.
+    pub next_plan_id: Option<String>,
+    pub next_price_amount: Option<i64>,
+    /// PAST_DUE: end of grace; SUSPENDED: expiry; EXPIRED/CANCELED: clean-up.
+    pub deadline: Option<NaiveDateTime>,
+    /// PAST_DUE/SUSPENDED: when the unpaid invoice is charged again.
+    pub next_charge_at: Option<NaiveDateTime>,
+    pub ended_at: Option<NaiveDateTime>,
+    pub cleaned_up_at: Option<NaiveDateTime>,
+    /// When the scheduler next has something to do with it.
+    pub next_action_at: Option<NaiveDateTime>,
+    /// Bumped by every scheduler write (compare-and-set).
+    pub version: i64,
+    /// A scheduler replica acts on it until then.
+    pub lease_until: Option<NaiveDateTime>,
+}
+
+impl ScheduleRow {
+    /// The schedule of a new subscription: nothing to do before its first payment.
+    pub fn new(subscription_id: &str) -> ScheduleRow {
+        ScheduleRow {
+            subscription_id: subscription_id.to_string(),
+            next_plan_id: None,
+            next_price_amount: None,
+            deadline: None,
+            next_charge_at: None,
+            ended_at: None,
+            cleaned_up_at: None,
+            next_action_at: None,
+            version: 0,
+            lease_until: None,
+        }
+    }
+}
+
+/// The plan change pending on a subscription, if any.
+pub async fn next_plan(db: &Db, id: &str) -> Result<Option<String>, Error> {
+    let mut conn = db.get().await?;
+    let plan = kapal::db!(&mut conn, |c| {
+        subscription_schedule::table
+            .find(id)
+            .select(subscription_schedule::next_plan_id)
+            .first::<Option<String>>(c)
+            .await
+            .optional()
+    })?;
+    Ok(plan.flatten())
+}
+
+/// A stored subscription event.
+#[derive(Clone, Debug, Queryable, Selectable)]
+#[diesel(table_name = subscription_events)]
+pub struct EventRow {
+    pub at: NaiveDateTime,
+    pub from_status: Option<String>,
+    pub to_status: String,
+    pub cause: String,
+}
+
+/// A subscription's events, oldest first.
+pub async fn subscription_events(db: &Db, id: &str) -> Result<Vec<EventRow>, Error> {
+    let mut conn = db.get().await?;
+    let rows = kapal::db!(&mut conn, |c| {
+        subscription_events::table
+            .filter(subscription_events::subscription_id.eq(id))
+            .order(subscription_events::id.asc())
+            .select(EventRow::as_select())
+            .load(c)
+            .await
+    })?;
+    Ok(rows)
+}
+
+/// Sets (or, for the current plan, withdraws) the plan one of the account's subscriptions
+/// moves to at its next renewal, recorded as an event. A trial is converted: auto-renew on.
+pub async fn change_plan(
+    db: &Db,
+    account_id: &str,
+    id: &str,
+    plan_id: &str,
+    price: i64,
+    now: NaiveDateTime,
+) -> Result<(SubscriptionRow, Option<String>), Error> {
+    let hidden = SubscriptionStatus::Incomplete.as_str();
+    let mut conn = db.get().await?;
+    kapal::db!(&mut conn, |c| {
+        c.transaction(async |c| {
+            let sub: SubscriptionRow = subscriptions::table
+                .find(id)
+                .filter(subscriptions::account_id.eq(account_id))
+                .filter(subscriptions::status.ne(hidden))
+                .select(SubscriptionRow::as_select())
+                .first(c)
+                .await
+                .optional()?
+                .ok_or(Error::NotFound("subscription"))?;
+            let status = sub.status()?;
+            if status.is_final() {
+                return Err(Error::FailedPrecondition(format!(
+                    "the subscription has already ended ({status})"
+                )));
+            }
+            let sched: ScheduleRow = subscription_schedule::table
+                .find(&sub.id)
+                .select(ScheduleRow::as_select())
+                .first(c)
+                .await?;
+            if sched.lease_until.is_some_and(|until| until >= now) {
+                return Err(Error::FailedPrecondition(
+                    "the subscription is being renewed right now; try again in a minute".to_string(),
+                ));
+            }
+            let trial = sub.is_trial();
+            let (next_plan, next_price, cause) = if plan_id == sub.plan_id && !trial {
+                if sched.next_plan_id.is_none() {
+                    return Ok::<_, Error>((sub, None));
+                }
+                (None, None, "plan change withdrawn by the customer".to_string())
+            } else if trial {
+                (
+                    Some(plan_id),
+                    Some(price),
+                    format!(
+                        "trial converted by the customer to plan {plan_id}: charged at the end of the trial, auto-renew on"
+                    ),
+                )
+            } else {
+                (
+                    Some(plan_id),
+                    Some(price),
+                    format!("plan change to {plan_id} by the customer, from the next renewal"),
+                )
+            };
+            let auto_renew = if trial { true } else { sub.auto_renew };
+            let cancel = if trial { false } else { sub.cancel_at_period_end };
+            // Compare-and-set on the schedule's version, like the scheduler's own writes.
+            let updated = diesel::update(
+                subscription_schedule::table
+                    .find(&sub.id)
+                    .filter(subscription_schedule::version.eq(sched.version)),
+            )
+            .set((
+                subscription_schedule::next_plan_id.eq(next_plan),
+                subscription_schedule::next_price_amount.eq(next_price),
+                subscription_schedule::version.eq(sched.version + 1),
+            ))
+            .execute(c)
+            .await?;
+            if updated != 1 {
+                return Err(Error::FailedPrecondition(
+                    "the subscription changed at the same time; try again".to_string(),
+                ));
+            }
+            diesel::update(subscriptions::table.find(&sub.id))
+                .set((
+                    subscriptions::auto_renew.eq(auto_renew),
+                    subscriptions::cancel_at_period_end.eq(cancel),
+                    subscriptions::updated_at.eq(now),
+                ))
+                .execute(c)
+                .await?;
+            diesel::insert_into(subscription_events::table)
+                .values(NewEvent {
+                    subscription_id: &sub.id,
+                    at: now,
+                    from_status: Some(&sub.status),
+                    to_status: &sub.status,
+                    cause: &cause,
+                })
+                .execute(c)
+                .await?;
+            Ok((
+                SubscriptionRow {
+                    auto_renew,
+                    cancel_at_period_end: cancel,
+                    updated_at: now,
+                    ..sub
+                },
+                next_plan.map(str::to_string),
+            ))
+        })
+        .await
+    })
 }
 
 #[derive(Insertable)]
@@ -157,6 +351,10 @@ pub async fn find_or_create_subscription(
                 };
                 diesel::insert_into(invoices::table)
                     .values(&invoice)
+                    .execute(c)
+                    .await?;
+                diesel::insert_into(subscription_schedule::table)
+                    .values(ScheduleRow::new(&stored.id))
                     .execute(c)
                     .await?;
                 diesel::insert_into(subscription_events::table)
@@ -348,6 +546,11 @@ pub async fn record_payment_success(
                 ))
                 .execute(c)
                 .await?;
+                // From now on the scheduler acts at the end of the first period.
+                diesel::update(subscription_schedule::table.find(&sub.id))
+                    .set(subscription_schedule::next_action_at.eq(Some(sub.current_period_end)))
+                    .execute(c)
+                    .await?;
                 diesel::insert_into(subscription_events::table)
                     .values(NewEvent {
                         subscription_id: &sub.id,

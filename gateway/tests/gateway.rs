@@ -379,6 +379,20 @@ impl SubscriptionService for Subscriptions {
     ) -> Result<Response<pb::ListInvoicesResponse>, Status> {
         Err(not_needed())
     }
+
+    async fn change_plan(
+        &self,
+        _: Request<pb::ChangePlanRequest>,
+    ) -> Result<Response<pb::Subscription>, Status> {
+        Err(not_needed())
+    }
+
+    async fn list_subscription_events(
+        &self,
+        _: Request<pb::ListSubscriptionEventsRequest>,
+    ) -> Result<Response<pb::ListSubscriptionEventsResponse>, Status> {
+        Err(not_needed())
+    }
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -1,0 +1,2 @@
+DROP TABLE entitlement_outbox;
+DROP TABLE subscription_schedule;
