@@ -202,3 +202,57 @@ fn invalid_settings_are_all_reported() -> anyhow::Result<()> {
     }
     Ok(())
 }
+
+/// The four services as four processes (`kapal server --service X`), sharing one internal key
+/// and finding each other through their endpoints, as in a split deployment.
+#[tokio::test(flavor = "multi_thread")]
+async fn services_in_separate_processes() -> anyhow::Result<()> {
+    let cluster = kapal_tests::cluster::cluster().await?;
+    let dir = tempfile::tempdir()?;
+    let config = dir.path().join("config");
+    let key = "a-shared-internal-key-of-at-least-32-characters";
+    let [gw, cp, billing, prov] = [free_port()?, free_port()?, free_port()?, free_port()?];
+    let url = |p: u16| format!("http://127.0.0.1:{p}");
+    let mut servers = Vec::new();
+    for (service, listen_flag, port) in [
+        ("billing", "--billing-listen", billing),
+        ("provisioner", "--provisioner-listen", prov),
+        ("control-plane", "--control-plane-listen", cp),
+        ("gateway", "--listen", gw),
+    ] {
+        let log = std::fs::File::create(dir.path().join(format!("{service}.log")))?;
+        let child = Command::new(KAPAL)
+            .args(["server", "--service", service, "--domain", "kapal.test"])
+            .args([listen_flag, &format!("127.0.0.1:{port}")])
+            .args(["--control-plane-endpoint", &url(cp)])
+            .args(["--billing-endpoint", &url(billing)])
+            .args(["--provisioner-endpoint", &url(prov)])
+            .arg("--data-dir")
+            .arg(dir.path().join(service))
+            .arg("--kubeconfig")
+            .arg(cluster.kubeconfig_path())
+            .env("KAPAL_INTERNAL_KEY", key)
+            .env("KAPAL_CATALOG_DIR", kapal::catalog::repo_catalog_dir())
+            .env_remove("KAPAL_DATABASE_URL")
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()?;
+        servers.push(Server(child));
+    }
+    let endpoint = url(gw);
+    wait_up(&endpoint, &config).with_context(|| {
+        std::fs::read_to_string(dir.path().join("gateway.log")).unwrap_or_default()
+    })?;
+    let email = format!("split-{}@example.com", &uuid::Uuid::new_v4().simple().to_string()[..8]);
+    ok(cli(&endpoint, &config, &["signup", "--email", &email])?)?;
+    let order = ok(cli(&endpoint, &config, &["order", "ghost", "--plan", "trial", "--wait", "--timeout", "3m"])?)?;
+    assert!(order.contains(".ghost.kapal.test"), "{order}");
+    let subs = ok(cli(&endpoint, &config, &["subscriptions"])?)?;
+    assert!(subs.contains("TRIALING"), "{subs}");
+    let instances = ok(cli(&endpoint, &config, &["instances", "--output", "json"])?)?;
+    let json: serde_json::Value = serde_json::from_str(&instances)?;
+    let list = json.as_array().or_else(|| json["instances"].as_array()).context("instances array")?;
+    let id = list[0]["id"].as_str().context("id")?.to_string();
+    ok(cli(&endpoint, &config, &["delete", &id, "-y"])?)?;
+    Ok(())
+}

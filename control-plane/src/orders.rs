@@ -159,31 +159,42 @@ pub(crate) async fn process(ctx: &Ctx, order: Order) -> Result<Order> {
             .await)?
     };
     let mut attempt = 0;
-    let instance = loop {
+    let (instance, completed_here) = loop {
         attempt += 1;
         match create_instance(ctx, &order, &account, &subscription_id).await {
-            Ok(instance) => break instance,
+            Ok(done) => break done,
             // Another request took the hostname we picked: pick again.
             Err(Error::Db(e)) if e.is_unique_violation() && attempt < 5 => continue,
             Err(e) => return Err(e),
         }
     };
 
-    // 3. Hand it to the provisioner. If it is unreachable the instance stays pending and the
-    // provisioner's resync (which lists desired instances) picks it up.
-    instances::push_to_provisioner(ctx, &instance, &account.customer_id).await;
-    tracing::info!(order_id = %order.id, instance_id = %instance.id, "order completed");
+    // 3. Hand it to the provisioner, in the background: checkout answers without waiting for
+    // the cluster, and the status follows through the provisioner's reports. Only the request
+    // that completed the order does this, so concurrent retries of one checkout do not each
+    // apply the instance again. If the push is lost (provisioner down, a crash), the
+    // provisioner's resync, which lists the desired instances, converges the instance anyway.
+    if completed_here {
+        tracing::info!(order_id = %order.id, instance_id = %instance.id, "order completed");
+        let ctx = ctx.clone();
+        let customer_id = account.customer_id.clone();
+        tokio::spawn(async move {
+            instances::push_to_provisioner(&ctx, &instance, &customer_id).await;
+        });
+    }
     Ok(load_order(ctx, &order.account_id, &order.id)
         .await?
         .unwrap_or(order))
 }
 
+/// Creates the order's instance (unless it exists) and completes the order, in one transaction.
+/// Returns the instance and whether this call completed the order.
 async fn create_instance(
     ctx: &Ctx,
     order: &Order,
     account: &Account,
     subscription_id: &str,
-) -> Result<Instance> {
+) -> Result<(Instance, bool)> {
     let now = ctx.now();
     let mut conn = ctx.db.get().await?;
     let existing: Vec<String> = kapal::db!(&mut conn, |c| instances_t::table
@@ -219,7 +230,7 @@ async fn create_instance(
         updated_at: now,
         ready_at: None,
     };
-    let result: Result<Instance, DbError> = kapal::db!(&mut conn, |c| c
+    let result: Result<(Instance, bool), DbError> = kapal::db!(&mut conn, |c| c
         .transaction(async |c| {
             let instance = match instances_t::table
                 .find(&fresh.id)
@@ -237,7 +248,7 @@ async fn create_instance(
                     fresh.clone()
                 }
             };
-            diesel::update(
+            let completed = diesel::update(
                 orders::table
                     .find(&order.id)
                     .filter(orders::status.eq(order_status::PENDING)),
@@ -249,7 +260,7 @@ async fn create_instance(
             ))
             .execute(c)
             .await?;
-            Ok(instance)
+            Ok((instance, completed == 1))
         })
         .await);
     Ok(result?)

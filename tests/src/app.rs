@@ -398,6 +398,64 @@ where
     }
 }
 
+/// How many of each thing a customer sees in the dashboard.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Counts {
+    pub orders: usize,
+    pub instances: usize,
+    pub subscriptions: usize,
+    pub invoices: usize,
+}
+
+impl<S, RB> Clients<S>
+where
+    S: tower::Service<http::Request<tonic::body::Body>, Response = http::Response<RB>>
+        + Clone
+        + Send
+        + 'static,
+    S::Error: Into<tonic::codegen::StdError>,
+    S::Future: Send,
+    RB: tonic::codegen::Body<Data = tonic::codegen::Bytes> + Send + 'static,
+    RB::Error: Into<tonic::codegen::StdError> + Send,
+{
+    /// Counts the caller's orders, instances, subscriptions and invoices through the API.
+    pub async fn counts(&mut self) -> anyhow::Result<Counts> {
+        use kapal::proto::v1::{
+            ListInstancesRequest, ListInvoicesRequest, ListOrdersRequest, ListSubscriptionsRequest,
+        };
+        Ok(Counts {
+            orders: self
+                .orders
+                .list_orders(ListOrdersRequest::default())
+                .await?
+                .into_inner()
+                .orders
+                .len(),
+            instances: self
+                .instances
+                .list_instances(ListInstancesRequest::default())
+                .await?
+                .into_inner()
+                .instances
+                .len(),
+            subscriptions: self
+                .subscriptions
+                .list_subscriptions(ListSubscriptionsRequest {})
+                .await?
+                .into_inner()
+                .subscriptions
+                .len(),
+            invoices: self
+                .subscriptions
+                .list_invoices(ListInvoicesRequest::default())
+                .await?
+                .into_inner()
+                .invoices
+                .len(),
+        })
+    }
+}
+
 /// A signed-up customer.
 pub struct Customer {
     pub clients: Clients,

@@ -9,7 +9,7 @@ use k8s_openapi::api::core::v1::{Namespace, PersistentVolumeClaim, Pod, Service}
 use k8s_openapi::api::networking::v1::Ingress;
 use kapal::proto::v1::*;
 use kapal::testing::Backend;
-use kapal_tests::app::{TestApp, watch_until};
+use kapal_tests::app::{Counts, TestApp, watch_until};
 use kube::api::{Api, ListParams};
 use tonic::Code;
 
@@ -318,34 +318,20 @@ async fn checkout_is_idempotent(backend: Backend) -> anyhow::Result<()> {
     let s = status(c.orders.checkout(checkout("n8n", "starter", &k)).await);
     assert_eq!(s.code(), Code::FailedPrecondition, "{s:?}");
 
-    let orders = c
-        .orders
-        .list_orders(ListOrdersRequest::default())
-        .await?
-        .into_inner()
-        .orders;
-    assert_eq!(orders.len(), 2, "two keys, two orders");
-    let subs = c
-        .subscriptions
-        .list_subscriptions(ListSubscriptionsRequest {})
-        .await?
-        .into_inner()
-        .subscriptions;
-    assert_eq!(subs.len(), 2);
-    let invoices = c
-        .subscriptions
-        .list_invoices(ListInvoicesRequest::default())
-        .await?
-        .into_inner()
-        .invoices;
-    assert_eq!(invoices.len(), 2);
+    let counts = c.counts().await?;
+    let both = Counts {
+        orders: 2,
+        instances: 2,
+        subscriptions: 2,
+        invoices: 2,
+    };
+    assert_eq!(counts, both, "two keys: two of everything");
     let instances = c
         .instances
         .list_instances(ListInstancesRequest::default())
         .await?
         .into_inner()
         .instances;
-    assert_eq!(instances.len(), 2);
 
     // One deployment per order in the cluster.
     watch_until(
@@ -500,37 +486,10 @@ async fn customers_are_isolated(backend: Backend) -> anyhow::Result<()> {
         ),
         Code::NotFound
     );
-    assert!(
-        b.orders
-            .list_orders(ListOrdersRequest::default())
-            .await?
-            .into_inner()
-            .orders
-            .is_empty()
-    );
-    assert!(
-        b.instances
-            .list_instances(ListInstancesRequest::default())
-            .await?
-            .into_inner()
-            .instances
-            .is_empty()
-    );
-    assert!(
-        b.subscriptions
-            .list_subscriptions(ListSubscriptionsRequest {})
-            .await?
-            .into_inner()
-            .subscriptions
-            .is_empty()
-    );
-    assert!(
-        b.subscriptions
-            .list_invoices(ListInvoicesRequest::default())
-            .await?
-            .into_inner()
-            .invoices
-            .is_empty()
+    assert_eq!(
+        b.counts().await?,
+        Counts::default(),
+        "Bob sees nothing of Alice's"
     );
     assert!(
         b.accounts
@@ -731,30 +690,7 @@ async fn bad_input_is_rejected_and_nothing_is_written(backend: Backend) -> anyho
     assert!(s.message().contains("limit"), "{s:?}");
 
     // Nothing half-written.
-    assert!(
-        c.orders
-            .list_orders(ListOrdersRequest::default())
-            .await?
-            .into_inner()
-            .orders
-            .is_empty()
-    );
-    assert!(
-        c.subscriptions
-            .list_subscriptions(ListSubscriptionsRequest {})
-            .await?
-            .into_inner()
-            .subscriptions
-            .is_empty()
-    );
-    assert!(
-        c.instances
-            .list_instances(ListInstancesRequest::default())
-            .await?
-            .into_inner()
-            .instances
-            .is_empty()
-    );
+    assert_eq!(c.counts().await?, Counts::default());
 
     // The services are still fine.
     assert!(c.accounts.who_am_i(WhoAmIRequest {}).await.is_ok());
@@ -820,33 +756,13 @@ async fn restart_loses_nothing(backend: Backend) -> anyhow::Result<()> {
         READY_TIMEOUT,
     )
     .await?;
-    assert_eq!(
-        c.subscriptions
-            .list_subscriptions(ListSubscriptionsRequest {})
-            .await?
-            .into_inner()
-            .subscriptions
-            .len(),
-        1
-    );
-    assert_eq!(
-        c.subscriptions
-            .list_invoices(ListInvoicesRequest::default())
-            .await?
-            .into_inner()
-            .invoices
-            .len(),
-        1
-    );
-    assert_eq!(
-        c.orders
-            .list_orders(ListOrdersRequest::default())
-            .await?
-            .into_inner()
-            .orders
-            .len(),
-        1
-    );
+    let one = Counts {
+        orders: 1,
+        instances: 1,
+        subscriptions: 1,
+        invoices: 1,
+    };
+    assert_eq!(c.counts().await?, one);
     // And logging in with the password still works.
     app.clients("")
         .accounts
