@@ -7,7 +7,7 @@
 //!
 //! Query code is written once and run on either backend with [`db!`](crate::db):
 //!
-//! ```ignore
+//! ```text
 //! let mut conn = db.get().await?;
 //! let n: i64 = kapal::db!(&mut conn, |c| accounts::table.count().get_result(c).await)?;
 //! ```

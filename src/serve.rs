@@ -63,8 +63,14 @@ pub fn reflection(
 
 /// Installs the tracing subscriber: `RUST_LOG` filters (default `info`), JSON when `json`.
 pub fn init_tracing(json: bool) {
+    init_tracing_with_default(json, "info");
+}
+
+/// Like [`init_tracing`], with another filter when `RUST_LOG` is unset (tests use `warn`).
+pub fn init_tracing_with_default(json: bool, default_filter: &str) {
     use tracing_subscriber::EnvFilter;
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    let filter =
+        EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default_filter));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_target(true);

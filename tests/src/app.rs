@@ -66,7 +66,7 @@ impl TestAppBuilder {
 
     pub async fn start(self) -> anyhow::Result<TestApp> {
         kapal::serve::install_crypto_provider();
-        kapal::serve::init_tracing(false);
+        kapal::serve::init_tracing_with_default(false, "warn");
         let cluster = crate::cluster::cluster().await?;
         let dir = Arc::new(tempfile::tempdir()?);
         let db = kapal::testing::db_config(self.backend, dir.path()).await?;
