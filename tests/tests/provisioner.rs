@@ -1027,3 +1027,179 @@ async fn a_deleted_service_and_a_scaled_down_workload_come_back_at_once() -> any
     p.wait_status(&id, InstanceStatus::Deleted).await?;
     p.shutdown().await
 }
+
+/// Runs the provisioner on a runtime of its own, on its own thread; [`Killable::kill`] drops
+/// that runtime, which cancels every task at its next await: a crash, not a graceful shutdown.
+struct Killable {
+    kill: Option<oneshot::Sender<()>>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Killable {
+    fn start(config: kapal_provisioner::Config, listener: std::net::TcpListener) -> Killable {
+        let (kill, killed) = oneshot::channel::<()>();
+        let thread = std::thread::spawn(move || {
+            let Ok(rt) = tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(2)
+                .enable_all()
+                .build()
+            else {
+                return;
+            };
+            rt.block_on(async move {
+                let Ok(listener) = TcpListener::from_std(listener) else {
+                    return;
+                };
+                tokio::select! {
+                    _ = kapal_provisioner::run(config, listener, std::future::pending()) => {}
+                    _ = killed => {}
+                }
+            });
+            rt.shutdown_background();
+        });
+        Killable {
+            kill: Some(kill),
+            thread: Some(thread),
+        }
+    }
+
+    fn kill(&mut self) {
+        if let Some(kill) = self.kill.take() {
+            let _ = kill.send(());
+        }
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
+}
+
+impl Drop for Killable {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_provisioner_killed_mid_provisioning_converges_after_a_restart() -> anyhow::Result<()> {
+    kapal::serve::init_tracing(false);
+    let cluster = cluster().await?;
+    let kube = cluster.client();
+    let dir = tempfile::tempdir()?;
+    let key = InternalKey::random();
+    let control_plane = FakeControlPlane::default();
+    let mut spec = spec("wordpress", "trial");
+    let (id, ns) = (spec.instance_id.clone(), spec.namespace.clone());
+    let _cleanup = Cleanup::new(&ns).await?;
+    // The control-plane records the instance before it asks for it.
+    lock(&control_plane.desired).push(spec.clone());
+    let (cp_listener, cp_endpoint) = free_listener().await?;
+    tokio::spawn(kapal::serve::serve(
+        tonic::transport::Server::builder().add_service(
+            InstanceStateServiceServer::with_interceptor(
+                control_plane.clone(),
+                VerifyPrincipal(key.clone()),
+            ),
+        ),
+        cp_listener,
+        std::future::pending(),
+    ));
+    let config = || -> anyhow::Result<kapal_provisioner::Config> {
+        let mut config = kapal_provisioner::Config::new(
+            DbConfig::DataDir(dir.path().to_path_buf()),
+            Arc::new(Catalog::load(&kapal::catalog::repo_catalog_dir())?),
+            key.clone(),
+            cluster.config().clone(),
+            cp_endpoint.clone(),
+        );
+        config.resync_interval = Duration::from_secs(2);
+        Ok(config)
+    };
+
+    // Killed as soon as the first objects exist.
+    let listener = std::net::TcpListener::bind("127.0.0.1:0")?;
+    listener.set_nonblocking(true)?;
+    let mut first = Killable::start(config()?, listener);
+    wait_for("the namespace to be created", READY_TIMEOUT, || async {
+        Ok(Api::<Namespace>::all(kube.clone())
+            .get_opt(&ns)
+            .await?
+            .map(|_| ()))
+    })
+    .await?;
+    first.kill();
+    let partial = versions(&kube, &ns).await?;
+    println!("killed with {} objects applied: {partial:?}", partial.len());
+
+    // Restarted on the same data: it finishes the job.
+    let listener = std::net::TcpListener::bind("127.0.0.1:0")?;
+    listener.set_nonblocking(true)?;
+    let endpoint = format!("http://{}", listener.local_addr()?);
+    let _second = Killable::start(config()?, listener);
+    let client = ProvisionerServiceClient::new(kapal::serve::internal_channel(&endpoint, &key)?);
+    wait_for(&format!("instance {id} READY"), READY_TIMEOUT, || {
+        let mut client = client.clone();
+        let id = id.clone();
+        async move {
+            let state = client
+                .get_instance_state(GetInstanceStateRequest { instance_id: id })
+                .await?
+                .into_inner();
+            Ok((state.status == InstanceStatus::Ready as i32).then_some(()))
+        }
+    })
+    .await?;
+
+    // Exactly one of everything, and the credentials in the Secret are what the API returns.
+    let all = versions(&kube, &ns).await?;
+    let kinds = |kind: &str| all.keys().filter(|k| k.starts_with(kind)).count();
+    assert_eq!(
+        (
+            kinds("Secret/"),
+            kinds("Deployment/"),
+            kinds("StatefulSet/"),
+            kinds("Service/"),
+            kinds("PersistentVolumeClaim/"),
+            kinds("Ingress/"),
+            kinds("NetworkPolicy/")
+        ),
+        (1, 1, 1, 2, 2, 1, 3),
+        "{all:?}"
+    );
+    let live: Vec<Pod> = pods(&kube, &ns)
+        .await?
+        .into_iter()
+        .filter(|p| p.metadata.deletion_timestamp.is_none())
+        .collect();
+    assert_eq!(live.len(), 2, "one pod per component");
+    let secret = namespaced::<Secret>(&kube, &ns)
+        .get("kapal-credentials")
+        .await?;
+    let password = secret
+        .data
+        .unwrap_or_default()
+        .get("password")
+        .map(|v| String::from_utf8_lossy(&v.0).into_owned());
+    let credentials = client
+        .clone()
+        .get_credentials(GetCredentialsRequest {
+            instance_id: id.clone(),
+        })
+        .await?
+        .into_inner();
+    assert_eq!(Some(credentials.password), password);
+
+    spec.desired_state = DesiredState::Deleted as i32;
+    *lock(&control_plane.desired) = vec![spec.clone()];
+    client
+        .clone()
+        .apply_instance(ApplyInstanceRequest { spec: Some(spec) })
+        .await?;
+    wait_for("the namespace to be gone", READY_TIMEOUT, || async {
+        Ok(Api::<Namespace>::all(kube.clone())
+            .get_opt(&ns)
+            .await?
+            .is_none()
+            .then_some(()))
+    })
+    .await
+}
