@@ -243,15 +243,33 @@ async fn services_in_separate_processes() -> anyhow::Result<()> {
     wait_up(&endpoint, &config).with_context(|| {
         std::fs::read_to_string(dir.path().join("gateway.log")).unwrap_or_default()
     })?;
-    let email = format!("split-{}@example.com", &uuid::Uuid::new_v4().simple().to_string()[..8]);
+    let email = format!(
+        "split-{}@example.com",
+        &uuid::Uuid::new_v4().simple().to_string()[..8]
+    );
     ok(cli(&endpoint, &config, &["signup", "--email", &email])?)?;
-    let order = ok(cli(&endpoint, &config, &["order", "ghost", "--plan", "trial", "--wait", "--timeout", "3m"])?)?;
+    let order = ok(cli(
+        &endpoint,
+        &config,
+        &[
+            "order",
+            "ghost",
+            "--plan",
+            "trial",
+            "--wait",
+            "--timeout",
+            "3m",
+        ],
+    )?)?;
     assert!(order.contains(".ghost.kapal.test"), "{order}");
     let subs = ok(cli(&endpoint, &config, &["subscriptions"])?)?;
     assert!(subs.contains("TRIALING"), "{subs}");
     let instances = ok(cli(&endpoint, &config, &["instances", "--output", "json"])?)?;
     let json: serde_json::Value = serde_json::from_str(&instances)?;
-    let list = json.as_array().or_else(|| json["instances"].as_array()).context("instances array")?;
+    let list = json
+        .as_array()
+        .or_else(|| json["instances"].as_array())
+        .context("instances array")?;
     let id = list[0]["id"].as_str().context("id")?.to_string();
     ok(cli(&endpoint, &config, &["delete", &id, "-y"])?)?;
     Ok(())
