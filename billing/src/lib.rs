@@ -40,6 +40,7 @@ use tonic::server::NamedService as _;
 mod api;
 pub mod error;
 pub mod lifecycle;
+pub mod notify;
 pub mod payments;
 pub mod scheduler;
 pub mod schema;
@@ -81,6 +82,8 @@ pub struct Config {
     /// How often the scheduler runs in the background; `None`: not at all (tests call
     /// [`scheduler::Scheduler::tick`] themselves).
     pub scheduler_interval: Option<std::time::Duration>,
+    /// Where lifecycle notifications (payment failed, suspended, expired) go.
+    pub notifier: Arc<dyn notify::Notifier>,
 }
 
 impl Config {
@@ -94,6 +97,7 @@ impl Config {
             payments: Arc::new(DummyProvider::new()),
             scheduler: scheduler::Settings::default(),
             scheduler_interval: Some(std::time::Duration::from_secs(60)),
+            notifier: Arc::new(notify::LogNotifier),
         }
     }
 }
@@ -113,6 +117,7 @@ pub async fn run(
         payments,
         scheduler,
         scheduler_interval,
+        notifier,
     } = config;
     let db = Db::connect(&db, DB_NAME, migrations())
         .await
@@ -132,7 +137,8 @@ pub async fn run(
     };
     let mut background = tokio::task::JoinSet::new();
     if let Some(interval) = scheduler_interval {
-        let scheduler = scheduler::Scheduler::new(db, clock, payments, scheduler);
+        let scheduler =
+            scheduler::Scheduler::new(db, clock, payments, scheduler).with_notifier(notifier);
         let mut stop = stop_rx.clone();
         background.spawn(async move {
             scheduler

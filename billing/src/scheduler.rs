@@ -59,6 +59,7 @@ use uuid::Uuid;
 use crate::api::{CHARGE_LEASE, CHARGE_TIMEOUT, invoice_number};
 use crate::error::Error;
 use crate::lifecycle::{Entitlement, InvoiceStatus, SubscriptionStatus};
+use crate::notify::{LogNotifier, Notification, NotificationKind, Notifier};
 use crate::payments::{ChargeRequest, PaymentError, PaymentProvider};
 use crate::schema::{
     entitlement_outbox, invoice_counter, invoices, subscription_events, subscription_schedule,
@@ -122,6 +123,7 @@ struct Inner {
     clock: SharedClock,
     payments: Arc<dyn PaymentProvider>,
     settings: Settings,
+    notifier: Arc<dyn Notifier>,
 }
 
 /// The next thing to do to a subscription, and when it was due.
@@ -173,7 +175,23 @@ impl Scheduler {
             clock,
             payments,
             settings,
+            notifier: Arc::new(LogNotifier),
         }))
+    }
+
+    /// The same scheduler, sending notifications to `notifier` (the log by default).
+    pub fn with_notifier(self, notifier: Arc<dyn Notifier>) -> Scheduler {
+        let inner = match Arc::try_unwrap(self.0) {
+            Ok(inner) => inner,
+            Err(shared) => Inner {
+                db: shared.db.clone(),
+                clock: shared.clock.clone(),
+                payments: shared.payments.clone(),
+                settings: shared.settings.clone(),
+                notifier: shared.notifier.clone(),
+            },
+        };
+        Scheduler(Arc::new(Inner { notifier, ..inner }))
     }
 
     /// Ticks every `interval` (by the clock given at construction) until `shutdown` completes.
@@ -305,8 +323,12 @@ impl Scheduler {
             let Some(claimed) = self.claim(&sched, now).await? else {
                 break;
             };
+            let mut notification = None;
             let done = match self.act(&sub, &sched, &step, now).await {
-                Ok(Some(change)) => self.finish(&sub, claimed, change).await,
+                Ok(Some(change)) => {
+                    notification = notification_of(&sub, &step, &change)?;
+                    self.finish(&sub, claimed, change).await
+                }
                 // Left for later (another request is charging the invoice): keep the lease,
                 // it runs out.
                 Ok(None) => Ok(false),
@@ -324,6 +346,11 @@ impl Scheduler {
             };
             if !done {
                 break;
+            }
+            if let Some(n) = notification
+                && let Err(e) = self.0.notifier.notify(&n).await
+            {
+                tracing::warn!(subscription = %n.subscription_id, kind = ?n.kind, error = %e, "notification not delivered");
             }
             steps += 1;
             (sub, sched) = self.load(&sub.id).await?;
@@ -832,6 +859,34 @@ impl Scheduler {
             .await
         })
     }
+}
+
+/// The notification a step's change calls for, if any.
+fn notification_of(
+    sub: &SubscriptionRow,
+    step: &Step,
+    change: &Change,
+) -> Result<Option<Notification>, Error> {
+    use SubscriptionStatus::*;
+    let from = sub.status()?;
+    let kind = match (from, change.to) {
+        (Suspended, Suspended) | (PastDue, PastDue)
+            if matches!(step, Step::Charge { .. }) && change.renewal.is_none() =>
+        {
+            NotificationKind::PaymentFailed
+        }
+        (Trialing | Active, PastDue) => NotificationKind::PaymentFailed,
+        (PastDue, Suspended) => NotificationKind::Suspended,
+        (f, Expired | Canceled) if !f.is_final() => NotificationKind::Expired,
+        _ => return Ok(None),
+    };
+    Ok(Some(Notification {
+        kind,
+        subscription_id: sub.id.clone(),
+        account_id: sub.account_id.clone(),
+        at: change.due,
+        message: change.cause.clone(),
+    }))
 }
 
 fn parse_uuid(s: &str) -> Result<Uuid, Error> {

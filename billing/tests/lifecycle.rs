@@ -958,3 +958,82 @@ async fn a_stopped_scheduler_catches_up_sqlite() {
 async fn a_stopped_scheduler_catches_up_postgres() {
     a_stopped_scheduler_catches_up(Backend::Postgres).await;
 }
+
+// ---------------------------------------------------------------------------------------------
+// Notifications to a signed webhook
+// ---------------------------------------------------------------------------------------------
+
+type Received = Arc<Mutex<Vec<(Option<String>, Vec<u8>)>>>;
+
+async fn hook(
+    axum::extract::State(received): axum::extract::State<Received>,
+    headers: axum::http::HeaderMap,
+    body: axum::body::Bytes,
+) -> &'static str {
+    let signature = headers
+        .get(kapal_billing::notify::SIGNATURE_HEADER)
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_string);
+    received
+        .lock()
+        .expect("received")
+        .push((signature, body.to_vec()));
+    "ok"
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn notifications_reach_a_signed_webhook() {
+    use kapal_billing::notify::{WebhookNotifier, signature};
+    let received: Received = Arc::default();
+    let app = axum::Router::new()
+        .route("/hooks/kapal", axum::routing::post(hook))
+        .with_state(received.clone());
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    tokio::spawn(async move { axum::serve(listener, app).await });
+
+    let secret = b"a webhook secret of some length";
+    let billing = Billing::start(Backend::Sqlite).await;
+    let webhook =
+        WebhookNotifier::new(&format!("http://{addr}/hooks/kapal"), secret).expect("webhook");
+    let scheduler = billing.scheduler().await.with_notifier(Arc::new(webhook));
+    let account = Uuid::new_v4();
+    let sub = billing
+        .create(account, Uuid::new_v4(), "ghost", "starter")
+        .await;
+    billing.provider.set_failing(account, true);
+    billing.clock.advance(chrono::Duration::days(32));
+    tick(std::slice::from_ref(&scheduler), &billing.clock).await; // renewal fails
+    billing.clock.advance(chrono::Duration::days(3));
+    tick(std::slice::from_ref(&scheduler), &billing.clock).await; // retries fail, suspended
+
+    let received = received.lock().expect("received").clone();
+    let kinds: Vec<String> = received
+        .iter()
+        .map(|(sig, body)| {
+            assert_eq!(sig.as_deref(), Some(signature(secret, body).as_str()));
+            assert_ne!(
+                sig.as_deref(),
+                Some(signature(b"another secret, not ours", body).as_str())
+            );
+            let json: serde_json::Value = serde_json::from_slice(body).expect("json");
+            assert_eq!(json["subscription_id"], sub.id.as_str());
+            assert_eq!(json["account_id"], account.to_string().as_str());
+            json["kind"].as_str().expect("kind").to_string()
+        })
+        .collect();
+    // The failed renewal, the failed daily retries, the suspension at the end of grace.
+    assert_eq!(kinds[0], "payment_failed", "{kinds:?}");
+    assert!(kinds.iter().any(|k| k == "suspended"), "{kinds:?}");
+    assert!(
+        kinds
+            .iter()
+            .all(|k| k == "payment_failed" || k == "suspended"),
+        "{kinds:?}"
+    );
+    assert!(WebhookNotifier::new("https://example.com", secret).is_err());
+    assert!(WebhookNotifier::new(&format!("http://{addr}/"), b"short").is_err());
+    billing.stop().await;
+}
