@@ -1,0 +1,1524 @@
+//! `deploy/k3s` (and the `deploy/k3s-sqlite` overlay) against the real local control plane
+//! (`scripts/local-cluster`):
+//!
+//! - every manifest parses and the API server accepts it (server-side dry-run with strict field
+//!   validation; the namespaced ones also for real, in a test namespace that enforces the same
+//!   Pod Security level as `namespace.yaml`), the files agree with each other (names, labels,
+//!   ports, keys) and the catalog ConfigMap is the repository's catalog;
+//! - the provisioner does its whole job (an n8n instance to READY; a deleted Service repaired; its
+//!   node failing, the evicted pod released and replaced; SUSPENDED; DELETED) with exactly the
+//!   ClusterRole of `deploy/k3s/clusterrole.yaml`, authenticated only by a bound token of a
+//!   ServiceAccount (no admin token, no client certificate), and no request of it is refused;
+//! - that role cannot do anything else of consequence: RBAC objects, writing nodes, creating
+//!   pods, exec, impersonation, listing secrets, namespaces or nodes.
+//!
+//! Cluster-scoped objects that must really exist (the ClusterRole and its binding) get unique
+//! names and are deleted at the end, or on drop after a failure; so are the test namespaces.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use anyhow::{Context as _, anyhow, ensure};
+use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::authentication::v1::{SelfSubjectReview, TokenRequest, TokenRequestSpec};
+use k8s_openapi::api::authorization::v1::{
+    ResourceAttributes, SelfSubjectAccessReview, SelfSubjectAccessReviewSpec,
+};
+use k8s_openapi::api::core::v1::{Namespace, Node, Pod, Secret, ServiceAccount};
+use k8s_openapi::api::rbac::v1::{ClusterRole, ClusterRoleBinding, RoleBinding};
+use kapal::auth::{InternalKey, VerifyPrincipal};
+use kapal::catalog::Catalog;
+use kapal::db::DbConfig;
+use kapal::proto::internal::v1::instance_state_service_server::{
+    InstanceStateService, InstanceStateServiceServer,
+};
+use kapal::proto::internal::v1::provisioner_service_client::ProvisionerServiceClient;
+use kapal::proto::internal::v1::{
+    ApplyInstanceRequest, GetCredentialsRequest, GetInstanceStateRequest, InstanceSpec,
+    InstanceState, ListDesiredInstancesRequest, ListDesiredInstancesResponse,
+    ReportInstanceStateResponse,
+};
+use kapal::proto::v1::{DesiredState, InstanceStatus};
+use kapal_tests::cluster::{TempNode, TestNamespace, api_status, cluster, unique_name, wait_for};
+use kube::api::{
+    DeleteParams, DynamicObject, GroupVersionKind, ListParams, Patch, PatchParams, PostParams,
+};
+use kube::discovery::pinned_kind;
+use kube::{Api, Client, ResourceExt as _};
+use serde::Deserialize;
+use serde_json::{Value, json};
+use tokio::net::TcpListener;
+use tokio::sync::oneshot;
+use tonic::{Request, Response, Status};
+use uuid::Uuid;
+
+const FIELD_MANAGER: &str = "kapal-test";
+const READY_TIMEOUT: Duration = Duration::from_secs(120);
+
+fn repo_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .map(Path::to_path_buf)
+        .unwrap_or_else(|| PathBuf::from(".."))
+}
+
+fn k3s_dir() -> PathBuf {
+    repo_root().join("deploy/k3s")
+}
+
+fn sqlite_dir() -> PathBuf {
+    repo_root().join("deploy/k3s-sqlite")
+}
+
+// ---------------------------------------------------------------------------------------------
+// Reading the manifests.
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct Kustomization {
+    #[serde(default)]
+    resources: Vec<String>,
+    #[serde(default)]
+    patches: Vec<KustomizePatch>,
+    #[serde(default)]
+    images: Vec<KustomizeImage>,
+}
+
+#[derive(Debug, Deserialize)]
+struct KustomizePatch {
+    path: String,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct KustomizeImage {
+    name: String,
+    new_name: Option<String>,
+    new_tag: Option<String>,
+}
+
+fn kustomization(dir: &Path) -> anyhow::Result<Kustomization> {
+    let path = dir.join("kustomization.yaml");
+    let text =
+        std::fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))?;
+    serde_yaml::from_str(&text).with_context(|| format!("parsing {}", path.display()))
+}
+
+/// Every YAML document of a file, as JSON values (empty documents skipped).
+fn documents(path: &Path) -> anyhow::Result<Vec<Value>> {
+    let text =
+        std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+    let mut out = Vec::new();
+    for doc in serde_yaml::Deserializer::from_str(&text) {
+        let value = serde_yaml::Value::deserialize(doc)
+            .with_context(|| format!("parsing {}", path.display()))?;
+        if !value.is_null() {
+            out.push(
+                serde_json::to_value(value)
+                    .with_context(|| format!("{} is not representable as JSON", path.display()))?,
+            );
+        }
+    }
+    ensure!(!out.is_empty(), "{} holds no object", path.display());
+    Ok(out)
+}
+
+/// The Kubernetes objects of a file.
+fn objects(path: &Path) -> anyhow::Result<Vec<DynamicObject>> {
+    documents(path)?
+        .into_iter()
+        .map(|v| {
+            let obj: DynamicObject = serde_json::from_value(v)
+                .with_context(|| format!("{} is not a Kubernetes object", path.display()))?;
+            ensure!(
+                obj.types.is_some() && obj.metadata.name.is_some(),
+                "{}: an object without apiVersion/kind/name",
+                path.display()
+            );
+            Ok(obj)
+        })
+        .collect()
+}
+
+/// `*.yaml` files directly in `dir`, by name.
+fn yaml_files(dir: &Path) -> anyhow::Result<BTreeSet<String>> {
+    let mut out = BTreeSet::new();
+    for entry in std::fs::read_dir(dir).with_context(|| format!("reading {}", dir.display()))? {
+        let path = entry?.path();
+        if path.extension().is_some_and(|e| e == "yaml" || e == "yml") {
+            let name = path
+                .file_name()
+                .and_then(|n| n.to_str())
+                .ok_or_else(|| anyhow!("odd file name {}", path.display()))?;
+            out.insert(name.to_string());
+        }
+    }
+    Ok(out)
+}
+
+fn kind(obj: &DynamicObject) -> &str {
+    obj.types.as_ref().map(|t| t.kind.as_str()).unwrap_or("")
+}
+
+fn find<'a>(
+    objs: &'a [DynamicObject],
+    kind_: &str,
+    name: &str,
+) -> anyhow::Result<&'a DynamicObject> {
+    objs.iter()
+        .find(|o| kind(o) == kind_ && o.metadata.name.as_deref() == Some(name))
+        .ok_or_else(|| anyhow!("deploy/k3s has no {kind_} {name}"))
+}
+
+/// `obj`'s manifest as a typed object.
+fn typed<K: serde::de::DeserializeOwned>(obj: &DynamicObject) -> anyhow::Result<K> {
+    serde_json::from_value(serde_json::to_value(obj)?)
+        .with_context(|| format!("{} {}", kind(obj), obj.name_any()))
+}
+
+/// kustomize's `images:` transformer, for the container images of workloads.
+fn set_images(obj: &mut DynamicObject, images: &[KustomizeImage]) {
+    let Some(containers) = obj
+        .data
+        .pointer_mut("/spec/template/spec/containers")
+        .and_then(Value::as_array_mut)
+    else {
+        return;
+    };
+    for container in containers {
+        let Some(image) = container.get("image").and_then(Value::as_str) else {
+            continue;
+        };
+        let (name, tag) = image.rsplit_once(':').unwrap_or((image, ""));
+        if let Some(rule) = images.iter().find(|i| i.name == name) {
+            let new = format!(
+                "{}:{}",
+                rule.new_name.as_deref().unwrap_or(name),
+                rule.new_tag.as_deref().unwrap_or(tag)
+            );
+            container["image"] = Value::String(new);
+        }
+    }
+}
+
+/// A kube error with the API server's whole answer (its Display can be terse).
+fn explain(e: kube::Error) -> anyhow::Error {
+    match api_status(&e) {
+        Some(s) => anyhow!("{} {}: {}", s.code, s.reason, s.message),
+        None => anyhow!("{e:?}"),
+    }
+}
+
+/// What a strategic merge patch does to the live object, computed by the API server (dry-run).
+async fn strategic_dry_run(
+    client: &Client,
+    ns: &str,
+    name: &str,
+    patch: &Value,
+) -> anyhow::Result<Deployment> {
+    Api::<Deployment>::namespaced(client.clone(), ns)
+        .patch(
+            name,
+            &PatchParams::default().dry_run().validation_strict(),
+            &Patch::Strategic(patch),
+        )
+        .await
+        .map_err(explain)
+        .context("the API server rejects the strategic merge patch")
+}
+
+/// Server-side apply of a manifest, dry-run or for real, with strict field validation (an
+/// unknown or misspelt field is an error, not a warning).
+async fn apply(
+    client: &Client,
+    obj: &DynamicObject,
+    namespace: Option<&str>,
+    dry_run: bool,
+) -> anyhow::Result<DynamicObject> {
+    let types = obj
+        .types
+        .clone()
+        .ok_or_else(|| anyhow!("no apiVersion/kind"))?;
+    let gvk = GroupVersionKind::try_from(&types)?;
+    let (resource, caps) = pinned_kind(client, &gvk)
+        .await
+        .with_context(|| format!("the API server does not serve {gvk:?}"))?;
+    let mut obj = obj.clone();
+    let api: Api<DynamicObject> = match caps.scope {
+        kube::discovery::Scope::Namespaced => {
+            let ns = namespace.ok_or_else(|| anyhow!("{} needs a namespace", kind(&obj)))?;
+            obj.metadata.namespace = Some(ns.to_string());
+            Api::namespaced_with(client.clone(), ns, &resource)
+        }
+        kube::discovery::Scope::Cluster => {
+            ensure!(
+                obj.metadata.namespace.is_none(),
+                "cluster-scoped {} {} has a namespace",
+                kind(&obj),
+                obj.name_any()
+            );
+            Api::all_with(client.clone(), &resource)
+        }
+    };
+    let mut params = PatchParams::apply(FIELD_MANAGER).validation_strict();
+    if dry_run {
+        params = params.dry_run();
+    }
+    let name = obj.name_any();
+    api.patch(&name, &params, &Patch::Apply(&obj))
+        .await
+        .map_err(explain)
+        .with_context(|| {
+            format!(
+                "the API server rejects {} {name}{}",
+                kind(&obj),
+                if dry_run { " (dry-run)" } else { "" }
+            )
+        })
+}
+
+/// A pod as the Deployment would make it; created with dry-run, so PodSecurity and the other
+/// admission plugins judge its spec.
+async fn dry_run_pod(client: &Client, ns: &str, deployment: &Deployment) -> anyhow::Result<()> {
+    let template = deployment
+        .spec
+        .as_ref()
+        .map(|s| s.template.clone())
+        .ok_or_else(|| anyhow!("the Deployment has no spec"))?;
+    let mut metadata = template.metadata.unwrap_or_default();
+    metadata.name = Some(unique_name("kapal-pod"));
+    let pod = Pod {
+        metadata,
+        spec: template.spec,
+        ..Pod::default()
+    };
+    Api::<Pod>::namespaced(client.clone(), ns)
+        .create(
+            &PostParams {
+                dry_run: true,
+                field_manager: Some(FIELD_MANAGER.into()),
+            },
+            &pod,
+        )
+        .await
+        .map_err(explain)
+        .context("a pod of the Deployment is rejected (Pod Security level of namespace.yaml?)")?;
+    Ok(())
+}
+
+fn env_names(deployment: &Deployment) -> Vec<String> {
+    deployment
+        .spec
+        .as_ref()
+        .and_then(|s| s.template.spec.as_ref())
+        .map(|s| {
+            s.containers
+                .iter()
+                .flat_map(|c| c.env.clone().unwrap_or_default())
+                .map(|e| e.name)
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+fn volume(deployment: &Deployment, name: &str) -> Option<k8s_openapi::api::core::v1::Volume> {
+    deployment
+        .spec
+        .as_ref()?
+        .template
+        .spec
+        .as_ref()?
+        .volumes
+        .as_ref()?
+        .iter()
+        .find(|v| v.name == name)
+        .cloned()
+}
+
+// ---------------------------------------------------------------------------------------------
+// (a) The manifests.
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_manifests_are_consistent_and_accepted_by_the_api_server() -> anyhow::Result<()> {
+    let k3s = k3s_dir();
+    let base = kustomization(&k3s)?;
+
+    // The kustomization lists every manifest but the Secret template (which `apply -k` must
+    // never overwrite), and nothing else.
+    let files = yaml_files(&k3s)?;
+    let listed: BTreeSet<String> = base.resources.iter().cloned().collect();
+    let expected: BTreeSet<String> = files
+        .iter()
+        .filter(|f| *f != "kustomization.yaml" && *f != "secret.example.yaml")
+        .cloned()
+        .collect();
+    assert_eq!(listed, expected, "deploy/k3s/kustomization.yaml resources");
+    ensure!(
+        files.contains("secret.example.yaml"),
+        "deploy/k3s/secret.example.yaml is missing"
+    );
+    let sqlite = kustomization(&sqlite_dir())?;
+    let sqlite_files = yaml_files(&sqlite_dir())?;
+    let sqlite_resources: Vec<&String> =
+        sqlite.resources.iter().filter(|r| *r != "../k3s").collect();
+    assert_eq!(
+        sqlite.resources.len(),
+        sqlite_resources.len() + 1,
+        "deploy/k3s-sqlite builds on ../k3s"
+    );
+    let mut sqlite_listed: BTreeSet<String> = sqlite_resources.into_iter().cloned().collect();
+    sqlite_listed.extend(sqlite.patches.iter().map(|p| p.path.clone()));
+    sqlite_listed.insert("kustomization.yaml".into());
+    assert_eq!(sqlite_listed, sqlite_files, "deploy/k3s-sqlite files");
+
+    let mut manifests = Vec::new();
+    for file in &base.resources {
+        for mut obj in objects(&k3s.join(file))? {
+            set_images(&mut obj, &base.images);
+            manifests.push(obj);
+        }
+    }
+    let secret_template = objects(&k3s.join("secret.example.yaml"))?;
+
+    // No wildcard, no cluster-admin: the role names every verb and resource.
+    let role: ClusterRole = typed(find(&manifests, "ClusterRole", "kapal-provisioner")?)?;
+    for rule in role.rules.clone().unwrap_or_default() {
+        let everything = rule
+            .verbs
+            .iter()
+            .chain(rule.resources.iter().flatten())
+            .chain(rule.api_groups.iter().flatten());
+        assert!(everything.clone().all(|s| s != "*"), "wildcard in {rule:?}");
+        assert!(rule.non_resource_urls.is_none(), "{rule:?}");
+        assert!(rule.resource_names.is_none(), "{rule:?}");
+    }
+    assert!(role.aggregation_rule.is_none());
+    let binding: ClusterRoleBinding =
+        typed(find(&manifests, "ClusterRoleBinding", "kapal-provisioner")?)?;
+    assert_eq!(binding.role_ref.kind, "ClusterRole");
+    assert_eq!(binding.role_ref.name, "kapal-provisioner");
+    let subjects = binding.subjects.clone().unwrap_or_default();
+    assert_eq!(subjects.len(), 1, "{subjects:?}");
+    assert_eq!(subjects[0].kind, "ServiceAccount");
+    assert_eq!(subjects[0].name, "kapal-provisioner");
+    assert_eq!(subjects[0].namespace.as_deref(), Some("kapal"));
+
+    // Everything namespaced lives in the Namespace of namespace.yaml.
+    let namespace: Namespace = typed(find(&manifests, "Namespace", "kapal")?)?;
+    for obj in &manifests {
+        if !["Namespace", "ClusterRole", "ClusterRoleBinding"].contains(&kind(obj)) {
+            assert_eq!(
+                obj.metadata.namespace.as_deref(),
+                Some("kapal"),
+                "{} {}",
+                kind(obj),
+                obj.name_any()
+            );
+        }
+    }
+
+    // The Deployment refers to what the other files define.
+    let deployment: Deployment = typed(find(&manifests, "Deployment", "kapal")?)?;
+    let deployment_spec = deployment.spec.clone().unwrap_or_default();
+    let pod = deployment_spec.template.spec.clone().unwrap_or_default();
+    assert_eq!(deployment_spec.replicas, Some(1), "one replica");
+    assert_eq!(
+        deployment_spec.strategy.and_then(|s| s.type_).as_deref(),
+        Some("Recreate"),
+        "never two servers at once"
+    );
+    assert_eq!(
+        pod.service_account_name.as_deref(),
+        Some("kapal-provisioner")
+    );
+    find(&manifests, "ServiceAccount", "kapal-provisioner")?;
+    let container = pod
+        .containers
+        .first()
+        .ok_or_else(|| anyhow!("no container"))?;
+    assert_eq!(
+        container.image.as_deref(),
+        Some("registry.example.com/kapal:0.1.0"),
+        "image after kustomize's images: transformer"
+    );
+    assert_eq!(container.args.clone().unwrap_or_default(), ["server"]);
+    for probe in [
+        &container.startup_probe,
+        &container.readiness_probe,
+        &container.liveness_probe,
+    ] {
+        let port = probe.as_ref().and_then(|p| p.grpc.as_ref()).map(|g| g.port);
+        assert_eq!(port, Some(8080), "gRPC health probes on the gateway port");
+    }
+    let sc = container.security_context.clone().unwrap_or_default();
+    assert_eq!(sc.read_only_root_filesystem, Some(true));
+    assert_eq!(sc.allow_privilege_escalation, Some(false));
+    let env: BTreeMap<String, k8s_openapi::api::core::v1::EnvVar> = container
+        .env
+        .clone()
+        .unwrap_or_default()
+        .into_iter()
+        .map(|e| (e.name.clone(), e))
+        .collect();
+    assert_eq!(
+        env.get("KAPAL_LISTEN").and_then(|e| e.value.as_deref()),
+        Some("0.0.0.0:8080")
+    );
+    let secret: Secret = typed(&secret_template[0])?;
+    let secret_keys: BTreeSet<String> = secret
+        .string_data
+        .clone()
+        .unwrap_or_default()
+        .into_keys()
+        .collect();
+    for key in ["KAPAL_INTERNAL_KEY", "KAPAL_DATABASE_URL"] {
+        let reference = env
+            .get(key)
+            .and_then(|e| e.value_from.as_ref())
+            .and_then(|v| v.secret_key_ref.as_ref())
+            .ok_or_else(|| anyhow!("{key} is not taken from a Secret"))?;
+        assert_eq!(
+            Some(reference.name.as_str()),
+            secret.metadata.name.as_deref()
+        );
+        assert_eq!(reference.key, key);
+        assert!(secret_keys.contains(key), "the template has {key}");
+        assert_ne!(reference.optional, Some(true), "{key} is required");
+    }
+    // The placeholder key is refused by Kapal, so an unedited template cannot run.
+    let placeholder = secret
+        .string_data
+        .as_ref()
+        .and_then(|d| d.get("KAPAL_INTERNAL_KEY"))
+        .cloned()
+        .unwrap_or_default();
+    assert!(InternalKey::from_secret(&placeholder).is_err());
+    for from in container.env_from.clone().unwrap_or_default() {
+        let name = from.config_map_ref.map(|c| c.name).unwrap_or_default();
+        find(&manifests, "ConfigMap", &name)?;
+    }
+    let catalog_volume = pod
+        .volumes
+        .clone()
+        .unwrap_or_default()
+        .into_iter()
+        .find_map(|v| v.config_map.map(|c| c.name))
+        .ok_or_else(|| anyhow!("no catalog ConfigMap volume"))?;
+    let catalog_map = find(&manifests, "ConfigMap", &catalog_volume)?;
+
+    // The catalog ConfigMap is exactly catalog/*.yaml, and loads as a catalog.
+    let data: BTreeMap<String, String> =
+        serde_json::from_value(catalog_map.data.get("data").cloned().unwrap_or_default())?;
+    let catalog_dir = kapal::catalog::repo_catalog_dir();
+    let mut on_disk = BTreeMap::new();
+    for name in yaml_files(&catalog_dir)? {
+        on_disk.insert(
+            name.clone(),
+            std::fs::read_to_string(catalog_dir.join(&name))?,
+        );
+    }
+    assert!(
+        data == on_disk,
+        "deploy/k3s/catalog-configmap.yaml differs from catalog/: regenerate it (deploy/README.md, \"The catalog\"); \
+         ConfigMap has {:?}, catalog/ has {:?}",
+        data.keys().collect::<Vec<_>>(),
+        on_disk.keys().collect::<Vec<_>>()
+    );
+    let mounted = tempfile::tempdir()?;
+    for (name, text) in &data {
+        std::fs::write(mounted.path().join(name), text)?;
+    }
+    let from_map = Catalog::load(mounted.path())?;
+    let from_repo = Catalog::load(&catalog_dir)?;
+    let ids = |c: &Catalog| c.apps().map(|a| a.id.clone()).collect::<Vec<_>>();
+    assert_eq!(ids(&from_map), ids(&from_repo));
+
+    // The Service selects the pods and exposes the gateway as h2c to Traefik; the Ingress
+    // routes to it.
+    let service: k8s_openapi::api::core::v1::Service =
+        typed(find(&manifests, "Service", "kapal")?)?;
+    let service_spec = service.spec.clone().unwrap_or_default();
+    let pod_labels = deployment_spec
+        .template
+        .metadata
+        .clone()
+        .and_then(|m| m.labels)
+        .unwrap_or_default();
+    for (k, v) in service_spec.selector.clone().unwrap_or_default() {
+        assert_eq!(pod_labels.get(&k), Some(&v), "Service selector {k}");
+    }
+    let service_port = service_spec
+        .ports
+        .clone()
+        .unwrap_or_default()
+        .into_iter()
+        .next()
+        .ok_or_else(|| anyhow!("the Service has no port"))?;
+    assert_eq!(service_port.port, 8080);
+    assert_eq!(
+        service
+            .metadata
+            .annotations
+            .clone()
+            .unwrap_or_default()
+            .get("traefik.ingress.kubernetes.io/service.serversscheme")
+            .map(String::as_str),
+        Some("h2c")
+    );
+    let ingress: k8s_openapi::api::networking::v1::Ingress =
+        typed(find(&manifests, "Ingress", "kapal")?)?;
+    let ingress_spec = ingress.spec.clone().unwrap_or_default();
+    assert_eq!(ingress_spec.ingress_class_name.as_deref(), Some("traefik"));
+    let backend = ingress_spec
+        .rules
+        .clone()
+        .unwrap_or_default()
+        .into_iter()
+        .flat_map(|r| r.http.map(|h| h.paths).unwrap_or_default())
+        .filter_map(|p| p.backend.service)
+        .next()
+        .ok_or_else(|| anyhow!("the Ingress has no service backend"))?;
+    assert_eq!(backend.name, "kapal");
+    assert_eq!(
+        backend.port.and_then(|p| p.name),
+        service_port.name,
+        "the Ingress uses the Service's port"
+    );
+
+    // The API server accepts every object: cluster-scoped ones with dry-run only (their fixed
+    // names could clash with a real installation), namespaced ones with dry-run and then for
+    // real in a test namespace with namespace.yaml's labels (so its Pod Security level).
+    let client = cluster().await?.client();
+    let labels = namespace.metadata.labels.clone().unwrap_or_default();
+    let label_refs: Vec<(&str, &str)> = labels
+        .iter()
+        .map(|(k, v)| (k.as_str(), v.as_str()))
+        .collect();
+    let ns = TestNamespace::with_labels("deploy-k3s", &label_refs).await?;
+    for obj in &manifests {
+        apply(&client, obj, Some(ns.name()), true).await?;
+    }
+    apply(&client, &secret_template[0], Some(ns.name()), true).await?;
+    for obj in &manifests {
+        if !["Namespace", "ClusterRole", "ClusterRoleBinding"].contains(&kind(obj)) {
+            apply(&client, obj, Some(ns.name()), false).await?;
+        }
+    }
+    apply(&client, &secret_template[0], Some(ns.name()), false).await?;
+    dry_run_pod(&client, ns.name(), &deployment).await?;
+    let deployments: Api<Deployment> = ns.api();
+    wait_for(
+        "the Deployment of deploy/k3s to have its pod available",
+        READY_TIMEOUT,
+        || async {
+            let d = deployments.get("kapal").await?;
+            Ok((d.status.and_then(|s| s.available_replicas) == Some(1)).then_some(()))
+        },
+    )
+    .await?;
+
+    // deploy/k3s-sqlite: its claim, and its patch on the live Deployment (the API server
+    // computes the same strategic merge kustomize does): the data directory on the claim, no
+    // database URL, and still admitted.
+    for file in &sqlite.resources {
+        if file == "../k3s" {
+            continue;
+        }
+        for obj in objects(&sqlite_dir().join(file))? {
+            apply(&client, &obj, Some(ns.name()), true).await?;
+            apply(&client, &obj, Some(ns.name()), false).await?;
+        }
+    }
+    for p in &sqlite.patches {
+        let mut patch = documents(&sqlite_dir().join(&p.path))?.remove(0);
+        // kustomize matches the target by kind and name; the namespace is the test's here.
+        if let Some(meta) = patch.get_mut("metadata").and_then(Value::as_object_mut) {
+            meta.remove("namespace");
+        }
+        let patched = strategic_dry_run(&client, ns.name(), "kapal", &patch).await?;
+        assert!(
+            !env_names(&patched).contains(&"KAPAL_DATABASE_URL".to_string()),
+            "SQLite: no database URL"
+        );
+        assert!(env_names(&patched).contains(&"KAPAL_INTERNAL_KEY".to_string()));
+        let data = volume(&patched, "data").ok_or_else(|| anyhow!("no data volume"))?;
+        assert!(data.empty_dir.is_none(), "{data:?}");
+        assert_eq!(
+            data.persistent_volume_claim
+                .map(|c| c.claim_name)
+                .as_deref(),
+            Some("kapal-data")
+        );
+        dry_run_pod(&client, ns.name(), &patched).await?;
+    }
+    ns.cleanup().await
+}
+
+// ---------------------------------------------------------------------------------------------
+// (b) and (c): a ServiceAccount bound to exactly deploy/k3s/clusterrole.yaml.
+
+/// The ClusterRole of `deploy/k3s` under a unique name, bound to a ServiceAccount in a test
+/// namespace; the ClusterRole and binding are deleted on drop.
+struct Rbac {
+    namespace: TestNamespace,
+    role: ClusterRole,
+    role_name: String,
+    binding_name: String,
+    service_account: String,
+    admin: kube::Config,
+}
+
+impl Rbac {
+    async fn new() -> anyhow::Result<Rbac> {
+        let cluster = cluster().await?;
+        let admin = cluster.client();
+        let namespace = TestNamespace::new("deploy-rbac").await?;
+        let mut role: ClusterRole = typed(&objects(&k3s_dir().join("clusterrole.yaml"))?[0])?;
+        let role_name = unique_name("kapal-provisioner-test");
+        let binding_name = role_name.clone();
+        let sa_manifest = objects(&k3s_dir().join("serviceaccount.yaml"))?.remove(0);
+        // From here on, dropping `this` deletes what was created.
+        let this = Rbac {
+            namespace,
+            role: role.clone(),
+            role_name: role_name.clone(),
+            binding_name: binding_name.clone(),
+            service_account: sa_manifest.name_any(),
+            admin: cluster.config().clone(),
+        };
+        role.metadata.name = Some(role_name.clone());
+        role.metadata
+            .labels
+            .get_or_insert_default()
+            .insert("kapal.dev/test".into(), "true".into());
+        Api::<ClusterRole>::all(admin.clone())
+            .create(&PostParams::default(), &role)
+            .await
+            .context("creating the test ClusterRole")?;
+
+        apply(&admin, &sa_manifest, Some(this.namespace.name()), false).await?;
+
+        let mut binding: ClusterRoleBinding =
+            typed(&objects(&k3s_dir().join("clusterrolebinding.yaml"))?[0])?;
+        binding.metadata.name = Some(binding_name);
+        binding
+            .metadata
+            .labels
+            .get_or_insert_default()
+            .insert("kapal.dev/test".into(), "true".into());
+        binding.role_ref.name = role_name;
+        for subject in binding.subjects.iter_mut().flatten() {
+            subject.namespace = Some(this.namespace.name().to_string());
+        }
+        Api::<ClusterRoleBinding>::all(admin)
+            .create(&PostParams::default(), &binding)
+            .await
+            .context("creating the test ClusterRoleBinding")?;
+        Ok(this)
+    }
+
+    /// A kube config for the ServiceAccount: the cluster's URL and CA from the admin
+    /// kubeconfig, and nothing of its credentials, only a bound token from the TokenRequest API.
+    async fn service_account_config(&self) -> anyhow::Result<kube::Config> {
+        let sa: Api<ServiceAccount> = self.namespace.api();
+        let request = TokenRequest {
+            spec: Some(TokenRequestSpec {
+                expiration_seconds: Some(3600),
+                ..TokenRequestSpec::default()
+            }),
+            ..TokenRequest::default()
+        };
+        let token = sa
+            .create_token_request(&self.service_account, &PostParams::default(), &request)
+            .await
+            .context("requesting a token for the ServiceAccount")?
+            .status
+            .map(|s| s.token)
+            .ok_or_else(|| anyhow!("the TokenRequest returned no token"))?;
+        let mut config = kube::Config::new(self.admin.cluster_url.clone());
+        config.root_cert = self.admin.root_cert.clone();
+        config.root_cert_file = self.admin.root_cert_file.clone();
+        config.tls_server_name = self.admin.tls_server_name.clone();
+        config.auth_info = serde_json::from_value(json!({ "token": token }))?;
+        ensure!(
+            config.auth_info.client_certificate_data.is_none()
+                && config.auth_info.client_key_data.is_none()
+                && config.auth_info.impersonate.is_none(),
+            "only the token"
+        );
+        Ok(config)
+    }
+
+    /// Who the ServiceAccount's client is, and that its role is in effect (the RBAC authorizer
+    /// learns of new bindings through a watch, so the first requests may be denied).
+    async fn service_account_client(&self) -> anyhow::Result<Client> {
+        let client = Client::try_from(self.service_account_config().await?)?;
+        let expected = format!(
+            "system:serviceaccount:{}:{}",
+            self.namespace.name(),
+            self.service_account
+        );
+        // Any permission of the role will do.
+        let rule = self
+            .role
+            .rules
+            .as_ref()
+            .and_then(|r| r.first())
+            .ok_or_else(|| anyhow!("the ClusterRole has no rule"))?;
+        let (verb, group, resource) = (
+            rule.verbs.first().cloned().unwrap_or_default(),
+            rule.api_groups
+                .as_ref()
+                .and_then(|g| g.first().cloned())
+                .unwrap_or_default(),
+            rule.resources
+                .as_ref()
+                .and_then(|r| r.first().cloned())
+                .unwrap_or_default(),
+        );
+        wait_for(
+            "the test ClusterRole to be in effect",
+            Duration::from_secs(30),
+            || async {
+                Ok(can(
+                    &client,
+                    &verb,
+                    &group,
+                    &resource,
+                    None,
+                    Some("kapal-anyone-n8n"),
+                )
+                .await?
+                .then_some(()))
+            },
+        )
+        .await?;
+        let review = Api::<SelfSubjectReview>::all(client.clone())
+            .create(&PostParams::default(), &SelfSubjectReview::default())
+            .await
+            .context("SelfSubjectReview")?;
+        let user = review.status.and_then(|s| s.user_info).unwrap_or_default();
+        assert_eq!(
+            user.username.as_deref(),
+            Some(expected.as_str()),
+            "{user:?}"
+        );
+        assert!(
+            !user
+                .groups
+                .unwrap_or_default()
+                .iter()
+                .any(|g| g == "system:masters"),
+            "not an admin"
+        );
+        Ok(client)
+    }
+}
+
+impl Drop for Rbac {
+    fn drop(&mut self) {
+        let (role, binding, config) = (
+            self.role_name.clone(),
+            self.binding_name.clone(),
+            self.admin.clone(),
+        );
+        best_effort(config, move |client| async move {
+            let _ = Api::<ClusterRoleBinding>::all(client.clone())
+                .delete(&binding, &DeleteParams::default())
+                .await;
+            let _ = Api::<ClusterRole>::all(client)
+                .delete(&role, &DeleteParams::default())
+                .await;
+        });
+    }
+}
+
+/// Runs `f` with an admin client on a thread and runtime of its own (the test's runtime may be
+/// shutting down when a guard drops), with a deadline; best effort.
+fn best_effort<F, Fut>(config: kube::Config, f: F)
+where
+    F: FnOnce(Client) -> Fut + Send + 'static,
+    Fut: std::future::Future<Output = ()>,
+{
+    let _ = std::thread::spawn(move || {
+        let Ok(rt) = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+        else {
+            return;
+        };
+        rt.block_on(async move {
+            let Ok(client) = Client::try_from(config) else {
+                return;
+            };
+            let _ = tokio::time::timeout(Duration::from_secs(20), f(client)).await;
+        });
+    })
+    .join();
+}
+
+/// Whether the client's user may do `verb` on `resource` (SelfSubjectAccessReview).
+async fn can(
+    client: &Client,
+    verb: &str,
+    group: &str,
+    resource: &str,
+    subresource: Option<&str>,
+    namespace: Option<&str>,
+) -> anyhow::Result<bool> {
+    let review = SelfSubjectAccessReview {
+        spec: SelfSubjectAccessReviewSpec {
+            resource_attributes: Some(ResourceAttributes {
+                verb: Some(verb.into()),
+                group: Some(group.into()),
+                resource: Some(resource.into()),
+                subresource: subresource.map(Into::into),
+                namespace: namespace.map(Into::into),
+                ..ResourceAttributes::default()
+            }),
+            ..SelfSubjectAccessReviewSpec::default()
+        },
+        ..SelfSubjectAccessReview::default()
+    };
+    let answer = Api::<SelfSubjectAccessReview>::all(client.clone())
+        .create(&PostParams::default(), &review)
+        .await?;
+    Ok(answer.status.is_some_and(|s| s.allowed))
+}
+
+/// A request to authorize: (verb, API group, resource, subresource, namespace).
+type Access<'a> = (&'a str, &'a str, &'a str, Option<&'a str>, Option<&'a str>);
+
+fn forbidden<T: std::fmt::Debug>(what: &str, result: Result<T, kube::Error>) {
+    match result {
+        Ok(v) => panic!("{what}: allowed, expected 403 Forbidden ({v:?})"),
+        Err(e) => assert_eq!(
+            api_status(&e).map(|s| s.code),
+            Some(403),
+            "{what}: expected 403 Forbidden, got {e}"
+        ),
+    }
+}
+
+// A control-plane stand-in (as in tests/provisioner.rs): records reports, serves no desired list.
+
+#[derive(Clone, Default)]
+struct FakeControlPlane {
+    reports: Arc<Mutex<Vec<InstanceState>>>,
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+#[tonic::async_trait]
+impl InstanceStateService for FakeControlPlane {
+    async fn report_instance_state(
+        &self,
+        req: Request<InstanceState>,
+    ) -> Result<Response<ReportInstanceStateResponse>, Status> {
+        kapal::auth::service(&req)?;
+        lock(&self.reports).push(req.into_inner());
+        Ok(Response::new(ReportInstanceStateResponse {}))
+    }
+
+    async fn list_desired_instances(
+        &self,
+        req: Request<ListDesiredInstancesRequest>,
+    ) -> Result<Response<ListDesiredInstancesResponse>, Status> {
+        kapal::auth::service(&req)?;
+        Ok(Response::new(ListDesiredInstancesResponse::default()))
+    }
+}
+
+impl FakeControlPlane {
+    fn reported(&self, id: &str) -> Vec<i32> {
+        lock(&self.reports)
+            .iter()
+            .filter(|r| r.instance_id == id)
+            .map(|r| r.status)
+            .collect()
+    }
+
+    async fn wait_reported(&self, id: &str, status: InstanceStatus) -> anyhow::Result<()> {
+        wait_for(
+            &format!("a {} report for {id}", status.as_str_name()),
+            READY_TIMEOUT,
+            || async { Ok(self.reported(id).contains(&(status as i32)).then_some(())) },
+        )
+        .await
+        .with_context(|| format!("reports so far: {:?}", self.reported(id)))
+    }
+}
+
+/// Deletes a namespace as admin when dropped (the instance's, should the test fail before the
+/// provisioner deletes it).
+struct DeleteNamespace {
+    name: String,
+    admin: kube::Config,
+}
+
+impl Drop for DeleteNamespace {
+    fn drop(&mut self) {
+        let name = self.name.clone();
+        best_effort(self.admin.clone(), move |client| async move {
+            let _ = Api::<Namespace>::all(client)
+                .delete(&name, &DeleteParams::background())
+                .await;
+        });
+    }
+}
+
+/// Warnings and errors logged in this test process (the provisioner logs a failed watch or
+/// convergence as a warning and retries, so a missing permission shows up here first).
+#[derive(Clone, Default)]
+struct Warnings(Arc<Mutex<Vec<String>>>);
+
+impl<S: tracing::Subscriber> tracing_subscriber::Layer<S> for Warnings {
+    fn on_event(&self, event: &tracing::Event<'_>, _: tracing_subscriber::layer::Context<'_, S>) {
+        if *event.metadata().level() <= tracing::Level::WARN {
+            let mut text = format!("{}: ", event.metadata().target());
+            event.record(&mut FieldText(&mut text));
+            lock(&self.0).push(text);
+        }
+    }
+}
+
+struct FieldText<'a>(&'a mut String);
+
+impl tracing::field::Visit for FieldText<'_> {
+    fn record_debug(&mut self, field: &tracing::field::Field, value: &dyn std::fmt::Debug) {
+        use std::fmt::Write as _;
+        let _ = write!(self.0, "{}={value:?} ", field.name());
+    }
+}
+
+/// The process' warnings, recorded from the first call on (and printed; other log lines only
+/// as `RUST_LOG` asks). Checks that the recording works, since a subscriber installed earlier
+/// by someone else would silently disable it.
+fn warnings() -> &'static Warnings {
+    static WARNINGS: std::sync::OnceLock<Warnings> = std::sync::OnceLock::new();
+    let _ = WARNINGS.get_or_init(|| {
+        use tracing_subscriber::Layer as _;
+        use tracing_subscriber::layer::SubscriberExt as _;
+        use tracing_subscriber::util::SubscriberInitExt as _;
+        let warnings = Warnings::default();
+        let installed = tracing_subscriber::registry()
+            .with(warnings.clone())
+            .with(
+                tracing_subscriber::fmt::layer()
+                    .with_test_writer()
+                    .with_filter(tracing_subscriber::EnvFilter::new(
+                        std::env::var("RUST_LOG").unwrap_or_else(|_| "warn".into()),
+                    )),
+            )
+            .try_init();
+        assert!(installed.is_ok(), "another tracing subscriber is installed");
+        warnings
+    });
+    let warnings = WARNINGS.get_or_init(Warnings::default);
+    tracing::warn!(probe = "deploy_rbac", "warnings are recorded");
+    assert!(
+        lock(&warnings.0).iter().any(|w| w.contains("deploy_rbac")),
+        "the warning recorder does not record"
+    );
+    warnings
+}
+
+fn forbidden_warnings() -> Vec<String> {
+    lock(&warnings().0)
+        .iter()
+        .filter(|w| {
+            let w = w.to_lowercase();
+            w.contains("forbidden") || w.contains("403")
+        })
+        .cloned()
+        .collect()
+}
+
+async fn free_listener() -> anyhow::Result<(TcpListener, String)> {
+    let listener = TcpListener::bind("127.0.0.1:0").await?;
+    let endpoint = format!("http://{}", listener.local_addr()?);
+    Ok((listener, endpoint))
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_provisioner_does_its_whole_job_with_exactly_the_deployed_cluster_role()
+-> anyhow::Result<()> {
+    warnings();
+    let rbac = Rbac::new().await?;
+    let sa_config = rbac.service_account_config().await?;
+    // Proves the role is in effect and the identity is the ServiceAccount, not an admin.
+    let sa_client = rbac.service_account_client().await?;
+    drop(sa_client);
+
+    // The provisioner with the ServiceAccount's config, next to a control-plane stand-in. A
+    // resync interval of an hour: statuses after the first apply come from its watches of pods
+    // and workloads, so those are exercised with the role too.
+    let key = InternalKey::random();
+    let control_plane = FakeControlPlane::default();
+    let (cp_listener, cp_endpoint) = free_listener().await?;
+    let (cp_stop, cp_stopped) = oneshot::channel::<()>();
+    let router = tonic::transport::Server::builder().add_service(
+        InstanceStateServiceServer::with_interceptor(
+            control_plane.clone(),
+            VerifyPrincipal(key.clone()),
+        ),
+    );
+    tokio::spawn(kapal::serve::serve(router, cp_listener, async {
+        let _ = cp_stopped.await;
+    }));
+    let dir = tempfile::tempdir()?;
+    let catalog = Arc::new(Catalog::load(&kapal::catalog::repo_catalog_dir())?);
+    let mut config = kapal_provisioner::Config::new(
+        DbConfig::DataDir(dir.path().to_path_buf()),
+        catalog,
+        key.clone(),
+        sa_config,
+        cp_endpoint,
+    );
+    config.resync_interval = Duration::from_secs(3600);
+    // The instance's pod goes to a node of this test's own, which the test then stops: the
+    // provisioner's node-failure handling (reading the node, force-deleting the evicted pod)
+    // runs with the role too.
+    let node = TempNode::create("kapal-rbac-node").await?;
+    config.extra_tolerations = vec![serde_json::from_value(node.toleration())?];
+    config.affinity = Some(serde_json::from_value(node.preferred_affinity())?);
+    config.node_failure_toleration = Duration::from_secs(2);
+    let (listener, endpoint) = free_listener().await?;
+    let (stop, stopped) = oneshot::channel::<()>();
+    let task = tokio::spawn(kapal_provisioner::run(config, listener, async {
+        let _ = stopped.await;
+    }));
+    let mut provisioner =
+        ProvisionerServiceClient::new(kapal::serve::internal_channel(&endpoint, &key)?);
+
+    let customer = format!("t{}", &Uuid::new_v4().simple().to_string()[..8]);
+    let mut spec = InstanceSpec {
+        instance_id: Uuid::new_v4().to_string(),
+        account_id: Uuid::new_v4().to_string(),
+        customer_id: customer.clone(),
+        app_id: "n8n".into(),
+        plan_id: "trial".into(),
+        hostname: format!("{customer}.n8n.kapal.test"),
+        namespace: format!("kapal-{customer}-n8n"),
+        desired_state: DesiredState::Running as i32,
+        restart_generation: 0,
+    };
+    let id = spec.instance_id.clone();
+    let _cleanup = DeleteNamespace {
+        name: spec.namespace.clone(),
+        admin: rbac.admin.clone(),
+    };
+    let reader = provisioner.clone();
+    let state = move |id: String| {
+        let mut provisioner = reader.clone();
+        async move {
+            let req = GetInstanceStateRequest { instance_id: id };
+            anyhow::Ok(provisioner.get_instance_state(req).await?.into_inner())
+        }
+    };
+    let wait_status = |status: InstanceStatus| {
+        let (id, state) = (id.clone(), &state);
+        async move {
+            wait_for(
+                &format!("instance {id} to be {}", status.as_str_name()),
+                READY_TIMEOUT,
+                || async {
+                    let s = state(id.clone()).await?;
+                    Ok((s.status == status as i32).then_some(s))
+                },
+            )
+            .await
+        }
+    };
+
+    // Apply: every object is created through the role (an error here names the missing
+    // permission), and the app comes up.
+    provisioner
+        .apply_instance(ApplyInstanceRequest {
+            spec: Some(spec.clone()),
+        })
+        .await
+        .with_context(|| {
+            format!(
+                "ApplyInstance with the deployed ClusterRole; refused: {:?}",
+                forbidden_warnings()
+            )
+        })?;
+    wait_status(InstanceStatus::Ready).await?;
+    control_plane
+        .wait_reported(&id, InstanceStatus::Ready)
+        .await?;
+    let credentials = provisioner
+        .get_credentials(GetCredentialsRequest {
+            instance_id: id.clone(),
+        })
+        .await
+        .with_context(|| {
+            format!(
+                "GetCredentials with the deployed ClusterRole; refused: {:?}",
+                forbidden_warnings()
+            )
+        })?
+        .into_inner();
+    assert_eq!(credentials.password.len(), 24);
+    let admin = cluster().await?.client();
+    let objects_in = Api::<Deployment>::namespaced(admin.clone(), &spec.namespace)
+        .list(&ListParams::default())
+        .await?;
+    assert_eq!(objects_in.items.len(), 1, "the n8n Deployment");
+
+    // Drift: a Service deleted behind Kapal's back is seen by the Service watch and applied
+    // again (the resync is an hour away).
+    let services =
+        Api::<k8s_openapi::api::core::v1::Service>::namespaced(admin.clone(), &spec.namespace);
+    let old_service = services.get("app").await?.uid();
+    services.delete("app", &DeleteParams::default()).await?;
+    wait_for(
+        "the deleted Service to be re-created",
+        READY_TIMEOUT,
+        || async {
+            Ok(services
+                .get_opt("app")
+                .await?
+                .filter(|s| s.uid() != old_service)
+                .map(|_| ()))
+        },
+    )
+    .await?;
+
+    // Node failure: the pod is evicted from the stopped node, force-deleted by the provisioner
+    // (no kubelet will confirm its end) and replaced on another node.
+    let pods = Api::<Pod>::namespaced(admin.clone(), &spec.namespace);
+    let first = pods.list(&ListParams::default()).await?.items;
+    ensure!(
+        first.len() == 1
+            && first[0].spec.as_ref().and_then(|s| s.node_name.as_deref()) == Some(node.name()),
+        "the pod is not on the test's node {}: {:?}",
+        node.name(),
+        first
+            .iter()
+            .map(|p| p.spec.as_ref().and_then(|s| s.node_name.clone()))
+            .collect::<Vec<_>>()
+    );
+    let first_pod = first[0].uid();
+    node.stop().await?;
+    wait_for(
+        "the evicted pod to be released and replaced on another node",
+        Duration::from_secs(180),
+        || async {
+            let now = pods.list(&ListParams::default()).await?.items;
+            let released = now.iter().all(|p| p.uid() != first_pod);
+            let replaced = now.iter().any(|p| {
+                p.spec.as_ref().and_then(|s| s.node_name.as_deref()) != Some(node.name())
+                    && p.status.as_ref().and_then(|s| s.phase.as_deref()) == Some("Running")
+            });
+            Ok((released && replaced).then_some(()))
+        },
+    )
+    .await
+    .with_context(|| format!("refused: {:?}", forbidden_warnings()))?;
+    wait_status(InstanceStatus::Ready).await?;
+
+    // Stop: scaled to zero; SUSPENDED once the pod is gone (seen through the pod watch).
+    spec.desired_state = DesiredState::Stopped as i32;
+    provisioner
+        .apply_instance(ApplyInstanceRequest {
+            spec: Some(spec.clone()),
+        })
+        .await
+        .with_context(|| {
+            format!(
+                "stopping with the deployed ClusterRole; refused: {:?}",
+                forbidden_warnings()
+            )
+        })?;
+    wait_status(InstanceStatus::Suspended).await?;
+    control_plane
+        .wait_reported(&id, InstanceStatus::Suspended)
+        .await?;
+
+    // Delete: the namespace goes.
+    spec.desired_state = DesiredState::Deleted as i32;
+    provisioner
+        .apply_instance(ApplyInstanceRequest {
+            spec: Some(spec.clone()),
+        })
+        .await
+        .with_context(|| {
+            format!(
+                "deleting with the deployed ClusterRole; refused: {:?}",
+                forbidden_warnings()
+            )
+        })?;
+    wait_status(InstanceStatus::Deleted).await?;
+    assert!(
+        Api::<Namespace>::all(admin)
+            .get_opt(&spec.namespace)
+            .await?
+            .is_none(),
+        "the instance's namespace is gone"
+    );
+
+    // No request of the provisioner was refused along the way (watches included, which only
+    // log and retry).
+    let refused: BTreeSet<String> = forbidden_warnings().into_iter().collect();
+    assert!(
+        refused.is_empty(),
+        "requests refused by RBAC (the first few): {:#?}",
+        refused.iter().take(4).collect::<Vec<_>>()
+    );
+
+    let _ = stop.send(());
+    let _ = cp_stop.send(());
+    tokio::time::timeout(Duration::from_secs(10), task)
+        .await
+        .context("the provisioner did not stop within 10 s")??
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_deployed_cluster_role_allows_nothing_else() -> anyhow::Result<()> {
+    let rbac = Rbac::new().await?;
+    let sa = rbac.service_account_client().await?;
+    let own_ns = rbac.namespace.name().to_string();
+    // Any namespace: the role is cluster-wide, as instance namespaces are made at checkout.
+    let elsewhere = Some("kapal-anyone-n8n");
+
+    // Everything the role lists is allowed (the role in effect is the file's).
+    for rule in rbac.role.rules.clone().unwrap_or_default() {
+        for group in rule.api_groups.clone().unwrap_or_default() {
+            for resource in rule.resources.clone().unwrap_or_default() {
+                for verb in &rule.verbs {
+                    let namespace = (resource != "namespaces").then_some("kapal-anyone-n8n");
+                    assert!(
+                        can(&sa, verb, &group, &resource, None, namespace).await?,
+                        "{verb} {group}/{resource} should be allowed"
+                    );
+                }
+            }
+        }
+    }
+
+    // Nothing outside its job.
+    let denied: &[Access] = &[
+        // RBAC: no way to grant itself more.
+        (
+            "create",
+            "rbac.authorization.k8s.io",
+            "clusterroles",
+            None,
+            None,
+        ),
+        (
+            "update",
+            "rbac.authorization.k8s.io",
+            "clusterroles",
+            None,
+            None,
+        ),
+        (
+            "escalate",
+            "rbac.authorization.k8s.io",
+            "clusterroles",
+            None,
+            None,
+        ),
+        (
+            "bind",
+            "rbac.authorization.k8s.io",
+            "clusterroles",
+            None,
+            None,
+        ),
+        (
+            "create",
+            "rbac.authorization.k8s.io",
+            "clusterrolebindings",
+            None,
+            None,
+        ),
+        (
+            "create",
+            "rbac.authorization.k8s.io",
+            "roles",
+            None,
+            elsewhere,
+        ),
+        (
+            "create",
+            "rbac.authorization.k8s.io",
+            "rolebindings",
+            None,
+            elsewhere,
+        ),
+        ("impersonate", "", "users", None, None),
+        ("impersonate", "", "serviceaccounts", None, elsewhere),
+        ("impersonate", "", "groups", None, None),
+        ("create", "", "serviceaccounts", None, elsewhere),
+        ("create", "", "serviceaccounts", Some("token"), elsewhere),
+        // Nodes: read one by name, nothing more.
+        ("list", "", "nodes", None, None),
+        ("patch", "", "nodes", Some("status"), None),
+        ("update", "", "nodes", Some("status"), None),
+        ("delete", "", "nodes", None, None),
+        ("get", "", "nodes", Some("proxy"), None),
+        // Pods: workload controllers make them; no exec, logs, port-forward, eviction. (Only
+        // delete, for pods stranded on a failed node.)
+        ("create", "", "pods", None, elsewhere),
+        ("get", "", "pods", None, elsewhere),
+        ("create", "", "pods", Some("exec"), elsewhere),
+        ("get", "", "pods", Some("exec"), elsewhere),
+        ("create", "", "pods", Some("attach"), elsewhere),
+        ("get", "", "pods", Some("log"), elsewhere),
+        ("create", "", "pods", Some("portforward"), elsewhere),
+        ("create", "", "pods", Some("eviction"), elsewhere),
+        // Secrets: read by name only, never enumerated or deleted.
+        ("list", "", "secrets", None, elsewhere),
+        ("watch", "", "secrets", None, elsewhere),
+        ("list", "", "secrets", None, None),
+        ("delete", "", "secrets", None, elsewhere),
+        ("update", "", "secrets", None, elsewhere),
+        // Namespaces: no enumeration, no update outside apply.
+        ("list", "", "namespaces", None, None),
+        ("watch", "", "namespaces", None, None),
+        ("update", "", "namespaces", None, None),
+        ("update", "", "namespaces", Some("finalize"), None),
+        // Nothing deleted but whole namespaces (and stranded pods).
+        ("delete", "apps", "deployments", None, elsewhere),
+        ("delete", "", "persistentvolumeclaims", None, elsewhere),
+        (
+            "delete",
+            "networking.k8s.io",
+            "networkpolicies",
+            None,
+            elsewhere,
+        ),
+        ("deletecollection", "", "pods", None, elsewhere),
+        ("update", "apps", "deployments", Some("scale"), elsewhere),
+        // Not used at all.
+        ("get", "", "configmaps", None, elsewhere),
+        ("create", "", "events", None, elsewhere),
+        ("create", "", "persistentvolumes", None, None),
+        ("create", "apps", "daemonsets", None, elsewhere),
+        ("create", "batch", "jobs", None, elsewhere),
+        (
+            "create",
+            "apiextensions.k8s.io",
+            "customresourcedefinitions",
+            None,
+            None,
+        ),
+        (
+            "create",
+            "admissionregistration.k8s.io",
+            "mutatingwebhookconfigurations",
+            None,
+            None,
+        ),
+        (
+            "create",
+            "admissionregistration.k8s.io",
+            "validatingwebhookconfigurations",
+            None,
+            None,
+        ),
+        (
+            "create",
+            "certificates.k8s.io",
+            "certificatesigningrequests",
+            None,
+            None,
+        ),
+        (
+            "update",
+            "certificates.k8s.io",
+            "certificatesigningrequests",
+            Some("approval"),
+            None,
+        ),
+        ("create", "storage.k8s.io", "storageclasses", None, None),
+        ("create", "cert-manager.io", "certificates", None, elsewhere),
+    ];
+    let mut allowed = Vec::new();
+    for (verb, group, resource, sub, ns) in denied {
+        if can(&sa, verb, group, resource, *sub, *ns).await? {
+            allowed.push(format!(
+                "{verb} {group}/{resource}{}",
+                sub.map(|s| format!("/{s}")).unwrap_or_default()
+            ));
+        }
+    }
+    assert!(allowed.is_empty(), "the role allows too much: {allowed:?}");
+
+    // And trying it for real is refused (all with dry-run, so nothing would change even if a
+    // request got through).
+    let dry_post = PostParams {
+        dry_run: true,
+        field_manager: Some(FIELD_MANAGER.into()),
+    };
+    let dry_delete = DeleteParams {
+        dry_run: true,
+        ..DeleteParams::default()
+    };
+    let admin_role: ClusterRole = serde_json::from_value(json!({
+        "metadata": { "name": unique_name("kapal-escalate") },
+        "rules": [{ "apiGroups": ["*"], "resources": ["*"], "verbs": ["*"] }],
+    }))?;
+    forbidden(
+        "creating a ClusterRole",
+        Api::<ClusterRole>::all(sa.clone())
+            .create(&dry_post, &admin_role)
+            .await,
+    );
+    let escalation: RoleBinding = serde_json::from_value(json!({
+        "metadata": { "name": "escalate" },
+        "roleRef": { "apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": "cluster-admin" },
+        "subjects": [{ "kind": "ServiceAccount", "name": rbac.service_account, "namespace": own_ns }],
+    }))?;
+    forbidden(
+        "binding cluster-admin in its own namespace",
+        Api::<RoleBinding>::namespaced(sa.clone(), &own_ns)
+            .create(&dry_post, &escalation)
+            .await,
+    );
+    let nodes = Api::<Node>::all(sa.clone());
+    let node = kapal_tests::cluster::NODES[0];
+    forbidden("listing nodes", nodes.list(&ListParams::default()).await);
+    forbidden(
+        "writing a node's status",
+        nodes
+            .patch_status(
+                node,
+                &PatchParams::default().dry_run(),
+                &Patch::Merge(json!({ "status": { "conditions": [] } })),
+            )
+            .await,
+    );
+    forbidden("deleting a node", nodes.delete(node, &dry_delete).await);
+    let pod: Pod = serde_json::from_value(json!({
+        "metadata": { "name": "direct" },
+        "spec": { "containers": [{ "name": "c", "image": "busybox" }] },
+    }))?;
+    forbidden(
+        "creating a pod directly",
+        Api::<Pod>::namespaced(sa.clone(), &own_ns)
+            .create(&dry_post, &pod)
+            .await,
+    );
+    forbidden(
+        "listing kube-system's secrets",
+        Api::<Secret>::namespaced(sa.clone(), "kube-system")
+            .list(&ListParams::default())
+            .await,
+    );
+    forbidden(
+        "listing namespaces",
+        Api::<Namespace>::all(sa.clone())
+            .list(&ListParams::default())
+            .await,
+    );
+    Ok(())
+}
