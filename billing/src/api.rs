@@ -333,6 +333,9 @@ fn subscription_to_proto(
         created_at: Some(wire::timestamp(row.created_at)),
         trial_end: wire::opt_timestamp(row.trial_end),
         next_plan_id: next_plan.unwrap_or_default(),
+        instance_id: row.instance_id.clone(),
+        // Customers and services are not told the owner: only operators' responses carry it.
+        account_id: String::new(),
     })
 }
 
