@@ -323,10 +323,7 @@ pub async fn run(
         "gateway listening"
     );
     router
-        .serve_with_incoming_shutdown(
-            tokio_stream::wrappers::TcpListenerStream::new(listener),
-            shutdown,
-        )
+        .serve_with_incoming_shutdown(kapal::serve::incoming(listener), shutdown)
         .await
         .context("the gateway server failed")
 }

@@ -17,7 +17,10 @@ use crate::error::Error;
 use crate::middleware::{Middleware, Next, Req, Res, forward};
 
 /// Services served by billing; every other public service is served by the control-plane.
-const BILLING_SERVICES: &[&str] = &["kapal.v1.SubscriptionService"];
+const BILLING_SERVICES: &[&str] = &[
+    "kapal.v1.SubscriptionService",
+    "kapal.v1.BillingAdminService",
+];
 
 /// Calls anyone may make without a token: browsing the catalog, and getting a token at all.
 /// `service/*` means every method of the service.
@@ -178,11 +181,17 @@ mod tests {
             get("/kapal.v1.SubscriptionService/ListSubscriptions").target,
             Target::Billing
         );
+        assert_eq!(
+            get("/kapal.v1.BillingAdminService/GetRevenueReport").target,
+            Target::Billing
+        );
         for path in [
             "/kapal.v1.CatalogService/ListApps",
             "/kapal.v1.AccountService/WhoAmI",
             "/kapal.v1.OrderService/Checkout",
             "/kapal.v1.InstanceService/GetInstance",
+            "/kapal.v1.AdminService/ListAllInstances",
+            "/kapal.v1.AdminService/GetCapacity",
         ] {
             assert_eq!(get(path).target, Target::ControlPlane, "{path}");
         }

@@ -324,6 +324,13 @@ impl InstanceService for Instances {
         Err(not_needed())
     }
 
+    async fn get_instance_usage(
+        &self,
+        _: Request<pb::GetInstanceUsageRequest>,
+    ) -> Result<Response<pb::InstanceUsage>, Status> {
+        Err(not_needed())
+    }
+
     async fn delete_instance(
         &self,
         _: Request<pb::InstanceActionRequest>,
