@@ -5,6 +5,13 @@ mod server;
 
 use clap::{Parser, Subcommand};
 
+/// mimalloc instead of glibc's malloc: glibc raises its mmap threshold to the size of each large
+/// block freed, after which the 19 MiB blocks of argon2id password hashes come from per-thread
+/// arenas that keep the memory (measured: 359 MiB resident after a load test with sign-ups and
+/// log-ins, against ~40 MiB of live data). mimalloc returns freed memory to the system.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[derive(Parser)]
 #[command(
     name = "kapal",
