@@ -22,7 +22,7 @@ use tonic::{Request, Response, Status};
 
 use crate::Ctx;
 use crate::error::{Error, Result};
-use crate::models::{Account, Instance, instance_state};
+use crate::models::{Account, Instance, entitlement, instance_state};
 use crate::orders::{paginate, parse_page_token};
 use crate::schema::{accounts, instances};
 
@@ -47,11 +47,15 @@ pub(crate) fn instance_to_wire(i: &Instance) -> pb::Instance {
         created_at: Some(timestamp(i.created_at)),
         updated_at: Some(timestamp(i.updated_at)),
         ready_at: opt_timestamp(i.ready_at),
+        suspended_by_billing: crate::entitlements::suspended_by_billing(i),
+        data_deleted_after: opt_timestamp(i.data_deleted_after),
     }
 }
 
-/// The provisioner's view of an instance.
+/// The provisioner's view of an instance: its effective desired state (the customer's wish
+/// within what billing allows, see [`crate::entitlements::effective`]).
 pub(crate) fn spec_of(i: &Instance, customer_id: &str) -> InstanceSpec {
+    let effective = crate::entitlements::effective(i);
     InstanceSpec {
         instance_id: i.id.clone(),
         account_id: i.account_id.clone(),
@@ -60,8 +64,10 @@ pub(crate) fn spec_of(i: &Instance, customer_id: &str) -> InstanceSpec {
         plan_id: i.plan_id.clone(),
         hostname: i.hostname.clone(),
         namespace: i.namespace.clone(),
-        desired_state: instance_state::desired_to_wire(&i.desired_state) as i32,
+        desired_state: effective.desired as i32,
         restart_generation: u64::try_from(i.restart_generation).unwrap_or(0),
+        delete_data_after: opt_timestamp(effective.delete_data_after),
+        suspended_by_billing: effective.suspended_by_billing,
     }
 }
 
@@ -129,12 +135,24 @@ impl Instances {
         if current.desired_state == instance_state::DELETED {
             return Err(Status::failed_precondition("the instance has been deleted"));
         }
+        if current.entitlement == entitlement::EXPIRED {
+            return Err(crate::entitlements::expired_refusal(&current).into());
+        }
+        // Billing holds the instance: it runs again once the subscription is paid. Stopping and
+        // deleting stay the customer's to do.
+        if matches!(action, Action::Start | Action::Restart)
+            && let Some(refusal) = crate::entitlements::start_refusal(&current)
+        {
+            return Err(refusal.into());
+        }
         let now = ctx.now();
+        // An instance whose subscription expired meanwhile is not the customer's to change.
         let target = instances::table
             .filter(instances::id.eq(&id))
-            .filter(instances::account_id.eq(&account_id));
+            .filter(instances::account_id.eq(&account_id))
+            .filter(instances::entitlement.ne(entitlement::EXPIRED));
         let mut conn = ctx.db.get().await.map_err(Error::from)?;
-        match action {
+        let updated = match action {
             Action::Restart => {
                 if current.desired_state != instance_state::RUNNING {
                     return Err(Status::failed_precondition(
@@ -148,13 +166,25 @@ impl Instances {
                     ))
                     .execute(c)
                     .await)
-                .map_err(Error::from)?;
+                .map_err(Error::from)?
             }
-            Action::Stop | Action::Start | Action::Delete => {
+            Action::Delete => {
+                // The workloads go now; the data after the retention period.
+                let data_deleted_after = now + ctx.data_retention;
+                kapal::db!(&mut conn, |c| diesel::update(target)
+                    .set((
+                        instances::desired_state.eq(instance_state::DELETED),
+                        instances::data_deleted_after.eq(data_deleted_after),
+                        instances::updated_at.eq(now)
+                    ))
+                    .execute(c)
+                    .await)
+                .map_err(Error::from)?
+            }
+            Action::Stop | Action::Start => {
                 let desired = match action {
                     Action::Stop => instance_state::STOPPED,
-                    Action::Start => instance_state::RUNNING,
-                    _ => instance_state::DELETED,
+                    _ => instance_state::RUNNING,
                 };
                 kapal::db!(&mut conn, |c| diesel::update(target)
                     .set((
@@ -163,10 +193,15 @@ impl Instances {
                     ))
                     .execute(c)
                     .await)
-                .map_err(Error::from)?;
+                .map_err(Error::from)?
             }
-        }
+        };
         drop(conn);
+        if updated == 0 {
+            // Billing expired the subscription between the read and the update.
+            let now_current = owned(ctx, &account_id, &id).await?;
+            return Err(crate::entitlements::expired_refusal(&now_current).into());
+        }
         let _ = ctx.changes.send(id.clone());
         let updated = owned(ctx, &account_id, &id).await?;
         push_to_provisioner(ctx, &updated, &p.customer_id).await;
@@ -252,6 +287,8 @@ impl InstanceService for Instances {
                     i.status_reason.clone(),
                     i.desired_state.clone(),
                     i.restart_generation,
+                    i.entitlement.clone(),
+                    i.data_deleted_after,
                 )
             };
             let mut last = key(&first);
@@ -340,12 +377,24 @@ where
     Box::pin(tokio_stream::wrappers::ReceiverStream::new(rx))
 }
 
-/// Every instance that is not gone yet, with its owner's customer id (for the provisioner).
+/// Every instance the provisioner must keep, with its owner's customer id: those meant to run
+/// or be stopped, deleted ones not yet reported gone, and deleted ones whose data is still kept
+/// (so the provisioner's sweep of unknown namespaces does not remove retained data early).
 pub(crate) async fn desired(ctx: &Ctx) -> Result<Vec<InstanceSpec>> {
+    let now = ctx.now();
     let mut conn = ctx.db.get().await?;
     let rows: Vec<(Instance, Account)> = kapal::db!(&mut conn, |c| instances::table
         .inner_join(accounts::table)
-        .filter(instances::status.ne("deleted"))
+        .filter(
+            instances::status
+                .ne("deleted")
+                .nullable()
+                .or(instances::data_deleted_after.gt(now))
+                .or(instances::desired_state
+                    .ne(instance_state::DELETED)
+                    .and(instances::entitlement.ne(entitlement::EXPIRED))
+                    .nullable())
+        )
         .select((Instance::as_select(), Account::as_select()))
         .load(c)
         .await)?;

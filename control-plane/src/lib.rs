@@ -3,10 +3,12 @@
 //!
 //! Public services (reached through the gateway): `kapal.v1.CatalogService`, `AccountService`,
 //! `OrderService`, `InstanceService`. Internal services: `kapal.internal.v1.IdentityService`
-//! (for the gateway) and `InstanceStateService` (for the provisioner).
+//! (for the gateway), `InstanceStateService` (for the provisioner) and `EntitlementService` (for
+//! billing).
 
 mod accounts;
 mod catalog;
+mod entitlements;
 pub mod error;
 mod instances;
 mod internal;
@@ -25,6 +27,7 @@ use kapal::catalog::Catalog;
 use kapal::clock::SharedClock;
 use kapal::db::{Db, DbConfig, Migrations};
 use kapal::proto::internal::v1::billing_service_client::BillingServiceClient;
+use kapal::proto::internal::v1::entitlement_service_server::EntitlementServiceServer;
 use kapal::proto::internal::v1::identity_service_server::IdentityServiceServer;
 use kapal::proto::internal::v1::instance_state_service_server::InstanceStateServiceServer;
 use kapal::proto::internal::v1::provisioner_service_client::ProvisionerServiceClient;
@@ -58,6 +61,8 @@ pub struct Config {
     pub admin_emails: Vec<String>,
     /// How often orders left pending (e.g. by a crash) are picked up again.
     pub recovery_interval: Duration,
+    /// How long a deleted instance's data (volumes, secrets, namespace) is kept.
+    pub data_retention: Duration,
 }
 
 impl Config {
@@ -80,6 +85,7 @@ impl Config {
             session_ttl: Duration::from_secs(30 * 24 * 3600),
             admin_emails: Vec::new(),
             recovery_interval: Duration::from_secs(15),
+            data_retention: Duration::from_secs(7 * 24 * 3600),
         }
     }
 }
@@ -95,6 +101,8 @@ pub(crate) struct Ctx {
     pub domain: String,
     pub session_ttl: chrono::Duration,
     pub admin_emails: Arc<Vec<String>>,
+    /// How long a deleted instance's data is kept.
+    pub data_retention: chrono::Duration,
     /// Ids of instances whose state changed, for watchers.
     pub changes: broadcast::Sender<String>,
 }
@@ -137,6 +145,8 @@ pub async fn run(
         domain: config.domain,
         session_ttl: chrono::Duration::from_std(config.session_ttl)
             .context("session_ttl is too large")?,
+        data_retention: chrono::Duration::from_std(config.data_retention)
+            .context("data_retention is too large")?,
         admin_emails: Arc::new(
             config
                 .admin_emails
@@ -165,6 +175,9 @@ pub async fn run(
         .await;
     health_reporter
         .set_serving::<InstanceStateServiceServer<internal::InstanceState>>()
+        .await;
+    health_reporter
+        .set_serving::<EntitlementServiceServer<entitlements::Entitlements>>()
         .await;
 
     let verify = VerifyPrincipal(key);
@@ -203,6 +216,10 @@ pub async fn run(
         ))
         .add_service(InstanceStateServiceServer::with_interceptor(
             internal::InstanceState(ctx.clone()),
+            verify.clone(),
+        ))
+        .add_service(EntitlementServiceServer::with_interceptor(
+            entitlements::Entitlements(ctx.clone()),
             verify,
         ));
 

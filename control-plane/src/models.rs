@@ -67,6 +67,15 @@ pub struct Instance {
     pub created_at: NaiveDateTime,
     pub updated_at: NaiveDateTime,
     pub ready_at: Option<NaiveDateTime>,
+    /// What billing entitles the instance to ([`entitlement`]); the customer's own wish is
+    /// `desired_state`.
+    pub entitlement: String,
+    /// Billing's outbox id of the entitlement change applied last.
+    pub entitlement_sequence: i64,
+    pub entitlement_cause: String,
+    pub entitlement_at: Option<NaiveDateTime>,
+    /// For a deleted instance: when its data is removed for good.
+    pub data_deleted_after: Option<NaiveDateTime>,
 }
 
 #[derive(Clone, Debug, Queryable, Selectable, Insertable)]
@@ -99,6 +108,24 @@ pub mod order_status {
     pub const PENDING: &str = "pending";
     pub const COMPLETED: &str = "completed";
     pub const FAILED: &str = "failed";
+}
+
+/// Entitlements as stored (what billing allows an instance), with their wire values.
+pub mod entitlement {
+    use kapal::proto::internal::v1::Entitlement;
+
+    pub const ACTIVE: &str = "active";
+    pub const SUSPENDED: &str = "suspended";
+    pub const EXPIRED: &str = "expired";
+
+    pub fn to_db(e: Entitlement) -> Option<&'static str> {
+        match e {
+            Entitlement::Active => Some(ACTIVE),
+            Entitlement::Suspended => Some(SUSPENDED),
+            Entitlement::Expired => Some(EXPIRED),
+            Entitlement::Unspecified => None,
+        }
+    }
 }
 
 /// Instance statuses and desired states as stored, with their wire values.

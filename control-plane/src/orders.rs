@@ -229,6 +229,11 @@ async fn create_instance(
         created_at: now,
         updated_at: now,
         ready_at: None,
+        entitlement: crate::models::entitlement::ACTIVE.into(),
+        entitlement_sequence: 0,
+        entitlement_cause: String::new(),
+        entitlement_at: None,
+        data_deleted_after: None,
     };
     let result: Result<(Instance, bool), DbError> = kapal::db!(&mut conn, |c| c
         .transaction(async |c| {

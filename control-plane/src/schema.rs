@@ -61,6 +61,11 @@ diesel::table! {
         created_at -> Timestamp,
         updated_at -> Timestamp,
         ready_at -> Nullable<Timestamp>,
+        entitlement -> Text,
+        entitlement_sequence -> BigInt,
+        entitlement_cause -> Text,
+        entitlement_at -> Nullable<Timestamp>,
+        data_deleted_after -> Nullable<Timestamp>,
     }
 }
 

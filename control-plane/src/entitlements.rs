@@ -1,0 +1,372 @@
+//! `kapal.internal.v1.EntitlementService`: what billing entitles an instance to.
+//!
+//! Billing delivers every change of a subscription (from its outbox, in order, until
+//! acknowledged) as an entitlement with a sequence. The control-plane stores it on the instance,
+//! next to (never instead of) the customer's own desired state, and applies a change only when
+//! its sequence is higher than the one stored: the conditional UPDATE makes that race-safe, so
+//! a late or repeated delivery never undoes a newer one.
+//!
+//! What the provisioner is asked for is the *effective* desired state ([`effective`]):
+//! - the customer deleted the instance: DELETED, data kept until `data_deleted_after`;
+//! - EXPIRED: DELETED, data removed at once (billing kept it through its own retention). Final:
+//!   later changes are acknowledged and ignored;
+//! - SUSPENDED: STOPPED with `suspended_by_billing` (scaled to zero, data kept);
+//! - ACTIVE: the customer's desired state, so an instance the customer had not stopped runs
+//!   again and one they stopped stays stopped.
+
+use chrono::NaiveDateTime;
+use diesel::prelude::*;
+use diesel_async::{AsyncConnection as _, RunQueryDsl};
+use kapal::auth;
+use kapal::db::DbError;
+use kapal::proto::internal::v1::entitlement_service_server::EntitlementService;
+use kapal::proto::internal::v1::{Entitlement, SetEntitlementRequest, SetEntitlementResponse};
+use kapal::proto::v1::DesiredState;
+use tonic::{Request, Response, Status};
+use uuid::Uuid;
+
+use crate::Ctx;
+use crate::error::{Error, Result};
+use crate::models::{Instance, InstanceEvent, entitlement, instance_state};
+use crate::schema::{accounts, instance_events, instances};
+
+pub struct Entitlements(pub Ctx);
+
+/// What the provisioner is asked to make of an instance.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) struct Effective {
+    pub desired: DesiredState,
+    /// With `desired` DELETED: when the data goes (None: at once).
+    pub delete_data_after: Option<NaiveDateTime>,
+    /// With `desired` STOPPED: stopped by billing, not by the customer.
+    pub suspended_by_billing: bool,
+}
+
+/// The instance's effective desired state: the customer's wish within what billing allows.
+pub(crate) fn effective(i: &Instance) -> Effective {
+    if i.desired_state == instance_state::DELETED || i.entitlement == entitlement::EXPIRED {
+        return Effective {
+            desired: DesiredState::Deleted,
+            delete_data_after: i.data_deleted_after,
+            suspended_by_billing: false,
+        };
+    }
+    if i.entitlement == entitlement::SUSPENDED {
+        return Effective {
+            desired: DesiredState::Stopped,
+            delete_data_after: None,
+            suspended_by_billing: true,
+        };
+    }
+    Effective {
+        desired: instance_state::desired_to_wire(&i.desired_state),
+        delete_data_after: None,
+        suspended_by_billing: false,
+    }
+}
+
+/// Whether billing (not the customer) keeps the instance from running.
+pub(crate) fn suspended_by_billing(i: &Instance) -> bool {
+    i.desired_state != instance_state::DELETED && i.entitlement != entitlement::ACTIVE
+}
+
+fn subscription_of(i: &Instance) -> &str {
+    i.subscription_id.as_deref().unwrap_or("")
+}
+
+/// Why a customer cannot start (or restart) the instance now, when billing holds it.
+pub(crate) fn start_refusal(i: &Instance) -> Option<Error> {
+    match i.entitlement.as_str() {
+        entitlement::SUSPENDED => Some(Error::FailedPrecondition(format!(
+            "This instance is suspended because its subscription {} is unpaid or has ended; pay or reactivate the subscription and it starts again.",
+            subscription_of(i)
+        ))),
+        entitlement::EXPIRED => Some(expired_refusal(i)),
+        _ => None,
+    }
+}
+
+/// Why no action is possible on an instance whose subscription expired.
+pub(crate) fn expired_refusal(i: &Instance) -> Error {
+    Error::FailedPrecondition(format!(
+        "This instance was deleted because its subscription {} ended; its data is removed. Order the app again for a new instance.",
+        subscription_of(i)
+    ))
+}
+
+/// The history entry a customer sees for an entitlement change.
+fn history_reason(value: &str, subscription_id: &str, cause: &str) -> String {
+    let because = if cause.is_empty() {
+        String::new()
+    } else {
+        format!(" ({cause})")
+    };
+    let text = match value {
+        entitlement::SUSPENDED => format!(
+            "Suspended by billing: subscription {subscription_id} is unpaid or has ended{because}. The instance is scaled to zero; its data is kept, and it starts again once the subscription is paid."
+        ),
+        entitlement::EXPIRED => format!(
+            "Deleted by billing: subscription {subscription_id} ended{because}. The instance and its data are removed."
+        ),
+        _ => format!(
+            "Subscription {subscription_id} is active{because}: billing no longer holds the instance."
+        ),
+    };
+    kapal::wire::truncate(&text, 500).to_string()
+}
+
+enum Outcome {
+    NotFound,
+    OtherSubscription(String),
+    /// Stored now.
+    Applied,
+    /// The same change again (a redelivery): nothing to store.
+    Repeated,
+    /// A later change was applied already (or the instance expired): ignored.
+    Stale,
+}
+
+/// A validated SetEntitlement request.
+struct Change {
+    instance_id: String,
+    subscription_id: String,
+    value: &'static str,
+    sequence: i64,
+    at: NaiveDateTime,
+    cause: String,
+}
+
+fn parse(ctx: &Ctx, req: &SetEntitlementRequest) -> Result<Change> {
+    let instance_id = kapal::wire::uuid("instance_id", &req.instance_id)?.to_string();
+    let subscription_id = kapal::wire::uuid("subscription_id", &req.subscription_id)?.to_string();
+    let value = Entitlement::try_from(req.entitlement)
+        .ok()
+        .and_then(entitlement::to_db)
+        .ok_or_else(|| Error::invalid("entitlement is required: ACTIVE, SUSPENDED or EXPIRED"))?;
+    if req.sequence <= 0 {
+        return Err(Error::invalid(
+            "sequence must be positive: send billing's outbox id of the change",
+        ));
+    }
+    let at = match &req.at {
+        Some(t) => kapal::wire::from_timestamp(t)
+            .ok_or_else(|| Error::invalid("at is not a valid timestamp"))?
+            .naive_utc(),
+        None => ctx.now(),
+    };
+    Ok(Change {
+        instance_id,
+        subscription_id,
+        value,
+        sequence: req.sequence,
+        at,
+        cause: kapal::wire::truncate(req.cause.trim(), 300).to_string(),
+    })
+}
+
+/// Stores the change if it is newer than the one stored; appends to the instance's history.
+async fn store(ctx: &Ctx, change: &Change) -> Result<Outcome> {
+    let now = ctx.now();
+    let mut conn = ctx.db.get().await?;
+    let outcome: Result<Outcome, DbError> = kapal::db!(&mut conn, |c| c
+        .transaction(async |c| {
+            let Some(row) = instances::table
+                .find(&change.instance_id)
+                .select(Instance::as_select())
+                .first(c)
+                .await
+                .optional()?
+            else {
+                return Ok(Outcome::NotFound);
+            };
+            if let Some(other) = row.subscription_id.as_ref()
+                && *other != change.subscription_id
+            {
+                return Ok(Outcome::OtherSubscription(other.clone()));
+            }
+            // The condition is what makes this race-safe: of two concurrent changes only a
+            // higher sequence can still match after the other committed.
+            let updated = diesel::update(
+                instances::table
+                    .find(&change.instance_id)
+                    .filter(instances::entitlement_sequence.lt(change.sequence))
+                    .filter(instances::entitlement.ne(entitlement::EXPIRED)),
+            )
+            .set((
+                instances::entitlement.eq(change.value),
+                instances::entitlement_sequence.eq(change.sequence),
+                instances::entitlement_cause.eq(&change.cause),
+                instances::entitlement_at.eq(change.at),
+                instances::updated_at.eq(now),
+            ))
+            .execute(c)
+            .await?;
+            if updated == 0 {
+                let repeated =
+                    row.entitlement_sequence == change.sequence && row.entitlement == change.value;
+                return Ok(if repeated {
+                    Outcome::Repeated
+                } else {
+                    Outcome::Stale
+                });
+            }
+            if change.value == entitlement::EXPIRED {
+                // Billing kept the data through its retention already: it goes now.
+                diesel::update(instances::table.find(&change.instance_id))
+                    .set(instances::data_deleted_after.eq(now))
+                    .execute(c)
+                    .await?;
+            }
+            if change.value != row.entitlement {
+                diesel::insert_into(instance_events::table)
+                    .values(&InstanceEvent {
+                        id: Uuid::now_v7().to_string(),
+                        instance_id: change.instance_id.clone(),
+                        status: row.status.clone(),
+                        reason: history_reason(
+                            change.value,
+                            &change.subscription_id,
+                            &change.cause,
+                        ),
+                        at: now,
+                    })
+                    .execute(c)
+                    .await?;
+            }
+            Ok(Outcome::Applied)
+        })
+        .await);
+    Ok(outcome?)
+}
+
+/// Hands the instance's effective spec to the provisioner in the background, like checkout: the
+/// answer does not wait for the cluster, and a lost push is converged by the provisioner's
+/// resync (it lists the desired instances, which carry the same effective spec).
+async fn converge(ctx: &Ctx, instance_id: &str) -> Result<()> {
+    let row: Option<(Instance, String)> = {
+        let mut conn = ctx.db.get().await?;
+        kapal::db!(&mut conn, |c| instances::table
+            .inner_join(accounts::table)
+            .filter(instances::id.eq(instance_id))
+            .select((Instance::as_select(), accounts::customer_id))
+            .first(c)
+            .await
+            .optional())?
+    };
+    let _ = ctx.changes.send(instance_id.to_string());
+    if let Some((instance, customer_id)) = row {
+        let ctx = ctx.clone();
+        tokio::spawn(async move {
+            crate::instances::push_to_provisioner(&ctx, &instance, &customer_id).await;
+        });
+    }
+    Ok(())
+}
+
+#[tonic::async_trait]
+impl EntitlementService for Entitlements {
+    async fn set_entitlement(
+        &self,
+        req: Request<SetEntitlementRequest>,
+    ) -> Result<Response<SetEntitlementResponse>, Status> {
+        auth::service(&req)?;
+        let ctx = &self.0;
+        let change = parse(ctx, req.get_ref())?;
+        let applied = match store(ctx, &change).await? {
+            Outcome::NotFound => {
+                return Err(Error::not_found(format!("no instance {}", change.instance_id)).into());
+            }
+            Outcome::OtherSubscription(other) => {
+                return Err(Error::FailedPrecondition(format!(
+                    "instance {} belongs to subscription {other}, not {}",
+                    change.instance_id, change.subscription_id
+                ))
+                .into());
+            }
+            Outcome::Applied => {
+                tracing::info!(
+                    instance_id = %change.instance_id, subscription_id = %change.subscription_id,
+                    entitlement = change.value, sequence = change.sequence, cause = %change.cause,
+                    "entitlement applied"
+                );
+                converge(ctx, &change.instance_id).await?;
+                true
+            }
+            Outcome::Repeated => {
+                // Pushed again: the first delivery may have been stored just before a crash.
+                converge(ctx, &change.instance_id).await?;
+                true
+            }
+            Outcome::Stale => {
+                tracing::info!(
+                    instance_id = %change.instance_id, sequence = change.sequence,
+                    "entitlement change older than the one applied; ignored"
+                );
+                false
+            }
+        };
+        Ok(Response::new(SetEntitlementResponse { applied }))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn instance(desired: &str, entitlement: &str) -> Instance {
+        let t = chrono::DateTime::from_timestamp(1_800_000_000, 0)
+            .expect("valid")
+            .naive_utc();
+        Instance {
+            id: "i".into(),
+            account_id: "a".into(),
+            order_id: "o".into(),
+            app_id: "n8n".into(),
+            plan_id: "starter".into(),
+            hostname: "h".into(),
+            namespace: "n".into(),
+            subscription_id: Some("s".into()),
+            desired_state: desired.into(),
+            status: "ready".into(),
+            status_reason: String::new(),
+            restart_generation: 0,
+            created_at: t,
+            updated_at: t,
+            ready_at: None,
+            entitlement: entitlement.into(),
+            entitlement_sequence: 0,
+            entitlement_cause: String::new(),
+            entitlement_at: None,
+            data_deleted_after: Some(t),
+        }
+    }
+
+    #[test]
+    fn effective_state_combines_the_customer_and_billing() {
+        use instance_state::{DELETED, RUNNING, STOPPED};
+        let e = |d, en| effective(&instance(d, en));
+        assert_eq!(
+            e(RUNNING, entitlement::ACTIVE).desired,
+            DesiredState::Running
+        );
+        assert_eq!(
+            e(STOPPED, entitlement::ACTIVE).desired,
+            DesiredState::Stopped
+        );
+        let s = e(RUNNING, entitlement::SUSPENDED);
+        assert_eq!(
+            (s.desired, s.suspended_by_billing),
+            (DesiredState::Stopped, true)
+        );
+        let x = e(RUNNING, entitlement::EXPIRED);
+        assert_eq!(x.desired, DesiredState::Deleted);
+        assert!(x.delete_data_after.is_some());
+        assert_eq!(
+            e(DELETED, entitlement::SUSPENDED).desired,
+            DesiredState::Deleted
+        );
+        assert!(!e(DELETED, entitlement::SUSPENDED).suspended_by_billing);
+        assert!(start_refusal(&instance(STOPPED, entitlement::ACTIVE)).is_none());
+        assert!(start_refusal(&instance(RUNNING, entitlement::SUSPENDED)).is_some());
+    }
+}

@@ -1,0 +1,697 @@
+//! Billing's entitlements and the customer's instance lifecycle, over a real socket: the
+//! control-plane from `run()` on SQLite and PostgreSQL, with a fake billing (subscriptions) and a
+//! fake provisioner that records every spec it is handed and answers with the status the spec
+//! asks for.
+
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use kapal::auth::{InternalKey, Principal, Role};
+use kapal::catalog::Catalog;
+use kapal::clock::ManualClock;
+use kapal::proto::internal::v1::billing_service_server::{BillingService, BillingServiceServer};
+use kapal::proto::internal::v1::entitlement_service_client::EntitlementServiceClient;
+use kapal::proto::internal::v1::instance_state_service_client::InstanceStateServiceClient;
+use kapal::proto::internal::v1::provisioner_service_server::{
+    ProvisionerService, ProvisionerServiceServer,
+};
+use kapal::proto::internal::v1::{
+    ApplyInstanceRequest, CreateSubscriptionRequest, CreateSubscriptionResponse, Entitlement,
+    GetCapacityRequest, GetCredentialsRequest, GetInstanceStateRequest, GetUsageRequest,
+    InstanceSpec, InstanceState, ListDesiredInstancesRequest, SetEntitlementRequest,
+};
+use kapal::proto::v1::account_service_client::AccountServiceClient;
+use kapal::proto::v1::instance_service_client::InstanceServiceClient;
+use kapal::proto::v1::order_service_client::OrderServiceClient;
+use kapal::proto::v1::{
+    Capacity, CheckoutRequest, Credentials, DesiredState, GetInstanceRequest, Instance,
+    InstanceActionRequest, InstanceStatus, InstanceUsage, SignUpRequest, Subscription,
+};
+use kapal::testing::Backend;
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use tonic::transport::Channel;
+use tonic::{Code, Request, Response, Status};
+use uuid::Uuid;
+
+/// Records every spec and answers with the status it asks for.
+#[derive(Clone, Default)]
+struct FakeProvisioner {
+    specs: Arc<Mutex<Vec<InstanceSpec>>>,
+}
+
+#[tonic::async_trait]
+impl ProvisionerService for FakeProvisioner {
+    async fn apply_instance(
+        &self,
+        req: Request<ApplyInstanceRequest>,
+    ) -> Result<Response<InstanceState>, Status> {
+        let spec = req
+            .into_inner()
+            .spec
+            .ok_or_else(|| Status::invalid_argument("spec is required"))?;
+        let (status, reason) = match DesiredState::try_from(spec.desired_state) {
+            Ok(DesiredState::Running) => (InstanceStatus::Ready, "Running"),
+            Ok(DesiredState::Stopped) if spec.suspended_by_billing => {
+                (InstanceStatus::Suspended, "Suspended by billing")
+            }
+            Ok(DesiredState::Stopped) => (InstanceStatus::Suspended, "Stopped by the customer"),
+            Ok(DesiredState::Deleted) => (InstanceStatus::Deleted, "Deleted"),
+            _ => return Err(Status::invalid_argument("desired_state is required")),
+        };
+        let state = InstanceState {
+            instance_id: spec.instance_id.clone(),
+            status: status as i32,
+            reason: reason.into(),
+            observed_at: None,
+        };
+        self.specs.lock().expect("lock").push(spec);
+        Ok(Response::new(state))
+    }
+
+    async fn get_instance_state(
+        &self,
+        _: Request<GetInstanceStateRequest>,
+    ) -> Result<Response<InstanceState>, Status> {
+        Err(Status::not_found("the fake provisioner keeps no state"))
+    }
+
+    async fn get_credentials(
+        &self,
+        _: Request<GetCredentialsRequest>,
+    ) -> Result<Response<Credentials>, Status> {
+        Err(Status::not_found("the fake provisioner has no credentials"))
+    }
+
+    async fn get_capacity(
+        &self,
+        _: Request<GetCapacityRequest>,
+    ) -> Result<Response<Capacity>, Status> {
+        Err(Status::unavailable("the fake provisioner has no cluster"))
+    }
+
+    async fn get_usage(
+        &self,
+        _: Request<GetUsageRequest>,
+    ) -> Result<Response<InstanceUsage>, Status> {
+        Err(Status::unavailable("the fake provisioner has no cluster"))
+    }
+}
+
+/// One subscription per order, the same on every retry.
+struct FakeBilling;
+
+#[tonic::async_trait]
+impl BillingService for FakeBilling {
+    async fn create_subscription(
+        &self,
+        req: Request<CreateSubscriptionRequest>,
+    ) -> Result<Response<CreateSubscriptionResponse>, Status> {
+        let req = req.into_inner();
+        let order_id = Uuid::parse_str(&req.order_id)
+            .map_err(|_| Status::invalid_argument("order_id must be a UUID"))?;
+        Ok(Response::new(CreateSubscriptionResponse {
+            subscription: Some(Subscription {
+                id: Uuid::from_u128(order_id.as_u128().rotate_left(64)).to_string(),
+                app_id: req.app_id,
+                plan_id: req.plan_id,
+                ..Default::default()
+            }),
+            invoice: None,
+        }))
+    }
+}
+
+struct Stack {
+    channel: Channel,
+    key: InternalKey,
+    clock: Arc<ManualClock>,
+    specs: Arc<Mutex<Vec<InstanceSpec>>>,
+    catalog: Arc<Catalog>,
+    stop: watch::Sender<bool>,
+    _dir: tempfile::TempDir,
+}
+
+impl Drop for Stack {
+    fn drop(&mut self) {
+        let _ = self.stop.send(true);
+    }
+}
+
+/// A customer with one checked-out instance.
+struct Customer {
+    principal: Principal,
+    instance_id: String,
+    subscription_id: String,
+}
+
+fn signed<T>(key: &InternalKey, principal: &Principal, message: T) -> Request<T> {
+    let mut req = Request::new(message);
+    key.sign_into(principal, req.metadata_mut());
+    req
+}
+
+async fn start(backend: Backend) -> Stack {
+    kapal::serve::init_tracing_with_default(false, "warn");
+    let dir = tempfile::tempdir().expect("tempdir");
+    let db = kapal::testing::db_config(backend, dir.path())
+        .await
+        .expect("test database");
+    let catalog = Arc::new(Catalog::load(&kapal::catalog::repo_catalog_dir()).expect("catalog"));
+    let key = InternalKey::random();
+    let start = DateTime::from_timestamp(Utc::now().timestamp(), 0).expect("now");
+    let clock = ManualClock::new(start);
+    let (stop, stop_rx) = watch::channel(false);
+    let shutdown = move || {
+        let mut rx = stop_rx.clone();
+        async move {
+            let _ = rx.wait_for(|s| *s).await;
+        }
+    };
+    let listener = || async { TcpListener::bind("127.0.0.1:0").await.expect("bind") };
+    let (cp, billing, prov) = (listener().await, listener().await, listener().await);
+    let url = |l: &TcpListener| format!("http://{}", l.local_addr().expect("addr"));
+    let (cp_url, billing_url, prov_url) = (url(&cp), url(&billing), url(&prov));
+
+    let provisioner = FakeProvisioner::default();
+    let specs = provisioner.specs.clone();
+    let fake_provisioner =
+        tonic::transport::Server::builder().add_service(ProvisionerServiceServer::new(provisioner));
+    let fake_billing =
+        tonic::transport::Server::builder().add_service(BillingServiceServer::new(FakeBilling));
+    tokio::spawn(kapal::serve::serve(fake_provisioner, prov, shutdown()));
+    tokio::spawn(kapal::serve::serve(fake_billing, billing, shutdown()));
+
+    let mut config =
+        kapal_control_plane::Config::new(db, catalog.clone(), key.clone(), billing_url, prov_url);
+    config.clock = clock.clone();
+    config.domain = "kapal.test".into();
+    tokio::spawn(kapal_control_plane::run(config, cp, shutdown()));
+    let channel = Channel::from_shared(cp_url).expect("url").connect_lazy();
+    Stack {
+        channel,
+        key,
+        clock,
+        specs,
+        catalog,
+        stop,
+        _dir: dir,
+    }
+}
+
+impl Stack {
+    fn service(&self) -> Principal {
+        Principal::service()
+    }
+
+    async fn customer(&self) -> Customer {
+        let email = format!("c{}@example.com", Uuid::new_v4().simple());
+        let mut accounts = AccountServiceClient::new(self.channel.clone());
+        // The control-plane may still be starting (migrations): retry until it answers.
+        let mut tries = 0;
+        let session = loop {
+            let req = SignUpRequest {
+                email: email.clone(),
+                password: "correct horse battery staple".into(),
+                display_name: String::new(),
+            };
+            match accounts.sign_up(req).await {
+                Ok(r) => break r.into_inner(),
+                Err(s) if s.code() == Code::Unavailable && tries < 100 => {
+                    tries += 1;
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+                Err(s) => panic!("sign up: {s:?}"),
+            }
+        };
+        let account = session.account.expect("account");
+        let principal = Principal {
+            account_id: account.id.parse().expect("account id"),
+            customer_id: account.customer_id,
+            role: Role::Customer,
+            token_id: Uuid::new_v4(),
+        };
+        let app = self.catalog.apps().next().expect("an app");
+        let order = OrderServiceClient::new(self.channel.clone())
+            .checkout(signed(
+                &self.key,
+                &principal,
+                CheckoutRequest {
+                    app_id: app.id.clone(),
+                    plan_id: app.plans[0].id.clone(),
+                    idempotency_key: Uuid::new_v4().to_string(),
+                },
+            ))
+            .await
+            .expect("checkout")
+            .into_inner();
+        assert!(!order.instance_id.is_empty(), "order completed: {order:?}");
+        Customer {
+            principal,
+            instance_id: order.instance_id,
+            subscription_id: order.subscription_id,
+        }
+    }
+
+    fn instances(&self) -> InstanceServiceClient<Channel> {
+        InstanceServiceClient::new(self.channel.clone())
+    }
+
+    async fn get(&self, c: &Customer) -> Instance {
+        self.instances()
+            .get_instance(signed(
+                &self.key,
+                &c.principal,
+                GetInstanceRequest {
+                    instance_id: c.instance_id.clone(),
+                },
+            ))
+            .await
+            .expect("get instance")
+            .into_inner()
+    }
+
+    async fn action(&self, c: &Customer, name: &str) -> Result<Instance, Status> {
+        let req = signed(
+            &self.key,
+            &c.principal,
+            InstanceActionRequest {
+                instance_id: c.instance_id.clone(),
+            },
+        );
+        let mut client = self.instances();
+        let r = match name {
+            "start" => client.start_instance(req).await,
+            "stop" => client.stop_instance(req).await,
+            "restart" => client.restart_instance(req).await,
+            "delete" => client.delete_instance(req).await,
+            other => panic!("no action {other}"),
+        };
+        r.map(Response::into_inner)
+    }
+
+    async fn set(
+        &self,
+        c: &Customer,
+        entitlement: Entitlement,
+        sequence: i64,
+    ) -> Result<bool, Status> {
+        self.set_as(&self.service(), c, entitlement, sequence).await
+    }
+
+    async fn set_as(
+        &self,
+        principal: &Principal,
+        c: &Customer,
+        entitlement: Entitlement,
+        sequence: i64,
+    ) -> Result<bool, Status> {
+        EntitlementServiceClient::new(self.channel.clone())
+            .set_entitlement(signed(
+                &self.key,
+                principal,
+                SetEntitlementRequest {
+                    instance_id: c.instance_id.clone(),
+                    subscription_id: c.subscription_id.clone(),
+                    entitlement: entitlement as i32,
+                    sequence,
+                    at: Some(kapal::wire::timestamp(self.clock_now().naive_utc())),
+                    cause: "test".into(),
+                },
+            ))
+            .await
+            .map(|r| r.into_inner().applied)
+    }
+
+    fn clock_now(&self) -> DateTime<Utc> {
+        use kapal::clock::Clock as _;
+        self.clock.now()
+    }
+
+    /// Waits until the provisioner was handed a spec of the instance matching `want` (the
+    /// control-plane pushes in the background); returns it.
+    async fn pushed(&self, c: &Customer, want: impl Fn(&InstanceSpec) -> bool) -> InstanceSpec {
+        for _ in 0..200 {
+            let last = self
+                .specs
+                .lock()
+                .expect("lock")
+                .iter()
+                .rev()
+                .find(|s| s.instance_id == c.instance_id)
+                .cloned();
+            if let Some(spec) = last
+                && want(&spec)
+            {
+                return spec;
+            }
+            tokio::time::sleep(Duration::from_millis(25)).await;
+        }
+        let specs = self.specs.lock().expect("lock").clone();
+        panic!("no matching spec pushed; got {specs:#?}");
+    }
+
+    /// Waits until the instance's status is `status` (the fake provisioner's answer is
+    /// recorded in the background).
+    async fn wait_status(&self, c: &Customer, status: InstanceStatus) -> Instance {
+        for _ in 0..200 {
+            let i = self.get(c).await;
+            if i.status == status as i32 {
+                return i;
+            }
+            tokio::time::sleep(Duration::from_millis(25)).await;
+        }
+        panic!("instance never became {status:?}: {:?}", self.get(c).await);
+    }
+
+    async fn desired_ids(&self) -> Vec<String> {
+        InstanceStateServiceClient::new(self.channel.clone())
+            .list_desired_instances(signed(
+                &self.key,
+                &self.service(),
+                ListDesiredInstancesRequest {},
+            ))
+            .await
+            .expect("list desired")
+            .into_inner()
+            .instances
+            .into_iter()
+            .map(|s| s.instance_id)
+            .collect()
+    }
+}
+
+fn desired(spec: &InstanceSpec) -> DesiredState {
+    DesiredState::try_from(spec.desired_state).expect("desired state")
+}
+
+async fn suspension_and_reactivation(backend: Backend) {
+    let stack = start(backend).await;
+    let c = stack.customer().await;
+    stack
+        .pushed(&c, |s| desired(s) == DesiredState::Running)
+        .await;
+    stack.wait_status(&c, InstanceStatus::Ready).await;
+
+    // Suspended: scaled to zero by billing, and the customer cannot start it.
+    assert_eq!(
+        stack
+            .set(&c, Entitlement::Suspended, 1)
+            .await
+            .map_err(|s| s.code()),
+        Ok(true)
+    );
+    let spec = stack
+        .pushed(&c, |s| desired(s) == DesiredState::Stopped)
+        .await;
+    assert!(spec.suspended_by_billing, "{spec:?}");
+    let i = stack.wait_status(&c, InstanceStatus::Suspended).await;
+    assert!(i.suspended_by_billing);
+    assert_eq!(
+        i.desired_state,
+        DesiredState::Running as i32,
+        "the customer's wish is kept"
+    );
+    for action in ["start", "restart"] {
+        let refused = stack.action(&c, action).await.expect_err(action);
+        assert_eq!(
+            refused.code(),
+            Code::FailedPrecondition,
+            "{action}: {refused:?}"
+        );
+        assert!(
+            refused.message().contains(&c.subscription_id)
+                && refused.message().contains("pay or reactivate"),
+            "{}",
+            refused.message()
+        );
+    }
+    // The same sequence again with another value, and an invalid one.
+    assert_eq!(
+        stack
+            .set(&c, Entitlement::Active, 1)
+            .await
+            .map_err(|s| s.code()),
+        Ok(false)
+    );
+    let invalid = stack
+        .set(&c, Entitlement::Active, 0)
+        .await
+        .expect_err("seq 0");
+    assert_eq!(invalid.code(), Code::InvalidArgument);
+    let invalid = stack
+        .set(&c, Entitlement::Unspecified, 9)
+        .await
+        .expect_err("unspecified");
+    assert_eq!(invalid.code(), Code::InvalidArgument);
+
+    // Active again: it runs again, as the customer had not stopped it.
+    assert_eq!(
+        stack
+            .set(&c, Entitlement::Active, 2)
+            .await
+            .map_err(|s| s.code()),
+        Ok(true)
+    );
+    let spec = stack
+        .pushed(&c, |s| desired(s) == DesiredState::Running)
+        .await;
+    assert!(!spec.suspended_by_billing);
+    let i = stack.wait_status(&c, InstanceStatus::Ready).await;
+    assert!(!i.suspended_by_billing);
+
+    // Stopped by the customer, suspended, reactivated: it stays stopped.
+    stack.action(&c, "stop").await.expect("stop");
+    stack
+        .pushed(&c, |s| {
+            desired(s) == DesiredState::Stopped && !s.suspended_by_billing
+        })
+        .await;
+    assert_eq!(
+        stack
+            .set(&c, Entitlement::Suspended, 3)
+            .await
+            .map_err(|s| s.code()),
+        Ok(true)
+    );
+    stack
+        .pushed(&c, |s| {
+            desired(s) == DesiredState::Stopped && s.suspended_by_billing
+        })
+        .await;
+    // Stopping a suspended instance still works.
+    let stopped = stack
+        .action(&c, "stop")
+        .await
+        .expect("stop while suspended");
+    assert!(stopped.suspended_by_billing);
+    assert_eq!(
+        stack
+            .set(&c, Entitlement::Active, 4)
+            .await
+            .map_err(|s| s.code()),
+        Ok(true)
+    );
+    stack
+        .pushed(&c, |s| {
+            desired(s) == DesiredState::Stopped && !s.suspended_by_billing
+        })
+        .await;
+    let i = stack.get(&c).await;
+    assert_eq!(i.desired_state, DesiredState::Stopped as i32);
+    assert!(!i.suspended_by_billing);
+
+    // A late delivery of an older change is acknowledged and ignored; a redelivery of the one
+    // applied is acknowledged as applied.
+    assert_eq!(
+        stack
+            .set(&c, Entitlement::Suspended, 3)
+            .await
+            .map_err(|s| s.code()),
+        Ok(false)
+    );
+    assert!(!stack.get(&c).await.suspended_by_billing);
+    assert_eq!(
+        stack
+            .set(&c, Entitlement::Active, 4)
+            .await
+            .map_err(|s| s.code()),
+        Ok(true)
+    );
+    assert!(stack.desired_ids().await.contains(&c.instance_id));
+
+    // The customer can start it again.
+    let started = stack.action(&c, "start").await.expect("start");
+    assert_eq!(started.desired_state, DesiredState::Running as i32);
+    stack
+        .pushed(&c, |s| desired(s) == DesiredState::Running)
+        .await;
+}
+
+async fn expiry_deletes_with_its_data(backend: Backend) {
+    let stack = start(backend).await;
+    let c = stack.customer().await;
+    stack
+        .pushed(&c, |s| desired(s) == DesiredState::Running)
+        .await;
+    let now = stack.clock_now();
+
+    assert_eq!(
+        stack
+            .set(&c, Entitlement::Expired, 7)
+            .await
+            .map_err(|s| s.code()),
+        Ok(true)
+    );
+    let spec = stack
+        .pushed(&c, |s| desired(s) == DesiredState::Deleted)
+        .await;
+    let after = spec.delete_data_after.as_ref().expect("delete_data_after");
+    assert_eq!(kapal::wire::from_timestamp(after), Some(now));
+    let i = stack.wait_status(&c, InstanceStatus::Deleted).await;
+    assert_eq!(i.data_deleted_after.as_ref(), Some(after));
+    assert!(i.suspended_by_billing);
+
+    // Final: nothing brings it back, neither the customer nor billing.
+    for action in ["start", "stop", "delete"] {
+        let refused = stack.action(&c, action).await.expect_err(action);
+        assert_eq!(refused.code(), Code::FailedPrecondition, "{action}");
+    }
+    assert_eq!(
+        stack
+            .set(&c, Entitlement::Active, 8)
+            .await
+            .map_err(|s| s.code()),
+        Ok(false)
+    );
+    assert!(stack.get(&c).await.suspended_by_billing);
+    // Reported deleted and its data is due: the provisioner need not keep anything.
+    assert!(!stack.desired_ids().await.contains(&c.instance_id));
+}
+
+async fn refusals(backend: Backend) {
+    let stack = start(backend).await;
+    let c = stack.customer().await;
+
+    // Only Kapal's services may call it: a customer's principal is refused.
+    let denied = stack
+        .set_as(&c.principal, &c, Entitlement::Suspended, 1)
+        .await
+        .expect_err("customer");
+    assert_eq!(denied.code(), Code::PermissionDenied);
+    assert!(!stack.get(&c).await.suspended_by_billing);
+
+    let unknown = Customer {
+        principal: c.principal.clone(),
+        instance_id: Uuid::new_v4().to_string(),
+        subscription_id: c.subscription_id.clone(),
+    };
+    let missing = stack
+        .set(&unknown, Entitlement::Suspended, 1)
+        .await
+        .expect_err("unknown");
+    assert_eq!(missing.code(), Code::NotFound);
+
+    let bad = Customer {
+        principal: c.principal.clone(),
+        instance_id: "not-a-uuid".into(),
+        subscription_id: c.subscription_id.clone(),
+    };
+    let invalid = stack
+        .set(&bad, Entitlement::Suspended, 1)
+        .await
+        .expect_err("bad id");
+    assert_eq!(invalid.code(), Code::InvalidArgument);
+
+    let other = Customer {
+        principal: c.principal.clone(),
+        instance_id: c.instance_id.clone(),
+        subscription_id: Uuid::new_v4().to_string(),
+    };
+    let wrong = stack
+        .set(&other, Entitlement::Suspended, 1)
+        .await
+        .expect_err("another subscription");
+    assert_eq!(wrong.code(), Code::FailedPrecondition);
+    assert!(!stack.get(&c).await.suspended_by_billing);
+}
+
+async fn customer_delete_keeps_data_for_the_retention(backend: Backend) {
+    let stack = start(backend).await;
+    let c = stack.customer().await;
+    stack
+        .pushed(&c, |s| desired(s) == DesiredState::Running)
+        .await;
+    let now = stack.clock_now();
+    let retention = chrono::Duration::days(7);
+
+    let deleted = stack.action(&c, "delete").await.expect("delete");
+    assert_eq!(deleted.desired_state, DesiredState::Deleted as i32);
+    let after = deleted
+        .data_deleted_after
+        .as_ref()
+        .and_then(kapal::wire::from_timestamp);
+    assert_eq!(after, Some(now + retention));
+    let spec = stack
+        .pushed(&c, |s| desired(s) == DesiredState::Deleted)
+        .await;
+    assert_eq!(
+        spec.delete_data_after
+            .as_ref()
+            .and_then(kapal::wire::from_timestamp),
+        Some(now + retention)
+    );
+    let i = stack.wait_status(&c, InstanceStatus::Deleted).await;
+    assert_eq!(i.data_deleted_after, deleted.data_deleted_after);
+    assert!(!i.suspended_by_billing);
+
+    // Reported deleted, but its data is kept: still listed until the retention ends.
+    assert!(stack.desired_ids().await.contains(&c.instance_id));
+    stack
+        .clock
+        .advance(retention - chrono::Duration::seconds(1));
+    assert!(stack.desired_ids().await.contains(&c.instance_id));
+    stack.clock.advance(chrono::Duration::seconds(2));
+    assert!(!stack.desired_ids().await.contains(&c.instance_id));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn suspension_and_reactivation_sqlite() {
+    suspension_and_reactivation(Backend::Sqlite).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn suspension_and_reactivation_postgres() {
+    suspension_and_reactivation(Backend::Postgres).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn expiry_deletes_with_its_data_sqlite() {
+    expiry_deletes_with_its_data(Backend::Sqlite).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn expiry_deletes_with_its_data_postgres() {
+    expiry_deletes_with_its_data(Backend::Postgres).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn set_entitlement_refusals_sqlite() {
+    refusals(Backend::Sqlite).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn set_entitlement_refusals_postgres() {
+    refusals(Backend::Postgres).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn customer_delete_keeps_data_for_the_retention_sqlite() {
+    customer_delete_keeps_data_for_the_retention(Backend::Sqlite).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn customer_delete_keeps_data_for_the_retention_postgres() {
+    customer_delete_keeps_data_for_the_retention(Backend::Postgres).await;
+}
