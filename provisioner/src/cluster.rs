@@ -5,19 +5,23 @@
 use std::collections::BTreeMap;
 use std::fmt::Debug;
 
+use chrono::{DateTime, Utc};
 use k8s_openapi::api::apps::v1::{Deployment, StatefulSet};
-use k8s_openapi::api::core::v1::{Namespace, Node, PersistentVolumeClaim, Pod, Secret};
+use k8s_openapi::api::core::v1::{Namespace, Node, PersistentVolumeClaim, Pod, Secret, Service};
+use k8s_openapi::api::networking::v1::Ingress;
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
-use kapal::catalog::{App, Plan};
-use kube::api::{DeleteParams, ListParams, Patch, PatchParams, PostParams};
+use kapal::catalog::{App, Plan, WorkloadKind};
+use kube::api::{
+    ApiResource, DeleteParams, DynamicObject, ListParams, Patch, PatchParams, PostParams,
+};
 use kube::{Api, Client, Resource};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
 use crate::error::{Error, Result};
 use crate::render::{
-    self, CREDENTIALS_SECRET, FIELD_MANAGER, LABEL_INSTANCE, LABEL_MANAGED_BY, MANAGED_BY, Objects,
-    Settings, Workload,
+    self, ANNOTATION_ORPHANED_SINCE, CREDENTIALS_SECRET, FIELD_MANAGER, LABEL_INSTANCE,
+    LABEL_MANAGED_BY, MANAGED_BY, Objects, Settings, Workload,
 };
 use crate::spec::{Desired, Spec};
 use crate::status::Observed;
@@ -57,25 +61,10 @@ where
     .await
 }
 
-/// Bytes of a quantity such as `2Gi`, `2560Mi`, `1G` or `1000000`; `None` when unparseable.
+/// Bytes of a quantity such as `2Gi`, `2560Mi`, `1G`, `1.5Gi` or `1000000`; `None` when
+/// unparseable or negative.
 pub fn quantity_bytes(q: &Quantity) -> Option<u128> {
-    let s = q.0.trim();
-    let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
-    let (number, suffix) = s.split_at(split);
-    let n: u128 = number.parse().ok()?;
-    let factor: u128 = match suffix {
-        "" => 1,
-        "Ki" => 1 << 10,
-        "Mi" => 1 << 20,
-        "Gi" => 1 << 30,
-        "Ti" => 1 << 40,
-        "k" => 1_000,
-        "M" => 1_000_000,
-        "G" => 1_000_000_000,
-        "T" => 1_000_000_000_000,
-        _ => return None,
-    };
-    n.checked_mul(factor)
+    crate::quantity::value(q).and_then(|v| u128::try_from(v).ok())
 }
 
 fn storage_request(pvc: &PersistentVolumeClaim) -> Option<&Quantity> {
@@ -142,16 +131,19 @@ impl Cluster {
         Ok(owner_of(ns.as_ref(), spec))
     }
 
-    /// Converges the cluster to `spec`: applies every rendered object (or deletes the
-    /// namespace when the instance is deleted). Idempotent: when nothing changed, no object
-    /// changes either.
+    /// Converges the cluster to `spec`: applies every rendered object, or for a deleted
+    /// instance deletes its workloads and, once its data is no longer kept (see
+    /// [`Spec::delete_data_after`]), its namespace. Idempotent: when nothing changed, no object
+    /// changes either. Returns when the instance needs converging again (its data is due for
+    /// removal), if it does.
     pub async fn converge(
         &self,
         spec: &Spec,
         app: &App,
         plan: &Plan,
         settings: &Settings,
-    ) -> Result<()> {
+        now: DateTime<Utc>,
+    ) -> Result<Option<DateTime<Utc>>> {
         match self.owner(spec).await? {
             Owner::Foreign => {
                 return Err(Error::FailedPrecondition(format!(
@@ -163,19 +155,71 @@ impl Cluster {
                 // Objects cannot be created in a terminating namespace; the next resync
                 // creates the instance once it is gone.
                 tracing::info!(instance = %spec.instance_id, namespace = %spec.namespace, "namespace still terminating; waiting");
-                return Ok(());
+                return Ok(None);
             }
-            Owner::Absent if spec.desired == Desired::Deleted => return Ok(()),
+            Owner::Absent if spec.desired == Desired::Deleted => return Ok(None),
             _ => {}
         }
         if spec.desired == Desired::Deleted {
-            return self.delete_namespace(spec).await;
+            if let Some(until) = spec.data_kept_until(now) {
+                self.delete_workloads(spec, app).await?;
+                return Ok(Some(until));
+            }
+            self.delete_namespace(spec).await?;
+            return Ok(None);
         }
         let objects = render::render(spec, app, plan, settings);
-        self.apply_objects(spec, app, objects).await
+        self.apply_objects(spec, app, settings, objects).await?;
+        Ok(None)
     }
 
-    async fn apply_objects(&self, spec: &Spec, app: &App, objects: Objects) -> Result<()> {
+    /// Deletes the instance's Ingress, Services and workloads (their pods go with them); its
+    /// volumes, Secrets, quota, policies and namespace stay.
+    async fn delete_workloads(&self, spec: &Spec, app: &App) -> Result<()> {
+        let ns = spec.namespace.as_str();
+        let params = DeleteParams::background();
+        let gone = |r: Result<(), kube::Error>| match r {
+            Ok(()) => Ok(()),
+            Err(e) if is_status(&e, &[404]) => Ok(()),
+            Err(e) => Err(Error::from(e)),
+        };
+        gone(
+            self.namespaced::<Ingress>(ns)
+                .delete(render::INGRESS_NAME, &params)
+                .await
+                .map(drop),
+        )?;
+        for c in &app.components {
+            gone(
+                self.namespaced::<Service>(ns)
+                    .delete(&c.name, &params)
+                    .await
+                    .map(drop),
+            )?;
+            let deleted = match c.kind {
+                WorkloadKind::Deployment => self
+                    .namespaced::<Deployment>(ns)
+                    .delete(&c.name, &params)
+                    .await
+                    .map(drop),
+                WorkloadKind::StatefulSet => self
+                    .namespaced::<StatefulSet>(ns)
+                    .delete(&c.name, &params)
+                    .await
+                    .map(drop),
+            };
+            gone(deleted)?;
+        }
+        Ok(())
+    }
+
+    async fn apply_objects(
+        &self,
+        spec: &Spec,
+        app: &App,
+        settings: &Settings,
+        objects: Objects,
+    ) -> Result<()> {
         let ns = spec.namespace.as_str();
         apply(
             &Api::<Namespace>::all(self.client.clone()),
@@ -188,7 +232,7 @@ impl Cluster {
         for policy in &objects.network_policies {
             apply(&self.namespaced(ns), policy).await?;
         }
-        self.ensure_credentials(spec, app).await?;
+        self.ensure_credentials(spec, app, settings).await?;
         let volumes: Api<PersistentVolumeClaim> = self.namespaced(ns);
         for desired in objects.volumes {
             let name = desired.metadata.name.clone().unwrap_or_default();
@@ -235,16 +279,11 @@ impl Cluster {
 
     /// Creates the credentials Secret if it does not exist. An existing Secret keeps every
     /// value; only keys the app needs and it lacks (a catalog update) are added.
-    async fn ensure_credentials(&self, spec: &Spec, app: &App) -> Result<()> {
+    async fn ensure_credentials(&self, spec: &Spec, app: &App, settings: &Settings) -> Result<()> {
         let secrets: Api<Secret> = self.namespaced(&spec.namespace);
         let Some(existing) = secrets.get_opt(CREDENTIALS_SECRET).await? else {
-            return match secrets
-                .create(
-                    &PostParams::default(),
-                    &render::credentials_secret(spec, app),
-                )
-                .await
-            {
+            let secret = render::credentials_secret(spec, app, settings);
+            return match secrets.create(&PostParams::default(), &secret).await {
                 Ok(_) => Ok(()),
                 // Created concurrently: that one stays.
                 Err(e) if is_status(&e, &[409]) => Ok(()),
@@ -252,7 +291,7 @@ impl Cluster {
             };
         };
         let have = existing.data.unwrap_or_default();
-        let fresh = render::credentials_secret(spec, app)
+        let fresh = render::credentials_secret(spec, app, settings)
             .string_data
             .unwrap_or_default();
         let missing: BTreeMap<String, String> = fresh
@@ -359,7 +398,7 @@ impl Cluster {
             .get_opt(&spec.namespace)
             .await?;
         let ours = matches!(owner_of(ns.as_ref(), spec), Owner::Ours { .. });
-        if !ours || spec.desired == Desired::Deleted {
+        if !ours {
             return Ok(Observed {
                 namespace: ns.filter(|_| ours),
                 ..Observed::default()
@@ -386,6 +425,170 @@ impl Cluster {
             pods: pods.items,
             volumes: volumes.items,
         })
+    }
+}
+
+/// The metrics API's group and version (metrics-server).
+const METRICS_GROUP: &str = "metrics.k8s.io";
+const METRICS_VERSION: &str = "v1beta1";
+
+/// What the cluster shows of an instance's resource use.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Usage {
+    /// CPU millicores and memory bytes in use, summed over the instance's pods; `None` when the
+    /// cluster serves no metrics API.
+    pub metrics: Option<(i64, i64)>,
+    /// How many pods the metrics API reported.
+    pub pods_measured: usize,
+    /// Capacity of the instance's bound volumes, bytes.
+    pub storage_capacity_bytes: i64,
+}
+
+/// A namespace of Kapal's, as the orphan sweep sees it.
+#[derive(Clone, Debug)]
+pub struct KapalNamespace {
+    pub name: String,
+    /// The instance it was made for (`None`: the label is missing or not a UUID).
+    pub instance: Option<uuid::Uuid>,
+    /// When it was first seen orphaned ([`ANNOTATION_ORPHANED_SINCE`]).
+    pub orphaned_since: Option<DateTime<Utc>>,
+    pub terminating: bool,
+}
+
+impl Cluster {
+    /// Nodes and the requests of the pods bound to them (GetCapacity), read now.
+    pub async fn capacity(&self) -> Result<kapal::proto::v1::Capacity> {
+        let nodes = Api::<Node>::all(self.client.clone());
+        let pods = Api::<Pod>::all(self.client.clone());
+        let unfinished =
+            ListParams::default().fields("status.phase!=Succeeded,status.phase!=Failed");
+        let all = ListParams::default();
+        let (nodes, pods) = tokio::try_join!(nodes.list(&all), list_all(&pods, unfinished))?;
+        Ok(crate::capacity::compute(&nodes.items, &pods))
+    }
+
+    /// Whether the API server serves the metrics API (`metrics.k8s.io/v1beta1`).
+    pub async fn has_metrics_api(&self) -> Result<bool> {
+        let groups = self.client.list_api_groups().await?;
+        Ok(groups.groups.iter().any(|g| {
+            g.name == METRICS_GROUP && g.versions.iter().any(|v| v.version == METRICS_VERSION)
+        }))
+    }
+
+    /// The instance's CPU and memory in use (from the metrics API, when the cluster has one)
+    /// and the capacity of its bound volumes.
+    pub async fn usage(&self, spec: &Spec) -> Result<Usage> {
+        let mut usage = Usage::default();
+        if !matches!(self.owner(spec).await?, Owner::Ours { .. }) {
+            return Ok(usage);
+        }
+        let lp = ListParams::default().labels(&format!("{LABEL_INSTANCE}={}", spec.instance_id));
+        let volumes = self
+            .namespaced::<PersistentVolumeClaim>(&spec.namespace)
+            .list(&lp)
+            .await?;
+        usage.storage_capacity_bytes = volumes
+            .items
+            .iter()
+            .filter(|v| v.status.as_ref().and_then(|s| s.phase.as_deref()) == Some("Bound"))
+            .filter_map(|v| v.status.as_ref()?.capacity.as_ref()?.get("storage"))
+            .filter_map(crate::quantity::value)
+            .fold(0i64, i64::saturating_add);
+        if self.has_metrics_api().await? {
+            let resource = ApiResource {
+                group: METRICS_GROUP.to_string(),
+                version: METRICS_VERSION.to_string(),
+                api_version: format!("{METRICS_GROUP}/{METRICS_VERSION}"),
+                kind: "PodMetrics".to_string(),
+                plural: "pods".to_string(),
+            };
+            let api: Api<DynamicObject> =
+                Api::namespaced_with(self.client.clone(), &spec.namespace, &resource);
+            let metrics = api.list(&lp).await?;
+            let (mut cpu, mut memory) = (0i64, 0i64);
+            for pod in &metrics.items {
+                for c in pod.data["containers"].as_array().into_iter().flatten() {
+                    let q = |key: &str| Quantity(c["usage"][key].as_str().unwrap_or("0").into());
+                    cpu = cpu.saturating_add(crate::quantity::milli_value(&q("cpu")).unwrap_or(0));
+                    memory =
+                        memory.saturating_add(crate::quantity::value(&q("memory")).unwrap_or(0));
+                }
+            }
+            usage.metrics = Some((cpu, memory));
+            usage.pods_measured = metrics.items.len();
+        }
+        Ok(usage)
+    }
+
+    /// Kapal's namespaces of `partition` (see [`render::LABEL_PARTITION`]).
+    pub async fn partition_namespaces(&self, partition: &str) -> Result<Vec<KapalNamespace>> {
+        let lp = ListParams::default().labels(&format!(
+            "{LABEL_MANAGED_BY}={MANAGED_BY},{}={partition}",
+            render::LABEL_PARTITION
+        ));
+        let list = Api::<Namespace>::all(self.client.clone()).list(&lp).await?;
+        Ok(list
+            .items
+            .into_iter()
+            .map(|ns| KapalNamespace {
+                instance: ns
+                    .metadata
+                    .labels
+                    .as_ref()
+                    .and_then(|l| l.get(LABEL_INSTANCE))
+                    .and_then(|v| uuid::Uuid::parse_str(v).ok()),
+                orphaned_since: ns
+                    .metadata
+                    .annotations
+                    .as_ref()
+                    .and_then(|a| a.get(ANNOTATION_ORPHANED_SINCE))
+                    .and_then(|v| DateTime::parse_from_rfc3339(v).ok())
+                    .map(|t| t.with_timezone(&Utc)),
+                terminating: ns.metadata.deletion_timestamp.is_some(),
+                name: ns.metadata.name.unwrap_or_default(),
+            })
+            .collect())
+    }
+
+    /// Sets (`Some`) or removes (`None`) a namespace's orphan mark.
+    pub async fn mark_orphaned(&self, namespace: &str, since: Option<DateTime<Utc>>) -> Result<()> {
+        let value = since.map(|t| t.to_rfc3339_opts(chrono::SecondsFormat::Secs, true));
+        let patch = serde_json::json!({
+            "metadata": { "annotations": { ANNOTATION_ORPHANED_SINCE: value } }
+        });
+        Api::<Namespace>::all(self.client.clone())
+            .patch(namespace, &PatchParams::default(), &Patch::Merge(&patch))
+            .await?;
+        Ok(())
+    }
+
+    /// Deletes a namespace of Kapal's by name (the orphan sweep).
+    pub async fn delete_namespace_named(&self, namespace: &str) -> Result<()> {
+        match Api::<Namespace>::all(self.client.clone())
+            .delete(namespace, &DeleteParams::background())
+            .await
+        {
+            Ok(_) => Ok(()),
+            Err(e) if is_status(&e, &[404, 409]) => Ok(()),
+            Err(e) => Err(e.into()),
+        }
+    }
+}
+
+/// Every object of a list, page by page.
+pub async fn list_all<K>(api: &Api<K>, lp: ListParams) -> Result<Vec<K>, kube::Error>
+where
+    K: Resource + Clone + DeserializeOwned + Debug,
+{
+    let mut lp = lp.limit(500);
+    let mut items = Vec::new();
+    loop {
+        let page = api.list(&lp).await?;
+        items.extend(page.items);
+        match page.metadata.continue_ {
+            Some(token) if !token.is_empty() => lp = lp.continue_token(&token),
+            _ => return Ok(items),
+        }
     }
 }
 
@@ -421,7 +624,9 @@ mod tests {
         assert_eq!(quantity_bytes(&Quantity("2560Mi".into())), Some(2560 << 20));
         assert_eq!(quantity_bytes(&Quantity("1G".into())), Some(1_000_000_000));
         assert_eq!(quantity_bytes(&Quantity("42".into())), Some(42));
-        assert_eq!(quantity_bytes(&Quantity("1.5Gi".into())), None);
+        assert_eq!(quantity_bytes(&Quantity("1.5Gi".into())), Some(3 << 29));
+        assert_eq!(quantity_bytes(&Quantity("-1".into())), None);
+        assert_eq!(quantity_bytes(&Quantity("lots".into())), None);
     }
 
     #[test]
@@ -457,6 +662,8 @@ mod tests {
             namespace: "kapal-c1".into(),
             desired: Desired::Running,
             restart_generation: 0,
+            delete_data_after: None,
+            suspended_by_billing: false,
         };
         let ns = |labels: serde_json::Value| -> Namespace {
             serde_json::from_value(json!({ "metadata": { "name": "kapal-c1", "labels": labels } }))

@@ -10,12 +10,13 @@ use std::fmt::Debug;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use chrono::{DateTime, Utc};
 use futures::StreamExt as _;
 use kapal::catalog::{App, Catalog, Plan};
 use kapal::clock::SharedClock;
 use kapal::proto::internal::v1::instance_state_service_client::InstanceStateServiceClient;
 use kapal::proto::internal::v1::{InstanceSpec, InstanceState, ListDesiredInstancesRequest};
-use kapal::proto::v1::{Credentials, InstanceStatus};
+use kapal::proto::v1::{Capacity, Credentials, InstanceStatus, InstanceUsage};
 use kapal::serve::InternalChannel;
 use kube::runtime::{WatchStreamExt as _, watcher};
 use kube::{Api, Resource, ResourceExt as _};
@@ -39,6 +40,8 @@ const DEBOUNCE: Duration = Duration::from_millis(200);
 const FIRST_RETRY: Duration = Duration::from_secs(1);
 /// Retry of a failed report to the control-plane.
 const REPORT_RETRY: Duration = Duration::from_secs(2);
+/// How long after a due time (kept data to remove) the instance is converged again.
+const WAKE_MARGIN: Duration = Duration::from_millis(100);
 
 pub struct Controller {
     store: Store,
@@ -49,6 +52,7 @@ pub struct Controller {
     unschedulable_grace: Duration,
     resync_interval: Duration,
     control_plane: Option<InstanceStateServiceClient<InternalChannel>>,
+    sweep: Sweep,
     /// One lock per instance: convergence and spec changes of one instance never interleave.
     locks: Mutex<HashMap<Uuid, Arc<tokio::sync::Mutex<()>>>>,
     /// Instances whose status may have changed.
@@ -72,6 +76,31 @@ pub struct Parts {
     pub unschedulable_grace: Duration,
     pub resync_interval: Duration,
     pub control_plane: Option<InstanceStateServiceClient<InternalChannel>>,
+    pub sweep: Sweep,
+}
+
+/// The orphan sweep: namespaces of this partition whose instance neither the control-plane nor
+/// the provisioner's own store wants any more are marked, and deleted once they have stayed
+/// orphaned for `safety_delay`.
+#[derive(Clone, Debug)]
+pub struct Sweep {
+    /// Only namespaces carrying this [`crate::render::LABEL_PARTITION`] are looked at.
+    pub partition: String,
+    /// How often.
+    pub interval: Duration,
+    /// How long a namespace stays orphaned before it is deleted.
+    pub safety_delay: Duration,
+}
+
+/// What one sweep did.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Swept {
+    /// Namespaces newly marked orphaned.
+    pub marked: Vec<String>,
+    /// Namespaces deleted.
+    pub deleted: Vec<String>,
+    /// Namespaces whose instance came back (mark removed).
+    pub unmarked: Vec<String>,
 }
 
 impl Controller {
@@ -87,6 +116,7 @@ impl Controller {
             unschedulable_grace: parts.unschedulable_grace,
             resync_interval: parts.resync_interval,
             control_plane: parts.control_plane,
+            sweep: parts.sweep,
             locks: Mutex::new(HashMap::new()),
             status_tx,
             converge_tx,
@@ -111,6 +141,7 @@ impl Controller {
         };
         vec![
             tokio::spawn(self.clone().reconcile_loop(queues.converge_rx)),
+            tokio::spawn(self.clone().sweep_loop()),
             tokio::spawn(self.clone().status_loop(queues.status_rx)),
             tokio::spawn(watch(
                 Api::<Deployment>::all(client.clone()),
@@ -194,13 +225,20 @@ impl Controller {
             tracing::info!(instance = %id, namespace = %spec.namespace, desired = ?spec.desired, ?upsert, "instance applied");
             let (app, plan) = self.app_and_plan(&spec)?;
             self.cluster
-                .converge(&spec, app, plan, &self.settings)
+                .converge(&spec, app, plan, &self.settings, self.clock.now())
                 .await
         };
-        if let Err(e) = converged {
-            // Recorded: the reconcile loop retries it.
-            let _ = self.converge_tx.send(id);
-            return Err(e);
+        match converged {
+            Ok(None) => {}
+            // The reconcile loop converges it again and wakes up when it is due.
+            Ok(Some(_)) => {
+                let _ = self.converge_tx.send(id);
+            }
+            Err(e) => {
+                // Recorded: the reconcile loop retries it.
+                let _ = self.converge_tx.send(id);
+                return Err(e);
+            }
         }
         let verdict = self.evaluate(id).await?.0;
         let _ = self.status_tx.send(id);
@@ -246,6 +284,142 @@ impl Controller {
         })
     }
 
+    /// GetCapacity: the nodes and the requests of the pods on them, read now.
+    pub async fn capacity(&self) -> Result<Capacity> {
+        let mut capacity = self.cluster.capacity().await?;
+        capacity.observed_at = Some(kapal::wire::timestamp(self.clock.now().naive_utc()));
+        Ok(capacity)
+    }
+
+    /// GetUsage: the instance's CPU and memory from the metrics API (when the cluster has
+    /// one), its plan's limits and the capacity of its bound volumes.
+    ///
+    /// `storage_used_bytes` stays unset: how full a volume is is only known to the kubelet
+    /// (its stats summary, through the nodes/proxy subresource), which the provisioner is not
+    /// allowed to read.
+    pub async fn usage(&self, instance_id: &str) -> Result<InstanceUsage> {
+        let id = kapal::wire::uuid("instance_id", instance_id)
+            .map_err(|s| Error::invalid(s.message()))?;
+        let stored = self
+            .store
+            .get(id)
+            .await?
+            .ok_or_else(|| Error::NotFound(format!("instance {id} is not known here")))?;
+        let (_, plan) = self.app_and_plan(&stored.spec)?;
+        let usage = self.cluster.usage(&stored.spec).await?;
+        let (metrics_available, metrics_note, cpu_millis, memory_bytes) = match usage.metrics {
+            None => (
+                false,
+                "The cluster has no metrics API (metrics.k8s.io), so CPU and memory use are not measured.".to_string(),
+                None,
+                None,
+            ),
+            Some((cpu, memory)) => (
+                true,
+                if usage.pods_measured == 0 {
+                    "No pod of the instance is running.".to_string()
+                } else {
+                    String::new()
+                },
+                Some(cpu),
+                Some(memory),
+            ),
+        };
+        Ok(InstanceUsage {
+            instance_id: id.to_string(),
+            metrics_available,
+            metrics_note,
+            cpu_millis,
+            memory_bytes,
+            cpu_limit_millis: i64::from(plan.cpu_millis),
+            memory_limit_bytes: i64::from(plan.memory_mib) << 20,
+            storage_capacity_bytes: usage.storage_capacity_bytes,
+            storage_used_bytes: None,
+            observed_at: Some(kapal::wire::timestamp(self.clock.now().naive_utc())),
+        })
+    }
+
+    /// One orphan sweep (see [`Sweep`]). Does nothing when the desired list cannot be fetched
+    /// (or there is no control-plane): only a list that was read can say what is orphaned.
+    pub async fn sweep_orphans(&self) -> Result<Swept> {
+        let mut swept = Swept::default();
+        let Some(client) = &self.control_plane else {
+            return Ok(swept);
+        };
+        let desired: HashSet<Uuid> = match client
+            .clone()
+            .list_desired_instances(ListDesiredInstancesRequest {})
+            .await
+        {
+            Ok(r) => r
+                .into_inner()
+                .instances
+                .iter()
+                .filter_map(|i| Uuid::parse_str(&i.instance_id).ok())
+                .collect(),
+            Err(s) => {
+                tracing::warn!(code = ?s.code(), message = s.message(), "cannot list desired instances; no orphan sweep this time");
+                return Ok(swept);
+            }
+        };
+        // Namespaces before the store: a namespace is created after its instance is recorded.
+        let namespaces = self
+            .cluster
+            .partition_namespaces(&self.sweep.partition)
+            .await?;
+        let known: HashSet<Uuid> = self
+            .store
+            .list()
+            .await?
+            .into_iter()
+            .filter(|s| !s.is_finished())
+            .map(|s| s.spec.instance_id)
+            .collect();
+        let now = self.clock.now();
+        for ns in namespaces.into_iter().filter(|ns| !ns.terminating) {
+            let live = ns
+                .instance
+                .is_some_and(|id| desired.contains(&id) || known.contains(&id));
+            match (live, ns.orphaned_since) {
+                (true, None) => {}
+                (true, Some(_)) => {
+                    tracing::info!(namespace = %ns.name, "the instance of a namespace marked orphaned is wanted again; mark removed");
+                    self.cluster.mark_orphaned(&ns.name, None).await?;
+                    swept.unmarked.push(ns.name);
+                }
+                (false, None) => {
+                    tracing::warn!(namespace = %ns.name, instance = ?ns.instance, delay = ?self.sweep.safety_delay, "namespace of an instance nobody wants; deleted unless it is wanted again within the safety delay");
+                    self.cluster.mark_orphaned(&ns.name, Some(now)).await?;
+                    swept.marked.push(ns.name);
+                }
+                (false, Some(since)) => {
+                    let orphaned_for = (now - since).to_std().unwrap_or_default();
+                    if orphaned_for >= self.sweep.safety_delay {
+                        tracing::warn!(namespace = %ns.name, instance = ?ns.instance, %since, "deleting an orphaned namespace");
+                        self.cluster.delete_namespace_named(&ns.name).await?;
+                        swept.deleted.push(ns.name);
+                    }
+                }
+            }
+        }
+        Ok(swept)
+    }
+
+    async fn sweep_loop(self: Arc<Self>) {
+        if self.control_plane.is_none() {
+            tracing::info!("no control-plane: orphaned namespaces are not swept");
+            return;
+        }
+        let mut tick = tokio::time::interval(self.sweep.interval);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tick.tick().await;
+            if let Err(e) = self.sweep_orphans().await {
+                tracing::warn!(error = %chain(&e), "orphan sweep failed; trying again at the next one");
+            }
+        }
+    }
+
     /// Computes the instance's status from the cluster and remembers when it became READY.
     async fn evaluate(&self, id: Uuid) -> Result<(Verdict, Option<Stored>)> {
         let Some(stored) = self.store.get(id).await? else {
@@ -272,6 +446,8 @@ impl Controller {
             desired: stored.spec.desired,
             was_ready: stored.was_ready,
             app,
+            delete_data_after: stored.spec.delete_data_after,
+            suspended_by_billing: stored.spec.suspended_by_billing,
         };
         let verdict = status::compute(
             Some(known),
@@ -318,17 +494,18 @@ impl Controller {
     }
 
     /// Converges one recorded instance (nothing when it is unknown or deleted and reported).
-    async fn converge(&self, id: Uuid) -> Result<()> {
+    /// Returns when it needs converging again, if it does.
+    async fn converge(&self, id: Uuid) -> Result<Option<DateTime<Utc>>> {
         let _guard = self.lock(id).await;
         let Some(stored) = self.store.get(id).await? else {
-            return Ok(());
+            return Ok(None);
         };
         if stored.is_finished() {
-            return Ok(());
+            return Ok(None);
         }
         let (app, plan) = self.app_and_plan(&stored.spec)?;
         self.cluster
-            .converge(&stored.spec, app, plan, &self.settings)
+            .converge(&stored.spec, app, plan, &self.settings, self.clock.now())
             .await
     }
 
@@ -377,8 +554,14 @@ impl Controller {
 
     async fn converge_tracked(&self, id: Uuid, retries: &mut HashMap<Uuid, (Instant, u32)>) {
         match self.converge(id).await {
-            Ok(()) => {
+            Ok(None) => {
                 retries.remove(&id);
+            }
+            Ok(Some(at)) => {
+                // Due later (e.g. a deleted instance's data): wake up then, just after it.
+                let wait = (at - self.clock.now()).to_std().unwrap_or_default() + WAKE_MARGIN;
+                tracing::debug!(instance = %id, %at, "converging again when due");
+                retries.insert(id, (Instant::now() + wait, 0));
             }
             Err(e) => {
                 let attempts = retries.get(&id).map_or(0, |r| r.1).saturating_add(1);

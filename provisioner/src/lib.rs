@@ -24,9 +24,11 @@
 //! the catalog; copying a wildcard TLS Secret into instance namespaces (`tls_secret` must
 //! exist there, or the ingress controller must serve it as its default certificate).
 
+pub mod capacity;
 pub mod cluster;
 pub mod controller;
 pub mod error;
+pub mod quantity;
 pub mod render;
 pub mod service;
 pub mod spec;
@@ -88,6 +90,15 @@ pub struct Config {
     pub extra_tolerations: Vec<k8s_openapi::api::core::v1::Toleration>,
     /// Affinity of every instance pod (e.g. a dedicated node pool). Default none.
     pub affinity: Option<k8s_openapi::api::core::v1::Affinity>,
+    /// Label value (`kapal.dev/partition`) on every object this provisioner makes; the orphan
+    /// sweep only looks at namespaces of its own partition, so provisioners of several
+    /// deployments (or tests) sharing a cluster never touch each other's. Default `default`.
+    pub partition: String,
+    /// How often namespaces of instances nobody wants any more are looked for. Default 60 s.
+    pub sweep_interval: Duration,
+    /// How long such a namespace stays (marked orphaned) before it is deleted. Default 10
+    /// minutes.
+    pub orphan_safety_delay: Duration,
     pub clock: SharedClock,
 }
 
@@ -115,6 +126,9 @@ impl Config {
             node_failure_toleration: Duration::from_secs(20),
             extra_tolerations: Vec::new(),
             affinity: None,
+            partition: "default".to_string(),
+            sweep_interval: Duration::from_secs(60),
+            orphan_safety_delay: Duration::from_secs(600),
             clock: kapal::clock::system(),
         }
     }
@@ -170,11 +184,17 @@ pub async fn run(
             node_failure_toleration: config.node_failure_toleration,
             extra_tolerations: config.extra_tolerations.clone(),
             affinity: config.affinity.clone(),
+            partition: config.partition.clone(),
         },
         clock: config.clock.clone(),
         unschedulable_grace: config.unschedulable_grace,
         resync_interval: config.resync_interval,
         control_plane,
+        sweep: controller::Sweep {
+            partition: config.partition.clone(),
+            interval: config.sweep_interval,
+            safety_delay: config.orphan_safety_delay,
+        },
     });
     let tasks = controller.spawn(queues);
 

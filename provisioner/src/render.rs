@@ -46,6 +46,12 @@ pub const LABEL_APP: &str = "kapal.dev/app";
 /// On workloads, their pods and Services: which catalog component.
 pub const LABEL_COMPONENT: &str = "kapal.dev/component";
 pub const LABEL_POD_SECURITY: &str = "pod-security.kubernetes.io/enforce";
+/// On every object of an instance and its namespace: which provisioner deployment
+/// ([`Settings::partition`]) made it. The orphan sweep only ever looks at its own partition.
+pub const LABEL_PARTITION: &str = "kapal.dev/partition";
+/// On a namespace of Kapal's whose instance nobody wants any more: since when (RFC 3339). It
+/// is deleted once it has stayed orphaned for the sweep's safety delay.
+pub const ANNOTATION_ORPHANED_SINCE: &str = "kapal.dev/orphaned-since";
 /// Pod-template annotation; bumping it rolls the workload's pods.
 pub const ANNOTATION_RESTART: &str = "kapal.dev/restart-generation";
 /// cert-manager's annotation naming the ClusterIssuer of an Ingress' certificate.
@@ -87,6 +93,15 @@ pub struct Settings {
     pub extra_tolerations: Vec<Toleration>,
     /// Affinity of every instance pod; `None` (default) lets the scheduler choose.
     pub affinity: Option<Affinity>,
+    /// Value of [`LABEL_PARTITION`] on every object.
+    pub partition: String,
+}
+
+/// Adds the partition label to `meta`.
+pub fn label_partition(meta: &mut ObjectMeta, settings: &Settings) {
+    meta.labels
+        .get_or_insert_with(BTreeMap::new)
+        .insert(LABEL_PARTITION.to_string(), settings.partition.clone());
 }
 
 /// The node-condition taints whose toleration [`Settings::node_failure_toleration`] bounds.
@@ -269,7 +284,7 @@ pub fn username(spec: &Spec, app: &App) -> String {
 
 /// The instance's credentials Secret with freshly generated values. Created once; never
 /// re-rendered over an existing Secret.
-pub fn credentials_secret(spec: &Spec, app: &App) -> Secret {
+pub fn credentials_secret(spec: &Spec, app: &App, settings: &Settings) -> Secret {
     let mut data = BTreeMap::from([
         (USERNAME_KEY.to_string(), username(spec, app)),
         (PASSWORD_KEY.to_string(), generate_secret(PASSWORD_LENGTH)),
@@ -277,8 +292,10 @@ pub fn credentials_secret(spec: &Spec, app: &App) -> Secret {
     for s in &app.secrets {
         data.insert(s.name.clone(), generate_secret(s.length));
     }
+    let mut metadata = meta(spec, CREDENTIALS_SECRET, instance_labels(spec));
+    label_partition(&mut metadata, settings);
     Secret {
-        metadata: meta(spec, CREDENTIALS_SECRET, instance_labels(spec)),
+        metadata,
         string_data: Some(data),
         type_: Some("Opaque".to_string()),
         ..Secret::default()
@@ -304,6 +321,34 @@ pub fn generate_secret(length: usize) -> String {
 
 /// Every object of the instance but its credentials Secret.
 pub fn render(spec: &Spec, app: &App, plan: &Plan, settings: &Settings) -> Objects {
+    let mut objects = render_objects(spec, app, plan, settings);
+    for meta in objects.metas_mut() {
+        label_partition(meta, settings);
+    }
+    objects
+}
+
+impl Objects {
+    /// The metadata of every object.
+    pub fn metas_mut(&mut self) -> Vec<&mut ObjectMeta> {
+        let mut metas = vec![
+            &mut self.namespace.metadata,
+            &mut self.quota.metadata,
+            &mut self.limits.metadata,
+            &mut self.ingress.metadata,
+        ];
+        metas.extend(self.network_policies.iter_mut().map(|p| &mut p.metadata));
+        metas.extend(self.volumes.iter_mut().map(|v| &mut v.metadata));
+        metas.extend(self.services.iter_mut().map(|s| &mut s.metadata));
+        metas.extend(self.workloads.iter_mut().map(|w| match w {
+            Workload::Deployment(d) => &mut d.metadata,
+            Workload::StatefulSet(s) => &mut s.metadata,
+        }));
+        metas
+    }
+}
+
+fn render_objects(spec: &Spec, app: &App, plan: &Plan, settings: &Settings) -> Objects {
     Objects {
         namespace: namespace(spec),
         quota: quota(spec, app, plan),
@@ -784,6 +829,8 @@ mod tests {
             namespace: format!("kapal-c1a2b3c4-{app}"),
             desired: Desired::Running,
             restart_generation: 0,
+            delete_data_after: None,
+            suspended_by_billing: false,
         }
     }
 
@@ -797,6 +844,7 @@ mod tests {
             node_failure_toleration: Duration::from_secs(20),
             extra_tolerations: Vec::new(),
             affinity: None,
+            partition: "p1".into(),
         }
     }
 
@@ -832,6 +880,11 @@ mod tests {
             "{name}"
         );
         assert_eq!(labels.get(LABEL_APP), Some(&spec.app_id), "{name}");
+        assert_eq!(
+            labels.get(LABEL_PARTITION).map(String::as_str),
+            Some("p1"),
+            "{name}"
+        );
     }
 
     fn all_metas(objects: &Objects) -> Vec<&ObjectMeta> {
@@ -1393,7 +1446,7 @@ mod tests {
         let catalog = catalog();
         let app = catalog.app("wordpress").expect("wordpress");
         let s = spec("wordpress", "trial");
-        let secret = credentials_secret(&s, app);
+        let secret = credentials_secret(&s, app, &settings());
         assert_eq!(secret.metadata.name.as_deref(), Some(CREDENTIALS_SECRET));
         assert_instance_labels(&s, &secret.metadata);
         let data = secret.string_data.as_ref().expect("data");
@@ -1410,7 +1463,7 @@ mod tests {
                 .chars()
                 .all(|c| c.is_ascii_alphanumeric())
         );
-        let again = credentials_secret(&s, app);
+        let again = credentials_secret(&s, app, &settings());
         assert_ne!(
             again.string_data.as_ref().map(|d| &d[PASSWORD_KEY]),
             Some(&data[PASSWORD_KEY]),

@@ -4,9 +4,10 @@ use std::sync::Arc;
 
 use kapal::proto::internal::v1::provisioner_service_server::ProvisionerService;
 use kapal::proto::internal::v1::{
-    ApplyInstanceRequest, GetCredentialsRequest, GetInstanceStateRequest, InstanceState,
+    ApplyInstanceRequest, GetCapacityRequest, GetCredentialsRequest, GetInstanceStateRequest,
+    GetUsageRequest, InstanceState,
 };
-use kapal::proto::v1::Credentials;
+use kapal::proto::v1::{Capacity, Credentials, InstanceUsage};
 use tonic::{Request, Response, Status};
 
 use crate::controller::Controller;
@@ -56,6 +57,24 @@ impl ProvisionerService for Provisioner {
             self.controller
                 .credentials(&req.get_ref().instance_id)
                 .await?,
+        ))
+    }
+
+    async fn get_capacity(
+        &self,
+        req: Request<GetCapacityRequest>,
+    ) -> Result<Response<Capacity>, Status> {
+        kapal::auth::service(&req)?;
+        Ok(Response::new(self.controller.capacity().await?))
+    }
+
+    async fn get_usage(
+        &self,
+        req: Request<GetUsageRequest>,
+    ) -> Result<Response<InstanceUsage>, Status> {
+        kapal::auth::service(&req)?;
+        Ok(Response::new(
+            self.controller.usage(&req.get_ref().instance_id).await?,
         ))
     }
 }

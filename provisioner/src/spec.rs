@@ -1,5 +1,6 @@
 //! The desired state of one instance, validated at the edge from the wire's `InstanceSpec`.
 
+use chrono::{DateTime, Utc};
 use kapal::catalog::Catalog;
 use kapal::proto::internal::v1::InstanceSpec;
 use kapal::proto::v1::DesiredState;
@@ -54,6 +55,23 @@ pub struct Spec {
     pub namespace: String,
     pub desired: Desired,
     pub restart_generation: u64,
+    /// With [`Desired::Deleted`]: the workloads go at once, the data (volumes, secrets, the
+    /// namespace) once this time has passed; `None`: at once. Whole seconds, rounded up.
+    pub delete_data_after: Option<DateTime<Utc>>,
+    /// With [`Desired::Stopped`]: stopped because the subscription is unpaid or ended, not by
+    /// the customer.
+    pub suspended_by_billing: bool,
+}
+
+/// `at` rounded up to a whole second (what both databases store exactly).
+pub fn whole_seconds_up(at: DateTime<Utc>) -> DateTime<Utc> {
+    use chrono::{SubsecRound as _, TimeDelta};
+    let truncated = at.trunc_subsecs(0);
+    if truncated < at {
+        truncated + TimeDelta::seconds(1)
+    } else {
+        truncated
+    }
 }
 
 /// Namespaces an instance may never take over.
@@ -132,6 +150,14 @@ impl Spec {
         if i64::try_from(wire.restart_generation).is_err() {
             return Err(Error::invalid("spec.restart_generation is too large"));
         }
+        let delete_data_after = match &wire.delete_data_after {
+            None => None,
+            Some(t) => {
+                let at = kapal::wire::from_timestamp(t)
+                    .ok_or_else(|| Error::invalid("spec.delete_data_after is not a valid time"))?;
+                Some(whole_seconds_up(at))
+            }
+        };
         Ok(Spec {
             instance_id,
             account_id,
@@ -142,7 +168,16 @@ impl Spec {
             namespace: wire.namespace.clone(),
             desired,
             restart_generation: wire.restart_generation,
+            delete_data_after,
+            suspended_by_billing: wire.suspended_by_billing,
         })
+    }
+
+    /// With [`Desired::Deleted`]: the time until which the data is kept, if it is still in the
+    /// future at `now`.
+    pub fn data_kept_until(&self, now: DateTime<Utc>) -> Option<DateTime<Utc>> {
+        self.delete_data_after
+            .filter(|at| self.desired == Desired::Deleted && *at > now)
     }
 
     /// `https://<hostname>`.
@@ -170,6 +205,8 @@ mod tests {
             namespace: "kapal-c1a2b3c4-n8n".into(),
             desired_state: DesiredState::Running as i32,
             restart_generation: 0,
+            delete_data_after: None,
+            suspended_by_billing: false,
         }
     }
 

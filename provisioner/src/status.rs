@@ -2,9 +2,13 @@
 //!
 //! Rules, in order:
 //! - never applied: PENDING;
-//! - desired DELETED: DELETING while the namespace exists (terminating), DELETED once it is gone;
+//! - desired DELETED: DELETING while workloads or pods remain; then DELETED, saying until when
+//!   the data is kept (volumes, secrets and namespace stay until `delete_data_after`), and
+//!   DELETED "with its data" once the namespace is gone; without a retention time the namespace
+//!   goes at once and the instance is DELETING until it is gone;
 //! - namespace missing or still terminating from an earlier delete: PROVISIONING;
-//! - desired STOPPED and every workload scaled to 0: SUSPENDED ("stopping" while pods remain);
+//! - desired STOPPED and every workload scaled to 0: SUSPENDED ("stopping" while pods remain;
+//!   the reason says whether billing or the customer stopped it);
 //! - every component's workload has all its desired replicas ready and updated: READY;
 //! - otherwise, if the instance was READY since it was last started: DEGRADED with the reason;
 //! - otherwise, a hard failure (image cannot be pulled, crash loop, invalid configuration, no
@@ -40,6 +44,31 @@ pub struct Known<'a> {
     /// READY was observed since the instance was last started or restarted.
     pub was_ready: bool,
     pub app: &'a App,
+    /// With DELETED: when the kept data is removed (`None`: at once).
+    pub delete_data_after: Option<DateTime<Utc>>,
+    /// With STOPPED: billing stopped it (unpaid or ended subscription), not the customer.
+    pub suspended_by_billing: bool,
+}
+
+/// The reason of a deleted instance whose data is gone too: nothing is left to do.
+pub const PURGED_REASON: &str = "Deleted with its data.";
+/// What earlier versions reported for the same.
+const LEGACY_PURGED_REASON: &str = "The instance and its data were removed.";
+/// The reason of a STOPPED instance that billing suspended.
+pub const BILLING_SUSPENDED_REASON: &str =
+    "Suspended: the subscription is unpaid or has ended; data kept.";
+
+/// Whether `reason` (of a DELETED status) says the data is gone as well.
+pub fn is_purged_reason(reason: &str) -> bool {
+    reason == PURGED_REASON || reason == LEGACY_PURGED_REASON
+}
+
+/// The reason of a deleted instance whose data is kept until `until`.
+pub fn kept_reason(until: DateTime<Utc>) -> String {
+    format!(
+        "Deleted; its data is kept until {}, then removed.",
+        until.format("%Y-%m-%d %H:%M:%S UTC")
+    )
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -280,9 +309,21 @@ pub fn compute(
         return verdict(S::Pending, "Not handed to the cluster yet.");
     };
     if known.desired == Desired::Deleted {
-        return match &observed.namespace {
-            None => verdict(S::Deleted, "The instance and its data were removed."),
-            Some(_) => verdict(S::Deleting, "Removing the instance and its data."),
+        if observed.namespace.is_none() {
+            return verdict(S::Deleted, PURGED_REASON);
+        }
+        let kept_until = known.delete_data_after.filter(|at| *at > now);
+        let workloads_left = !observed.deployments.is_empty()
+            || !observed.stateful_sets.is_empty()
+            || !observed.pods.is_empty();
+        return match (workloads_left, kept_until, known.delete_data_after) {
+            (true, Some(_), _) => verdict(S::Deleting, "Removing the app; its data is kept."),
+            (true, None, _) | (false, None, None) => {
+                verdict(S::Deleting, "Removing the instance and its data.")
+            }
+            (false, Some(at), _) => verdict(S::Deleted, kept_reason(at)),
+            // The retention ran out: deleted, and its data is going now.
+            (false, None, Some(_)) => verdict(S::Deleted, "Deleted; its data is being removed."),
         };
     }
     let Some(ns) = &observed.namespace else {
@@ -326,6 +367,8 @@ pub fn compute(
         });
         let reason = if running {
             "Stopping the app; its data is kept."
+        } else if known.suspended_by_billing {
+            BILLING_SUSPENDED_REASON
         } else {
             "Stopped; the app's data is kept."
         };
@@ -474,6 +517,8 @@ mod tests {
                 desired,
                 was_ready,
                 app,
+                delete_data_after: None,
+                suspended_by_billing: false,
             }),
             observed,
             now(),
@@ -491,6 +536,8 @@ mod tests {
             desired: Desired::Deleted,
             was_ready: true,
             app,
+            delete_data_after: None,
+            suspended_by_billing: false,
         };
         let mut terminating = namespace();
         terminating.metadata.deletion_timestamp =
@@ -677,6 +724,100 @@ mod tests {
         assert_eq!(
             check(Desired::Stopped, true, &ghost_observed(1, 1)).status,
             InstanceStatus::Ready
+        );
+    }
+
+    fn known(app: &App, desired: Desired) -> Known<'_> {
+        Known {
+            desired,
+            was_ready: true,
+            app,
+            delete_data_after: None,
+            suspended_by_billing: false,
+        }
+    }
+
+    #[test]
+    fn a_stop_by_billing_says_so() {
+        let catalog = catalog();
+        let app = catalog.app("ghost").expect("ghost");
+        let obs = Observed {
+            namespace: Some(namespace()),
+            deployments: vec![deployment("app", 0, 0)],
+            stateful_sets: vec![stateful_set("db", 0, 0)],
+            ..Observed::default()
+        };
+        let billing = Known {
+            suspended_by_billing: true,
+            ..known(app, Desired::Stopped)
+        };
+        assert_eq!(
+            compute(Some(billing), &obs, now(), GRACE),
+            verdict(
+                InstanceStatus::Suspended,
+                "Suspended: the subscription is unpaid or has ended; data kept."
+            )
+        );
+        assert_eq!(
+            compute(Some(known(app, Desired::Stopped)), &obs, now(), GRACE).reason,
+            "Stopped; the app's data is kept."
+        );
+        // Billing's flag means nothing while the instance should run.
+        let running = Known {
+            suspended_by_billing: true,
+            ..known(app, Desired::Running)
+        };
+        assert_eq!(
+            compute(Some(running), &ghost_observed(1, 1), now(), GRACE).status,
+            InstanceStatus::Ready
+        );
+    }
+
+    #[test]
+    fn a_deleted_instance_keeps_its_data_until_the_retention_runs_out() {
+        let catalog = catalog();
+        let app = catalog.app("ghost").expect("ghost");
+        let until = now() + chrono::TimeDelta::days(7);
+        let deleted = Known {
+            delete_data_after: Some(until),
+            ..known(app, Desired::Deleted)
+        };
+        let v = compute(Some(deleted), &ghost_observed(1, 1), now(), GRACE);
+        assert_eq!(
+            v,
+            verdict(
+                InstanceStatus::Deleting,
+                "Removing the app; its data is kept."
+            )
+        );
+        let only_data = Observed {
+            namespace: Some(namespace()),
+            ..Observed::default()
+        };
+        let v = compute(Some(deleted), &only_data, now(), GRACE);
+        assert_eq!(
+            v,
+            verdict(
+                InstanceStatus::Deleted,
+                "Deleted; its data is kept until 2025-06-08 12:00:00 UTC, then removed."
+            )
+        );
+        assert!(!is_purged_reason(&v.reason));
+        let later = until + chrono::TimeDelta::seconds(1);
+        let v = compute(Some(deleted), &only_data, later, GRACE);
+        assert_eq!(v.status, InstanceStatus::Deleted, "never DELETING again");
+        assert!(!is_purged_reason(&v.reason));
+        let v = compute(Some(deleted), &Observed::default(), later, GRACE);
+        assert_eq!(
+            v,
+            verdict(InstanceStatus::Deleted, "Deleted with its data.")
+        );
+        assert!(is_purged_reason(&v.reason));
+        // Without retention the namespace goes at once.
+        let at_once = known(app, Desired::Deleted);
+        assert_eq!(
+            compute(Some(at_once), &only_data, now(), GRACE).status,
+            InstanceStatus::Deleting
         );
     }
 }

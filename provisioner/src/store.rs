@@ -41,6 +41,8 @@ diesel::table! {
         reported_reason -> Nullable<Text>,
         created_at -> Timestamp,
         updated_at -> Timestamp,
+        delete_data_after -> Nullable<Timestamp>,
+        suspended_by_billing -> Bool,
     }
 }
 
@@ -61,6 +63,8 @@ struct Row {
     reported_reason: Option<String>,
     created_at: NaiveDateTime,
     updated_at: NaiveDateTime,
+    delete_data_after: Option<NaiveDateTime>,
+    suspended_by_billing: bool,
 }
 
 /// One instance as the provisioner knows it.
@@ -75,11 +79,14 @@ pub struct Stored {
 }
 
 impl Stored {
-    /// Deleted and reported so: nothing is left to converge.
+    /// Deleted with its data and reported so: nothing is left to converge. (An instance
+    /// reported DELETED whose data is still kept is not finished: its data goes later.)
     pub fn is_finished(&self) -> bool {
         self.spec.desired == Desired::Deleted
-            && self.reported.as_ref().map(|r| r.0)
-                == Some(kapal::proto::v1::InstanceStatus::Deleted as i32)
+            && self.reported.as_ref().is_some_and(|(status, reason)| {
+                *status == kapal::proto::v1::InstanceStatus::Deleted as i32
+                    && crate::status::is_purged_reason(reason)
+            })
     }
 }
 
@@ -107,6 +114,8 @@ impl TryFrom<Row> for Stored {
                     ))
                 })?,
                 restart_generation: u64::try_from(row.restart_generation).unwrap_or(0),
+                delete_data_after: row.delete_data_after.map(|t| t.and_utc()),
+                suspended_by_billing: row.suspended_by_billing,
             },
             was_ready: row.was_ready,
             reported: row
@@ -191,6 +200,8 @@ impl Store {
                 reported_reason: None,
                 created_at: now,
                 updated_at: now,
+                delete_data_after: spec.delete_data_after.map(|t| t.naive_utc()),
+                suspended_by_billing: spec.suspended_by_billing,
             };
             let inserted = kapal::db!(&mut conn, |c| diesel::insert_into(instances::table)
                 .values(&row)
@@ -238,6 +249,8 @@ impl Store {
                     .eq(i64::try_from(spec.restart_generation).unwrap_or(i64::MAX)),
                 instances::was_ready.eq(was_ready),
                 instances::updated_at.eq(now),
+                instances::delete_data_after.eq(spec.delete_data_after.map(|t| t.naive_utc())),
+                instances::suspended_by_billing.eq(spec.suspended_by_billing),
             ))
             .execute(c)
             .await)
@@ -298,6 +311,8 @@ mod tests {
             namespace: format!("kapal-{}", &Uuid::new_v4().simple().to_string()[..8]),
             desired: Desired::Running,
             restart_generation: 0,
+            delete_data_after: None,
+            suspended_by_billing: false,
         }
     }
 
@@ -416,18 +431,39 @@ mod tests {
         ));
 
         s.desired = Desired::Deleted;
+        s.delete_data_after = Some(at(100).and_utc());
         store.upsert(&s, at(7), None).await.expect("delete");
+        let deleted = kapal::proto::v1::InstanceStatus::Deleted as i32;
         store
             .set_reported(
                 s.instance_id,
-                kapal::proto::v1::InstanceStatus::Deleted as i32,
-                "gone",
+                deleted,
+                &crate::status::kept_reason(at(100).and_utc()),
             )
             .await
             .expect("reported");
         let list = store.list().await.expect("list");
         assert_eq!(list.len(), 1);
-        assert!(list[0].is_finished());
+        assert_eq!(list[0].spec, s, "the retention round-trips");
+        assert!(!list[0].is_finished(), "its data is still to be removed");
+        store
+            .set_reported(s.instance_id, deleted, crate::status::PURGED_REASON)
+            .await
+            .expect("reported");
+        assert!(store.list().await.expect("list")[0].is_finished());
+        s.desired = Desired::Stopped;
+        s.delete_data_after = None;
+        s.suspended_by_billing = true;
+        store.upsert(&s, at(8), None).await.expect("suspend");
+        assert_eq!(
+            store
+                .get(s.instance_id)
+                .await
+                .expect("get")
+                .expect("stored")
+                .spec,
+            s
+        );
     }
 
     #[tokio::test(flavor = "multi_thread")]
