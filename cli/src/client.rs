@@ -25,19 +25,24 @@ use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint};
 use tonic::{Code, Request, Status};
 
 use kapal::proto::v1::account_service_client::AccountServiceClient;
+use kapal::proto::v1::admin_service_client::AdminServiceClient;
+use kapal::proto::v1::billing_admin_service_client::BillingAdminServiceClient;
 use kapal::proto::v1::catalog_service_client::CatalogServiceClient;
 use kapal::proto::v1::instance_service_client::InstanceServiceClient;
 use kapal::proto::v1::order_service_client::OrderServiceClient;
 use kapal::proto::v1::subscription_service_client::SubscriptionServiceClient;
 use kapal::proto::v1::{
-    Account, ApiToken, App, CancelSubscriptionRequest, CheckoutRequest, CreateApiTokenRequest,
-    GetAppRequest, GetInstanceRequest, GetOrderRequest, Instance, InstanceActionRequest,
-    InstanceEvent, InstanceStatus, Invoice, ListApiTokensRequest, ListAppsRequest,
-    ListInstancesRequest, ListInvoicesRequest, ListOrdersRequest, ListSubscriptionsRequest,
-    LogInRequest, LogOutRequest, Money, Order, OrderStatus, Plan, RevokeApiTokenRequest,
-    SessionResponse, SetAutoRenewRequest, SignUpRequest, Subscription, WatchInstanceRequest,
-    WhoAmIRequest,
+    Account, ApiToken, App, CancelSubscriptionRequest, ChangePlanRequest, CheckoutRequest,
+    CreateApiTokenRequest, GetAppRequest, GetInstanceRequest, GetInstanceUsageRequest,
+    GetOrderRequest, Instance, InstanceActionRequest, InstanceEvent, InstanceStatus, InstanceUsage,
+    Invoice, ListApiTokensRequest, ListAppsRequest, ListInstancesRequest, ListInvoicesRequest,
+    ListOrdersRequest, ListSubscriptionEventsRequest, ListSubscriptionsRequest, LogInRequest,
+    LogOutRequest, Money, Order, OrderStatus, Plan, RevokeApiTokenRequest, SessionResponse,
+    SetAutoRenewRequest, SignUpRequest, Subscription, SubscriptionEvent, SubscriptionStatus,
+    WatchInstanceRequest, WhoAmIRequest,
 };
+
+mod admin;
 
 /// The gateway used when neither `--endpoint`/`KAPAL_ENDPOINT` nor a saved session names one.
 const DEFAULT_ENDPOINT: &str = "http://127.0.0.1:8080";
@@ -145,6 +150,16 @@ pub enum ClientCommand {
     Cancel(SubscriptionArg),
     /// Turn automatic renewal of a subscription on or off.
     AutoRenew(AutoRenewArgs),
+    /// Show what an instance uses now: CPU and memory against its plan's limits, and storage.
+    Usage(InstanceArg),
+    /// Change a subscription's plan from its next renewal on (a trial: converts it to paid).
+    ChangePlan(ChangePlanArgs),
+    /// List every status change of a subscription, oldest first, with time and cause.
+    Events(SubscriptionArg),
+    /// Operators' commands (need an admin account): all instances and subscriptions,
+    /// capacity, alerts, the audit log and revenue.
+    #[command(subcommand)]
+    Admin(admin::AdminCommand),
     /// Create, list and revoke API tokens for scripts and integrations.
     #[command(subcommand)]
     Token(TokenCommand),
@@ -247,6 +262,18 @@ pub struct AutoRenewArgs {
     /// Whether the subscription renews automatically at the end of each period.
     #[arg(value_enum)]
     state: OnOff,
+    #[command(flatten)]
+    global: Global,
+}
+
+#[derive(Args)]
+pub struct ChangePlanArgs {
+    /// The subscription's id (see `kapal subscriptions`).
+    id: String,
+    /// The paid plan of the same app to move to, e.g. starter (see `kapal app <app>`); the
+    /// current plan withdraws a pending change.
+    #[arg(long)]
+    plan: String,
     #[command(flatten)]
     global: Global,
 }
@@ -366,6 +393,10 @@ pub async fn run(cmd: ClientCommand) -> anyhow::Result<()> {
         ClientCommand::Invoices(a) => invoices(a).await,
         ClientCommand::Cancel(a) => cancel(a).await,
         ClientCommand::AutoRenew(a) => auto_renew(a).await,
+        ClientCommand::Usage(a) => usage(a).await,
+        ClientCommand::ChangePlan(a) => change_plan(a).await,
+        ClientCommand::Events(a) => events(a).await,
+        ClientCommand::Admin(cmd) => admin::run(cmd).await,
         ClientCommand::Token(TokenCommand::Create(a)) => token_create(a).await,
         ClientCommand::Token(TokenCommand::List(g)) => token_list(g).await,
         ClientCommand::Token(TokenCommand::Revoke(a)) => token_revoke(a).await,
@@ -458,6 +489,12 @@ impl Ctx {
     fn catalog(&self) -> CatalogServiceClient<Svc> {
         CatalogServiceClient::new(self.anonymous())
     }
+    fn admin(&self) -> anyhow::Result<AdminServiceClient<Svc>> {
+        Ok(AdminServiceClient::new(self.authed()?))
+    }
+    fn billing_admin(&self) -> anyhow::Result<BillingAdminServiceClient<Svc>> {
+        Ok(BillingAdminServiceClient::new(self.authed()?))
+    }
 
     /// A gRPC error as a message for the user: `<message> (<CODE>)`.
     fn rpc_error(&self, s: &Status) -> anyhow::Error {
@@ -477,12 +514,30 @@ impl Ctx {
 /// Unwraps a unary response or turns its error into a message for the user.
 trait RpcResult<T> {
     fn or_fail(self, ctx: &Ctx) -> anyhow::Result<T>;
+    /// [`RpcResult::or_fail`] for operators' calls: PERMISSION_DENIED says an admin account is
+    /// needed.
+    fn or_fail_as_operator(self, ctx: &Ctx) -> anyhow::Result<T>;
 }
 
 impl<T> RpcResult<T> for Result<tonic::Response<T>, Status> {
     fn or_fail(self, ctx: &Ctx) -> anyhow::Result<T> {
         self.map(tonic::Response::into_inner)
             .map_err(|s| ctx.rpc_error(&s))
+    }
+    fn or_fail_as_operator(self, ctx: &Ctx) -> anyhow::Result<T> {
+        self.map(tonic::Response::into_inner)
+            .map_err(|s| operator_rpc_error(&ctx.endpoint, &s))
+    }
+}
+
+/// [`rpc_error`] for operators' calls: a PERMISSION_DENIED answer reads `this needs an operator
+/// (admin) account: <message> (PERMISSION_DENIED)`.
+fn operator_rpc_error(endpoint: &str, s: &Status) -> anyhow::Error {
+    let e = rpc_error(endpoint, s);
+    if s.code() == Code::PermissionDenied {
+        anyhow!("this needs an operator (admin) account: {e}")
+    } else {
+        e
     }
 }
 
@@ -1337,7 +1392,7 @@ async fn instance(a: InstanceArg) -> anyhow::Result<()> {
 }
 
 fn instance_lines(i: &Instance) -> Vec<(&'static str, String)> {
-    vec![
+    let mut lines = vec![
         ("Instance", i.id.clone()),
         ("App", i.app_id.clone()),
         ("Plan", i.plan_id.clone()),
@@ -1350,7 +1405,17 @@ fn instance_lines(i: &Instance) -> Vec<(&'static str, String)> {
         ("Created", time(i.created_at.as_ref())),
         ("Ready since", time(i.ready_at.as_ref())),
         ("Updated", time(i.updated_at.as_ref())),
-    ]
+    ];
+    if i.suspended_by_billing {
+        lines.push((
+            "Suspended by billing",
+            "yes — pay or reactivate the subscription".to_string(),
+        ));
+    }
+    if i.data_deleted_after.is_some() {
+        lines.push(("Data deleted after", time(i.data_deleted_after.as_ref())));
+    }
+    lines
 }
 
 fn credential_lines(i: &Instance) -> Vec<(&'static str, String)> {
@@ -1516,6 +1581,90 @@ async fn delete(a: DeleteArgs) -> anyhow::Result<()> {
     .await
 }
 
+async fn usage(a: InstanceArg) -> anyhow::Result<()> {
+    let ctx = Ctx::new(&a.global)?;
+    let u = ctx
+        .instances()?
+        .get_instance_usage(GetInstanceUsageRequest { instance_id: a.id })
+        .await
+        .or_fail(&ctx)?;
+    print_usage(&ctx, &u)
+}
+
+fn print_usage(ctx: &Ctx, u: &InstanceUsage) -> anyhow::Result<()> {
+    if ctx.json() {
+        return print_json(&usage_json(u));
+    }
+    print!("{}", key_values(&usage_lines(u)));
+    Ok(())
+}
+
+/// CPU and memory in use against the plan's limits, or why they are not known (never zeros for
+/// missing metrics), and storage: capacity, with what is used when the cluster reports it.
+fn usage_lines(u: &InstanceUsage) -> Vec<(&'static str, String)> {
+    let cpu = match u.cpu_millis.filter(|_| u.metrics_available) {
+        Some(m) => format!(
+            "{} of {}{}",
+            cpu_amount(m),
+            cpu_amount(u.cpu_limit_millis),
+            percent(m, u.cpu_limit_millis)
+        ),
+        None => format!("not known (limit {})", cpu_amount(u.cpu_limit_millis)),
+    };
+    let memory = match u.memory_bytes.filter(|_| u.metrics_available) {
+        Some(b) => format!(
+            "{} of {}{}",
+            bytes(b),
+            bytes(u.memory_limit_bytes),
+            percent(b, u.memory_limit_bytes)
+        ),
+        None => format!("not known (limit {})", bytes(u.memory_limit_bytes)),
+    };
+    let mut lines = vec![
+        ("Instance", u.instance_id.clone()),
+        ("CPU", cpu),
+        ("Memory", memory),
+    ];
+    if !u.metrics_available || u.cpu_millis.is_none() || u.memory_bytes.is_none() {
+        let note = if u.metrics_note.trim().is_empty() {
+            "the cluster did not report the instance's usage".to_string()
+        } else {
+            u.metrics_note.trim().to_string()
+        };
+        lines.push(("Metrics", format!("not available: {note}")));
+    }
+    let storage = match (u.storage_capacity_bytes, u.storage_used_bytes) {
+        (0, _) => "no volume bound yet".to_string(),
+        (cap, Some(used)) => format!(
+            "{} used of {}{}",
+            bytes(used),
+            bytes(cap),
+            percent(used, cap)
+        ),
+        (cap, None) => format!("{} (use not reported by the cluster)", bytes(cap)),
+    };
+    lines.push(("Storage", storage));
+    lines.push(("Observed", time(u.observed_at.as_ref())));
+    lines
+}
+
+fn usage_json(u: &InstanceUsage) -> Value {
+    // Usage the cluster did not report is null, never 0.
+    let reported = |v: Option<i64>| if u.metrics_available { v } else { None };
+    json!({
+        "instance_id": u.instance_id,
+        "metrics_available": u.metrics_available,
+        "metrics_note": u.metrics_note,
+        "cpu_millis": reported(u.cpu_millis),
+        "cpu_limit_millis": u.cpu_limit_millis,
+        "memory_bytes": reported(u.memory_bytes),
+        "memory_limit_bytes": u.memory_limit_bytes,
+        "storage_capacity_bytes": u.storage_capacity_bytes,
+        "storage_used_bytes": u.storage_used_bytes,
+        "observed_at": ts_json(u.observed_at.as_ref()),
+    })
+}
+
 // ---------------------------------------------------------------------------------------------
 // Subscriptions and invoices
 // ---------------------------------------------------------------------------------------------
@@ -1572,6 +1721,8 @@ fn subscription_lines(s: &Subscription) -> String {
         ("Subscription", s.id.clone()),
         ("App", s.app_id.clone()),
         ("Plan", s.plan_id.clone()),
+        ("Next plan", dash(&s.next_plan_id)),
+        ("Instance", dash(&s.instance_id)),
         ("Status", subscription_status(s).to_string()),
         ("Price", format!("{}/month", money(s.price.as_ref()))),
         ("Period start", time(s.current_period_start.as_ref())),
@@ -1676,6 +1827,116 @@ async fn auto_renew(a: AutoRenewArgs) -> anyhow::Result<()> {
         if s.auto_renew { "on" } else { "off" }
     );
     Ok(())
+}
+
+async fn change_plan(a: ChangePlanArgs) -> anyhow::Result<()> {
+    let ctx = Ctx::new(&a.global)?;
+    let s = ctx
+        .subscriptions()?
+        .change_plan(ChangePlanRequest {
+            subscription_id: a.id,
+            plan_id: a.plan,
+        })
+        .await
+        .or_fail(&ctx)?;
+    if ctx.json() {
+        return print_json(&subscription_json(&s));
+    }
+    println!("{}", plan_change_sentence(&s));
+    print!("{}", subscription_lines(&s));
+    Ok(())
+}
+
+/// What a ChangePlan answer means for the customer.
+fn plan_change_sentence(s: &Subscription) -> String {
+    if s.next_plan_id.is_empty() || s.next_plan_id == s.plan_id {
+        return format!(
+            "Subscription {} stays on plan {}: no plan change is pending.",
+            s.id, s.plan_id
+        );
+    }
+    if s.status() == SubscriptionStatus::Trialing {
+        let end = s.trial_end.as_ref().or(s.current_period_end.as_ref());
+        format!(
+            "Subscription {} moves to plan {} when the trial ends ({}): it is charged then and renews automatically.",
+            s.id,
+            s.next_plan_id,
+            time(end)
+        )
+    } else {
+        format!(
+            "Subscription {} moves from plan {} to plan {} at the next renewal ({}).",
+            s.id,
+            s.plan_id,
+            s.next_plan_id,
+            time(s.current_period_end.as_ref())
+        )
+    }
+}
+
+async fn events(a: SubscriptionArg) -> anyhow::Result<()> {
+    let ctx = Ctx::new(&a.global)?;
+    let events = ctx
+        .subscriptions()?
+        .list_subscription_events(ListSubscriptionEventsRequest {
+            subscription_id: a.id.clone(),
+        })
+        .await
+        .or_fail(&ctx)?
+        .events;
+    print_events(&ctx, &a.id, &events)
+}
+
+fn print_events(ctx: &Ctx, id: &str, events: &[SubscriptionEvent]) -> anyhow::Result<()> {
+    if ctx.json() {
+        return print_json(&json!({
+            "subscription_id": id,
+            "events": events.iter().map(subscription_event_json).collect::<Vec<_>>(),
+        }));
+    }
+    if events.is_empty() {
+        println!("No events of subscription {id}.");
+        return Ok(());
+    }
+    print!("{}", events_table(events));
+    Ok(())
+}
+
+fn events_table(events: &[SubscriptionEvent]) -> String {
+    let mut t = Table::new(&["AT", "CHANGE", "CAUSE"]);
+    for e in events {
+        t.row(vec![
+            time(e.at.as_ref()),
+            format!(
+                "{} -> {}",
+                status_or_dash(e.from_status()),
+                status_or_dash(e.to_status())
+            ),
+            e.cause.clone(),
+        ]);
+    }
+    t.render()
+}
+
+/// `TRIALING`, or `-` for UNSPECIFIED (before the subscription existed).
+fn status_or_dash(s: SubscriptionStatus) -> &'static str {
+    match s {
+        SubscriptionStatus::Unspecified => "-",
+        s => subscription_status_name(s),
+    }
+}
+
+fn subscription_event_json(e: &SubscriptionEvent) -> Value {
+    let status = |s: SubscriptionStatus| match s {
+        SubscriptionStatus::Unspecified => Value::Null,
+        s => json!(subscription_status_name(s)),
+    };
+    json!({
+        "at": ts_json(e.at.as_ref()),
+        "from_status": status(e.from_status()),
+        "to_status": status(e.to_status()),
+        "cause": e.cause,
+    })
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -1836,6 +2097,44 @@ fn storage(gib: u32) -> String {
     format!("{gib} GiB")
 }
 
+/// Millicores as vCPU: `250` -> `0.25 vCPU` (negative amounts, which no one reports, as 0).
+fn cpu_amount(millis: i64) -> String {
+    cpu(u32::try_from(millis.max(0)).unwrap_or(u32::MAX))
+}
+
+/// Bytes in binary units with at most one decimal: `536870912` -> `512 MiB`,
+/// `1610612736` -> `1.5 GiB`, `1000` -> `1000 B`.
+fn bytes(n: i64) -> String {
+    const UNITS: [&str; 5] = ["KiB", "MiB", "GiB", "TiB", "PiB"];
+    let n = n.max(0);
+    if n < 1024 {
+        return format!("{n} B");
+    }
+    let mut value = n as f64 / 1024.0;
+    let mut unit = 0;
+    while value >= 1024.0 && unit + 1 < UNITS.len() {
+        value /= 1024.0;
+        unit += 1;
+    }
+    let text = format!("{value:.1}");
+    let text = text.strip_suffix(".0").unwrap_or(&text);
+    format!("{text} {}", UNITS[unit])
+}
+
+/// ` (24%)` of `part` in `whole`, or nothing when `whole` is not positive.
+fn percent(part: i64, whole: i64) -> String {
+    if whole <= 0 {
+        return String::new();
+    }
+    format!(" ({}%)", percent_value(part, whole))
+}
+
+/// `part` as a whole percentage of `whole` (rounded; `whole` > 0).
+fn percent_value(part: i64, whole: i64) -> i64 {
+    let (part, whole) = (i128::from(part), i128::from(whole));
+    i64::try_from((part * 100 + whole / 2) / whole).unwrap_or(i64::MAX)
+}
+
 fn trial(p: &Plan) -> String {
     match p.trial_days {
         0 => "-".to_string(),
@@ -1912,7 +2211,11 @@ fn order_status(o: &Order) -> &'static str {
 }
 
 fn subscription_status(s: &Subscription) -> &'static str {
-    short(s.status().as_str_name(), "SUBSCRIPTION_STATUS_")
+    subscription_status_name(s.status())
+}
+
+fn subscription_status_name(s: SubscriptionStatus) -> &'static str {
+    short(s.as_str_name(), "SUBSCRIPTION_STATUS_")
 }
 
 fn invoice_status(i: &Invoice) -> &'static str {
@@ -2067,6 +2370,8 @@ fn instance_json(i: &Instance) -> Value {
         "created_at": ts_json(i.created_at.as_ref()),
         "updated_at": ts_json(i.updated_at.as_ref()),
         "ready_at": ts_json(i.ready_at.as_ref()),
+        "suspended_by_billing": i.suspended_by_billing,
+        "data_deleted_after": ts_json(i.data_deleted_after.as_ref()),
     })
 }
 
@@ -2084,6 +2389,8 @@ fn subscription_json(s: &Subscription) -> Value {
         "order_id": s.order_id,
         "created_at": ts_json(s.created_at.as_ref()),
         "trial_end": ts_json(s.trial_end.as_ref()),
+        "next_plan_id": s.next_plan_id,
+        "instance_id": s.instance_id,
     })
 }
 
@@ -2388,6 +2695,278 @@ mod tests {
         let e = channel("https://x.example", Some(Path::new("/nonexistent.pem")))
             .expect_err("missing CA file");
         assert!(format!("{e:#}").contains("/nonexistent.pem"), "{e:#}");
+    }
+
+    fn at(rfc: &str) -> Option<prost_types::Timestamp> {
+        let t = DateTime::parse_from_rfc3339(rfc).expect("time");
+        Some(prost_types::Timestamp {
+            seconds: t.timestamp(),
+            nanos: 0,
+        })
+    }
+
+    const GIB: i64 = 1024 * 1024 * 1024;
+    const MIB: i64 = 1024 * 1024;
+
+    #[test]
+    fn bytes_and_percentages_read_like_a_person_would_say_them() {
+        assert_eq!(bytes(0), "0 B");
+        assert_eq!(bytes(1000), "1000 B");
+        assert_eq!(bytes(512 * MIB), "512 MiB");
+        assert_eq!(bytes(3 * GIB / 2), "1.5 GiB");
+        assert_eq!(bytes(5 * GIB), "5 GiB");
+        assert_eq!(bytes(123_456_789), "117.7 MiB");
+        assert_eq!(bytes(-1), "0 B");
+        assert_eq!(cpu_amount(250), "0.25 vCPU");
+        assert_eq!(cpu_amount(4000), "4 vCPU");
+        assert_eq!(cpu_amount(-3), "0 vCPU");
+        assert_eq!(percent(120, 500), " (24%)");
+        assert_eq!(percent(1, 3), " (33%)");
+        assert_eq!(percent(2, 3), " (67%)");
+        assert_eq!(percent(5, 0), "", "no limit: no percentage");
+        assert_eq!(percent_value(i64::MAX, 1), i64::MAX);
+    }
+
+    fn usage_with_metrics() -> InstanceUsage {
+        InstanceUsage {
+            instance_id: "i1".to_string(),
+            metrics_available: true,
+            metrics_note: String::new(),
+            cpu_millis: Some(120),
+            memory_bytes: Some(300 * MIB),
+            cpu_limit_millis: 500,
+            memory_limit_bytes: 512 * MIB,
+            storage_capacity_bytes: 5 * GIB,
+            storage_used_bytes: Some(GIB + GIB / 5),
+            observed_at: at("2026-11-25T10:00:00Z"),
+        }
+    }
+
+    #[test]
+    fn usage_shows_use_against_the_plan_limits() {
+        assert_eq!(
+            key_values(&usage_lines(&usage_with_metrics())),
+            "Instance:  i1\n\
+             CPU:       0.12 vCPU of 0.5 vCPU (24%)\n\
+             Memory:    300 MiB of 512 MiB (59%)\n\
+             Storage:   1.2 GiB used of 5 GiB (24%)\n\
+             Observed:  2026-11-25T10:00:00Z\n"
+        );
+        let v = usage_json(&usage_with_metrics());
+        assert_eq!(v["cpu_millis"], json!(120));
+        assert_eq!(v["memory_bytes"], json!(300 * MIB));
+        assert_eq!(v["storage_used_bytes"], json!(GIB + GIB / 5));
+        assert_eq!(v["observed_at"], json!("2026-11-25T10:00:00Z"));
+    }
+
+    #[test]
+    fn usage_without_metrics_says_why_and_never_shows_zeros() {
+        let u = InstanceUsage {
+            metrics_available: false,
+            metrics_note: "the cluster has no metrics API".to_string(),
+            cpu_millis: None,
+            memory_bytes: None,
+            storage_used_bytes: None,
+            ..usage_with_metrics()
+        };
+        let text = key_values(&usage_lines(&u));
+        assert_eq!(
+            text,
+            "Instance:  i1\n\
+             CPU:       not known (limit 0.5 vCPU)\n\
+             Memory:    not known (limit 512 MiB)\n\
+             Metrics:   not available: the cluster has no metrics API\n\
+             Storage:   5 GiB (use not reported by the cluster)\n\
+             Observed:  2026-11-25T10:00:00Z\n"
+        );
+        let v = usage_json(&u);
+        assert_eq!(v["cpu_millis"], Value::Null);
+        assert_eq!(v["memory_bytes"], Value::Null);
+        assert_eq!(v["storage_used_bytes"], Value::Null);
+        assert_eq!(v["metrics_note"], json!("the cluster has no metrics API"));
+
+        // A server that sets a figure but says metrics are unavailable: the figure is not shown.
+        let odd = InstanceUsage {
+            cpu_millis: Some(0),
+            metrics_note: String::new(),
+            storage_capacity_bytes: 0,
+            ..u
+        };
+        let text = key_values(&usage_lines(&odd));
+        assert!(
+            text.contains("CPU:       not known (limit 0.5 vCPU)"),
+            "{text}"
+        );
+        assert!(
+            text.contains("Metrics:   not available: the cluster did not report"),
+            "{text}"
+        );
+        assert!(text.contains("Storage:   no volume bound yet"), "{text}");
+        assert!(!text.contains("0 vCPU of"), "{text}");
+        assert_eq!(usage_json(&odd)["cpu_millis"], Value::Null);
+    }
+
+    fn instance() -> Instance {
+        Instance {
+            id: "i1".to_string(),
+            app_id: "n8n".to_string(),
+            plan_id: "starter".to_string(),
+            status: InstanceStatus::Suspended as i32,
+            created_at: at("2026-11-01T08:00:00Z"),
+            ..Instance::default()
+        }
+    }
+
+    #[test]
+    fn instance_shows_billing_suspension_and_data_deletion() {
+        let plain = key_values(&instance_lines(&instance()));
+        assert!(!plain.contains("Suspended by billing"), "{plain}");
+        assert!(!plain.contains("Data deleted after"), "{plain}");
+        let v = instance_json(&instance());
+        assert_eq!(v["suspended_by_billing"], json!(false));
+        assert_eq!(v["data_deleted_after"], Value::Null);
+
+        let i = Instance {
+            suspended_by_billing: true,
+            data_deleted_after: at("2026-12-25T08:00:00Z"),
+            ..instance()
+        };
+        let text = key_values(&instance_lines(&i));
+        assert!(
+            text.contains("Suspended by billing:  yes — pay or reactivate the subscription\n"),
+            "{text}"
+        );
+        assert!(
+            text.contains("Data deleted after:    2026-12-25T08:00:00Z\n"),
+            "{text}"
+        );
+        let v = instance_json(&i);
+        assert_eq!(v["suspended_by_billing"], json!(true));
+        assert_eq!(v["data_deleted_after"], json!("2026-12-25T08:00:00Z"));
+    }
+
+    fn subscription() -> Subscription {
+        Subscription {
+            id: "s1".to_string(),
+            app_id: "n8n".to_string(),
+            plan_id: "starter".to_string(),
+            status: SubscriptionStatus::Active as i32,
+            price: Some(kapal::wire::idr(79_000)),
+            current_period_end: at("2026-12-01T00:00:00Z"),
+            instance_id: "i1".to_string(),
+            ..Subscription::default()
+        }
+    }
+
+    #[test]
+    fn subscriptions_show_their_instance_and_pending_plan() {
+        let s = Subscription {
+            next_plan_id: "pro".to_string(),
+            ..subscription()
+        };
+        let v = subscription_json(&s);
+        assert_eq!(v["instance_id"], json!("i1"));
+        assert_eq!(v["next_plan_id"], json!("pro"));
+        let text = subscription_lines(&s);
+        assert!(text.contains("Instance:      i1\n"), "{text}");
+        assert!(text.contains("Next plan:     pro\n"), "{text}");
+        assert!(subscription_lines(&subscription()).contains("Next plan:     -\n"));
+    }
+
+    #[test]
+    fn plan_changes_say_when_they_take_effect() {
+        let paid = Subscription {
+            next_plan_id: "pro".to_string(),
+            ..subscription()
+        };
+        assert_eq!(
+            plan_change_sentence(&paid),
+            "Subscription s1 moves from plan starter to plan pro at the next renewal (2026-12-01T00:00:00Z)."
+        );
+        let trial = Subscription {
+            plan_id: "trial".to_string(),
+            status: SubscriptionStatus::Trialing as i32,
+            trial_end: at("2026-11-30T00:00:00Z"),
+            next_plan_id: "starter".to_string(),
+            ..subscription()
+        };
+        assert_eq!(
+            plan_change_sentence(&trial),
+            "Subscription s1 moves to plan starter when the trial ends (2026-11-30T00:00:00Z): it is charged then and renews automatically."
+        );
+        assert_eq!(
+            plan_change_sentence(&subscription()),
+            "Subscription s1 stays on plan starter: no plan change is pending."
+        );
+    }
+
+    #[test]
+    fn subscription_events_read_from_to_and_cause() {
+        let events = vec![
+            SubscriptionEvent {
+                at: at("2026-11-01T08:00:00Z"),
+                from_status: SubscriptionStatus::Unspecified as i32,
+                to_status: SubscriptionStatus::Trialing as i32,
+                cause: "checkout".to_string(),
+            },
+            SubscriptionEvent {
+                at: at("2026-11-15T08:00:00Z"),
+                from_status: SubscriptionStatus::Trialing as i32,
+                to_status: SubscriptionStatus::PastDue as i32,
+                cause: "renewal payment failed: declined".to_string(),
+            },
+        ];
+        assert_eq!(
+            events_table(&events),
+            "AT                    CHANGE                CAUSE\n\
+             2026-11-01T08:00:00Z  - -> TRIALING         checkout\n\
+             2026-11-15T08:00:00Z  TRIALING -> PAST_DUE  renewal payment failed: declined\n"
+        );
+        let v = subscription_event_json(&events[0]);
+        assert_eq!(
+            v,
+            json!({
+                "at": "2026-11-01T08:00:00Z",
+                "from_status": null,
+                "to_status": "TRIALING",
+                "cause": "checkout",
+            })
+        );
+    }
+
+    #[test]
+    fn operators_calls_say_an_admin_account_is_needed() {
+        let e = operator_rpc_error(
+            "http://x",
+            &Status::permission_denied("admin role required"),
+        );
+        assert_eq!(
+            e.to_string(),
+            "this needs an operator (admin) account: admin role required (PERMISSION_DENIED)"
+        );
+        let e = operator_rpc_error("http://x", &Status::not_found("no instance i9"));
+        assert_eq!(e.to_string(), "no instance i9 (NOT_FOUND)");
+        // Customers' calls are unchanged.
+        let e = rpc_error("http://x", &Status::permission_denied("nope"));
+        assert_eq!(e.to_string(), "nope (PERMISSION_DENIED)");
+    }
+
+    #[test]
+    fn usage_plan_change_and_events_parse() {
+        assert!(matches!(
+            parse(&["usage", "i1", "-o", "json"]),
+            Ok(ClientCommand::Usage(a)) if a.id == "i1" && a.global.output == Output::Json
+        ));
+        assert!(matches!(
+            parse(&["change-plan", "s1", "--plan", "pro"]),
+            Ok(ClientCommand::ChangePlan(a)) if a.id == "s1" && a.plan == "pro"
+        ));
+        assert!(parse(&["change-plan", "s1"]).is_err(), "--plan is required");
+        assert!(matches!(
+            parse(&["events", "s1"]),
+            Ok(ClientCommand::Events(a)) if a.id == "s1"
+        ));
+        assert!(parse(&["usage"]).is_err(), "the id is required");
     }
 
     #[test]
