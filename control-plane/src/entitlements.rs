@@ -241,26 +241,35 @@ async fn store(ctx: &Ctx, change: &Change) -> Result<Outcome> {
 
 /// Hands the instance's effective spec to the provisioner in the background, like checkout: the
 /// answer does not wait for the cluster, and a lost push is converged by the provisioner's
-/// resync (it lists the desired instances, which carry the same effective spec).
-async fn converge(ctx: &Ctx, instance_id: &str) -> Result<()> {
-    let row: Option<(Instance, String)> = {
-        let mut conn = ctx.db.get().await?;
-        kapal::db!(&mut conn, |c| instances::table
-            .inner_join(accounts::table)
-            .filter(instances::id.eq(instance_id))
-            .select((Instance::as_select(), accounts::customer_id))
-            .first(c)
-            .await
-            .optional())?
-    };
+/// resync (it lists the desired instances, which carry the same effective spec). The instance is
+/// read in the task, right before the push, so the newest state is what goes out.
+fn converge(ctx: &Ctx, instance_id: &str) {
     let _ = ctx.changes.send(instance_id.to_string());
-    if let Some((instance, customer_id)) = row {
-        let ctx = ctx.clone();
-        tokio::spawn(async move {
-            crate::instances::push_to_provisioner(&ctx, &instance, &customer_id).await;
-        });
-    }
-    Ok(())
+    let ctx = ctx.clone();
+    let instance_id = instance_id.to_string();
+    tokio::spawn(async move {
+        let row = async {
+            let mut conn = ctx.db.get().await?;
+            Ok::<_, Error>(kapal::db!(&mut conn, |c| instances::table
+                .inner_join(accounts::table)
+                .filter(instances::id.eq(&instance_id))
+                .select((Instance::as_select(), accounts::customer_id))
+                .first::<(Instance, String)>(c)
+                .await
+                .optional())?)
+        }
+        .await;
+        match row {
+            Ok(Some((instance, customer_id))) => {
+                crate::instances::push_to_provisioner(&ctx, &instance, &customer_id).await;
+            }
+            Ok(None) => {}
+            Err(e) => tracing::warn!(
+                instance_id = %instance_id, error = %e,
+                "reading the instance to push failed; the provisioner's resync will converge it"
+            ),
+        }
+    });
 }
 
 #[tonic::async_trait]
@@ -289,12 +298,12 @@ impl EntitlementService for Entitlements {
                     entitlement = change.value, sequence = change.sequence, cause = %change.cause,
                     "entitlement applied"
                 );
-                converge(ctx, &change.instance_id).await?;
+                converge(ctx, &change.instance_id);
                 true
             }
             Outcome::Repeated => {
                 // Pushed again: the first delivery may have been stored just before a crash.
-                converge(ctx, &change.instance_id).await?;
+                converge(ctx, &change.instance_id);
                 true
             }
             Outcome::Stale => {
