@@ -51,6 +51,26 @@ pub struct ServerArgs {
     /// Emails that get the admin role when they sign up (comma-separated).
     #[arg(long, env = "KAPAL_ADMIN_EMAILS", value_delimiter = ',')]
     pub admin_emails: Vec<String>,
+    /// Checkouts are refused (RESOURCE_EXHAUSTED) when the plan would push the CPU or memory
+    /// committed on the cluster over this percentage of its allocatable.
+    #[arg(long, default_value_t = 80, env = "KAPAL_CAPACITY_CEILING")]
+    pub capacity_ceiling: u32,
+    /// How long a deleted instance's data (volumes, secrets) is kept before it is removed, e.g.
+    /// 7d, 12h, 30m.
+    #[arg(long, default_value = "7d", value_parser = parse_period, env = "KAPAL_DATA_RETENTION")]
+    pub data_retention: Duration,
+    /// POST lifecycle notifications (renewal upcoming, payment failed, suspended, expired) as
+    /// signed JSON to this http:// URL; they are logged either way.
+    #[arg(long, env = "KAPAL_NOTIFY_WEBHOOK", requires = "notify_webhook_secret")]
+    pub notify_webhook: Option<String>,
+    /// Secret the webhook's HMAC-SHA256 signature is made with (16+ characters).
+    #[arg(
+        long,
+        env = "KAPAL_NOTIFY_WEBHOOK_SECRET",
+        hide_env_values = true,
+        requires = "notify_webhook"
+    )]
+    pub notify_webhook_secret: Option<String>,
 
     /// Listen address of the control-plane (default: 127.0.0.1:8081, or a free port with --service all).
     #[arg(long, env = "KAPAL_CONTROL_PLANE_LISTEN")]
@@ -86,6 +106,13 @@ pub struct ServerArgs {
     /// Name of a wildcard TLS secret for instance ingresses (instead of an issuer).
     #[arg(long, env = "KAPAL_TLS_SECRET")]
     pub tls_secret: Option<String>,
+    /// This deployment's partition of the cluster (label kapal.dev/partition): the provisioner
+    /// only ever removes orphaned objects of its own partition.
+    #[arg(long, default_value = "default", env = "KAPAL_PARTITION")]
+    pub partition: String,
+    /// How long objects of an instance that no longer exists stay before they are removed.
+    #[arg(long, default_value = "10m", value_parser = parse_period, env = "KAPAL_ORPHAN_DELAY")]
+    pub orphan_delay: Duration,
 
     /// PEM certificate of the gateway; TLS is on when this and --tls-key are set.
     #[arg(long, env = "KAPAL_TLS_CERT", requires = "tls_key")]
@@ -111,11 +138,43 @@ pub struct ServerArgs {
     pub log_json: bool,
 }
 
+/// Parses a period like `7d`, `12h`, `30m`, `45s` or `1d12h` (whole days, hours, minutes and
+/// seconds).
+fn parse_period(s: &str) -> Result<Duration, String> {
+    let bad = || format!("{s:?} is not a period like 7d, 12h, 30m or 1d12h");
+    let mut total: u64 = 0;
+    let mut number = String::new();
+    for c in s.trim().chars() {
+        if c.is_ascii_digit() {
+            number.push(c);
+            continue;
+        }
+        let unit = match c {
+            'd' => 86_400,
+            'h' => 3_600,
+            'm' => 60,
+            's' => 1,
+            _ => return Err(bad()),
+        };
+        let n: u64 = number.parse().map_err(|_| bad())?;
+        total = n
+            .checked_mul(unit)
+            .and_then(|v| total.checked_add(v))
+            .ok_or_else(bad)?;
+        number.clear();
+    }
+    if !number.is_empty() || total == 0 {
+        return Err(bad());
+    }
+    Ok(Duration::from_secs(total))
+}
+
 /// Settings checked all at once, so every mistake is reported before exiting.
 struct Checked {
     db: DbConfig,
     catalog: Arc<Catalog>,
     key: InternalKey,
+    notifier: Option<Arc<dyn kapal_billing::notify::Notifier>>,
 }
 
 fn check(args: &ServerArgs) -> anyhow::Result<Checked> {
@@ -172,11 +231,44 @@ fn check(args: &ServerArgs) -> anyhow::Result<Checked> {
         problems
             .push("KAPAL_MAX_MESSAGE_BYTES (--max-message-bytes): must be at least 1024".into());
     }
+    if !(1..=100).contains(&args.capacity_ceiling) {
+        problems.push(format!(
+            "KAPAL_CAPACITY_CEILING (--capacity-ceiling): {} is not a percentage from 1 to 100",
+            args.capacity_ceiling
+        ));
+    }
+    let p = &args.partition;
+    if p.is_empty()
+        || p.len() > 63
+        || !p
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
+        || !p.starts_with(|c: char| c.is_ascii_alphanumeric())
+        || !p.ends_with(|c: char| c.is_ascii_alphanumeric())
+    {
+        problems.push(format!(
+            "KAPAL_PARTITION (--partition): {p:?} is not a Kubernetes label value (1-63 letters, digits, '-', '_' or '.', starting and ending with a letter or digit)"
+        ));
+    }
+    let mut notifier: Option<Arc<dyn kapal_billing::notify::Notifier>> = None;
+    if let (Some(url), Some(secret)) = (&args.notify_webhook, &args.notify_webhook_secret) {
+        if secret.len() < 16 {
+            problems.push(
+                "KAPAL_NOTIFY_WEBHOOK_SECRET (--notify-webhook-secret): must be at least 16 characters"
+                    .into(),
+            );
+        }
+        match kapal_billing::notify::WebhookNotifier::new(url, secret.as_bytes()) {
+            Ok(n) => notifier = Some(Arc::new(n)),
+            Err(e) => problems.push(format!("KAPAL_NOTIFY_WEBHOOK (--notify-webhook): {e}")),
+        }
+    }
     match (db, catalog, key) {
         (Some(db), Some(catalog), Some(key)) if problems.is_empty() => Ok(Checked {
             db,
             catalog: Arc::new(catalog),
             key,
+            notifier,
         }),
         _ => anyhow::bail!("invalid configuration:\n  - {}", problems.join("\n  - ")),
     }
@@ -259,11 +351,16 @@ pub async fn run(args: ServerArgs) -> anyhow::Result<()> {
     let mut tasks = tokio::task::JoinSet::new();
 
     if let Some(l) = billing_listener {
-        let config = kapal_billing::Config::new(
+        let mut config = kapal_billing::Config::new(
             checked.db.clone(),
             checked.catalog.clone(),
             checked.key.clone(),
         );
+        // Suspensions and resumptions reach instances through the control-plane.
+        config.control_plane_endpoint = Some(cp_endpoint.clone());
+        if let Some(notifier) = &checked.notifier {
+            config.notifier = notifier.clone();
+        }
         let stop = shutdown();
         tasks.spawn(async move { ("billing", kapal_billing::run(config, l, stop).await) });
     }
@@ -282,6 +379,8 @@ pub async fn run(args: ServerArgs) -> anyhow::Result<()> {
         );
         config.domain = args.domain.clone();
         config.admin_emails = args.admin_emails.clone();
+        config.capacity_ceiling_percent = args.capacity_ceiling;
+        config.data_retention = args.data_retention;
         let stop = shutdown();
         tasks.spawn(async move {
             (
@@ -391,6 +490,8 @@ async fn provisioner_config(
     config.storage_class = args.storage_class.clone();
     config.tls_issuer = args.tls_issuer.clone();
     config.tls_secret = args.tls_secret.clone();
+    config.partition = args.partition.clone();
+    config.orphan_safety_delay = args.orphan_delay;
     Ok(config)
 }
 
@@ -413,5 +514,21 @@ async fn shutdown_signal() {
     #[cfg(not(unix))]
     {
         let _ = tokio::signal::ctrl_c().await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn periods_read_like_people_write_them() {
+        assert_eq!(parse_period("7d"), Ok(Duration::from_secs(7 * 86_400)));
+        assert_eq!(parse_period("12h"), Ok(Duration::from_secs(12 * 3_600)));
+        assert_eq!(parse_period("1d12h"), Ok(Duration::from_secs(36 * 3_600)));
+        assert_eq!(parse_period("90s"), Ok(Duration::from_secs(90)));
+        for bad in ["", "7", "0d", "7w", "d", "-1d", "99999999999999999999d"] {
+            assert!(parse_period(bad).is_err(), "{bad:?}");
+        }
     }
 }

@@ -8,8 +8,11 @@ use std::time::Duration;
 use anyhow::Context as _;
 use kapal::auth::InternalKey;
 use kapal::catalog::Catalog;
+use kapal::clock::SharedClock;
 use kapal::db::DbConfig;
 use kapal::proto::v1::account_service_client::AccountServiceClient;
+use kapal::proto::v1::admin_service_client::AdminServiceClient;
+use kapal::proto::v1::billing_admin_service_client::BillingAdminServiceClient;
 use kapal::proto::v1::catalog_service_client::CatalogServiceClient;
 use kapal::proto::v1::instance_service_client::InstanceServiceClient;
 use kapal::proto::v1::order_service_client::OrderServiceClient;
@@ -27,8 +30,23 @@ use tonic::transport::Channel;
 pub struct TestAppBuilder {
     backend: Backend,
     domain: String,
+    options: Options,
+}
+
+/// What a test may change about the services (kept across [`TestApp::restart`]).
+#[derive(Clone, Default)]
+struct Options {
     max_message_bytes: Option<usize>,
     rate_limit: Option<(u32, u32)>,
+    /// Billing's clock and how often its scheduler runs (default: system clock, every minute).
+    billing_clock: Option<SharedClock>,
+    scheduler_interval: Option<Duration>,
+    scheduler: Option<kapal_billing::scheduler::Settings>,
+    payments: Option<Arc<dyn kapal_billing::PaymentProvider>>,
+    /// Share of the cluster's allocatable CPU and memory checkouts may commit (percent).
+    capacity_ceiling_percent: Option<u32>,
+    /// How long a deleted instance's data is kept.
+    data_retention: Option<Duration>,
 }
 
 /// The running services of one test.
@@ -42,8 +60,11 @@ pub struct TestApp {
     pub domain: String,
     /// Temporary directory with the SQLite files (kept across [`TestApp::restart`]).
     pub dir: Arc<tempfile::TempDir>,
-    max_message_bytes: Option<usize>,
-    rate_limit: Option<(u32, u32)>,
+    /// The account signed up with this email gets the ADMIN role ([`TestApp::admin`]).
+    pub admin_email: String,
+    /// This stack's partition label on the cluster (objects of other stacks are not its orphans).
+    pub partition: String,
+    options: Options,
     stop: watch::Sender<bool>,
     tasks: JoinSet<(&'static str, anyhow::Result<()>)>,
 }
@@ -55,12 +76,39 @@ impl TestAppBuilder {
     }
 
     pub fn with_max_message_bytes(mut self, n: usize) -> Self {
-        self.max_message_bytes = Some(n);
+        self.options.max_message_bytes = Some(n);
         self
     }
 
     pub fn with_rate_limit(mut self, per_second: u32, burst: u32) -> Self {
-        self.rate_limit = Some((per_second, burst));
+        self.options.rate_limit = Some((per_second, burst));
+        self
+    }
+
+    /// Billing runs on `clock`, its scheduler every `interval`.
+    pub fn with_billing_clock(mut self, clock: SharedClock, interval: Duration) -> Self {
+        self.options.billing_clock = Some(clock);
+        self.options.scheduler_interval = Some(interval);
+        self
+    }
+
+    pub fn with_scheduler_settings(mut self, settings: kapal_billing::scheduler::Settings) -> Self {
+        self.options.scheduler = Some(settings);
+        self
+    }
+
+    pub fn with_payments(mut self, payments: Arc<dyn kapal_billing::PaymentProvider>) -> Self {
+        self.options.payments = Some(payments);
+        self
+    }
+
+    pub fn with_capacity_ceiling(mut self, percent: u32) -> Self {
+        self.options.capacity_ceiling_percent = Some(percent);
+        self
+    }
+
+    pub fn with_data_retention(mut self, retention: Duration) -> Self {
+        self.options.data_retention = Some(retention);
         self
     }
 
@@ -81,14 +129,19 @@ impl TestAppBuilder {
             kubeconfig: cluster.kubeconfig_path().to_path_buf(),
             domain: self.domain,
             dir,
-            max_message_bytes: self.max_message_bytes,
-            rate_limit: self.rate_limit,
+            admin_email: format!("ops-{}@example.com", short_id()),
+            partition: format!("test-{}", short_id()),
+            options: self.options,
             stop,
             tasks: JoinSet::new(),
         };
         app.spawn_services(None).await?;
         Ok(app)
     }
+}
+
+fn short_id() -> String {
+    uuid::Uuid::new_v4().simple().to_string()[..8].to_string()
 }
 
 async fn free_listener() -> anyhow::Result<TcpListener> {
@@ -100,8 +153,7 @@ impl TestApp {
         TestAppBuilder {
             backend: Backend::Sqlite,
             domain: "kapal.test".into(),
-            max_message_bytes: None,
-            rate_limit: None,
+            options: Options::default(),
         }
     }
 
@@ -140,8 +192,19 @@ impl TestApp {
         let (cp_url, billing_url, prov_url) = (url(&cp)?, url(&billing)?, url(&prov)?);
         self.gateway_addr = gateway.local_addr()?;
 
-        let billing_config =
+        let mut billing_config =
             kapal_billing::Config::new(self.db.clone(), self.catalog.clone(), self.key.clone());
+        if let Some(clock) = &self.options.billing_clock {
+            billing_config.clock = clock.clone();
+            billing_config.scheduler_interval = self.options.scheduler_interval;
+        }
+        if let Some(settings) = &self.options.scheduler {
+            billing_config.scheduler = settings.clone();
+        }
+        if let Some(payments) = &self.options.payments {
+            billing_config.payments = payments.clone();
+        }
+        billing_config.control_plane_endpoint = Some(cp_url.clone());
         self.tasks.spawn({
             let s = shutdown();
             async move {
@@ -166,6 +229,8 @@ impl TestApp {
             cp_url.clone(),
         );
         prov_config.resync_interval = Duration::from_secs(5);
+        // Other tests' stacks share the cluster: their objects are not this stack's orphans.
+        prov_config.partition = self.partition.clone();
         self.tasks.spawn({
             let s = shutdown();
             async move {
@@ -184,6 +249,13 @@ impl TestApp {
             prov_url,
         );
         cp_config.domain = self.domain.clone();
+        cp_config.admin_emails = vec![self.admin_email.clone()];
+        if let Some(percent) = self.options.capacity_ceiling_percent {
+            cp_config.capacity_ceiling_percent = percent;
+        }
+        if let Some(retention) = self.options.data_retention {
+            cp_config.data_retention = retention;
+        }
         cp_config.recovery_interval = Duration::from_secs(1);
         self.tasks.spawn({
             let s = shutdown();
@@ -196,10 +268,10 @@ impl TestApp {
         });
 
         let mut gw_config = kapal_gateway::Config::new(cp_url, billing_url, self.key.clone());
-        if let Some(n) = self.max_message_bytes {
+        if let Some(n) = self.options.max_message_bytes {
             gw_config.max_message_bytes = n;
         }
-        match self.rate_limit {
+        match self.options.rate_limit {
             Some((rate, burst)) => {
                 gw_config.rate_limit_per_second = rate;
                 gw_config.rate_limit_burst = burst;
@@ -291,10 +363,20 @@ impl TestApp {
 
     /// Signs up a new customer with a unique email and returns its clients.
     pub async fn customer(&self, name: &str) -> anyhow::Result<Customer> {
-        let email = format!(
-            "{name}-{}@example.com",
-            &uuid::Uuid::new_v4().simple().to_string()[..8]
-        );
+        self.sign_up(name, "example.com").await
+    }
+
+    /// Signs up the operator account (role ADMIN; once per app) and returns its clients.
+    pub async fn admin(&self) -> anyhow::Result<Customer> {
+        self.sign_up_as("Operator", self.admin_email.clone()).await
+    }
+
+    async fn sign_up(&self, name: &str, domain: &str) -> anyhow::Result<Customer> {
+        self.sign_up_as(name, format!("{name}-{}@{domain}", short_id()))
+            .await
+    }
+
+    async fn sign_up_as(&self, name: &str, email: String) -> anyhow::Result<Customer> {
         let password = "correct horse 42".to_string();
         let session = self
             .clients("")
@@ -354,6 +436,8 @@ pub struct Clients<S = Channel> {
     pub orders: OrderServiceClient<Authed<S>>,
     pub instances: InstanceServiceClient<Authed<S>>,
     pub subscriptions: SubscriptionServiceClient<Authed<S>>,
+    pub admin: AdminServiceClient<Authed<S>>,
+    pub billing_admin: BillingAdminServiceClient<Authed<S>>,
 }
 
 impl<S, RB> Clients<S>
@@ -394,6 +478,8 @@ where
             orders: client!(OrderServiceClient),
             instances: client!(InstanceServiceClient),
             subscriptions: client!(SubscriptionServiceClient),
+            admin: client!(AdminServiceClient),
+            billing_admin: client!(BillingAdminServiceClient),
         }
     }
 }
