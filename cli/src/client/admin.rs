@@ -263,7 +263,34 @@ fn next_page_size(limit: u32, have: usize) -> u32 {
 
 /// The line printed under a list cut at --limit.
 fn more_line(limit: u32) -> String {
-    format!("Showing the first {limit}; there are more: raise --limit or narrow the filters.")
+    format!("Showing the first {limit}; there may be more: raise --limit or narrow the filters.")
+}
+
+/// Up to `limit` rows of a paged listing. `fetch(page_size, page_token)` returns one page and the
+/// next page's token (empty on the last page). Also says whether the listing was cut at `limit`
+/// while the server offered another page.
+async fn collect_pages<T>(
+    limit: u32,
+    mut fetch: impl AsyncFnMut(u32, String) -> anyhow::Result<(Vec<T>, String)>,
+) -> anyhow::Result<(Vec<T>, bool)> {
+    let limit_rows = usize::try_from(limit).unwrap_or(usize::MAX);
+    let mut all = Vec::new();
+    let mut page_token = String::new();
+    loop {
+        let (rows, next) = fetch(next_page_size(limit, all.len()), page_token.clone()).await?;
+        all.extend(rows);
+        // A server that hands back the same token would have us loop forever.
+        if next.is_empty() || next == page_token {
+            let cut = all.len() > limit_rows;
+            all.truncate(limit_rows);
+            return Ok((all, cut));
+        }
+        if all.len() >= limit_rows {
+            all.truncate(limit_rows);
+            return Ok((all, true));
+        }
+        page_token = next;
+    }
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -273,31 +300,23 @@ fn more_line(limit: u32) -> String {
 async fn instances(a: InstancesArgs) -> anyhow::Result<()> {
     let ctx = Ctx::new(&a.global)?;
     let mut client = ctx.admin()?;
-    let mut all = Vec::new();
-    let mut page_token = String::new();
-    let mut more = false;
-    loop {
+    let status = a.status.map(InstanceStatus::from).unwrap_or_default() as i32;
+    let app_id = a.app.unwrap_or_default();
+    let account_id = a.account.unwrap_or_default();
+    let (all, more) = collect_pages(a.limit, async |page_size, page_token| {
         let resp = client
             .list_all_instances(ListAllInstancesRequest {
-                page_size: next_page_size(a.limit, all.len()),
-                page_token: page_token.clone(),
-                status: a.status.map(InstanceStatus::from).unwrap_or_default() as i32,
-                app_id: a.app.clone().unwrap_or_default(),
-                account_id: a.account.clone().unwrap_or_default(),
+                page_size,
+                page_token,
+                status,
+                app_id: app_id.clone(),
+                account_id: account_id.clone(),
             })
             .await
             .or_fail_as_operator(&ctx)?;
-        all.extend(resp.instances);
-        if resp.next_page_token.is_empty() || resp.next_page_token == page_token {
-            break;
-        }
-        if all.len() >= a.limit as usize {
-            more = true;
-            break;
-        }
-        page_token = resp.next_page_token;
-    }
-    all.truncate(a.limit as usize);
+        Ok((resp.instances, resp.next_page_token))
+    })
+    .await?;
     if ctx.json() {
         return print_json(&json!({
             "instances": all.iter().map(admin_instance_json).collect::<Vec<_>>(),
@@ -608,28 +627,17 @@ fn alert_json(a: &Alert) -> Value {
 async fn audit(a: AuditArgs) -> anyhow::Result<()> {
     let ctx = Ctx::new(&a.global)?;
     let mut client = ctx.admin()?;
-    let mut all = Vec::new();
-    let mut page_token = String::new();
-    let mut more = false;
-    loop {
+    let (all, more) = collect_pages(a.limit, async |page_size, page_token| {
         let resp = client
             .list_audit_events(ListAuditEventsRequest {
-                page_size: next_page_size(a.limit, all.len()),
-                page_token: page_token.clone(),
+                page_size,
+                page_token,
             })
             .await
             .or_fail_as_operator(&ctx)?;
-        all.extend(resp.events);
-        if resp.next_page_token.is_empty() || resp.next_page_token == page_token {
-            break;
-        }
-        if all.len() >= a.limit as usize {
-            more = true;
-            break;
-        }
-        page_token = resp.next_page_token;
-    }
-    all.truncate(a.limit as usize);
+        Ok((resp.events, resp.next_page_token))
+    })
+    .await?;
     if ctx.json() {
         return print_json(&json!({
             "events": all.iter().map(audit_json).collect::<Vec<_>>(),
@@ -843,31 +851,23 @@ fn revenue_json(r: &RevenueReport) -> Value {
 async fn subscriptions(a: SubscriptionsArgs) -> anyhow::Result<()> {
     let ctx = Ctx::new(&a.global)?;
     let mut client = ctx.billing_admin()?;
-    let mut all = Vec::new();
-    let mut page_token = String::new();
-    let mut more = false;
-    loop {
+    let status = a.status.map(SubscriptionStatus::from).unwrap_or_default() as i32;
+    let app_id = a.app.unwrap_or_default();
+    let account_id = a.account.unwrap_or_default();
+    let (all, more) = collect_pages(a.limit, async |page_size, page_token| {
         let resp = client
             .list_all_subscriptions(ListAllSubscriptionsRequest {
-                page_size: next_page_size(a.limit, all.len()),
-                page_token: page_token.clone(),
-                status: a.status.map(SubscriptionStatus::from).unwrap_or_default() as i32,
-                app_id: a.app.clone().unwrap_or_default(),
-                account_id: a.account.clone().unwrap_or_default(),
+                page_size,
+                page_token,
+                status,
+                app_id: app_id.clone(),
+                account_id: account_id.clone(),
             })
             .await
             .or_fail_as_operator(&ctx)?;
-        all.extend(resp.subscriptions);
-        if resp.next_page_token.is_empty() || resp.next_page_token == page_token {
-            break;
-        }
-        if all.len() >= a.limit as usize {
-            more = true;
-            break;
-        }
-        page_token = resp.next_page_token;
-    }
-    all.truncate(a.limit as usize);
+        Ok((resp.subscriptions, resp.next_page_token))
+    })
+    .await?;
     if ctx.json() {
         return print_json(&json!({
             "subscriptions": all.iter().map(admin_subscription_json).collect::<Vec<_>>(),
@@ -1138,6 +1138,80 @@ mod tests {
         assert_eq!(next_page_size(1200, 0), 500);
         assert_eq!(next_page_size(1200, 1000), 200);
         assert_eq!(next_page_size(10, 10), 0);
+    }
+
+    /// A listing of `total` rows served in pages of at most `max_page`, recording each request.
+    async fn list(
+        total: u32,
+        max_page: u32,
+        limit: u32,
+        requests: &mut Vec<(u32, String)>,
+    ) -> (Vec<u32>, bool) {
+        collect_pages(limit, async |page_size, page_token: String| {
+            requests.push((page_size, page_token.clone()));
+            let start: u32 = if page_token.is_empty() {
+                0
+            } else {
+                page_token.parse().expect("token")
+            };
+            let end = (start + page_size.min(max_page)).min(total);
+            let next = if end < total {
+                end.to_string()
+            } else {
+                String::new()
+            };
+            Ok(((start..end).collect(), next))
+        })
+        .await
+        .expect("list")
+    }
+
+    #[tokio::test]
+    async fn paging_follows_tokens_up_to_the_limit() {
+        // Everything fits in one page.
+        let mut requests = Vec::new();
+        assert_eq!(
+            list(3, 500, 200, &mut requests).await,
+            (vec![0, 1, 2], false)
+        );
+        assert_eq!(requests, vec![(200, String::new())]);
+
+        // The server pages by 2: three calls, each asking only for what is still wanted.
+        let mut requests = Vec::new();
+        let (rows, cut) = list(10, 2, 5, &mut requests).await;
+        assert_eq!(rows, vec![0, 1, 2, 3, 4]);
+        assert!(cut, "there were more rows than the limit");
+        assert_eq!(
+            requests,
+            vec![
+                (5, String::new()),
+                (3, "2".to_string()),
+                (1, "4".to_string())
+            ]
+        );
+
+        // Exactly the limit, and nothing after it.
+        let mut requests = Vec::new();
+        assert_eq!(
+            list(4, 2, 4, &mut requests).await,
+            ((0..4).collect(), false)
+        );
+
+        // A server that keeps returning the same token is not followed forever.
+        let mut calls = 0;
+        let (rows, cut) = collect_pages(100, async |_, _| {
+            calls += 1;
+            Ok((vec![calls], "same".to_string()))
+        })
+        .await
+        .expect("list");
+        assert_eq!((rows, cut), (vec![1, 2], false));
+
+        // A failed page fails the listing.
+        let e = collect_pages::<u32>(10, async |_, _| Err(anyhow!("boom (UNAVAILABLE)")))
+            .await
+            .expect_err("fails");
+        assert_eq!(e.to_string(), "boom (UNAVAILABLE)");
     }
 
     fn admin_instance() -> AdminInstance {
