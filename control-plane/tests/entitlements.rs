@@ -26,7 +26,8 @@ use kapal::proto::v1::instance_service_client::InstanceServiceClient;
 use kapal::proto::v1::order_service_client::OrderServiceClient;
 use kapal::proto::v1::{
     Capacity, CheckoutRequest, Credentials, DesiredState, GetInstanceRequest, Instance,
-    InstanceActionRequest, InstanceStatus, InstanceUsage, SignUpRequest, Subscription,
+    InstanceActionRequest, InstanceStatus, InstanceUsage, ListInstancesRequest, SignUpRequest,
+    Subscription, WatchInstanceRequest,
 };
 use kapal::testing::Backend;
 use tokio::net::TcpListener;
@@ -413,6 +414,33 @@ async fn suspension_and_reactivation(backend: Backend) {
         DesiredState::Running as i32,
         "the customer's wish is kept"
     );
+    // Listings and the status stream say so too.
+    let listed = stack
+        .instances()
+        .list_instances(signed(
+            &stack.key,
+            &c.principal,
+            ListInstancesRequest::default(),
+        ))
+        .await
+        .expect("list")
+        .into_inner()
+        .instances;
+    assert!(listed.iter().all(|i| i.suspended_by_billing), "{listed:?}");
+    let mut events = stack
+        .instances()
+        .watch_instance(signed(
+            &stack.key,
+            &c.principal,
+            WatchInstanceRequest {
+                instance_id: c.instance_id.clone(),
+            },
+        ))
+        .await
+        .expect("watch")
+        .into_inner();
+    let first = events.message().await.expect("event").expect("an event");
+    assert!(first.instance.expect("instance").suspended_by_billing);
     for action in ["start", "restart"] {
         let refused = stack.action(&c, action).await.expect_err(action);
         assert_eq!(
@@ -460,6 +488,17 @@ async fn suspension_and_reactivation(backend: Backend) {
     assert!(!spec.suspended_by_billing);
     let i = stack.wait_status(&c, InstanceStatus::Ready).await;
     assert!(!i.suspended_by_billing);
+    loop {
+        let event = tokio::time::timeout(Duration::from_secs(10), events.message())
+            .await
+            .expect("an event in time")
+            .expect("event")
+            .expect("stream open");
+        if !event.instance.expect("instance").suspended_by_billing {
+            break;
+        }
+    }
+    drop(events);
 
     // Stopped by the customer, suspended, reactivated: it stays stopped.
     stack.action(&c, "stop").await.expect("stop");
