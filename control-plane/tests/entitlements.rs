@@ -695,6 +695,66 @@ async fn customer_delete_keeps_data_for_the_retention(backend: Backend) {
     assert!(!stack.desired_ids().await.contains(&c.instance_id));
 }
 
+/// Deliveries racing each other (billing replicas, retries): whatever the order they land in,
+/// the change with the highest sequence is the one that stays.
+async fn concurrent_changes_keep_the_newest(backend: Backend) {
+    let stack = Arc::new(start(backend).await);
+    let c = Arc::new(stack.customer().await);
+    stack
+        .pushed(&c, |s| desired(s) == DesiredState::Running)
+        .await;
+    let mut tasks = tokio::task::JoinSet::new();
+    // Highest sequence first, so later (lower) ones must all be ignored.
+    for sequence in (10..30).rev() {
+        let (stack, c) = (stack.clone(), c.clone());
+        let value = if sequence % 2 == 0 {
+            Entitlement::Active
+        } else {
+            Entitlement::Suspended
+        };
+        tasks.spawn(async move { (sequence, stack.set(&c, value, sequence).await) });
+    }
+    let mut applied = Vec::new();
+    while let Some(done) = tasks.join_next().await {
+        let (sequence, result) = done.expect("task");
+        if result.expect("set entitlement") {
+            applied.push(sequence);
+        }
+    }
+    assert!(
+        applied.contains(&29) || applied.iter().max() == Some(&29),
+        "{applied:?}"
+    );
+    // 29 is odd: suspended.
+    let i = stack.get(&c).await;
+    assert!(
+        i.suspended_by_billing,
+        "the newest change stays: {applied:?}"
+    );
+    stack
+        .pushed(&c, |s| {
+            desired(s) == DesiredState::Stopped && s.suspended_by_billing
+        })
+        .await;
+    assert_eq!(
+        stack
+            .set(&c, Entitlement::Active, 28)
+            .await
+            .map_err(|s| s.code()),
+        Ok(false)
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn concurrent_changes_keep_the_newest_sqlite() {
+    concurrent_changes_keep_the_newest(Backend::Sqlite).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn concurrent_changes_keep_the_newest_postgres() {
+    concurrent_changes_keep_the_newest(Backend::Postgres).await;
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn suspension_and_reactivation_sqlite() {
     suspension_and_reactivation(Backend::Sqlite).await;
