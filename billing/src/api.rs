@@ -88,8 +88,16 @@ impl Billing {
         }))
     }
 
+    pub(crate) fn db(&self) -> &Db {
+        &self.0.db
+    }
+
+    pub(crate) fn catalog(&self) -> &Catalog {
+        &self.0.catalog
+    }
+
     /// The current time as stored (UTC, microseconds: what both backends keep).
-    fn now(&self) -> NaiveDateTime {
+    pub(crate) fn now(&self) -> NaiveDateTime {
         self.0.clock.now().naive_utc().trunc_subsecs(6)
     }
 
@@ -312,7 +320,7 @@ fn parse_stored_uuid(s: &str) -> Result<Uuid, Error> {
     Uuid::parse_str(s).map_err(|_| Error::Corrupt(format!("stored id {s:?} is not a UUID")))
 }
 
-fn subscription_to_proto(
+pub(crate) fn subscription_to_proto(
     row: &SubscriptionRow,
     next_plan: Option<String>,
 ) -> Result<pb::Subscription, Error> {
@@ -514,23 +522,28 @@ impl pb::subscription_service_server::SubscriptionService for Billing {
         let id = wire::uuid("subscription_id", &request.get_ref().subscription_id)?.to_string();
         store::customer_subscription(&self.0.db, &account, &id).await?;
         let rows = store::subscription_events(&self.0.db, &id).await?;
-        let status = |s: Option<&str>| -> i32 {
-            s.and_then(SubscriptionStatus::parse)
-                .map(|s| s.to_proto())
-                .unwrap_or(pb::SubscriptionStatus::Unspecified)
-                .into()
-        };
-        let events = rows
-            .iter()
-            .map(|e| pb::SubscriptionEvent {
-                at: Some(wire::timestamp(e.at)),
-                from_status: status(e.from_status.as_deref()),
-                to_status: status(Some(&e.to_status)),
-                cause: e.cause.clone(),
-            })
-            .collect();
-        Ok(Response::new(pb::ListSubscriptionEventsResponse { events }))
+        Ok(Response::new(pb::ListSubscriptionEventsResponse {
+            events: events_to_proto(&rows),
+        }))
     }
+}
+
+/// The wire form of a subscription's events.
+pub(crate) fn events_to_proto(rows: &[store::EventRow]) -> Vec<pb::SubscriptionEvent> {
+    let status = |s: Option<&str>| -> i32 {
+        s.and_then(SubscriptionStatus::parse)
+            .map(|s| s.to_proto())
+            .unwrap_or(pb::SubscriptionStatus::Unspecified)
+            .into()
+    };
+    rows.iter()
+        .map(|e| pb::SubscriptionEvent {
+            at: Some(wire::timestamp(e.at)),
+            from_status: status(e.from_status.as_deref()),
+            to_status: status(Some(&e.to_status)),
+            cause: e.cause.clone(),
+        })
+        .collect()
 }
 
 #[cfg(test)]

@@ -2,8 +2,11 @@
 //! invoices and payments.
 //!
 //! Serves `kapal.internal.v1.BillingService` (the control-plane creates the subscription of an
-//! order through it, idempotently) and the public `kapal.v1.SubscriptionService` (customers
-//! see and change their own subscriptions and invoices), plus gRPC health and reflection.
+//! order through it, idempotently), the public `kapal.v1.SubscriptionService` (customers
+//! see and change their own subscriptions and invoices) and `kapal.v1.BillingAdminService`
+//! (operators: revenue report, every subscription and its events), plus gRPC health and
+//! reflection. In the background the lifecycle [`scheduler`] runs and the entitlement outbox is
+//! [delivered](delivery) to the control-plane.
 //!
 //! Payments go through a [`PaymentProvider`]; [`DummyProvider`] settles everything (the free
 //! trial is Rp 0). The subscription statuses and their allowed transitions live in
@@ -33,11 +36,14 @@ use kapal::catalog::Catalog;
 use kapal::clock::SharedClock;
 use kapal::db::{Db, DbConfig, Migrations};
 use kapal::proto::internal::v1::billing_service_server::BillingServiceServer;
+use kapal::proto::v1::billing_admin_service_server::BillingAdminServiceServer;
 use kapal::proto::v1::subscription_service_server::SubscriptionServiceServer;
 use tokio::net::TcpListener;
 use tonic::server::NamedService as _;
 
+mod admin;
 mod api;
+pub mod delivery;
 pub mod error;
 pub mod lifecycle;
 pub mod notify;
@@ -82,8 +88,12 @@ pub struct Config {
     /// How often the scheduler runs in the background; `None`: not at all (tests call
     /// [`scheduler::Scheduler::tick`] themselves).
     pub scheduler_interval: Option<std::time::Duration>,
-    /// Where lifecycle notifications (payment failed, suspended, expired) go.
+    /// Where lifecycle notifications (renewal upcoming, payment failed, suspended, expired) go.
     pub notifier: Arc<dyn notify::Notifier>,
+    /// The control-plane (`http://host:port`) that entitlement changes are delivered to
+    /// (`kapal.internal.v1.EntitlementService`); `None`: they stay in the outbox (tests that do
+    /// not need them).
+    pub control_plane_endpoint: Option<String>,
 }
 
 impl Config {
@@ -98,6 +108,7 @@ impl Config {
             scheduler: scheduler::Settings::default(),
             scheduler_interval: Some(std::time::Duration::from_secs(60)),
             notifier: Arc::new(notify::LogNotifier),
+            control_plane_endpoint: None,
         }
     }
 }
@@ -118,6 +129,7 @@ pub async fn run(
         scheduler,
         scheduler_interval,
         notifier,
+        control_plane_endpoint,
     } = config;
     let db = Db::connect(&db, DB_NAME, migrations())
         .await
@@ -136,9 +148,28 @@ pub async fn run(
         let _ = stop_tx.send(true);
     };
     let mut background = tokio::task::JoinSet::new();
+    // The scheduler wakes the delivery as soon as it wrote entitlement changes.
+    let outbox_written = Arc::new(tokio::sync::Notify::new());
+    if let Some(endpoint) = control_plane_endpoint.as_deref() {
+        let delivery = delivery::Delivery::new(db.clone(), clock.clone(), endpoint, &key)
+            .context("the control-plane endpoint")?;
+        let mut stop = stop_rx.clone();
+        let wake = outbox_written.clone();
+        background.spawn(async move {
+            delivery
+                .run(wake, async move {
+                    let _ = stop.wait_for(|stop| *stop).await;
+                })
+                .await;
+        });
+        tracing::info!(%endpoint, "delivering entitlement changes to the control-plane");
+    } else {
+        tracing::warn!("no control-plane endpoint: entitlement changes stay in billing's outbox");
+    }
     if let Some(interval) = scheduler_interval {
-        let scheduler =
-            scheduler::Scheduler::new(db, clock, payments, scheduler).with_notifier(notifier);
+        let scheduler = scheduler::Scheduler::new(db, clock, payments, scheduler)
+            .with_notifier(notifier)
+            .with_outbox_wake(outbox_written);
         let mut stop = stop_rx.clone();
         background.spawn(async move {
             scheduler
@@ -153,6 +184,7 @@ pub async fn run(
     for name in [
         BillingServiceServer::<api::Billing>::NAME,
         SubscriptionServiceServer::<api::Billing>::NAME,
+        BillingAdminServiceServer::<api::Billing>::NAME,
     ] {
         health
             .set_service_status(name, tonic_health::ServingStatus::Serving)
@@ -167,6 +199,10 @@ pub async fn run(
             VerifyPrincipal(key.clone()),
         ))
         .add_service(SubscriptionServiceServer::with_interceptor(
+            billing.clone(),
+            VerifyPrincipal(key.clone()),
+        ))
+        .add_service(BillingAdminServiceServer::with_interceptor(
             billing,
             VerifyPrincipal(key),
         ));

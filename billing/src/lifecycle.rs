@@ -178,6 +178,16 @@ impl Entitlement {
         .find(|e| e.as_str() == s)
     }
 
+    /// The wire form.
+    pub fn to_proto(self) -> kapal::proto::internal::v1::Entitlement {
+        use kapal::proto::internal::v1::Entitlement as E;
+        match self {
+            Entitlement::Active => E::Active,
+            Entitlement::Suspended => E::Suspended,
+            Entitlement::Expired => E::Expired,
+        }
+    }
+
     /// The entitlement of a subscription in `status`, cleaned up or not.
     pub fn of(status: SubscriptionStatus, cleaned_up: bool) -> Entitlement {
         use SubscriptionStatus::*;

@@ -1,7 +1,8 @@
-//! Notifications of the subscription lifecycle, as events sent to a [`Notifier`]: a payment
-//! failed, a subscription was suspended, a subscription ended. The scheduler sends one after the
-//! step that caused it is committed (best effort: a notifier that fails is logged, the step
-//! stands).
+//! Notifications of the subscription lifecycle, as events sent to a [`Notifier`]: a renewal is
+//! coming up (once per period, a few days before; see `scheduler::Settings::renewal_notice`),
+//! a payment failed, a subscription was suspended, a subscription ended. The scheduler sends
+//! one after the step that caused it is committed (best effort: a notifier that fails is
+//! logged, the step stands).
 //!
 //! [`LogNotifier`] writes them to the log; [`WebhookNotifier`] POSTs them as JSON to an HTTP
 //! endpoint, signed with HMAC-SHA256 over the body under a shared secret, in the header
@@ -18,6 +19,8 @@ use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 #[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum NotificationKind {
+    /// A renewal (or the first charge of a converted trial) is a few days away.
+    RenewalUpcoming,
     PaymentFailed,
     Suspended,
     Expired,

@@ -40,20 +40,30 @@
 //! ## Effects on instances
 //!
 //! A change of what the instance may do ([`Entitlement`]) is written to `entitlement_outbox`
-//! in the same transaction as the status change, for delivery to the control-plane.
+//! in the same transaction as the status change, with its cause, for delivery to the
+//! control-plane ([`crate::delivery`]); the scheduler then wakes the delivery
+//! ([`Scheduler::with_outbox_wake`]).
+//!
+//! ## Renewal upcoming
+//!
+//! Every tick also tells the customers whose auto-renewing subscription renews (or whose
+//! converted trial is first charged) within [`Settings::renewal_notice`] (3 days): once per
+//! period, recorded in `subscription_schedule.renewal_notice_for` (the period end) by a
+//! compare-and-set before the notification is sent, so two schedulers send it once.
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use chrono::{DateTime, Months, NaiveDateTime, SubsecRound as _, Utc};
 use diesel::{
-    BoolExpressionMethods as _, ExpressionMethods as _, OptionalExtension as _, QueryDsl as _,
-    SelectableHelper as _,
+    BoolExpressionMethods as _, ExpressionMethods as _, NullableExpressionMethods as _,
+    OptionalExtension as _, QueryDsl as _, SelectableHelper as _,
 };
 use diesel_async::{AsyncConnection as _, RunQueryDsl as _};
 use futures::StreamExt as _;
 use kapal::clock::SharedClock;
 use kapal::db::Db;
+use tokio::sync::Notify;
 use uuid::Uuid;
 
 use crate::api::{CHARGE_LEASE, CHARGE_TIMEOUT, invoice_number};
@@ -87,6 +97,9 @@ pub struct Settings {
     pub batch: i64,
     /// Subscriptions advanced at the same time.
     pub concurrency: usize,
+    /// How long before a renewal (or the end of a converted trial) the customer is told that
+    /// it will be charged ("renewal upcoming", once per period).
+    pub renewal_notice: chrono::Duration,
 }
 
 impl Default for Settings {
@@ -99,6 +112,7 @@ impl Default for Settings {
             lease: chrono::Duration::minutes(5),
             batch: 500,
             concurrency: 8,
+            renewal_notice: chrono::Duration::days(3),
         }
     }
 }
@@ -112,6 +126,8 @@ pub struct TickReport {
     pub skipped: usize,
     /// Subscriptions whose step failed (logged; retried at the next tick).
     pub failed: usize,
+    /// "Renewal upcoming" notices sent.
+    pub notices: usize,
 }
 
 /// The scheduler. Cheap to clone; any number may run against the same database.
@@ -124,6 +140,8 @@ struct Inner {
     payments: Arc<dyn PaymentProvider>,
     settings: Settings,
     notifier: Arc<dyn Notifier>,
+    /// Notified after a step wrote to the entitlement outbox (wakes the delivery).
+    outbox_written: Arc<Notify>,
 }
 
 /// The next thing to do to a subscription, and when it was due.
@@ -176,12 +194,12 @@ impl Scheduler {
             payments,
             settings,
             notifier: Arc::new(LogNotifier),
+            outbox_written: Arc::new(Notify::new()),
         }))
     }
 
-    /// The same scheduler, sending notifications to `notifier` (the log by default).
-    pub fn with_notifier(self, notifier: Arc<dyn Notifier>) -> Scheduler {
-        let inner = match Arc::try_unwrap(self.0) {
+    fn into_inner(self) -> Inner {
+        match Arc::try_unwrap(self.0) {
             Ok(inner) => inner,
             Err(shared) => Inner {
                 db: shared.db.clone(),
@@ -189,9 +207,26 @@ impl Scheduler {
                 payments: shared.payments.clone(),
                 settings: shared.settings.clone(),
                 notifier: shared.notifier.clone(),
+                outbox_written: shared.outbox_written.clone(),
             },
-        };
-        Scheduler(Arc::new(Inner { notifier, ..inner }))
+        }
+    }
+
+    /// The same scheduler, sending notifications to `notifier` (the log by default).
+    pub fn with_notifier(self, notifier: Arc<dyn Notifier>) -> Scheduler {
+        Scheduler(Arc::new(Inner {
+            notifier,
+            ..self.into_inner()
+        }))
+    }
+
+    /// The same scheduler, notifying `wake` whenever it wrote entitlement changes to the
+    /// outbox (see [`crate::delivery::Delivery::run`]).
+    pub fn with_outbox_wake(self, wake: Arc<Notify>) -> Scheduler {
+        Scheduler(Arc::new(Inner {
+            outbox_written: wake,
+            ..self.into_inner()
+        }))
     }
 
     /// Ticks every `interval` (by the clock given at construction) until `shutdown` completes.
@@ -257,7 +292,112 @@ impl Scheduler {
                 break;
             }
         }
+        report.notices = self.renewal_notices(now).await?;
         Ok(report)
+    }
+
+    /// Sends "renewal upcoming" to every subscription that renews (or whose converted trial is
+    /// charged) within [`Settings::renewal_notice`] of `now` and was not told about this period
+    /// yet. Each period is told once: the notice is recorded (`renewal_notice_for`, the period
+    /// end) with a compare-and-set before it is sent, so of several schedulers exactly one
+    /// sends it. Returns the number sent.
+    async fn renewal_notices(&self, now: NaiveDateTime) -> Result<usize, Error> {
+        let notice = self.0.settings.renewal_notice;
+        if notice <= chrono::Duration::zero() {
+            return Ok(0);
+        }
+        let horizon = now + notice;
+        let renewing = [
+            SubscriptionStatus::Trialing.as_str(),
+            SubscriptionStatus::Active.as_str(),
+        ];
+        let limit = self.0.settings.batch;
+        let mut sent = 0;
+        loop {
+            let mut conn = self.0.db.get().await?;
+            let rows: Vec<(SubscriptionRow, Option<String>, Option<i64>)> =
+                kapal::db!(&mut conn, |c| {
+                    subscriptions::table
+                        .inner_join(subscription_schedule::table)
+                        .filter(subscriptions::status.eq_any(renewing))
+                        .filter(subscriptions::auto_renew.eq(true))
+                        .filter(subscriptions::cancel_at_period_end.eq(false))
+                        .filter(subscriptions::current_period_end.gt(now))
+                        .filter(subscriptions::current_period_end.le(horizon))
+                        .filter(
+                            subscription_schedule::renewal_notice_for
+                                .is_null()
+                                .or(subscription_schedule::renewal_notice_for
+                                    .ne(subscriptions::current_period_end.nullable())),
+                        )
+                        .order((
+                            subscriptions::current_period_end.asc(),
+                            subscriptions::id.asc(),
+                        ))
+                        .limit(limit)
+                        .select((
+                            SubscriptionRow::as_select(),
+                            subscription_schedule::next_plan_id,
+                            subscription_schedule::next_price_amount,
+                        ))
+                        .load(c)
+                        .await
+                })?;
+            drop(conn);
+            let full = rows.len() as i64 >= limit;
+            let mut recorded = 0;
+            for (sub, next_plan, next_price) in rows {
+                let end = sub.current_period_end;
+                let trial = sub.status()? == SubscriptionStatus::Trialing;
+                // A trial that was not converted ends rather than renews.
+                if trial && next_plan.is_none() {
+                    continue;
+                }
+                let mut conn = self.0.db.get().await?;
+                let claimed = kapal::db!(&mut conn, |c| {
+                    diesel::update(
+                        subscription_schedule::table.find(&sub.id).filter(
+                            subscription_schedule::renewal_notice_for
+                                .is_null()
+                                .or(subscription_schedule::renewal_notice_for.ne(end)),
+                        ),
+                    )
+                    .set(subscription_schedule::renewal_notice_for.eq(Some(end)))
+                    .execute(c)
+                    .await
+                })?;
+                drop(conn);
+                if claimed != 1 {
+                    continue;
+                }
+                recorded += 1;
+                let plan = next_plan.unwrap_or_else(|| sub.plan_id.clone());
+                let price = next_price.unwrap_or(sub.price_amount);
+                let message = if trial {
+                    format!(
+                        "your free trial ends on {end} UTC: plan {plan} will be charged Rp {price} then, and every month after"
+                    )
+                } else {
+                    format!(
+                        "your subscription renews on {end} UTC: plan {plan} will be charged Rp {price}"
+                    )
+                };
+                let n = Notification {
+                    kind: NotificationKind::RenewalUpcoming,
+                    subscription_id: sub.id.clone(),
+                    account_id: sub.account_id.clone(),
+                    at: (end - notice).max(sub.current_period_start),
+                    message,
+                };
+                if let Err(e) = self.0.notifier.notify(&n).await {
+                    tracing::warn!(subscription = %n.subscription_id, kind = ?n.kind, error = %e, "notification not delivered");
+                }
+                sent += 1;
+            }
+            if !full || recorded == 0 {
+                return Ok(sent);
+            }
+        }
     }
 
     /// Subscriptions with something due at `now` that no replica holds.
@@ -324,9 +464,11 @@ impl Scheduler {
                 break;
             };
             let mut notification = None;
+            let mut wrote_outbox = false;
             let done = match self.act(&sub, &sched, &step, now).await {
                 Ok(Some(change)) => {
                     notification = notification_of(&sub, &step, &change)?;
+                    wrote_outbox = change.entitlement.is_some();
                     self.finish(&sub, claimed, change).await
                 }
                 // Left for later (another request is charging the invoice): keep the lease,
@@ -346,6 +488,9 @@ impl Scheduler {
             };
             if !done {
                 break;
+            }
+            if wrote_outbox {
+                self.0.outbox_written.notify_one();
             }
             if let Some(n) = notification
                 && let Err(e) = self.0.notifier.notify(&n).await
@@ -831,6 +976,7 @@ impl Scheduler {
                             entitlement_outbox::instance_id.eq(&sub.instance_id),
                             entitlement_outbox::entitlement.eq(entitlement.as_str()),
                             entitlement_outbox::at.eq(change.due),
+                            entitlement_outbox::cause.eq(Some(&change.cause)),
                         ))
                         .execute(c)
                         .await?;

@@ -33,6 +33,7 @@ diesel::table! {
         next_action_at -> Nullable<Timestamp>,
         version -> BigInt,
         lease_until -> Nullable<Timestamp>,
+        renewal_notice_for -> Nullable<Timestamp>,
     }
 }
 
@@ -45,6 +46,10 @@ diesel::table! {
         at -> Timestamp,
         attempts -> Integer,
         delivered_at -> Nullable<Timestamp>,
+        next_attempt_at -> Nullable<Timestamp>,
+        lease_until -> Nullable<Timestamp>,
+        cause -> Nullable<Text>,
+        last_error -> Nullable<Text>,
     }
 }
 

@@ -17,10 +17,17 @@ use kapal::clock::ManualClock;
 use kapal::db::{Db, DbConfig};
 use kapal::proto::internal::v1::CreateSubscriptionRequest;
 use kapal::proto::internal::v1::billing_service_client::BillingServiceClient;
+use kapal::proto::internal::v1::entitlement_service_server::{
+    EntitlementService, EntitlementServiceServer,
+};
+use kapal::proto::internal::v1::{SetEntitlementRequest, SetEntitlementResponse};
 use kapal::proto::v1 as pb;
+use kapal::proto::v1::billing_admin_service_client::BillingAdminServiceClient;
 use kapal::proto::v1::subscription_service_client::SubscriptionServiceClient;
 use kapal::testing::Backend;
+use kapal_billing::delivery::{Delivery, DeliveryReport};
 use kapal_billing::lifecycle::{Entitlement, SubscriptionStatus};
+use kapal_billing::notify::{Notification, NotificationKind, Notifier};
 use kapal_billing::scheduler::{Scheduler, Settings};
 use kapal_billing::schema::{
     entitlement_outbox, invoices, payments, subscription_events, subscription_schedule,
@@ -97,6 +104,124 @@ impl PaymentProvider for Provider {
 }
 
 // ---------------------------------------------------------------------------------------------
+// A control-plane's EntitlementService: records every call, applies changes in sequence order
+// per instance, and fails when told to.
+// ---------------------------------------------------------------------------------------------
+
+#[derive(Debug, Default)]
+struct ControlPlaneState {
+    /// Every call that was answered OK: (instance, sequence, entitlement, applied).
+    received: Vec<(String, i64, Entitlement, bool)>,
+    /// Calls refused (UNAVAILABLE): (instance, sequence).
+    refused: Vec<(String, i64)>,
+    /// The latest entitlement applied per instance, with its sequence.
+    latest: HashMap<String, (i64, Entitlement)>,
+    /// Refuse every call.
+    down: bool,
+    /// Refuse the calls about these instances.
+    failing: HashSet<String>,
+    /// Instances the control-plane does not know (NOT_FOUND).
+    unknown: HashSet<String>,
+    /// Callers that were not signed as a service.
+    unsigned: usize,
+}
+
+#[derive(Clone, Debug, Default)]
+struct FakeEntitlements(Arc<Mutex<ControlPlaneState>>);
+
+#[tonic::async_trait]
+impl EntitlementService for FakeEntitlements {
+    async fn set_entitlement(
+        &self,
+        request: Request<SetEntitlementRequest>,
+    ) -> Result<tonic::Response<SetEntitlementResponse>, tonic::Status> {
+        if kapal::auth::service(&request).is_err() {
+            self.0.lock().expect("state").unsigned += 1;
+            return Err(tonic::Status::permission_denied("services only"));
+        }
+        let req = request.into_inner();
+        let entitlement = match kapal::proto::internal::v1::Entitlement::try_from(req.entitlement) {
+            Ok(kapal::proto::internal::v1::Entitlement::Active) => Entitlement::Active,
+            Ok(kapal::proto::internal::v1::Entitlement::Suspended) => Entitlement::Suspended,
+            Ok(kapal::proto::internal::v1::Entitlement::Expired) => Entitlement::Expired,
+            _ => return Err(tonic::Status::invalid_argument("entitlement")),
+        };
+        assert!(req.at.is_some() && !req.cause.is_empty(), "{req:?}");
+        assert!(!req.subscription_id.is_empty());
+        let mut state = self.0.lock().expect("state");
+        if state.down || state.failing.contains(&req.instance_id) {
+            state.refused.push((req.instance_id, req.sequence));
+            return Err(tonic::Status::unavailable(
+                "the control-plane is restarting",
+            ));
+        }
+        if state.unknown.contains(&req.instance_id) {
+            return Err(tonic::Status::not_found("instance not found"));
+        }
+        let applied = state
+            .latest
+            .get(&req.instance_id)
+            .is_none_or(|(seq, _)| *seq < req.sequence);
+        if applied {
+            state
+                .latest
+                .insert(req.instance_id.clone(), (req.sequence, entitlement));
+        }
+        state
+            .received
+            .push((req.instance_id, req.sequence, entitlement, applied));
+        Ok(tonic::Response::new(SetEntitlementResponse { applied }))
+    }
+}
+
+struct ControlPlane {
+    endpoint: String,
+    fake: FakeEntitlements,
+}
+
+impl ControlPlane {
+    /// Serves the fake on 127.0.0.1:0, verifying principals signed with `key`.
+    async fn start(key: &InternalKey) -> ControlPlane {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        let fake = FakeEntitlements::default();
+        let router = tonic::transport::Server::builder().add_service(
+            EntitlementServiceServer::with_interceptor(
+                fake.clone(),
+                kapal::auth::VerifyPrincipal(key.clone()),
+            ),
+        );
+        tokio::spawn(kapal::serve::serve(
+            router,
+            listener,
+            std::future::pending::<()>(),
+        ));
+        ControlPlane {
+            endpoint: format!("http://{addr}"),
+            fake,
+        }
+    }
+
+    fn state(&self) -> std::sync::MutexGuard<'_, ControlPlaneState> {
+        self.fake.0.lock().expect("state")
+    }
+}
+
+/// Collects notifications.
+#[derive(Debug, Default)]
+struct Collector(Mutex<Vec<Notification>>);
+
+#[async_trait::async_trait]
+impl Notifier for Collector {
+    async fn notify(&self, n: &Notification) -> Result<(), String> {
+        self.0.lock().expect("collector").push(n.clone());
+        Ok(())
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
 // Harness
 // ---------------------------------------------------------------------------------------------
 
@@ -127,6 +252,16 @@ struct Billing {
 
 impl Billing {
     async fn start(backend: Backend) -> Billing {
+        Billing::start_with(backend, InternalKey::random(), None).await
+    }
+
+    /// Billing signing with `key`, delivering entitlement changes to `control_plane` (in the
+    /// background) when given.
+    async fn start_with(
+        backend: Backend,
+        key: InternalKey,
+        control_plane: Option<&ControlPlane>,
+    ) -> Billing {
         kapal::serve::init_tracing(false);
         let dir = tempfile::tempdir().expect("tempdir");
         let db = kapal::testing::db_config(backend, dir.path())
@@ -134,7 +269,7 @@ impl Billing {
             .expect("test database");
         let catalog =
             Arc::new(Catalog::load(&kapal::catalog::repo_catalog_dir()).expect("catalog"));
-        let key = InternalKey::random();
+
         let clock = ManualClock::new(start_time());
         let provider = Arc::new(Provider::default());
         let mut config = Config::new(db.clone(), catalog, key.clone());
@@ -142,6 +277,7 @@ impl Billing {
         config.payments = provider.clone();
         // The tests tick themselves.
         config.scheduler_interval = None;
+        config.control_plane_endpoint = control_plane.map(|cp| cp.endpoint.clone());
         // Migrations first, so the server and the extra connections do not race on them.
         let inspect = Db::connect(&db, kapal_billing::DB_NAME, kapal_billing::migrations())
             .await
@@ -199,6 +335,44 @@ impl Billing {
 
     fn public(&self) -> SubscriptionServiceClient<Channel> {
         SubscriptionServiceClient::new(self.channel.clone())
+    }
+
+    fn admin(&self) -> BillingAdminServiceClient<Channel> {
+        BillingAdminServiceClient::new(self.channel.clone())
+    }
+
+    /// A delivery of the outbox to `control_plane` on its own connection pool, like another
+    /// replica.
+    async fn delivery(&self, control_plane: &ControlPlane) -> Delivery {
+        let db = Db::connect(
+            &self.db,
+            kapal_billing::DB_NAME,
+            kapal_billing::migrations(),
+        )
+        .await
+        .expect("open billing's database");
+        Delivery::new(db, self.clock.clone(), &control_plane.endpoint, &self.key).expect("delivery")
+    }
+
+    async fn report(
+        &self,
+        from: Option<DateTime<Utc>>,
+        to: Option<DateTime<Utc>>,
+    ) -> Result<pb::RevenueReport, tonic::Status> {
+        let ts = |t: DateTime<Utc>| prost_types::Timestamp {
+            seconds: t.timestamp(),
+            nanos: i32::try_from(t.timestamp_subsec_nanos()).expect("nanos"),
+        };
+        self.admin()
+            .get_revenue_report(self.signed(
+                &operator(),
+                pb::GetRevenueReportRequest {
+                    from: from.map(ts),
+                    to: to.map(ts),
+                },
+            ))
+            .await
+            .map(|r| r.into_inner())
     }
 
     async fn create(&self, account: Uuid, order: Uuid, app: &str, plan: &str) -> pb::Subscription {
@@ -302,6 +476,15 @@ fn customer(account: Uuid) -> Principal {
         account_id: account,
         customer_id: format!("c{}", &account.simple().to_string()[..8]),
         role: Role::Customer,
+        token_id: Uuid::nil(),
+    }
+}
+
+fn operator() -> Principal {
+    Principal {
+        account_id: Uuid::from_u128(7),
+        customer_id: "cadmin001".to_string(),
+        role: Role::Admin,
         token_id: Uuid::nil(),
     }
 }
@@ -508,7 +691,12 @@ struct Sim {
 type Summary = BTreeMap<usize, String>;
 
 async fn simulate(backend: Backend, sim: Sim) -> Summary {
-    let billing = Billing::start(backend).await;
+    // Entitlement changes go to a control-plane: in the background (billing's own loop) and
+    // after every tick (another replica, so both take turns).
+    let key = InternalKey::random();
+    let cp = ControlPlane::start(&key).await;
+    let billing = Billing::start_with(backend, key, Some(&cp)).await;
+    let delivery = billing.delivery(&cp).await;
     let mut schedulers = Vec::new();
     for _ in 0..sim.schedulers {
         schedulers.push(billing.scheduler().await);
@@ -603,27 +791,180 @@ async fn simulate(backend: Backend, sim: Sim) -> Summary {
             .buffer_unordered(16)
             .collect::<Vec<()>>()
             .await;
+        let month = {
+            use kapal::clock::Clock as _;
+            billing.clock.now().format("%Y-%m").to_string()
+        };
         billing.clock.advance(DAY);
         if !down || sim.tick_while_down {
             tick(&schedulers, &billing.clock).await;
+            deliver_all(&delivery, &billing).await;
             if sim.check_every_day {
-                check_invariants(&billing).await;
+                check_invariants(&billing, &cp).await;
             }
         }
+        // At the end of every simulated month: the analytics agree with the invoices.
+        let next_month = {
+            use kapal::clock::Clock as _;
+            billing.clock.now().format("%Y-%m").to_string()
+        };
+        if next_month != month {
+            check_analytics(&billing).await;
+        }
     }
-    check_invariants(&billing).await;
+    deliver_all(&delivery, &billing).await;
+    check_invariants(&billing, &cp).await;
+    check_analytics(&billing).await;
     let summary = summarize(&billing, &index).await;
     billing.stop().await;
     summary
 }
 
-/// The invariants that must hold whenever the scheduler has caught up.
-async fn check_invariants(billing: &Billing) {
+/// Delivers the outbox until nothing is left undelivered (the background loop may hold a row
+/// for a moment).
+async fn deliver_all(delivery: &Delivery, billing: &Billing) {
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(60);
+    loop {
+        let report = delivery.deliver_pending().await.expect("delivery");
+        assert_eq!(report.failed, 0, "{report:?}");
+        let mut conn = billing.inspect.get().await.expect("conn");
+        let pending: i64 = kapal::db!(&mut conn, |c| {
+            entitlement_outbox::table
+                .filter(entitlement_outbox::delivered_at.is_null())
+                .count()
+                .get_result(c)
+                .await
+        })
+        .expect("pending");
+        drop(conn);
+        if pending == 0 {
+            return;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{pending} entitlement changes stay undelivered"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+    }
+}
+
+/// The revenue report since the simulation started agrees with the invoices and
+/// subscriptions, summed row by row.
+async fn check_analytics(billing: &Billing) {
+    use kapal::clock::Clock as _;
+    let from = Utc
+        .with_ymd_and_hms(2025, 1, 1, 0, 0, 0)
+        .single()
+        .expect("t");
+    let now = billing.clock.now();
+    let report = billing.report(Some(from), Some(now)).await.expect("report");
+    let mut conn = billing.inspect.get().await.expect("conn");
+    type Rows = (
+        Vec<(NaiveDateTime, i64, String)>,
+        Vec<(String, String, i64, bool, bool)>,
+    );
+    let (all_invoices, subs): Rows = kapal::db!(&mut conn, |c| {
+        async {
+            let all_invoices = invoices::table
+                .select((invoices::period_start, invoices::amount, invoices::status))
+                .load(c)
+                .await?;
+            let subs = subscriptions::table
+                .select((
+                    subscriptions::app_id,
+                    subscriptions::status,
+                    subscriptions::price_amount,
+                    subscriptions::auto_renew,
+                    subscriptions::cancel_at_period_end,
+                ))
+                .load(c)
+                .await?;
+            Ok::<_, diesel::result::Error>((all_invoices, subs))
+        }
+        .await
+    })
+    .expect("load");
+    drop(conn);
+    // Month by month, by period start.
+    let mut months: BTreeMap<String, (u64, u64, u64, u64, i64, i64)> = BTreeMap::new();
+    for (start, amount, status) in &all_invoices {
+        if *start < from.naive_utc() || *start >= now.naive_utc() {
+            continue;
+        }
+        let m = months.entry(start.format("%Y-%m").to_string()).or_default();
+        m.0 += 1;
+        match status.as_str() {
+            "paid" => {
+                m.1 += 1;
+                m.4 += amount;
+                m.5 += amount;
+            }
+            "failed" => {
+                m.2 += 1;
+                m.4 += amount;
+            }
+            "void" => m.3 += 1,
+            _ => m.4 += amount,
+        }
+    }
+    let reported: BTreeMap<String, (u64, u64, u64, u64, i64, i64)> = report
+        .invoices_by_month
+        .iter()
+        .filter(|m| m.invoices > 0)
+        .map(|m| {
+            (
+                m.month.clone(),
+                (
+                    m.invoices,
+                    m.paid,
+                    m.failed,
+                    m.void,
+                    amount(&m.invoiced),
+                    amount(&m.collected),
+                ),
+            )
+        })
+        .collect();
+    assert_eq!(reported, months, "invoices per month at {now}");
+    let invoiced: i64 = months.values().map(|m| m.4).sum();
+    let collected: i64 = months.values().map(|m| m.5).sum();
+    assert_eq!(amount(&report.invoiced_total), invoiced, "at {now}");
+    assert_eq!(amount(&report.collected_total), collected, "at {now}");
+    let (_, invoiced, collected) =
+        invoice_sums(&billing.inspect, from.naive_utc(), now.naive_utc()).await;
+    assert_eq!(
+        (
+            amount(&report.invoiced_total),
+            amount(&report.collected_total)
+        ),
+        (invoiced, collected)
+    );
+    // MRR: every ACTIVE or PAST_DUE subscription that will renew.
+    let mut mrr: BTreeMap<&str, i64> = BTreeMap::new();
+    for (app, status, price, auto_renew, cancelled) in &subs {
+        if matches!(status.as_str(), "active" | "past_due") && *auto_renew && !*cancelled {
+            *mrr.entry(app.as_str()).or_default() += price;
+        }
+    }
+    assert_eq!(amount(&report.mrr), mrr.values().sum::<i64>(), "at {now}");
+    for app in &report.by_app {
+        assert_eq!(
+            amount(&app.mrr),
+            mrr.get(app.app_id.as_str()).copied().unwrap_or(0)
+        );
+    }
+    assert!(report.trials_converted <= report.trials_ended);
+    assert!(report.renewals_paid <= report.renewals_due);
+}
+
+/// The invariants that must hold whenever the scheduler has caught up: checked on the outbox
+/// and on what the control-plane was told.
+async fn check_invariants(billing: &Billing, cp: &ControlPlane) {
     use kapal::clock::Clock as _;
     let now = billing.clock.now().naive_utc();
     let retention = settings().retention;
     let mut conn = billing.inspect.get().await.expect("conn");
-    type SubRow = (String, String, NaiveDateTime, NaiveDateTime);
+    type SubRow = (String, String, NaiveDateTime, NaiveDateTime, String);
     type SchedRow = (
         String,
         Option<NaiveDateTime>,
@@ -645,6 +986,7 @@ async fn check_invariants(billing: &Billing) {
                     subscriptions::status,
                     subscriptions::current_period_start,
                     subscriptions::current_period_end,
+                    subscriptions::instance_id,
                 ))
                 .load(c)
                 .await?;
@@ -706,7 +1048,13 @@ async fn check_invariants(billing: &Billing) {
         .map(|i| (i.1.as_str(), i.2, i.3))
         .collect();
 
-    for (id, status, start, end) in &subs {
+    let delivered: HashMap<String, Entitlement> = cp
+        .state()
+        .latest
+        .iter()
+        .map(|(instance, (_, e))| (instance.clone(), *e))
+        .collect();
+    for (id, status, start, end, instance) in &subs {
         let status = SubscriptionStatus::parse(status).expect("status");
         let sched = scheds.get(id.as_str()).expect("schedule");
         let cleaned = sched.3.is_some();
@@ -716,6 +1064,17 @@ async fn check_invariants(billing: &Billing) {
             entitlement,
             Entitlement::of(status, cleaned),
             "subscription {id} is {status}, its instance {entitlement:?}"
+        );
+        // What the control-plane applied: no instance runs without a subscription that
+        // entitles it.
+        let applied = delivered
+            .get(instance)
+            .copied()
+            .unwrap_or(Entitlement::Active);
+        assert_eq!(
+            applied,
+            Entitlement::of(status, cleaned),
+            "subscription {id} is {status}, the control-plane has its instance {applied:?}"
         );
         use SubscriptionStatus::*;
         match status {
@@ -1036,4 +1395,640 @@ async fn notifications_reach_a_signed_webhook() {
     assert!(WebhookNotifier::new("https://example.com", secret).is_err());
     assert!(WebhookNotifier::new(&format!("http://{addr}/"), b"short").is_err());
     billing.stop().await;
+}
+
+// ---------------------------------------------------------------------------------------------
+// Delivery of the entitlement outbox
+// ---------------------------------------------------------------------------------------------
+
+async fn outbox_row(db: &Db, sub: &pb::Subscription, e: Entitlement, at: NaiveDateTime) -> i64 {
+    let mut conn = db.get().await.expect("conn");
+    kapal::db!(&mut conn, |c| {
+        diesel::insert_into(entitlement_outbox::table)
+            .values((
+                entitlement_outbox::subscription_id.eq(&sub.id),
+                entitlement_outbox::instance_id.eq(&sub.instance_id),
+                entitlement_outbox::entitlement.eq(e.as_str()),
+                entitlement_outbox::at.eq(at),
+            ))
+            .returning(entitlement_outbox::id)
+            .get_result(c)
+            .await
+    })
+    .expect("insert outbox row")
+}
+
+/// (id, attempts, delivered) of every outbox row, in id order.
+async fn outbox_state(db: &Db) -> Vec<(i64, i32, bool)> {
+    let mut conn = db.get().await.expect("conn");
+    let rows: Vec<(i64, i32, Option<NaiveDateTime>)> = kapal::db!(&mut conn, |c| {
+        entitlement_outbox::table
+            .order(entitlement_outbox::id.asc())
+            .select((
+                entitlement_outbox::id,
+                entitlement_outbox::attempts,
+                entitlement_outbox::delivered_at,
+            ))
+            .load(c)
+            .await
+    })
+    .expect("outbox");
+    rows.into_iter()
+        .map(|(id, attempts, at)| (id, attempts, at.is_some()))
+        .collect()
+}
+
+async fn entitlements_are_delivered_in_order(backend: Backend) {
+    let key = InternalKey::random();
+    let cp = ControlPlane::start(&key).await;
+    // No background delivery: the test runs the passes.
+    let billing = Billing::start_with(backend, key, None).await;
+    let delivery = billing.delivery(&cp).await;
+    let now = start_time().naive_utc();
+    let mut subs = Vec::new();
+    for app in ["n8n", "ghost", "wordpress"] {
+        subs.push(
+            billing
+                .create(Uuid::new_v4(), Uuid::new_v4(), app, "starter")
+                .await,
+        );
+    }
+    let (one, two, unknown) = (&subs[0], &subs[1], &subs[2]);
+    let db = &billing.inspect;
+    let r1 = outbox_row(db, one, Entitlement::Suspended, now).await;
+    let r2 = outbox_row(db, two, Entitlement::Suspended, now).await;
+    let r3 = outbox_row(db, one, Entitlement::Active, now).await;
+    let r4 = outbox_row(db, unknown, Entitlement::Suspended, now).await;
+    let r5 = outbox_row(db, two, Entitlement::Expired, now).await;
+
+    // The control-plane is down: the head of every instance is tried once, nothing else.
+    cp.state().down = true;
+    let report = delivery.deliver_pending().await.expect("pass");
+    assert_eq!(
+        report,
+        DeliveryReport {
+            failed: 3,
+            ..Default::default()
+        }
+    );
+    let mut refused = cp.state().refused.clone();
+    refused.sort();
+    let mut heads = vec![
+        (one.instance_id.clone(), r1),
+        (two.instance_id.clone(), r2),
+        (unknown.instance_id.clone(), r4),
+    ];
+    heads.sort();
+    assert_eq!(refused, heads);
+    assert_eq!(
+        outbox_state(db).await,
+        [
+            (r1, 1, false),
+            (r2, 1, false),
+            (r3, 0, false),
+            (r4, 1, false),
+            (r5, 0, false)
+        ]
+    );
+    // Backing off: nothing is sent again before a second has passed.
+    assert_eq!(
+        delivery.deliver_pending().await.expect("pass"),
+        DeliveryReport::default()
+    );
+    assert_eq!(cp.state().refused.len(), 3);
+
+    // It recovers; one instance is unknown to it.
+    {
+        let mut state = cp.state();
+        state.down = false;
+        state.unknown.insert(unknown.instance_id.clone());
+    }
+    billing.clock.advance(chrono::Duration::seconds(2));
+    let report = delivery.deliver_pending().await.expect("pass");
+    assert_eq!(
+        report,
+        DeliveryReport {
+            delivered: 4,
+            not_found: 1,
+            failed: 0
+        }
+    );
+    assert!(outbox_state(db).await.iter().all(|r| r.2), "all delivered");
+    {
+        let state = cp.state();
+        let of = |instance: &str| -> Vec<(i64, Entitlement)> {
+            state
+                .received
+                .iter()
+                .filter(|r| r.0 == instance)
+                .map(|r| (r.1, r.2))
+                .collect()
+        };
+        assert_eq!(
+            of(&one.instance_id),
+            [(r1, Entitlement::Suspended), (r3, Entitlement::Active)]
+        );
+        assert_eq!(
+            of(&two.instance_id),
+            [(r2, Entitlement::Suspended), (r5, Entitlement::Expired)]
+        );
+        assert!(state.received.iter().all(|r| r.3), "every change applied");
+        assert_eq!(state.unsigned, 0);
+    }
+
+    // One instance failing holds back its own later changes, not the other instances'.
+    cp.state().failing.insert(one.instance_id.clone());
+    let r6 = outbox_row(db, one, Entitlement::Suspended, now).await;
+    let r7 = outbox_row(db, two, Entitlement::Active, now).await;
+    let r8 = outbox_row(db, one, Entitlement::Expired, now).await;
+    let report = delivery.deliver_pending().await.expect("pass");
+    assert_eq!((report.delivered, report.failed), (1, 1), "{report:?}");
+    assert!(
+        !cp.state().refused.iter().any(|r| r.1 == r8),
+        "r8 held back"
+    );
+    // It recovers: the held-back change follows, in order.
+    cp.state().failing.clear();
+    billing.clock.advance(chrono::Duration::seconds(2));
+    let report = delivery.deliver_pending().await.expect("pass");
+    assert_eq!(report.delivered, 2, "{report:?}");
+    {
+        let state = cp.state();
+        let sequences: Vec<i64> = state
+            .received
+            .iter()
+            .filter(|r| r.0 == one.instance_id)
+            .map(|r| r.1)
+            .collect();
+        assert_eq!(sequences, [r1, r3, r6, r8]);
+        assert!(state.received.iter().any(|r| r.1 == r7));
+        assert_eq!(state.latest[&one.instance_id], (r8, Entitlement::Expired));
+        assert_eq!(state.latest[&two.instance_id], (r7, Entitlement::Active));
+    }
+    billing.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn entitlements_are_delivered_in_order_sqlite() {
+    entitlements_are_delivered_in_order(Backend::Sqlite).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn entitlements_are_delivered_in_order_postgres() {
+    entitlements_are_delivered_in_order(Backend::Postgres).await;
+}
+
+async fn the_delivery_loop_runs_in_the_background(backend: Backend) {
+    let key = InternalKey::random();
+    let cp = ControlPlane::start(&key).await;
+    let billing = Billing::start_with(backend, key, Some(&cp)).await;
+    let sub = billing
+        .create(Uuid::new_v4(), Uuid::new_v4(), "ghost", "starter")
+        .await;
+    let row = outbox_row(
+        &billing.inspect,
+        &sub,
+        Entitlement::Suspended,
+        start_time().naive_utc(),
+    )
+    .await;
+    // It polls every few seconds.
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(20);
+    loop {
+        if outbox_state(&billing.inspect).await == [(row, 1, true)] {
+            break;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "not delivered");
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    assert_eq!(
+        cp.state().latest.get(&sub.instance_id),
+        Some(&(row, Entitlement::Suspended))
+    );
+    billing.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_delivery_loop_runs_in_the_background_sqlite() {
+    the_delivery_loop_runs_in_the_background(Backend::Sqlite).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_delivery_loop_runs_in_the_background_postgres() {
+    the_delivery_loop_runs_in_the_background(Backend::Postgres).await;
+}
+
+// ---------------------------------------------------------------------------------------------
+// Renewal upcoming
+// ---------------------------------------------------------------------------------------------
+
+async fn renewal_upcoming_is_sent_once_per_period(backend: Backend) {
+    let billing = Billing::start(backend).await;
+    let collector = Arc::new(Collector::default());
+    let mut schedulers = Vec::new();
+    for _ in 0..2 {
+        schedulers.push(billing.scheduler().await.with_notifier(collector.clone()));
+    }
+    let (a, b, c, d, e) = (
+        Uuid::new_v4(),
+        Uuid::new_v4(),
+        Uuid::new_v4(),
+        Uuid::new_v4(),
+        Uuid::new_v4(),
+    );
+    // Renews monthly; a converted trial; a trial that lapses; auto-renew off; cancelled.
+    let paid = billing.create(a, Uuid::new_v4(), "n8n", "starter").await;
+    let converted = billing.create(b, Uuid::new_v4(), "ghost", "trial").await;
+    billing
+        .change_plan(&customer(b), &converted.id, "pro")
+        .await
+        .expect("convert");
+    let lapsing = billing.create(c, Uuid::new_v4(), "ghost", "trial").await;
+    let off = billing.create(d, Uuid::new_v4(), "n8n", "starter").await;
+    billing
+        .auto_renew(&customer(d), &off.id, false)
+        .await
+        .expect("auto-renew off");
+    let cancelled = billing
+        .create(e, Uuid::new_v4(), "wordpress", "starter")
+        .await;
+    billing
+        .cancel(&customer(e), &cancelled.id)
+        .await
+        .expect("cancel");
+
+    // Day by day (both schedulers each day, at the same time) until 2025-02-27.
+    for _ in 0..57 {
+        billing.clock.advance(DAY);
+        tick(&schedulers, &billing.clock).await;
+        tick(&schedulers, &billing.clock).await;
+    }
+    let notices = collector.0.lock().expect("collector").clone();
+    let upcoming: Vec<&Notification> = notices
+        .iter()
+        .filter(|n| n.kind == NotificationKind::RenewalUpcoming)
+        .collect();
+    let at = |y, m, d| {
+        Utc.with_ymd_and_hms(y, m, d, 9, 0, 0)
+            .single()
+            .expect("time")
+            .naive_utc()
+    };
+    let of = |id: &str| -> Vec<NaiveDateTime> {
+        upcoming
+            .iter()
+            .filter(|n| n.subscription_id == id)
+            .map(|n| n.at)
+            .collect()
+    };
+    // Three days before the end of each period: 2025-02-01 and 2025-03-01 for the monthly
+    // one; the trial's end (2025-01-15) and the first paid month's end for the converted one.
+    assert_eq!(
+        of(&paid.id),
+        [at(2025, 1, 29), at(2025, 2, 26)],
+        "{upcoming:#?}"
+    );
+    assert_eq!(
+        of(&converted.id),
+        [at(2025, 1, 12), at(2025, 2, 12)],
+        "{upcoming:#?}"
+    );
+    for id in [&lapsing.id, &off.id, &cancelled.id] {
+        assert!(of(id).is_empty(), "{upcoming:#?}");
+    }
+    assert!(
+        upcoming[0].message.contains("free trial ends"),
+        "{upcoming:#?}"
+    );
+    assert!(
+        upcoming
+            .iter()
+            .any(|n| n.message.contains("renews on 2025-02-01")),
+        "{upcoming:#?}"
+    );
+    billing.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn renewal_upcoming_is_sent_once_per_period_sqlite() {
+    renewal_upcoming_is_sent_once_per_period(Backend::Sqlite).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn renewal_upcoming_is_sent_once_per_period_postgres() {
+    renewal_upcoming_is_sent_once_per_period(Backend::Postgres).await;
+}
+
+// ---------------------------------------------------------------------------------------------
+// Operators: revenue report, every subscription, its events
+// ---------------------------------------------------------------------------------------------
+
+/// (invoices, invoiced, collected) over the invoices whose period starts in `[from, to)`,
+/// summed row by row.
+async fn invoice_sums(db: &Db, from: NaiveDateTime, to: NaiveDateTime) -> (u64, i64, i64) {
+    let mut conn = db.get().await.expect("conn");
+    let rows: Vec<(i64, String)> = kapal::db!(&mut conn, |c| {
+        invoices::table
+            .filter(invoices::period_start.ge(from))
+            .filter(invoices::period_start.lt(to))
+            .select((invoices::amount, invoices::status))
+            .load(c)
+            .await
+    })
+    .expect("invoices");
+    let invoiced = rows
+        .iter()
+        .filter(|r| r.1 != "void")
+        .map(|r| r.0)
+        .sum::<i64>();
+    let collected = rows
+        .iter()
+        .filter(|r| r.1 == "paid")
+        .map(|r| r.0)
+        .sum::<i64>();
+    (rows.len() as u64, invoiced, collected)
+}
+
+fn amount(m: &Option<pb::Money>) -> i64 {
+    let m = m.as_ref().expect("money");
+    assert_eq!(m.currency, "IDR");
+    m.amount
+}
+
+async fn operators_see_revenue_and_every_subscription(backend: Backend) {
+    let billing = Billing::start(backend).await;
+    let scheduler = billing.scheduler().await;
+    let (x, y, z, w) = (
+        Uuid::new_v4(),
+        Uuid::new_v4(),
+        Uuid::new_v4(),
+        Uuid::new_v4(),
+    );
+    let minute = chrono::Duration::minutes(1);
+    let a = billing.create(x, Uuid::new_v4(), "n8n", "starter").await;
+    billing.clock.advance(minute);
+    let b = billing.create(y, Uuid::new_v4(), "ghost", "trial").await;
+    billing
+        .change_plan(&customer(y), &b.id, "starter")
+        .await
+        .expect("convert");
+    billing.clock.advance(minute);
+    let zs = billing.create(z, Uuid::new_v4(), "wordpress", "pro").await;
+    billing.provider.set_failing(z, true);
+    billing.clock.advance(minute);
+    let ws = billing.create(w, Uuid::new_v4(), "ghost", "trial").await;
+    // Until 2025-02-10: a renewed, b converted at the end of its trial, z's renewal failed
+    // (suspended after grace), w's trial lapsed.
+    for _ in 0..40 {
+        billing.clock.advance(DAY);
+        tick(std::slice::from_ref(&scheduler), &billing.clock).await;
+    }
+    let price_a = amount(&a.price);
+    let price_z = amount(&zs.price);
+    let ghost_starter = 99_000;
+
+    // Customers and services may not; unsigned callers are not known.
+    let me = customer(x);
+    let denied = [
+        billing
+            .admin()
+            .get_revenue_report(billing.signed(&me, pb::GetRevenueReportRequest::default()))
+            .await
+            .map(|_| ()),
+        billing
+            .admin()
+            .list_all_subscriptions(billing.signed(&me, pb::ListAllSubscriptionsRequest::default()))
+            .await
+            .map(|_| ()),
+        billing
+            .admin()
+            .list_subscription_events_as_admin(billing.signed(
+                &Principal::service(),
+                pb::ListSubscriptionEventsRequest {
+                    subscription_id: a.id.clone(),
+                },
+            ))
+            .await
+            .map(|_| ()),
+    ];
+    for result in denied {
+        assert_eq!(result.expect_err("denied").code(), Code::PermissionDenied);
+    }
+    assert_eq!(
+        billing
+            .admin()
+            .get_revenue_report(pb::GetRevenueReportRequest::default())
+            .await
+            .expect_err("unsigned")
+            .code(),
+        Code::Unauthenticated
+    );
+
+    // The report over the default range: 2024-12-01 until now.
+    let report = billing.report(None, None).await.expect("report");
+    let from = Utc
+        .with_ymd_and_hms(2024, 12, 1, 0, 0, 0)
+        .single()
+        .expect("t");
+    use kapal::clock::Clock as _;
+    let now = billing.clock.now();
+    assert_eq!(
+        report.from.as_ref().map(|t| t.seconds),
+        Some(from.timestamp())
+    );
+    assert_eq!(report.to.as_ref().map(|t| t.seconds), Some(now.timestamp()));
+    assert_eq!(amount(&report.mrr), price_a + ghost_starter, "{report:#?}");
+    let app = |id: &str| {
+        report
+            .by_app
+            .iter()
+            .find(|a| a.app_id == id)
+            .cloned()
+            .expect("app")
+    };
+    assert_eq!((app("n8n").active, amount(&app("n8n").mrr)), (1, price_a));
+    assert_eq!(
+        (
+            app("ghost").active,
+            app("ghost").trialing,
+            amount(&app("ghost").mrr)
+        ),
+        (1, 0, ghost_starter)
+    );
+    assert_eq!(
+        (app("wordpress").suspended, amount(&app("wordpress").mrr)),
+        (1, 0)
+    );
+    assert_eq!((report.trials_ended, report.trials_converted), (2, 1));
+    assert!((report.trial_conversion_rate - 0.5).abs() < 1e-9);
+    assert_eq!(
+        (report.renewals_due, report.renewals_paid),
+        (2, 1),
+        "{report:#?}"
+    );
+    assert!((report.renewal_rate - 0.5).abs() < 1e-9);
+    assert_eq!((report.churned, report.churn_rate), (0, 0.0));
+    let months: Vec<(&str, u64, u64, u64, u64, i64, i64)> = report
+        .invoices_by_month
+        .iter()
+        .map(|m| {
+            (
+                m.month.as_str(),
+                m.invoices,
+                m.paid,
+                m.failed,
+                m.void,
+                amount(&m.invoiced),
+                amount(&m.collected),
+            )
+        })
+        .collect();
+    let january = price_a + ghost_starter + price_z;
+    assert_eq!(
+        months,
+        [
+            ("2024-12", 0, 0, 0, 0, 0, 0),
+            ("2025-01", 5, 5, 0, 0, january, january),
+            ("2025-02", 2, 1, 1, 0, price_a + price_z, price_a),
+        ]
+    );
+    let (_, invoiced, collected) =
+        invoice_sums(&billing.inspect, from.naive_utc(), now.naive_utc()).await;
+    assert_eq!(amount(&report.invoiced_total), invoiced);
+    assert_eq!(amount(&report.collected_total), collected);
+
+    // Bad ranges.
+    for (from, to) in [
+        (Some(now), Some(now)),
+        (Some(now), Some(now - DAY)),
+        (Some(now - chrono::Duration::days(37 * 31)), Some(now)),
+    ] {
+        let err = billing.report(from, to).await.expect_err("bad range");
+        assert_eq!(err.code(), Code::InvalidArgument, "{err:?}");
+    }
+
+    // Every subscription, newest first, in pages, with owner and instance.
+    let list = |req: pb::ListAllSubscriptionsRequest| {
+        let billing = &billing;
+        async move {
+            billing
+                .admin()
+                .list_all_subscriptions(billing.signed(&operator(), req))
+                .await
+                .map(|r| r.into_inner())
+        }
+    };
+    let first = list(pb::ListAllSubscriptionsRequest {
+        page_size: 3,
+        ..Default::default()
+    })
+    .await
+    .expect("page 1");
+    let ids: Vec<&str> = first.subscriptions.iter().map(|s| s.id.as_str()).collect();
+    assert_eq!(ids, [ws.id.as_str(), zs.id.as_str(), b.id.as_str()]);
+    assert!(!first.next_page_token.is_empty());
+    let second = list(pb::ListAllSubscriptionsRequest {
+        page_size: 3,
+        page_token: first.next_page_token.clone(),
+        ..Default::default()
+    })
+    .await
+    .expect("page 2");
+    assert_eq!(second.subscriptions.len(), 1);
+    assert_eq!(second.subscriptions[0].id, a.id);
+    assert_eq!(second.subscriptions[0].account_id, x.to_string());
+    assert_eq!(second.subscriptions[0].instance_id, a.instance_id);
+    assert!(second.next_page_token.is_empty());
+    let suspended = list(pb::ListAllSubscriptionsRequest {
+        status: pb::SubscriptionStatus::Suspended.into(),
+        ..Default::default()
+    })
+    .await
+    .expect("suspended");
+    assert_eq!(suspended.subscriptions.len(), 1);
+    assert_eq!(suspended.subscriptions[0].id, zs.id);
+    let ghost = list(pb::ListAllSubscriptionsRequest {
+        app_id: "ghost".to_string(),
+        ..Default::default()
+    })
+    .await
+    .expect("ghost");
+    let ids: Vec<&str> = ghost.subscriptions.iter().map(|s| s.id.as_str()).collect();
+    assert_eq!(ids, [ws.id.as_str(), b.id.as_str()]);
+    let of_y = list(pb::ListAllSubscriptionsRequest {
+        account_id: y.to_string(),
+        ..Default::default()
+    })
+    .await
+    .expect("of y");
+    assert_eq!(of_y.subscriptions.len(), 1);
+    assert_eq!(of_y.subscriptions[0].account_id, y.to_string());
+    for bad in [
+        pb::ListAllSubscriptionsRequest {
+            page_token: "garbage".to_string(),
+            ..Default::default()
+        },
+        pb::ListAllSubscriptionsRequest {
+            account_id: "not-a-uuid".to_string(),
+            ..Default::default()
+        },
+        pb::ListAllSubscriptionsRequest {
+            status: 99,
+            ..Default::default()
+        },
+    ] {
+        assert_eq!(
+            list(bad).await.expect_err("bad request").code(),
+            Code::InvalidArgument
+        );
+    }
+    // Customers' responses never carry the owner.
+    let mine = billing.get(&me, &a.id).await.expect("get");
+    assert_eq!(mine.account_id, "");
+    assert_eq!(mine.instance_id, a.instance_id);
+
+    // Any subscription's events.
+    let events = billing
+        .admin()
+        .list_subscription_events_as_admin(billing.signed(
+            &operator(),
+            pb::ListSubscriptionEventsRequest {
+                subscription_id: zs.id.clone(),
+            },
+        ))
+        .await
+        .expect("events")
+        .into_inner()
+        .events;
+    let to: Vec<i32> = events.iter().map(|e| e.to_status).collect();
+    assert!(
+        to.contains(&pb::SubscriptionStatus::PastDue.into()),
+        "{events:#?}"
+    );
+    assert!(
+        to.contains(&pb::SubscriptionStatus::Suspended.into()),
+        "{events:#?}"
+    );
+    let err = billing
+        .admin()
+        .list_subscription_events_as_admin(billing.signed(
+            &operator(),
+            pb::ListSubscriptionEventsRequest {
+                subscription_id: Uuid::new_v4().to_string(),
+            },
+        ))
+        .await
+        .expect_err("unknown");
+    assert_eq!(err.code(), Code::NotFound);
+    billing.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn operators_see_revenue_and_every_subscription_sqlite() {
+    operators_see_revenue_and_every_subscription(Backend::Sqlite).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn operators_see_revenue_and_every_subscription_postgres() {
+    operators_see_revenue_and_every_subscription(Backend::Postgres).await;
 }

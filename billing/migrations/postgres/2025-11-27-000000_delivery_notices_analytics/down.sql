@@ -1,0 +1,11 @@
+DROP INDEX subscription_events_by_at;
+DROP INDEX invoices_by_period_end;
+DROP INDEX invoices_by_period_start;
+DROP INDEX subscriptions_by_period_end;
+DROP INDEX subscriptions_by_created;
+ALTER TABLE subscription_schedule DROP COLUMN renewal_notice_for;
+DROP INDEX entitlement_outbox_by_instance;
+ALTER TABLE entitlement_outbox DROP COLUMN last_error;
+ALTER TABLE entitlement_outbox DROP COLUMN cause;
+ALTER TABLE entitlement_outbox DROP COLUMN lease_until;
+ALTER TABLE entitlement_outbox DROP COLUMN next_attempt_at;
