@@ -346,7 +346,22 @@ impl AccountService for Accounts {
             .map_or(DUMMY.to_string(), |a| a.password_hash.clone());
         let ok = verify_password(req.password, hash).await;
         match account {
-            Some(account) if ok => Ok(self.session(account).await?),
+            Some(mut account) if ok => {
+                // An email added to the admin list after sign-up gets the role at its next log-in.
+                if account.role != "admin" && self.0.admin_emails.contains(&account.email) {
+                    let mut conn = self.0.db.get().await.map_err(Error::from)?;
+                    kapal::db!(&mut conn, |c| diesel::update(
+                        accounts::table.find(&account.id)
+                    )
+                    .set(accounts::role.eq("admin"))
+                    .execute(c)
+                    .await)
+                    .map_err(Error::from)?;
+                    tracing::info!(account_id = %account.id, "account promoted to admin (listed in admin emails)");
+                    account.role = "admin".into();
+                }
+                Ok(self.session(account).await?)
+            }
             _ => Err(wrong()),
         }
     }

@@ -29,6 +29,9 @@ pub enum Error {
     /// The platform has no room for this.
     #[error("{0}")]
     ResourceExhausted(String),
+    /// A peer Kapal needs (e.g. the provisioner) cannot be reached now; retrying later helps.
+    #[error("{0}")]
+    Unavailable(String),
     /// A peer service said no with a status meant for the caller.
     #[error("{0}")]
     Peer(Status),
@@ -69,6 +72,7 @@ impl From<Error> for Status {
             Error::AlreadyExists(m) => Status::already_exists(m),
             Error::FailedPrecondition(m) => Status::failed_precondition(m),
             Error::ResourceExhausted(m) => Status::resource_exhausted(m),
+            Error::Unavailable(m) => Status::unavailable(m),
             Error::Peer(s) => Status::new(s.code(), s.message().to_string()),
             Error::Db(e) => {
                 tracing::error!(error = %e, "database error");

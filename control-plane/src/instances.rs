@@ -10,11 +10,11 @@ use diesel::prelude::*;
 use diesel_async::RunQueryDsl;
 use futures::Stream;
 use kapal::auth;
-use kapal::proto::internal::v1::{ApplyInstanceRequest, GetCredentialsRequest, InstanceSpec};
+use kapal::proto::internal::v1::{ApplyInstanceRequest, InstanceSpec};
 use kapal::proto::v1::instance_service_server::InstanceService;
 use kapal::proto::v1::{
-    self as pb, GetInstanceRequest, InstanceActionRequest, InstanceEvent, ListInstancesRequest,
-    ListInstancesResponse, WatchInstanceRequest,
+    self as pb, GetInstanceRequest, GetInstanceUsageRequest, InstanceActionRequest, InstanceEvent,
+    InstanceUsage, ListInstancesRequest, ListInstancesResponse, WatchInstanceRequest,
 };
 use kapal::wire::{opt_timestamp, timestamp};
 use tokio::sync::broadcast::error::RecvError;
@@ -23,7 +23,7 @@ use tonic::{Request, Response, Status};
 use crate::Ctx;
 use crate::error::{Error, Result};
 use crate::models::{Account, Instance, entitlement, instance_state};
-use crate::orders::{paginate, parse_page_token};
+use crate::paging;
 use crate::schema::{accounts, instances};
 
 pub struct Instances {
@@ -203,6 +203,9 @@ impl Instances {
             return Err(crate::entitlements::expired_refusal(&now_current).into());
         }
         let _ = ctx.changes.send(id.clone());
+        if matches!(action, Action::Delete) {
+            ctx.credentials.evict(&id);
+        }
         let updated = owned(ctx, &account_id, &id).await?;
         push_to_provisioner(ctx, &updated, &p.customer_id).await;
         let updated = owned(ctx, &account_id, &id).await?;
@@ -220,18 +223,28 @@ impl InstanceService for Instances {
     ) -> Result<Response<ListInstancesResponse>, Status> {
         let p = auth::customer(&req)?;
         let limit = kapal::wire::page_size(req.get_ref().page_size);
-        let offset = parse_page_token(&req.get_ref().page_token)?;
+        let cursor = paging::parse(&req.get_ref().page_token)?;
         let mut conn = self.ctx.db.get().await.map_err(Error::from)?;
-        let rows = kapal::db!(&mut conn, |c| instances::table
-            .filter(instances::account_id.eq(p.account_id.to_string()))
-            .order((instances::created_at.desc(), instances::id.desc()))
-            .limit(limit + 1)
-            .offset(offset)
-            .select(Instance::as_select())
-            .load(c)
-            .await)
+        // Keyset pages on the (account_id, created_at, id) index.
+        let rows: Vec<Instance> = kapal::db!(&mut conn, |c| {
+            let mut q = instances::table
+                .filter(instances::account_id.eq(p.account_id.to_string()))
+                .order((instances::created_at.desc(), instances::id.desc()))
+                .limit(limit + 1)
+                .select(Instance::as_select())
+                .into_boxed();
+            if let Some(cur) = &cursor {
+                q = q.filter(
+                    instances::created_at.lt(cur.at).or(instances::created_at
+                        .eq(cur.at)
+                        .and(instances::id.lt(cur.id.clone()))),
+                );
+            }
+            q.load(c).await
+        })
         .map_err(Error::from)?;
-        let (page, next) = paginate(rows, limit, offset);
+        drop(conn);
+        let (page, next) = paging::split(rows, limit, |i| (i.created_at, i.id.as_str()));
         Ok(Response::new(ListInstancesResponse {
             instances: page.iter().map(instance_to_wire).collect(),
             next_page_token: next,
@@ -247,22 +260,9 @@ impl InstanceService for Instances {
         let instance = owned(&self.ctx, &p.account_id.to_string(), &id).await?;
         let mut wire = instance_to_wire(&instance);
         if instance.desired_state != instance_state::DELETED {
-            // Credentials live only in the cluster (a Kubernetes Secret), read through the provisioner.
-            match self
-                .ctx
-                .provisioner
-                .clone()
-                .get_credentials(GetCredentialsRequest {
-                    instance_id: id.clone(),
-                })
-                .await
-            {
-                Ok(creds) => wire.credentials = Some(creds.into_inner()),
-                Err(s) if s.code() == tonic::Code::NotFound => {}
-                Err(s) => {
-                    tracing::warn!(instance_id = %id, code = ?s.code(), "credentials unavailable")
-                }
-            }
+            // Credentials live only in the cluster (a Kubernetes Secret), read through the
+            // provisioner once, then from memory.
+            wire.credentials = crate::credentials::read(&self.ctx, &id).await;
         }
         Ok(Response::new(wire))
     }
@@ -363,6 +363,17 @@ impl InstanceService for Instances {
         req: Request<InstanceActionRequest>,
     ) -> Result<Response<pb::Instance>, Status> {
         self.act(req, Action::Delete).await
+    }
+
+    async fn get_instance_usage(
+        &self,
+        req: Request<GetInstanceUsageRequest>,
+    ) -> Result<Response<InstanceUsage>, Status> {
+        let p = auth::customer(&req)?;
+        let id = kapal::wire::uuid("instance_id", &req.get_ref().instance_id)?.to_string();
+        // Another customer's instance is NOT_FOUND, before the cluster is asked.
+        owned(&self.ctx, &p.account_id.to_string(), &id).await?;
+        Ok(Response::new(crate::admin::usage(&self.ctx, &id).await?))
     }
 }
 

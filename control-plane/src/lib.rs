@@ -2,18 +2,22 @@
 //! state and status history), and the orchestration of billing and the provisioner.
 //!
 //! Public services (reached through the gateway): `kapal.v1.CatalogService`, `AccountService`,
-//! `OrderService`, `InstanceService`. Internal services: `kapal.internal.v1.IdentityService`
-//! (for the gateway), `InstanceStateService` (for the provisioner) and `EntitlementService` (for
-//! billing).
+//! `OrderService`, `InstanceService`, and for operators `AdminService` (role ADMIN). Internal
+//! services: `kapal.internal.v1.IdentityService` (for the gateway), `InstanceStateService` (for
+//! the provisioner) and `EntitlementService` (for billing).
 
 mod accounts;
+mod admin;
+mod capacity;
 mod catalog;
+mod credentials;
 mod entitlements;
 pub mod error;
 mod instances;
 mod internal;
 mod models;
 mod orders;
+mod paging;
 mod schema;
 
 use std::future::Future;
@@ -32,6 +36,7 @@ use kapal::proto::internal::v1::identity_service_server::IdentityServiceServer;
 use kapal::proto::internal::v1::instance_state_service_server::InstanceStateServiceServer;
 use kapal::proto::internal::v1::provisioner_service_client::ProvisionerServiceClient;
 use kapal::proto::v1::account_service_server::AccountServiceServer;
+use kapal::proto::v1::admin_service_server::AdminServiceServer;
 use kapal::proto::v1::catalog_service_server::CatalogServiceServer;
 use kapal::proto::v1::instance_service_server::InstanceServiceServer;
 use kapal::proto::v1::order_service_server::OrderServiceServer;
@@ -61,6 +66,11 @@ pub struct Config {
     pub admin_emails: Vec<String>,
     /// How often orders left pending (e.g. by a crash) are picked up again.
     pub recovery_interval: Duration,
+    /// Checkouts are refused when the plan would push committed CPU or memory over this share
+    /// of the cluster's allocatable (percent, 1-100; default 80).
+    pub capacity_ceiling_percent: u32,
+    /// How long the provisioner's capacity snapshot is reused (default 5 s).
+    pub capacity_cache_ttl: Duration,
     /// How long a deleted instance's data (volumes, secrets, namespace) is kept.
     pub data_retention: Duration,
 }
@@ -85,6 +95,8 @@ impl Config {
             session_ttl: Duration::from_secs(30 * 24 * 3600),
             admin_emails: Vec::new(),
             recovery_interval: Duration::from_secs(15),
+            capacity_ceiling_percent: 80,
+            capacity_cache_ttl: Duration::from_secs(5),
             data_retention: Duration::from_secs(7 * 24 * 3600),
         }
     }
@@ -105,6 +117,12 @@ pub(crate) struct Ctx {
     pub data_retention: chrono::Duration,
     /// Ids of instances whose state changed, for watchers.
     pub changes: broadcast::Sender<String>,
+    /// The provisioner's capacity snapshot, shared.
+    pub capacity: Arc<capacity::CapacityCache>,
+    /// See [`Config::capacity_ceiling_percent`].
+    pub ceiling_percent: u32,
+    /// Instances' credentials read from the cluster (they never change).
+    pub credentials: Arc<credentials::CredentialsCache>,
 }
 
 impl Ctx {
@@ -120,6 +138,11 @@ pub async fn run(
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
     validate_domain(&config.domain)?;
+    anyhow::ensure!(
+        (1..=100).contains(&config.capacity_ceiling_percent),
+        "the capacity ceiling must be a percentage from 1 to 100, got {}",
+        config.capacity_ceiling_percent
+    );
     let db = Db::connect(
         &config.db,
         "control-plane",
@@ -155,6 +178,9 @@ pub async fn run(
                 .collect(),
         ),
         changes: broadcast::channel(1024).0,
+        capacity: Arc::new(capacity::CapacityCache::new(config.capacity_cache_ttl)),
+        ceiling_percent: config.capacity_ceiling_percent,
+        credentials: Arc::new(credentials::CredentialsCache::new(credentials::CAPACITY)),
     };
 
     let (health_reporter, health_service) = tonic_health::server::health_reporter();
@@ -172,6 +198,9 @@ pub async fn run(
         .await;
     health_reporter
         .set_serving::<IdentityServiceServer<internal::Identity>>()
+        .await;
+    health_reporter
+        .set_serving::<AdminServiceServer<admin::Admin>>()
         .await;
     health_reporter
         .set_serving::<InstanceStateServiceServer<internal::InstanceState>>()
@@ -212,6 +241,10 @@ pub async fn run(
         ))
         .add_service(IdentityServiceServer::with_interceptor(
             internal::Identity(ctx.clone()),
+            verify.clone(),
+        ))
+        .add_service(AdminServiceServer::with_interceptor(
+            admin::Admin(ctx.clone()),
             verify.clone(),
         ))
         .add_service(InstanceStateServiceServer::with_interceptor(

@@ -88,7 +88,9 @@ pub struct InstanceEvent {
     pub at: NaiveDateTime,
 }
 
-#[derive(Clone, Debug, Insertable)]
+/// An operator's action on customer data: `target` is the instance id, `detail` the reason
+/// the operator gave, `subject_account_id` the instance's owner.
+#[derive(Clone, Debug, Queryable, Selectable, Insertable)]
 #[diesel(table_name = audit_log)]
 pub struct AuditEntry {
     pub id: String,
@@ -97,6 +99,8 @@ pub struct AuditEntry {
     pub target: String,
     pub detail: String,
     pub at: NaiveDateTime,
+    pub actor_email: String,
+    pub subject_account_id: String,
 }
 
 pub mod token_kind {

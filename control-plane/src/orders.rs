@@ -13,7 +13,7 @@ use std::time::Duration;
 use diesel::prelude::*;
 use diesel_async::{AsyncConnection as _, RunQueryDsl};
 use kapal::auth;
-use kapal::db::DbError;
+use kapal::db::{DbConn, DbError};
 use kapal::proto::internal::v1::CreateSubscriptionRequest;
 use kapal::proto::v1::order_service_server::OrderService;
 use kapal::proto::v1::{
@@ -24,9 +24,11 @@ use tonic::{Code, Request, Response, Status};
 use uuid::Uuid;
 
 use crate::Ctx;
+use crate::capacity;
 use crate::error::{Error, Result};
 use crate::instances;
 use crate::models::{Account, Instance, Order, instance_state, order_status};
+use crate::paging;
 use crate::schema::{accounts, instances as instances_t, orders};
 
 pub struct Orders(pub Ctx);
@@ -271,6 +273,116 @@ async fn create_instance(
     Ok(result?)
 }
 
+/// The order the caller placed with this idempotency key, if any.
+async fn find_by_key(ctx: &Ctx, account_id: &str, key: &str) -> Result<Option<Order>> {
+    let mut conn = ctx.db.get().await?;
+    Ok(kapal::db!(&mut conn, |c| orders::table
+        .filter(orders::account_id.eq(account_id))
+        .filter(orders::idempotency_key.eq(key))
+        .select(Order::as_select())
+        .first(c)
+        .await
+        .optional())?)
+}
+
+/// An existing order for a retried key: the same app and plan, or FAILED_PRECONDITION.
+fn same_order(existing: Order, new: &Order) -> Result<Order> {
+    if existing.app_id != new.app_id || existing.plan_id != new.plan_id {
+        return Err(Error::FailedPrecondition(format!(
+            "idempotency_key was already used for an order of {} ({}); use a new key for a different order",
+            existing.app_id, existing.plan_id
+        )));
+    }
+    Ok(existing)
+}
+
+/// What placing a new order did.
+enum Placed {
+    Inserted,
+    /// Another request placed an order with the same key first.
+    Existing(Box<Order>),
+    /// No room in the cluster; nothing was written.
+    Refused(String),
+}
+
+/// The PostgreSQL advisory lock that serializes checkouts' capacity check and insert.
+const CHECKOUT_LOCK_KEY: i64 = 0x006b_6170_616c_636b; // "kapalck"
+
+/// The capacity check and the insert of the order, in one transaction. `$snapshot` is the
+/// provisioner's capacity (`None`: unknown, accept); `$c` the backend connection.
+macro_rules! check_and_insert {
+    ($c:ident, $new:expr, $snapshot:expr, $catalog:expr, $plan:expr, $ceiling:expr) => {{
+        if let Some(existing) = orders::table
+            .filter(orders::account_id.eq(&$new.account_id))
+            .filter(orders::idempotency_key.eq(&$new.idempotency_key))
+            .select(Order::as_select())
+            .first($c)
+            .await
+            .optional()?
+        {
+            return Ok(Placed::Existing(Box::new(existing)));
+        }
+        if let Some(cap) = $snapshot {
+            let rows = capacity::commitment_rows!($c);
+            let kapal = capacity::kapal_commitments($catalog, &rows);
+            if let Err(message) = capacity::check(cap, kapal, $plan, $ceiling) {
+                return Ok(Placed::Refused(message));
+            }
+        }
+        diesel::insert_into(orders::table)
+            .values($new)
+            .execute($c)
+            .await?;
+        Ok(Placed::Inserted)
+    }};
+}
+
+/// Places a new order if the cluster has room for its plan under the ceiling. The check counts
+/// the orders being completed, and checkouts are serialized from the check to the insert (an
+/// advisory lock on PostgreSQL, the single connection on SQLite), so concurrent checkouts cannot
+/// together overshoot. When the provisioner cannot be reached and no snapshot is recent, the
+/// order is accepted unchecked (a warning is logged): a sale is not lost to a monitoring gap.
+async fn place(ctx: &Ctx, new: &Order, plan: &kapal::catalog::Plan) -> Result<Placed> {
+    // The cluster is read before taking a connection: none is held across a call to a peer.
+    let observed = ctx.capacity.observe(&ctx.provisioner).await;
+    if observed.capacity.is_none() {
+        tracing::warn!(
+            order_id = %new.id,
+            "the cluster's capacity is unknown (provisioner unreachable, no recent snapshot): accepting the order unchecked"
+        );
+    }
+    let snapshot = observed.capacity.as_deref();
+    let catalog = &*ctx.catalog;
+    let ceiling = ctx.ceiling_percent;
+    let mut conn = ctx.db.get().await?;
+    let placed: Result<Placed, DbError> = match &mut conn {
+        DbConn::Postgres(c) => {
+            c.transaction(async |c| {
+                diesel::sql_query(format!("SELECT pg_advisory_xact_lock({CHECKOUT_LOCK_KEY})"))
+                    .execute(c)
+                    .await?;
+                check_and_insert!(c, new, snapshot, catalog, plan, ceiling)
+            })
+            .await
+        }
+        DbConn::Sqlite(c) => {
+            c.transaction(async |c| check_and_insert!(c, new, snapshot, catalog, plan, ceiling))
+                .await
+        }
+    };
+    drop(conn);
+    match placed {
+        Ok(p) => Ok(p),
+        Err(e) if e.is_unique_violation() => {
+            match find_by_key(ctx, &new.account_id, &new.idempotency_key).await? {
+                Some(existing) => Ok(Placed::Existing(Box::new(existing))),
+                None => Err(e.into()),
+            }
+        }
+        Err(e) => Err(e.into()),
+    }
+}
+
 #[tonic::async_trait]
 impl OrderService for Orders {
     async fn checkout(&self, req: Request<CheckoutRequest>) -> Result<Response<pb::Order>, Status> {
@@ -321,37 +433,21 @@ impl OrderService for Orders {
             created_at: now,
             updated_at: now,
         };
-        let mut conn = ctx.db.get().await.map_err(Error::from)?;
-        let inserted = kapal::db!(&mut conn, |c| diesel::insert_into(orders::table)
-            .values(&new)
-            .execute(c)
-            .await)
-        .map_err(DbError::from);
-        let order = match inserted {
-            Ok(_) => {
-                tracing::info!(order_id = %new.id, app = %new.app_id, plan = %new.plan_id, "order accepted");
-                new
-            }
-            Err(e) if e.is_unique_violation() => {
-                let existing = kapal::db!(&mut conn, |c| orders::table
-                    .filter(orders::account_id.eq(&account_id))
-                    .filter(orders::idempotency_key.eq(&req.idempotency_key))
-                    .select(Order::as_select())
-                    .first(c)
-                    .await)
-                .map_err(Error::from)?;
-                if existing.app_id != new.app_id || existing.plan_id != new.plan_id {
-                    return Err(Error::FailedPrecondition(format!(
-                        "idempotency_key was already used for an order of {} ({}); use a new key for a different order",
-                        existing.app_id, existing.plan_id
-                    ))
-                    .into());
+        // A retry of an order placed before is answered as it is, whatever the capacity now.
+        let order = match find_by_key(ctx, &account_id, &req.idempotency_key).await? {
+            Some(existing) => same_order(existing, &new)?,
+            None => match place(ctx, &new, plan).await? {
+                Placed::Inserted => {
+                    tracing::info!(order_id = %new.id, app = %new.app_id, plan = %new.plan_id, "order accepted");
+                    new
                 }
-                existing
-            }
-            Err(e) => return Err(Error::from(e).into()),
+                Placed::Existing(existing) => same_order(*existing, &new)?,
+                Placed::Refused(message) => {
+                    tracing::warn!(app = %new.app_id, plan = %new.plan_id, "checkout refused: {message}");
+                    return Err(Error::ResourceExhausted(message).into());
+                }
+            },
         };
-        drop(conn);
         let order = process(ctx, order).await?;
         Ok(Response::new(order_to_wire(&order)))
     }
@@ -374,47 +470,33 @@ impl OrderService for Orders {
     ) -> Result<Response<ListOrdersResponse>, Status> {
         let p = auth::customer(&req)?;
         let limit = kapal::wire::page_size(req.get_ref().page_size);
-        let offset = parse_page_token(&req.get_ref().page_token)?;
+        let cursor = paging::parse(&req.get_ref().page_token)?;
         let mut conn = self.0.db.get().await.map_err(Error::from)?;
-        let rows = kapal::db!(&mut conn, |c| orders::table
-            .filter(orders::account_id.eq(p.account_id.to_string()))
-            .order((orders::created_at.desc(), orders::id.desc()))
-            .limit(limit + 1)
-            .offset(offset)
-            .select(Order::as_select())
-            .load(c)
-            .await)
+        // Keyset pages on the (account_id, created_at, id) index.
+        let rows: Vec<Order> = kapal::db!(&mut conn, |c| {
+            let mut q = orders::table
+                .filter(orders::account_id.eq(p.account_id.to_string()))
+                .order((orders::created_at.desc(), orders::id.desc()))
+                .limit(limit + 1)
+                .select(Order::as_select())
+                .into_boxed();
+            if let Some(cur) = &cursor {
+                q = q.filter(
+                    orders::created_at.lt(cur.at).or(orders::created_at
+                        .eq(cur.at)
+                        .and(orders::id.lt(cur.id.clone()))),
+                );
+            }
+            q.load(c).await
+        })
         .map_err(Error::from)?;
-        let (page, next) = paginate(rows, limit, offset);
+        drop(conn);
+        let (page, next) = paging::split(rows, limit, |o| (o.created_at, o.id.as_str()));
         Ok(Response::new(ListOrdersResponse {
             orders: page.iter().map(order_to_wire).collect(),
             next_page_token: next,
         }))
     }
-}
-
-/// Offset pagination tokens: the offset of the next page, as text.
-pub(crate) fn parse_page_token(token: &str) -> Result<i64, Status> {
-    if token.is_empty() {
-        return Ok(0);
-    }
-    token
-        .parse::<i64>()
-        .ok()
-        .filter(|n| *n >= 0)
-        .ok_or_else(|| Status::invalid_argument("page_token is not one this service returned"))
-}
-
-/// Splits `limit + 1` loaded rows into the page and the next page's token.
-pub(crate) fn paginate<T>(mut rows: Vec<T>, limit: i64, offset: i64) -> (Vec<T>, String) {
-    let more = rows.len() as i64 > limit;
-    rows.truncate(usize::try_from(limit).unwrap_or(0));
-    let next = if more {
-        (offset + limit).to_string()
-    } else {
-        String::new()
-    };
-    (rows, next)
 }
 
 /// Completes orders left pending (a crash, billing down) every `interval`, until `stop`.
@@ -466,15 +548,5 @@ mod tests {
         assert!(check_idempotency_key("short").is_err());
         assert!(check_idempotency_key("has space in it").is_err());
         assert!(check_idempotency_key(&"x".repeat(129)).is_err());
-    }
-
-    #[test]
-    fn pages_split_with_a_next_token() {
-        let (page, next) = paginate(vec![1, 2, 3], 2, 0);
-        assert_eq!((page, next.as_str()), (vec![1, 2], "2"));
-        let (page, next) = paginate(vec![3], 2, 2);
-        assert_eq!((page, next.as_str()), (vec![3], ""));
-        assert!(parse_page_token("-1").is_err());
-        assert!(parse_page_token("abc").is_err());
     }
 }

@@ -87,6 +87,8 @@ diesel::table! {
         target -> Text,
         detail -> Text,
         at -> Timestamp,
+        actor_email -> Text,
+        subject_account_id -> Text,
     }
 }
 

@@ -1,0 +1,1141 @@
+//! Operators' API, the checkout capacity ceiling and the read path, over a real socket: the
+//! control-plane from `run()` on SQLite and PostgreSQL, with a fake billing (one subscription per
+//! order) and a fake provisioner whose cluster capacity the test sets, which counts credential
+//! reads and answers usage with fixed figures.
+
+use std::collections::HashSet;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use kapal::auth::{InternalKey, Principal, Role};
+use kapal::catalog::Catalog;
+use kapal::clock::ManualClock;
+use kapal::proto::internal::v1::billing_service_server::{BillingService, BillingServiceServer};
+use kapal::proto::internal::v1::instance_state_service_client::InstanceStateServiceClient;
+use kapal::proto::internal::v1::provisioner_service_server::{
+    ProvisionerService, ProvisionerServiceServer,
+};
+use kapal::proto::internal::v1::{
+    self as ipb, ApplyInstanceRequest, CreateSubscriptionRequest, CreateSubscriptionResponse,
+    GetCredentialsRequest, GetInstanceStateRequest, GetUsageRequest, InstanceState,
+};
+use kapal::proto::v1::account_service_client::AccountServiceClient;
+use kapal::proto::v1::admin_service_client::AdminServiceClient;
+use kapal::proto::v1::instance_service_client::InstanceServiceClient;
+use kapal::proto::v1::order_service_client::OrderServiceClient;
+use kapal::proto::v1::{
+    AlertSeverity, Capacity, CheckoutRequest, Credentials, GetCapacityRequest,
+    GetInstanceAsAdminRequest, GetInstanceRequest, GetInstanceUsageRequest, InstanceStatus,
+    InstanceUsage, ListAlertsRequest, ListAllInstancesRequest, ListAuditEventsRequest,
+    ListInstancesRequest, ListOrdersRequest, NodeCapacity, Order, ResourceAmounts, Role as PbRole,
+    SignUpRequest, Subscription,
+};
+use kapal::testing::Backend;
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use tonic::transport::Channel;
+use tonic::{Code, Request, Response, Status};
+use uuid::Uuid;
+
+const MIB: i64 = 1024 * 1024;
+const ADMIN_EMAIL: &str = "ops@example.com";
+
+/// The cluster as the fake provisioner reports it.
+struct Cluster {
+    capacity: Option<Capacity>,
+}
+
+#[derive(Clone)]
+struct FakeProvisioner {
+    cluster: Arc<Mutex<Cluster>>,
+    credential_reads: Arc<AtomicUsize>,
+}
+
+#[tonic::async_trait]
+impl ProvisionerService for FakeProvisioner {
+    async fn apply_instance(
+        &self,
+        req: Request<ApplyInstanceRequest>,
+    ) -> Result<Response<InstanceState>, Status> {
+        let spec = req
+            .into_inner()
+            .spec
+            .ok_or_else(|| Status::invalid_argument("spec is required"))?;
+        Ok(Response::new(InstanceState {
+            instance_id: spec.instance_id,
+            status: InstanceStatus::Ready as i32,
+            reason: "Running".into(),
+            observed_at: None,
+        }))
+    }
+
+    async fn get_instance_state(
+        &self,
+        _: Request<GetInstanceStateRequest>,
+    ) -> Result<Response<InstanceState>, Status> {
+        Err(Status::not_found("the fake provisioner keeps no state"))
+    }
+
+    async fn get_credentials(
+        &self,
+        req: Request<GetCredentialsRequest>,
+    ) -> Result<Response<Credentials>, Status> {
+        self.credential_reads.fetch_add(1, Ordering::SeqCst);
+        Ok(Response::new(Credentials {
+            username: "admin".into(),
+            password: format!("pw-{}", req.into_inner().instance_id),
+            login_url: "https://example.test/login".into(),
+        }))
+    }
+
+    async fn get_capacity(
+        &self,
+        _: Request<ipb::GetCapacityRequest>,
+    ) -> Result<Response<Capacity>, Status> {
+        let cluster = self.cluster.lock().expect("lock");
+        cluster
+            .capacity
+            .clone()
+            .map(Response::new)
+            .ok_or_else(|| Status::unavailable("the API server is down"))
+    }
+
+    async fn get_usage(
+        &self,
+        req: Request<GetUsageRequest>,
+    ) -> Result<Response<InstanceUsage>, Status> {
+        Ok(Response::new(InstanceUsage {
+            instance_id: req.into_inner().instance_id,
+            metrics_available: true,
+            metrics_note: String::new(),
+            cpu_millis: Some(42),
+            memory_bytes: Some(100 * MIB),
+            cpu_limit_millis: 200,
+            memory_limit_bytes: 400 * MIB,
+            storage_capacity_bytes: 2 * 1024 * MIB,
+            storage_used_bytes: None,
+            observed_at: None,
+        }))
+    }
+}
+
+/// One subscription per order, the same on every retry.
+#[derive(Default)]
+struct FakeBilling {
+    by_order: Mutex<std::collections::HashMap<String, String>>,
+}
+
+#[tonic::async_trait]
+impl BillingService for FakeBilling {
+    async fn create_subscription(
+        &self,
+        req: Request<CreateSubscriptionRequest>,
+    ) -> Result<Response<CreateSubscriptionResponse>, Status> {
+        let req = req.into_inner();
+        Ok(Response::new(CreateSubscriptionResponse {
+            subscription: Some(Subscription {
+                id: self
+                    .by_order
+                    .lock()
+                    .expect("lock")
+                    .entry(req.order_id.clone())
+                    .or_insert_with(|| Uuid::new_v4().to_string())
+                    .clone(),
+                app_id: req.app_id,
+                plan_id: req.plan_id,
+                ..Default::default()
+            }),
+            invoice: None,
+        }))
+    }
+}
+
+fn amounts(cpu_millis: i64, memory_mib: i64, pods: i64) -> Option<ResourceAmounts> {
+    Some(ResourceAmounts {
+        cpu_millis,
+        memory_bytes: memory_mib * MIB,
+        pods,
+    })
+}
+
+/// A one-node cluster: `cpu` millicores and `memory_mib` allocatable, `others_cpu` requested
+/// by pods that are not Kapal's.
+fn cluster(cpu: i64, memory_mib: i64, others_cpu: i64) -> Capacity {
+    let node = NodeCapacity {
+        name: "node-a".into(),
+        ready: true,
+        schedulable: true,
+        allocatable: amounts(cpu, memory_mib, 110),
+        requested: amounts(others_cpu, 0, 3),
+    };
+    Capacity {
+        nodes: vec![node],
+        allocatable: amounts(cpu, memory_mib, 110),
+        requested: amounts(others_cpu, 0, 3),
+        requested_by_kapal: amounts(0, 0, 0),
+        committed: None,
+        ceiling_percent: 0,
+        observed_at: None,
+    }
+}
+
+struct Stack {
+    channel: Channel,
+    key: InternalKey,
+    clock: Arc<ManualClock>,
+    cluster: Arc<Mutex<Cluster>>,
+    credential_reads: Arc<AtomicUsize>,
+    stop: watch::Sender<bool>,
+    _dir: tempfile::TempDir,
+}
+
+impl Drop for Stack {
+    fn drop(&mut self) {
+        let _ = self.stop.send(true);
+    }
+}
+
+fn signed<T>(key: &InternalKey, principal: &Principal, message: T) -> Request<T> {
+    let mut req = Request::new(message);
+    key.sign_into(principal, req.metadata_mut());
+    req
+}
+
+async fn start(backend: Backend, capacity: Capacity) -> Stack {
+    kapal::serve::init_tracing_with_default(false, "warn");
+    let dir = tempfile::tempdir().expect("tempdir");
+    let db = kapal::testing::db_config(backend, dir.path())
+        .await
+        .expect("test database");
+    let catalog = Arc::new(Catalog::load(&kapal::catalog::repo_catalog_dir()).expect("catalog"));
+    let key = InternalKey::random();
+    let start = DateTime::from_timestamp(Utc::now().timestamp(), 0).expect("now");
+    let clock = ManualClock::new(start);
+    let (stop, stop_rx) = watch::channel(false);
+    let shutdown = move || {
+        let mut rx = stop_rx.clone();
+        async move {
+            let _ = rx.wait_for(|s| *s).await;
+        }
+    };
+    let listener = || async { TcpListener::bind("127.0.0.1:0").await.expect("bind") };
+    let (cp, billing, prov) = (listener().await, listener().await, listener().await);
+    let url = |l: &TcpListener| format!("http://{}", l.local_addr().expect("addr"));
+    let (cp_url, billing_url, prov_url) = (url(&cp), url(&billing), url(&prov));
+
+    let provisioner = FakeProvisioner {
+        cluster: Arc::new(Mutex::new(Cluster {
+            capacity: Some(capacity),
+        })),
+        credential_reads: Arc::new(AtomicUsize::new(0)),
+    };
+    let (cluster, credential_reads) = (
+        provisioner.cluster.clone(),
+        provisioner.credential_reads.clone(),
+    );
+    let fake_provisioner =
+        tonic::transport::Server::builder().add_service(ProvisionerServiceServer::new(provisioner));
+    let fake_billing = tonic::transport::Server::builder()
+        .add_service(BillingServiceServer::new(FakeBilling::default()));
+    tokio::spawn(kapal::serve::serve(fake_provisioner, prov, shutdown()));
+    tokio::spawn(kapal::serve::serve(fake_billing, billing, shutdown()));
+
+    let mut config =
+        kapal_control_plane::Config::new(db, catalog, key.clone(), billing_url, prov_url);
+    config.clock = clock.clone();
+    config.domain = "kapal.test".into();
+    config.admin_emails = vec![ADMIN_EMAIL.into()];
+    // Every call sees the cluster as the test set it last.
+    config.capacity_cache_ttl = Duration::ZERO;
+    tokio::spawn(kapal_control_plane::run(config, cp, shutdown()));
+    let channel = Channel::from_shared(cp_url).expect("url").connect_lazy();
+    Stack {
+        channel,
+        key,
+        clock,
+        cluster,
+        credential_reads,
+        stop,
+        _dir: dir,
+    }
+}
+
+impl Stack {
+    fn set_capacity(&self, capacity: Option<Capacity>) {
+        self.cluster.lock().expect("lock").capacity = capacity;
+    }
+
+    async fn sign_up(&self, email: &str) -> (Principal, String) {
+        let mut accounts = AccountServiceClient::new(self.channel.clone());
+        // The control-plane may still be starting (migrations): retry until it answers.
+        let mut tries = 0;
+        let session = loop {
+            let req = SignUpRequest {
+                email: email.into(),
+                password: "correct horse battery staple".into(),
+                display_name: String::new(),
+            };
+            match accounts.sign_up(req).await {
+                Ok(r) => break r.into_inner(),
+                Err(s) if s.code() == Code::Unavailable && tries < 100 => {
+                    tries += 1;
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+                Err(s) => panic!("sign up: {s:?}"),
+            }
+        };
+        let account = session.account.expect("account");
+        let role = if account.role == PbRole::Admin as i32 {
+            Role::Admin
+        } else {
+            Role::Customer
+        };
+        let principal = Principal {
+            account_id: account.id.parse().expect("account id"),
+            customer_id: account.customer_id,
+            role,
+            token_id: Uuid::new_v4(),
+        };
+        (principal, account.email)
+    }
+
+    async fn customer(&self) -> Principal {
+        let (p, _) = self
+            .sign_up(&format!("c{}@example.com", Uuid::new_v4().simple()))
+            .await;
+        assert_eq!(p.role, Role::Customer);
+        p
+    }
+
+    async fn admin(&self) -> Principal {
+        let (p, _) = self.sign_up(ADMIN_EMAIL).await;
+        assert_eq!(
+            p.role,
+            Role::Admin,
+            "emails in admin_emails sign up as admins"
+        );
+        p
+    }
+
+    async fn checkout(&self, p: &Principal, app: &str, key: &str) -> Result<Order, Status> {
+        OrderServiceClient::new(self.channel.clone())
+            .checkout(signed(
+                &self.key,
+                p,
+                CheckoutRequest {
+                    app_id: app.into(),
+                    plan_id: "trial".into(),
+                    idempotency_key: key.into(),
+                },
+            ))
+            .await
+            .map(Response::into_inner)
+    }
+
+    async fn order(&self, p: &Principal, app: &str) -> String {
+        let order = self
+            .checkout(p, app, &Uuid::new_v4().to_string())
+            .await
+            .expect("checkout");
+        assert!(!order.instance_id.is_empty(), "completed: {order:?}");
+        order.instance_id
+    }
+
+    fn admin_client(&self) -> AdminServiceClient<Channel> {
+        AdminServiceClient::new(self.channel.clone())
+    }
+
+    fn instances(&self) -> InstanceServiceClient<Channel> {
+        InstanceServiceClient::new(self.channel.clone())
+    }
+
+    async fn report(&self, instance_id: &str, status: InstanceStatus, reason: &str) {
+        InstanceStateServiceClient::new(self.channel.clone())
+            .report_instance_state(signed(
+                &self.key,
+                &Principal::service(),
+                InstanceState {
+                    instance_id: instance_id.into(),
+                    status: status as i32,
+                    reason: reason.into(),
+                    observed_at: None,
+                },
+            ))
+            .await
+            .expect("report state");
+    }
+
+    /// Every instance through ListAllInstances, page by page.
+    async fn all_instances(
+        &self,
+        admin: &Principal,
+        filter: ListAllInstancesRequest,
+        page_size: u32,
+    ) -> Vec<kapal::proto::v1::AdminInstance> {
+        let mut out = Vec::new();
+        let mut token = String::new();
+        let mut pages = 0;
+        loop {
+            let page = self
+                .admin_client()
+                .list_all_instances(signed(
+                    &self.key,
+                    admin,
+                    ListAllInstancesRequest {
+                        page_size,
+                        page_token: token.clone(),
+                        ..filter.clone()
+                    },
+                ))
+                .await
+                .expect("list all instances")
+                .into_inner();
+            assert!(page.instances.len() <= page_size as usize);
+            out.extend(page.instances);
+            pages += 1;
+            assert!(pages < 1000, "paging does not end");
+            if page.next_page_token.is_empty() {
+                return out;
+            }
+            token = page.next_page_token;
+        }
+    }
+
+    /// Waits until `n` instances are READY (the provisioner's answers are recorded in the
+    /// background).
+    async fn wait_ready(&self, admin: &Principal, n: usize) {
+        for _ in 0..400 {
+            let ready = self
+                .all_instances(
+                    admin,
+                    ListAllInstancesRequest {
+                        status: InstanceStatus::Ready as i32,
+                        ..Default::default()
+                    },
+                    500,
+                )
+                .await;
+            if ready.len() == n {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(25)).await;
+        }
+        panic!("instances did not all become READY");
+    }
+
+    async fn count_orders(&self, p: &Principal) -> usize {
+        OrderServiceClient::new(self.channel.clone())
+            .list_orders(signed(
+                &self.key,
+                p,
+                ListOrdersRequest {
+                    page_size: 500,
+                    page_token: String::new(),
+                },
+            ))
+            .await
+            .expect("list orders")
+            .into_inner()
+            .orders
+            .len()
+    }
+}
+
+async fn customers_are_denied_every_admin_call(backend: Backend) {
+    let stack = start(backend, cluster(10_000, 20_000, 0)).await;
+    let c = stack.customer().await;
+    let id = stack.order(&c, "n8n").await;
+    let mut admin = stack.admin_client();
+    let k = &stack.key;
+    let denied = |r: Result<(), Status>, call: &str| {
+        let s = r.expect_err(call);
+        assert_eq!(s.code(), Code::PermissionDenied, "{call}: {s:?}");
+    };
+    denied(
+        admin
+            .list_all_instances(signed(k, &c, ListAllInstancesRequest::default()))
+            .await
+            .map(drop),
+        "ListAllInstances",
+    );
+    denied(
+        admin
+            .get_instance_as_admin(signed(
+                k,
+                &c,
+                GetInstanceAsAdminRequest {
+                    instance_id: id.clone(),
+                    include_credentials: true,
+                    reason: "curious".into(),
+                },
+            ))
+            .await
+            .map(drop),
+        "GetInstanceAsAdmin",
+    );
+    denied(
+        admin
+            .get_capacity(signed(k, &c, GetCapacityRequest {}))
+            .await
+            .map(drop),
+        "GetCapacity",
+    );
+    denied(
+        admin
+            .list_alerts(signed(k, &c, ListAlertsRequest {}))
+            .await
+            .map(drop),
+        "ListAlerts",
+    );
+    denied(
+        admin
+            .get_instance_usage(signed(
+                k,
+                &c,
+                GetInstanceUsageRequest {
+                    instance_id: id.clone(),
+                },
+            ))
+            .await
+            .map(drop),
+        "GetInstanceUsage",
+    );
+    denied(
+        admin
+            .list_audit_events(signed(k, &c, ListAuditEventsRequest::default()))
+            .await
+            .map(drop),
+        "ListAuditEvents",
+    );
+    // Unsigned calls are not even authenticated.
+    let s = admin
+        .list_alerts(ListAlertsRequest {})
+        .await
+        .expect_err("unsigned");
+    assert_eq!(s.code(), Code::Unauthenticated);
+}
+
+async fn all_instances_filter_and_page(backend: Backend) {
+    let stack = start(backend, cluster(1_000_000, 4_000_000, 0)).await;
+    let admin = stack.admin().await;
+    let customers = [
+        stack.customer().await,
+        stack.customer().await,
+        stack.customer().await,
+    ];
+    let apps = ["n8n", "ghost", "wordpress"];
+    let mut ids = Vec::new();
+    for n in 0..120 {
+        // Some instances share a creation time: the id breaks the tie.
+        if n % 7 == 0 {
+            stack.clock.advance(chrono::Duration::milliseconds(1));
+        }
+        let c = &customers[n % 3];
+        let app = apps[n / 40];
+        ids.push((c.account_id, app, stack.order(c, app).await));
+    }
+    stack.wait_ready(&admin, 120).await;
+
+    for page_size in [7, 50, 500] {
+        let all = stack
+            .all_instances(&admin, ListAllInstancesRequest::default(), page_size)
+            .await;
+        let seen: HashSet<_> = all
+            .iter()
+            .map(|a| a.instance.as_ref().expect("instance").id.clone())
+            .collect();
+        assert_eq!(all.len(), 120, "page size {page_size}: no duplicates");
+        assert_eq!(seen.len(), 120, "page size {page_size}: no gaps");
+        // Newest first.
+        let keys: Vec<_> = all
+            .iter()
+            .map(|a| {
+                let i = a.instance.as_ref().expect("instance");
+                let t = i.created_at.expect("created_at");
+                ((t.seconds, t.nanos), i.id.clone())
+            })
+            .collect();
+        let mut sorted = keys.clone();
+        sorted.sort_by(|a, b| b.cmp(a));
+        assert_eq!(keys, sorted, "page size {page_size}: newest first");
+    }
+
+    // Owners are joined in.
+    let c0 = &customers[0];
+    let mine = stack
+        .all_instances(
+            &admin,
+            ListAllInstancesRequest {
+                account_id: c0.account_id.to_string(),
+                ..Default::default()
+            },
+            9,
+        )
+        .await;
+    assert_eq!(mine.len(), 40);
+    for a in &mine {
+        assert_eq!(a.account_id, c0.account_id.to_string());
+        assert_eq!(a.customer_id, c0.customer_id);
+        assert!(a.email.ends_with("@example.com"), "{a:?}");
+        assert!(
+            a.namespace
+                .starts_with(&format!("kapal-{}", c0.customer_id))
+        );
+        assert!(a.instance.as_ref().expect("instance").credentials.is_none());
+    }
+    for app in apps {
+        let of_app = stack
+            .all_instances(
+                &admin,
+                ListAllInstancesRequest {
+                    app_id: app.into(),
+                    ..Default::default()
+                },
+                11,
+            )
+            .await;
+        assert_eq!(of_app.len(), 40, "{app}");
+        assert!(
+            of_app
+                .iter()
+                .all(|a| a.instance.as_ref().expect("instance").app_id == app)
+        );
+    }
+    // Three failed ones; one of them also filtered by account and app.
+    for (_, _, id) in &ids[..3] {
+        stack
+            .report(id, InstanceStatus::Failed, "Image pull failed")
+            .await;
+    }
+    let failed = stack
+        .all_instances(
+            &admin,
+            ListAllInstancesRequest {
+                status: InstanceStatus::Failed as i32,
+                ..Default::default()
+            },
+            2,
+        )
+        .await;
+    assert_eq!(failed.len(), 3);
+    let (account, app, id) = &ids[1];
+    let one = stack
+        .all_instances(
+            &admin,
+            ListAllInstancesRequest {
+                status: InstanceStatus::Failed as i32,
+                app_id: (*app).into(),
+                account_id: account.to_string(),
+                ..Default::default()
+            },
+            50,
+        )
+        .await;
+    assert_eq!(one.len(), 1);
+    assert_eq!(&one[0].instance.as_ref().expect("instance").id, id);
+
+    // A customer's own listing pages the same way (keyset tokens).
+    let mut token = String::new();
+    let mut own = HashSet::new();
+    loop {
+        let page = stack
+            .instances()
+            .list_instances(signed(
+                &stack.key,
+                c0,
+                ListInstancesRequest {
+                    page_size: 6,
+                    page_token: token.clone(),
+                },
+            ))
+            .await
+            .expect("list instances")
+            .into_inner();
+        for i in page.instances {
+            assert!(own.insert(i.id), "duplicate in customer listing");
+        }
+        if page.next_page_token.is_empty() {
+            break;
+        }
+        token = page.next_page_token;
+    }
+    assert_eq!(own.len(), 40);
+    let bad = stack
+        .admin_client()
+        .list_all_instances(signed(
+            &stack.key,
+            &admin,
+            ListAllInstancesRequest {
+                page_token: "50".into(),
+                ..Default::default()
+            },
+        ))
+        .await
+        .expect_err("bad token");
+    assert_eq!(bad.code(), Code::InvalidArgument);
+}
+
+async fn credential_reads_are_audited(backend: Backend) {
+    let stack = start(backend, cluster(10_000, 20_000, 0)).await;
+    let admin = stack.admin().await;
+    let c = stack.customer().await;
+    let id = stack.order(&c, "ghost").await;
+    let get = |include_credentials: bool, reason: &str| {
+        let mut client = stack.admin_client();
+        let req = signed(
+            &stack.key,
+            &admin,
+            GetInstanceAsAdminRequest {
+                instance_id: id.clone(),
+                include_credentials,
+                reason: reason.into(),
+            },
+        );
+        async move {
+            client
+                .get_instance_as_admin(req)
+                .await
+                .map(Response::into_inner)
+        }
+    };
+    let audit = |page_size: u32, page_token: String| {
+        let mut client = stack.admin_client();
+        let req = signed(
+            &stack.key,
+            &admin,
+            ListAuditEventsRequest {
+                page_size,
+                page_token,
+            },
+        );
+        async move {
+            client
+                .list_audit_events(req)
+                .await
+                .expect("audit")
+                .into_inner()
+        }
+    };
+
+    // Without credentials: the owner, no secret, nothing audited.
+    let plain = get(false, "").await.expect("get");
+    assert_eq!(plain.account_id, c.account_id.to_string());
+    assert_eq!(plain.customer_id, c.customer_id);
+    assert!(
+        plain
+            .instance
+            .as_ref()
+            .expect("instance")
+            .credentials
+            .is_none()
+    );
+    // Credentials without a (good) reason: refused, nothing audited.
+    for reason in ["", "  x ", &"y".repeat(501)] {
+        let s = get(true, reason).await.expect_err("no reason");
+        assert_eq!(s.code(), Code::InvalidArgument, "{reason:?}: {s:?}");
+    }
+    assert!(audit(50, String::new()).await.events.is_empty());
+
+    // With a reason: the credentials, and the audit row with actor and reason.
+    let reads_before = stack.credential_reads.load(Ordering::SeqCst);
+    let with = get(true, "ticket T-1234: customer locked out")
+        .await
+        .expect("credentials");
+    let creds = with
+        .instance
+        .as_ref()
+        .and_then(|i| i.credentials.clone())
+        .expect("credentials returned");
+    assert_eq!(creds.password, format!("pw-{id}"));
+    let events = audit(50, String::new()).await.events;
+    assert_eq!(events.len(), 1);
+    let e = &events[0];
+    assert_eq!(e.actor_account_id, admin.account_id.to_string());
+    assert_eq!(e.actor_email, ADMIN_EMAIL);
+    assert_eq!(e.action, "read_credentials");
+    assert_eq!(e.instance_id, id);
+    assert_eq!(e.instance_account_id, c.account_id.to_string());
+    assert_eq!(e.reason, "ticket T-1234: customer locked out");
+    assert!(e.at.is_some());
+
+    // Two more reads; the audit log pages newest first without gaps.
+    stack.clock.advance(chrono::Duration::seconds(1));
+    get(true, "second look").await.expect("credentials");
+    get(true, "third look").await.expect("credentials");
+    let first = audit(2, String::new()).await;
+    assert_eq!(
+        first
+            .events
+            .iter()
+            .map(|e| e.reason.as_str())
+            .collect::<Vec<_>>(),
+        ["third look", "second look"]
+    );
+    assert!(!first.next_page_token.is_empty());
+    let second = audit(2, first.next_page_token).await;
+    assert_eq!(second.events.len(), 1);
+    assert_eq!(
+        second.events[0].reason,
+        "ticket T-1234: customer locked out"
+    );
+    assert!(second.next_page_token.is_empty());
+
+    // The read path: the customer's GetInstance answers from the cached credentials.
+    for _ in 0..5 {
+        let i = stack
+            .instances()
+            .get_instance(signed(
+                &stack.key,
+                &c,
+                GetInstanceRequest {
+                    instance_id: id.clone(),
+                },
+            ))
+            .await
+            .expect("get instance")
+            .into_inner();
+        assert_eq!(
+            i.credentials.as_ref().map(|c| c.password.clone()),
+            Some(format!("pw-{id}"))
+        );
+    }
+    assert_eq!(
+        stack.credential_reads.load(Ordering::SeqCst),
+        reads_before + 1,
+        "credentials are read from the cluster once"
+    );
+}
+
+/// Trial plans need 200m CPU / 400 MiB. 10,000m allocatable at 80% is 8,000m; other pods
+/// request 7,000m: room for exactly 5 trials.
+fn room_for_five() -> Capacity {
+    cluster(10_000, 1_000_000, 7_000)
+}
+
+async fn checkout_stops_at_the_ceiling(backend: Backend) {
+    let stack = start(backend, room_for_five()).await;
+    let admin = stack.admin().await;
+    let c = stack.customer().await;
+    let mut keys = Vec::new();
+    for n in 0..5 {
+        let key = Uuid::new_v4().to_string();
+        let app = ["n8n", "ghost", "wordpress"][n % 3];
+        let order = stack.checkout(&c, app, &key).await.expect("room left");
+        keys.push((key, app, order.id));
+    }
+    let orders_before = stack.count_orders(&c).await;
+    let refused = stack
+        .checkout(&c, "n8n", &Uuid::new_v4().to_string())
+        .await
+        .expect_err("full");
+    assert_eq!(refused.code(), Code::ResourceExhausted, "{refused:?}");
+    assert_eq!(
+        refused.message(),
+        "The cluster is at capacity: this plan needs 200m CPU / 400 MiB and only 0m / 798000 MiB \
+         remain under the 80% ceiling. Try again later or contact support."
+    );
+    // Nothing written for the refused checkout.
+    assert_eq!(stack.count_orders(&c).await, orders_before);
+    assert_eq!(
+        stack
+            .all_instances(&admin, ListAllInstancesRequest::default(), 500)
+            .await
+            .len(),
+        5
+    );
+    // A retry of an accepted order is answered, full or not.
+    let (key, app, id) = &keys[2];
+    let again = stack
+        .checkout(&c, app, key)
+        .await
+        .expect("idempotent retry");
+    assert_eq!(&again.id, id);
+
+    // Capacity shows what is committed against the ceiling.
+    let cap = stack
+        .admin_client()
+        .get_capacity(signed(&stack.key, &admin, GetCapacityRequest {}))
+        .await
+        .expect("capacity")
+        .into_inner();
+    assert_eq!(cap.ceiling_percent, 80);
+    let committed = cap.committed.expect("committed");
+    assert_eq!(committed.cpu_millis, 7_000 + 5 * 200);
+    assert_eq!(committed.memory_bytes, 5 * 400 * MIB);
+    assert_eq!(cap.nodes.len(), 1);
+
+    // Stopping an instance frees its share: one more fits.
+    let stopped = stack
+        .all_instances(&admin, ListAllInstancesRequest::default(), 1)
+        .await;
+    let victim = stopped[0].instance.as_ref().expect("instance").id.clone();
+    stack
+        .instances()
+        .stop_instance(signed(
+            &stack.key,
+            &c,
+            kapal::proto::v1::InstanceActionRequest {
+                instance_id: victim,
+            },
+        ))
+        .await
+        .expect("stop");
+    stack
+        .checkout(&c, "ghost", &Uuid::new_v4().to_string())
+        .await
+        .expect("room after a stop");
+
+    // The provisioner unreachable: its last snapshot (under a minute old) still counts.
+    stack.set_capacity(None);
+    let s = stack
+        .checkout(&c, "wordpress", &Uuid::new_v4().to_string())
+        .await
+        .expect_err("full by the last snapshot");
+    assert_eq!(s.code(), Code::ResourceExhausted);
+}
+
+async fn unknown_capacity_accepts_orders(backend: Backend) {
+    let stack = start(backend, cluster(1_000, 1_000, 1_000)).await;
+    // The provisioner cannot tell the capacity and has never told it: orders are accepted
+    // (a warning is logged), not refused.
+    stack.set_capacity(None);
+    let c = stack.customer().await;
+    stack.order(&c, "n8n").await;
+    stack.order(&c, "ghost").await;
+    // Once it answers again (a full cluster), checkouts are checked again.
+    stack.set_capacity(Some(cluster(1_000, 1_000, 1_000)));
+    let s = stack
+        .checkout(&c, "wordpress", &Uuid::new_v4().to_string())
+        .await
+        .expect_err("full");
+    assert_eq!(s.code(), Code::ResourceExhausted);
+}
+
+async fn concurrent_checkouts_fill_exactly(backend: Backend) {
+    let stack = start(backend, room_for_five()).await;
+    let admin = stack.admin().await;
+    let mut customers = Vec::new();
+    for _ in 0..10 {
+        customers.push(stack.customer().await);
+    }
+    let stack = Arc::new(stack);
+    let mut tasks = tokio::task::JoinSet::new();
+    for (n, c) in customers.iter().enumerate() {
+        let (stack, c) = (stack.clone(), c.clone());
+        tasks.spawn(async move {
+            let app = ["n8n", "ghost", "wordpress"][n % 3];
+            stack.checkout(&c, app, &Uuid::new_v4().to_string()).await
+        });
+    }
+    let (mut accepted, mut refused) = (0, 0);
+    while let Some(r) = tasks.join_next().await {
+        match r.expect("task") {
+            Ok(_) => accepted += 1,
+            Err(s) if s.code() == Code::ResourceExhausted => refused += 1,
+            Err(s) => panic!("unexpected {s:?}"),
+        }
+    }
+    assert_eq!((accepted, refused), (5, 5));
+    assert_eq!(
+        stack
+            .all_instances(&admin, ListAllInstancesRequest::default(), 500)
+            .await
+            .len(),
+        5
+    );
+    let mut orders = 0;
+    for c in &customers {
+        orders += stack.count_orders(c).await;
+    }
+    assert_eq!(orders, 5, "refused checkouts left no order");
+}
+
+async fn alerts_show_what_needs_attention(backend: Backend) {
+    let stack = start(backend, room_for_five()).await;
+    let admin = stack.admin().await;
+    let c = stack.customer().await;
+    let alerts = || {
+        let mut client = stack.admin_client();
+        let req = signed(&stack.key, &admin, ListAlertsRequest {});
+        async move {
+            client
+                .list_alerts(req)
+                .await
+                .expect("alerts")
+                .into_inner()
+                .alerts
+        }
+    };
+    let kinds = |alerts: &[kapal::proto::v1::Alert]| {
+        alerts
+            .iter()
+            .map(|a| {
+                (
+                    a.kind.clone(),
+                    AlertSeverity::try_from(a.severity).expect("severity"),
+                    a.subject.clone(),
+                )
+            })
+            .collect::<Vec<_>>()
+    };
+    // Other pods request 7,000m of 10,000m: 70%, not above the warning line (80 - 10).
+    assert!(alerts().await.is_empty(), "{:?}", alerts().await);
+
+    let a = stack.order(&c, "n8n").await;
+    let b = stack.order(&c, "ghost").await;
+    stack.wait_ready(&admin, 2).await;
+    // 7,400m = 74% > 70%: a warning.
+    assert_eq!(
+        kinds(&alerts().await),
+        [(
+            "capacity_high".into(),
+            AlertSeverity::Warning,
+            "cluster".into()
+        )]
+    );
+
+    // A node down, capacity over the ceiling (other pods grew), a failed and a degraded instance.
+    let mut cap = room_for_five();
+    cap.requested = amounts(7_900, 0, 3);
+    cap.nodes.push(NodeCapacity {
+        name: "node-b".into(),
+        ready: false,
+        schedulable: false,
+        allocatable: amounts(4_000, 8_000, 110),
+        requested: amounts(0, 0, 0),
+    });
+    stack.set_capacity(Some(cap));
+    stack
+        .report(&a, InstanceStatus::Failed, "Image pull failed")
+        .await;
+    stack
+        .report(&b, InstanceStatus::Degraded, "mysql is not ready")
+        .await;
+    let now = kinds(&alerts().await);
+    assert_eq!(
+        now,
+        [
+            (
+                "capacity_high".into(),
+                AlertSeverity::Critical,
+                "cluster".into()
+            ),
+            ("instance_failed".into(), AlertSeverity::Critical, a.clone()),
+            (
+                "node_not_ready".into(),
+                AlertSeverity::Critical,
+                "node-b".into()
+            ),
+        ],
+        "degraded for less than 5 minutes is no alert yet"
+    );
+    stack.clock.advance(chrono::Duration::minutes(6));
+    let later = alerts().await;
+    let degraded = later
+        .iter()
+        .find(|x| x.kind == "instance_degraded")
+        .expect("degraded alert after 5 minutes");
+    assert_eq!(degraded.severity, AlertSeverity::Warning as i32);
+    assert_eq!(degraded.subject, b);
+    assert!(
+        degraded.message.contains("mysql is not ready"),
+        "{}",
+        degraded.message
+    );
+    assert!(degraded.since.is_some());
+    // Critical first.
+    assert_eq!(
+        later.last().map(|x| x.kind.as_str()),
+        Some("instance_degraded")
+    );
+
+    // The provisioner unreachable: a critical alert (the other cluster alerts come from its
+    // last answer, kept for a minute).
+    stack.set_capacity(None);
+    let down = kinds(&alerts().await);
+    assert!(
+        down.contains(&(
+            "provisioner_unreachable".into(),
+            AlertSeverity::Critical,
+            "cluster".into()
+        )),
+        "{down:?}"
+    );
+}
+
+async fn usage_is_the_owners(backend: Backend) {
+    let stack = start(backend, cluster(10_000, 20_000, 0)).await;
+    let admin = stack.admin().await;
+    let owner = stack.customer().await;
+    let other = stack.customer().await;
+    let id = stack.order(&owner, "n8n").await;
+    let usage = |p: &Principal, id: String| {
+        let mut client = stack.instances();
+        let req = signed(&stack.key, p, GetInstanceUsageRequest { instance_id: id });
+        async move {
+            client
+                .get_instance_usage(req)
+                .await
+                .map(Response::into_inner)
+        }
+    };
+    let mine = usage(&owner, id.clone()).await.expect("own usage");
+    assert_eq!(mine.instance_id, id);
+    assert_eq!(mine.cpu_millis, Some(42));
+    let s = usage(&other, id.clone()).await.expect_err("not theirs");
+    assert_eq!(s.code(), Code::NotFound);
+    let s = usage(&owner, Uuid::new_v4().to_string())
+        .await
+        .expect_err("no such instance");
+    assert_eq!(s.code(), Code::NotFound);
+    // Operators see any instance's usage.
+    let any = stack
+        .admin_client()
+        .get_instance_usage(signed(
+            &stack.key,
+            &admin,
+            GetInstanceUsageRequest {
+                instance_id: id.clone(),
+            },
+        ))
+        .await
+        .expect("admin usage")
+        .into_inner();
+    assert_eq!(any.memory_bytes, Some(100 * MIB));
+}
+
+macro_rules! on_both_backends {
+    ($($name:ident),* $(,)?) => {
+        mod sqlite {
+            use super::*;
+            $(
+                #[tokio::test(flavor = "multi_thread")]
+                async fn $name() {
+                    super::$name(Backend::Sqlite).await;
+                }
+            )*
+        }
+        mod postgres {
+            use super::*;
+            $(
+                #[tokio::test(flavor = "multi_thread")]
+                async fn $name() {
+                    super::$name(Backend::Postgres).await;
+                }
+            )*
+        }
+    };
+}
+
+on_both_backends!(
+    customers_are_denied_every_admin_call,
+    all_instances_filter_and_page,
+    credential_reads_are_audited,
+    checkout_stops_at_the_ceiling,
+    concurrent_checkouts_fill_exactly,
+    alerts_show_what_needs_attention,
+    usage_is_the_owners,
+    unknown_capacity_accepts_orders,
+);
