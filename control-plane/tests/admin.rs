@@ -183,6 +183,7 @@ fn cluster(cpu: i64, memory_mib: i64, others_cpu: i64) -> Capacity {
 
 struct Stack {
     channel: Channel,
+    db: kapal::db::DbConfig,
     key: InternalKey,
     clock: Arc<ManualClock>,
     cluster: Arc<Mutex<Cluster>>,
@@ -243,7 +244,7 @@ async fn start(backend: Backend, capacity: Capacity) -> Stack {
     tokio::spawn(kapal::serve::serve(fake_billing, billing, shutdown()));
 
     let mut config =
-        kapal_control_plane::Config::new(db, catalog, key.clone(), billing_url, prov_url);
+        kapal_control_plane::Config::new(db.clone(), catalog, key.clone(), billing_url, prov_url);
     config.clock = clock.clone();
     config.domain = "kapal.test".into();
     config.admin_emails = vec![ADMIN_EMAIL.into()];
@@ -253,6 +254,7 @@ async fn start(backend: Backend, capacity: Capacity) -> Stack {
     let channel = Channel::from_shared(cp_url).expect("url").connect_lazy();
     Stack {
         channel,
+        db,
         key,
         clock,
         cluster,
@@ -263,6 +265,28 @@ async fn start(backend: Backend, capacity: Capacity) -> Stack {
 }
 
 impl Stack {
+    /// Makes every write to the audit log fail (the table is renamed away).
+    async fn break_audit_log(&self) {
+        const SQL: &str = "ALTER TABLE audit_log RENAME TO audit_log_gone";
+        match &self.db {
+            kapal::db::DbConfig::DataDir(dir) => {
+                use diesel::connection::SimpleConnection as _;
+                let mut conn =
+                    kapal::db::sqlite_sync(&dir.join("control-plane.db")).expect("sqlite");
+                conn.batch_execute(SQL).expect("rename");
+            }
+            kapal::db::DbConfig::Postgres(url) => {
+                use diesel_async::{AsyncConnection as _, SimpleAsyncConnection as _};
+                let mut conn = diesel_async::AsyncPgConnection::establish(url)
+                    .await
+                    .expect("postgres");
+                conn.batch_execute(&format!("SET search_path TO kapal_control_plane; {SQL}"))
+                    .await
+                    .expect("rename");
+            }
+        }
+    }
+
     fn set_capacity(&self, capacity: Option<Capacity>) {
         self.cluster.lock().expect("lock").capacity = capacity;
     }
@@ -896,6 +920,52 @@ async fn checkout_stops_at_the_ceiling(backend: Backend) {
     assert_eq!(s.code(), Code::ResourceExhausted);
 }
 
+async fn no_audit_row_no_credentials(backend: Backend) {
+    let stack = start(backend, cluster(10_000, 20_000, 0)).await;
+    let admin = stack.admin().await;
+    let c = stack.customer().await;
+    let id = stack.order(&c, "wordpress").await;
+    stack.break_audit_log().await;
+    let reads = stack.credential_reads.load(Ordering::SeqCst);
+    let s = stack
+        .admin_client()
+        .get_instance_as_admin(signed(
+            &stack.key,
+            &admin,
+            GetInstanceAsAdminRequest {
+                instance_id: id.clone(),
+                include_credentials: true,
+                reason: "ticket T-77".into(),
+            },
+        ))
+        .await
+        .expect_err("the audit row cannot be written");
+    assert_eq!(s.code(), Code::Internal, "{s:?}");
+    assert!(
+        !s.message().contains("audit_log"),
+        "no internal detail: {s:?}"
+    );
+    assert_eq!(
+        stack.credential_reads.load(Ordering::SeqCst),
+        reads,
+        "the credentials were not even read"
+    );
+    // Without credentials the instance is still shown.
+    stack
+        .admin_client()
+        .get_instance_as_admin(signed(
+            &stack.key,
+            &admin,
+            GetInstanceAsAdminRequest {
+                instance_id: id,
+                include_credentials: false,
+                reason: String::new(),
+            },
+        ))
+        .await
+        .expect("plain read");
+}
+
 async fn unknown_capacity_accepts_orders(backend: Backend) {
     let stack = start(backend, cluster(1_000, 1_000, 1_000)).await;
     // The provisioner cannot tell the capacity and has never told it: orders are accepted
@@ -1138,4 +1208,5 @@ on_both_backends!(
     alerts_show_what_needs_attention,
     usage_is_the_owners,
     unknown_capacity_accepts_orders,
+    no_audit_row_no_credentials,
 );
