@@ -293,6 +293,10 @@ impl EntitlementService for Entitlements {
                 .into());
             }
             Outcome::Applied => {
+                if change.value == entitlement::EXPIRED {
+                    // The instance and its Secret go: no credentials from memory either.
+                    ctx.credentials.evict(&change.instance_id);
+                }
                 tracing::info!(
                     instance_id = %change.instance_id, subscription_id = %change.subscription_id,
                     entitlement = change.value, sequence = change.sequence, cause = %change.cause,

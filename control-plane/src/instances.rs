@@ -259,7 +259,8 @@ impl InstanceService for Instances {
         let id = kapal::wire::uuid("instance_id", &req.get_ref().instance_id)?.to_string();
         let instance = owned(&self.ctx, &p.account_id.to_string(), &id).await?;
         let mut wire = instance_to_wire(&instance);
-        if instance.desired_state != instance_state::DELETED {
+        // Not for an instance deleted by its customer or because its subscription expired.
+        if crate::entitlements::effective(&instance).desired != pb::DesiredState::Deleted {
             // Credentials live only in the cluster (a Kubernetes Secret), read through the
             // provisioner once, then from memory.
             wire.credentials = crate::credentials::read(&self.ctx, &id).await;

@@ -78,11 +78,16 @@ impl ProvisionerService for FakeProvisioner {
         Err(Status::not_found("the fake provisioner keeps no state"))
     }
 
+    /// Always answers, so that tests see when the control-plane asks.
     async fn get_credentials(
         &self,
         _: Request<GetCredentialsRequest>,
     ) -> Result<Response<Credentials>, Status> {
-        Err(Status::not_found("the fake provisioner has no credentials"))
+        Ok(Response::new(Credentials {
+            username: "admin".into(),
+            password: "secret".into(),
+            login_url: String::new(),
+        }))
     }
 
     async fn get_capacity(
@@ -574,6 +579,10 @@ async fn expiry_deletes_with_its_data(backend: Backend) {
     stack
         .pushed(&c, |s| desired(s) == DesiredState::Running)
         .await;
+    assert!(
+        stack.get(&c).await.credentials.is_some(),
+        "read (and cached)"
+    );
     let now = stack.clock_now();
 
     assert_eq!(
@@ -591,6 +600,7 @@ async fn expiry_deletes_with_its_data(backend: Backend) {
     let i = stack.wait_status(&c, InstanceStatus::Deleted).await;
     assert_eq!(i.data_deleted_after.as_ref(), Some(after));
     assert!(i.suspended_by_billing);
+    assert!(i.credentials.is_none());
 
     // Final: nothing brings it back, neither the customer nor billing.
     for action in ["start", "stop", "delete"] {
