@@ -424,7 +424,9 @@ impl AdminService for Admin {
             if instance.desired_state != instance_state::DELETED
                 && let Some(i) = wire.instance.as_mut()
             {
-                i.credentials = crate::credentials::read(ctx, &instance.id).await;
+                let cacheable = crate::entitlements::effective(&instance).desired
+                    != kapal::proto::v1::DesiredState::Deleted;
+                i.credentials = crate::credentials::read(ctx, &instance.id, cacheable).await;
             }
         }
         Ok(Response::new(wire))

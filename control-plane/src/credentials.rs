@@ -62,8 +62,12 @@ impl CredentialsCache {
 
 /// The instance's credentials: from the cache, or from the provisioner (then cached). `None`
 /// while the instance has not been applied yet, or when the provisioner cannot be reached (logged).
-pub(crate) async fn read(ctx: &Ctx, instance_id: &str) -> Option<Credentials> {
-    if let Some(c) = ctx.credentials.get(instance_id) {
+/// With `cacheable` false (an instance on its way out, e.g. expired by billing: its Secret goes
+/// with its data) the cluster is asked every time and nothing is kept.
+pub(crate) async fn read(ctx: &Ctx, instance_id: &str, cacheable: bool) -> Option<Credentials> {
+    if !cacheable {
+        ctx.credentials.evict(instance_id);
+    } else if let Some(c) = ctx.credentials.get(instance_id) {
         return Some(c);
     }
     match ctx
@@ -76,7 +80,9 @@ pub(crate) async fn read(ctx: &Ctx, instance_id: &str) -> Option<Credentials> {
     {
         Ok(creds) => {
             let creds = creds.into_inner();
-            ctx.credentials.insert(instance_id, creds.clone());
+            if cacheable {
+                ctx.credentials.insert(instance_id, creds.clone());
+            }
             Some(creds)
         }
         Err(s) if s.code() == tonic::Code::NotFound => None,

@@ -263,7 +263,9 @@ impl InstanceService for Instances {
         if crate::entitlements::effective(&instance).desired != pb::DesiredState::Deleted {
             // Credentials live only in the cluster (a Kubernetes Secret), read through the
             // provisioner once, then from memory.
-            wire.credentials = crate::credentials::read(&self.ctx, &id).await;
+            let cacheable =
+                crate::entitlements::effective(&instance).desired != pb::DesiredState::Deleted;
+            wire.credentials = crate::credentials::read(&self.ctx, &id, cacheable).await;
         }
         Ok(Response::new(wire))
     }
