@@ -34,6 +34,55 @@ pub struct App {
     pub secrets: Vec<GeneratedSecret>,
     /// How the customer logs in.
     pub credentials: CredentialTemplate,
+    /// The Pod Security Standard the instance's namespace enforces. `restricted` needs every
+    /// component to run as a fixed non-root user (`run_as_user`); default `baseline`, for
+    /// images that start as root (e.g. MySQL, MariaDB, WordPress' Apache).
+    #[serde(default)]
+    pub pod_security: PodSecurity,
+    /// A one-off job run next to a component once it exists (e.g. WordPress' admin user, so the
+    /// customer never sees a setup wizard). It must be idempotent: it may run again.
+    #[serde(default)]
+    pub setup: Option<SetupJob>,
+}
+
+/// A Kubernetes Job of an app (see [`App::setup`]).
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SetupJob {
+    /// The component whose environment and volume the job shares; its pod runs on the same node.
+    pub component: String,
+    /// Image with a pinned tag.
+    pub image: String,
+    /// The non-root user id it runs as.
+    pub run_as_user: i64,
+    /// Command and arguments; may use the placeholders of [`Component::env`].
+    pub command: Vec<String>,
+    /// Further environment (after the component's), as in [`Component::env`].
+    #[serde(default)]
+    pub env: Vec<EnvVar>,
+    /// CPU and memory of its container, on top of the plan's (the namespace quota has room
+    /// for it).
+    pub cpu_millis: u32,
+    pub memory_mib: u32,
+}
+
+/// A Pod Security Standard level (`pod-security.kubernetes.io/enforce`).
+#[derive(Clone, Copy, Debug, Default, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum PodSecurity {
+    #[default]
+    Baseline,
+    Restricted,
+}
+
+impl PodSecurity {
+    /// The label value.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            PodSecurity::Baseline => "baseline",
+            PodSecurity::Restricted => "restricted",
+        }
+    }
 }
 
 #[derive(Clone, Debug, Deserialize)]
@@ -334,6 +383,73 @@ impl App {
                 "components",
                 format!("exactly one component must be public (found {public})"),
             ));
+        }
+        let root = self
+            .components
+            .iter()
+            .position(|c| c.run_as_user.is_none_or(|u| u <= 0));
+        if let (PodSecurity::Restricted, Some(i)) = (self.pod_security, root) {
+            return Err(err(
+                file,
+                format!("components[{i}].run_as_user"),
+                "pod_security restricted needs every component to run as a non-root user id",
+            ));
+        }
+        if let Some(setup) = &self.setup {
+            if !names.contains(setup.component.as_str()) {
+                return Err(err(
+                    file,
+                    "setup.component",
+                    format!("'{}' is not a component", setup.component),
+                ));
+            }
+            match setup.image.rsplit_once(':') {
+                Some((_, tag)) if !tag.is_empty() && tag != "latest" && !tag.contains('/') => {}
+                _ => {
+                    return Err(err(
+                        file,
+                        "setup.image",
+                        "must pin a version tag, not 'latest'",
+                    ));
+                }
+            }
+            if setup.run_as_user <= 0 {
+                return Err(err(file, "setup.run_as_user", "must be a non-root user id"));
+            }
+            if setup.command.is_empty() {
+                return Err(err(file, "setup.command", "must not be empty"));
+            }
+            if setup.cpu_millis == 0 || setup.memory_mib == 0 {
+                return Err(err(
+                    file,
+                    "setup.cpu_millis",
+                    "the job needs some CPU and memory",
+                ));
+            }
+            for (j, e) in setup.env.iter().enumerate() {
+                let field = format!("setup.env[{j}]");
+                if !is_env_name(&e.name) {
+                    return Err(err(
+                        file,
+                        format!("{field}.name"),
+                        "must be letters, digits and '_'",
+                    ));
+                }
+                match (&e.value, &e.secret) {
+                    (Some(_), None) => {}
+                    (None, Some(s)) => {
+                        if s != "username" && s != "password" && !secret_names.contains(s.as_str())
+                        {
+                            return Err(err(
+                                file,
+                                format!("{field}.secret"),
+                                format!("'{s}' is not in secrets (nor username/password)"),
+                            ));
+                        }
+                    }
+                    _ => return Err(err(file, field, "needs exactly one of value or secret")),
+                }
+            }
         }
         if self.credentials.username.trim().is_empty() {
             return Err(err(file, "credentials.username", "must not be empty"));

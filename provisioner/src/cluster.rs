@@ -7,6 +7,7 @@ use std::fmt::Debug;
 
 use chrono::{DateTime, Utc};
 use k8s_openapi::api::apps::v1::{Deployment, StatefulSet};
+use k8s_openapi::api::batch::v1::Job;
 use k8s_openapi::api::core::v1::{Namespace, Node, PersistentVolumeClaim, Pod, Secret, Service};
 use k8s_openapi::api::networking::v1::Ingress;
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
@@ -173,7 +174,8 @@ impl Cluster {
         Ok(None)
     }
 
-    /// Deletes the instance's Ingress, Services and workloads (their pods go with them); its
+    /// Deletes the instance's Ingress, Services, workloads and setup job (their pods go with
+    /// them); its
     /// volumes, Secrets, quota, policies and namespace stay.
     async fn delete_workloads(&self, spec: &Spec, app: &App) -> Result<()> {
         let ns = spec.namespace.as_str();
@@ -210,6 +212,12 @@ impl Cluster {
             };
             gone(deleted)?;
         }
+        gone(
+            self.namespaced::<Job>(ns)
+                .delete(render::SETUP_JOB, &params)
+                .await
+                .map(drop),
+        )?;
         Ok(())
     }
 
@@ -233,6 +241,24 @@ impl Cluster {
             apply(&self.namespaced(ns), policy).await?;
         }
         self.ensure_credentials(spec, app, settings).await?;
+        if let Some((source_ns, source_name)) = settings.wildcard_tls_source() {
+            // Copied at every convergence: a renewed certificate reaches every namespace by
+            // the next resync.
+            let source = self
+                .namespaced::<Secret>(source_ns)
+                .get_opt(source_name)
+                .await?
+                .ok_or_else(|| {
+                    Error::Internal(format!(
+                        "the wildcard certificate Secret {source_ns}/{source_name} does not exist"
+                    ))
+                })?;
+            apply(
+                &self.namespaced::<Secret>(ns),
+                &render::wildcard_tls_copy(spec, settings, &source),
+            )
+            .await?;
+        }
         let volumes: Api<PersistentVolumeClaim> = self.namespaced(ns);
         for desired in objects.volumes {
             let name = desired.metadata.name.clone().unwrap_or_default();
@@ -274,6 +300,26 @@ impl Cluster {
             }
         }
         apply(&self.namespaced(ns), &objects.ingress).await?;
+        if let Some(job) = &objects.setup {
+            let jobs: Api<Job> = self.namespaced(ns);
+            match apply(&jobs, job).await {
+                Ok(_) => {}
+                // A Job's pod template cannot change: the old one goes, and the next
+                // convergence runs the new one (setup jobs are idempotent).
+                Err(e) if is_status(&e, &[422]) => {
+                    tracing::info!(instance = %spec.instance_id, error = %e, "the setup job changed; replacing it");
+                    match jobs
+                        .delete(render::SETUP_JOB, &DeleteParams::background())
+                        .await
+                    {
+                        Ok(_) => {}
+                        Err(e) if is_status(&e, &[404]) => {}
+                        Err(e) => return Err(e.into()),
+                    }
+                }
+                Err(e) => return Err(e.into()),
+            }
+        }
         Ok(())
     }
 

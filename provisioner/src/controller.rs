@@ -434,7 +434,7 @@ impl Controller {
             ));
         };
         let (app, _) = self.app_and_plan(&stored.spec)?;
-        let observed = self.cluster.observe(&stored.spec).await?;
+        let mut observed = self.cluster.observe(&stored.spec).await?;
         if let Err(e) = self
             .cluster
             .release_stranded_pods(&stored.spec, &observed.pods)
@@ -442,6 +442,14 @@ impl Controller {
         {
             tracing::warn!(instance = %id, error = %chain(&e), "cannot release pods stranded on a failed node");
         }
+        // The status is the components'; a setup job's pod is not one of them.
+        observed.pods.retain(|p| {
+            p.metadata
+                .labels
+                .as_ref()
+                .and_then(|l| l.get(crate::render::LABEL_COMPONENT))
+                .is_none_or(|c| c != crate::render::SETUP_COMPONENT)
+        });
         let known = Known {
             desired: stored.spec.desired,
             was_ready: stored.was_ready,

@@ -6,12 +6,8 @@
 //! server-side apply; its status is computed from the cluster and reported to the
 //! control-plane's `InstanceStateService` when it changes.
 //!
-//! The Kubernetes identity it runs as needs, cluster-wide: namespaces (get, create, patch,
-//! delete); secrets (get, create, patch); persistentvolumeclaims, resourcequotas, limitranges
-//! (get, list, create, patch); services (get, list, watch, create, patch); deployments and
-//! statefulsets (get, list, watch, create, patch); pods (list, watch, delete: pods evicted from a
-//! failed node are force-deleted); nodes (get); ingresses and networkpolicies (get, create,
-//! patch).
+//! The Kubernetes identity it runs as needs exactly `deploy/k3s/clusterrole.yaml` (tested by
+//! `tests/tests/deploy_rbac.rs`).
 //!
 //! Self-healing: instance pods tolerate a failed node for [`Config::node_failure_toleration`]
 //! (20 s) instead of 300 s, and pods evicted from a node that is not Ready are force-deleted so
@@ -19,10 +15,12 @@
 //! workload whose spec someone changed (e.g. scaled down), is converged again as soon as the
 //! watchers see it, not only at the next resync.
 //!
-//! Not yet: a retention period before a deleted instance's data is removed (DELETED removes the
-//! namespace, and its volumes with it, at once); pruning objects of components removed from
-//! the catalog; copying a wildcard TLS Secret into instance namespaces (`tls_secret` must
-//! exist there, or the ingress controller must serve it as its default certificate).
+//! Deleted instances: the workloads go at once, the data (volumes, secrets, namespace) once
+//! `delete_data_after` has passed. An orphan sweep removes namespaces of this partition whose
+//! instance neither the control-plane nor the provisioner's store wants, after a safety delay.
+//! GetCapacity and GetUsage read nodes, pods, volumes and (when there is one) the metrics API.
+//!
+//! Not yet: pruning objects of components removed from the catalog.
 
 pub mod capacity;
 pub mod cluster;
@@ -73,8 +71,9 @@ pub struct Config {
     pub storage_class: Option<String>,
     /// cert-manager ClusterIssuer for each hostname's certificate. Default none.
     pub tls_issuer: Option<String>,
-    /// Existing (wildcard) certificate Secret for instance Ingresses, used when no issuer is
-    /// set. Default none (no TLS section).
+    /// (Wildcard) certificate Secret for instance Ingresses, used when no issuer is set:
+    /// `namespace/name` is copied into every instance namespace (kept in sync at each
+    /// convergence); a bare `name` must already exist there. Default none (no TLS section).
     pub tls_secret: Option<String>,
     /// How often every instance is converged again and the desired list pulled. Default 30 s.
     pub resync_interval: Duration,

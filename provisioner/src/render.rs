@@ -16,6 +16,7 @@ use std::time::Duration;
 use k8s_openapi::api::apps::v1::{
     Deployment, DeploymentSpec, DeploymentStrategy, StatefulSet, StatefulSetSpec,
 };
+use k8s_openapi::api::batch::v1::{Job, JobSpec};
 use k8s_openapi::api::core::v1::{
     Affinity, Capabilities, Container, ContainerPort, EnvVar, EnvVarSource, HTTPGetAction,
     LimitRange, LimitRangeItem, LimitRangeSpec, Namespace, PersistentVolumeClaim,
@@ -24,6 +25,7 @@ use k8s_openapi::api::core::v1::{
     Secret, SecretKeySelector, SecurityContext, Service, ServicePort, ServiceSpec, TCPSocketAction,
     Toleration, Volume, VolumeMount, VolumeResourceRequirements,
 };
+use k8s_openapi::api::core::v1::{PodAffinity, PodAffinityTerm};
 use k8s_openapi::api::networking::v1::{
     HTTPIngressPath, HTTPIngressRuleValue, Ingress, IngressBackend, IngressRule,
     IngressServiceBackend, IngressSpec, IngressTLS, NetworkPolicy, NetworkPolicyIngressRule,
@@ -32,9 +34,9 @@ use k8s_openapi::api::networking::v1::{
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta};
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
-use kapal::catalog::{App, Component, Plan, WorkloadKind};
+use kapal::catalog::{App, Component, Plan, SetupJob, WorkloadKind};
 
-use crate::spec::Spec;
+use crate::spec::{Desired, Spec};
 
 /// The one field manager of every server-side apply.
 pub const FIELD_MANAGER: &str = "kapal-provisioner";
@@ -57,9 +59,16 @@ pub const ANNOTATION_RESTART: &str = "kapal.dev/restart-generation";
 /// cert-manager's annotation naming the ClusterIssuer of an Ingress' certificate.
 pub const ANNOTATION_CLUSTER_ISSUER: &str = "cert-manager.io/cluster-issuer";
 pub const CREDENTIALS_SECRET: &str = "kapal-credentials";
+/// The app's setup job (see [`kapal::catalog::SetupJob`]).
+pub const SETUP_JOB: &str = "kapal-setup";
+/// [`LABEL_COMPONENT`] of the setup job and its pods.
+pub const SETUP_COMPONENT: &str = "setup";
 pub const INGRESS_NAME: &str = "kapal-web";
 /// The Secret cert-manager writes the certificate into when an issuer is configured.
 pub const TLS_SECRET: &str = "kapal-tls";
+/// The copy of the configured wildcard certificate (`tls_secret` `namespace/name`) in each
+/// instance namespace.
+pub const WILDCARD_TLS_SECRET: &str = "kapal-wildcard-tls";
 pub const QUOTA_NAME: &str = "kapal-quota";
 pub const LIMITS_NAME: &str = "kapal-limits";
 pub const DENY_POLICY: &str = "kapal-default-deny";
@@ -81,7 +90,9 @@ pub struct Settings {
     pub storage_class: Option<String>,
     /// cert-manager ClusterIssuer for each hostname's certificate (wins over `tls_secret`).
     pub tls_issuer: Option<String>,
-    /// Name of an existing (wildcard) certificate Secret for the Ingress' TLS.
+    /// The (wildcard) certificate Secret for the Ingress' TLS: `namespace/name` is copied into
+    /// each instance namespace as [`WILDCARD_TLS_SECRET`] (and kept in sync at every
+    /// convergence); a bare `name` must exist in the instance namespace already.
     pub tls_secret: Option<String>,
     /// Namespace of the ingress controller, the only other namespace allowed to reach instances.
     pub ingress_namespace: String,
@@ -95,6 +106,39 @@ pub struct Settings {
     pub affinity: Option<Affinity>,
     /// Value of [`LABEL_PARTITION`] on every object.
     pub partition: String,
+}
+
+impl Settings {
+    /// The `(namespace, name)` of the wildcard certificate to copy into instance namespaces,
+    /// when `tls_secret` is `namespace/name` and no issuer is set.
+    pub fn wildcard_tls_source(&self) -> Option<(&str, &str)> {
+        if self.tls_issuer.is_some() {
+            return None;
+        }
+        self.tls_secret
+            .as_deref()?
+            .split_once('/')
+            .filter(|(ns, name)| !ns.is_empty() && !name.is_empty())
+    }
+}
+
+/// The instance's copy of the wildcard certificate `source` (its `tls.crt` and `tls.key`).
+pub fn wildcard_tls_copy(spec: &Spec, settings: &Settings, source: &Secret) -> Secret {
+    let data = source
+        .data
+        .iter()
+        .flatten()
+        .filter(|(k, _)| k.as_str() == "tls.crt" || k.as_str() == "tls.key")
+        .map(|(k, v)| (k.clone(), v.clone()))
+        .collect();
+    let mut metadata = meta(spec, WILDCARD_TLS_SECRET, instance_labels(spec));
+    label_partition(&mut metadata, settings);
+    Secret {
+        metadata,
+        type_: Some("kubernetes.io/tls".to_string()),
+        data: Some(data),
+        ..Secret::default()
+    }
 }
 
 /// Adds the partition label to `meta`.
@@ -153,6 +197,8 @@ pub struct Objects {
     pub services: Vec<Service>,
     pub workloads: Vec<Workload>,
     pub ingress: Ingress,
+    /// The app's setup job; only while the instance should run.
+    pub setup: Option<Job>,
 }
 
 /// CPU and memory of one component: its `resource_share` percent of the plan.
@@ -344,13 +390,14 @@ impl Objects {
             Workload::Deployment(d) => &mut d.metadata,
             Workload::StatefulSet(s) => &mut s.metadata,
         }));
+        metas.extend(self.setup.iter_mut().map(|j| &mut j.metadata));
         metas
     }
 }
 
 fn render_objects(spec: &Spec, app: &App, plan: &Plan, settings: &Settings) -> Objects {
     Objects {
-        namespace: namespace(spec),
+        namespace: namespace(spec, app),
         quota: quota(spec, app, plan),
         limits: limit_range(spec, plan),
         network_policies: network_policies(spec, settings),
@@ -370,12 +417,129 @@ fn render_objects(spec: &Spec, app: &App, plan: &Plan, settings: &Settings) -> O
             .map(|c| workload(spec, app, plan, c, settings))
             .collect(),
         ingress: ingress(spec, app, settings),
+        setup: app
+            .setup
+            .as_ref()
+            .filter(|_| spec.desired == Desired::Running)
+            .and_then(|setup| setup_job(spec, app, setup, settings)),
     }
 }
 
-fn namespace(spec: &Spec) -> Namespace {
+/// The app's setup job: its container runs as `setup.run_as_user` with the restricted
+/// security context, with the component's environment (plus its own) and volume, on the
+/// component's node (the volume is ReadWriteOnce). `None` when the component is unknown.
+fn setup_job(spec: &Spec, app: &App, setup: &SetupJob, settings: &Settings) -> Option<Job> {
+    let component = app.components.iter().find(|c| c.name == setup.component)?;
+    let mut env = env(spec, app, component);
+    env.extend(env_vars(spec, app, &setup.env));
+    let resources = Resources {
+        cpu_millis: setup.cpu_millis,
+        memory_mib: setup.memory_mib,
+    }
+    .quantities();
+    let container = Container {
+        name: SETUP_COMPONENT.to_string(),
+        image: Some(setup.image.clone()),
+        image_pull_policy: Some("IfNotPresent".to_string()),
+        command: Some(
+            setup
+                .command
+                .iter()
+                .map(|c| render_template(c, spec, app))
+                .collect(),
+        ),
+        env: Some(env),
+        resources: Some(ResourceRequirements {
+            requests: Some(resources.clone()),
+            limits: Some(resources),
+            ..ResourceRequirements::default()
+        }),
+        security_context: Some(SecurityContext {
+            allow_privilege_escalation: Some(false),
+            capabilities: Some(Capabilities {
+                drop: Some(vec!["ALL".to_string()]),
+                ..Capabilities::default()
+            }),
+            run_as_non_root: Some(true),
+            run_as_user: Some(setup.run_as_user),
+            run_as_group: Some(setup.run_as_user),
+            ..SecurityContext::default()
+        }),
+        volume_mounts: component.volume.as_ref().map(|v| {
+            vec![VolumeMount {
+                name: DATA_VOLUME.to_string(),
+                mount_path: v.mount_path.clone(),
+                ..VolumeMount::default()
+            }]
+        }),
+        ..Container::default()
+    };
+    let mut affinity = settings.affinity.clone().unwrap_or_default();
+    affinity.pod_affinity = Some(PodAffinity {
+        required_during_scheduling_ignored_during_execution: Some(vec![PodAffinityTerm {
+            label_selector: Some(LabelSelector {
+                match_labels: Some(selector_labels(spec, &component.name)),
+                ..LabelSelector::default()
+            }),
+            topology_key: "kubernetes.io/hostname".to_string(),
+            ..PodAffinityTerm::default()
+        }]),
+        ..PodAffinity::default()
+    });
+    Some(Job {
+        metadata: meta(spec, SETUP_JOB, component_labels(spec, SETUP_COMPONENT)),
+        spec: Some(JobSpec {
+            backoff_limit: Some(6),
+            active_deadline_seconds: Some(1800),
+            template: PodTemplateSpec {
+                metadata: Some(ObjectMeta {
+                    labels: Some(component_labels(spec, SETUP_COMPONENT)),
+                    ..ObjectMeta::default()
+                }),
+                spec: Some(PodSpec {
+                    restart_policy: Some("OnFailure".to_string()),
+                    automount_service_account_token: Some(false),
+                    enable_service_links: Some(false),
+                    security_context: Some(PodSecurityContext {
+                        run_as_non_root: Some(true),
+                        run_as_user: Some(setup.run_as_user),
+                        run_as_group: Some(setup.run_as_user),
+                        seccomp_profile: Some(SeccompProfile {
+                            type_: "RuntimeDefault".to_string(),
+                            ..SeccompProfile::default()
+                        }),
+                        ..PodSecurityContext::default()
+                    }),
+                    containers: vec![container],
+                    tolerations: Some(tolerations(settings)),
+                    affinity: Some(affinity),
+                    volumes: component.volume.as_ref().map(|_| {
+                        vec![Volume {
+                            name: DATA_VOLUME.to_string(),
+                            persistent_volume_claim: Some(PersistentVolumeClaimVolumeSource {
+                                claim_name: volume_name(&component.name),
+                                ..PersistentVolumeClaimVolumeSource::default()
+                            }),
+                            ..Volume::default()
+                        }]
+                    }),
+                    ..PodSpec::default()
+                }),
+            },
+            ..JobSpec::default()
+        }),
+        ..Job::default()
+    })
+}
+
+/// The namespace, enforcing the app's Pod Security Standard (`restricted` for apps whose
+/// images run as a fixed non-root user, `baseline` otherwise).
+fn namespace(spec: &Spec, app: &App) -> Namespace {
     let mut labels = instance_labels(spec);
-    labels.insert(LABEL_POD_SECURITY.to_string(), "baseline".to_string());
+    labels.insert(
+        LABEL_POD_SECURITY.to_string(),
+        app.pod_security.as_str().to_string(),
+    );
     Namespace {
         metadata: ObjectMeta {
             name: Some(spec.namespace.clone()),
@@ -386,20 +550,31 @@ fn namespace(spec: &Spec) -> Namespace {
     }
 }
 
+/// The plan's CPU and memory, plus room for the app's setup job while it runs.
 fn quota(spec: &Spec, app: &App, plan: &Plan) -> ResourceQuota {
     let volumes = app.components.iter().filter(|c| c.volume.is_some()).count();
+    let (setup_cpu, setup_memory, setup_pods) = app
+        .setup
+        .as_ref()
+        .map_or((0, 0, 0), |s| (s.cpu_millis, s.memory_mib, 1));
+    let cpu_total = cpu(plan.cpu_millis.saturating_add(setup_cpu));
+    let memory_total = mebibytes(plan.memory_mib.saturating_add(setup_memory));
     let hard = BTreeMap::from([
-        ("requests.cpu".to_string(), cpu(plan.cpu_millis)),
-        ("limits.cpu".to_string(), cpu(plan.cpu_millis)),
-        ("requests.memory".to_string(), mebibytes(plan.memory_mib)),
-        ("limits.memory".to_string(), mebibytes(plan.memory_mib)),
+        ("requests.cpu".to_string(), cpu_total.clone()),
+        ("limits.cpu".to_string(), cpu_total),
+        ("requests.memory".to_string(), memory_total.clone()),
+        ("limits.memory".to_string(), memory_total),
         (
             "requests.storage".to_string(),
             mebibytes(plan.storage_gib.saturating_mul(1024)),
         ),
         ("persistentvolumeclaims".to_string(), count(volumes)),
-        // Room for one replacement pod per component while an old one terminates.
-        ("pods".to_string(), count(app.components.len() * 2)),
+        // Room for one replacement pod per component while an old one terminates (and the
+        // setup job's).
+        (
+            "pods".to_string(),
+            count(app.components.len() * 2 + setup_pods),
+        ),
         ("services".to_string(), count(app.components.len())),
         ("services.nodeports".to_string(), count(0)),
         ("services.loadbalancers".to_string(), count(0)),
@@ -548,9 +723,11 @@ fn service(spec: &Spec, component: &Component) -> Service {
 }
 
 fn env(spec: &Spec, app: &App, component: &Component) -> Vec<EnvVar> {
-    component
-        .env
-        .iter()
+    env_vars(spec, app, &component.env)
+}
+
+fn env_vars(spec: &Spec, app: &App, vars: &[kapal::catalog::EnvVar]) -> Vec<EnvVar> {
+    vars.iter()
         .map(|e| match (&e.value, &e.secret) {
             (_, Some(key)) => EnvVar {
                 name: e.name.clone(),
@@ -769,7 +946,11 @@ fn ingress(spec: &Spec, app: &App, settings: &Settings) -> Ingress {
             )]));
             Some(TLS_SECRET.to_string())
         }
-        (None, Some(secret)) => Some(secret.clone()),
+        (None, Some(secret)) => Some(match settings.wildcard_tls_source() {
+            // Copied into the namespace by the provisioner.
+            Some(_) => WILDCARD_TLS_SECRET.to_string(),
+            None => secret.clone(),
+        }),
         (None, None) => None,
     };
     Ingress {
@@ -810,7 +991,6 @@ fn ingress(spec: &Spec, app: &App, settings: &Settings) -> Ingress {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::spec::Desired;
     use kapal::catalog::Catalog;
     use uuid::Uuid;
 
@@ -988,7 +1168,8 @@ mod tests {
         assert_eq!(ns.name.as_deref(), Some("kapal-c1a2b3c4-n8n"));
         assert_eq!(
             labels_of(ns).get(LABEL_POD_SECURITY).map(String::as_str),
-            Some("baseline")
+            Some("restricted"),
+            "n8n runs as node (1000)"
         );
         assert_instance_labels(&spec, ns);
         for meta in all_metas(&objects) {
@@ -1150,6 +1331,79 @@ mod tests {
             names,
             [DENY_POLICY, ALLOW_NAMESPACE_POLICY, ALLOW_INGRESS_POLICY]
         );
+    }
+
+    #[test]
+    fn restricted_apps_render_pods_the_restricted_standard_admits() {
+        let levels: Vec<(String, String)> = catalog()
+            .apps()
+            .map(|app| {
+                let (_, objects) = rendered(&app.id, "trial");
+                let level = labels_of(&objects.namespace.metadata)[LABEL_POD_SECURITY].clone();
+                if level == "restricted" {
+                    for w in &objects.workloads {
+                        let pod = w.pod_template().and_then(|t| t.spec.as_ref()).expect("pod");
+                        let psc = pod.security_context.as_ref().expect("pod context");
+                        assert_eq!(
+                            psc.seccomp_profile.as_ref().map(|p| p.type_.as_str()),
+                            Some("RuntimeDefault")
+                        );
+                        for c in &pod.containers {
+                            let sc = c.security_context.as_ref().expect("context");
+                            assert_eq!(sc.allow_privilege_escalation, Some(false));
+                            assert_eq!(sc.run_as_non_root, Some(true));
+                            assert!(sc.run_as_user.is_some_and(|u| u > 0));
+                            assert_eq!(
+                                sc.capabilities.as_ref().and_then(|c| c.drop.clone()),
+                                Some(vec!["ALL".to_string()])
+                            );
+                        }
+                    }
+                }
+                (app.id.clone(), level)
+            })
+            .collect();
+        assert_eq!(
+            levels,
+            [
+                ("ghost".to_string(), "baseline".to_string()),
+                ("n8n".to_string(), "restricted".to_string()),
+                ("wordpress".to_string(), "baseline".to_string()),
+            ]
+        );
+    }
+
+    #[test]
+    fn restricted_needs_a_non_root_user_for_every_component() {
+        let yaml = |user: &str| {
+            format!(
+                r#"
+id: demo
+name: Demo
+description: d
+version: "1"
+plans: [{{id: basic, name: Basic, monthly_price_idr: 1000, cpu_millis: 100, memory_mib: 128, storage_gib: 1}}]
+components:
+  - {{name: app, kind: Deployment, image: "demo:1", port: 80, public: true, resource_share: 100{user}}}
+credentials: {{username: admin}}
+pod_security: restricted
+"#
+            )
+        };
+        let e = Catalog::default()
+            .add_yaml(std::path::Path::new("demo.yaml"), &yaml(""))
+            .expect_err("root image");
+        assert_eq!(e.field, "components[0].run_as_user");
+        let e = Catalog::default()
+            .add_yaml(std::path::Path::new("demo.yaml"), &yaml(", run_as_user: 0"))
+            .expect_err("uid 0");
+        assert_eq!(e.field, "components[0].run_as_user");
+        Catalog::default()
+            .add_yaml(
+                std::path::Path::new("demo.yaml"),
+                &yaml(", run_as_user: 1000"),
+            )
+            .expect("non-root");
     }
 
     #[test]
@@ -1331,6 +1585,161 @@ mod tests {
             .expect("tls")[0];
         assert_eq!(tls.secret_name.as_deref(), Some("wildcard-tls"));
         assert!(objects.ingress.metadata.annotations.is_none());
+
+        // `namespace/name`: the provisioner's copy in the instance namespace.
+        settings.tls_secret = Some("cert-manager/wildcard-kapal".into());
+        assert_eq!(
+            settings.wildcard_tls_source(),
+            Some(("cert-manager", "wildcard-kapal"))
+        );
+        let objects = render(&spec, app, app.plan("pro").expect("pro"), &settings);
+        let tls = &objects
+            .ingress
+            .spec
+            .as_ref()
+            .and_then(|s| s.tls.as_ref())
+            .expect("tls")[0];
+        assert_eq!(tls.secret_name.as_deref(), Some(WILDCARD_TLS_SECRET));
+        let source: Secret = serde_json::from_value(serde_json::json!({
+            "metadata": { "name": "wildcard-kapal", "namespace": "cert-manager", "labels": { "x": "y" } },
+            "type": "kubernetes.io/tls",
+            "data": { "tls.crt": "Y3J0", "tls.key": "a2V5", "ca.crt": "Y2E=" },
+        }))
+        .expect("secret");
+        let copy = wildcard_tls_copy(&spec, &settings, &source);
+        assert_eq!(copy.metadata.name.as_deref(), Some(WILDCARD_TLS_SECRET));
+        assert_eq!(
+            copy.metadata.namespace.as_deref(),
+            Some(spec.namespace.as_str())
+        );
+        assert_instance_labels(&spec, &copy.metadata);
+        assert_eq!(
+            copy.data
+                .as_ref()
+                .map(|d| d.keys().cloned().collect::<Vec<_>>()),
+            Some(vec!["tls.crt".to_string(), "tls.key".to_string()])
+        );
+        // An issuer wins: nothing is copied.
+        settings.tls_issuer = Some("letsencrypt".into());
+        assert_eq!(settings.wildcard_tls_source(), None);
+    }
+
+    #[test]
+    fn wordpress_installs_its_admin_from_the_credentials_without_the_wizard() {
+        let catalog = catalog();
+        let app = catalog.app("wordpress").expect("wordpress");
+        let spec = spec("wordpress", "trial");
+        let plan = app.plan("trial").expect("trial");
+        let objects = render(&spec, app, plan, &settings());
+        let job = objects.setup.as_ref().expect("a setup job");
+        assert_eq!(job.metadata.name.as_deref(), Some(SETUP_JOB));
+        assert_instance_labels(&spec, &job.metadata);
+        let pod = job
+            .spec
+            .as_ref()
+            .and_then(|s| s.template.spec.as_ref())
+            .expect("pod");
+        let c = &pod.containers[0];
+        assert_eq!(c.image.as_deref(), Some("wordpress:cli-2.12.0-php8.3"));
+        // The admin's name and password are the credentials Secret's, which GetCredentials
+        // returns; the URL is the instance's.
+        assert_eq!(
+            secret_ref(env_value(c, "WP_ADMIN_USER")),
+            (CREDENTIALS_SECRET, USERNAME_KEY)
+        );
+        assert_eq!(
+            secret_ref(env_value(c, "WP_ADMIN_PASSWORD")),
+            (CREDENTIALS_SECRET, PASSWORD_KEY)
+        );
+        assert_eq!(
+            env_value(c, "WP_URL").value.as_deref(),
+            Some("https://c1a2b3c4.wordpress.kapal.example")
+        );
+        // wp-config.php reads the app's database settings from the environment.
+        assert_eq!(
+            secret_ref(env_value(c, "WORDPRESS_DB_PASSWORD")),
+            (CREDENTIALS_SECRET, "db_password")
+        );
+        let script = c.command.as_ref().expect("command").join(" ");
+        assert!(
+            script.contains("wp core is-installed || wp core install --url=\"$WP_URL\"")
+                && script.contains("--admin_user=\"$WP_ADMIN_USER\"")
+                && script.contains("--admin_password=\"$WP_ADMIN_PASSWORD\"")
+                && script.contains("--skip-email"),
+            "{script}"
+        );
+        // Next to the app's pod, on its volume.
+        assert_eq!(
+            c.volume_mounts.as_ref().map(|m| m[0].mount_path.as_str()),
+            Some("/var/www/html")
+        );
+        assert_eq!(
+            pod.volumes.as_ref().and_then(|v| v[0]
+                .persistent_volume_claim
+                .as_ref()
+                .map(|p| p.claim_name.as_str())),
+            Some("app-data")
+        );
+        let term = &pod
+            .affinity
+            .as_ref()
+            .and_then(|a| a.pod_affinity.as_ref())
+            .and_then(|a| {
+                a.required_during_scheduling_ignored_during_execution
+                    .as_ref()
+            })
+            .expect("pod affinity")[0];
+        assert_eq!(term.topology_key, "kubernetes.io/hostname");
+        assert_eq!(
+            term.label_selector
+                .as_ref()
+                .and_then(|s| s.match_labels.as_ref()),
+            Some(&selector_labels(&spec, "app"))
+        );
+        // Within the restricted standard (so baseline too), with resources the quota has
+        // room for next to the plan.
+        let sc = c.security_context.as_ref().expect("security context");
+        assert_eq!(
+            (
+                sc.run_as_non_root,
+                sc.run_as_user,
+                sc.allow_privilege_escalation
+            ),
+            (Some(true), Some(33), Some(false))
+        );
+        assert_eq!(
+            sc.capabilities.as_ref().and_then(|c| c.drop.clone()),
+            Some(vec!["ALL".to_string()])
+        );
+        assert_eq!(
+            pod.security_context
+                .as_ref()
+                .and_then(|s| s.seccomp_profile.as_ref())
+                .map(|p| p.type_.as_str()),
+            Some("RuntimeDefault")
+        );
+        assert_eq!(limits(c), ("100m".to_string(), 128 * MIB));
+        let hard = objects
+            .quota
+            .spec
+            .as_ref()
+            .and_then(|s| s.hard.as_ref())
+            .expect("hard");
+        assert_eq!(
+            hard["requests.cpu"].0,
+            format!("{}m", plan.cpu_millis + 100)
+        );
+        assert_eq!(
+            bytes(&hard["limits.memory"]),
+            u128::from(plan.memory_mib + 128) * MIB
+        );
+        assert_eq!(hard["pods"].0, "5");
+
+        // Only while the instance should run; other apps have none.
+        let mut stopped = spec.clone();
+        stopped.desired = Desired::Stopped;
+        assert!(render(&stopped, app, plan, &settings()).setup.is_none());
+        assert!(rendered("n8n", "trial").1.setup.is_none());
     }
 
     #[test]

@@ -5,12 +5,13 @@
 //!   validation; the namespaced ones also for real, in a test namespace that enforces the same
 //!   Pod Security level as `namespace.yaml`), the files agree with each other (names, labels,
 //!   ports, keys) and the catalog ConfigMap is the repository's catalog;
-//! - the provisioner does its whole job (an n8n instance to READY; a deleted Service repaired; its
-//!   node failing, the evicted pod released and replaced; SUSPENDED; DELETED) with exactly the
+//! - the provisioner does its whole job (an n8n instance to READY; capacity and usage read; a
+//!   deleted Service repaired; its node failing, the evicted pod released and replaced;
+//!   SUSPENDED; DELETED with its data kept for a moment, then removed; orphan sweeps) with exactly the
 //!   ClusterRole of `deploy/k3s/clusterrole.yaml`, authenticated only by a bound token of a
 //!   ServiceAccount (no admin token, no client certificate), and no request of it is refused;
 //! - that role cannot do anything else of consequence: RBAC objects, writing nodes, creating
-//!   pods, exec, impersonation, listing secrets, namespaces or nodes.
+//!   pods, exec, impersonation, listing secrets, node proxy (kubelet), deleting volumes.
 //!
 //! Cluster-scoped objects that must really exist (the ClusterRole and its binding) get unique
 //! names and are deleted at the end, or on drop after a failure; so are the test namespaces.
@@ -36,9 +37,9 @@ use kapal::proto::internal::v1::instance_state_service_server::{
 };
 use kapal::proto::internal::v1::provisioner_service_client::ProvisionerServiceClient;
 use kapal::proto::internal::v1::{
-    ApplyInstanceRequest, GetCredentialsRequest, GetInstanceStateRequest, InstanceSpec,
-    InstanceState, ListDesiredInstancesRequest, ListDesiredInstancesResponse,
-    ReportInstanceStateResponse,
+    ApplyInstanceRequest, GetCapacityRequest, GetCredentialsRequest, GetInstanceStateRequest,
+    GetUsageRequest, InstanceSpec, InstanceState, ListDesiredInstancesRequest,
+    ListDesiredInstancesResponse, ReportInstanceStateResponse,
 };
 use kapal::proto::v1::{DesiredState, InstanceStatus};
 use kapal_tests::cluster::{TempNode, TestNamespace, api_status, cluster, unique_name, wait_for};
@@ -1087,6 +1088,10 @@ async fn the_provisioner_does_its_whole_job_with_exactly_the_deployed_cluster_ro
     config.extra_tolerations = vec![serde_json::from_value(node.toleration())?];
     config.affinity = Some(serde_json::from_value(node.preferred_affinity())?);
     config.node_failure_toleration = Duration::from_secs(2);
+    // Orphan sweeps every second (of this test's own partition: its instance is known, so
+    // nothing is marked), to run them with the role too.
+    config.partition = unique_name("rbac");
+    config.sweep_interval = Duration::from_secs(1);
     let (listener, endpoint) = free_listener().await?;
     let (stop, stopped) = oneshot::channel::<()>();
     let task = tokio::spawn(kapal_provisioner::run(config, listener, async {
@@ -1106,6 +1111,8 @@ async fn the_provisioner_does_its_whole_job_with_exactly_the_deployed_cluster_ro
         namespace: format!("kapal-{customer}-n8n"),
         desired_state: DesiredState::Running as i32,
         restart_generation: 0,
+        delete_data_after: None,
+        suspended_by_billing: false,
     };
     let id = spec.instance_id.clone();
     let _cleanup = DeleteNamespace {
@@ -1170,6 +1177,28 @@ async fn the_provisioner_does_its_whole_job_with_exactly_the_deployed_cluster_ro
         .list(&ListParams::default())
         .await?;
     assert_eq!(objects_in.items.len(), 1, "the n8n Deployment");
+
+    // Capacity and usage are read with the role.
+    let capacity = provisioner
+        .get_capacity(GetCapacityRequest {})
+        .await
+        .with_context(|| format!("GetCapacity; refused: {:?}", forbidden_warnings()))?
+        .into_inner();
+    ensure!(
+        capacity.requested_by_kapal.is_some_and(|r| r.pods >= 1),
+        "the instance's pod is counted: {capacity:?}"
+    );
+    let usage = provisioner
+        .get_usage(GetUsageRequest {
+            instance_id: id.clone(),
+        })
+        .await
+        .with_context(|| format!("GetUsage; refused: {:?}", forbidden_warnings()))?
+        .into_inner();
+    ensure!(
+        usage.storage_capacity_bytes > 0,
+        "the bound volume is counted: {usage:?}"
+    );
 
     // Drift: a Service deleted behind Kapal's back is seen by the Service watch and applied
     // again (the resync is an hour away).
@@ -1241,8 +1270,11 @@ async fn the_provisioner_does_its_whole_job_with_exactly_the_deployed_cluster_ro
         .wait_reported(&id, InstanceStatus::Suspended)
         .await?;
 
-    // Delete: the namespace goes.
+    // Delete, keeping the data for two seconds: the workloads go, then the namespace.
     spec.desired_state = DesiredState::Deleted as i32;
+    spec.delete_data_after = Some(kapal::wire::timestamp(
+        (chrono::Utc::now() + chrono::TimeDelta::seconds(2)).naive_utc(),
+    ));
     provisioner
         .apply_instance(ApplyInstanceRequest {
             spec: Some(spec.clone()),
@@ -1255,13 +1287,20 @@ async fn the_provisioner_does_its_whole_job_with_exactly_the_deployed_cluster_ro
             )
         })?;
     wait_status(InstanceStatus::Deleted).await?;
-    assert!(
-        Api::<Namespace>::all(admin)
-            .get_opt(&spec.namespace)
-            .await?
-            .is_none(),
-        "the instance's namespace is gone"
-    );
+    let namespaces = Api::<Namespace>::all(admin);
+    wait_for(
+        "the instance's namespace to be gone",
+        READY_TIMEOUT,
+        || async {
+            Ok(namespaces
+                .get_opt(&spec.namespace)
+                .await?
+                .is_none()
+                .then_some(()))
+        },
+    )
+    .await
+    .with_context(|| format!("refused: {:?}", forbidden_warnings()))?;
 
     // No request of the provisioner was refused along the way (watches included, which only
     // log and retry).
@@ -1359,8 +1398,9 @@ async fn the_deployed_cluster_role_allows_nothing_else() -> anyhow::Result<()> {
         ("impersonate", "", "groups", None, None),
         ("create", "", "serviceaccounts", None, elsewhere),
         ("create", "", "serviceaccounts", Some("token"), elsewhere),
-        // Nodes: read one by name, nothing more.
-        ("list", "", "nodes", None, None),
+        // Nodes: read only.
+        ("watch", "", "nodes", None, None),
+        ("patch", "", "nodes", None, None),
         ("patch", "", "nodes", Some("status"), None),
         ("update", "", "nodes", Some("status"), None),
         ("delete", "", "nodes", None, None),
@@ -1381,14 +1421,16 @@ async fn the_deployed_cluster_role_allows_nothing_else() -> anyhow::Result<()> {
         ("list", "", "secrets", None, None),
         ("delete", "", "secrets", None, elsewhere),
         ("update", "", "secrets", None, elsewhere),
-        // Namespaces: no enumeration, no update outside apply.
-        ("list", "", "namespaces", None, None),
+        // Namespaces: listed by the orphan sweep, no watch, no update outside apply.
         ("watch", "", "namespaces", None, None),
         ("update", "", "namespaces", None, None),
         ("update", "", "namespaces", Some("finalize"), None),
-        // Nothing deleted but whole namespaces (and stranded pods).
-        ("delete", "apps", "deployments", None, elsewhere),
+        // Nothing deleted but whole namespaces, the workloads of a deleted instance and
+        // stranded pods: never volumes on their own.
+        ("deletecollection", "apps", "deployments", None, elsewhere),
+        ("delete", "apps", "daemonsets", None, elsewhere),
         ("delete", "", "persistentvolumeclaims", None, elsewhere),
+        ("delete", "", "resourcequotas", None, elsewhere),
         (
             "delete",
             "networking.k8s.io",
@@ -1403,7 +1445,8 @@ async fn the_deployed_cluster_role_allows_nothing_else() -> anyhow::Result<()> {
         ("create", "", "events", None, elsewhere),
         ("create", "", "persistentvolumes", None, None),
         ("create", "apps", "daemonsets", None, elsewhere),
-        ("create", "batch", "jobs", None, elsewhere),
+        ("create", "batch", "cronjobs", None, elsewhere),
+        ("list", "batch", "jobs", None, elsewhere),
         (
             "create",
             "apiextensions.k8s.io",
@@ -1486,7 +1529,16 @@ async fn the_deployed_cluster_role_allows_nothing_else() -> anyhow::Result<()> {
     );
     let nodes = Api::<Node>::all(sa.clone());
     let node = kapal_tests::cluster::NODES[0];
-    forbidden("listing nodes", nodes.list(&ListParams::default()).await);
+    forbidden(
+        "labelling a node",
+        nodes
+            .patch(
+                node,
+                &PatchParams::default().dry_run(),
+                &Patch::Merge(json!({ "metadata": { "labels": { "kapal.dev/x": "y" } } })),
+            )
+            .await,
+    );
     forbidden(
         "writing a node's status",
         nodes
@@ -1515,9 +1567,9 @@ async fn the_deployed_cluster_role_allows_nothing_else() -> anyhow::Result<()> {
             .await,
     );
     forbidden(
-        "listing namespaces",
-        Api::<Namespace>::all(sa.clone())
-            .list(&ListParams::default())
+        "deleting a volume",
+        Api::<k8s_openapi::api::core::v1::PersistentVolumeClaim>::namespaced(sa.clone(), &own_ns)
+            .delete("data", &dry_delete)
             .await,
     );
     Ok(())

@@ -25,9 +25,9 @@ use kapal::proto::internal::v1::instance_state_service_server::{
 };
 use kapal::proto::internal::v1::provisioner_service_client::ProvisionerServiceClient;
 use kapal::proto::internal::v1::{
-    ApplyInstanceRequest, GetCredentialsRequest, GetInstanceStateRequest, InstanceSpec,
-    InstanceState, ListDesiredInstancesRequest, ListDesiredInstancesResponse,
-    ReportInstanceStateResponse,
+    ApplyInstanceRequest, GetCapacityRequest, GetCredentialsRequest, GetInstanceStateRequest,
+    GetUsageRequest, InstanceSpec, InstanceState, ListDesiredInstancesRequest,
+    ListDesiredInstancesResponse, ReportInstanceStateResponse,
 };
 use kapal::proto::v1::{Credentials, DesiredState, InstanceStatus};
 use kapal::serve::InternalChannel;
@@ -125,6 +125,11 @@ struct Options {
     resync_interval: Duration,
     extra_tolerations: Vec<Toleration>,
     affinity: Option<Affinity>,
+    /// Unique per test: the orphan sweep never sees another test's namespaces.
+    partition: String,
+    sweep_interval: Duration,
+    orphan_safety_delay: Duration,
+    tls_secret: Option<String>,
 }
 
 impl Options {
@@ -137,6 +142,10 @@ impl Options {
             resync_interval: Duration::from_secs(2),
             extra_tolerations: Vec::new(),
             affinity: None,
+            partition: kapal_tests::cluster::unique_name("test"),
+            sweep_interval: Duration::from_secs(60),
+            orphan_safety_delay: Duration::from_secs(600),
+            tls_secret: None,
         })
     }
 }
@@ -176,6 +185,10 @@ impl Provisioner {
         config.unschedulable_grace = options.unschedulable_grace;
         config.extra_tolerations = options.extra_tolerations;
         config.affinity = options.affinity;
+        config.partition = options.partition;
+        config.sweep_interval = options.sweep_interval;
+        config.orphan_safety_delay = options.orphan_safety_delay;
+        config.tls_secret = options.tls_secret;
         let (listener, endpoint) = free_listener().await?;
         let (stop, stopped) = oneshot::channel::<()>();
         let task = tokio::spawn(kapal_provisioner::run(config, listener, async {
@@ -231,6 +244,22 @@ impl Provisioner {
             instance_id: id.to_string(),
         };
         Ok(self.client.clone().get_credentials(req).await?.into_inner())
+    }
+
+    async fn capacity(&self) -> Result<kapal::proto::v1::Capacity, Status> {
+        Ok(self
+            .client
+            .clone()
+            .get_capacity(GetCapacityRequest {})
+            .await?
+            .into_inner())
+    }
+
+    async fn usage(&self, id: &str) -> Result<kapal::proto::v1::InstanceUsage, Status> {
+        let req = GetUsageRequest {
+            instance_id: id.to_string(),
+        };
+        Ok(self.client.clone().get_usage(req).await?.into_inner())
     }
 
     async fn wait_status(&self, id: &str, status: InstanceStatus) -> anyhow::Result<InstanceState> {
@@ -316,6 +345,8 @@ fn spec(app: &str, plan: &str) -> InstanceSpec {
         namespace: format!("kapal-{customer}-{app}"),
         desired_state: DesiredState::Running as i32,
         restart_generation: 0,
+        delete_data_after: None,
+        suspended_by_billing: false,
     }
 }
 
@@ -451,7 +482,7 @@ async fn an_n8n_instance_lives_its_whole_life() -> anyhow::Result<()> {
         ("kapal.dev/instance", id.as_str()),
         ("kapal.dev/customer", spec.customer_id.as_str()),
         ("kapal.dev/app", "n8n"),
-        ("pod-security.kubernetes.io/enforce", "baseline"),
+        ("pod-security.kubernetes.io/enforce", "restricted"),
     ] {
         assert_eq!(
             labels.get(k).map(String::as_str),
@@ -467,6 +498,38 @@ async fn an_n8n_instance_lives_its_whole_life() -> anyhow::Result<()> {
     let running = pods(&kube, &ns).await?;
     assert_eq!(running.len(), 1, "one pod");
     assert_eq!(phase(&running[0]), "Running");
+    // The namespace enforces the restricted Pod Security Standard (n8n runs as uid 1000, its pod
+    // above was admitted): a privileged pod, or one running as root that baseline would take, is
+    // refused.
+    for (what, pod) in [
+        (
+            "privileged",
+            serde_json::json!({ "name": "c", "image": "busybox:1.37", "securityContext": { "privileged": true } }),
+        ),
+        (
+            "root",
+            serde_json::json!({ "name": "c", "image": "busybox:1.37" }),
+        ),
+    ] {
+        let pod: Pod = serde_json::from_value(serde_json::json!({
+            "metadata": { "name": format!("psa-{what}") },
+            "spec": { "containers": [pod] },
+        }))?;
+        let refused = namespaced::<Pod>(&kube, &ns)
+            .create(
+                &kube::api::PostParams {
+                    dry_run: true,
+                    ..Default::default()
+                },
+                &pod,
+            )
+            .await
+            .expect_err(what);
+        assert!(
+            matches!(&refused, kube::Error::Api(s) if s.code == 403 && s.message.contains("violates PodSecurity \"restricted")),
+            "{what}: {refused:?}"
+        );
+    }
     assert_eq!(
         running[0].labels().get("kapal.dev/instance"),
         Some(&id),
@@ -1169,8 +1232,17 @@ async fn a_provisioner_killed_mid_provisioning_converges_after_a_restart() -> an
         .await?
         .into_iter()
         .filter(|p| p.metadata.deletion_timestamp.is_none())
+        .filter(|p| p.labels().get("kapal.dev/component").map(String::as_str) != Some("setup"))
         .collect();
     assert_eq!(live.len(), 2, "one pod per component");
+    // And one setup job, which installs WordPress with the admin of those credentials.
+    let jobs = namespaced::<k8s_openapi::api::batch::v1::Job>(&kube, &ns)
+        .list(&ListParams::default())
+        .await?;
+    assert_eq!(
+        jobs.items.iter().map(|j| j.name_any()).collect::<Vec<_>>(),
+        ["kapal-setup"]
+    );
     let secret = namespaced::<Secret>(&kube, &ns)
         .get("kapal-credentials")
         .await?;
@@ -1202,4 +1274,458 @@ async fn a_provisioner_killed_mid_provisioning_converges_after_a_restart() -> an
             .then_some(()))
     })
     .await
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn capacity_and_usage_come_from_the_cluster() -> anyhow::Result<()> {
+    use kapal_provisioner::quantity;
+    let dir = tempfile::tempdir()?;
+    let p = Provisioner::start(Options::new(dir.path())?).await?;
+    let spec = spec("n8n", "trial");
+    let (id, ns) = (spec.instance_id.clone(), spec.namespace.clone());
+    let _cleanup = Cleanup::new(&ns).await?;
+    let kube = p.kube.clone();
+    p.apply(&spec).await?;
+    p.wait_status(&id, InstanceStatus::Ready).await?;
+
+    // Capacity: every node, its allocatable as the API server reports it; the instance's pod
+    // counted on its node and in Kapal's share.
+    let capacity = p.capacity().await?;
+    let nodes = Api::<k8s_openapi::api::core::v1::Node>::all(kube.clone())
+        .list(&ListParams::default())
+        .await?
+        .items;
+    // Other tests add and remove nodes of their own meanwhile: the cluster's fixed nodes are
+    // all there, with what the API server reports.
+    for name in kapal_tests::cluster::NODES {
+        let node = nodes
+            .iter()
+            .find(|n| n.name_any() == name)
+            .expect("a fixed node");
+        let ours = capacity
+            .nodes
+            .iter()
+            .find(|n| n.name == name)
+            .unwrap_or_else(|| panic!("{name} in {capacity:?}"));
+        let alloc = node
+            .status
+            .as_ref()
+            .and_then(|s| s.allocatable.as_ref())
+            .expect("allocatable");
+        assert_eq!(
+            ours.allocatable
+                .map(|a| (a.cpu_millis, a.memory_bytes, a.pods)),
+            Some((
+                quantity::milli_value(&alloc["cpu"]).expect("cpu"),
+                quantity::value(&alloc["memory"]).expect("memory"),
+                quantity::value(&alloc["pods"]).expect("pods"),
+            )),
+            "{name}"
+        );
+    }
+    let mut sorted: Vec<&str> = capacity.nodes.iter().map(|n| n.name.as_str()).collect();
+    sorted.sort();
+    assert_eq!(
+        sorted,
+        capacity
+            .nodes
+            .iter()
+            .map(|n| n.name.as_str())
+            .collect::<Vec<_>>()
+    );
+    // The totals are the schedulable nodes'.
+    let schedulable: Vec<_> = capacity.nodes.iter().filter(|n| n.schedulable).collect();
+    assert!(!schedulable.is_empty(), "{capacity:?}");
+    assert!(schedulable.iter().all(|n| n.ready));
+    assert_eq!(
+        capacity.allocatable.map(|a| a.cpu_millis),
+        Some(
+            schedulable
+                .iter()
+                .filter_map(|n| n.allocatable.map(|a| a.cpu_millis))
+                .sum()
+        )
+    );
+    assert_eq!(
+        capacity.requested.map(|a| a.pods),
+        Some(
+            schedulable
+                .iter()
+                .filter_map(|n| n.requested.map(|a| a.pods))
+                .sum()
+        )
+    );
+    let pod = pods(&kube, &ns).await?.remove(0);
+    let node = pod.spec.and_then(|s| s.node_name).expect("bound");
+    let on_node = capacity
+        .nodes
+        .iter()
+        .find(|n| n.name == node)
+        .and_then(|n| n.requested)
+        .expect("requested");
+    // n8n's trial plan: 200m and 400 MiB, all for its one container.
+    assert!(
+        on_node.cpu_millis >= 200 && on_node.memory_bytes >= 400 << 20 && on_node.pods >= 1,
+        "{on_node:?}"
+    );
+    let kapal = capacity.requested_by_kapal.expect("kapal's share");
+    let all = capacity.requested.expect("requested");
+    assert!(kapal.cpu_millis >= 200 && kapal.pods >= 1, "{kapal:?}");
+    assert!(
+        all.cpu_millis >= kapal.cpu_millis && all.pods >= kapal.pods,
+        "{all:?}"
+    );
+    assert_eq!(capacity.committed, None, "the control-plane's to fill");
+    assert!(capacity.observed_at.is_some());
+
+    // Usage: this cluster has no metrics API, so no CPU or memory figure is made up; the
+    // plan's limits and the bound volume's capacity are there.
+    let groups = kube.list_api_groups().await?;
+    assert!(
+        !groups.groups.iter().any(|g| g.name == "metrics.k8s.io"),
+        "the local cluster has no metrics-server"
+    );
+    let usage = p.usage(&id).await?;
+    assert_eq!(usage.instance_id, id);
+    assert!(!usage.metrics_available);
+    assert!(
+        usage.metrics_note.contains("no metrics API"),
+        "{:?}",
+        usage.metrics_note
+    );
+    assert_eq!((usage.cpu_millis, usage.memory_bytes), (None, None));
+    assert_eq!(
+        (usage.cpu_limit_millis, usage.memory_limit_bytes),
+        (200, 400 << 20)
+    );
+    let pvc = namespaced::<PersistentVolumeClaim>(&kube, &ns)
+        .get("app-data")
+        .await?;
+    let bound = pvc
+        .status
+        .and_then(|s| s.capacity)
+        .and_then(|c| c.get("storage").and_then(quantity::value))
+        .expect("a bound volume has a capacity");
+    assert_eq!(usage.storage_capacity_bytes, bound);
+    assert!(bound >= 2 << 30, "the trial's 2 GiB: {bound}");
+    assert_eq!(usage.storage_used_bytes, None);
+    assert!(usage.observed_at.is_some());
+
+    assert_eq!(
+        code(p.usage(&Uuid::new_v4().to_string()).await),
+        Code::NotFound
+    );
+    assert_eq!(code(p.usage("nope").await), Code::InvalidArgument);
+    p.shutdown().await
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_deleted_instance_keeps_its_data_until_the_retention_runs_out() -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    let p = Provisioner::start(Options::new(dir.path())?).await?;
+    let mut spec = spec("n8n", "trial");
+    let (id, ns) = (spec.instance_id.clone(), spec.namespace.clone());
+    let _cleanup = Cleanup::new(&ns).await?;
+    let kube = p.kube.clone();
+    p.apply(&spec).await?;
+    p.wait_status(&id, InstanceStatus::Ready).await?;
+
+    // Deleted, its data kept for 4 more seconds: the workloads, Service and Ingress go at
+    // once; the volume, the credentials and the namespace stay.
+    let until = chrono::Utc::now() + chrono::TimeDelta::seconds(4);
+    spec.desired_state = DesiredState::Deleted as i32;
+    spec.delete_data_after = Some(kapal::wire::timestamp(until.naive_utc()));
+    p.apply(&spec).await?;
+    assert!(
+        namespaced::<Deployment>(&kube, &ns)
+            .get_opt("app")
+            .await?
+            .is_none()
+    );
+    assert!(
+        namespaced::<Service>(&kube, &ns)
+            .get_opt("app")
+            .await?
+            .is_none()
+    );
+    assert!(
+        namespaced::<Ingress>(&kube, &ns)
+            .get_opt("kapal-web")
+            .await?
+            .is_none()
+    );
+    assert_eq!(pvc_phase(&kube, &ns, "app-data").await?, "Bound");
+    namespaced::<Secret>(&kube, &ns)
+        .get("kapal-credentials")
+        .await?;
+    // The reports say when the data goes (once the pod is gone).
+    p.control_plane
+        .wait_reported(&id, InstanceStatus::Deleted)
+        .await?;
+    let (_, reason) = p
+        .control_plane
+        .reported(&id)
+        .into_iter()
+        .find(|(s, _)| *s == InstanceStatus::Deleted as i32)
+        .expect("reported");
+    assert!(
+        reason.starts_with("Deleted; its data is kept until ")
+            && reason.ends_with(" UTC, then removed."),
+        "{reason}"
+    );
+    assert!(
+        chrono::Utc::now() < until,
+        "DELETED was reported before the data went ({reason})"
+    );
+    assert!(
+        Api::<Namespace>::all(kube.clone())
+            .get_opt(&ns)
+            .await?
+            .is_some(),
+        "the data is kept"
+    );
+
+    // Then the namespace goes, without another request.
+    wait_for("the namespace to be gone", READY_TIMEOUT, || async {
+        Ok(Api::<Namespace>::all(kube.clone())
+            .get_opt(&ns)
+            .await?
+            .is_none()
+            .then_some(()))
+    })
+    .await?;
+    wait_for("DELETED with its data", READY_TIMEOUT, || async {
+        Ok(p.control_plane
+            .reported(&id)
+            .contains(&(
+                InstanceStatus::Deleted as i32,
+                "Deleted with its data.".to_string(),
+            ))
+            .then_some(()))
+    })
+    .await
+    .with_context(|| format!("reports: {:?}", p.control_plane.reported(&id)))?;
+    let state = p.state(&id).await?;
+    assert_eq!(
+        (state.status, state.reason.as_str()),
+        (InstanceStatus::Deleted as i32, "Deleted with its data.")
+    );
+    p.shutdown().await
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn orphaned_namespaces_of_the_partition_go_after_the_safety_delay() -> anyhow::Result<()> {
+    const ORPHANED_SINCE: &str = "kapal.dev/orphaned-since";
+    let dir = tempfile::tempdir()?;
+    let mut options = Options::new(dir.path())?;
+    options.sweep_interval = Duration::from_secs(1);
+    options.orphan_safety_delay = Duration::from_secs(2);
+    let partition = options.partition.clone();
+    let kube = cluster().await?.client();
+    let namespaces = Api::<Namespace>::all(kube.clone());
+    let make = |partition: &str, instance: &str, orphaned_since: Option<&str>| {
+        let name = kapal_tests::cluster::unique_name("kapal-sweep");
+        let ns: Namespace = serde_json::from_value(serde_json::json!({
+            "metadata": {
+                "name": name,
+                "labels": {
+                    "app.kubernetes.io/managed-by": "kapal",
+                    "kapal.dev/partition": partition,
+                    "kapal.dev/instance": instance,
+                },
+                "annotations": orphaned_since.map(|t| serde_json::json!({ ORPHANED_SINCE: t })),
+            }
+        }))
+        .expect("namespace");
+        (name, ns)
+    };
+    // Nobody's instance, in this partition: goes.
+    let (orphan, orphan_ns) = make(&partition, &Uuid::new_v4().to_string(), None);
+    // The same in another partition: never touched.
+    let (foreign, foreign_ns) = make("another-partition", &Uuid::new_v4().to_string(), None);
+    // An instance only the control-plane lists (deleted, its data kept for an hour), marked by
+    // an earlier sweep: the mark goes, the namespace stays.
+    let listed = Uuid::new_v4();
+    let (wanted, wanted_ns) = make(
+        &partition,
+        &listed.to_string(),
+        Some("2020-01-01T00:00:00Z"),
+    );
+    let mut cleanups = Vec::new();
+    for (name, ns) in [
+        (&orphan, &orphan_ns),
+        (&foreign, &foreign_ns),
+        (&wanted, &wanted_ns),
+    ] {
+        cleanups.push(Cleanup::new(name).await?);
+        namespaces.create(&Default::default(), ns).await?;
+    }
+    let mut listed_spec = spec("n8n", "trial");
+    listed_spec.instance_id = listed.to_string();
+    listed_spec.namespace = wanted.clone();
+    listed_spec.desired_state = DesiredState::Deleted as i32;
+    listed_spec.delete_data_after = Some(kapal::wire::timestamp(
+        (chrono::Utc::now() + chrono::TimeDelta::hours(1)).naive_utc(),
+    ));
+    lock(&options.control_plane.desired).push(listed_spec);
+
+    let p = Provisioner::start(options).await?;
+    // A live instance of this partition (known from ApplyInstance only).
+    let live = spec("n8n", "trial");
+    cleanups.push(Cleanup::new(&live.namespace).await?);
+    p.apply(&live).await?;
+
+    let marked = wait_for("the orphan to be marked", READY_TIMEOUT, || async {
+        Ok(namespaces
+            .get_opt(&orphan)
+            .await?
+            .and_then(|ns| ns.annotations().get(ORPHANED_SINCE).cloned()))
+    })
+    .await?;
+    let marked_at = chrono::DateTime::parse_from_rfc3339(&marked)?;
+    wait_for(
+        "the orphan to be deleted after the safety delay",
+        READY_TIMEOUT,
+        || async {
+            Ok(namespaces
+                .get_opt(&orphan)
+                .await?
+                .is_none_or(|ns| ns.metadata.deletion_timestamp.is_some())
+                .then_some(()))
+        },
+    )
+    .await?;
+    assert!(
+        chrono::Utc::now() >= marked_at + chrono::TimeDelta::seconds(2),
+        "not before the safety delay"
+    );
+    wait_for(
+        "the listed instance's mark to go",
+        READY_TIMEOUT,
+        || async {
+            Ok(namespaces
+                .get(&wanted)
+                .await?
+                .annotations()
+                .get(ORPHANED_SINCE)
+                .is_none()
+                .then_some(()))
+        },
+    )
+    .await?;
+    // A few more sweeps change nothing for the others.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    for name in [&foreign, &wanted, &live.namespace] {
+        let ns = namespaces.get(name).await?;
+        assert!(ns.metadata.deletion_timestamp.is_none(), "{name} kept");
+        assert!(
+            ns.annotations().get(ORPHANED_SINCE).is_none(),
+            "{name} not marked"
+        );
+    }
+    assert_eq!(
+        namespaces
+            .get(&live.namespace)
+            .await?
+            .labels()
+            .get("kapal.dev/partition"),
+        Some(&partition)
+    );
+    p.shutdown().await
+}
+
+/// A self-signed certificate for `*.<domain>` from the openssl command: (`tls.crt`, `tls.key`).
+fn self_signed(domain: &str) -> anyhow::Result<(Vec<u8>, Vec<u8>)> {
+    let dir = tempfile::tempdir()?;
+    let (crt, key) = (dir.path().join("tls.crt"), dir.path().join("tls.key"));
+    let out = std::process::Command::new("openssl")
+        .args([
+            "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1",
+        ])
+        .arg("-subj")
+        .arg(format!("/CN=*.{domain}"))
+        .arg("-keyout")
+        .arg(&key)
+        .arg("-out")
+        .arg(&crt)
+        .output()
+        .context("running openssl")?;
+    anyhow::ensure!(out.status.success(), "openssl: {:?}", out);
+    Ok((std::fs::read(crt)?, std::fs::read(key)?))
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_wildcard_certificate_is_copied_into_each_instance_and_kept_in_sync() -> anyhow::Result<()>
+{
+    use k8s_openapi::ByteString;
+    let kube = cluster().await?.client();
+    // The wildcard certificate, in a namespace of its own.
+    let source_ns = kapal_tests::cluster::unique_name("kapal-tls-source");
+    let _source_cleanup = Cleanup::new(&source_ns).await?;
+    Api::<Namespace>::all(kube.clone())
+        .create(
+            &Default::default(),
+            &serde_json::from_value(serde_json::json!({ "metadata": { "name": source_ns } }))?,
+        )
+        .await?;
+    let tls_secret = |(crt, key): (Vec<u8>, Vec<u8>)| -> anyhow::Result<Secret> {
+        Ok(Secret {
+            metadata: kube::api::ObjectMeta {
+                name: Some("wildcard".into()),
+                ..Default::default()
+            },
+            type_: Some("kubernetes.io/tls".into()),
+            data: Some(BTreeMap::from([
+                ("tls.crt".to_string(), ByteString(crt)),
+                ("tls.key".to_string(), ByteString(key)),
+            ])),
+            ..Default::default()
+        })
+    };
+    let sources = namespaced::<Secret>(&kube, &source_ns);
+    let first = tls_secret(self_signed("n8n.kapal.test")?)?;
+    sources.create(&Default::default(), &first).await?;
+
+    let dir = tempfile::tempdir()?;
+    let mut options = Options::new(dir.path())?;
+    options.tls_secret = Some(format!("{source_ns}/wildcard"));
+    let p = Provisioner::start(options).await?;
+    let spec = spec("n8n", "trial");
+    let ns = spec.namespace.clone();
+    let _cleanup = Cleanup::new(&ns).await?;
+    p.apply(&spec).await?;
+
+    // Applied with the instance: the copy and the Ingress' TLS section naming it.
+    let copies = namespaced::<Secret>(&kube, &ns);
+    let copy = copies.get("kapal-wildcard-tls").await?;
+    assert_eq!(copy.type_.as_deref(), Some("kubernetes.io/tls"));
+    assert_eq!(copy.data, first.data);
+    assert_eq!(
+        copy.labels().get("kapal.dev/instance"),
+        Some(&spec.instance_id)
+    );
+    let ingress = namespaced::<Ingress>(&kube, &ns).get("kapal-web").await?;
+    let tls = ingress
+        .spec
+        .and_then(|s| s.tls)
+        .expect("a TLS section")
+        .remove(0);
+    assert_eq!(tls.secret_name.as_deref(), Some("kapal-wildcard-tls"));
+    assert_eq!(tls.hosts, Some(vec![spec.hostname.clone()]));
+
+    // A renewed certificate reaches the instance at the next resync (2 s here).
+    let renewed = tls_secret(self_signed("n8n.kapal.test")?)?;
+    assert_ne!(renewed.data, first.data);
+    sources
+        .replace("wildcard", &Default::default(), &renewed)
+        .await?;
+    wait_for(
+        "the renewed certificate in the instance",
+        Duration::from_secs(30),
+        || async {
+            Ok((copies.get("kapal-wildcard-tls").await?.data == renewed.data).then_some(()))
+        },
+    )
+    .await?;
+    p.shutdown().await
 }
