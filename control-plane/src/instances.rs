@@ -263,9 +263,7 @@ impl InstanceService for Instances {
         if crate::entitlements::effective(&instance).desired != pb::DesiredState::Deleted {
             // Credentials live only in the cluster (a Kubernetes Secret), read through the
             // provisioner once, then from memory.
-            let cacheable =
-                crate::entitlements::effective(&instance).desired != pb::DesiredState::Deleted;
-            wire.credentials = crate::credentials::read(&self.ctx, &id, cacheable).await;
+            wire.credentials = crate::credentials::read(&self.ctx, &id, true).await;
         }
         Ok(Response::new(wire))
     }
