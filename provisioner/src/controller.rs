@@ -511,9 +511,20 @@ impl Controller {
         if stored.is_finished() {
             return Ok(None);
         }
+        let now = self.clock.now();
+        // Deleted and reported so, its data kept: nothing to do until the data is due (a
+        // retention lasts days; no calls to the cluster every resync meanwhile).
+        if let Some(until) = stored.spec.data_kept_until(now)
+            && stored
+                .reported
+                .as_ref()
+                .is_some_and(|r| r.0 == InstanceStatus::Deleted as i32)
+        {
+            return Ok(Some(until));
+        }
         let (app, plan) = self.app_and_plan(&stored.spec)?;
         self.cluster
-            .converge(&stored.spec, app, plan, &self.settings, self.clock.now())
+            .converge(&stored.spec, app, plan, &self.settings, now)
             .await
     }
 
