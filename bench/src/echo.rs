@@ -10,8 +10,9 @@ use std::time::Duration;
 use futures::Stream;
 use kapal::proto::v1::instance_service_server::{InstanceService, InstanceServiceServer};
 use kapal::proto::v1::{
-    Credentials, DesiredState, GetInstanceRequest, Instance, InstanceActionRequest, InstanceEvent,
-    InstanceStatus, ListInstancesRequest, ListInstancesResponse, WatchInstanceRequest,
+    Credentials, DesiredState, GetInstanceRequest, GetInstanceUsageRequest, Instance,
+    InstanceActionRequest, InstanceEvent, InstanceStatus, InstanceUsage, ListInstancesRequest,
+    ListInstancesResponse, WatchInstanceRequest,
 };
 use tokio::io::AsyncBufReadExt as _;
 use tonic::{Request, Response, Status};
@@ -41,6 +42,8 @@ pub fn sample_instance(id: &str) -> Instance {
         created_at: Some(now),
         updated_at: Some(now),
         ready_at: Some(now),
+        suspended_by_billing: false,
+        data_deleted_after: None,
     }
 }
 
@@ -106,6 +109,17 @@ impl InstanceService for Echo {
         req: Request<InstanceActionRequest>,
     ) -> Result<Response<Instance>, Status> {
         Ok(Response::new(sample_instance(&req.get_ref().instance_id)))
+    }
+
+    async fn get_instance_usage(
+        &self,
+        req: Request<GetInstanceUsageRequest>,
+    ) -> Result<Response<InstanceUsage>, Status> {
+        Ok(Response::new(InstanceUsage {
+            instance_id: req.into_inner().instance_id,
+            metrics_note: "the cluster has no metrics API".into(),
+            ..Default::default()
+        }))
     }
 }
 

@@ -82,6 +82,31 @@ pub fn backend_name(b: Backend) -> &'static str {
     }
 }
 
+/// The page token that starts after the first `skip` of the caller's instances.
+async fn last_page_token(
+    client: &kapal::proto::v1::instance_service_client::InstanceServiceClient<
+        kapal_tests::app::Authed<Channel>,
+    >,
+    skip: u32,
+) -> anyhow::Result<String> {
+    let mut client = client.clone();
+    let (mut token, mut done) = (String::new(), 0u32);
+    while done < skip {
+        let page = client
+            .list_instances(ListInstancesRequest {
+                page_size: (skip - done).min(500),
+                page_token: token.clone(),
+            })
+            .await
+            .context("paging to the last page")?
+            .into_inner();
+        anyhow::ensure!(!page.instances.is_empty(), "fewer instances than {skip}");
+        done += page.instances.len() as u32;
+        token = page.next_page_token;
+    }
+    Ok(token)
+}
+
 /// A signed-up customer.
 #[derive(Clone)]
 pub struct Customer {
@@ -94,6 +119,10 @@ async fn signup(channel: &Channel, name: &str) -> anyhow::Result<Customer> {
         "{name}-{}@bench.example.com",
         &uuid::Uuid::new_v4().simple().to_string()[..12]
     );
+    signup_as(channel, name, email).await
+}
+
+async fn signup_as(channel: &Channel, name: &str, email: String) -> anyhow::Result<Customer> {
     let session = clients::grpc(channel, "")
         .accounts
         .sign_up(SignUpRequest {
@@ -668,7 +697,8 @@ impl Bench {
             .iter()
             .map(|ch| clients::grpc(ch, &few.token).instances)
             .collect();
-        let last = n.saturating_sub(50).to_string();
+        // Page tokens are keyset positions: walk to the one before the last 50 rows.
+        let last = last_page_token(&as_many[0], n.saturating_sub(50)).await?;
         let cases = [
             (
                 format!("ListInstances via gateway, owner of {n}, first page of 50"),
@@ -681,7 +711,7 @@ impl Bench {
                 (500, String::new()),
             ),
             (
-                format!("ListInstances via gateway, owner of {n}, last page (offset {last})"),
+                format!("ListInstances via gateway, owner of {n}, last page of 50"),
                 &as_many,
                 (50, last.clone()),
             ),
@@ -708,9 +738,43 @@ impl Bench {
                 })
             );
         }
-        self.report.not_measured.push(format!(
-            "admin listing of all {n} instances [{b}]: Kapal has no admin list RPC yet (pending the admin API); the customer listing above is measured with one customer owning all {n}"
-        ));
+        // The operators' listing of every customer's instances.
+        let admin = signup_as(&gw[0], "ops", crate::server::ADMIN_EMAIL.to_string()).await?;
+        let as_admin: Vec<_> = gw
+            .iter()
+            .map(|ch| clients::grpc(ch, &admin.token).admin)
+            .collect();
+        let admin_cases = [
+            (
+                format!("ListAllInstances via gateway, admin, {n} rows, first page of 50"),
+                (0u32, String::new()),
+            ),
+            (
+                format!("ListAllInstances via gateway, admin, {n} rows, page of 500"),
+                (500, String::new()),
+            ),
+            (
+                format!("ListAllInstances via gateway, admin, filtered by one account of {n}"),
+                (50, many.account.id.clone()),
+            ),
+        ];
+        for (name, page) in admin_cases {
+            rpc_load!(
+                self,
+                Measurement::new("list", name)
+                    .backend(Some(b))
+                    .transport("grpc"),
+                &spec,
+                pid,
+                as_admin,
+                page,
+                |d| list_all_instances(kapal::proto::v1::ListAllInstancesRequest {
+                    page_size: d.0,
+                    account_id: d.1.clone(),
+                    ..Default::default()
+                })
+            );
+        }
         Ok(())
     }
 

@@ -46,6 +46,9 @@ pub fn default_kapal_bin() -> PathBuf {
 }
 
 /// A running `kapal server`.
+/// The operator account of every `kapal server` the benchmark starts (for the admin listing).
+pub const ADMIN_EMAIL: &str = "ops@bench.example.com";
+
 pub struct KapalServer {
     child: Child,
     pub pid: u32,
@@ -116,6 +119,8 @@ impl KapalServer {
             .arg(&self.kubeconfig)
             .arg("--domain")
             .arg("kapal.bench")
+            .arg("--admin-emails")
+            .arg(ADMIN_EMAIL)
             // The load comes from one client: per-caller limits would measure the limiter.
             .arg("--rate-limit")
             .arg("1000000")

@@ -480,9 +480,9 @@ async fn operators_see_everything(backend: Backend) -> anyhow::Result<()> {
         .await?
         .into_inner();
     assert!(capacity.nodes.len() >= 3, "{capacity:?}");
-    let allocatable = capacity.allocatable.clone().context("allocatable")?;
+    let allocatable = capacity.allocatable.as_ref().context("allocatable")?;
     assert!(allocatable.cpu_millis >= 3 * 7_000, "{capacity:?}");
-    let committed = capacity.committed.clone().context("committed")?;
+    let committed = capacity.committed.as_ref().context("committed")?;
     assert!(
         committed.cpu_millis >= 200,
         "the trial's 200m: {capacity:?}"
