@@ -1333,6 +1333,55 @@ mod tests {
         );
     }
 
+    /// NetworkPolicies are namespaced and select pods of their own namespace only: customer B's
+    /// policies never name customer A's namespace or pods, and the only other namespace any
+    /// policy admits traffic from is the ingress controller's.
+    #[test]
+    fn one_customers_policies_cannot_select_another_customers_pods() {
+        let catalog = catalog();
+        for app in catalog.apps() {
+            let plan = app.plans.first().expect("a plan");
+            let a = spec(&app.id, &plan.id);
+            let mut b = spec(&app.id, &plan.id);
+            b.instance_id = Uuid::new_v4();
+            b.customer_id = "d5e6f7a8".into();
+            b.namespace = format!("kapal-d5e6f7a8-{}", app.id);
+            let objects_b = render(&b, app, plan, &settings());
+            for policy in &objects_b.network_policies {
+                let name = policy.metadata.name.as_deref().unwrap_or("?");
+                assert_eq!(
+                    policy.metadata.namespace.as_deref(),
+                    Some(b.namespace.as_str())
+                );
+                let spec = policy.spec.as_ref().expect("spec");
+                let peers = spec
+                    .ingress
+                    .iter()
+                    .flatten()
+                    .flat_map(|rule| rule.from.iter().flatten());
+                for peer in peers {
+                    match &peer.namespace_selector {
+                        // A pod selector alone selects pods of the policy's own namespace.
+                        None => assert!(peer.ip_block.is_none(), "{name}: no IP blocks"),
+                        Some(ns) => {
+                            let labels = ns.match_labels.clone().unwrap_or_default();
+                            assert_eq!(
+                                labels.get("kubernetes.io/metadata.name"),
+                                Some(&settings().ingress_namespace),
+                                "{name}: only the ingress controller's namespace"
+                            );
+                            assert_ne!(
+                                labels.get("kubernetes.io/metadata.name"),
+                                Some(&a.namespace)
+                            );
+                            assert!(ns.match_expressions.is_none(), "{name}");
+                        }
+                    }
+                }
+            }
+        }
+    }
+
     #[test]
     fn restricted_apps_render_pods_the_restricted_standard_admits() {
         let levels: Vec<(String, String)> = catalog()
