@@ -365,7 +365,9 @@ pub fn compute(
                 Some("Succeeded" | "Failed")
             )
         });
-        let reason = if running {
+        let reason = if running && known.suspended_by_billing {
+            "Suspending: the subscription is unpaid or has ended; stopping the app, its data is kept."
+        } else if running {
             "Stopping the app; its data is kept."
         } else if known.suspended_by_billing {
             BILLING_SUSPENDED_REASON
@@ -761,6 +763,15 @@ mod tests {
         assert_eq!(
             compute(Some(known(app, Desired::Stopped)), &obs, now(), GRACE).reason,
             "Stopped; the app's data is kept."
+        );
+        // While its pods shut down, the reason already says why.
+        let stopping = Observed {
+            pods: vec![pod("app", json!({ "phase": "Running" }))],
+            ..obs.clone()
+        };
+        assert_eq!(
+            compute(Some(billing), &stopping, now(), GRACE).reason,
+            "Suspending: the subscription is unpaid or has ended; stopping the app, its data is kept."
         );
         // Billing's flag means nothing while the instance should run.
         let running = Known {
