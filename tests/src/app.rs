@@ -253,9 +253,13 @@ impl TestApp {
         if let Some(percent) = self.options.capacity_ceiling_percent {
             cp_config.capacity_ceiling_percent = percent;
         }
-        if let Some(retention) = self.options.data_retention {
-            cp_config.data_retention = retention;
-        }
+        // Tests do not keep deleted instances' data for days on the shared cluster (each stack
+        // has its own partition, so no later sweep would find it); a test that looks at
+        // retention asks for a period.
+        cp_config.data_retention = self
+            .options
+            .data_retention
+            .unwrap_or(Duration::from_secs(1));
         cp_config.recovery_interval = Duration::from_secs(1);
         self.tasks.spawn({
             let s = shutdown();

@@ -14,6 +14,9 @@ use kube::api::{Api, ListParams};
 use tonic::Code;
 
 const READY_TIMEOUT: Duration = Duration::from_secs(180);
+/// How long the journey's deleted instance keeps its data: long enough to see it kept under
+/// load, short enough to see it go.
+const DATA_RETENTION: Duration = Duration::from_secs(30);
 
 macro_rules! on_both_backends {
     ($($name:ident),* $(,)?) => {$(
@@ -81,7 +84,11 @@ async fn delete_instance(c: &mut kapal_tests::app::Clients, id: &str) -> anyhow:
 }
 
 async fn customer_journey(backend: Backend) -> anyhow::Result<()> {
-    let app = TestApp::builder().backend(backend).start().await?;
+    let app = TestApp::builder()
+        .backend(backend)
+        .with_data_retention(DATA_RETENTION)
+        .start()
+        .await?;
 
     // Browse: the catalog needs no account.
     let catalog = app
@@ -261,8 +268,42 @@ async fn customer_journey(backend: Backend) -> anyhow::Result<()> {
         .orders;
     assert_eq!(orders.len(), 1);
 
-    // Clean up: delete, and the namespace goes.
-    delete_instance(&mut c, &instance.id).await?;
+    // Delete: the app goes at once, its data after the retention period, then the namespace.
+    let deleted = c
+        .instances
+        .delete_instance(InstanceActionRequest {
+            instance_id: instance.id.clone(),
+        })
+        .await?
+        .into_inner();
+    let data_deleted_after = deleted
+        .data_deleted_after
+        .as_ref()
+        .context("a deleted instance says when its data goes")?;
+    let kept_for = data_deleted_after.seconds - chrono::Utc::now().timestamp();
+    assert!(
+        (0..=DATA_RETENTION.as_secs() as i64 + 1).contains(&kept_for),
+        "data kept for the retention period: {kept_for} s"
+    );
+    watch_until(
+        &mut c.instances,
+        &instance.id,
+        InstanceStatus::Deleted,
+        READY_TIMEOUT,
+    )
+    .await?;
+    assert!(
+        deployments
+            .list(&ListParams::default())
+            .await?
+            .items
+            .is_empty(),
+        "the app is gone at once"
+    );
+    assert!(
+        !pvcs.list(&ListParams::default()).await?.items.is_empty(),
+        "its data is kept until {data_deleted_after:?}"
+    );
     kapal_tests::cluster::wait_for("the namespace to be removed", READY_TIMEOUT, || {
         let namespaces = namespaces.clone();
         let ns_name = ns_name.clone();
