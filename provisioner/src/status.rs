@@ -118,10 +118,18 @@ impl WorkloadState {
             .unwrap_or_default()
             .into_iter()
             .find_map(|c| {
-                let failed = (c.type_ == "ReplicaFailure" && c.status == "True")
-                    || (c.type_ == "Progressing"
-                        && c.status == "False"
-                        && c.reason.as_deref() == Some("ProgressDeadlineExceeded"));
+                // In a namespace just created, the first pod can be refused because the
+                // ServiceAccount controller has not made the `default` account yet; the
+                // ReplicaSet controller retries within moments. Not a failure.
+                let waiting_for_account = c
+                    .message
+                    .as_deref()
+                    .is_some_and(|m| m.contains("error looking up service account"));
+                let failed =
+                    (c.type_ == "ReplicaFailure" && c.status == "True" && !waiting_for_account)
+                        || (c.type_ == "Progressing"
+                            && c.status == "False"
+                            && c.reason.as_deref() == Some("ProgressDeadlineExceeded"));
                 failed.then(|| c.message.unwrap_or_else(|| c.type_.clone()))
             });
         WorkloadState {
@@ -651,6 +659,19 @@ mod tests {
         let v = check(Desired::Running, false, &failed);
         assert_eq!(v.status, InstanceStatus::Failed);
         assert!(v.reason.contains("exceeded quota"), "{}", v.reason);
+
+        // A new namespace's default ServiceAccount not made yet: the controller retries.
+        let mut early = ghost_observed(0, 1);
+        early.deployments[0]
+            .status
+            .as_mut()
+            .expect("status")
+            .conditions = Some(vec![from(json!({
+            "type": "ReplicaFailure", "status": "True", "reason": "FailedCreate",
+            "message": "pods \"app-6465f799df-\" is forbidden: error looking up service account kapal-x/default: serviceaccount \"default\" not found",
+        }))]);
+        let v = check(Desired::Running, false, &early);
+        assert_ne!(v.status, InstanceStatus::Failed, "{v:?}");
     }
 
     #[test]
