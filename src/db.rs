@@ -11,6 +11,18 @@
 //! let mut conn = db.get().await?;
 //! let n: i64 = kapal::db!(&mut conn, |c| accounts::table.count().get_result(c).await)?;
 //! ```
+//!
+//! Two ways to get a connection: [`Db::get`] for anything that writes, or reads in order to
+//! write, and [`Db::read`] for a read on its own (an API read such as GetInstance or a listing).
+//! On SQLite they are two pools of one file: a single writer (SQLite allows one writer at a time,
+//! and one connection never meets `SQLITE_BUSY` inside a transaction) and a few read-only
+//! connections that WAL mode lets read in parallel with it and each other, so a burst of reads
+//! neither waits behind a write nor queues on one connection. A reader sees every transaction
+//! committed before its query starts. On PostgreSQL both are the same pool.
+//!
+//! Pooled connections are handed out without a test query (`RecyclingMethod::Fast`): a
+//! `SELECT 1` before every query doubled the round trips of every read. A connection that broke
+//! (PostgreSQL restarted) fails the one query that finds out, and the pool then replaces it.
 
 use std::path::PathBuf;
 use std::time::Duration;
@@ -19,7 +31,9 @@ use anyhow::Context as _;
 use diesel::SqliteConnection;
 use diesel::connection::SimpleConnection as _;
 use diesel_async::pooled_connection::bb8::{Pool, PooledConnection, RunError};
-use diesel_async::pooled_connection::{AsyncDieselConnectionManager, ManagerConfig};
+use diesel_async::pooled_connection::{
+    AsyncDieselConnectionManager, ManagerConfig, RecyclingMethod,
+};
 use diesel_async::sync_connection_wrapper::SyncConnectionWrapper;
 use diesel_async::{
     AsyncConnection as _, AsyncMigrationHarness, AsyncPgConnection, SimpleAsyncConnection as _,
@@ -94,11 +108,19 @@ impl DbError {
     }
 }
 
+/// Read-only SQLite connections per database: reads in parallel with the writer and each other.
+const SQLITE_READERS: u32 = 4;
+
 /// A pool of connections to one service's database.
 #[derive(Clone)]
 pub enum Db {
     Postgres(Pool<AsyncPgConnection>),
-    Sqlite(Pool<SqliteConn>),
+    Sqlite {
+        /// The one connection that writes.
+        writer: Pool<SqliteConn>,
+        /// Read-only connections (`PRAGMA query_only`), for [`Db::read`].
+        readers: Pool<SqliteConn>,
+    },
 }
 
 /// One pooled connection; use it with [`db!`](crate::db).
@@ -136,36 +158,21 @@ impl Db {
                     .with_context(|| format!("creating the data directory {}", dir.display()))?;
                 let path = dir.join(format!("{service}.db"));
                 let url = path.to_string_lossy().into_owned();
-                let mut manager_config = ManagerConfig::<SqliteConn>::default();
-                manager_config.custom_setup = Box::new(|url| {
-                    let url = url.to_string();
-                    async move {
-                        let mut conn = SqliteConn::establish(&url).await?;
-                        conn.batch_execute(
-                            "PRAGMA journal_mode = WAL; PRAGMA synchronous = NORMAL; \
-                             PRAGMA foreign_keys = ON; PRAGMA busy_timeout = 10000;",
-                        )
-                        .await
-                        .map_err(diesel::ConnectionError::CouldntSetupConfiguration)?;
-                        Ok(conn)
-                    }
-                    .boxed()
-                });
-                let manager = AsyncDieselConnectionManager::new_with_config(url, manager_config);
-                // One connection: SQLite allows one writer at a time, and a single connection
-                // never meets SQLITE_BUSY inside a transaction. Queries take microseconds.
-                let pool = Pool::builder()
-                    .max_size(1)
-                    .connection_timeout(Duration::from_secs(30))
-                    .build(manager)
+                // Both pools connect lazily: the writer's first connection (the migrations)
+                // creates the file and switches it to WAL mode, before any reader opens it.
+                let writer = sqlite_pool(&url, 1, false)
                     .await
                     .with_context(|| format!("opening SQLite database {}", path.display()))?;
-                Db::Sqlite(pool)
+                let readers = sqlite_pool(&url, SQLITE_READERS, true)
+                    .await
+                    .with_context(|| format!("opening SQLite database {}", path.display()))?;
+                Db::Sqlite { writer, readers }
             }
             DbConfig::Postgres(url) => {
                 let schema = format!("kapal_{}", service.replace('-', "_"));
                 create_schema(url, &schema).await?;
                 let mut manager_config = ManagerConfig::<AsyncPgConnection>::default();
+                manager_config.recycling_method = RecyclingMethod::Fast;
                 let setup_schema = schema.clone();
                 manager_config.custom_setup = Box::new(move |url| {
                     let url = url.to_string();
@@ -210,8 +217,8 @@ impl Db {
                         .map(|_| ())
                 })
             }
-            Db::Sqlite(pool) => {
-                let conn = pool
+            Db::Sqlite { writer, .. } => {
+                let conn = writer
                     .get_owned()
                     .await
                     .context("connecting to run migrations")?;
@@ -226,11 +233,20 @@ impl Db {
         result.map_err(|e| anyhow::anyhow!("running database migrations: {e}"))
     }
 
-    /// A connection from the pool.
+    /// A connection that may write (and reads what it is about to write).
     pub async fn get(&self) -> Result<DbConn<'_>, DbError> {
         Ok(match self {
             Db::Postgres(pool) => DbConn::Postgres(pool.get().await?),
-            Db::Sqlite(pool) => DbConn::Sqlite(pool.get().await?),
+            Db::Sqlite { writer, .. } => DbConn::Sqlite(writer.get().await?),
+        })
+    }
+
+    /// A connection for a read that writes nothing afterwards: on SQLite one of the read-only
+    /// connections (a write through it fails), on PostgreSQL the same pool as [`Db::get`].
+    pub async fn read(&self) -> Result<DbConn<'_>, DbError> {
+        Ok(match self {
+            Db::Postgres(pool) => DbConn::Postgres(pool.get().await?),
+            Db::Sqlite { readers, .. } => DbConn::Sqlite(readers.get().await?),
         })
     }
 
@@ -238,9 +254,39 @@ impl Db {
     pub fn backend(&self) -> &'static str {
         match self {
             Db::Postgres(_) => "postgres",
-            Db::Sqlite(_) => "sqlite",
+            Db::Sqlite { .. } => "sqlite",
         }
     }
+}
+
+/// A pool of `size` connections to the SQLite file at `url`; read-only ones refuse writes.
+async fn sqlite_pool(url: &str, size: u32, read_only: bool) -> anyhow::Result<Pool<SqliteConn>> {
+    let mut manager_config = ManagerConfig::<SqliteConn>::default();
+    manager_config.recycling_method = RecyclingMethod::Fast;
+    manager_config.custom_setup = Box::new(move |url| {
+        let url = url.to_string();
+        async move {
+            let mut conn = SqliteConn::establish(&url).await?;
+            let pragmas = if read_only {
+                // journal_mode is the file's (set by the writer); a reader only waits and reads.
+                "PRAGMA query_only = ON; PRAGMA foreign_keys = ON; PRAGMA busy_timeout = 10000;"
+            } else {
+                "PRAGMA journal_mode = WAL; PRAGMA synchronous = NORMAL; \
+                 PRAGMA foreign_keys = ON; PRAGMA busy_timeout = 10000;"
+            };
+            conn.batch_execute(pragmas)
+                .await
+                .map_err(diesel::ConnectionError::CouldntSetupConfiguration)?;
+            Ok(conn)
+        }
+        .boxed()
+    });
+    let manager = AsyncDieselConnectionManager::new_with_config(url, manager_config);
+    Ok(Pool::builder()
+        .max_size(size)
+        .connection_timeout(Duration::from_secs(30))
+        .build(manager)
+        .await?)
 }
 
 async fn create_schema(url: &str, schema: &str) -> anyhow::Result<()> {

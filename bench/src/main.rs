@@ -197,9 +197,6 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 }
                 if wants(Scenario::Read) {
                     bench.read(&server).await?;
-                    bench
-                        .read_nodelay(backend, cluster.kubeconfig_path())
-                        .await?;
                 }
                 if wants(Scenario::List) {
                     bench.list(&server).await?;

@@ -582,88 +582,6 @@ impl Bench {
         Ok(())
     }
 
-    /// The read through the gateway again, on the same services run in this process with
-    /// TCP_NODELAY on their listeners: what setting it in Kapal's servers would give.
-    pub async fn read_nodelay(
-        &mut self,
-        backend: Backend,
-        kubeconfig: &std::path::Path,
-    ) -> anyhow::Result<()> {
-        let b = backend_name(backend);
-        eprintln!("== read [{b}]: experiment, in-process services with TCP_NODELAY");
-        let stack = Stack::start(kubeconfig, backend, true, |_| {}).await?;
-        let result: anyhow::Result<()> = async {
-            let gw = clients::channels(stack.gateway, self.settings.connections)?;
-            let customer = signup(&gw[0], "reader").await?;
-            let c = clients::grpc(&gw[0], &customer.token);
-            let order = c
-                .orders
-                .clone()
-                .checkout(checkout_request(&idempotency_key()))
-                .await?
-                .into_inner();
-            let id = order.instance_id.clone();
-            watch_until(
-                &mut c.instances.clone(),
-                &id,
-                InstanceStatus::Ready,
-                Duration::from_secs(180),
-            )
-            .await?;
-            let via_grpc: Vec<_> = gw
-                .iter()
-                .map(|ch| clients::grpc(ch, &customer.token).instances)
-                .collect();
-            let via_web = vec![clients::grpc_web(stack.gateway, &customer.token)?.instances];
-            let catalog: Vec<_> = gw.iter().map(|ch| clients::grpc(ch, "").catalog).collect();
-            let note = "experiment: the four services in the benchmark's process (CPU: all in 'gen'), listeners with TCP_NODELAY";
-            for spec in [self.spec_rate(), self.spec_max()] {
-                rpc_load!(
-                    self,
-                    Measurement::new("read", "GetInstance via gateway, TCP_NODELAY (experiment)")
-                        .backend(Some(b))
-                        .transport("grpc")
-                        .note(note),
-                    &spec,
-                    None,
-                    via_grpc,
-                    id,
-                    |d| get_instance(GetInstanceRequest { instance_id: d.clone() })
-                );
-                rpc_load!(
-                    self,
-                    Measurement::new("read", "GetInstance via gateway, TCP_NODELAY (experiment)")
-                        .backend(Some(b))
-                        .transport("grpc-web")
-                        .note(note),
-                    &spec,
-                    None,
-                    via_web,
-                    id,
-                    |d| get_instance(GetInstanceRequest { instance_id: d.clone() })
-                );
-            }
-            let spec = self.spec_max();
-            rpc_load!(
-                self,
-                Measurement::new("read", "ListApps via gateway, TCP_NODELAY (experiment)")
-                    .backend(Some(b))
-                    .transport("grpc")
-                    .note(note),
-                &spec,
-                None,
-                catalog,
-                (),
-                |d| list_apps(ListAppsRequest {})
-            );
-            delete_all(&gw[0], &[(customer.token.clone(), id)], Duration::from_secs(120)).await?;
-            Ok(())
-        }
-        .await;
-        stack.stop().await;
-        result
-    }
-
     /// 3. ListInstances with `settings.instances` instances in the database.
     pub async fn list(&mut self, server: &KapalServer) -> anyhow::Result<()> {
         let b = backend_name(server.backend);
@@ -1138,7 +1056,7 @@ impl Bench {
         let affinity: k8s_openapi::api::core::v1::Affinity =
             serde_json::from_value(node.preferred_affinity())?;
         let mut seconds = 0;
-        let stack = Stack::start(kubeconfig, Backend::Sqlite, false, |c| {
+        let stack = Stack::start(kubeconfig, Backend::Sqlite, |c| {
             c.extra_tolerations = vec![toleration.clone()];
             c.affinity = Some(affinity.clone());
             seconds = c.node_failure_toleration.as_secs();

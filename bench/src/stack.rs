@@ -1,9 +1,7 @@
 //! Kapal's four services in this process (like kapal-tests' TestApp), for what `kapal server`
 //! has no flag for: the node-failure scenario needs the provisioner's toleration and affinity
 //! that put instance pods on a temporary node (so stopping it disturbs no one else's pods on
-//! the shared local cluster), and the TCP_NODELAY experiment needs listeners with TCP_NODELAY
-//! set (Linux hands it down to accepted connections; tonic does not set it on connections from
-//! a listener it is given).
+//! the shared local cluster).
 
 use std::net::SocketAddr;
 use std::path::Path;
@@ -31,7 +29,6 @@ impl Stack {
     pub async fn start(
         kubeconfig: &Path,
         backend: kapal::testing::Backend,
-        nodelay: bool,
         tweak: impl FnOnce(&mut kapal_provisioner::Config),
     ) -> anyhow::Result<Stack> {
         let dir = tempfile::Builder::new().prefix("kapal-bench-").tempdir()?;
@@ -45,12 +42,7 @@ impl Stack {
                 let _ = rx.wait_for(|s| *s).await;
             }
         };
-        let bind = || async move {
-            let socket = tokio::net::TcpSocket::new_v4()?;
-            socket.set_nodelay(nodelay)?;
-            socket.bind(std::net::SocketAddr::from(([127, 0, 0, 1], 0)))?;
-            socket.listen(1024)
-        };
+        let bind = || TcpListener::bind("127.0.0.1:0");
         let (cp, billing, prov, gateway) =
             (bind().await?, bind().await?, bind().await?, bind().await?);
         let url = |l: &TcpListener| -> anyhow::Result<String> {

@@ -150,7 +150,7 @@ impl ScheduleRow {
 
 /// The plan change pending on a subscription, if any.
 pub async fn next_plan(db: &Db, id: &str) -> Result<Option<String>, Error> {
-    let mut conn = db.get().await?;
+    let mut conn = db.read().await?;
     let plan = kapal::db!(&mut conn, |c| {
         subscription_schedule::table
             .find(id)
@@ -174,7 +174,7 @@ pub struct EventRow {
 
 /// A subscription's events, oldest first.
 pub async fn subscription_events(db: &Db, id: &str) -> Result<Vec<EventRow>, Error> {
-    let mut conn = db.get().await?;
+    let mut conn = db.read().await?;
     let rows = kapal::db!(&mut conn, |c| {
         subscription_events::table
             .filter(subscription_events::subscription_id.eq(id))
@@ -611,7 +611,7 @@ pub async fn record_payment_failure(
 }
 
 pub async fn invoice(db: &Db, id: &str) -> Result<InvoiceRow, Error> {
-    let mut conn = db.get().await?;
+    let mut conn = db.read().await?;
     let row = kapal::db!(&mut conn, |c| {
         invoices::table
             .find(id)
@@ -623,7 +623,7 @@ pub async fn invoice(db: &Db, id: &str) -> Result<InvoiceRow, Error> {
 }
 
 pub async fn subscription(db: &Db, id: &str) -> Result<SubscriptionRow, Error> {
-    let mut conn = db.get().await?;
+    let mut conn = db.read().await?;
     let row = kapal::db!(&mut conn, |c| {
         subscriptions::table
             .find(id)
@@ -637,7 +637,7 @@ pub async fn subscription(db: &Db, id: &str) -> Result<SubscriptionRow, Error> {
 /// The account's subscriptions the customer may see, newest first.
 pub async fn list_subscriptions(db: &Db, account_id: &str) -> Result<Vec<SubscriptionRow>, Error> {
     let hidden = SubscriptionStatus::Incomplete.as_str();
-    let mut conn = db.get().await?;
+    let mut conn = db.read().await?;
     let rows = kapal::db!(&mut conn, |c| {
         subscriptions::table
             .filter(subscriptions::account_id.eq(account_id))
@@ -657,7 +657,7 @@ pub async fn customer_subscription(
     id: &str,
 ) -> Result<SubscriptionRow, Error> {
     let hidden = SubscriptionStatus::Incomplete.as_str();
-    let mut conn = db.get().await?;
+    let mut conn = db.read().await?;
     let row = kapal::db!(&mut conn, |c| {
         subscriptions::table
             .find(id)
@@ -679,7 +679,7 @@ pub async fn list_invoices(
     subscription_id: Option<&str>,
 ) -> Result<Vec<InvoiceRow>, Error> {
     let hidden = SubscriptionStatus::Incomplete.as_str();
-    let mut conn = db.get().await?;
+    let mut conn = db.read().await?;
     let rows = kapal::db!(&mut conn, |c| {
         let mut query = invoices::table
             .inner_join(subscriptions::table)

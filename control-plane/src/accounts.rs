@@ -227,7 +227,7 @@ impl Accounts {
     }
 
     async fn account(&self, id: &Uuid) -> Result<Account> {
-        let mut conn = self.0.db.get().await?;
+        let mut conn = self.0.db.read().await?;
         kapal::db!(&mut conn, |c| accounts::table
             .find(id.to_string())
             .select(Account::as_select())
@@ -426,7 +426,7 @@ impl AccountService for Accounts {
         req: Request<ListApiTokensRequest>,
     ) -> Result<Response<ListApiTokensResponse>, Status> {
         let p = auth::customer(&req)?;
-        let mut conn = self.0.db.get().await.map_err(Error::from)?;
+        let mut conn = self.0.db.read().await.map_err(Error::from)?;
         let rows = kapal::db!(&mut conn, |c| tokens::table
             .filter(tokens::account_id.eq(p.account_id.to_string()))
             .filter(tokens::kind.eq(token_kind::API))
@@ -485,7 +485,7 @@ pub(crate) async fn authenticate(
     }
     let hash = token_hash(secret);
     let now = ctx.now();
-    let mut conn = ctx.db.get().await?;
+    let mut conn = ctx.db.read().await?;
     let row: Option<(Token, Account)> = kapal::db!(&mut conn, |c| tokens::table
         .inner_join(accounts::table)
         .filter(tokens::token_hash.eq(&hash))

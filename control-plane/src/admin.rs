@@ -54,7 +54,7 @@ fn admin_instance(i: &Instance, (customer_id, email): &Owner) -> AdminInstance {
 
 /// Any instance with its owner's customer id and email.
 async fn with_owner(ctx: &Ctx, id: &str) -> Result<(Instance, Owner)> {
-    let mut conn = ctx.db.get().await?;
+    let mut conn = ctx.db.read().await?;
     kapal::db!(&mut conn, |c| instances::table
         .inner_join(accounts::table)
         .filter(instances::id.eq(id))
@@ -234,7 +234,7 @@ fn status_since(
 async fn instance_alerts(ctx: &Ctx, out: &mut Vec<Alert>) -> Result<()> {
     let failed = instance_state::status_to_db(InstanceStatus::Failed);
     let degraded = instance_state::status_to_db(InstanceStatus::Degraded);
-    let mut conn = ctx.db.get().await?;
+    let mut conn = ctx.db.read().await?;
     let rows: Vec<(Instance, String)> = kapal::db!(&mut conn, |c| instances::table
         .inner_join(accounts::table)
         .filter(instances::status.eq_any([failed, degraded]))
@@ -341,7 +341,7 @@ impl AdminService for Admin {
             "" => None,
             a => Some(kapal::wire::uuid("account_id", a)?.to_string()),
         };
-        let mut conn = self.0.db.get().await.map_err(Error::from)?;
+        let mut conn = self.0.db.read().await.map_err(Error::from)?;
         let rows: Vec<(Instance, Owner)> = kapal::db!(&mut conn, |c| {
             let mut q = instances::table
                 .inner_join(accounts::table)
@@ -495,7 +495,7 @@ impl AdminService for Admin {
         auth::admin(&req)?;
         let limit = kapal::wire::page_size(req.get_ref().page_size);
         let cursor = paging::parse(&req.get_ref().page_token)?;
-        let mut conn = self.0.db.get().await.map_err(Error::from)?;
+        let mut conn = self.0.db.read().await.map_err(Error::from)?;
         let rows: Vec<AuditEntry> = kapal::db!(&mut conn, |c| {
             let mut q = audit_log::table
                 .select(AuditEntry::as_select())

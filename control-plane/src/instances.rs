@@ -93,7 +93,7 @@ pub(crate) async fn push_to_provisioner(ctx: &Ctx, instance: &Instance, customer
 
 /// One of the caller's instances, or NOT_FOUND.
 async fn owned(ctx: &Ctx, account_id: &str, id: &str) -> Result<Instance> {
-    let mut conn = ctx.db.get().await?;
+    let mut conn = ctx.db.read().await?;
     kapal::db!(&mut conn, |c| instances::table
         .filter(instances::id.eq(id))
         .filter(instances::account_id.eq(account_id))
@@ -105,7 +105,7 @@ async fn owned(ctx: &Ctx, account_id: &str, id: &str) -> Result<Instance> {
 }
 
 pub(crate) async fn load(ctx: &Ctx, id: &str) -> Result<Option<Instance>> {
-    let mut conn = ctx.db.get().await?;
+    let mut conn = ctx.db.read().await?;
     Ok(kapal::db!(&mut conn, |c| instances::table
         .find(id)
         .select(Instance::as_select())
@@ -224,7 +224,7 @@ impl InstanceService for Instances {
         let p = auth::customer(&req)?;
         let limit = kapal::wire::page_size(req.get_ref().page_size);
         let cursor = paging::parse(&req.get_ref().page_token)?;
-        let mut conn = self.ctx.db.get().await.map_err(Error::from)?;
+        let mut conn = self.ctx.db.read().await.map_err(Error::from)?;
         // Keyset pages on the (account_id, created_at, id) index.
         let rows: Vec<Instance> = kapal::db!(&mut conn, |c| {
             let mut q = instances::table

@@ -82,7 +82,7 @@ fn check_idempotency_key(key: &str) -> Result<()> {
 }
 
 async fn load_order(ctx: &Ctx, account_id: &str, id: &str) -> Result<Option<Order>> {
-    let mut conn = ctx.db.get().await?;
+    let mut conn = ctx.db.read().await?;
     Ok(kapal::db!(&mut conn, |c| orders::table
         .filter(orders::id.eq(id))
         .filter(orders::account_id.eq(account_id))
@@ -471,7 +471,7 @@ impl OrderService for Orders {
         let p = auth::customer(&req)?;
         let limit = kapal::wire::page_size(req.get_ref().page_size);
         let cursor = paging::parse(&req.get_ref().page_token)?;
-        let mut conn = self.0.db.get().await.map_err(Error::from)?;
+        let mut conn = self.0.db.read().await.map_err(Error::from)?;
         // Keyset pages on the (account_id, created_at, id) index.
         let rows: Vec<Order> = kapal::db!(&mut conn, |c| {
             let mut q = orders::table
