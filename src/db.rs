@@ -18,7 +18,8 @@
 //! and one connection never meets `SQLITE_BUSY` inside a transaction) and a few read-only
 //! connections that WAL mode lets read in parallel with it and each other, so a burst of reads
 //! neither waits behind a write nor queues on one connection. A reader sees every transaction
-//! committed before its query starts. On PostgreSQL both are the same pool.
+//! committed before its query starts. On PostgreSQL both are the same pool. The writer's work
+//! runs on tokio's blocking pool; a reader's runs where it is awaited ([`SqliteRuntime`]).
 //!
 //! Pooled connections are handed out without a test query (`RecyclingMethod::Fast`): a
 //! `SELECT 1` before every query doubled the round trips of every read. A connection that broke
@@ -34,15 +35,16 @@ use diesel_async::pooled_connection::bb8::{Pool, PooledConnection, RunError};
 use diesel_async::pooled_connection::{
     AsyncDieselConnectionManager, ManagerConfig, RecyclingMethod,
 };
-use diesel_async::sync_connection_wrapper::SyncConnectionWrapper;
+use diesel_async::sync_connection_wrapper::{SpawnBlocking, SyncConnectionWrapper};
 use diesel_async::{
     AsyncConnection as _, AsyncMigrationHarness, AsyncPgConnection, SimpleAsyncConnection as _,
 };
 use diesel_migrations::{EmbeddedMigrations, MigrationHarness as _};
 use futures::FutureExt as _;
 
-/// The async SQLite connection (a synchronous diesel connection run on tokio's blocking pool).
-pub type SqliteConn = SyncConnectionWrapper<SqliteConnection>;
+/// The async SQLite connection: a synchronous diesel connection, run where its
+/// [`SqliteRuntime`] says.
+pub type SqliteConn = SyncConnectionWrapper<SqliteConnection, SqliteRuntime>;
 
 /// Where a service keeps its data.
 #[derive(Clone, Debug)]
@@ -266,7 +268,17 @@ async fn sqlite_pool(url: &str, size: u32, read_only: bool) -> anyhow::Result<Po
     manager_config.custom_setup = Box::new(move |url| {
         let url = url.to_string();
         async move {
-            let mut conn = SqliteConn::establish(&url).await?;
+            let runtime = if read_only {
+                SqliteRuntime::Inline
+            } else {
+                SqliteRuntime::blocking()
+            };
+            let conn = tokio::task::spawn_blocking(move || {
+                <SqliteConnection as diesel::Connection>::establish(&url)
+            })
+            .await
+            .map_err(|e| diesel::ConnectionError::BadConnection(e.to_string()))??;
+            let mut conn = SqliteConn::with_runtime(conn, runtime);
             let pragmas = if read_only {
                 // journal_mode is the file's (set by the writer); a reader only waits and reads.
                 "PRAGMA query_only = ON; PRAGMA foreign_keys = ON; PRAGMA busy_timeout = 10000;"
@@ -301,6 +313,76 @@ async fn create_schema(url: &str, schema: &str) -> anyhow::Result<()> {
             .with_context(|| format!("creating schema {schema}"))?;
     }
     Ok(())
+}
+
+/// Where a SQLite connection does its (synchronous) work.
+pub enum SqliteRuntime {
+    /// On tokio's blocking pool: the writer, whose work may wait for a lock held by another
+    /// process or for the disk.
+    Blocking(tokio::runtime::Handle),
+    /// Right where the query is awaited: the read-only connections. In WAL mode a read never
+    /// waits for the writer, and Kapal's reads are indexed lookups and bounded pages that take
+    /// microseconds; handing each one to a blocking thread and waking the caller again cost more
+    /// CPU than the query itself (a third of a GetInstance in the read benchmark).
+    Inline,
+}
+
+impl SqliteRuntime {
+    fn blocking() -> SqliteRuntime {
+        SqliteRuntime::Blocking(tokio::runtime::Handle::current())
+    }
+}
+
+impl SpawnBlocking for SqliteRuntime {
+    fn spawn_blocking<'a, R>(
+        &mut self,
+        task: impl FnOnce() -> R + Send + 'static,
+    ) -> futures::future::BoxFuture<'a, Result<R, Box<dyn std::error::Error + Send + Sync + 'static>>>
+    where
+        R: Send + 'static,
+    {
+        match self {
+            SqliteRuntime::Inline => futures::future::ready(Ok(task())).boxed(),
+            SqliteRuntime::Blocking(handle) => FinishOnDrop {
+                task: handle.spawn_blocking(task),
+            }
+            .map(|r| r.map_err(Box::from))
+            .boxed(),
+        }
+    }
+
+    fn get_runtime() -> SqliteRuntime {
+        SqliteRuntime::blocking()
+    }
+}
+
+/// A blocking task that is waited for if its caller gives up (a cancelled request): the
+/// connection goes back to the pool only once its work is done, as diesel-async's own runtime
+/// does.
+struct FinishOnDrop<R> {
+    task: tokio::task::JoinHandle<R>,
+}
+
+impl<R> std::future::Future for FinishOnDrop<R> {
+    type Output = Result<R, tokio::task::JoinError>;
+
+    fn poll(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Self::Output> {
+        std::pin::Pin::new(&mut self.task).poll(cx)
+    }
+}
+
+impl<R> Drop for FinishOnDrop<R> {
+    fn drop(&mut self) {
+        if !self.task.is_finished() {
+            let task = &mut self.task;
+            tokio::task::block_in_place(|| {
+                let _ = tokio::runtime::Handle::current().block_on(task);
+            });
+        }
+    }
 }
 
 /// Opens a plain synchronous SQLite connection (for tools and tests).

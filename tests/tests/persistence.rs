@@ -97,7 +97,6 @@ mod reads_see_commits_and_never_wait_for_a_write {
 
     #[tokio::test(flavor = "multi_thread")]
     async fn postgres() {
-        super::reads_see_commits_and_never_wait_for_a_write(kapal::testing::Backend::Postgres)
-            .await
+        super::reads_see_commits_and_never_wait_for_a_write(kapal::testing::Backend::Postgres).await
     }
 }
