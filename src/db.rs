@@ -345,6 +345,7 @@ impl SpawnBlocking for SqliteRuntime {
             SqliteRuntime::Inline => futures::future::ready(Ok(task())).boxed(),
             SqliteRuntime::Blocking(handle) => FinishOnDrop {
                 task: handle.spawn_blocking(task),
+                handle: handle.clone(),
             }
             .map(|r| r.map_err(Box::from))
             .boxed(),
@@ -361,6 +362,7 @@ impl SpawnBlocking for SqliteRuntime {
 /// does.
 struct FinishOnDrop<R> {
     task: tokio::task::JoinHandle<R>,
+    handle: tokio::runtime::Handle,
 }
 
 impl<R> std::future::Future for FinishOnDrop<R> {
@@ -377,9 +379,9 @@ impl<R> std::future::Future for FinishOnDrop<R> {
 impl<R> Drop for FinishOnDrop<R> {
     fn drop(&mut self) {
         if !self.task.is_finished() {
-            let task = &mut self.task;
+            let (task, handle) = (&mut self.task, &self.handle);
             tokio::task::block_in_place(|| {
-                let _ = tokio::runtime::Handle::current().block_on(task);
+                let _ = handle.block_on(task);
             });
         }
     }
