@@ -498,7 +498,9 @@ impl Controller {
                 }
             }
         }
-        self.store.set_reported(id, current.0, &current.1).await
+        self.store
+            .set_reported(id, current.0, &current.1, stored.updated_at)
+            .await
     }
 
     /// Converges one recorded instance (nothing when it is unknown or deleted and reported).

@@ -238,6 +238,9 @@ impl Store {
         let new_life = old.spec.desired != spec.desired
             || old.spec.restart_generation != spec.restart_generation;
         let was_ready = old.was_ready && !new_life;
+        // A changed spec is reported afresh: the control-plane recorded ApplyInstance's answer
+        // for it, which may differ from the last report while the cluster's status looks the
+        // same as then (stopped and started again before its pods went).
         kapal::db!(&mut conn, |c| diesel::update(instances::table.find(&id))
             .set((
                 instances::account_id.eq(spec.account_id.to_string()),
@@ -251,6 +254,8 @@ impl Store {
                 instances::updated_at.eq(now),
                 instances::delete_data_after.eq(spec.delete_data_after.map(|t| t.naive_utc())),
                 instances::suspended_by_billing.eq(spec.suspended_by_billing),
+                instances::reported_status.eq(None::<i32>),
+                instances::reported_reason.eq(None::<String>),
             ))
             .execute(c)
             .await)
@@ -279,17 +284,29 @@ impl Store {
         Ok(())
     }
 
-    /// Records what was reported to the control-plane.
-    pub async fn set_reported(&self, id: Uuid, status: i32, reason: &str) -> Result<()> {
+    /// Records what was reported to the control-plane, unless the spec changed since
+    /// `spec_updated_at` (the report was of the previous spec, and the new one is reported
+    /// afresh).
+    pub async fn set_reported(
+        &self,
+        id: Uuid,
+        status: i32,
+        reason: &str,
+        spec_updated_at: NaiveDateTime,
+    ) -> Result<()> {
         let mut conn = self.db.get().await?;
         let id = id.to_string();
-        kapal::db!(&mut conn, |c| diesel::update(instances::table.find(&id))
-            .set((
-                instances::reported_status.eq(Some(status)),
-                instances::reported_reason.eq(Some(reason))
-            ))
-            .execute(c)
-            .await)
+        kapal::db!(&mut conn, |c| diesel::update(
+            instances::table
+                .find(&id)
+                .filter(instances::updated_at.eq(spec_updated_at))
+        )
+        .set((
+            instances::reported_status.eq(Some(status)),
+            instances::reported_reason.eq(Some(reason))
+        ))
+        .execute(c)
+        .await)
         .map_err(DbError::from)?;
         Ok(())
     }
@@ -364,10 +381,11 @@ mod tests {
             .await
             .expect("ready");
         store
-            .set_reported(s.instance_id, 3, "The app is running.")
+            .set_reported(s.instance_id, 3, "The app is running.", at(0))
             .await
             .expect("reported");
-        // A plan change keeps the instance's life; a stop starts a new one.
+        // A plan change keeps the instance's life; a stop starts a new one. Either is reported
+        // afresh.
         s.plan_id = "pro".into();
         assert_eq!(
             store.upsert(&s, at(2), None).await.expect("plan"),
@@ -379,7 +397,22 @@ mod tests {
             .expect("get")
             .expect("stored");
         assert!(got.was_ready);
-        assert_eq!(got.reported, Some((3, "The app is running.".to_string())));
+        assert_eq!(got.reported, None);
+        // A report of the previous spec is not remembered for the new one.
+        store
+            .set_reported(s.instance_id, 3, "The app is running.", at(0))
+            .await
+            .expect("stale report");
+        let got = store
+            .get(s.instance_id)
+            .await
+            .expect("get")
+            .expect("stored");
+        assert_eq!(got.reported, None);
+        store
+            .set_reported(s.instance_id, 3, "The app is running.", at(2))
+            .await
+            .expect("reported");
         s.desired = Desired::Stopped;
         store.upsert(&s, at(3), None).await.expect("stop");
         let got = store
@@ -439,6 +472,7 @@ mod tests {
                 s.instance_id,
                 deleted,
                 &crate::status::kept_reason(at(100).and_utc()),
+                at(7),
             )
             .await
             .expect("reported");
@@ -447,7 +481,7 @@ mod tests {
         assert_eq!(list[0].spec, s, "the retention round-trips");
         assert!(!list[0].is_finished(), "its data is still to be removed");
         store
-            .set_reported(s.instance_id, deleted, crate::status::PURGED_REASON)
+            .set_reported(s.instance_id, deleted, crate::status::PURGED_REASON, at(7))
             .await
             .expect("reported");
         assert!(store.list().await.expect("list")[0].is_finished());

@@ -1010,6 +1010,49 @@ async fn an_instance_on_a_failed_node_moves_and_is_ready_again() -> anyhow::Resu
     p.shutdown().await
 }
 
+/// Stopped and started again before its pod went (a suspension lifted at once, a customer's
+/// stop and start): the cluster looks as it did at the last report, but the control-plane
+/// recorded the answers in between, so the provisioner reports the new spec's status afresh.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_stop_and_start_in_quick_succession_is_reported_afresh() -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    let mut options = Options::new(dir.path())?;
+    // Far beyond the test: the report must follow the apply, not a resync.
+    options.resync_interval = Duration::from_secs(3600);
+    let p = Provisioner::start(options).await?;
+    let mut spec = spec("n8n", "trial");
+    let id = spec.instance_id.clone();
+    let _cleanup = Cleanup::new(&spec.namespace).await?;
+    p.apply(&spec).await?;
+    p.control_plane
+        .wait_reported(&id, InstanceStatus::Ready)
+        .await?;
+    let before = p.control_plane.reported(&id).len();
+
+    spec.desired_state = DesiredState::Stopped as i32;
+    let stopping = p.apply(&spec).await?;
+    assert_ne!(
+        stopping.status,
+        InstanceStatus::Ready as i32,
+        "{stopping:?}"
+    );
+    spec.desired_state = DesiredState::Running as i32;
+    p.apply(&spec).await?;
+    wait_for(
+        "a READY report after the restart",
+        READY_TIMEOUT,
+        || async {
+            Ok(p.control_plane.reported(&id)[before..]
+                .iter()
+                .any(|(s, _)| *s == InstanceStatus::Ready as i32)
+                .then_some(()))
+        },
+    )
+    .await
+    .with_context(|| format!("reports: {:?}", p.control_plane.reported(&id)))?;
+    p.shutdown().await
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn a_deleted_service_and_a_scaled_down_workload_come_back_at_once() -> anyhow::Result<()> {
     let dir = tempfile::tempdir()?;
