@@ -1,5 +1,6 @@
 //! Internal services: identity for the gateway, instance state for the provisioner.
 
+use chrono::{NaiveDateTime, SubsecRound as _};
 use diesel::prelude::*;
 use diesel_async::{AsyncConnection as _, RunQueryDsl};
 use kapal::auth;
@@ -46,28 +47,57 @@ impl IdentityService for Identity {
 pub struct InstanceState(pub Ctx);
 
 /// Records an observed status: updates the instance and appends to its history when it changed.
+///
+/// Statuses reach the control-plane two ways (ApplyInstance's answer, and the provisioner's
+/// reports) and may arrive out of order: one observed before the status stored (by
+/// `observed_at`, the provisioner's clock) is ignored, so a late answer never replaces a newer
+/// report. A status without `observed_at` is recorded as it comes.
 pub(crate) async fn record_state(ctx: &Ctx, state: &ipb::InstanceState) -> Result<bool> {
     let status = InstanceStatus::try_from(state.status).unwrap_or(InstanceStatus::Unspecified);
     if status == InstanceStatus::Unspecified {
         return Err(Error::invalid("status is required"));
     }
     let id = kapal::wire::uuid("instance_id", &state.instance_id)?.to_string();
+    let observed_at = match &state.observed_at {
+        None => None,
+        // Stored to the microsecond (both backends): compared the same way.
+        Some(t) => Some(
+            kapal::wire::from_timestamp(t)
+                .ok_or_else(|| Error::invalid("observed_at is not a valid time"))?
+                .naive_utc()
+                .trunc_subsecs(6),
+        ),
+    };
     let status_db = instance_state::status_to_db(status);
     let now = ctx.now();
     let reason = kapal::wire::truncate(&state.reason, 500).to_string();
     let mut conn = ctx.db.get().await?;
-    let changed: Result<bool, DbError> = kapal::db!(&mut conn, |c| c
+    let changed: Result<bool, DbError> = kapal::db!(&mut conn, |c| {
+        c
         .transaction(async |c| {
-            let Some(current) = instances::table
+            let Some((current, stored_at)) = instances::table
                 .find(&id)
-                .select(Instance::as_select())
-                .first(c)
+                .select((Instance::as_select(), instances::status_observed_at))
+                .first::<(Instance, Option<NaiveDateTime>)>(c)
                 .await
                 .optional()?
             else {
                 return Ok(false);
             };
+            if let (Some(at), Some(stored)) = (observed_at, stored_at)
+                && at < stored
+            {
+                tracing::debug!(instance_id = %id, status = status_db, %at, %stored, "a status observed before the stored one: ignored");
+                return Ok(false);
+            }
             if current.status == status_db && current.status_reason == reason {
+                if observed_at.is_some() && observed_at != stored_at {
+                    // The same status, seen later: older observations now arrive late.
+                    diesel::update(instances::table.find(&id))
+                        .set(instances::status_observed_at.eq(observed_at))
+                        .execute(c)
+                        .await?;
+                }
                 return Ok(false);
             }
             let ready_at = match (current.ready_at, status) {
@@ -80,6 +110,7 @@ pub(crate) async fn record_state(ctx: &Ctx, state: &ipb::InstanceState) -> Resul
                     instances::status_reason.eq(&reason),
                     instances::ready_at.eq(ready_at),
                     instances::updated_at.eq(now),
+                    instances::status_observed_at.eq(observed_at),
                 ))
                 .execute(c)
                 .await?;
@@ -95,7 +126,8 @@ pub(crate) async fn record_state(ctx: &Ctx, state: &ipb::InstanceState) -> Resul
                 .await?;
             Ok(true)
         })
-        .await);
+        .await
+    });
     let changed = changed?;
     if changed {
         tracing::info!(instance_id = %id, status = status_db, reason = %reason, "instance status changed");

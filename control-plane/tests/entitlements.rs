@@ -755,6 +755,91 @@ async fn concurrent_changes_keep_the_newest(backend: Backend) {
     );
 }
 
+/// Statuses arrive two ways (ApplyInstance's answer, the provisioner's reports) and can cross:
+/// one observed before the stored status is ignored, whatever order they land in.
+async fn late_statuses_never_replace_newer_ones(backend: Backend) {
+    let stack = start(backend).await;
+    let c = stack.customer().await;
+    stack.wait_status(&c, InstanceStatus::Ready).await;
+    let t0 = Utc::now().naive_utc();
+    let at = |secs: i64| Some(kapal::wire::timestamp(t0 + chrono::Duration::seconds(secs)));
+    let report = |status: InstanceStatus, reason: &str, observed_at| {
+        let state = InstanceState {
+            instance_id: c.instance_id.clone(),
+            status: status as i32,
+            reason: reason.into(),
+            observed_at,
+        };
+        let req = signed(&stack.key, &stack.service(), state);
+        let mut client = InstanceStateServiceClient::new(stack.channel.clone());
+        async move { client.report_instance_state(req).await.map(|_| ()) }
+    };
+    let shown = |i: &Instance| (InstanceStatus::try_from(i.status), i.status_reason.clone());
+    let starting = "Starting the app (0 of 1 components ready).";
+    let running = "The app is running.";
+
+    report(InstanceStatus::Provisioning, starting, at(2))
+        .await
+        .expect("report");
+    assert_eq!(
+        shown(&stack.get(&c).await),
+        (Ok(InstanceStatus::Provisioning), starting.into())
+    );
+    // Observed before the stored one: it arrived late, and is ignored.
+    report(InstanceStatus::Ready, running, at(1))
+        .await
+        .expect("a late report is acknowledged");
+    assert_eq!(
+        shown(&stack.get(&c).await),
+        (Ok(InstanceStatus::Provisioning), starting.into())
+    );
+    report(InstanceStatus::Ready, running, at(3))
+        .await
+        .expect("report");
+    assert_eq!(
+        shown(&stack.get(&c).await),
+        (Ok(InstanceStatus::Ready), running.into())
+    );
+    // The same status seen again later moves the line: what was observed in between is late.
+    report(InstanceStatus::Ready, running, at(5))
+        .await
+        .expect("report");
+    report(InstanceStatus::Provisioning, starting, at(4))
+        .await
+        .expect("report");
+    assert_eq!(
+        shown(&stack.get(&c).await),
+        (Ok(InstanceStatus::Ready), running.into())
+    );
+
+    let bad = report(
+        InstanceStatus::Provisioning,
+        starting,
+        Some(prost_types::Timestamp {
+            seconds: t0.and_utc().timestamp(),
+            nanos: 2_000_000_000,
+        }),
+    )
+    .await
+    .expect_err("an invalid time is refused");
+    assert_eq!(bad.code(), Code::InvalidArgument, "{bad:?}");
+    assert!(bad.message().contains("observed_at"), "{bad:?}");
+    assert_eq!(
+        shown(&stack.get(&c).await),
+        (Ok(InstanceStatus::Ready), running.into())
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn late_statuses_never_replace_newer_ones_sqlite() {
+    late_statuses_never_replace_newer_ones(Backend::Sqlite).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn late_statuses_never_replace_newer_ones_postgres() {
+    late_statuses_never_replace_newer_ones(Backend::Postgres).await;
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn concurrent_changes_keep_the_newest_sqlite() {
     concurrent_changes_keep_the_newest(Backend::Sqlite).await;
