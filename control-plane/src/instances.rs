@@ -10,6 +10,7 @@ use diesel::prelude::*;
 use diesel_async::RunQueryDsl;
 use futures::Stream;
 use kapal::auth;
+use kapal::db::DbConn;
 use kapal::proto::internal::v1::{ApplyInstanceRequest, InstanceSpec};
 use kapal::proto::v1::instance_service_server::InstanceService;
 use kapal::proto::v1::{
@@ -94,7 +95,12 @@ pub(crate) async fn push_to_provisioner(ctx: &Ctx, instance: &Instance, customer
 /// One of the caller's instances, or NOT_FOUND.
 async fn owned(ctx: &Ctx, account_id: &str, id: &str) -> Result<Instance> {
     let mut conn = ctx.db.read().await?;
-    kapal::db!(&mut conn, |c| instances::table
+    owned_on(&mut conn, account_id, id).await
+}
+
+/// [`owned`] on a given connection (the writer's, to read what is about to be changed).
+async fn owned_on(conn: &mut DbConn<'_>, account_id: &str, id: &str) -> Result<Instance> {
+    kapal::db!(conn, |c| instances::table
         .filter(instances::id.eq(id))
         .filter(instances::account_id.eq(account_id))
         .select(Instance::as_select())
@@ -131,7 +137,9 @@ impl Instances {
         let id = kapal::wire::uuid("instance_id", &req.get_ref().instance_id)?.to_string();
         let ctx = &self.ctx;
         let account_id = p.account_id.to_string();
-        let current = owned(ctx, &account_id, &id).await?;
+        // Read on the connection that writes: what is checked below is what gets changed.
+        let mut conn = ctx.db.get().await.map_err(Error::from)?;
+        let current = owned_on(&mut conn, &account_id, &id).await?;
         if current.desired_state == instance_state::DELETED {
             return Err(Status::failed_precondition("the instance has been deleted"));
         }
@@ -151,7 +159,6 @@ impl Instances {
             .filter(instances::id.eq(&id))
             .filter(instances::account_id.eq(&account_id))
             .filter(instances::entitlement.ne(entitlement::EXPIRED));
-        let mut conn = ctx.db.get().await.map_err(Error::from)?;
         let updated = match action {
             Action::Restart => {
                 if current.desired_state != instance_state::RUNNING {
