@@ -10,7 +10,7 @@ use std::fmt::Debug;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use chrono::{DateTime, Utc};
+use chrono::{DateTime, NaiveDateTime, SubsecRound as _, Utc};
 use futures::StreamExt as _;
 use kapal::catalog::{App, Catalog, Plan};
 use kapal::clock::SharedClock;
@@ -194,12 +194,17 @@ impl Controller {
         Ok((app, plan))
     }
 
-    fn state(&self, id: Uuid, verdict: Verdict) -> InstanceState {
+    /// Now, as a status's observation time (to the microsecond, as both databases keep it).
+    fn observed_at(&self) -> NaiveDateTime {
+        self.clock.now().naive_utc().trunc_subsecs(6)
+    }
+
+    fn state(&self, id: Uuid, verdict: Verdict, observed_at: NaiveDateTime) -> InstanceState {
         InstanceState {
             instance_id: id.to_string(),
             status: verdict.status as i32,
             reason: verdict.reason,
-            observed_at: Some(kapal::wire::timestamp(self.clock.now().naive_utc())),
+            observed_at: Some(kapal::wire::timestamp(observed_at)),
         }
     }
 
@@ -208,26 +213,25 @@ impl Controller {
     pub async fn apply(&self, wire: &InstanceSpec) -> Result<InstanceState> {
         let spec = Spec::from_wire(wire, &self.catalog)?;
         let id = spec.instance_id;
-        let converged = {
-            let _guard = self.lock(id).await;
-            if spec.desired != Desired::Deleted
-                && self.cluster.owner(&spec).await? == Owner::Foreign
-            {
-                return Err(Error::FailedPrecondition(format!(
-                    "namespace {} already exists and does not belong to instance {id}",
-                    spec.namespace
-                )));
-            }
-            let upsert = self
-                .store
-                .upsert(&spec, self.clock.now().naive_utc(), None)
-                .await?;
-            tracing::info!(instance = %id, namespace = %spec.namespace, desired = ?spec.desired, ?upsert, "instance applied");
-            let (app, plan) = self.app_and_plan(&spec)?;
-            self.cluster
-                .converge(&spec, app, plan, &self.settings, self.clock.now())
-                .await
-        };
+        // Held until the answer is remembered as told: a report of this instance runs wholly
+        // before or after it (see `report`).
+        let guard = self.lock(id).await;
+        if spec.desired != Desired::Deleted && self.cluster.owner(&spec).await? == Owner::Foreign {
+            return Err(Error::FailedPrecondition(format!(
+                "namespace {} already exists and does not belong to instance {id}",
+                spec.namespace
+            )));
+        }
+        let upsert = self
+            .store
+            .upsert(&spec, self.clock.now().naive_utc(), None)
+            .await?;
+        tracing::info!(instance = %id, namespace = %spec.namespace, desired = ?spec.desired, ?upsert, "instance applied");
+        let (app, plan) = self.app_and_plan(&spec)?;
+        let converged = self
+            .cluster
+            .converge(&spec, app, plan, &self.settings, self.clock.now())
+            .await;
         match converged {
             Ok(None) => {}
             // The reconcile loop converges it again and wakes up when it is due.
@@ -240,9 +244,20 @@ impl Controller {
                 return Err(e);
             }
         }
-        let verdict = self.evaluate(id).await?.0;
+        let (verdict, stored) = self.evaluate(id).await?;
+        let observed_at = self.observed_at();
+        let state = self.state(id, verdict, observed_at);
+        // The control-plane records this answer: remember it as told, so that what is reported
+        // next is what differs from it (a stop and start before the pods went looks like the
+        // last report, not like this answer).
+        if stored.is_some() {
+            self.store
+                .set_reported(id, state.status, &state.reason, observed_at)
+                .await?;
+        }
+        drop(guard);
         let _ = self.status_tx.send(id);
-        Ok(self.state(id, verdict))
+        Ok(state)
     }
 
     /// GetInstanceState: the status as computed from the cluster now.
@@ -250,7 +265,7 @@ impl Controller {
         let id = kapal::wire::uuid("instance_id", instance_id)
             .map_err(|s| Error::invalid(s.message()))?;
         let verdict = self.evaluate(id).await?.0;
-        Ok(self.state(id, verdict))
+        Ok(self.state(id, verdict, self.observed_at()))
     }
 
     /// GetCredentials: the instance's generated login, from its Secret.
@@ -474,6 +489,9 @@ impl Controller {
     /// Evaluates the instance and reports its status to the control-plane if it changed since
     /// the last successful report.
     async fn report(&self, id: Uuid) -> Result<()> {
+        // Not while ApplyInstance works on the instance: its answer is told to the control-plane
+        // too, and what is remembered as told must not interleave with this report.
+        let _guard = self.lock(id).await;
         let (verdict, stored) = self.evaluate(id).await?;
         let Some(stored) = stored else { return Ok(()) };
         let current = (verdict.status as i32, verdict.reason.clone());
@@ -481,9 +499,13 @@ impl Controller {
             return Ok(());
         }
         tracing::info!(instance = %id, status = verdict.status.as_str_name(), reason = %verdict.reason, "instance status changed");
+        let observed_at = self.observed_at();
         if let Some(client) = &self.control_plane {
             let mut client = client.clone();
-            match client.report_instance_state(self.state(id, verdict)).await {
+            match client
+                .report_instance_state(self.state(id, verdict, observed_at))
+                .await
+            {
                 Ok(_) => {}
                 // Retrying cannot help: record it as reported.
                 Err(s) if s.code() == tonic::Code::NotFound => {
@@ -499,7 +521,7 @@ impl Controller {
             }
         }
         self.store
-            .set_reported(id, current.0, &current.1, stored.updated_at)
+            .set_reported(id, current.0, &current.1, observed_at)
             .await
     }
 

@@ -3,8 +3,8 @@
 
 use chrono::NaiveDateTime;
 use diesel::{
-    ExpressionMethods as _, Insertable, OptionalExtension as _, QueryDsl as _, Queryable,
-    Selectable, SelectableHelper as _,
+    BoolExpressionMethods as _, ExpressionMethods as _, Insertable, OptionalExtension as _,
+    QueryDsl as _, Queryable, Selectable, SelectableHelper as _,
 };
 use diesel_async::RunQueryDsl as _;
 use kapal::db::{Db, DbError};
@@ -43,6 +43,7 @@ diesel::table! {
         updated_at -> Timestamp,
         delete_data_after -> Nullable<Timestamp>,
         suspended_by_billing -> Bool,
+        reported_at -> Nullable<Timestamp>,
     }
 }
 
@@ -238,9 +239,6 @@ impl Store {
         let new_life = old.spec.desired != spec.desired
             || old.spec.restart_generation != spec.restart_generation;
         let was_ready = old.was_ready && !new_life;
-        // A changed spec is reported afresh: the control-plane recorded ApplyInstance's answer
-        // for it, which may differ from the last report while the cluster's status looks the
-        // same as then (stopped and started again before its pods went).
         kapal::db!(&mut conn, |c| diesel::update(instances::table.find(&id))
             .set((
                 instances::account_id.eq(spec.account_id.to_string()),
@@ -254,8 +252,6 @@ impl Store {
                 instances::updated_at.eq(now),
                 instances::delete_data_after.eq(spec.delete_data_after.map(|t| t.naive_utc())),
                 instances::suspended_by_billing.eq(spec.suspended_by_billing),
-                instances::reported_status.eq(None::<i32>),
-                instances::reported_reason.eq(None::<String>),
             ))
             .execute(c)
             .await)
@@ -284,26 +280,30 @@ impl Store {
         Ok(())
     }
 
-    /// Records what was reported to the control-plane, unless the spec changed since
-    /// `spec_updated_at` (the report was of the previous spec, and the new one is reported
-    /// afresh).
+    /// Records what the control-plane was told (a report, or ApplyInstance's answer, which it
+    /// records too), observed at `observed_at`, unless something observed later was told
+    /// already: answers and reports may finish in any order, and what is remembered must be what
+    /// the control-plane holds (it keeps the latest observation too).
     pub async fn set_reported(
         &self,
         id: Uuid,
         status: i32,
         reason: &str,
-        spec_updated_at: NaiveDateTime,
+        observed_at: NaiveDateTime,
     ) -> Result<()> {
         let mut conn = self.db.get().await?;
         let id = id.to_string();
         kapal::db!(&mut conn, |c| diesel::update(
-            instances::table
-                .find(&id)
-                .filter(instances::updated_at.eq(spec_updated_at))
+            instances::table.find(&id).filter(
+                instances::reported_at
+                    .is_null()
+                    .or(instances::reported_at.le(observed_at))
+            )
         )
         .set((
             instances::reported_status.eq(Some(status)),
-            instances::reported_reason.eq(Some(reason))
+            instances::reported_reason.eq(Some(reason)),
+            instances::reported_at.eq(Some(observed_at)),
         ))
         .execute(c)
         .await)
@@ -381,11 +381,10 @@ mod tests {
             .await
             .expect("ready");
         store
-            .set_reported(s.instance_id, 3, "The app is running.", at(0))
+            .set_reported(s.instance_id, 3, "The app is running.", at(1))
             .await
             .expect("reported");
-        // A plan change keeps the instance's life; a stop starts a new one. Either is reported
-        // afresh.
+        // A plan change keeps the instance's life; a stop starts a new one.
         s.plan_id = "pro".into();
         assert_eq!(
             store.upsert(&s, at(2), None).await.expect("plan"),
@@ -397,22 +396,29 @@ mod tests {
             .expect("get")
             .expect("stored");
         assert!(got.was_ready);
-        assert_eq!(got.reported, None);
-        // A report of the previous spec is not remembered for the new one.
+        let running = Some((3, "The app is running.".to_string()));
+        assert_eq!(got.reported, running);
+        // Told in any order: an observation older than the one remembered is not remembered.
+        let id = s.instance_id;
+        let reported = |store: &Store| {
+            let store = store.clone();
+            async move { store.get(id).await.expect("get").expect("stored").reported }
+        };
         store
-            .set_reported(s.instance_id, 3, "The app is running.", at(0))
+            .set_reported(id, 5, "Stopped.", at(0))
             .await
-            .expect("stale report");
-        let got = store
-            .get(s.instance_id)
-            .await
-            .expect("get")
-            .expect("stored");
-        assert_eq!(got.reported, None);
+            .expect("older");
+        assert_eq!(reported(&store).await, running);
         store
-            .set_reported(s.instance_id, 3, "The app is running.", at(2))
+            .set_reported(id, 2, "Starting.", at(2))
             .await
-            .expect("reported");
+            .expect("newer");
+        assert_eq!(reported(&store).await, Some((2, "Starting.".to_string())));
+        store
+            .set_reported(id, 3, "The app is running.", at(2))
+            .await
+            .expect("same time");
+        assert_eq!(reported(&store).await, running);
         s.desired = Desired::Stopped;
         store.upsert(&s, at(3), None).await.expect("stop");
         let got = store
@@ -481,7 +487,7 @@ mod tests {
         assert_eq!(list[0].spec, s, "the retention round-trips");
         assert!(!list[0].is_finished(), "its data is still to be removed");
         store
-            .set_reported(s.instance_id, deleted, crate::status::PURGED_REASON, at(7))
+            .set_reported(s.instance_id, deleted, crate::status::PURGED_REASON, at(8))
             .await
             .expect("reported");
         assert!(store.list().await.expect("list")[0].is_finished());

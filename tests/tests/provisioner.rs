@@ -48,6 +48,8 @@ const READY_TIMEOUT: Duration = Duration::from_secs(120);
 #[derive(Clone, Default)]
 struct FakeControlPlane {
     reports: Arc<Mutex<Vec<InstanceState>>>,
+    /// ApplyInstance's answers, which the real control-plane records as well.
+    answers: Arc<Mutex<Vec<InstanceState>>>,
     desired: Arc<Mutex<Vec<InstanceSpec>>>,
 }
 
@@ -87,20 +89,36 @@ impl FakeControlPlane {
             .collect()
     }
 
+    /// What the control-plane held for `id` over time: reports and answers by when they were
+    /// observed, each with whether it was a report.
+    fn seen(&self, id: &str) -> Vec<(bool, (i32, String))> {
+        let key = |r: &InstanceState| r.observed_at.as_ref().map(|t| (t.seconds, t.nanos));
+        let mut all: Vec<(bool, &InstanceState)> = Vec::new();
+        let (reports, answers) = (lock(&self.reports), lock(&self.answers));
+        all.extend(reports.iter().map(|r| (true, r)));
+        all.extend(answers.iter().map(|r| (false, r)));
+        all.retain(|(_, r)| r.instance_id == id);
+        all.sort_by_key(|(_, r)| key(r));
+        all.into_iter()
+            .map(|(report, r)| (report, (r.status, r.reason.clone())))
+            .collect()
+    }
+
+    /// Waits until the control-plane was told `status` for `id`, by a report or an answer.
     async fn wait_reported(&self, id: &str, status: InstanceStatus) -> anyhow::Result<()> {
         wait_for(
-            &format!("a {} report for {id}", status.as_str_name()),
+            &format!("{id} to be reported {}", status.as_str_name()),
             READY_TIMEOUT,
             || async {
                 Ok(self
-                    .reported(id)
+                    .seen(id)
                     .iter()
-                    .any(|(s, _)| *s == status as i32)
+                    .any(|(_, (s, _))| *s == status as i32)
                     .then_some(()))
             },
         )
         .await
-        .with_context(|| format!("reports so far: {:?}", self.reported(id)))
+        .with_context(|| format!("told so far: {:?}", self.seen(id)))
     }
 }
 
@@ -224,7 +242,9 @@ impl Provisioner {
         let req = ApplyInstanceRequest {
             spec: Some(spec.clone()),
         };
-        Ok(self.client.clone().apply_instance(req).await?.into_inner())
+        let answer = self.client.clone().apply_instance(req).await?.into_inner();
+        lock(&self.control_plane.answers).push(answer.clone());
+        Ok(answer)
     }
 
     async fn state(&self, id: &str) -> Result<InstanceState, Status> {
@@ -692,19 +712,30 @@ async fn an_n8n_instance_lives_its_whole_life() -> anyhow::Result<()> {
         .wait_reported(&id, InstanceStatus::Deleted)
         .await?;
     assert_eq!(code(p.credentials(&id).await), Code::NotFound);
-    let reports = p.control_plane.reported(&id);
-    for pair in reports.windows(2) {
-        assert_ne!(pair[0], pair[1], "only changes are reported: {reports:?}");
+    // Only changes are reported: never what the control-plane holds already (the last report,
+    // or ApplyInstance's answer since).
+    let seen = p.control_plane.seen(&id);
+    for pair in seen.windows(2) {
+        if pair[1].0 {
+            assert_ne!(pair[0].1, pair[1].1, "only changes are reported: {seen:?}");
+        }
     }
-    let statuses: Vec<i32> = reports.iter().map(|r| r.0).collect();
+    // The control-plane saw the whole life, by answer or by report; the end always comes as a
+    // report (the namespace goes after the answer).
+    let statuses: Vec<i32> = seen.iter().map(|(_, r)| r.0).collect();
     for status in [
         InstanceStatus::Provisioning,
         InstanceStatus::Ready,
         InstanceStatus::Suspended,
         InstanceStatus::Deleted,
     ] {
-        assert!(statuses.contains(&(status as i32)), "{reports:?}");
+        assert!(statuses.contains(&(status as i32)), "{seen:?}");
     }
+    assert_eq!(
+        seen.last().map(|(report, r)| (*report, r.0)),
+        Some((true, InstanceStatus::Deleted as i32)),
+        "{seen:?}"
+    );
     p.shutdown().await
 }
 
