@@ -1,6 +1,7 @@
 //! Starting gRPC servers and connecting to peers, the same way in every service.
 
 use std::future::Future;
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use anyhow::Context as _;
@@ -24,6 +25,35 @@ pub fn internal_channel(endpoint: &str, key: &InternalKey) -> anyhow::Result<Int
         .http2_keep_alive_interval(Duration::from_secs(30))
         .connect_lazy();
     Ok(InterceptedService::new(channel, SignAsService(key.clone())))
+}
+
+/// A service's gRPC routes, shared with a gateway in the same process (`kapal server` running
+/// the whole stack): the gateway then hands calls to the service directly, with no loopback
+/// socket and no HTTP/2 in between. The service sets its routes once they are built; until then
+/// (and when it runs elsewhere) the gateway uses the network. Everything a call goes through is
+/// the same either way: the gateway's layers before, the service's interceptors and handlers
+/// after; the gateway's deadline drops (cancels) a call that runs out of time.
+#[derive(Clone, Default)]
+pub struct LocalRoutes(Arc<OnceLock<tonic::service::Routes>>);
+
+impl LocalRoutes {
+    /// Publishes the service's routes (the first call wins).
+    pub fn set(&self, routes: tonic::service::Routes) {
+        let _ = self.0.set(routes);
+    }
+
+    /// The routes, once the service published them.
+    pub fn get(&self) -> Option<&tonic::service::Routes> {
+        self.0.get()
+    }
+}
+
+impl std::fmt::Debug for LocalRoutes {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LocalRoutes")
+            .field("ready", &self.0.get().is_some())
+            .finish()
+    }
 }
 
 /// Binds a TCP listener, saying which address failed.

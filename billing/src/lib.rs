@@ -94,6 +94,9 @@ pub struct Config {
     /// (`kapal.internal.v1.EntitlementService`); `None`: they stay in the outbox (tests that do
     /// not need them).
     pub control_plane_endpoint: Option<String>,
+    /// Where to publish billing's routes for a gateway in the same process (see
+    /// [`kapal::serve::LocalRoutes`]); `None` serves over the listener only.
+    pub local: Option<kapal::serve::LocalRoutes>,
 }
 
 impl Config {
@@ -109,6 +112,7 @@ impl Config {
             scheduler_interval: Some(std::time::Duration::from_secs(60)),
             notifier: Arc::new(notify::LogNotifier),
             control_plane_endpoint: None,
+            local: None,
         }
     }
 }
@@ -130,6 +134,7 @@ pub async fn run(
         scheduler_interval,
         notifier,
         control_plane_endpoint,
+        local,
     } = config;
     let db = Db::connect(&db, DB_NAME, migrations())
         .await
@@ -191,8 +196,7 @@ pub async fn run(
             .await;
     }
 
-    let router = tonic::transport::Server::builder()
-        .add_service(health_service)
+    let routes = tonic::service::Routes::new(health_service)
         .add_service(kapal::serve::reflection(kapal::proto::DESCRIPTOR_SET)?)
         .add_service(BillingServiceServer::with_interceptor(
             billing.clone(),
@@ -205,7 +209,12 @@ pub async fn run(
         .add_service(BillingAdminServiceServer::with_interceptor(
             billing,
             VerifyPrincipal(key),
-        ));
+        ))
+        .prepare();
+    if let Some(local) = &local {
+        local.set(routes.clone());
+    }
+    let router = tonic::transport::Server::builder().add_routes(routes);
     if let Ok(addr) = listener.local_addr() {
         tracing::info!(%addr, "billing serving gRPC");
     }

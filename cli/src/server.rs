@@ -11,6 +11,7 @@ use clap::{Args, ValueEnum};
 use kapal::auth::InternalKey;
 use kapal::catalog::Catalog;
 use kapal::db::DbConfig;
+use kapal::serve::LocalRoutes;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
@@ -349,6 +350,9 @@ pub async fn run(args: ServerArgs) -> anyhow::Result<()> {
         }
     };
     let mut tasks = tokio::task::JoinSet::new();
+    // The gateway hands calls to the control-plane and billing directly when they run here too.
+    let local = |s: Service| (runs(s) && runs(Service::Gateway)).then(LocalRoutes::default);
+    let (local_cp, local_billing) = (local(Service::ControlPlane), local(Service::Billing));
 
     if let Some(l) = billing_listener {
         let mut config = kapal_billing::Config::new(
@@ -358,6 +362,7 @@ pub async fn run(args: ServerArgs) -> anyhow::Result<()> {
         );
         // Suspensions and resumptions reach instances through the control-plane.
         config.control_plane_endpoint = Some(cp_endpoint.clone());
+        config.local = local_billing.clone();
         if let Some(notifier) = &checked.notifier {
             config.notifier = notifier.clone();
         }
@@ -381,6 +386,7 @@ pub async fn run(args: ServerArgs) -> anyhow::Result<()> {
         config.admin_emails = args.admin_emails.clone();
         config.capacity_ceiling_percent = args.capacity_ceiling;
         config.data_retention = args.data_retention;
+        config.local = local_cp.clone();
         let stop = shutdown();
         tasks.spawn(async move {
             (
@@ -405,6 +411,8 @@ pub async fn run(args: ServerArgs) -> anyhow::Result<()> {
         config.rate_limit_per_second = args.rate_limit;
         config.rate_limit_burst = args.rate_burst;
         config.max_message_bytes = args.max_message_bytes;
+        config.local_control_plane = local_cp;
+        config.local_billing = local_billing;
         let scheme = if config.tls.is_some() {
             "https"
         } else {

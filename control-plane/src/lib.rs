@@ -73,6 +73,9 @@ pub struct Config {
     pub capacity_cache_ttl: Duration,
     /// How long a deleted instance's data (volumes, secrets, namespace) is kept.
     pub data_retention: Duration,
+    /// Where to publish the control-plane's routes for a gateway in the same process (see
+    /// [`kapal::serve::LocalRoutes`]); `None` serves over the listener only.
+    pub local: Option<kapal::serve::LocalRoutes>,
 }
 
 impl Config {
@@ -98,6 +101,7 @@ impl Config {
             capacity_ceiling_percent: 80,
             capacity_cache_ttl: Duration::from_secs(5),
             data_retention: Duration::from_secs(7 * 24 * 3600),
+            local: None,
         }
     }
 }
@@ -217,8 +221,7 @@ pub async fn run(
         stop_rx.clone(),
     ));
 
-    let router = tonic::transport::Server::builder()
-        .add_service(health_service)
+    let routes = tonic::service::Routes::new(health_service)
         .add_service(kapal::serve::reflection(kapal::proto::DESCRIPTOR_SET)?)
         .add_service(CatalogServiceServer::with_interceptor(
             catalog::CatalogApi(ctx.clone()),
@@ -254,7 +257,12 @@ pub async fn run(
         .add_service(EntitlementServiceServer::with_interceptor(
             entitlements::Entitlements(ctx.clone()),
             verify,
-        ));
+        ))
+        .prepare();
+    if let Some(local) = &config.local {
+        local.set(routes.clone());
+    }
+    let router = tonic::transport::Server::builder().add_routes(routes);
 
     tracing::info!(addr = ?listener.local_addr().ok(), backend = ctx.db.backend(), "control-plane serving");
     let result = kapal::serve::serve(router, listener, shutdown).await;

@@ -102,6 +102,11 @@ pub struct Config {
     /// (set it when exactly one trusted proxy, e.g. the cluster's ingress, is in front of the
     /// gateway). Default false: the TCP peer's address.
     pub trust_x_forwarded_for: bool,
+    /// The control-plane's routes when it runs in this process: calls go to it directly, not
+    /// through `control_plane_endpoint` (see [`kapal::serve::LocalRoutes`]). Default `None`.
+    pub local_control_plane: Option<kapal::serve::LocalRoutes>,
+    /// Billing's routes when it runs in this process. Default `None`.
+    pub local_billing: Option<kapal::serve::LocalRoutes>,
 }
 
 impl Config {
@@ -124,6 +129,8 @@ impl Config {
             max_deadline: Duration::from_secs(60),
             auth_cache_ttl: Duration::from_secs(10),
             trust_x_forwarded_for: false,
+            local_control_plane: None,
+            local_billing: None,
         }
     }
 
@@ -233,7 +240,18 @@ pub async fn run(
         config.auth_cache_ttl,
         kapal::clock::system(),
     );
-    let proxy = proxy::Proxy::new(&config.control_plane_endpoint, &config.billing_endpoint)?;
+    let proxy = proxy::Proxy::new(
+        proxy::Upstream::new(
+            routes::Target::ControlPlane.name(),
+            &config.control_plane_endpoint,
+            config.local_control_plane.clone(),
+        )?,
+        proxy::Upstream::new(
+            routes::Target::Billing.name(),
+            &config.billing_endpoint,
+            config.local_billing.clone(),
+        )?,
+    );
 
     let (health_reporter, health) = tonic_health::server::health_reporter();
     health_reporter
@@ -323,6 +341,7 @@ pub async fn run(
         tls = config.tls.is_some(),
         control_plane = %config.control_plane_endpoint,
         billing = %config.billing_endpoint,
+        in_process = config.local_control_plane.is_some(),
         "gateway listening"
     );
     router

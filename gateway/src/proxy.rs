@@ -1,6 +1,7 @@
 //! The proxy at the bottom of the stack: forwards a routed gRPC call, as HTTP/2, to the service
 //! that serves it, and streams the answer back as it comes (server-streaming calls included).
-//! It knows nothing about individual methods.
+//! When the service runs in the same process (`kapal server`), the call goes to its routes
+//! directly instead. It knows nothing about individual methods.
 
 use std::convert::Infallible;
 use std::future::Future;
@@ -10,6 +11,7 @@ use std::time::Duration;
 
 use anyhow::Context as _;
 use http::header::{self, HeaderName};
+use kapal::serve::LocalRoutes;
 use tonic::body::Body;
 use tonic::transport::{Channel, Endpoint};
 use tower::{Service, ServiceExt as _};
@@ -31,18 +33,62 @@ const HOP_BY_HOP: [HeaderName; 7] = [
     header::CONTENT_LENGTH,
 ];
 
-/// Lazily connecting HTTP/2 channels to the two upstreams.
+/// The two upstreams.
 #[derive(Clone, Debug)]
 pub(crate) struct Proxy {
-    control_plane: Channel,
-    billing: Channel,
+    control_plane: Upstream,
+    billing: Upstream,
 }
 
 impl Proxy {
-    pub(crate) fn new(control_plane: &str, billing: &str) -> anyhow::Result<Proxy> {
-        Ok(Proxy {
-            control_plane: channel("control-plane", control_plane)?,
-            billing: channel("billing", billing)?,
+    pub(crate) fn new(control_plane: Upstream, billing: Upstream) -> Proxy {
+        Proxy {
+            control_plane,
+            billing,
+        }
+    }
+}
+
+/// One upstream: a lazily connecting HTTP/2 channel, and its routes when it runs in this process
+/// (used as soon as it has published them).
+#[derive(Clone, Debug)]
+pub(crate) struct Upstream {
+    name: &'static str,
+    channel: Channel,
+    local: Option<LocalRoutes>,
+}
+
+impl Upstream {
+    pub(crate) fn new(
+        name: &'static str,
+        endpoint: &str,
+        local: Option<LocalRoutes>,
+    ) -> anyhow::Result<Upstream> {
+        Ok(Upstream {
+            name,
+            channel: channel(name, endpoint)?,
+            local,
+        })
+    }
+
+    async fn call(self, req: http::Request<Body>) -> Res {
+        let answer = match self.local.as_ref().and_then(LocalRoutes::get) {
+            // In this process: the service's own routes, no socket in between.
+            Some(routes) => match routes.clone().oneshot(req).await {
+                Ok(res) => return res,
+                Err(never) => match never {},
+            },
+            None => match self.channel.ready_oneshot().await {
+                Ok(mut channel) => channel.call(req).await,
+                Err(e) => Err(e),
+            },
+        };
+        answer.unwrap_or_else(|e| {
+            Error::Upstream {
+                upstream: self.name,
+                source: e.into(),
+            }
+            .into_response()
         })
     }
 }
@@ -76,7 +122,7 @@ impl Service<http::Request<axum::body::Body>> for Proxy {
         let (mut parts, body) = req.into_parts();
         let route = parts.extensions.get::<Route>().copied();
         let target = route.map(|r| r.target);
-        let channel = match target {
+        let upstream = match target {
             Some(Target::ControlPlane) => self.control_plane.clone(),
             Some(Target::Billing) => self.billing.clone(),
             // Local calls are served by their own routes; nothing else gets here unrouted.
@@ -103,19 +149,6 @@ impl Service<http::Request<axum::body::Body>> for Proxy {
         }
         parts.version = http::Version::HTTP_2;
         let req = http::Request::from_parts(parts, Body::new(body));
-        let name = target.map_or("unknown", Target::name);
-        Box::pin(async move {
-            let answer = match channel.ready_oneshot().await {
-                Ok(mut channel) => channel.call(req).await,
-                Err(e) => Err(e),
-            };
-            Ok(answer.unwrap_or_else(|e| {
-                Error::Upstream {
-                    upstream: name,
-                    source: e.into(),
-                }
-                .into_response()
-            }))
-        })
+        Box::pin(async move { Ok(upstream.call(req).await) })
     }
 }

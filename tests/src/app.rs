@@ -47,6 +47,9 @@ struct Options {
     capacity_ceiling_percent: Option<u32>,
     /// How long a deleted instance's data is kept.
     data_retention: Option<Duration>,
+    /// The gateway reaches the control-plane and billing over their sockets, as when they run
+    /// in separate processes (default: directly, as `kapal server` runs them together).
+    upstreams_over_the_network: bool,
 }
 
 /// The running services of one test.
@@ -72,6 +75,13 @@ pub struct TestApp {
 impl TestAppBuilder {
     pub fn backend(mut self, backend: Backend) -> Self {
         self.backend = backend;
+        self
+    }
+
+    /// The gateway calls the control-plane and billing over their sockets (HTTP/2), as when
+    /// each service runs in its own process, instead of directly in this process.
+    pub fn upstreams_over_the_network(mut self) -> Self {
+        self.options.upstreams_over_the_network = true;
         self
     }
 
@@ -186,6 +196,9 @@ impl TestApp {
             }
             None => free_listener().await?,
         };
+        let local =
+            || (!self.options.upstreams_over_the_network).then(kapal::serve::LocalRoutes::default);
+        let (local_cp, local_billing) = (local(), local());
         let url = |l: &TcpListener| -> anyhow::Result<String> {
             Ok(format!("http://{}", l.local_addr()?))
         };
@@ -205,6 +218,7 @@ impl TestApp {
             billing_config.payments = payments.clone();
         }
         billing_config.control_plane_endpoint = Some(cp_url.clone());
+        billing_config.local = local_billing.clone();
         self.tasks.spawn({
             let s = shutdown();
             async move {
@@ -261,6 +275,7 @@ impl TestApp {
             .data_retention
             .unwrap_or(Duration::from_secs(1));
         cp_config.recovery_interval = Duration::from_secs(1);
+        cp_config.local = local_cp.clone();
         self.tasks.spawn({
             let s = shutdown();
             async move {
@@ -272,6 +287,8 @@ impl TestApp {
         });
 
         let mut gw_config = kapal_gateway::Config::new(cp_url, billing_url, self.key.clone());
+        gw_config.local_control_plane = local_cp;
+        gw_config.local_billing = local_billing;
         if let Some(n) = self.options.max_message_bytes {
             gw_config.max_message_bytes = n;
         }

@@ -9,7 +9,7 @@ use k8s_openapi::api::core::v1::{Namespace, PersistentVolumeClaim, Pod, Service}
 use k8s_openapi::api::networking::v1::Ingress;
 use kapal::proto::v1::*;
 use kapal::testing::Backend;
-use kapal_tests::app::{Counts, TestApp, watch_until};
+use kapal_tests::app::{Counts, TestApp, TestAppBuilder, watch_until};
 use kube::api::{Api, ListParams};
 use tonic::Code;
 
@@ -84,11 +84,24 @@ async fn delete_instance(c: &mut kapal_tests::app::Clients, id: &str) -> anyhow:
 }
 
 async fn customer_journey(backend: Backend) -> anyhow::Result<()> {
-    let app = TestApp::builder()
-        .backend(backend)
-        .with_data_retention(DATA_RETENTION)
-        .start()
-        .await?;
+    journey(TestApp::builder().backend(backend)).await
+}
+
+/// The journey with the gateway reaching the control-plane and billing over their sockets, as
+/// when each service runs in its own process (the others call them directly, as `kapal server`
+/// does).
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn customer_journey_over_the_network() -> anyhow::Result<()> {
+    journey(
+        TestApp::builder()
+            .backend(Backend::Postgres)
+            .upstreams_over_the_network(),
+    )
+    .await
+}
+
+async fn journey(builder: TestAppBuilder) -> anyhow::Result<()> {
+    let app = builder.with_data_retention(DATA_RETENTION).start().await?;
 
     // Browse: the catalog needs no account.
     let catalog = app
