@@ -43,6 +43,49 @@ pub struct App {
     /// customer never sees a setup wizard). It must be idempotent: it may run again.
     #[serde(default)]
     pub setup: Option<SetupJob>,
+    /// Connections the app needs beyond what every instance may open (its own components, the
+    /// cluster DNS and the public internet): e.g. a licence server inside a private network.
+    /// Nothing else opens an instance's egress; each rule needs its reason.
+    #[serde(default)]
+    pub egress: Vec<EgressRule>,
+}
+
+/// Extra egress of an app (see [`App::egress`]): TCP or UDP to one network.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EgressRule {
+    /// The network, in CIDR notation (`203.0.113.10/32`).
+    pub cidr: String,
+    /// Ports; at least one (an app never gets a whole network).
+    pub ports: Vec<EgressPort>,
+    /// Why the app needs it, for whoever reviews the catalog.
+    pub reason: String,
+}
+
+#[derive(Clone, Copy, Debug, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct EgressPort {
+    pub port: u16,
+    #[serde(default)]
+    pub protocol: Protocol,
+}
+
+#[derive(Clone, Copy, Debug, Default, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "UPPERCASE")]
+pub enum Protocol {
+    #[default]
+    Tcp,
+    Udp,
+}
+
+impl Protocol {
+    /// As Kubernetes writes it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Protocol::Tcp => "TCP",
+            Protocol::Udp => "UDP",
+        }
+    }
 }
 
 /// A Kubernetes Job of an app (see [`App::setup`]).
@@ -98,6 +141,15 @@ pub struct Plan {
     pub cpu_millis: u32,
     pub memory_mib: u32,
     pub storage_gib: u32,
+    /// Scratch disk of the node (container layers' writes, logs, emptyDirs) the instance may
+    /// use, shared by its components like CPU and memory; past it the kubelet evicts the pod
+    /// rather than let one tenant fill a node's disk. Default 1 GiB.
+    #[serde(default = "default_ephemeral_storage_mib")]
+    pub ephemeral_storage_mib: u32,
+}
+
+fn default_ephemeral_storage_mib() -> u32 {
+    1024
 }
 
 #[derive(Clone, Copy, Debug, Deserialize, PartialEq, Eq)]
@@ -248,6 +300,13 @@ impl App {
             }
             if plan.trial_days > 0 && plan.monthly_price_idr != 0 {
                 return Err(err(file, f("monthly_price_idr"), "a trial plan costs Rp 0"));
+            }
+            if plan.ephemeral_storage_mib < 64 {
+                return Err(err(
+                    file,
+                    f("ephemeral_storage_mib"),
+                    "a plan needs at least 64 MiB of scratch disk",
+                ));
             }
             if plan.cpu_millis < 10 || plan.memory_mib < 16 || plan.storage_gib < 1 {
                 return Err(err(
@@ -451,6 +510,22 @@ impl App {
                 }
             }
         }
+        for (i, rule) in self.egress.iter().enumerate() {
+            let f = |name: &str| format!("egress[{i}].{name}");
+            if let Err(e) = rule.cidr.parse::<crate::cidr::Cidr>() {
+                return Err(err(file, f("cidr"), e.to_string()));
+            }
+            if rule.ports.is_empty() || rule.ports.iter().any(|p| p.port == 0) {
+                return Err(err(
+                    file,
+                    f("ports"),
+                    "list the ports the app needs (1-65535); a whole network is never opened",
+                ));
+            }
+            if rule.reason.trim().is_empty() {
+                return Err(err(file, f("reason"), "say why the app needs it"));
+            }
+        }
         if self.credentials.username.trim().is_empty() {
             return Err(err(file, "credentials.username", "must not be empty"));
         }
@@ -572,5 +647,76 @@ credentials: {username: admin}
             .add_yaml(Path::new("bad.yaml"), "id: Bad App\n")
             .expect_err("missing fields");
         assert!(e.to_string().starts_with("bad.yaml:"), "{e}");
+    }
+
+    const EGRESS_APP: &str = r#"
+id: demo
+name: Demo
+description: d
+version: "1"
+plans: [{id: basic, name: Basic, monthly_price_idr: 1000, cpu_millis: 100, memory_mib: 128, storage_gib: 1}]
+components:
+  - {name: app, kind: Deployment, image: "demo:1.0", port: 80, public: true, resource_share: 100}
+credentials: {username: admin}
+"#;
+
+    #[test]
+    fn extra_egress_names_a_network_ports_and_a_reason() {
+        let ok = format!(
+            "{EGRESS_APP}egress:\n  - {{cidr: 10.9.8.7/32, ports: [{{port: 8443}}, {{port: 53, protocol: UDP}}], reason: licence server}}\n"
+        );
+        let mut catalog = Catalog::default();
+        catalog
+            .add_yaml(Path::new("demo.yaml"), &ok)
+            .expect("a declared egress rule loads");
+        let app = catalog.app("demo").expect("demo");
+        assert_eq!(app.egress[0].ports[1].protocol, Protocol::Udp);
+        assert_eq!(
+            app.plans[0].ephemeral_storage_mib, 1024,
+            "the default scratch disk"
+        );
+
+        for (rule, field, reason) in [
+            (
+                "{cidr: 10.9.8.7, ports: [{port: 1}], reason: r}",
+                "egress[0].cidr",
+                "CIDR notation",
+            ),
+            (
+                "{cidr: 10.9.8.7/24, ports: [{port: 1}], reason: r}",
+                "egress[0].cidr",
+                "host bits",
+            ),
+            (
+                "{cidr: 10.9.8.0/24, ports: [], reason: r}",
+                "egress[0].ports",
+                "never opened",
+            ),
+            (
+                "{cidr: 10.9.8.0/24, ports: [{port: 0}], reason: r}",
+                "egress[0].ports",
+                "1-65535",
+            ),
+            (
+                "{cidr: 10.9.8.0/24, ports: [{port: 1}], reason: ' '}",
+                "egress[0].reason",
+                "why",
+            ),
+        ] {
+            let yaml = format!("{EGRESS_APP}egress:\n  - {rule}\n");
+            let e = Catalog::default()
+                .add_yaml(Path::new("demo.yaml"), &yaml)
+                .expect_err(rule);
+            assert_eq!(e.field, field, "{rule}");
+            assert!(e.reason.contains(reason), "{rule}: {e}");
+        }
+        let tiny = EGRESS_APP.replace(
+            "storage_gib: 1}",
+            "storage_gib: 1, ephemeral_storage_mib: 8}",
+        );
+        let e = Catalog::default()
+            .add_yaml(Path::new("demo.yaml"), &tiny)
+            .expect_err("8 MiB of scratch disk");
+        assert_eq!(e.field, "plans[0].ephemeral_storage_mib");
     }
 }

@@ -25,6 +25,7 @@ pub mod proto {
 
 pub mod auth;
 pub mod catalog;
+pub mod cidr;
 pub mod clock;
 pub mod db;
 pub mod serve;
