@@ -92,9 +92,40 @@ pub struct ServerArgs {
     #[arg(long, env = "KAPAL_PROVISIONER_ENDPOINT")]
     pub provisioner_endpoint: Option<String>,
 
-    /// Kubeconfig of the cluster instances run on (default: $KUBECONFIG, ~/.kube/config, or in-cluster).
+    /// Kubeconfig of the cluster instances run on (default: $KUBECONFIG, ~/.kube/config, or
+    /// in-cluster). Only the provisioner uses it; the other services need no Kubernetes
+    /// credentials and never read them.
     #[arg(long, env = "KAPAL_KUBECONFIG")]
     pub kubeconfig: Option<PathBuf>,
+    /// Namespace of the ingress controller, the only namespace whose pods may connect to
+    /// instances (K3s runs Traefik in kube-system).
+    #[arg(long, default_value = "kube-system", env = "KAPAL_INGRESS_NAMESPACE")]
+    pub ingress_namespace: String,
+    /// The cluster's pod and service networks (comma-separated CIDRs), which instance pods may
+    /// never reach (K3s' defaults: --cluster-cidr 10.42.0.0/16, --service-cidr 10.43.0.0/16).
+    #[arg(
+        long,
+        env = "KAPAL_CLUSTER_CIDRS",
+        value_delimiter = ',',
+        default_value = "10.42.0.0/16,10.43.0.0/16"
+    )]
+    pub cluster_cidrs: Vec<String>,
+    /// Further networks instance pods may never reach (comma-separated CIDRs), e.g. the nodes'
+    /// public addresses. Private, link-local (cloud metadata), loopback and CGNAT ranges are
+    /// always denied.
+    #[arg(long, env = "KAPAL_EGRESS_DENY", value_delimiter = ',')]
+    pub egress_deny: Vec<String>,
+    /// Namespace of the cluster DNS, the only DNS instance pods may query.
+    #[arg(long, default_value = "kube-system", env = "KAPAL_DNS_NAMESPACE")]
+    pub dns_namespace: String,
+    /// Labels of the cluster DNS pods (comma-separated key=value).
+    #[arg(
+        long,
+        default_value = "k8s-app=kube-dns",
+        env = "KAPAL_DNS_LABELS",
+        value_delimiter = ','
+    )]
+    pub dns_labels: Vec<String>,
     /// IngressClass of instance ingresses.
     #[arg(long, default_value = "traefik", env = "KAPAL_INGRESS_CLASS")]
     pub ingress_class: String,
@@ -176,10 +207,67 @@ struct Checked {
     catalog: Arc<Catalog>,
     key: InternalKey,
     notifier: Option<Arc<dyn kapal_billing::notify::Notifier>>,
+    /// The cluster, when this process runs the provisioner (nothing else gets credentials).
+    kube: Option<kapal_provisioner::KubeConfig>,
+    cluster_cidrs: Vec<kapal::cidr::Cidr>,
+    egress_deny: Vec<kapal::cidr::Cidr>,
+    dns_labels: std::collections::BTreeMap<String, String>,
 }
 
-fn check(args: &ServerArgs) -> anyhow::Result<Checked> {
+fn cidrs(name: &str, values: &[String], problems: &mut Vec<String>) -> Vec<kapal::cidr::Cidr> {
+    values
+        .iter()
+        .filter(|v| !v.trim().is_empty())
+        .filter_map(|v| {
+            v.parse()
+                .map_err(|e| problems.push(format!("{name}: {e}")))
+                .ok()
+        })
+        .collect()
+}
+
+async fn check(args: &ServerArgs) -> anyhow::Result<Checked> {
     let mut problems = Vec::new();
+    let runs_provisioner = matches!(args.service, Service::All | Service::Provisioner);
+    let kube = if runs_provisioner {
+        kapal_provisioner::kube_config_from(args.kubeconfig.as_deref())
+            .await
+            .map_err(|e| {
+                problems.push(format!(
+                    "KAPAL_KUBECONFIG (--kubeconfig): the provisioner needs the cluster's credentials: {e} (scripts/local-cluster up prints a kubeconfig; in a cluster, run the provisioner with its ServiceAccount)"
+                ))
+            })
+            .ok()
+    } else {
+        None
+    };
+    let cluster_cidrs = cidrs(
+        "KAPAL_CLUSTER_CIDRS (--cluster-cidrs)",
+        &args.cluster_cidrs,
+        &mut problems,
+    );
+    let egress_deny = cidrs(
+        "KAPAL_EGRESS_DENY (--egress-deny)",
+        &args.egress_deny,
+        &mut problems,
+    );
+    let mut dns_labels = std::collections::BTreeMap::new();
+    for label in args.dns_labels.iter().filter(|l| !l.trim().is_empty()) {
+        match label.split_once('=') {
+            Some((k, v)) if !k.trim().is_empty() => {
+                dns_labels.insert(k.trim().to_string(), v.trim().to_string());
+            }
+            _ => problems.push(format!(
+                "KAPAL_DNS_LABELS (--dns-labels): {label:?} is not key=value"
+            )),
+        }
+    }
+    if dns_labels.is_empty() {
+        problems.push(
+            "KAPAL_DNS_LABELS (--dns-labels): name the cluster DNS pods' labels, e.g. k8s-app=kube-dns"
+                .into(),
+        );
+    }
     let db = DbConfig::new(args.database_url.as_deref(), args.data_dir.clone())
         .map_err(|e| problems.push(format!("KAPAL_DATABASE_URL (--database-url): {e}")))
         .ok();
@@ -270,6 +358,10 @@ fn check(args: &ServerArgs) -> anyhow::Result<Checked> {
             catalog: Arc::new(catalog),
             key,
             notifier,
+            kube,
+            cluster_cidrs,
+            egress_deny,
+            dns_labels,
         }),
         _ => anyhow::bail!("invalid configuration:\n  - {}", problems.join("\n  - ")),
     }
@@ -301,7 +393,7 @@ fn endpoint(explicit: &Option<String>, listener: Option<&TcpListener>, default: 
 pub async fn run(args: ServerArgs) -> anyhow::Result<()> {
     kapal::serve::init_tracing(args.log_json);
     let started = std::time::Instant::now();
-    let checked = check(&args)?;
+    let checked = check(&args).await?;
     let all = args.service == Service::All;
     let runs = |s: Service| all || args.service == s;
 
@@ -370,7 +462,7 @@ pub async fn run(args: ServerArgs) -> anyhow::Result<()> {
         tasks.spawn(async move { ("billing", kapal_billing::run(config, l, stop).await) });
     }
     if let Some(l) = prov_listener {
-        let config = provisioner_config(&args, &checked, &cp_endpoint).await?;
+        let config = provisioner_config(&args, &checked, &cp_endpoint)?;
         let stop = shutdown();
         tasks.spawn(async move { ("provisioner", kapal_provisioner::run(config, l, stop).await) });
     }
@@ -470,23 +562,15 @@ impl Checked {
     }
 }
 
-async fn provisioner_config(
+fn provisioner_config(
     args: &ServerArgs,
     checked: &Checked,
     control_plane_endpoint: &str,
 ) -> anyhow::Result<kapal_provisioner::Config> {
-    let kube = match &args.kubeconfig {
-        Some(path) => {
-            let kubeconfig = kube::config::Kubeconfig::read_from(path)
-                .with_context(|| format!("KAPAL_KUBECONFIG: reading {}", path.display()))?;
-            kube::Config::from_custom_kubeconfig(kubeconfig, &kube::config::KubeConfigOptions::default())
-                .await
-                .with_context(|| format!("KAPAL_KUBECONFIG: using {}", path.display()))?
-        }
-        None => kube::Config::infer()
-            .await
-            .context("no Kubernetes cluster configured: set KAPAL_KUBECONFIG (scripts/local-cluster up prints one), KUBECONFIG, or run in a cluster")?,
-    };
+    let kube = checked
+        .kube
+        .clone()
+        .context("the provisioner's cluster credentials were not loaded")?;
     let mut config = kapal_provisioner::Config::new(
         checked.db.clone(),
         checked.catalog.clone(),
@@ -500,6 +584,11 @@ async fn provisioner_config(
     config.tls_secret = args.tls_secret.clone();
     config.partition = args.partition.clone();
     config.orphan_safety_delay = args.orphan_delay;
+    config.ingress_namespace = args.ingress_namespace.clone();
+    config.dns_namespace = args.dns_namespace.clone();
+    config.dns_pod_labels = checked.dns_labels.clone();
+    config.cluster_cidrs = checked.cluster_cidrs.clone();
+    config.egress_deny = checked.egress_deny.clone();
     Ok(config)
 }
 

@@ -48,6 +48,9 @@ use kapal::proto::internal::v1::provisioner_service_server::ProvisionerServiceSe
 use tokio::net::TcpListener;
 use tonic::server::NamedService as _;
 
+/// K3s' default pod and service networks (`--cluster-cidr`, `--service-cidr`).
+pub const DEFAULT_CLUSTER_CIDRS: [&str; 2] = ["10.42.0.0/16", "10.43.0.0/16"];
+
 /// Settings of the provisioner. [`Config::new`] gives the defaults.
 #[derive(Clone, Debug)]
 pub struct Config {
@@ -67,6 +70,16 @@ pub struct Config {
     /// Namespace of the ingress controller, allowed through instance network policies.
     /// Default `kube-system` (where K3s runs Traefik).
     pub ingress_namespace: String,
+    /// The cluster DNS instance pods may query: namespace and pod labels. Default
+    /// `kube-system`, `k8s-app=kube-dns` (K3s' CoreDNS).
+    pub dns_namespace: String,
+    pub dns_pod_labels: std::collections::BTreeMap<String, String>,
+    /// The cluster's pod and service networks, which instance pods never reach. Default K3s':
+    /// 10.42.0.0/16 and 10.43.0.0/16.
+    pub cluster_cidrs: Vec<kapal::cidr::Cidr>,
+    /// Further networks instance pods never reach (e.g. the nodes' public addresses). Private,
+    /// link-local, loopback and CGNAT ranges are always denied. Default none.
+    pub egress_deny: Vec<kapal::cidr::Cidr>,
     /// StorageClass of instance volumes; `None` (default) uses the cluster's default class.
     pub storage_class: Option<String>,
     /// cert-manager ClusterIssuer for each hostname's certificate. Default none.
@@ -117,6 +130,16 @@ impl Config {
             control_plane_endpoint: control_plane_endpoint.into(),
             ingress_class: "traefik".to_string(),
             ingress_namespace: "kube-system".to_string(),
+            dns_namespace: "kube-system".to_string(),
+            dns_pod_labels: std::collections::BTreeMap::from([(
+                "k8s-app".to_string(),
+                "kube-dns".to_string(),
+            )]),
+            cluster_cidrs: DEFAULT_CLUSTER_CIDRS
+                .iter()
+                .filter_map(|c| c.parse().ok())
+                .collect(),
+            egress_deny: Vec::new(),
             storage_class: None,
             tls_issuer: None,
             tls_secret: None,
@@ -132,6 +155,10 @@ impl Config {
         }
     }
 }
+
+/// How to reach the cluster: only the provisioner talks to Kubernetes, so other crates name
+/// the type through here and never depend on kube themselves.
+pub use kube::Config as KubeConfig;
 
 /// The cluster of a kubeconfig file, or with `None` kube's inference: the in-cluster service
 /// account, else `$KUBECONFIG` or `~/.kube/config`.
@@ -180,6 +207,10 @@ pub async fn run(
             tls_issuer: config.tls_issuer.clone(),
             tls_secret: config.tls_secret.clone(),
             ingress_namespace: config.ingress_namespace.clone(),
+            dns_namespace: config.dns_namespace.clone(),
+            dns_pod_labels: config.dns_pod_labels.clone(),
+            cluster_cidrs: config.cluster_cidrs.clone(),
+            egress_deny: config.egress_deny.clone(),
             node_failure_toleration: config.node_failure_toleration,
             extra_tolerations: config.extra_tolerations.clone(),
             affinity: config.affinity.clone(),

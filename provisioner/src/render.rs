@@ -8,7 +8,12 @@
 //! - [`CREDENTIALS_SECRET`]: generated username, password and app secrets;
 //! - [`INGRESS_NAME`]: routes the hostname to the public component;
 //! - [`QUOTA_NAME`], [`LIMITS_NAME`]: the plan's resources as a quota and container limits;
-//! - [`DENY_POLICY`], [`ALLOW_NAMESPACE_POLICY`], [`ALLOW_INGRESS_POLICY`]: network isolation.
+//! - [`DENY_POLICY`], [`ALLOW_NAMESPACE_POLICY`], [`ALLOW_INGRESS_POLICY`], [`ALLOW_DNS_POLICY`],
+//!   [`ALLOW_INTERNET_POLICY`], [`ALLOW_APP_EGRESS_POLICY`]: network isolation. Every pod is
+//!   hostile (n8n runs its owner's code): nothing comes in but from the instance's own pods and
+//!   the ingress controller, nothing goes out but to the instance's own pods, the cluster DNS,
+//!   the public internet (never private, link-local, loopback, CGNAT or cluster addresses) and
+//!   what the catalog app declares.
 
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -27,14 +32,16 @@ use k8s_openapi::api::core::v1::{
 };
 use k8s_openapi::api::core::v1::{PodAffinity, PodAffinityTerm};
 use k8s_openapi::api::networking::v1::{
-    HTTPIngressPath, HTTPIngressRuleValue, Ingress, IngressBackend, IngressRule,
-    IngressServiceBackend, IngressSpec, IngressTLS, NetworkPolicy, NetworkPolicyIngressRule,
-    NetworkPolicyPeer, NetworkPolicySpec, ServiceBackendPort,
+    HTTPIngressPath, HTTPIngressRuleValue, IPBlock, Ingress, IngressBackend, IngressRule,
+    IngressServiceBackend, IngressSpec, IngressTLS, NetworkPolicy, NetworkPolicyEgressRule,
+    NetworkPolicyIngressRule, NetworkPolicyPeer, NetworkPolicyPort, NetworkPolicySpec,
+    ServiceBackendPort,
 };
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta};
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use kapal::catalog::{App, Component, Plan, SetupJob, WorkloadKind};
+use kapal::cidr::Cidr;
 
 use crate::spec::{Desired, Spec};
 
@@ -74,6 +81,12 @@ pub const LIMITS_NAME: &str = "kapal-limits";
 pub const DENY_POLICY: &str = "kapal-default-deny";
 pub const ALLOW_NAMESPACE_POLICY: &str = "kapal-allow-same-namespace";
 pub const ALLOW_INGRESS_POLICY: &str = "kapal-allow-ingress-controller";
+pub const ALLOW_DNS_POLICY: &str = "kapal-allow-cluster-dns";
+pub const ALLOW_INTERNET_POLICY: &str = "kapal-allow-internet";
+/// Only when the catalog app declares extra egress.
+pub const ALLOW_APP_EGRESS_POLICY: &str = "kapal-allow-app-egress";
+/// Scratch disk of the setup job's container, on top of the plan's.
+const SETUP_EPHEMERAL_MIB: u32 = 256;
 /// Keys of the credentials Secret besides the app's generated secrets.
 pub const USERNAME_KEY: &str = "username";
 pub const PASSWORD_KEY: &str = "password";
@@ -96,6 +109,17 @@ pub struct Settings {
     pub tls_secret: Option<String>,
     /// Namespace of the ingress controller, the only other namespace allowed to reach instances.
     pub ingress_namespace: String,
+    /// The cluster DNS: its namespace and its pods' labels (K3s' CoreDNS: `kube-system`,
+    /// `k8s-app=kube-dns`). Instance pods may send DNS queries (port 53) to these pods only.
+    pub dns_namespace: String,
+    pub dns_pod_labels: BTreeMap<String, String>,
+    /// The cluster's pod and service networks (K3s: 10.42.0.0/16 and 10.43.0.0/16). Instance
+    /// pods never reach them (other customers' pods, the API server's Service, Kapal's own);
+    /// reaching their own components and the DNS is allowed by pod selectors instead.
+    pub cluster_cidrs: Vec<Cidr>,
+    /// Further networks instance pods never reach, e.g. the nodes' public addresses (the API
+    /// server, kubelets and node ports) when the nodes have some.
+    pub egress_deny: Vec<Cidr>,
     /// How long instance pods stay bound to a node that is not ready or unreachable before they
     /// are evicted and recreated elsewhere (`tolerationSeconds` of the
     /// `node.kubernetes.io/not-ready` and `node.kubernetes.io/unreachable` NoExecute taints).
@@ -201,11 +225,12 @@ pub struct Objects {
     pub setup: Option<Job>,
 }
 
-/// CPU and memory of one component: its `resource_share` percent of the plan.
+/// CPU, memory and scratch disk of one component: its `resource_share` percent of the plan.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Resources {
     pub cpu_millis: u32,
     pub memory_mib: u32,
+    pub ephemeral_storage_mib: u32,
 }
 
 impl Resources {
@@ -213,6 +238,7 @@ impl Resources {
         Resources {
             cpu_millis: share(plan.cpu_millis, component.resource_share),
             memory_mib: share(plan.memory_mib, component.resource_share),
+            ephemeral_storage_mib: share(plan.ephemeral_storage_mib, component.resource_share),
         }
     }
 
@@ -220,6 +246,10 @@ impl Resources {
         BTreeMap::from([
             ("cpu".to_string(), cpu(self.cpu_millis)),
             ("memory".to_string(), mebibytes(self.memory_mib)),
+            (
+                "ephemeral-storage".to_string(),
+                mebibytes(self.ephemeral_storage_mib),
+            ),
         ])
     }
 }
@@ -400,7 +430,7 @@ fn render_objects(spec: &Spec, app: &App, plan: &Plan, settings: &Settings) -> O
         namespace: namespace(spec, app),
         quota: quota(spec, app, plan),
         limits: limit_range(spec, plan),
-        network_policies: network_policies(spec, settings),
+        network_policies: network_policies(spec, app, settings),
         volumes: app
             .components
             .iter()
@@ -435,6 +465,7 @@ fn setup_job(spec: &Spec, app: &App, setup: &SetupJob, settings: &Settings) -> O
     let resources = Resources {
         cpu_millis: setup.cpu_millis,
         memory_mib: setup.memory_mib,
+        ephemeral_storage_mib: SETUP_EPHEMERAL_MIB,
     }
     .quantities();
     let container = Container {
@@ -553,13 +584,19 @@ fn namespace(spec: &Spec, app: &App) -> Namespace {
 /// The plan's CPU and memory, plus room for the app's setup job while it runs.
 fn quota(spec: &Spec, app: &App, plan: &Plan) -> ResourceQuota {
     let volumes = app.components.iter().filter(|c| c.volume.is_some()).count();
-    let (setup_cpu, setup_memory, setup_pods) = app
-        .setup
-        .as_ref()
-        .map_or((0, 0, 0), |s| (s.cpu_millis, s.memory_mib, 1));
+    let (setup_cpu, setup_memory, setup_ephemeral, setup_pods) =
+        app.setup.as_ref().map_or((0, 0, 0, 0), |s| {
+            (s.cpu_millis, s.memory_mib, SETUP_EPHEMERAL_MIB, 1)
+        });
     let cpu_total = cpu(plan.cpu_millis.saturating_add(setup_cpu));
     let memory_total = mebibytes(plan.memory_mib.saturating_add(setup_memory));
+    let ephemeral_total = mebibytes(plan.ephemeral_storage_mib.saturating_add(setup_ephemeral));
     let hard = BTreeMap::from([
+        (
+            "requests.ephemeral-storage".to_string(),
+            ephemeral_total.clone(),
+        ),
+        ("limits.ephemeral-storage".to_string(), ephemeral_total),
         ("requests.cpu".to_string(), cpu_total.clone()),
         ("limits.cpu".to_string(), cpu_total),
         ("requests.memory".to_string(), memory_total.clone()),
@@ -593,11 +630,13 @@ fn limit_range(spec: &Spec, plan: &Plan) -> LimitRange {
     let default = Resources {
         cpu_millis: plan.cpu_millis.min(100),
         memory_mib: plan.memory_mib.min(128),
+        ephemeral_storage_mib: plan.ephemeral_storage_mib.min(256),
     }
     .quantities();
     let max = Resources {
         cpu_millis: plan.cpu_millis,
         memory_mib: plan.memory_mib,
+        ephemeral_storage_mib: plan.ephemeral_storage_mib.max(SETUP_EPHEMERAL_MIB),
     }
     .quantities();
     LimitRange {
@@ -624,50 +663,162 @@ fn limit_range(spec: &Spec, plan: &Plan) -> LimitRange {
     }
 }
 
-fn network_policies(spec: &Spec, settings: &Settings) -> Vec<NetworkPolicy> {
+/// The networks no instance pod reaches: [`kapal::cidr::non_public`], the cluster's networks
+/// and the configured extra ones, without those another one covers.
+pub fn denied_networks(settings: &Settings) -> Vec<Cidr> {
+    let mut nets = kapal::cidr::non_public();
+    nets.extend(settings.cluster_cidrs.iter().copied());
+    nets.extend(settings.egress_deny.iter().copied());
+    kapal::cidr::without_covered(nets)
+}
+
+fn network_policies(spec: &Spec, app: &App, settings: &Settings) -> Vec<NetworkPolicy> {
     let all_pods = || Some(LabelSelector::default());
-    let policy = |name: &str, ingress: Option<Vec<NetworkPolicyIngressRule>>| NetworkPolicy {
-        metadata: meta(spec, name, instance_labels(spec)),
-        spec: Some(NetworkPolicySpec {
-            pod_selector: all_pods(),
-            policy_types: Some(vec!["Ingress".to_string()]),
-            ingress,
-            ..NetworkPolicySpec::default()
-        }),
+    // A policy restricts the directions named in its types; `Some(rules)` adds that direction
+    // (an empty list of rules allows nothing, and is sent as no list at all).
+    let policy = |name: &str,
+                  ingress: Option<Vec<NetworkPolicyIngressRule>>,
+                  egress: Option<Vec<NetworkPolicyEgressRule>>| {
+        let mut types = Vec::new();
+        if ingress.is_some() {
+            types.push("Ingress".to_string());
+        }
+        if egress.is_some() {
+            types.push("Egress".to_string());
+        }
+        let ingress = ingress.filter(|rules| !rules.is_empty());
+        let egress = egress.filter(|rules| !rules.is_empty());
+        NetworkPolicy {
+            metadata: meta(spec, name, instance_labels(spec)),
+            spec: Some(NetworkPolicySpec {
+                pod_selector: all_pods(),
+                policy_types: Some(types),
+                ingress,
+                egress,
+            }),
+        }
     };
-    vec![
-        // Selecting every pod for Ingress with no rule denies all incoming traffic ...
-        policy(DENY_POLICY, None),
-        // ... but from the instance's own pods ...
+    let own_pods = || {
+        Some(vec![NetworkPolicyPeer {
+            pod_selector: all_pods(),
+            ..NetworkPolicyPeer::default()
+        }])
+    };
+    let namespace_named = |name: &str| {
+        Some(LabelSelector {
+            match_labels: Some(BTreeMap::from([(
+                "kubernetes.io/metadata.name".to_string(),
+                name.to_string(),
+            )])),
+            ..LabelSelector::default()
+        })
+    };
+    let port = |number: u16, protocol: &str| NetworkPolicyPort {
+        port: Some(IntOrString::Int(i32::from(number))),
+        protocol: Some(protocol.to_string()),
+        ..NetworkPolicyPort::default()
+    };
+    let denied = denied_networks(settings);
+    let internet = |everything: &str, v4: bool| NetworkPolicyPeer {
+        ip_block: Some(IPBlock {
+            cidr: everything.to_string(),
+            except: Some(
+                denied
+                    .iter()
+                    .filter(|c| c.is_ipv4() == v4)
+                    .map(Cidr::to_string)
+                    .collect(),
+            ),
+        }),
+        ..NetworkPolicyPeer::default()
+    };
+    let mut policies = vec![
+        // Selecting every pod for Ingress and Egress with no rule denies all traffic in and
+        // out; each policy below allows one kind of traffic (policies add up) ...
+        policy(DENY_POLICY, Some(Vec::new()), Some(Vec::new())),
+        // ... between the instance's own pods (the app and its database) ...
         policy(
             ALLOW_NAMESPACE_POLICY,
             Some(vec![NetworkPolicyIngressRule {
-                from: Some(vec![NetworkPolicyPeer {
-                    pod_selector: all_pods(),
-                    ..NetworkPolicyPeer::default()
-                }]),
+                from: own_pods(),
                 ..NetworkPolicyIngressRule::default()
             }]),
+            Some(vec![NetworkPolicyEgressRule {
+                to: own_pods(),
+                ..NetworkPolicyEgressRule::default()
+            }]),
         ),
-        // ... and from the ingress controller (Traefik, and cert-manager's HTTP-01 solver pods
-        // in this namespace are reached through it too).
+        // ... in from the ingress controller (Traefik, and cert-manager's HTTP-01 solver pods
+        // in this namespace are reached through it too) ...
         policy(
             ALLOW_INGRESS_POLICY,
             Some(vec![NetworkPolicyIngressRule {
                 from: Some(vec![NetworkPolicyPeer {
-                    namespace_selector: Some(LabelSelector {
-                        match_labels: Some(BTreeMap::from([(
-                            "kubernetes.io/metadata.name".to_string(),
-                            settings.ingress_namespace.clone(),
-                        )])),
-                        ..LabelSelector::default()
-                    }),
+                    namespace_selector: namespace_named(&settings.ingress_namespace),
                     ..NetworkPolicyPeer::default()
                 }]),
                 ..NetworkPolicyIngressRule::default()
             }]),
+            None,
         ),
-    ]
+        // ... out to the cluster DNS, its pods only and port 53 only (the DNS Service's
+        // address is in the service network, which is denied below: policies are checked
+        // against the pod the Service sends the packet to) ...
+        policy(
+            ALLOW_DNS_POLICY,
+            None,
+            Some(vec![NetworkPolicyEgressRule {
+                to: Some(vec![NetworkPolicyPeer {
+                    namespace_selector: namespace_named(&settings.dns_namespace),
+                    pod_selector: Some(LabelSelector {
+                        match_labels: Some(settings.dns_pod_labels.clone()),
+                        ..LabelSelector::default()
+                    }),
+                    ..NetworkPolicyPeer::default()
+                }]),
+                ports: Some(vec![port(53, "UDP"), port(53, "TCP")]),
+            }]),
+        ),
+        // ... and out to the public internet: every address but private, link-local (cloud
+        // metadata), loopback, CGNAT, multicast and reserved ranges, and the cluster's own
+        // networks (other customers' pods, the API server, Kapal and its database).
+        policy(
+            ALLOW_INTERNET_POLICY,
+            None,
+            Some(vec![NetworkPolicyEgressRule {
+                to: Some(vec![internet("0.0.0.0/0", true), internet("::/0", false)]),
+                ..NetworkPolicyEgressRule::default()
+            }]),
+        ),
+    ];
+    // What the catalog declares for this app, and nothing else.
+    if !app.egress.is_empty() {
+        policies.push(policy(
+            ALLOW_APP_EGRESS_POLICY,
+            None,
+            Some(
+                app.egress
+                    .iter()
+                    .map(|rule| NetworkPolicyEgressRule {
+                        to: Some(vec![NetworkPolicyPeer {
+                            ip_block: Some(IPBlock {
+                                cidr: rule.cidr.clone(),
+                                except: None,
+                            }),
+                            ..NetworkPolicyPeer::default()
+                        }]),
+                        ports: Some(
+                            rule.ports
+                                .iter()
+                                .map(|p| port(p.port, p.protocol.as_str()))
+                                .collect(),
+                        ),
+                    })
+                    .collect(),
+            ),
+        ));
+    }
+    policies
 }
 
 fn volume(
@@ -994,6 +1145,10 @@ mod tests {
     use kapal::catalog::Catalog;
     use uuid::Uuid;
 
+    fn cidr(s: &str) -> Cidr {
+        s.parse().expect("a CIDR")
+    }
+
     fn catalog() -> Catalog {
         Catalog::load(&kapal::catalog::repo_catalog_dir()).expect("catalog")
     }
@@ -1021,6 +1176,10 @@ mod tests {
             tls_issuer: None,
             tls_secret: None,
             ingress_namespace: "kube-system".into(),
+            dns_namespace: "kube-system".into(),
+            dns_pod_labels: BTreeMap::from([("k8s-app".into(), "kube-dns".into())]),
+            cluster_cidrs: vec![cidr("10.42.0.0/16"), cidr("10.43.0.0/16")],
+            egress_deny: Vec::new(),
             node_failure_toleration: Duration::from_secs(20),
             extra_tolerations: Vec::new(),
             affinity: None,
@@ -1329,7 +1488,13 @@ mod tests {
             .collect();
         assert_eq!(
             names,
-            [DENY_POLICY, ALLOW_NAMESPACE_POLICY, ALLOW_INGRESS_POLICY]
+            [
+                DENY_POLICY,
+                ALLOW_NAMESPACE_POLICY,
+                ALLOW_INGRESS_POLICY,
+                ALLOW_DNS_POLICY,
+                ALLOW_INTERNET_POLICY
+            ]
         );
     }
 
@@ -1927,5 +2092,509 @@ pod_security: restricted
             Some(&data[PASSWORD_KEY]),
             "random each time"
         );
+    }
+
+    // -----------------------------------------------------------------------------------------
+    // The tenant boundary, checked as data: a small evaluator of NetworkPolicy semantics (the
+    // local cluster stores policies but enforces none) asks, for connections a hostile
+    // instance pod might open, whether any policy lets them through.
+
+    mod boundary {
+        use std::net::IpAddr;
+
+        use k8s_openapi::api::networking::v1::{
+            NetworkPolicy, NetworkPolicyPeer, NetworkPolicyPort,
+        };
+        use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
+        use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
+
+        use super::*;
+
+        type Labels = BTreeMap<String, String>;
+
+        /// A pod somewhere in the cluster.
+        #[derive(Clone)]
+        pub struct Pod {
+            pub namespace: String,
+            pub namespace_labels: Labels,
+            pub labels: Labels,
+            pub ip: IpAddr,
+        }
+
+        impl Pod {
+            pub fn new(namespace: &str, labels: &[(&str, &str)], ip: &str) -> Pod {
+                Pod {
+                    namespace: namespace.to_string(),
+                    namespace_labels: Labels::from([(
+                        "kubernetes.io/metadata.name".to_string(),
+                        namespace.to_string(),
+                    )]),
+                    labels: labels
+                        .iter()
+                        .map(|(k, v)| ((*k).to_string(), (*v).to_string()))
+                        .collect(),
+                    ip: ip.parse().expect("an IP"),
+                }
+            }
+        }
+
+        /// Where a connection goes: a pod, or an address outside the cluster's pods.
+        pub enum To<'a> {
+            Pod(&'a Pod),
+            Address(IpAddr),
+        }
+
+        fn selects(selector: &LabelSelector, labels: &Labels) -> bool {
+            let by_label = selector
+                .match_labels
+                .iter()
+                .flatten()
+                .all(|(k, v)| labels.get(k) == Some(v));
+            let by_expression = selector.match_expressions.iter().flatten().all(|e| {
+                let value = labels.get(&e.key);
+                let values = e.values.clone().unwrap_or_default();
+                match e.operator.as_str() {
+                    "In" => value.is_some_and(|v| values.contains(v)),
+                    "NotIn" => value.is_none_or(|v| !values.contains(v)),
+                    "Exists" => value.is_some(),
+                    "DoesNotExist" => value.is_none(),
+                    other => panic!("unknown operator {other}"),
+                }
+            });
+            by_label && by_expression
+        }
+
+        fn in_block(peer: &NetworkPolicyPeer, ip: IpAddr) -> bool {
+            let Some(block) = &peer.ip_block else {
+                return false;
+            };
+            let cidr: Cidr = block.cidr.parse().expect("the block's CIDR");
+            let excepted = block.except.iter().flatten().any(|e| {
+                let e: Cidr = e.parse().expect("an except CIDR");
+                assert!(
+                    cidr.covers(&e),
+                    "{e} must lie in {cidr} (the API server refuses it)"
+                );
+                e.contains(ip)
+            });
+            cidr.contains(ip) && !excepted
+        }
+
+        /// Whether `peer` of a policy in `policy_ns` matches the other end. Pods match by
+        /// selectors and, as some engines do, by their IP in an ipBlock (the stricter reading
+        /// would only make fewer connections pass).
+        fn peer_matches(peer: &NetworkPolicyPeer, policy_ns: &str, other: &To<'_>) -> bool {
+            match other {
+                To::Address(ip) => in_block(peer, *ip),
+                To::Pod(pod) => {
+                    if peer.ip_block.is_some() {
+                        return in_block(peer, pod.ip);
+                    }
+                    let namespace_ok = match &peer.namespace_selector {
+                        Some(sel) => selects(sel, &pod.namespace_labels),
+                        None => pod.namespace == policy_ns,
+                    };
+                    let pod_ok = peer
+                        .pod_selector
+                        .as_ref()
+                        .is_none_or(|sel| selects(sel, &pod.labels));
+                    namespace_ok && pod_ok
+                }
+            }
+        }
+
+        fn port_matches(ports: Option<&Vec<NetworkPolicyPort>>, port: u16, protocol: &str) -> bool {
+            match ports {
+                None => true,
+                Some(ports) if ports.is_empty() => true,
+                Some(ports) => ports.iter().any(|p| {
+                    let proto = p.protocol.as_deref().unwrap_or("TCP");
+                    let number = match &p.port {
+                        None => true,
+                        Some(IntOrString::Int(n)) => *n == i32::from(port),
+                        Some(IntOrString::String(_)) => panic!("named ports are not used"),
+                    };
+                    proto == protocol && number
+                }),
+            }
+        }
+
+        fn applies(policy: &NetworkPolicy, pod: &Pod, direction: &str) -> bool {
+            let spec = policy.spec.as_ref().expect("spec");
+            policy.metadata.namespace.as_deref() == Some(pod.namespace.as_str())
+                && spec
+                    .pod_selector
+                    .as_ref()
+                    .is_some_and(|sel| selects(sel, &pod.labels))
+                && spec.policy_types.iter().flatten().any(|t| t == direction)
+        }
+
+        /// Whether `from` may open a connection to `to` on `port`/`protocol`, as far as the
+        /// egress policies of `from`'s namespace go.
+        pub fn egress(
+            policies: &[NetworkPolicy],
+            from: &Pod,
+            to: &To<'_>,
+            port: u16,
+            protocol: &str,
+        ) -> bool {
+            let applying: Vec<_> = policies
+                .iter()
+                .filter(|p| applies(p, from, "Egress"))
+                .collect();
+            applying.is_empty()
+                || applying.iter().any(|p| {
+                    let ns = p.metadata.namespace.as_deref().unwrap_or_default();
+                    p.spec
+                        .as_ref()
+                        .and_then(|s| s.egress.as_ref())
+                        .iter()
+                        .flat_map(|r| r.iter())
+                        .any(|rule| {
+                            let to_ok = match &rule.to {
+                                None => true,
+                                Some(peers) if peers.is_empty() => true,
+                                Some(peers) => peers.iter().any(|peer| peer_matches(peer, ns, to)),
+                            };
+                            to_ok && port_matches(rule.ports.as_ref(), port, protocol)
+                        })
+                })
+        }
+
+        /// Whether `to` accepts a connection from `from`, as far as the ingress policies of
+        /// `to`'s namespace go.
+        pub fn ingress(policies: &[NetworkPolicy], from: &Pod, to: &Pod, port: u16) -> bool {
+            let applying: Vec<_> = policies
+                .iter()
+                .filter(|p| applies(p, to, "Ingress"))
+                .collect();
+            applying.is_empty()
+                || applying.iter().any(|p| {
+                    let ns = p.metadata.namespace.as_deref().unwrap_or_default();
+                    p.spec
+                        .as_ref()
+                        .and_then(|s| s.ingress.as_ref())
+                        .iter()
+                        .flat_map(|r| r.iter())
+                        .any(|rule| {
+                            let from_ok = match &rule.from {
+                                None => true,
+                                Some(peers) if peers.is_empty() => true,
+                                Some(peers) => peers
+                                    .iter()
+                                    .any(|peer| peer_matches(peer, ns, &To::Pod(from))),
+                            };
+                            from_ok && port_matches(rule.ports.as_ref(), port, "TCP")
+                        })
+                })
+        }
+    }
+
+    /// The pods of an instance as the cluster would label them, with made-up pod IPs.
+    fn instance_pods(spec: &Spec, app: &App, objects: &Objects) -> Vec<(String, boundary::Pod)> {
+        app.components
+            .iter()
+            .enumerate()
+            .map(|(i, c)| {
+                let mut namespace_labels = objects
+                    .namespace
+                    .metadata
+                    .labels
+                    .clone()
+                    .unwrap_or_default();
+                namespace_labels
+                    .insert("kubernetes.io/metadata.name".into(), spec.namespace.clone());
+                let pod = boundary::Pod {
+                    namespace: spec.namespace.clone(),
+                    namespace_labels,
+                    labels: component_labels(spec, &c.name),
+                    ip: format!("10.42.7.{}", i + 10).parse().expect("IP"),
+                };
+                (c.name.clone(), pod)
+            })
+            .collect()
+    }
+
+    #[test]
+    fn a_hostile_instance_pod_reaches_the_internet_and_nothing_else() {
+        use boundary::{Pod, To, egress, ingress};
+        let ip = |s: &str| -> std::net::IpAddr { s.parse().expect("IP") };
+        let catalog = catalog();
+        let dns = Pod::new("kube-system", &[("k8s-app", "kube-dns")], "10.42.0.5");
+        let traefik = Pod::new(
+            "kube-system",
+            &[("app.kubernetes.io/name", "traefik")],
+            "10.42.0.9",
+        );
+        let kapal = Pod::new(
+            "kapal",
+            &[("app.kubernetes.io/name", "kapal")],
+            "10.42.0.20",
+        );
+        for app in catalog.apps() {
+            let plan = app.plans.first().expect("a plan");
+            let spec = spec(&app.id, &plan.id);
+            let objects = render(&spec, app, plan, &settings());
+            let policies = &objects.network_policies;
+            // Another customer's instance of the same app, with its own policies.
+            let mut other = spec.clone();
+            other.instance_id = Uuid::new_v4();
+            other.customer_id = "d5e6f7a8".into();
+            other.namespace = format!("kapal-d5e6f7a8-{}", app.id);
+            let other_objects = render(&other, app, plan, &settings());
+            let mut other_pods = instance_pods(&other, app, &other_objects);
+            for (_, pod) in &mut other_pods {
+                pod.ip = ip("10.42.9.33");
+            }
+            let pods = instance_pods(&spec, app, &objects);
+            for (name, pod) in &pods {
+                let what = format!("{} {name}", app.id);
+                for denied in [
+                    "169.254.169.254", // cloud metadata
+                    "10.43.0.1",       // the API server's Service
+                    "127.0.0.1",       // loopback (the local API server listens there)
+                    "10.0.0.5",        // a node (kubelet, node ports, API server) on 10/8
+                    "10.1.2.3",
+                    "172.16.0.1",
+                    "172.31.255.254",
+                    "192.168.0.1",
+                    "192.168.1.10",
+                    "100.64.0.1",  // CGNAT
+                    "10.42.9.33",  // another instance's pod, by IP
+                    "10.43.12.34", // any Service
+                    "fd00::1",
+                    "fe80::1",
+                    "::1",
+                    "::ffff:10.0.0.1",
+                ] {
+                    for port in [80, 443, 5432, 6443, 10250] {
+                        assert!(
+                            !egress(policies, pod, &To::Address(ip(denied)), port, "TCP"),
+                            "{what}: {denied}:{port} must be denied"
+                        );
+                    }
+                }
+                for (_, victim) in &other_pods {
+                    assert!(
+                        !egress(policies, pod, &To::Pod(victim), 80, "TCP"),
+                        "{what}: another customer's pod"
+                    );
+                    assert!(
+                        !ingress(&other_objects.network_policies, pod, victim, 80),
+                        "{what}: another customer's pod lets it in"
+                    );
+                }
+                assert!(
+                    !egress(policies, pod, &To::Pod(&kapal), 8080, "TCP"),
+                    "{what}: Kapal's own pods"
+                );
+                assert!(
+                    !egress(policies, pod, &To::Pod(&traefik), 9000, "TCP"),
+                    "{what}: Traefik's admin port"
+                );
+                assert!(
+                    !egress(policies, pod, &To::Pod(&dns), 8080, "TCP"),
+                    "{what}: DNS pods on another port"
+                );
+                for public in ["93.184.216.34", "1.1.1.1", "2606:4700:4700::1111"] {
+                    assert!(
+                        egress(policies, pod, &To::Address(ip(public)), 443, "TCP"),
+                        "{what}: {public} is allowed"
+                    );
+                }
+                assert!(
+                    egress(policies, pod, &To::Pod(&dns), 53, "UDP"),
+                    "{what}: cluster DNS over UDP"
+                );
+                assert!(
+                    egress(policies, pod, &To::Pod(&dns), 53, "TCP"),
+                    "{what}: cluster DNS over TCP"
+                );
+                // Its own components (the app and its database), both ways.
+                for (peer_name, peer) in &pods {
+                    assert!(
+                        egress(policies, pod, &To::Pod(peer), 3306, "TCP"),
+                        "{what} -> {peer_name}"
+                    );
+                    assert!(
+                        ingress(policies, pod, peer, 3306),
+                        "{peer_name} accepts {what}"
+                    );
+                }
+                // Only the ingress controller comes in from outside.
+                assert!(
+                    ingress(policies, &traefik, pod, 80),
+                    "{what}: Traefik reaches it"
+                );
+                assert!(
+                    !ingress(policies, &kapal, pod, 80),
+                    "{what}: nothing else from outside"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn the_cluster_networks_and_extra_denials_are_configurable() {
+        use boundary::{Pod, To, egress};
+        let catalog = catalog();
+        let app = catalog.app("n8n").expect("n8n");
+        let plan = app.plan("trial").expect("trial");
+        let spec = spec("n8n", "trial");
+        let mut settings = settings();
+        // A cluster on public-looking networks, and nodes with a public address.
+        settings.cluster_cidrs = vec![cidr("198.51.100.0/24"), cidr("2001:db8:42::/56")];
+        settings.egress_deny = vec![cidr("203.0.113.7/32")];
+        let objects = render(&spec, app, plan, &settings);
+        let pod = &instance_pods(&spec, app, &objects)[0].1;
+        let reaches = |s: &str| {
+            egress(
+                &objects.network_policies,
+                pod,
+                &To::Address(s.parse().expect("IP")),
+                443,
+                "TCP",
+            )
+        };
+        assert!(!reaches("198.51.100.7"), "pod network");
+        assert!(!reaches("2001:db8:42::9"), "IPv6 service network");
+        assert!(!reaches("203.0.113.7"), "a node's public address");
+        assert!(reaches("203.0.113.8"), "its neighbour is the internet");
+        assert!(
+            !reaches("10.43.0.1") && !reaches("169.254.169.254"),
+            "always denied"
+        );
+        let dns = Pod::new("kube-system", &[("k8s-app", "kube-dns")], "198.51.100.2");
+        assert!(egress(
+            &objects.network_policies,
+            pod,
+            &To::Pod(&dns),
+            53,
+            "UDP"
+        ));
+    }
+
+    #[test]
+    fn an_app_reaches_a_private_network_only_where_its_catalog_entry_says() {
+        use boundary::{To, egress};
+        let mut catalog = Catalog::default();
+        let yaml = r#"
+id: licensed
+name: Licensed
+description: needs its licence server
+version: "1"
+plans: [{id: basic, name: Basic, monthly_price_idr: 0, trial_days: 7, cpu_millis: 100, memory_mib: 128, storage_gib: 1}]
+components:
+  - {name: app, kind: Deployment, image: "demo:1.0", port: 80, public: true, resource_share: 100}
+credentials: {username: admin}
+egress:
+  - {cidr: 10.9.8.7/32, ports: [{port: 8443}], reason: licence server}
+"#;
+        catalog
+            .add_yaml(std::path::Path::new("licensed.yaml"), yaml)
+            .expect("loads");
+        let app = catalog.app("licensed").expect("app");
+        let plan = app.plan("basic").expect("plan");
+        let spec = spec("n8n", "trial");
+        let objects = render(&spec, app, plan, &settings());
+        let pod = &instance_pods(&spec, app, &objects)[0].1;
+        let reaches = |s: &str, port: u16| {
+            egress(
+                &objects.network_policies,
+                pod,
+                &To::Address(s.parse().expect("IP")),
+                port,
+                "TCP",
+            )
+        };
+        assert!(reaches("10.9.8.7", 8443), "declared");
+        assert!(!reaches("10.9.8.7", 22), "another port");
+        assert!(!reaches("10.9.8.8", 8443), "another address");
+        // n8n declares nothing: the policy is not rendered at all.
+        let (_, n8n) = rendered("n8n", "trial");
+        assert!(
+            n8n.network_policies
+                .iter()
+                .all(|p| p.metadata.name.as_deref() != Some(ALLOW_APP_EGRESS_POLICY))
+        );
+    }
+
+    #[test]
+    fn every_container_and_the_namespace_bound_the_nodes_scratch_disk() {
+        let catalog = catalog();
+        for app in catalog.apps() {
+            for plan in &app.plans {
+                let (_, objects) = rendered(&app.id, &plan.id);
+                let mut total = 0u128;
+                for w in &objects.workloads {
+                    let c = container(w);
+                    let res = c.resources.as_ref().expect("resources");
+                    let limit = &res.limits.as_ref().expect("limits")["ephemeral-storage"];
+                    assert_eq!(
+                        Some(limit),
+                        res.requests
+                            .as_ref()
+                            .expect("requests")
+                            .get("ephemeral-storage")
+                    );
+                    total += bytes(limit);
+                }
+                let plan_bytes = u128::from(plan.ephemeral_storage_mib) << 20;
+                assert!(
+                    total <= plan_bytes && total + (8 << 20) >= plan_bytes,
+                    "{} {}: {total} of {plan_bytes}",
+                    app.id,
+                    plan.id
+                );
+                let hard = objects
+                    .quota
+                    .spec
+                    .as_ref()
+                    .and_then(|s| s.hard.clone())
+                    .expect("hard");
+                let setup = if app.setup.is_some() {
+                    u128::from(SETUP_EPHEMERAL_MIB) << 20
+                } else {
+                    0
+                };
+                assert_eq!(bytes(&hard["limits.ephemeral-storage"]), plan_bytes + setup);
+                assert_eq!(
+                    bytes(&hard["requests.ephemeral-storage"]),
+                    plan_bytes + setup
+                );
+                let container_limits = &objects.limits.spec.as_ref().expect("spec").limits[0];
+                assert!(
+                    container_limits
+                        .max
+                        .as_ref()
+                        .expect("max")
+                        .contains_key("ephemeral-storage")
+                );
+                assert!(
+                    container_limits
+                        .default
+                        .as_ref()
+                        .expect("default")
+                        .contains_key("ephemeral-storage")
+                );
+                if let Some(job) = &objects.setup {
+                    let c = &job
+                        .spec
+                        .as_ref()
+                        .and_then(|s| s.template.spec.as_ref())
+                        .expect("pod")
+                        .containers[0];
+                    let limits = c
+                        .resources
+                        .as_ref()
+                        .and_then(|r| r.limits.as_ref())
+                        .expect("limits");
+                    assert_eq!(
+                        bytes(&limits["ephemeral-storage"]),
+                        u128::from(SETUP_EPHEMERAL_MIB) << 20
+                    );
+                }
+            }
+        }
     }
 }
