@@ -5,14 +5,21 @@
 //! logged, the step stands).
 //!
 //! [`LogNotifier`] writes them to the log; [`WebhookNotifier`] POSTs them as JSON to an HTTP
-//! endpoint, signed with HMAC-SHA256 over the body under a shared secret, in the header
-//! `x-kapal-signature: sha256=<hex>`, so the receiver can check they come from Kapal.
+//! endpoint following the Standard Webhooks convention (<https://www.standardwebhooks.com>):
+//! `webhook-id` (one per event, the same on every attempt), `webhook-timestamp` (Unix seconds
+//! when sent) and `webhook-signature: v1,<base64 HMAC-SHA256(key, "<id>.<timestamp>.<body>")>`.
+//!
+//! The key is the configured secret: `whsec_<base64>` is decoded as the Standard Webhooks
+//! libraries do; any other secret (16+ bytes) is used as it is. A receiver checks the
+//! signature with a constant-time comparison, refuses a timestamp more than 5 minutes from its
+//! own clock, and remembers the ids it handled in the last 5 minutes: a captured request
+//! replayed later fails the timestamp check, replayed at once it repeats an id.
 
 use std::time::Duration;
 
 use chrono::NaiveDateTime;
-use hmac::{Hmac, Mac as _};
-use sha2::Sha256;
+use sha2::{Digest as _, Sha256};
+use standardwebhooks::Webhook;
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 
 /// What happened.
@@ -56,24 +63,31 @@ impl Notifier for LogNotifier {
     }
 }
 
-/// The header that carries the signature.
-pub const SIGNATURE_HEADER: &str = "x-kapal-signature";
+pub use standardwebhooks::{HEADER_WEBHOOK_ID, HEADER_WEBHOOK_SIGNATURE, HEADER_WEBHOOK_TIMESTAMP};
 
-/// `sha256=<hex of HMAC-SHA256(secret, body)>`.
-pub fn signature(secret: &[u8], body: &[u8]) -> String {
-    // HMAC accepts keys of any length.
-    let mut mac = match Hmac::<Sha256>::new_from_slice(secret) {
-        Ok(mac) => mac,
-        Err(_) => return String::new(),
-    };
-    mac.update(body);
-    let bytes = mac.finalize().into_bytes();
-    let mut hex = String::with_capacity(7 + bytes.len() * 2);
-    hex.push_str("sha256=");
-    for b in bytes {
-        hex.push_str(&format!("{b:02x}"));
+/// The most of a webhook's answer that is read (its status line is all that matters).
+const MAX_RESPONSE_BYTES: u64 = 16 * 1024;
+
+impl Notification {
+    /// The message id (`webhook-id`): the same for the same event however often it is sent,
+    /// so a receiver that remembers ids handles each event once.
+    pub fn id(&self) -> String {
+        let mut hash = Sha256::new();
+        for part in [
+            serde_json::to_string(&self.kind)
+                .unwrap_or_default()
+                .as_str(),
+            &self.subscription_id,
+            &self.account_id,
+            &self.at.and_utc().timestamp_micros().to_string(),
+        ] {
+            hash.update(part.as_bytes());
+            hash.update([0]);
+        }
+        let digest = hash.finalize();
+        let hex: String = digest.iter().take(16).map(|b| format!("{b:02x}")).collect();
+        format!("msg_{hex}")
     }
-    hex
 }
 
 /// POSTs notifications as JSON to `http://host:port/path`, signed (see the module).
@@ -82,7 +96,7 @@ pub struct WebhookNotifier {
     host: String,
     port: u16,
     path: String,
-    secret: Vec<u8>,
+    signer: std::sync::Arc<Webhook>,
     timeout: Duration,
 }
 
@@ -118,30 +132,44 @@ impl WebhookNotifier {
         if host.is_empty() {
             return Err(format!("webhook URL {url:?} has no host"));
         }
-        if secret.len() < 16 {
-            return Err("the webhook secret must have at least 16 bytes".to_string());
-        }
+        let signer = match secret.strip_prefix(b"whsec_") {
+            Some(encoded) => {
+                let encoded = std::str::from_utf8(encoded)
+                    .map_err(|_| "the webhook secret whsec_... must be base64".to_string())?;
+                Webhook::new(encoded)
+                    .map_err(|_| "the webhook secret whsec_... must be base64".to_string())?
+            }
+            None if secret.len() < 16 => {
+                return Err("the webhook secret must have at least 16 bytes".to_string());
+            }
+            None => Webhook::from_bytes(secret.to_vec())
+                .map_err(|_| "the webhook secret is not usable".to_string())?,
+        };
         Ok(WebhookNotifier {
             host: host.to_string(),
             port,
             path: path.to_string(),
-            secret: secret.to_vec(),
+            signer: std::sync::Arc::new(signer),
             timeout: Duration::from_secs(10),
         })
     }
 
-    async fn post(&self, body: &[u8]) -> Result<u16, String> {
+    async fn post(&self, id: &str, body: &[u8]) -> Result<u16, String> {
+        // The time of sending (not of the event): receivers compare it with their clock.
+        let timestamp = chrono::Utc::now().timestamp();
+        let signature = self
+            .signer
+            .sign(id, timestamp, body)
+            .map_err(|e| format!("signing the webhook: {e}"))?;
         let mut stream = tokio::net::TcpStream::connect((self.host.as_str(), self.port))
             .await
             .map_err(|e| format!("connecting to the webhook: {e}"))?;
         let head = format!(
-            "POST {} HTTP/1.1\r\nhost: {}:{}\r\ncontent-type: application/json\r\ncontent-length: {}\r\n{}: {}\r\nconnection: close\r\n\r\n",
+            "POST {} HTTP/1.1\r\nhost: {}:{}\r\ncontent-type: application/json\r\ncontent-length: {}\r\n{HEADER_WEBHOOK_ID}: {id}\r\n{HEADER_WEBHOOK_TIMESTAMP}: {timestamp}\r\n{HEADER_WEBHOOK_SIGNATURE}: {signature}\r\nconnection: close\r\n\r\n",
             self.path,
             self.host,
             self.port,
             body.len(),
-            SIGNATURE_HEADER,
-            signature(&self.secret, body),
         );
         stream
             .write_all(head.as_bytes())
@@ -151,8 +179,10 @@ impl WebhookNotifier {
             .write_all(body)
             .await
             .map_err(|e| format!("sending to the webhook: {e}"))?;
+        // A receiver that answers endlessly is cut off: only the status line is needed.
         let mut response = Vec::new();
-        stream
+        (&mut stream)
+            .take(MAX_RESPONSE_BYTES)
             .read_to_end(&mut response)
             .await
             .map_err(|e| format!("reading the webhook's answer: {e}"))?;
@@ -170,7 +200,7 @@ impl WebhookNotifier {
 impl Notifier for WebhookNotifier {
     async fn notify(&self, n: &Notification) -> Result<(), String> {
         let body = serde_json::to_vec(n).map_err(|e| e.to_string())?;
-        let status = tokio::time::timeout(self.timeout, self.post(&body))
+        let status = tokio::time::timeout(self.timeout, self.post(&n.id(), &body))
             .await
             .map_err(|_| "the webhook did not answer in time".to_string())??;
         if (200..300).contains(&status) {

@@ -1322,27 +1322,69 @@ async fn a_stopped_scheduler_catches_up_postgres() {
 // Notifications to a signed webhook
 // ---------------------------------------------------------------------------------------------
 
-type Received = Arc<Mutex<Vec<(Option<String>, Vec<u8>)>>>;
+type Received = Arc<Mutex<Vec<(axum::http::HeaderMap, Vec<u8>)>>>;
 
 async fn hook(
     axum::extract::State(received): axum::extract::State<Received>,
     headers: axum::http::HeaderMap,
     body: axum::body::Bytes,
 ) -> &'static str {
-    let signature = headers
-        .get(kapal_billing::notify::SIGNATURE_HEADER)
-        .and_then(|v| v.to_str().ok())
-        .map(str::to_string);
     received
         .lock()
         .expect("received")
-        .push((signature, body.to_vec()));
+        .push((headers, body.to_vec()));
     "ok"
+}
+
+/// An independent receiver of Standard Webhooks, written from the convention alone in a few
+/// lines of Python's hmac (not Kapal's code, nor the library it signs with). For each message
+/// (id, timestamp, signature, body, now) it prints `ok`, `replayed` (an id it has already
+/// handled), `stale` (timestamp more than 5 minutes from `now`) or `forged`.
+const PYTHON_RECEIVER: &str = r#"
+import base64, hashlib, hmac, json, sys
+secret = sys.argv[1].encode()
+seen = set()
+for line in sys.stdin:
+    m = json.loads(line)
+    expected = base64.b64encode(hmac.new(secret, f"{m['id']}.{m['timestamp']}.{m['body']}".encode(), hashlib.sha256).digest()).decode()
+    given = [s.split(",", 1)[1] for s in m["signature"].split(" ") if s.startswith("v1,")]
+    if not any(hmac.compare_digest(expected, g) for g in given):
+        print("forged")
+    elif abs(m["now"] - int(m["timestamp"])) > 300:
+        print("stale")
+    elif m["id"] in seen:
+        print("replayed")
+    else:
+        seen.add(m["id"])
+        print("ok")
+"#;
+
+fn python_receiver(secret: &str, messages: &[serde_json::Value]) -> Vec<String> {
+    use std::io::Write as _;
+    let mut child = std::process::Command::new("python3")
+        .args(["-c", PYTHON_RECEIVER, secret])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("python3");
+    let mut stdin = child.stdin.take().expect("stdin");
+    for m in messages {
+        writeln!(stdin, "{m}").expect("write");
+    }
+    drop(stdin);
+    let out = child.wait_with_output().expect("python3 runs");
+    assert!(out.status.success(), "{out:?}");
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(str::to_string)
+        .collect()
 }
 
 #[tokio::test(flavor = "multi_thread")]
 async fn notifications_reach_a_signed_webhook() {
-    use kapal_billing::notify::{WebhookNotifier, signature};
+    use kapal_billing::notify::{
+        HEADER_WEBHOOK_ID, HEADER_WEBHOOK_SIGNATURE, HEADER_WEBHOOK_TIMESTAMP, WebhookNotifier,
+    };
     let received: Received = Arc::default();
     let app = axum::Router::new()
         .route("/hooks/kapal", axum::routing::post(hook))
@@ -1353,10 +1395,10 @@ async fn notifications_reach_a_signed_webhook() {
     let addr = listener.local_addr().expect("addr");
     tokio::spawn(async move { axum::serve(listener, app).await });
 
-    let secret = b"a webhook secret of some length";
+    let secret = "a webhook secret of some length";
     let billing = Billing::start(Backend::Sqlite).await;
-    let webhook =
-        WebhookNotifier::new(&format!("http://{addr}/hooks/kapal"), secret).expect("webhook");
+    let webhook = WebhookNotifier::new(&format!("http://{addr}/hooks/kapal"), secret.as_bytes())
+        .expect("webhook");
     let scheduler = billing.scheduler().await.with_notifier(Arc::new(webhook));
     let account = Uuid::new_v4();
     let sub = billing
@@ -1369,14 +1411,50 @@ async fn notifications_reach_a_signed_webhook() {
     tick(std::slice::from_ref(&scheduler), &billing.clock).await; // retries fail, suspended
 
     let received = received.lock().expect("received").clone();
+    assert!(!received.is_empty(), "notifications were delivered");
+    let header = |h: &axum::http::HeaderMap, name: &str| -> String {
+        h.get(name)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or_else(|| panic!("header {name}"))
+            .to_string()
+    };
+    let now = chrono::Utc::now().timestamp();
+    let verifier =
+        standardwebhooks::Webhook::from_bytes(secret.as_bytes().to_vec()).expect("verifier");
+    let stranger = standardwebhooks::Webhook::from_bytes(b"another secret, not ours".to_vec())
+        .expect("verifier");
+    let mut messages = Vec::new();
+    let mut ids = std::collections::BTreeSet::new();
     let kinds: Vec<String> = received
         .iter()
-        .map(|(sig, body)| {
-            assert_eq!(sig.as_deref(), Some(signature(secret, body).as_str()));
-            assert_ne!(
-                sig.as_deref(),
-                Some(signature(b"another secret, not ours", body).as_str())
-            );
+        .map(|(headers, body)| {
+            // The reference library accepts it; under another secret it does not.
+            let mut h = http::HeaderMap::new();
+            for name in [
+                HEADER_WEBHOOK_ID,
+                HEADER_WEBHOOK_TIMESTAMP,
+                HEADER_WEBHOOK_SIGNATURE,
+            ] {
+                h.insert(name, header(headers, name).parse().expect("header value"));
+            }
+            verifier
+                .verify(body, &h)
+                .expect("a valid Standard Webhooks signature");
+            assert!(stranger.verify(body, &h).is_err());
+            let id = header(headers, HEADER_WEBHOOK_ID);
+            assert!(id.starts_with("msg_"), "{id}");
+            assert!(ids.insert(id.clone()), "one id per event: {id}");
+            let timestamp: i64 = header(headers, HEADER_WEBHOOK_TIMESTAMP)
+                .parse()
+                .expect("Unix seconds");
+            assert!((now - timestamp).abs() < 120, "sent just now: {timestamp}");
+            messages.push(serde_json::json!({
+                "id": id,
+                "timestamp": header(headers, HEADER_WEBHOOK_TIMESTAMP),
+                "signature": header(headers, HEADER_WEBHOOK_SIGNATURE),
+                "body": String::from_utf8(body.clone()).expect("UTF-8 JSON"),
+                "now": now,
+            }));
             let json: serde_json::Value = serde_json::from_slice(body).expect("json");
             assert_eq!(json["subscription_id"], sub.id.as_str());
             assert_eq!(json["account_id"], account.to_string().as_str());
@@ -1392,7 +1470,34 @@ async fn notifications_reach_a_signed_webhook() {
             .all(|k| k == "payment_failed" || k == "suspended"),
         "{kinds:?}"
     );
-    assert!(WebhookNotifier::new("https://example.com", secret).is_err());
+
+    // The independent receiver: every delivery verifies; the first one captured and sent
+    // again at once repeats its id, sent again ten minutes later is stale, and with its
+    // timestamp moved forward to look fresh the signature no longer matches.
+    let first = messages[0].clone();
+    let mut later = first.clone();
+    later["now"] = serde_json::json!(now + 600);
+    let mut refreshed = later.clone();
+    refreshed["timestamp"] = serde_json::json!((now + 600).to_string());
+    let mut attack = messages.clone();
+    attack.extend([first, later, refreshed]);
+    let verdicts = python_receiver(secret, &attack);
+    let n = messages.len();
+    assert!(verdicts[..n].iter().all(|v| v == "ok"), "{verdicts:?}");
+    assert_eq!(
+        verdicts[n..],
+        ["replayed", "stale", "forged"],
+        "{verdicts:?}"
+    );
+
+    // A Standard Webhooks secret (whsec_ + base64) is decoded the way the libraries do.
+    let whsec = WebhookNotifier::new(
+        &format!("http://{addr}/"),
+        b"whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw",
+    );
+    assert!(whsec.is_ok());
+    assert!(WebhookNotifier::new(&format!("http://{addr}/"), b"whsec_not base64!").is_err());
+    assert!(WebhookNotifier::new("https://example.com", secret.as_bytes()).is_err());
     assert!(WebhookNotifier::new(&format!("http://{addr}/"), b"short").is_err());
     billing.stop().await;
 }
