@@ -49,6 +49,44 @@ pub fn required<'a>(field: &str, value: &'a str) -> Result<&'a str, Status> {
     }
 }
 
+/// Why `c` may not appear in a name people read (a display name, a token name): control
+/// characters, bidirectional overrides and isolates (U+202E makes "txt.exe" read "exe.txt"),
+/// zero-width and invisible characters (two names that look the same), and `<`/`>` (markup).
+pub fn forbidden_in_names(c: char) -> Option<&'static str> {
+    match c {
+        '<' | '>' => Some("'<' and '>'"),
+        '\u{202A}'..='\u{202E}'
+        | '\u{2066}'..='\u{2069}'
+        | '\u{200E}'
+        | '\u{200F}'
+        | '\u{061C}' => Some("right-to-left and other direction controls"),
+        '\u{200B}'..='\u{200D}'
+        | '\u{2060}'..='\u{2064}'
+        | '\u{FEFF}'
+        | '\u{00AD}'
+        | '\u{180E}' => Some("zero-width and invisible characters"),
+        c if c.is_control() => Some("control characters (tabs, line breaks, ...)"),
+        _ => None,
+    }
+}
+
+/// A name people read: trimmed, 1 to `max` characters, none of [`forbidden_in_names`]. The
+/// error names the field and what to change.
+pub fn display_text<'a>(field: &str, value: &'a str, max: usize) -> Result<&'a str, Status> {
+    let v = value.trim();
+    if v.is_empty() || v.chars().count() > max {
+        return Err(Status::invalid_argument(format!(
+            "{field} must be 1-{max} characters"
+        )));
+    }
+    if let Some(what) = v.chars().find_map(forbidden_in_names) {
+        return Err(Status::invalid_argument(format!(
+            "{field} may not contain {what}"
+        )));
+    }
+    Ok(v)
+}
+
 /// Rupiah as wire money.
 pub fn idr(amount: i64) -> Money {
     Money {
@@ -70,5 +108,37 @@ pub fn page_size(requested: u32) -> i64 {
     match requested {
         0 => 50,
         n => i64::from(n.min(500)),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_people_read_refuse_markup_and_invisible_direction_tricks() {
+        assert_eq!(
+            display_text("name", "  Ani Wijaya ", 100).ok(),
+            Some("Ani Wijaya")
+        );
+        assert_eq!(
+            display_text("name", "Zoë 李 محمد", 100).ok(),
+            Some("Zoë 李 محمد")
+        );
+        for (bad, why) in [
+            ("", "1-100 characters"),
+            ("<script>alert(1)</script>", "'<' and '>'"),
+            ("admin\u{202E}gpj.exe", "direction controls"),
+            ("\u{2067}ops", "direction controls"),
+            ("ad\u{200B}min", "zero-width"),
+            ("ad\u{FEFF}min", "zero-width"),
+            ("line\nbreak", "control characters"),
+        ] {
+            let e = display_text("display_name", bad, 100).expect_err(bad);
+            assert_eq!(e.code(), tonic::Code::InvalidArgument);
+            assert!(e.message().contains(why), "{bad:?}: {}", e.message());
+            assert!(e.message().starts_with("display_name"), "{}", e.message());
+        }
+        assert!(display_text("name", &"x".repeat(101), 100).is_err());
     }
 }

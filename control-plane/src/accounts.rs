@@ -31,32 +31,47 @@ pub struct Accounts(pub Ctx);
 const MIN_PASSWORD: usize = 10;
 const MAX_PASSWORD: usize = 256;
 
-/// Lower-cases and checks an email address.
+/// Lower-cases and checks an email address: the addr-spec grammar of RFC 5322 in its common
+/// dot-atom form (no quoted local parts, no comments, no IP literals), ASCII only (an
+/// internationalised domain in its xn-- form), and none of the characters that mean something
+/// in HTML (`<>&'"` and backquote): an address is shown in pages and emails.
 pub(crate) fn normalize_email(raw: &str) -> Result<String> {
     let email = raw.trim().to_lowercase();
     let bad = || {
         Error::invalid(format!(
-            "email {:?} is not a valid address (expected name@example.com)",
+            "email {:?} is not a valid address (expected name@example.com: letters, digits and . _ + - before the @, a domain after it)",
             kapal::wire::truncate(raw, 64)
         ))
     };
     if email.is_empty() {
         return Err(Error::invalid("email is required"));
     }
-    if email.len() > 254 || email.chars().any(|c| c.is_whitespace() || c.is_control()) {
+    if email.len() > 254 || !email.is_ascii() {
         return Err(bad());
     }
     let (local, domain) = email.split_once('@').ok_or_else(bad)?;
-    if local.is_empty() || local.len() > 64 || domain.contains('@') || !domain.contains('.') {
+    // atext of RFC 5322 without the characters that are markup in HTML.
+    let atext = |c: char| c.is_ascii_alphanumeric() || "!#$%*+-/=?^_|~".contains(c);
+    let local_ok = !local.is_empty()
+        && local.len() <= 64
+        && local
+            .split('.')
+            .all(|atom| !atom.is_empty() && atom.chars().all(atext));
+    if !local_ok || domain.contains('@') || !domain.contains('.') {
         return Err(bad());
     }
     let labels_ok = domain.split('.').all(|l| {
         !l.is_empty()
+            && l.len() <= 63
             && !l.starts_with('-')
             && !l.ends_with('-')
-            && l.chars().all(|c| c.is_alphanumeric() || c == '-')
+            && l.chars().all(|c| c.is_ascii_alphanumeric() || c == '-')
     });
-    if !labels_ok {
+    let tld_ok = domain
+        .rsplit('.')
+        .next()
+        .is_some_and(|tld| !tld.chars().all(|c| c.is_ascii_digit()));
+    if !labels_ok || !tld_ok {
         return Err(bad());
     }
     Ok(email)
@@ -265,10 +280,7 @@ impl AccountService for Accounts {
         check_password(&req.password, &email)?;
         let display_name = match req.display_name.trim() {
             "" => email.split('@').next().unwrap_or_default().to_string(),
-            name if name.chars().count() > 100 => {
-                return Err(Error::invalid("display_name must be at most 100 characters").into());
-            }
-            name => name.to_string(),
+            name => kapal::wire::display_text("display_name", name, 100)?.to_string(),
         };
         let password_hash = hash_password(req.password).await?;
         let role = if self.0.admin_emails.contains(&email) {
@@ -398,10 +410,7 @@ impl AccountService for Accounts {
     ) -> Result<Response<CreateApiTokenResponse>, Status> {
         let p = auth::customer(&req)?.clone();
         let req = req.into_inner();
-        let name = req.name.trim();
-        if name.is_empty() || name.chars().count() > 64 {
-            return Err(Status::invalid_argument("name must be 1-64 characters"));
-        }
+        let name = kapal::wire::display_text("name", &req.name, 64)?;
         let days = match req.ttl_days {
             0 => 365,
             d if d > 3650 => return Err(Status::invalid_argument("ttl_days must be at most 3650")),
@@ -523,6 +532,9 @@ mod tests {
             normalize_email(" Ana@Example.COM ").ok(),
             Some("ana@example.com".to_string())
         );
+        for good in ["a.b+tag@mail.example.co.id", "x_y-z@xn--bcher-kva.example"] {
+            assert_eq!(normalize_email(good).ok().as_deref(), Some(good));
+        }
         for bad in [
             "",
             "ana",
@@ -532,6 +544,19 @@ mod tests {
             "a b@example.com",
             "ana@@example.com",
             "ana@-x.com",
+            // Markup and lookalikes: what a page showing the address could trip over.
+            "<script>alert(1)</script>@example.com",
+            "a<b@example.com",
+            "o'brien\"@example.com",
+            "a&b@example.com",
+            "`x`@example.com",
+            "ana@ex<ample.com",
+            "ana\u{202e}moc@example.com",
+            "an\u{200b}a@example.com",
+            "ana@exämple.com",
+            ".ana@example.com",
+            "ana..b@example.com",
+            "ana@1.2.3.4",
         ] {
             assert!(normalize_email(bad).is_err(), "{bad:?} should be rejected");
         }

@@ -323,6 +323,7 @@ mod tests {
             cpu_millis: cpu,
             memory_mib: mib,
             storage_gib: 1,
+            ephemeral_storage_mib: 1024,
         }
     }
 

@@ -698,6 +698,33 @@ async fn bad_input_is_rejected_and_nothing_is_written(backend: Backend) -> anyho
         assert_eq!(s.code(), Code::InvalidArgument, "{email}/{password}: {s:?}");
         assert!(s.message().contains(says), "{s:?} mentions {says}");
     }
+    // Markup in an address, and names that spoof direction or hide characters (issue 14,
+    // item 11): a console that shows them is one escaping bug from script injection, and
+    // "admin\u{202E}..." reads as another name.
+    for (email, name, says) in [
+        ("<script>alert(1)</script>@example.com", "", "email"),
+        ("a\"onmouseover=x@example.com", "", "email"),
+        ("ana\u{202E}moc.liame@example.com", "", "email"),
+        ("ana@example.com", "Ana\u{202E}nimda", "direction controls"),
+        ("ana@example.com", "ad\u{200B}min", "zero-width"),
+        (
+            "ana@example.com",
+            "<img src=x onerror=alert(1)>",
+            "'<' and '>'",
+        ),
+    ] {
+        let s = status(
+            anon.accounts
+                .sign_up(SignUpRequest {
+                    email: email.into(),
+                    password: "correct horse 42".into(),
+                    display_name: name.into(),
+                })
+                .await,
+        );
+        assert_eq!(s.code(), Code::InvalidArgument, "{email}/{name}: {s:?}");
+        assert!(s.message().contains(says), "{s:?} mentions {says}");
+    }
     // None of those created an account.
     let s = status(
         anon.accounts
