@@ -27,8 +27,13 @@ use k8s_openapi::api::authentication::v1::{SelfSubjectReview, TokenRequest, Toke
 use k8s_openapi::api::authorization::v1::{
     ResourceAttributes, SelfSubjectAccessReview, SelfSubjectAccessReviewSpec,
 };
-use k8s_openapi::api::core::v1::{Namespace, Node, Pod, Secret, ServiceAccount};
+use k8s_openapi::api::core::v1::{
+    Container, EnvVar, Namespace, Node, Pod, PodSpec, Secret, ServiceAccount,
+};
+use k8s_openapi::api::networking::v1::{NetworkPolicy, NetworkPolicyPeer, NetworkPolicyPort};
 use k8s_openapi::api::rbac::v1::{ClusterRole, ClusterRoleBinding, RoleBinding};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
+use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use kapal::auth::{InternalKey, VerifyPrincipal};
 use kapal::catalog::Catalog;
 use kapal::db::DbConfig;
@@ -87,9 +92,11 @@ struct Kustomization {
     images: Vec<KustomizeImage>,
 }
 
+/// A patch of `patches:`: a file, or inline.
 #[derive(Debug, Deserialize)]
 struct KustomizePatch {
-    path: String,
+    path: Option<String>,
+    patch: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -212,24 +219,6 @@ fn explain(e: kube::Error) -> anyhow::Error {
     }
 }
 
-/// What a strategic merge patch does to the live object, computed by the API server (dry-run).
-async fn strategic_dry_run(
-    client: &Client,
-    ns: &str,
-    name: &str,
-    patch: &Value,
-) -> anyhow::Result<Deployment> {
-    Api::<Deployment>::namespaced(client.clone(), ns)
-        .patch(
-            name,
-            &PatchParams::default().dry_run().validation_strict(),
-            &Patch::Strategic(patch),
-        )
-        .await
-        .map_err(explain)
-        .context("the API server rejects the strategic merge patch")
-}
-
 /// Server-side apply of a manifest, dry-run or for real, with strict field validation (an
 /// unknown or misspelt field is an error, not a warning).
 async fn apply(
@@ -265,7 +254,9 @@ async fn apply(
     };
     let mut params = PatchParams::apply(FIELD_MANAGER).validation_strict();
     if dry_run {
-        params = params.dry_run();
+        // Forced: a dry run changes nothing, so fields another manager owns on a live object of
+        // the same name (e.g. another test's copy of a cluster-scoped object) do not matter.
+        params = params.dry_run().force();
     }
     let name = obj.name_any();
     api.patch(&name, &params, &Patch::Apply(&obj))
@@ -305,41 +296,973 @@ async fn dry_run_pod(client: &Client, ns: &str, deployment: &Deployment) -> anyh
         )
         .await
         .map_err(explain)
-        .context("a pod of the Deployment is rejected (Pod Security level of namespace.yaml?)")?;
+        .with_context(|| {
+            format!(
+                "a pod of Deployment {} is rejected (Pod Security level of namespace.yaml?)",
+                deployment.name_any()
+            )
+        })?;
     Ok(())
 }
 
-fn env_names(deployment: &Deployment) -> Vec<String> {
-    deployment
-        .spec
-        .as_ref()
-        .and_then(|s| s.template.spec.as_ref())
-        .map(|s| {
-            s.containers
-                .iter()
-                .flat_map(|c| c.env.clone().unwrap_or_default())
-                .map(|e| e.name)
-                .collect()
-        })
-        .unwrap_or_default()
-}
-
-fn volume(deployment: &Deployment, name: &str) -> Option<k8s_openapi::api::core::v1::Volume> {
-    deployment
-        .spec
-        .as_ref()?
-        .template
-        .spec
-        .as_ref()?
-        .volumes
-        .as_ref()?
-        .iter()
-        .find(|v| v.name == name)
-        .cloned()
+/// Whether the API server keeps objects of this kind in namespaces.
+async fn namespaced(client: &Client, obj: &DynamicObject) -> anyhow::Result<bool> {
+    let types = obj
+        .types
+        .clone()
+        .ok_or_else(|| anyhow!("no apiVersion/kind"))?;
+    let gvk = GroupVersionKind::try_from(&types)?;
+    let (_, caps) = pinned_kind(client, &gvk)
+        .await
+        .with_context(|| format!("the API server does not serve {gvk:?}"))?;
+    Ok(matches!(caps.scope, kube::discovery::Scope::Namespaced))
 }
 
 // ---------------------------------------------------------------------------------------------
-// (a) The manifests.
+// (a) The manifests: `kubectl apply -k` resolved here (there is no kubectl to ask).
+
+/// What `kubectl kustomize <dir>` makes of the features `deploy/` uses: `resources:` (files and
+/// other kustomizations), `patches:` (one strategic merge patch per entry, from `path:` or inline
+/// `patch:`, matched by apiVersion, kind, name and namespace: `$patch: delete` removes the
+/// object, otherwise maps are merged; a list in a patch is refused, as kustomize would merge it
+/// by key) and `images:`, applied to everything the kustomization holds, its bases' objects too.
+fn build(dir: &Path) -> anyhow::Result<Vec<DynamicObject>> {
+    let k = kustomization(dir)?;
+    let mut objs: Vec<DynamicObject> = Vec::new();
+    for resource in &k.resources {
+        let path = dir.join(resource);
+        let found = if path.is_dir() {
+            build(&path)?
+        } else {
+            objects(&path)?
+        };
+        for obj in found {
+            ensure!(
+                !objs.iter().any(|o| object_id(o) == object_id(&obj)),
+                "{}: {:?} is defined twice (kustomize refuses that)",
+                dir.display(),
+                object_id(&obj)
+            );
+            objs.push(obj);
+        }
+    }
+    for patch in &k.patches {
+        let mut docs = match (&patch.path, &patch.patch) {
+            (Some(path), None) => documents(&dir.join(path))?,
+            (None, Some(text)) => documents_in(text, &format!("{}: inline patch", dir.display()))?,
+            _ => anyhow::bail!("{}: a patch has one of path and patch", dir.display()),
+        };
+        ensure!(
+            docs.len() == 1,
+            "{}: one patch per entry ({docs:?})",
+            dir.display()
+        );
+        let mut doc = docs.remove(0);
+        let directive = doc
+            .as_object_mut()
+            .and_then(|m| m.remove("$patch"))
+            .map(|d| d.as_str().unwrap_or_default().to_string());
+        let patch_obj: DynamicObject =
+            serde_json::from_value(doc.clone()).context("a patch is not a Kubernetes object")?;
+        let id = object_id(&patch_obj);
+        let at = objs
+            .iter()
+            .position(|o| object_id(o) == id)
+            .ok_or_else(|| anyhow!("{}: no object matches the patch of {id:?}", dir.display()))?;
+        match directive.as_deref() {
+            Some("delete") => {
+                objs.remove(at);
+            }
+            None => {
+                let mut value = serde_json::to_value(&objs[at])?;
+                merge_patch(&mut value, &doc, "")?;
+                objs[at] = serde_json::from_value(value)?;
+            }
+            Some(other) => anyhow::bail!("$patch: {other} is not supported here"),
+        }
+    }
+    for obj in &mut objs {
+        set_images(obj, &k.images);
+    }
+    Ok(objs)
+}
+
+/// The YAML documents of a text (`documents` for inline patches).
+fn documents_in(text: &str, origin: &str) -> anyhow::Result<Vec<Value>> {
+    let mut out = Vec::new();
+    for doc in serde_yaml::Deserializer::from_str(text) {
+        let value =
+            serde_yaml::Value::deserialize(doc).with_context(|| format!("parsing {origin}"))?;
+        if !value.is_null() {
+            out.push(serde_json::to_value(value)?);
+        }
+    }
+    Ok(out)
+}
+
+/// A strategic merge patch made only of maps and values: maps merge, `null` removes, values
+/// replace.
+fn merge_patch(target: &mut Value, patch: &Value, at: &str) -> anyhow::Result<()> {
+    let (Some(target), Some(patch)) = (target.as_object_mut(), patch.as_object()) else {
+        anyhow::bail!("{at}: not a map");
+    };
+    for (key, value) in patch {
+        let here = format!("{at}/{key}");
+        ensure!(
+            !key.starts_with('$'),
+            "{here}: directives inside a patch are not supported here"
+        );
+        match value {
+            Value::Null => {
+                target.remove(key);
+            }
+            Value::Object(_) if target.get(key).is_some_and(Value::is_object) => {
+                merge_patch(target.get_mut(key).expect("checked"), value, &here)?;
+            }
+            Value::Array(_) => anyhow::bail!(
+                "{here}: kustomize merges lists of a strategic merge patch by key; teach this test first"
+            ),
+            _ => {
+                target.insert(key.clone(), value.clone());
+            }
+        }
+    }
+    Ok(())
+}
+
+/// What kustomize identifies an object by.
+fn object_id(obj: &DynamicObject) -> (String, String, String, String) {
+    let types = obj.types.clone().unwrap_or_default();
+    (
+        types.api_version,
+        types.kind,
+        obj.name_any(),
+        obj.metadata.namespace.clone().unwrap_or_default(),
+    )
+}
+
+/// The typed objects of one kind.
+fn all_of<K: serde::de::DeserializeOwned>(
+    objs: &[DynamicObject],
+    kind_: &str,
+) -> anyhow::Result<Vec<K>> {
+    objs.iter()
+        .filter(|o| kind(o) == kind_)
+        .map(typed)
+        .collect()
+}
+
+fn pod_spec(deployment: &Deployment) -> PodSpec {
+    deployment
+        .spec
+        .as_ref()
+        .and_then(|s| s.template.spec.clone())
+        .unwrap_or_default()
+}
+
+fn pod_labels(deployment: &Deployment) -> BTreeMap<String, String> {
+    deployment
+        .spec
+        .as_ref()
+        .and_then(|s| s.template.metadata.as_ref())
+        .and_then(|m| m.labels.clone())
+        .unwrap_or_default()
+}
+
+/// The `kapal` container of a Deployment's pod.
+fn kapal_container(deployment: &Deployment) -> anyhow::Result<Container> {
+    let pod = pod_spec(deployment);
+    ensure!(
+        pod.containers.len() == 1,
+        "{}: one container",
+        deployment.name_any()
+    );
+    Ok(pod.containers[0].clone())
+}
+
+fn env_of(container: &Container) -> BTreeMap<String, EnvVar> {
+    container
+        .env
+        .clone()
+        .unwrap_or_default()
+        .into_iter()
+        .map(|e| (e.name.clone(), e))
+        .collect()
+}
+
+fn env_value<'a>(env: &'a BTreeMap<String, EnvVar>, key: &str) -> Option<&'a str> {
+    env.get(key).and_then(|e| e.value.as_deref())
+}
+
+/// The port of an address like `0.0.0.0:8081`, which must listen on every interface (a pod's
+/// loopback is not reachable from its Service).
+fn listen_port(deployment: &str, key: &str, value: Option<&str>) -> anyhow::Result<i32> {
+    let value = value.ok_or_else(|| anyhow!("{deployment}: {key} is not set"))?;
+    let addr: std::net::SocketAddr = value
+        .parse()
+        .with_context(|| format!("{deployment}: {key}={value:?}"))?;
+    ensure!(
+        addr.ip().is_unspecified(),
+        "{deployment}: {key}={value} does not listen on the pod's address"
+    );
+    Ok(i32::from(addr.port()))
+}
+
+/// The settings' name of a service: `control-plane` → `CONTROL_PLANE`.
+fn env_name(service: &str) -> String {
+    service.to_uppercase().replace('-', "_")
+}
+
+fn selects(selector: &BTreeMap<String, String>, labels: &BTreeMap<String, String>) -> bool {
+    !selector.is_empty() && selector.iter().all(|(k, v)| labels.get(k) == Some(v))
+}
+
+/// A `metav1.LabelSelector` on labels (the empty selector selects everything).
+fn label_selector_matches(selector: &LabelSelector, labels: &BTreeMap<String, String>) -> bool {
+    let by_label = selector
+        .match_labels
+        .iter()
+        .flatten()
+        .all(|(k, v)| labels.get(k) == Some(v));
+    let by_expression = selector.match_expressions.iter().flatten().all(|e| {
+        let values = e.values.clone().unwrap_or_default();
+        let value = labels.get(&e.key);
+        match e.operator.as_str() {
+            "In" => value.is_some_and(|v| values.contains(v)),
+            "NotIn" => value.is_none_or(|v| !values.contains(v)),
+            "Exists" => value.is_some(),
+            "DoesNotExist" => value.is_none(),
+            _ => false,
+        }
+    });
+    by_label && by_expression
+}
+
+/// Something that connects or is connected to, for the NetworkPolicy model: a pod (with labels,
+/// in a namespace) or an address outside the pod network (the API server, the internet).
+#[derive(Clone, Debug)]
+struct Endpoint {
+    name: String,
+    namespace: String,
+    namespace_labels: BTreeMap<String, String>,
+    /// None: not a pod.
+    labels: Option<BTreeMap<String, String>>,
+    ip: std::net::Ipv4Addr,
+    /// (name, port, protocol) of what it serves.
+    ports: Vec<(Option<String>, i32, String)>,
+}
+
+fn cidr_contains(cidr: &str, ip: std::net::Ipv4Addr) -> bool {
+    let Some((net, bits)) = cidr.split_once('/') else {
+        return false;
+    };
+    let (Ok(net), Ok(bits)) = (net.parse::<std::net::Ipv4Addr>(), bits.parse::<u32>()) else {
+        return false;
+    };
+    let mask = if bits == 0 {
+        0
+    } else {
+        u32::MAX << (32 - bits.min(32))
+    };
+    u32::from(net) & mask == u32::from(ip) & mask
+}
+
+/// Whether a NetworkPolicy peer (of a policy in `policy_ns`) is `other`.
+fn peer_matches(peer: &NetworkPolicyPeer, policy_ns: &str, other: &Endpoint) -> bool {
+    if let Some(block) = &peer.ip_block {
+        return cidr_contains(&block.cidr, other.ip)
+            && !block
+                .except
+                .iter()
+                .flatten()
+                .any(|c| cidr_contains(c, other.ip));
+    }
+    // Pod and namespace selectors only ever select pods.
+    let Some(labels) = &other.labels else {
+        return false;
+    };
+    let namespace = match &peer.namespace_selector {
+        None => other.namespace == policy_ns,
+        Some(s) => label_selector_matches(s, &other.namespace_labels),
+    };
+    let pod = peer
+        .pod_selector
+        .as_ref()
+        .is_none_or(|s| label_selector_matches(s, labels));
+    namespace && pod
+}
+
+fn port_matches(
+    ports: Option<&Vec<NetworkPolicyPort>>,
+    dst: &Endpoint,
+    port: i32,
+    protocol: &str,
+) -> bool {
+    let Some(ports) = ports.filter(|p| !p.is_empty()) else {
+        return true;
+    };
+    ports.iter().any(|p| {
+        p.protocol.as_deref().unwrap_or("TCP") == protocol
+            && match &p.port {
+                None => true,
+                Some(IntOrString::Int(n)) => *n <= port && port <= p.end_port.unwrap_or(*n),
+                Some(IntOrString::String(name)) => dst.ports.iter().any(|(n, p, proto)| {
+                    n.as_ref() == Some(name) && *p == port && proto == protocol
+                }),
+            }
+    })
+}
+
+/// The policies that isolate `pod` in one direction ("Ingress" or "Egress").
+fn isolating<'a>(
+    policies: &'a [NetworkPolicy],
+    pod: &Endpoint,
+    direction: &str,
+) -> Vec<&'a NetworkPolicy> {
+    let Some(labels) = &pod.labels else {
+        return Vec::new();
+    };
+    policies
+        .iter()
+        .filter(|p| p.metadata.namespace.as_deref() == Some(pod.namespace.as_str()))
+        .filter(|p| {
+            let spec = p.spec.clone().unwrap_or_default();
+            let types = spec.policy_types.clone().unwrap_or_else(|| {
+                let mut t = vec!["Ingress".to_string()];
+                if spec.egress.is_some() {
+                    t.push("Egress".into());
+                }
+                t
+            });
+            types.iter().any(|t| t == direction)
+                && label_selector_matches(&spec.pod_selector.unwrap_or_default(), labels)
+        })
+        .collect()
+}
+
+/// Whether the policies let `src` open a connection to `dst` on `port`/`protocol`: both its
+/// egress from `src` and its ingress into `dst` must be allowed.
+fn allowed(
+    policies: &[NetworkPolicy],
+    src: &Endpoint,
+    dst: &Endpoint,
+    port: i32,
+    protocol: &str,
+) -> bool {
+    let egress = isolating(policies, src, "Egress");
+    let out = egress.is_empty()
+        || egress.iter().any(|p| {
+            let ns = p.metadata.namespace.as_deref().unwrap_or_default();
+            p.spec
+                .iter()
+                .flat_map(|s| s.egress.iter().flatten())
+                .any(|rule| {
+                    let to = rule.to.as_ref().filter(|t| !t.is_empty());
+                    to.is_none_or(|peers| peers.iter().any(|peer| peer_matches(peer, ns, dst)))
+                        && port_matches(rule.ports.as_ref(), dst, port, protocol)
+                })
+        });
+    let ingress = isolating(policies, dst, "Ingress");
+    let into = ingress.is_empty()
+        || ingress.iter().any(|p| {
+            let ns = p.metadata.namespace.as_deref().unwrap_or_default();
+            p.spec
+                .iter()
+                .flat_map(|s| s.ingress.iter().flatten())
+                .any(|rule| {
+                    let from = rule.from.as_ref().filter(|f| !f.is_empty());
+                    from.is_none_or(|peers| peers.iter().any(|peer| peer_matches(peer, ns, src)))
+                        && port_matches(rule.ports.as_ref(), dst, port, protocol)
+                })
+        });
+    out && into
+}
+
+/// Every (source, destination) the policies let connect on some port the destination serves.
+fn edges(policies: &[NetworkPolicy], endpoints: &[Endpoint]) -> BTreeSet<(String, String)> {
+    let mut out = BTreeSet::new();
+    for src in endpoints.iter().filter(|e| e.labels.is_some()) {
+        for dst in endpoints.iter().filter(|d| d.name != src.name) {
+            if dst
+                .ports
+                .iter()
+                .any(|(_, port, protocol)| allowed(policies, src, dst, *port, protocol))
+            {
+                out.insert((src.name.clone(), dst.name.clone()));
+            }
+        }
+    }
+    out
+}
+
+/// The pods around Kapal's: Traefik and CoreDNS in kube-system, PostgreSQL in Kapal's namespace,
+/// a customer's pod, and two addresses outside the pod network.
+fn surroundings(namespace_labels: &BTreeMap<String, String>) -> Vec<Endpoint> {
+    let labels = |pairs: &[(&str, &str)]| -> BTreeMap<String, String> {
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
+    };
+    let kube_system = labels(&[("kubernetes.io/metadata.name", "kube-system")]);
+    let tcp = |name: &str, port: i32| (Some(name.to_string()), port, "TCP".to_string());
+    vec![
+        Endpoint {
+            name: "traefik".into(),
+            namespace: "kube-system".into(),
+            namespace_labels: kube_system.clone(),
+            labels: Some(labels(&[("app.kubernetes.io/name", "traefik")])),
+            ip: [10, 42, 1, 2].into(),
+            ports: vec![tcp("web", 8000), tcp("websecure", 8443)],
+        },
+        Endpoint {
+            name: "coredns".into(),
+            namespace: "kube-system".into(),
+            namespace_labels: kube_system,
+            labels: Some(labels(&[("k8s-app", "kube-dns")])),
+            ip: [10, 42, 1, 3].into(),
+            ports: vec![(Some("dns".into()), 53, "UDP".into()), tcp("dns-tcp", 53)],
+        },
+        Endpoint {
+            name: "postgresql".into(),
+            namespace: "kapal".into(),
+            namespace_labels: namespace_labels.clone(),
+            labels: Some(labels(&[("app.kubernetes.io/name", "postgresql")])),
+            ip: [10, 42, 2, 9].into(),
+            ports: vec![tcp("tcp-postgresql", 5432)],
+        },
+        Endpoint {
+            name: "customer".into(),
+            namespace: "kapal-c0ffee-n8n".into(),
+            namespace_labels: labels(&[
+                ("kubernetes.io/metadata.name", "kapal-c0ffee-n8n"),
+                ("app.kubernetes.io/managed-by", "kapal"),
+            ]),
+            labels: Some(labels(&[("app.kubernetes.io/name", "n8n")])),
+            ip: [10, 42, 3, 4].into(),
+            ports: vec![tcp("http", 5678)],
+        },
+        Endpoint {
+            name: "api-server".into(),
+            namespace: String::new(),
+            namespace_labels: BTreeMap::new(),
+            labels: None,
+            ip: [192, 168, 1, 10].into(),
+            ports: vec![tcp("https", 6443)],
+        },
+        Endpoint {
+            name: "internet".into(),
+            namespace: String::new(),
+            namespace_labels: BTreeMap::new(),
+            labels: None,
+            ip: [203, 0, 113, 7].into(),
+            ports: vec![tcp("https", 443)],
+        },
+    ]
+}
+
+/// The services each service calls, by their settings' names (`KAPAL_<X>_ENDPOINT`): what
+/// `cli/src/server.rs` gives each service's configuration.
+fn calls(service: &str) -> &'static [&'static str] {
+    match service {
+        "gateway" => &["control-plane", "billing"],
+        "control-plane" => &["billing", "provisioner"],
+        "billing" | "provisioner" => &["control-plane"],
+        _ => &[],
+    }
+}
+
+/// The checks of one resolved variant (`deploy/k3s` or `deploy/k3s-sqlite`) that need no API
+/// server. `sqlite`: the variant keeps its data in SQLite files on a claim.
+fn check_variant(
+    variant: &str,
+    objs: &[DynamicObject],
+    image: &str,
+    secret: &Secret,
+    sqlite: bool,
+) -> anyhow::Result<()> {
+    let deployments: Vec<Deployment> = all_of(objs, "Deployment")?;
+    let services: Vec<k8s_openapi::api::core::v1::Service> = all_of(objs, "Service")?;
+    let accounts: Vec<ServiceAccount> = all_of(objs, "ServiceAccount")?;
+    let policies: Vec<NetworkPolicy> = all_of(objs, "NetworkPolicy")?;
+    let secret_keys: BTreeSet<String> = secret
+        .string_data
+        .clone()
+        .unwrap_or_default()
+        .into_keys()
+        .collect();
+    let kapal_service = |d: &Deployment| -> anyhow::Result<String> {
+        let env = env_of(&kapal_container(d)?);
+        env_value(&env, "KAPAL_SERVICE")
+            .map(str::to_string)
+            .ok_or_else(|| anyhow!("{variant}: {} has no KAPAL_SERVICE", d.name_any()))
+    };
+    let mut running: BTreeMap<String, String> = BTreeMap::new();
+    for d in &deployments {
+        let service = kapal_service(d)?;
+        ensure!(
+            running.insert(service.clone(), d.name_any()).is_none(),
+            "{variant}: two Deployments run {service}"
+        );
+    }
+    let wanted: Vec<&str> = if sqlite {
+        vec!["all"]
+    } else {
+        vec!["billing", "control-plane", "gateway", "provisioner"]
+    };
+    assert_eq!(
+        running.keys().map(String::as_str).collect::<Vec<_>>(),
+        wanted,
+        "{variant}: the Deployments and the services they run"
+    );
+
+    // Exactly one pod mounts a ServiceAccount token: the provisioner's, as kapal-provisioner.
+    // The others say so themselves (not only through their ServiceAccount) and run as an account
+    // that no binding names.
+    let bound: BTreeSet<String> = objs
+        .iter()
+        .filter(|o| ["RoleBinding", "ClusterRoleBinding"].contains(&kind(o)))
+        .flat_map(|o| o.data["subjects"].as_array().cloned().unwrap_or_default())
+        .filter(|s| s["kind"] == "ServiceAccount")
+        .filter_map(|s| s["name"].as_str().map(str::to_string))
+        .collect();
+    let mut mounting = Vec::new();
+    for d in &deployments {
+        let pod = pod_spec(d);
+        let account_name = pod
+            .service_account_name
+            .clone()
+            .unwrap_or_else(|| "default".into());
+        let account = accounts.iter().find(|a| a.name_any() == account_name);
+        let mounts = pod
+            .automount_service_account_token
+            .or_else(|| account.and_then(|a| a.automount_service_account_token))
+            .unwrap_or(true);
+        if mounts {
+            mounting.push((kapal_service(d)?, account_name));
+        } else {
+            assert_eq!(
+                pod.automount_service_account_token,
+                Some(false),
+                "{variant}: {} sets automountServiceAccountToken: false itself",
+                d.name_any()
+            );
+            ensure!(
+                account.is_some(),
+                "{variant}: {} runs as ServiceAccount {account_name}, which the manifests do not define",
+                d.name_any()
+            );
+            ensure!(
+                !bound.contains(&account_name),
+                "{variant}: {} runs as {account_name}, which a binding grants a role",
+                d.name_any()
+            );
+        }
+    }
+    let provisioner = if sqlite { "all" } else { "provisioner" };
+    assert_eq!(
+        mounting,
+        [(provisioner.to_string(), "kapal-provisioner".to_string())],
+        "{variant}: the pods that mount a ServiceAccount token (service, account)"
+    );
+
+    // Each pod: one replica; Recreate where state lives in the process (all but the gateway);
+    // the image; security; resources with ephemeral-storage; its listener; gRPC probes on it;
+    // the endpoints of what it calls; its secrets.
+    for d in &deployments {
+        let name = d.name_any();
+        let service = kapal_service(d)?;
+        let spec = d.spec.clone().unwrap_or_default();
+        let pod = pod_spec(d);
+        assert_eq!(spec.replicas, Some(1), "{variant}: {name}: one replica");
+        if service != "gateway" {
+            assert_eq!(
+                spec.strategy.and_then(|s| s.type_).as_deref(),
+                Some("Recreate"),
+                "{variant}: {name}: never two at once"
+            );
+        }
+        let pod_security = pod.security_context.clone().unwrap_or_default();
+        assert_eq!(pod_security.run_as_non_root, Some(true), "{name}");
+        assert_eq!(
+            pod_security.seccomp_profile.map(|s| s.type_).as_deref(),
+            Some("RuntimeDefault"),
+            "{name}"
+        );
+        for container in pod
+            .containers
+            .iter()
+            .chain(pod.init_containers.iter().flatten())
+        {
+            let resources = container.resources.clone().unwrap_or_default();
+            for (what, amounts) in [
+                ("requests", &resources.requests),
+                ("limits", &resources.limits),
+            ] {
+                let amounts = amounts.clone().unwrap_or_default();
+                for resource in ["cpu", "memory", "ephemeral-storage"] {
+                    ensure!(
+                        amounts.contains_key(resource),
+                        "{variant}: {name}/{}: no {resource} in {what}",
+                        container.name
+                    );
+                }
+            }
+            let sc = container.security_context.clone().unwrap_or_default();
+            assert_eq!(sc.read_only_root_filesystem, Some(true), "{name}");
+            assert_eq!(sc.allow_privilege_escalation, Some(false), "{name}");
+            assert_eq!(
+                sc.capabilities.and_then(|c| c.drop),
+                Some(vec!["ALL".to_string()]),
+                "{name}"
+            );
+        }
+        let container = kapal_container(d)?;
+        assert_eq!(
+            container.image.as_deref(),
+            Some(image),
+            "{variant}: {name}: the image after kustomize's images: transformer"
+        );
+        assert_eq!(container.args.clone().unwrap_or_default(), ["server"]);
+        let env = env_of(&container);
+        let port = if matches!(service.as_str(), "gateway" | "all") {
+            listen_port(&name, "KAPAL_LISTEN", env_value(&env, "KAPAL_LISTEN"))?
+        } else {
+            let key = format!("KAPAL_{}_LISTEN", env_name(&service));
+            listen_port(&name, &key, env_value(&env, &key))?
+        };
+        if service == "all" {
+            // Every internal listener stays on loopback, out of reach of the network.
+            for other in ["control-plane", "billing", "provisioner"] {
+                let key = format!("KAPAL_{}_LISTEN", env_name(other));
+                ensure!(!env.contains_key(&key), "{variant}: {name} sets {key}");
+            }
+        }
+        let grpc_port = container
+            .ports
+            .iter()
+            .flatten()
+            .find(|p| p.name.as_deref() == Some("grpc"))
+            .map(|p| p.container_port);
+        assert_eq!(grpc_port, Some(port), "{variant}: {name}: port grpc");
+        for probe in [
+            &container.startup_probe,
+            &container.readiness_probe,
+            &container.liveness_probe,
+        ] {
+            let probed = probe.as_ref().and_then(|p| p.grpc.as_ref()).map(|g| g.port);
+            assert_eq!(
+                probed,
+                Some(port),
+                "{variant}: {name}: gRPC probes on its port"
+            );
+        }
+        // What it calls: KAPAL_<X>_ENDPOINT is http://<Service>:<port>, and that Service
+        // selects the pod running <x>, on the port its listener has.
+        for callee in calls(&service) {
+            let key = format!("KAPAL_{}_ENDPOINT", env_name(callee));
+            let url =
+                env_value(&env, &key).ok_or_else(|| anyhow!("{variant}: {name} has no {key}"))?;
+            let (host, port) = url
+                .strip_prefix("http://")
+                .and_then(|hp| hp.split_once(':'))
+                .ok_or_else(|| anyhow!("{variant}: {name}: {key}={url} is not http://host:port"))?;
+            let port: i32 = port.parse().with_context(|| format!("{key}={url}"))?;
+            let svc = services
+                .iter()
+                .find(|s| s.name_any() == host)
+                .ok_or_else(|| anyhow!("{variant}: {name}: {key}={url}: no Service {host}"))?;
+            let svc_spec = svc.spec.clone().unwrap_or_default();
+            let svc_port = svc_spec
+                .ports
+                .iter()
+                .flatten()
+                .find(|p| p.port == port)
+                .ok_or_else(|| {
+                    anyhow!("{variant}: {name}: {key}={url}: Service {host} has no port {port}")
+                })?;
+            let selector = svc_spec.selector.clone().unwrap_or_default();
+            let targets: Vec<&Deployment> = deployments
+                .iter()
+                .filter(|t| selects(&selector, &pod_labels(t)))
+                .collect();
+            ensure!(
+                targets.len() == 1 && kapal_service(targets[0])? == *callee,
+                "{variant}: {name}: {key}={url}: Service {host} does not select the {callee} pod alone"
+            );
+            let target = kapal_container(targets[0])?;
+            let target_env = env_of(&target);
+            let listen_key = format!("KAPAL_{}_LISTEN", env_name(callee));
+            let listening = listen_port(
+                &targets[0].name_any(),
+                &listen_key,
+                env_value(&target_env, &listen_key),
+            )?;
+            let target_port = match &svc_port.target_port {
+                Some(IntOrString::Int(n)) => Some(*n),
+                Some(IntOrString::String(port_name)) => target
+                    .ports
+                    .iter()
+                    .flatten()
+                    .find(|p| p.name.as_ref() == Some(port_name))
+                    .map(|p| p.container_port),
+                None => Some(port),
+            };
+            assert_eq!(
+                target_port,
+                Some(listening),
+                "{variant}: Service {host} port {port} reaches {callee}'s {listen_key}"
+            );
+        }
+        // Secrets: the internal key for all; the database URL for the services with a schema
+        // (never the gateway), none with SQLite.
+        let has_schema = !sqlite && service != "gateway";
+        for (key, wanted) in [
+            ("KAPAL_INTERNAL_KEY", true),
+            ("KAPAL_DATABASE_URL", has_schema),
+        ] {
+            let reference = env
+                .get(key)
+                .and_then(|e| e.value_from.as_ref())
+                .and_then(|v| v.secret_key_ref.as_ref());
+            ensure!(
+                reference.is_some() == wanted && (wanted || !env.contains_key(key)),
+                "{variant}: {name}: {key} {} from the Secret",
+                if wanted {
+                    "must come"
+                } else {
+                    "must not be given"
+                }
+            );
+            if let Some(reference) = reference {
+                assert_eq!(
+                    Some(reference.name.as_str()),
+                    secret.metadata.name.as_deref()
+                );
+                assert_eq!(reference.key, key);
+                assert!(secret_keys.contains(key), "the template has {key}");
+                assert_ne!(reference.optional, Some(true), "{key} is required");
+            }
+        }
+        for from in container.env_from.clone().unwrap_or_default() {
+            let map = from.config_map_ref.map(|c| c.name).unwrap_or_default();
+            find(objs, "ConfigMap", &map)?;
+        }
+        let volumes = pod.volumes.clone().unwrap_or_default();
+        let catalog = volumes
+            .iter()
+            .find_map(|v| v.config_map.as_ref().map(|c| c.name.clone()))
+            .ok_or_else(|| anyhow!("{variant}: {name}: no catalog ConfigMap volume"))?;
+        assert_eq!(catalog, "kapal-catalog");
+        let data = volumes.iter().find(|v| v.name == "data");
+        if sqlite {
+            let claim = data
+                .and_then(|v| v.persistent_volume_claim.as_ref())
+                .map(|c| c.claim_name.clone())
+                .ok_or_else(|| anyhow!("{variant}: {name}: the data directory is not a claim"))?;
+            find(objs, "PersistentVolumeClaim", &claim)?;
+            assert_eq!(
+                env_value(&env, "KAPAL_DATA_DIR"),
+                container
+                    .volume_mounts
+                    .iter()
+                    .flatten()
+                    .find(|m| m.name == "data")
+                    .map(|m| m.mount_path.as_str()),
+                "{variant}: {name}: the data directory is the claim"
+            );
+        } else if let Some(data) = data {
+            ensure!(
+                data.persistent_volume_claim.is_none(),
+                "{variant}: {name}: PostgreSQL keeps nothing durable in the pod"
+            );
+        }
+    }
+
+    // Services: ClusterIP only, each selecting exactly one pod; the Ingress reaches only a Service
+    // of the pod serving the gateway, h2c.
+    for svc in &services {
+        let spec = svc.spec.clone().unwrap_or_default();
+        assert_eq!(
+            spec.type_.as_deref(),
+            Some("ClusterIP"),
+            "{}",
+            svc.name_any()
+        );
+        let selector = spec.selector.clone().unwrap_or_default();
+        let selected: Vec<String> = deployments
+            .iter()
+            .filter(|d| selects(&selector, &pod_labels(d)))
+            .map(|d| d.name_any())
+            .collect();
+        assert_eq!(
+            selected.len(),
+            1,
+            "{variant}: Service {} selects {selected:?}",
+            svc.name_any()
+        );
+    }
+    let ingresses: Vec<k8s_openapi::api::networking::v1::Ingress> = all_of(objs, "Ingress")?;
+    ensure!(!ingresses.is_empty(), "{variant}: no Ingress");
+    for ingress in &ingresses {
+        let spec = ingress.spec.clone().unwrap_or_default();
+        assert_eq!(spec.ingress_class_name.as_deref(), Some("traefik"));
+        ensure!(
+            spec.default_backend.is_none(),
+            "{variant}: a default backend"
+        );
+        let backends: Vec<_> = spec
+            .rules
+            .iter()
+            .flatten()
+            .flat_map(|r| r.http.clone().map(|h| h.paths).unwrap_or_default())
+            .map(|p| p.backend.service)
+            .collect();
+        ensure!(
+            !backends.is_empty(),
+            "{variant}: the Ingress has no backend"
+        );
+        for backend in backends {
+            let backend = backend.ok_or_else(|| anyhow!("{variant}: a backend is no Service"))?;
+            let svc = services
+                .iter()
+                .find(|s| s.name_any() == backend.name)
+                .ok_or_else(|| anyhow!("{variant}: the Ingress names Service {}", backend.name))?;
+            let spec = svc.spec.clone().unwrap_or_default();
+            let selector = spec.selector.clone().unwrap_or_default();
+            for d in deployments
+                .iter()
+                .filter(|d| selects(&selector, &pod_labels(d)))
+            {
+                let service = kapal_service(d)?;
+                ensure!(
+                    service == "gateway" || service == "all",
+                    "{variant}: the Ingress reaches {service}"
+                );
+            }
+            let port_name = backend.port.and_then(|p| p.name);
+            ensure!(
+                spec.ports
+                    .iter()
+                    .flatten()
+                    .any(|p| p.name.is_some() && p.name == port_name),
+                "{variant}: the Ingress uses a port of Service {}",
+                backend.name
+            );
+            assert_eq!(
+                svc.metadata
+                    .annotations
+                    .clone()
+                    .unwrap_or_default()
+                    .get("traefik.ingress.kubernetes.io/service.serversscheme")
+                    .map(String::as_str),
+                Some("h2c"),
+                "Traefik talks h2c to the gateway"
+            );
+        }
+    }
+
+    // The NetworkPolicies admit exactly these connections (as data: every pair of Kapal's
+    // pods, Traefik, CoreDNS, PostgreSQL, a customer's pod, the API server and the internet).
+    let namespace: Namespace = typed(find(objs, "Namespace", "kapal")?)?;
+    let mut namespace_labels = namespace.metadata.labels.clone().unwrap_or_default();
+    namespace_labels.insert("kubernetes.io/metadata.name".into(), "kapal".into());
+    let mut endpoints = surroundings(&namespace_labels);
+    for (i, d) in deployments.iter().enumerate() {
+        let container = kapal_container(d)?;
+        endpoints.push(Endpoint {
+            name: d.name_any(),
+            namespace: "kapal".into(),
+            namespace_labels: namespace_labels.clone(),
+            labels: Some(pod_labels(d)),
+            ip: [10, 42, 0, 10 + i as u8].into(),
+            ports: container
+                .ports
+                .iter()
+                .flatten()
+                .map(|p| {
+                    (
+                        p.name.clone(),
+                        p.container_port,
+                        p.protocol.clone().unwrap_or_else(|| "TCP".into()),
+                    )
+                })
+                .collect(),
+        });
+    }
+    let pod_of = |service: &str| running.get(service).cloned().unwrap_or_default();
+    let edge = |a: &str, b: &str| (a.to_string(), b.to_string());
+    // The public port admits the ingress controller's namespace, kube-system: CoreDNS stands
+    // for its other pods.
+    let mut expected: BTreeSet<(String, String)> = if sqlite {
+        BTreeSet::from([
+            edge("traefik", &pod_of("all")),
+            edge("coredns", &pod_of("all")),
+        ])
+    } else {
+        let [gateway, control_plane, billing, provisioner] =
+            ["gateway", "control-plane", "billing", "provisioner"].map(pod_of);
+        BTreeSet::from([
+            edge("traefik", &gateway),
+            edge("coredns", &gateway),
+            edge(&gateway, &control_plane),
+            edge(&billing, &control_plane),
+            edge(&provisioner, &control_plane),
+            edge(&gateway, &billing),
+            edge(&control_plane, &billing),
+            edge(&control_plane, &provisioner),
+            edge(&control_plane, "postgresql"),
+            edge(&billing, "postgresql"),
+            edge(&provisioner, "postgresql"),
+            // The gateway reaches nothing else: DNS to find the two above.
+            edge(&gateway, "coredns"),
+        ])
+    };
+    // Nothing outside Kapal's namespace is isolated by these policies, and the egress of
+    // everyone but the gateway is open (deploy/README.md lists what each needs).
+    let outside = ["traefik", "coredns", "customer", "api-server", "internet"];
+    let mut ingress_only = expected.clone();
+    for src in endpoints.iter().filter(|e| e.labels.is_some()) {
+        for dst in outside.iter().filter(|d| **d != src.name) {
+            ingress_only.insert(edge(&src.name, dst));
+            if sqlite || src.name != pod_of("gateway") {
+                expected.insert(edge(&src.name, dst));
+            }
+        }
+    }
+    // With the ingress policies alone too: the gateway's egress policy is a second wall, not the
+    // only one.
+    let ingress_policies: Vec<NetworkPolicy> = policies
+        .iter()
+        .cloned()
+        .filter_map(|mut p| {
+            let spec = p.spec.as_mut()?;
+            let types = spec
+                .policy_types
+                .get_or_insert_with(|| vec!["Ingress".into()]);
+            types.retain(|t| t == "Ingress");
+            spec.egress = None;
+            (!types.is_empty()).then_some(p)
+        })
+        .collect();
+    for (what, policies, expected) in [
+        ("", &policies, &expected),
+        (
+            " (ingress policies alone)",
+            &ingress_policies,
+            &ingress_only,
+        ),
+    ] {
+        let actual = edges(policies, &endpoints);
+        let missing: Vec<_> = expected.difference(&actual).collect();
+        let extra: Vec<_> = actual.difference(expected).collect();
+        ensure!(
+            missing.is_empty() && extra.is_empty(),
+            "{variant}: NetworkPolicies{what}: missing connections {missing:?}, unwanted connections {extra:?}"
+        );
+    }
+    Ok(())
+}
 
 #[tokio::test(flavor = "multi_thread")]
 async fn the_manifests_are_consistent_and_accepted_by_the_api_server() -> anyhow::Result<()> {
@@ -370,18 +1293,22 @@ async fn the_manifests_are_consistent_and_accepted_by_the_api_server() -> anyhow
         "deploy/k3s-sqlite builds on ../k3s"
     );
     let mut sqlite_listed: BTreeSet<String> = sqlite_resources.into_iter().cloned().collect();
-    sqlite_listed.extend(sqlite.patches.iter().map(|p| p.path.clone()));
+    sqlite_listed.extend(sqlite.patches.iter().filter_map(|p| p.path.clone()));
     sqlite_listed.insert("kustomization.yaml".into());
     assert_eq!(sqlite_listed, sqlite_files, "deploy/k3s-sqlite files");
 
-    let mut manifests = Vec::new();
-    for file in &base.resources {
-        for mut obj in objects(&k3s.join(file))? {
-            set_images(&mut obj, &base.images);
-            manifests.push(obj);
-        }
-    }
+    let manifests = build(&k3s)?;
+    let sqlite_manifests = build(&sqlite_dir())?;
     let secret_template = objects(&k3s.join("secret.example.yaml"))?;
+    let secret: Secret = typed(&secret_template[0])?;
+    // The placeholder key is refused by Kapal, so an unedited template cannot run.
+    let placeholder = secret
+        .string_data
+        .as_ref()
+        .and_then(|d| d.get("KAPAL_INTERNAL_KEY"))
+        .cloned()
+        .unwrap_or_default();
+    assert!(InternalKey::from_secret(&placeholder).is_err());
 
     // No wildcard, no cluster-admin: the role names every verb and resource.
     let role: ClusterRole = typed(find(&manifests, "ClusterRole", "kapal-provisioner")?)?;
@@ -393,7 +1320,15 @@ async fn the_manifests_are_consistent_and_accepted_by_the_api_server() -> anyhow
             .chain(rule.api_groups.iter().flatten());
         assert!(everything.clone().all(|s| s != "*"), "wildcard in {rule:?}");
         assert!(rule.non_resource_urls.is_none(), "{rule:?}");
-        assert!(rule.resource_names.is_none(), "{rule:?}");
+        // Named objects only for "bind" on the role of its per-namespace Secret reads.
+        assert!(
+            rule.resource_names.is_none()
+                || (rule.verbs == ["bind"]
+                    && rule.resources.as_deref() == Some(&["clusterroles".to_string()])
+                    && rule.resource_names.as_deref()
+                        == Some(&["kapal-instance-secrets".to_string()])),
+            "{rule:?}"
+        );
     }
     assert!(role.aggregation_rule.is_none());
     let binding: ClusterRoleBinding =
@@ -406,110 +1341,43 @@ async fn the_manifests_are_consistent_and_accepted_by_the_api_server() -> anyhow
     assert_eq!(subjects[0].name, "kapal-provisioner");
     assert_eq!(subjects[0].namespace.as_deref(), Some("kapal"));
 
-    // Everything namespaced lives in the Namespace of namespace.yaml.
-    let namespace: Namespace = typed(find(&manifests, "Namespace", "kapal")?)?;
+    // The image both variants run: the one deploy/k3s/kustomization.yaml names (the SQLite
+    // overlay's own pod takes it from its own images:, which must say the same).
+    let rule = base
+        .images
+        .first()
+        .ok_or_else(|| anyhow!("deploy/k3s/kustomization.yaml has no images:"))?;
+    let image = format!(
+        "{}:{}",
+        rule.new_name.as_deref().unwrap_or(&rule.name),
+        rule.new_tag.as_deref().unwrap_or("latest")
+    );
+    check_variant("deploy/k3s", &manifests, &image, &secret, false)?;
+    check_variant(
+        "deploy/k3s-sqlite",
+        &sqlite_manifests,
+        &image,
+        &secret,
+        true,
+    )?;
+    // The SQLite overlay keeps everything else of deploy/k3s as it is, but the public Service's
+    // selector.
     for obj in &manifests {
-        if !["Namespace", "ClusterRole", "ClusterRoleBinding"].contains(&kind(obj)) {
-            assert_eq!(
-                obj.metadata.namespace.as_deref(),
-                Some("kapal"),
-                "{} {}",
-                kind(obj),
-                obj.name_any()
+        if let Some(same) = sqlite_manifests
+            .iter()
+            .find(|o| object_id(o) == object_id(obj))
+            && !(kind(obj) == "Service" && obj.name_any() == "kapal-gateway")
+        {
+            assert!(
+                serde_json::to_value(same)? == serde_json::to_value(obj)?,
+                "deploy/k3s-sqlite changes {:?}",
+                object_id(obj)
             );
         }
     }
 
-    // The Deployment refers to what the other files define.
-    let deployment: Deployment = typed(find(&manifests, "Deployment", "kapal")?)?;
-    let deployment_spec = deployment.spec.clone().unwrap_or_default();
-    let pod = deployment_spec.template.spec.clone().unwrap_or_default();
-    assert_eq!(deployment_spec.replicas, Some(1), "one replica");
-    assert_eq!(
-        deployment_spec.strategy.and_then(|s| s.type_).as_deref(),
-        Some("Recreate"),
-        "never two servers at once"
-    );
-    assert_eq!(
-        pod.service_account_name.as_deref(),
-        Some("kapal-provisioner")
-    );
-    find(&manifests, "ServiceAccount", "kapal-provisioner")?;
-    let container = pod
-        .containers
-        .first()
-        .ok_or_else(|| anyhow!("no container"))?;
-    assert_eq!(
-        container.image.as_deref(),
-        Some("registry.example.com/kapal:0.1.0"),
-        "image after kustomize's images: transformer"
-    );
-    assert_eq!(container.args.clone().unwrap_or_default(), ["server"]);
-    for probe in [
-        &container.startup_probe,
-        &container.readiness_probe,
-        &container.liveness_probe,
-    ] {
-        let port = probe.as_ref().and_then(|p| p.grpc.as_ref()).map(|g| g.port);
-        assert_eq!(port, Some(8080), "gRPC health probes on the gateway port");
-    }
-    let sc = container.security_context.clone().unwrap_or_default();
-    assert_eq!(sc.read_only_root_filesystem, Some(true));
-    assert_eq!(sc.allow_privilege_escalation, Some(false));
-    let env: BTreeMap<String, k8s_openapi::api::core::v1::EnvVar> = container
-        .env
-        .clone()
-        .unwrap_or_default()
-        .into_iter()
-        .map(|e| (e.name.clone(), e))
-        .collect();
-    assert_eq!(
-        env.get("KAPAL_LISTEN").and_then(|e| e.value.as_deref()),
-        Some("0.0.0.0:8080")
-    );
-    let secret: Secret = typed(&secret_template[0])?;
-    let secret_keys: BTreeSet<String> = secret
-        .string_data
-        .clone()
-        .unwrap_or_default()
-        .into_keys()
-        .collect();
-    for key in ["KAPAL_INTERNAL_KEY", "KAPAL_DATABASE_URL"] {
-        let reference = env
-            .get(key)
-            .and_then(|e| e.value_from.as_ref())
-            .and_then(|v| v.secret_key_ref.as_ref())
-            .ok_or_else(|| anyhow!("{key} is not taken from a Secret"))?;
-        assert_eq!(
-            Some(reference.name.as_str()),
-            secret.metadata.name.as_deref()
-        );
-        assert_eq!(reference.key, key);
-        assert!(secret_keys.contains(key), "the template has {key}");
-        assert_ne!(reference.optional, Some(true), "{key} is required");
-    }
-    // The placeholder key is refused by Kapal, so an unedited template cannot run.
-    let placeholder = secret
-        .string_data
-        .as_ref()
-        .and_then(|d| d.get("KAPAL_INTERNAL_KEY"))
-        .cloned()
-        .unwrap_or_default();
-    assert!(InternalKey::from_secret(&placeholder).is_err());
-    for from in container.env_from.clone().unwrap_or_default() {
-        let name = from.config_map_ref.map(|c| c.name).unwrap_or_default();
-        find(&manifests, "ConfigMap", &name)?;
-    }
-    let catalog_volume = pod
-        .volumes
-        .clone()
-        .unwrap_or_default()
-        .into_iter()
-        .find_map(|v| v.config_map.map(|c| c.name))
-        .ok_or_else(|| anyhow!("no catalog ConfigMap volume"))?;
-    let catalog_map = find(&manifests, "ConfigMap", &catalog_volume)?;
-
     // The catalog ConfigMap is exactly catalog/*.yaml, and loads as a catalog.
+    let catalog_map = find(&manifests, "ConfigMap", "kapal-catalog")?;
     let data: BTreeMap<String, String> =
         serde_json::from_value(catalog_map.data.get("data").cloned().unwrap_or_default())?;
     let catalog_dir = kapal::catalog::repo_catalog_dir();
@@ -536,125 +1404,67 @@ async fn the_manifests_are_consistent_and_accepted_by_the_api_server() -> anyhow
     let ids = |c: &Catalog| c.apps().map(|a| a.id.clone()).collect::<Vec<_>>();
     assert_eq!(ids(&from_map), ids(&from_repo));
 
-    // The Service selects the pods and exposes the gateway as h2c to Traefik; the Ingress
-    // routes to it.
-    let service: k8s_openapi::api::core::v1::Service =
-        typed(find(&manifests, "Service", "kapal")?)?;
-    let service_spec = service.spec.clone().unwrap_or_default();
-    let pod_labels = deployment_spec
-        .template
-        .metadata
-        .clone()
-        .and_then(|m| m.labels)
-        .unwrap_or_default();
-    for (k, v) in service_spec.selector.clone().unwrap_or_default() {
-        assert_eq!(pod_labels.get(&k), Some(&v), "Service selector {k}");
-    }
-    let service_port = service_spec
-        .ports
-        .clone()
-        .unwrap_or_default()
-        .into_iter()
-        .next()
-        .ok_or_else(|| anyhow!("the Service has no port"))?;
-    assert_eq!(service_port.port, 8080);
-    assert_eq!(
-        service
-            .metadata
-            .annotations
-            .clone()
-            .unwrap_or_default()
-            .get("traefik.ingress.kubernetes.io/service.serversscheme")
-            .map(String::as_str),
-        Some("h2c")
-    );
-    let ingress: k8s_openapi::api::networking::v1::Ingress =
-        typed(find(&manifests, "Ingress", "kapal")?)?;
-    let ingress_spec = ingress.spec.clone().unwrap_or_default();
-    assert_eq!(ingress_spec.ingress_class_name.as_deref(), Some("traefik"));
-    let backend = ingress_spec
-        .rules
-        .clone()
-        .unwrap_or_default()
-        .into_iter()
-        .flat_map(|r| r.http.map(|h| h.paths).unwrap_or_default())
-        .filter_map(|p| p.backend.service)
-        .next()
-        .ok_or_else(|| anyhow!("the Ingress has no service backend"))?;
-    assert_eq!(backend.name, "kapal");
-    assert_eq!(
-        backend.port.and_then(|p| p.name),
-        service_port.name,
-        "the Ingress uses the Service's port"
-    );
-
-    // The API server accepts every object: cluster-scoped ones with dry-run only (their fixed
-    // names could clash with a real installation), namespaced ones with dry-run and then for
-    // real in a test namespace with namespace.yaml's labels (so its Pod Security level).
+    // The API server accepts every object of both variants: cluster-scoped ones with dry-run
+    // only (their fixed names could clash with a real installation), namespaced ones with
+    // dry-run and then for real, each variant in a test namespace of its own with
+    // namespace.yaml's labels (so its Pod Security level); every Deployment then gets its pod.
     let client = cluster().await?.client();
+    let namespace: Namespace = typed(find(&manifests, "Namespace", "kapal")?)?;
     let labels = namespace.metadata.labels.clone().unwrap_or_default();
     let label_refs: Vec<(&str, &str)> = labels
         .iter()
         .map(|(k, v)| (k.as_str(), v.as_str()))
         .collect();
-    let ns = TestNamespace::with_labels("deploy-k3s", &label_refs).await?;
-    for obj in &manifests {
-        apply(&client, obj, Some(ns.name()), true).await?;
-    }
-    apply(&client, &secret_template[0], Some(ns.name()), true).await?;
-    for obj in &manifests {
-        if !["Namespace", "ClusterRole", "ClusterRoleBinding"].contains(&kind(obj)) {
-            apply(&client, obj, Some(ns.name()), false).await?;
+    for (variant, objs, prefix) in [
+        ("deploy/k3s", &manifests, "deploy-k3s"),
+        ("deploy/k3s-sqlite", &sqlite_manifests, "deploy-sqlite"),
+    ] {
+        let ns = TestNamespace::with_labels(prefix, &label_refs).await?;
+        let mut namespaced_objs = Vec::new();
+        for obj in objs.iter() {
+            let is_namespaced = namespaced(&client, obj).await?;
+            if is_namespaced {
+                // Everything namespaced lives in the Namespace of namespace.yaml.
+                assert_eq!(
+                    obj.metadata.namespace.as_deref(),
+                    Some("kapal"),
+                    "{variant}: {} {}",
+                    kind(obj),
+                    obj.name_any()
+                );
+                namespaced_objs.push(obj);
+            }
+            apply(&client, obj, Some(ns.name()), true)
+                .await
+                .with_context(|| variant.to_string())?;
         }
-    }
-    apply(&client, &secret_template[0], Some(ns.name()), false).await?;
-    dry_run_pod(&client, ns.name(), &deployment).await?;
-    let deployments: Api<Deployment> = ns.api();
-    wait_for(
-        "the Deployment of deploy/k3s to have its pod available",
-        READY_TIMEOUT,
-        || async {
-            let d = deployments.get("kapal").await?;
-            Ok((d.status.and_then(|s| s.available_replicas) == Some(1)).then_some(()))
-        },
-    )
-    .await?;
-
-    // deploy/k3s-sqlite: its claim, and its patch on the live Deployment (the API server
-    // computes the same strategic merge kustomize does): the data directory on the claim, no
-    // database URL, and still admitted.
-    for file in &sqlite.resources {
-        if file == "../k3s" {
-            continue;
+        apply(&client, &secret_template[0], Some(ns.name()), true).await?;
+        for obj in namespaced_objs {
+            apply(&client, obj, Some(ns.name()), false)
+                .await
+                .with_context(|| variant.to_string())?;
         }
-        for obj in objects(&sqlite_dir().join(file))? {
-            apply(&client, &obj, Some(ns.name()), true).await?;
-            apply(&client, &obj, Some(ns.name()), false).await?;
+        apply(&client, &secret_template[0], Some(ns.name()), false).await?;
+        let deployments: Vec<Deployment> = all_of(objs, "Deployment")?;
+        for d in &deployments {
+            dry_run_pod(&client, ns.name(), d).await?;
         }
-    }
-    for p in &sqlite.patches {
-        let mut patch = documents(&sqlite_dir().join(&p.path))?.remove(0);
-        // kustomize matches the target by kind and name; the namespace is the test's here.
-        if let Some(meta) = patch.get_mut("metadata").and_then(Value::as_object_mut) {
-            meta.remove("namespace");
+        let api: Api<Deployment> = ns.api();
+        for d in &deployments {
+            let name = d.name_any();
+            wait_for(
+                &format!("Deployment {name} of {variant} to have its pod available"),
+                READY_TIMEOUT,
+                || async {
+                    let d = api.get(&name).await?;
+                    Ok((d.status.and_then(|s| s.available_replicas) == Some(1)).then_some(()))
+                },
+            )
+            .await?;
         }
-        let patched = strategic_dry_run(&client, ns.name(), "kapal", &patch).await?;
-        assert!(
-            !env_names(&patched).contains(&"KAPAL_DATABASE_URL".to_string()),
-            "SQLite: no database URL"
-        );
-        assert!(env_names(&patched).contains(&"KAPAL_INTERNAL_KEY".to_string()));
-        let data = volume(&patched, "data").ok_or_else(|| anyhow!("no data volume"))?;
-        assert!(data.empty_dir.is_none(), "{data:?}");
-        assert_eq!(
-            data.persistent_volume_claim
-                .map(|c| c.claim_name)
-                .as_deref(),
-            Some("kapal-data")
-        );
-        dry_run_pod(&client, ns.name(), &patched).await?;
+        ns.cleanup().await?;
     }
-    ns.cleanup().await
+    Ok(())
 }
 
 // ---------------------------------------------------------------------------------------------
