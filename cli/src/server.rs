@@ -161,6 +161,11 @@ pub struct ServerArgs {
     /// Burst of requests allowed per caller above the rate.
     #[arg(long, default_value_t = 100, env = "KAPAL_RATE_BURST")]
     pub rate_burst: u32,
+    /// Proxies in front of the gateway whose X-Forwarded-For is believed (comma-separated CIDRs,
+    /// e.g. the cluster's pod network where Traefik runs: 10.42.0.0/16). Anonymous callers are
+    /// then rate-limited by their own address instead of the proxy's. Default none.
+    #[arg(long, env = "KAPAL_TRUSTED_PROXIES", value_delimiter = ',')]
+    pub trusted_proxies: Vec<String>,
     /// Largest request message accepted, in bytes.
     #[arg(long, default_value_t = 64 * 1024, env = "KAPAL_MAX_MESSAGE_BYTES")]
     pub max_message_bytes: usize,
@@ -212,6 +217,7 @@ struct Checked {
     cluster_cidrs: Vec<kapal::cidr::Cidr>,
     egress_deny: Vec<kapal::cidr::Cidr>,
     dns_labels: std::collections::BTreeMap<String, String>,
+    trusted_proxies: Vec<kapal::cidr::Cidr>,
 }
 
 fn cidrs(name: &str, values: &[String], problems: &mut Vec<String>) -> Vec<kapal::cidr::Cidr> {
@@ -249,6 +255,11 @@ async fn check(args: &ServerArgs) -> anyhow::Result<Checked> {
     let egress_deny = cidrs(
         "KAPAL_EGRESS_DENY (--egress-deny)",
         &args.egress_deny,
+        &mut problems,
+    );
+    let trusted_proxies = cidrs(
+        "KAPAL_TRUSTED_PROXIES (--trusted-proxies)",
+        &args.trusted_proxies,
         &mut problems,
     );
     let mut dns_labels = std::collections::BTreeMap::new();
@@ -362,6 +373,7 @@ async fn check(args: &ServerArgs) -> anyhow::Result<Checked> {
             cluster_cidrs,
             egress_deny,
             dns_labels,
+            trusted_proxies,
         }),
         _ => anyhow::bail!("invalid configuration:\n  - {}", problems.join("\n  - ")),
     }
@@ -503,6 +515,7 @@ pub async fn run(args: ServerArgs) -> anyhow::Result<()> {
         config.rate_limit_per_second = args.rate_limit;
         config.rate_limit_burst = args.rate_burst;
         config.max_message_bytes = args.max_message_bytes;
+        config.trusted_proxies = checked.trusted_proxies.clone();
         config.local_control_plane = local_cp;
         config.local_billing = local_billing;
         let scheme = if config.tls.is_some() {

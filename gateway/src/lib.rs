@@ -98,10 +98,12 @@ pub struct Config {
     /// gateway's LogOut / RevokeApiToken keeps working at most this long. Default 10 s; zero
     /// disables the cache.
     pub auth_cache_ttl: Duration,
-    /// Take the client address for anonymous rate limits from the last `x-forwarded-for` entry
-    /// (set it when exactly one trusted proxy, e.g. the cluster's ingress, is in front of the
-    /// gateway). Default false: the TCP peer's address.
-    pub trust_x_forwarded_for: bool,
+    /// Proxies (e.g. the cluster's ingress controller) whose `x-forwarded-for` is believed for
+    /// the client address of anonymous rate limits: when the TCP peer is one of them, the
+    /// client is the right-most address in `x-forwarded-for` that is not one of them (what a
+    /// client writes into the header itself stays to the left and is ignored). Default none:
+    /// the TCP peer's address, and the header is ignored.
+    pub trusted_proxies: Vec<kapal::cidr::Cidr>,
     /// The control-plane's routes when it runs in this process: calls go to it directly, not
     /// through `control_plane_endpoint` (see [`kapal::serve::LocalRoutes`]). Default `None`.
     pub local_control_plane: Option<kapal::serve::LocalRoutes>,
@@ -128,7 +130,7 @@ impl Config {
             default_deadline: Duration::from_secs(15),
             max_deadline: Duration::from_secs(60),
             auth_cache_ttl: Duration::from_secs(10),
-            trust_x_forwarded_for: false,
+            trusted_proxies: Vec::new(),
             local_control_plane: None,
             local_billing: None,
         }
@@ -302,7 +304,7 @@ pub async fn run(
         .layer(middleware::MiddlewareLayer(rate_limit::RateLimit {
             limiter,
             authenticator: authenticator.clone(),
-            trust_forwarded_for: config.trust_x_forwarded_for,
+            trusted_proxies: config.trusted_proxies.clone().into(),
         }))
         // Deadlines, before anything that takes time: the token check, reading the body and the
         // upstream call all count against the call's deadline.

@@ -18,6 +18,7 @@ use std::net::{IpAddr, Ipv6Addr};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use kapal::cidr::Cidr;
 use tonic::transport::server::{TcpConnectInfo, TlsConnectInfo};
 use uuid::Uuid;
 
@@ -132,35 +133,60 @@ impl Limiter {
     }
 }
 
-/// The client's address: the TCP peer, or with `trust_forwarded_for` the last address in
-/// `x-forwarded-for` (the one the proxy in front of the gateway saw).
-fn client_address(req: &Req, trust_forwarded_for: bool) -> Option<IpAddr> {
-    if trust_forwarded_for {
-        let forwarded = req
-            .headers()
-            .get_all("x-forwarded-for")
-            .iter()
-            .next_back()
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.rsplit(',').next())
-            .map(str::trim)
-            .and_then(|a| {
-                a.parse::<IpAddr>()
-                    .ok()
-                    .or_else(|| a.parse::<std::net::SocketAddr>().ok().map(|s| s.ip()))
-            });
-        if forwarded.is_some() {
-            return forwarded;
-        }
-    }
+/// The client's address: the TCP peer's, unless the peer is a trusted proxy; then the
+/// right-most address of `x-forwarded-for` (each proxy appends the address it saw) that is not
+/// a trusted proxy itself. Entries left of it were written by the client and are ignored.
+fn client_address(req: &Req, trusted: &[Cidr]) -> Option<IpAddr> {
     let ext = req.extensions();
-    ext.get::<TcpConnectInfo>()
+    let peer = ext
+        .get::<TcpConnectInfo>()
         .and_then(TcpConnectInfo::remote_addr)
         .or_else(|| {
             ext.get::<TlsConnectInfo<TcpConnectInfo>>()
                 .and_then(|i| i.get_ref().remote_addr())
         })
-        .map(|a| a.ip())
+        .map(|a| a.ip());
+    forwarded_client(peer, req.headers(), trusted)
+}
+
+fn forwarded_client(
+    peer: Option<IpAddr>,
+    headers: &http::HeaderMap,
+    trusted: &[Cidr],
+) -> Option<IpAddr> {
+    let is_trusted = |ip: IpAddr| {
+        let ip = match ip {
+            IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(ip, IpAddr::V4),
+            v4 => v4,
+        };
+        trusted.iter().any(|c| c.contains(ip))
+    };
+    let mut client = peer?;
+    if !is_trusted(client) {
+        return Some(client);
+    }
+    let hops: Vec<&str> = headers
+        .get_all("x-forwarded-for")
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .map(str::trim)
+        .collect();
+    for hop in hops.iter().rev() {
+        let Some(ip) = hop
+            .parse::<IpAddr>()
+            .ok()
+            .or_else(|| hop.parse::<std::net::SocketAddr>().ok().map(|s| s.ip()))
+        else {
+            // Garbage in the chain: the last address we could trust is the client.
+            break;
+        };
+        client = ip;
+        if !is_trusted(ip) {
+            break;
+        }
+    }
+    Some(client)
 }
 
 /// The rate-limit layer; `limiter` is `None` when rate limits are off.
@@ -168,7 +194,7 @@ fn client_address(req: &Req, trust_forwarded_for: bool) -> Option<IpAddr> {
 pub(crate) struct RateLimit {
     pub(crate) limiter: Option<Arc<Limiter>>,
     pub(crate) authenticator: Authenticator,
-    pub(crate) trust_forwarded_for: bool,
+    pub(crate) trusted_proxies: Arc<[Cidr]>,
 }
 
 impl Middleware for RateLimit {
@@ -182,7 +208,7 @@ impl Middleware for RateLimit {
             .and_then(|token| self.authenticator.cached(token))
             .map(|p| Caller::Account(p.account_id));
         let caller = account.unwrap_or_else(|| {
-            client_address(&req, self.trust_forwarded_for).map_or(Caller::Unknown, Caller::address)
+            client_address(&req, &self.trusted_proxies).map_or(Caller::Unknown, Caller::address)
         });
         match limiter.check(caller, Instant::now()) {
             Ok(()) => forward(next, req).await,
@@ -197,6 +223,64 @@ impl Middleware for RateLimit {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_client_is_the_right_most_untrusted_hop() {
+        let trusted: Vec<Cidr> = vec!["10.42.0.0/16".parse().expect("cidr")];
+        let peer = |s: &str| Some(s.parse::<IpAddr>().expect("ip"));
+        let xff = |v: &str| {
+            let mut h = http::HeaderMap::new();
+            h.insert("x-forwarded-for", v.parse().expect("header"));
+            h
+        };
+        let client = |p: &str, h: &http::HeaderMap, t: &[Cidr]| {
+            forwarded_client(peer(p), h, t).map(|ip| ip.to_string())
+        };
+        let none = http::HeaderMap::new();
+        // No trusted proxy: the header is ignored, whoever sends it.
+        assert_eq!(
+            client("203.0.113.9", &xff("198.51.100.1"), &[]).as_deref(),
+            Some("203.0.113.9")
+        );
+        // A peer that is not a trusted proxy cannot claim another address.
+        assert_eq!(
+            client("203.0.113.9", &xff("198.51.100.1"), &trusted).as_deref(),
+            Some("203.0.113.9")
+        );
+        // Behind the ingress: the address it saw.
+        assert_eq!(
+            client("10.42.0.7", &xff("198.51.100.1"), &trusted).as_deref(),
+            Some("198.51.100.1")
+        );
+        // A client that writes its own header: the proxy appended the real address.
+        assert_eq!(
+            client(
+                "10.42.0.7",
+                &xff("1.1.1.1, 2.2.2.2, 198.51.100.1"),
+                &trusted
+            )
+            .as_deref(),
+            Some("198.51.100.1")
+        );
+        // Two trusted hops (ingress behind a load balancer in the cluster).
+        assert_eq!(
+            client("10.42.0.7", &xff("198.51.100.1, 10.42.3.3"), &trusted).as_deref(),
+            Some("198.51.100.1")
+        );
+        // Nothing forwarded, or garbage: the trusted peer itself / the last trusted hop.
+        assert_eq!(
+            client("10.42.0.7", &none, &trusted).as_deref(),
+            Some("10.42.0.7")
+        );
+        assert_eq!(
+            client("10.42.0.7", &xff("not-an-ip"), &trusted).as_deref(),
+            Some("10.42.0.7")
+        );
+        assert_eq!(
+            client("::ffff:10.42.0.7", &xff("198.51.100.1"), &trusted).as_deref(),
+            Some("198.51.100.1")
+        );
+    }
 
     fn ip(s: &str) -> Caller {
         Caller::address(s.parse().expect("ip"))

@@ -1147,6 +1147,72 @@ async fn rate_limits_apply_per_account_and_per_client_address() {
         .expect("bob's own bucket");
 }
 
+/// Behind an ingress every anonymous caller arrives from the proxy's address: without trusted
+/// proxies one client flooding LogIn (here: any anonymous call) locks everyone out. With the
+/// proxy trusted, each client has its own bucket, and what a client writes into
+/// `x-forwarded-for` itself changes nothing.
+#[tokio::test]
+async fn behind_a_trusted_proxy_one_flooding_client_does_not_lock_out_another() {
+    let app = TestApp::with(|c| {
+        c.rate_limit_per_second = 1;
+        c.rate_limit_burst = 3;
+        // The test connects from loopback: it plays the ingress controller.
+        c.trusted_proxies = vec!["127.0.0.0/8".parse().expect("cidr")];
+    })
+    .await;
+    let mut catalog = CatalogServiceClient::new(app.channel().await);
+    let from = |forwarded: &str| {
+        let mut req = tonic::Request::new(pb::ListAppsRequest {});
+        req.metadata_mut()
+            .insert("x-forwarded-for", forwarded.parse().expect("header"));
+        req
+    };
+    // The attacker floods, rotating what it writes in front of the address the proxy saw.
+    let mut refused = 0;
+    for i in 0..10 {
+        let spoofed = format!("198.51.100.{i}, 203.0.113.66");
+        if let Err(s) = catalog.list_apps(from(&spoofed)).await {
+            assert_eq!(s.code(), Code::ResourceExhausted, "{s:?}");
+            refused += 1;
+        }
+    }
+    assert!(
+        refused >= 6,
+        "the flood is limited by its real address: {refused} of 10 refused"
+    );
+    // Another customer behind the same proxy is not.
+    for _ in 0..3 {
+        catalog
+            .list_apps(from("192.0.2.10"))
+            .await
+            .expect("another client has its own bucket");
+    }
+}
+
+/// Without trusted proxies the header is ignored: a client cannot escape its bucket by
+/// claiming other addresses.
+#[tokio::test]
+async fn an_untrusted_x_forwarded_for_is_ignored() {
+    let app = TestApp::with(|c| {
+        c.rate_limit_per_second = 1;
+        c.rate_limit_burst = 3;
+    })
+    .await;
+    let mut catalog = CatalogServiceClient::new(app.channel().await);
+    let mut refused = 0;
+    for i in 0..8 {
+        let mut req = tonic::Request::new(pb::ListAppsRequest {});
+        req.metadata_mut().insert(
+            "x-forwarded-for",
+            format!("198.51.100.{i}").parse().expect("header"),
+        );
+        if catalog.list_apps(req).await.is_err() {
+            refused += 1;
+        }
+    }
+    assert!(refused >= 4, "{refused} of 8 refused");
+}
+
 #[tokio::test]
 async fn deadlines_are_defaulted_capped_and_enforced() {
     let app = TestApp::with(|c| {
