@@ -1,10 +1,14 @@
 //! `deploy/k3s` (and the `deploy/k3s-sqlite` overlay) against the real local control plane
 //! (`scripts/local-cluster`):
 //!
-//! - every manifest parses and the API server accepts it (server-side dry-run with strict field
-//!   validation; the namespaced ones also for real, in a test namespace that enforces the same
-//!   Pod Security level as `namespace.yaml`), the files agree with each other (names, labels,
-//!   ports, keys) and the catalog ConfigMap is the repository's catalog;
+//! - both kustomizations, resolved here as `kubectl apply -k` would: every object parses and the
+//!   API server accepts it (server-side dry-run with strict field validation; the namespaced ones
+//!   also for real, in a test namespace per variant that enforces the same Pod Security level as
+//!   `namespace.yaml`, until every Deployment has its pod), the files agree with each other
+//!   (names, labels, ports, keys, each service's endpoints and the Services), only the
+//!   provisioner's pod mounts a ServiceAccount token, every container limits ephemeral storage,
+//!   the NetworkPolicies admit exactly the intended connections (computed as data), the SQLite
+//!   overlay is one pod on its claim, and the catalog ConfigMap is the repository's catalog;
 //! - the provisioner does its whole job (an n8n instance to READY; capacity and usage read; a
 //!   deleted Service repaired; its node failing, the evicted pod released and replaced;
 //!   SUSPENDED; DELETED with its data kept for a moment, then removed; orphan sweeps) with exactly the
