@@ -4,12 +4,14 @@
 
 use std::collections::BTreeMap;
 use std::fmt::Debug;
+use std::sync::Arc;
 
 use chrono::{DateTime, Utc};
 use k8s_openapi::api::apps::v1::{Deployment, StatefulSet};
 use k8s_openapi::api::batch::v1::Job;
 use k8s_openapi::api::core::v1::{Namespace, Node, PersistentVolumeClaim, Pod, Secret, Service};
 use k8s_openapi::api::networking::v1::Ingress;
+use k8s_openapi::api::rbac::v1::{RoleBinding, Subject};
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use kapal::catalog::{App, Plan, WorkloadKind};
 use kube::api::{
@@ -18,8 +20,10 @@ use kube::api::{
 use kube::{Api, Client, Resource};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
+use tokio::sync::OnceCell;
 
 use crate::error::{Error, Result};
+use crate::fence;
 use crate::render::{
     self, ANNOTATION_ORPHANED_SINCE, CREDENTIALS_SECRET, FIELD_MANAGER, LABEL_INSTANCE,
     LABEL_MANAGED_BY, MANAGED_BY, Objects, Settings, Workload,
@@ -42,6 +46,8 @@ pub enum Owner {
 #[derive(Clone)]
 pub struct Cluster {
     client: Client,
+    /// Who the provisioner is (learnt once, see [`Cluster::me`]).
+    me: Arc<OnceCell<Subject>>,
 }
 
 fn is_status(e: &kube::Error, codes: &[u16]) -> bool {
@@ -109,7 +115,42 @@ pub fn adjust_volume(
 
 impl Cluster {
     pub fn new(client: Client) -> Cluster {
-        Cluster { client }
+        Cluster {
+            client,
+            me: Arc::new(OnceCell::new()),
+        }
+    }
+
+    /// The provisioner's own RBAC subject, from a SelfSubjectReview at the first call (a failed
+    /// review is asked again at the next call).
+    pub async fn me(&self) -> Result<Subject> {
+        self.me
+            .get_or_try_init(|| async {
+                let username = fence::whoami(&self.client).await?;
+                let me = fence::subject_of(&username);
+                tracing::info!(user = %username, kind = %me.kind, "the provisioner's Kubernetes identity");
+                Ok::<_, Error>(me)
+            })
+            .await
+            .cloned()
+    }
+
+    /// A Secret of an instance namespace, `None` if it does not exist. A refusal (403) is tried
+    /// again for [`fence::BINDING_PROPAGATION`]: the read is allowed by the namespace's
+    /// RoleBinding ([`fence::secrets_role_binding`]), which the RBAC authorizer may not know yet
+    /// when it was just applied.
+    async fn instance_secret(&self, namespace: &str, name: &str) -> Result<Option<Secret>> {
+        let api: Api<Secret> = self.namespaced(namespace);
+        let deadline = tokio::time::Instant::now() + fence::BINDING_PROPAGATION;
+        loop {
+            match api.get_opt(name).await {
+                Err(e) if is_status(&e, &[403]) && tokio::time::Instant::now() < deadline => {
+                    tracing::debug!(namespace, secret = name, error = %e, "Secret read refused; the RoleBinding may not be in effect yet");
+                    tokio::time::sleep(std::time::Duration::from_millis(250)).await;
+                }
+                other => return Ok(other?),
+            }
+        }
     }
 
     pub fn client(&self) -> &Client {
@@ -234,6 +275,14 @@ impl Cluster {
             &objects.namespace,
         )
         .await?;
+        // Before any Secret is read: the provisioner may read Secrets only where it bound
+        // itself to read them.
+        let me = self.me().await?;
+        apply(
+            &self.namespaced::<RoleBinding>(ns),
+            &fence::secrets_role_binding(spec, &settings.partition, &me),
+        )
+        .await?;
         // Quota and limits before any pod, so admission always sees them.
         apply(&self.namespaced(ns), &objects.quota).await?;
         apply(&self.namespaced(ns), &objects.limits).await?;
@@ -244,11 +293,19 @@ impl Cluster {
         if let Some((source_ns, source_name)) = settings.wildcard_tls_source() {
             // Copied at every convergence: a renewed certificate reaches every namespace by
             // the next resync.
-            let source = self
+            let source = match self
                 .namespaced::<Secret>(source_ns)
                 .get_opt(source_name)
-                .await?
-                .ok_or_else(|| {
+                .await
+            {
+                Err(e) if is_status(&e, &[403]) => {
+                    return Err(Error::Internal(format!(
+                        "the provisioner may not read the wildcard certificate Secret {source_ns}/{source_name}: grant it with deploy/k3s/optional/wildcard-tls-source.yaml ({e})"
+                    )));
+                }
+                other => other?,
+            }
+            .ok_or_else(|| {
                     Error::Internal(format!(
                         "the wildcard certificate Secret {source_ns}/{source_name} does not exist"
                     ))
@@ -327,7 +384,10 @@ impl Cluster {
     /// value; only keys the app needs and it lacks (a catalog update) are added.
     async fn ensure_credentials(&self, spec: &Spec, app: &App, settings: &Settings) -> Result<()> {
         let secrets: Api<Secret> = self.namespaced(&spec.namespace);
-        let Some(existing) = secrets.get_opt(CREDENTIALS_SECRET).await? else {
+        let Some(existing) = self
+            .instance_secret(&spec.namespace, CREDENTIALS_SECRET)
+            .await?
+        else {
             let secret = render::credentials_secret(spec, app, settings);
             return match secrets.create(&PostParams::default(), &secret).await {
                 Ok(_) => Ok(()),
@@ -378,8 +438,7 @@ impl Cluster {
             return Ok(None);
         }
         let secret = self
-            .namespaced::<Secret>(&spec.namespace)
-            .get_opt(CREDENTIALS_SECRET)
+            .instance_secret(&spec.namespace, CREDENTIALS_SECRET)
             .await?;
         Ok(secret.map(|s| {
             s.data

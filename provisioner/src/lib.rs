@@ -7,7 +7,8 @@
 //! control-plane's `InstanceStateService` when it changes.
 //!
 //! The Kubernetes identity it runs as needs exactly `deploy/k3s/clusterrole.yaml` (tested by
-//! `tests/tests/deploy_rbac.rs`).
+//! `tests/tests/deploy_rbac.rs`), plus the Secret reads it grants itself per instance namespace
+//! ([`fence`]); `deploy/k3s/admission-policy.yaml` fences what it may write.
 //!
 //! Self-healing: instance pods tolerate a failed node for [`Config::node_failure_toleration`]
 //! (20 s) instead of 300 s, and pods evicted from a node that is not Ready are force-deleted so
@@ -26,6 +27,7 @@ pub mod capacity;
 pub mod cluster;
 pub mod controller;
 pub mod error;
+pub mod fence;
 pub mod quantity;
 pub mod render;
 pub mod service;

@@ -52,6 +52,7 @@ use kapal::proto::internal::v1::{
 };
 use kapal::proto::v1::{DesiredState, InstanceStatus};
 use kapal_tests::cluster::{TempNode, TestNamespace, api_status, cluster, unique_name, wait_for};
+use kapal_tests::fence::{FencedIdentity, can};
 use kube::api::{
     DeleteParams, DynamicObject, GroupVersionKind, ListParams, Patch, PatchParams, PostParams,
 };
@@ -85,9 +86,17 @@ fn sqlite_dir() -> PathBuf {
 // ---------------------------------------------------------------------------------------------
 // Reading the manifests.
 
+/// The fields of a kustomization that `build` resolves; any other is an error, so that a new
+/// kustomize feature in `deploy/` cannot be silently ignored here.
 #[derive(Debug, Default, Deserialize)]
-#[serde(rename_all = "camelCase")]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
 struct Kustomization {
+    #[serde(default)]
+    #[allow(dead_code)]
+    api_version: Option<String>,
+    #[serde(default)]
+    #[allow(dead_code)]
+    kind: Option<String>,
     #[serde(default)]
     resources: Vec<String>,
     #[serde(default)]
@@ -96,15 +105,16 @@ struct Kustomization {
     images: Vec<KustomizeImage>,
 }
 
-/// A patch of `patches:`: a file, or inline.
+/// A patch of `patches:`: a file, or inline (no `target:`: matched by the patch's own id).
 #[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
 struct KustomizePatch {
     path: Option<String>,
     patch: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]
-#[serde(rename_all = "camelCase")]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
 struct KustomizeImage {
     name: String,
     new_name: Option<String>,
@@ -323,7 +333,7 @@ async fn namespaced(client: &Client, obj: &DynamicObject) -> anyhow::Result<bool
 }
 
 // ---------------------------------------------------------------------------------------------
-// (a) The manifests: `kubectl apply -k` resolved here (there is no kubectl to ask).
+// (a) The manifests: `kubectl apply -k` resolved here, so the test needs no kubectl.
 
 /// What `kubectl kustomize <dir>` makes of the features `deploy/` uses: `resources:` (files and
 /// other kustomizations), `patches:` (one strategic merge patch per entry, from `path:` or inline
@@ -1234,6 +1244,18 @@ fn check_variant(
             }
         }
     }
+    // No policy is left over for a pod the variant does not run.
+    for p in &policies {
+        let selector = p.spec.clone().unwrap_or_default().pod_selector;
+        ensure!(
+            endpoints.iter().any(|e| e.namespace == "kapal"
+                && e.labels.as_ref().is_some_and(|l| {
+                    label_selector_matches(&selector.clone().unwrap_or_default(), l)
+                })),
+            "{variant}: NetworkPolicy {} selects no pod",
+            p.name_any()
+        );
+    }
     // With the ingress policies alone too: the gateway's egress policy is a second wall, not the
     // only one.
     let ingress_policies: Vec<NetworkPolicy> = policies
@@ -1472,183 +1494,8 @@ async fn the_manifests_are_consistent_and_accepted_by_the_api_server() -> anyhow
 }
 
 // ---------------------------------------------------------------------------------------------
-// (b) and (c): a ServiceAccount bound to exactly deploy/k3s/clusterrole.yaml.
-
-/// The ClusterRole of `deploy/k3s` under a unique name, bound to a ServiceAccount in a test
-/// namespace; the ClusterRole and binding are deleted on drop.
-struct Rbac {
-    namespace: TestNamespace,
-    role: ClusterRole,
-    role_name: String,
-    binding_name: String,
-    service_account: String,
-    admin: kube::Config,
-}
-
-impl Rbac {
-    async fn new() -> anyhow::Result<Rbac> {
-        let cluster = cluster().await?;
-        let admin = cluster.client();
-        let namespace = TestNamespace::new("deploy-rbac").await?;
-        let mut role: ClusterRole = typed(&objects(&k3s_dir().join("clusterrole.yaml"))?[0])?;
-        let role_name = unique_name("kapal-provisioner-test");
-        let binding_name = role_name.clone();
-        let sa_manifest = objects(&k3s_dir().join("serviceaccount.yaml"))?.remove(0);
-        // From here on, dropping `this` deletes what was created.
-        let this = Rbac {
-            namespace,
-            role: role.clone(),
-            role_name: role_name.clone(),
-            binding_name: binding_name.clone(),
-            service_account: sa_manifest.name_any(),
-            admin: cluster.config().clone(),
-        };
-        role.metadata.name = Some(role_name.clone());
-        role.metadata
-            .labels
-            .get_or_insert_default()
-            .insert("kapal.dev/test".into(), "true".into());
-        Api::<ClusterRole>::all(admin.clone())
-            .create(&PostParams::default(), &role)
-            .await
-            .context("creating the test ClusterRole")?;
-
-        apply(&admin, &sa_manifest, Some(this.namespace.name()), false).await?;
-
-        let mut binding: ClusterRoleBinding =
-            typed(&objects(&k3s_dir().join("clusterrolebinding.yaml"))?[0])?;
-        binding.metadata.name = Some(binding_name);
-        binding
-            .metadata
-            .labels
-            .get_or_insert_default()
-            .insert("kapal.dev/test".into(), "true".into());
-        binding.role_ref.name = role_name;
-        for subject in binding.subjects.iter_mut().flatten() {
-            subject.namespace = Some(this.namespace.name().to_string());
-        }
-        Api::<ClusterRoleBinding>::all(admin)
-            .create(&PostParams::default(), &binding)
-            .await
-            .context("creating the test ClusterRoleBinding")?;
-        Ok(this)
-    }
-
-    /// A kube config for the ServiceAccount: the cluster's URL and CA from the admin
-    /// kubeconfig, and nothing of its credentials, only a bound token from the TokenRequest API.
-    async fn service_account_config(&self) -> anyhow::Result<kube::Config> {
-        let sa: Api<ServiceAccount> = self.namespace.api();
-        let request = TokenRequest {
-            spec: Some(TokenRequestSpec {
-                expiration_seconds: Some(3600),
-                ..TokenRequestSpec::default()
-            }),
-            ..TokenRequest::default()
-        };
-        let token = sa
-            .create_token_request(&self.service_account, &PostParams::default(), &request)
-            .await
-            .context("requesting a token for the ServiceAccount")?
-            .status
-            .map(|s| s.token)
-            .ok_or_else(|| anyhow!("the TokenRequest returned no token"))?;
-        let mut config = kube::Config::new(self.admin.cluster_url.clone());
-        config.root_cert = self.admin.root_cert.clone();
-        config.root_cert_file = self.admin.root_cert_file.clone();
-        config.tls_server_name = self.admin.tls_server_name.clone();
-        config.auth_info = serde_json::from_value(json!({ "token": token }))?;
-        ensure!(
-            config.auth_info.client_certificate_data.is_none()
-                && config.auth_info.client_key_data.is_none()
-                && config.auth_info.impersonate.is_none(),
-            "only the token"
-        );
-        Ok(config)
-    }
-
-    /// Who the ServiceAccount's client is, and that its role is in effect (the RBAC authorizer
-    /// learns of new bindings through a watch, so the first requests may be denied).
-    async fn service_account_client(&self) -> anyhow::Result<Client> {
-        let client = Client::try_from(self.service_account_config().await?)?;
-        let expected = format!(
-            "system:serviceaccount:{}:{}",
-            self.namespace.name(),
-            self.service_account
-        );
-        // Any permission of the role will do.
-        let rule = self
-            .role
-            .rules
-            .as_ref()
-            .and_then(|r| r.first())
-            .ok_or_else(|| anyhow!("the ClusterRole has no rule"))?;
-        let (verb, group, resource) = (
-            rule.verbs.first().cloned().unwrap_or_default(),
-            rule.api_groups
-                .as_ref()
-                .and_then(|g| g.first().cloned())
-                .unwrap_or_default(),
-            rule.resources
-                .as_ref()
-                .and_then(|r| r.first().cloned())
-                .unwrap_or_default(),
-        );
-        wait_for(
-            "the test ClusterRole to be in effect",
-            Duration::from_secs(30),
-            || async {
-                Ok(can(
-                    &client,
-                    &verb,
-                    &group,
-                    &resource,
-                    None,
-                    Some("kapal-anyone-n8n"),
-                )
-                .await?
-                .then_some(()))
-            },
-        )
-        .await?;
-        let review = Api::<SelfSubjectReview>::all(client.clone())
-            .create(&PostParams::default(), &SelfSubjectReview::default())
-            .await
-            .context("SelfSubjectReview")?;
-        let user = review.status.and_then(|s| s.user_info).unwrap_or_default();
-        assert_eq!(
-            user.username.as_deref(),
-            Some(expected.as_str()),
-            "{user:?}"
-        );
-        assert!(
-            !user
-                .groups
-                .unwrap_or_default()
-                .iter()
-                .any(|g| g == "system:masters"),
-            "not an admin"
-        );
-        Ok(client)
-    }
-}
-
-impl Drop for Rbac {
-    fn drop(&mut self) {
-        let (role, binding, config) = (
-            self.role_name.clone(),
-            self.binding_name.clone(),
-            self.admin.clone(),
-        );
-        best_effort(config, move |client| async move {
-            let _ = Api::<ClusterRoleBinding>::all(client.clone())
-                .delete(&binding, &DeleteParams::default())
-                .await;
-            let _ = Api::<ClusterRole>::all(client)
-                .delete(&role, &DeleteParams::default())
-                .await;
-        });
-    }
-}
+// (b) and (c): a ServiceAccount bound to exactly deploy/k3s/clusterrole.yaml, under the
+// admission policy (kapal_tests::fence::FencedIdentity).
 
 /// Runs `f` with an admin client on a thread and runtime of its own (the test's runtime may be
 /// shutting down when a guard drops), with a deadline; best effort.
@@ -1672,35 +1519,6 @@ where
         });
     })
     .join();
-}
-
-/// Whether the client's user may do `verb` on `resource` (SelfSubjectAccessReview).
-async fn can(
-    client: &Client,
-    verb: &str,
-    group: &str,
-    resource: &str,
-    subresource: Option<&str>,
-    namespace: Option<&str>,
-) -> anyhow::Result<bool> {
-    let review = SelfSubjectAccessReview {
-        spec: SelfSubjectAccessReviewSpec {
-            resource_attributes: Some(ResourceAttributes {
-                verb: Some(verb.into()),
-                group: Some(group.into()),
-                resource: Some(resource.into()),
-                subresource: subresource.map(Into::into),
-                namespace: namespace.map(Into::into),
-                ..ResourceAttributes::default()
-            }),
-            ..SelfSubjectAccessReviewSpec::default()
-        },
-        ..SelfSubjectAccessReview::default()
-    };
-    let answer = Api::<SelfSubjectAccessReview>::all(client.clone())
-        .create(&PostParams::default(), &review)
-        .await?;
-    Ok(answer.status.is_some_and(|s| s.allowed))
 }
 
 /// A request to authorize: (verb, API group, resource, subresource, namespace).
@@ -1863,11 +1681,12 @@ async fn free_listener() -> anyhow::Result<(TcpListener, String)> {
 async fn the_provisioner_does_its_whole_job_with_exactly_the_deployed_cluster_role()
 -> anyhow::Result<()> {
     warnings();
-    let rbac = Rbac::new().await?;
-    let sa_config = rbac.service_account_config().await?;
-    // Proves the role is in effect and the identity is the ServiceAccount, not an admin.
-    let sa_client = rbac.service_account_client().await?;
-    drop(sa_client);
+    let partition = unique_name("rbac");
+    // In effect once made: the role and the admission policy, for this ServiceAccount.
+    let fenced = FencedIdentity::new(&partition).await?;
+    let sa_config = fenced.kube_config().await?;
+    // Proves the identity is the ServiceAccount, not an admin.
+    drop(fenced.client().await?);
 
     // The provisioner with the ServiceAccount's config, next to a control-plane stand-in. A
     // resync interval of an hour: statuses after the first apply come from its watches of pods
@@ -1904,7 +1723,7 @@ async fn the_provisioner_does_its_whole_job_with_exactly_the_deployed_cluster_ro
     config.node_failure_toleration = Duration::from_secs(2);
     // Orphan sweeps every second (of this test's own partition: its instance is known, so
     // nothing is marked), to run them with the role too.
-    config.partition = unique_name("rbac");
+    config.partition = partition;
     config.sweep_interval = Duration::from_secs(1);
     let (listener, endpoint) = free_listener().await?;
     let (stop, stopped) = oneshot::channel::<()>();
@@ -1931,7 +1750,7 @@ async fn the_provisioner_does_its_whole_job_with_exactly_the_deployed_cluster_ro
     let id = spec.instance_id.clone();
     let _cleanup = DeleteNamespace {
         name: spec.namespace.clone(),
-        admin: rbac.admin.clone(),
+        admin: fenced.admin_config().clone(),
     };
     let reader = provisioner.clone();
     let state = move |id: String| {
@@ -2134,22 +1953,31 @@ async fn the_provisioner_does_its_whole_job_with_exactly_the_deployed_cluster_ro
 
 #[tokio::test(flavor = "multi_thread")]
 async fn the_deployed_cluster_role_allows_nothing_else() -> anyhow::Result<()> {
-    let rbac = Rbac::new().await?;
-    let sa = rbac.service_account_client().await?;
-    let own_ns = rbac.namespace.name().to_string();
+    let fenced = FencedIdentity::new(&unique_name("rbac")).await?;
+    let sa = fenced.client().await?;
+    let own_ns = fenced.namespace().name().to_string();
     // Any namespace: the role is cluster-wide, as instance namespaces are made at checkout.
     let elsewhere = Some("kapal-anyone-n8n");
 
     // Everything the role lists is allowed (the role in effect is the file's).
-    for rule in rbac.role.rules.clone().unwrap_or_default() {
+    for rule in fenced.role().rules.clone().unwrap_or_default() {
         for group in rule.api_groups.clone().unwrap_or_default() {
             for resource in rule.resources.clone().unwrap_or_default() {
                 for verb in &rule.verbs {
-                    let namespace = (resource != "namespaces").then_some("kapal-anyone-n8n");
-                    assert!(
-                        can(&sa, verb, &group, &resource, None, namespace).await?,
-                        "{verb} {group}/{resource} should be allowed"
-                    );
+                    let namespace = (!["namespaces", "clusterroles"].contains(&resource.as_str()))
+                        .then_some("kapal-anyone-n8n");
+                    // A rule limited to named objects (bind on kapal-instance-secrets) is
+                    // checked on each of them.
+                    let names: Vec<Option<&str>> = match &rule.resource_names {
+                        Some(names) => names.iter().map(|n| Some(n.as_str())).collect(),
+                        None => vec![None],
+                    };
+                    for name in names {
+                        assert!(
+                            can(&sa, verb, &group, &resource, None, namespace, name).await?,
+                            "{verb} {group}/{resource} {name:?} should be allowed"
+                        );
+                    }
                 }
             }
         }
@@ -2200,8 +2028,17 @@ async fn the_deployed_cluster_role_allows_nothing_else() -> anyhow::Result<()> {
             None,
             elsewhere,
         ),
+        // (RoleBindings: create and patch, for its own binding to kapal-instance-secrets,
+        // which the admission policy alone allows; tests/tests/fence.rs.)
         (
-            "create",
+            "update",
+            "rbac.authorization.k8s.io",
+            "rolebindings",
+            None,
+            elsewhere,
+        ),
+        (
+            "delete",
             "rbac.authorization.k8s.io",
             "rolebindings",
             None,
@@ -2229,7 +2066,10 @@ async fn the_deployed_cluster_role_allows_nothing_else() -> anyhow::Result<()> {
         ("get", "", "pods", Some("log"), elsewhere),
         ("create", "", "pods", Some("portforward"), elsewhere),
         ("create", "", "pods", Some("eviction"), elsewhere),
-        // Secrets: read by name only, never enumerated or deleted.
+        // Secrets: not even read, but in instance namespaces where it bound itself to
+        // kapal-instance-secrets; never enumerated or deleted.
+        ("get", "", "secrets", None, elsewhere),
+        ("get", "", "secrets", None, None),
         ("list", "", "secrets", None, elsewhere),
         ("watch", "", "secrets", None, elsewhere),
         ("list", "", "secrets", None, None),
@@ -2301,7 +2141,7 @@ async fn the_deployed_cluster_role_allows_nothing_else() -> anyhow::Result<()> {
     ];
     let mut allowed = Vec::new();
     for (verb, group, resource, sub, ns) in denied {
-        if can(&sa, verb, group, resource, *sub, *ns).await? {
+        if can(&sa, verb, group, resource, *sub, *ns, None).await? {
             allowed.push(format!(
                 "{verb} {group}/{resource}{}",
                 sub.map(|s| format!("/{s}")).unwrap_or_default()
@@ -2333,7 +2173,7 @@ async fn the_deployed_cluster_role_allows_nothing_else() -> anyhow::Result<()> {
     let escalation: RoleBinding = serde_json::from_value(json!({
         "metadata": { "name": "escalate" },
         "roleRef": { "apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": "cluster-admin" },
-        "subjects": [{ "kind": "ServiceAccount", "name": rbac.service_account, "namespace": own_ns }],
+        "subjects": [{ "kind": "ServiceAccount", "name": fenced.service_account(), "namespace": own_ns }],
     }))?;
     forbidden(
         "binding cluster-admin in its own namespace",

@@ -32,6 +32,7 @@ use kapal::proto::internal::v1::{
 use kapal::proto::v1::{Credentials, DesiredState, InstanceStatus};
 use kapal::serve::InternalChannel;
 use kapal_tests::cluster::{TempNode, TestNamespace, cluster, wait_for};
+use kapal_tests::fence::FencedIdentity;
 use kube::api::{DeleteParams, ListParams, Patch, PatchParams};
 use kube::{Api, Client, Resource, ResourceExt as _};
 use serde::de::DeserializeOwned;
@@ -133,6 +134,8 @@ struct Provisioner {
     kube: Client,
     stop: Vec<oneshot::Sender<()>>,
     task: Option<tokio::task::JoinHandle<anyhow::Result<()>>>,
+    /// The provisioner's Kubernetes identity (dropped after the provisioner stops).
+    _fenced: FencedIdentity,
 }
 
 struct Options {
@@ -175,10 +178,22 @@ async fn free_listener() -> anyhow::Result<(TcpListener, String)> {
 }
 
 impl Provisioner {
+    /// Runs the provisioner as it runs in production: as a ServiceAccount with exactly
+    /// `deploy/k3s`'s ClusterRole, under its admission policy for the test's partition (a
+    /// [`FencedIdentity`]), and allowed to read the wildcard certificate when there is one.
+    /// The test's own setup and assertions use the admin client ([`Provisioner::kube`]).
     async fn start(options: Options) -> anyhow::Result<Provisioner> {
         kapal::serve::init_tracing(false);
         let cluster = cluster().await?;
         let key = InternalKey::random();
+        let fenced = FencedIdentity::new(&options.partition).await?;
+        if let Some((ns, name)) = options
+            .tls_secret
+            .as_deref()
+            .and_then(|s| s.split_once('/'))
+        {
+            fenced.allow_secret_read(ns, name).await?;
+        }
 
         let (cp_listener, cp_endpoint) = free_listener().await?;
         let (cp_stop, cp_stopped) = oneshot::channel::<()>();
@@ -196,7 +211,7 @@ impl Provisioner {
             DbConfig::DataDir(options.data_dir.clone()),
             options.catalog,
             key.clone(),
-            cluster.config().clone(),
+            fenced.kube_config().await?,
             cp_endpoint,
         );
         config.resync_interval = options.resync_interval;
@@ -222,6 +237,7 @@ impl Provisioner {
             kube: cluster.client(),
             stop: vec![stop, cp_stop],
             task: Some(task),
+            _fenced: fenced,
         })
     }
 
@@ -1240,14 +1256,19 @@ async fn a_provisioner_killed_mid_provisioning_converges_after_a_restart() -> an
         cp_listener,
         std::future::pending(),
     ));
+    // Fenced like every provisioner of these tests (see Provisioner::start).
+    let partition = kapal_tests::cluster::unique_name("test");
+    let fenced = FencedIdentity::new(&partition).await?;
+    let kube_config = fenced.kube_config().await?;
     let config = || -> anyhow::Result<kapal_provisioner::Config> {
         let mut config = kapal_provisioner::Config::new(
             DbConfig::DataDir(dir.path().to_path_buf()),
             Arc::new(Catalog::load(&kapal::catalog::repo_catalog_dir())?),
             key.clone(),
-            cluster.config().clone(),
+            kube_config.clone(),
             cp_endpoint.clone(),
         );
+        config.partition = partition.clone();
         config.resync_interval = Duration::from_secs(2);
         Ok(config)
     };
@@ -1606,6 +1627,9 @@ async fn orphaned_namespaces_of_the_partition_go_after_the_safety_delay() -> any
                     "app.kubernetes.io/managed-by": "kapal",
                     "kapal.dev/partition": partition,
                     "kapal.dev/instance": instance,
+                    // As the provisioner makes them: the admission policy lets it change no
+                    // namespace of its without Pod Security.
+                    "pod-security.kubernetes.io/enforce": "baseline",
                 },
                 "annotations": orphaned_since.map(|t| serde_json::json!({ ORPHANED_SINCE: t })),
             }
