@@ -27,10 +27,6 @@ use std::time::Duration;
 
 use anyhow::{Context as _, anyhow, ensure};
 use k8s_openapi::api::apps::v1::Deployment;
-use k8s_openapi::api::authentication::v1::{SelfSubjectReview, TokenRequest, TokenRequestSpec};
-use k8s_openapi::api::authorization::v1::{
-    ResourceAttributes, SelfSubjectAccessReview, SelfSubjectAccessReviewSpec,
-};
 use k8s_openapi::api::core::v1::{
     Container, EnvVar, Namespace, Node, Pod, PodSpec, Secret, ServiceAccount,
 };
