@@ -137,6 +137,12 @@ impl Instances {
         let id = kapal::wire::uuid("instance_id", &req.get_ref().instance_id)?.to_string();
         let ctx = &self.ctx;
         let account_id = p.account_id.to_string();
+        // Starting a stopped instance commits its plan again: the cluster is read first (no
+        // connection is held across a call to a peer), checked below as a checkout would be.
+        let capacity = match action {
+            Action::Start => ctx.capacity.observe(&ctx.provisioner).await.capacity,
+            _ => None,
+        };
         // Read on the connection that writes: what is checked below is what gets changed.
         let mut conn = ctx.db.get().await.map_err(Error::from)?;
         let current = owned_on(&mut conn, &account_id, &id).await?;
@@ -187,6 +193,28 @@ impl Instances {
                     .execute(c)
                     .await)
                 .map_err(Error::from)?
+            }
+            Action::Start if current.desired_state != instance_state::RUNNING => {
+                let plan = ctx
+                    .catalog
+                    .app(&current.app_id)
+                    .and_then(|a| a.plan(&current.plan_id));
+                match start_within_capacity(
+                    &mut conn,
+                    (&id, &account_id),
+                    capacity.as_deref(),
+                    ctx,
+                    plan,
+                    now,
+                )
+                .await?
+                {
+                    Ok(n) => n,
+                    Err(message) => {
+                        tracing::warn!(instance_id = %id, "start refused: {message}");
+                        return Err(Error::ResourceExhausted(message).into());
+                    }
+                }
             }
             Action::Stop | Action::Start => {
                 let desired = match action {
@@ -383,6 +411,68 @@ impl InstanceService for Instances {
         owned(&self.ctx, &p.account_id.to_string(), &id).await?;
         Ok(Response::new(crate::admin::usage(&self.ctx, &id).await?))
     }
+}
+
+/// Sets a stopped instance running if the cluster has room for its plan under the ceiling,
+/// serialized with checkouts (the same advisory lock on PostgreSQL, the single writer on
+/// SQLite) so a start and a checkout cannot together overshoot. Unknown capacity (provisioner
+/// unreachable, no recent snapshot) or a plan gone from the catalog: started unchecked, as a
+/// checkout would be accepted. `Ok(Err(message))`: refused, nothing changed.
+async fn start_within_capacity(
+    conn: &mut DbConn<'_>,
+    (id, account_id): (&str, &str),
+    capacity: Option<&kapal::proto::v1::Capacity>,
+    ctx: &Ctx,
+    plan: Option<&kapal::catalog::Plan>,
+    now: chrono::NaiveDateTime,
+) -> Result<std::result::Result<usize, String>> {
+    use kapal::db::DbError;
+    let catalog = &*ctx.catalog;
+    let ceiling = ctx.ceiling_percent;
+    macro_rules! check_and_start {
+        ($c:ident) => {{
+            if let (Some(cap), Some(plan)) = (capacity, plan) {
+                let rows = crate::capacity::commitment_rows!($c);
+                let kapal = crate::capacity::kapal_commitments(catalog, &rows);
+                if let Err(message) = crate::capacity::check(cap, kapal, plan, ceiling) {
+                    return Ok::<_, DbError>(Err(message));
+                }
+            }
+            // As in `act`: an instance whose subscription expired meanwhile is not changed.
+            let target = instances::table
+                .filter(instances::id.eq(id))
+                .filter(instances::account_id.eq(account_id))
+                .filter(instances::entitlement.ne(entitlement::EXPIRED));
+            let n = diesel::update(target)
+                .set((
+                    instances::desired_state.eq(instance_state::RUNNING),
+                    instances::updated_at.eq(now),
+                ))
+                .execute($c)
+                .await?;
+            Ok(Ok(n))
+        }};
+    }
+    let result: std::result::Result<_, DbError> = match conn {
+        DbConn::Postgres(c) => {
+            use diesel_async::AsyncConnection as _;
+            c.transaction(async |c| {
+                diesel::sql_query(format!(
+                    "SELECT pg_advisory_xact_lock({})",
+                    crate::orders::CHECKOUT_LOCK_KEY
+                ))
+                .execute(c)
+                .await?;
+                check_and_start!(c)
+            })
+            .await
+        }
+        DbConn::Sqlite(c) => {
+            use diesel_async::AsyncConnection as _;
+            c.transaction(async |c| check_and_start!(c)).await
+        }
+    };
+    Ok(result?)
 }
 
 /// A stream fed by a task through a small channel.

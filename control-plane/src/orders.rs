@@ -305,8 +305,9 @@ enum Placed {
     Refused(String),
 }
 
-/// The PostgreSQL advisory lock that serializes checkouts' capacity check and insert.
-const CHECKOUT_LOCK_KEY: i64 = 0x006b_6170_616c_636b; // "kapalck"
+/// The PostgreSQL advisory lock that serializes checkouts' capacity check and insert (and the
+/// same check when a stopped instance is started).
+pub(crate) const CHECKOUT_LOCK_KEY: i64 = 0x006b_6170_616c_636b; // "kapalck"
 
 /// The capacity check and the insert of the order, in one transaction. `$snapshot` is the
 /// provisioner's capacity (`None`: unknown, accept); `$c` the backend connection.

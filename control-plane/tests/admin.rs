@@ -901,7 +901,7 @@ async fn checkout_stops_at_the_ceiling(backend: Backend) {
             &stack.key,
             &c,
             kapal::proto::v1::InstanceActionRequest {
-                instance_id: victim,
+                instance_id: victim.clone(),
             },
         ))
         .await
@@ -910,6 +910,50 @@ async fn checkout_stops_at_the_ceiling(backend: Backend) {
         .checkout(&c, "ghost", &Uuid::new_v4().to_string())
         .await
         .expect("room after a stop");
+    // Order, stop, order, start: starting the stopped one again would overshoot the ceiling,
+    // so it is refused as a checkout would be, and it stays stopped.
+    let start = |id: String| {
+        signed(
+            &stack.key,
+            &c,
+            kapal::proto::v1::InstanceActionRequest { instance_id: id },
+        )
+    };
+    let refused = stack
+        .instances()
+        .start_instance(start(victim.clone()))
+        .await
+        .expect_err("no room to start it again");
+    assert_eq!(refused.code(), Code::ResourceExhausted, "{refused:?}");
+    assert!(
+        refused.message().starts_with("The cluster is at capacity"),
+        "{refused:?}"
+    );
+    let still = stack
+        .all_instances(&admin, ListAllInstancesRequest::default(), 500)
+        .await
+        .into_iter()
+        .filter_map(|a| a.instance)
+        .find(|i| i.id == victim)
+        .expect("the victim");
+    assert_eq!(
+        still.desired_state,
+        kapal::proto::v1::DesiredState::Stopped as i32,
+        "nothing changed"
+    );
+    // Restarting a running instance adds nothing and is not refused.
+    let running = stack
+        .all_instances(&admin, ListAllInstancesRequest::default(), 500)
+        .await
+        .into_iter()
+        .filter_map(|a| a.instance)
+        .find(|i| i.desired_state == kapal::proto::v1::DesiredState::Running as i32)
+        .expect("a running instance");
+    stack
+        .instances()
+        .restart_instance(start(running.id))
+        .await
+        .expect("a restart needs no room");
 
     // The provisioner unreachable: its last snapshot (under a minute old) still counts.
     stack.set_capacity(None);
