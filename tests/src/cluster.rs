@@ -479,8 +479,8 @@ impl TempNode {
                 "taints": [{ "key": TEMP_NODE_TAINT, "value": name, "effect": "NoSchedule" }],
             },
             "status": {
-                "capacity": { "cpu": "8", "memory": "16Gi", "pods": "110" },
-                "allocatable": { "cpu": "7500m", "memory": "15Gi", "pods": "110" },
+                "capacity": { "cpu": "8", "memory": "16Gi", "pods": "110", "ephemeral-storage": "160Gi" },
+                "allocatable": { "cpu": "7500m", "memory": "15Gi", "pods": "110", "ephemeral-storage": "150Gi" },
                 "addresses": [
                     { "type": "InternalIP", "address": format!("127.0.2.{subnet}") },
                     { "type": "Hostname", "address": name },

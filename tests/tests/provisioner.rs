@@ -594,14 +594,59 @@ async fn an_n8n_instance_lives_its_whole_life() -> anyhow::Result<()> {
         Some("1"),
         "{used:?}"
     );
+    // The tenant boundary as the API server stored it (it validates every ipBlock's except
+    // list lies inside its CIDR): all traffic in and out denied but for the allowed kinds.
+    let policies = namespaced::<NetworkPolicy>(&kube, &ns)
+        .list(&ListParams::default())
+        .await?
+        .items;
+    let mut names: Vec<_> = policies.iter().map(|p| p.name_any()).collect();
+    names.sort();
     assert_eq!(
-        namespaced::<NetworkPolicy>(&kube, &ns)
-            .list(&ListParams::default())
-            .await?
-            .items
-            .len(),
-        3
+        names,
+        [
+            "kapal-allow-cluster-dns",
+            "kapal-allow-ingress-controller",
+            "kapal-allow-internet",
+            "kapal-allow-same-namespace",
+            "kapal-default-deny"
+        ]
     );
+    let deny = policies
+        .iter()
+        .find(|p| p.name_any() == "kapal-default-deny")
+        .and_then(|p| p.spec.clone())
+        .context("the default-deny policy")?;
+    assert_eq!(
+        deny.policy_types.unwrap_or_default(),
+        ["Ingress", "Egress"],
+        "both directions denied by default"
+    );
+    let internet = policies
+        .iter()
+        .find(|p| p.name_any() == "kapal-allow-internet")
+        .and_then(|p| p.spec.clone())
+        .and_then(|s| s.egress)
+        .context("the internet policy's egress")?;
+    let blocks: Vec<_> = internet[0]
+        .to
+        .iter()
+        .flatten()
+        .filter_map(|peer| peer.ip_block.clone())
+        .collect();
+    assert_eq!(blocks[0].cidr, "0.0.0.0/0");
+    let except = blocks[0].except.clone().unwrap_or_default();
+    for denied in [
+        "10.0.0.0/8",
+        "169.254.0.0/16",
+        "172.16.0.0/12",
+        "192.168.0.0/16",
+        "127.0.0.0/8",
+        "100.64.0.0/10",
+    ] {
+        assert!(except.iter().any(|e| e == denied), "{denied} in {except:?}");
+    }
+    assert_eq!(blocks[1].cidr, "::/0");
 
     // Credentials are generated once and stay.
     let credentials = p.credentials(&id).await?;
