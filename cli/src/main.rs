@@ -1,6 +1,9 @@
 //! `kapal`: runs Kapal's services (`kapal server`) and is its command-line client.
 
-mod client;
+mod args;
+mod commands;
+mod connect;
+mod output;
 mod server;
 
 use clap::{Parser, Subcommand};
@@ -28,7 +31,7 @@ enum Command {
     /// Run Kapal's services: all four in one process (the default) or one of them.
     Server(Box<server::ServerArgs>),
     #[command(flatten)]
-    Client(client::ClientCommand),
+    Client(args::ClientCommand),
 }
 
 fn main() -> std::process::ExitCode {
@@ -47,7 +50,7 @@ fn main() -> std::process::ExitCode {
     let result = runtime.block_on(async move {
         match cli.command {
             Command::Server(args) => server::run(*args).await,
-            Command::Client(cmd) => client::run(cmd).await,
+            Command::Client(cmd) => commands::run(cmd).await,
         }
     });
     match result {

@@ -7,7 +7,6 @@
 
 use anyhow::{anyhow, bail};
 use chrono::{DateTime, Months, NaiveDate, Utc};
-use clap::{Args, Subcommand, ValueEnum};
 use serde_json::{Value, json};
 
 use kapal::proto::v1::{
@@ -18,194 +17,21 @@ use kapal::proto::v1::{
     SubscriptionStatus,
 };
 
-use super::{
-    Ctx, Global, InstanceArg, RpcResult as _, SubscriptionArg, Table, bytes, cpu_amount,
-    credential_lines, dash, instance_json, instance_lines, instance_status_name, key_values, money,
-    money_json, percent, percent_value, print_events, print_json, print_usage, short,
-    subscription_json, subscription_status, time, ts_json,
+use crate::args::{
+    AdminCommand, AuditArgs, Global, InstanceArg, InstanceArgs, InstancesArgs, RevenueArgs,
+    SubscriptionArg, SubscriptionsArgs,
+};
+use crate::commands::instance::{credential_lines, instance_lines, print_usage};
+use crate::commands::subscription::print_events;
+use crate::connect::{Ctx, RpcResult as _, collect_pages};
+use crate::output::{
+    Table, bytes, cpu_amount, dash, instance_json, instance_status_name, key_values, money,
+    money_json, percent, percent_value, print_json, short, subscription_json, subscription_status,
+    time, ts_json,
 };
 
-/// The most a list call returns per page (the services' maximum).
-const MAX_PAGE: u32 = 500;
 /// The product's target for the renewal rate.
 const RENEWAL_TARGET: f64 = 0.8;
-
-#[derive(Subcommand)]
-pub enum AdminCommand {
-    /// List every customer's instances, newest first.
-    Instances(InstancesArgs),
-    /// Show any instance with its owner; with --credentials (and --reason) its login too, which
-    /// is recorded in the audit log.
-    Instance(InstanceArgs),
-    /// Show the cluster's capacity per node and in total, and what Kapal has committed against
-    /// the checkout ceiling.
-    Capacity(Global),
-    /// List what needs an operator's attention now, critical first.
-    Alerts(Global),
-    /// List operators' reads of customer secrets, newest first.
-    Audit(AuditArgs),
-    /// Show what any instance uses now: CPU, memory and storage.
-    Usage(InstanceArg),
-    /// Revenue report: MRR, subscriptions per app, trial conversion, renewal rate, churn and
-    /// invoices per month.
-    Revenue(RevenueArgs),
-    /// List every customer's subscriptions, newest first.
-    Subscriptions(SubscriptionsArgs),
-    /// List every status change of any subscription, oldest first.
-    Events(SubscriptionArg),
-}
-
-#[derive(Args)]
-pub struct InstancesArgs {
-    /// Only instances with this status.
-    #[arg(long, value_enum)]
-    status: Option<InstanceStatusArg>,
-    /// Only instances of this app, e.g. n8n.
-    #[arg(long)]
-    app: Option<String>,
-    /// Only instances of this account (its UUID).
-    #[arg(long, value_name = "UUID", value_parser = parse_account)]
-    account: Option<String>,
-    /// At most this many instances.
-    #[arg(long, default_value_t = 200, value_parser = clap::value_parser!(u32).range(1..))]
-    limit: u32,
-    #[command(flatten)]
-    global: Global,
-}
-
-#[derive(Args)]
-pub struct InstanceArgs {
-    /// The instance's id (see `kapal admin instances`).
-    id: String,
-    /// Also read the app's credentials; needs --reason and is recorded in the audit log.
-    #[arg(long, requires = "reason")]
-    credentials: bool,
-    /// Why the credentials are read, e.g. a support ticket (kept in the audit log).
-    #[arg(long, value_name = "TEXT", requires = "credentials", value_parser = parse_reason)]
-    reason: Option<String>,
-    #[command(flatten)]
-    global: Global,
-}
-
-#[derive(Args)]
-pub struct AuditArgs {
-    /// At most this many events.
-    #[arg(long, default_value_t = 50, value_parser = clap::value_parser!(u32).range(1..))]
-    limit: u32,
-    #[command(flatten)]
-    global: Global,
-}
-
-#[derive(Args)]
-pub struct RevenueArgs {
-    /// First month of the report, YYYY-MM (UTC) [default: two months before --to's month]
-    #[arg(long, value_name = "YYYY-MM", value_parser = parse_month)]
-    from: Option<NaiveDate>,
-    /// Last month of the report, YYYY-MM, included (UTC) [default: up to now]
-    #[arg(long, value_name = "YYYY-MM", value_parser = parse_month)]
-    to: Option<NaiveDate>,
-    #[command(flatten)]
-    global: Global,
-}
-
-#[derive(Args)]
-pub struct SubscriptionsArgs {
-    /// Only subscriptions with this status.
-    #[arg(long, value_enum)]
-    status: Option<SubscriptionStatusArg>,
-    /// Only subscriptions of this app, e.g. n8n.
-    #[arg(long)]
-    app: Option<String>,
-    /// Only subscriptions of this account (its UUID).
-    #[arg(long, value_name = "UUID", value_parser = parse_account)]
-    account: Option<String>,
-    /// At most this many subscriptions.
-    #[arg(long, default_value_t = 200, value_parser = clap::value_parser!(u32).range(1..))]
-    limit: u32,
-    #[command(flatten)]
-    global: Global,
-}
-
-/// An instance status to filter by.
-#[derive(ValueEnum, Clone, Copy, PartialEq, Eq, Debug)]
-pub enum InstanceStatusArg {
-    Pending,
-    Provisioning,
-    Ready,
-    Degraded,
-    Suspended,
-    Deleting,
-    Deleted,
-    Failed,
-}
-
-impl From<InstanceStatusArg> for InstanceStatus {
-    fn from(s: InstanceStatusArg) -> Self {
-        match s {
-            InstanceStatusArg::Pending => InstanceStatus::Pending,
-            InstanceStatusArg::Provisioning => InstanceStatus::Provisioning,
-            InstanceStatusArg::Ready => InstanceStatus::Ready,
-            InstanceStatusArg::Degraded => InstanceStatus::Degraded,
-            InstanceStatusArg::Suspended => InstanceStatus::Suspended,
-            InstanceStatusArg::Deleting => InstanceStatus::Deleting,
-            InstanceStatusArg::Deleted => InstanceStatus::Deleted,
-            InstanceStatusArg::Failed => InstanceStatus::Failed,
-        }
-    }
-}
-
-/// A subscription status to filter by.
-#[derive(ValueEnum, Clone, Copy, PartialEq, Eq, Debug)]
-pub enum SubscriptionStatusArg {
-    Trialing,
-    Active,
-    PastDue,
-    Suspended,
-    Expired,
-    #[value(alias = "cancelled")]
-    Canceled,
-}
-
-impl From<SubscriptionStatusArg> for SubscriptionStatus {
-    fn from(s: SubscriptionStatusArg) -> Self {
-        match s {
-            SubscriptionStatusArg::Trialing => SubscriptionStatus::Trialing,
-            SubscriptionStatusArg::Active => SubscriptionStatus::Active,
-            SubscriptionStatusArg::PastDue => SubscriptionStatus::PastDue,
-            SubscriptionStatusArg::Suspended => SubscriptionStatus::Suspended,
-            SubscriptionStatusArg::Expired => SubscriptionStatus::Expired,
-            SubscriptionStatusArg::Canceled => SubscriptionStatus::Canceled,
-        }
-    }
-}
-
-fn parse_account(s: &str) -> Result<String, String> {
-    uuid::Uuid::parse_str(s.trim())
-        .map(|u| u.to_string())
-        .map_err(|_| {
-            format!("{s:?} is not an account id: expected the account's UUID (the ACCOUNT column of `kapal admin subscriptions`, or `kapal admin instance <id>`)")
-        })
-}
-
-fn parse_reason(s: &str) -> Result<String, String> {
-    let s = s.trim();
-    if s.is_empty() {
-        return Err("give the reason for reading the credentials, e.g. a support ticket".into());
-    }
-    Ok(s.to_string())
-}
-
-/// `2026-09` -> 2026-09-01.
-fn parse_month(s: &str) -> Result<NaiveDate, String> {
-    let t = s.trim();
-    let shaped = t.len() == 7
-        && t.char_indices()
-            .all(|(i, c)| if i == 4 { c == '-' } else { c.is_ascii_digit() });
-    shaped
-        .then(|| NaiveDate::parse_from_str(&format!("{t}-01"), "%Y-%m-%d").ok())
-        .flatten()
-        .ok_or_else(|| format!("{s:?} is not a month: write it as YYYY-MM, e.g. 2026-09"))
-}
 
 /// The start and the exclusive end of a revenue report; billing chooses those not given.
 type ReportRange = (Option<DateTime<Utc>>, Option<DateTime<Utc>>);
@@ -255,42 +81,9 @@ pub async fn run(cmd: AdminCommand) -> anyhow::Result<()> {
     }
 }
 
-/// The size of the next page when `have` of at most `limit` rows are in.
-fn next_page_size(limit: u32, have: usize) -> u32 {
-    let have = u32::try_from(have).unwrap_or(u32::MAX);
-    limit.saturating_sub(have).min(MAX_PAGE)
-}
-
 /// The line printed under a list cut at --limit.
 fn more_line(limit: u32) -> String {
     format!("Showing the first {limit}; there may be more: raise --limit or narrow the filters.")
-}
-
-/// Up to `limit` rows of a paged listing. `fetch(page_size, page_token)` returns one page and the
-/// next page's token (empty on the last page). Also says whether the listing was cut at `limit`
-/// while the server offered another page.
-async fn collect_pages<T>(
-    limit: u32,
-    mut fetch: impl AsyncFnMut(u32, String) -> anyhow::Result<(Vec<T>, String)>,
-) -> anyhow::Result<(Vec<T>, bool)> {
-    let limit_rows = usize::try_from(limit).unwrap_or(usize::MAX);
-    let mut all = Vec::new();
-    let mut page_token = String::new();
-    loop {
-        let (rows, next) = fetch(next_page_size(limit, all.len()), page_token.clone()).await?;
-        all.extend(rows);
-        // A server that hands back the same token would have us loop forever.
-        if next.is_empty() || next == page_token {
-            let cut = all.len() > limit_rows;
-            all.truncate(limit_rows);
-            return Ok((all, cut));
-        }
-        if all.len() >= limit_rows {
-            all.truncate(limit_rows);
-            return Ok((all, true));
-        }
-        page_token = next;
-    }
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -934,193 +727,28 @@ async fn events(a: SubscriptionArg) -> anyhow::Result<()> {
 
 #[cfg(test)]
 mod tests {
-    use super::super::{ClientCommand, Output};
     use super::*;
-    use clap::Parser;
+    use crate::commands::fixtures::{GIB, at};
     use kapal::proto::v1::{AlertSeverity, AppSubscriptions, Credentials, Instance, InvoicePeriod};
 
-    #[derive(Parser)]
-    #[command(name = "kapal")]
-    struct TestCli {
-        #[command(subcommand)]
-        command: ClientCommand,
-    }
-
-    fn parse(args: &[&str]) -> Result<AdminCommand, clap::Error> {
-        let cli =
-            TestCli::try_parse_from(["kapal", "admin"].into_iter().chain(args.iter().copied()))?;
-        match cli.command {
-            ClientCommand::Admin(cmd) => Ok(cmd),
-            _ => panic!("not an admin command"),
-        }
-    }
-
-    fn at(rfc: &str) -> Option<prost_types::Timestamp> {
-        let t = DateTime::parse_from_rfc3339(rfc).expect("time");
-        Some(prost_types::Timestamp {
-            seconds: t.timestamp(),
-            nanos: 0,
-        })
-    }
-
-    const GIB: i64 = 1024 * 1024 * 1024;
     const ACCOUNT: &str = "0b6a3c1e-55a4-4a8e-9b1f-3f1f0f7c2a10";
 
     #[test]
-    fn instances_parse_with_defaults_and_filters() {
-        match parse(&["instances"]).expect("parse") {
-            AdminCommand::Instances(a) => {
-                assert_eq!(a.limit, 200);
-                assert!(a.status.is_none() && a.app.is_none() && a.account.is_none());
-                assert_eq!(a.global.output, Output::Table);
-            }
-            _ => panic!("not instances"),
-        }
-        match parse(&[
-            "instances",
-            "--status",
-            "failed",
-            "--app",
-            "n8n",
-            "--account",
-            &ACCOUNT.to_uppercase(),
-            "--limit",
-            "10",
-            "-o",
-            "json",
-        ])
-        .expect("parse")
-        {
-            AdminCommand::Instances(a) => {
-                assert_eq!(
-                    a.status.map(InstanceStatus::from),
-                    Some(InstanceStatus::Failed)
-                );
-                assert_eq!(a.app.as_deref(), Some("n8n"));
-                // Normalised to the canonical lower-case form.
-                assert_eq!(a.account.as_deref(), Some(ACCOUNT));
-                assert_eq!(a.limit, 10);
-                assert_eq!(a.global.output, Output::Json);
-            }
-            _ => panic!("not instances"),
-        }
-        let e = parse(&["instances", "--account", "c1a2b3c4"])
-            .err()
-            .expect("not a UUID");
-        assert!(e.to_string().contains("is not an account id"), "{e}");
-        assert!(parse(&["instances", "--status", "broken"]).is_err());
-        assert!(parse(&["instances", "--limit", "0"]).is_err());
-    }
-
-    #[test]
-    fn credentials_need_a_reason() {
-        match parse(&["instance", "i1"]).expect("parse") {
-            AdminCommand::Instance(a) => {
-                assert_eq!(a.id, "i1");
-                assert!(!a.credentials);
-                assert!(a.reason.is_none());
-            }
-            _ => panic!("not instance"),
-        }
-        match parse(&["instance", "i1", "--credentials", "--reason", " ticket 42 "]).expect("parse")
-        {
-            AdminCommand::Instance(a) => {
-                assert!(a.credentials);
-                assert_eq!(a.reason.as_deref(), Some("ticket 42"));
-            }
-            _ => panic!("not instance"),
-        }
-        let e = parse(&["instance", "i1", "--credentials"])
-            .err()
-            .expect("no reason");
-        assert!(e.to_string().contains("--reason"), "{e}");
-        assert!(
-            parse(&["instance", "i1", "--reason", "ticket 42"]).is_err(),
-            "a reason without --credentials"
-        );
-        assert!(parse(&["instance", "i1", "--credentials", "--reason", "  "]).is_err());
-    }
-
-    #[test]
-    fn other_admin_commands_parse() {
-        assert!(matches!(
-            parse(&["capacity"]),
-            Ok(AdminCommand::Capacity(_))
-        ));
-        assert!(
-            matches!(parse(&["alerts", "-o", "json"]), Ok(AdminCommand::Alerts(g)) if g.output == Output::Json)
-        );
-        assert!(matches!(parse(&["audit"]), Ok(AdminCommand::Audit(a)) if a.limit == 50));
-        assert!(
-            matches!(parse(&["audit", "--limit", "5"]), Ok(AdminCommand::Audit(a)) if a.limit == 5)
-        );
-        assert!(matches!(parse(&["usage", "i1"]), Ok(AdminCommand::Usage(a)) if a.id == "i1"));
-        assert!(matches!(parse(&["events", "s1"]), Ok(AdminCommand::Events(a)) if a.id == "s1"));
-        match parse(&["subscriptions", "--status", "past-due", "--app", "ghost"]).expect("parse") {
-            AdminCommand::Subscriptions(a) => {
-                assert_eq!(
-                    a.status.map(SubscriptionStatus::from),
-                    Some(SubscriptionStatus::PastDue)
-                );
-                assert_eq!(a.app.as_deref(), Some("ghost"));
-                assert_eq!(a.limit, 200);
-            }
-            _ => panic!("not subscriptions"),
-        }
-        assert!(matches!(
-            parse(&["subscriptions", "--status", "cancelled"]),
-            Ok(AdminCommand::Subscriptions(a)) if a.status == Some(SubscriptionStatusArg::Canceled)
-        ));
-        match parse(&["revenue", "--from", "2026-09", "--to", "2026-11"]).expect("parse") {
-            AdminCommand::Revenue(a) => {
-                assert_eq!(a.from, NaiveDate::from_ymd_opt(2026, 9, 1));
-                assert_eq!(a.to, NaiveDate::from_ymd_opt(2026, 11, 1));
-            }
-            _ => panic!("not revenue"),
-        }
-        assert!(
-            matches!(parse(&["revenue"]), Ok(AdminCommand::Revenue(a)) if a.from.is_none() && a.to.is_none())
-        );
-        let e = parse(&["revenue", "--from", "September"])
-            .err()
-            .expect("bad month");
-        assert!(e.to_string().contains("write it as YYYY-MM"), "{e}");
-        assert!(parse(&["bogus"]).is_err());
-    }
-
-    #[test]
-    fn months_are_whole_utc_months() {
-        assert_eq!(
-            parse_month("2026-09"),
-            Ok(NaiveDate::from_ymd_opt(2026, 9, 1).expect("date"))
-        );
-        for bad in [
-            "2026-13",
-            "2026-00",
-            "2026-9",
-            "26-09",
-            "2026/09",
-            "2026-09-01",
-            "",
-            "abcd-ef",
-        ] {
-            let e = parse_month(bad).expect_err(bad);
-            assert!(e.contains("YYYY-MM"), "{e}");
-        }
-        let month = |s| Some(parse_month(s).expect("month"));
-        let (from, to) = revenue_range(month("2026-09"), month("2026-11")).expect("range");
+    fn revenue_months_are_whole_utc_months() {
+        let month = |m| NaiveDate::from_ymd_opt(2026, m, 1);
+        let (from, to) = revenue_range(month(9), month(11)).expect("range");
         assert_eq!(rfc(from), "2026-09-01T00:00:00Z");
         // --to is the last month reported: the range ends when the next one starts.
         assert_eq!(rfc(to), "2026-12-01T00:00:00Z");
-        let (_, to) = revenue_range(None, month("2026-12")).expect("range");
+        let (_, to) = revenue_range(None, month(12)).expect("range");
         assert_eq!(rfc(to), "2027-01-01T00:00:00Z");
-        let (from, to) = revenue_range(month("2026-11"), month("2026-11")).expect("one month");
+        let (from, to) = revenue_range(month(11), month(11)).expect("one month");
         assert_eq!(
             (rfc(from).as_str(), rfc(to).as_str()),
             ("2026-11-01T00:00:00Z", "2026-12-01T00:00:00Z")
         );
         assert_eq!(revenue_range(None, None).expect("defaults"), (None, None));
-        let e = revenue_range(month("2026-11"), month("2026-09")).expect_err("reversed");
+        let e = revenue_range(month(11), month(9)).expect_err("reversed");
         assert_eq!(
             e.to_string(),
             "--from 2026-11 is after --to 2026-09: the first month must not come after the last"
@@ -1129,89 +757,7 @@ mod tests {
     }
 
     fn rfc(t: Option<DateTime<Utc>>) -> String {
-        super::super::rfc3339(t)
-    }
-
-    #[test]
-    fn pages_stop_at_the_limit() {
-        assert_eq!(next_page_size(200, 0), 200);
-        assert_eq!(next_page_size(1200, 0), 500);
-        assert_eq!(next_page_size(1200, 1000), 200);
-        assert_eq!(next_page_size(10, 10), 0);
-    }
-
-    /// A listing of `total` rows served in pages of at most `max_page`, recording each request.
-    async fn list(
-        total: u32,
-        max_page: u32,
-        limit: u32,
-        requests: &mut Vec<(u32, String)>,
-    ) -> (Vec<u32>, bool) {
-        collect_pages(limit, async |page_size, page_token: String| {
-            requests.push((page_size, page_token.clone()));
-            let start: u32 = if page_token.is_empty() {
-                0
-            } else {
-                page_token.parse().expect("token")
-            };
-            let end = (start + page_size.min(max_page)).min(total);
-            let next = if end < total {
-                end.to_string()
-            } else {
-                String::new()
-            };
-            Ok(((start..end).collect(), next))
-        })
-        .await
-        .expect("list")
-    }
-
-    #[tokio::test]
-    async fn paging_follows_tokens_up_to_the_limit() {
-        // Everything fits in one page.
-        let mut requests = Vec::new();
-        assert_eq!(
-            list(3, 500, 200, &mut requests).await,
-            (vec![0, 1, 2], false)
-        );
-        assert_eq!(requests, vec![(200, String::new())]);
-
-        // The server pages by 2: three calls, each asking only for what is still wanted.
-        let mut requests = Vec::new();
-        let (rows, cut) = list(10, 2, 5, &mut requests).await;
-        assert_eq!(rows, vec![0, 1, 2, 3, 4]);
-        assert!(cut, "there were more rows than the limit");
-        assert_eq!(
-            requests,
-            vec![
-                (5, String::new()),
-                (3, "2".to_string()),
-                (1, "4".to_string())
-            ]
-        );
-
-        // Exactly the limit, and nothing after it.
-        let mut requests = Vec::new();
-        assert_eq!(
-            list(4, 2, 4, &mut requests).await,
-            ((0..4).collect(), false)
-        );
-
-        // A server that keeps returning the same token is not followed forever.
-        let mut calls = 0;
-        let (rows, cut) = collect_pages(100, async |_, _| {
-            calls += 1;
-            Ok((vec![calls], "same".to_string()))
-        })
-        .await
-        .expect("list");
-        assert_eq!((rows, cut), (vec![1, 2], false));
-
-        // A failed page fails the listing.
-        let e = collect_pages::<u32>(10, async |_, _| Err(anyhow!("boom (UNAVAILABLE)")))
-            .await
-            .expect_err("fails");
-        assert_eq!(e.to_string(), "boom (UNAVAILABLE)");
+        crate::output::rfc3339(t)
     }
 
     fn admin_instance() -> AdminInstance {

@@ -1,0 +1,63 @@
+//! The client commands of `kapal`, one file per area of the public API, and `run`, which sends
+//! each parsed command to its function. Every command builds a `connect::Ctx` from its global
+//! options, makes its calls, and prints the result with `output`.
+
+pub mod account;
+pub mod admin;
+pub mod catalog;
+pub mod instance;
+pub mod order;
+pub mod subscription;
+pub mod token;
+
+use crate::args::{ClientCommand, TokenCommand};
+use instance::Action;
+
+/// Runs one client command.
+pub async fn run(cmd: ClientCommand) -> anyhow::Result<()> {
+    match cmd {
+        ClientCommand::Signup(a) => account::signup(a).await,
+        ClientCommand::Login(a) => account::login(a).await,
+        ClientCommand::Logout(g) => account::logout(g).await,
+        ClientCommand::Whoami(g) => account::whoami(g).await,
+        ClientCommand::Catalog(g) => catalog::catalog(g).await,
+        ClientCommand::App(a) => catalog::app(a).await,
+        ClientCommand::Order(a) => order::order(a).await,
+        ClientCommand::Orders(g) => order::orders(g).await,
+        ClientCommand::Instances(g) => instance::instances(g).await,
+        ClientCommand::Instance(a) => instance::instance(a).await,
+        ClientCommand::Watch(a) => instance::watch(a).await,
+        ClientCommand::Stop(a) => instance::instance_action(a, Action::Stop).await,
+        ClientCommand::Start(a) => instance::instance_action(a, Action::Start).await,
+        ClientCommand::Restart(a) => instance::instance_action(a, Action::Restart).await,
+        ClientCommand::Delete(a) => instance::delete(a).await,
+        ClientCommand::Subscriptions(g) => subscription::subscriptions(g).await,
+        ClientCommand::Invoices(a) => subscription::invoices(a).await,
+        ClientCommand::Cancel(a) => subscription::cancel(a).await,
+        ClientCommand::AutoRenew(a) => subscription::auto_renew(a).await,
+        ClientCommand::Usage(a) => instance::usage(a).await,
+        ClientCommand::ChangePlan(a) => subscription::change_plan(a).await,
+        ClientCommand::Events(a) => subscription::events(a).await,
+        ClientCommand::Admin(cmd) => admin::run(cmd).await,
+        ClientCommand::Token(TokenCommand::Create(a)) => token::token_create(a).await,
+        ClientCommand::Token(TokenCommand::List(g)) => token::token_list(g).await,
+        ClientCommand::Token(TokenCommand::Revoke(a)) => token::token_revoke(a).await,
+    }
+}
+
+/// What the tests of several commands share.
+#[cfg(test)]
+pub mod fixtures {
+    use chrono::DateTime;
+
+    pub fn at(rfc: &str) -> Option<prost_types::Timestamp> {
+        let t = DateTime::parse_from_rfc3339(rfc).expect("time");
+        Some(prost_types::Timestamp {
+            seconds: t.timestamp(),
+            nanos: 0,
+        })
+    }
+
+    pub const GIB: i64 = 1024 * 1024 * 1024;
+    pub const MIB: i64 = 1024 * 1024;
+}
