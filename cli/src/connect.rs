@@ -28,7 +28,7 @@ use kapal::proto::v1::order_service_client::OrderServiceClient;
 use kapal::proto::v1::subscription_service_client::SubscriptionServiceClient;
 
 use crate::args::{Global, Output};
-use crate::output::rfc3339;
+use crate::output::{Render, rfc3339};
 
 /// The gateway used when neither `--endpoint`/`KAPAL_ENDPOINT` nor a saved session names one.
 const DEFAULT_ENDPOINT: &str = "http://127.0.0.1:8080";
@@ -136,13 +136,14 @@ impl Ctx {
         rpc_error(&self.endpoint, s)
     }
 
+    /// Prints a command's answer, as text or JSON as `--output` says.
+    pub fn print(&self, r: &impl Render) -> anyhow::Result<()> {
+        self.output.print(r)
+    }
+
     /// Prints a progress line: on stdout for tables, on stderr with JSON (stdout stays JSON).
     pub fn progress(&self, line: &str) {
-        if self.json() {
-            eprintln!("{line}");
-        } else {
-            println!("{line}");
-        }
+        self.output.progress(line);
     }
 }
 
@@ -479,6 +480,8 @@ fn set_mode(_path: &Path, _mode: u32) -> std::io::Result<()> {
 
 /// The most a list call returns per page (the services' maximum).
 const MAX_PAGE: u32 = 500;
+/// The `limit` of [`collect_pages`] for a listing read to its end.
+pub const NO_LIMIT: u32 = u32::MAX;
 
 /// The size of the next page when `have` of at most `limit` rows are in.
 fn next_page_size(limit: u32, have: usize) -> u32 {

@@ -3,6 +3,8 @@
 mod args;
 mod commands;
 mod connect;
+#[cfg(test)]
+mod legacy_json;
 mod output;
 mod server;
 

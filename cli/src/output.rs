@@ -1,28 +1,101 @@
-//! How results are printed: aligned plain-text tables and `Key: value` lines for people, JSON
-//! with `--output json` for scripts, and the formatting both share: times in UTC (RFC 3339),
-//! rupiah as `Rp 79.000`, resources as `0.5 vCPU`, `512 MiB`, durations as `1h30m`.
+//! How results are printed. A command's answer is a value that implements [`Render`]: its text
+//! for people (aligned tables, `Key: value` lines) and its JSON for scripts (a serde shape) are
+//! written side by side, next to the command in `commands/`, and [`Output::print`] prints one of
+//! them as `--output` says, so commands do not branch on the format. JSON keys come out sorted.
+//!
+//! Also here: the formatting both forms share: times in UTC (RFC 3339), rupiah as `Rp 79.000`,
+//! resources as `0.5 vCPU` and `512 MiB`, durations as `1h30m`, money in JSON.
 
-use anyhow::Context as _;
+use std::io::Write as _;
 use std::time::Duration;
 
+use anyhow::Context as _;
 use chrono::{DateTime, SecondsFormat, Utc};
-use serde_json::{Value, json};
+use serde::Serialize;
+use serde_json::Value;
 
-use kapal::proto::v1::{
-    Account, ApiToken, App, Instance, InstanceStatus, Invoice, Money, Order, Plan, Subscription,
-    SubscriptionStatus,
-};
+use kapal::proto::v1::Money;
 
-use crate::commands::token::token_state;
+use crate::args::Output;
+
+/// What a command prints, as text for people and as JSON for scripts, both from one value: a
+/// command builds the value and hands it to [`Output::print`], which picks the form.
+pub trait Render {
+    /// The text: an aligned table or `Key: value` lines, each line ending with a newline.
+    fn text(&self) -> String;
+    /// The JSON: a serde shape whose field names are the JSON keys.
+    fn json(&self) -> impl Serialize;
+}
+
+impl Output {
+    /// Prints `r` on stdout: its text, or its JSON pretty-printed.
+    pub fn print(self, r: &impl Render) -> anyhow::Result<()> {
+        match self {
+            Output::Table => print!("{}", r.text()),
+            Output::Json => println!(
+                "{}",
+                serde_json::to_string_pretty(&json_value(r)?).context("cannot encode JSON")?
+            ),
+        }
+        Ok(())
+    }
+
+    /// Prints `r` at once, for a stream read as it comes: its text, or its JSON on one line.
+    pub fn print_line(self, r: &impl Render) -> anyhow::Result<()> {
+        match self {
+            Output::Table => print!("{}", r.text()),
+            Output::Json => println!("{}", json_value(r)?),
+        }
+        let _ = std::io::stdout().flush();
+        Ok(())
+    }
+
+    /// Prints a progress line: on stdout for tables, on stderr with JSON (stdout stays JSON).
+    pub fn progress(self, line: &str) {
+        match self {
+            Output::Table => println!("{line}"),
+            Output::Json => eprintln!("{line}"),
+        }
+    }
+}
+
+/// `r`'s JSON as a [`Value`], whose keys come out sorted, as `--output json` has always
+/// printed them.
+fn json_value(r: &impl Render) -> anyhow::Result<Value> {
+    serde_json::to_value(r.json()).context("cannot encode JSON")
+}
+
+/// `r`'s JSON, for tests.
+#[cfg(test)]
+pub fn json_of(r: &impl Render) -> Value {
+    json_value(r).expect("JSON")
+}
+
+/// Money in JSON: `{"amount": 79000, "currency": "IDR", "display": "Rp 79.000"}`.
+#[derive(Serialize)]
+pub struct MoneyJson<'a> {
+    amount: i64,
+    currency: &'a str,
+    display: String,
+}
+
+/// [`MoneyJson`], or `null` for none.
+pub fn money_json(m: Option<&Money>) -> Option<MoneyJson<'_>> {
+    m.map(|m| MoneyJson {
+        amount: m.amount,
+        currency: &m.currency,
+        display: money(Some(m)),
+    })
+}
 
 /// Whole rupiah the Indonesian way: `Rp 79.000`, `Rp 1.250.000`, `Rp 0`.
-pub fn format_rupiah(amount: i64) -> String {
+fn format_rupiah(amount: i64) -> String {
     let sign = if amount < 0 { "-" } else { "" };
     format!("{sign}Rp {}", group_thousands(amount.unsigned_abs()))
 }
 
 /// `1250000` -> `1.250.000`.
-pub fn group_thousands(n: u64) -> String {
+fn group_thousands(n: u64) -> String {
     let digits = n.to_string();
     let mut out = String::with_capacity(digits.len() + digits.len() / 3);
     for (i, c) in digits.chars().enumerate() {
@@ -114,14 +187,6 @@ pub fn percent_value(part: i64, whole: i64) -> i64 {
     i64::try_from((part * 100 + whole / 2) / whole).unwrap_or(i64::MAX)
 }
 
-pub fn trial(p: &Plan) -> String {
-    match p.trial_days {
-        0 => "-".to_string(),
-        1 => "1 day".to_string(),
-        n => format!("{n} days"),
-    }
-}
-
 pub fn dash(s: &str) -> String {
     if s.is_empty() {
         "-".to_string()
@@ -136,14 +201,6 @@ pub fn suffix(reason: &str) -> String {
         String::new()
     } else {
         format!(": {reason}")
-    }
-}
-
-pub fn reason_or<'a>(i: &'a Instance, default: &'a str) -> &'a str {
-    if i.status_reason.is_empty() {
-        default
-    } else {
-        &i.status_reason
     }
 }
 
@@ -165,44 +222,14 @@ pub fn now() -> String {
     rfc3339(Some(Utc::now()))
 }
 
-pub fn ts_json(t: Option<&prost_types::Timestamp>) -> Value {
-    match t.and_then(to_utc) {
-        Some(t) => json!(rfc3339(Some(t))),
-        None => Value::Null,
-    }
+/// A time in JSON: UTC, RFC 3339, whole seconds, or `null` for none.
+pub fn ts_json(t: Option<&prost_types::Timestamp>) -> Option<String> {
+    t.and_then(to_utc).map(|t| rfc3339(Some(t)))
 }
 
 /// `INSTANCE_STATUS_READY` -> `READY`.
 pub fn short<'a>(name: &'a str, prefix: &str) -> &'a str {
     name.strip_prefix(prefix).unwrap_or(name)
-}
-
-pub fn instance_status_name(s: InstanceStatus) -> &'static str {
-    short(s.as_str_name(), "INSTANCE_STATUS_")
-}
-
-pub fn desired_name(i: &Instance) -> &'static str {
-    short(i.desired_state().as_str_name(), "DESIRED_STATE_")
-}
-
-pub fn order_status(o: &Order) -> &'static str {
-    short(o.status().as_str_name(), "ORDER_STATUS_")
-}
-
-pub fn subscription_status(s: &Subscription) -> &'static str {
-    subscription_status_name(s.status())
-}
-
-pub fn subscription_status_name(s: SubscriptionStatus) -> &'static str {
-    short(s.as_str_name(), "SUBSCRIPTION_STATUS_")
-}
-
-pub fn invoice_status(i: &Invoice) -> &'static str {
-    short(i.status().as_str_name(), "INVOICE_STATUS_")
-}
-
-pub fn role_name(a: &Account) -> &'static str {
-    short(a.role().as_str_name(), "ROLE_")
 }
 
 /// An aligned plain-text table: columns separated by two spaces, no trailing spaces.
@@ -262,143 +289,6 @@ pub fn key_values(pairs: &[(&str, String)]) -> String {
         out.push('\n');
     }
     out
-}
-
-pub fn print_json(v: &Value) -> anyhow::Result<()> {
-    println!(
-        "{}",
-        serde_json::to_string_pretty(v).context("cannot encode JSON")?
-    );
-    Ok(())
-}
-
-pub fn money_json(m: Option<&Money>) -> Value {
-    match m {
-        Some(m) => json!({ "amount": m.amount, "currency": m.currency, "display": money(Some(m)) }),
-        None => Value::Null,
-    }
-}
-
-pub fn account_json(a: &Account) -> Value {
-    json!({
-        "id": a.id,
-        "email": a.email,
-        "customer_id": a.customer_id,
-        "display_name": a.display_name,
-        "role": role_name(a),
-        "created_at": ts_json(a.created_at.as_ref()),
-    })
-}
-
-pub fn plan_json(p: &Plan) -> Value {
-    json!({
-        "id": p.id,
-        "name": p.name,
-        "monthly_price": money_json(p.monthly_price.as_ref()),
-        "trial_days": p.trial_days,
-        "cpu_millis": p.cpu_millis,
-        "memory_mib": p.memory_mib,
-        "storage_gib": p.storage_gib,
-    })
-}
-
-pub fn app_json(a: &App) -> Value {
-    json!({
-        "id": a.id,
-        "name": a.name,
-        "description": a.description,
-        "version": a.version,
-        "documentation_url": a.documentation_url,
-        "plans": a.plans.iter().map(plan_json).collect::<Vec<_>>(),
-    })
-}
-
-pub fn order_json(o: &Order) -> Value {
-    json!({
-        "id": o.id,
-        "app_id": o.app_id,
-        "plan_id": o.plan_id,
-        "status": order_status(o),
-        "failure_reason": o.failure_reason,
-        "amount": money_json(o.amount.as_ref()),
-        "subscription_id": o.subscription_id,
-        "instance_id": o.instance_id,
-        "idempotency_key": o.idempotency_key,
-        "created_at": ts_json(o.created_at.as_ref()),
-        "updated_at": ts_json(o.updated_at.as_ref()),
-    })
-}
-
-pub fn instance_json(i: &Instance) -> Value {
-    json!({
-        "id": i.id,
-        "app_id": i.app_id,
-        "plan_id": i.plan_id,
-        "status": instance_status_name(i.status()),
-        "status_reason": i.status_reason,
-        "desired_state": desired_name(i),
-        "url": i.url,
-        "hostname": i.hostname,
-        "subscription_id": i.subscription_id,
-        "order_id": i.order_id,
-        "credentials": i.credentials.as_ref().map(|c| json!({
-            "username": c.username,
-            "password": c.password,
-            "login_url": c.login_url,
-        })),
-        "created_at": ts_json(i.created_at.as_ref()),
-        "updated_at": ts_json(i.updated_at.as_ref()),
-        "ready_at": ts_json(i.ready_at.as_ref()),
-        "suspended_by_billing": i.suspended_by_billing,
-        "data_deleted_after": ts_json(i.data_deleted_after.as_ref()),
-    })
-}
-
-pub fn subscription_json(s: &Subscription) -> Value {
-    json!({
-        "id": s.id,
-        "app_id": s.app_id,
-        "plan_id": s.plan_id,
-        "status": subscription_status(s),
-        "price": money_json(s.price.as_ref()),
-        "current_period_start": ts_json(s.current_period_start.as_ref()),
-        "current_period_end": ts_json(s.current_period_end.as_ref()),
-        "auto_renew": s.auto_renew,
-        "cancel_at_period_end": s.cancel_at_period_end,
-        "order_id": s.order_id,
-        "created_at": ts_json(s.created_at.as_ref()),
-        "trial_end": ts_json(s.trial_end.as_ref()),
-        "next_plan_id": s.next_plan_id,
-        "instance_id": s.instance_id,
-    })
-}
-
-pub fn invoice_json(i: &Invoice) -> Value {
-    json!({
-        "id": i.id,
-        "number": i.number,
-        "subscription_id": i.subscription_id,
-        "period_start": ts_json(i.period_start.as_ref()),
-        "period_end": ts_json(i.period_end.as_ref()),
-        "amount": money_json(i.amount.as_ref()),
-        "status": invoice_status(i),
-        "created_at": ts_json(i.created_at.as_ref()),
-        "paid_at": ts_json(i.paid_at.as_ref()),
-        "payment_provider": i.payment_provider,
-        "payment_reference": i.payment_reference,
-    })
-}
-
-pub fn token_json(k: &ApiToken) -> Value {
-    json!({
-        "id": k.id,
-        "name": k.name,
-        "prefix": k.prefix,
-        "state": token_state(k, Utc::now()),
-        "created_at": ts_json(k.created_at.as_ref()),
-        "expires_at": ts_json(k.expires_at.as_ref()),
-        "revoked_at": ts_json(k.revoked_at.as_ref()),
-    })
 }
 
 /// A duration the way [`parse_duration`] reads it, e.g. `1h30m`, `10m`, `45s`.

@@ -4,17 +4,20 @@
 
 use std::io::{BufRead as _, IsTerminal as _};
 
+use std::path::Path;
+
 use anyhow::{Context as _, bail};
-use serde_json::json;
+use chrono::{DateTime, Utc};
+use serde::Serialize;
 use tonic::Code;
 
 use kapal::proto::v1::account_service_client::AccountServiceClient;
 
 use crate::args::{Global, LoginArgs, SignupArgs};
 use crate::connect::{Ctx, RpcResult as _, Session, normalize_endpoint};
-use crate::output::{account_json, key_values, print_json, rfc3339, role_name, time, to_utc};
+use crate::output::{Render, key_values, rfc3339, short, time, to_utc, ts_json};
 use kapal::proto::v1::{
-    LogInRequest, LogOutRequest, SessionResponse, SignUpRequest, WhoAmIRequest,
+    Account, LogInRequest, LogOutRequest, SessionResponse, SignUpRequest, WhoAmIRequest,
 };
 
 /// The password: the flag or KAPAL_PASSWORD, else a prompt on a terminal, else a line of stdin.
@@ -93,24 +96,54 @@ fn save_and_show_session(ctx: &Ctx, resp: SessionResponse, what: &str) -> anyhow
         .store
         .save(&session)
         .with_context(|| format!("{what}, but the session could not be saved"))?;
-    if ctx.json() {
-        return print_json(&json!({
-            "account": account_json(&account),
-            "endpoint": ctx.endpoint,
-            "expires_at": expires_at.map(|t| rfc3339(Some(t))),
-            "session_file": path.display().to_string(),
-        }));
+    ctx.print(&SessionSaved {
+        what,
+        endpoint: &ctx.endpoint,
+        account: &account,
+        expires_at,
+        path: &path,
+    })
+}
+
+/// The answer to `kapal signup` and `kapal login`.
+struct SessionSaved<'a> {
+    /// `Signed up` or `Logged in`.
+    what: &'a str,
+    endpoint: &'a str,
+    account: &'a Account,
+    expires_at: Option<DateTime<Utc>>,
+    path: &'a Path,
+}
+
+#[derive(Serialize)]
+struct SessionSavedJson<'a> {
+    account: AccountJson<'a>,
+    endpoint: &'a str,
+    expires_at: Option<String>,
+    session_file: String,
+}
+
+impl Render for SessionSaved<'_> {
+    fn text(&self) -> String {
+        format!(
+            "{} to {} as {} (customer id {}).\nSession saved to {}, valid until {}.\n",
+            self.what,
+            self.endpoint,
+            self.account.email,
+            self.account.customer_id,
+            self.path.display(),
+            rfc3339(self.expires_at)
+        )
     }
-    println!(
-        "{what} to {} as {} (customer id {}).",
-        ctx.endpoint, account.email, account.customer_id
-    );
-    println!(
-        "Session saved to {}, valid until {}.",
-        path.display(),
-        rfc3339(expires_at)
-    );
-    Ok(())
+
+    fn json(&self) -> impl Serialize {
+        SessionSavedJson {
+            account: AccountJson::from(self.account),
+            endpoint: self.endpoint,
+            expires_at: self.expires_at.map(|t| rfc3339(Some(t))),
+            session_file: self.path.display().to_string(),
+        }
+    }
 }
 
 pub async fn logout(g: Global) -> anyhow::Result<()> {
@@ -129,11 +162,10 @@ pub async fn logout(g: Global) -> anyhow::Result<()> {
     match server {
         None if !removed => {
             // Nothing to end and nothing saved: already logged out, which is what was asked.
-            if ctx.json() {
-                return print_json(&json!({ "logged_out": false, "endpoint": ctx.endpoint }));
-            }
-            println!("Not logged in to {}: nothing to do.", ctx.endpoint);
-            return Ok(());
+            return ctx.print(&LoggedOut {
+                logged_out: false,
+                endpoint: &ctx.endpoint,
+            });
         }
         Some(Err(s)) if s.code() != Code::Unauthenticated => {
             let err = ctx.rpc_error(&s);
@@ -144,36 +176,155 @@ pub async fn logout(g: Global) -> anyhow::Result<()> {
         }
         _ => {}
     }
-    if ctx.json() {
-        return print_json(&json!({ "logged_out": true, "endpoint": ctx.endpoint }));
+    ctx.print(&LoggedOut {
+        logged_out: true,
+        endpoint: &ctx.endpoint,
+    })
+}
+
+/// The answer to `kapal logout`: whether there was a session to end.
+#[derive(Serialize)]
+struct LoggedOut<'a> {
+    logged_out: bool,
+    endpoint: &'a str,
+}
+
+impl Render for LoggedOut<'_> {
+    fn text(&self) -> String {
+        if self.logged_out {
+            format!("Logged out of {}.\n", self.endpoint)
+        } else {
+            format!("Not logged in to {}: nothing to do.\n", self.endpoint)
+        }
     }
-    println!("Logged out of {}.", ctx.endpoint);
-    Ok(())
+
+    fn json(&self) -> impl Serialize {
+        self
+    }
 }
 
 pub async fn whoami(g: Global) -> anyhow::Result<()> {
     let ctx = Ctx::new(&g)?;
-    let a = ctx
+    let account = ctx
         .accounts()?
         .who_am_i(WhoAmIRequest {})
         .await
         .or_fail(&ctx)?;
-    if ctx.json() {
-        let mut v = account_json(&a);
-        v["endpoint"] = json!(ctx.endpoint);
-        return print_json(&v);
-    }
-    print!(
-        "{}",
+    ctx.print(&WhoAmI {
+        account: &account,
+        endpoint: &ctx.endpoint,
+    })
+}
+
+/// The answer to `kapal whoami`: the account and the endpoint it is on.
+struct WhoAmI<'a> {
+    account: &'a Account,
+    endpoint: &'a str,
+}
+
+#[derive(Serialize)]
+struct WhoAmIJson<'a> {
+    #[serde(flatten)]
+    account: AccountJson<'a>,
+    endpoint: &'a str,
+}
+
+impl Render for WhoAmI<'_> {
+    fn text(&self) -> String {
+        let a = self.account;
         key_values(&[
             ("Email", a.email.clone()),
             ("Name", a.display_name.clone()),
             ("Customer id", a.customer_id.clone()),
-            ("Role", role_name(&a).to_string()),
+            ("Role", role_name(a).to_string()),
             ("Account id", a.id.clone()),
             ("Created", time(a.created_at.as_ref())),
-            ("Endpoint", ctx.endpoint.clone()),
+            ("Endpoint", self.endpoint.to_string()),
         ])
-    );
-    Ok(())
+    }
+
+    fn json(&self) -> impl Serialize {
+        WhoAmIJson {
+            account: AccountJson::from(self.account),
+            endpoint: self.endpoint,
+        }
+    }
+}
+
+/// An account in JSON.
+#[derive(Serialize)]
+struct AccountJson<'a> {
+    id: &'a str,
+    email: &'a str,
+    customer_id: &'a str,
+    display_name: &'a str,
+    role: &'static str,
+    created_at: Option<String>,
+}
+
+impl<'a> From<&'a Account> for AccountJson<'a> {
+    fn from(a: &'a Account) -> Self {
+        AccountJson {
+            id: &a.id,
+            email: &a.email,
+            customer_id: &a.customer_id,
+            display_name: &a.display_name,
+            role: role_name(a),
+            created_at: ts_json(a.created_at.as_ref()),
+        }
+    }
+}
+
+/// `ROLE_ADMIN` -> `ADMIN`.
+fn role_name(a: &Account) -> &'static str {
+    short(a.role().as_str_name(), "ROLE_")
+}
+
+#[cfg(test)]
+mod compat {
+    use super::*;
+    use crate::legacy_json::{self as old, pretty, rich};
+    use crate::output::json_of;
+    use serde_json::json;
+
+    #[test]
+    fn json_is_unchanged() {
+        for a in [rich::account(), Account::default()] {
+            let mut v = old::account_json(&a);
+            v["endpoint"] = json!("http://x");
+            assert_eq!(
+                pretty(&json_of(&WhoAmI {
+                    account: &a,
+                    endpoint: "http://x"
+                })),
+                pretty(&v)
+            );
+            let t = chrono::DateTime::from_timestamp(1_790_000_000, 0);
+            for exp in [t, None] {
+                let v = json!({
+                    "account": old::account_json(&a),
+                    "endpoint": "http://x",
+                    "expires_at": exp.map(|t| crate::output::rfc3339(Some(t))),
+                    "session_file": "/tmp/s.json",
+                });
+                let r = SessionSaved {
+                    what: "Logged in",
+                    endpoint: "http://x",
+                    account: &a,
+                    expires_at: exp,
+                    path: Path::new("/tmp/s.json"),
+                };
+                assert_eq!(pretty(&json_of(&r)), pretty(&v));
+            }
+        }
+        for b in [true, false] {
+            assert_eq!(
+                pretty(&json_of(&LoggedOut {
+                    logged_out: b,
+                    endpoint: "e"
+                })),
+                pretty(&json!({ "logged_out": b, "endpoint": "e" }))
+            );
+        }
+    }
 }

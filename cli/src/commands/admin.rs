@@ -7,7 +7,7 @@
 
 use anyhow::{anyhow, bail};
 use chrono::{DateTime, Months, NaiveDate, Utc};
-use serde_json::{Value, json};
+use serde::Serialize;
 
 use kapal::proto::v1::{
     AdminInstance, Alert, AuditEvent, Capacity, GetCapacityRequest, GetInstanceAsAdminRequest,
@@ -21,13 +21,14 @@ use crate::args::{
     AdminCommand, AuditArgs, Global, InstanceArg, InstanceArgs, InstancesArgs, RevenueArgs,
     SubscriptionArg, SubscriptionsArgs,
 };
-use crate::commands::instance::{credential_lines, instance_lines, print_usage};
-use crate::commands::subscription::print_events;
+use crate::commands::instance::{
+    InstanceJson, Usage, credential_lines, instance_lines, instance_status_name,
+};
+use crate::commands::subscription::{Events, SubscriptionJson, subscription_status};
 use crate::connect::{Ctx, RpcResult as _, collect_pages};
 use crate::output::{
-    Table, bytes, cpu_amount, dash, instance_json, instance_status_name, key_values, money,
-    money_json, percent, percent_value, print_json, short, subscription_json, subscription_status,
-    time, ts_json,
+    MoneyJson, Render, Table, bytes, cpu_amount, dash, key_values, money, money_json, percent,
+    percent_value, short, time, ts_json,
 };
 
 /// The product's target for the renewal rate.
@@ -81,9 +82,15 @@ pub async fn run(cmd: AdminCommand) -> anyhow::Result<()> {
     }
 }
 
-/// The line printed under a list cut at --limit.
-fn more_line(limit: u32) -> String {
-    format!("Showing the first {limit}; there may be more: raise --limit or narrow the filters.")
+/// The line printed under a list cut at --limit (with its newline), or nothing.
+fn more_lines(more: bool, limit: u32) -> String {
+    if more {
+        format!(
+            "Showing the first {limit}; there may be more: raise --limit or narrow the filters.\n"
+        )
+    } else {
+        String::new()
+    }
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -110,21 +117,41 @@ async fn instances(a: InstancesArgs) -> anyhow::Result<()> {
         Ok((resp.instances, resp.next_page_token))
     })
     .await?;
-    if ctx.json() {
-        return print_json(&json!({
-            "instances": all.iter().map(admin_instance_json).collect::<Vec<_>>(),
-            "truncated": more,
-        }));
+    ctx.print(&AllInstances {
+        rows: &all,
+        more,
+        limit: a.limit,
+    })
+}
+
+/// The answer to `kapal admin instances`: a listing cut at --limit.
+struct AllInstances<'a> {
+    rows: &'a [AdminInstance],
+    /// Whether there may be more than `limit`.
+    more: bool,
+    limit: u32,
+}
+
+#[derive(Serialize)]
+struct AllInstancesJson<'a> {
+    instances: Vec<AdminInstanceJson<'a>>,
+    truncated: bool,
+}
+
+impl Render for AllInstances<'_> {
+    fn text(&self) -> String {
+        if self.rows.is_empty() {
+            return "No instances match.\n".to_string();
+        }
+        instances_table(self.rows) + &more_lines(self.more, self.limit)
     }
-    if all.is_empty() {
-        println!("No instances match.");
-        return Ok(());
+
+    fn json(&self) -> impl Serialize {
+        AllInstancesJson {
+            instances: self.rows.iter().map(AdminInstanceJson::from).collect(),
+            truncated: self.more,
+        }
     }
-    print!("{}", instances_table(&all));
-    if more {
-        println!("{}", more_line(a.limit));
-    }
-    Ok(())
 }
 
 fn instances_table(all: &[AdminInstance]) -> String {
@@ -147,14 +174,26 @@ fn instances_table(all: &[AdminInstance]) -> String {
     t.render()
 }
 
-fn admin_instance_json(a: &AdminInstance) -> Value {
-    json!({
-        "instance": a.instance.as_ref().map(instance_json),
-        "account_id": a.account_id,
-        "customer_id": a.customer_id,
-        "email": a.email,
-        "namespace": a.namespace,
-    })
+/// An instance with its owner, in JSON.
+#[derive(Serialize)]
+struct AdminInstanceJson<'a> {
+    instance: Option<InstanceJson<'a>>,
+    account_id: &'a str,
+    customer_id: &'a str,
+    email: &'a str,
+    namespace: &'a str,
+}
+
+impl<'a> From<&'a AdminInstance> for AdminInstanceJson<'a> {
+    fn from(a: &'a AdminInstance) -> Self {
+        AdminInstanceJson {
+            instance: a.instance.as_ref().map(InstanceJson::from),
+            account_id: &a.account_id,
+            customer_id: &a.customer_id,
+            email: &a.email,
+            namespace: &a.namespace,
+        }
+    }
 }
 
 async fn instance(a: InstanceArgs) -> anyhow::Result<()> {
@@ -169,11 +208,10 @@ async fn instance(a: InstanceArgs) -> anyhow::Result<()> {
         })
         .await
         .or_fail_as_operator(&ctx)?;
-    if ctx.json() {
-        print_json(&admin_instance_json(&found))?;
-    } else {
-        print!("{}", admin_instance_text(&found, a.credentials));
-    }
+    ctx.print(&OwnedInstance {
+        found: &found,
+        with_credentials: a.credentials,
+    })?;
     if a.credentials {
         ctx.progress(&audit_notice(&reason));
     }
@@ -184,6 +222,23 @@ fn audit_notice(reason: &str) -> String {
     format!(
         "This read of the credentials was recorded in the audit log with the reason {reason:?} (see `kapal admin audit`)."
     )
+}
+
+/// The answer to `kapal admin instance`: the instance with its owner, and its credentials when
+/// they were read.
+struct OwnedInstance<'a> {
+    found: &'a AdminInstance,
+    with_credentials: bool,
+}
+
+impl Render for OwnedInstance<'_> {
+    fn text(&self) -> String {
+        admin_instance_text(self.found, self.with_credentials)
+    }
+
+    fn json(&self) -> impl Serialize {
+        AdminInstanceJson::from(self.found)
+    }
 }
 
 fn admin_instance_text(a: &AdminInstance, with_credentials: bool) -> String {
@@ -214,7 +269,7 @@ async fn usage(a: InstanceArg) -> anyhow::Result<()> {
         .get_instance_usage(GetInstanceUsageRequest { instance_id: a.id })
         .await
         .or_fail_as_operator(&ctx)?;
-    print_usage(&ctx, &u)
+    ctx.print(&Usage(&u))
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -228,11 +283,18 @@ async fn capacity(g: Global) -> anyhow::Result<()> {
         .get_capacity(GetCapacityRequest {})
         .await
         .or_fail_as_operator(&ctx)?;
-    if ctx.json() {
-        return print_json(&capacity_json(&c));
+    ctx.print(&c)
+}
+
+/// The answer to `kapal admin capacity`.
+impl Render for Capacity {
+    fn text(&self) -> String {
+        capacity_text(self)
     }
-    print!("{}", capacity_text(&c));
-    Ok(())
+
+    fn json(&self) -> impl Serialize {
+        CapacityJson::from(self)
+    }
 }
 
 /// `1.2 vCPU / 4 vCPU (30%)`.
@@ -348,27 +410,67 @@ fn node_amounts(n: &NodeCapacity) -> (ResourceAmounts, ResourceAmounts) {
     )
 }
 
-fn amounts_json(a: Option<&ResourceAmounts>) -> Value {
-    let a = a.copied().unwrap_or_default();
-    json!({ "cpu_millis": a.cpu_millis, "memory_bytes": a.memory_bytes, "pods": a.pods })
+/// CPU, memory and pods in JSON; none reported reads as zeros.
+#[derive(Serialize)]
+struct AmountsJson {
+    cpu_millis: i64,
+    memory_bytes: i64,
+    pods: i64,
 }
 
-fn capacity_json(c: &Capacity) -> Value {
-    json!({
-        "nodes": c.nodes.iter().map(|n| json!({
-            "name": n.name,
-            "ready": n.ready,
-            "schedulable": n.schedulable,
-            "allocatable": amounts_json(n.allocatable.as_ref()),
-            "requested": amounts_json(n.requested.as_ref()),
-        })).collect::<Vec<_>>(),
-        "allocatable": amounts_json(c.allocatable.as_ref()),
-        "requested": amounts_json(c.requested.as_ref()),
-        "requested_by_kapal": amounts_json(c.requested_by_kapal.as_ref()),
-        "committed": amounts_json(c.committed.as_ref()),
-        "ceiling_percent": c.ceiling_percent,
-        "observed_at": ts_json(c.observed_at.as_ref()),
-    })
+impl From<Option<&ResourceAmounts>> for AmountsJson {
+    fn from(a: Option<&ResourceAmounts>) -> Self {
+        let a = a.copied().unwrap_or_default();
+        AmountsJson {
+            cpu_millis: a.cpu_millis,
+            memory_bytes: a.memory_bytes,
+            pods: a.pods,
+        }
+    }
+}
+
+#[derive(Serialize)]
+struct NodeJson<'a> {
+    name: &'a str,
+    ready: bool,
+    schedulable: bool,
+    allocatable: AmountsJson,
+    requested: AmountsJson,
+}
+
+#[derive(Serialize)]
+struct CapacityJson<'a> {
+    nodes: Vec<NodeJson<'a>>,
+    allocatable: AmountsJson,
+    requested: AmountsJson,
+    requested_by_kapal: AmountsJson,
+    committed: AmountsJson,
+    ceiling_percent: u32,
+    observed_at: Option<String>,
+}
+
+impl<'a> From<&'a Capacity> for CapacityJson<'a> {
+    fn from(c: &'a Capacity) -> Self {
+        CapacityJson {
+            nodes: c
+                .nodes
+                .iter()
+                .map(|n| NodeJson {
+                    name: &n.name,
+                    ready: n.ready,
+                    schedulable: n.schedulable,
+                    allocatable: n.allocatable.as_ref().into(),
+                    requested: n.requested.as_ref().into(),
+                })
+                .collect(),
+            allocatable: c.allocatable.as_ref().into(),
+            requested: c.requested.as_ref().into(),
+            requested_by_kapal: c.requested_by_kapal.as_ref().into(),
+            committed: c.committed.as_ref().into(),
+            ceiling_percent: c.ceiling_percent,
+            observed_at: ts_json(c.observed_at.as_ref()),
+        }
+    }
 }
 
 async fn alerts(g: Global) -> anyhow::Result<()> {
@@ -379,11 +481,27 @@ async fn alerts(g: Global) -> anyhow::Result<()> {
         .await
         .or_fail_as_operator(&ctx)?
         .alerts;
-    if ctx.json() {
-        return print_json(&json!({ "alerts": alerts.iter().map(alert_json).collect::<Vec<_>>() }));
+    ctx.print(&Alerts(alerts))
+}
+
+/// The answer to `kapal admin alerts`.
+struct Alerts(Vec<Alert>);
+
+#[derive(Serialize)]
+struct AlertsJson<'a> {
+    alerts: Vec<AlertJson<'a>>,
+}
+
+impl Render for Alerts {
+    fn text(&self) -> String {
+        alerts_text(&self.0)
     }
-    print!("{}", alerts_text(&alerts));
-    Ok(())
+
+    fn json(&self) -> impl Serialize {
+        AlertsJson {
+            alerts: self.0.iter().map(AlertJson::from).collect(),
+        }
+    }
 }
 
 fn severity(a: &Alert) -> &'static str {
@@ -407,14 +525,26 @@ fn alerts_text(alerts: &[Alert]) -> String {
     t.render()
 }
 
-fn alert_json(a: &Alert) -> Value {
-    json!({
-        "severity": severity(a),
-        "kind": a.kind,
-        "subject": a.subject,
-        "since": ts_json(a.since.as_ref()),
-        "message": a.message,
-    })
+/// An alert in JSON.
+#[derive(Serialize)]
+struct AlertJson<'a> {
+    severity: &'static str,
+    kind: &'a str,
+    subject: &'a str,
+    since: Option<String>,
+    message: &'a str,
+}
+
+impl<'a> From<&'a Alert> for AlertJson<'a> {
+    fn from(a: &'a Alert) -> Self {
+        AlertJson {
+            severity: severity(a),
+            kind: &a.kind,
+            subject: &a.subject,
+            since: ts_json(a.since.as_ref()),
+            message: &a.message,
+        }
+    }
 }
 
 async fn audit(a: AuditArgs) -> anyhow::Result<()> {
@@ -431,21 +561,41 @@ async fn audit(a: AuditArgs) -> anyhow::Result<()> {
         Ok((resp.events, resp.next_page_token))
     })
     .await?;
-    if ctx.json() {
-        return print_json(&json!({
-            "events": all.iter().map(audit_json).collect::<Vec<_>>(),
-            "truncated": more,
-        }));
+    ctx.print(&AuditLog {
+        events: &all,
+        more,
+        limit: a.limit,
+    })
+}
+
+/// The answer to `kapal admin audit`: the newest events, cut at --limit.
+struct AuditLog<'a> {
+    events: &'a [AuditEvent],
+    /// Whether there may be more than `limit`.
+    more: bool,
+    limit: u32,
+}
+
+#[derive(Serialize)]
+struct AuditLogJson<'a> {
+    events: Vec<AuditEventJson<'a>>,
+    truncated: bool,
+}
+
+impl Render for AuditLog<'_> {
+    fn text(&self) -> String {
+        if self.events.is_empty() {
+            return "The audit log is empty.\n".to_string();
+        }
+        audit_table(self.events) + &more_lines(self.more, self.limit)
     }
-    if all.is_empty() {
-        println!("The audit log is empty.");
-        return Ok(());
+
+    fn json(&self) -> impl Serialize {
+        AuditLogJson {
+            events: self.events.iter().map(AuditEventJson::from).collect(),
+            truncated: self.more,
+        }
     }
-    print!("{}", audit_table(&all));
-    if more {
-        println!("{}", more_line(a.limit));
-    }
-    Ok(())
 }
 
 fn audit_table(events: &[AuditEvent]) -> String {
@@ -463,17 +613,32 @@ fn audit_table(events: &[AuditEvent]) -> String {
     t.render()
 }
 
-fn audit_json(e: &AuditEvent) -> Value {
-    json!({
-        "id": e.id,
-        "at": ts_json(e.at.as_ref()),
-        "actor_account_id": e.actor_account_id,
-        "actor_email": e.actor_email,
-        "action": e.action,
-        "instance_id": e.instance_id,
-        "instance_account_id": e.instance_account_id,
-        "reason": e.reason,
-    })
+/// An operator's read of a customer's secret, in JSON.
+#[derive(Serialize)]
+struct AuditEventJson<'a> {
+    id: &'a str,
+    at: Option<String>,
+    actor_account_id: &'a str,
+    actor_email: &'a str,
+    action: &'a str,
+    instance_id: &'a str,
+    instance_account_id: &'a str,
+    reason: &'a str,
+}
+
+impl<'a> From<&'a AuditEvent> for AuditEventJson<'a> {
+    fn from(e: &'a AuditEvent) -> Self {
+        AuditEventJson {
+            id: &e.id,
+            at: ts_json(e.at.as_ref()),
+            actor_account_id: &e.actor_account_id,
+            actor_email: &e.actor_email,
+            action: &e.action,
+            instance_id: &e.instance_id,
+            instance_account_id: &e.instance_account_id,
+            reason: &e.reason,
+        }
+    }
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -491,11 +656,18 @@ async fn revenue(a: RevenueArgs) -> anyhow::Result<()> {
         })
         .await
         .or_fail_as_operator(&ctx)?;
-    if ctx.json() {
-        return print_json(&revenue_json(&r));
+    ctx.print(&r)
+}
+
+/// The answer to `kapal admin revenue`.
+impl Render for RevenueReport {
+    fn text(&self) -> String {
+        revenue_text(self)
     }
-    print!("{}", revenue_text(&r));
-    Ok(())
+
+    fn json(&self) -> impl Serialize {
+        RevenueJson::from(self)
+    }
 }
 
 /// `40.0% (4 of 10 ...)`, or `- (none ...)` when nothing was counted.
@@ -604,41 +776,94 @@ fn revenue_text(r: &RevenueReport) -> String {
     out
 }
 
-fn revenue_json(r: &RevenueReport) -> Value {
-    json!({
-        "from": ts_json(r.from.as_ref()),
-        "to": ts_json(r.to.as_ref()),
-        "generated_at": ts_json(r.generated_at.as_ref()),
-        "mrr": money_json(r.mrr.as_ref()),
-        "by_app": r.by_app.iter().map(|a| json!({
-            "app_id": a.app_id,
-            "trialing": a.trialing,
-            "active": a.active,
-            "past_due": a.past_due,
-            "suspended": a.suspended,
-            "mrr": money_json(a.mrr.as_ref()),
-        })).collect::<Vec<_>>(),
-        "trials_ended": r.trials_ended,
-        "trials_converted": r.trials_converted,
-        "trial_conversion_rate": r.trial_conversion_rate,
-        "renewals_due": r.renewals_due,
-        "renewals_paid": r.renewals_paid,
-        "renewal_rate": r.renewal_rate,
-        "renewal_rate_below_target": r.renewals_due > 0 && r.renewal_rate < RENEWAL_TARGET,
-        "churned": r.churned,
-        "churn_rate": r.churn_rate,
-        "invoices_by_month": r.invoices_by_month.iter().map(|m| json!({
-            "month": m.month,
-            "invoices": m.invoices,
-            "paid": m.paid,
-            "failed": m.failed,
-            "void": m.void,
-            "invoiced": money_json(m.invoiced.as_ref()),
-            "collected": money_json(m.collected.as_ref()),
-        })).collect::<Vec<_>>(),
-        "invoiced_total": money_json(r.invoiced_total.as_ref()),
-        "collected_total": money_json(r.collected_total.as_ref()),
-    })
+/// A revenue report in JSON.
+#[derive(Serialize)]
+struct RevenueJson<'a> {
+    from: Option<String>,
+    to: Option<String>,
+    generated_at: Option<String>,
+    mrr: Option<MoneyJson<'a>>,
+    by_app: Vec<AppSubscriptionsJson<'a>>,
+    trials_ended: u64,
+    trials_converted: u64,
+    trial_conversion_rate: f64,
+    renewals_due: u64,
+    renewals_paid: u64,
+    renewal_rate: f64,
+    renewal_rate_below_target: bool,
+    churned: u64,
+    churn_rate: f64,
+    invoices_by_month: Vec<InvoicePeriodJson<'a>>,
+    invoiced_total: Option<MoneyJson<'a>>,
+    collected_total: Option<MoneyJson<'a>>,
+}
+
+#[derive(Serialize)]
+struct AppSubscriptionsJson<'a> {
+    app_id: &'a str,
+    trialing: u64,
+    active: u64,
+    past_due: u64,
+    suspended: u64,
+    mrr: Option<MoneyJson<'a>>,
+}
+
+#[derive(Serialize)]
+struct InvoicePeriodJson<'a> {
+    month: &'a str,
+    invoices: u64,
+    paid: u64,
+    failed: u64,
+    void: u64,
+    invoiced: Option<MoneyJson<'a>>,
+    collected: Option<MoneyJson<'a>>,
+}
+
+impl<'a> From<&'a RevenueReport> for RevenueJson<'a> {
+    fn from(r: &'a RevenueReport) -> Self {
+        RevenueJson {
+            from: ts_json(r.from.as_ref()),
+            to: ts_json(r.to.as_ref()),
+            generated_at: ts_json(r.generated_at.as_ref()),
+            mrr: money_json(r.mrr.as_ref()),
+            by_app: r
+                .by_app
+                .iter()
+                .map(|a| AppSubscriptionsJson {
+                    app_id: &a.app_id,
+                    trialing: a.trialing,
+                    active: a.active,
+                    past_due: a.past_due,
+                    suspended: a.suspended,
+                    mrr: money_json(a.mrr.as_ref()),
+                })
+                .collect(),
+            trials_ended: r.trials_ended,
+            trials_converted: r.trials_converted,
+            trial_conversion_rate: r.trial_conversion_rate,
+            renewals_due: r.renewals_due,
+            renewals_paid: r.renewals_paid,
+            renewal_rate: r.renewal_rate,
+            renewal_rate_below_target: r.renewals_due > 0 && r.renewal_rate < RENEWAL_TARGET,
+            churned: r.churned,
+            churn_rate: r.churn_rate,
+            invoices_by_month: r
+                .invoices_by_month
+                .iter()
+                .map(|m| InvoicePeriodJson {
+                    month: &m.month,
+                    invoices: m.invoices,
+                    paid: m.paid,
+                    failed: m.failed,
+                    void: m.void,
+                    invoiced: money_json(m.invoiced.as_ref()),
+                    collected: money_json(m.collected.as_ref()),
+                })
+                .collect(),
+            invoiced_total: money_json(r.invoiced_total.as_ref()),
+            collected_total: money_json(r.collected_total.as_ref()),
+        }
+    }
 }
 
 async fn subscriptions(a: SubscriptionsArgs) -> anyhow::Result<()> {
@@ -661,21 +886,41 @@ async fn subscriptions(a: SubscriptionsArgs) -> anyhow::Result<()> {
         Ok((resp.subscriptions, resp.next_page_token))
     })
     .await?;
-    if ctx.json() {
-        return print_json(&json!({
-            "subscriptions": all.iter().map(admin_subscription_json).collect::<Vec<_>>(),
-            "truncated": more,
-        }));
+    ctx.print(&AllSubscriptions {
+        rows: &all,
+        more,
+        limit: a.limit,
+    })
+}
+
+/// The answer to `kapal admin subscriptions`: a listing cut at --limit.
+struct AllSubscriptions<'a> {
+    rows: &'a [Subscription],
+    /// Whether there may be more than `limit`.
+    more: bool,
+    limit: u32,
+}
+
+#[derive(Serialize)]
+struct AllSubscriptionsJson<'a> {
+    subscriptions: Vec<AdminSubscriptionJson<'a>>,
+    truncated: bool,
+}
+
+impl Render for AllSubscriptions<'_> {
+    fn text(&self) -> String {
+        if self.rows.is_empty() {
+            return "No subscriptions match.\n".to_string();
+        }
+        subscriptions_table(self.rows) + &more_lines(self.more, self.limit)
     }
-    if all.is_empty() {
-        println!("No subscriptions match.");
-        return Ok(());
+
+    fn json(&self) -> impl Serialize {
+        AllSubscriptionsJson {
+            subscriptions: self.rows.iter().map(AdminSubscriptionJson::from).collect(),
+            truncated: self.more,
+        }
     }
-    print!("{}", subscriptions_table(&all));
-    if more {
-        println!("{}", more_line(a.limit));
-    }
-    Ok(())
 }
 
 fn subscriptions_table(all: &[Subscription]) -> String {
@@ -706,10 +951,21 @@ fn subscriptions_table(all: &[Subscription]) -> String {
     t.render()
 }
 
-fn admin_subscription_json(s: &Subscription) -> Value {
-    let mut v = subscription_json(s);
-    v["account_id"] = json!(s.account_id);
-    v
+/// A subscription with its account, in JSON.
+#[derive(Serialize)]
+struct AdminSubscriptionJson<'a> {
+    #[serde(flatten)]
+    subscription: SubscriptionJson<'a>,
+    account_id: &'a str,
+}
+
+impl<'a> From<&'a Subscription> for AdminSubscriptionJson<'a> {
+    fn from(s: &'a Subscription) -> Self {
+        AdminSubscriptionJson {
+            subscription: SubscriptionJson::from(s),
+            account_id: &s.account_id,
+        }
+    }
 }
 
 async fn events(a: SubscriptionArg) -> anyhow::Result<()> {
@@ -722,14 +978,19 @@ async fn events(a: SubscriptionArg) -> anyhow::Result<()> {
         .await
         .or_fail_as_operator(&ctx)?
         .events;
-    print_events(&ctx, &a.id, &events)
+    ctx.print(&Events {
+        subscription_id: &a.id,
+        events: &events,
+    })
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::commands::fixtures::{GIB, at};
+    use crate::output::json_of;
     use kapal::proto::v1::{AlertSeverity, AppSubscriptions, Credentials, Instance, InvoicePeriod};
+    use serde_json::json;
 
     const ACCOUNT: &str = "0b6a3c1e-55a4-4a8e-9b1f-3f1f0f7c2a10";
 
@@ -790,7 +1051,10 @@ mod tests {
             "ID  CUSTOMER  EMAIL             APP  PLAN   STATUS  REASON             CREATED\n\
              i1  c1a2b3c4  sari@example.com  n8n  trial  FAILED  image pull failed  2026-11-20T09:00:00Z\n"
         );
-        let v = admin_instance_json(&admin_instance());
+        let v = json_of(&OwnedInstance {
+            found: &admin_instance(),
+            with_credentials: false,
+        });
         assert_eq!(v["account_id"], json!(ACCOUNT));
         assert_eq!(v["email"], json!("sari@example.com"));
         assert_eq!(v["namespace"], json!("kapal-c1a2b3c4-n8n"));
@@ -873,7 +1137,7 @@ mod tests {
              Committed memory:   4 GiB / 8 GiB (50%); ceiling 80%\n\
              Observed:           2026-11-25T10:00:00Z\n"
         );
-        let v = capacity_json(&capacity());
+        let v = json_of(&capacity());
         assert_eq!(v["ceiling_percent"], json!(80));
         assert_eq!(v["committed"]["cpu_millis"], json!(3500));
         assert_eq!(v["nodes"][1]["ready"], json!(false));
@@ -903,7 +1167,7 @@ mod tests {
              CRITICAL  node_not_ready  node-b   2026-11-25T09:50:00Z  node-b is not ready\n"
         );
         assert_eq!(
-            alert_json(&alerts[0]),
+            json_of(&Alerts(alerts.clone()))["alerts"][0],
             json!({
                 "severity": "CRITICAL",
                 "kind": "node_not_ready",
@@ -938,7 +1202,12 @@ mod tests {
             "{table}"
         );
         assert!(table.trim_end().ends_with("ticket 42"), "{table}");
-        let v = audit_json(&e);
+        let v = json_of(&AuditLog {
+            events: std::slice::from_ref(&e),
+            more: false,
+            limit: 50,
+        })["events"][0]
+            .clone();
         assert_eq!(v["reason"], json!("ticket 42"));
         assert_eq!(v["at"], json!("2026-11-25T10:05:00Z"));
     }
@@ -1010,7 +1279,7 @@ mod tests {
              2026-11  7         6     0       1     Rp 474.000  Rp 474.000\n\
              TOTAL    12        10    1       1     Rp 869.000  Rp 790.000\n"
         );
-        let v = revenue_json(&report());
+        let v = json_of(&report());
         assert_eq!(v["renewal_rate_below_target"], json!(true));
         assert_eq!(v["mrr"]["amount"], json!(1_264_000));
         assert_eq!(v["invoices_by_month"][1]["void"], json!(1));
@@ -1043,10 +1312,7 @@ mod tests {
             "{text}"
         );
         assert!(text.contains("No subscriptions now.\n"), "{text}");
-        assert_eq!(
-            revenue_json(&good)["renewal_rate_below_target"],
-            json!(false)
-        );
+        assert_eq!(json_of(&good)["renewal_rate_below_target"], json!(false));
         let none_due = RevenueReport {
             renewals_due: 0,
             renewals_paid: 0,
@@ -1082,9 +1348,88 @@ mod tests {
                  s1  {ACCOUNT}  n8n  starter  PAST_DUE  Rp 79.000/month  2026-12-01T00:00:00Z  on          i1\n"
             )
         );
-        let v = admin_subscription_json(&s);
+        let v = json_of(&AllSubscriptions {
+            rows: std::slice::from_ref(&s),
+            more: false,
+            limit: 200,
+        })["subscriptions"][0]
+            .clone();
         assert_eq!(v["account_id"], json!(ACCOUNT));
         assert_eq!(v["instance_id"], json!("i1"));
         assert_eq!(v["status"], json!("PAST_DUE"));
+    }
+}
+
+#[cfg(test)]
+mod compat {
+    use super::*;
+    use crate::legacy_json::{self as old, pretty, rich};
+    use crate::output::json_of;
+    use serde_json::json;
+
+    #[test]
+    fn json_is_unchanged() {
+        let rows = vec![rich::admin_instance(), AdminInstance::default()];
+        for more in [true, false] {
+            let r = AllInstances {
+                rows: &rows,
+                more,
+                limit: 2,
+            };
+            assert_eq!(
+                pretty(&json_of(&r)),
+                pretty(
+                    &json!({ "instances": rows.iter().map(old::admin_instance_json).collect::<Vec<_>>(), "truncated": more })
+                )
+            );
+            let ev = vec![rich::audit(), AuditEvent::default()];
+            let r = AuditLog {
+                events: &ev,
+                more,
+                limit: 2,
+            };
+            assert_eq!(
+                pretty(&json_of(&r)),
+                pretty(
+                    &json!({ "events": ev.iter().map(old::audit_json).collect::<Vec<_>>(), "truncated": more })
+                )
+            );
+            let subs = vec![rich::subscription(), Subscription::default()];
+            let r = AllSubscriptions {
+                rows: &subs,
+                more,
+                limit: 2,
+            };
+            assert_eq!(
+                pretty(&json_of(&r)),
+                pretty(
+                    &json!({ "subscriptions": subs.iter().map(old::admin_subscription_json).collect::<Vec<_>>(), "truncated": more })
+                )
+            );
+        }
+        for a in &rows {
+            for c in [true, false] {
+                assert_eq!(
+                    pretty(&json_of(&OwnedInstance {
+                        found: a,
+                        with_credentials: c
+                    })),
+                    pretty(&old::admin_instance_json(a))
+                );
+            }
+        }
+        for c in [rich::capacity(), Capacity::default()] {
+            assert_eq!(pretty(&json_of(&c)), pretty(&old::capacity_json(&c)));
+        }
+        let alerts = vec![rich::alert(), Alert::default()];
+        assert_eq!(
+            pretty(&json_of(&Alerts(alerts.clone()))),
+            pretty(&json!({ "alerts": alerts.iter().map(old::alert_json).collect::<Vec<_>>() }))
+        );
+        let mut nan = rich::report();
+        nan.churn_rate = f64::NAN;
+        for r in [rich::report(), RevenueReport::default(), nan] {
+            assert_eq!(pretty(&json_of(&r)), pretty(&old::revenue_json(&r)));
+        }
     }
 }

@@ -6,7 +6,7 @@ use std::io::{BufRead as _, IsTerminal as _, Write as _};
 use std::time::Duration;
 
 use anyhow::{Context as _, bail};
-use serde_json::{Value, json};
+use serde::Serialize;
 use tonic::Code;
 
 use kapal::proto::v1::{
@@ -15,10 +15,9 @@ use kapal::proto::v1::{
 };
 
 use crate::args::{DeleteArgs, Global, InstanceArg};
-use crate::connect::{Ctx, RpcResult as _, transient};
+use crate::connect::{Ctx, NO_LIMIT, RpcResult as _, collect_pages, transient};
 use crate::output::{
-    Table, bytes, cpu_amount, dash, desired_name, instance_json, instance_status_name, key_values,
-    now, percent, print_json, suffix, time, ts_json,
+    Render, Table, bytes, cpu_amount, dash, key_values, now, percent, short, suffix, time, ts_json,
 };
 
 /// Consecutive failed attempts to (re)open a watch before giving up.
@@ -27,44 +26,53 @@ const MAX_WATCH_RETRIES: u32 = 8;
 pub async fn instances(g: Global) -> anyhow::Result<()> {
     let ctx = Ctx::new(&g)?;
     let mut client = ctx.instances()?;
-    let mut all = Vec::new();
-    let mut page_token = String::new();
-    loop {
+    let (all, _) = collect_pages(NO_LIMIT, async |page_size, page_token| {
         let resp = client
             .list_instances(ListInstancesRequest {
-                page_size: 500,
-                page_token: page_token.clone(),
+                page_size,
+                page_token,
             })
             .await
             .or_fail(&ctx)?;
-        all.extend(resp.instances);
-        if resp.next_page_token.is_empty() || resp.next_page_token == page_token {
-            break;
+        Ok((resp.instances, resp.next_page_token))
+    })
+    .await?;
+    ctx.print(&Instances(all))
+}
+
+/// The answer to `kapal instances`.
+struct Instances(Vec<Instance>);
+
+#[derive(Serialize)]
+struct InstancesJson<'a> {
+    instances: Vec<InstanceJson<'a>>,
+}
+
+impl Render for Instances {
+    fn text(&self) -> String {
+        if self.0.is_empty() {
+            return "No instances yet: order one with `kapal order <app> --plan <plan> --wait`.\n"
+                .to_string();
         }
-        page_token = resp.next_page_token;
+        let mut t = Table::new(&["ID", "APP", "PLAN", "STATUS", "URL", "CREATED"]);
+        for i in &self.0 {
+            t.row(vec![
+                i.id.clone(),
+                i.app_id.clone(),
+                i.plan_id.clone(),
+                instance_status_name(i.status()).to_string(),
+                dash(&i.url),
+                time(i.created_at.as_ref()),
+            ]);
+        }
+        t.render()
     }
-    if ctx.json() {
-        return print_json(
-            &json!({ "instances": all.iter().map(instance_json).collect::<Vec<_>>() }),
-        );
+
+    fn json(&self) -> impl Serialize {
+        InstancesJson {
+            instances: self.0.iter().map(InstanceJson::from).collect(),
+        }
     }
-    if all.is_empty() {
-        println!("No instances yet: order one with `kapal order <app> --plan <plan> --wait`.");
-        return Ok(());
-    }
-    let mut t = Table::new(&["ID", "APP", "PLAN", "STATUS", "URL", "CREATED"]);
-    for i in &all {
-        t.row(vec![
-            i.id.clone(),
-            i.app_id.clone(),
-            i.plan_id.clone(),
-            instance_status_name(i.status()).to_string(),
-            dash(&i.url),
-            time(i.created_at.as_ref()),
-        ]);
-    }
-    print!("{}", t.render());
-    Ok(())
 }
 
 pub async fn instance(a: InstanceArg) -> anyhow::Result<()> {
@@ -74,13 +82,87 @@ pub async fn instance(a: InstanceArg) -> anyhow::Result<()> {
         .get_instance(GetInstanceRequest { instance_id: a.id })
         .await
         .or_fail(&ctx)?;
-    if ctx.json() {
-        return print_json(&instance_json(&i));
+    ctx.print(&InstanceDetails(&i))
+}
+
+/// The answer to `kapal instance <id>`: the instance with its credentials.
+struct InstanceDetails<'a>(&'a Instance);
+
+impl Render for InstanceDetails<'_> {
+    fn text(&self) -> String {
+        let mut lines = instance_lines(self.0);
+        lines.extend(credential_lines(self.0));
+        key_values(&lines)
     }
-    let mut lines = instance_lines(&i);
-    lines.extend(credential_lines(&i));
-    print!("{}", key_values(&lines));
-    Ok(())
+
+    fn json(&self) -> impl Serialize {
+        InstanceJson::from(self.0)
+    }
+}
+
+/// An instance in JSON (credentials included when the answer has them).
+#[derive(Serialize)]
+pub struct InstanceJson<'a> {
+    id: &'a str,
+    app_id: &'a str,
+    plan_id: &'a str,
+    status: &'static str,
+    status_reason: &'a str,
+    desired_state: &'static str,
+    url: &'a str,
+    hostname: &'a str,
+    subscription_id: &'a str,
+    order_id: &'a str,
+    credentials: Option<CredentialsJson<'a>>,
+    created_at: Option<String>,
+    updated_at: Option<String>,
+    ready_at: Option<String>,
+    suspended_by_billing: bool,
+    data_deleted_after: Option<String>,
+}
+
+#[derive(Serialize)]
+struct CredentialsJson<'a> {
+    username: &'a str,
+    password: &'a str,
+    login_url: &'a str,
+}
+
+impl<'a> From<&'a Instance> for InstanceJson<'a> {
+    fn from(i: &'a Instance) -> Self {
+        InstanceJson {
+            id: &i.id,
+            app_id: &i.app_id,
+            plan_id: &i.plan_id,
+            status: instance_status_name(i.status()),
+            status_reason: &i.status_reason,
+            desired_state: desired_name(i),
+            url: &i.url,
+            hostname: &i.hostname,
+            subscription_id: &i.subscription_id,
+            order_id: &i.order_id,
+            credentials: i.credentials.as_ref().map(|c| CredentialsJson {
+                username: &c.username,
+                password: &c.password,
+                login_url: &c.login_url,
+            }),
+            created_at: ts_json(i.created_at.as_ref()),
+            updated_at: ts_json(i.updated_at.as_ref()),
+            ready_at: ts_json(i.ready_at.as_ref()),
+            suspended_by_billing: i.suspended_by_billing,
+            data_deleted_after: ts_json(i.data_deleted_after.as_ref()),
+        }
+    }
+}
+
+/// `INSTANCE_STATUS_READY` -> `READY`.
+pub fn instance_status_name(s: InstanceStatus) -> &'static str {
+    short(s.as_str_name(), "INSTANCE_STATUS_")
+}
+
+/// `DESIRED_STATE_RUNNING` -> `RUNNING`.
+fn desired_name(i: &Instance) -> &'static str {
+    short(i.desired_state().as_str_name(), "DESIRED_STATE_")
 }
 
 pub fn instance_lines(i: &Instance) -> Vec<(&'static str, String)> {
@@ -133,21 +215,41 @@ pub async fn watch(a: InstanceArg) -> anyhow::Result<()> {
         };
         let state = (inst.status(), inst.status_reason.clone());
         if last.as_ref() != Some(&state) {
-            if ctx.json() {
-                // One JSON object per line, so that a script can read events as they come.
-                println!(
-                    "{}",
-                    json!({ "at": ts_json(ev.at.as_ref()), "instance": instance_json(inst) })
-                );
-            } else {
-                println!("{}", event_line(ev.at.as_ref(), inst));
-            }
-            let _ = std::io::stdout().flush();
+            ctx.output.print_line(&WatchEvent {
+                at: ev.at.as_ref(),
+                instance: inst,
+            })?;
             last = Some(state);
         }
         Ok(inst.status() == InstanceStatus::Deleted)
     })
     .await
+}
+
+/// One status change seen by `kapal watch`: a line of text, or one JSON object per line, so
+/// that a script can read events as they come.
+struct WatchEvent<'a> {
+    at: Option<&'a prost_types::Timestamp>,
+    instance: &'a Instance,
+}
+
+#[derive(Serialize)]
+struct WatchEventJson<'a> {
+    at: Option<String>,
+    instance: InstanceJson<'a>,
+}
+
+impl Render for WatchEvent<'_> {
+    fn text(&self) -> String {
+        event_line(self.at, self.instance) + "\n"
+    }
+
+    fn json(&self) -> impl Serialize {
+        WatchEventJson {
+            at: ts_json(self.at),
+            instance: InstanceJson::from(self.instance),
+        }
+    }
 }
 
 /// Follows an instance's events, calling `on_event` for each until it returns `true` or the
@@ -235,16 +337,31 @@ pub async fn instance_action(a: InstanceArg, action: Action) -> anyhow::Result<(
         Action::Delete => (client.delete_instance(req).await, "Deleting"),
     };
     let i = resp.or_fail(&ctx)?;
-    if ctx.json() {
-        return print_json(&instance_json(&i));
+    ctx.print(&ActionTaken { verb, instance: &i })
+}
+
+/// The answer to `kapal stop|start|restart|delete`: the instance, as the action left it.
+struct ActionTaken<'a> {
+    /// `Stopping`, `Starting`, ...
+    verb: &'a str,
+    instance: &'a Instance,
+}
+
+impl Render for ActionTaken<'_> {
+    fn text(&self) -> String {
+        let i = self.instance;
+        format!(
+            "{} instance {}: status {}{}.\n",
+            self.verb,
+            i.id,
+            instance_status_name(i.status()),
+            suffix(&i.status_reason)
+        )
     }
-    println!(
-        "{verb} instance {}: status {}{}.",
-        i.id,
-        instance_status_name(i.status()),
-        suffix(&i.status_reason)
-    );
-    Ok(())
+
+    fn json(&self) -> impl Serialize {
+        InstanceJson::from(self.instance)
+    }
 }
 
 pub async fn delete(a: DeleteArgs) -> anyhow::Result<()> {
@@ -280,15 +397,20 @@ pub async fn usage(a: InstanceArg) -> anyhow::Result<()> {
         .get_instance_usage(GetInstanceUsageRequest { instance_id: a.id })
         .await
         .or_fail(&ctx)?;
-    print_usage(&ctx, &u)
+    ctx.print(&Usage(&u))
 }
 
-pub fn print_usage(ctx: &Ctx, u: &InstanceUsage) -> anyhow::Result<()> {
-    if ctx.json() {
-        return print_json(&usage_json(u));
+/// The answer to `kapal usage` and `kapal admin usage`: what an instance uses now.
+pub struct Usage<'a>(pub &'a InstanceUsage);
+
+impl Render for Usage<'_> {
+    fn text(&self) -> String {
+        key_values(&usage_lines(self.0))
     }
-    print!("{}", key_values(&usage_lines(u)));
-    Ok(())
+
+    fn json(&self) -> impl Serialize {
+        UsageJson::from(self.0)
+    }
 }
 
 /// CPU and memory in use against the plan's limits, or why they are not known (never zeros for
@@ -340,27 +462,45 @@ fn usage_lines(u: &InstanceUsage) -> Vec<(&'static str, String)> {
     lines
 }
 
-fn usage_json(u: &InstanceUsage) -> Value {
-    // Usage the cluster did not report is null, never 0.
-    let reported = |v: Option<i64>| if u.metrics_available { v } else { None };
-    json!({
-        "instance_id": u.instance_id,
-        "metrics_available": u.metrics_available,
-        "metrics_note": u.metrics_note,
-        "cpu_millis": reported(u.cpu_millis),
-        "cpu_limit_millis": u.cpu_limit_millis,
-        "memory_bytes": reported(u.memory_bytes),
-        "memory_limit_bytes": u.memory_limit_bytes,
-        "storage_capacity_bytes": u.storage_capacity_bytes,
-        "storage_used_bytes": u.storage_used_bytes,
-        "observed_at": ts_json(u.observed_at.as_ref()),
-    })
+/// Usage in JSON: what the cluster did not report is null, never 0.
+#[derive(Serialize)]
+struct UsageJson<'a> {
+    instance_id: &'a str,
+    metrics_available: bool,
+    metrics_note: &'a str,
+    cpu_millis: Option<i64>,
+    cpu_limit_millis: i64,
+    memory_bytes: Option<i64>,
+    memory_limit_bytes: i64,
+    storage_capacity_bytes: i64,
+    storage_used_bytes: Option<i64>,
+    observed_at: Option<String>,
+}
+
+impl<'a> From<&'a InstanceUsage> for UsageJson<'a> {
+    fn from(u: &'a InstanceUsage) -> Self {
+        let reported = |v: Option<i64>| if u.metrics_available { v } else { None };
+        UsageJson {
+            instance_id: &u.instance_id,
+            metrics_available: u.metrics_available,
+            metrics_note: &u.metrics_note,
+            cpu_millis: reported(u.cpu_millis),
+            cpu_limit_millis: u.cpu_limit_millis,
+            memory_bytes: reported(u.memory_bytes),
+            memory_limit_bytes: u.memory_limit_bytes,
+            storage_capacity_bytes: u.storage_capacity_bytes,
+            storage_used_bytes: u.storage_used_bytes,
+            observed_at: ts_json(u.observed_at.as_ref()),
+        }
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::commands::fixtures::{GIB, MIB, at};
+    use crate::output::json_of;
+    use serde_json::{Value, json};
 
     fn usage_with_metrics() -> InstanceUsage {
         InstanceUsage {
@@ -387,7 +527,7 @@ mod tests {
              Storage:   1.2 GiB used of 5 GiB (24%)\n\
              Observed:  2026-11-25T10:00:00Z\n"
         );
-        let v = usage_json(&usage_with_metrics());
+        let v = json_of(&Usage(&usage_with_metrics()));
         assert_eq!(v["cpu_millis"], json!(120));
         assert_eq!(v["memory_bytes"], json!(300 * MIB));
         assert_eq!(v["storage_used_bytes"], json!(GIB + GIB / 5));
@@ -414,7 +554,7 @@ mod tests {
              Storage:   5 GiB (use not reported by the cluster)\n\
              Observed:  2026-11-25T10:00:00Z\n"
         );
-        let v = usage_json(&u);
+        let v = json_of(&Usage(&u));
         assert_eq!(v["cpu_millis"], Value::Null);
         assert_eq!(v["memory_bytes"], Value::Null);
         assert_eq!(v["storage_used_bytes"], Value::Null);
@@ -438,7 +578,7 @@ mod tests {
         );
         assert!(text.contains("Storage:   no volume bound yet"), "{text}");
         assert!(!text.contains("0 vCPU of"), "{text}");
-        assert_eq!(usage_json(&odd)["cpu_millis"], Value::Null);
+        assert_eq!(json_of(&Usage(&odd))["cpu_millis"], Value::Null);
     }
 
     fn instance() -> Instance {
@@ -457,7 +597,7 @@ mod tests {
         let plain = key_values(&instance_lines(&instance()));
         assert!(!plain.contains("Suspended by billing"), "{plain}");
         assert!(!plain.contains("Data deleted after"), "{plain}");
-        let v = instance_json(&instance());
+        let v = json_of(&InstanceDetails(&instance()));
         assert_eq!(v["suspended_by_billing"], json!(false));
         assert_eq!(v["data_deleted_after"], Value::Null);
 
@@ -475,8 +615,54 @@ mod tests {
             text.contains("Data deleted after:    2026-12-25T08:00:00Z\n"),
             "{text}"
         );
-        let v = instance_json(&i);
+        let v = json_of(&InstanceDetails(&i));
         assert_eq!(v["suspended_by_billing"], json!(true));
         assert_eq!(v["data_deleted_after"], json!("2026-12-25T08:00:00Z"));
+    }
+}
+
+#[cfg(test)]
+mod compat {
+    use super::*;
+    use crate::legacy_json::{self as old, pretty, rich};
+    use crate::output::json_of;
+    use serde_json::json;
+
+    #[test]
+    fn json_is_unchanged() {
+        let all = vec![rich::instance(), Instance::default()];
+        assert_eq!(
+            pretty(&json_of(&Instances(all.clone()))),
+            pretty(&json!({ "instances": all.iter().map(old::instance_json).collect::<Vec<_>>() }))
+        );
+        for i in &all {
+            assert_eq!(
+                pretty(&json_of(&InstanceDetails(i))),
+                pretty(&old::instance_json(i))
+            );
+            assert_eq!(
+                pretty(&json_of(&ActionTaken {
+                    verb: "Stopping",
+                    instance: i
+                })),
+                pretty(&old::instance_json(i))
+            );
+            for at in [i.created_at.as_ref(), None] {
+                // `kapal watch` prints one compact object per line.
+                let new = serde_json::to_value(WatchEvent { at, instance: i }.json())
+                    .expect("json")
+                    .to_string();
+                let was = json!({ "at": old::ts_json(at), "instance": old::instance_json(i) })
+                    .to_string();
+                assert_eq!(new, was);
+            }
+        }
+        for u in [
+            rich::usage(true),
+            rich::usage(false),
+            InstanceUsage::default(),
+        ] {
+            assert_eq!(pretty(&json_of(&Usage(&u))), pretty(&old::usage_json(&u)));
+        }
     }
 }

@@ -4,19 +4,21 @@
 use std::time::Duration;
 
 use anyhow::bail;
-use serde_json::json;
+use serde::Serialize;
 
 use kapal::proto::v1::{
-    CheckoutRequest, GetInstanceRequest, GetOrderRequest, InstanceStatus, ListOrdersRequest, Order,
-    OrderStatus,
+    CheckoutRequest, GetInstanceRequest, GetOrderRequest, Instance, InstanceStatus,
+    ListOrdersRequest, Order, OrderStatus,
 };
 
 use crate::args::{Global, OrderArgs};
-use crate::commands::instance::{credential_lines, event_line, follow};
-use crate::connect::{Ctx, RpcResult as _, transient};
+use crate::commands::instance::{
+    InstanceJson, credential_lines, event_line, follow, instance_status_name,
+};
+use crate::connect::{Ctx, NO_LIMIT, RpcResult as _, collect_pages, transient};
 use crate::output::{
-    Table, dash, format_duration, instance_json, instance_status_name, key_values, money, now,
-    order_json, order_status, print_json, reason_or, suffix, time,
+    MoneyJson, Render, Table, dash, format_duration, key_values, money, money_json, now, short,
+    suffix, time, ts_json,
 };
 
 /// How often a pending order is polled.
@@ -60,20 +62,10 @@ pub async fn order(a: OrderArgs) -> anyhow::Result<()> {
         }
     };
     if !a.wait {
-        if ctx.json() {
-            return print_json(&order_json(&order));
-        }
-        print!("{}", order_details(&order));
-        match order.status() {
-            OrderStatus::Failed => bail!("order {} failed: {}", order.id, order.failure_reason),
-            OrderStatus::Pending => println!(
-                "\nThe order is being processed: see it with `kapal orders`, or order again with --wait and the same --idempotency-key."
-            ),
-            _ if !order.instance_id.is_empty() => println!(
-                "\nFollow the instance with: kapal watch {}",
-                order.instance_id
-            ),
-            _ => {}
+        ctx.print(&Placed(&order))?;
+        // As text, a failed order is also an error (exit status 1); as JSON it is only reported.
+        if order.status() == OrderStatus::Failed && !ctx.json() {
+            bail!("order {} failed: {}", order.id, order.failure_reason);
         }
         return Ok(());
     }
@@ -187,66 +179,174 @@ pub async fn order(a: OrderArgs) -> anyhow::Result<()> {
         })
         .await
         .or_fail(&ctx)?;
-    if ctx.json() {
-        return print_json(&json!({
-            "order": order_json(&order),
-            "instance": instance_json(&inst),
-        }));
-    }
-    println!();
-    println!(
-        "{} is ready at {} (took {}).",
-        inst.app_id,
-        inst.url,
-        format_duration(Duration::from_secs(started.elapsed().as_secs()))
-    );
-    print!("{}", key_values(&credential_lines(&inst)));
-    Ok(())
+    ctx.print(&Ready {
+        order: &order,
+        instance: &inst,
+        took: Duration::from_secs(started.elapsed().as_secs()),
+    })
 }
 
 pub async fn orders(g: Global) -> anyhow::Result<()> {
     let ctx = Ctx::new(&g)?;
     let mut client = ctx.orders()?;
-    let mut all = Vec::new();
-    let mut page_token = String::new();
-    loop {
+    let (all, _) = collect_pages(NO_LIMIT, async |page_size, page_token| {
         let resp = client
             .list_orders(ListOrdersRequest {
-                page_size: 500,
-                page_token: page_token.clone(),
+                page_size,
+                page_token,
             })
             .await
             .or_fail(&ctx)?;
-        all.extend(resp.orders);
-        if resp.next_page_token.is_empty() || resp.next_page_token == page_token {
-            break;
+        Ok((resp.orders, resp.next_page_token))
+    })
+    .await?;
+    ctx.print(&Orders(all))
+}
+
+/// The answer to `kapal order` without --wait: the order, and what to do next.
+struct Placed<'a>(&'a Order);
+
+impl Render for Placed<'_> {
+    fn text(&self) -> String {
+        let o = self.0;
+        let mut out = order_details(o);
+        match o.status() {
+            OrderStatus::Failed => {}
+            OrderStatus::Pending => out.push_str(
+                "\nThe order is being processed: see it with `kapal orders`, or order again with --wait and the same --idempotency-key.\n",
+            ),
+            _ if !o.instance_id.is_empty() => out.push_str(&format!(
+                "\nFollow the instance with: kapal watch {}\n",
+                o.instance_id
+            )),
+            _ => {}
         }
-        page_token = resp.next_page_token;
+        out
     }
-    if ctx.json() {
-        return print_json(&json!({ "orders": all.iter().map(order_json).collect::<Vec<_>>() }));
+
+    fn json(&self) -> impl Serialize {
+        OrderJson::from(self.0)
     }
-    if all.is_empty() {
-        println!("No orders yet: see `kapal catalog`.");
-        return Ok(());
+}
+
+/// The answer to `kapal order --wait`: the order and its instance, ready.
+struct Ready<'a> {
+    order: &'a Order,
+    instance: &'a Instance,
+    /// How long it took, in whole seconds.
+    took: Duration,
+}
+
+#[derive(Serialize)]
+struct ReadyJson<'a> {
+    order: OrderJson<'a>,
+    instance: InstanceJson<'a>,
+}
+
+impl Render for Ready<'_> {
+    fn text(&self) -> String {
+        let i = self.instance;
+        format!(
+            "\n{} is ready at {} (took {}).\n{}",
+            i.app_id,
+            i.url,
+            format_duration(self.took),
+            key_values(&credential_lines(i))
+        )
     }
-    let mut t = Table::new(&[
-        "ID", "CREATED", "APP", "PLAN", "AMOUNT", "STATUS", "INSTANCE", "NOTE",
-    ]);
-    for o in &all {
-        t.row(vec![
-            o.id.clone(),
-            time(o.created_at.as_ref()),
-            o.app_id.clone(),
-            o.plan_id.clone(),
-            money(o.amount.as_ref()),
-            order_status(o).to_string(),
-            dash(&o.instance_id),
-            o.failure_reason.clone(),
+
+    fn json(&self) -> impl Serialize {
+        ReadyJson {
+            order: OrderJson::from(self.order),
+            instance: InstanceJson::from(self.instance),
+        }
+    }
+}
+
+/// The answer to `kapal orders`.
+struct Orders(Vec<Order>);
+
+#[derive(Serialize)]
+struct OrdersJson<'a> {
+    orders: Vec<OrderJson<'a>>,
+}
+
+impl Render for Orders {
+    fn text(&self) -> String {
+        if self.0.is_empty() {
+            return "No orders yet: see `kapal catalog`.\n".to_string();
+        }
+        let mut t = Table::new(&[
+            "ID", "CREATED", "APP", "PLAN", "AMOUNT", "STATUS", "INSTANCE", "NOTE",
         ]);
+        for o in &self.0 {
+            t.row(vec![
+                o.id.clone(),
+                time(o.created_at.as_ref()),
+                o.app_id.clone(),
+                o.plan_id.clone(),
+                money(o.amount.as_ref()),
+                order_status(o).to_string(),
+                dash(&o.instance_id),
+                o.failure_reason.clone(),
+            ]);
+        }
+        t.render()
     }
-    print!("{}", t.render());
-    Ok(())
+
+    fn json(&self) -> impl Serialize {
+        OrdersJson {
+            orders: self.0.iter().map(OrderJson::from).collect(),
+        }
+    }
+}
+
+/// An order in JSON.
+#[derive(Serialize)]
+struct OrderJson<'a> {
+    id: &'a str,
+    app_id: &'a str,
+    plan_id: &'a str,
+    status: &'static str,
+    failure_reason: &'a str,
+    amount: Option<MoneyJson<'a>>,
+    subscription_id: &'a str,
+    instance_id: &'a str,
+    idempotency_key: &'a str,
+    created_at: Option<String>,
+    updated_at: Option<String>,
+}
+
+impl<'a> From<&'a Order> for OrderJson<'a> {
+    fn from(o: &'a Order) -> Self {
+        OrderJson {
+            id: &o.id,
+            app_id: &o.app_id,
+            plan_id: &o.plan_id,
+            status: order_status(o),
+            failure_reason: &o.failure_reason,
+            amount: money_json(o.amount.as_ref()),
+            subscription_id: &o.subscription_id,
+            instance_id: &o.instance_id,
+            idempotency_key: &o.idempotency_key,
+            created_at: ts_json(o.created_at.as_ref()),
+            updated_at: ts_json(o.updated_at.as_ref()),
+        }
+    }
+}
+
+/// The instance's status reason, or `default` when it gives none.
+fn reason_or<'a>(i: &'a Instance, default: &'a str) -> &'a str {
+    if i.status_reason.is_empty() {
+        default
+    } else {
+        &i.status_reason
+    }
+}
+
+/// `ORDER_STATUS_COMPLETED` -> `COMPLETED`.
+fn order_status(o: &Order) -> &'static str {
+    short(o.status().as_str_name(), "ORDER_STATUS_")
 }
 
 fn order_details(o: &Order) -> String {
@@ -265,4 +365,37 @@ fn order_details(o: &Order) -> String {
         lines.push(("Failure", o.failure_reason.clone()));
     }
     key_values(&lines)
+}
+
+#[cfg(test)]
+mod compat {
+    use super::*;
+    use crate::legacy_json::{self as old, pretty, rich};
+    use crate::output::json_of;
+    use serde_json::json;
+
+    #[test]
+    fn json_is_unchanged() {
+        let orders = vec![rich::order(), Order::default()];
+        assert_eq!(
+            pretty(&json_of(&Orders(orders.clone()))),
+            pretty(&json!({ "orders": orders.iter().map(old::order_json).collect::<Vec<_>>() }))
+        );
+        for o in &orders {
+            assert_eq!(pretty(&json_of(&Placed(o))), pretty(&old::order_json(o)));
+            for i in [rich::instance(), Instance::default()] {
+                let r = Ready {
+                    order: o,
+                    instance: &i,
+                    took: Duration::from_secs(3),
+                };
+                assert_eq!(
+                    pretty(&json_of(&r)),
+                    pretty(
+                        &json!({ "order": old::order_json(o), "instance": old::instance_json(&i) })
+                    )
+                );
+            }
+        }
+    }
 }

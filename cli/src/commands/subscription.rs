@@ -1,10 +1,11 @@
 //! Subscriptions and invoices: `kapal subscriptions`, `invoices`, `cancel`, `auto-renew`,
-//! `change-plan` and `events`; the event list is shared with `kapal admin events`.
+//! `change-plan` and `events`; the event list and a subscription's JSON are shared with
+//! `kapal admin`.
 
-use serde_json::{Value, json};
+use serde::Serialize;
 
 use kapal::proto::v1::{
-    CancelSubscriptionRequest, ChangePlanRequest, ListInvoicesRequest,
+    CancelSubscriptionRequest, ChangePlanRequest, Invoice, ListInvoicesRequest,
     ListSubscriptionEventsRequest, ListSubscriptionsRequest, SetAutoRenewRequest, Subscription,
     SubscriptionEvent, SubscriptionStatus,
 };
@@ -12,8 +13,7 @@ use kapal::proto::v1::{
 use crate::args::{AutoRenewArgs, ChangePlanArgs, Global, InvoicesArgs, OnOff, SubscriptionArg};
 use crate::connect::{Ctx, RpcResult as _};
 use crate::output::{
-    Table, dash, invoice_json, invoice_status, key_values, money, print_json, subscription_json,
-    subscription_status, subscription_status_name, time, ts_json,
+    MoneyJson, Render, Table, dash, key_values, money, money_json, short, time, ts_json,
 };
 
 pub async fn subscriptions(g: Global) -> anyhow::Result<()> {
@@ -24,43 +24,158 @@ pub async fn subscriptions(g: Global) -> anyhow::Result<()> {
         .await
         .or_fail(&ctx)?
         .subscriptions;
-    if ctx.json() {
-        return print_json(
-            &json!({ "subscriptions": subs.iter().map(subscription_json).collect::<Vec<_>>() }),
-        );
-    }
-    if subs.is_empty() {
-        println!("No subscriptions yet.");
-        return Ok(());
-    }
-    let mut t = Table::new(&[
-        "ID",
-        "APP",
-        "PLAN",
-        "STATUS",
-        "PRICE",
-        "PERIOD END",
-        "AUTO-RENEW",
-        "NOTE",
-    ]);
-    for s in &subs {
-        t.row(vec![
-            s.id.clone(),
-            s.app_id.clone(),
-            s.plan_id.clone(),
-            subscription_status(s).to_string(),
-            format!("{}/month", money(s.price.as_ref())),
-            time(s.current_period_end.as_ref()),
-            if s.auto_renew { "on" } else { "off" }.to_string(),
-            if s.cancel_at_period_end {
-                "cancelled: ends at period end".to_string()
-            } else {
-                String::new()
-            },
+    ctx.print(&Subscriptions(subs))
+}
+
+pub async fn invoices(a: InvoicesArgs) -> anyhow::Result<()> {
+    let ctx = Ctx::new(&a.global)?;
+    let invoices = ctx
+        .subscriptions()?
+        .list_invoices(ListInvoicesRequest {
+            subscription_id: a.subscription.unwrap_or_default(),
+        })
+        .await
+        .or_fail(&ctx)?
+        .invoices;
+    ctx.print(&Invoices(invoices))
+}
+
+pub async fn cancel(a: SubscriptionArg) -> anyhow::Result<()> {
+    let ctx = Ctx::new(&a.global)?;
+    let s = ctx
+        .subscriptions()?
+        .cancel_subscription(CancelSubscriptionRequest {
+            subscription_id: a.id,
+        })
+        .await
+        .or_fail(&ctx)?;
+    ctx.print(&Changed(Change::Cancelled, &s))
+}
+
+pub async fn auto_renew(a: AutoRenewArgs) -> anyhow::Result<()> {
+    let ctx = Ctx::new(&a.global)?;
+    let s = ctx
+        .subscriptions()?
+        .set_auto_renew(SetAutoRenewRequest {
+            subscription_id: a.id,
+            auto_renew: a.state == OnOff::On,
+        })
+        .await
+        .or_fail(&ctx)?;
+    ctx.print(&Changed(Change::AutoRenew, &s))
+}
+
+pub async fn change_plan(a: ChangePlanArgs) -> anyhow::Result<()> {
+    let ctx = Ctx::new(&a.global)?;
+    let s = ctx
+        .subscriptions()?
+        .change_plan(ChangePlanRequest {
+            subscription_id: a.id,
+            plan_id: a.plan,
+        })
+        .await
+        .or_fail(&ctx)?;
+    ctx.print(&Changed(Change::Plan, &s))
+}
+
+pub async fn events(a: SubscriptionArg) -> anyhow::Result<()> {
+    let ctx = Ctx::new(&a.global)?;
+    let events = ctx
+        .subscriptions()?
+        .list_subscription_events(ListSubscriptionEventsRequest {
+            subscription_id: a.id.clone(),
+        })
+        .await
+        .or_fail(&ctx)?
+        .events;
+    ctx.print(&Events {
+        subscription_id: &a.id,
+        events: &events,
+    })
+}
+
+/// The answer to `kapal subscriptions`.
+struct Subscriptions(Vec<Subscription>);
+
+#[derive(Serialize)]
+struct SubscriptionsJson<'a> {
+    subscriptions: Vec<SubscriptionJson<'a>>,
+}
+
+impl Render for Subscriptions {
+    fn text(&self) -> String {
+        if self.0.is_empty() {
+            return "No subscriptions yet.\n".to_string();
+        }
+        let mut t = Table::new(&[
+            "ID",
+            "APP",
+            "PLAN",
+            "STATUS",
+            "PRICE",
+            "PERIOD END",
+            "AUTO-RENEW",
+            "NOTE",
         ]);
+        for s in &self.0 {
+            t.row(vec![
+                s.id.clone(),
+                s.app_id.clone(),
+                s.plan_id.clone(),
+                subscription_status(s).to_string(),
+                format!("{}/month", money(s.price.as_ref())),
+                time(s.current_period_end.as_ref()),
+                if s.auto_renew { "on" } else { "off" }.to_string(),
+                if s.cancel_at_period_end {
+                    "cancelled: ends at period end".to_string()
+                } else {
+                    String::new()
+                },
+            ]);
+        }
+        t.render()
     }
-    print!("{}", t.render());
-    Ok(())
+
+    fn json(&self) -> impl Serialize {
+        SubscriptionsJson {
+            subscriptions: self.0.iter().map(SubscriptionJson::from).collect(),
+        }
+    }
+}
+
+/// What `kapal cancel`, `auto-renew` and `change-plan` did.
+enum Change {
+    Cancelled,
+    AutoRenew,
+    Plan,
+}
+
+/// The answer to `kapal cancel`, `auto-renew` and `change-plan`: a sentence saying what the
+/// change means, and the subscription as it now is.
+struct Changed<'a>(Change, &'a Subscription);
+
+impl Render for Changed<'_> {
+    fn text(&self) -> String {
+        let s = self.1;
+        match self.0 {
+            Change::Cancelled => format!(
+                "Subscription {} is cancelled: it ends at {}, and its instance keeps running until then.\n{}",
+                s.id,
+                time(s.current_period_end.as_ref()),
+                subscription_lines(s)
+            ),
+            Change::AutoRenew => format!(
+                "Automatic renewal of subscription {} is {}.\n",
+                s.id,
+                if s.auto_renew { "on" } else { "off" }
+            ),
+            Change::Plan => format!("{}\n{}", plan_change_sentence(s), subscription_lines(s)),
+        }
+    }
+
+    fn json(&self) -> impl Serialize {
+        SubscriptionJson::from(self.1)
+    }
 }
 
 fn subscription_lines(s: &Subscription) -> String {
@@ -91,109 +206,6 @@ fn subscription_lines(s: &Subscription) -> String {
     ])
 }
 
-pub async fn invoices(a: InvoicesArgs) -> anyhow::Result<()> {
-    let ctx = Ctx::new(&a.global)?;
-    let invoices = ctx
-        .subscriptions()?
-        .list_invoices(ListInvoicesRequest {
-            subscription_id: a.subscription.unwrap_or_default(),
-        })
-        .await
-        .or_fail(&ctx)?
-        .invoices;
-    if ctx.json() {
-        return print_json(
-            &json!({ "invoices": invoices.iter().map(invoice_json).collect::<Vec<_>>() }),
-        );
-    }
-    if invoices.is_empty() {
-        println!("No invoices yet.");
-        return Ok(());
-    }
-    let mut t = Table::new(&[
-        "NUMBER",
-        "PERIOD START",
-        "PERIOD END",
-        "AMOUNT",
-        "STATUS",
-        "PAID",
-        "SUBSCRIPTION",
-    ]);
-    for i in &invoices {
-        t.row(vec![
-            i.number.clone(),
-            time(i.period_start.as_ref()),
-            time(i.period_end.as_ref()),
-            money(i.amount.as_ref()),
-            invoice_status(i).to_string(),
-            time(i.paid_at.as_ref()),
-            i.subscription_id.clone(),
-        ]);
-    }
-    print!("{}", t.render());
-    Ok(())
-}
-
-pub async fn cancel(a: SubscriptionArg) -> anyhow::Result<()> {
-    let ctx = Ctx::new(&a.global)?;
-    let s = ctx
-        .subscriptions()?
-        .cancel_subscription(CancelSubscriptionRequest {
-            subscription_id: a.id,
-        })
-        .await
-        .or_fail(&ctx)?;
-    if ctx.json() {
-        return print_json(&subscription_json(&s));
-    }
-    println!(
-        "Subscription {} is cancelled: it ends at {}, and its instance keeps running until then.",
-        s.id,
-        time(s.current_period_end.as_ref())
-    );
-    print!("{}", subscription_lines(&s));
-    Ok(())
-}
-
-pub async fn auto_renew(a: AutoRenewArgs) -> anyhow::Result<()> {
-    let ctx = Ctx::new(&a.global)?;
-    let s = ctx
-        .subscriptions()?
-        .set_auto_renew(SetAutoRenewRequest {
-            subscription_id: a.id,
-            auto_renew: a.state == OnOff::On,
-        })
-        .await
-        .or_fail(&ctx)?;
-    if ctx.json() {
-        return print_json(&subscription_json(&s));
-    }
-    println!(
-        "Automatic renewal of subscription {} is {}.",
-        s.id,
-        if s.auto_renew { "on" } else { "off" }
-    );
-    Ok(())
-}
-
-pub async fn change_plan(a: ChangePlanArgs) -> anyhow::Result<()> {
-    let ctx = Ctx::new(&a.global)?;
-    let s = ctx
-        .subscriptions()?
-        .change_plan(ChangePlanRequest {
-            subscription_id: a.id,
-            plan_id: a.plan,
-        })
-        .await
-        .or_fail(&ctx)?;
-    if ctx.json() {
-        return print_json(&subscription_json(&s));
-    }
-    println!("{}", plan_change_sentence(&s));
-    print!("{}", subscription_lines(&s));
-    Ok(())
-}
-
 /// What a ChangePlan answer means for the customer.
 fn plan_change_sentence(s: &Subscription) -> String {
     if s.next_plan_id.is_empty() || s.next_plan_id == s.plan_id {
@@ -221,32 +233,188 @@ fn plan_change_sentence(s: &Subscription) -> String {
     }
 }
 
-pub async fn events(a: SubscriptionArg) -> anyhow::Result<()> {
-    let ctx = Ctx::new(&a.global)?;
-    let events = ctx
-        .subscriptions()?
-        .list_subscription_events(ListSubscriptionEventsRequest {
-            subscription_id: a.id.clone(),
-        })
-        .await
-        .or_fail(&ctx)?
-        .events;
-    print_events(&ctx, &a.id, &events)
+/// A subscription in JSON.
+#[derive(Serialize)]
+pub struct SubscriptionJson<'a> {
+    id: &'a str,
+    app_id: &'a str,
+    plan_id: &'a str,
+    status: &'static str,
+    price: Option<MoneyJson<'a>>,
+    current_period_start: Option<String>,
+    current_period_end: Option<String>,
+    auto_renew: bool,
+    cancel_at_period_end: bool,
+    order_id: &'a str,
+    created_at: Option<String>,
+    trial_end: Option<String>,
+    next_plan_id: &'a str,
+    instance_id: &'a str,
 }
 
-pub fn print_events(ctx: &Ctx, id: &str, events: &[SubscriptionEvent]) -> anyhow::Result<()> {
-    if ctx.json() {
-        return print_json(&json!({
-            "subscription_id": id,
-            "events": events.iter().map(subscription_event_json).collect::<Vec<_>>(),
-        }));
+impl<'a> From<&'a Subscription> for SubscriptionJson<'a> {
+    fn from(s: &'a Subscription) -> Self {
+        SubscriptionJson {
+            id: &s.id,
+            app_id: &s.app_id,
+            plan_id: &s.plan_id,
+            status: subscription_status(s),
+            price: money_json(s.price.as_ref()),
+            current_period_start: ts_json(s.current_period_start.as_ref()),
+            current_period_end: ts_json(s.current_period_end.as_ref()),
+            auto_renew: s.auto_renew,
+            cancel_at_period_end: s.cancel_at_period_end,
+            order_id: &s.order_id,
+            created_at: ts_json(s.created_at.as_ref()),
+            trial_end: ts_json(s.trial_end.as_ref()),
+            next_plan_id: &s.next_plan_id,
+            instance_id: &s.instance_id,
+        }
     }
-    if events.is_empty() {
-        println!("No events of subscription {id}.");
-        return Ok(());
+}
+
+/// `SUBSCRIPTION_STATUS_PAST_DUE` -> `PAST_DUE`.
+pub fn subscription_status(s: &Subscription) -> &'static str {
+    subscription_status_name(s.status())
+}
+
+fn subscription_status_name(s: SubscriptionStatus) -> &'static str {
+    short(s.as_str_name(), "SUBSCRIPTION_STATUS_")
+}
+
+/// The answer to `kapal invoices`.
+struct Invoices(Vec<Invoice>);
+
+#[derive(Serialize)]
+struct InvoicesJson<'a> {
+    invoices: Vec<InvoiceJson<'a>>,
+}
+
+impl Render for Invoices {
+    fn text(&self) -> String {
+        if self.0.is_empty() {
+            return "No invoices yet.\n".to_string();
+        }
+        let mut t = Table::new(&[
+            "NUMBER",
+            "PERIOD START",
+            "PERIOD END",
+            "AMOUNT",
+            "STATUS",
+            "PAID",
+            "SUBSCRIPTION",
+        ]);
+        for i in &self.0 {
+            t.row(vec![
+                i.number.clone(),
+                time(i.period_start.as_ref()),
+                time(i.period_end.as_ref()),
+                money(i.amount.as_ref()),
+                invoice_status(i).to_string(),
+                time(i.paid_at.as_ref()),
+                i.subscription_id.clone(),
+            ]);
+        }
+        t.render()
     }
-    print!("{}", events_table(events));
-    Ok(())
+
+    fn json(&self) -> impl Serialize {
+        InvoicesJson {
+            invoices: self.0.iter().map(InvoiceJson::from).collect(),
+        }
+    }
+}
+
+/// An invoice in JSON.
+#[derive(Serialize)]
+struct InvoiceJson<'a> {
+    id: &'a str,
+    number: &'a str,
+    subscription_id: &'a str,
+    period_start: Option<String>,
+    period_end: Option<String>,
+    amount: Option<MoneyJson<'a>>,
+    status: &'static str,
+    created_at: Option<String>,
+    paid_at: Option<String>,
+    payment_provider: &'a str,
+    payment_reference: &'a str,
+}
+
+impl<'a> From<&'a Invoice> for InvoiceJson<'a> {
+    fn from(i: &'a Invoice) -> Self {
+        InvoiceJson {
+            id: &i.id,
+            number: &i.number,
+            subscription_id: &i.subscription_id,
+            period_start: ts_json(i.period_start.as_ref()),
+            period_end: ts_json(i.period_end.as_ref()),
+            amount: money_json(i.amount.as_ref()),
+            status: invoice_status(i),
+            created_at: ts_json(i.created_at.as_ref()),
+            paid_at: ts_json(i.paid_at.as_ref()),
+            payment_provider: &i.payment_provider,
+            payment_reference: &i.payment_reference,
+        }
+    }
+}
+
+/// `INVOICE_STATUS_PAID` -> `PAID`.
+fn invoice_status(i: &Invoice) -> &'static str {
+    short(i.status().as_str_name(), "INVOICE_STATUS_")
+}
+
+/// The answer to `kapal events` and `kapal admin events`: a subscription's status changes,
+/// oldest first.
+pub struct Events<'a> {
+    pub subscription_id: &'a str,
+    pub events: &'a [SubscriptionEvent],
+}
+
+#[derive(Serialize)]
+struct EventsJson<'a> {
+    subscription_id: &'a str,
+    events: Vec<EventJson<'a>>,
+}
+
+/// A status change in JSON; a status before the subscription existed is null.
+#[derive(Serialize)]
+struct EventJson<'a> {
+    at: Option<String>,
+    from_status: Option<&'static str>,
+    to_status: Option<&'static str>,
+    cause: &'a str,
+}
+
+impl<'a> From<&'a SubscriptionEvent> for EventJson<'a> {
+    fn from(e: &'a SubscriptionEvent) -> Self {
+        let status = |s: SubscriptionStatus| match s {
+            SubscriptionStatus::Unspecified => None,
+            s => Some(subscription_status_name(s)),
+        };
+        EventJson {
+            at: ts_json(e.at.as_ref()),
+            from_status: status(e.from_status()),
+            to_status: status(e.to_status()),
+            cause: &e.cause,
+        }
+    }
+}
+
+impl Render for Events<'_> {
+    fn text(&self) -> String {
+        if self.events.is_empty() {
+            return format!("No events of subscription {}.\n", self.subscription_id);
+        }
+        events_table(self.events)
+    }
+
+    fn json(&self) -> impl Serialize {
+        EventsJson {
+            subscription_id: self.subscription_id,
+            events: self.events.iter().map(EventJson::from).collect(),
+        }
+    }
 }
 
 fn events_table(events: &[SubscriptionEvent]) -> String {
@@ -273,23 +441,12 @@ fn status_or_dash(s: SubscriptionStatus) -> &'static str {
     }
 }
 
-fn subscription_event_json(e: &SubscriptionEvent) -> Value {
-    let status = |s: SubscriptionStatus| match s {
-        SubscriptionStatus::Unspecified => Value::Null,
-        s => json!(subscription_status_name(s)),
-    };
-    json!({
-        "at": ts_json(e.at.as_ref()),
-        "from_status": status(e.from_status()),
-        "to_status": status(e.to_status()),
-        "cause": e.cause,
-    })
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::commands::fixtures::at;
+    use crate::output::json_of;
+    use serde_json::json;
 
     fn subscription() -> Subscription {
         Subscription {
@@ -310,7 +467,7 @@ mod tests {
             next_plan_id: "pro".to_string(),
             ..subscription()
         };
-        let v = subscription_json(&s);
+        let v = json_of(&Changed(Change::Plan, &s));
         assert_eq!(v["instance_id"], json!("i1"));
         assert_eq!(v["next_plan_id"], json!("pro"));
         let text = subscription_lines(&s);
@@ -368,7 +525,11 @@ mod tests {
              2026-11-01T08:00:00Z  - -> TRIALING         checkout\n\
              2026-11-15T08:00:00Z  TRIALING -> PAST_DUE  renewal payment failed: declined\n"
         );
-        let v = subscription_event_json(&events[0]);
+        let v = json_of(&Events {
+            subscription_id: "s1",
+            events: &events,
+        })["events"][0]
+            .clone();
         assert_eq!(
             v,
             json!({
@@ -378,5 +539,50 @@ mod tests {
                 "cause": "checkout",
             })
         );
+    }
+}
+
+#[cfg(test)]
+mod compat {
+    use super::*;
+    use crate::legacy_json::{self as old, pretty, rich};
+    use crate::output::json_of;
+    use serde_json::json;
+
+    #[test]
+    fn json_is_unchanged() {
+        let subs = vec![rich::subscription(), Subscription::default()];
+        assert_eq!(
+            pretty(&json_of(&Subscriptions(subs.clone()))),
+            pretty(
+                &json!({ "subscriptions": subs.iter().map(old::subscription_json).collect::<Vec<_>>() })
+            )
+        );
+        for s in &subs {
+            for c in [Change::Cancelled, Change::AutoRenew, Change::Plan] {
+                assert_eq!(
+                    pretty(&json_of(&Changed(c, s))),
+                    pretty(&old::subscription_json(s))
+                );
+            }
+        }
+        let invoices = vec![rich::invoice(), Invoice::default()];
+        assert_eq!(
+            pretty(&json_of(&Invoices(invoices.clone()))),
+            pretty(
+                &json!({ "invoices": invoices.iter().map(old::invoice_json).collect::<Vec<_>>() })
+            )
+        );
+        let events = rich::events();
+        for evs in [&events[..], &[]] {
+            let was = json!({ "subscription_id": "s1", "events": evs.iter().map(old::subscription_event_json).collect::<Vec<_>>() });
+            assert_eq!(
+                pretty(&json_of(&Events {
+                    subscription_id: "s1",
+                    events: evs
+                })),
+                pretty(&was)
+            );
+        }
     }
 }

@@ -1,7 +1,7 @@
 //! API tokens: `kapal token create`, `token list` and `token revoke`.
 
 use chrono::{DateTime, Utc};
-use serde_json::json;
+use serde::Serialize;
 
 use kapal::proto::v1::{
     ApiToken, CreateApiTokenRequest, ListApiTokensRequest, RevokeApiTokenRequest,
@@ -9,7 +9,7 @@ use kapal::proto::v1::{
 
 use crate::args::{Global, TokenCreateArgs, TokenRevokeArgs};
 use crate::connect::{Ctx, RpcResult as _};
-use crate::output::{Table, print_json, time, to_utc, token_json};
+use crate::output::{Render, Table, time, to_utc, ts_json};
 
 pub async fn token_create(a: TokenCreateArgs) -> anyhow::Result<()> {
     let ctx = Ctx::new(&a.global)?;
@@ -22,20 +22,20 @@ pub async fn token_create(a: TokenCreateArgs) -> anyhow::Result<()> {
         .await
         .or_fail(&ctx)?;
     let meta = resp.api_token.unwrap_or_default();
-    if ctx.json() {
-        let mut v = token_json(&meta);
-        v["token"] = json!(resp.token);
-        return print_json(&v);
+    // As text the notice goes to stderr so that `TOKEN=$(kapal token create ci)` captures the
+    // token only; JSON carries everything on stdout.
+    if !ctx.json() {
+        eprintln!(
+            "Created API token {} ({}), valid until {}. It is shown only now: store it safely.",
+            meta.name,
+            meta.id,
+            time(meta.expires_at.as_ref())
+        );
     }
-    // The notice goes to stderr so that `TOKEN=$(kapal token create ci)` captures the token only.
-    eprintln!(
-        "Created API token {} ({}), valid until {}. It is shown only now: store it safely.",
-        meta.name,
-        meta.id,
-        time(meta.expires_at.as_ref())
-    );
-    println!("{}", resp.token);
-    Ok(())
+    ctx.print(&Created {
+        token: &resp.token,
+        meta: &meta,
+    })
 }
 
 pub async fn token_list(g: Global) -> anyhow::Result<()> {
@@ -46,29 +46,7 @@ pub async fn token_list(g: Global) -> anyhow::Result<()> {
         .await
         .or_fail(&ctx)?
         .api_tokens;
-    if ctx.json() {
-        return print_json(
-            &json!({ "api_tokens": tokens.iter().map(token_json).collect::<Vec<_>>() }),
-        );
-    }
-    if tokens.is_empty() {
-        println!("No API tokens: create one with `kapal token create <name>`.");
-        return Ok(());
-    }
-    let now = Utc::now();
-    let mut t = Table::new(&["ID", "NAME", "PREFIX", "STATE", "CREATED", "EXPIRES"]);
-    for k in &tokens {
-        t.row(vec![
-            k.id.clone(),
-            k.name.clone(),
-            k.prefix.clone(),
-            token_state(k, now).to_string(),
-            time(k.created_at.as_ref()),
-            time(k.expires_at.as_ref()),
-        ]);
-    }
-    print!("{}", t.render());
-    Ok(())
+    ctx.print(&Tokens(tokens))
 }
 
 pub async fn token_revoke(a: TokenRevokeArgs) -> anyhow::Result<()> {
@@ -78,14 +56,111 @@ pub async fn token_revoke(a: TokenRevokeArgs) -> anyhow::Result<()> {
         .revoke_api_token(RevokeApiTokenRequest { id: a.id })
         .await
         .or_fail(&ctx)?;
-    if ctx.json() {
-        return print_json(&token_json(&k));
-    }
-    println!("Revoked API token {} ({}).", k.name, k.id);
-    Ok(())
+    ctx.print(&Revoked(&k))
 }
 
-pub fn token_state(k: &ApiToken, now: DateTime<Utc>) -> &'static str {
+/// The answer to `kapal token create`: the secret (shown only now) and what it is.
+struct Created<'a> {
+    token: &'a str,
+    meta: &'a ApiToken,
+}
+
+#[derive(Serialize)]
+struct CreatedJson<'a> {
+    #[serde(flatten)]
+    meta: TokenJson<'a>,
+    token: &'a str,
+}
+
+impl Render for Created<'_> {
+    fn text(&self) -> String {
+        format!("{}\n", self.token)
+    }
+
+    fn json(&self) -> impl Serialize {
+        CreatedJson {
+            meta: TokenJson::from(self.meta),
+            token: self.token,
+        }
+    }
+}
+
+/// The answer to `kapal token list`.
+struct Tokens(Vec<ApiToken>);
+
+#[derive(Serialize)]
+struct TokensJson<'a> {
+    api_tokens: Vec<TokenJson<'a>>,
+}
+
+impl Render for Tokens {
+    fn text(&self) -> String {
+        if self.0.is_empty() {
+            return "No API tokens: create one with `kapal token create <name>`.\n".to_string();
+        }
+        let now = Utc::now();
+        let mut t = Table::new(&["ID", "NAME", "PREFIX", "STATE", "CREATED", "EXPIRES"]);
+        for k in &self.0 {
+            t.row(vec![
+                k.id.clone(),
+                k.name.clone(),
+                k.prefix.clone(),
+                token_state(k, now).to_string(),
+                time(k.created_at.as_ref()),
+                time(k.expires_at.as_ref()),
+            ]);
+        }
+        t.render()
+    }
+
+    fn json(&self) -> impl Serialize {
+        TokensJson {
+            api_tokens: self.0.iter().map(TokenJson::from).collect(),
+        }
+    }
+}
+
+/// The answer to `kapal token revoke`.
+struct Revoked<'a>(&'a ApiToken);
+
+impl Render for Revoked<'_> {
+    fn text(&self) -> String {
+        format!("Revoked API token {} ({}).\n", self.0.name, self.0.id)
+    }
+
+    fn json(&self) -> impl Serialize {
+        TokenJson::from(self.0)
+    }
+}
+
+/// An API token in JSON (never its secret).
+#[derive(Serialize)]
+struct TokenJson<'a> {
+    id: &'a str,
+    name: &'a str,
+    prefix: &'a str,
+    state: &'static str,
+    created_at: Option<String>,
+    expires_at: Option<String>,
+    revoked_at: Option<String>,
+}
+
+impl<'a> From<&'a ApiToken> for TokenJson<'a> {
+    fn from(k: &'a ApiToken) -> Self {
+        TokenJson {
+            id: &k.id,
+            name: &k.name,
+            prefix: &k.prefix,
+            state: token_state(k, Utc::now()),
+            created_at: ts_json(k.created_at.as_ref()),
+            expires_at: ts_json(k.expires_at.as_ref()),
+            revoked_at: ts_json(k.revoked_at.as_ref()),
+        }
+    }
+}
+
+/// `revoked`, `expired` or `active`.
+fn token_state(k: &ApiToken, now: DateTime<Utc>) -> &'static str {
     if k.revoked_at.is_some() {
         "revoked"
     } else if k
@@ -97,5 +172,38 @@ pub fn token_state(k: &ApiToken, now: DateTime<Utc>) -> &'static str {
         "expired"
     } else {
         "active"
+    }
+}
+
+#[cfg(test)]
+mod compat {
+    use super::*;
+    use crate::legacy_json::{self as old, pretty, rich};
+    use crate::output::json_of;
+    use serde_json::json;
+
+    #[test]
+    fn json_is_unchanged() {
+        let mut active = rich::token();
+        active.revoked_at = None;
+        let tokens = vec![rich::token(), active, ApiToken::default()];
+        assert_eq!(
+            pretty(&json_of(&Tokens(tokens.clone()))),
+            pretty(
+                &json!({ "api_tokens": tokens.iter().map(old::token_json).collect::<Vec<_>>() })
+            )
+        );
+        for k in &tokens {
+            assert_eq!(pretty(&json_of(&Revoked(k))), pretty(&old::token_json(k)));
+            let mut v = old::token_json(k);
+            v["token"] = json!("kpl_secret");
+            assert_eq!(
+                pretty(&json_of(&Created {
+                    token: "kpl_secret",
+                    meta: k
+                })),
+                pretty(&v)
+            );
+        }
     }
 }
