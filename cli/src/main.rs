@@ -3,8 +3,6 @@
 mod args;
 mod commands;
 mod connect;
-#[cfg(test)]
-mod legacy_json;
 mod output;
 mod server;
 

@@ -164,30 +164,3 @@ fn trial(p: &Plan) -> String {
         n => format!("{n} days"),
     }
 }
-
-#[cfg(test)]
-mod compat {
-    use super::*;
-    use crate::legacy_json::{self as old, pretty, rich};
-    use crate::output::json_of;
-    use serde_json::json;
-
-    #[test]
-    fn json_is_unchanged() {
-        let apps = vec![rich::app(), App::default()];
-        assert_eq!(
-            pretty(&json_of(&Catalog(apps.clone()))),
-            pretty(&json!({ "apps": apps.iter().map(old::app_json).collect::<Vec<_>>() }))
-        );
-        assert_eq!(
-            pretty(&json_of(&Catalog(vec![]))),
-            pretty(&json!({ "apps": [] }))
-        );
-        for a in apps {
-            assert_eq!(
-                pretty(&json_of(&AppDetails(a.clone()))),
-                pretty(&old::app_json(&a))
-            );
-        }
-    }
-}

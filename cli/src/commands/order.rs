@@ -368,34 +368,105 @@ fn order_details(o: &Order) -> String {
 }
 
 #[cfg(test)]
-mod compat {
+mod tests {
     use super::*;
-    use crate::legacy_json::{self as old, pretty, rich};
+    use crate::commands::fixtures::at;
     use crate::output::json_of;
-    use serde_json::json;
+    use kapal::proto::v1::Credentials;
 
+    /// The JSON of `kapal order --wait -o json`, byte for byte: scripts read these keys.
     #[test]
-    fn json_is_unchanged() {
-        let orders = vec![rich::order(), Order::default()];
+    fn ready_order_prints_the_json_scripts_read() {
+        let order = Order {
+            id: "o1".into(),
+            app_id: "n8n".into(),
+            plan_id: "trial".into(),
+            status: OrderStatus::Failed as i32,
+            failure_reason: "no".into(),
+            amount: Some(kapal::wire::idr(0)),
+            subscription_id: "s1".into(),
+            instance_id: "i1".into(),
+            idempotency_key: "k".into(),
+            created_at: at("2026-09-21T14:13:22Z"),
+            updated_at: at("2026-09-21T14:13:23Z"),
+        };
+        let instance = Instance {
+            id: "i1".into(),
+            app_id: "n8n".into(),
+            plan_id: "trial".into(),
+            status: InstanceStatus::Ready as i32,
+            status_reason: "r".into(),
+            desired_state: 1,
+            url: "https://u".into(),
+            hostname: "h".into(),
+            subscription_id: "s1".into(),
+            order_id: "o1".into(),
+            credentials: Some(Credentials {
+                username: "u".into(),
+                password: "p".into(),
+                login_url: "l".into(),
+            }),
+            created_at: at("2026-09-21T14:13:24Z"),
+            updated_at: at("2026-09-21T14:13:25Z"),
+            ready_at: at("2026-09-21T14:13:26Z"),
+            suspended_by_billing: true,
+            data_deleted_after: None,
+        };
+        let ready = Ready {
+            order: &order,
+            instance: &instance,
+            took: Duration::from_secs(75),
+        };
         assert_eq!(
-            pretty(&json_of(&Orders(orders.clone()))),
-            pretty(&json!({ "orders": orders.iter().map(old::order_json).collect::<Vec<_>>() }))
+            serde_json::to_string_pretty(&json_of(&ready)).expect("json"),
+            r#"{
+  "instance": {
+    "app_id": "n8n",
+    "created_at": "2026-09-21T14:13:24Z",
+    "credentials": {
+      "login_url": "l",
+      "password": "p",
+      "username": "u"
+    },
+    "data_deleted_after": null,
+    "desired_state": "RUNNING",
+    "hostname": "h",
+    "id": "i1",
+    "order_id": "o1",
+    "plan_id": "trial",
+    "ready_at": "2026-09-21T14:13:26Z",
+    "status": "READY",
+    "status_reason": "r",
+    "subscription_id": "s1",
+    "suspended_by_billing": true,
+    "updated_at": "2026-09-21T14:13:25Z",
+    "url": "https://u"
+  },
+  "order": {
+    "amount": {
+      "amount": 0,
+      "currency": "IDR",
+      "display": "Rp 0"
+    },
+    "app_id": "n8n",
+    "created_at": "2026-09-21T14:13:22Z",
+    "failure_reason": "no",
+    "id": "o1",
+    "idempotency_key": "k",
+    "instance_id": "i1",
+    "plan_id": "trial",
+    "status": "FAILED",
+    "subscription_id": "s1",
+    "updated_at": "2026-09-21T14:13:23Z"
+  }
+}"#
         );
-        for o in &orders {
-            assert_eq!(pretty(&json_of(&Placed(o))), pretty(&old::order_json(o)));
-            for i in [rich::instance(), Instance::default()] {
-                let r = Ready {
-                    order: o,
-                    instance: &i,
-                    took: Duration::from_secs(3),
-                };
-                assert_eq!(
-                    pretty(&json_of(&r)),
-                    pretty(
-                        &json!({ "order": old::order_json(o), "instance": old::instance_json(&i) })
-                    )
-                );
-            }
-        }
+        assert_eq!(
+            ready.text(),
+            "\nn8n is ready at https://u (took 1m15s).\n\
+             Login URL:  l\n\
+             Username:   u\n\
+             Password:   p\n"
+        );
     }
 }

@@ -174,36 +174,3 @@ fn token_state(k: &ApiToken, now: DateTime<Utc>) -> &'static str {
         "active"
     }
 }
-
-#[cfg(test)]
-mod compat {
-    use super::*;
-    use crate::legacy_json::{self as old, pretty, rich};
-    use crate::output::json_of;
-    use serde_json::json;
-
-    #[test]
-    fn json_is_unchanged() {
-        let mut active = rich::token();
-        active.revoked_at = None;
-        let tokens = vec![rich::token(), active, ApiToken::default()];
-        assert_eq!(
-            pretty(&json_of(&Tokens(tokens.clone()))),
-            pretty(
-                &json!({ "api_tokens": tokens.iter().map(old::token_json).collect::<Vec<_>>() })
-            )
-        );
-        for k in &tokens {
-            assert_eq!(pretty(&json_of(&Revoked(k))), pretty(&old::token_json(k)));
-            let mut v = old::token_json(k);
-            v["token"] = json!("kpl_secret");
-            assert_eq!(
-                pretty(&json_of(&Created {
-                    token: "kpl_secret",
-                    meta: k
-                })),
-                pretty(&v)
-            );
-        }
-    }
-}
