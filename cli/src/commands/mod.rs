@@ -1,6 +1,10 @@
-//! The client commands of `kapal`, one file per area of the public API, and `run`, which sends
-//! each parsed command to its function. Every command builds a `connect::Ctx` from its global
-//! options, makes its calls, and prints the result with `output`.
+//! The client commands of `kapal`, one file per area of the public API (`kapal login`,
+//! `kapal catalog`, `kapal order`, `kapal instances`, ..., `kapal admin ...`), and [`run`], which
+//! sends each parsed command (see `args`) to its function.
+//!
+//! A command builds a `connect::Ctx` from its global options, calls the gateway with the
+//! generated `kapal.v1` clients, and hands its answer to `Ctx::print`: each answer is a type
+//! implementing `output::Render`, defined next to the command with its text and its JSON.
 
 pub mod account;
 pub mod admin;
