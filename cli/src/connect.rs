@@ -90,6 +90,8 @@ impl Ctx {
         })
     }
 
+    /// Whether `--output json` was asked for. Printing goes through [`Ctx::print`]; this is for
+    /// what the format changes besides the printing (an exit status, a notice on stderr).
     pub fn json(&self) -> bool {
         self.output == Output::Json
     }

@@ -165,6 +165,7 @@ fn desired_name(i: &Instance) -> &'static str {
     short(i.desired_state().as_str_name(), "DESIRED_STATE_")
 }
 
+/// An instance as `Key: value` lines, without its credentials.
 pub fn instance_lines(i: &Instance) -> Vec<(&'static str, String)> {
     let mut lines = vec![
         ("Instance", i.id.clone()),
@@ -192,6 +193,7 @@ pub fn instance_lines(i: &Instance) -> Vec<(&'static str, String)> {
     lines
 }
 
+/// The app's login as `Key: value` lines, or that it is not available yet.
 pub fn credential_lines(i: &Instance) -> Vec<(&'static str, String)> {
     match &i.credentials {
         Some(c) => vec![
@@ -318,6 +320,7 @@ pub fn event_line(at: Option<&prost_types::Timestamp>, inst: &Instance) -> Strin
     .to_string()
 }
 
+/// What `kapal stop|start|restart|delete` asks of an instance.
 #[derive(Clone, Copy)]
 pub enum Action {
     Stop,
