@@ -852,6 +852,7 @@ async fn desired_instances_come_from_the_control_plane_and_survive_a_restart() -
 
     // Never applied over gRPC: the reconcile loop finds it in the control-plane's list.
     let options = Options::new(dir.path())?;
+    let partition = options.partition.clone();
     lock(&options.control_plane.desired).push(spec.clone());
     let p = Provisioner::start(options).await?;
     let kube = p.kube.clone();
@@ -875,7 +876,11 @@ async fn desired_instances_come_from_the_control_plane_and_survive_a_restart() -
             .then_some(()))
     })
     .await?;
-    let p = Provisioner::start(Options::new(dir.path())?).await?;
+    // The same deployment of Kapal again: its partition is the one its instances are labelled
+    // with (the admission policy lets a provisioner change only those of its own partition).
+    let mut options = Options::new(dir.path())?;
+    options.partition = partition;
+    let p = Provisioner::start(options).await?;
     wait_for("the deployment to be recreated", READY_TIMEOUT, || async {
         Ok(namespaced::<Deployment>(&kube, &ns)
             .get_opt("app")
