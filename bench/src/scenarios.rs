@@ -658,6 +658,7 @@ impl Bench {
         }
         // The operators' listing of every customer's instances.
         let admin = signup_as(&gw[0], "ops", crate::server::ADMIN_EMAIL.to_string()).await?;
+        server.grant_admin(crate::server::ADMIN_EMAIL).await?;
         let as_admin: Vec<_> = gw
             .iter()
             .map(|ch| clients::grpc(ch, &admin.token).admin)

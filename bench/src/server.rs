@@ -100,6 +100,34 @@ impl KapalServer {
         Ok(server)
     }
 
+    /// Makes the account of `email` an operator, as an operator does: `kapal admin grant` on
+    /// the server's database.
+    pub async fn grant_admin(&self, email: &str) -> anyhow::Result<()> {
+        let mut cmd = Command::new(&self.bin);
+        cmd.args([
+            "admin",
+            "grant",
+            "--email",
+            email,
+            "--reason",
+            "benchmark operator",
+        ])
+        .arg("--data-dir")
+        .arg(self.dir.path().join("data"))
+        .env_remove("KAPAL_DATABASE_URL")
+        .stdin(Stdio::null());
+        if let Some(url) = &self.database_url {
+            cmd.env("KAPAL_DATABASE_URL", url);
+        }
+        let out = cmd.output().await?;
+        anyhow::ensure!(
+            out.status.success(),
+            "kapal admin grant failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        Ok(())
+    }
+
     async fn spawn(&mut self, secret: &str) -> anyhow::Result<()> {
         let log = std::fs::OpenOptions::new()
             .create(true)
@@ -119,8 +147,6 @@ impl KapalServer {
             .arg(&self.kubeconfig)
             .arg("--domain")
             .arg("kapal.bench")
-            .arg("--admin-emails")
-            .arg(ADMIN_EMAIL)
             // Deleted instances' data goes at once: the benchmark deletes hundreds.
             .arg("--data-retention")
             .arg("1s")

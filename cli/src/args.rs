@@ -325,6 +325,29 @@ pub enum AdminCommand {
     Subscriptions(SubscriptionsArgs),
     /// List every status change of any subscription, oldest first.
     Events(SubscriptionArg),
+    /// Make an account an operator (role admin). Runs against the server's database (the same
+    /// --data-dir or --database-url as `kapal server`), not the API: nobody becomes an admin
+    /// by signing up. Recorded in the audit log with the reason.
+    Grant(RoleArgs),
+    /// Take the admin role away from an account (recorded in the audit log). Sessions in use
+    /// lose it within the gateway's identity cache time (10 s).
+    Revoke(RoleArgs),
+}
+
+#[derive(Args)]
+pub struct RoleArgs {
+    /// The account's email (it must have signed up).
+    #[arg(long)]
+    pub email: String,
+    /// Why, e.g. a ticket or who asked (kept in the audit log).
+    #[arg(long, value_name = "TEXT")]
+    pub reason: String,
+    /// The server's data directory (SQLite).
+    #[arg(long, default_value = "kapal-data", env = "KAPAL_DATA_DIR")]
+    pub data_dir: std::path::PathBuf,
+    /// The server's PostgreSQL URL, when it uses PostgreSQL.
+    #[arg(long, env = "KAPAL_DATABASE_URL", hide_env_values = true)]
+    pub database_url: Option<String>,
 }
 
 #[derive(Args)]

@@ -49,8 +49,10 @@ pub struct ServerArgs {
     /// deployment need the same one. Default: read or created at <data-dir>/internal.key.
     #[arg(long, env = "KAPAL_INTERNAL_KEY", hide_env_values = true)]
     pub internal_key: Option<String>,
-    /// Emails that get the admin role when they sign up (comma-separated).
-    #[arg(long, env = "KAPAL_ADMIN_EMAILS", value_delimiter = ',')]
+    /// No longer supported: whoever signed up first with a listed email became an admin.
+    /// Operators are made with `kapal admin grant --email E --reason R`; a server given this
+    /// setting refuses to start and says so.
+    #[arg(long, env = "KAPAL_ADMIN_EMAILS", value_delimiter = ',', hide = true)]
     pub admin_emails: Vec<String>,
     /// Checkouts are refused (RESOURCE_EXHAUSTED) when the plan would push the CPU or memory
     /// committed on the cluster over this percentage of its allocatable.
@@ -323,6 +325,11 @@ async fn check(args: &ServerArgs) -> anyhow::Result<Checked> {
             ));
         }
     }
+    if args.admin_emails.iter().any(|e| !e.trim().is_empty()) {
+        problems.push(
+            "KAPAL_ADMIN_EMAILS (--admin-emails): no longer supported (whoever signed up first with a listed email became an admin); make operators with `kapal admin grant --email E --reason R` against this server's database, and remove the setting".into(),
+        );
+    }
     if args.rate_limit == 0 {
         problems
             .push("KAPAL_RATE_LIMIT (--rate-limit): must be at least 1 request per second".into());
@@ -487,7 +494,6 @@ pub async fn run(args: ServerArgs) -> anyhow::Result<()> {
             prov_endpoint.clone(),
         );
         config.domain = args.domain.clone();
-        config.admin_emails = args.admin_emails.clone();
         config.capacity_ceiling_percent = args.capacity_ceiling;
         config.data_retention = args.data_retention;
         config.local = local_cp.clone();

@@ -283,11 +283,8 @@ impl AccountService for Accounts {
             name => kapal::wire::display_text("display_name", name, 100)?.to_string(),
         };
         let password_hash = hash_password(req.password).await?;
-        let role = if self.0.admin_emails.contains(&email) {
-            "admin"
-        } else {
-            "customer"
-        };
+        // Never admin: operators are made by an operator (`kapal admin grant`, [`crate::operators`]).
+        let role = "customer";
         // A customer id collision is astronomically unlikely; retry a few times anyway.
         let mut last_err = None;
         for _ in 0..5 {
@@ -358,22 +355,7 @@ impl AccountService for Accounts {
             .map_or(DUMMY.to_string(), |a| a.password_hash.clone());
         let ok = verify_password(req.password, hash).await;
         match account {
-            Some(mut account) if ok => {
-                // An email added to the admin list after sign-up gets the role at its next log-in.
-                if account.role != "admin" && self.0.admin_emails.contains(&account.email) {
-                    let mut conn = self.0.db.get().await.map_err(Error::from)?;
-                    kapal::db!(&mut conn, |c| diesel::update(
-                        accounts::table.find(&account.id)
-                    )
-                    .set(accounts::role.eq("admin"))
-                    .execute(c)
-                    .await)
-                    .map_err(Error::from)?;
-                    tracing::info!(account_id = %account.id, "account promoted to admin (listed in admin emails)");
-                    account.role = "admin".into();
-                }
-                Ok(self.session(account).await?)
-            }
+            Some(account) if ok => Ok(self.session(account).await?),
             _ => Err(wrong()),
         }
     }

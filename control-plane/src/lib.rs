@@ -16,6 +16,7 @@ pub mod error;
 mod instances;
 mod internal;
 mod models;
+pub mod operators;
 mod orders;
 mod paging;
 mod schema;
@@ -62,8 +63,6 @@ pub struct Config {
     pub domain: String,
     /// Lifetime of a login session.
     pub session_ttl: Duration,
-    /// Accounts signing up with one of these emails get the admin role.
-    pub admin_emails: Vec<String>,
     /// How often orders left pending (e.g. by a crash) are picked up again.
     pub recovery_interval: Duration,
     /// Checkouts are refused when the plan would push committed CPU or memory over this share
@@ -96,7 +95,6 @@ impl Config {
             provisioner_endpoint: provisioner_endpoint.into(),
             domain: "kapal.localhost".into(),
             session_ttl: Duration::from_secs(30 * 24 * 3600),
-            admin_emails: Vec::new(),
             recovery_interval: Duration::from_secs(15),
             capacity_ceiling_percent: 80,
             capacity_cache_ttl: Duration::from_secs(5),
@@ -116,7 +114,6 @@ pub(crate) struct Ctx {
     pub provisioner: ProvisionerServiceClient<InternalChannel>,
     pub domain: String,
     pub session_ttl: chrono::Duration,
-    pub admin_emails: Arc<Vec<String>>,
     /// How long a deleted instance's data is kept.
     pub data_retention: chrono::Duration,
     /// Ids of instances whose state changed, for watchers.
@@ -174,13 +171,6 @@ pub async fn run(
             .context("session_ttl is too large")?,
         data_retention: chrono::Duration::from_std(config.data_retention)
             .context("data_retention is too large")?,
-        admin_emails: Arc::new(
-            config
-                .admin_emails
-                .iter()
-                .map(|e| e.trim().to_lowercase())
-                .collect(),
-        ),
         changes: broadcast::channel(1024).0,
         capacity: Arc::new(capacity::CapacityCache::new(config.capacity_cache_ttl)),
         ceiling_percent: config.capacity_ceiling_percent,

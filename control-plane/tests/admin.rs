@@ -247,7 +247,6 @@ async fn start(backend: Backend, capacity: Capacity) -> Stack {
         kapal_control_plane::Config::new(db.clone(), catalog, key.clone(), billing_url, prov_url);
     config.clock = clock.clone();
     config.domain = "kapal.test".into();
-    config.admin_emails = vec![ADMIN_EMAIL.into()];
     // Every call sees the cluster as the test set it last.
     config.capacity_cache_ttl = Duration::ZERO;
     tokio::spawn(kapal_control_plane::run(config, cp, shutdown()));
@@ -333,13 +332,27 @@ impl Stack {
         p
     }
 
+    /// Signs up ADMIN_EMAIL (a customer, like anyone signing up) and makes it an operator the
+    /// way `kapal admin grant` does.
     async fn admin(&self) -> Principal {
-        let (p, _) = self.sign_up(ADMIN_EMAIL).await;
-        assert_eq!(
-            p.role,
-            Role::Admin,
-            "emails in admin_emails sign up as admins"
-        );
+        let (mut p, email) = self.sign_up(ADMIN_EMAIL).await;
+        assert_eq!(p.role, Role::Customer, "nobody signs up as an admin");
+        let db = kapal_control_plane::operators::connect(&self.db)
+            .await
+            .expect("the control-plane's database");
+        let change = kapal_control_plane::operators::set_admin(
+            &db,
+            &email,
+            true,
+            "test operator",
+            "kapal admin grant (test)",
+            // Before anything the test does on its clock: the oldest audit event.
+            (kapal::clock::Clock::now(&*self.clock) - chrono::Duration::minutes(1)).naive_utc(),
+        )
+        .await
+        .expect("grant");
+        assert!(change.changed);
+        p.role = Role::Admin;
         p
     }
 
@@ -760,7 +773,14 @@ async fn credential_reads_are_audited(backend: Backend) {
         let s = get(true, reason).await.expect_err("no reason");
         assert_eq!(s.code(), Code::InvalidArgument, "{reason:?}: {s:?}");
     }
-    assert!(audit(50, String::new()).await.events.is_empty());
+    assert!(
+        audit(50, String::new())
+            .await
+            .events
+            .iter()
+            .all(|e| e.action == "grant_admin" && e.instance_id.is_empty()),
+        "nothing but the operator's own grant"
+    );
 
     // With a reason: the credentials, and the audit row with actor and reason.
     let reads_before = stack.credential_reads.load(Ordering::SeqCst);
@@ -774,7 +794,10 @@ async fn credential_reads_are_audited(backend: Backend) {
         .expect("credentials returned");
     assert_eq!(creds.password, format!("pw-{id}"));
     let events = audit(50, String::new()).await.events;
-    assert_eq!(events.len(), 1);
+    assert_eq!(events.len(), 2, "the read, and before it the grant");
+    assert_eq!(events[1].action, "grant_admin");
+    assert_eq!(events[1].reason, "test operator");
+    assert_eq!(events[1].instance_account_id, admin.account_id.to_string());
     let e = &events[0];
     assert_eq!(e.actor_account_id, admin.account_id.to_string());
     assert_eq!(e.actor_email, ADMIN_EMAIL);
@@ -799,7 +822,8 @@ async fn credential_reads_are_audited(backend: Backend) {
     );
     assert!(!first.next_page_token.is_empty());
     let second = audit(2, first.next_page_token).await;
-    assert_eq!(second.events.len(), 1);
+    assert_eq!(second.events.len(), 2);
+    assert_eq!(second.events[1].action, "grant_admin");
     assert_eq!(
         second.events[0].reason,
         "ticket T-1234: customer locked out"

@@ -63,7 +63,7 @@ pub struct TestApp {
     pub domain: String,
     /// Temporary directory with the SQLite files (kept across [`TestApp::restart`]).
     pub dir: Arc<tempfile::TempDir>,
-    /// The account signed up with this email gets the ADMIN role ([`TestApp::admin`]).
+    /// [`TestApp::admin`] signs this email up and makes it an operator as `kapal admin grant` does.
     pub admin_email: String,
     /// This stack's partition label on the cluster (objects of other stacks are not its orphans).
     pub partition: String,
@@ -263,7 +263,6 @@ impl TestApp {
             prov_url,
         );
         cp_config.domain = self.domain.clone();
-        cp_config.admin_emails = vec![self.admin_email.clone()];
         if let Some(percent) = self.options.capacity_ceiling_percent {
             cp_config.capacity_ceiling_percent = percent;
         }
@@ -387,9 +386,31 @@ impl TestApp {
         self.sign_up(name, "example.com").await
     }
 
-    /// Signs up the operator account (role ADMIN; once per app) and returns its clients.
+    /// Signs up the operator account (once per app) and makes it an ADMIN the way an operator
+    /// does (`kapal admin grant`, on the control-plane's database); returns its clients.
     pub async fn admin(&self) -> anyhow::Result<Customer> {
-        self.sign_up_as("Operator", self.admin_email.clone()).await
+        let mut admin = self
+            .sign_up_as("Operator", self.admin_email.clone())
+            .await?;
+        self.set_admin(&admin.email, true).await?;
+        admin.account.role = kapal::proto::v1::Role::Admin as i32;
+        Ok(admin)
+    }
+
+    /// Grants (`true`) or revokes the ADMIN role of the account of `email`, as `kapal admin
+    /// grant|revoke` does.
+    pub async fn set_admin(&self, email: &str, admin: bool) -> anyhow::Result<()> {
+        let db = kapal_control_plane::operators::connect(&self.db).await?;
+        kapal_control_plane::operators::set_admin(
+            &db,
+            email,
+            admin,
+            "test operator",
+            "kapal admin grant (test)",
+            chrono::Utc::now().naive_utc(),
+        )
+        .await?;
+        Ok(())
     }
 
     async fn sign_up(&self, name: &str, domain: &str) -> anyhow::Result<Customer> {
@@ -397,7 +418,8 @@ impl TestApp {
             .await
     }
 
-    async fn sign_up_as(&self, name: &str, email: String) -> anyhow::Result<Customer> {
+    /// Signs up `email` (a customer, as everyone who signs up) and returns its clients.
+    pub async fn sign_up_as(&self, name: &str, email: String) -> anyhow::Result<Customer> {
         let password = "correct horse 42".to_string();
         let session = self
             .clients("")

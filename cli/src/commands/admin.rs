@@ -67,6 +67,34 @@ fn timestamp(t: DateTime<Utc>) -> prost_types::Timestamp {
     }
 }
 
+/// `kapal admin grant|revoke`: on the control-plane's database, audited with the reason.
+async fn set_role(a: crate::args::RoleArgs, admin: bool) -> anyhow::Result<()> {
+    let db = kapal::db::DbConfig::new(a.database_url.as_deref(), a.data_dir.clone())
+        .map_err(|e| anyhow!("KAPAL_DATABASE_URL (--database-url): {e}"))?;
+    let db = kapal_control_plane::operators::connect(&db).await?;
+    let user = std::env::var("USER").unwrap_or_else(|_| "unknown".into());
+    let verb = if admin { "grant" } else { "revoke" };
+    let change = kapal_control_plane::operators::set_admin(
+        &db,
+        &a.email,
+        admin,
+        &a.reason,
+        &format!("kapal admin {verb} (user {user})"),
+        Utc::now().naive_utc(),
+    )
+    .await?;
+    let role = if admin { "an admin" } else { "a customer" };
+    if change.changed {
+        println!(
+            "{} is now {role} (account {}); sessions in use follow within 10 s.",
+            change.email, change.account_id
+        );
+    } else {
+        println!("{} is {role} already: nothing changed.", change.email);
+    }
+    Ok(())
+}
+
 /// Runs one operator command.
 pub async fn run(cmd: AdminCommand) -> anyhow::Result<()> {
     match cmd {
@@ -79,6 +107,8 @@ pub async fn run(cmd: AdminCommand) -> anyhow::Result<()> {
         AdminCommand::Revenue(a) => revenue(a).await,
         AdminCommand::Subscriptions(a) => subscriptions(a).await,
         AdminCommand::Events(a) => events(a).await,
+        AdminCommand::Grant(a) => set_role(a, true).await,
+        AdminCommand::Revoke(a) => set_role(a, false).await,
     }
 }
 
