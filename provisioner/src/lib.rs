@@ -199,10 +199,20 @@ pub async fn run(
             kapal::serve::internal_channel(endpoint, &config.key)?,
         )),
     };
+    let cluster = cluster::Cluster::new(client);
+    // Who it is, asked once at start: it names itself in the RoleBinding that lets it read the
+    // Secrets of each instance namespace (fence). Should this fail, the first convergence asks
+    // again.
+    let whoami = cluster.clone();
+    let identity = tokio::spawn(async move {
+        if let Err(e) = whoami.me().await {
+            tracing::info!(error = %error::chain(&e), "the provisioner's Kubernetes identity is not known yet");
+        }
+    });
     let (controller, queues) = controller::Controller::new(controller::Parts {
         store: store::Store::new(db),
         catalog: config.catalog.clone(),
-        cluster: cluster::Cluster::new(client),
+        cluster,
         settings: render::Settings {
             ingress_class: config.ingress_class.clone(),
             storage_class: config.storage_class.clone(),
@@ -246,6 +256,7 @@ pub async fn run(
         ));
     tracing::info!(addr = ?listener.local_addr().ok(), "provisioner serving");
     let served = kapal::serve::serve(router, listener, shutdown).await;
+    identity.abort();
     for task in tasks {
         task.abort();
     }

@@ -179,6 +179,7 @@ impl FencedIdentity {
     pub async fn new(partition: &str) -> anyhow::Result<FencedIdentity> {
         let cluster = cluster().await?;
         let admin = cluster.client();
+        delete_stale_bindings(&admin).await;
         let namespace = TestNamespace::new("kapal-fence").await?;
         let role_name = unique_name("kapal-provisioner-test");
         let binding_manifest: ClusterRoleBinding = typed(&manifest(
@@ -467,6 +468,27 @@ impl FencedIdentity {
             },
         )
         .await
+    }
+}
+
+/// Policy bindings of earlier test runs that were killed before their drop (their parameter, a
+/// test namespace, is gone, so they match nothing; but every request would still look them up).
+async fn delete_stale_bindings(admin: &Client) {
+    use k8s_openapi::api::admissionregistration::v1::ValidatingAdmissionPolicyBinding;
+    let bindings = Api::<ValidatingAdmissionPolicyBinding>::all(admin.clone());
+    let namespaces = Api::<Namespace>::all(admin.clone());
+    let lp = kube::api::ListParams::default().labels(&format!("{}={}", TEST_LABEL.0, TEST_LABEL.1));
+    let Ok(list) = bindings.list(&lp).await else {
+        return;
+    };
+    for binding in list.items {
+        let param = binding.spec.param_ref.as_ref().and_then(|p| p.name.clone());
+        let Some(param) = param else { continue };
+        if matches!(namespaces.get_opt(&param).await, Ok(None)) {
+            let _ = bindings
+                .delete(&binding.name_any(), &DeleteParams::default())
+                .await;
+        }
     }
 }
 
