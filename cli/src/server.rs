@@ -168,6 +168,9 @@ pub struct ServerArgs {
     /// then rate-limited by their own address instead of the proxy's. Default none.
     #[arg(long, env = "KAPAL_TRUSTED_PROXIES", value_delimiter = ',')]
     pub trusted_proxies: Vec<String>,
+    /// Live WatchInstance streams one account may hold at once.
+    #[arg(long, default_value_t = 20, env = "KAPAL_MAX_WATCHES_PER_ACCOUNT")]
+    pub max_watches_per_account: usize,
     /// Largest request message accepted, in bytes.
     #[arg(long, default_value_t = 64 * 1024, env = "KAPAL_MAX_MESSAGE_BYTES")]
     pub max_message_bytes: usize,
@@ -334,6 +337,11 @@ async fn check(args: &ServerArgs) -> anyhow::Result<Checked> {
         problems
             .push("KAPAL_RATE_LIMIT (--rate-limit): must be at least 1 request per second".into());
     }
+    if args.max_watches_per_account == 0 {
+        problems.push(
+            "KAPAL_MAX_WATCHES_PER_ACCOUNT (--max-watches-per-account): must be at least 1".into(),
+        );
+    }
     if args.max_message_bytes < 1024 {
         problems
             .push("KAPAL_MAX_MESSAGE_BYTES (--max-message-bytes): must be at least 1024".into());
@@ -495,6 +503,7 @@ pub async fn run(args: ServerArgs) -> anyhow::Result<()> {
         );
         config.domain = args.domain.clone();
         config.capacity_ceiling_percent = args.capacity_ceiling;
+        config.max_watches_per_account = args.max_watches_per_account;
         config.data_retention = args.data_retention;
         config.local = local_cp.clone();
         let stop = shutdown();

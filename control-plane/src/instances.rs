@@ -313,10 +313,18 @@ impl InstanceService for Instances {
         let id = kapal::wire::uuid("instance_id", &req.get_ref().instance_id)?.to_string();
         let account_id = p.account_id.to_string();
         let first = owned(&self.ctx, &account_id, &id).await?;
+        // Held by the stream's task: the slot is free again when the stream ends.
+        let slot = self.ctx.watches.acquire(&account_id).ok_or_else(|| {
+            Error::ResourceExhausted(format!(
+                "this account already watches {} instances at once: close a watch (e.g. another browser tab or `kapal watch`) and try again",
+                self.ctx.watches.limit()
+            ))
+        })?;
         let ctx = self.ctx.clone();
         let mut changes = ctx.changes.subscribe();
         let mut stop = self.stop.clone();
         let stream = async_stream(move |tx| async move {
+            let _slot = slot;
             let key = |i: &Instance| {
                 (
                     i.status.clone(),
@@ -473,6 +481,58 @@ async fn start_within_capacity(
         }
     };
     Ok(result?)
+}
+
+/// How many WatchInstance streams each account holds; [`Watches::acquire`] hands out a slot
+/// that is given back when dropped.
+pub(crate) struct Watches {
+    limit: usize,
+    live: std::sync::Mutex<std::collections::HashMap<String, usize>>,
+}
+
+impl Watches {
+    pub(crate) fn new(limit: usize) -> Watches {
+        Watches {
+            limit,
+            live: std::sync::Mutex::default(),
+        }
+    }
+
+    pub(crate) fn limit(&self) -> usize {
+        self.limit
+    }
+
+    /// A slot for one more stream of `account_id`, or `None` at the limit.
+    pub(crate) fn acquire(self: &std::sync::Arc<Self>, account_id: &str) -> Option<WatchSlot> {
+        let mut live = self.live.lock().unwrap_or_else(|e| e.into_inner());
+        let n = live.entry(account_id.to_string()).or_insert(0);
+        if *n >= self.limit {
+            return None;
+        }
+        *n += 1;
+        Some(WatchSlot {
+            watches: self.clone(),
+            account_id: account_id.to_string(),
+        })
+    }
+}
+
+/// One live stream of an account; dropping it frees the slot.
+pub(crate) struct WatchSlot {
+    watches: std::sync::Arc<Watches>,
+    account_id: String,
+}
+
+impl Drop for WatchSlot {
+    fn drop(&mut self) {
+        let mut live = self.watches.live.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(n) = live.get_mut(&self.account_id) {
+            *n = n.saturating_sub(1);
+            if *n == 0 {
+                live.remove(&self.account_id);
+            }
+        }
+    }
 }
 
 /// A stream fed by a task through a small channel.

@@ -65,6 +65,9 @@ pub struct Config {
     pub session_ttl: Duration,
     /// How often orders left pending (e.g. by a crash) are picked up again.
     pub recovery_interval: Duration,
+    /// Live WatchInstance streams one account may hold at once (each holds a task and wakes
+    /// on every change); one more is RESOURCE_EXHAUSTED. Default 20.
+    pub max_watches_per_account: usize,
     /// Checkouts are refused when the plan would push committed CPU or memory over this share
     /// of the cluster's allocatable (percent, 1-100; default 80).
     pub capacity_ceiling_percent: u32,
@@ -96,6 +99,7 @@ impl Config {
             domain: "kapal.localhost".into(),
             session_ttl: Duration::from_secs(30 * 24 * 3600),
             recovery_interval: Duration::from_secs(15),
+            max_watches_per_account: 20,
             capacity_ceiling_percent: 80,
             capacity_cache_ttl: Duration::from_secs(5),
             data_retention: Duration::from_secs(7 * 24 * 3600),
@@ -124,6 +128,8 @@ pub(crate) struct Ctx {
     pub ceiling_percent: u32,
     /// Instances' credentials read from the cluster (they never change).
     pub credentials: Arc<credentials::CredentialsCache>,
+    /// Live WatchInstance streams per account.
+    pub watches: Arc<instances::Watches>,
 }
 
 impl Ctx {
@@ -172,6 +178,7 @@ pub async fn run(
         data_retention: chrono::Duration::from_std(config.data_retention)
             .context("data_retention is too large")?,
         changes: broadcast::channel(1024).0,
+        watches: Arc::new(instances::Watches::new(config.max_watches_per_account)),
         capacity: Arc::new(capacity::CapacityCache::new(config.capacity_cache_ttl)),
         ceiling_percent: config.capacity_ceiling_percent,
         credentials: Arc::new(credentials::CredentialsCache::new(credentials::CAPACITY)),
