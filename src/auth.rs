@@ -23,8 +23,9 @@ use uuid::Uuid;
 pub const PRINCIPAL_HEADER: &str = "x-kapal-principal";
 /// Metadata key carrying the principal's signature.
 pub const SIGNATURE_HEADER: &str = "x-kapal-signature";
-/// How long a signed principal stays valid.
-const SIGNATURE_TTL_SECS: i64 = 300;
+/// How long a signed principal stays valid: a captured one is of use for a minute at most
+/// (Kapal's processes need clocks within that of each other, as NTP keeps them).
+const SIGNATURE_TTL_SECS: i64 = 60;
 
 /// What a caller may do.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -316,6 +317,25 @@ mod tests {
         admin.role = Role::Admin;
         let forged = admin.encode(chrono::Utc::now().timestamp() + 60);
         md.insert(PRINCIPAL_HEADER, forged.parse().expect("ascii"));
+        assert!(key.verify(&md).is_err());
+    }
+
+    #[test]
+    fn a_signature_is_valid_for_a_minute_at_most() {
+        let key = InternalKey::random();
+        let mut md = MetadataMap::new();
+        key.sign_into(&alice(), &mut md);
+        let encoded = md
+            .get(PRINCIPAL_HEADER)
+            .and_then(|v| v.to_str().ok())
+            .expect("principal");
+        let (_, expires) = Principal::decode(encoded).expect("decodes");
+        assert!(expires <= chrono::Utc::now().timestamp() + 60, "{expires}");
+        // One that expired a second ago, correctly signed, is refused.
+        let stale = alice().encode(chrono::Utc::now().timestamp() - 1);
+        let signature = hex::encode(key.mac(&stale).finalize().into_bytes());
+        md.insert(PRINCIPAL_HEADER, stale.parse().expect("ascii"));
+        md.insert(SIGNATURE_HEADER, signature.parse().expect("ascii"));
         assert!(key.verify(&md).is_err());
     }
 
