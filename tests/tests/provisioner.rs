@@ -1370,7 +1370,8 @@ async fn a_provisioner_killed_mid_provisioning_converges_after_a_restart() -> an
             kinds("Ingress/"),
             kinds("NetworkPolicy/")
         ),
-        (1, 1, 1, 2, 2, 1, 3),
+        // Five NetworkPolicies: deny, same namespace, ingress controller, cluster DNS, internet.
+        (1, 1, 1, 2, 2, 1, 5),
         "{all:?}"
     );
     let live: Vec<Pod> = pods(&kube, &ns)
