@@ -12,10 +12,12 @@
 //! - the provisioner does its whole job (an n8n instance to READY; capacity and usage read; a
 //!   deleted Service repaired; its node failing, the evicted pod released and replaced;
 //!   SUSPENDED; DELETED with its data kept for a moment, then removed; orphan sweeps) with exactly the
-//!   ClusterRole of `deploy/k3s/clusterrole.yaml`, authenticated only by a bound token of a
-//!   ServiceAccount (no admin token, no client certificate), and no request of it is refused;
-//! - that role cannot do anything else of consequence: RBAC objects, writing nodes, creating
-//!   pods, exec, impersonation, listing secrets, node proxy (kubelet), deleting volumes.
+//!   ClusterRole of `deploy/k3s/clusterrole.yaml` and under `admission-policy.yaml`, authenticated
+//!   only by a bound token of a ServiceAccount (no admin token, no client certificate), and no
+//!   request of it is refused ([`FencedIdentity`]);
+//! - that role cannot do anything else of consequence: RBAC objects (but its own RoleBindings),
+//!   writing nodes, creating pods, exec, impersonation, reading or listing secrets, node proxy
+//!   (kubelet), deleting volumes. (What the admission policy refuses: `tests/tests/fence.rs`.)
 //!
 //! Cluster-scoped objects that must really exist (the ClusterRole and its binding) get unique
 //! names and are deleted at the end, or on drop after a failure; so are the test namespaces.

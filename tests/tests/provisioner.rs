@@ -3,6 +3,10 @@
 //! InstanceStateService (it records reports and serves a desired list), and called over gRPC the
 //! way the control-plane calls it. Each test uses its own customer, instance and namespace, so
 //! they run in parallel; namespaces are deleted at the end, or on drop after a failure.
+//!
+//! The provisioner runs as it does in production: as a ServiceAccount with exactly
+//! `deploy/k3s`'s ClusterRole and under its admission policy, for the test's partition
+//! (`kapal_tests::fence::FencedIdentity`); the tests' own setup and assertions use the admin.
 
 use std::collections::BTreeMap;
 use std::fmt::Debug;
