@@ -2185,6 +2185,11 @@ pod_security: restricted
         /// would only make fewer connections pass).
         fn peer_matches(peer: &NetworkPolicyPeer, policy_ns: &str, other: &To<'_>) -> bool {
             match other {
+                // An IPv4-mapped address goes out as IPv4 (as the kernel sends it).
+                To::Address(std::net::IpAddr::V6(v6)) if v6.to_ipv4_mapped().is_some() => {
+                    let v4 = v6.to_ipv4_mapped().map(std::net::IpAddr::V4);
+                    v4.is_some_and(|ip| in_block(peer, ip))
+                }
                 To::Address(ip) => in_block(peer, *ip),
                 To::Pod(pod) => {
                     if peer.ip_block.is_some() {
