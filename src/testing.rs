@@ -1,4 +1,5 @@
-//! Helpers for tests of every crate: databases on both backends.
+//! Helpers for tests of every crate: databases on both backends, and
+//! [`on_both_backends!`](crate::on_both_backends) to run a test on each.
 
 use std::path::Path;
 
@@ -43,4 +44,54 @@ pub async fn fresh_postgres_database() -> anyhow::Result<String> {
         .rsplit_once('/')
         .context("KAPAL_TEST_DATABASE_URL must end in /<database>")?;
     Ok(format!("{base}/{name}"))
+}
+
+/// Runs each named `async fn(Backend) -> T` once on SQLite and once on PostgreSQL, as the tests
+/// `<name>::sqlite` and `<name>::postgres`, each on its own multi-threaded runtime. A test
+/// returns what the function returns: `()`, or a `Result` (such as `anyhow::Result<()>`) that
+/// fails the test when it is an error.
+///
+/// ```ignore
+/// kapal::on_both_backends!(checkout_is_idempotent, restart_loses_nothing);
+/// // Tests that start many services may ask for a number of worker threads:
+/// kapal::on_both_backends!(worker_threads = 4; customer_journey);
+/// ```
+#[macro_export]
+macro_rules! on_both_backends {
+    (@tests $threads:expr; $($name:ident),*) => {$(
+        mod $name {
+            #[test]
+            fn sqlite() -> impl ::std::process::Termination {
+                $crate::testing::runtime($threads)
+                    .block_on(::std::boxed::Box::pin(super::$name($crate::testing::Backend::Sqlite)))
+            }
+
+            #[test]
+            fn postgres() -> impl ::std::process::Termination {
+                $crate::testing::runtime($threads)
+                    .block_on(::std::boxed::Box::pin(super::$name($crate::testing::Backend::Postgres)))
+            }
+        }
+    )*};
+    (worker_threads = $threads:expr; $($name:ident),* $(,)?) => {
+        $crate::on_both_backends!(@tests ::std::option::Option::Some($threads); $($name),*);
+    };
+    ($($name:ident),* $(,)?) => {
+        $crate::on_both_backends!(@tests ::std::option::Option::None; $($name),*);
+    };
+}
+
+/// The runtime of a test [`on_both_backends!`](crate::on_both_backends) generates:
+/// multi-threaded with `worker_threads` workers (one per core when `None`), like
+/// `#[tokio::test(flavor = "multi_thread")]`.
+#[doc(hidden)]
+pub fn runtime(worker_threads: Option<usize>) -> tokio::runtime::Runtime {
+    let mut builder = tokio::runtime::Builder::new_multi_thread();
+    if let Some(n) = worker_threads {
+        builder.worker_threads(n);
+    }
+    builder
+        .enable_all()
+        .build()
+        .expect("building a test runtime")
 }

@@ -367,26 +367,7 @@ async fn counts(db: &Db) -> (i64, i64, i64) {
     .expect("counts")
 }
 
-/// Runs each scenario once on SQLite and once on PostgreSQL.
-macro_rules! on_both_backends {
-    ($($scenario:ident),* $(,)?) => {
-        $(
-            mod $scenario {
-                #[tokio::test(flavor = "multi_thread")]
-                async fn sqlite() {
-                    super::$scenario(kapal::testing::Backend::Sqlite).await
-                }
-
-                #[tokio::test(flavor = "multi_thread")]
-                async fn postgres() {
-                    super::$scenario(kapal::testing::Backend::Postgres).await
-                }
-            }
-        )*
-    };
-}
-
-on_both_backends!(
+kapal::on_both_backends!(
     trial_checkout_settles_an_rp0_invoice,
     paid_plan_runs_a_month_and_invoice_numbers_are_sequential,
     retries_return_the_same_subscription_and_charge_once,

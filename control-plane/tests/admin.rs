@@ -1244,30 +1244,7 @@ async fn usage_is_the_owners(backend: Backend) {
     assert_eq!(any.memory_bytes, Some(100 * MIB));
 }
 
-macro_rules! on_both_backends {
-    ($($name:ident),* $(,)?) => {
-        mod sqlite {
-            use super::*;
-            $(
-                #[tokio::test(flavor = "multi_thread")]
-                async fn $name() {
-                    super::$name(Backend::Sqlite).await;
-                }
-            )*
-        }
-        mod postgres {
-            use super::*;
-            $(
-                #[tokio::test(flavor = "multi_thread")]
-                async fn $name() {
-                    super::$name(Backend::Postgres).await;
-                }
-            )*
-        }
-    };
-}
-
-on_both_backends!(
+kapal::on_both_backends!(
     customers_are_denied_every_admin_call,
     all_instances_filter_and_page,
     credential_reads_are_audited,

@@ -619,7 +619,7 @@ async fn expiry_deletes_with_its_data(backend: Backend) {
     assert!(!stack.desired_ids().await.contains(&c.instance_id));
 }
 
-async fn refusals(backend: Backend) {
+async fn set_entitlement_refusals(backend: Backend) {
     let stack = start(backend).await;
     let c = stack.customer().await;
 
@@ -830,62 +830,11 @@ async fn late_statuses_never_replace_newer_ones(backend: Backend) {
     );
 }
 
-#[tokio::test(flavor = "multi_thread")]
-async fn late_statuses_never_replace_newer_ones_sqlite() {
-    late_statuses_never_replace_newer_ones(Backend::Sqlite).await;
-}
-
-#[tokio::test(flavor = "multi_thread")]
-async fn late_statuses_never_replace_newer_ones_postgres() {
-    late_statuses_never_replace_newer_ones(Backend::Postgres).await;
-}
-
-#[tokio::test(flavor = "multi_thread")]
-async fn concurrent_changes_keep_the_newest_sqlite() {
-    concurrent_changes_keep_the_newest(Backend::Sqlite).await;
-}
-
-#[tokio::test(flavor = "multi_thread")]
-async fn concurrent_changes_keep_the_newest_postgres() {
-    concurrent_changes_keep_the_newest(Backend::Postgres).await;
-}
-
-#[tokio::test(flavor = "multi_thread")]
-async fn suspension_and_reactivation_sqlite() {
-    suspension_and_reactivation(Backend::Sqlite).await;
-}
-
-#[tokio::test(flavor = "multi_thread")]
-async fn suspension_and_reactivation_postgres() {
-    suspension_and_reactivation(Backend::Postgres).await;
-}
-
-#[tokio::test(flavor = "multi_thread")]
-async fn expiry_deletes_with_its_data_sqlite() {
-    expiry_deletes_with_its_data(Backend::Sqlite).await;
-}
-
-#[tokio::test(flavor = "multi_thread")]
-async fn expiry_deletes_with_its_data_postgres() {
-    expiry_deletes_with_its_data(Backend::Postgres).await;
-}
-
-#[tokio::test(flavor = "multi_thread")]
-async fn set_entitlement_refusals_sqlite() {
-    refusals(Backend::Sqlite).await;
-}
-
-#[tokio::test(flavor = "multi_thread")]
-async fn set_entitlement_refusals_postgres() {
-    refusals(Backend::Postgres).await;
-}
-
-#[tokio::test(flavor = "multi_thread")]
-async fn customer_delete_keeps_data_for_the_retention_sqlite() {
-    customer_delete_keeps_data_for_the_retention(Backend::Sqlite).await;
-}
-
-#[tokio::test(flavor = "multi_thread")]
-async fn customer_delete_keeps_data_for_the_retention_postgres() {
-    customer_delete_keeps_data_for_the_retention(Backend::Postgres).await;
-}
+kapal::on_both_backends!(
+    late_statuses_never_replace_newer_ones,
+    concurrent_changes_keep_the_newest,
+    suspension_and_reactivation,
+    expiry_deletes_with_its_data,
+    set_entitlement_refusals,
+    customer_delete_keeps_data_for_the_retention,
+);

@@ -18,23 +18,8 @@ const READY_TIMEOUT: Duration = Duration::from_secs(180);
 /// load, short enough to see it go.
 const DATA_RETENTION: Duration = Duration::from_secs(30);
 
-macro_rules! on_both_backends {
-    ($($name:ident),* $(,)?) => {$(
-        mod $name {
-            use super::*;
-            #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-            async fn sqlite() -> anyhow::Result<()> {
-                super::$name(Backend::Sqlite).await
-            }
-            #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-            async fn postgres() -> anyhow::Result<()> {
-                super::$name(Backend::Postgres).await
-            }
-        }
-    )*};
-}
-
-on_both_backends!(
+kapal::on_both_backends!(
+    worker_threads = 4;
     customer_journey,
     checkout_is_idempotent,
     customers_are_isolated,

@@ -24,23 +24,8 @@ const READY_TIMEOUT: Duration = Duration::from_secs(180);
 /// the control-plane and the provisioner's convergence follow.
 const EFFECT_TIMEOUT: Duration = Duration::from_secs(60);
 
-macro_rules! on_both_backends {
-    ($($name:ident),* $(,)?) => {$(
-        mod $name {
-            use super::*;
-            #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-            async fn sqlite() -> anyhow::Result<()> {
-                super::$name(Backend::Sqlite).await
-            }
-            #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-            async fn postgres() -> anyhow::Result<()> {
-                super::$name(Backend::Postgres).await
-            }
-        }
-    )*};
-}
-
-on_both_backends!(
+kapal::on_both_backends!(
+    worker_threads = 4;
     unpaid_renewal_suspends_and_payment_resumes,
     ended_trial_is_suspended_then_removed,
     operators_see_everything,
