@@ -10,6 +10,8 @@ use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
 
+use crate::wire::is_dns_label;
+
 /// Every app, by id.
 #[derive(Clone, Debug, Default)]
 pub struct Catalog {
@@ -246,15 +248,6 @@ fn err(file: &Path, field: impl Into<String>, reason: impl Into<String>) -> Cata
         field: field.into(),
         reason: reason.into(),
     }
-}
-
-fn is_dns_label(s: &str, max: usize) -> bool {
-    !s.is_empty()
-        && s.len() <= max
-        && s.bytes()
-            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
-        && !s.starts_with('-')
-        && !s.ends_with('-')
 }
 
 fn is_env_name(s: &str) -> bool {

@@ -87,6 +87,17 @@ pub fn display_text<'a>(field: &str, value: &'a str, max: usize) -> Result<&'a s
     Ok(v)
 }
 
+/// A DNS label (RFC 1123): 1-`max` characters of a-z, 0-9 and '-', not starting or ending with
+/// '-'. Catalog ids, Kubernetes names and each part of a host name are one.
+pub fn is_dns_label(s: &str, max: usize) -> bool {
+    !s.is_empty()
+        && s.len() <= max
+        && s.bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+        && !s.starts_with('-')
+        && !s.ends_with('-')
+}
+
 /// Rupiah as wire money.
 pub fn idr(amount: i64) -> Money {
     Money {
@@ -140,5 +151,28 @@ mod tests {
             assert!(e.message().starts_with("display_name"), "{}", e.message());
         }
         assert!(display_text("name", &"x".repeat(101), 100).is_err());
+    }
+
+    #[test]
+    fn dns_labels_are_lower_case_letters_digits_and_inner_hyphens() {
+        for good in ["a", "web", "kapal-7f3a", "0", "a-b-c", &"x".repeat(63)] {
+            assert!(is_dns_label(good, 63), "{good:?} should be a label");
+        }
+        for bad in [
+            "",
+            "-web",
+            "web-",
+            "-",
+            "Web",
+            "we_b",
+            "we.b",
+            "we b",
+            "wéb",
+            &"x".repeat(64),
+        ] {
+            assert!(!is_dns_label(bad, 63), "{bad:?} should not be a label");
+        }
+        assert!(is_dns_label(&"x".repeat(20), 20));
+        assert!(!is_dns_label(&"x".repeat(21), 20));
     }
 }

@@ -4,6 +4,7 @@ use chrono::{DateTime, Utc};
 use kapal::catalog::Catalog;
 use kapal::proto::internal::v1::InstanceSpec;
 use kapal::proto::v1::DesiredState;
+use kapal::wire::is_dns_label;
 use uuid::Uuid;
 
 use crate::error::{Error, Result};
@@ -76,16 +77,6 @@ pub fn whole_seconds_up(at: DateTime<Utc>) -> DateTime<Utc> {
 
 /// Namespaces an instance may never take over.
 const RESERVED_NAMESPACES: [&str; 3] = ["default", "kube-system", "kube-public"];
-
-/// A DNS label (RFC 1123): 1-`max` characters of a-z, 0-9 and '-', not starting or ending with '-'.
-pub fn is_dns_label(s: &str, max: usize) -> bool {
-    !s.is_empty()
-        && s.len() <= max
-        && s.bytes()
-            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
-        && !s.starts_with('-')
-        && !s.ends_with('-')
-}
 
 /// A lower-case DNS name of at least two labels, at most 253 characters.
 pub fn is_hostname(s: &str) -> bool {
