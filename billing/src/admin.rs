@@ -31,6 +31,7 @@ use diesel::{
 use diesel_async::RunQueryDsl as _;
 use kapal::auth;
 use kapal::db::Db;
+use kapal::paging;
 use kapal::proto::v1 as pb;
 use kapal::wire;
 use tonic::{Request, Response, Status};
@@ -368,26 +369,6 @@ pub(crate) async fn revenue_report(
     })
 }
 
-/// A ListAllSubscriptions page token: the last row's creation time (µs) and id.
-fn encode_token(row: &SubscriptionRow) -> String {
-    format!("{}.{}", row.created_at.and_utc().timestamp_micros(), row.id)
-}
-
-fn decode_token(token: &str) -> Result<(NaiveDateTime, String), Error> {
-    let bad = || {
-        Error::InvalidArgument(
-            "page_token is not one this call returned; start again without it".to_string(),
-        )
-    };
-    let (micros, id) = token.split_once('.').ok_or_else(bad)?;
-    let micros: i64 = micros.parse().map_err(|_| bad())?;
-    let at = chrono::DateTime::from_timestamp_micros(micros)
-        .ok_or_else(bad)?
-        .naive_utc();
-    let id = uuid::Uuid::parse_str(id).map_err(|_| bad())?;
-    Ok((at, id.to_string()))
-}
-
 /// The stored status an operator filters by; `None` for all.
 fn status_filter(status: i32) -> Result<Option<&'static str>, Error> {
     let wanted = pb::SubscriptionStatus::try_from(status)
@@ -429,13 +410,10 @@ impl pb::billing_admin_service_server::BillingAdminService for Billing {
             "" => None,
             id => Some(wire::uuid("account_id", id)?.to_string()),
         };
-        let after = match req.page_token.trim() {
-            "" => None,
-            token => Some(decode_token(token)?),
-        };
+        let after = paging::parse(req.page_token.trim())?;
         let hidden = SubscriptionStatus::Incomplete.as_str();
         let mut conn = self.db().get().await.map_err(Error::from)?;
-        let mut rows: Vec<(SubscriptionRow, Option<String>)> = kapal::db!(&mut conn, |c| {
+        let rows: Vec<(SubscriptionRow, Option<String>)> = kapal::db!(&mut conn, |c| {
             let mut query = subscriptions::table
                 .inner_join(subscription_schedule::table)
                 .filter(subscriptions::status.ne(hidden))
@@ -455,25 +433,21 @@ impl pb::billing_admin_service_server::BillingAdminService for Billing {
             if let Some(account) = &account {
                 query = query.filter(subscriptions::account_id.eq(account));
             }
-            if let Some((at, id)) = &after {
+            if let Some(after) = &after {
                 query = query.filter(
                     subscriptions::created_at
-                        .lt(*at)
+                        .lt(after.at)
                         .or(subscriptions::created_at
-                            .eq(*at)
-                            .and(subscriptions::id.lt(id))),
+                            .eq(after.at)
+                            .and(subscriptions::id.lt(&after.id))),
                 );
             }
             query.load(c).await
         })
         .map_err(Error::from)?;
         drop(conn);
-        let more = rows.len() as i64 > limit;
-        rows.truncate(usize::try_from(limit).unwrap_or(0));
-        let next_page_token = match (more, rows.last()) {
-            (true, Some((last, _))) => encode_token(last),
-            _ => String::new(),
-        };
+        let (rows, next_page_token) =
+            paging::split(rows, limit, |(row, _)| (row.created_at, row.id.as_str()));
         let subscriptions = rows
             .into_iter()
             .map(|(row, next_plan)| {
@@ -568,15 +542,5 @@ mod tests {
         assert_eq!(m[0].1, at(2025, 1, 15));
         assert_eq!(m[0].2, at(2025, 2, 1));
         assert_eq!(m[2].2, at(2025, 3, 2));
-    }
-
-    #[test]
-    fn page_tokens_round_trip() {
-        let id = uuid::Uuid::now_v7().to_string();
-        let created = at(2025, 2, 3) + chrono::Duration::microseconds(123_456);
-        let token = format!("{}.{}", created.and_utc().timestamp_micros(), id);
-        assert_eq!(decode_token(&token).expect("token"), (created, id));
-        assert!(decode_token("nonsense").is_err());
-        assert!(decode_token("12.not-a-uuid").is_err());
     }
 }

@@ -8,6 +8,7 @@ use diesel::prelude::*;
 use diesel_async::RunQueryDsl;
 use kapal::auth;
 use kapal::db::DbError;
+use kapal::paging;
 use kapal::proto::internal::v1::GetUsageRequest;
 use kapal::proto::v1::admin_service_server::AdminService;
 use kapal::proto::v1::{
@@ -25,7 +26,6 @@ use crate::capacity::{self, Amounts};
 use crate::error::{Error, Result};
 use crate::instances::instance_to_wire;
 use crate::models::{AuditEntry, Instance, instance_state};
-use crate::paging;
 use crate::schema::{accounts, audit_log, instance_events, instances};
 
 pub struct Admin(pub Ctx);

@@ -11,6 +11,7 @@ use diesel_async::RunQueryDsl;
 use futures::Stream;
 use kapal::auth;
 use kapal::db::DbConn;
+use kapal::paging;
 use kapal::proto::internal::v1::{ApplyInstanceRequest, InstanceSpec};
 use kapal::proto::v1::instance_service_server::InstanceService;
 use kapal::proto::v1::{
@@ -24,7 +25,6 @@ use tonic::{Request, Response, Status};
 use crate::Ctx;
 use crate::error::{Error, Result};
 use crate::models::{Account, Instance, entitlement, instance_state};
-use crate::paging;
 use crate::schema::{accounts, instances};
 
 pub struct Instances {

@@ -14,6 +14,7 @@ use diesel::prelude::*;
 use diesel_async::{AsyncConnection as _, RunQueryDsl};
 use kapal::auth;
 use kapal::db::{DbConn, DbError};
+use kapal::paging;
 use kapal::proto::internal::v1::CreateSubscriptionRequest;
 use kapal::proto::v1::order_service_server::OrderService;
 use kapal::proto::v1::{
@@ -28,7 +29,6 @@ use crate::capacity;
 use crate::error::{Error, Result};
 use crate::instances;
 use crate::models::{Account, Instance, Order, instance_state, order_status};
-use crate::paging;
 use crate::schema::{accounts, instances as instances_t, orders};
 
 pub struct Orders(pub Ctx);
