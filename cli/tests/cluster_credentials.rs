@@ -7,29 +7,16 @@
 //! start and says what it needs. This is how deploy/k3s runs them: only the provisioner's pod
 //! mounts a ServiceAccount token.
 
+mod common;
+
 use std::path::Path;
-use std::process::{Child, Command, Output, Stdio};
+use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, ensure};
+use common::{KAPAL, Server, cli, free_port, ok};
 
-const KAPAL: &str = env!("CARGO_BIN_EXE_kapal");
 const KEY: &str = "a-test-internal-key-of-at-least-32-characters";
-
-struct Server(Child);
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-fn free_port() -> anyhow::Result<u16> {
-    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
-        .local_addr()?
-        .port())
-}
 
 /// `kapal server` with nothing of a cluster in reach: every variable kube or Kapal would read
 /// credentials from is removed, and home is an empty directory (no ~/.kube/config).
@@ -63,28 +50,6 @@ fn spawn(mut cmd: Command, log: &Path) -> anyhow::Result<Server> {
             .stderr(log)
             .spawn()?,
     ))
-}
-
-fn cli(endpoint: &str, config: &Path, args: &[&str]) -> anyhow::Result<Output> {
-    Ok(Command::new(KAPAL)
-        .args(args)
-        .env("KAPAL_ENDPOINT", endpoint)
-        .env("KAPAL_CONFIG_DIR", config)
-        .env("KAPAL_PASSWORD", "correct horse 42")
-        .env_remove("KAPAL_TOKEN")
-        .stdin(Stdio::null())
-        .output()?)
-}
-
-fn ok(out: Output) -> anyhow::Result<String> {
-    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
-    ensure!(
-        out.status.success(),
-        "kapal failed ({}): {stdout}{}",
-        out.status,
-        String::from_utf8_lossy(&out.stderr)
-    );
-    Ok(stdout)
 }
 
 /// The gateway, control-plane and billing as three processes with no cluster in reach, on

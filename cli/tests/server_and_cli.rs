@@ -1,27 +1,13 @@
 //! The `kapal` binary as a user runs it: `kapal server` on a fresh data directory against the
 //! local cluster, driven by the `kapal` CLI; then a restart on the same data.
 
-use std::process::{Child, Command, Output, Stdio};
+mod common;
+
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
-
-const KAPAL: &str = env!("CARGO_BIN_EXE_kapal");
-
-struct Server(Child);
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-fn free_port() -> anyhow::Result<u16> {
-    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
-        .local_addr()?
-        .port())
-}
+use common::{KAPAL, Server, cli, free_port, ok};
 
 fn start_server(
     data: &std::path::Path,
@@ -47,29 +33,6 @@ fn start_server(
         .stderr(log)
         .spawn()?;
     Ok(Server(child))
-}
-
-/// Runs the CLI with the test's endpoint and config directory.
-fn cli(endpoint: &str, config: &std::path::Path, args: &[&str]) -> anyhow::Result<Output> {
-    Ok(Command::new(KAPAL)
-        .args(args)
-        .env("KAPAL_ENDPOINT", endpoint)
-        .env("KAPAL_CONFIG_DIR", config)
-        .env("KAPAL_PASSWORD", "correct horse 42")
-        .env_remove("KAPAL_TOKEN")
-        .stdin(Stdio::null())
-        .output()?)
-}
-
-fn ok(out: Output) -> anyhow::Result<String> {
-    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
-    anyhow::ensure!(
-        out.status.success(),
-        "kapal failed ({}): {stdout}{}",
-        out.status,
-        String::from_utf8_lossy(&out.stderr)
-    );
-    Ok(stdout)
 }
 
 fn wait_up(endpoint: &str, config: &std::path::Path) -> anyhow::Result<Duration> {

@@ -18,7 +18,6 @@ mod internal;
 mod models;
 pub mod operators;
 mod orders;
-mod paging;
 mod schema;
 
 use std::future::Future;
@@ -271,14 +270,7 @@ pub async fn run(
 fn validate_domain(domain: &str) -> anyhow::Result<()> {
     let ok = !domain.is_empty()
         && domain.len() <= 200
-        && domain.split('.').all(|l| {
-            !l.is_empty()
-                && l.len() <= 63
-                && l.bytes()
-                    .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
-                && !l.starts_with('-')
-                && !l.ends_with('-')
-        });
+        && domain.split('.').all(|l| kapal::wire::is_dns_label(l, 63));
     anyhow::ensure!(
         ok,
         "KAPAL_DOMAIN must be a lower-case DNS name such as apps.example.com, got {domain:?}"

@@ -2234,6 +2234,55 @@ pod_security: restricted
                 && spec.policy_types.iter().flatten().any(|t| t == direction)
         }
 
+        /// A rule's peers (none: any peer) and ports (none: any port).
+        type Rule<'a> = (
+            Option<&'a Vec<NetworkPolicyPeer>>,
+            Option<&'a Vec<NetworkPolicyPort>>,
+        );
+
+        /// Whether the policies that select `subject` in `direction` ("Egress" or "Ingress")
+        /// let a connection to or from `peer` on `port`/`protocol` through: allowed when no
+        /// policy selects it that way, or when a rule of one that does matches.
+        fn allows(
+            policies: &[NetworkPolicy],
+            direction: &str,
+            subject: &Pod,
+            peer: &To<'_>,
+            port: u16,
+            protocol: &str,
+        ) -> bool {
+            let applying: Vec<_> = policies
+                .iter()
+                .filter(|p| applies(p, subject, direction))
+                .collect();
+            applying.is_empty()
+                || applying.iter().any(|p| {
+                    let ns = p.metadata.namespace.as_deref().unwrap_or_default();
+                    let spec = p.spec.as_ref();
+                    let rules: Vec<Rule<'_>> = if direction == "Egress" {
+                        spec.and_then(|s| s.egress.as_ref())
+                            .iter()
+                            .flat_map(|r| r.iter())
+                            .map(|r| (r.to.as_ref(), r.ports.as_ref()))
+                            .collect()
+                    } else {
+                        spec.and_then(|s| s.ingress.as_ref())
+                            .iter()
+                            .flat_map(|r| r.iter())
+                            .map(|r| (r.from.as_ref(), r.ports.as_ref()))
+                            .collect()
+                    };
+                    rules.into_iter().any(|(peers, ports)| {
+                        let peer_ok = match peers {
+                            None => true,
+                            Some(peers) if peers.is_empty() => true,
+                            Some(peers) => peers.iter().any(|p| peer_matches(p, ns, peer)),
+                        };
+                        peer_ok && port_matches(ports, port, protocol)
+                    })
+                })
+        }
+
         /// Whether `from` may open a connection to `to` on `port`/`protocol`, as far as the
         /// egress policies of `from`'s namespace go.
         pub fn egress(
@@ -2243,55 +2292,13 @@ pod_security: restricted
             port: u16,
             protocol: &str,
         ) -> bool {
-            let applying: Vec<_> = policies
-                .iter()
-                .filter(|p| applies(p, from, "Egress"))
-                .collect();
-            applying.is_empty()
-                || applying.iter().any(|p| {
-                    let ns = p.metadata.namespace.as_deref().unwrap_or_default();
-                    p.spec
-                        .as_ref()
-                        .and_then(|s| s.egress.as_ref())
-                        .iter()
-                        .flat_map(|r| r.iter())
-                        .any(|rule| {
-                            let to_ok = match &rule.to {
-                                None => true,
-                                Some(peers) if peers.is_empty() => true,
-                                Some(peers) => peers.iter().any(|peer| peer_matches(peer, ns, to)),
-                            };
-                            to_ok && port_matches(rule.ports.as_ref(), port, protocol)
-                        })
-                })
+            allows(policies, "Egress", from, to, port, protocol)
         }
 
         /// Whether `to` accepts a connection from `from`, as far as the ingress policies of
         /// `to`'s namespace go.
         pub fn ingress(policies: &[NetworkPolicy], from: &Pod, to: &Pod, port: u16) -> bool {
-            let applying: Vec<_> = policies
-                .iter()
-                .filter(|p| applies(p, to, "Ingress"))
-                .collect();
-            applying.is_empty()
-                || applying.iter().any(|p| {
-                    let ns = p.metadata.namespace.as_deref().unwrap_or_default();
-                    p.spec
-                        .as_ref()
-                        .and_then(|s| s.ingress.as_ref())
-                        .iter()
-                        .flat_map(|r| r.iter())
-                        .any(|rule| {
-                            let from_ok = match &rule.from {
-                                None => true,
-                                Some(peers) if peers.is_empty() => true,
-                                Some(peers) => peers
-                                    .iter()
-                                    .any(|peer| peer_matches(peer, ns, &To::Pod(from))),
-                            };
-                            from_ok && port_matches(rule.ports.as_ref(), port, "TCP")
-                        })
-                })
+            allows(policies, "Ingress", to, &To::Pod(from), port, "TCP")
         }
     }
 
