@@ -1,0 +1,1 @@
+"""Kapal's generated API client; see clients/README.md."""
