@@ -6,12 +6,26 @@ export type Series = { name: string; cls: string; points: { t: number; v: number
 const W = 560;
 
 /** Values over time; `max` fixes the top of the scale (e.g. the plan's limit). */
-export function LineChart(props: { label: string; series: Series[]; max?: number; format: (v: number) => string }) {
+export function LineChart(props: { label: string; series: Series[]; max?: number; format: (v: number) => string; note?: string }) {
   const H = 160;
   const pad = { l: 8, r: 8, t: 12, b: 20 };
   const all = props.series.flatMap((s) => s.points);
   if (all.length === 0) {
-    return <p class="muted">{props.label}: no samples yet.</p>;
+    // The frame with the limit, and why there is no line: Kapal never makes numbers up.
+    const msg = props.note || 'no samples yet';
+    return (
+      <figure class="chart">
+        <svg viewBox={`0 0 ${W} ${H / 2}`} role="img" aria-label={`${props.label}: ${msg}`}>
+          <text class="tick" x={W / 2} y={H / 4} text-anchor="middle">
+            {msg}
+          </text>
+        </svg>
+        <figcaption>
+          {props.label}
+          {props.max !== undefined && `, limit ${props.format(props.max)}`}: {msg}
+        </figcaption>
+      </figure>
+    );
   }
   const t0 = Math.min(...all.map((p) => p.t));
   const t1 = Math.max(...all.map((p) => p.t), t0 + 1);

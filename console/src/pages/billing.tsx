@@ -45,7 +45,7 @@ export function SubscriptionEvents({ events }: { events: SubscriptionEvent[] }) 
               <time dateTime={isoTime(e.at)}>{when(e.at)}</time>
             </td>
             <td>{e.fromStatus === SubscriptionStatus.UNSPECIFIED ? '—' : subscriptionStatus(e.fromStatus)}</td>
-            <td>{subscriptionStatus(e.toStatus)}</td>
+            <td>{e.toStatus === SubscriptionStatus.UNSPECIFIED ? 'Created' : subscriptionStatus(e.toStatus)}</td>
             <td>{e.cause}</td>
           </tr>
         ))}
@@ -185,7 +185,7 @@ export function Invoices() {
             <tr>
               <th scope="col">Number</th>
               <th scope="col">Period</th>
-              <th scope="col">Amount</th>
+              <th scope="col" class="num">Amount</th>
               <th scope="col">Status</th>
               <th scope="col">Paid</th>
               <th scope="col">Payment</th>

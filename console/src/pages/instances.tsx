@@ -91,6 +91,10 @@ export function Progress({ instance }: { instance: Instance }) {
 
 type Sample = { t: number; u: InstanceUsage };
 
+function metricsNote(u: InstanceUsage): string {
+  return (u.metricsNote || 'not reported by the cluster').replace(/\.+$/, '');
+}
+
 export function InstancePage({ id }: { id: string }) {
   const loaded = useLoad(() => instances.getInstance({ instanceId: id }), [id]);
   const [live, setLive] = useState<Instance | undefined>();
@@ -302,36 +306,37 @@ export function InstancePage({ id }: { id: string }) {
       <section aria-labelledby="usage-title">
         <h2 id="usage-title">Usage</h2>
         <ErrorText error={usageError} />
-        {last && !last.metricsAvailable && <p class="muted">CPU and memory: {last.metricsNote || 'not reported by the cluster'}.</p>}
         {last && (
           <p>
-            CPU {millicores(last.cpuMillis)} of {millicores(last.cpuLimitMillis)}; memory {bytes(last.memoryBytes)} of {bytes(last.memoryLimitBytes)};
-            storage {bytes(last.storageUsedBytes)} used of {bytes(last.storageCapacityBytes)}.
+            CPU {last.cpuMillis !== undefined ? millicores(last.cpuMillis) : 'not measured'} of {millicores(last.cpuLimitMillis)}; memory{' '}
+            {last.memoryBytes !== undefined ? bytes(last.memoryBytes) : 'not measured'} of {bytes(last.memoryLimitBytes)}; storage{' '}
+            {last.storageUsedBytes !== undefined ? `${bytes(last.storageUsedBytes)} used` : 'use not reported'} of {bytes(last.storageCapacityBytes)}.
           </p>
         )}
-        {last?.metricsAvailable && (
-          <>
+        {last && (
+          <div class="charts">
             <LineChart
               label="CPU"
               max={Number(last.cpuLimitMillis)}
               format={(v) => millicores(v)}
+              note={metricsNote(last)}
               series={[{ name: 'CPU in use', cls: 'c1', points: samples.filter((s) => s.u.cpuMillis !== undefined).map((s) => ({ t: s.t, v: Number(s.u.cpuMillis) })) }]}
             />
             <LineChart
               label="Memory"
               max={Number(last.memoryLimitBytes)}
               format={(v) => bytes(v)}
+              note={metricsNote(last)}
               series={[{ name: 'Memory in use', cls: 'c2', points: samples.filter((s) => s.u.memoryBytes !== undefined).map((s) => ({ t: s.t, v: Number(s.u.memoryBytes) })) }]}
             />
-          </>
-        )}
-        {last && last.storageUsedBytes !== undefined && (
-          <LineChart
-            label="Storage"
-            max={Number(last.storageCapacityBytes)}
-            format={(v) => bytes(v)}
-            series={[{ name: 'Storage used', cls: 'c3', points: samples.filter((s) => s.u.storageUsedBytes !== undefined).map((s) => ({ t: s.t, v: Number(s.u.storageUsedBytes) })) }]}
-          />
+            <LineChart
+              label="Storage"
+              max={Number(last.storageCapacityBytes)}
+              format={(v) => bytes(v)}
+              note="the cluster does not report bytes used on the volumes"
+              series={[{ name: 'Storage used', cls: 'c3', points: samples.filter((s) => s.u.storageUsedBytes !== undefined).map((s) => ({ t: s.t, v: Number(s.u.storageUsedBytes) })) }]}
+            />
+          </div>
         )}
       </section>
 
