@@ -4,8 +4,6 @@ import { Code, ConnectError, createClient, type Interceptor } from '@connectrpc/
 import { createGrpcWebTransport } from '@connectrpc/connect-web';
 import {
   AccountService,
-  AdminService,
-  BillingAdminService,
   CatalogService,
   InstanceService,
   OrderService,
@@ -39,7 +37,7 @@ const bearer: Interceptor = (next) => (req) => {
   return next(req);
 };
 
-const transport = createGrpcWebTransport({
+export const transport = createGrpcWebTransport({
   baseUrl: new URL('.', window.location.href).href.replace(/\/$/, ''),
   interceptors: [bearer],
 });
@@ -49,8 +47,6 @@ export const catalog = createClient(CatalogService, transport);
 export const orders = createClient(OrderService, transport);
 export const instances = createClient(InstanceService, transport);
 export const subscriptions = createClient(SubscriptionService, transport);
-export const admin = createClient(AdminService, transport);
-export const billingAdmin = createClient(BillingAdminService, transport);
 
 /** The message the server sent (without the code prefix connect adds), for a person. */
 export function errorMessage(err: unknown): string {

@@ -1,5 +1,6 @@
 import { render } from 'preact';
 import { useEffect, useState } from 'preact/hooks';
+import type { FunctionComponent } from 'preact';
 import type { Account } from '@kapal/client';
 import { accounts, isUnauthenticated, sessionToken, setSessionToken } from './api';
 import { Page } from './components';
@@ -8,7 +9,6 @@ import { Catalog, Checkout } from './pages/catalog';
 import { InstancePage, Instances } from './pages/instances';
 import { Invoices, Subscriptions } from './pages/billing';
 import { Tokens } from './pages/tokens';
-import { AdminRoutes } from './pages/admin';
 import { go, href, useRoute } from './router';
 import { isAdmin, SessionContext } from './session';
 import './style.css';
@@ -21,6 +21,26 @@ function NotFound() {
       </p>
     </Page>
   );
+}
+
+// The operator pages are a separate chunk, fetched the first time an operator opens one.
+type AdminProps = { path: string[] };
+let AdminPages: FunctionComponent<AdminProps> | undefined;
+function LazyAdmin(props: AdminProps) {
+  const [, loaded] = useState(0);
+  const [error, setError] = useState<unknown>();
+  useEffect(() => {
+    if (AdminPages) return;
+    import('./pages/admin').then(
+      (m) => {
+        AdminPages = m.default;
+        loaded(1);
+      },
+      setError,
+    );
+  }, []);
+  if (AdminPages) return <AdminPages {...props} />;
+  return error ? <p class="error" role="alert">The operator pages could not be loaded: {String(error)}</p> : <p role="status">Loading…</p>;
 }
 
 function NeedLogin() {
@@ -54,7 +74,7 @@ function Routes({ path, account }: { path: string[]; account?: Account }) {
     case 'tokens':
       return <Tokens />;
     case 'admin':
-      return isAdmin(account) ? <AdminRoutes path={path.slice(1)} /> : <NotFound />;
+      return isAdmin(account) ? <LazyAdmin path={path.slice(1)} /> : <NotFound />;
   }
   return <NotFound />;
 }

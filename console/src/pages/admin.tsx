@@ -11,7 +11,9 @@ import {
   type SubscriptionEvent,
 } from '@kapal/client';
 import { timestampFromDate } from '@bufbuild/protobuf/wkt';
-import { admin, billingAdmin, catalog } from '../api';
+import { createClient } from '@connectrpc/connect';
+import { AdminService, BillingAdminService } from '@kapal/client';
+import { catalog, transport } from '../api';
 import { BarChart, CapacityBar, LineChart } from '../charts';
 import { ErrorText, Loading, Page, Pager, useAction, useLoad, usePager } from '../components';
 import { bytes, day, instanceStatus, isoTime, millicores, percent, rupiah, rupiahNumber, severity, subscriptionStatus, when } from '../format';
@@ -19,7 +21,11 @@ import { href } from '../router';
 import { StatusBadge } from './instances';
 import { SubscriptionEvents } from './billing';
 
-export function AdminRoutes({ path }: { path: string[] }) {
+// Here rather than in api.ts: this module is loaded only when an operator opens an operator page.
+const admin = createClient(AdminService, transport);
+const billingAdmin = createClient(BillingAdminService, transport);
+
+export default function AdminRoutes({ path }: { path: string[] }) {
   const [first, id] = path;
   switch (first) {
     case 'instances':
