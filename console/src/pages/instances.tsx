@@ -113,8 +113,10 @@ export function InstancePage({ id }: { id: string }) {
     const abort = new AbortController();
     let retry: number | undefined;
     const watch = async () => {
+      let gone = false;
       try {
         for await (const ev of instances.watchInstance({ instanceId: id }, { signal: abort.signal })) {
+          gone = ev.instance?.status === InstanceStatus.DELETED;
           setWatchError(undefined);
           if (ev.instance) setLive(ev.instance);
           setHistory((h) => {
@@ -123,6 +125,9 @@ export function InstancePage({ id }: { id: string }) {
             return [...h, ev];
           });
         }
+        // The server ends the stream once the instance is deleted; any other end is a dropped
+        // connection: watch again.
+        if (!gone && !abort.signal.aborted) retry = window.setTimeout(watch, 3000);
       } catch (e) {
         if (abort.signal.aborted) return;
         setWatchError(e);
