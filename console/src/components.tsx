@@ -2,6 +2,7 @@ import type { ComponentChildren } from 'preact';
 import { useCallback, useEffect, useId, useRef, useState } from 'preact/hooks';
 import { errorMessage, isUnauthenticated } from './api';
 import { go } from './router';
+import { useSession } from './session';
 
 /** The server's message, next to what caused it; announced to screen readers. */
 export function ErrorText({ error }: { error: unknown }) {
@@ -17,6 +18,7 @@ export type Loaded<T> = { data?: T; error?: unknown; loading: boolean; reload: (
 
 /** Loads once per change of deps; a 401 sends the user to the log-in page. */
 export function useLoad<T>(load: () => Promise<T>, deps: unknown[]): Loaded<T> {
+  const session = useSession();
   const [state, setState] = useState<{ data?: T; error?: unknown; loading: boolean }>({ loading: true });
   const [tick, setTick] = useState(0);
   useEffect(() => {
@@ -26,7 +28,12 @@ export function useLoad<T>(load: () => Promise<T>, deps: unknown[]): Loaded<T> {
       (data) => live && setState({ data, loading: false }),
       (error) => {
         if (!live) return;
-        if (isUnauthenticated(error)) go('login');
+        if (isUnauthenticated(error)) {
+          // The session ended (expired, logged out elsewhere, password reset): log in again.
+          sessionStorage.setItem('kapal.after-login', window.location.hash);
+          session.signedIn('');
+          go('login');
+        }
         setState({ error, loading: false });
       },
     );
