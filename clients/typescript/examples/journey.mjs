@@ -1,12 +1,18 @@
-// A partner's first steps with Kapal from Node.js, over grpc-web (the same transport the console
-// uses in browsers): sign up, read the catalog, check out a trial and watch it until it is READY.
+// Kapal's TypeScript client end to end, from Node.js over grpc-web (the transport the console
+// uses in browsers): signs up a customer, reads the catalog, checks out the free trial of an app
+// and watches the new instance until it is READY.
 //
-//   npm ci && node examples/journey.mjs http://127.0.0.1:8080
+//   npm ci --prefix clients/typescript
+//   KAPAL_PASSWORD='a long passphrase 1' node clients/typescript/examples/journey.mjs \
+//       --url http://127.0.0.1:8080 --email you@example.com --app n8n
 //
-// Uses only the generated descriptors of this package with @connectrpc/connect; nothing here
-// frames protobuf or grpc-web by hand.
+// Each step prints one line ("signed up:", "catalog:", "order:", "status:", "ready:"), like the
+// Python and Go examples; the password is read from KAPAL_PASSWORD so it is not on the command
+// line. Exits non-zero with the server's message when a call fails. Uses only the generated
+// descriptors of @kapal/client with @connectrpc/connect: nothing here frames protobuf by hand.
 import { randomUUID } from 'node:crypto';
-import { createClient } from '@connectrpc/connect';
+import { parseArgs } from 'node:util';
+import { ConnectError, createClient } from '@connectrpc/connect';
 import { createGrpcWebTransport } from '@connectrpc/connect-node';
 import {
   AccountService,
@@ -14,53 +20,70 @@ import {
   InstanceService,
   InstanceStatus,
   OrderService,
+  OrderStatus,
 } from '@kapal/client';
 
-const baseUrl = process.argv[2] ?? 'http://127.0.0.1:8080';
+const { values: args } = parseArgs({
+  options: {
+    url: { type: 'string', default: 'http://127.0.0.1:8080' },
+    email: { type: 'string', default: `partner-${randomUUID().slice(0, 8)}@example.com` },
+    app: { type: 'string', default: 'n8n' },
+    timeout: { type: 'string', default: '300' },
+  },
+});
+const password = process.env.KAPAL_PASSWORD ?? 'a long passphrase 1';
+
 let token = '';
 const transport = createGrpcWebTransport({
-  baseUrl,
+  baseUrl: args.url,
   httpVersion: '1.1',
-  // Every call after sign-up carries the session token.
+  // Every call but sign-up, log-in and the catalog carries the session token.
   interceptors: [(next) => (req) => {
     if (token) req.header.set('authorization', `Bearer ${token}`);
     return next(req);
   }],
 });
-
 const accounts = createClient(AccountService, transport);
 const catalog = createClient(CatalogService, transport);
 const orders = createClient(OrderService, transport);
 const instances = createClient(InstanceService, transport);
 
-const email = `partner-${randomUUID().slice(0, 8)}@example.com`;
-const session = await accounts.signUp({ email, password: 'correct-horse-42' });
-token = session.token;
-console.log(`signed up ${session.account?.email} (customer ${session.account?.customerId})`);
-
-const idr = new Intl.NumberFormat('id-ID', { style: 'currency', currency: 'IDR' });
-const { apps } = await catalog.listApps({});
-for (const app of apps) {
-  const plans = app.plans.map((p) => `${p.id} ${idr.format(Number(p.monthlyPrice?.amount ?? 0n))}`);
-  console.log(`${app.id}: ${plans.join(', ')}`);
+function fail(message) {
+  console.error(message);
+  process.exit(1);
 }
 
-const app = apps.find((a) => a.id === 'n8n') ?? apps[0];
-const trial = app.plans.find((p) => p.trialDays > 0) ?? app.plans[0];
-const order = await orders.checkout({ appId: app.id, planId: trial.id, idempotencyKey: randomUUID() });
-console.log(`order ${order.id}: instance ${order.instanceId}`);
+try {
+  const session = await accounts.signUp({ email: args.email, password, displayName: 'TypeScript journey' });
+  if (!session.token) fail('sign-up opened no session (the server verifies email first: verify, then log in)');
+  token = session.token;
+  console.log(`signed up: ${session.account?.email} account=${session.account?.id}`);
 
-// The stream sends the current state first, then every change.
-const watch = new AbortController();
-const deadline = setTimeout(() => watch.abort(), 300_000);
-for await (const event of instances.watchInstance({ instanceId: order.instanceId }, { signal: watch.signal })) {
-  const inst = event.instance;
-  console.log(`${InstanceStatus[inst.status]}: ${inst.statusReason}`);
-  if (inst.status === InstanceStatus.READY) {
-    console.log(`ready at ${inst.url}`);
-    break;
-  }
-  if (inst.status === InstanceStatus.FAILED) process.exitCode = 1;
+  const { apps } = await catalog.listApps({});
+  const trial = apps.find((a) => a.id === args.app)?.plans.find((p) => p.trialDays > 0);
+  if (!trial) fail(`catalog: no trial plan for ${args.app}`);
+  const price = trial.monthlyPrice;
+  console.log(`catalog: ${apps.length} apps; ${args.app} trial plan ${trial.id} (${trial.trialDays} days, ${price?.amount ?? 0n} ${price?.currency ?? 'IDR'})`);
+
+  // One idempotency key per intended order: retrying Checkout with it never orders twice.
+  const order = await orders.checkout({ appId: args.app, planId: trial.id, idempotencyKey: randomUUID() });
+  const status = `ORDER_STATUS_${OrderStatus[order.status]}`;
+  console.log(`order: ${order.id} ${status} instance=${order.instanceId}`);
+  if (order.status !== OrderStatus.COMPLETED) fail(`checkout: order ${status}: ${order.failureReason}`);
+
+  // WatchInstance sends the current state first, then every change; the deadline bounds the wait.
+  const ready = await (async () => {
+    const signal = AbortSignal.timeout(Number(args.timeout) * 1000);
+    for await (const event of instances.watchInstance({ instanceId: order.instanceId }, { signal })) {
+      const inst = event.instance;
+      if (!inst) continue;
+      console.log(`status: INSTANCE_STATUS_${InstanceStatus[inst.status]} ${inst.statusReason}`);
+      if (inst.status === InstanceStatus.READY) return inst;
+      if (inst.status === InstanceStatus.FAILED) fail(`instance failed: ${inst.statusReason}`);
+    }
+    return fail('the watch ended before the instance was ready');
+  })();
+  console.log(`ready: ${ready.id} ${ready.url}`);
+} catch (err) {
+  fail(err instanceof ConnectError ? `${err.code}: ${err.rawMessage}` : String(err));
 }
-clearTimeout(deadline);
-watch.abort();
