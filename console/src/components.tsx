@@ -66,11 +66,24 @@ export function useAction() {
   return { busy, error, run, setError };
 }
 
+// The first page of a visit keeps the browser's focus; later pages move it to their heading, so a
+// screen reader announces the new page after a link or a redirect.
+let firstPage = true;
+
 export function Page({ title, children }: { title: string; children: ComponentChildren }) {
   const h = useRef<HTMLHeadingElement>(null);
   useEffect(() => {
     document.title = `${title} · Kapal`;
   }, [title]);
+  useEffect(() => {
+    if (firstPage) {
+      firstPage = false;
+      return;
+    }
+    if (!document.activeElement || document.activeElement === document.body || !h.current?.closest('main')?.contains(document.activeElement)) {
+      h.current?.focus({ preventScroll: false });
+    }
+  }, []);
   return (
     <section aria-labelledby="page-title">
       <h1 id="page-title" ref={h} tabIndex={-1}>
