@@ -147,7 +147,7 @@ function AdminInstances() {
               <tr key={ai.instance?.id}>
                 <th scope="row">
                   <a href={href('admin', 'instances', ai.instance?.id ?? '')}>
-                    {ai.instance?.appId} {ai.customerId}
+                    {ai.instance?.appId} {ai.instance?.id.slice(0, 8)}
                   </a>
                 </th>
                 <td>{ai.email}</td>

@@ -130,7 +130,7 @@ function SubscriptionCard({ sub: initial, app }: { sub: Subscription; app?: App 
               <option value="">Choose a plan</option>
               {paidPlans.map((p) => (
                 <option key={p.id} value={p.id}>
-                  {p.name} ({rupiah(p.monthlyPrice)} per month)
+                  {p.name} ({rupiah(p.monthlyPrice)} per month){p.id === sub.planId && !trial ? ', current' : ''}
                 </option>
               ))}
             </select>

@@ -34,7 +34,7 @@ export function Instances() {
               <tr key={i.id}>
                 <th scope="row">
                   <a href={href('instances', i.id)}>
-                    {i.appId} {i.hostname.split('.')[0]}
+                    {i.appId} {i.id.slice(0, 8)}
                   </a>
                 </th>
                 <td>{i.planId}</td>
