@@ -11,18 +11,14 @@ export function LineChart(props: { label: string; series: Series[]; max?: number
   const pad = { l: 8, r: 8, t: 12, b: 20 };
   const all = props.series.flatMap((s) => s.points);
   if (all.length === 0) {
-    // The frame with the limit, and why there is no line: Kapal never makes numbers up.
+    // No line, and why: Kapal never makes numbers up.
     const msg = props.note || 'no samples yet';
     return (
       <figure class="chart">
-        <svg viewBox={`0 0 ${W} ${H / 2}`} role="img" aria-label={`${props.label}: ${msg}`}>
-          <text class="tick" x={W / 2} y={H / 4} text-anchor="middle">
-            {msg}
-          </text>
-        </svg>
+        <div class="chart-empty">{msg}</div>
         <figcaption>
           {props.label}
-          {props.max !== undefined && `, limit ${props.format(props.max)}`}: {msg}
+          {props.max ? `, limit ${props.format(props.max)}` : ''}
         </figcaption>
       </figure>
     );

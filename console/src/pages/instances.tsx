@@ -315,7 +315,10 @@ export function InstancePage({ id }: { id: string }) {
           <p>
             CPU {last.cpuMillis !== undefined ? millicores(last.cpuMillis) : 'not measured'} of {millicores(last.cpuLimitMillis)}; memory{' '}
             {last.memoryBytes !== undefined ? bytes(last.memoryBytes) : 'not measured'} of {bytes(last.memoryLimitBytes)}; storage{' '}
-            {last.storageUsedBytes !== undefined ? `${bytes(last.storageUsedBytes)} used` : 'use not reported'} of {bytes(last.storageCapacityBytes)}.
+            {last.storageCapacityBytes > 0n
+              ? `${last.storageUsedBytes !== undefined ? `${bytes(last.storageUsedBytes)} used` : 'use not reported'} of ${bytes(last.storageCapacityBytes)}`
+              : 'no volume bound yet'}
+            .
           </p>
         )}
         {last && (
