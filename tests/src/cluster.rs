@@ -572,3 +572,29 @@ async fn delete_node(client: &Client, name: &str) -> anyhow::Result<()> {
         Err(e) => Err(e).with_context(|| format!("deleting node {name}")),
     }
 }
+
+/// Sets the CPU and memory use kwok simulates for every container of every pod in `namespace`
+/// (the annotations of `deploy/local-cluster/kwok/usage-from-annotation.yaml`, e.g. `"250m"`,
+/// `"300Mi"`); metrics-server reports it through the metrics API after its next scrapes.
+/// Returns how many pods were annotated.
+pub async fn simulate_usage(
+    client: &Client,
+    namespace: &str,
+    cpu: &str,
+    memory: &str,
+) -> anyhow::Result<usize> {
+    let pods: Api<k8s_openapi::api::core::v1::Pod> = Api::namespaced(client.clone(), namespace);
+    let list = pods.list(&ListParams::default()).await?;
+    let patch = json!({ "metadata": { "annotations": {
+        "kwok.x-k8s.io/usage-cpu": cpu,
+        "kwok.x-k8s.io/usage-memory": memory,
+    } } });
+    for pod in &list.items {
+        if let Some(name) = pod.metadata.name.as_deref() {
+            pods.patch(name, &PatchParams::default(), &Patch::Merge(&patch))
+                .await
+                .with_context(|| format!("annotating pod {namespace}/{name}"))?;
+        }
+    }
+    Ok(list.items.len())
+}

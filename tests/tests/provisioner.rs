@@ -1528,26 +1528,43 @@ async fn capacity_and_usage_come_from_the_cluster() -> anyhow::Result<()> {
     assert_eq!(capacity.committed, None, "the control-plane's to fill");
     assert!(capacity.observed_at.is_some());
 
-    // Usage: this cluster has no metrics API, so no CPU or memory figure is made up; the
-    // plan's limits and the bound volume's capacity are there.
+    // Usage: the local cluster runs metrics-server over the usage kwok simulates, so CPU and
+    // memory are measured, and they follow what is simulated for the instance's pod.
     let groups = kube.list_api_groups().await?;
     assert!(
-        !groups.groups.iter().any(|g| g.name == "metrics.k8s.io"),
-        "the local cluster has no metrics-server"
+        groups.groups.iter().any(|g| g.name == "metrics.k8s.io"),
+        "the local cluster serves the metrics API (metrics-server)"
     );
+    for (cpu, memory, cpu_millis, memory_bytes) in
+        [("250m", "300Mi", 250, 300 << 20), ("600m", "700Mi", 600, 700 << 20)]
+    {
+        let annotated =
+            kapal_tests::cluster::simulate_usage(&kube, &ns, cpu, memory).await?;
+        assert_eq!(annotated, 1, "n8n runs one pod");
+        let usage = wait_for(
+            &format!("usage to follow the simulated {cpu} CPU / {memory}"),
+            Duration::from_secs(90),
+            || async {
+                let usage = p.usage(&id).await?;
+                // CPU is a rate metrics-server works out between two scrapes: within 2%
+                let close = usage
+                    .cpu_millis
+                    .is_some_and(|c| (c - cpu_millis).abs() <= cpu_millis / 50);
+                Ok((usage.metrics_available
+                    && close
+                    && usage.memory_bytes == Some(memory_bytes))
+                .then_some(usage))
+            },
+        )
+        .await?;
+        assert_eq!(usage.metrics_note, "", "{usage:?}");
+        assert_eq!(
+            (usage.cpu_limit_millis, usage.memory_limit_bytes),
+            (200, 400 << 20)
+        );
+    }
     let usage = p.usage(&id).await?;
     assert_eq!(usage.instance_id, id);
-    assert!(!usage.metrics_available);
-    assert!(
-        usage.metrics_note.contains("no metrics API"),
-        "{:?}",
-        usage.metrics_note
-    );
-    assert_eq!((usage.cpu_millis, usage.memory_bytes), (None, None));
-    assert_eq!(
-        (usage.cpu_limit_millis, usage.memory_limit_bytes),
-        (200, 400 << 20)
-    );
     let pvc = namespaced::<PersistentVolumeClaim>(&kube, &ns)
         .get("app-data")
         .await?;
