@@ -52,7 +52,7 @@ export function bytes(n: number | bigint | undefined): string {
 export function millicores(n: number | bigint | undefined): string {
   if (n === undefined) return '—';
   const v = Number(n);
-  return v >= 1000 ? `${(v / 1000).toFixed(2)} CPU` : `${v}m CPU`;
+  return v >= 1000 ? `${(v / 1000).toFixed(2)} cores` : `${v}m`;
 }
 
 export function percent(x: number): string {

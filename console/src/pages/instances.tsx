@@ -313,8 +313,8 @@ export function InstancePage({ id }: { id: string }) {
         <ErrorText error={usageError} />
         {last && (
           <p>
-            CPU {last.cpuMillis !== undefined ? millicores(last.cpuMillis) : 'not measured'} of {millicores(last.cpuLimitMillis)}; memory{' '}
-            {last.memoryBytes !== undefined ? bytes(last.memoryBytes) : 'not measured'} of {bytes(last.memoryLimitBytes)}; storage{' '}
+            In use now: CPU {last.cpuMillis !== undefined ? millicores(last.cpuMillis) : 'not measured'} (limit {millicores(last.cpuLimitMillis)}); memory{' '}
+            {last.memoryBytes !== undefined ? bytes(last.memoryBytes) : 'not measured'} (limit {bytes(last.memoryLimitBytes)}); storage{' '}
             {last.storageCapacityBytes > 0n
               ? `${last.storageUsedBytes !== undefined ? `${bytes(last.storageUsedBytes)} used` : 'use not reported'} of ${bytes(last.storageCapacityBytes)}`
               : 'no volume bound yet'}
