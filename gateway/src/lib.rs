@@ -8,6 +8,10 @@
 //! caller into the forwarded call ([`identity`]), limits callers' rates, request sizes and
 //! deadlines, and serves its own `grpc.health.v1` and reflection (public API only).
 //!
+//! Browsers' page requests (GET and HEAD that are not gRPC) get the web console's files from
+//! [`Config::console_dir`] on the same port ([`console`]), so the console calls the API from its
+//! own origin and needs no CORS.
+//!
 //! With [`Config::tls`] it speaks TLS (rustls; HTTP/2 by ALPN, as browsers do); otherwise plain
 //! HTTP/1.1 and h2c, for running behind a TLS-terminating proxy or on localhost.
 
@@ -29,6 +33,7 @@ use tower_http::trace::{
 };
 use tracing::Level;
 
+mod console;
 mod deadline;
 pub mod error;
 mod identity;
@@ -78,10 +83,14 @@ pub struct Config {
     pub key: InternalKey,
     /// Serve TLS with this certificate; plain HTTP/1.1 and h2c when `None` (default).
     pub tls: Option<TlsConfig>,
-    /// Origins (`https://console.example.com`) browsers may call from; empty (default) allows
-    /// any origin. Tokens travel in the `authorization` header, never in cookies, so any origin
-    /// is safe; a list only narrows which pages can use the API.
+    /// Other origins (`https://partner.example.com`) whose pages may call the API; empty
+    /// (default) allows none: the console is served by the gateway itself, from the API's own
+    /// origin, which needs no CORS. `*` allows any origin (tokens travel in the `authorization`
+    /// header, never in cookies, so this lends no page a visitor's session).
     pub cors_allowed_origins: Vec<String>,
+    /// The built web console (`console/dist`, with `index.html` at its top): served to browsers
+    /// on this port. `None` (default): page requests get a plain 404.
+    pub console_dir: Option<PathBuf>,
     /// Calls per second per caller (account, or client address when anonymous); 0 turns rate
     /// limits off. Default 10.
     pub rate_limit_per_second: u32,
@@ -124,6 +133,7 @@ impl Config {
             key,
             tls: None,
             cors_allowed_origins: Vec::new(),
+            console_dir: None,
             rate_limit_per_second: 10,
             rate_limit_burst: 50,
             max_message_bytes: 64 * 1024,
@@ -163,6 +173,14 @@ impl Config {
         if let Err(e) = allowed_origins(&self.cors_allowed_origins) {
             problems.push(format!("{e:#}"));
         }
+        if let Some(dir) = &self.console_dir
+            && !dir.join("index.html").is_file()
+        {
+            problems.push(format!(
+                "console_dir: {} has no index.html (build the console: npm ci && npm run build in console/)",
+                dir.display()
+            ));
+        }
         anyhow::ensure!(
             problems.is_empty(),
             "invalid gateway configuration:\n  {}",
@@ -172,9 +190,9 @@ impl Config {
     }
 }
 
-/// The configured origins, or `None` for any origin.
+/// The configured origins (none when empty), or `None` for any origin (`*`).
 fn allowed_origins(origins: &[String]) -> anyhow::Result<Option<Vec<HeaderValue>>> {
-    if origins.is_empty() || origins.iter().any(|o| o == "*") {
+    if origins.iter().any(|o| o == "*") {
         return Ok(None);
     }
     let mut values = Vec::new();
@@ -274,6 +292,9 @@ pub async fn run(
         ))
     });
     let stack = ServiceBuilder::new()
+        // Page requests (GET/HEAD that are not gRPC) go to the console's files, before anything
+        // else: none of the gRPC concerns below apply to them.
+        .layer(console::ConsoleLayer::new(config.console_dir.as_deref()))
         // Access log, outermost: failed calls at WARN, every call with its outcome at DEBUG,
         // including those the layers below turn away. Headers are not logged: they carry
         // bearer tokens.
@@ -388,8 +409,17 @@ mod tests {
     }
 
     #[test]
+    fn a_console_dir_needs_an_index() {
+        let mut c = config();
+        c.console_dir = Some(PathBuf::from("/nonexistent/console/dist"));
+        let message = format!("{:#}", c.validate().expect_err("invalid"));
+        assert!(message.contains("console_dir"), "{message}");
+    }
+
+    #[test]
     fn origins_are_checked() {
-        assert!(allowed_origins(&[]).is_ok_and(|o| o.is_none()));
+        // None by default: the console is served from the API's own origin.
+        assert!(allowed_origins(&[]).is_ok_and(|o| o.is_some_and(|l| l.is_empty())));
         assert!(allowed_origins(&["*".into()]).is_ok_and(|o| o.is_none()));
         assert!(
             allowed_origins(&[

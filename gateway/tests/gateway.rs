@@ -1358,12 +1358,52 @@ fn header_text(res: &http::Response<Bytes>, name: &str) -> String {
         .to_ascii_lowercase()
 }
 
+/// An empty WhoAmI over grpc-web from a page of `origin`.
+fn who_am_i_from(app: &TestApp, origin: &str) -> http::Request<Full<Bytes>> {
+    http::Request::builder()
+        .method(http::Method::POST)
+        .uri(format!("{}/kapal.v1.AccountService/WhoAmI", app.url()))
+        .header("origin", origin)
+        .header("content-type", "application/grpc-web+proto")
+        .header("x-grpc-web", "1")
+        // An empty WhoAmIRequest: one uncompressed frame of zero bytes.
+        .body(Full::new(Bytes::from_static(&[0, 0, 0, 0, 0])))
+        .expect("request")
+}
+
 #[tokio::test]
-async fn cors_preflights_are_answered_and_grpc_status_is_exposed() {
+async fn cors_allows_no_other_origin_by_default() {
+    // The console is served by the gateway itself, from the API's own origin: by default no
+    // other origin's page may call the API (issue 14, item 12: it used to be `*`).
     let app = TestApp::start().await;
+    for origin in ["https://console.kapal.example", "https://evil.example"] {
+        let res = raw(preflight(&app, origin)).await;
+        assert_eq!(
+            header_text(&res, "access-control-allow-origin"),
+            "",
+            "{origin}"
+        );
+        let res = raw(who_am_i_from(&app, origin)).await;
+        assert_eq!(
+            header_text(&res, "access-control-allow-origin"),
+            "",
+            "{origin}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn cors_preflights_of_a_configured_origin_are_answered_and_grpc_status_is_exposed() {
+    let app = TestApp::with(|c| {
+        c.cors_allowed_origins = vec!["https://console.kapal.example".into()];
+    })
+    .await;
     let res = raw(preflight(&app, "https://console.kapal.example")).await;
     assert_eq!(res.status(), http::StatusCode::OK);
-    assert_eq!(header_text(&res, "access-control-allow-origin"), "*");
+    assert_eq!(
+        header_text(&res, "access-control-allow-origin"),
+        "https://console.kapal.example"
+    );
     assert!(header_text(&res, "access-control-allow-methods").contains("post"));
     let allowed = header_text(&res, "access-control-allow-headers");
     for h in [
@@ -1376,40 +1416,254 @@ async fn cors_preflights_are_answered_and_grpc_status_is_exposed() {
         assert!(allowed.contains(h), "{h} in {allowed:?}");
     }
 
-    // An actual grpc-web call from a page: CORS headers on the answer, grpc-status readable.
-    let call = http::Request::builder()
-        .method(http::Method::POST)
-        .uri(format!("{}/kapal.v1.AccountService/WhoAmI", app.url()))
-        .header("origin", "https://console.kapal.example")
-        .header("content-type", "application/grpc-web+proto")
-        .header("x-grpc-web", "1")
-        // An empty WhoAmIRequest: one uncompressed frame of zero bytes.
-        .body(Full::new(Bytes::from_static(&[0, 0, 0, 0, 0])))
-        .expect("request");
-    let res = raw(call).await;
+    // An actual grpc-web call from the page: CORS headers on the answer, grpc-status readable.
+    let res = raw(who_am_i_from(&app, "https://console.kapal.example")).await;
     assert_eq!(res.status(), http::StatusCode::OK);
-    assert_eq!(header_text(&res, "access-control-allow-origin"), "*");
+    assert_eq!(
+        header_text(&res, "access-control-allow-origin"),
+        "https://console.kapal.example"
+    );
     let exposed = header_text(&res, "access-control-expose-headers");
     for h in ["grpc-status", "grpc-message", "grpc-status-details-bin"] {
         assert!(exposed.contains(h), "{h} in {exposed:?}");
     }
     // No token: UNAUTHENTICATED (16), readable by the page.
     assert_eq!(header_text(&res, "grpc-status"), "16");
+
+    // Another origin gets nothing a browser would accept.
+    let res = raw(preflight(&app, "https://evil.example")).await;
+    assert_eq!(header_text(&res, "access-control-allow-origin"), "");
+    let res = raw(who_am_i_from(&app, "https://evil.example")).await;
+    assert_eq!(header_text(&res, "access-control-allow-origin"), "");
 }
 
 #[tokio::test]
-async fn cors_can_be_narrowed_to_configured_origins() {
-    let app = TestApp::with(|c| {
-        c.cors_allowed_origins = vec!["https://console.kapal.example".into()];
-    })
-    .await;
-    let res = raw(preflight(&app, "https://console.kapal.example")).await;
+async fn cors_any_origin_is_an_explicit_choice() {
+    let app = TestApp::with(|c| c.cors_allowed_origins = vec!["*".into()]).await;
+    let res = raw(preflight(&app, "https://partner.example")).await;
+    assert_eq!(header_text(&res, "access-control-allow-origin"), "*");
+}
+
+/// A built console (as `npm run build` leaves console/dist) inside a directory that also holds a
+/// secret beside it, which no request may reach.
+struct ConsoleDir {
+    root: tempfile::TempDir,
+}
+
+const INDEX_HTML: &str = "<!doctype html><title>Kapal</title><script type=module src=./assets/index-Bx3k9_aQ.js></script>";
+const SECRET: &str = "outside the console: never served";
+
+impl ConsoleDir {
+    fn new() -> ConsoleDir {
+        let root = tempfile::tempdir().expect("tempdir");
+        let dist = root.path().join("dist");
+        std::fs::create_dir_all(dist.join("assets")).expect("mkdir");
+        std::fs::write(dist.join("index.html"), INDEX_HTML).expect("index");
+        // Big enough to be worth compressing.
+        let script = "console.log('kapal');\n".repeat(500);
+        std::fs::write(dist.join("assets/index-Bx3k9_aQ.js"), script).expect("script");
+        std::fs::write(
+            dist.join("favicon.svg"),
+            "<svg xmlns='http://www.w3.org/2000/svg'/>",
+        )
+        .expect("icon");
+        std::fs::write(root.path().join("secret.txt"), SECRET).expect("secret");
+        ConsoleDir { root }
+    }
+
+    fn dist(&self) -> std::path::PathBuf {
+        self.root.path().join("dist")
+    }
+}
+
+fn get(app: &TestApp, path: &str) -> http::request::Builder {
+    http::Request::builder()
+        .method(http::Method::GET)
+        .uri(format!("{}{path}", app.url()))
+}
+
+/// The headers every answer to a browser's page request carries.
+fn assert_secured(res: &http::Response<Bytes>, what: &str) {
+    let csp = header_text(res, "content-security-policy");
+    for directive in [
+        "default-src 'self'",
+        "script-src 'self'",
+        "style-src 'self'",
+        "connect-src 'self'",
+        "frame-ancestors 'none'",
+        "base-uri 'none'",
+        "object-src 'none'",
+    ] {
+        assert!(csp.contains(directive), "{what}: {directive} in {csp:?}");
+    }
+    assert!(!csp.contains("unsafe"), "{what}: {csp:?}");
+    assert!(!csp.contains('*'), "{what}: {csp:?}");
     assert_eq!(
-        header_text(&res, "access-control-allow-origin"),
-        "https://console.kapal.example"
+        header_text(res, "x-content-type-options"),
+        "nosniff",
+        "{what}"
     );
-    let res = raw(preflight(&app, "https://evil.example")).await;
-    assert_eq!(header_text(&res, "access-control-allow-origin"), "");
+    assert_eq!(header_text(res, "referrer-policy"), "no-referrer", "{what}");
+}
+
+#[tokio::test]
+async fn the_console_is_served_beside_the_api_on_one_port() {
+    let console = ConsoleDir::new();
+    let dist = console.dist();
+    let app = TestApp::with(move |c| c.console_dir = Some(dist)).await;
+
+    // The page: HTML, revalidated on every load so a release shows at once.
+    let res = raw(get(&app, "/").body(Full::default()).expect("request")).await;
+    assert_eq!(res.status(), http::StatusCode::OK);
+    assert_eq!(res.body(), INDEX_HTML.as_bytes());
+    assert!(header_text(&res, "content-type").starts_with("text/html"));
+    assert_eq!(header_text(&res, "cache-control"), "no-cache");
+    assert_secured(&res, "/");
+    let res = raw(get(&app, "/index.html")
+        .body(Full::default())
+        .expect("request"))
+    .await;
+    assert_eq!(res.status(), http::StatusCode::OK);
+    assert_eq!(header_text(&res, "cache-control"), "no-cache");
+    // HEAD: the headers, no body.
+    let head = http::Request::builder()
+        .method(http::Method::HEAD)
+        .uri(format!("{}/", app.url()))
+        .body(Full::default())
+        .expect("request");
+    let res = raw(head).await;
+    assert_eq!(res.status(), http::StatusCode::OK);
+    assert!(res.body().is_empty());
+    assert_secured(&res, "HEAD /");
+
+    // A hashed asset: its type, cached for good, gzip when the browser takes it.
+    let res = raw(get(&app, "/assets/index-Bx3k9_aQ.js")
+        .header("accept-encoding", "gzip")
+        .body(Full::default())
+        .expect("request"))
+    .await;
+    assert_eq!(res.status(), http::StatusCode::OK);
+    assert!(header_text(&res, "content-type").starts_with("text/javascript"));
+    assert_eq!(
+        header_text(&res, "cache-control"),
+        "public, max-age=31536000, immutable"
+    );
+    assert_eq!(header_text(&res, "content-encoding"), "gzip");
+    assert!(res.body().len() < 1000, "gzip: {} bytes", res.body().len());
+    assert_secured(&res, "/assets/index-Bx3k9_aQ.js");
+    let res = raw(get(&app, "/favicon.svg")
+        .body(Full::default())
+        .expect("request"))
+    .await;
+    assert_eq!(header_text(&res, "content-type"), "image/svg+xml");
+    assert_eq!(header_text(&res, "cache-control"), "no-cache");
+
+    // Missing files are a plain 404, never the page in their place.
+    for path in [
+        "/assets/gone-12345678.js",
+        "/instances/abc",
+        "/kapal.v1.CatalogService/ListApps",
+    ] {
+        let res = raw(get(&app, path).body(Full::default()).expect("request")).await;
+        assert_eq!(res.status(), http::StatusCode::NOT_FOUND, "{path}");
+        assert!(
+            header_text(&res, "content-type").starts_with("text/plain"),
+            "{path}"
+        );
+        assert_eq!(res.body(), "not found\n".as_bytes(), "{path}");
+        assert_secured(&res, path);
+    }
+
+    // The API on the same port, as before: grpc-web from the page, native gRPC from the CLI.
+    let res = raw(who_am_i_from(&app, &app.url())).await;
+    assert_eq!(res.status(), http::StatusCode::OK);
+    assert_eq!(header_text(&res, "grpc-status"), "16");
+    assert_eq!(header_text(&res, "content-security-policy"), "");
+    let apps = CatalogServiceClient::new(app.channel().await)
+        .list_apps(pb::ListAppsRequest {})
+        .await
+        .expect("native gRPC beside the console");
+    assert!(!apps.into_inner().apps.is_empty());
+}
+
+/// One request exactly as written (no client normalises the path), and the whole answer.
+async fn raw_request_line(app: &TestApp, target: &str) -> String {
+    let addr = app.addr;
+    let target = target.to_string();
+    tokio::task::spawn_blocking(move || {
+        use std::io::{Read as _, Write as _};
+        let mut stream = std::net::TcpStream::connect(addr).expect("connect");
+        stream
+            .set_read_timeout(Some(Duration::from_secs(10)))
+            .expect("timeout");
+        write!(
+            stream,
+            "GET {target} HTTP/1.1\r\nhost: {addr}\r\nconnection: close\r\n\r\n"
+        )
+        .expect("write");
+        let mut answer = Vec::new();
+        let _ = stream.read_to_end(&mut answer);
+        String::from_utf8_lossy(&answer).into_owned()
+    })
+    .await
+    .expect("request thread")
+}
+
+#[tokio::test]
+async fn no_path_leads_out_of_the_console_directory() {
+    let console = ConsoleDir::new();
+    let dist = console.dist();
+    let app = TestApp::with(move |c| c.console_dir = Some(dist)).await;
+    // The request line itself is the attack; each answer is read raw.
+    let secret = console.root.path().join("secret.txt");
+    let absolute = secret.display().to_string();
+    let targets = [
+        "/../secret.txt".to_string(),
+        "/assets/../../secret.txt".to_string(),
+        "/%2e%2e/secret.txt".to_string(),
+        "/%2E%2E%2Fsecret.txt".to_string(),
+        "/assets/..%2f..%2fsecret.txt".to_string(),
+        "/..%5csecret.txt".to_string(),
+        "/.%2e/.%2e/secret.txt".to_string(),
+        format!("/{absolute}"),
+        format!("/{}", absolute.replace('/', "%2f")),
+        format!("/%2f{}", absolute.trim_start_matches('/')),
+        "/../../../../../../etc/passwd".to_string(),
+        "/%2e%2e/%2e%2e/%2e%2e/%2e%2e/etc/passwd".to_string(),
+        "//etc/passwd".to_string(),
+    ];
+    for target in &targets {
+        let answer = raw_request_line(&app, target).await;
+        let status = answer.lines().next().unwrap_or_default().to_string();
+        assert!(
+            status.contains(" 404 ") || status.contains(" 400 "),
+            "{target}: {status}"
+        );
+        assert!(
+            !answer.contains(SECRET),
+            "{target} leaked the secret: {answer}"
+        );
+        assert!(
+            !answer.contains("root:"),
+            "{target} leaked /etc/passwd: {answer}"
+        );
+    }
+    // The same file through the front door is served, so the attacks above were well aimed.
+    let answer = raw_request_line(&app, "/assets/index-Bx3k9_aQ.js").await;
+    assert!(answer.starts_with("HTTP/1.1 200 "), "{answer}");
+}
+
+#[tokio::test]
+async fn without_a_console_pages_are_a_plain_404() {
+    let app = TestApp::start().await;
+    for path in ["/", "/index.html", "/assets/index-Bx3k9_aQ.js"] {
+        let res = raw(get(&app, path).body(Full::default()).expect("request")).await;
+        assert_eq!(res.status(), http::StatusCode::NOT_FOUND, "{path}");
+        assert_eq!(res.body(), "not found\n".as_bytes(), "{path}");
+        assert_secured(&res, path);
+    }
+    let res = raw(who_am_i_from(&app, &app.url())).await;
+    assert_eq!(header_text(&res, "grpc-status"), "16");
 }
 
 #[tokio::test]
