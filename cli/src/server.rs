@@ -154,9 +154,14 @@ pub struct ServerArgs {
     /// PEM private key of the gateway.
     #[arg(long, env = "KAPAL_TLS_KEY", requires = "tls_cert")]
     pub tls_key: Option<PathBuf>,
-    /// Browser origins allowed by CORS (comma-separated; default any).
+    /// Other origins whose pages may call the API (CORS; comma-separated, `*` for any). Default
+    /// none: the console is served by the gateway itself, from the API's own origin.
     #[arg(long, env = "KAPAL_CORS_ORIGINS", value_delimiter = ',')]
     pub cors_origins: Vec<String>,
+    /// The built web console (console/dist after `npm run build`), served to browsers on the
+    /// gateway's port. Without it, browsers get a plain 404 (the API works as ever).
+    #[arg(long, env = "KAPAL_CONSOLE_DIR")]
+    pub console_dir: Option<PathBuf>,
     /// Requests per second allowed per caller.
     #[arg(long, default_value_t = 50, env = "KAPAL_RATE_LIMIT")]
     pub rate_limit: u32,
@@ -527,6 +532,7 @@ pub async fn run(args: ServerArgs) -> anyhow::Result<()> {
             });
         }
         config.cors_allowed_origins = args.cors_origins.clone();
+        config.console_dir = args.console_dir.clone();
         config.rate_limit_per_second = args.rate_limit;
         config.rate_limit_burst = args.rate_burst;
         config.max_message_bytes = args.max_message_bytes;
@@ -539,6 +545,13 @@ pub async fn run(args: ServerArgs) -> anyhow::Result<()> {
             "http"
         };
         tracing::info!("Kapal gateway on {scheme}://{}", args.listen);
+        if let Some(dir) = &config.console_dir {
+            tracing::info!(
+                "Kapal console (from {}): open {scheme}://{}/ in a browser",
+                dir.display(),
+                args.listen
+            );
+        }
         let stop = shutdown();
         tasks.spawn(async move { ("gateway", kapal_gateway::run(config, l, stop).await) });
     }
