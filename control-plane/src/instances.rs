@@ -74,21 +74,18 @@ pub(crate) fn spec_of(i: &Instance, customer_id: &str) -> InstanceSpec {
 
 /// Asks the provisioner to converge `instance`. Failures are logged, not returned: the
 /// provisioner's periodic resync lists desired instances and converges them anyway.
+///
+/// The answer only acknowledges the spec: the status reaches the control-plane as the
+/// provisioner's report (made before it answers when the status changed), never from here.
 pub(crate) async fn push_to_provisioner(ctx: &Ctx, instance: &Instance, customer_id: &str) {
     let request = ApplyInstanceRequest {
         spec: Some(spec_of(instance, customer_id)),
     };
-    match ctx.provisioner.clone().apply_instance(request).await {
-        Ok(state) => {
-            let state = state.into_inner();
-            if let Err(e) = crate::internal::record_state(ctx, &state).await {
-                tracing::warn!(instance_id = %instance.id, error = %e, "recording the provisioner's answer failed");
-            }
-        }
-        Err(s) => tracing::warn!(
+    if let Err(s) = ctx.provisioner.clone().apply_instance(request).await {
+        tracing::warn!(
             instance_id = %instance.id, code = ?s.code(), message = s.message(),
             "provisioner unreachable; its resync will converge the instance"
-        ),
+        );
     }
 }
 

@@ -1,6 +1,5 @@
 //! Internal services: identity for the gateway, instance state for the provisioner.
 
-use chrono::{NaiveDateTime, SubsecRound as _};
 use diesel::prelude::*;
 use diesel_async::{AsyncConnection as _, RunQueryDsl};
 use kapal::auth;
@@ -48,26 +47,18 @@ pub struct InstanceState(pub Ctx);
 
 /// Records an observed status: updates the instance and appends to its history when it changed.
 ///
-/// Statuses reach the control-plane two ways (ApplyInstance's answer, and the provisioner's
-/// reports) and may arrive out of order: one observed before the status stored (by
-/// `observed_at`, the provisioner's clock) is ignored, so a late answer never replaces a newer
-/// report. A status without `observed_at` is recorded as it comes.
+/// Statuses reach the control-plane one way, the provisioner's reports (ApplyInstance's answer
+/// is an acknowledgement and is not recorded). Reports may still arrive out of order (a retry,
+/// two connections): one whose `sequence` is not above the stored one arrived late and is
+/// ignored. A report without a sequence (0) is recorded as it comes.
 pub(crate) async fn record_state(ctx: &Ctx, state: &ipb::InstanceState) -> Result<bool> {
     let status = InstanceStatus::try_from(state.status).unwrap_or(InstanceStatus::Unspecified);
     if status == InstanceStatus::Unspecified {
         return Err(Error::invalid("status is required"));
     }
     let id = kapal::wire::uuid("instance_id", &state.instance_id)?.to_string();
-    let observed_at = match &state.observed_at {
-        None => None,
-        // Stored to the microsecond (both backends): compared the same way.
-        Some(t) => Some(
-            kapal::wire::from_timestamp(t)
-                .ok_or_else(|| Error::invalid("observed_at is not a valid time"))?
-                .naive_utc()
-                .trunc_subsecs(6),
-        ),
-    };
+    let sequence = i64::try_from(state.sequence)
+        .map_err(|_| Error::invalid("sequence is too large (at most 2^63 - 1)"))?;
     let status_db = instance_state::status_to_db(status);
     let now = ctx.now();
     let reason = kapal::wire::truncate(&state.reason, 500).to_string();
@@ -75,26 +66,23 @@ pub(crate) async fn record_state(ctx: &Ctx, state: &ipb::InstanceState) -> Resul
     let changed: Result<bool, DbError> = kapal::db!(&mut conn, |c| {
         c
         .transaction(async |c| {
-            let Some((current, stored_at)) = instances::table
+            let Some((current, stored_sequence)) = instances::table
                 .find(&id)
-                .select((Instance::as_select(), instances::status_observed_at))
-                .first::<(Instance, Option<NaiveDateTime>)>(c)
+                .select((Instance::as_select(), instances::status_sequence))
+                .first::<(Instance, i64)>(c)
                 .await
                 .optional()?
             else {
                 return Ok(false);
             };
-            if let (Some(at), Some(stored)) = (observed_at, stored_at)
-                && at < stored
-            {
-                tracing::debug!(instance_id = %id, status = status_db, %at, %stored, "a status observed before the stored one: ignored");
+            if sequence != 0 && sequence <= stored_sequence {
+                tracing::debug!(instance_id = %id, status = status_db, sequence, stored_sequence, "a report older than the stored one: ignored");
                 return Ok(false);
             }
             if current.status == status_db && current.status_reason == reason {
-                if observed_at.is_some() && observed_at != stored_at {
-                    // The same status, seen later: older observations now arrive late.
+                if sequence != 0 {
                     diesel::update(instances::table.find(&id))
-                        .set(instances::status_observed_at.eq(observed_at))
+                        .set(instances::status_sequence.eq(sequence))
                         .execute(c)
                         .await?;
                 }
@@ -110,7 +98,7 @@ pub(crate) async fn record_state(ctx: &Ctx, state: &ipb::InstanceState) -> Resul
                     instances::status_reason.eq(&reason),
                     instances::ready_at.eq(ready_at),
                     instances::updated_at.eq(now),
-                    instances::status_observed_at.eq(observed_at),
+                    instances::status_sequence.eq(sequence.max(stored_sequence)),
                 ))
                 .execute(c)
                 .await?;

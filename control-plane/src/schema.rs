@@ -66,7 +66,7 @@ diesel::table! {
         entitlement_cause -> Text,
         entitlement_at -> Nullable<Timestamp>,
         data_deleted_after -> Nullable<Timestamp>,
-        status_observed_at -> Nullable<Timestamp>,
+        status_sequence -> BigInt,
     }
 }
 

@@ -39,6 +39,8 @@ use tonic::transport::Channel;
 use tonic::{Code, Request, Response, Status};
 use uuid::Uuid;
 
+mod common;
+
 const MIB: i64 = 1024 * 1024;
 const ADMIN_EMAIL: &str = "ops@example.com";
 
@@ -51,6 +53,7 @@ struct Cluster {
 struct FakeProvisioner {
     cluster: Arc<Mutex<Cluster>>,
     credential_reads: Arc<AtomicUsize>,
+    reporter: common::Reporter,
 }
 
 #[tonic::async_trait]
@@ -63,12 +66,15 @@ impl ProvisionerService for FakeProvisioner {
             .into_inner()
             .spec
             .ok_or_else(|| Status::invalid_argument("spec is required"))?;
-        Ok(Response::new(InstanceState {
+        let state = InstanceState {
             instance_id: spec.instance_id,
             status: InstanceStatus::Ready as i32,
             reason: "Running".into(),
             observed_at: None,
-        }))
+            sequence: 0,
+        };
+        self.reporter.report(state.clone()).await?;
+        Ok(Response::new(state))
     }
 
     async fn get_instance_state(
@@ -231,6 +237,7 @@ async fn start(backend: Backend, capacity: Capacity) -> Stack {
             capacity: Some(capacity),
         })),
         credential_reads: Arc::new(AtomicUsize::new(0)),
+        reporter: common::Reporter::new(&cp_url, &key),
     };
     let (cluster, credential_reads) = (
         provisioner.cluster.clone(),
@@ -398,6 +405,7 @@ impl Stack {
                     status: status as i32,
                     reason: reason.into(),
                     observed_at: None,
+                    sequence: 0,
                 },
             ))
             .await

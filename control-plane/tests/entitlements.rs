@@ -36,10 +36,13 @@ use tonic::transport::Channel;
 use tonic::{Code, Request, Response, Status};
 use uuid::Uuid;
 
-/// Records every spec and answers with the status it asks for.
-#[derive(Clone, Default)]
+mod common;
+
+/// Records every spec, and reports and answers the status it asks for.
+#[derive(Clone)]
 struct FakeProvisioner {
     specs: Arc<Mutex<Vec<InstanceSpec>>>,
+    reporter: common::Reporter,
 }
 
 #[tonic::async_trait]
@@ -66,7 +69,9 @@ impl ProvisionerService for FakeProvisioner {
             status: status as i32,
             reason: reason.into(),
             observed_at: None,
+            sequence: 0,
         };
+        self.reporter.report(state.clone()).await?;
         self.specs.lock().expect("lock").push(spec);
         Ok(Response::new(state))
     }
@@ -180,7 +185,10 @@ async fn start(backend: Backend) -> Stack {
     let url = |l: &TcpListener| format!("http://{}", l.local_addr().expect("addr"));
     let (cp_url, billing_url, prov_url) = (url(&cp), url(&billing), url(&prov));
 
-    let provisioner = FakeProvisioner::default();
+    let provisioner = FakeProvisioner {
+        specs: Arc::default(),
+        reporter: common::Reporter::new(&cp_url, &key),
+    };
     let specs = provisioner.specs.clone();
     let fake_provisioner =
         tonic::transport::Server::builder().add_service(ProvisionerServiceServer::new(provisioner));
@@ -755,20 +763,22 @@ async fn concurrent_changes_keep_the_newest(backend: Backend) {
     );
 }
 
-/// Statuses arrive two ways (ApplyInstance's answer, the provisioner's reports) and can cross:
-/// one observed before the stored status is ignored, whatever order they land in.
+/// Statuses arrive one way, the provisioner's reports, but reports can still cross (a retry, two
+/// connections): one whose sequence is not above the stored one is ignored, whatever order they
+/// land in; ApplyInstance's answer is never recorded.
 async fn late_statuses_never_replace_newer_ones(backend: Backend) {
     let stack = start(backend).await;
     let c = stack.customer().await;
     stack.wait_status(&c, InstanceStatus::Ready).await;
-    let t0 = Utc::now().naive_utc();
-    let at = |secs: i64| Some(kapal::wire::timestamp(t0 + chrono::Duration::seconds(secs)));
-    let report = |status: InstanceStatus, reason: &str, observed_at| {
+    // Above what the fake provisioner has reported so far.
+    let base = 1_000_000;
+    let report = |status: InstanceStatus, reason: &str, sequence: u64| {
         let state = InstanceState {
             instance_id: c.instance_id.clone(),
             status: status as i32,
             reason: reason.into(),
-            observed_at,
+            observed_at: None,
+            sequence,
         };
         let req = signed(&stack.key, &stack.service(), state);
         let mut client = InstanceStateServiceClient::new(stack.channel.clone());
@@ -778,33 +788,33 @@ async fn late_statuses_never_replace_newer_ones(backend: Backend) {
     let starting = "Starting the app (0 of 1 components ready).";
     let running = "The app is running.";
 
-    report(InstanceStatus::Provisioning, starting, at(2))
+    report(InstanceStatus::Provisioning, starting, base + 2)
         .await
         .expect("report");
     assert_eq!(
         shown(&stack.get(&c).await),
         (Ok(InstanceStatus::Provisioning), starting.into())
     );
-    // Observed before the stored one: it arrived late, and is ignored.
-    report(InstanceStatus::Ready, running, at(1))
+    // Made before the stored one: it arrived late, and is ignored.
+    report(InstanceStatus::Ready, running, base + 1)
         .await
         .expect("a late report is acknowledged");
     assert_eq!(
         shown(&stack.get(&c).await),
         (Ok(InstanceStatus::Provisioning), starting.into())
     );
-    report(InstanceStatus::Ready, running, at(3))
+    report(InstanceStatus::Ready, running, base + 3)
         .await
         .expect("report");
     assert_eq!(
         shown(&stack.get(&c).await),
         (Ok(InstanceStatus::Ready), running.into())
     );
-    // The same status seen again later moves the line: what was observed in between is late.
-    report(InstanceStatus::Ready, running, at(5))
+    // The same status reported again later moves the line: what was made in between is late.
+    report(InstanceStatus::Ready, running, base + 5)
         .await
         .expect("report");
-    report(InstanceStatus::Provisioning, starting, at(4))
+    report(InstanceStatus::Provisioning, starting, base + 4)
         .await
         .expect("report");
     assert_eq!(
@@ -812,18 +822,11 @@ async fn late_statuses_never_replace_newer_ones(backend: Backend) {
         (Ok(InstanceStatus::Ready), running.into())
     );
 
-    let bad = report(
-        InstanceStatus::Provisioning,
-        starting,
-        Some(prost_types::Timestamp {
-            seconds: t0.and_utc().timestamp(),
-            nanos: 2_000_000_000,
-        }),
-    )
-    .await
-    .expect_err("an invalid time is refused");
+    let bad = report(InstanceStatus::Provisioning, starting, u64::MAX)
+        .await
+        .expect_err("a sequence beyond what is stored is refused");
     assert_eq!(bad.code(), Code::InvalidArgument, "{bad:?}");
-    assert!(bad.message().contains("observed_at"), "{bad:?}");
+    assert!(bad.message().contains("sequence"), "{bad:?}");
     assert_eq!(
         shown(&stack.get(&c).await),
         (Ok(InstanceStatus::Ready), running.into())

@@ -10,7 +10,7 @@ use std::fmt::Debug;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use chrono::{DateTime, NaiveDateTime, SubsecRound as _, Utc};
+use chrono::{DateTime, Utc};
 use futures::StreamExt as _;
 use kapal::catalog::{App, Catalog, Plan};
 use kapal::clock::SharedClock;
@@ -194,70 +194,66 @@ impl Controller {
         Ok((app, plan))
     }
 
-    /// Now, as a status's observation time (to the microsecond, as both databases keep it).
-    fn observed_at(&self) -> NaiveDateTime {
-        self.clock.now().naive_utc().trunc_subsecs(6)
-    }
-
-    fn state(&self, id: Uuid, verdict: Verdict, observed_at: NaiveDateTime) -> InstanceState {
+    fn state(&self, id: Uuid, verdict: Verdict, sequence: i64) -> InstanceState {
         InstanceState {
             instance_id: id.to_string(),
             status: verdict.status as i32,
             reason: verdict.reason,
-            observed_at: Some(kapal::wire::timestamp(observed_at)),
+            observed_at: Some(kapal::wire::timestamp(self.clock.now().naive_utc())),
+            sequence: u64::try_from(sequence).unwrap_or(0),
         }
     }
 
-    /// ApplyInstance: validates and records `wire`, converges the cluster, and returns the
-    /// status the cluster shows afterwards.
+    /// ApplyInstance: validates and records `wire`, converges the cluster, reports the status
+    /// to the control-plane if it changed (the one road statuses take), and answers the status
+    /// computed afterwards (an acknowledgement: the control-plane does not record it).
     pub async fn apply(&self, wire: &InstanceSpec) -> Result<InstanceState> {
         let spec = Spec::from_wire(wire, &self.catalog)?;
         let id = spec.instance_id;
-        // Held until the answer is remembered as told: a report of this instance runs wholly
-        // before or after it (see `report`).
-        let guard = self.lock(id).await;
-        if spec.desired != Desired::Deleted && self.cluster.owner(&spec).await? == Owner::Foreign {
-            return Err(Error::FailedPrecondition(format!(
-                "namespace {} already exists and does not belong to instance {id}",
-                spec.namespace
-            )));
-        }
-        let upsert = self
-            .store
-            .upsert(&spec, self.clock.now().naive_utc(), None)
-            .await?;
-        tracing::info!(instance = %id, namespace = %spec.namespace, desired = ?spec.desired, ?upsert, "instance applied");
-        let (app, plan) = self.app_and_plan(&spec)?;
-        let converged = self
-            .cluster
-            .converge(&spec, app, plan, &self.settings, self.clock.now())
-            .await;
-        match converged {
-            Ok(None) => {}
-            // The reconcile loop converges it again and wakes up when it is due.
-            Ok(Some(_)) => {
-                let _ = self.converge_tx.send(id);
+        {
+            let _guard = self.lock(id).await;
+            if spec.desired != Desired::Deleted
+                && self.cluster.owner(&spec).await? == Owner::Foreign
+            {
+                return Err(Error::FailedPrecondition(format!(
+                    "namespace {} already exists and does not belong to instance {id}",
+                    spec.namespace
+                )));
             }
-            Err(e) => {
-                // Recorded: the reconcile loop retries it.
-                let _ = self.converge_tx.send(id);
-                return Err(e);
-            }
-        }
-        let (verdict, stored) = self.evaluate(id).await?;
-        let observed_at = self.observed_at();
-        let state = self.state(id, verdict, observed_at);
-        // The control-plane records this answer: remember it as told, so that what is reported
-        // next is what differs from it (a stop and start before the pods went looks like the
-        // last report, not like this answer).
-        if stored.is_some() {
-            self.store
-                .set_reported(id, state.status, &state.reason, observed_at)
+            let upsert = self
+                .store
+                .upsert(&spec, self.clock.now().naive_utc(), None)
                 .await?;
+            tracing::info!(instance = %id, namespace = %spec.namespace, desired = ?spec.desired, ?upsert, "instance applied");
+            let (app, plan) = self.app_and_plan(&spec)?;
+            let converged = self
+                .cluster
+                .converge(&spec, app, plan, &self.settings, self.clock.now())
+                .await;
+            match converged {
+                Ok(None) => {}
+                // The reconcile loop converges it again and wakes up when it is due.
+                Ok(Some(_)) => {
+                    let _ = self.converge_tx.send(id);
+                }
+                Err(e) => {
+                    // Recorded: the reconcile loop retries it.
+                    let _ = self.converge_tx.send(id);
+                    return Err(e);
+                }
+            }
         }
-        drop(guard);
-        let _ = self.status_tx.send(id);
-        Ok(state)
+        match self.report(id).await {
+            Ok(Some(state)) => Ok(state),
+            // Deleted from the table meanwhile.
+            Ok(None) => Ok(self.state(id, self.evaluate(id).await?.0, 0)),
+            Err(e) => {
+                // Applied all the same: the status loop reports it again.
+                tracing::warn!(instance = %id, error = %chain(&e), "reporting the applied instance's status failed; reporting again later");
+                let _ = self.status_tx.send(id);
+                Ok(self.state(id, self.evaluate(id).await?.0, 0))
+            }
+        }
     }
 
     /// GetInstanceState: the status as computed from the cluster now.
@@ -265,7 +261,7 @@ impl Controller {
         let id = kapal::wire::uuid("instance_id", instance_id)
             .map_err(|s| Error::invalid(s.message()))?;
         let verdict = self.evaluate(id).await?.0;
-        Ok(self.state(id, verdict, self.observed_at()))
+        Ok(self.state(id, verdict, 0))
     }
 
     /// GetCredentials: the instance's generated login, from its Secret.
@@ -487,25 +483,25 @@ impl Controller {
     }
 
     /// Evaluates the instance and reports its status to the control-plane if it changed since
-    /// the last successful report.
-    async fn report(&self, id: Uuid) -> Result<()> {
-        // Not while ApplyInstance works on the instance: its answer is told to the control-plane
-        // too, and what is remembered as told must not interleave with this report.
+    /// the last successful report; answers the status (`None`: the instance is not recorded).
+    /// Reports of one instance are made one at a time (its lock), each with a larger sequence
+    /// than the last, and are the only road statuses take to the control-plane.
+    async fn report(&self, id: Uuid) -> Result<Option<InstanceState>> {
         let _guard = self.lock(id).await;
         let (verdict, stored) = self.evaluate(id).await?;
-        let Some(stored) = stored else { return Ok(()) };
+        let Some(stored) = stored else {
+            return Ok(None);
+        };
         let current = (verdict.status as i32, verdict.reason.clone());
         if stored.reported.as_ref() == Some(&current) {
-            return Ok(());
+            return Ok(Some(self.state(id, verdict, stored.report_sequence)));
         }
         tracing::info!(instance = %id, status = verdict.status.as_str_name(), reason = %verdict.reason, "instance status changed");
-        let observed_at = self.observed_at();
+        let sequence = stored.next_sequence(self.clock.now().naive_utc());
+        let purged = verdict.purged;
+        let state = self.state(id, verdict, sequence);
         if let Some(client) = &self.control_plane {
-            let mut client = client.clone();
-            match client
-                .report_instance_state(self.state(id, verdict, observed_at))
-                .await
-            {
+            match client.clone().report_instance_state(state.clone()).await {
                 Ok(_) => {}
                 // Retrying cannot help: record it as reported.
                 Err(s) if s.code() == tonic::Code::NotFound => {
@@ -521,8 +517,9 @@ impl Controller {
             }
         }
         self.store
-            .set_reported(id, current.0, &current.1, observed_at)
-            .await
+            .set_reported(id, current.0, &current.1, sequence, purged)
+            .await?;
+        Ok(Some(state))
     }
 
     /// Converges one recorded instance (nothing when it is unknown or deleted and reported).

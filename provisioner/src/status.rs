@@ -52,16 +52,9 @@ pub struct Known<'a> {
 
 /// The reason of a deleted instance whose data is gone too: nothing is left to do.
 pub const PURGED_REASON: &str = "Deleted with its data.";
-/// What earlier versions reported for the same.
-const LEGACY_PURGED_REASON: &str = "The instance and its data were removed.";
 /// The reason of a STOPPED instance that billing suspended.
 pub const BILLING_SUSPENDED_REASON: &str =
     "Suspended: the subscription is unpaid or has ended; data kept.";
-
-/// Whether `reason` (of a DELETED status) says the data is gone as well.
-pub fn is_purged_reason(reason: &str) -> bool {
-    reason == PURGED_REASON || reason == LEGACY_PURGED_REASON
-}
 
 /// The reason of a deleted instance whose data is kept until `until`.
 pub fn kept_reason(until: DateTime<Utc>) -> String {
@@ -75,12 +68,15 @@ pub fn kept_reason(until: DateTime<Utc>) -> String {
 pub struct Verdict {
     pub status: InstanceStatus,
     pub reason: String,
+    /// DELETED with its data gone too: nothing is left to converge.
+    pub purged: bool,
 }
 
 fn verdict(status: InstanceStatus, reason: impl Into<String>) -> Verdict {
     Verdict {
         status,
         reason: reason.into(),
+        purged: false,
     }
 }
 
@@ -318,7 +314,10 @@ pub fn compute(
     };
     if known.desired == Desired::Deleted {
         if observed.namespace.is_none() {
-            return verdict(S::Deleted, PURGED_REASON);
+            return Verdict {
+                purged: true,
+                ..verdict(S::Deleted, PURGED_REASON)
+            };
         }
         let kept_until = known.delete_data_after.filter(|at| *at > now);
         let workloads_left = !observed.deployments.is_empty()
@@ -834,17 +833,16 @@ mod tests {
                 "Deleted; its data is kept until 2025-06-08 12:00:00 UTC, then removed."
             )
         );
-        assert!(!is_purged_reason(&v.reason));
+        assert!(!v.purged);
         let later = until + chrono::TimeDelta::seconds(1);
         let v = compute(Some(deleted), &only_data, later, GRACE);
         assert_eq!(v.status, InstanceStatus::Deleted, "never DELETING again");
-        assert!(!is_purged_reason(&v.reason));
+        assert!(!v.purged);
         let v = compute(Some(deleted), &Observed::default(), later, GRACE);
         assert_eq!(
-            v,
-            verdict(InstanceStatus::Deleted, "Deleted with its data.")
+            (v.status, v.reason.as_str(), v.purged),
+            (InstanceStatus::Deleted, "Deleted with its data.", true)
         );
-        assert!(is_purged_reason(&v.reason));
         // Without retention the namespace goes at once.
         let at_once = known(app, Desired::Deleted);
         assert_eq!(

@@ -3,8 +3,8 @@
 
 use chrono::NaiveDateTime;
 use diesel::{
-    BoolExpressionMethods as _, ExpressionMethods as _, Insertable, OptionalExtension as _,
-    QueryDsl as _, Queryable, Selectable, SelectableHelper as _,
+    ExpressionMethods as _, Insertable, OptionalExtension as _, QueryDsl as _, Queryable,
+    Selectable, SelectableHelper as _,
 };
 use diesel_async::RunQueryDsl as _;
 use kapal::db::{Db, DbError};
@@ -43,7 +43,8 @@ diesel::table! {
         updated_at -> Timestamp,
         delete_data_after -> Nullable<Timestamp>,
         suspended_by_billing -> Bool,
-        reported_at -> Nullable<Timestamp>,
+        report_sequence -> BigInt,
+        finished -> Bool,
     }
 }
 
@@ -66,6 +67,8 @@ struct Row {
     updated_at: NaiveDateTime,
     delete_data_after: Option<NaiveDateTime>,
     suspended_by_billing: bool,
+    report_sequence: i64,
+    finished: bool,
 }
 
 /// One instance as the provisioner knows it.
@@ -75,6 +78,10 @@ pub struct Stored {
     pub was_ready: bool,
     /// `kapal.v1.InstanceStatus` and reason last reported to the control-plane.
     pub reported: Option<(i32, String)>,
+    /// The sequence of the last report (0: none yet).
+    pub report_sequence: i64,
+    /// Reported DELETED with its data gone (see [`Store::set_reported`]).
+    purged: bool,
     /// When the desired spec last changed.
     pub updated_at: NaiveDateTime,
 }
@@ -83,11 +90,16 @@ impl Stored {
     /// Deleted with its data and reported so: nothing is left to converge. (An instance
     /// reported DELETED whose data is still kept is not finished: its data goes later.)
     pub fn is_finished(&self) -> bool {
-        self.spec.desired == Desired::Deleted
-            && self.reported.as_ref().is_some_and(|(status, reason)| {
-                *status == kapal::proto::v1::InstanceStatus::Deleted as i32
-                    && crate::status::is_purged_reason(reason)
-            })
+        self.spec.desired == Desired::Deleted && self.purged
+    }
+
+    /// The sequence of the next report: above the last one, and at least the current time in
+    /// microseconds, so a provisioner that lost its table (and counts afresh) still reports
+    /// above what the control-plane recorded before.
+    pub fn next_sequence(&self, now: NaiveDateTime) -> i64 {
+        self.report_sequence
+            .saturating_add(1)
+            .max(now.and_utc().timestamp_micros())
     }
 }
 
@@ -122,6 +134,8 @@ impl TryFrom<Row> for Stored {
             reported: row
                 .reported_status
                 .map(|s| (s, row.reported_reason.unwrap_or_default())),
+            report_sequence: row.report_sequence,
+            purged: row.finished,
             updated_at: row.updated_at,
         })
     }
@@ -203,6 +217,8 @@ impl Store {
                 updated_at: now,
                 delete_data_after: spec.delete_data_after.map(|t| t.naive_utc()),
                 suspended_by_billing: spec.suspended_by_billing,
+                report_sequence: 0,
+                finished: false,
             };
             let inserted = kapal::db!(&mut conn, |c| diesel::insert_into(instances::table)
                 .values(&row)
@@ -280,30 +296,28 @@ impl Store {
         Ok(())
     }
 
-    /// Records what the control-plane was told (a report, or ApplyInstance's answer, which it
-    /// records too), observed at `observed_at`, unless something observed later was told
-    /// already: answers and reports may finish in any order, and what is remembered must be what
-    /// the control-plane holds (it keeps the latest observation too).
+    /// Records the report with `sequence` as the last one told to the control-plane, unless a
+    /// later one was recorded already. `purged`: the report says DELETED with the data gone.
     pub async fn set_reported(
         &self,
         id: Uuid,
         status: i32,
         reason: &str,
-        observed_at: NaiveDateTime,
+        sequence: i64,
+        purged: bool,
     ) -> Result<()> {
         let mut conn = self.db.get().await?;
         let id = id.to_string();
         kapal::db!(&mut conn, |c| diesel::update(
-            instances::table.find(&id).filter(
-                instances::reported_at
-                    .is_null()
-                    .or(instances::reported_at.le(observed_at))
-            )
+            instances::table
+                .find(&id)
+                .filter(instances::report_sequence.lt(sequence))
         )
         .set((
             instances::reported_status.eq(Some(status)),
             instances::reported_reason.eq(Some(reason)),
-            instances::reported_at.eq(Some(observed_at)),
+            instances::report_sequence.eq(sequence),
+            instances::finished.eq(purged),
         ))
         .execute(c)
         .await)
@@ -381,7 +395,7 @@ mod tests {
             .await
             .expect("ready");
         store
-            .set_reported(s.instance_id, 3, "The app is running.", at(1))
+            .set_reported(s.instance_id, 3, "The app is running.", 10, false)
             .await
             .expect("reported");
         // A plan change keeps the instance's life; a stop starts a new one.
@@ -398,26 +412,43 @@ mod tests {
         assert!(got.was_ready);
         let running = Some((3, "The app is running.".to_string()));
         assert_eq!(got.reported, running);
-        // Told in any order: an observation older than the one remembered is not remembered.
+        // Told in any order: a report older than the one remembered is not remembered.
         let id = s.instance_id;
         let reported = |store: &Store| {
             let store = store.clone();
             async move { store.get(id).await.expect("get").expect("stored").reported }
         };
         store
-            .set_reported(id, 5, "Stopped.", at(0))
+            .set_reported(id, 5, "Stopped.", 9, false)
             .await
             .expect("older");
         assert_eq!(reported(&store).await, running);
         store
-            .set_reported(id, 2, "Starting.", at(2))
+            .set_reported(id, 5, "Stopped.", 10, false)
+            .await
+            .expect("same sequence");
+        assert_eq!(reported(&store).await, running);
+        store
+            .set_reported(id, 2, "Starting.", 11, false)
             .await
             .expect("newer");
         assert_eq!(reported(&store).await, Some((2, "Starting.".to_string())));
+        let stored = store.get(id).await.expect("get").expect("stored");
+        assert_eq!(stored.report_sequence, 11);
+        // The next sequence is above the last, and above the clock's microseconds.
+        assert_eq!(
+            stored.next_sequence(at(0)),
+            at(0).and_utc().timestamp_micros()
+        );
+        let far_ahead = Stored {
+            report_sequence: i64::MAX - 1,
+            ..stored.clone()
+        };
+        assert_eq!(far_ahead.next_sequence(at(0)), i64::MAX);
         store
-            .set_reported(id, 3, "The app is running.", at(2))
+            .set_reported(id, 3, "The app is running.", 12, false)
             .await
-            .expect("same time");
+            .expect("running again");
         assert_eq!(reported(&store).await, running);
         s.desired = Desired::Stopped;
         store.upsert(&s, at(3), None).await.expect("stop");
@@ -478,7 +509,8 @@ mod tests {
                 s.instance_id,
                 deleted,
                 &crate::status::kept_reason(at(100).and_utc()),
-                at(7),
+                13,
+                false,
             )
             .await
             .expect("reported");
@@ -487,7 +519,13 @@ mod tests {
         assert_eq!(list[0].spec, s, "the retention round-trips");
         assert!(!list[0].is_finished(), "its data is still to be removed");
         store
-            .set_reported(s.instance_id, deleted, crate::status::PURGED_REASON, at(8))
+            .set_reported(
+                s.instance_id,
+                deleted,
+                crate::status::PURGED_REASON,
+                14,
+                true,
+            )
             .await
             .expect("reported");
         assert!(store.list().await.expect("list")[0].is_finished());

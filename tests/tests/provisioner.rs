@@ -52,9 +52,9 @@ const READY_TIMEOUT: Duration = Duration::from_secs(120);
 
 #[derive(Clone, Default)]
 struct FakeControlPlane {
+    /// Every report, as it arrived. (ApplyInstance's answers are not recorded: statuses reach
+    /// the real control-plane by report only.)
     reports: Arc<Mutex<Vec<InstanceState>>>,
-    /// ApplyInstance's answers, which the real control-plane records as well.
-    answers: Arc<Mutex<Vec<InstanceState>>>,
     desired: Arc<Mutex<Vec<InstanceSpec>>>,
 }
 
@@ -94,22 +94,19 @@ impl FakeControlPlane {
             .collect()
     }
 
-    /// What the control-plane held for `id` over time: reports and answers by when they were
-    /// observed, each with whether it was a report.
-    fn seen(&self, id: &str) -> Vec<(bool, (i32, String))> {
-        let key = |r: &InstanceState| r.observed_at.as_ref().map(|t| (t.seconds, t.nanos));
-        let mut all: Vec<(bool, &InstanceState)> = Vec::new();
-        let (reports, answers) = (lock(&self.reports), lock(&self.answers));
-        all.extend(reports.iter().map(|r| (true, r)));
-        all.extend(answers.iter().map(|r| (false, r)));
-        all.retain(|(_, r)| r.instance_id == id);
-        all.sort_by_key(|(_, r)| key(r));
-        all.into_iter()
-            .map(|(report, r)| (report, (r.status, r.reason.clone())))
-            .collect()
+    /// What the control-plane held for `id` over time: its reports in the provisioner's order
+    /// (their sequence), with the sequences.
+    fn seen(&self, id: &str) -> Vec<(u64, (i32, String))> {
+        let mut all: Vec<(u64, (i32, String))> = lock(&self.reports)
+            .iter()
+            .filter(|r| r.instance_id == id)
+            .map(|r| (r.sequence, (r.status, r.reason.clone())))
+            .collect();
+        all.sort_by_key(|(sequence, _)| *sequence);
+        all
     }
 
-    /// Waits until the control-plane was told `status` for `id`, by a report or an answer.
+    /// Waits until the control-plane was told `status` for `id`.
     async fn wait_reported(&self, id: &str, status: InstanceStatus) -> anyhow::Result<()> {
         wait_for(
             &format!("{id} to be reported {}", status.as_str_name()),
@@ -262,9 +259,7 @@ impl Provisioner {
         let req = ApplyInstanceRequest {
             spec: Some(spec.clone()),
         };
-        let answer = self.client.clone().apply_instance(req).await?.into_inner();
-        lock(&self.control_plane.answers).push(answer.clone());
-        Ok(answer)
+        Ok(self.client.clone().apply_instance(req).await?.into_inner())
     }
 
     async fn state(&self, id: &str) -> Result<InstanceState, Status> {
@@ -779,14 +774,25 @@ async fn an_n8n_instance_lives_its_whole_life() -> anyhow::Result<()> {
     assert_eq!(code(p.credentials(&id).await), Code::NotFound);
     // Only changes are reported: never what the control-plane holds already (the last report,
     // or ApplyInstance's answer since).
+    // Only changes are reported, each with a larger sequence than the one before, in the
+    // order they were made.
     let seen = p.control_plane.seen(&id);
     for pair in seen.windows(2) {
-        if pair[1].0 {
-            assert_ne!(pair[0].1, pair[1].1, "only changes are reported: {seen:?}");
-        }
+        assert!(pair[0].0 < pair[1].0, "sequences increase: {seen:?}");
+        assert_ne!(pair[0].1, pair[1].1, "only changes are reported: {seen:?}");
     }
-    // The control-plane saw the whole life, by answer or by report; the end always comes as a
-    // report (the namespace goes after the answer).
+    assert_eq!(
+        seen.iter()
+            .map(|(sequence, _)| *sequence)
+            .collect::<Vec<_>>(),
+        lock(&p.control_plane.reports)
+            .iter()
+            .filter(|r| r.instance_id == id)
+            .map(|r| r.sequence)
+            .collect::<Vec<_>>(),
+        "reports arrive in the order they were made"
+    );
+    // The control-plane saw the whole life by report, the end included.
     let statuses: Vec<i32> = seen.iter().map(|(_, r)| r.0).collect();
     for status in [
         InstanceStatus::Provisioning,
@@ -797,8 +803,8 @@ async fn an_n8n_instance_lives_its_whole_life() -> anyhow::Result<()> {
         assert!(statuses.contains(&(status as i32)), "{seen:?}");
     }
     assert_eq!(
-        seen.last().map(|(report, r)| (*report, r.0)),
-        Some((true, InstanceStatus::Deleted as i32)),
+        seen.last().map(|(_, r)| r.0),
+        Some(InstanceStatus::Deleted as i32),
         "{seen:?}"
     );
     p.shutdown().await
@@ -1112,8 +1118,8 @@ async fn an_instance_on_a_failed_node_moves_and_is_ready_again() -> anyhow::Resu
 }
 
 /// Stopped and started again before its pod went (a suspension lifted at once, a customer's
-/// stop and start): the cluster looks as it did at the last report, but the control-plane
-/// recorded the answers in between, so the provisioner reports the new spec's status afresh.
+/// stop and start): the status in between is reported before each ApplyInstance answers, so
+/// the provisioner reports the new spec's READY afresh.
 #[tokio::test(flavor = "multi_thread")]
 async fn a_stop_and_start_in_quick_succession_is_reported_afresh() -> anyhow::Result<()> {
     let dir = tempfile::tempdir()?;
