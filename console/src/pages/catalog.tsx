@@ -65,6 +65,11 @@ export function Catalog() {
   );
 }
 
+/** After sign-up or log-in, come back to this checkout. */
+function comeBack() {
+  sessionStorage.setItem('kapal.after-login', window.location.hash);
+}
+
 function newKey(): string {
   if (typeof crypto.randomUUID === 'function') return crypto.randomUUID();
   const b = crypto.getRandomValues(new Uint8Array(16));
@@ -100,7 +105,11 @@ export function Checkout({ appId, planId }: { appId: string; planId: string }) {
     return (
       <Page title="Checkout">
         <p>
-          To order, <a href={href('signup')}>create an account</a> or <a href={href('login')}>log in</a>.
+          To order, <a href={href('signup')} onClick={comeBack}>create an account</a> or{' '}
+          <a href={href('login')} onClick={comeBack}>
+            log in
+          </a>
+          .
         </p>
       </Page>
     );
