@@ -85,7 +85,7 @@ export function Page({ title, children }: { title: string; children: ComponentCh
     }
   }, []);
   return (
-    <section aria-labelledby="page-title">
+    <section class="page">
       <h1 id="page-title" ref={h} tabIndex={-1}>
         {title}
       </h1>
