@@ -50,6 +50,8 @@ struct Options {
     /// The gateway reaches the control-plane and billing over their sockets, as when they run
     /// in separate processes (default: directly, as `kapal server` runs them together).
     upstreams_over_the_network: bool,
+    /// The built web console the gateway serves to browsers (default: none).
+    console_dir: Option<std::path::PathBuf>,
 }
 
 /// The running services of one test.
@@ -82,6 +84,13 @@ impl TestAppBuilder {
     /// each service runs in its own process, instead of directly in this process.
     pub fn upstreams_over_the_network(mut self) -> Self {
         self.options.upstreams_over_the_network = true;
+        self
+    }
+
+    /// The gateway serves the built web console from `dir` (`console/dist`), as
+    /// `kapal server --console-dir` does.
+    pub fn with_console_dir(mut self, dir: impl Into<std::path::PathBuf>) -> Self {
+        self.options.console_dir = Some(dir.into());
         self
     }
 
@@ -291,6 +300,7 @@ impl TestApp {
         if let Some(n) = self.options.max_message_bytes {
             gw_config.max_message_bytes = n;
         }
+        gw_config.console_dir = self.options.console_dir.clone();
         match self.options.rate_limit {
             Some((rate, burst)) => {
                 gw_config.rate_limit_per_second = rate;
