@@ -1,5 +1,6 @@
-//! Conversions at the edge between wire types and domain values, with `INVALID_ARGUMENT` errors
-//! a person can act on.
+//! Conversions at the edge between wire types and domain values. Checks fail with [`Invalid`]:
+//! a message a person can act on, which becomes `INVALID_ARGUMENT` in each service's one error
+//! mapping (or directly, as a [`Status`], where a handler has no error type of its own).
 
 use chrono::{DateTime, NaiveDateTime, TimeZone as _, Utc};
 use tonic::Status;
@@ -26,13 +27,24 @@ pub fn from_timestamp(t: &prost_types::Timestamp) -> Option<DateTime<Utc>> {
     DateTime::from_timestamp(t.seconds, u32::try_from(t.nanos).ok()?)
 }
 
+/// A field that fails a check; the message names the field and what to change.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("{0}")]
+pub struct Invalid(pub String);
+
+impl From<Invalid> for Status {
+    fn from(e: Invalid) -> Status {
+        Status::invalid_argument(e.0)
+    }
+}
+
 /// Parses a UUID field; `field` names it in the error.
-pub fn uuid(field: &str, value: &str) -> Result<Uuid, Status> {
+pub fn uuid(field: &str, value: &str) -> Result<Uuid, Invalid> {
     if value.is_empty() {
-        return Err(Status::invalid_argument(format!("{field} is required")));
+        return Err(Invalid(format!("{field} is required")));
     }
     Uuid::parse_str(value).map_err(|_| {
-        Status::invalid_argument(format!(
+        Invalid(format!(
             "{field} must be a UUID, got {:?}",
             truncate(value, 64)
         ))
@@ -40,10 +52,10 @@ pub fn uuid(field: &str, value: &str) -> Result<Uuid, Status> {
 }
 
 /// A required, non-empty text field.
-pub fn required<'a>(field: &str, value: &'a str) -> Result<&'a str, Status> {
+pub fn required<'a>(field: &str, value: &'a str) -> Result<&'a str, Invalid> {
     let v = value.trim();
     if v.is_empty() {
-        Err(Status::invalid_argument(format!("{field} is required")))
+        Err(Invalid(format!("{field} is required")))
     } else {
         Ok(v)
     }
@@ -72,17 +84,13 @@ pub fn forbidden_in_names(c: char) -> Option<&'static str> {
 
 /// A name people read: trimmed, 1 to `max` characters, none of [`forbidden_in_names`]. The
 /// error names the field and what to change.
-pub fn display_text<'a>(field: &str, value: &'a str, max: usize) -> Result<&'a str, Status> {
+pub fn display_text<'a>(field: &str, value: &'a str, max: usize) -> Result<&'a str, Invalid> {
     let v = value.trim();
     if v.is_empty() || v.chars().count() > max {
-        return Err(Status::invalid_argument(format!(
-            "{field} must be 1-{max} characters"
-        )));
+        return Err(Invalid(format!("{field} must be 1-{max} characters")));
     }
     if let Some(what) = v.chars().find_map(forbidden_in_names) {
-        return Err(Status::invalid_argument(format!(
-            "{field} may not contain {what}"
-        )));
+        return Err(Invalid(format!("{field} may not contain {what}")));
     }
     Ok(v)
 }
@@ -145,7 +153,7 @@ mod tests {
             ("ad\u{FEFF}min", "zero-width"),
             ("line\nbreak", "control characters"),
         ] {
-            let e = display_text("display_name", bad, 100).expect_err(bad);
+            let e = Status::from(display_text("display_name", bad, 100).expect_err(bad));
             assert_eq!(e.code(), tonic::Code::InvalidArgument);
             assert!(e.message().contains(why), "{bad:?}: {}", e.message());
             assert!(e.message().starts_with("display_name"), "{}", e.message());

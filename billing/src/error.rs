@@ -46,6 +46,13 @@ impl From<diesel::result::Error> for Error {
     }
 }
 
+/// A field the shared wire helpers refused.
+impl From<kapal::wire::Invalid> for Error {
+    fn from(e: kapal::wire::Invalid) -> Self {
+        Error::InvalidArgument(e.0)
+    }
+}
+
 impl From<Error> for Status {
     fn from(e: Error) -> Status {
         match e {

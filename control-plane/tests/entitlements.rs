@@ -71,8 +71,9 @@ impl ProvisionerService for FakeProvisioner {
             observed_at: None,
             sequence: 0,
         };
-        self.reporter.report(state.clone()).await?;
+        // Recorded as it arrives (the order the control-plane pushed in), then reported.
         self.specs.lock().expect("lock").push(spec);
+        self.reporter.report(state.clone()).await?;
         Ok(Response::new(state))
     }
 

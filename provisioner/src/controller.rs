@@ -258,16 +258,14 @@ impl Controller {
 
     /// GetInstanceState: the status as computed from the cluster now.
     pub async fn instance_state(&self, instance_id: &str) -> Result<InstanceState> {
-        let id = kapal::wire::uuid("instance_id", instance_id)
-            .map_err(|s| Error::invalid(s.message()))?;
+        let id = kapal::wire::uuid("instance_id", instance_id)?;
         let verdict = self.evaluate(id).await?.0;
         Ok(self.state(id, verdict, 0))
     }
 
     /// GetCredentials: the instance's generated login, from its Secret.
     pub async fn credentials(&self, instance_id: &str) -> Result<Credentials> {
-        let id = kapal::wire::uuid("instance_id", instance_id)
-            .map_err(|s| Error::invalid(s.message()))?;
+        let id = kapal::wire::uuid("instance_id", instance_id)?;
         let not_found = || {
             Error::NotFound(format!(
                 "instance {id} has no credentials (it has not been provisioned)"
@@ -309,8 +307,7 @@ impl Controller {
     /// (its stats summary, through the nodes/proxy subresource), which the provisioner is not
     /// allowed to read.
     pub async fn usage(&self, instance_id: &str) -> Result<InstanceUsage> {
-        let id = kapal::wire::uuid("instance_id", instance_id)
-            .map_err(|s| Error::invalid(s.message()))?;
+        let id = kapal::wire::uuid("instance_id", instance_id)?;
         let stored = self
             .store
             .get(id)

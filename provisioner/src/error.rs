@@ -55,6 +55,13 @@ pub fn chain(e: &(dyn std::error::Error + 'static)) -> String {
     out
 }
 
+/// A field the shared wire helpers refused.
+impl From<kapal::wire::Invalid> for Error {
+    fn from(e: kapal::wire::Invalid) -> Self {
+        Error::InvalidArgument(e.0)
+    }
+}
+
 impl From<Error> for Status {
     fn from(e: Error) -> Status {
         match e {

@@ -87,7 +87,7 @@ impl Spec {
     /// Validates a wire spec against `catalog`; errors say which field is wrong and why.
     pub fn from_wire(wire: &InstanceSpec, catalog: &Catalog) -> Result<Spec> {
         let uuid = |field: &str, value: &str| -> Result<Uuid> {
-            kapal::wire::uuid(field, value).map_err(|s| Error::invalid(s.message()))
+            kapal::wire::uuid(field, value).map_err(Error::from)
         };
         let instance_id = uuid("spec.instance_id", &wire.instance_id)?;
         let account_id = uuid("spec.account_id", &wire.account_id)?;
