@@ -31,4 +31,5 @@ pub mod db;
 pub mod paging;
 pub mod serve;
 pub mod testing;
+pub mod webhook;
 pub mod wire;
