@@ -111,6 +111,9 @@ pub enum ClientCommand {
     /// Create, list and revoke API tokens for scripts and integrations.
     #[command(subcommand)]
     Token(TokenCommand),
+    /// Support tickets: open one, follow it, answer; operators: the queue, answers, the report.
+    #[command(subcommand)]
+    Support(SupportCommand),
 }
 
 #[derive(Args)]
@@ -191,6 +194,133 @@ pub struct InvoicesArgs {
     /// Only the invoices of this subscription.
     #[arg(long, value_name = "ID")]
     pub subscription: Option<String>,
+    #[command(flatten)]
+    pub global: Global,
+}
+
+// ---------------------------------------------------------------------------------------------
+// kapal support
+// ---------------------------------------------------------------------------------------------
+
+#[derive(Subcommand)]
+pub enum SupportCommand {
+    /// Open a ticket; operators answer a critical one within 2 hours, high 8, normal 24, low 72.
+    Open(SupportOpenArgs),
+    /// List your tickets, newest first.
+    List(SupportListArgs),
+    /// Show a ticket with every message.
+    Show(SupportShowArgs),
+    /// Write on one of your tickets (a resolved one opens again).
+    Reply(SupportReplyArgs),
+    /// Mark one of your tickets resolved.
+    Resolve(TicketArg),
+    /// Operators: tickets waiting on an answer, due first, with the time left.
+    Queue(SupportListArgs),
+    /// Operators: answer a ticket (it then waits on the customer, or --resolve).
+    Answer(SupportAnswerArgs),
+    /// Operators: first-response times and the SLA breach rate per severity.
+    Report(SupportReportArgs),
+}
+
+/// A ticket's severity.
+#[derive(ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum TicketSeverityArg {
+    /// Service down or data at risk.
+    Critical,
+    /// Service impaired.
+    High,
+    Normal,
+    /// Questions and wishes.
+    Low,
+}
+
+impl TicketSeverityArg {
+    pub fn wire(self) -> kapal::proto::v1::TicketSeverity {
+        use kapal::proto::v1::TicketSeverity as S;
+        match self {
+            TicketSeverityArg::Critical => S::Critical,
+            TicketSeverityArg::High => S::High,
+            TicketSeverityArg::Normal => S::Normal,
+            TicketSeverityArg::Low => S::Low,
+        }
+    }
+}
+
+#[derive(Args)]
+pub struct SupportOpenArgs {
+    /// One line saying what is wrong.
+    #[arg(long)]
+    pub subject: String,
+    /// What happened, what you expected, what you tried.
+    #[arg(long)]
+    pub body: String,
+    #[arg(long, value_enum, default_value_t = TicketSeverityArg::Normal)]
+    pub severity: TicketSeverityArg,
+    /// The instance it is about (see `kapal instances`).
+    #[arg(long, value_name = "ID")]
+    pub instance: Option<String>,
+    #[command(flatten)]
+    pub global: Global,
+}
+
+#[derive(Args)]
+pub struct SupportListArgs {
+    /// At most this many tickets.
+    #[arg(long, default_value_t = 50, value_parser = clap::value_parser!(u32).range(1..=500))]
+    pub limit: u32,
+    #[command(flatten)]
+    pub global: Global,
+}
+
+#[derive(Args)]
+pub struct SupportShowArgs {
+    /// The ticket's id.
+    pub id: String,
+    /// As an operator: any customer's ticket, with operators' emails.
+    #[arg(long)]
+    pub operator: bool,
+    #[command(flatten)]
+    pub global: Global,
+}
+
+#[derive(Args)]
+pub struct SupportReplyArgs {
+    /// The ticket's id.
+    pub id: String,
+    /// The message.
+    #[arg(long)]
+    pub body: String,
+    #[command(flatten)]
+    pub global: Global,
+}
+
+#[derive(Args)]
+pub struct SupportAnswerArgs {
+    /// The ticket's id.
+    pub id: String,
+    /// The answer the customer reads.
+    #[arg(long)]
+    pub body: String,
+    /// Resolve the ticket with this answer.
+    #[arg(long)]
+    pub resolve: bool,
+    #[command(flatten)]
+    pub global: Global,
+}
+
+#[derive(Args)]
+pub struct SupportReportArgs {
+    /// Tickets opened in the last this many days.
+    #[arg(long, default_value_t = 30, value_parser = clap::value_parser!(u32).range(1..=3650))]
+    pub days: u32,
+    #[command(flatten)]
+    pub global: Global,
+}
+
+#[derive(Args)]
+pub struct TicketArg {
+    /// The ticket's id (see `kapal support list`).
+    pub id: String,
     #[command(flatten)]
     pub global: Global,
 }

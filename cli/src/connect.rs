@@ -26,6 +26,8 @@ use kapal::proto::v1::catalog_service_client::CatalogServiceClient;
 use kapal::proto::v1::instance_service_client::InstanceServiceClient;
 use kapal::proto::v1::order_service_client::OrderServiceClient;
 use kapal::proto::v1::subscription_service_client::SubscriptionServiceClient;
+use kapal::proto::v1::support_admin_service_client::SupportAdminServiceClient;
+use kapal::proto::v1::support_service_client::SupportServiceClient;
 
 use crate::args::{Global, Output};
 use crate::output::{Render, rfc3339};
@@ -131,6 +133,12 @@ impl Ctx {
     }
     pub fn billing_admin(&self) -> anyhow::Result<BillingAdminServiceClient<Svc>> {
         Ok(BillingAdminServiceClient::new(self.authed()?))
+    }
+    pub fn support(&self) -> anyhow::Result<SupportServiceClient<Svc>> {
+        Ok(SupportServiceClient::new(self.authed()?))
+    }
+    pub fn support_admin(&self) -> anyhow::Result<SupportAdminServiceClient<Svc>> {
+        Ok(SupportAdminServiceClient::new(self.authed()?))
     }
 
     /// A gRPC error as a message for the user: `<message> (<CODE>)`.

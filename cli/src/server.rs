@@ -62,7 +62,13 @@ pub struct ServerArgs {
     /// 7d, 12h, 30m.
     #[arg(long, default_value = "7d", value_parser = parse_period, env = "KAPAL_DATA_RETENTION")]
     pub data_retention: Duration,
-    /// POST lifecycle notifications (renewal upcoming, payment failed, suspended, expired) as
+    /// First-response SLAs of support tickets per severity, e.g.
+    /// `critical=2h,high=8h,normal=24h,low=72h` (those not named keep these defaults; units s,
+    /// m, h, d). A ticket is an at-risk alert in its last quarter, a breach alert after.
+    #[arg(long, env = "KAPAL_SUPPORT_SLA", value_parser = parse_support_sla, default_value = "")]
+    pub support_sla: kapal_control_plane::support::Settings,
+    /// POST lifecycle notifications (renewal upcoming, payment failed, suspended, expired) and
+    /// support ticket notices (opened, answered, resolved, SLA at risk, SLA breached) as
     /// signed JSON to this http:// URL; they are logged either way.
     #[arg(long, env = "KAPAL_NOTIFY_WEBHOOK", requires = "notify_webhook_secret")]
     pub notify_webhook: Option<String>,
@@ -187,6 +193,10 @@ pub struct ServerArgs {
 
 /// Parses a period like `7d`, `12h`, `30m`, `45s` or `1d12h` (whole days, hours, minutes and
 /// seconds).
+fn parse_support_sla(s: &str) -> Result<kapal_control_plane::support::Settings, String> {
+    kapal_control_plane::support::Settings::parse_slas(s).map_err(|e| e.to_string())
+}
+
 fn parse_period(s: &str) -> Result<Duration, String> {
     let bad = || format!("{s:?} is not a period like 7d, 12h, 30m or 1d12h");
     let mut total: u64 = 0;
@@ -222,6 +232,8 @@ struct Checked {
     catalog: Arc<Catalog>,
     key: InternalKey,
     notifier: Option<Arc<dyn kapal_billing::notify::Notifier>>,
+    /// Support notices go to the same webhook.
+    support_notifier: Option<Arc<dyn kapal_control_plane::support::notify::Notifier>>,
     /// The cluster, when this process runs the provisioner (nothing else gets credentials).
     kube: Option<kapal_provisioner::KubeConfig>,
     cluster_cidrs: Vec<kapal::cidr::Cidr>,
@@ -371,6 +383,8 @@ async fn check(args: &ServerArgs) -> anyhow::Result<Checked> {
         ));
     }
     let mut notifier: Option<Arc<dyn kapal_billing::notify::Notifier>> = None;
+    let mut support_notifier: Option<Arc<dyn kapal_control_plane::support::notify::Notifier>> =
+        None;
     if let (Some(url), Some(secret)) = (&args.notify_webhook, &args.notify_webhook_secret) {
         if secret.len() < 16 {
             problems.push(
@@ -382,6 +396,11 @@ async fn check(args: &ServerArgs) -> anyhow::Result<Checked> {
             Ok(n) => notifier = Some(Arc::new(n)),
             Err(e) => problems.push(format!("KAPAL_NOTIFY_WEBHOOK (--notify-webhook): {e}")),
         }
+        if let Ok(n) =
+            kapal_control_plane::support::notify::WebhookNotifier::new(url, secret.as_bytes())
+        {
+            support_notifier = Some(Arc::new(n));
+        }
     }
     match (db, catalog, key) {
         (Some(db), Some(catalog), Some(key)) if problems.is_empty() => Ok(Checked {
@@ -389,6 +408,7 @@ async fn check(args: &ServerArgs) -> anyhow::Result<Checked> {
             catalog: Arc::new(catalog),
             key,
             notifier,
+            support_notifier,
             kube,
             cluster_cidrs,
             egress_deny,
@@ -510,6 +530,10 @@ pub async fn run(args: ServerArgs) -> anyhow::Result<()> {
         config.capacity_ceiling_percent = args.capacity_ceiling;
         config.max_watches_per_account = args.max_watches_per_account;
         config.data_retention = args.data_retention;
+        config.support = args.support_sla.clone();
+        if let Some(n) = &checked.support_notifier {
+            config.notifier = n.clone();
+        }
         config.local = local_cp.clone();
         let stop = shutdown();
         tasks.spawn(async move {

@@ -468,6 +468,7 @@ impl AdminService for Admin {
         let mut alerts = Vec::new();
         cluster_alerts(&observed, kapal, ctx.ceiling_percent, &mut alerts);
         instance_alerts(ctx, &mut alerts).await?;
+        crate::support::alerts(ctx, &mut alerts).await?;
         alerts.sort_by(|a, b| {
             b.severity
                 .cmp(&a.severity)

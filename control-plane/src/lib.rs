@@ -2,9 +2,10 @@
 //! state and status history), and the orchestration of billing and the provisioner.
 //!
 //! Public services (reached through the gateway): `kapal.v1.CatalogService`, `AccountService`,
-//! `OrderService`, `InstanceService`, and for operators `AdminService` (role ADMIN). Internal
-//! services: `kapal.internal.v1.IdentityService` (for the gateway), `InstanceStateService` (for
-//! the provisioner) and `EntitlementService` (for billing).
+//! `OrderService`, `InstanceService`, `SupportService`, and for operators `AdminService` and
+//! `SupportAdminService` (role ADMIN). Internal services: `kapal.internal.v1.IdentityService`
+//! (for the gateway), `InstanceStateService` (for the provisioner) and `EntitlementService` (for
+//! billing).
 
 mod accounts;
 mod admin;
@@ -19,6 +20,7 @@ mod models;
 pub mod operators;
 mod orders;
 mod schema;
+pub mod support;
 
 use std::future::Future;
 use std::sync::Arc;
@@ -40,6 +42,8 @@ use kapal::proto::v1::admin_service_server::AdminServiceServer;
 use kapal::proto::v1::catalog_service_server::CatalogServiceServer;
 use kapal::proto::v1::instance_service_server::InstanceServiceServer;
 use kapal::proto::v1::order_service_server::OrderServiceServer;
+use kapal::proto::v1::support_admin_service_server::SupportAdminServiceServer;
+use kapal::proto::v1::support_service_server::SupportServiceServer;
 use kapal::serve::InternalChannel;
 use tokio::net::TcpListener;
 use tokio::sync::broadcast;
@@ -74,6 +78,10 @@ pub struct Config {
     pub capacity_cache_ttl: Duration,
     /// How long a deleted instance's data (volumes, secrets, namespace) is kept.
     pub data_retention: Duration,
+    /// Support tickets' first-response SLAs per severity and when a ticket is at risk.
+    pub support: support::Settings,
+    /// Where support tickets' notices go (default: the log).
+    pub notifier: Arc<dyn support::notify::Notifier>,
     /// Where to publish the control-plane's routes for a gateway in the same process (see
     /// [`kapal::serve::LocalRoutes`]); `None` serves over the listener only.
     pub local: Option<kapal::serve::LocalRoutes>,
@@ -102,6 +110,8 @@ impl Config {
             capacity_ceiling_percent: 80,
             capacity_cache_ttl: Duration::from_secs(5),
             data_retention: Duration::from_secs(7 * 24 * 3600),
+            support: support::Settings::default(),
+            notifier: Arc::new(support::notify::LogNotifier),
             local: None,
         }
     }
@@ -129,6 +139,10 @@ pub(crate) struct Ctx {
     pub credentials: Arc<credentials::CredentialsCache>,
     /// Live WatchInstance streams per account.
     pub watches: Arc<instances::Watches>,
+    /// See [`Config::support`].
+    pub support: Arc<support::Settings>,
+    /// See [`Config::notifier`].
+    pub notifier: Arc<dyn support::notify::Notifier>,
 }
 
 impl Ctx {
@@ -181,6 +195,8 @@ pub async fn run(
         capacity: Arc::new(capacity::CapacityCache::new(config.capacity_cache_ttl)),
         ceiling_percent: config.capacity_ceiling_percent,
         credentials: Arc::new(credentials::CredentialsCache::new(credentials::CAPACITY)),
+        support: Arc::new(config.support),
+        notifier: config.notifier,
     };
 
     let (health_reporter, health_service) = tonic_health::server::health_reporter();
@@ -206,6 +222,12 @@ pub async fn run(
         .set_serving::<InstanceStateServiceServer<internal::InstanceState>>()
         .await;
     health_reporter
+        .set_serving::<SupportServiceServer<support::api::Support>>()
+        .await;
+    health_reporter
+        .set_serving::<SupportAdminServiceServer<support::api::SupportAdmin>>()
+        .await;
+    health_reporter
         .set_serving::<EntitlementServiceServer<entitlements::Entitlements>>()
         .await;
 
@@ -216,6 +238,7 @@ pub async fn run(
         config.recovery_interval,
         stop_rx.clone(),
     ));
+    let support_sweep = tokio::spawn(support::sweep(ctx.clone(), stop_rx.clone()));
 
     let routes = tonic::service::Routes::new(health_service)
         .add_service(kapal::serve::reflection(kapal::proto::DESCRIPTOR_SET)?)
@@ -246,6 +269,14 @@ pub async fn run(
             admin::Admin(ctx.clone()),
             verify.clone(),
         ))
+        .add_service(SupportServiceServer::with_interceptor(
+            support::api::Support(ctx.clone()),
+            verify.clone(),
+        ))
+        .add_service(SupportAdminServiceServer::with_interceptor(
+            support::api::SupportAdmin(ctx.clone()),
+            verify.clone(),
+        ))
         .add_service(InstanceStateServiceServer::with_interceptor(
             internal::InstanceState(ctx.clone()),
             verify.clone(),
@@ -264,6 +295,7 @@ pub async fn run(
     let result = kapal::serve::serve(router, listener, shutdown).await;
     let _ = stop_tx.send(true);
     let _ = recovery.await;
+    let _ = support_sweep.await;
     result
 }
 

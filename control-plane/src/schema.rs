@@ -93,14 +93,47 @@ diesel::table! {
     }
 }
 
+diesel::table! {
+    support_tickets (id) {
+        id -> Text,
+        account_id -> Text,
+        subject -> Text,
+        severity -> Text,
+        status -> Text,
+        instance_id -> Nullable<Text>,
+        created_at -> Timestamp,
+        updated_at -> Timestamp,
+        first_response_due_at -> Timestamp,
+        first_response_at -> Nullable<Timestamp>,
+        response_due_at -> Nullable<Timestamp>,
+        resolved_at -> Nullable<Timestamp>,
+        notified_level -> Integer,
+    }
+}
+
+diesel::table! {
+    support_messages (id) {
+        id -> Text,
+        ticket_id -> Text,
+        author -> Text,
+        author_account_id -> Text,
+        body -> Text,
+        at -> Timestamp,
+    }
+}
+
 diesel::joinable!(tokens -> accounts (account_id));
 diesel::joinable!(instances -> accounts (account_id));
 diesel::joinable!(instance_events -> instances (instance_id));
+diesel::joinable!(support_tickets -> accounts (account_id));
+diesel::joinable!(support_messages -> support_tickets (ticket_id));
 diesel::allow_tables_to_appear_in_same_query!(
     accounts,
     tokens,
     orders,
     instances,
     instance_events,
-    audit_log
+    audit_log,
+    support_tickets,
+    support_messages
 );

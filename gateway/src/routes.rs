@@ -192,6 +192,8 @@ mod tests {
             "/kapal.v1.InstanceService/GetInstance",
             "/kapal.v1.AdminService/ListAllInstances",
             "/kapal.v1.AdminService/GetCapacity",
+            "/kapal.v1.SupportService/OpenTicket",
+            "/kapal.v1.SupportAdminService/ListTicketQueue",
         ] {
             assert_eq!(get(path).target, Target::ControlPlane, "{path}");
         }
@@ -221,6 +223,8 @@ mod tests {
         assert!(!public("/kapal.v1.AccountService/WhoAmI"));
         assert!(!public("/kapal.v1.InstanceService/WatchInstance"));
         assert!(!public("/kapal.v1.SubscriptionService/ListInvoices"));
+        assert!(!public("/kapal.v1.SupportService/GetTicket"));
+        assert!(!public("/kapal.v1.SupportAdminService/ReplyAsOperator"));
     }
 
     #[test]

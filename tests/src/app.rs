@@ -17,6 +17,8 @@ use kapal::proto::v1::catalog_service_client::CatalogServiceClient;
 use kapal::proto::v1::instance_service_client::InstanceServiceClient;
 use kapal::proto::v1::order_service_client::OrderServiceClient;
 use kapal::proto::v1::subscription_service_client::SubscriptionServiceClient;
+use kapal::proto::v1::support_admin_service_client::SupportAdminServiceClient;
+use kapal::proto::v1::support_service_client::SupportServiceClient;
 use kapal::proto::v1::{InstanceStatus, SignUpRequest, WatchInstanceRequest};
 use kapal::testing::Backend;
 use tokio::net::TcpListener;
@@ -50,6 +52,11 @@ struct Options {
     /// The gateway reaches the control-plane and billing over their sockets, as when they run
     /// in separate processes (default: directly, as `kapal server` runs them together).
     upstreams_over_the_network: bool,
+    /// The control-plane's clock (default: the system clock).
+    control_plane_clock: Option<SharedClock>,
+    /// Support SLAs and where support notices go (default: the control-plane's defaults).
+    support: Option<kapal_control_plane::support::Settings>,
+    support_notifier: Option<Arc<dyn kapal_control_plane::support::notify::Notifier>>,
     /// The built web console the gateway serves to browsers (default: none).
     console_dir: Option<std::path::PathBuf>,
 }
@@ -123,6 +130,23 @@ impl TestAppBuilder {
 
     pub fn with_capacity_ceiling(mut self, percent: u32) -> Self {
         self.options.capacity_ceiling_percent = Some(percent);
+        self
+    }
+
+    /// The control-plane runs on `clock` (support SLAs, alerts).
+    pub fn with_control_plane_clock(mut self, clock: SharedClock) -> Self {
+        self.options.control_plane_clock = Some(clock);
+        self
+    }
+
+    /// Support tickets' SLAs, and where their notices go.
+    pub fn with_support(
+        mut self,
+        settings: kapal_control_plane::support::Settings,
+        notifier: Arc<dyn kapal_control_plane::support::notify::Notifier>,
+    ) -> Self {
+        self.options.support = Some(settings);
+        self.options.support_notifier = Some(notifier);
         self
     }
 
@@ -283,6 +307,15 @@ impl TestApp {
             .data_retention
             .unwrap_or(Duration::from_secs(1));
         cp_config.recovery_interval = Duration::from_secs(1);
+        if let Some(clock) = &self.options.control_plane_clock {
+            cp_config.clock = clock.clone();
+        }
+        if let Some(settings) = &self.options.support {
+            cp_config.support = settings.clone();
+        }
+        if let Some(notifier) = &self.options.support_notifier {
+            cp_config.notifier = notifier.clone();
+        }
         cp_config.local = local_cp.clone();
         self.tasks.spawn({
             let s = shutdown();
@@ -491,6 +524,8 @@ pub struct Clients<S = Channel> {
     pub subscriptions: SubscriptionServiceClient<Authed<S>>,
     pub admin: AdminServiceClient<Authed<S>>,
     pub billing_admin: BillingAdminServiceClient<Authed<S>>,
+    pub support: SupportServiceClient<Authed<S>>,
+    pub support_admin: SupportAdminServiceClient<Authed<S>>,
 }
 
 impl<S, RB> Clients<S>
@@ -533,6 +568,8 @@ where
             subscriptions: client!(SubscriptionServiceClient),
             admin: client!(AdminServiceClient),
             billing_admin: client!(BillingAdminServiceClient),
+            support: client!(SupportServiceClient),
+            support_admin: client!(SupportAdminServiceClient),
         }
     }
 }

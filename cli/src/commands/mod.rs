@@ -12,6 +12,7 @@ pub mod catalog;
 pub mod instance;
 pub mod order;
 pub mod subscription;
+pub mod support;
 pub mod token;
 
 use crate::args::{ClientCommand, TokenCommand};
@@ -46,6 +47,7 @@ pub async fn run(cmd: ClientCommand) -> anyhow::Result<()> {
         ClientCommand::Token(TokenCommand::Create(a)) => token::token_create(a).await,
         ClientCommand::Token(TokenCommand::List(g)) => token::token_list(g).await,
         ClientCommand::Token(TokenCommand::Revoke(a)) => token::token_revoke(a).await,
+        ClientCommand::Support(cmd) => support::run(cmd).await,
     }
 }
 
