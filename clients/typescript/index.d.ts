@@ -6,3 +6,4 @@ export * from "./gen/kapal/v1/common_pb.js";
 export * from "./gen/kapal/v1/instance_pb.js";
 export * from "./gen/kapal/v1/order_pb.js";
 export * from "./gen/kapal/v1/subscription_pb.js";
+export * from "./gen/kapal/v1/support_pb.js";

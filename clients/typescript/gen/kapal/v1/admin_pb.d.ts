@@ -331,7 +331,8 @@ export declare const ListAlertsRequestSchema: GenMessage<ListAlertsRequest>;
 export declare type Alert = Message<"kapal.v1.Alert"> & {
   /**
    * Stable kind: "node_not_ready", "capacity_high", "instance_failed", "instance_degraded",
-   * "provisioner_unreachable".
+   * "provisioner_unreachable", "ticket_sla_at_risk" (a support ticket's answer is due within
+   * the last quarter of its SLA; warning), "ticket_sla_breached" (overdue; critical).
    *
    * @generated from field: string kind = 1;
    */
@@ -350,7 +351,7 @@ export declare type Alert = Message<"kapal.v1.Alert"> & {
   message: string;
 
   /**
-   * What it is about: a node name, an instance id, or "cluster".
+   * What it is about: a node name, an instance id, a ticket id, or "cluster".
    *
    * @generated from field: string subject = 4;
    */
@@ -885,7 +886,8 @@ export declare const AdminService: GenService<{
   },
   /**
    * What needs an operator's attention now: nodes not ready, capacity near or over the
-   * ceiling, instances failed or degraded for a while, the provisioner unreachable.
+   * ceiling, instances failed or degraded for a while, the provisioner unreachable, support
+   * tickets at risk of breaching or past their first-response SLA.
    *
    * @generated from rpc kapal.v1.AdminService.ListAlerts
    */
