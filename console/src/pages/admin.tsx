@@ -132,7 +132,7 @@ function AdminInstances() {
       {list.loading && !list.data && <Loading what="instances" />}
       {list.data && list.data.instances.length === 0 && <p>No instances match.</p>}
       {list.data && list.data.instances.length > 0 && (
-        <table>
+        <table tabIndex={0}>
           <thead>
             <tr>
               <th scope="col">Instance</th>
@@ -381,7 +381,7 @@ function CapacityPage() {
             ]}
           />
           <h2>Nodes</h2>
-          <table>
+          <table tabIndex={0}>
             <thead>
               <tr>
                 <th scope="col">Node</th>
@@ -443,7 +443,7 @@ function AlertsPage() {
       {alerts.loading && !alerts.data && <Loading what="alerts" />}
       {alerts.data?.alerts.length === 0 && <p role="status">Nothing needs attention now.</p>}
       {alerts.data && alerts.data.alerts.length > 0 && (
-        <table>
+        <table tabIndex={0}>
           <thead>
             <tr>
               <th scope="col">Severity</th>
@@ -481,7 +481,7 @@ function AuditPage() {
       {list.loading && !list.data && <Loading what="the audit log" />}
       {list.data?.events.length === 0 && <p>No events.</p>}
       {list.data && list.data.events.length > 0 && (
-        <table>
+        <table tabIndex={0}>
           <thead>
             <tr>
               <th scope="col">When</th>
@@ -596,7 +596,7 @@ function RevenuePage() {
               ],
             }))}
           />
-          <table>
+          <table tabIndex={0}>
             <caption>Invoices per month</caption>
             <thead>
               <tr>
@@ -703,7 +703,7 @@ function AdminSubscriptions() {
       {list.loading && !list.data && <Loading what="subscriptions" />}
       {list.data && list.data.subscriptions.length === 0 && <p>No subscriptions match.</p>}
       {list.data && list.data.subscriptions.length > 0 && (
-        <table>
+        <table tabIndex={0}>
           <thead>
             <tr>
               <th scope="col">Subscription</th>

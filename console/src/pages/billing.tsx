@@ -29,7 +29,7 @@ const ENDED = [SubscriptionStatus.EXPIRED, SubscriptionStatus.CANCELED];
 export function SubscriptionEvents({ events }: { events: SubscriptionEvent[] }) {
   if (events.length === 0) return <p class="muted">No events.</p>;
   return (
-    <table>
+    <table tabIndex={0}>
       <thead>
         <tr>
           <th scope="col">When</th>
@@ -180,7 +180,7 @@ export function Invoices() {
       <ErrorText error={list.error} />
       {list.data?.invoices.length === 0 && <p>No invoices yet.</p>}
       {list.data && list.data.invoices.length > 0 && (
-        <table>
+        <table tabIndex={0}>
           <thead>
             <tr>
               <th scope="col">Number</th>

@@ -19,7 +19,7 @@ export function Catalog() {
             <h2 id={`app-${app.id}`}>{app.name}</h2>
             <p class="muted">Version {app.version}</p>
             <p>{app.description}</p>
-            <table>
+            <table tabIndex={0}>
               <caption class="sr-only">Plans of {app.name}</caption>
               <thead>
                 <tr>

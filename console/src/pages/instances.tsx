@@ -19,7 +19,7 @@ export function Instances() {
         </p>
       )}
       {list.data && list.data.instances.length > 0 && (
-        <table>
+        <table tabIndex={0}>
           <thead>
             <tr>
               <th scope="col">Instance</th>

@@ -64,7 +64,7 @@ export function Tokens() {
       <ErrorText error={revoke.error} />
       {list.data?.apiTokens.length === 0 && <p>No tokens yet.</p>}
       {list.data && list.data.apiTokens.length > 0 && (
-        <table>
+        <table tabIndex={0}>
           <thead>
             <tr>
               <th scope="col">Name</th>
