@@ -147,6 +147,9 @@ impl KapalServer {
             .arg(&self.kubeconfig)
             .arg("--domain")
             .arg("kapal.bench")
+            // The benchmark signs up and orders at speed: no verification mail.
+            .arg("--email-verification")
+            .arg("off")
             // Deleted instances' data goes at once: the benchmark deletes hundreds.
             .arg("--data-retention")
             .arg("1s")

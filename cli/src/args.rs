@@ -68,6 +68,12 @@ pub enum ClientCommand {
     Logout(Global),
     /// Show the account you are logged in as.
     Whoami(Global),
+    /// Verify your email address with the code mailed to it (needed before ordering).
+    VerifyEmail(VerifyEmailArgs),
+    /// Mail a new verification code to the address of your account.
+    ResendVerification(Global),
+    /// Reset a forgotten password: without --code, mails a code; with it, sets a new password.
+    ResetPassword(ResetPasswordArgs),
     /// List the apps you can order, with their plans, prices and resources.
     Catalog(Global),
     /// Show one app of the catalog with its plans.
@@ -135,6 +141,34 @@ pub struct LoginArgs {
     /// The email address of your account.
     #[arg(long)]
     pub email: String,
+    #[command(flatten)]
+    pub password: PasswordArg,
+    #[command(flatten)]
+    pub global: Global,
+}
+
+#[derive(Args)]
+pub struct VerifyEmailArgs {
+    /// The email address of your account.
+    #[arg(long)]
+    pub email: String,
+    /// The code from the email, e.g. 1234-5678.
+    #[arg(long)]
+    pub code: String,
+    #[command(flatten)]
+    pub global: Global,
+}
+
+#[derive(Args)]
+pub struct ResetPasswordArgs {
+    /// The email address of your account.
+    #[arg(long)]
+    pub email: String,
+    /// The code from the reset email. Without it, a code is mailed to the address.
+    #[arg(long)]
+    pub code: Option<String>,
+    /// The new password (with --code). Without it: KAPAL_PASSWORD, else a prompt on a
+    /// terminal, else one line read from standard input.
     #[command(flatten)]
     pub password: PasswordArg,
     #[command(flatten)]

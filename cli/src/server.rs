@@ -25,6 +25,16 @@ pub enum Service {
     Provisioner,
 }
 
+/// Whether sign-up mails a code that must come back before the account may order.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum EmailVerification {
+    /// Needs an SMTP server (--smtp-url). For every real server.
+    On,
+    /// Development only: accounts order without a verified address, passwords cannot be
+    /// reset, and sign-up says whether an address is taken.
+    Off,
+}
+
 #[derive(Args, Debug)]
 pub struct ServerArgs {
     /// Which service to run.
@@ -182,6 +192,32 @@ pub struct ServerArgs {
     /// Live WatchInstance streams one account may hold at once.
     #[arg(long, default_value_t = 20, env = "KAPAL_MAX_WATCHES_PER_ACCOUNT")]
     pub max_watches_per_account: usize,
+    /// Email verification of new accounts. `on` needs --smtp-url; the server refuses to start
+    /// without one. `off` is for development only (scripts/run uses a local Mailpit instead).
+    #[arg(
+        long,
+        value_enum,
+        default_value = "on",
+        env = "KAPAL_EMAIL_VERIFICATION"
+    )]
+    pub email_verification: EmailVerification,
+    /// SMTP server for verification and password-reset mail: smtp://HOST:587?tls=required
+    /// (STARTTLS), smtps://HOST:465, or plain smtp://127.0.0.1:PORT on loopback only.
+    #[arg(long, env = "KAPAL_SMTP_URL", hide_env_values = true)]
+    pub smtp_url: Option<String>,
+    /// SMTP AUTH user name (if the server wants one).
+    #[arg(long, env = "KAPAL_SMTP_USERNAME")]
+    pub smtp_username: Option<String>,
+    /// SMTP AUTH password.
+    #[arg(long, env = "KAPAL_SMTP_PASSWORD", hide_env_values = true)]
+    pub smtp_password: Option<String>,
+    /// Sender of Kapal's mail.
+    #[arg(
+        long,
+        default_value = "Kapal <no-reply@kapal.localhost>",
+        env = "KAPAL_MAIL_FROM"
+    )]
+    pub mail_from: String,
     /// Largest request message accepted, in bytes.
     #[arg(long, default_value_t = 64 * 1024, env = "KAPAL_MAX_MESSAGE_BYTES")]
     pub max_message_bytes: usize,
@@ -240,6 +276,7 @@ struct Checked {
     egress_deny: Vec<kapal::cidr::Cidr>,
     dns_labels: std::collections::BTreeMap<String, String>,
     trusted_proxies: Vec<kapal::cidr::Cidr>,
+    mail: Option<kapal_control_plane::MailConfig>,
 }
 
 fn cidrs(name: &str, values: &[String], problems: &mut Vec<String>) -> Vec<kapal::cidr::Cidr> {
@@ -359,6 +396,7 @@ async fn check(args: &ServerArgs) -> anyhow::Result<Checked> {
             "KAPAL_MAX_WATCHES_PER_ACCOUNT (--max-watches-per-account): must be at least 1".into(),
         );
     }
+    let mail = mail_config(args, &mut problems);
     if args.max_message_bytes < 1024 {
         problems
             .push("KAPAL_MAX_MESSAGE_BYTES (--max-message-bytes): must be at least 1024".into());
@@ -414,8 +452,40 @@ async fn check(args: &ServerArgs) -> anyhow::Result<Checked> {
             egress_deny,
             dns_labels,
             trusted_proxies,
+            mail,
         }),
         _ => anyhow::bail!("invalid configuration:\n  - {}", problems.join("\n  - ")),
+    }
+}
+
+/// The control-plane's mail settings, when this process runs it with email verification on.
+fn mail_config(
+    args: &ServerArgs,
+    problems: &mut Vec<String>,
+) -> Option<kapal_control_plane::MailConfig> {
+    if !matches!(args.service, Service::All | Service::ControlPlane)
+        || args.email_verification == EmailVerification::Off
+    {
+        return None;
+    }
+    let Some(url) = args.smtp_url.as_ref().filter(|u| !u.trim().is_empty()) else {
+        problems.push(
+            "KAPAL_SMTP_URL (--smtp-url): new accounts verify their email, so the server needs an SMTP server to send the codes (e.g. smtp://smtp.example.com:587?tls=required with KAPAL_SMTP_USERNAME/KAPAL_SMTP_PASSWORD); for development, scripts/mailpit up gives one on loopback, or pass --email-verification off".into(),
+        );
+        return None;
+    };
+    let config = kapal_control_plane::MailConfig {
+        smtp_url: url.clone(),
+        username: args.smtp_username.clone(),
+        password: args.smtp_password.clone(),
+        from: args.mail_from.clone(),
+    };
+    match config.check() {
+        Ok(()) => Some(config),
+        Err(e) => {
+            problems.push(format!("KAPAL_SMTP_URL / KAPAL_MAIL_FROM: {e:#}"));
+            None
+        }
     }
 }
 
@@ -529,6 +599,7 @@ pub async fn run(args: ServerArgs) -> anyhow::Result<()> {
         config.domain = args.domain.clone();
         config.capacity_ceiling_percent = args.capacity_ceiling;
         config.max_watches_per_account = args.max_watches_per_account;
+        config.mail = checked.mail.clone();
         config.data_retention = args.data_retention;
         config.support = args.support_sla.clone();
         if let Some(n) = &checked.support_notifier {

@@ -28,7 +28,8 @@ fn server(home: &Path, args: &[&str]) -> Command {
         .arg(KEY)
         .env("HOME", home)
         .env("KAPAL_CATALOG_DIR", kapal::catalog::repo_catalog_dir())
-        .env("RUST_LOG", "warn");
+        .env("RUST_LOG", "warn")
+        .env("KAPAL_EMAIL_VERIFICATION", "off");
     for var in [
         "KUBECONFIG",
         "KAPAL_KUBECONFIG",

@@ -13,6 +13,7 @@ fn start_server(
     data: &std::path::Path,
     port: u16,
     kubeconfig: &std::path::Path,
+    smtp_url: &str,
 ) -> anyhow::Result<Server> {
     let log = std::fs::File::create(data.with_extension("log"))?;
     let child = Command::new(KAPAL)
@@ -27,6 +28,8 @@ fn start_server(
         .arg(data)
         .arg("--kubeconfig")
         .arg(kubeconfig)
+        .arg("--smtp-url")
+        .arg(smtp_url)
         .env("KAPAL_CATALOG_DIR", kapal::catalog::repo_catalog_dir())
         .env_remove("KAPAL_DATABASE_URL")
         .stdout(Stdio::null())
@@ -49,13 +52,14 @@ fn wait_up(endpoint: &str, config: &std::path::Path) -> anyhow::Result<Duration>
 #[tokio::test(flavor = "multi_thread")]
 async fn server_and_cli_end_to_end() -> anyhow::Result<()> {
     let cluster = kapal_tests::cluster::cluster().await?;
+    let mailpit = kapal_tests::mailpit::Mailpit::get().await?;
     let dir = tempfile::tempdir()?;
     let data = dir.path().join("data");
     let config = dir.path().join("config");
     let port = free_port()?;
     let endpoint = format!("http://127.0.0.1:{port}");
 
-    let mut server = start_server(&data, port, cluster.kubeconfig_path())?;
+    let mut server = start_server(&data, port, cluster.kubeconfig_path(), &mailpit.smtp_url)?;
     let up = wait_up(&endpoint, &config)
         .with_context(|| std::fs::read_to_string(data.with_extension("log")).unwrap_or_default())?;
     println!("kapal server answered {} ms after start", up.as_millis());
@@ -73,6 +77,20 @@ async fn server_and_cli_end_to_end() -> anyhow::Result<()> {
     ok(cli(&endpoint, &config, &["signup", "--email", &email])?)?;
     let whoami = ok(cli(&endpoint, &config, &["whoami"])?)?;
     assert!(whoami.contains(&email), "{whoami}");
+    assert!(whoami.contains("Email verified:  no"), "{whoami}");
+
+    // Ordering waits for the address to be verified with the code mailed to it.
+    let unverified = cli(&endpoint, &config, &["order", "n8n", "--plan", "trial"])?;
+    assert!(!unverified.status.success());
+    let stderr = String::from_utf8_lossy(&unverified.stderr);
+    assert!(stderr.contains("kapal verify-email"), "{stderr}");
+    let code = mailpit.wait_for(&email, 1).await?[0].code()?;
+    let verified = ok(cli(
+        &endpoint,
+        &config,
+        &["verify-email", "--email", &email, "--code", &code],
+    )?)?;
+    assert!(verified.contains("Verified"), "{verified}");
 
     let order = ok(cli(
         &endpoint,
@@ -131,7 +149,7 @@ async fn server_and_cli_end_to_end() -> anyhow::Result<()> {
         assert!(status.success(), "clean exit on SIGTERM: {status}");
     }
     drop(server);
-    let _server = start_server(&data, port, cluster.kubeconfig_path())?;
+    let _server = start_server(&data, port, cluster.kubeconfig_path(), &mailpit.smtp_url)?;
     wait_up(&endpoint, &config)?;
     let whoami = ok(cli(&endpoint, &config, &["whoami"])?)?;
     assert!(

@@ -13,8 +13,10 @@ use kapal::auth::{self, Principal};
 use kapal::proto::v1::account_service_server::AccountService;
 use kapal::proto::v1::{
     self as pb, CreateApiTokenRequest, CreateApiTokenResponse, ListApiTokensRequest,
-    ListApiTokensResponse, LogInRequest, LogOutRequest, LogOutResponse, RevokeApiTokenRequest,
-    SessionResponse, SignUpRequest, WhoAmIRequest,
+    ListApiTokensResponse, LogInRequest, LogOutRequest, LogOutResponse,
+    RequestPasswordResetRequest, RequestPasswordResetResponse, ResendVerificationRequest,
+    ResendVerificationResponse, ResetPasswordRequest, ResetPasswordResponse, RevokeApiTokenRequest,
+    SessionResponse, SignUpRequest, VerifyEmailRequest, VerifyEmailResponse, WhoAmIRequest,
 };
 use kapal::wire::{opt_timestamp, timestamp};
 use sha2::{Digest, Sha256};
@@ -23,8 +25,8 @@ use uuid::Uuid;
 
 use crate::Ctx;
 use crate::error::{Error, Result};
-use crate::models::{Account, Token, token_kind};
-use crate::schema::{accounts, tokens};
+use crate::models::{Account, EmailCode, Token, code_purpose, token_kind};
+use crate::schema::{accounts, email_codes, tokens};
 
 pub struct Accounts(pub Ctx);
 
@@ -198,6 +200,7 @@ fn account_to_wire(a: &Account) -> pb::Account {
         display_name: a.display_name.clone(),
         role: role_to_wire(&a.role) as i32,
         created_at: Some(timestamp(a.created_at)),
+        email_verified: a.email_verified_at.is_some(),
     }
 }
 
@@ -210,6 +213,220 @@ fn token_to_wire(t: &Token) -> pb::ApiToken {
         revoked_at: opt_timestamp(t.revoked_at),
         prefix: t.prefix.clone(),
     }
+}
+
+/// How long a verification code and a password-reset code are good for.
+const VERIFY_CODE_TTL: chrono::Duration = chrono::Duration::hours(24);
+const RESET_CODE_TTL: chrono::Duration = chrono::Duration::minutes(30);
+/// Wrong guesses a code survives: 5 guesses at a 10^8 space are no way in.
+const CODE_ATTEMPTS: i64 = 5;
+/// A new code of the same purpose is mailed at most this often per account.
+const CODE_INTERVAL: chrono::Duration = chrono::Duration::seconds(60);
+
+/// SignUp's answer when the server mailed the address (whether the account is new or not).
+fn verification_sent() -> SessionResponse {
+    SessionResponse {
+        token: String::new(),
+        expires_at: None,
+        account: None,
+        verification_sent: true,
+    }
+}
+
+fn verification_mail(email: &str, code: &str) -> String {
+    format!(
+        "Welcome to Kapal.\n\nYour verification code for {email} is:\n\n    {code}\n\n\
+         To verify the address, run:\n\n    kapal verify-email --email {email} --code {code}\n\n\
+         The code is good for 24 hours. If you did not sign up, ignore this email: without the code \
+         nobody can buy anything with this address.\n"
+    )
+}
+
+fn existing_account_mail(email: &str) -> String {
+    format!(
+        "Someone just tried to sign up to Kapal with {email}, which already has an account.\n\n\
+         If it was you: log in instead. If you forgot your password, reset it with\n\n    \
+         kapal reset-password --email {email}\n\n\
+         If it was not you, nothing changed and you need not do anything.\n"
+    )
+}
+
+fn reset_mail(email: &str, code: &str) -> String {
+    format!(
+        "Someone (hopefully you) asked to reset the password of the Kapal account {email}.\n\n\
+         Your reset code is:\n\n    {code}\n\n\
+         Run:\n\n    kapal reset-password --email {email} --code {code}\n\n\
+         The code is good for 30 minutes. If you did not ask for it, ignore this email: your \
+         password stays as it is.\n"
+    )
+}
+
+/// A new one-time code: 8 random digits, shown as `1234-5678`.
+fn new_code() -> String {
+    let n = rand::random_range(0..100_000_000u32);
+    format!("{:04}-{:04}", n / 10_000, n % 10_000)
+}
+
+/// The digits of a code as typed (spaces and dashes dropped).
+fn code_digits(code: &str) -> String {
+    code.chars().filter(|c| c.is_ascii_digit()).collect()
+}
+
+/// Makes a new code of `purpose` for the account (earlier unused ones stop working) and returns
+/// it, to be mailed.
+async fn issue_code(ctx: &Ctx, account_id: &str, purpose: &str) -> Result<String> {
+    let code = new_code();
+    let now = ctx.now();
+    let ttl = if purpose == code_purpose::RESET {
+        RESET_CODE_TTL
+    } else {
+        VERIFY_CODE_TTL
+    };
+    let row = EmailCode {
+        id: Uuid::new_v4().to_string(),
+        account_id: account_id.to_string(),
+        purpose: purpose.to_string(),
+        code_hash: token_hash(&code_digits(&code)),
+        created_at: now,
+        expires_at: now + ttl,
+        attempts: 0,
+        used_at: None,
+    };
+    let mut conn = ctx.db.get().await?;
+    kapal::db!(&mut conn, |c| diesel::update(
+        email_codes::table
+            .filter(email_codes::account_id.eq(account_id))
+            .filter(email_codes::purpose.eq(purpose))
+            .filter(email_codes::used_at.is_null())
+    )
+    .set(email_codes::used_at.eq(now))
+    .execute(c)
+    .await)?;
+    kapal::db!(&mut conn, |c| diesel::insert_into(email_codes::table)
+        .values(&row)
+        .execute(c)
+        .await)?;
+    Ok(code)
+}
+
+/// Whether a code of `purpose` was mailed to the account less than [`CODE_INTERVAL`] ago.
+async fn code_sent_recently(ctx: &Ctx, account_id: &str, purpose: &str) -> Result<bool> {
+    let since = ctx.now() - CODE_INTERVAL;
+    let mut conn = ctx.db.get().await?;
+    let n: i64 = kapal::db!(&mut conn, |c| email_codes::table
+        .filter(email_codes::account_id.eq(account_id))
+        .filter(email_codes::purpose.eq(purpose))
+        .filter(email_codes::created_at.gt(since))
+        .count()
+        .get_result(c)
+        .await)?;
+    Ok(n > 0)
+}
+
+/// Uses up the account's live code of `purpose` if `code` is it. Every guess counts against
+/// the code's attempts, so it cannot be guessed.
+async fn use_code(ctx: &Ctx, account_id: &str, purpose: &str, code: &str) -> Result<()> {
+    let wrong = || {
+        Error::invalid(if purpose == code_purpose::RESET {
+            "the code is wrong, expired or used up; ask for a new one with RequestPasswordReset (kapal reset-password --email E)"
+        } else {
+            "the code is wrong, expired or used up; ask for a new one with ResendVerification (kapal resend-verification)"
+        })
+    };
+    let digits = code_digits(code);
+    if digits.len() != 8 {
+        return Err(wrong());
+    }
+    let now = ctx.now();
+    let mut conn = ctx.db.get().await?;
+    let live = kapal::db!(&mut conn, |c| email_codes::table
+        .filter(email_codes::account_id.eq(account_id))
+        .filter(email_codes::purpose.eq(purpose))
+        .filter(email_codes::used_at.is_null())
+        .filter(email_codes::expires_at.gt(now))
+        .order(email_codes::created_at.desc())
+        .select(EmailCode::as_select())
+        .first(c)
+        .await
+        .optional())?
+    .ok_or_else(wrong)?;
+    let counted = kapal::db!(&mut conn, |c| diesel::update(
+        email_codes::table
+            .find(&live.id)
+            .filter(email_codes::used_at.is_null())
+            .filter(email_codes::attempts.lt(CODE_ATTEMPTS))
+    )
+    .set(email_codes::attempts.eq(email_codes::attempts + 1))
+    .execute(c)
+    .await)?;
+    if counted == 0 || token_hash(&digits) != live.code_hash {
+        return Err(wrong());
+    }
+    let used = kapal::db!(&mut conn, |c| diesel::update(
+        email_codes::table
+            .find(&live.id)
+            .filter(email_codes::used_at.is_null())
+    )
+    .set(email_codes::used_at.eq(now))
+    .execute(c)
+    .await)?;
+    if used == 0 {
+        return Err(wrong());
+    }
+    Ok(())
+}
+
+async fn account_by_email(ctx: &Ctx, email: &str) -> Result<Option<Account>> {
+    let mut conn = ctx.db.get().await?;
+    Ok(kapal::db!(&mut conn, |c| accounts::table
+        .filter(accounts::email.eq(email))
+        .select(Account::as_select())
+        .first(c)
+        .await
+        .optional())?)
+}
+
+async fn mark_verified(ctx: &Ctx, account_id: &str) -> Result<()> {
+    let now = ctx.now();
+    let mut conn = ctx.db.get().await?;
+    kapal::db!(&mut conn, |c| diesel::update(
+        accounts::table
+            .find(account_id)
+            .filter(accounts::email_verified_at.is_null())
+    )
+    .set(accounts::email_verified_at.eq(now))
+    .execute(c)
+    .await)?;
+    Ok(())
+}
+
+/// FAILED_PRECONDITION unless the account may buy: when the server sends email, its address
+/// must be verified.
+pub(crate) async fn ensure_may_check_out(ctx: &Ctx, account_id: &str) -> Result<()> {
+    if ctx.mailer.is_none() {
+        return Ok(());
+    }
+    let mut conn = ctx.db.read().await?;
+    let (email, verified): (String, Option<chrono::NaiveDateTime>) =
+        kapal::db!(&mut conn, |c| accounts::table
+            .find(account_id)
+            .select((accounts::email, accounts::email_verified_at))
+            .first(c)
+            .await)?;
+    if verified.is_none() {
+        return Err(Error::FailedPrecondition(format!(
+            "verify your email address before checking out: enter the code mailed to {email} with `kapal verify-email --email {email} --code CODE` (no mail? `kapal resend-verification` sends a new code)"
+        )));
+    }
+    Ok(())
+}
+
+fn require_mailer(ctx: &Ctx) -> Result<&crate::mail::Mailer> {
+    ctx.mailer.as_ref().ok_or_else(|| {
+        Error::FailedPrecondition(
+            "this server sends no email (email verification is off); ask its operator".into(),
+        )
+    })
 }
 
 impl Accounts {
@@ -265,6 +482,7 @@ impl Accounts {
             token: secret,
             expires_at: Some(timestamp(token.expires_at)),
             account: Some(account_to_wire(&account)),
+            verification_sent: false,
         }))
     }
 }
@@ -296,6 +514,7 @@ impl AccountService for Accounts {
                 display_name: display_name.clone(),
                 role: role.to_string(),
                 created_at: self.0.now(),
+                email_verified_at: None,
             };
             let mut conn = self.0.db.get().await.map_err(Error::from)?;
             let inserted = kapal::db!(&mut conn, |c| diesel::insert_into(accounts::table)
@@ -306,7 +525,16 @@ impl AccountService for Accounts {
             match inserted.map_err(kapal::db::DbError::from) {
                 Ok(_) => {
                     tracing::info!(account_id = %account.id, "account created");
-                    return Ok(self.session(account).await?);
+                    let Some(mailer) = &self.0.mailer else {
+                        return Ok(self.session(account).await?);
+                    };
+                    let code = issue_code(&self.0, &account.id, code_purpose::VERIFY).await?;
+                    mailer.send_later(
+                        &account.email,
+                        "Your Kapal verification code",
+                        verification_mail(&account.email, &code),
+                    );
+                    return Ok(Response::new(verification_sent()));
                 }
                 Err(e) if e.is_unique_violation() => {
                     let mut conn = self.0.db.get().await.map_err(Error::from)?;
@@ -317,6 +545,16 @@ impl AccountService for Accounts {
                         .await)
                     .map_err(Error::from)?;
                     if taken > 0 {
+                        // The same answer as for a new account; the owner learns of it by mail.
+                        if let Some(mailer) = &self.0.mailer {
+                            tracing::info!("sign-up with an address that has an account");
+                            mailer.send_later(
+                                &email,
+                                "Someone tried to sign up to Kapal with your address",
+                                existing_account_mail(&email),
+                            );
+                            return Ok(Response::new(verification_sent()));
+                        }
                         return Err(Error::AlreadyExists(
                             "an account with this email exists already; log in instead".into(),
                         )
@@ -461,6 +699,132 @@ impl AccountService for Accounts {
         .map_err(Error::from)?
         .ok_or_else(|| Status::not_found("no such API token"))?;
         Ok(Response::new(token_to_wire(&token)))
+    }
+
+    async fn verify_email(
+        &self,
+        req: Request<VerifyEmailRequest>,
+    ) -> Result<Response<VerifyEmailResponse>, Status> {
+        let req = req.into_inner();
+        let ctx = &self.0;
+        let wrong = || {
+            Status::invalid_argument(
+                "the code is wrong, expired or used up; ask for a new one with ResendVerification (kapal resend-verification)",
+            )
+        };
+        let Ok(email) = normalize_email(&req.email) else {
+            return Err(wrong());
+        };
+        let Some(account) = account_by_email(ctx, &email).await? else {
+            return Err(wrong());
+        };
+        if account.email_verified_at.is_some() {
+            return Ok(Response::new(VerifyEmailResponse {}));
+        }
+        use_code(ctx, &account.id, code_purpose::VERIFY, &req.code).await?;
+        mark_verified(ctx, &account.id).await?;
+        tracing::info!(account_id = %account.id, "email verified");
+        Ok(Response::new(VerifyEmailResponse {}))
+    }
+
+    async fn resend_verification(
+        &self,
+        req: Request<ResendVerificationRequest>,
+    ) -> Result<Response<ResendVerificationResponse>, Status> {
+        let p = auth::customer(&req)?;
+        let ctx = &self.0;
+        let mailer = require_mailer(ctx)?;
+        let account = self.account(&p.account_id).await?;
+        if account.email_verified_at.is_some() {
+            return Err(Error::FailedPrecondition(format!(
+                "{} is verified already; nothing to do",
+                account.email
+            ))
+            .into());
+        }
+        if code_sent_recently(ctx, &account.id, code_purpose::VERIFY).await? {
+            return Err(Error::ResourceExhausted(
+                "a code was mailed less than a minute ago; check the inbox (and the spam folder), or try again in a minute".into(),
+            )
+            .into());
+        }
+        let code = issue_code(ctx, &account.id, code_purpose::VERIFY).await?;
+        mailer.send_later(
+            &account.email,
+            "Your Kapal verification code",
+            verification_mail(&account.email, &code),
+        );
+        Ok(Response::new(ResendVerificationResponse {}))
+    }
+
+    async fn request_password_reset(
+        &self,
+        req: Request<RequestPasswordResetRequest>,
+    ) -> Result<Response<RequestPasswordResetResponse>, Status> {
+        let ctx = &self.0;
+        let mailer = require_mailer(ctx)?;
+        let email = normalize_email(&req.get_ref().email)?;
+        // The same answer whether or not the address has an account, and at most one mail a
+        // minute to it: the API cannot be used to tell who is a customer, nor to flood an inbox.
+        if let Some(account) = account_by_email(ctx, &email).await?
+            && !code_sent_recently(ctx, &account.id, code_purpose::RESET).await?
+        {
+            let code = issue_code(ctx, &account.id, code_purpose::RESET).await?;
+            mailer.send_later(
+                &account.email,
+                "Your Kapal password reset code",
+                reset_mail(&account.email, &code),
+            );
+            tracing::info!(account_id = %account.id, "password reset code mailed");
+        }
+        Ok(Response::new(RequestPasswordResetResponse {}))
+    }
+
+    async fn reset_password(
+        &self,
+        req: Request<ResetPasswordRequest>,
+    ) -> Result<Response<ResetPasswordResponse>, Status> {
+        let req = req.into_inner();
+        let ctx = &self.0;
+        require_mailer(ctx)?;
+        let wrong = || {
+            Status::invalid_argument(
+                "the code is wrong, expired or used up; ask for a new one with RequestPasswordReset (kapal reset-password --email E)",
+            )
+        };
+        let Ok(email) = normalize_email(&req.email) else {
+            return Err(wrong());
+        };
+        check_password(&req.new_password, &email)?;
+        let Some(account) = account_by_email(ctx, &email).await? else {
+            return Err(wrong());
+        };
+        use_code(ctx, &account.id, code_purpose::RESET, &req.code).await?;
+        let hash = hash_password(req.new_password).await?;
+        let now = ctx.now();
+        let mut conn = ctx.db.get().await.map_err(Error::from)?;
+        kapal::db!(&mut conn, |c| diesel::update(
+            accounts::table.find(&account.id)
+        )
+        .set(accounts::password_hash.eq(&hash))
+        .execute(c)
+        .await)
+        .map_err(Error::from)?;
+        // Whoever had the old password (or a stolen session) is logged out.
+        kapal::db!(&mut conn, |c| diesel::update(
+            tokens::table
+                .filter(tokens::account_id.eq(&account.id))
+                .filter(tokens::kind.eq(token_kind::SESSION))
+                .filter(tokens::revoked_at.is_null())
+        )
+        .set(tokens::revoked_at.eq(now))
+        .execute(c)
+        .await)
+        .map_err(Error::from)?;
+        drop(conn);
+        mark_verified(ctx, &account.id).await?;
+        tracing::info!(account_id = %account.id, "password reset; sessions ended");
+        Ok(Response::new(ResetPasswordResponse {}))
     }
 }
 

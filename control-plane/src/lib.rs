@@ -16,6 +16,7 @@ mod entitlements;
 pub mod error;
 mod instances;
 mod internal;
+mod mail;
 mod models;
 pub mod operators;
 mod orders;
@@ -47,6 +48,8 @@ use kapal::proto::v1::support_service_server::SupportServiceServer;
 use kapal::serve::InternalChannel;
 use tokio::net::TcpListener;
 use tokio::sync::broadcast;
+
+pub use mail::MailConfig;
 
 const POSTGRES_MIGRATIONS: EmbeddedMigrations = embed_migrations!("migrations/postgres");
 const SQLITE_MIGRATIONS: EmbeddedMigrations = embed_migrations!("migrations/sqlite");
@@ -85,6 +88,10 @@ pub struct Config {
     /// Where to publish the control-plane's routes for a gateway in the same process (see
     /// [`kapal::serve::LocalRoutes`]); `None` serves over the listener only.
     pub local: Option<kapal::serve::LocalRoutes>,
+    /// The SMTP server for verification and password-reset mail. `Some`: sign-up mails a code,
+    /// only verified accounts check out, and passwords can be reset. `None`: email verification
+    /// is off (development only: sign-up answers at once and tells whether an address is taken).
+    pub mail: Option<MailConfig>,
 }
 
 impl Config {
@@ -113,6 +120,7 @@ impl Config {
             support: support::Settings::default(),
             notifier: Arc::new(support::notify::LogNotifier),
             local: None,
+            mail: None,
         }
     }
 }
@@ -143,6 +151,8 @@ pub(crate) struct Ctx {
     pub support: Arc<support::Settings>,
     /// See [`Config::notifier`].
     pub notifier: Arc<dyn support::notify::Notifier>,
+    /// Sends verification and reset codes; `None`: email verification is off.
+    pub mailer: Option<mail::Mailer>,
 }
 
 impl Ctx {
@@ -173,6 +183,12 @@ pub async fn run(
     )
     .await?;
     let key = config.key.clone();
+    let mailer = config.mail.as_ref().map(mail::Mailer::new).transpose()?;
+    if mailer.is_none() {
+        tracing::warn!(
+            "email verification is off: accounts check out without a verified address and passwords cannot be reset (development only)"
+        );
+    }
     let ctx = Ctx {
         db,
         catalog: config.catalog,
@@ -197,6 +213,7 @@ pub async fn run(
         credentials: Arc::new(credentials::CredentialsCache::new(credentials::CAPACITY)),
         support: Arc::new(config.support),
         notifier: config.notifier,
+        mailer,
     };
 
     let (health_reporter, health_service) = tonic_health::server::health_reporter();

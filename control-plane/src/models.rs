@@ -15,6 +15,28 @@ pub struct Account {
     pub display_name: String,
     pub role: String,
     pub created_at: NaiveDateTime,
+    /// When the address was proved to be the account's (a code mailed to it came back).
+    pub email_verified_at: Option<NaiveDateTime>,
+}
+
+/// A one-time code mailed to an account's address ([`code_purpose`]).
+#[derive(Clone, Debug, Queryable, Selectable, Insertable)]
+#[diesel(table_name = email_codes)]
+pub struct EmailCode {
+    pub id: String,
+    pub account_id: String,
+    pub purpose: String,
+    /// SHA-256 of the code (hex); the code itself is only in the email.
+    pub code_hash: String,
+    pub created_at: NaiveDateTime,
+    pub expires_at: NaiveDateTime,
+    pub attempts: i64,
+    pub used_at: Option<NaiveDateTime>,
+}
+
+pub mod code_purpose {
+    pub const VERIFY: &str = "verify";
+    pub const RESET: &str = "reset";
 }
 
 #[derive(Clone, Debug, Queryable, Selectable, Insertable)]

@@ -437,17 +437,20 @@ impl OrderService for Orders {
         // A retry of an order placed before is answered as it is, whatever the capacity now.
         let order = match find_by_key(ctx, &account_id, &req.idempotency_key).await? {
             Some(existing) => same_order(existing, &new)?,
-            None => match place(ctx, &new, plan).await? {
-                Placed::Inserted => {
-                    tracing::info!(order_id = %new.id, app = %new.app_id, plan = %new.plan_id, "order accepted");
-                    new
+            None => {
+                crate::accounts::ensure_may_check_out(ctx, &account_id).await?;
+                match place(ctx, &new, plan).await? {
+                    Placed::Inserted => {
+                        tracing::info!(order_id = %new.id, app = %new.app_id, plan = %new.plan_id, "order accepted");
+                        new
+                    }
+                    Placed::Existing(existing) => same_order(*existing, &new)?,
+                    Placed::Refused(message) => {
+                        tracing::warn!(app = %new.app_id, plan = %new.plan_id, "checkout refused: {message}");
+                        return Err(Error::ResourceExhausted(message).into());
+                    }
                 }
-                Placed::Existing(existing) => same_order(*existing, &new)?,
-                Placed::Refused(message) => {
-                    tracing::warn!(app = %new.app_id, plan = %new.plan_id, "checkout refused: {message}");
-                    return Err(Error::ResourceExhausted(message).into());
-                }
-            },
+            }
         };
         let order = process(ctx, order).await?;
         Ok(Response::new(order_to_wire(&order)))

@@ -9,6 +9,20 @@ diesel::table! {
         display_name -> Text,
         role -> Text,
         created_at -> Timestamp,
+        email_verified_at -> Nullable<Timestamp>,
+    }
+}
+
+diesel::table! {
+    email_codes (id) {
+        id -> Text,
+        account_id -> Text,
+        purpose -> Text,
+        code_hash -> Text,
+        created_at -> Timestamp,
+        expires_at -> Timestamp,
+        attempts -> BigInt,
+        used_at -> Nullable<Timestamp>,
     }
 }
 

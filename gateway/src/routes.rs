@@ -22,12 +22,16 @@ const BILLING_SERVICES: &[&str] = &[
     "kapal.v1.BillingAdminService",
 ];
 
-/// Calls anyone may make without a token: browsing the catalog, and getting a token at all.
-/// `service/*` means every method of the service.
+/// Calls anyone may make without a token: browsing the catalog, getting a token at all, and
+/// the emailed codes (verifying an address, resetting a forgotten password), whose code is the
+/// proof. `service/*` means every method of the service.
 const PUBLIC_CALLS: &[&str] = &[
     "kapal.v1.CatalogService/*",
     "kapal.v1.AccountService/SignUp",
     "kapal.v1.AccountService/LogIn",
+    "kapal.v1.AccountService/VerifyEmail",
+    "kapal.v1.AccountService/RequestPasswordReset",
+    "kapal.v1.AccountService/ResetPassword",
 ];
 
 /// Calls that end the caller's own session: its cached identity is dropped at once.
@@ -219,6 +223,8 @@ mod tests {
         assert!(public("/kapal.v1.CatalogService/GetApp"));
         assert!(public("/kapal.v1.AccountService/SignUp"));
         assert!(public("/kapal.v1.AccountService/LogIn"));
+        assert!(public("/kapal.v1.AccountService/ResetPassword"));
+        assert!(!public("/kapal.v1.AccountService/ResendVerification"));
         assert!(!public("/kapal.v1.AccountService/LogOut"));
         assert!(!public("/kapal.v1.AccountService/WhoAmI"));
         assert!(!public("/kapal.v1.InstanceService/WatchInstance"));

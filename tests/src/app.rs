@@ -59,6 +59,8 @@ struct Options {
     support_notifier: Option<Arc<dyn kapal_control_plane::support::notify::Notifier>>,
     /// The built web console the gateway serves to browsers (default: none).
     console_dir: Option<std::path::PathBuf>,
+    /// The control-plane sends mail here (email verification on); default: off.
+    mail: Option<kapal_control_plane::MailConfig>,
 }
 
 /// The running services of one test.
@@ -147,6 +149,13 @@ impl TestAppBuilder {
     ) -> Self {
         self.options.support = Some(settings);
         self.options.support_notifier = Some(notifier);
+        self
+    }
+
+    /// Email verification on: the control-plane sends its mail to `mail` (see
+    /// [`crate::mailpit::Mailpit::mail_config`]).
+    pub fn with_mail(mut self, mail: kapal_control_plane::MailConfig) -> Self {
+        self.options.mail = Some(mail);
         self
     }
 
@@ -316,6 +325,7 @@ impl TestApp {
         if let Some(notifier) = &self.options.support_notifier {
             cp_config.notifier = notifier.clone();
         }
+        cp_config.mail = self.options.mail.clone();
         cp_config.local = local_cp.clone();
         self.tasks.spawn({
             let s = shutdown();
@@ -474,6 +484,19 @@ impl TestApp {
             })
             .await?
             .into_inner();
+        // With email verification on, sign-up mails the address and opens no session.
+        let session = if session.verification_sent {
+            self.clients("")
+                .accounts
+                .log_in(kapal::proto::v1::LogInRequest {
+                    email: email.clone(),
+                    password: password.clone(),
+                })
+                .await?
+                .into_inner()
+        } else {
+            session
+        };
         let account = session.account.context("sign-up returned no account")?;
         Ok(Customer {
             clients: self.clients(&session.token),

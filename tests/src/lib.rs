@@ -1,3 +1,4 @@
 pub mod app;
 pub mod cluster;
 pub mod fence;
+pub mod mailpit;

@@ -13,11 +13,12 @@ use tonic::Code;
 
 use kapal::proto::v1::account_service_client::AccountServiceClient;
 
-use crate::args::{Global, LoginArgs, SignupArgs};
+use crate::args::{Global, LoginArgs, ResetPasswordArgs, SignupArgs, VerifyEmailArgs};
 use crate::connect::{Ctx, RpcResult as _, Session, normalize_endpoint};
 use crate::output::{Render, key_values, rfc3339, short, time, to_utc, ts_json};
 use kapal::proto::v1::{
-    Account, LogInRequest, LogOutRequest, SessionResponse, SignUpRequest, WhoAmIRequest,
+    Account, LogInRequest, LogOutRequest, RequestPasswordResetRequest, ResendVerificationRequest,
+    ResetPasswordRequest, SessionResponse, SignUpRequest, VerifyEmailRequest, WhoAmIRequest,
 };
 
 /// The password: the flag or KAPAL_PASSWORD, else a prompt on a terminal, else a line of stdin.
@@ -57,15 +58,125 @@ pub async fn signup(a: SignupArgs) -> anyhow::Result<()> {
     let ctx = Ctx::new(&a.global)?;
     ctx.store.dir()?;
     let password = read_password(a.password.password, true)?;
-    let resp = AccountServiceClient::new(ctx.anonymous())
+    let mut accounts = AccountServiceClient::new(ctx.anonymous());
+    let resp = accounts
         .sign_up(SignUpRequest {
-            email: a.email,
-            password,
+            email: a.email.clone(),
+            password: password.clone(),
             display_name: a.name.unwrap_or_default(),
         })
         .await
         .or_fail(&ctx)?;
-    save_and_show_session(&ctx, resp, "Signed up")
+    if !resp.verification_sent {
+        return save_and_show_session(&ctx, resp, "Signed up");
+    }
+    // The server mailed the address and opened no session (it answers so whether or not the
+    // address had an account): log in with the password, which works if the account is ours.
+    let mail = format!(
+        "Check the inbox of {}: verify the address with `kapal verify-email --email {} --code CODE` before ordering.",
+        a.email, a.email
+    );
+    match accounts
+        .log_in(LogInRequest {
+            email: a.email.clone(),
+            password,
+        })
+        .await
+    {
+        Ok(resp) => {
+            save_and_show_session(&ctx, resp.into_inner(), "Signed up")?;
+            ctx.output.progress(&mail);
+            Ok(())
+        }
+        Err(s) if s.code() == Code::Unauthenticated => ctx.print(&Done {
+            done: "signup",
+            message: format!(
+                "Mailed {}. If the address already had an account, the mail says so: log in, or `kapal reset-password --email {}`.",
+                a.email, a.email
+            ),
+        }),
+        Err(s) => Err(ctx.rpc_error(&s)),
+    }
+}
+
+/// The answer of commands that only report that they did something.
+#[derive(Serialize)]
+struct Done {
+    done: &'static str,
+    message: String,
+}
+
+impl Render for Done {
+    fn text(&self) -> String {
+        format!("{}\n", self.message)
+    }
+
+    fn json(&self) -> impl Serialize {
+        self
+    }
+}
+
+pub async fn verify_email(a: VerifyEmailArgs) -> anyhow::Result<()> {
+    let ctx = Ctx::new(&a.global)?;
+    AccountServiceClient::new(ctx.anonymous())
+        .verify_email(VerifyEmailRequest {
+            email: a.email.clone(),
+            code: a.code,
+        })
+        .await
+        .or_fail(&ctx)?;
+    ctx.print(&Done {
+        done: "verify-email",
+        message: format!("Verified {}: you can order now.", a.email),
+    })
+}
+
+pub async fn resend_verification(g: Global) -> anyhow::Result<()> {
+    let ctx = Ctx::new(&g)?;
+    ctx.accounts()?
+        .resend_verification(ResendVerificationRequest {})
+        .await
+        .or_fail(&ctx)?;
+    ctx.print(&Done {
+        done: "resend-verification",
+        message: "Mailed a new verification code to your address.".into(),
+    })
+}
+
+pub async fn reset_password(a: ResetPasswordArgs) -> anyhow::Result<()> {
+    let ctx = Ctx::new(&a.global)?;
+    let mut accounts = AccountServiceClient::new(ctx.anonymous());
+    let Some(code) = a.code else {
+        accounts
+            .request_password_reset(RequestPasswordResetRequest {
+                email: a.email.clone(),
+            })
+            .await
+            .or_fail(&ctx)?;
+        return ctx.print(&Done {
+            done: "reset-password",
+            message: format!(
+                "If {} has an account, a reset code is on its way; then run `kapal reset-password --email {} --code CODE`.",
+                a.email, a.email
+            ),
+        });
+    };
+    let password = read_password(a.password.password, true)?;
+    accounts
+        .reset_password(ResetPasswordRequest {
+            email: a.email.clone(),
+            code,
+            new_password: password,
+        })
+        .await
+        .or_fail(&ctx)?;
+    ctx.print(&Done {
+        done: "reset-password",
+        message: format!(
+            "New password set for {}; every session was ended. Log in with `kapal login --email {}`.",
+            a.email, a.email
+        ),
+    })
 }
 
 pub async fn login(a: LoginArgs) -> anyhow::Result<()> {
@@ -237,6 +348,10 @@ impl Render for WhoAmI<'_> {
             ("Name", a.display_name.clone()),
             ("Customer id", a.customer_id.clone()),
             ("Role", role_name(a).to_string()),
+            (
+                "Email verified",
+                if a.email_verified { "yes" } else { "no" }.to_string(),
+            ),
             ("Account id", a.id.clone()),
             ("Created", time(a.created_at.as_ref())),
             ("Endpoint", self.endpoint.to_string()),
