@@ -52,6 +52,14 @@ export declare type Account = Message<"kapal.v1.Account"> & {
    * @generated from field: google.protobuf.Timestamp created_at = 6;
    */
   createdAt?: Timestamp | undefined;
+
+  /**
+   * Whether the address is proved to be the account's (VerifyEmail). When the server sends
+   * email, only verified accounts may check out.
+   *
+   * @generated from field: bool email_verified = 7;
+   */
+  emailVerified: boolean;
 };
 
 /**
@@ -137,6 +145,14 @@ export declare type SessionResponse = Message<"kapal.v1.SessionResponse"> & {
    * @generated from field: kapal.v1.Account account = 3;
    */
   account?: Account | undefined;
+
+  /**
+   * Set by SignUp when the server emailed the address instead of opening a session (email
+   * verification on): `token` and `account` are empty; check the mail, then LogIn.
+   *
+   * @generated from field: bool verification_sent = 4;
+   */
+  verificationSent: boolean;
 };
 
 /**
@@ -327,6 +343,141 @@ export declare type RevokeApiTokenRequest = Message<"kapal.v1.RevokeApiTokenRequ
 export declare const RevokeApiTokenRequestSchema: GenMessage<RevokeApiTokenRequest>;
 
 /**
+ * @generated from message kapal.v1.VerifyEmailRequest
+ */
+export declare type VerifyEmailRequest = Message<"kapal.v1.VerifyEmailRequest"> & {
+  /**
+   * The address the code was sent to.
+   *
+   * @generated from field: string email = 1;
+   */
+  email: string;
+
+  /**
+   * The code from the email (digits; spaces and dashes are ignored).
+   *
+   * @generated from field: string code = 2;
+   */
+  code: string;
+};
+
+/**
+ * Describes the message kapal.v1.VerifyEmailRequest.
+ * Use `create(VerifyEmailRequestSchema)` to create a new message.
+ */
+export declare const VerifyEmailRequestSchema: GenMessage<VerifyEmailRequest>;
+
+/**
+ * @generated from message kapal.v1.VerifyEmailResponse
+ */
+export declare type VerifyEmailResponse = Message<"kapal.v1.VerifyEmailResponse"> & {
+};
+
+/**
+ * Describes the message kapal.v1.VerifyEmailResponse.
+ * Use `create(VerifyEmailResponseSchema)` to create a new message.
+ */
+export declare const VerifyEmailResponseSchema: GenMessage<VerifyEmailResponse>;
+
+/**
+ * @generated from message kapal.v1.ResendVerificationRequest
+ */
+export declare type ResendVerificationRequest = Message<"kapal.v1.ResendVerificationRequest"> & {
+};
+
+/**
+ * Describes the message kapal.v1.ResendVerificationRequest.
+ * Use `create(ResendVerificationRequestSchema)` to create a new message.
+ */
+export declare const ResendVerificationRequestSchema: GenMessage<ResendVerificationRequest>;
+
+/**
+ * @generated from message kapal.v1.ResendVerificationResponse
+ */
+export declare type ResendVerificationResponse = Message<"kapal.v1.ResendVerificationResponse"> & {
+};
+
+/**
+ * Describes the message kapal.v1.ResendVerificationResponse.
+ * Use `create(ResendVerificationResponseSchema)` to create a new message.
+ */
+export declare const ResendVerificationResponseSchema: GenMessage<ResendVerificationResponse>;
+
+/**
+ * @generated from message kapal.v1.RequestPasswordResetRequest
+ */
+export declare type RequestPasswordResetRequest = Message<"kapal.v1.RequestPasswordResetRequest"> & {
+  /**
+   * The address of the account.
+   *
+   * @generated from field: string email = 1;
+   */
+  email: string;
+};
+
+/**
+ * Describes the message kapal.v1.RequestPasswordResetRequest.
+ * Use `create(RequestPasswordResetRequestSchema)` to create a new message.
+ */
+export declare const RequestPasswordResetRequestSchema: GenMessage<RequestPasswordResetRequest>;
+
+/**
+ * @generated from message kapal.v1.RequestPasswordResetResponse
+ */
+export declare type RequestPasswordResetResponse = Message<"kapal.v1.RequestPasswordResetResponse"> & {
+};
+
+/**
+ * Describes the message kapal.v1.RequestPasswordResetResponse.
+ * Use `create(RequestPasswordResetResponseSchema)` to create a new message.
+ */
+export declare const RequestPasswordResetResponseSchema: GenMessage<RequestPasswordResetResponse>;
+
+/**
+ * @generated from message kapal.v1.ResetPasswordRequest
+ */
+export declare type ResetPasswordRequest = Message<"kapal.v1.ResetPasswordRequest"> & {
+  /**
+   * The address of the account.
+   *
+   * @generated from field: string email = 1;
+   */
+  email: string;
+
+  /**
+   * The code from the email (digits; spaces and dashes are ignored).
+   *
+   * @generated from field: string code = 2;
+   */
+  code: string;
+
+  /**
+   * The new password: at least 10 characters, with letters and at least one digit or symbol.
+   *
+   * @generated from field: string new_password = 3;
+   */
+  newPassword: string;
+};
+
+/**
+ * Describes the message kapal.v1.ResetPasswordRequest.
+ * Use `create(ResetPasswordRequestSchema)` to create a new message.
+ */
+export declare const ResetPasswordRequestSchema: GenMessage<ResetPasswordRequest>;
+
+/**
+ * @generated from message kapal.v1.ResetPasswordResponse
+ */
+export declare type ResetPasswordResponse = Message<"kapal.v1.ResetPasswordResponse"> & {
+};
+
+/**
+ * Describes the message kapal.v1.ResetPasswordResponse.
+ * Use `create(ResetPasswordResponseSchema)` to create a new message.
+ */
+export declare const ResetPasswordResponseSchema: GenMessage<ResetPasswordResponse>;
+
+/**
  * The role of an account.
  *
  * @generated from enum kapal.v1.Role
@@ -365,8 +516,16 @@ export declare const RoleSchema: GenEnum<Role>;
  */
 export declare const AccountService: GenService<{
   /**
-   * Creates a customer account and returns a session token for it.
-   * INVALID_ARGUMENT for a malformed email or a weak password; ALREADY_EXISTS when the email is taken.
+   * Creates a customer account. INVALID_ARGUMENT for a malformed email or a weak password.
+   *
+   * When the server sends email (email verification on, as in production), the answer is the
+   * same whether or not the address has an account already, so sign-up does not tell who is a
+   * customer: a SessionResponse with no token and no account, and `verification_sent` set. The
+   * address gets a verification code if the account is new, or a note that someone tried to
+   * sign up with it if it exists; either way the person logs in with LogIn next.
+   *
+   * With email verification off (development servers only, `--email-verification off`), the
+   * account is created at once and a session returned; ALREADY_EXISTS when the email is taken.
    *
    * @generated from rpc kapal.v1.AccountService.SignUp
    */
@@ -434,6 +593,56 @@ export declare const AccountService: GenService<{
     methodKind: "unary";
     input: typeof RevokeApiTokenRequestSchema;
     output: typeof ApiTokenSchema;
+  },
+  /**
+   * Proves the address of an account with the code emailed to it at sign-up (or by
+   * ResendVerification). Needs no authentication. A code is good for 24 hours, once, and for
+   * 5 attempts; INVALID_ARGUMENT when the code is wrong, expired or used up (ask for a new one
+   * with ResendVerification). An account already verified answers OK.
+   *
+   * @generated from rpc kapal.v1.AccountService.VerifyEmail
+   */
+  verifyEmail: {
+    methodKind: "unary";
+    input: typeof VerifyEmailRequestSchema;
+    output: typeof VerifyEmailResponseSchema;
+  },
+  /**
+   * Emails the caller a new verification code (earlier codes stop working). FAILED_PRECONDITION
+   * when the server sends no email or the address is verified already; RESOURCE_EXHAUSTED when
+   * a code was sent less than a minute ago.
+   *
+   * @generated from rpc kapal.v1.AccountService.ResendVerification
+   */
+  resendVerification: {
+    methodKind: "unary";
+    input: typeof ResendVerificationRequestSchema;
+    output: typeof ResendVerificationResponseSchema;
+  },
+  /**
+   * Emails a one-time password-reset code to the address, if it has an account. Needs no
+   * authentication, and answers the same whether or not the account exists. The code is good
+   * for 30 minutes, once, and for 5 attempts. FAILED_PRECONDITION when the server sends no email.
+   *
+   * @generated from rpc kapal.v1.AccountService.RequestPasswordReset
+   */
+  requestPasswordReset: {
+    methodKind: "unary";
+    input: typeof RequestPasswordResetRequestSchema;
+    output: typeof RequestPasswordResetResponseSchema;
+  },
+  /**
+   * Sets a new password with a code from RequestPasswordReset, and ends every session of the
+   * account (API tokens stay). Needs no authentication. INVALID_ARGUMENT for a wrong, expired
+   * or used code, or a weak password. Receiving the code proves the address, so the account
+   * counts as verified afterwards.
+   *
+   * @generated from rpc kapal.v1.AccountService.ResetPassword
+   */
+  resetPassword: {
+    methodKind: "unary";
+    input: typeof ResetPasswordRequestSchema;
+    output: typeof ResetPasswordResponseSchema;
   },
 }>;
 
