@@ -2,12 +2,13 @@
 import { expect, test } from '@playwright/test';
 import { expectAccessible, expectNoConsoleErrors, heading, unique, watchConsole } from './helpers';
 
-test('the console loads from the gateway under a strict CSP, with no console errors', async ({ page }) => {
+test('the console loads from the gateway under a strict CSP, with no console errors', async ({ page, baseURL }) => {
   const problems = watchConsole(page);
+  const origin = new URL(baseURL!).origin;
   const sameOrigin: string[] = [];
   const elsewhere: string[] = [];
   page.on('request', (r) => {
-    (new URL(r.url()).origin === new URL(page.url() || r.url()).origin ? sameOrigin : elsewhere).push(r.url());
+    (new URL(r.url()).origin === origin ? sameOrigin : elsewhere).push(r.url());
   });
 
   const res = await page.goto('/');
