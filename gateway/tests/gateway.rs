@@ -136,6 +136,7 @@ impl AccountService for Accounts {
                 email,
                 ..Default::default()
             }),
+            verification_sent: false,
         }))
     }
 
@@ -151,6 +152,7 @@ impl AccountService for Accounts {
                 display_name: header(&req, "authorization"),
                 ..Default::default()
             }),
+            verification_sent: false,
         }))
     }
 
@@ -175,6 +177,7 @@ impl AccountService for Accounts {
             display_name: header(&req, "authorization"),
             role: pb::Role::Customer as i32,
             created_at: None,
+            email_verified: false,
         }))
     }
 
@@ -201,6 +204,35 @@ impl AccountService for Accounts {
             id: req.get_ref().id.clone(),
             ..Default::default()
         }))
+    }
+
+    async fn verify_email(
+        &self,
+        _: Request<pb::VerifyEmailRequest>,
+    ) -> Result<Response<pb::VerifyEmailResponse>, Status> {
+        Ok(Response::new(pb::VerifyEmailResponse {}))
+    }
+
+    async fn resend_verification(
+        &self,
+        req: Request<pb::ResendVerificationRequest>,
+    ) -> Result<Response<pb::ResendVerificationResponse>, Status> {
+        auth::customer(&req)?;
+        Ok(Response::new(pb::ResendVerificationResponse {}))
+    }
+
+    async fn request_password_reset(
+        &self,
+        _: Request<pb::RequestPasswordResetRequest>,
+    ) -> Result<Response<pb::RequestPasswordResetResponse>, Status> {
+        Ok(Response::new(pb::RequestPasswordResetResponse {}))
+    }
+
+    async fn reset_password(
+        &self,
+        _: Request<pb::ResetPasswordRequest>,
+    ) -> Result<Response<pb::ResetPasswordResponse>, Status> {
+        Ok(Response::new(pb::ResetPasswordResponse {}))
     }
 }
 
