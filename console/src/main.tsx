@@ -4,7 +4,7 @@ import type { FunctionComponent } from 'preact';
 import type { Account } from '@kapal/client';
 import { accounts, isUnauthenticated, sessionToken, setSessionToken } from './api';
 import { Page } from './components';
-import { LogIn, SignUp } from './pages/auth';
+import { LogIn, ResetPassword, SignUp, VerifyEmail } from './pages/auth';
 import { Catalog, Checkout } from './pages/catalog';
 import { InstancePage, Instances } from './pages/instances';
 import { Invoices, Subscriptions } from './pages/billing';
@@ -58,6 +58,10 @@ function Routes({ path, account }: { path: string[]; account?: Account }) {
       return <LogIn />;
     case 'signup':
       return <SignUp />;
+    case 'verify':
+      return <VerifyEmail />;
+    case 'reset':
+      return <ResetPassword />;
     case 'catalog':
       return <Catalog />;
     case 'checkout':

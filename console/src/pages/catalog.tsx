@@ -143,6 +143,11 @@ export function Checkout({ appId, planId }: { appId: string; planId: string }) {
             </dd>
           </dl>
           <ErrorText error={act.error} />
+          {act.error !== undefined && !session.account.emailVerified && (
+            <p>
+              <a href={href('verify')}>Verify your email address</a>
+            </p>
+          )}
           {order?.status === OrderStatus.FAILED && (
             <p class="error" role="alert">
               {order.failureReason}
