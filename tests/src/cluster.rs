@@ -201,6 +201,14 @@ pub fn api_status(err: &kube::Error) -> Option<&kube::core::Status> {
     }
 }
 
+/// A kube error with the API server's whole answer (its Display can be terse).
+pub fn explain(e: kube::Error) -> anyhow::Error {
+    match api_status(&e) {
+        Some(s) => anyhow!("{} {}: {}", s.code, s.reason, s.message),
+        None => anyhow!("{e:?}"),
+    }
+}
+
 /// A namespace owned by one test: unique name (`<prefix>-<8 hex>`), labelled
 /// `kapal.dev/test=true`, deleted when dropped or by [`TestNamespace::cleanup`].
 pub struct TestNamespace {
@@ -292,10 +300,9 @@ impl Drop for TestNamespace {
         let (name, config) = (self.name.clone(), self.config.clone());
         // Drop may run while the test's runtime is shutting down (or unwinding from a panic), so
         // the deletion runs on its own thread and runtime; best effort.
-        blocking_best_effort(
-            move |client| async move { delete_namespace(&client, &name).await },
-            config,
-        );
+        best_effort(config, move |client| async move {
+            delete_namespace(&client, &name).await
+        });
     }
 }
 
@@ -310,7 +317,10 @@ async fn delete_namespace(client: &Client, name: &str) -> anyhow::Result<()> {
     }
 }
 
-fn blocking_best_effort<F, Fut>(f: F, config: Config)
+/// Runs `f` with an admin client on a thread and runtime of its own and waits for it, with a
+/// 20 s deadline; failures are printed, not raised. For clean-up in `Drop`: the test's runtime
+/// may be shutting down when a guard drops.
+pub fn best_effort<F, Fut>(config: Config, f: F)
 where
     F: FnOnce(Client) -> Fut + Send + 'static,
     Fut: Future<Output = anyhow::Result<()>>,
@@ -555,10 +565,9 @@ impl Drop for TempNode {
             return;
         }
         let (name, config) = (self.name.clone(), self.config.clone());
-        blocking_best_effort(
-            move |client| async move { delete_node(&client, &name).await },
-            config,
-        );
+        best_effort(config, move |client| async move {
+            delete_node(&client, &name).await
+        });
     }
 }
 

@@ -16,7 +16,7 @@
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use anyhow::{Context as _, anyhow, ensure};
+use anyhow::{Context as _, anyhow, bail, ensure};
 use k8s_openapi::api::authentication::v1::{SelfSubjectReview, TokenRequest, TokenRequestSpec};
 use k8s_openapi::api::authorization::v1::{
     ResourceAttributes, SelfSubjectAccessReview, SelfSubjectAccessReviewSpec,
@@ -32,7 +32,7 @@ use serde_json::json;
 use crate::cluster::{TEST_LABEL, TestNamespace, api_status, cluster, unique_name, wait_for};
 
 /// Field manager of the objects applied here.
-const FIELD_MANAGER: &str = "kapal-test-fence";
+const FIELD_MANAGER: &str = "kapal-test";
 /// Name of the ValidatingAdmissionPolicy in `admission-policy.yaml`.
 pub const POLICY: &str = "kapal-provisioner-fence";
 /// Annotations of the policy's parameter: whose requests it judges, and its partition.
@@ -86,12 +86,24 @@ pub fn typed<K: serde::de::DeserializeOwned>(obj: &DynamicObject) -> anyhow::Res
         .with_context(|| format!("{} {}", kind_of(obj), obj.name_any()))
 }
 
-/// Server-side apply of a manifest as the admin (forced: tests running in parallel apply the
-/// same shared objects), in `namespace` if it is namespaced.
+/// How [`apply_manifest`] applies.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Apply {
+    /// Only ask the API server (validation and admission) to judge it; nothing is stored.
+    pub dry_run: bool,
+    /// Take fields another manager owns (tests running in parallel apply the same shared
+    /// objects).
+    pub force: bool,
+}
+
+/// Server-side apply of a manifest with strict field validation (an unknown or misspelt field
+/// is an error, not a warning), in `namespace` (or the manifest's own) if it is namespaced. An
+/// error carries the API server's whole answer.
 pub async fn apply_manifest(
     client: &Client,
     obj: &DynamicObject,
     namespace: Option<&str>,
+    how: Apply,
 ) -> anyhow::Result<DynamicObject> {
     let types = obj
         .types
@@ -111,16 +123,48 @@ pub async fn apply_manifest(
             obj.metadata.namespace = Some(ns.clone());
             Api::namespaced_with(client.clone(), &ns, &resource)
         }
-        kube::discovery::Scope::Cluster => Api::all_with(client.clone(), &resource),
+        kube::discovery::Scope::Cluster => {
+            if obj.metadata.namespace.is_some() {
+                bail!(
+                    "cluster-scoped {} {} has a namespace",
+                    kind_of(&obj),
+                    obj.name_any()
+                );
+            }
+            Api::all_with(client.clone(), &resource)
+        }
     };
+    let mut params = PatchParams::apply(FIELD_MANAGER).validation_strict();
+    if how.dry_run {
+        params = params.dry_run();
+    }
+    if how.force {
+        params = params.force();
+    }
     let name = obj.name_any();
-    api.patch(
-        &name,
-        &PatchParams::apply(FIELD_MANAGER).force(),
-        &Patch::Apply(&obj),
-    )
-    .await
-    .with_context(|| format!("applying {} {name}", kind_of(&obj)))
+    api.patch(&name, &params, &Patch::Apply(&obj))
+        .await
+        .map_err(crate::cluster::explain)
+        .with_context(|| {
+            format!(
+                "the API server rejects {} {name}{}",
+                kind_of(&obj),
+                if how.dry_run { " (dry-run)" } else { "" }
+            )
+        })
+}
+
+/// [`apply_manifest`] for real, forced (tests running in parallel apply the same shared objects).
+async fn apply_forced(
+    client: &Client,
+    obj: &DynamicObject,
+    namespace: Option<&str>,
+) -> anyhow::Result<DynamicObject> {
+    let how = Apply {
+        dry_run: false,
+        force: true,
+    };
+    apply_manifest(client, obj, namespace, how).await
 }
 
 /// Whether the client's user may do `verb` on `resource` (SelfSubjectAccessReview), on the
@@ -208,13 +252,13 @@ impl FencedIdentity {
 
         // Shared, under their real names: the role the provisioner binds itself to in instance
         // namespaces (its RoleBindings and the policy name it), and the policy.
-        apply_manifest(
+        apply_forced(
             &admin,
             &manifest("instance-secrets-role.yaml", "ClusterRole", None)?,
             None,
         )
         .await?;
-        apply_manifest(
+        apply_forced(
             &admin,
             &manifest("admission-policy.yaml", "ValidatingAdmissionPolicy", None)?,
             None,
@@ -222,7 +266,7 @@ impl FencedIdentity {
         .await?;
 
         // The ServiceAccount and its copy of the ClusterRole.
-        apply_manifest(
+        apply_forced(
             &admin,
             &manifest(
                 "serviceaccount.yaml",
@@ -297,7 +341,7 @@ impl FencedIdentity {
             policy_binding.data["spec"]["policyName"] == json!(POLICY),
             "admission-policy-binding.yaml binds another policy"
         );
-        apply_manifest(&admin, &policy_binding, None).await?;
+        apply_forced(&admin, &policy_binding, None).await?;
 
         this.wait_in_effect().await?;
         Ok(this)
@@ -410,9 +454,9 @@ impl FencedIdentity {
                         "namespace": self.namespace.name(),
                     }]);
                 }
-                other => anyhow::bail!("{} holds a {other}", file.display()),
+                other => bail!("{} holds a {other}", file.display()),
             }
-            apply_manifest(&admin, &obj, Some(namespace)).await?;
+            apply_forced(&admin, &obj, Some(namespace)).await?;
         }
         let client = self.client().await?;
         wait_for(
@@ -501,31 +545,17 @@ impl Drop for FencedIdentity {
         );
         // The test's runtime may be shutting down: delete on a thread and runtime of its own,
         // best effort (stale ones would match nothing: their parameter goes with the namespace).
-        let _ = std::thread::spawn(move || {
-            let Ok(rt) = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-            else {
-                return;
-            };
-            rt.block_on(async move {
-                let Ok(client) = Client::try_from(config) else {
-                    return;
-                };
-                let _ = tokio::time::timeout(Duration::from_secs(20), async {
-                    use k8s_openapi::api::admissionregistration::v1::ValidatingAdmissionPolicyBinding;
-                    let dp = DeleteParams::default();
-                    let _ = Api::<ValidatingAdmissionPolicyBinding>::all(client.clone())
-                        .delete(&policy_binding, &dp)
-                        .await;
-                    let _ = Api::<ClusterRoleBinding>::all(client.clone())
-                        .delete(&role, &dp)
-                        .await;
-                    let _ = Api::<ClusterRole>::all(client).delete(&role, &dp).await;
-                })
+        crate::cluster::best_effort(config, move |client| async move {
+            use k8s_openapi::api::admissionregistration::v1::ValidatingAdmissionPolicyBinding;
+            let dp = DeleteParams::default();
+            let _ = Api::<ValidatingAdmissionPolicyBinding>::all(client.clone())
+                .delete(&policy_binding, &dp)
                 .await;
-            });
-        })
-        .join();
+            let _ = Api::<ClusterRoleBinding>::all(client.clone())
+                .delete(&role, &dp)
+                .await;
+            let _ = Api::<ClusterRole>::all(client).delete(&role, &dp).await;
+            Ok(())
+        });
     }
 }

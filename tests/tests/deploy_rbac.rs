@@ -49,8 +49,10 @@ use kapal::proto::internal::v1::{
     ListDesiredInstancesResponse, ReportInstanceStateResponse,
 };
 use kapal::proto::v1::{DesiredState, InstanceStatus};
-use kapal_tests::cluster::{TempNode, TestNamespace, api_status, cluster, unique_name, wait_for};
-use kapal_tests::fence::{FencedIdentity, can};
+use kapal_tests::cluster::{
+    TempNode, TestNamespace, api_status, best_effort, cluster, explain, unique_name, wait_for,
+};
+use kapal_tests::fence::{Apply, FencedIdentity, apply_manifest, can};
 use kube::api::{
     DeleteParams, DynamicObject, GroupVersionKind, ListParams, Patch, PatchParams, PostParams,
 };
@@ -223,64 +225,20 @@ fn set_images(obj: &mut DynamicObject, images: &[KustomizeImage]) {
     }
 }
 
-/// A kube error with the API server's whole answer (its Display can be terse).
-fn explain(e: kube::Error) -> anyhow::Error {
-    match api_status(&e) {
-        Some(s) => anyhow!("{} {}: {}", s.code, s.reason, s.message),
-        None => anyhow!("{e:?}"),
-    }
-}
-
-/// Server-side apply of a manifest, dry-run or for real, with strict field validation (an
-/// unknown or misspelt field is an error, not a warning).
+/// Server-side apply of a manifest, dry-run or for real, with strict field validation. A dry
+/// run is forced: it changes nothing, so fields another manager owns on a live object of the
+/// same name (e.g. another test's copy of a cluster-scoped object) do not matter.
 async fn apply(
     client: &Client,
     obj: &DynamicObject,
     namespace: Option<&str>,
     dry_run: bool,
 ) -> anyhow::Result<DynamicObject> {
-    let types = obj
-        .types
-        .clone()
-        .ok_or_else(|| anyhow!("no apiVersion/kind"))?;
-    let gvk = GroupVersionKind::try_from(&types)?;
-    let (resource, caps) = pinned_kind(client, &gvk)
-        .await
-        .with_context(|| format!("the API server does not serve {gvk:?}"))?;
-    let mut obj = obj.clone();
-    let api: Api<DynamicObject> = match caps.scope {
-        kube::discovery::Scope::Namespaced => {
-            let ns = namespace.ok_or_else(|| anyhow!("{} needs a namespace", kind(&obj)))?;
-            obj.metadata.namespace = Some(ns.to_string());
-            Api::namespaced_with(client.clone(), ns, &resource)
-        }
-        kube::discovery::Scope::Cluster => {
-            ensure!(
-                obj.metadata.namespace.is_none(),
-                "cluster-scoped {} {} has a namespace",
-                kind(&obj),
-                obj.name_any()
-            );
-            Api::all_with(client.clone(), &resource)
-        }
+    let how = Apply {
+        dry_run,
+        force: dry_run,
     };
-    let mut params = PatchParams::apply(FIELD_MANAGER).validation_strict();
-    if dry_run {
-        // Forced: a dry run changes nothing, so fields another manager owns on a live object of
-        // the same name (e.g. another test's copy of a cluster-scoped object) do not matter.
-        params = params.dry_run().force();
-    }
-    let name = obj.name_any();
-    api.patch(&name, &params, &Patch::Apply(&obj))
-        .await
-        .map_err(explain)
-        .with_context(|| {
-            format!(
-                "the API server rejects {} {name}{}",
-                kind(&obj),
-                if dry_run { " (dry-run)" } else { "" }
-            )
-        })
+    apply_manifest(client, obj, namespace, how).await
 }
 
 /// A pod as the Deployment would make it; created with dry-run, so PodSecurity and the other
@@ -1495,30 +1453,6 @@ async fn the_manifests_are_consistent_and_accepted_by_the_api_server() -> anyhow
 // (b) and (c): a ServiceAccount bound to exactly deploy/k3s/clusterrole.yaml, under the
 // admission policy (kapal_tests::fence::FencedIdentity).
 
-/// Runs `f` with an admin client on a thread and runtime of its own (the test's runtime may be
-/// shutting down when a guard drops), with a deadline; best effort.
-fn best_effort<F, Fut>(config: kube::Config, f: F)
-where
-    F: FnOnce(Client) -> Fut + Send + 'static,
-    Fut: std::future::Future<Output = ()>,
-{
-    let _ = std::thread::spawn(move || {
-        let Ok(rt) = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-        else {
-            return;
-        };
-        rt.block_on(async move {
-            let Ok(client) = Client::try_from(config) else {
-                return;
-            };
-            let _ = tokio::time::timeout(Duration::from_secs(20), f(client)).await;
-        });
-    })
-    .join();
-}
-
 /// A request to authorize: (verb, API group, resource, subresource, namespace).
 type Access<'a> = (&'a str, &'a str, &'a str, Option<&'a str>, Option<&'a str>);
 
@@ -1598,6 +1532,7 @@ impl Drop for DeleteNamespace {
             let _ = Api::<Namespace>::all(client)
                 .delete(&name, &DeleteParams::background())
                 .await;
+            Ok(())
         });
     }
 }

@@ -16,8 +16,8 @@ use k8s_openapi::api::core::v1::{Namespace, Secret};
 use k8s_openapi::api::rbac::v1::RoleBinding;
 use kapal_tests::cluster::{api_status, cluster, unique_name, wait_for};
 use kapal_tests::fence::{FencedIdentity, POLICY, refused_by_policy};
+use kube::Api;
 use kube::api::{DeleteParams, Patch, PatchParams, PostParams};
-use kube::{Api, Client};
 use serde_json::{Value, json};
 
 /// Asserts that `result` was refused by the fence's policy with a message containing `hint`.
@@ -121,28 +121,14 @@ struct DeleteNamespaces(Vec<String>, kube::Config);
 impl Drop for DeleteNamespaces {
     fn drop(&mut self) {
         let (names, config) = (self.0.clone(), self.1.clone());
-        let _ = std::thread::spawn(move || {
-            let Ok(rt) = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-            else {
-                return;
-            };
-            rt.block_on(async move {
-                let Ok(client) = Client::try_from(config) else {
-                    return;
-                };
-                for name in names {
-                    let _ = tokio::time::timeout(
-                        Duration::from_secs(10),
-                        Api::<Namespace>::all(client.clone())
-                            .delete(&name, &DeleteParams::background()),
-                    )
+        kapal_tests::cluster::best_effort(config, move |client| async move {
+            for name in names {
+                let _ = Api::<Namespace>::all(client.clone())
+                    .delete(&name, &DeleteParams::background())
                     .await;
-                }
-            });
-        })
-        .join();
+            }
+            Ok(())
+        });
     }
 }
 

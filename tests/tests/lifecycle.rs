@@ -480,20 +480,26 @@ async fn operators_see_everything(backend: Backend) -> anyhow::Result<()> {
     // real.
     let ns = namespace_of(&mut ops, &instance_id).await?;
     kapal_tests::cluster::simulate_usage(&kube().await?, &ns, "120m", "256Mi").await?;
-    let usage = eventually("usage to follow the simulated 120m / 256Mi", EFFECT_TIMEOUT, || {
-        let mut instances = a.instances.clone();
-        let instance_id = instance_id.clone();
-        async move {
-            let usage = instances
-                .get_instance_usage(GetInstanceUsageRequest { instance_id })
-                .await?
-                .into_inner();
-            // CPU is a rate metrics-server works out between two scrapes
-            let cpu_close = usage.cpu_millis.is_some_and(|c| (118..=122).contains(&c));
-            Ok((usage.metrics_available && cpu_close && usage.memory_bytes == Some(256 << 20))
-                .then_some(usage))
-        }
-    })
+    let usage = eventually(
+        "usage to follow the simulated 120m / 256Mi",
+        EFFECT_TIMEOUT,
+        || {
+            let mut instances = a.instances.clone();
+            let instance_id = instance_id.clone();
+            async move {
+                let usage = instances
+                    .get_instance_usage(GetInstanceUsageRequest { instance_id })
+                    .await?
+                    .into_inner();
+                // CPU is a rate metrics-server works out between two scrapes
+                let cpu_close = usage.cpu_millis.is_some_and(|c| (118..=122).contains(&c));
+                Ok(
+                    (usage.metrics_available && cpu_close && usage.memory_bytes == Some(256 << 20))
+                        .then_some(usage),
+                )
+            }
+        },
+    )
     .await?;
     assert_eq!(usage.cpu_limit_millis, 200);
     assert_eq!(usage.storage_capacity_bytes, 2 << 30, "{usage:?}");

@@ -344,26 +344,12 @@ impl Drop for Cleanup {
     fn drop(&mut self) {
         let (name, config) = (self.namespace.clone(), self.config.clone());
         // The test's runtime may be shutting down: delete on a thread of its own, best effort.
-        let _ = std::thread::spawn(move || {
-            let Ok(rt) = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-            else {
-                return;
-            };
-            rt.block_on(async move {
-                let Ok(client) = Client::try_from(config) else {
-                    return;
-                };
-                let api = Api::<Namespace>::all(client);
-                let _ = tokio::time::timeout(
-                    Duration::from_secs(20),
-                    api.delete(&name, &DeleteParams::background()),
-                )
+        kapal_tests::cluster::best_effort(config, move |client| async move {
+            let _ = Api::<Namespace>::all(client)
+                .delete(&name, &DeleteParams::background())
                 .await;
-            });
-        })
-        .join();
+            Ok(())
+        });
     }
 }
 
@@ -1541,11 +1527,11 @@ async fn capacity_and_usage_come_from_the_cluster() -> anyhow::Result<()> {
         groups.groups.iter().any(|g| g.name == "metrics.k8s.io"),
         "the local cluster serves the metrics API (metrics-server)"
     );
-    for (cpu, memory, cpu_millis, memory_bytes) in
-        [("250m", "300Mi", 250, 300 << 20), ("600m", "700Mi", 600, 700 << 20)]
-    {
-        let annotated =
-            kapal_tests::cluster::simulate_usage(&kube, &ns, cpu, memory).await?;
+    for (cpu, memory, cpu_millis, memory_bytes) in [
+        ("250m", "300Mi", 250, 300 << 20),
+        ("600m", "700Mi", 600, 700 << 20),
+    ] {
+        let annotated = kapal_tests::cluster::simulate_usage(&kube, &ns, cpu, memory).await?;
         assert_eq!(annotated, 1, "n8n runs one pod");
         let usage = wait_for(
             &format!("usage to follow the simulated {cpu} CPU / {memory}"),
@@ -1556,10 +1542,10 @@ async fn capacity_and_usage_come_from_the_cluster() -> anyhow::Result<()> {
                 let close = usage
                     .cpu_millis
                     .is_some_and(|c| (c - cpu_millis).abs() <= cpu_millis / 50);
-                Ok((usage.metrics_available
-                    && close
-                    && usage.memory_bytes == Some(memory_bytes))
-                .then_some(usage))
+                Ok(
+                    (usage.metrics_available && close && usage.memory_bytes == Some(memory_bytes))
+                        .then_some(usage),
+                )
             },
         )
         .await?;
