@@ -83,9 +83,12 @@ type Account struct {
 	// Short customer id used in instance hostnames: `<customer_id>.<app>.<domain>`.
 	CustomerId string `protobuf:"bytes,3,opt,name=customer_id,json=customerId,proto3" json:"customer_id,omitempty"`
 	// Name shown in the dashboard.
-	DisplayName   string                 `protobuf:"bytes,4,opt,name=display_name,json=displayName,proto3" json:"display_name,omitempty"`
-	Role          Role                   `protobuf:"varint,5,opt,name=role,proto3,enum=kapal.v1.Role" json:"role,omitempty"`
-	CreatedAt     *timestamppb.Timestamp `protobuf:"bytes,6,opt,name=created_at,json=createdAt,proto3" json:"created_at,omitempty"`
+	DisplayName string                 `protobuf:"bytes,4,opt,name=display_name,json=displayName,proto3" json:"display_name,omitempty"`
+	Role        Role                   `protobuf:"varint,5,opt,name=role,proto3,enum=kapal.v1.Role" json:"role,omitempty"`
+	CreatedAt   *timestamppb.Timestamp `protobuf:"bytes,6,opt,name=created_at,json=createdAt,proto3" json:"created_at,omitempty"`
+	// Whether the address is proved to be the account's (VerifyEmail). When the server sends
+	// email, only verified accounts may check out.
+	EmailVerified bool `protobuf:"varint,7,opt,name=email_verified,json=emailVerified,proto3" json:"email_verified,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -160,6 +163,13 @@ func (x *Account) GetCreatedAt() *timestamppb.Timestamp {
 		return x.CreatedAt
 	}
 	return nil
+}
+
+func (x *Account) GetEmailVerified() bool {
+	if x != nil {
+		return x.EmailVerified
+	}
+	return false
 }
 
 type SignUpRequest struct {
@@ -284,9 +294,12 @@ type SessionResponse struct {
 	// When the session ends.
 	ExpiresAt *timestamppb.Timestamp `protobuf:"bytes,2,opt,name=expires_at,json=expiresAt,proto3" json:"expires_at,omitempty"`
 	// The account the session belongs to.
-	Account       *Account `protobuf:"bytes,3,opt,name=account,proto3" json:"account,omitempty"`
-	unknownFields protoimpl.UnknownFields
-	sizeCache     protoimpl.SizeCache
+	Account *Account `protobuf:"bytes,3,opt,name=account,proto3" json:"account,omitempty"`
+	// Set by SignUp when the server emailed the address instead of opening a session (email
+	// verification on): `token` and `account` are empty; check the mail, then LogIn.
+	VerificationSent bool `protobuf:"varint,4,opt,name=verification_sent,json=verificationSent,proto3" json:"verification_sent,omitempty"`
+	unknownFields    protoimpl.UnknownFields
+	sizeCache        protoimpl.SizeCache
 }
 
 func (x *SessionResponse) Reset() {
@@ -338,6 +351,13 @@ func (x *SessionResponse) GetAccount() *Account {
 		return x.Account
 	}
 	return nil
+}
+
+func (x *SessionResponse) GetVerificationSent() bool {
+	if x != nil {
+		return x.VerificationSent
+	}
+	return false
 }
 
 type LogOutRequest struct {
@@ -769,11 +789,353 @@ func (x *RevokeApiTokenRequest) GetId() string {
 	return ""
 }
 
+type VerifyEmailRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The address the code was sent to.
+	Email string `protobuf:"bytes,1,opt,name=email,proto3" json:"email,omitempty"`
+	// The code from the email (digits; spaces and dashes are ignored).
+	Code          string `protobuf:"bytes,2,opt,name=code,proto3" json:"code,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *VerifyEmailRequest) Reset() {
+	*x = VerifyEmailRequest{}
+	mi := &file_kapal_v1_account_proto_msgTypes[13]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *VerifyEmailRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*VerifyEmailRequest) ProtoMessage() {}
+
+func (x *VerifyEmailRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_kapal_v1_account_proto_msgTypes[13]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use VerifyEmailRequest.ProtoReflect.Descriptor instead.
+func (*VerifyEmailRequest) Descriptor() ([]byte, []int) {
+	return file_kapal_v1_account_proto_rawDescGZIP(), []int{13}
+}
+
+func (x *VerifyEmailRequest) GetEmail() string {
+	if x != nil {
+		return x.Email
+	}
+	return ""
+}
+
+func (x *VerifyEmailRequest) GetCode() string {
+	if x != nil {
+		return x.Code
+	}
+	return ""
+}
+
+type VerifyEmailResponse struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *VerifyEmailResponse) Reset() {
+	*x = VerifyEmailResponse{}
+	mi := &file_kapal_v1_account_proto_msgTypes[14]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *VerifyEmailResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*VerifyEmailResponse) ProtoMessage() {}
+
+func (x *VerifyEmailResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_kapal_v1_account_proto_msgTypes[14]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use VerifyEmailResponse.ProtoReflect.Descriptor instead.
+func (*VerifyEmailResponse) Descriptor() ([]byte, []int) {
+	return file_kapal_v1_account_proto_rawDescGZIP(), []int{14}
+}
+
+type ResendVerificationRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ResendVerificationRequest) Reset() {
+	*x = ResendVerificationRequest{}
+	mi := &file_kapal_v1_account_proto_msgTypes[15]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ResendVerificationRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ResendVerificationRequest) ProtoMessage() {}
+
+func (x *ResendVerificationRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_kapal_v1_account_proto_msgTypes[15]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ResendVerificationRequest.ProtoReflect.Descriptor instead.
+func (*ResendVerificationRequest) Descriptor() ([]byte, []int) {
+	return file_kapal_v1_account_proto_rawDescGZIP(), []int{15}
+}
+
+type ResendVerificationResponse struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ResendVerificationResponse) Reset() {
+	*x = ResendVerificationResponse{}
+	mi := &file_kapal_v1_account_proto_msgTypes[16]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ResendVerificationResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ResendVerificationResponse) ProtoMessage() {}
+
+func (x *ResendVerificationResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_kapal_v1_account_proto_msgTypes[16]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ResendVerificationResponse.ProtoReflect.Descriptor instead.
+func (*ResendVerificationResponse) Descriptor() ([]byte, []int) {
+	return file_kapal_v1_account_proto_rawDescGZIP(), []int{16}
+}
+
+type RequestPasswordResetRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The address of the account.
+	Email         string `protobuf:"bytes,1,opt,name=email,proto3" json:"email,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *RequestPasswordResetRequest) Reset() {
+	*x = RequestPasswordResetRequest{}
+	mi := &file_kapal_v1_account_proto_msgTypes[17]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *RequestPasswordResetRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*RequestPasswordResetRequest) ProtoMessage() {}
+
+func (x *RequestPasswordResetRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_kapal_v1_account_proto_msgTypes[17]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use RequestPasswordResetRequest.ProtoReflect.Descriptor instead.
+func (*RequestPasswordResetRequest) Descriptor() ([]byte, []int) {
+	return file_kapal_v1_account_proto_rawDescGZIP(), []int{17}
+}
+
+func (x *RequestPasswordResetRequest) GetEmail() string {
+	if x != nil {
+		return x.Email
+	}
+	return ""
+}
+
+type RequestPasswordResetResponse struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *RequestPasswordResetResponse) Reset() {
+	*x = RequestPasswordResetResponse{}
+	mi := &file_kapal_v1_account_proto_msgTypes[18]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *RequestPasswordResetResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*RequestPasswordResetResponse) ProtoMessage() {}
+
+func (x *RequestPasswordResetResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_kapal_v1_account_proto_msgTypes[18]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use RequestPasswordResetResponse.ProtoReflect.Descriptor instead.
+func (*RequestPasswordResetResponse) Descriptor() ([]byte, []int) {
+	return file_kapal_v1_account_proto_rawDescGZIP(), []int{18}
+}
+
+type ResetPasswordRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The address of the account.
+	Email string `protobuf:"bytes,1,opt,name=email,proto3" json:"email,omitempty"`
+	// The code from the email (digits; spaces and dashes are ignored).
+	Code string `protobuf:"bytes,2,opt,name=code,proto3" json:"code,omitempty"`
+	// The new password: at least 10 characters, with letters and at least one digit or symbol.
+	NewPassword   string `protobuf:"bytes,3,opt,name=new_password,json=newPassword,proto3" json:"new_password,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ResetPasswordRequest) Reset() {
+	*x = ResetPasswordRequest{}
+	mi := &file_kapal_v1_account_proto_msgTypes[19]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ResetPasswordRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ResetPasswordRequest) ProtoMessage() {}
+
+func (x *ResetPasswordRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_kapal_v1_account_proto_msgTypes[19]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ResetPasswordRequest.ProtoReflect.Descriptor instead.
+func (*ResetPasswordRequest) Descriptor() ([]byte, []int) {
+	return file_kapal_v1_account_proto_rawDescGZIP(), []int{19}
+}
+
+func (x *ResetPasswordRequest) GetEmail() string {
+	if x != nil {
+		return x.Email
+	}
+	return ""
+}
+
+func (x *ResetPasswordRequest) GetCode() string {
+	if x != nil {
+		return x.Code
+	}
+	return ""
+}
+
+func (x *ResetPasswordRequest) GetNewPassword() string {
+	if x != nil {
+		return x.NewPassword
+	}
+	return ""
+}
+
+type ResetPasswordResponse struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ResetPasswordResponse) Reset() {
+	*x = ResetPasswordResponse{}
+	mi := &file_kapal_v1_account_proto_msgTypes[20]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ResetPasswordResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ResetPasswordResponse) ProtoMessage() {}
+
+func (x *ResetPasswordResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_kapal_v1_account_proto_msgTypes[20]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ResetPasswordResponse.ProtoReflect.Descriptor instead.
+func (*ResetPasswordResponse) Descriptor() ([]byte, []int) {
+	return file_kapal_v1_account_proto_rawDescGZIP(), []int{20}
+}
+
 var File_kapal_v1_account_proto protoreflect.FileDescriptor
 
 const file_kapal_v1_account_proto_rawDesc = "" +
 	"\n" +
-	"\x16kapal/v1/account.proto\x12\bkapal.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"\xd2\x01\n" +
+	"\x16kapal/v1/account.proto\x12\bkapal.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"\xf9\x01\n" +
 	"\aAccount\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\tR\x02id\x12\x14\n" +
 	"\x05email\x18\x02 \x01(\tR\x05email\x12\x1f\n" +
@@ -782,19 +1144,21 @@ const file_kapal_v1_account_proto_rawDesc = "" +
 	"\fdisplay_name\x18\x04 \x01(\tR\vdisplayName\x12\"\n" +
 	"\x04role\x18\x05 \x01(\x0e2\x0e.kapal.v1.RoleR\x04role\x129\n" +
 	"\n" +
-	"created_at\x18\x06 \x01(\v2\x1a.google.protobuf.TimestampR\tcreatedAt\"d\n" +
+	"created_at\x18\x06 \x01(\v2\x1a.google.protobuf.TimestampR\tcreatedAt\x12%\n" +
+	"\x0eemail_verified\x18\a \x01(\bR\remailVerified\"d\n" +
 	"\rSignUpRequest\x12\x14\n" +
 	"\x05email\x18\x01 \x01(\tR\x05email\x12\x1a\n" +
 	"\bpassword\x18\x02 \x01(\tR\bpassword\x12!\n" +
 	"\fdisplay_name\x18\x03 \x01(\tR\vdisplayName\"@\n" +
 	"\fLogInRequest\x12\x14\n" +
 	"\x05email\x18\x01 \x01(\tR\x05email\x12\x1a\n" +
-	"\bpassword\x18\x02 \x01(\tR\bpassword\"\x8f\x01\n" +
+	"\bpassword\x18\x02 \x01(\tR\bpassword\"\xbc\x01\n" +
 	"\x0fSessionResponse\x12\x14\n" +
 	"\x05token\x18\x01 \x01(\tR\x05token\x129\n" +
 	"\n" +
 	"expires_at\x18\x02 \x01(\v2\x1a.google.protobuf.TimestampR\texpiresAt\x12+\n" +
-	"\aaccount\x18\x03 \x01(\v2\x11.kapal.v1.AccountR\aaccount\"\x0f\n" +
+	"\aaccount\x18\x03 \x01(\v2\x11.kapal.v1.AccountR\aaccount\x12+\n" +
+	"\x11verification_sent\x18\x04 \x01(\bR\x10verificationSent\"\x0f\n" +
 	"\rLogOutRequest\"\x10\n" +
 	"\x0eLogOutResponse\"\x0f\n" +
 	"\rWhoAmIRequest\"F\n" +
@@ -819,12 +1183,26 @@ const file_kapal_v1_account_proto_rawDesc = "" +
 	"\n" +
 	"api_tokens\x18\x01 \x03(\v2\x12.kapal.v1.ApiTokenR\tapiTokens\"'\n" +
 	"\x15RevokeApiTokenRequest\x12\x0e\n" +
-	"\x02id\x18\x01 \x01(\tR\x02id*?\n" +
+	"\x02id\x18\x01 \x01(\tR\x02id\">\n" +
+	"\x12VerifyEmailRequest\x12\x14\n" +
+	"\x05email\x18\x01 \x01(\tR\x05email\x12\x12\n" +
+	"\x04code\x18\x02 \x01(\tR\x04code\"\x15\n" +
+	"\x13VerifyEmailResponse\"\x1b\n" +
+	"\x19ResendVerificationRequest\"\x1c\n" +
+	"\x1aResendVerificationResponse\"3\n" +
+	"\x1bRequestPasswordResetRequest\x12\x14\n" +
+	"\x05email\x18\x01 \x01(\tR\x05email\"\x1e\n" +
+	"\x1cRequestPasswordResetResponse\"c\n" +
+	"\x14ResetPasswordRequest\x12\x14\n" +
+	"\x05email\x18\x01 \x01(\tR\x05email\x12\x12\n" +
+	"\x04code\x18\x02 \x01(\tR\x04code\x12!\n" +
+	"\fnew_password\x18\x03 \x01(\tR\vnewPassword\"\x17\n" +
+	"\x15ResetPasswordResponse*?\n" +
 	"\x04Role\x12\x14\n" +
 	"\x10ROLE_UNSPECIFIED\x10\x00\x12\x11\n" +
 	"\rROLE_CUSTOMER\x10\x01\x12\x0e\n" +
 	"\n" +
-	"ROLE_ADMIN\x10\x022\xeb\x03\n" +
+	"ROLE_ADMIN\x10\x022\xd1\x06\n" +
 	"\x0eAccountService\x12<\n" +
 	"\x06SignUp\x12\x17.kapal.v1.SignUpRequest\x1a\x19.kapal.v1.SessionResponse\x12:\n" +
 	"\x05LogIn\x12\x16.kapal.v1.LogInRequest\x1a\x19.kapal.v1.SessionResponse\x12;\n" +
@@ -832,7 +1210,11 @@ const file_kapal_v1_account_proto_rawDesc = "" +
 	"\x06WhoAmI\x12\x17.kapal.v1.WhoAmIRequest\x1a\x11.kapal.v1.Account\x12S\n" +
 	"\x0eCreateApiToken\x12\x1f.kapal.v1.CreateApiTokenRequest\x1a .kapal.v1.CreateApiTokenResponse\x12P\n" +
 	"\rListApiTokens\x12\x1e.kapal.v1.ListApiTokensRequest\x1a\x1f.kapal.v1.ListApiTokensResponse\x12E\n" +
-	"\x0eRevokeApiToken\x12\x1f.kapal.v1.RevokeApiTokenRequest\x1a\x12.kapal.v1.ApiTokenB\x80\x01\n" +
+	"\x0eRevokeApiToken\x12\x1f.kapal.v1.RevokeApiTokenRequest\x1a\x12.kapal.v1.ApiToken\x12J\n" +
+	"\vVerifyEmail\x12\x1c.kapal.v1.VerifyEmailRequest\x1a\x1d.kapal.v1.VerifyEmailResponse\x12_\n" +
+	"\x12ResendVerification\x12#.kapal.v1.ResendVerificationRequest\x1a$.kapal.v1.ResendVerificationResponse\x12e\n" +
+	"\x14RequestPasswordReset\x12%.kapal.v1.RequestPasswordResetRequest\x1a&.kapal.v1.RequestPasswordResetResponse\x12P\n" +
+	"\rResetPassword\x12\x1e.kapal.v1.ResetPasswordRequest\x1a\x1f.kapal.v1.ResetPasswordResponseB\x80\x01\n" +
 	"\fcom.kapal.v1B\fAccountProtoP\x01Z!kapal/clients/go/kapal/v1;kapalv1\xa2\x02\x03KXX\xaa\x02\bKapal.V1\xca\x02\bKapal\\V1\xe2\x02\x14Kapal\\V1\\GPBMetadata\xea\x02\tKapal::V1b\x06proto3"
 
 var (
@@ -848,33 +1230,41 @@ func file_kapal_v1_account_proto_rawDescGZIP() []byte {
 }
 
 var file_kapal_v1_account_proto_enumTypes = make([]protoimpl.EnumInfo, 1)
-var file_kapal_v1_account_proto_msgTypes = make([]protoimpl.MessageInfo, 13)
+var file_kapal_v1_account_proto_msgTypes = make([]protoimpl.MessageInfo, 21)
 var file_kapal_v1_account_proto_goTypes = []any{
-	(Role)(0),                      // 0: kapal.v1.Role
-	(*Account)(nil),                // 1: kapal.v1.Account
-	(*SignUpRequest)(nil),          // 2: kapal.v1.SignUpRequest
-	(*LogInRequest)(nil),           // 3: kapal.v1.LogInRequest
-	(*SessionResponse)(nil),        // 4: kapal.v1.SessionResponse
-	(*LogOutRequest)(nil),          // 5: kapal.v1.LogOutRequest
-	(*LogOutResponse)(nil),         // 6: kapal.v1.LogOutResponse
-	(*WhoAmIRequest)(nil),          // 7: kapal.v1.WhoAmIRequest
-	(*CreateApiTokenRequest)(nil),  // 8: kapal.v1.CreateApiTokenRequest
-	(*CreateApiTokenResponse)(nil), // 9: kapal.v1.CreateApiTokenResponse
-	(*ApiToken)(nil),               // 10: kapal.v1.ApiToken
-	(*ListApiTokensRequest)(nil),   // 11: kapal.v1.ListApiTokensRequest
-	(*ListApiTokensResponse)(nil),  // 12: kapal.v1.ListApiTokensResponse
-	(*RevokeApiTokenRequest)(nil),  // 13: kapal.v1.RevokeApiTokenRequest
-	(*timestamppb.Timestamp)(nil),  // 14: google.protobuf.Timestamp
+	(Role)(0),                            // 0: kapal.v1.Role
+	(*Account)(nil),                      // 1: kapal.v1.Account
+	(*SignUpRequest)(nil),                // 2: kapal.v1.SignUpRequest
+	(*LogInRequest)(nil),                 // 3: kapal.v1.LogInRequest
+	(*SessionResponse)(nil),              // 4: kapal.v1.SessionResponse
+	(*LogOutRequest)(nil),                // 5: kapal.v1.LogOutRequest
+	(*LogOutResponse)(nil),               // 6: kapal.v1.LogOutResponse
+	(*WhoAmIRequest)(nil),                // 7: kapal.v1.WhoAmIRequest
+	(*CreateApiTokenRequest)(nil),        // 8: kapal.v1.CreateApiTokenRequest
+	(*CreateApiTokenResponse)(nil),       // 9: kapal.v1.CreateApiTokenResponse
+	(*ApiToken)(nil),                     // 10: kapal.v1.ApiToken
+	(*ListApiTokensRequest)(nil),         // 11: kapal.v1.ListApiTokensRequest
+	(*ListApiTokensResponse)(nil),        // 12: kapal.v1.ListApiTokensResponse
+	(*RevokeApiTokenRequest)(nil),        // 13: kapal.v1.RevokeApiTokenRequest
+	(*VerifyEmailRequest)(nil),           // 14: kapal.v1.VerifyEmailRequest
+	(*VerifyEmailResponse)(nil),          // 15: kapal.v1.VerifyEmailResponse
+	(*ResendVerificationRequest)(nil),    // 16: kapal.v1.ResendVerificationRequest
+	(*ResendVerificationResponse)(nil),   // 17: kapal.v1.ResendVerificationResponse
+	(*RequestPasswordResetRequest)(nil),  // 18: kapal.v1.RequestPasswordResetRequest
+	(*RequestPasswordResetResponse)(nil), // 19: kapal.v1.RequestPasswordResetResponse
+	(*ResetPasswordRequest)(nil),         // 20: kapal.v1.ResetPasswordRequest
+	(*ResetPasswordResponse)(nil),        // 21: kapal.v1.ResetPasswordResponse
+	(*timestamppb.Timestamp)(nil),        // 22: google.protobuf.Timestamp
 }
 var file_kapal_v1_account_proto_depIdxs = []int32{
 	0,  // 0: kapal.v1.Account.role:type_name -> kapal.v1.Role
-	14, // 1: kapal.v1.Account.created_at:type_name -> google.protobuf.Timestamp
-	14, // 2: kapal.v1.SessionResponse.expires_at:type_name -> google.protobuf.Timestamp
+	22, // 1: kapal.v1.Account.created_at:type_name -> google.protobuf.Timestamp
+	22, // 2: kapal.v1.SessionResponse.expires_at:type_name -> google.protobuf.Timestamp
 	1,  // 3: kapal.v1.SessionResponse.account:type_name -> kapal.v1.Account
 	10, // 4: kapal.v1.CreateApiTokenResponse.api_token:type_name -> kapal.v1.ApiToken
-	14, // 5: kapal.v1.ApiToken.created_at:type_name -> google.protobuf.Timestamp
-	14, // 6: kapal.v1.ApiToken.expires_at:type_name -> google.protobuf.Timestamp
-	14, // 7: kapal.v1.ApiToken.revoked_at:type_name -> google.protobuf.Timestamp
+	22, // 5: kapal.v1.ApiToken.created_at:type_name -> google.protobuf.Timestamp
+	22, // 6: kapal.v1.ApiToken.expires_at:type_name -> google.protobuf.Timestamp
+	22, // 7: kapal.v1.ApiToken.revoked_at:type_name -> google.protobuf.Timestamp
 	10, // 8: kapal.v1.ListApiTokensResponse.api_tokens:type_name -> kapal.v1.ApiToken
 	2,  // 9: kapal.v1.AccountService.SignUp:input_type -> kapal.v1.SignUpRequest
 	3,  // 10: kapal.v1.AccountService.LogIn:input_type -> kapal.v1.LogInRequest
@@ -883,15 +1273,23 @@ var file_kapal_v1_account_proto_depIdxs = []int32{
 	8,  // 13: kapal.v1.AccountService.CreateApiToken:input_type -> kapal.v1.CreateApiTokenRequest
 	11, // 14: kapal.v1.AccountService.ListApiTokens:input_type -> kapal.v1.ListApiTokensRequest
 	13, // 15: kapal.v1.AccountService.RevokeApiToken:input_type -> kapal.v1.RevokeApiTokenRequest
-	4,  // 16: kapal.v1.AccountService.SignUp:output_type -> kapal.v1.SessionResponse
-	4,  // 17: kapal.v1.AccountService.LogIn:output_type -> kapal.v1.SessionResponse
-	6,  // 18: kapal.v1.AccountService.LogOut:output_type -> kapal.v1.LogOutResponse
-	1,  // 19: kapal.v1.AccountService.WhoAmI:output_type -> kapal.v1.Account
-	9,  // 20: kapal.v1.AccountService.CreateApiToken:output_type -> kapal.v1.CreateApiTokenResponse
-	12, // 21: kapal.v1.AccountService.ListApiTokens:output_type -> kapal.v1.ListApiTokensResponse
-	10, // 22: kapal.v1.AccountService.RevokeApiToken:output_type -> kapal.v1.ApiToken
-	16, // [16:23] is the sub-list for method output_type
-	9,  // [9:16] is the sub-list for method input_type
+	14, // 16: kapal.v1.AccountService.VerifyEmail:input_type -> kapal.v1.VerifyEmailRequest
+	16, // 17: kapal.v1.AccountService.ResendVerification:input_type -> kapal.v1.ResendVerificationRequest
+	18, // 18: kapal.v1.AccountService.RequestPasswordReset:input_type -> kapal.v1.RequestPasswordResetRequest
+	20, // 19: kapal.v1.AccountService.ResetPassword:input_type -> kapal.v1.ResetPasswordRequest
+	4,  // 20: kapal.v1.AccountService.SignUp:output_type -> kapal.v1.SessionResponse
+	4,  // 21: kapal.v1.AccountService.LogIn:output_type -> kapal.v1.SessionResponse
+	6,  // 22: kapal.v1.AccountService.LogOut:output_type -> kapal.v1.LogOutResponse
+	1,  // 23: kapal.v1.AccountService.WhoAmI:output_type -> kapal.v1.Account
+	9,  // 24: kapal.v1.AccountService.CreateApiToken:output_type -> kapal.v1.CreateApiTokenResponse
+	12, // 25: kapal.v1.AccountService.ListApiTokens:output_type -> kapal.v1.ListApiTokensResponse
+	10, // 26: kapal.v1.AccountService.RevokeApiToken:output_type -> kapal.v1.ApiToken
+	15, // 27: kapal.v1.AccountService.VerifyEmail:output_type -> kapal.v1.VerifyEmailResponse
+	17, // 28: kapal.v1.AccountService.ResendVerification:output_type -> kapal.v1.ResendVerificationResponse
+	19, // 29: kapal.v1.AccountService.RequestPasswordReset:output_type -> kapal.v1.RequestPasswordResetResponse
+	21, // 30: kapal.v1.AccountService.ResetPassword:output_type -> kapal.v1.ResetPasswordResponse
+	20, // [20:31] is the sub-list for method output_type
+	9,  // [9:20] is the sub-list for method input_type
 	9,  // [9:9] is the sub-list for extension type_name
 	9,  // [9:9] is the sub-list for extension extendee
 	0,  // [0:9] is the sub-list for field type_name
@@ -908,7 +1306,7 @@ func file_kapal_v1_account_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_kapal_v1_account_proto_rawDesc), len(file_kapal_v1_account_proto_rawDesc)),
 			NumEnums:      1,
-			NumMessages:   13,
+			NumMessages:   21,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

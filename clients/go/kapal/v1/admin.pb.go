@@ -672,12 +672,13 @@ func (*ListAlertsRequest) Descriptor() ([]byte, []int) {
 type Alert struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	// Stable kind: "node_not_ready", "capacity_high", "instance_failed", "instance_degraded",
-	// "provisioner_unreachable".
+	// "provisioner_unreachable", "ticket_sla_at_risk" (a support ticket's answer is due within
+	// the last quarter of its SLA; warning), "ticket_sla_breached" (overdue; critical).
 	Kind     string        `protobuf:"bytes,1,opt,name=kind,proto3" json:"kind,omitempty"`
 	Severity AlertSeverity `protobuf:"varint,2,opt,name=severity,proto3,enum=kapal.v1.AlertSeverity" json:"severity,omitempty"`
 	// What is wrong and what to look at, for a person.
 	Message string `protobuf:"bytes,3,opt,name=message,proto3" json:"message,omitempty"`
-	// What it is about: a node name, an instance id, or "cluster".
+	// What it is about: a node name, an instance id, a ticket id, or "cluster".
 	Subject string `protobuf:"bytes,4,opt,name=subject,proto3" json:"subject,omitempty"`
 	// Since when the condition holds, when known.
 	Since         *timestamppb.Timestamp `protobuf:"bytes,5,opt,name=since,proto3" json:"since,omitempty"`

@@ -50,12 +50,32 @@ const (
 	// AccountServiceRevokeApiTokenProcedure is the fully-qualified name of the AccountService's
 	// RevokeApiToken RPC.
 	AccountServiceRevokeApiTokenProcedure = "/kapal.v1.AccountService/RevokeApiToken"
+	// AccountServiceVerifyEmailProcedure is the fully-qualified name of the AccountService's
+	// VerifyEmail RPC.
+	AccountServiceVerifyEmailProcedure = "/kapal.v1.AccountService/VerifyEmail"
+	// AccountServiceResendVerificationProcedure is the fully-qualified name of the AccountService's
+	// ResendVerification RPC.
+	AccountServiceResendVerificationProcedure = "/kapal.v1.AccountService/ResendVerification"
+	// AccountServiceRequestPasswordResetProcedure is the fully-qualified name of the AccountService's
+	// RequestPasswordReset RPC.
+	AccountServiceRequestPasswordResetProcedure = "/kapal.v1.AccountService/RequestPasswordReset"
+	// AccountServiceResetPasswordProcedure is the fully-qualified name of the AccountService's
+	// ResetPassword RPC.
+	AccountServiceResetPasswordProcedure = "/kapal.v1.AccountService/ResetPassword"
 )
 
 // AccountServiceClient is a client for the kapal.v1.AccountService service.
 type AccountServiceClient interface {
-	// Creates a customer account and returns a session token for it.
-	// INVALID_ARGUMENT for a malformed email or a weak password; ALREADY_EXISTS when the email is taken.
+	// Creates a customer account. INVALID_ARGUMENT for a malformed email or a weak password.
+	//
+	// When the server sends email (email verification on, as in production), the answer is the
+	// same whether or not the address has an account already, so sign-up does not tell who is a
+	// customer: a SessionResponse with no token and no account, and `verification_sent` set. The
+	// address gets a verification code if the account is new, or a note that someone tried to
+	// sign up with it if it exists; either way the person logs in with LogIn next.
+	//
+	// With email verification off (development servers only, `--email-verification off`), the
+	// account is created at once and a session returned; ALREADY_EXISTS when the email is taken.
 	SignUp(context.Context, *connect.Request[v1.SignUpRequest]) (*connect.Response[v1.SessionResponse], error)
 	// Exchanges email and password for a session token. UNAUTHENTICATED when they do not match.
 	LogIn(context.Context, *connect.Request[v1.LogInRequest]) (*connect.Response[v1.SessionResponse], error)
@@ -69,6 +89,24 @@ type AccountServiceClient interface {
 	ListApiTokens(context.Context, *connect.Request[v1.ListApiTokensRequest]) (*connect.Response[v1.ListApiTokensResponse], error)
 	// Revokes one of the caller's API tokens; calls with it fail from then on.
 	RevokeApiToken(context.Context, *connect.Request[v1.RevokeApiTokenRequest]) (*connect.Response[v1.ApiToken], error)
+	// Proves the address of an account with the code emailed to it at sign-up (or by
+	// ResendVerification). Needs no authentication. A code is good for 24 hours, once, and for
+	// 5 attempts; INVALID_ARGUMENT when the code is wrong, expired or used up (ask for a new one
+	// with ResendVerification). An account already verified answers OK.
+	VerifyEmail(context.Context, *connect.Request[v1.VerifyEmailRequest]) (*connect.Response[v1.VerifyEmailResponse], error)
+	// Emails the caller a new verification code (earlier codes stop working). FAILED_PRECONDITION
+	// when the server sends no email or the address is verified already; RESOURCE_EXHAUSTED when
+	// a code was sent less than a minute ago.
+	ResendVerification(context.Context, *connect.Request[v1.ResendVerificationRequest]) (*connect.Response[v1.ResendVerificationResponse], error)
+	// Emails a one-time password-reset code to the address, if it has an account. Needs no
+	// authentication, and answers the same whether or not the account exists. The code is good
+	// for 30 minutes, once, and for 5 attempts. FAILED_PRECONDITION when the server sends no email.
+	RequestPasswordReset(context.Context, *connect.Request[v1.RequestPasswordResetRequest]) (*connect.Response[v1.RequestPasswordResetResponse], error)
+	// Sets a new password with a code from RequestPasswordReset, and ends every session of the
+	// account (API tokens stay). Needs no authentication. INVALID_ARGUMENT for a wrong, expired
+	// or used code, or a weak password. Receiving the code proves the address, so the account
+	// counts as verified afterwards.
+	ResetPassword(context.Context, *connect.Request[v1.ResetPasswordRequest]) (*connect.Response[v1.ResetPasswordResponse], error)
 }
 
 // NewAccountServiceClient constructs a client for the kapal.v1.AccountService service. By default,
@@ -124,18 +162,46 @@ func NewAccountServiceClient(httpClient connect.HTTPClient, baseURL string, opts
 			connect.WithSchema(accountServiceMethods.ByName("RevokeApiToken")),
 			connect.WithClientOptions(opts...),
 		),
+		verifyEmail: connect.NewClient[v1.VerifyEmailRequest, v1.VerifyEmailResponse](
+			httpClient,
+			baseURL+AccountServiceVerifyEmailProcedure,
+			connect.WithSchema(accountServiceMethods.ByName("VerifyEmail")),
+			connect.WithClientOptions(opts...),
+		),
+		resendVerification: connect.NewClient[v1.ResendVerificationRequest, v1.ResendVerificationResponse](
+			httpClient,
+			baseURL+AccountServiceResendVerificationProcedure,
+			connect.WithSchema(accountServiceMethods.ByName("ResendVerification")),
+			connect.WithClientOptions(opts...),
+		),
+		requestPasswordReset: connect.NewClient[v1.RequestPasswordResetRequest, v1.RequestPasswordResetResponse](
+			httpClient,
+			baseURL+AccountServiceRequestPasswordResetProcedure,
+			connect.WithSchema(accountServiceMethods.ByName("RequestPasswordReset")),
+			connect.WithClientOptions(opts...),
+		),
+		resetPassword: connect.NewClient[v1.ResetPasswordRequest, v1.ResetPasswordResponse](
+			httpClient,
+			baseURL+AccountServiceResetPasswordProcedure,
+			connect.WithSchema(accountServiceMethods.ByName("ResetPassword")),
+			connect.WithClientOptions(opts...),
+		),
 	}
 }
 
 // accountServiceClient implements AccountServiceClient.
 type accountServiceClient struct {
-	signUp         *connect.Client[v1.SignUpRequest, v1.SessionResponse]
-	logIn          *connect.Client[v1.LogInRequest, v1.SessionResponse]
-	logOut         *connect.Client[v1.LogOutRequest, v1.LogOutResponse]
-	whoAmI         *connect.Client[v1.WhoAmIRequest, v1.Account]
-	createApiToken *connect.Client[v1.CreateApiTokenRequest, v1.CreateApiTokenResponse]
-	listApiTokens  *connect.Client[v1.ListApiTokensRequest, v1.ListApiTokensResponse]
-	revokeApiToken *connect.Client[v1.RevokeApiTokenRequest, v1.ApiToken]
+	signUp               *connect.Client[v1.SignUpRequest, v1.SessionResponse]
+	logIn                *connect.Client[v1.LogInRequest, v1.SessionResponse]
+	logOut               *connect.Client[v1.LogOutRequest, v1.LogOutResponse]
+	whoAmI               *connect.Client[v1.WhoAmIRequest, v1.Account]
+	createApiToken       *connect.Client[v1.CreateApiTokenRequest, v1.CreateApiTokenResponse]
+	listApiTokens        *connect.Client[v1.ListApiTokensRequest, v1.ListApiTokensResponse]
+	revokeApiToken       *connect.Client[v1.RevokeApiTokenRequest, v1.ApiToken]
+	verifyEmail          *connect.Client[v1.VerifyEmailRequest, v1.VerifyEmailResponse]
+	resendVerification   *connect.Client[v1.ResendVerificationRequest, v1.ResendVerificationResponse]
+	requestPasswordReset *connect.Client[v1.RequestPasswordResetRequest, v1.RequestPasswordResetResponse]
+	resetPassword        *connect.Client[v1.ResetPasswordRequest, v1.ResetPasswordResponse]
 }
 
 // SignUp calls kapal.v1.AccountService.SignUp.
@@ -173,10 +239,38 @@ func (c *accountServiceClient) RevokeApiToken(ctx context.Context, req *connect.
 	return c.revokeApiToken.CallUnary(ctx, req)
 }
 
+// VerifyEmail calls kapal.v1.AccountService.VerifyEmail.
+func (c *accountServiceClient) VerifyEmail(ctx context.Context, req *connect.Request[v1.VerifyEmailRequest]) (*connect.Response[v1.VerifyEmailResponse], error) {
+	return c.verifyEmail.CallUnary(ctx, req)
+}
+
+// ResendVerification calls kapal.v1.AccountService.ResendVerification.
+func (c *accountServiceClient) ResendVerification(ctx context.Context, req *connect.Request[v1.ResendVerificationRequest]) (*connect.Response[v1.ResendVerificationResponse], error) {
+	return c.resendVerification.CallUnary(ctx, req)
+}
+
+// RequestPasswordReset calls kapal.v1.AccountService.RequestPasswordReset.
+func (c *accountServiceClient) RequestPasswordReset(ctx context.Context, req *connect.Request[v1.RequestPasswordResetRequest]) (*connect.Response[v1.RequestPasswordResetResponse], error) {
+	return c.requestPasswordReset.CallUnary(ctx, req)
+}
+
+// ResetPassword calls kapal.v1.AccountService.ResetPassword.
+func (c *accountServiceClient) ResetPassword(ctx context.Context, req *connect.Request[v1.ResetPasswordRequest]) (*connect.Response[v1.ResetPasswordResponse], error) {
+	return c.resetPassword.CallUnary(ctx, req)
+}
+
 // AccountServiceHandler is an implementation of the kapal.v1.AccountService service.
 type AccountServiceHandler interface {
-	// Creates a customer account and returns a session token for it.
-	// INVALID_ARGUMENT for a malformed email or a weak password; ALREADY_EXISTS when the email is taken.
+	// Creates a customer account. INVALID_ARGUMENT for a malformed email or a weak password.
+	//
+	// When the server sends email (email verification on, as in production), the answer is the
+	// same whether or not the address has an account already, so sign-up does not tell who is a
+	// customer: a SessionResponse with no token and no account, and `verification_sent` set. The
+	// address gets a verification code if the account is new, or a note that someone tried to
+	// sign up with it if it exists; either way the person logs in with LogIn next.
+	//
+	// With email verification off (development servers only, `--email-verification off`), the
+	// account is created at once and a session returned; ALREADY_EXISTS when the email is taken.
 	SignUp(context.Context, *connect.Request[v1.SignUpRequest]) (*connect.Response[v1.SessionResponse], error)
 	// Exchanges email and password for a session token. UNAUTHENTICATED when they do not match.
 	LogIn(context.Context, *connect.Request[v1.LogInRequest]) (*connect.Response[v1.SessionResponse], error)
@@ -190,6 +284,24 @@ type AccountServiceHandler interface {
 	ListApiTokens(context.Context, *connect.Request[v1.ListApiTokensRequest]) (*connect.Response[v1.ListApiTokensResponse], error)
 	// Revokes one of the caller's API tokens; calls with it fail from then on.
 	RevokeApiToken(context.Context, *connect.Request[v1.RevokeApiTokenRequest]) (*connect.Response[v1.ApiToken], error)
+	// Proves the address of an account with the code emailed to it at sign-up (or by
+	// ResendVerification). Needs no authentication. A code is good for 24 hours, once, and for
+	// 5 attempts; INVALID_ARGUMENT when the code is wrong, expired or used up (ask for a new one
+	// with ResendVerification). An account already verified answers OK.
+	VerifyEmail(context.Context, *connect.Request[v1.VerifyEmailRequest]) (*connect.Response[v1.VerifyEmailResponse], error)
+	// Emails the caller a new verification code (earlier codes stop working). FAILED_PRECONDITION
+	// when the server sends no email or the address is verified already; RESOURCE_EXHAUSTED when
+	// a code was sent less than a minute ago.
+	ResendVerification(context.Context, *connect.Request[v1.ResendVerificationRequest]) (*connect.Response[v1.ResendVerificationResponse], error)
+	// Emails a one-time password-reset code to the address, if it has an account. Needs no
+	// authentication, and answers the same whether or not the account exists. The code is good
+	// for 30 minutes, once, and for 5 attempts. FAILED_PRECONDITION when the server sends no email.
+	RequestPasswordReset(context.Context, *connect.Request[v1.RequestPasswordResetRequest]) (*connect.Response[v1.RequestPasswordResetResponse], error)
+	// Sets a new password with a code from RequestPasswordReset, and ends every session of the
+	// account (API tokens stay). Needs no authentication. INVALID_ARGUMENT for a wrong, expired
+	// or used code, or a weak password. Receiving the code proves the address, so the account
+	// counts as verified afterwards.
+	ResetPassword(context.Context, *connect.Request[v1.ResetPasswordRequest]) (*connect.Response[v1.ResetPasswordResponse], error)
 }
 
 // NewAccountServiceHandler builds an HTTP handler from the service implementation. It returns the
@@ -241,6 +353,30 @@ func NewAccountServiceHandler(svc AccountServiceHandler, opts ...connect.Handler
 		connect.WithSchema(accountServiceMethods.ByName("RevokeApiToken")),
 		connect.WithHandlerOptions(opts...),
 	)
+	accountServiceVerifyEmailHandler := connect.NewUnaryHandler(
+		AccountServiceVerifyEmailProcedure,
+		svc.VerifyEmail,
+		connect.WithSchema(accountServiceMethods.ByName("VerifyEmail")),
+		connect.WithHandlerOptions(opts...),
+	)
+	accountServiceResendVerificationHandler := connect.NewUnaryHandler(
+		AccountServiceResendVerificationProcedure,
+		svc.ResendVerification,
+		connect.WithSchema(accountServiceMethods.ByName("ResendVerification")),
+		connect.WithHandlerOptions(opts...),
+	)
+	accountServiceRequestPasswordResetHandler := connect.NewUnaryHandler(
+		AccountServiceRequestPasswordResetProcedure,
+		svc.RequestPasswordReset,
+		connect.WithSchema(accountServiceMethods.ByName("RequestPasswordReset")),
+		connect.WithHandlerOptions(opts...),
+	)
+	accountServiceResetPasswordHandler := connect.NewUnaryHandler(
+		AccountServiceResetPasswordProcedure,
+		svc.ResetPassword,
+		connect.WithSchema(accountServiceMethods.ByName("ResetPassword")),
+		connect.WithHandlerOptions(opts...),
+	)
 	return "/kapal.v1.AccountService/", http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		switch r.URL.Path {
 		case AccountServiceSignUpProcedure:
@@ -257,6 +393,14 @@ func NewAccountServiceHandler(svc AccountServiceHandler, opts ...connect.Handler
 			accountServiceListApiTokensHandler.ServeHTTP(w, r)
 		case AccountServiceRevokeApiTokenProcedure:
 			accountServiceRevokeApiTokenHandler.ServeHTTP(w, r)
+		case AccountServiceVerifyEmailProcedure:
+			accountServiceVerifyEmailHandler.ServeHTTP(w, r)
+		case AccountServiceResendVerificationProcedure:
+			accountServiceResendVerificationHandler.ServeHTTP(w, r)
+		case AccountServiceRequestPasswordResetProcedure:
+			accountServiceRequestPasswordResetHandler.ServeHTTP(w, r)
+		case AccountServiceResetPasswordProcedure:
+			accountServiceResetPasswordHandler.ServeHTTP(w, r)
 		default:
 			http.NotFound(w, r)
 		}
@@ -292,4 +436,20 @@ func (UnimplementedAccountServiceHandler) ListApiTokens(context.Context, *connec
 
 func (UnimplementedAccountServiceHandler) RevokeApiToken(context.Context, *connect.Request[v1.RevokeApiTokenRequest]) (*connect.Response[v1.ApiToken], error) {
 	return nil, connect.NewError(connect.CodeUnimplemented, errors.New("kapal.v1.AccountService.RevokeApiToken is not implemented"))
+}
+
+func (UnimplementedAccountServiceHandler) VerifyEmail(context.Context, *connect.Request[v1.VerifyEmailRequest]) (*connect.Response[v1.VerifyEmailResponse], error) {
+	return nil, connect.NewError(connect.CodeUnimplemented, errors.New("kapal.v1.AccountService.VerifyEmail is not implemented"))
+}
+
+func (UnimplementedAccountServiceHandler) ResendVerification(context.Context, *connect.Request[v1.ResendVerificationRequest]) (*connect.Response[v1.ResendVerificationResponse], error) {
+	return nil, connect.NewError(connect.CodeUnimplemented, errors.New("kapal.v1.AccountService.ResendVerification is not implemented"))
+}
+
+func (UnimplementedAccountServiceHandler) RequestPasswordReset(context.Context, *connect.Request[v1.RequestPasswordResetRequest]) (*connect.Response[v1.RequestPasswordResetResponse], error) {
+	return nil, connect.NewError(connect.CodeUnimplemented, errors.New("kapal.v1.AccountService.RequestPasswordReset is not implemented"))
+}
+
+func (UnimplementedAccountServiceHandler) ResetPassword(context.Context, *connect.Request[v1.ResetPasswordRequest]) (*connect.Response[v1.ResetPasswordResponse], error) {
+	return nil, connect.NewError(connect.CodeUnimplemented, errors.New("kapal.v1.AccountService.ResetPassword is not implemented"))
 }

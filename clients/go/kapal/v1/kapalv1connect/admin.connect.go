@@ -74,7 +74,8 @@ type AdminServiceClient interface {
 	// committed against the checkout ceiling.
 	GetCapacity(context.Context, *connect.Request[v1.GetCapacityRequest]) (*connect.Response[v1.Capacity], error)
 	// What needs an operator's attention now: nodes not ready, capacity near or over the
-	// ceiling, instances failed or degraded for a while, the provisioner unreachable.
+	// ceiling, instances failed or degraded for a while, the provisioner unreachable, support
+	// tickets at risk of breaching or past their first-response SLA.
 	ListAlerts(context.Context, *connect.Request[v1.ListAlertsRequest]) (*connect.Response[v1.ListAlertsResponse], error)
 	// CPU, memory and storage of any instance.
 	GetInstanceUsage(context.Context, *connect.Request[v1.GetInstanceUsageRequest]) (*connect.Response[v1.InstanceUsage], error)
@@ -183,7 +184,8 @@ type AdminServiceHandler interface {
 	// committed against the checkout ceiling.
 	GetCapacity(context.Context, *connect.Request[v1.GetCapacityRequest]) (*connect.Response[v1.Capacity], error)
 	// What needs an operator's attention now: nodes not ready, capacity near or over the
-	// ceiling, instances failed or degraded for a while, the provisioner unreachable.
+	// ceiling, instances failed or degraded for a while, the provisioner unreachable, support
+	// tickets at risk of breaching or past their first-response SLA.
 	ListAlerts(context.Context, *connect.Request[v1.ListAlertsRequest]) (*connect.Response[v1.ListAlertsResponse], error)
 	// CPU, memory and storage of any instance.
 	GetInstanceUsage(context.Context, *connect.Request[v1.GetInstanceUsageRequest]) (*connect.Response[v1.InstanceUsage], error)

@@ -71,6 +71,26 @@ class AccountServiceStub:
                 request_serializer=kapal_dot_v1_dot_account__pb2.RevokeApiTokenRequest.SerializeToString,
                 response_deserializer=kapal_dot_v1_dot_account__pb2.ApiToken.FromString,
                 _registered_method=True)
+        self.VerifyEmail = channel.unary_unary(
+                '/kapal.v1.AccountService/VerifyEmail',
+                request_serializer=kapal_dot_v1_dot_account__pb2.VerifyEmailRequest.SerializeToString,
+                response_deserializer=kapal_dot_v1_dot_account__pb2.VerifyEmailResponse.FromString,
+                _registered_method=True)
+        self.ResendVerification = channel.unary_unary(
+                '/kapal.v1.AccountService/ResendVerification',
+                request_serializer=kapal_dot_v1_dot_account__pb2.ResendVerificationRequest.SerializeToString,
+                response_deserializer=kapal_dot_v1_dot_account__pb2.ResendVerificationResponse.FromString,
+                _registered_method=True)
+        self.RequestPasswordReset = channel.unary_unary(
+                '/kapal.v1.AccountService/RequestPasswordReset',
+                request_serializer=kapal_dot_v1_dot_account__pb2.RequestPasswordResetRequest.SerializeToString,
+                response_deserializer=kapal_dot_v1_dot_account__pb2.RequestPasswordResetResponse.FromString,
+                _registered_method=True)
+        self.ResetPassword = channel.unary_unary(
+                '/kapal.v1.AccountService/ResetPassword',
+                request_serializer=kapal_dot_v1_dot_account__pb2.ResetPasswordRequest.SerializeToString,
+                response_deserializer=kapal_dot_v1_dot_account__pb2.ResetPasswordResponse.FromString,
+                _registered_method=True)
 
 
 class AccountServiceServicer:
@@ -79,8 +99,16 @@ class AccountServiceServicer:
     """
 
     def SignUp(self, request, context):
-        """Creates a customer account and returns a session token for it.
-        INVALID_ARGUMENT for a malformed email or a weak password; ALREADY_EXISTS when the email is taken.
+        """Creates a customer account. INVALID_ARGUMENT for a malformed email or a weak password.
+
+        When the server sends email (email verification on, as in production), the answer is the
+        same whether or not the address has an account already, so sign-up does not tell who is a
+        customer: a SessionResponse with no token and no account, and `verification_sent` set. The
+        address gets a verification code if the account is new, or a note that someone tried to
+        sign up with it if it exists; either way the person logs in with LogIn next.
+
+        With email verification off (development servers only, `--email-verification off`), the
+        account is created at once and a session returned; ALREADY_EXISTS when the email is taken.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -128,6 +156,44 @@ class AccountServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def VerifyEmail(self, request, context):
+        """Proves the address of an account with the code emailed to it at sign-up (or by
+        ResendVerification). Needs no authentication. A code is good for 24 hours, once, and for
+        5 attempts; INVALID_ARGUMENT when the code is wrong, expired or used up (ask for a new one
+        with ResendVerification). An account already verified answers OK.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ResendVerification(self, request, context):
+        """Emails the caller a new verification code (earlier codes stop working). FAILED_PRECONDITION
+        when the server sends no email or the address is verified already; RESOURCE_EXHAUSTED when
+        a code was sent less than a minute ago.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def RequestPasswordReset(self, request, context):
+        """Emails a one-time password-reset code to the address, if it has an account. Needs no
+        authentication, and answers the same whether or not the account exists. The code is good
+        for 30 minutes, once, and for 5 attempts. FAILED_PRECONDITION when the server sends no email.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ResetPassword(self, request, context):
+        """Sets a new password with a code from RequestPasswordReset, and ends every session of the
+        account (API tokens stay). Needs no authentication. INVALID_ARGUMENT for a wrong, expired
+        or used code, or a weak password. Receiving the code proves the address, so the account
+        counts as verified afterwards.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_AccountServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -165,6 +231,26 @@ def add_AccountServiceServicer_to_server(servicer, server):
                     servicer.RevokeApiToken,
                     request_deserializer=kapal_dot_v1_dot_account__pb2.RevokeApiTokenRequest.FromString,
                     response_serializer=kapal_dot_v1_dot_account__pb2.ApiToken.SerializeToString,
+            ),
+            'VerifyEmail': grpc.unary_unary_rpc_method_handler(
+                    servicer.VerifyEmail,
+                    request_deserializer=kapal_dot_v1_dot_account__pb2.VerifyEmailRequest.FromString,
+                    response_serializer=kapal_dot_v1_dot_account__pb2.VerifyEmailResponse.SerializeToString,
+            ),
+            'ResendVerification': grpc.unary_unary_rpc_method_handler(
+                    servicer.ResendVerification,
+                    request_deserializer=kapal_dot_v1_dot_account__pb2.ResendVerificationRequest.FromString,
+                    response_serializer=kapal_dot_v1_dot_account__pb2.ResendVerificationResponse.SerializeToString,
+            ),
+            'RequestPasswordReset': grpc.unary_unary_rpc_method_handler(
+                    servicer.RequestPasswordReset,
+                    request_deserializer=kapal_dot_v1_dot_account__pb2.RequestPasswordResetRequest.FromString,
+                    response_serializer=kapal_dot_v1_dot_account__pb2.RequestPasswordResetResponse.SerializeToString,
+            ),
+            'ResetPassword': grpc.unary_unary_rpc_method_handler(
+                    servicer.ResetPassword,
+                    request_deserializer=kapal_dot_v1_dot_account__pb2.ResetPasswordRequest.FromString,
+                    response_serializer=kapal_dot_v1_dot_account__pb2.ResetPasswordResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -358,6 +444,114 @@ class AccountService:
             '/kapal.v1.AccountService/RevokeApiToken',
             kapal_dot_v1_dot_account__pb2.RevokeApiTokenRequest.SerializeToString,
             kapal_dot_v1_dot_account__pb2.ApiToken.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def VerifyEmail(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/kapal.v1.AccountService/VerifyEmail',
+            kapal_dot_v1_dot_account__pb2.VerifyEmailRequest.SerializeToString,
+            kapal_dot_v1_dot_account__pb2.VerifyEmailResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ResendVerification(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/kapal.v1.AccountService/ResendVerification',
+            kapal_dot_v1_dot_account__pb2.ResendVerificationRequest.SerializeToString,
+            kapal_dot_v1_dot_account__pb2.ResendVerificationResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RequestPasswordReset(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/kapal.v1.AccountService/RequestPasswordReset',
+            kapal_dot_v1_dot_account__pb2.RequestPasswordResetRequest.SerializeToString,
+            kapal_dot_v1_dot_account__pb2.RequestPasswordResetResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ResetPassword(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/kapal.v1.AccountService/ResetPassword',
+            kapal_dot_v1_dot_account__pb2.ResetPasswordRequest.SerializeToString,
+            kapal_dot_v1_dot_account__pb2.ResetPasswordResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -36,8 +36,16 @@ class AccountServiceStub:
     @_typing.overload
     def __new__(cls, channel: _aio.Channel) -> AccountServiceAsyncStub: ...
     SignUp: _grpc.UnaryUnaryMultiCallable[_account_pb2.SignUpRequest, _account_pb2.SessionResponse]
-    """Creates a customer account and returns a session token for it.
-    INVALID_ARGUMENT for a malformed email or a weak password; ALREADY_EXISTS when the email is taken.
+    """Creates a customer account. INVALID_ARGUMENT for a malformed email or a weak password.
+
+    When the server sends email (email verification on, as in production), the answer is the
+    same whether or not the address has an account already, so sign-up does not tell who is a
+    customer: a SessionResponse with no token and no account, and `verification_sent` set. The
+    address gets a verification code if the account is new, or a note that someone tried to
+    sign up with it if it exists; either way the person logs in with LogIn next.
+
+    With email verification off (development servers only, `--email-verification off`), the
+    account is created at once and a session returned; ALREADY_EXISTS when the email is taken.
     """
     LogIn: _grpc.UnaryUnaryMultiCallable[_account_pb2.LogInRequest, _account_pb2.SessionResponse]
     """Exchanges email and password for a session token. UNAUTHENTICATED when they do not match."""
@@ -51,6 +59,28 @@ class AccountServiceStub:
     """Lists the caller's API tokens (never the secret part)."""
     RevokeApiToken: _grpc.UnaryUnaryMultiCallable[_account_pb2.RevokeApiTokenRequest, _account_pb2.ApiToken]
     """Revokes one of the caller's API tokens; calls with it fail from then on."""
+    VerifyEmail: _grpc.UnaryUnaryMultiCallable[_account_pb2.VerifyEmailRequest, _account_pb2.VerifyEmailResponse]
+    """Proves the address of an account with the code emailed to it at sign-up (or by
+    ResendVerification). Needs no authentication. A code is good for 24 hours, once, and for
+    5 attempts; INVALID_ARGUMENT when the code is wrong, expired or used up (ask for a new one
+    with ResendVerification). An account already verified answers OK.
+    """
+    ResendVerification: _grpc.UnaryUnaryMultiCallable[_account_pb2.ResendVerificationRequest, _account_pb2.ResendVerificationResponse]
+    """Emails the caller a new verification code (earlier codes stop working). FAILED_PRECONDITION
+    when the server sends no email or the address is verified already; RESOURCE_EXHAUSTED when
+    a code was sent less than a minute ago.
+    """
+    RequestPasswordReset: _grpc.UnaryUnaryMultiCallable[_account_pb2.RequestPasswordResetRequest, _account_pb2.RequestPasswordResetResponse]
+    """Emails a one-time password-reset code to the address, if it has an account. Needs no
+    authentication, and answers the same whether or not the account exists. The code is good
+    for 30 minutes, once, and for 5 attempts. FAILED_PRECONDITION when the server sends no email.
+    """
+    ResetPassword: _grpc.UnaryUnaryMultiCallable[_account_pb2.ResetPasswordRequest, _account_pb2.ResetPasswordResponse]
+    """Sets a new password with a code from RequestPasswordReset, and ends every session of the
+    account (API tokens stay). Needs no authentication. INVALID_ARGUMENT for a wrong, expired
+    or used code, or a weak password. Receiving the code proves the address, so the account
+    counts as verified afterwards.
+    """
 
 @_typing.type_check_only
 class AccountServiceAsyncStub(AccountServiceStub):
@@ -60,8 +90,16 @@ class AccountServiceAsyncStub(AccountServiceStub):
 
     def __init__(self, channel: _aio.Channel) -> None: ...
     SignUp: _aio.UnaryUnaryMultiCallable[_account_pb2.SignUpRequest, _account_pb2.SessionResponse]  # type: ignore[assignment]
-    """Creates a customer account and returns a session token for it.
-    INVALID_ARGUMENT for a malformed email or a weak password; ALREADY_EXISTS when the email is taken.
+    """Creates a customer account. INVALID_ARGUMENT for a malformed email or a weak password.
+
+    When the server sends email (email verification on, as in production), the answer is the
+    same whether or not the address has an account already, so sign-up does not tell who is a
+    customer: a SessionResponse with no token and no account, and `verification_sent` set. The
+    address gets a verification code if the account is new, or a note that someone tried to
+    sign up with it if it exists; either way the person logs in with LogIn next.
+
+    With email verification off (development servers only, `--email-verification off`), the
+    account is created at once and a session returned; ALREADY_EXISTS when the email is taken.
     """
     LogIn: _aio.UnaryUnaryMultiCallable[_account_pb2.LogInRequest, _account_pb2.SessionResponse]  # type: ignore[assignment]
     """Exchanges email and password for a session token. UNAUTHENTICATED when they do not match."""
@@ -75,6 +113,28 @@ class AccountServiceAsyncStub(AccountServiceStub):
     """Lists the caller's API tokens (never the secret part)."""
     RevokeApiToken: _aio.UnaryUnaryMultiCallable[_account_pb2.RevokeApiTokenRequest, _account_pb2.ApiToken]  # type: ignore[assignment]
     """Revokes one of the caller's API tokens; calls with it fail from then on."""
+    VerifyEmail: _aio.UnaryUnaryMultiCallable[_account_pb2.VerifyEmailRequest, _account_pb2.VerifyEmailResponse]  # type: ignore[assignment]
+    """Proves the address of an account with the code emailed to it at sign-up (or by
+    ResendVerification). Needs no authentication. A code is good for 24 hours, once, and for
+    5 attempts; INVALID_ARGUMENT when the code is wrong, expired or used up (ask for a new one
+    with ResendVerification). An account already verified answers OK.
+    """
+    ResendVerification: _aio.UnaryUnaryMultiCallable[_account_pb2.ResendVerificationRequest, _account_pb2.ResendVerificationResponse]  # type: ignore[assignment]
+    """Emails the caller a new verification code (earlier codes stop working). FAILED_PRECONDITION
+    when the server sends no email or the address is verified already; RESOURCE_EXHAUSTED when
+    a code was sent less than a minute ago.
+    """
+    RequestPasswordReset: _aio.UnaryUnaryMultiCallable[_account_pb2.RequestPasswordResetRequest, _account_pb2.RequestPasswordResetResponse]  # type: ignore[assignment]
+    """Emails a one-time password-reset code to the address, if it has an account. Needs no
+    authentication, and answers the same whether or not the account exists. The code is good
+    for 30 minutes, once, and for 5 attempts. FAILED_PRECONDITION when the server sends no email.
+    """
+    ResetPassword: _aio.UnaryUnaryMultiCallable[_account_pb2.ResetPasswordRequest, _account_pb2.ResetPasswordResponse]  # type: ignore[assignment]
+    """Sets a new password with a code from RequestPasswordReset, and ends every session of the
+    account (API tokens stay). Needs no authentication. INVALID_ARGUMENT for a wrong, expired
+    or used code, or a weak password. Receiving the code proves the address, so the account
+    counts as verified afterwards.
+    """
 
 class AccountServiceServicer(metaclass=_abc_1.ABCMeta):
     """Accounts, sessions and API tokens. SignUp and LogIn need no authentication; every other call
@@ -87,8 +147,16 @@ class AccountServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _account_pb2.SignUpRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_account_pb2.SessionResponse, _abc.Awaitable[_account_pb2.SessionResponse]]:
-        """Creates a customer account and returns a session token for it.
-        INVALID_ARGUMENT for a malformed email or a weak password; ALREADY_EXISTS when the email is taken.
+        """Creates a customer account. INVALID_ARGUMENT for a malformed email or a weak password.
+
+        When the server sends email (email verification on, as in production), the answer is the
+        same whether or not the address has an account already, so sign-up does not tell who is a
+        customer: a SessionResponse with no token and no account, and `verification_sent` set. The
+        address gets a verification code if the account is new, or a note that someone tried to
+        sign up with it if it exists; either way the person logs in with LogIn next.
+
+        With email verification off (development servers only, `--email-verification off`), the
+        account is created at once and a session returned; ALREADY_EXISTS when the email is taken.
         """
 
     @_abc_1.abstractmethod
@@ -138,5 +206,51 @@ class AccountServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_account_pb2.ApiToken, _abc.Awaitable[_account_pb2.ApiToken]]:
         """Revokes one of the caller's API tokens; calls with it fail from then on."""
+
+    @_abc_1.abstractmethod
+    def VerifyEmail(
+        self,
+        request: _account_pb2.VerifyEmailRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_account_pb2.VerifyEmailResponse, _abc.Awaitable[_account_pb2.VerifyEmailResponse]]:
+        """Proves the address of an account with the code emailed to it at sign-up (or by
+        ResendVerification). Needs no authentication. A code is good for 24 hours, once, and for
+        5 attempts; INVALID_ARGUMENT when the code is wrong, expired or used up (ask for a new one
+        with ResendVerification). An account already verified answers OK.
+        """
+
+    @_abc_1.abstractmethod
+    def ResendVerification(
+        self,
+        request: _account_pb2.ResendVerificationRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_account_pb2.ResendVerificationResponse, _abc.Awaitable[_account_pb2.ResendVerificationResponse]]:
+        """Emails the caller a new verification code (earlier codes stop working). FAILED_PRECONDITION
+        when the server sends no email or the address is verified already; RESOURCE_EXHAUSTED when
+        a code was sent less than a minute ago.
+        """
+
+    @_abc_1.abstractmethod
+    def RequestPasswordReset(
+        self,
+        request: _account_pb2.RequestPasswordResetRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_account_pb2.RequestPasswordResetResponse, _abc.Awaitable[_account_pb2.RequestPasswordResetResponse]]:
+        """Emails a one-time password-reset code to the address, if it has an account. Needs no
+        authentication, and answers the same whether or not the account exists. The code is good
+        for 30 minutes, once, and for 5 attempts. FAILED_PRECONDITION when the server sends no email.
+        """
+
+    @_abc_1.abstractmethod
+    def ResetPassword(
+        self,
+        request: _account_pb2.ResetPasswordRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_account_pb2.ResetPasswordResponse, _abc.Awaitable[_account_pb2.ResetPasswordResponse]]:
+        """Sets a new password with a code from RequestPasswordReset, and ends every session of the
+        account (API tokens stay). Needs no authentication. INVALID_ARGUMENT for a wrong, expired
+        or used code, or a weak password. Receiving the code proves the address, so the account
+        counts as verified afterwards.
+        """
 
 def add_AccountServiceServicer_to_server(servicer: AccountServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

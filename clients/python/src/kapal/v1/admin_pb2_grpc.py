@@ -100,7 +100,8 @@ class AdminServiceServicer:
 
     def ListAlerts(self, request, context):
         """What needs an operator's attention now: nodes not ready, capacity near or over the
-        ceiling, instances failed or degraded for a while, the provisioner unreachable.
+        ceiling, instances failed or degraded for a while, the provisioner unreachable, support
+        tickets at risk of breaching or past their first-response SLA.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

@@ -49,7 +49,8 @@ class AdminServiceStub:
     """
     ListAlerts: _grpc.UnaryUnaryMultiCallable[_admin_pb2.ListAlertsRequest, _admin_pb2.ListAlertsResponse]
     """What needs an operator's attention now: nodes not ready, capacity near or over the
-    ceiling, instances failed or degraded for a while, the provisioner unreachable.
+    ceiling, instances failed or degraded for a while, the provisioner unreachable, support
+    tickets at risk of breaching or past their first-response SLA.
     """
     GetInstanceUsage: _grpc.UnaryUnaryMultiCallable[_instance_pb2.GetInstanceUsageRequest, _instance_pb2.InstanceUsage]
     """CPU, memory and storage of any instance."""
@@ -75,7 +76,8 @@ class AdminServiceAsyncStub(AdminServiceStub):
     """
     ListAlerts: _aio.UnaryUnaryMultiCallable[_admin_pb2.ListAlertsRequest, _admin_pb2.ListAlertsResponse]  # type: ignore[assignment]
     """What needs an operator's attention now: nodes not ready, capacity near or over the
-    ceiling, instances failed or degraded for a while, the provisioner unreachable.
+    ceiling, instances failed or degraded for a while, the provisioner unreachable, support
+    tickets at risk of breaching or past their first-response SLA.
     """
     GetInstanceUsage: _aio.UnaryUnaryMultiCallable[_instance_pb2.GetInstanceUsageRequest, _instance_pb2.InstanceUsage]  # type: ignore[assignment]
     """CPU, memory and storage of any instance."""
@@ -122,7 +124,8 @@ class AdminServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_admin_pb2.ListAlertsResponse, _abc.Awaitable[_admin_pb2.ListAlertsResponse]]:
         """What needs an operator's attention now: nodes not ready, capacity near or over the
-        ceiling, instances failed or degraded for a while, the provisioner unreachable.
+        ceiling, instances failed or degraded for a while, the provisioner unreachable, support
+        tickets at risk of breaching or past their first-response SLA.
         """
 
     @_abc_1.abstractmethod
