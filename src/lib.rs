@@ -28,6 +28,7 @@ pub mod catalog;
 pub mod cidr;
 pub mod clock;
 pub mod db;
+pub mod metrics;
 pub mod paging;
 pub mod serve;
 pub mod testing;

@@ -46,6 +46,7 @@ mod api;
 pub mod delivery;
 pub mod error;
 pub mod lifecycle;
+mod metrics;
 pub mod notify;
 pub mod payments;
 pub mod scheduler;
@@ -153,6 +154,7 @@ pub async fn run(
         let _ = stop_tx.send(true);
     };
     let mut background = tokio::task::JoinSet::new();
+    let _metrics = metrics::register(db.clone(), clock.clone());
     // The scheduler wakes the delivery as soon as it wrote entitlement changes.
     let outbox_written = Arc::new(tokio::sync::Notify::new());
     if let Some(endpoint) = control_plane_endpoint.as_deref() {
@@ -211,6 +213,7 @@ pub async fn run(
             VerifyPrincipal(key),
         ))
         .prepare();
+    let routes = kapal::metrics::instrument(routes, "billing");
     if let Some(local) = &local {
         local.set(routes.clone());
     }

@@ -390,6 +390,8 @@ impl Scheduler {
                     message,
                 };
                 if let Err(e) = self.0.notifier.notify(&n).await {
+                    metrics::counter!("kapal_webhook_failures_total", "source" => "billing")
+                        .increment(1);
                     tracing::warn!(subscription = %n.subscription_id, kind = ?n.kind, error = %e, "notification not delivered");
                 }
                 sent += 1;
@@ -495,6 +497,8 @@ impl Scheduler {
             if let Some(n) = notification
                 && let Err(e) = self.0.notifier.notify(&n).await
             {
+                metrics::counter!("kapal_webhook_failures_total", "source" => "billing")
+                    .increment(1);
                 tracing::warn!(subscription = %n.subscription_id, kind = ?n.kind, error = %e, "notification not delivered");
             }
             steps += 1;

@@ -100,6 +100,10 @@ pub struct ServerArgs {
     /// Listen address of the provisioner (default: 127.0.0.1:8083, or a free port with --service all).
     #[arg(long, env = "KAPAL_PROVISIONER_LISTEN")]
     pub provisioner_listen: Option<String>,
+    /// Serve Prometheus metrics on http://ADDR/metrics (e.g. 127.0.0.1:9464), a listener of
+    /// its own, never the public port. Off when unset.
+    #[arg(long, env = "KAPAL_METRICS_LISTEN")]
+    pub metrics_listen: Option<String>,
     /// URL of the control-plane for the other services (default: from its listen address).
     #[arg(long, env = "KAPAL_CONTROL_PLANE_ENDPOINT")]
     pub control_plane_endpoint: Option<String>,
@@ -564,6 +568,12 @@ pub async fn run(args: ServerArgs) -> anyhow::Result<()> {
         }
     };
     let mut tasks = tokio::task::JoinSet::new();
+    if let Some(addr) = &args.metrics_listen {
+        let l = kapal::serve::bind(addr).await?;
+        kapal::metrics::install();
+        let stop = shutdown();
+        tasks.spawn(async move { ("metrics", kapal::metrics::serve(l, stop).await) });
+    }
     // The gateway hands calls to the control-plane and billing directly when they run here too.
     let local = |s: Service| (runs(s) && runs(Service::Gateway)).then(LocalRoutes::default);
     let (local_cp, local_billing) = (local(Service::ControlPlane), local(Service::Billing));

@@ -89,7 +89,12 @@ pub(crate) async fn record_state(ctx: &Ctx, state: &ipb::InstanceState) -> Resul
                 return Ok(false);
             }
             let ready_at = match (current.ready_at, status) {
-                (None, InstanceStatus::Ready) => Some(now),
+                (None, InstanceStatus::Ready) => {
+                    let took = (now - current.created_at).num_milliseconds().max(0) as f64 / 1e3;
+                    metrics::histogram!("kapal_provisioning_duration_seconds", "app" => current.app_id.clone())
+                        .record(took);
+                    Some(now)
+                }
                 (r, _) => r,
             };
             diesel::update(instances::table.find(&id))

@@ -17,6 +17,7 @@ pub mod error;
 mod instances;
 mod internal;
 mod mail;
+mod metrics;
 mod models;
 pub mod operators;
 mod orders;
@@ -249,6 +250,7 @@ pub async fn run(
         .await;
 
     let verify = VerifyPrincipal(key);
+    let _metrics = metrics::register(ctx.clone());
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let recovery = tokio::spawn(orders::recover_pending(
         ctx.clone(),
@@ -303,6 +305,7 @@ pub async fn run(
             verify,
         ))
         .prepare();
+    let routes = kapal::metrics::instrument(routes, "control-plane");
     if let Some(local) = &config.local {
         local.set(routes.clone());
     }

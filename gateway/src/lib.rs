@@ -314,6 +314,9 @@ pub async fn run(
         // grpc-web <-> gRPC: below this point every call is plain gRPC whatever the client
         // spoke, and every answer from below (gateway errors too) goes back in its dialect.
         .layer(tonic_web::GrpcWebLayer::new())
+        // gRPC server metrics (grpc_server_*), of every call as gRPC, the gateway's own
+        // refusals below included.
+        .layer(kapal::metrics::GrpcMetricsLayer::new("gateway"))
         // Forged identities out, first thing after translation: nothing below, and no upstream,
         // sees an identity the gateway did not sign itself.
         .layer(middleware::MiddlewareLayer(identity::StripIdentity))

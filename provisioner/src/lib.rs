@@ -247,13 +247,14 @@ pub async fn run(
             tonic_health::ServingStatus::Serving,
         )
         .await;
-    let router = tonic::transport::Server::builder()
-        .add_service(health_service)
+    let routes = tonic::service::Routes::new(health_service)
         .add_service(kapal::serve::reflection(kapal::proto::DESCRIPTOR_SET)?)
         .add_service(ProvisionerServiceServer::with_interceptor(
             service::Provisioner::new(controller),
             VerifyPrincipal(config.key.clone()),
         ));
+    let router = tonic::transport::Server::builder()
+        .add_routes(kapal::metrics::instrument(routes, "provisioner"));
     tracing::info!(addr = ?listener.local_addr().ok(), "provisioner serving");
     let served = kapal::serve::serve(router, listener, shutdown).await;
     identity.abort();
