@@ -1,4 +1,5 @@
 pub mod app;
 pub mod cluster;
+pub mod fake;
 pub mod fence;
 pub mod mailpit;

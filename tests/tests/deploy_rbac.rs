@@ -39,19 +39,17 @@ use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use kapal::auth::{InternalKey, VerifyPrincipal};
 use kapal::catalog::Catalog;
 use kapal::db::DbConfig;
-use kapal::proto::internal::v1::instance_state_service_server::{
-    InstanceStateService, InstanceStateServiceServer,
-};
+use kapal::proto::internal::v1::instance_state_service_server::InstanceStateServiceServer;
 use kapal::proto::internal::v1::provisioner_service_client::ProvisionerServiceClient;
 use kapal::proto::internal::v1::{
     ApplyInstanceRequest, GetCapacityRequest, GetCredentialsRequest, GetInstanceStateRequest,
-    GetUsageRequest, InstanceSpec, InstanceState, ListDesiredInstancesRequest,
-    ListDesiredInstancesResponse, ReportInstanceStateResponse,
+    GetUsageRequest, InstanceSpec,
 };
 use kapal::proto::v1::{DesiredState, InstanceStatus};
 use kapal_tests::cluster::{
     TempNode, TestNamespace, api_status, best_effort, cluster, explain, unique_name, wait_for,
 };
+use kapal_tests::fake::{ControlPlane as FakeControlPlane, free_listener, lock};
 use kapal_tests::fence::{Apply, FencedIdentity, apply_manifest, can};
 use kube::api::{
     DeleteParams, DynamicObject, GroupVersionKind, ListParams, Patch, PatchParams, PostParams,
@@ -60,9 +58,7 @@ use kube::discovery::pinned_kind;
 use kube::{Api, Client, ResourceExt as _};
 use serde::Deserialize;
 use serde_json::{Value, json};
-use tokio::net::TcpListener;
 use tokio::sync::oneshot;
-use tonic::{Request, Response, Status};
 use uuid::Uuid;
 
 const FIELD_MANAGER: &str = "kapal-test";
@@ -1467,57 +1463,6 @@ fn forbidden<T: std::fmt::Debug>(what: &str, result: Result<T, kube::Error>) {
     }
 }
 
-// A control-plane stand-in (as in tests/provisioner.rs): records reports, serves no desired list.
-
-#[derive(Clone, Default)]
-struct FakeControlPlane {
-    reports: Arc<Mutex<Vec<InstanceState>>>,
-}
-
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|e| e.into_inner())
-}
-
-#[tonic::async_trait]
-impl InstanceStateService for FakeControlPlane {
-    async fn report_instance_state(
-        &self,
-        req: Request<InstanceState>,
-    ) -> Result<Response<ReportInstanceStateResponse>, Status> {
-        kapal::auth::service(&req)?;
-        lock(&self.reports).push(req.into_inner());
-        Ok(Response::new(ReportInstanceStateResponse {}))
-    }
-
-    async fn list_desired_instances(
-        &self,
-        req: Request<ListDesiredInstancesRequest>,
-    ) -> Result<Response<ListDesiredInstancesResponse>, Status> {
-        kapal::auth::service(&req)?;
-        Ok(Response::new(ListDesiredInstancesResponse::default()))
-    }
-}
-
-impl FakeControlPlane {
-    fn reported(&self, id: &str) -> Vec<i32> {
-        lock(&self.reports)
-            .iter()
-            .filter(|r| r.instance_id == id)
-            .map(|r| r.status)
-            .collect()
-    }
-
-    async fn wait_reported(&self, id: &str, status: InstanceStatus) -> anyhow::Result<()> {
-        wait_for(
-            &format!("a {} report for {id}", status.as_str_name()),
-            READY_TIMEOUT,
-            || async { Ok(self.reported(id).contains(&(status as i32)).then_some(())) },
-        )
-        .await
-        .with_context(|| format!("reports so far: {:?}", self.reported(id)))
-    }
-}
-
 /// Deletes a namespace as admin when dropped (the instance's, should the test fail before the
 /// provisioner deletes it).
 struct DeleteNamespace {
@@ -1602,12 +1547,6 @@ fn forbidden_warnings() -> Vec<String> {
         })
         .cloned()
         .collect()
-}
-
-async fn free_listener() -> anyhow::Result<(TcpListener, String)> {
-    let listener = TcpListener::bind("127.0.0.1:0").await?;
-    let endpoint = format!("http://{}", listener.local_addr()?);
-    Ok((listener, endpoint))
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -1723,7 +1662,7 @@ async fn the_provisioner_does_its_whole_job_with_exactly_the_deployed_cluster_ro
         })?;
     wait_status(InstanceStatus::Ready).await?;
     control_plane
-        .wait_reported(&id, InstanceStatus::Ready)
+        .wait_reported(&id, InstanceStatus::Ready, READY_TIMEOUT)
         .await?;
     let credentials = provisioner
         .get_credentials(GetCredentialsRequest {
@@ -1837,7 +1776,7 @@ async fn the_provisioner_does_its_whole_job_with_exactly_the_deployed_cluster_ro
     // was already gone at the answer, SUSPENDED was told there and is not reported again.
     if answer.status != InstanceStatus::Suspended as i32 {
         control_plane
-            .wait_reported(&id, InstanceStatus::Suspended)
+            .wait_reported(&id, InstanceStatus::Suspended, READY_TIMEOUT)
             .await?;
     }
 

@@ -24,105 +24,26 @@ use k8s_openapi::api::networking::v1::{Ingress, NetworkPolicy};
 use kapal::auth::{InternalKey, Principal, Role, VerifyPrincipal};
 use kapal::catalog::Catalog;
 use kapal::db::DbConfig;
-use kapal::proto::internal::v1::instance_state_service_server::{
-    InstanceStateService, InstanceStateServiceServer,
-};
+use kapal::proto::internal::v1::instance_state_service_server::InstanceStateServiceServer;
 use kapal::proto::internal::v1::provisioner_service_client::ProvisionerServiceClient;
 use kapal::proto::internal::v1::{
     ApplyInstanceRequest, GetCapacityRequest, GetCredentialsRequest, GetInstanceStateRequest,
-    GetUsageRequest, InstanceSpec, InstanceState, ListDesiredInstancesRequest,
-    ListDesiredInstancesResponse, ReportInstanceStateResponse,
+    GetUsageRequest, InstanceSpec, InstanceState,
 };
 use kapal::proto::v1::{Credentials, DesiredState, InstanceStatus};
 use kapal::serve::InternalChannel;
 use kapal_tests::cluster::{TempNode, TestNamespace, cluster, wait_for};
+use kapal_tests::fake::{ControlPlane as FakeControlPlane, free_listener, lock};
 use kapal_tests::fence::FencedIdentity;
 use kube::api::{DeleteParams, ListParams, Patch, PatchParams};
 use kube::{Api, Client, Resource, ResourceExt as _};
 use serde::de::DeserializeOwned;
 use tokio::net::TcpListener;
 use tokio::sync::oneshot;
-use tonic::{Code, Request, Response, Status};
+use tonic::{Code, Request, Status};
 use uuid::Uuid;
 
 const READY_TIMEOUT: Duration = Duration::from_secs(120);
-
-// ---------------------------------------------------------------------------------------------
-// A control-plane stand-in: a real gRPC server on a free port.
-
-#[derive(Clone, Default)]
-struct FakeControlPlane {
-    /// Every report, as it arrived. (ApplyInstance's answers are not recorded: statuses reach
-    /// the real control-plane by report only.)
-    reports: Arc<Mutex<Vec<InstanceState>>>,
-    desired: Arc<Mutex<Vec<InstanceSpec>>>,
-}
-
-#[tonic::async_trait]
-impl InstanceStateService for FakeControlPlane {
-    async fn report_instance_state(
-        &self,
-        req: Request<InstanceState>,
-    ) -> Result<Response<ReportInstanceStateResponse>, Status> {
-        kapal::auth::service(&req)?;
-        lock(&self.reports).push(req.into_inner());
-        Ok(Response::new(ReportInstanceStateResponse {}))
-    }
-
-    async fn list_desired_instances(
-        &self,
-        req: Request<ListDesiredInstancesRequest>,
-    ) -> Result<Response<ListDesiredInstancesResponse>, Status> {
-        kapal::auth::service(&req)?;
-        Ok(Response::new(ListDesiredInstancesResponse {
-            instances: lock(&self.desired).clone(),
-        }))
-    }
-}
-
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|e| e.into_inner())
-}
-
-impl FakeControlPlane {
-    /// Statuses reported for `id`, in order.
-    fn reported(&self, id: &str) -> Vec<(i32, String)> {
-        lock(&self.reports)
-            .iter()
-            .filter(|r| r.instance_id == id)
-            .map(|r| (r.status, r.reason.clone()))
-            .collect()
-    }
-
-    /// What the control-plane held for `id` over time: its reports in the provisioner's order
-    /// (their sequence), with the sequences.
-    fn seen(&self, id: &str) -> Vec<(u64, (i32, String))> {
-        let mut all: Vec<(u64, (i32, String))> = lock(&self.reports)
-            .iter()
-            .filter(|r| r.instance_id == id)
-            .map(|r| (r.sequence, (r.status, r.reason.clone())))
-            .collect();
-        all.sort_by_key(|(sequence, _)| *sequence);
-        all
-    }
-
-    /// Waits until the control-plane was told `status` for `id`.
-    async fn wait_reported(&self, id: &str, status: InstanceStatus) -> anyhow::Result<()> {
-        wait_for(
-            &format!("{id} to be reported {}", status.as_str_name()),
-            READY_TIMEOUT,
-            || async {
-                Ok(self
-                    .seen(id)
-                    .iter()
-                    .any(|(_, (s, _))| *s == status as i32)
-                    .then_some(()))
-            },
-        )
-        .await
-        .with_context(|| format!("told so far: {:?}", self.seen(id)))
-    }
-}
 
 // ---------------------------------------------------------------------------------------------
 // The provisioner under test.
@@ -170,12 +91,6 @@ impl Options {
             tls_secret: None,
         })
     }
-}
-
-async fn free_listener() -> anyhow::Result<(TcpListener, String)> {
-    let listener = TcpListener::bind("127.0.0.1:0").await?;
-    let endpoint = format!("http://{}", listener.local_addr()?);
-    Ok((listener, endpoint))
 }
 
 impl Provisioner {
@@ -493,7 +408,7 @@ async fn an_n8n_instance_lives_its_whole_life() -> anyhow::Result<()> {
     let ready = p.wait_status(&id, InstanceStatus::Ready).await?;
     assert_eq!(ready.reason, "The app is running.");
     p.control_plane
-        .wait_reported(&id, InstanceStatus::Ready)
+        .wait_reported(&id, InstanceStatus::Ready, READY_TIMEOUT)
         .await?;
 
     let namespace = Api::<Namespace>::all(kube.clone()).get(&ns).await?;
@@ -722,7 +637,7 @@ async fn an_n8n_instance_lives_its_whole_life() -> anyhow::Result<()> {
         "the volume stays"
     );
     p.control_plane
-        .wait_reported(&id, InstanceStatus::Suspended)
+        .wait_reported(&id, InstanceStatus::Suspended, READY_TIMEOUT)
         .await?;
 
     // Start again.
@@ -755,7 +670,7 @@ async fn an_n8n_instance_lives_its_whole_life() -> anyhow::Result<()> {
         "namespace removed"
     );
     p.control_plane
-        .wait_reported(&id, InstanceStatus::Deleted)
+        .wait_reported(&id, InstanceStatus::Deleted, READY_TIMEOUT)
         .await?;
     assert_eq!(code(p.credentials(&id).await), Code::NotFound);
     // Only changes are reported: never what the control-plane holds already (the last report,
@@ -853,7 +768,7 @@ async fn desired_instances_come_from_the_control_plane_and_survive_a_restart() -
     let p = Provisioner::start(options).await?;
     let kube = p.kube.clone();
     p.control_plane
-        .wait_reported(&id, InstanceStatus::Ready)
+        .wait_reported(&id, InstanceStatus::Ready, READY_TIMEOUT)
         .await?;
     assert_eq!(p.state(&id).await?.status, InstanceStatus::Ready as i32);
     let credentials = p.credentials(&id).await?;
@@ -1001,7 +916,7 @@ credentials: {username: admin}
     }
     assert!(failed.reason.contains("Insufficient cpu"), "{failed:?}");
     p.control_plane
-        .wait_reported(&id, InstanceStatus::Failed)
+        .wait_reported(&id, InstanceStatus::Failed, READY_TIMEOUT)
         .await?;
 
     spec.desired_state = DesiredState::Deleted as i32;
@@ -1057,7 +972,7 @@ async fn an_instance_on_a_failed_node_moves_and_is_ready_again() -> anyhow::Resu
     p.wait_status(&id, InstanceStatus::Degraded).await?;
     let degraded_after = stopped.elapsed();
     p.control_plane
-        .wait_reported(&id, InstanceStatus::Degraded)
+        .wait_reported(&id, InstanceStatus::Degraded, READY_TIMEOUT)
         .await?;
     let moved = wait_for(
         "a replacement pod Running on another node",
@@ -1118,7 +1033,7 @@ async fn a_stop_and_start_in_quick_succession_is_reported_afresh() -> anyhow::Re
     let _cleanup = Cleanup::new(&spec.namespace).await?;
     p.apply(&spec).await?;
     p.control_plane
-        .wait_reported(&id, InstanceStatus::Ready)
+        .wait_reported(&id, InstanceStatus::Ready, READY_TIMEOUT)
         .await?;
     let before = p.control_plane.reported(&id).len();
 
@@ -1619,7 +1534,7 @@ async fn a_deleted_instance_keeps_its_data_until_the_retention_runs_out() -> any
         .await?;
     // The reports say when the data goes (once the pod is gone).
     p.control_plane
-        .wait_reported(&id, InstanceStatus::Deleted)
+        .wait_reported(&id, InstanceStatus::Deleted, READY_TIMEOUT)
         .await?;
     let (_, reason) = p
         .control_plane
