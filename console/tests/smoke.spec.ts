@@ -42,21 +42,15 @@ test('the console loads from the gateway under a strict CSP, with no console err
   expect(sameOrigin.some((u) => u.includes('/kapal.v1.CatalogService/ListApps'))).toBe(true);
   expectNoConsoleErrors(problems);
 
-  // The CSP is enforced, not only sent: an injected inline script and eval are refused.
+  // The CSP is enforced, not only sent: an injected inline script is refused. (eval cannot be
+  // checked from here: code Playwright evaluates through DevTools is exempt from the page's CSP.)
   const injected = await page.evaluate(() => {
     const s = document.createElement('script');
     s.textContent = 'window.__kapalInline = true;';
     document.head.append(s);
-    let evaluated = 'ran';
-    try {
-      // eslint-disable-next-line no-eval
-      eval('1 + 1');
-    } catch (e) {
-      evaluated = (e as Error).name;
-    }
-    return { inline: (window as unknown as { __kapalInline?: boolean }).__kapalInline ?? false, evaluated };
+    return (window as unknown as { __kapalInline?: boolean }).__kapalInline ?? false;
   });
-  expect(injected).toEqual({ inline: false, evaluated: 'EvalError' });
+  expect(injected).toBe(false);
   expect(problems.some((p) => p.includes('Content Security Policy'))).toBe(true);
 });
 
