@@ -66,7 +66,7 @@ fn gateway(method: &str) -> [(&'static str, String); 3] {
     ]
 }
 
-fn labels(l: &[(&'static str, String)]) -> Vec<(&'static str, &str)> {
+fn labels<'a>(l: &'a [(&'static str, String)]) -> Vec<(&'static str, &'a str)> {
     l.iter().map(|(k, v)| (*k, v.as_str())).collect()
 }
 
