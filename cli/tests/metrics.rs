@@ -84,6 +84,8 @@ async fn metrics_are_scraped_during_a_journey() -> anyhow::Result<()> {
             .args(["server", "--listen", &format!("127.0.0.1:{port}")])
             .args(["--metrics-listen", &format!("127.0.0.1:{metrics_port}")])
             .args(["--domain", "kapal.test"])
+            // Signs up and orders at once (email verification has tests of its own).
+            .args(["--email-verification", "off"])
             .arg("--data-dir")
             .arg(&data)
             .arg("--kubeconfig")
