@@ -213,6 +213,8 @@ async fn services_in_separate_processes() -> anyhow::Result<()> {
             .arg("--kubeconfig")
             .arg(cluster.kubeconfig_path())
             .env("KAPAL_INTERNAL_KEY", key)
+            // Signs up and orders at once (the single-process test verifies through Mailpit).
+            .env("KAPAL_EMAIL_VERIFICATION", "off")
             .env("KAPAL_CATALOG_DIR", kapal::catalog::repo_catalog_dir())
             .env_remove("KAPAL_DATABASE_URL")
             .stdout(Stdio::null())
