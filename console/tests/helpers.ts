@@ -18,6 +18,51 @@ export function unique(prefix: string): string {
   return `${prefix}-${Date.now().toString(36)}${Math.random().toString(36).slice(2, 6)}@example.com`;
 }
 
+/** The one-time code (`1234-5678`) in the newest mail Kapal sent to `email`, read from Mailpit's
+ * API (KAPAL_MAILPIT_API, set by tests/tests/console.rs): the real SMTP server the test's Kapal
+ * sends to. Waits up to 20 s for the mail. */
+export async function mailedCode(email: string, count = 1): Promise<string> {
+  const api = process.env.KAPAL_MAILPIT_API;
+  if (!api) throw new Error('KAPAL_MAILPIT_API is not set: run the specs through tests/tests/console.rs');
+  const deadline = Date.now() + 20_000;
+  for (;;) {
+    const query = encodeURIComponent(`to:"${email}"`);
+    const list = await (await fetch(`${api}/api/v1/search?query=${query}&limit=50`)).json();
+    const messages: { ID: string }[] = list.messages ?? [];
+    if (messages.length >= count) {
+      // Newest first.
+      const mail = await (await fetch(`${api}/api/v1/message/${messages[0].ID}`)).json();
+      const code = String(mail.Text ?? '').match(/\b\d{4}-\d{4}\b/);
+      if (!code) throw new Error(`no code in the mail "${mail.Subject}" to ${email}`);
+      return code[0];
+    }
+    if (Date.now() > deadline) throw new Error(`${email} received ${messages.length} mail(s) in 20 s, expected ${count}`);
+    await new Promise((r) => setTimeout(r, 200));
+  }
+}
+
+/** Signs up in the console, verifies the address with the code mailed to it (as a new customer
+ * does: sign-up opens no session while the address is unverified), and logs in. Ends on the
+ * customer's (empty) instance list. */
+export async function signUpAndVerify(page: Page, email: string, password: string, name: string) {
+  await visit(page, 'signup', 'Sign up');
+  await page.getByLabel('Email').fill(email);
+  await page.getByLabel('Password').fill(password);
+  await page.getByLabel('Name (optional)').fill(name);
+  await page.getByRole('button', { name: 'Create account' }).click();
+  await expect(heading(page, 'Verify your email')).toBeVisible();
+  await expectAccessible(page, 'verify email');
+  await expect(page.getByLabel('Email')).toHaveValue(email);
+  await page.getByLabel('Verification code').fill(await mailedCode(email));
+  await page.getByRole('button', { name: 'Verify email' }).click();
+  await expect(heading(page, 'Log in')).toBeVisible();
+  await expect(page.getByRole('status')).toContainText('Your email address is verified');
+  await expect(page.getByLabel('Email')).toHaveValue(email);
+  await page.getByLabel('Password').fill(password);
+  await page.getByRole('button', { name: 'Log in' }).click();
+  await expect(heading(page, 'Your instances')).toBeVisible();
+}
+
 /** Collects the browser console's errors and the page's uncaught exceptions. */
 export function watchConsole(page: Page): string[] {
   const problems: string[] = [];

@@ -11,6 +11,7 @@ import {
   expectNoConsoleErrors,
   heading,
   screenshots,
+  signUpAndVerify,
   unique,
   visit,
   watchConsole,
@@ -33,12 +34,7 @@ async function newCustomer(browser: Browser, baseURL: string, name: string): Pro
 }
 
 async function signUp(c: Customer) {
-  await visit(c.page, 'signup', 'Sign up');
-  await c.page.getByLabel('Email').fill(c.email);
-  await c.page.getByLabel('Password').fill(PASSWORD);
-  await c.page.getByLabel('Name (optional)').fill(c.name);
-  await c.page.getByRole('button', { name: 'Create account' }).click();
-  await expect(heading(c.page, 'Your instances')).toBeVisible();
+  await signUpAndVerify(c.page, c.email, PASSWORD, c.name);
 }
 
 /** The instance page's live status line (in the Provisioning section). */

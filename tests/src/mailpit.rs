@@ -97,6 +97,12 @@ impl Mailpit {
         .await?
     }
 
+    /// The base URL of Mailpit's HTTP API (`http://127.0.0.1:PORT`), for readers outside Rust
+    /// (the console's browser tests).
+    pub fn api_url(&self) -> String {
+        format!("http://{}", self.api)
+    }
+
     /// A control-plane mail configuration sending to this Mailpit.
     pub fn mail_config(&self) -> kapal_control_plane::MailConfig {
         kapal_control_plane::MailConfig {

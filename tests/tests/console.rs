@@ -1,5 +1,6 @@
 //! The web console in a real browser: Kapal's four services (TestApp) with the gateway serving
-//! the built console (`console/dist`) on its own port, and Playwright (`console/tests`, driving
+//! the built console (`console/dist`) on its own port, email verification on and sending to
+//! Mailpit (the specs read the codes through its API), and Playwright (`console/tests`, driving
 //! Debian's `/usr/bin/chromium`) going through the console as customers and an operator do. The
 //! specs check the CSP and the other headers of the page, the customer journey to a READY n8n
 //! trial and back, that a second customer sees none of it, and the operator pages; axe-core runs
@@ -21,6 +22,7 @@ use std::time::{Duration, SystemTime};
 use anyhow::{Context as _, ensure};
 use kapal::proto::v1::ListAuditEventsRequest;
 use kapal_tests::app::TestApp;
+use kapal_tests::mailpit::Mailpit;
 
 /// Two waits for READY (a trial, then a start after a stop) dominate; the specs' own timeouts
 /// are shorter, so a stuck step fails with Playwright's report before this.
@@ -117,8 +119,12 @@ async fn the_console_in_a_browser_for_customers_and_operators() -> anyhow::Resul
     let root = repo_root();
     check_tools(&root).await?;
 
+    // Email verification on, as in production: new customers verify through the code Mailpit
+    // received before they can check out.
+    let mailpit = Mailpit::get().await?;
     let app = TestApp::builder()
         .with_console_dir(root.join("console/dist"))
+        .with_mail(mailpit.mail_config())
         .start()
         .await?;
     // The operator, made as `kapal admin grant` makes one; the browser logs in with its password.
@@ -144,6 +150,7 @@ async fn the_console_in_a_browser_for_customers_and_operators() -> anyhow::Resul
         .env("KAPAL_ADMIN_EMAIL", &admin.email)
         .env("KAPAL_ADMIN_PASSWORD", &admin.password)
         .env("KAPAL_AUDIT_REASON", &reason)
+        .env("KAPAL_MAILPIT_API", mailpit.api_url())
         .env("KAPAL_SCREENSHOTS", &screenshots)
         .env("KAPAL_PLAYWRIGHT_OUTPUT", scratch.path().join("results"))
         // Plain output: this test prints it.
