@@ -77,9 +77,15 @@ pub struct ServerArgs {
     /// m, h, d). A ticket is an at-risk alert in its last quarter, a breach alert after.
     #[arg(long, env = "KAPAL_SUPPORT_SLA", value_parser = parse_support_sla, default_value = "")]
     pub support_sla: kapal_control_plane::support::Settings,
-    /// POST lifecycle notifications (renewal upcoming, payment failed, suspended, expired) and
-    /// support ticket notices (opened, answered, resolved, SLA at risk, SLA breached) as
-    /// signed JSON to this http:// URL; they are logged either way.
+    /// How often Kapal works out its own alerts (those `kapal admin alerts` lists, but for
+    /// support tickets, which send their own notices) and pushes each that opens or closes to
+    /// the notifier (the log, and --notify-webhook when set), e.g. 60s or 5m; `off`: never.
+    #[arg(long, default_value = "60s", value_parser = parse_period_or_off, env = "KAPAL_ALERT_INTERVAL")]
+    pub alert_interval: Duration,
+    /// POST lifecycle notifications (renewal upcoming, payment failed, suspended, expired),
+    /// support ticket notices (opened, answered, resolved, SLA at risk, SLA breached) and
+    /// alerts that open or close as signed JSON to this http:// URL; they are logged either
+    /// way.
     #[arg(long, env = "KAPAL_NOTIFY_WEBHOOK", requires = "notify_webhook_secret")]
     pub notify_webhook: Option<String>,
     /// Secret the webhook's HMAC-SHA256 signature is made with (16+ characters).
@@ -235,6 +241,14 @@ pub struct ServerArgs {
 /// seconds).
 fn parse_support_sla(s: &str) -> Result<kapal_control_plane::support::Settings, String> {
     kapal_control_plane::support::Settings::parse_slas(s).map_err(|e| e.to_string())
+}
+
+/// A period as [`parse_period`] reads it, or `off` (zero).
+fn parse_period_or_off(s: &str) -> Result<Duration, String> {
+    if s.trim() == "off" {
+        return Ok(Duration::ZERO);
+    }
+    parse_period(s).map_err(|e| format!("{e}, or off"))
 }
 
 fn parse_period(s: &str) -> Result<Duration, String> {
@@ -612,6 +626,7 @@ pub async fn run(args: ServerArgs) -> anyhow::Result<()> {
         config.mail = checked.mail.clone();
         config.data_retention = args.data_retention;
         config.support = args.support_sla.clone();
+        config.alert_interval = args.alert_interval;
         if let Some(n) = &checked.support_notifier {
             config.notifier = n.clone();
         }
@@ -773,5 +788,13 @@ mod tests {
         for bad in ["", "7", "0d", "7w", "d", "-1d", "99999999999999999999d"] {
             assert!(parse_period(bad).is_err(), "{bad:?}");
         }
+    }
+
+    #[test]
+    fn an_interval_may_be_off() {
+        assert_eq!(parse_period_or_off("off"), Ok(Duration::ZERO));
+        assert_eq!(parse_period_or_off("5m"), Ok(Duration::from_secs(300)));
+        let e = parse_period_or_off("0s").expect_err("zero is spelled off");
+        assert!(e.ends_with(", or off"), "{e}");
     }
 }

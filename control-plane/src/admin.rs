@@ -313,6 +313,27 @@ async fn instance_alerts(ctx: &Ctx, out: &mut Vec<Alert>) -> Result<()> {
     Ok(())
 }
 
+/// The alerts open now, most severe first, and whether the cluster's capacity could be read
+/// (when not, node and capacity alerts are unknown rather than absent).
+pub(crate) async fn current_alerts(ctx: &Ctx) -> Result<(Vec<Alert>, bool)> {
+    let observed = ctx.capacity.observe(&ctx.provisioner).await;
+    let kapal = match &observed.capacity {
+        Some(_) => Some(capacity::current_commitments(ctx).await?),
+        None => None,
+    };
+    let mut alerts = Vec::new();
+    cluster_alerts(&observed, kapal, ctx.ceiling_percent, &mut alerts);
+    instance_alerts(ctx, &mut alerts).await?;
+    crate::support::alerts(ctx, &mut alerts).await?;
+    alerts.sort_by(|a, b| {
+        b.severity
+            .cmp(&a.severity)
+            .then_with(|| a.kind.cmp(&b.kind))
+            .then_with(|| a.subject.cmp(&b.subject))
+    });
+    Ok((alerts, observed.capacity.is_some()))
+}
+
 #[tonic::async_trait]
 impl AdminService for Admin {
     async fn list_all_instances(
@@ -459,22 +480,7 @@ impl AdminService for Admin {
         req: Request<ListAlertsRequest>,
     ) -> Result<Response<ListAlertsResponse>, Status> {
         auth::admin(&req)?;
-        let ctx = &self.0;
-        let observed = ctx.capacity.observe(&ctx.provisioner).await;
-        let kapal = match &observed.capacity {
-            Some(_) => Some(capacity::current_commitments(ctx).await?),
-            None => None,
-        };
-        let mut alerts = Vec::new();
-        cluster_alerts(&observed, kapal, ctx.ceiling_percent, &mut alerts);
-        instance_alerts(ctx, &mut alerts).await?;
-        crate::support::alerts(ctx, &mut alerts).await?;
-        alerts.sort_by(|a, b| {
-            b.severity
-                .cmp(&a.severity)
-                .then_with(|| a.kind.cmp(&b.kind))
-                .then_with(|| a.subject.cmp(&b.subject))
-        });
+        let (alerts, _) = current_alerts(&self.0).await?;
         Ok(Response::new(ListAlertsResponse { alerts }))
     }
 

@@ -9,6 +9,7 @@
 
 mod accounts;
 mod admin;
+mod alerting;
 mod capacity;
 mod catalog;
 mod credentials;
@@ -84,8 +85,11 @@ pub struct Config {
     pub data_retention: Duration,
     /// Support tickets' first-response SLAs per severity and when a ticket is at risk.
     pub support: support::Settings,
-    /// Where support tickets' notices go (default: the log).
+    /// Where support tickets' notices and alerts that open or close go (default: the log).
     pub notifier: Arc<dyn support::notify::Notifier>,
+    /// How often the alerts of ListAlerts are worked out and their openings and closings
+    /// pushed to the notifier (default 60 s; zero: never, only ListAlerts shows them).
+    pub alert_interval: Duration,
     /// Where to publish the control-plane's routes for a gateway in the same process (see
     /// [`kapal::serve::LocalRoutes`]); `None` serves over the listener only.
     pub local: Option<kapal::serve::LocalRoutes>,
@@ -120,6 +124,7 @@ impl Config {
             data_retention: Duration::from_secs(7 * 24 * 3600),
             support: support::Settings::default(),
             notifier: Arc::new(support::notify::LogNotifier),
+            alert_interval: Duration::from_secs(60),
             local: None,
             mail: None,
         }
@@ -258,6 +263,11 @@ pub async fn run(
         stop_rx.clone(),
     ));
     let support_sweep = tokio::spawn(support::sweep(ctx.clone(), stop_rx.clone()));
+    let alert_push = tokio::spawn(alerting::push(
+        ctx.clone(),
+        config.alert_interval,
+        stop_rx.clone(),
+    ));
 
     let routes = tonic::service::Routes::new(health_service)
         .add_service(kapal::serve::reflection(kapal::proto::DESCRIPTOR_SET)?)
@@ -316,6 +326,7 @@ pub async fn run(
     let _ = stop_tx.send(true);
     let _ = recovery.await;
     let _ = support_sweep.await;
+    let _ = alert_push.await;
     result
 }
 

@@ -141,6 +141,16 @@ diesel::joinable!(instances -> accounts (account_id));
 diesel::joinable!(instance_events -> instances (instance_id));
 diesel::joinable!(support_tickets -> accounts (account_id));
 diesel::joinable!(support_messages -> support_tickets (ticket_id));
+diesel::table! {
+    pushed_alerts (kind, subject) {
+        kind -> Text,
+        subject -> Text,
+        severity -> Integer,
+        message -> Text,
+        opened_at -> Timestamp,
+    }
+}
+
 diesel::allow_tables_to_appear_in_same_query!(
     accounts,
     tokens,

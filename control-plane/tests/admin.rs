@@ -33,6 +33,7 @@ use kapal::proto::v1::{
     SignUpRequest, Subscription,
 };
 use kapal::testing::Backend;
+use kapal_control_plane::support::notify::{AlertEvent, AlertNotice, Notice, Notifier};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tonic::transport::Channel;
@@ -211,6 +212,17 @@ fn signed<T>(key: &InternalKey, principal: &Principal, message: T) -> Request<T>
 }
 
 async fn start(backend: Backend, capacity: Capacity) -> Stack {
+    start_with(backend, capacity, 1, |_| {}).await
+}
+
+/// [`start`], with `replicas` control-planes on the one database (the first serves the test's
+/// calls), each configured by `configure` too.
+async fn start_with(
+    backend: Backend,
+    capacity: Capacity,
+    replicas: usize,
+    configure: impl Fn(&mut kapal_control_plane::Config),
+) -> Stack {
     kapal::serve::init_tracing_with_default(false, "warn");
     let dir = tempfile::tempdir().expect("tempdir");
     let db = kapal::testing::db_config(backend, dir.path())
@@ -250,14 +262,46 @@ async fn start(backend: Backend, capacity: Capacity) -> Stack {
     tokio::spawn(kapal::serve::serve(fake_provisioner, prov, shutdown()));
     tokio::spawn(kapal::serve::serve(fake_billing, billing, shutdown()));
 
-    let mut config =
-        kapal_control_plane::Config::new(db.clone(), catalog, key.clone(), billing_url, prov_url);
-    config.clock = clock.clone();
-    config.domain = "kapal.test".into();
-    // Every call sees the cluster as the test set it last.
-    config.capacity_cache_ttl = Duration::ZERO;
-    tokio::spawn(kapal_control_plane::run(config, cp, shutdown()));
+    let config = || {
+        let mut config = kapal_control_plane::Config::new(
+            db.clone(),
+            catalog.clone(),
+            key.clone(),
+            billing_url.clone(),
+            prov_url.clone(),
+        );
+        config.clock = clock.clone();
+        config.domain = "kapal.test".into();
+        // Every call sees the cluster as the test set it last.
+        config.capacity_cache_ttl = Duration::ZERO;
+        configure(&mut config);
+        config
+    };
+    tokio::spawn(kapal_control_plane::run(config(), cp, shutdown()));
     let channel = Channel::from_shared(cp_url).expect("url").connect_lazy();
+    if replicas > 1 {
+        // The first has migrated the database once it answers.
+        let mut health = tonic_health::pb::health_client::HealthClient::new(channel.clone());
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+        while health
+            .check(tonic_health::pb::HealthCheckRequest::default())
+            .await
+            .is_err()
+        {
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "control-plane not up"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        for _ in 1..replicas {
+            tokio::spawn(kapal_control_plane::run(
+                config(),
+                listener().await,
+                shutdown(),
+            ));
+        }
+    }
     Stack {
         channel,
         db,
@@ -1211,6 +1255,184 @@ async fn alerts_show_what_needs_attention(backend: Backend) {
     );
 }
 
+/// Keeps the alert notices the control-planes push (support notices are not looked at here).
+#[derive(Default)]
+struct AlertInbox(Mutex<Vec<AlertNotice>>);
+
+#[tonic::async_trait]
+impl Notifier for AlertInbox {
+    async fn notify(&self, _: &Notice) -> Result<(), String> {
+        Ok(())
+    }
+
+    async fn alert(&self, n: &AlertNotice) -> Result<(), String> {
+        self.0.lock().map_err(|e| e.to_string())?.push(n.clone());
+        Ok(())
+    }
+}
+
+impl AlertInbox {
+    /// (event, kind, subject, severity) of every notice so far, in order.
+    fn seen(&self) -> Vec<(AlertEvent, String, String, String)> {
+        self.0
+            .lock()
+            .expect("lock")
+            .iter()
+            .map(|n| {
+                (
+                    n.event,
+                    n.kind.clone(),
+                    n.subject.clone(),
+                    n.severity.clone(),
+                )
+            })
+            .collect()
+    }
+
+    /// Waits until `n` notices have arrived; fails after 10 s.
+    async fn wait_for(&self, n: usize) -> Vec<(AlertEvent, String, String, String)> {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        loop {
+            let seen = self.seen();
+            if seen.len() >= n {
+                return seen;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "expected {n} alert notices within 10 s, got {seen:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+}
+
+/// Alerts are pushed to the notifier as they open, change severity and close, once each though
+/// two control-planes evaluate them, and node alerts stay open while the cluster is unknown.
+async fn alerts_are_pushed_when_they_open_and_close(backend: Backend) {
+    const TICK: Duration = Duration::from_millis(50);
+    let inbox = Arc::new(AlertInbox::default());
+    let notifier: Arc<dyn Notifier> = inbox.clone();
+    let idle = || cluster(10_000, 1_000_000, 0);
+    let stack = start_with(backend, idle(), 2, move |config| {
+        config.notifier = notifier.clone();
+        config.alert_interval = TICK;
+    })
+    .await;
+    let admin = stack.admin().await;
+    let c = stack.customer().await;
+    let opened = |kind: &str, subject: &str, severity: &str| {
+        (
+            AlertEvent::AlertOpened,
+            kind.to_string(),
+            subject.to_string(),
+            severity.to_string(),
+        )
+    };
+    let closed = |kind: &str, subject: &str, severity: &str| {
+        (
+            AlertEvent::AlertClosed,
+            kind.to_string(),
+            subject.to_string(),
+            severity.to_string(),
+        )
+    };
+    // Settled: several passes of both replicas with nothing to say.
+    let settle = || tokio::time::sleep(TICK * 8);
+
+    settle().await;
+    assert_eq!(inbox.seen(), [], "nothing needs attention yet");
+
+    // A node goes down.
+    let mut cap = idle();
+    cap.nodes.push(NodeCapacity {
+        name: "node-b".into(),
+        ready: false,
+        schedulable: false,
+        allocatable: amounts(4_000, 8_000, 110),
+        requested: amounts(0, 0, 0),
+    });
+    stack.set_capacity(Some(cap.clone()));
+    inbox.wait_for(1).await;
+    settle().await;
+    assert_eq!(
+        inbox.seen(),
+        [opened("node_not_ready", "node-b", "critical")]
+    );
+
+    // An instance fails.
+    let a = stack.order(&c, "n8n").await;
+    stack.wait_ready(&admin, 1).await;
+    stack
+        .report(&a, InstanceStatus::Failed, "Image pull failed")
+        .await;
+    inbox.wait_for(2).await;
+
+    // The provisioner cannot be reached: that opens; the node's alert is unknown, not closed.
+    stack.set_capacity(None);
+    inbox.wait_for(3).await;
+    settle().await;
+    assert_eq!(
+        inbox.seen(),
+        [
+            opened("node_not_ready", "node-b", "critical"),
+            opened("instance_failed", &a, "critical"),
+            opened("provisioner_unreachable", "cluster", "critical"),
+        ]
+    );
+
+    // It answers again, the node is back and other pods grew: three closings, and capacity
+    // opens as a warning (7,400m + the instance's of 10,000m: over 80% - 10), then turns
+    // critical (8,500m + the instance's: over 80%).
+    let mut cap = idle();
+    cap.requested = amounts(7_400, 0, 3);
+    stack.set_capacity(Some(cap.clone()));
+    inbox.wait_for(5).await;
+    settle().await;
+    let mut seen = inbox.seen().split_off(3);
+    seen.sort();
+    let mut want = vec![
+        opened("capacity_high", "cluster", "warning"),
+        closed("node_not_ready", "node-b", "critical"),
+        closed("provisioner_unreachable", "cluster", "critical"),
+    ];
+    want.sort();
+    assert_eq!(seen, want);
+    cap.requested = amounts(8_500, 0, 3);
+    stack.set_capacity(Some(cap.clone()));
+    inbox.wait_for(7).await;
+    settle().await;
+    let seen = inbox.seen();
+    assert_eq!(seen.len(), 7, "{seen:?}");
+    assert_eq!(seen[6], opened("capacity_high", "cluster", "critical"));
+
+    // The instance recovers.
+    stack.report(&a, InstanceStatus::Ready, "Running").await;
+    inbox.wait_for(8).await;
+    settle().await;
+    let seen = inbox.seen();
+    assert_eq!(seen.len(), 8, "{seen:?}");
+    assert_eq!(seen[7], closed("instance_failed", &a, "critical"));
+
+    // Each notice has its own webhook id; a closing names when its alert opened.
+    let all = inbox.0.lock().expect("lock").clone();
+    let ids: HashSet<String> = all.iter().map(AlertNotice::id).collect();
+    assert_eq!(ids.len(), all.len());
+    let node_open = all
+        .iter()
+        .find(|n| n.kind == "node_not_ready" && n.event == AlertEvent::AlertOpened)
+        .expect("opened");
+    let node_closed = all
+        .iter()
+        .find(|n| n.kind == "node_not_ready" && n.event == AlertEvent::AlertClosed)
+        .expect("closed");
+    assert_eq!(node_open.opened_at, node_closed.opened_at);
+    assert!(
+        node_closed.message.contains("node-b"),
+        "{}",
+        node_closed.message
+    );
+}
+
 async fn usage_is_the_owners(backend: Backend) {
     let stack = start(backend, cluster(10_000, 20_000, 0)).await;
     let admin = stack.admin().await;
@@ -1259,6 +1481,7 @@ kapal::on_both_backends!(
     checkout_stops_at_the_ceiling,
     concurrent_checkouts_fill_exactly,
     alerts_show_what_needs_attention,
+    alerts_are_pushed_when_they_open_and_close,
     usage_is_the_owners,
     unknown_capacity_accepts_orders,
     no_audit_row_no_credentials,

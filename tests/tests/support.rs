@@ -12,7 +12,7 @@ use chrono::SubsecRound as _;
 use kapal::clock::ManualClock;
 use kapal::proto::v1::*;
 use kapal::testing::Backend;
-use kapal_control_plane::support::notify::{Kind, Notice, Notifier};
+use kapal_control_plane::support::notify::{AlertNotice, Kind, Notice, Notifier};
 use kapal_tests::app::{Customer, TestApp};
 use tonic::Code;
 
@@ -26,6 +26,11 @@ struct Inbox(Mutex<Vec<Notice>>);
 impl Notifier for Inbox {
     async fn notify(&self, n: &Notice) -> Result<(), String> {
         self.0.lock().map_err(|e| e.to_string())?.push(n.clone());
+        Ok(())
+    }
+
+    /// Pushed alerts are not this test's (control-plane/tests/admin.rs looks at them).
+    async fn alert(&self, _: &AlertNotice) -> Result<(), String> {
         Ok(())
     }
 }

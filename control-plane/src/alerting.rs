@@ -1,0 +1,179 @@
+//! Alerts pushed, not only pulled (issue 17): every `alert_interval` the control-plane works out
+//! the alerts ListAlerts would answer and sends the operators' notifier (the log, or the signed
+//! webhook; see [`crate::support::notify`]) an `alert_opened` notice for each new alert (or one
+//! whose severity changed) and an `alert_closed` notice for each that is gone.
+//!
+//! What was sent is kept in `pushed_alerts`, one row per (kind, subject): the replica whose
+//! insert or delete changes the row sends the notice, so each is sent once however many
+//! replicas run, and a restart neither repeats nor forgets an open alert. Support tickets'
+//! alerts are left out: tickets send their own at-risk and breached notices. While the cluster's
+//! capacity cannot be read, node and capacity alerts are unknown, not gone: they stay open.
+//! Sending is best effort, after the row changed: a notifier that fails is logged.
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use chrono::NaiveDateTime;
+use diesel::prelude::*;
+use diesel_async::RunQueryDsl;
+use kapal::proto::v1::{Alert, AlertSeverity};
+
+use crate::Ctx;
+use crate::error::Result;
+use crate::schema::pushed_alerts;
+use crate::support::notify::{AlertEvent, AlertNotice};
+
+/// Kinds that are judged only when the cluster's capacity could be read.
+const CLUSTER_KINDS: [&str; 2] = ["node_not_ready", "capacity_high"];
+
+/// An alert sent as opened and not yet as closed.
+#[derive(Clone, Debug, Queryable, Selectable, Insertable)]
+#[diesel(table_name = pushed_alerts)]
+struct Pushed {
+    kind: String,
+    subject: String,
+    severity: i32,
+    message: String,
+    opened_at: NaiveDateTime,
+}
+
+fn severity_name(severity: i32) -> &'static str {
+    match AlertSeverity::try_from(severity) {
+        Ok(AlertSeverity::Critical) => "critical",
+        _ => "warning",
+    }
+}
+
+fn notice(event: AlertEvent, p: &Pushed, at: NaiveDateTime) -> AlertNotice {
+    AlertNotice {
+        event,
+        kind: p.kind.clone(),
+        subject: p.subject.clone(),
+        severity: severity_name(p.severity).into(),
+        opened_at: p.opened_at,
+        at,
+        message: p.message.clone(),
+    }
+}
+
+async fn send(ctx: &Ctx, n: AlertNotice) {
+    if let Err(e) = ctx.notifier.alert(&n).await {
+        tracing::warn!(kind = %n.kind, subject = %n.subject, event = ?n.event, error = %e, "alert notice not delivered");
+    }
+}
+
+/// Pushes alerts every `interval` until `stop` is set; a zero interval pushes none.
+pub(crate) async fn push(
+    ctx: Ctx,
+    interval: Duration,
+    mut stop: tokio::sync::watch::Receiver<bool>,
+) {
+    if interval.is_zero() {
+        return;
+    }
+    loop {
+        if let Err(e) = push_once(&ctx).await {
+            tracing::warn!(error = %e, "alert push failed; retrying");
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(interval) => {}
+            _ = stop.wait_for(|s| *s) => return,
+        }
+    }
+}
+
+/// One pass of [`push`].
+pub(crate) async fn push_once(ctx: &Ctx) -> Result<()> {
+    let (alerts, capacity_known) = crate::admin::current_alerts(ctx).await?;
+    let now = ctx.now();
+    let current: HashMap<(&str, &str), &Alert> = alerts
+        .iter()
+        .filter(|a| !a.kind.starts_with("ticket_"))
+        .map(|a| ((a.kind.as_str(), a.subject.as_str()), a))
+        .collect();
+    let mut conn = ctx.db.get().await?;
+    let open: Vec<Pushed> = kapal::db!(&mut conn, |c| pushed_alerts::table
+        .select(Pushed::as_select())
+        .load(c)
+        .await)?;
+
+    for p in &open {
+        if current.contains_key(&(p.kind.as_str(), p.subject.as_str())) {
+            continue;
+        }
+        if !capacity_known && CLUSTER_KINDS.contains(&p.kind.as_str()) {
+            continue;
+        }
+        let gone = kapal::db!(&mut conn, |c| diesel::delete(
+            pushed_alerts::table
+                .filter(pushed_alerts::kind.eq(&p.kind))
+                .filter(pushed_alerts::subject.eq(&p.subject))
+                .filter(pushed_alerts::opened_at.eq(p.opened_at))
+        )
+        .execute(c)
+        .await)?;
+        if gone == 1 {
+            send(ctx, notice(AlertEvent::AlertClosed, p, now)).await;
+        }
+    }
+
+    for ((kind, subject), a) in &current {
+        let was = open
+            .iter()
+            .find(|p| p.kind == *kind && p.subject == *subject);
+        match was {
+            None => {
+                let row = Pushed {
+                    kind: kind.to_string(),
+                    subject: subject.to_string(),
+                    severity: a.severity,
+                    message: a.message.clone(),
+                    opened_at: now,
+                };
+                let added = kapal::db!(&mut conn, |c| diesel::insert_into(pushed_alerts::table)
+                    .values(&row)
+                    .on_conflict_do_nothing()
+                    .execute(c)
+                    .await)?;
+                if added == 1 {
+                    send(ctx, notice(AlertEvent::AlertOpened, &row, now)).await;
+                }
+            }
+            Some(p) if p.severity != a.severity => {
+                let changed = kapal::db!(&mut conn, |c| diesel::update(
+                    pushed_alerts::table
+                        .filter(pushed_alerts::kind.eq(&p.kind))
+                        .filter(pushed_alerts::subject.eq(&p.subject))
+                        .filter(pushed_alerts::severity.eq(p.severity))
+                )
+                .set((
+                    pushed_alerts::severity.eq(a.severity),
+                    pushed_alerts::message.eq(&a.message),
+                ))
+                .execute(c)
+                .await)?;
+                if changed == 1 {
+                    let row = Pushed {
+                        severity: a.severity,
+                        message: a.message.clone(),
+                        ..p.clone()
+                    };
+                    send(ctx, notice(AlertEvent::AlertOpened, &row, now)).await;
+                }
+            }
+            Some(_) => {}
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn severities_are_named_for_people() {
+        assert_eq!(severity_name(AlertSeverity::Critical as i32), "critical");
+        assert_eq!(severity_name(AlertSeverity::Warning as i32), "warning");
+    }
+}
