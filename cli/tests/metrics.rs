@@ -231,6 +231,39 @@ async fn metrics_are_scraped_during_a_journey() -> anyhow::Result<()> {
     assert!(value(&ready, "kapal_capacity_committed_cpu_cores", &[]) >= 0.2);
     assert_eq!(value(&ready, "kapal_capacity_ceiling_ratio", &[]), 0.8);
 
+    // A critical support ticket owes an answer, on track (2 h to go).
+    let owing = |m: &Scrape, severity: &str, sla: &str| {
+        value(
+            m,
+            "kapal_support_tickets_owing",
+            &[("ticket_severity", severity), ("sla", sla)],
+        )
+    };
+    assert_eq!(
+        find(&ready, "kapal_support_tickets_owing", &[]).len(),
+        12,
+        "each severity and SLA state, zero when no ticket"
+    );
+    assert_eq!(owing(&ready, "critical", "on_track"), 0.0);
+    ok(cli(
+        &endpoint,
+        &config,
+        &[
+            "support",
+            "open",
+            "--subject",
+            "n8n does not start",
+            "--body",
+            "It says bad gateway.",
+            "--severity",
+            "critical",
+        ],
+    )?)?;
+    let ticket = scrape(metrics_port)?;
+    assert_eq!(owing(&ticket, "critical", "on_track"), 1.0);
+    assert_eq!(owing(&ticket, "critical", "at_risk"), 0.0);
+    assert_eq!(owing(&ticket, "low", "on_track"), 0.0);
+
     // Not on the public port.
     let (status, body) = get(port, "/metrics")?;
     assert!(

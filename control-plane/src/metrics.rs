@@ -1,5 +1,6 @@
 //! The control-plane's figures for Prometheus (served by [`kapal::metrics`]): instances by app
-//! and status, the provisioner's reachability, each node's readiness, allocatable and requested
+//! and status, support tickets owing an answer by severity and SLA state, the provisioner's
+//! reachability, each node's readiness, allocatable and requested
 //! resources, and the capacity Kapal has committed against its ceiling. Read when `/metrics` is
 //! scraped; a label set seen before and gone now reads 0 rather than its last value.
 
@@ -55,6 +56,11 @@ async fn collect(ctx: &Ctx, seen: &Mutex<Seen>) -> crate::error::Result<()> {
             gauge!("kapal_instances", "app" => app.clone(), "status" => status.clone()).set(0.0);
         }
         seen.instances.extend(current);
+    }
+
+    for (severity, sla, n) in crate::support::owing_by_state(ctx).await? {
+        gauge!("kapal_support_tickets_owing", "ticket_severity" => severity, "sla" => sla)
+            .set(n as f64);
     }
 
     let observed = ctx.capacity.observe(&ctx.provisioner).await;

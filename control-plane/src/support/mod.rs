@@ -250,6 +250,41 @@ pub(crate) async fn alerts(ctx: &Ctx, out: &mut Vec<Alert>) -> Result<()> {
 
 /// Sends the at-risk and breached notices of tickets that owe an answer, each once per owed
 /// answer, every `settings.sweep_interval` until `stop` is set.
+/// Tickets that owe an operator's answer now, by (severity, SLA state): `on_track`, `at_risk`
+/// or `breached`; every combination is present, zero when none (for the metrics).
+pub(crate) async fn owing_by_state(ctx: &Ctx) -> Result<Vec<(&'static str, &'static str, u64)>> {
+    const SEVERITIES: [&str; 4] = ["critical", "high", "normal", "low"];
+    const STATES: [(SlaState, &str); 3] = [
+        (SlaState::OnTrack, "on_track"),
+        (SlaState::AtRisk, "at_risk"),
+        (SlaState::Breached, "breached"),
+    ];
+    let now = ctx.now();
+    let mut counts = vec![[0u64; 3]; SEVERITIES.len()];
+    for (t, _) in store::owing(ctx).await? {
+        let (Some(due), Some(row)) = (
+            t.response_due_at,
+            SEVERITIES.iter().position(|s| *s == t.severity),
+        ) else {
+            continue;
+        };
+        let state = ctx.support.owed_state(&t.severity, due, now);
+        if let Some(col) = STATES.iter().position(|(s, _)| *s == state) {
+            counts[row][col] += 1;
+        }
+    }
+    Ok(SEVERITIES
+        .iter()
+        .zip(counts)
+        .flat_map(|(severity, row)| {
+            STATES
+                .iter()
+                .zip(row)
+                .map(move |((_, state), n)| (*severity, *state, n))
+        })
+        .collect())
+}
+
 pub(crate) async fn sweep(ctx: Ctx, mut stop: tokio::sync::watch::Receiver<bool>) {
     let interval = ctx.support.sweep_interval;
     loop {
