@@ -191,7 +191,8 @@ fn invalid_settings_are_all_reported() -> anyhow::Result<()> {
 #[test]
 fn priced_plans_need_a_payment_provider() -> anyhow::Result<()> {
     let dir = tempfile::tempdir()?;
-    let out = Command::new(KAPAL)
+    let log = dir.path().join("server.log");
+    let mut child = Command::new(KAPAL)
         .args([
             "server",
             "--service",
@@ -207,9 +208,26 @@ fn priced_plans_need_a_payment_provider() -> anyhow::Result<()> {
         .env_remove("KAPAL_DATABASE_URL")
         .env_remove("KAPAL_SERVICE")
         .stdin(Stdio::null())
-        .output()?;
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(!out.status.success(), "it started: {stderr}");
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(&log)?)
+        .spawn()?;
+    // A server that starts keeps running: give it a few seconds to refuse, then stop it.
+    let started = Instant::now();
+    let status = loop {
+        if let Some(status) = child.try_wait()? {
+            break Some(status);
+        }
+        if started.elapsed() > Duration::from_secs(20) {
+            let _ = child.kill();
+            let _ = child.wait();
+            break None;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    let stderr = std::fs::read_to_string(&log)?;
+    let status = status
+        .ok_or_else(|| anyhow::anyhow!("it started with priced plans and no provider: {stderr}"))?;
+    assert!(!status.success(), "it exited successfully: {stderr}");
     assert!(
         stderr.contains("KAPAL_PAYMENTS (--payments)") && stderr.contains("--payments dummy"),
         "{stderr}"
