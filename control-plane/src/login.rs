@@ -28,6 +28,9 @@ pub(crate) const FREE_FAILURES: i64 = 5;
 pub(crate) const FIRST_WAIT_SECS: i64 = 1;
 /// The longest wait: the owner is never kept out longer than this by others' failures.
 pub(crate) const MAX_WAIT_SECS: i64 = 15 * 60;
+/// A count whose last failure is older than this is forgotten (and its row removed, so rows of
+/// addresses tried once do not pile up).
+pub(crate) const FORGET_AFTER_SECS: i64 = 24 * 60 * 60;
 
 /// How long an address waits after its `failures`-th failure in a row (`None`: not at all).
 pub(crate) fn wait_after(failures: i64) -> Option<i64> {
@@ -74,6 +77,12 @@ pub(crate) async fn waiting(ctx: &Ctx, email: &str) -> Result<Option<i64>> {
 pub(crate) async fn failed(ctx: &Ctx, email: &str) -> Result<()> {
     let now = ctx.now();
     let mut conn = ctx.db.get().await?;
+    let stale = now - chrono::Duration::seconds(FORGET_AFTER_SECS);
+    kapal::db!(&mut conn, |c| diesel::delete(
+        login_failures::table.filter(login_failures::updated_at.lt(stale))
+    )
+    .execute(c)
+    .await)?;
     let failures: i64 = kapal::db!(&mut conn, |c| {
         diesel::insert_into(login_failures::table)
             .values((
