@@ -150,6 +150,12 @@ impl KapalServer {
             // The benchmark signs up and orders at speed: no verification mail.
             .arg("--email-verification")
             .arg("off")
+            // The catalog has priced plans: development payments.
+            .arg("--payments")
+            .arg("dummy")
+            // One account orders every instance of the benchmark.
+            .arg("--max-instances-per-account")
+            .arg("100000")
             // Deleted instances' data goes at once: the benchmark deletes hundreds.
             .arg("--data-retention")
             .arg("1s")

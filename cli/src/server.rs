@@ -35,6 +35,13 @@ pub enum EmailVerification {
     Off,
 }
 
+/// Which payment provider charges priced plans.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum Payments {
+    /// Development only: settles every charge, whatever the amount, without charging anyone.
+    Dummy,
+}
+
 #[derive(Args, Debug)]
 pub struct ServerArgs {
     /// Which service to run.
@@ -202,6 +209,14 @@ pub struct ServerArgs {
     /// Live WatchInstance streams one account may hold at once.
     #[arg(long, default_value_t = 20, env = "KAPAL_MAX_WATCHES_PER_ACCOUNT")]
     pub max_watches_per_account: usize,
+    /// Live (not deleted) instances one account may hold, orders in progress included.
+    #[arg(long, default_value_t = 5, env = "KAPAL_MAX_INSTANCES_PER_ACCOUNT")]
+    pub max_instances_per_account: usize,
+    /// Payment provider for priced plans. Kapal has no real provider yet, so a server whose
+    /// catalog has priced plans and that runs billing refuses to start unless this is `dummy`
+    /// (development only: it settles any amount without charging anyone). Free plans need none.
+    #[arg(long, value_enum, env = "KAPAL_PAYMENTS")]
+    pub payments: Option<Payments>,
     /// Email verification of new accounts. `on` needs --smtp-url; the server refuses to start
     /// without one. `off` is for development only (scripts/run uses a local Mailpit instead).
     #[arg(
@@ -362,6 +377,26 @@ async fn check(args: &ServerArgs) -> anyhow::Result<Checked> {
     let catalog = Catalog::load(&args.catalog_dir)
         .map_err(|e| problems.push(format!("KAPAL_CATALOG_DIR (--catalog-dir): {e:#}")))
         .ok();
+    if let Some(catalog) = &catalog
+        && matches!(args.service, Service::All | Service::Billing)
+        && args.payments.is_none()
+    {
+        let priced: Vec<String> = catalog
+            .apps()
+            .flat_map(|a| {
+                a.plans
+                    .iter()
+                    .filter(|p| p.monthly_price_idr > 0)
+                    .map(move |p| format!("{} {}", a.id, p.id))
+            })
+            .collect();
+        if !priced.is_empty() {
+            problems.push(format!(
+                "KAPAL_PAYMENTS (--payments): the catalog has priced plans ({}) but no payment provider is configured, so they would be sold without charging anyone. Kapal has no real provider yet: for development pass --payments dummy (it settles any amount), or serve a catalog of free plans only",
+                priced.join(", ")
+            ));
+        }
+    }
     let key = match &args.internal_key {
         Some(k) => InternalKey::from_secret(k)
             .map_err(|e| problems.push(format!("KAPAL_INTERNAL_KEY (--internal-key): {e}")))
@@ -415,6 +450,12 @@ async fn check(args: &ServerArgs) -> anyhow::Result<Checked> {
         );
     }
     let mail = mail_config(args, &mut problems);
+    if args.max_instances_per_account == 0 {
+        problems.push(
+            "KAPAL_MAX_INSTANCES_PER_ACCOUNT (--max-instances-per-account): must be at least 1"
+                .into(),
+        );
+    }
     if args.max_message_bytes < 1024 {
         problems
             .push("KAPAL_MAX_MESSAGE_BYTES (--max-message-bytes): must be at least 1024".into());
@@ -624,6 +665,7 @@ pub async fn run(args: ServerArgs) -> anyhow::Result<()> {
         config.capacity_ceiling_percent = args.capacity_ceiling;
         config.max_watches_per_account = args.max_watches_per_account;
         config.mail = checked.mail.clone();
+        config.max_instances_per_account = args.max_instances_per_account;
         config.data_retention = args.data_retention;
         config.support = args.support_sla.clone();
         config.alert_interval = args.alert_interval;

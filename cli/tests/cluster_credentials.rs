@@ -29,7 +29,8 @@ fn server(home: &Path, args: &[&str]) -> Command {
         .env("HOME", home)
         .env("KAPAL_CATALOG_DIR", kapal::catalog::repo_catalog_dir())
         .env("RUST_LOG", "warn")
-        .env("KAPAL_EMAIL_VERIFICATION", "off");
+        .env("KAPAL_EMAIL_VERIFICATION", "off")
+        .env("KAPAL_PAYMENTS", "dummy");
     for var in [
         "KUBECONFIG",
         "KAPAL_KUBECONFIG",

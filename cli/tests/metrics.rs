@@ -86,6 +86,8 @@ async fn metrics_are_scraped_during_a_journey() -> anyhow::Result<()> {
             .args(["--domain", "kapal.test"])
             // Signs up and orders at once (email verification has tests of its own).
             .args(["--email-verification", "off"])
+            // Priced plans, development payments.
+            .args(["--payments", "dummy"])
             .arg("--data-dir")
             .arg(&data)
             .arg("--kubeconfig")

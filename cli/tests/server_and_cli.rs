@@ -30,6 +30,8 @@ fn start_server(
         .arg(kubeconfig)
         .arg("--smtp-url")
         .arg(smtp_url)
+        // The catalog has priced plans: development payments, said out loud.
+        .args(["--payments", "dummy"])
         .env("KAPAL_CATALOG_DIR", kapal::catalog::repo_catalog_dir())
         .env_remove("KAPAL_DATABASE_URL")
         .stdout(Stdio::null())
@@ -184,6 +186,59 @@ fn invalid_settings_are_all_reported() -> anyhow::Result<()> {
     Ok(())
 }
 
+/// A server that would sell priced plans through the dummy provider (which charges nobody)
+/// refuses to start unless told `--payments dummy` (issue 14, item 7), and says so.
+#[test]
+fn priced_plans_need_a_payment_provider() -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    let log = dir.path().join("server.log");
+    let mut child = Command::new(KAPAL)
+        .args([
+            "server",
+            "--service",
+            "billing",
+            "--email-verification",
+            "off",
+        ])
+        .args(["--billing-listen", &format!("127.0.0.1:{}", free_port()?)])
+        .arg("--data-dir")
+        .arg(dir.path())
+        .env("KAPAL_CATALOG_DIR", kapal::catalog::repo_catalog_dir())
+        .env_remove("KAPAL_PAYMENTS")
+        .env_remove("KAPAL_DATABASE_URL")
+        .env_remove("KAPAL_SERVICE")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(&log)?)
+        .spawn()?;
+    // A server that starts keeps running: give it a few seconds to refuse, then stop it.
+    let started = Instant::now();
+    let status = loop {
+        if let Some(status) = child.try_wait()? {
+            break Some(status);
+        }
+        if started.elapsed() > Duration::from_secs(20) {
+            let _ = child.kill();
+            let _ = child.wait();
+            break None;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    let stderr = std::fs::read_to_string(&log)?;
+    let status = status
+        .ok_or_else(|| anyhow::anyhow!("it started with priced plans and no provider: {stderr}"))?;
+    assert!(!status.success(), "it exited successfully: {stderr}");
+    assert!(
+        stderr.contains("KAPAL_PAYMENTS (--payments)") && stderr.contains("--payments dummy"),
+        "{stderr}"
+    );
+    assert!(
+        stderr.contains("n8n starter"),
+        "names the priced plans: {stderr}"
+    );
+    Ok(())
+}
+
 /// The four services as four processes (`kapal server --service X`), sharing one internal key
 /// and finding each other through their endpoints, as in a split deployment.
 #[tokio::test(flavor = "multi_thread")]
@@ -215,6 +270,7 @@ async fn services_in_separate_processes() -> anyhow::Result<()> {
             .env("KAPAL_INTERNAL_KEY", key)
             // Signs up and orders at once (the single-process test verifies through Mailpit).
             .env("KAPAL_EMAIL_VERIFICATION", "off")
+            .env("KAPAL_PAYMENTS", "dummy")
             .env("KAPAL_CATALOG_DIR", kapal::catalog::repo_catalog_dir())
             .env_remove("KAPAL_DATABASE_URL")
             .stdout(Stdio::null())

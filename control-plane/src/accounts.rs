@@ -111,21 +111,9 @@ pub(crate) fn check_password(password: &str, email: &str) -> Result<()> {
     Ok(())
 }
 
-/// Argon2id with Kapal's parameters uses 19 MiB and ~one core for tens of milliseconds per
-/// hash. At most one hash per core runs at a time: a burst of sign-ups or log-ins queues here
-/// instead of starving every other request of CPU and growing memory by 19 MiB per thread.
-fn hashing_permits() -> &'static tokio::sync::Semaphore {
-    static PERMITS: std::sync::OnceLock<tokio::sync::Semaphore> = std::sync::OnceLock::new();
-    PERMITS.get_or_init(|| {
-        tokio::sync::Semaphore::new(std::thread::available_parallelism().map_or(2, |n| n.get()))
-    })
-}
-
 async fn hash_password(password: String) -> Result<String> {
-    let _permit = hashing_permits()
-        .acquire()
-        .await
-        .map_err(|e| Error::Internal(format!("hashing permits: {e}")))?;
+    // A bounded queue: a burst of sign-ups or log-ins is refused fast instead of piling up.
+    let _permit = crate::login::hash_queue().turn().await?;
     tokio::task::spawn_blocking(move || {
         let salt = SaltString::encode_b64(&rand::random::<[u8; 16]>())
             .map_err(|e| Error::Internal(format!("salt: {e}")))?;
@@ -138,11 +126,10 @@ async fn hash_password(password: String) -> Result<String> {
     .map_err(|e| Error::Internal(format!("hashing task: {e}")))?
 }
 
-async fn verify_password(password: String, hash: String) -> bool {
-    let Ok(_permit) = hashing_permits().acquire().await else {
-        return false;
-    };
-    tokio::task::spawn_blocking(move || {
+/// Whether `password` matches `hash`; `RESOURCE_EXHAUSTED` when too many hashes are queued.
+async fn verify_password(password: String, hash: String) -> Result<bool> {
+    let _permit = crate::login::hash_queue().turn().await?;
+    Ok(tokio::task::spawn_blocking(move || {
         PasswordHash::new(&hash)
             .map(|parsed| {
                 Argon2::default()
@@ -152,7 +139,7 @@ async fn verify_password(password: String, hash: String) -> bool {
             .unwrap_or(false)
     })
     .await
-    .unwrap_or(false)
+    .unwrap_or(false))
 }
 
 /// SHA-256 of a bearer token, as stored.
@@ -577,6 +564,11 @@ impl AccountService for Accounts {
         let Ok(email) = normalize_email(&req.email) else {
             return Err(wrong());
         };
+        // An address that failed too often waits, whoever tries it: checked before any hashing,
+        // so a flood of wrong passwords costs the server almost nothing.
+        if let Some(secs) = crate::login::waiting(&self.0, &email).await? {
+            return Err(crate::login::refusal(secs).into());
+        }
         let mut conn = self.0.db.get().await.map_err(Error::from)?;
         let account = kapal::db!(&mut conn, |c| accounts::table
             .filter(accounts::email.eq(&email))
@@ -591,10 +583,16 @@ impl AccountService for Accounts {
         let hash = account
             .as_ref()
             .map_or(DUMMY.to_string(), |a| a.password_hash.clone());
-        let ok = verify_password(req.password, hash).await;
+        let ok = verify_password(req.password, hash).await?;
         match account {
-            Some(account) if ok => Ok(self.session(account).await?),
-            _ => Err(wrong()),
+            Some(account) if ok => {
+                crate::login::succeeded(&self.0, &email).await?;
+                Ok(self.session(account).await?)
+            }
+            _ => {
+                crate::login::failed(&self.0, &email).await?;
+                Err(wrong())
+            }
         }
     }
 
@@ -715,6 +713,11 @@ impl AccountService for Accounts {
         let Ok(email) = normalize_email(&req.email) else {
             return Err(wrong());
         };
+        // An address that failed too often waits, whoever tries it: checked before any hashing,
+        // so a flood of wrong passwords costs the server almost nothing.
+        if let Some(secs) = crate::login::waiting(&self.0, &email).await? {
+            return Err(crate::login::refusal(secs).into());
+        }
         let Some(account) = account_by_email(ctx, &email).await? else {
             return Err(wrong());
         };
@@ -795,6 +798,11 @@ impl AccountService for Accounts {
         let Ok(email) = normalize_email(&req.email) else {
             return Err(wrong());
         };
+        // An address that failed too often waits, whoever tries it: checked before any hashing,
+        // so a flood of wrong passwords costs the server almost nothing.
+        if let Some(secs) = crate::login::waiting(&self.0, &email).await? {
+            return Err(crate::login::refusal(secs).into());
+        }
         check_password(&req.new_password, &email)?;
         let Some(account) = account_by_email(ctx, &email).await? else {
             return Err(wrong());

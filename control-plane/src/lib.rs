@@ -17,6 +17,7 @@ mod entitlements;
 pub mod error;
 mod instances;
 mod internal;
+mod login;
 mod mail;
 mod metrics;
 mod models;
@@ -97,6 +98,9 @@ pub struct Config {
     /// only verified accounts check out, and passwords can be reset. `None`: email verification
     /// is off (development only: sign-up answers at once and tells whether an address is taken).
     pub mail: Option<MailConfig>,
+    /// Live (not deleted) instances one account may hold, counting orders in progress; the
+    /// next checkout is RESOURCE_EXHAUSTED. Default 5.
+    pub max_instances_per_account: usize,
 }
 
 impl Config {
@@ -127,6 +131,7 @@ impl Config {
             alert_interval: Duration::from_secs(60),
             local: None,
             mail: None,
+            max_instances_per_account: 5,
         }
     }
 }
@@ -153,6 +158,8 @@ pub(crate) struct Ctx {
     pub credentials: Arc<credentials::CredentialsCache>,
     /// Live WatchInstance streams per account.
     pub watches: Arc<instances::Watches>,
+    /// See [`Config::max_instances_per_account`].
+    pub max_instances_per_account: usize,
     /// See [`Config::support`].
     pub support: Arc<support::Settings>,
     /// See [`Config::notifier`].
@@ -189,6 +196,10 @@ pub async fn run(
     )
     .await?;
     let key = config.key.clone();
+    anyhow::ensure!(
+        config.max_instances_per_account >= 1,
+        "the instance limit per account must be at least 1"
+    );
     let mailer = config.mail.as_ref().map(mail::Mailer::new).transpose()?;
     if mailer.is_none() {
         tracing::warn!(
@@ -217,9 +228,10 @@ pub async fn run(
         capacity: Arc::new(capacity::CapacityCache::new(config.capacity_cache_ttl)),
         ceiling_percent: config.capacity_ceiling_percent,
         credentials: Arc::new(credentials::CredentialsCache::new(credentials::CAPACITY)),
+        mailer,
+        max_instances_per_account: config.max_instances_per_account,
         support: Arc::new(config.support),
         notifier: config.notifier,
-        mailer,
     };
 
     let (health_reporter, health_service) = tonic_health::server::health_reporter();

@@ -303,6 +303,18 @@ enum Placed {
     Existing(Box<Order>),
     /// No room in the cluster; nothing was written.
     Refused(String),
+    /// The account has had this app's free trial (one per account and app).
+    TrialUsed,
+    /// The account holds as many live instances (and pending orders) as it may.
+    TooMany(i64),
+}
+
+/// What one account may order, checked with the capacity in the same transaction.
+struct AccountLimits {
+    /// The app's trial plans when the plan ordered is one (else empty: no trial check).
+    trial_plans: Vec<String>,
+    /// Live (not deleted) instances plus pending orders one account may hold.
+    max_live: i64,
 }
 
 /// The PostgreSQL advisory lock that serializes checkouts' capacity check and insert (and the
@@ -312,7 +324,7 @@ pub(crate) const CHECKOUT_LOCK_KEY: i64 = 0x006b_6170_616c_636b; // "kapalck"
 /// The capacity check and the insert of the order, in one transaction. `$snapshot` is the
 /// provisioner's capacity (`None`: unknown, accept); `$c` the backend connection.
 macro_rules! check_and_insert {
-    ($c:ident, $new:expr, $snapshot:expr, $catalog:expr, $plan:expr, $ceiling:expr) => {{
+    ($c:ident, $new:expr, $snapshot:expr, $catalog:expr, $plan:expr, $ceiling:expr, $limits:expr) => {{
         if let Some(existing) = orders::table
             .filter(orders::account_id.eq(&$new.account_id))
             .filter(orders::idempotency_key.eq(&$new.idempotency_key))
@@ -322,6 +334,35 @@ macro_rules! check_and_insert {
             .optional()?
         {
             return Ok(Placed::Existing(Box::new(existing)));
+        }
+        let limits: &AccountLimits = $limits;
+        if !limits.trial_plans.is_empty() {
+            let trials: i64 = orders::table
+                .filter(orders::account_id.eq(&$new.account_id))
+                .filter(orders::app_id.eq(&$new.app_id))
+                .filter(orders::plan_id.eq_any(&limits.trial_plans))
+                .filter(orders::status.ne(order_status::FAILED))
+                .count()
+                .get_result($c)
+                .await?;
+            if trials > 0 {
+                return Ok(Placed::TrialUsed);
+            }
+        }
+        let live: i64 = instances_t::table
+            .filter(instances_t::account_id.eq(&$new.account_id))
+            .filter(instances_t::desired_state.ne(instance_state::DELETED))
+            .count()
+            .get_result($c)
+            .await?;
+        let pending: i64 = orders::table
+            .filter(orders::account_id.eq(&$new.account_id))
+            .filter(orders::status.eq(order_status::PENDING))
+            .count()
+            .get_result($c)
+            .await?;
+        if live + pending >= limits.max_live {
+            return Ok(Placed::TooMany(live + pending));
         }
         if let Some(cap) = $snapshot {
             let rows = capacity::commitment_rows!($c);
@@ -343,7 +384,24 @@ macro_rules! check_and_insert {
 /// advisory lock on PostgreSQL, the single connection on SQLite), so concurrent checkouts cannot
 /// together overshoot. When the provisioner cannot be reached and no snapshot is recent, the
 /// order is accepted unchecked (a warning is logged): a sale is not lost to a monitoring gap.
-async fn place(ctx: &Ctx, new: &Order, plan: &kapal::catalog::Plan) -> Result<Placed> {
+async fn place(
+    ctx: &Ctx,
+    new: &Order,
+    app: &kapal::catalog::App,
+    plan: &kapal::catalog::Plan,
+) -> Result<Placed> {
+    let limits = &AccountLimits {
+        trial_plans: if plan.trial_days > 0 {
+            app.plans
+                .iter()
+                .filter(|p| p.trial_days > 0)
+                .map(|p| p.id.clone())
+                .collect()
+        } else {
+            Vec::new()
+        },
+        max_live: i64::try_from(ctx.max_instances_per_account).unwrap_or(i64::MAX),
+    };
     // The cluster is read before taking a connection: none is held across a call to a peer.
     let observed = ctx.capacity.observe(&ctx.provisioner).await;
     if observed.capacity.is_none() {
@@ -362,13 +420,15 @@ async fn place(ctx: &Ctx, new: &Order, plan: &kapal::catalog::Plan) -> Result<Pl
                 diesel::sql_query(format!("SELECT pg_advisory_xact_lock({CHECKOUT_LOCK_KEY})"))
                     .execute(c)
                     .await?;
-                check_and_insert!(c, new, snapshot, catalog, plan, ceiling)
+                check_and_insert!(c, new, snapshot, catalog, plan, ceiling, limits)
             })
             .await
         }
         DbConn::Sqlite(c) => {
-            c.transaction(async |c| check_and_insert!(c, new, snapshot, catalog, plan, ceiling))
-                .await
+            c.transaction(async |c| {
+                check_and_insert!(c, new, snapshot, catalog, plan, ceiling, limits)
+            })
+            .await
         }
     };
     drop(conn);
@@ -439,7 +499,7 @@ impl OrderService for Orders {
             Some(existing) => same_order(existing, &new)?,
             None => {
                 crate::accounts::ensure_may_check_out(ctx, &account_id).await?;
-                match place(ctx, &new, plan).await? {
+                match place(ctx, &new, app, plan).await? {
                     Placed::Inserted => {
                         tracing::info!(order_id = %new.id, app = %new.app_id, plan = %new.plan_id, "order accepted");
                         new
@@ -448,6 +508,28 @@ impl OrderService for Orders {
                     Placed::Refused(message) => {
                         tracing::warn!(app = %new.app_id, plan = %new.plan_id, "checkout refused: {message}");
                         return Err(Error::ResourceExhausted(message).into());
+                    }
+                    Placed::TrialUsed => {
+                        let paid: Vec<&str> = app
+                            .plans
+                            .iter()
+                            .filter(|p| p.trial_days == 0)
+                            .map(|p| p.id.as_str())
+                            .collect();
+                        return Err(Error::FailedPrecondition(format!(
+                            "this account has had its free trial of {} (one per account): order a paid plan instead ({}; `kapal app {}` shows them), or change the trial's subscription to a paid plan with `kapal change-plan`",
+                            app.id,
+                            paid.join(", "),
+                            app.id
+                        ))
+                        .into());
+                    }
+                    Placed::TooMany(n) => {
+                        return Err(Error::ResourceExhausted(format!(
+                            "this account has {n} instances and orders in progress, the most one account may have ({}): delete one you no longer need (`kapal delete ID`) before ordering another, or ask the operator to raise the limit",
+                            ctx.max_instances_per_account
+                        ))
+                        .into());
                     }
                 }
             }

@@ -136,6 +136,15 @@ diesel::table! {
     }
 }
 
+diesel::table! {
+    login_failures (email) {
+        email -> Text,
+        failures -> BigInt,
+        blocked_until -> Nullable<Timestamp>,
+        updated_at -> Timestamp,
+    }
+}
+
 diesel::joinable!(tokens -> accounts (account_id));
 diesel::joinable!(instances -> accounts (account_id));
 diesel::joinable!(instance_events -> instances (instance_id));

@@ -52,6 +52,10 @@ struct Options {
     /// The gateway reaches the control-plane and billing over their sockets, as when they run
     /// in separate processes (default: directly, as `kapal server` runs them together).
     upstreams_over_the_network: bool,
+    /// Live instances one account may hold (default: the control-plane's).
+    max_instances_per_account: Option<usize>,
+    /// Proxies whose `x-forwarded-for` the gateway believes (default: none).
+    trusted_proxies: Vec<kapal::cidr::Cidr>,
     /// The control-plane's clock (default: the system clock).
     control_plane_clock: Option<SharedClock>,
     /// Support SLAs and where support notices go (default: the control-plane's defaults).
@@ -132,6 +136,18 @@ impl TestAppBuilder {
 
     pub fn with_capacity_ceiling(mut self, percent: u32) -> Self {
         self.options.capacity_ceiling_percent = Some(percent);
+        self
+    }
+
+    /// The gateway believes `x-forwarded-for` from these networks (`--trusted-proxies`).
+    pub fn with_trusted_proxies(mut self, proxies: Vec<kapal::cidr::Cidr>) -> Self {
+        self.options.trusted_proxies = proxies;
+        self
+    }
+
+    /// Live instances (and orders in progress) one account may hold.
+    pub fn with_max_instances_per_account(mut self, n: usize) -> Self {
+        self.options.max_instances_per_account = Some(n);
         self
     }
 
@@ -316,6 +332,9 @@ impl TestApp {
             .data_retention
             .unwrap_or(Duration::from_secs(1));
         cp_config.recovery_interval = Duration::from_secs(1);
+        if let Some(n) = self.options.max_instances_per_account {
+            cp_config.max_instances_per_account = n;
+        }
         if let Some(clock) = &self.options.control_plane_clock {
             cp_config.clock = clock.clone();
         }
@@ -344,6 +363,7 @@ impl TestApp {
             gw_config.max_message_bytes = n;
         }
         gw_config.console_dir = self.options.console_dir.clone();
+        gw_config.trusted_proxies = self.options.trusted_proxies.clone();
         match self.options.rate_limit {
             Some((rate, burst)) => {
                 gw_config.rate_limit_per_second = rate;

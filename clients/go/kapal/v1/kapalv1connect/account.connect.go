@@ -78,6 +78,10 @@ type AccountServiceClient interface {
 	// account is created at once and a session returned; ALREADY_EXISTS when the email is taken.
 	SignUp(context.Context, *connect.Request[v1.SignUpRequest]) (*connect.Response[v1.SessionResponse], error)
 	// Exchanges email and password for a session token. UNAUTHENTICATED when they do not match.
+	// RESOURCE_EXHAUSTED, without checking the password, while the address waits after failed
+	// log-ins (5 in a row, then 1 s doubling with each further failure up to 15 minutes; the
+	// message says "try again in N s (retry-after: N)"; a successful log-in clears the count),
+	// and when the server is too busy checking passwords (retry in a few seconds).
 	LogIn(context.Context, *connect.Request[v1.LogInRequest]) (*connect.Response[v1.SessionResponse], error)
 	// Ends the session whose token made this call.
 	LogOut(context.Context, *connect.Request[v1.LogOutRequest]) (*connect.Response[v1.LogOutResponse], error)
@@ -273,6 +277,10 @@ type AccountServiceHandler interface {
 	// account is created at once and a session returned; ALREADY_EXISTS when the email is taken.
 	SignUp(context.Context, *connect.Request[v1.SignUpRequest]) (*connect.Response[v1.SessionResponse], error)
 	// Exchanges email and password for a session token. UNAUTHENTICATED when they do not match.
+	// RESOURCE_EXHAUSTED, without checking the password, while the address waits after failed
+	// log-ins (5 in a row, then 1 s doubling with each further failure up to 15 minutes; the
+	// message says "try again in N s (retry-after: N)"; a successful log-in clears the count),
+	// and when the server is too busy checking passwords (retry in a few seconds).
 	LogIn(context.Context, *connect.Request[v1.LogInRequest]) (*connect.Response[v1.SessionResponse], error)
 	// Ends the session whose token made this call.
 	LogOut(context.Context, *connect.Request[v1.LogOutRequest]) (*connect.Response[v1.LogOutResponse], error)

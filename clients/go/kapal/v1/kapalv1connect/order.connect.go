@@ -45,7 +45,10 @@ const (
 type OrderServiceClient interface {
 	// Places an order. The same idempotency key always returns the same order, however often and
 	// however concurrently it is sent; a key reused with another app or plan is FAILED_PRECONDITION.
-	// RESOURCE_EXHAUSTED when the cluster has no room for the plan.
+	// RESOURCE_EXHAUSTED when the cluster has no room for the plan, or when the account already
+	// holds as many instances (every one not deleted) and orders in progress as the server allows.
+	// FAILED_PRECONDITION for a free trial of an app the account has had a trial of before (one
+	// per account and app, even after the instance is deleted): order a paid plan instead.
 	Checkout(context.Context, *connect.Request[v1.CheckoutRequest]) (*connect.Response[v1.Order], error)
 	// Gets one of the caller's orders. NOT_FOUND for an order that is not the caller's.
 	GetOrder(context.Context, *connect.Request[v1.GetOrderRequest]) (*connect.Response[v1.Order], error)
@@ -111,7 +114,10 @@ func (c *orderServiceClient) ListOrders(ctx context.Context, req *connect.Reques
 type OrderServiceHandler interface {
 	// Places an order. The same idempotency key always returns the same order, however often and
 	// however concurrently it is sent; a key reused with another app or plan is FAILED_PRECONDITION.
-	// RESOURCE_EXHAUSTED when the cluster has no room for the plan.
+	// RESOURCE_EXHAUSTED when the cluster has no room for the plan, or when the account already
+	// holds as many instances (every one not deleted) and orders in progress as the server allows.
+	// FAILED_PRECONDITION for a free trial of an app the account has had a trial of before (one
+	// per account and app, even after the instance is deleted): order a paid plan instead.
 	Checkout(context.Context, *connect.Request[v1.CheckoutRequest]) (*connect.Response[v1.Order], error)
 	// Gets one of the caller's orders. NOT_FOUND for an order that is not the caller's.
 	GetOrder(context.Context, *connect.Request[v1.GetOrderRequest]) (*connect.Response[v1.Order], error)

@@ -116,6 +116,10 @@ class AccountServiceServicer:
 
     def LogIn(self, request, context):
         """Exchanges email and password for a session token. UNAUTHENTICATED when they do not match.
+        RESOURCE_EXHAUSTED, without checking the password, while the address waits after failed
+        log-ins (5 in a row, then 1 s doubling with each further failure up to 15 minutes; the
+        message says "try again in N s (retry-after: N)"; a successful log-in clears the count),
+        and when the server is too busy checking passwords (retry in a few seconds).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

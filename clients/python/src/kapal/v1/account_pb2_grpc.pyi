@@ -48,7 +48,12 @@ class AccountServiceStub:
     account is created at once and a session returned; ALREADY_EXISTS when the email is taken.
     """
     LogIn: _grpc.UnaryUnaryMultiCallable[_account_pb2.LogInRequest, _account_pb2.SessionResponse]
-    """Exchanges email and password for a session token. UNAUTHENTICATED when they do not match."""
+    """Exchanges email and password for a session token. UNAUTHENTICATED when they do not match.
+    RESOURCE_EXHAUSTED, without checking the password, while the address waits after failed
+    log-ins (5 in a row, then 1 s doubling with each further failure up to 15 minutes; the
+    message says "try again in N s (retry-after: N)"; a successful log-in clears the count),
+    and when the server is too busy checking passwords (retry in a few seconds).
+    """
     LogOut: _grpc.UnaryUnaryMultiCallable[_account_pb2.LogOutRequest, _account_pb2.LogOutResponse]
     """Ends the session whose token made this call."""
     WhoAmI: _grpc.UnaryUnaryMultiCallable[_account_pb2.WhoAmIRequest, _account_pb2.Account]
@@ -102,7 +107,12 @@ class AccountServiceAsyncStub(AccountServiceStub):
     account is created at once and a session returned; ALREADY_EXISTS when the email is taken.
     """
     LogIn: _aio.UnaryUnaryMultiCallable[_account_pb2.LogInRequest, _account_pb2.SessionResponse]  # type: ignore[assignment]
-    """Exchanges email and password for a session token. UNAUTHENTICATED when they do not match."""
+    """Exchanges email and password for a session token. UNAUTHENTICATED when they do not match.
+    RESOURCE_EXHAUSTED, without checking the password, while the address waits after failed
+    log-ins (5 in a row, then 1 s doubling with each further failure up to 15 minutes; the
+    message says "try again in N s (retry-after: N)"; a successful log-in clears the count),
+    and when the server is too busy checking passwords (retry in a few seconds).
+    """
     LogOut: _aio.UnaryUnaryMultiCallable[_account_pb2.LogOutRequest, _account_pb2.LogOutResponse]  # type: ignore[assignment]
     """Ends the session whose token made this call."""
     WhoAmI: _aio.UnaryUnaryMultiCallable[_account_pb2.WhoAmIRequest, _account_pb2.Account]  # type: ignore[assignment]
@@ -165,7 +175,12 @@ class AccountServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _account_pb2.LogInRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_account_pb2.SessionResponse, _abc.Awaitable[_account_pb2.SessionResponse]]:
-        """Exchanges email and password for a session token. UNAUTHENTICATED when they do not match."""
+        """Exchanges email and password for a session token. UNAUTHENTICATED when they do not match.
+        RESOURCE_EXHAUSTED, without checking the password, while the address waits after failed
+        log-ins (5 in a row, then 1 s doubling with each further failure up to 15 minutes; the
+        message says "try again in N s (retry-after: N)"; a successful log-in clears the count),
+        and when the server is too busy checking passwords (retry in a few seconds).
+        """
 
     @_abc_1.abstractmethod
     def LogOut(

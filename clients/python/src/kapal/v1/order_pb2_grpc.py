@@ -59,7 +59,10 @@ class OrderServiceServicer:
     def Checkout(self, request, context):
         """Places an order. The same idempotency key always returns the same order, however often and
         however concurrently it is sent; a key reused with another app or plan is FAILED_PRECONDITION.
-        RESOURCE_EXHAUSTED when the cluster has no room for the plan.
+        RESOURCE_EXHAUSTED when the cluster has no room for the plan, or when the account already
+        holds as many instances (every one not deleted) and orders in progress as the server allows.
+        FAILED_PRECONDITION for a free trial of an app the account has had a trial of before (one
+        per account and app, even after the instance is deleted): order a paid plan instead.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

@@ -36,7 +36,10 @@ class OrderServiceStub:
     Checkout: _grpc.UnaryUnaryMultiCallable[_order_pb2.CheckoutRequest, _order_pb2.Order]
     """Places an order. The same idempotency key always returns the same order, however often and
     however concurrently it is sent; a key reused with another app or plan is FAILED_PRECONDITION.
-    RESOURCE_EXHAUSTED when the cluster has no room for the plan.
+    RESOURCE_EXHAUSTED when the cluster has no room for the plan, or when the account already
+    holds as many instances (every one not deleted) and orders in progress as the server allows.
+    FAILED_PRECONDITION for a free trial of an app the account has had a trial of before (one
+    per account and app, even after the instance is deleted): order a paid plan instead.
     """
     GetOrder: _grpc.UnaryUnaryMultiCallable[_order_pb2.GetOrderRequest, _order_pb2.Order]
     """Gets one of the caller's orders. NOT_FOUND for an order that is not the caller's."""
@@ -51,7 +54,10 @@ class OrderServiceAsyncStub(OrderServiceStub):
     Checkout: _aio.UnaryUnaryMultiCallable[_order_pb2.CheckoutRequest, _order_pb2.Order]  # type: ignore[assignment]
     """Places an order. The same idempotency key always returns the same order, however often and
     however concurrently it is sent; a key reused with another app or plan is FAILED_PRECONDITION.
-    RESOURCE_EXHAUSTED when the cluster has no room for the plan.
+    RESOURCE_EXHAUSTED when the cluster has no room for the plan, or when the account already
+    holds as many instances (every one not deleted) and orders in progress as the server allows.
+    FAILED_PRECONDITION for a free trial of an app the account has had a trial of before (one
+    per account and app, even after the instance is deleted): order a paid plan instead.
     """
     GetOrder: _aio.UnaryUnaryMultiCallable[_order_pb2.GetOrderRequest, _order_pb2.Order]  # type: ignore[assignment]
     """Gets one of the caller's orders. NOT_FOUND for an order that is not the caller's."""
@@ -69,7 +75,10 @@ class OrderServiceServicer(metaclass=_abc_1.ABCMeta):
     ) -> _typing.Union[_order_pb2.Order, _abc.Awaitable[_order_pb2.Order]]:
         """Places an order. The same idempotency key always returns the same order, however often and
         however concurrently it is sent; a key reused with another app or plan is FAILED_PRECONDITION.
-        RESOURCE_EXHAUSTED when the cluster has no room for the plan.
+        RESOURCE_EXHAUSTED when the cluster has no room for the plan, or when the account already
+        holds as many instances (every one not deleted) and orders in progress as the server allows.
+        FAILED_PRECONDITION for a free trial of an app the account has had a trial of before (one
+        per account and app, even after the instance is deleted): order a paid plan instead.
         """
 
     @_abc_1.abstractmethod
