@@ -10,10 +10,14 @@
 //! The cache: an answer is kept for [`crate::Config::auth_cache_ttl`] (default 10 s), never past
 //! the token's own expiry, for at most [`MAX_CACHED_TOKENS`] tokens (keyed by the token's SHA-256,
 //! so the map holds no usable secrets). Unknown tokens are never cached. LogOut drops the
-//! caller's cached token and RevokeApiToken drops every cached token of the caller's account
-//! before the call is forwarded, so on this gateway both take effect at once. A token revoked any
-//! other way (by an admin, an expiring account, or through another gateway replica) keeps
-//! working for at most the cache TTL.
+//! caller's cached token, and RevokeApiToken, RevokeSession and ChangePassword drop every cached
+//! token of the caller's account before the call is forwarded, so on this gateway they take
+//! effect at once. A token revoked any other way (by an admin, an expiring account, or through
+//! another gateway replica) keeps working for at most the cache TTL.
+//!
+//! Scopes: the identity service says whether a token is a READ_ONLY API token; the cache keeps
+//! that with the principal, and such a caller is refused (PERMISSION_DENIED) every method that
+//! is not [`crate::routes::Route::read_only`], before anything is forwarded.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, MutexGuard};
