@@ -12,11 +12,12 @@ use diesel_async::RunQueryDsl;
 use kapal::auth::{self, Principal};
 use kapal::proto::v1::account_service_server::AccountService;
 use kapal::proto::v1::{
-    self as pb, ChangePasswordRequest, ChangePasswordResponse, CreateApiTokenRequest, CreateApiTokenResponse, ListApiTokensRequest,
-    ListApiTokensResponse, LogInRequest, LogOutRequest, LogOutResponse,
-    RequestPasswordResetRequest, RequestPasswordResetResponse, ResendVerificationRequest,
-    ResendVerificationResponse, ResetPasswordRequest, ResetPasswordResponse, RevokeApiTokenRequest,
-    SessionResponse, SignUpRequest, VerifyEmailRequest, VerifyEmailResponse, WhoAmIRequest,
+    self as pb, ChangePasswordRequest, ChangePasswordResponse, CreateApiTokenRequest,
+    CreateApiTokenResponse, ListApiTokensRequest, ListApiTokensResponse, LogInRequest,
+    LogOutRequest, LogOutResponse, RequestPasswordResetRequest, RequestPasswordResetResponse,
+    ResendVerificationRequest, ResendVerificationResponse, ResetPasswordRequest,
+    ResetPasswordResponse, RevokeApiTokenRequest, SessionResponse, SignUpRequest,
+    VerifyEmailRequest, VerifyEmailResponse, WhoAmIRequest,
 };
 use kapal::proto::v1::{ListSessionsRequest, ListSessionsResponse, RevokeSessionRequest};
 use kapal::wire::{opt_timestamp, timestamp};
@@ -27,8 +28,8 @@ use uuid::Uuid;
 use crate::Ctx;
 use crate::error::{Error, Result};
 use crate::models::{Account, EmailCode, Token, code_purpose, token_kind, token_scope};
-use crate::sessions;
 use crate::schema::{accounts, email_codes, tokens};
+use crate::sessions;
 
 pub struct Accounts(pub Ctx);
 

@@ -134,10 +134,12 @@ pub(crate) fn touch(ctx: &Ctx, token: &Token, now: chrono::NaiveDateTime) {
     tokio::spawn(async move {
         let written: Result<usize> = async {
             let mut conn = ctx.db.get().await?;
-            Ok(kapal::db!(&mut conn, |c| diesel::update(tokens::table.find(&id))
-                .set(tokens::last_used_at.eq(now))
-                .execute(c)
-                .await)?)
+            Ok(kapal::db!(&mut conn, |c| diesel::update(
+                tokens::table.find(&id)
+            )
+            .set(tokens::last_used_at.eq(now))
+            .execute(c)
+            .await)?)
         }
         .await;
         if let Err(e) = written {
@@ -173,7 +175,9 @@ pub(crate) async fn change_password(
             .first(c)
             .await
             .optional())?
-        .ok_or_else(|| Error::Unauthenticated("the account of this token no longer exists".into()))?
+        .ok_or_else(|| {
+            Error::Unauthenticated("the account of this token no longer exists".into())
+        })?
     };
     if req.current_password.is_empty() {
         return Err(Error::invalid(

@@ -348,7 +348,10 @@ mod tests {
         let (c, _) = principal_from_wire(good.clone()).expect("valid");
         assert_eq!(c.principal.role, Role::Customer);
         assert_eq!(c.principal.customer_id, "c1234567");
-        assert!(!c.read_only, "an older control-plane's answer is a full token");
+        assert!(
+            !c.read_only,
+            "an older control-plane's answer is a full token"
+        );
         let mut read_only = good.clone();
         read_only.scope = kapal::proto::v1::ApiTokenScope::ReadOnly as i32;
         assert!(principal_from_wire(read_only).is_ok_and(|(c, _)| c.read_only));

@@ -93,7 +93,11 @@ async fn tokens_never_mint_more_than_themselves(backend: Backend) -> anyhow::Res
         })
         .await);
     assert_eq!(longer.code(), Code::InvalidArgument, "{longer:?}");
-    assert!(longer.message().contains("outlives"), "{}", longer.message());
+    assert!(
+        longer.message().contains("outlives"),
+        "{}",
+        longer.message()
+    );
     // Within its life it may, and "as long as allowed" ends with it.
     let child = with_short
         .accounts
@@ -371,7 +375,11 @@ async fn change_password_ends_the_other_sessions(backend: Backend) -> anyhow::Re
         .await?
         .into_inner()
         .sessions;
-    assert_eq!(sessions.len(), 2, "ana's own and the new log-in: {sessions:?}");
+    assert_eq!(
+        sessions.len(),
+        2,
+        "ana's own and the new log-in: {sessions:?}"
+    );
     assert_eq!(sessions.iter().filter(|s| s.current).count(), 1);
     Ok(())
 }
