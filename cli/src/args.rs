@@ -117,6 +117,12 @@ pub enum ClientCommand {
     /// Create, list and revoke API tokens for scripts and integrations.
     #[command(subcommand)]
     Token(TokenCommand),
+    /// Change your password (ends your other sessions).
+    #[command(subcommand)]
+    Password(PasswordCommand),
+    /// List your login sessions and end them.
+    #[command(subcommand)]
+    Sessions(SessionsCommand),
     /// Support tickets: open one, follow it, answer; operators: the queue, answers, the report.
     #[command(subcommand)]
     Support(SupportCommand),
@@ -411,9 +417,93 @@ pub enum TokenCommand {
 pub struct TokenCreateArgs {
     /// A name to recognise the token by (1-64 characters).
     pub name: String,
-    /// Lifetime in days (at most 3650) [default: 365]
-    #[arg(long, value_name = "DAYS")]
+    /// What the token may do: `full`, or `read-only` (only calls that change nothing; it cannot
+    /// create tokens either).
+    #[arg(long, value_enum, default_value_t = TokenScope::Full)]
+    pub scope: TokenScope,
+    /// Lifetime: days (`30d`, or `30`), weeks (`4w`) or `1y`; at most 365 days. [default: as
+    /// long as allowed: 365 days, or until the API token you create it with expires]
+    #[arg(long, value_name = "DURATION", value_parser = parse_days, conflicts_with = "ttl_days")]
+    pub expires_in: Option<u32>,
+    /// Lifetime in days (the same as --expires-in <DAYS>d).
+    #[arg(long, value_name = "DAYS", hide = true)]
     pub ttl_days: Option<u32>,
+    #[command(flatten)]
+    pub global: Global,
+}
+
+/// What an API token may do.
+#[derive(ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum TokenScope {
+    Full,
+    ReadOnly,
+}
+
+/// Parses a token lifetime into whole days: `30`, `30d`, `4w`, `1y` (365 days).
+fn parse_days(s: &str) -> Result<u32, String> {
+    let s = s.trim();
+    let (number, unit) = match s.char_indices().last() {
+        Some((i, c)) if c.is_ascii_alphabetic() => (&s[..i], c.to_ascii_lowercase()),
+        _ => (s, 'd'),
+    };
+    let n: u32 = number
+        .parse()
+        .map_err(|_| format!("{s:?} is not a lifetime like 30d, 4w or 1y"))?;
+    let per = match unit {
+        'd' => 1,
+        'w' => 7,
+        'y' => 365,
+        _ => return Err(format!("{s:?}: use d (days), w (weeks) or y (years)")),
+    };
+    match n.checked_mul(per) {
+        Some(0) | None => Err(format!("{s:?}: a lifetime of 1 to 365 days")),
+        Some(days) => Ok(days),
+    }
+}
+
+#[derive(Subcommand)]
+pub enum PasswordCommand {
+    /// Change your password: asks for the current one and the new one. Every other session
+    /// of your account ends; this one and your API tokens stay.
+    Change(PasswordChangeArgs),
+}
+
+#[derive(Args)]
+pub struct PasswordChangeArgs {
+    /// The password you log in with now. Without it: KAPAL_PASSWORD, else a prompt on a
+    /// terminal, else the first line of standard input.
+    #[arg(
+        long,
+        env = "KAPAL_PASSWORD",
+        hide_env_values = true,
+        value_name = "PASSWORD"
+    )]
+    pub current_password: Option<String>,
+    /// The new password (10+ characters, letters and a digit or symbol). Without it:
+    /// KAPAL_NEW_PASSWORD, else a prompt, else the next line of standard input.
+    #[arg(
+        long,
+        env = "KAPAL_NEW_PASSWORD",
+        hide_env_values = true,
+        value_name = "PASSWORD"
+    )]
+    pub new_password: Option<String>,
+    #[command(flatten)]
+    pub global: Global,
+}
+
+#[derive(Subcommand)]
+pub enum SessionsCommand {
+    /// List your open login sessions, newest first (API tokens: `kapal token list`).
+    List(Global),
+    /// End one of your sessions; calls made with it fail from then on.
+    Revoke(SessionRevokeArgs),
+}
+
+#[derive(Args)]
+pub struct SessionRevokeArgs {
+    /// The session's id (see `kapal sessions list`).
+    pub id: String,
     #[command(flatten)]
     pub global: Global,
 }
@@ -841,6 +931,30 @@ mod tests {
         assert!(matches!(
             parse(&["token", "create", "ci", "--ttl-days", "30"]),
             Ok(ClientCommand::Token(TokenCommand::Create(a))) if a.name == "ci" && a.ttl_days == Some(30)
+        ));
+        assert!(matches!(
+            parse(&["token", "create", "ci", "--scope", "read-only", "--expires-in", "4w"]),
+            Ok(ClientCommand::Token(TokenCommand::Create(a)))
+                if a.scope == TokenScope::ReadOnly && a.expires_in == Some(28)
+        ));
+        assert!(matches!(
+            parse(&["token", "create", "ci"]),
+            Ok(ClientCommand::Token(TokenCommand::Create(a))) if a.scope == TokenScope::Full && a.expires_in.is_none()
+        ));
+        assert!(parse(&["token", "create", "ci", "--expires-in", "30x"]).is_err());
+        assert!(parse(&["token", "create", "ci", "--expires-in", "0d"]).is_err());
+        assert!(parse(&["token", "create", "ci", "--scope", "admin"]).is_err());
+        assert!(matches!(
+            parse(&["password", "change"]),
+            Ok(ClientCommand::Password(PasswordCommand::Change(_)))
+        ));
+        assert!(matches!(
+            parse(&["sessions", "list"]),
+            Ok(ClientCommand::Sessions(SessionsCommand::List(_)))
+        ));
+        assert!(matches!(
+            parse(&["sessions", "revoke", "s1"]),
+            Ok(ClientCommand::Sessions(SessionsCommand::Revoke(a))) if a.id == "s1"
         ));
         assert!(matches!(
             parse(&["token", "list"]),

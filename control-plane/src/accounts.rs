@@ -12,12 +12,14 @@ use diesel_async::RunQueryDsl;
 use kapal::auth::{self, Principal};
 use kapal::proto::v1::account_service_server::AccountService;
 use kapal::proto::v1::{
-    self as pb, CreateApiTokenRequest, CreateApiTokenResponse, ListApiTokensRequest,
-    ListApiTokensResponse, LogInRequest, LogOutRequest, LogOutResponse,
-    RequestPasswordResetRequest, RequestPasswordResetResponse, ResendVerificationRequest,
-    ResendVerificationResponse, ResetPasswordRequest, ResetPasswordResponse, RevokeApiTokenRequest,
-    SessionResponse, SignUpRequest, VerifyEmailRequest, VerifyEmailResponse, WhoAmIRequest,
+    self as pb, ChangePasswordRequest, ChangePasswordResponse, CreateApiTokenRequest,
+    CreateApiTokenResponse, ListApiTokensRequest, ListApiTokensResponse, LogInRequest,
+    LogOutRequest, LogOutResponse, RequestPasswordResetRequest, RequestPasswordResetResponse,
+    ResendVerificationRequest, ResendVerificationResponse, ResetPasswordRequest,
+    ResetPasswordResponse, RevokeApiTokenRequest, SessionResponse, SignUpRequest,
+    VerifyEmailRequest, VerifyEmailResponse, WhoAmIRequest,
 };
+use kapal::proto::v1::{ListSessionsRequest, ListSessionsResponse, RevokeSessionRequest};
 use kapal::wire::{opt_timestamp, timestamp};
 use sha2::{Digest, Sha256};
 use tonic::{Request, Response, Status};
@@ -25,8 +27,9 @@ use uuid::Uuid;
 
 use crate::Ctx;
 use crate::error::{Error, Result};
-use crate::models::{Account, EmailCode, Token, code_purpose, token_kind};
+use crate::models::{Account, EmailCode, Token, code_purpose, token_kind, token_scope};
 use crate::schema::{accounts, email_codes, tokens};
+use crate::sessions;
 
 pub struct Accounts(pub Ctx);
 
@@ -111,7 +114,7 @@ pub(crate) fn check_password(password: &str, email: &str) -> Result<()> {
     Ok(())
 }
 
-async fn hash_password(password: String) -> Result<String> {
+pub(crate) async fn hash_password(password: String) -> Result<String> {
     // A bounded queue: a burst of sign-ups or log-ins is refused fast instead of piling up.
     let _permit = crate::login::hash_queue().turn().await?;
     tokio::task::spawn_blocking(move || {
@@ -127,7 +130,7 @@ async fn hash_password(password: String) -> Result<String> {
 }
 
 /// Whether `password` matches `hash`; `RESOURCE_EXHAUSTED` when too many hashes are queued.
-async fn verify_password(password: String, hash: String) -> Result<bool> {
+pub(crate) async fn verify_password(password: String, hash: String) -> Result<bool> {
     let _permit = crate::login::hash_queue().turn().await?;
     Ok(tokio::task::spawn_blocking(move || {
         PasswordHash::new(&hash)
@@ -199,6 +202,7 @@ fn token_to_wire(t: &Token) -> pb::ApiToken {
         expires_at: Some(timestamp(t.expires_at)),
         revoked_at: opt_timestamp(t.revoked_at),
         prefix: t.prefix.clone(),
+        scope: token_scope::to_wire(&t.scope) as i32,
     }
 }
 
@@ -423,6 +427,8 @@ impl Accounts {
         kind: &str,
         name: &str,
         ttl: chrono::Duration,
+        scope: &str,
+        user_agent: &str,
     ) -> Result<(Token, String)> {
         let secret = new_token(kind);
         let now = self.0.now();
@@ -436,6 +442,9 @@ impl Accounts {
             created_at: now,
             expires_at: now + ttl,
             revoked_at: None,
+            scope: scope.to_string(),
+            last_used_at: None,
+            user_agent: user_agent.to_string(),
         };
         let mut conn = self.0.db.get().await?;
         kapal::db!(&mut conn, |c| diesel::insert_into(tokens::table)
@@ -456,13 +465,19 @@ impl Accounts {
         .ok_or_else(|| Error::Unauthenticated("the account of this token no longer exists".into()))
     }
 
-    async fn session(&self, account: Account) -> Result<Response<SessionResponse>> {
+    async fn session(
+        &self,
+        account: Account,
+        user_agent: &str,
+    ) -> Result<Response<SessionResponse>> {
         let (token, secret) = self
             .issue(
                 &account.id,
                 token_kind::SESSION,
                 "session",
                 self.0.session_ttl,
+                token_scope::FULL,
+                user_agent,
             )
             .await?;
         Ok(Response::new(SessionResponse {
@@ -480,6 +495,7 @@ impl AccountService for Accounts {
         &self,
         req: Request<SignUpRequest>,
     ) -> Result<Response<SessionResponse>, Status> {
+        let agent = sessions::user_agent(req.metadata());
         let req = req.into_inner();
         let email = normalize_email(&req.email)?;
         check_password(&req.password, &email)?;
@@ -513,7 +529,7 @@ impl AccountService for Accounts {
                 Ok(_) => {
                     tracing::info!(account_id = %account.id, "account created");
                     let Some(mailer) = &self.0.mailer else {
-                        return Ok(self.session(account).await?);
+                        return Ok(self.session(account, &agent).await?);
                     };
                     let code = issue_code(&self.0, &account.id, code_purpose::VERIFY).await?;
                     mailer.send_later(
@@ -559,6 +575,7 @@ impl AccountService for Accounts {
         &self,
         req: Request<LogInRequest>,
     ) -> Result<Response<SessionResponse>, Status> {
+        let agent = sessions::user_agent(req.metadata());
         let req = req.into_inner();
         let wrong = || Status::unauthenticated("wrong email or password");
         let Ok(email) = normalize_email(&req.email) else {
@@ -587,7 +604,7 @@ impl AccountService for Accounts {
         match account {
             Some(account) if ok => {
                 crate::login::succeeded(&self.0, &email).await?;
-                Ok(self.session(account).await?)
+                Ok(self.session(account, &agent).await?)
             }
             _ => {
                 crate::login::failed(&self.0, &email).await?;
@@ -629,17 +646,18 @@ impl AccountService for Accounts {
         let p = auth::customer(&req)?.clone();
         let req = req.into_inner();
         let name = kapal::wire::display_text("name", &req.name, 64)?;
-        let days = match req.ttl_days {
-            0 => 365,
-            d if d > 3650 => return Err(Status::invalid_argument("ttl_days must be at most 3650")),
-            d => d,
-        };
+        let scope = sessions::requested_scope(req.scope)?;
+        // Never more than the token making the call: see [`sessions::api_token_lifetime`].
+        let caller = sessions::caller_token(&self.0, &p).await?;
+        let ttl = sessions::api_token_lifetime(&caller, scope, req.ttl_days, self.0.now())?;
         let (token, secret) = self
             .issue(
                 &p.account_id.to_string(),
                 token_kind::API,
                 name,
-                chrono::Duration::days(i64::from(days)),
+                ttl,
+                scope,
+                "",
             )
             .await?;
         Ok(Response::new(CreateApiTokenResponse {
@@ -834,13 +852,40 @@ impl AccountService for Accounts {
         tracing::info!(account_id = %account.id, "password reset; sessions ended");
         Ok(Response::new(ResetPasswordResponse {}))
     }
+
+    async fn change_password(
+        &self,
+        req: Request<ChangePasswordRequest>,
+    ) -> Result<Response<ChangePasswordResponse>, Status> {
+        let p = auth::customer(&req)?.clone();
+        let answer = sessions::change_password(&self.0, &p, req.into_inner()).await?;
+        Ok(Response::new(answer))
+    }
+
+    async fn list_sessions(
+        &self,
+        req: Request<ListSessionsRequest>,
+    ) -> Result<Response<ListSessionsResponse>, Status> {
+        let p = auth::customer(&req)?;
+        let answer = sessions::list_sessions(&self.0, p, req.get_ref()).await?;
+        Ok(Response::new(answer))
+    }
+
+    async fn revoke_session(
+        &self,
+        req: Request<RevokeSessionRequest>,
+    ) -> Result<Response<pb::Session>, Status> {
+        let p = auth::customer(&req)?;
+        let session = sessions::revoke_session(&self.0, p, req.get_ref()).await?;
+        Ok(Response::new(session))
+    }
 }
 
 /// The principal of a bearer token, if it is valid now.
 pub(crate) async fn authenticate(
     ctx: &Ctx,
     secret: &str,
-) -> Result<(Principal, chrono::NaiveDateTime)> {
+) -> Result<(Principal, chrono::NaiveDateTime, pb::ApiTokenScope)> {
     let invalid =
         || Error::Unauthenticated("the token is invalid, expired or revoked; log in again".into());
     if secret.is_empty() || secret.len() > 200 {
@@ -859,6 +904,11 @@ pub(crate) async fn authenticate(
         .await
         .optional())?;
     let (token, account) = row.ok_or_else(invalid)?;
+    sessions::touch(ctx, &token, now);
+    let scope = match token.kind.as_str() {
+        token_kind::API => token_scope::to_wire(&token.scope),
+        _ => pb::ApiTokenScope::Full,
+    };
     let role = match account.role.as_str() {
         "admin" => auth::Role::Admin,
         _ => auth::Role::Customer,
@@ -873,6 +923,7 @@ pub(crate) async fn authenticate(
             token_id: parse(&token.id)?,
         },
         token.expires_at,
+        scope,
     ))
 }
 

@@ -17,6 +17,10 @@ pub enum Error {
     /// The caller could not be authenticated.
     #[error("{0}")]
     Unauthenticated(String),
+    /// The caller may not do this (e.g. a read-only token creating tokens, a wrong current
+    /// password); the message says what would be allowed.
+    #[error("{0}")]
+    PermissionDenied(String),
     /// The thing does not exist, or is not the caller's.
     #[error("{0}")]
     NotFound(String),
@@ -75,6 +79,7 @@ impl From<Error> for Status {
         match e {
             Error::InvalidArgument(m) => Status::invalid_argument(m),
             Error::Unauthenticated(m) => Status::unauthenticated(m),
+            Error::PermissionDenied(m) => Status::permission_denied(m),
             Error::NotFound(m) => Status::not_found(m),
             Error::AlreadyExists(m) => Status::already_exists(m),
             Error::FailedPrecondition(m) => Status::failed_precondition(m),

@@ -28,7 +28,7 @@ impl IdentityService for Identity {
         req: Request<AuthenticateRequest>,
     ) -> Result<Response<ipb::Principal>, Status> {
         auth::service(&req)?;
-        let (p, expires_at) = accounts::authenticate(&self.0, &req.get_ref().token).await?;
+        let (p, expires_at, scope) = accounts::authenticate(&self.0, &req.get_ref().token).await?;
         let role = match p.role {
             auth::Role::Admin => kapal::proto::v1::Role::Admin,
             _ => kapal::proto::v1::Role::Customer,
@@ -39,6 +39,7 @@ impl IdentityService for Identity {
             role: role as i32,
             token_id: p.token_id.to_string(),
             expires_at: Some(kapal::wire::timestamp(expires_at)),
+            scope: scope as i32,
         }))
     }
 }

@@ -24,6 +24,7 @@ mod models;
 pub mod operators;
 mod orders;
 mod schema;
+mod sessions;
 pub mod support;
 
 use std::future::Future;

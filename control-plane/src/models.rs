@@ -51,6 +51,12 @@ pub struct Token {
     pub created_at: NaiveDateTime,
     pub expires_at: NaiveDateTime,
     pub revoked_at: Option<NaiveDateTime>,
+    /// What the token may do ([`token_scope`]); sessions are always full.
+    pub scope: String,
+    /// When it last authenticated a call, to within [`crate::sessions::LAST_USED_PRECISION`].
+    pub last_used_at: Option<NaiveDateTime>,
+    /// The user-agent of the client that opened a session; '' when none.
+    pub user_agent: String,
 }
 
 #[derive(Clone, Debug, Queryable, Selectable, Insertable)]
@@ -128,6 +134,22 @@ pub struct AuditEntry {
 pub mod token_kind {
     pub const SESSION: &str = "session";
     pub const API: &str = "api";
+}
+
+/// API token scopes as stored, with their wire values.
+pub mod token_scope {
+    use kapal::proto::v1::ApiTokenScope;
+
+    pub const FULL: &str = "full";
+    pub const READ_ONLY: &str = "read_only";
+
+    pub fn to_wire(s: &str) -> ApiTokenScope {
+        match s {
+            FULL => ApiTokenScope::Full,
+            READ_ONLY => ApiTokenScope::ReadOnly,
+            _ => ApiTokenScope::Unspecified,
+        }
+    }
 }
 
 pub mod order_status {

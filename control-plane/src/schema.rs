@@ -37,6 +37,9 @@ diesel::table! {
         created_at -> Timestamp,
         expires_at -> Timestamp,
         revoked_at -> Nullable<Timestamp>,
+        scope -> Text,
+        last_used_at -> Nullable<Timestamp>,
+        user_agent -> Text,
     }
 }
 

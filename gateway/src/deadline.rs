@@ -156,6 +156,7 @@ mod tests {
             client_streaming: false,
             server_streaming,
             revokes: Revokes::Nothing,
+            read_only: false,
         })
     }
 

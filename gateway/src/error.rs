@@ -30,6 +30,11 @@ pub enum Error {
     /// The identity service does not know the token.
     #[error("the token is invalid, expired or revoked: log in again")]
     InvalidToken,
+    /// A READ_ONLY API token tried a call that changes something.
+    #[error(
+        "this API token is read-only and {method} changes something: use a session (kapal login) or an API token with scope FULL"
+    )]
+    ReadOnlyToken { method: String },
     /// The caller is over its rate limit.
     #[error("rate limit exceeded: try again in {} ms", retry_after.as_millis().max(1))]
     RateLimited { retry_after: Duration },
@@ -65,6 +70,7 @@ impl From<Error> for Status {
             Error::MissingToken | Error::MalformedAuthorization | Error::InvalidToken => {
                 Status::unauthenticated(message)
             }
+            Error::ReadOnlyToken { .. } => Status::permission_denied(message),
             Error::RateLimited { .. } => Status::resource_exhausted(message),
             Error::MessageTooLarge { .. } | Error::RequestBody(_) => {
                 Status::invalid_argument(message)

@@ -10,10 +10,14 @@
 //! The cache: an answer is kept for [`crate::Config::auth_cache_ttl`] (default 10 s), never past
 //! the token's own expiry, for at most [`MAX_CACHED_TOKENS`] tokens (keyed by the token's SHA-256,
 //! so the map holds no usable secrets). Unknown tokens are never cached. LogOut drops the
-//! caller's cached token and RevokeApiToken drops every cached token of the caller's account
-//! before the call is forwarded, so on this gateway both take effect at once. A token revoked any
-//! other way (by an admin, an expiring account, or through another gateway replica) keeps
-//! working for at most the cache TTL.
+//! caller's cached token, and RevokeApiToken, RevokeSession and ChangePassword drop every cached
+//! token of the caller's account before the call is forwarded, so on this gateway they take
+//! effect at once. A token revoked any other way (by an admin, an expiring account, or through
+//! another gateway replica) keeps working for at most the cache TTL.
+//!
+//! Scopes: the identity service says whether a token is a READ_ONLY API token; the cache keeps
+//! that with the principal, and such a caller is refused (PERMISSION_DENIED) every method that
+//! is not [`crate::routes::Route::read_only`], before anything is forwarded.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -75,8 +79,17 @@ fn hash(token: &str) -> TokenHash {
 }
 
 struct Cached {
-    principal: Principal,
+    caller: Caller,
     valid_until: Instant,
+}
+
+/// An authenticated caller: who, and whether its token is read-only.
+#[derive(Clone, Debug)]
+pub(crate) struct Caller {
+    pub(crate) principal: Principal,
+    /// An API token of scope READ_ONLY: only calls that change nothing
+    /// ([`crate::routes::Route::read_only`]).
+    pub(crate) read_only: bool,
 }
 
 /// Turns tokens into principals, through a short cache.
@@ -115,13 +128,18 @@ impl Authenticator {
         self.cache()
             .get(&hash(token))
             .filter(|c| c.valid_until > now)
-            .map(|c| c.principal.clone())
+            .map(|c| c.caller.principal.clone())
     }
 
-    /// The principal of `token`, from the cache or the identity service.
-    pub(crate) async fn authenticate(&self, token: &str) -> Result<Principal, Error> {
-        if let Some(principal) = self.cached(token) {
-            return Ok(principal);
+    /// The caller of `token`, from the cache or the identity service.
+    pub(crate) async fn authenticate(&self, token: &str) -> Result<Caller, Error> {
+        let now = Instant::now();
+        if let Some(cached) = self
+            .cache()
+            .get(&hash(token))
+            .filter(|c| c.valid_until > now)
+        {
+            return Ok(cached.caller.clone());
         }
         let mut request = tonic::Request::new(internal::AuthenticateRequest {
             token: token.to_string(),
@@ -142,7 +160,7 @@ impl Authenticator {
             }
             Err(status) => return Err(Error::Identity(status)),
         };
-        let (principal, expires_at) = principal_from_wire(wire)?;
+        let (caller, expires_at) = principal_from_wire(wire)?;
         let left = (expires_at - self.0.clock.now())
             .to_std()
             .map_err(|_| Error::InvalidToken)?;
@@ -154,12 +172,12 @@ impl Authenticator {
             cache.insert(
                 hash(token),
                 Cached {
-                    principal: principal.clone(),
+                    caller: caller.clone(),
                     valid_until: now + keep,
                 },
             );
         }
-        Ok(principal)
+        Ok(caller)
     }
 
     /// Forgets `token`, so its next use is checked again.
@@ -170,7 +188,7 @@ impl Authenticator {
     /// Forgets every cached token of `account_id`.
     pub(crate) fn forget_account(&self, account_id: Uuid) {
         self.cache()
-            .retain(|_, c| c.principal.account_id != account_id);
+            .retain(|_, c| c.caller.principal.account_id != account_id);
     }
 }
 
@@ -191,10 +209,11 @@ fn make_room(cache: &mut HashMap<TokenHash, Cached>, now: Instant) {
     }
 }
 
-/// The identity service's principal as the gateway signs it, with the token's expiry.
+/// The identity service's principal as the gateway signs it (with the token's scope), and the
+/// token's expiry.
 fn principal_from_wire(
     p: internal::Principal,
-) -> Result<(Principal, chrono::DateTime<chrono::Utc>), Error> {
+) -> Result<(Caller, chrono::DateTime<chrono::Utc>), Error> {
     let bad = |what: &str| Error::BadPrincipal(what.to_string());
     let account_id = Uuid::parse_str(&p.account_id).map_err(|_| bad("account_id is not a UUID"))?;
     let token_id = Uuid::parse_str(&p.token_id).map_err(|_| bad("token_id is not a UUID"))?;
@@ -208,12 +227,21 @@ fn principal_from_wire(
         .as_ref()
         .and_then(kapal::wire::from_timestamp)
         .ok_or_else(|| bad("expires_at is missing or invalid"))?;
+    // UNSPECIFIED is an older control-plane's answer: every token was full then.
+    let read_only = match kapal::proto::v1::ApiTokenScope::try_from(p.scope) {
+        Ok(kapal::proto::v1::ApiTokenScope::ReadOnly) => true,
+        Ok(_) => false,
+        Err(_) => return Err(bad("scope is not a token scope")),
+    };
     Ok((
-        Principal {
-            account_id,
-            customer_id: p.customer_id,
-            role,
-            token_id,
+        Caller {
+            principal: Principal {
+                account_id,
+                customer_id: p.customer_id,
+                role,
+                token_id,
+            },
+            read_only,
         },
         expires_at,
     ))
@@ -253,7 +281,16 @@ impl Authenticate {
             return Ok(Req::from_parts(parts, body));
         }
         let token = token.ok_or(Error::MissingToken)?;
-        let principal = self.authenticator.authenticate(&token).await?;
+        let Caller {
+            principal,
+            read_only,
+        } = self.authenticator.authenticate(&token).await?;
+        if read_only && !route.read_only {
+            return Err(Error::ReadOnlyToken {
+                method: kapal::wire::truncate(parts.uri.path().trim_start_matches('/'), 200)
+                    .to_string(),
+            });
+        }
         match route.revokes {
             Revokes::Nothing => {}
             Revokes::CallersToken => self.authenticator.forget_token(&token),
@@ -306,10 +343,21 @@ mod tests {
                 seconds: 2_000_000_000,
                 nanos: 0,
             }),
+            scope: kapal::proto::v1::ApiTokenScope::Unspecified as i32,
         };
-        let (p, _) = principal_from_wire(good.clone()).expect("valid");
-        assert_eq!(p.role, Role::Customer);
-        assert_eq!(p.customer_id, "c1234567");
+        let (c, _) = principal_from_wire(good.clone()).expect("valid");
+        assert_eq!(c.principal.role, Role::Customer);
+        assert_eq!(c.principal.customer_id, "c1234567");
+        assert!(
+            !c.read_only,
+            "an older control-plane's answer is a full token"
+        );
+        let mut read_only = good.clone();
+        read_only.scope = kapal::proto::v1::ApiTokenScope::ReadOnly as i32;
+        assert!(principal_from_wire(read_only).is_ok_and(|(c, _)| c.read_only));
+        let mut bad_scope = good.clone();
+        bad_scope.scope = 42;
+        assert!(principal_from_wire(bad_scope).is_err());
 
         let mut no_role = good.clone();
         no_role.role = 0;
@@ -336,7 +384,10 @@ mod tests {
             cache.insert(
                 hash(&i.to_string()),
                 Cached {
-                    principal: principal.clone(),
+                    caller: Caller {
+                        principal: principal.clone(),
+                        read_only: false,
+                    },
                     valid_until,
                 },
             );
@@ -348,7 +399,10 @@ mod tests {
         cache.insert(
             hash("new"),
             Cached {
-                principal,
+                caller: Caller {
+                    principal,
+                    read_only: false,
+                },
                 valid_until: now + Duration::from_secs(600),
             },
         );

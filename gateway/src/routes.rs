@@ -37,7 +37,49 @@ const PUBLIC_CALLS: &[&str] = &[
 /// Calls that end the caller's own session: its cached identity is dropped at once.
 const ENDS_SESSION: &[&str] = &["kapal.v1.AccountService/LogOut"];
 /// Calls that may revoke any token of the caller's account: all of them are re-checked.
-const REVOKES_TOKENS: &[&str] = &["kapal.v1.AccountService/RevokeApiToken"];
+const REVOKES_TOKENS: &[&str] = &[
+    "kapal.v1.AccountService/RevokeApiToken",
+    "kapal.v1.AccountService/RevokeSession",
+    "kapal.v1.AccountService/ChangePassword",
+];
+
+/// The only calls a READ_ONLY API token may make: those that change nothing (as
+/// `kapal.v1.ApiTokenScope` documents). Deny by default: a method added to the API is refused to
+/// read-only tokens until it is listed here. `service/*` means every method of the service.
+/// Not here although they read: GetInstanceAsAdmin (reading credentials writes the audit log).
+const READ_ONLY_CALLS: &[&str] = &[
+    "kapal.v1.CatalogService/*",
+    "kapal.v1.AccountService/WhoAmI",
+    "kapal.v1.AccountService/ListApiTokens",
+    "kapal.v1.AccountService/ListSessions",
+    "kapal.v1.OrderService/GetOrder",
+    "kapal.v1.OrderService/ListOrders",
+    "kapal.v1.InstanceService/ListInstances",
+    "kapal.v1.InstanceService/GetInstance",
+    "kapal.v1.InstanceService/WatchInstance",
+    "kapal.v1.InstanceService/GetInstanceUsage",
+    "kapal.v1.SubscriptionService/ListSubscriptions",
+    "kapal.v1.SubscriptionService/GetSubscription",
+    "kapal.v1.SubscriptionService/ListInvoices",
+    "kapal.v1.SubscriptionService/ListSubscriptionEvents",
+    "kapal.v1.SupportService/ListTickets",
+    "kapal.v1.SupportService/GetTicket",
+    "kapal.v1.AdminService/ListAllInstances",
+    "kapal.v1.AdminService/GetCapacity",
+    "kapal.v1.AdminService/ListAlerts",
+    "kapal.v1.AdminService/GetInstanceUsage",
+    "kapal.v1.AdminService/ListAuditEvents",
+    "kapal.v1.BillingAdminService/*",
+    "kapal.v1.SupportAdminService/ListTicketQueue",
+    "kapal.v1.SupportAdminService/GetTicketAsAdmin",
+    "kapal.v1.SupportAdminService/GetSupportReport",
+];
+
+/// Whether `call` (`service/Method`) of `service` is in `list` (with `service/*` wildcards).
+fn listed(list: &[&str], service: &str, call: &str) -> bool {
+    list.iter()
+        .any(|p| *p == call || p.strip_suffix("/*") == Some(service))
+}
 
 /// Where a call is served.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -79,6 +121,8 @@ pub(crate) struct Route {
     /// The server answers with a stream (so no default deadline).
     pub(crate) server_streaming: bool,
     pub(crate) revokes: Revokes,
+    /// Changes nothing: a READ_ONLY API token may make it ([`READ_ONLY_CALLS`]).
+    pub(crate) read_only: bool,
 }
 
 /// Methods by HTTP path (`/package.Service/Method`).
@@ -114,10 +158,8 @@ impl RouteTable {
                         } else {
                             Target::ControlPlane
                         };
-                        let public = local
-                            || PUBLIC_CALLS.iter().any(|p| {
-                                *p == call || p.strip_suffix("/*") == Some(service_name.as_str())
-                            });
+                        let public = local || listed(PUBLIC_CALLS, &service_name, &call);
+                        let read_only = local || listed(READ_ONLY_CALLS, &service_name, &call);
                         let revokes = if ENDS_SESSION.contains(&call.as_str()) {
                             Revokes::CallersToken
                         } else if REVOKES_TOKENS.contains(&call.as_str()) {
@@ -131,6 +173,7 @@ impl RouteTable {
                             client_streaming: method.client_streaming(),
                             server_streaming: method.server_streaming(),
                             revokes,
+                            read_only,
                         };
                         routes.insert(format!("/{call}"), route);
                     }
@@ -231,6 +274,46 @@ mod tests {
         assert!(!public("/kapal.v1.SubscriptionService/ListInvoices"));
         assert!(!public("/kapal.v1.SupportService/GetTicket"));
         assert!(!public("/kapal.v1.SupportAdminService/ReplyAsOperator"));
+    }
+
+    #[test]
+    fn read_only_tokens_get_only_calls_that_change_nothing() {
+        let t = table();
+        let read_only = |p: &str| t.get(p).expect(p).read_only;
+        for path in [
+            "/kapal.v1.AccountService/WhoAmI",
+            "/kapal.v1.AccountService/ListSessions",
+            "/kapal.v1.InstanceService/WatchInstance",
+            "/kapal.v1.OrderService/ListOrders",
+            "/kapal.v1.SubscriptionService/ListInvoices",
+            "/kapal.v1.BillingAdminService/GetRevenueReport",
+            "/grpc.health.v1.Health/Check",
+        ] {
+            assert!(read_only(path), "{path}");
+        }
+        for path in [
+            "/kapal.v1.AccountService/CreateApiToken",
+            "/kapal.v1.AccountService/ChangePassword",
+            "/kapal.v1.AccountService/RevokeSession",
+            "/kapal.v1.AccountService/LogOut",
+            "/kapal.v1.OrderService/Checkout",
+            "/kapal.v1.InstanceService/DeleteInstance",
+            "/kapal.v1.InstanceService/StopInstance",
+            "/kapal.v1.SubscriptionService/CancelSubscription",
+            "/kapal.v1.SubscriptionService/ChangePlan",
+            "/kapal.v1.SupportService/OpenTicket",
+            "/kapal.v1.AdminService/GetInstanceAsAdmin",
+        ] {
+            assert!(!read_only(path), "{path}");
+        }
+        // Every listed call exists: a renamed method would otherwise silently lose its entry.
+        for call in READ_ONLY_CALLS {
+            let known = match call.strip_suffix("/*") {
+                Some(service) => t.0.keys().any(|k| k.starts_with(&format!("/{service}/"))),
+                None => t.get(&format!("/{call}")).is_some(),
+            };
+            assert!(known, "{call} is not a method of the public API");
+        }
     }
 
     #[test]

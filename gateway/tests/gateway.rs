@@ -114,6 +114,7 @@ impl IdentityService for Identity {
                 seconds: expires.timestamp(),
                 nanos: 0,
             }),
+            scope: pb::ApiTokenScope::Full as i32,
         }))
     }
 }
@@ -233,6 +234,27 @@ impl AccountService for Accounts {
         _: Request<pb::ResetPasswordRequest>,
     ) -> Result<Response<pb::ResetPasswordResponse>, Status> {
         Ok(Response::new(pb::ResetPasswordResponse {}))
+    }
+
+    async fn change_password(
+        &self,
+        _: Request<pb::ChangePasswordRequest>,
+    ) -> Result<Response<pb::ChangePasswordResponse>, Status> {
+        Err(not_needed())
+    }
+
+    async fn list_sessions(
+        &self,
+        _: Request<pb::ListSessionsRequest>,
+    ) -> Result<Response<pb::ListSessionsResponse>, Status> {
+        Err(not_needed())
+    }
+
+    async fn revoke_session(
+        &self,
+        _: Request<pb::RevokeSessionRequest>,
+    ) -> Result<Response<pb::Session>, Status> {
+        Err(not_needed())
     }
 }
 

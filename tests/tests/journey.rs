@@ -413,6 +413,7 @@ async fn customers_are_isolated(backend: Backend) -> anyhow::Result<()> {
         .create_api_token(CreateApiTokenRequest {
             name: "ci".into(),
             ttl_days: 0,
+            ..Default::default()
         })
         .await?
         .into_inner()
@@ -633,6 +634,7 @@ async fn customers_are_isolated(backend: Backend) -> anyhow::Result<()> {
         .create_api_token(CreateApiTokenRequest {
             name: "temp".into(),
             ttl_days: 1,
+            ..Default::default()
         })
         .await?
         .into_inner();

@@ -11,11 +11,12 @@ pub mod admin;
 pub mod catalog;
 pub mod instance;
 pub mod order;
+pub mod session;
 pub mod subscription;
 pub mod support;
 pub mod token;
 
-use crate::args::{ClientCommand, TokenCommand};
+use crate::args::{ClientCommand, PasswordCommand, SessionsCommand, TokenCommand};
 use instance::Action;
 
 /// Runs one client command.
@@ -50,6 +51,9 @@ pub async fn run(cmd: ClientCommand) -> anyhow::Result<()> {
         ClientCommand::Token(TokenCommand::Create(a)) => token::token_create(a).await,
         ClientCommand::Token(TokenCommand::List(g)) => token::token_list(g).await,
         ClientCommand::Token(TokenCommand::Revoke(a)) => token::token_revoke(a).await,
+        ClientCommand::Password(PasswordCommand::Change(a)) => session::password_change(a).await,
+        ClientCommand::Sessions(SessionsCommand::List(g)) => session::sessions_list(g).await,
+        ClientCommand::Sessions(SessionsCommand::Revoke(a)) => session::sessions_revoke(a).await,
         ClientCommand::Support(cmd) => support::run(cmd).await,
     }
 }

@@ -4,10 +4,10 @@ use chrono::{DateTime, Utc};
 use serde::Serialize;
 
 use kapal::proto::v1::{
-    ApiToken, CreateApiTokenRequest, ListApiTokensRequest, RevokeApiTokenRequest,
+    ApiToken, ApiTokenScope, CreateApiTokenRequest, ListApiTokensRequest, RevokeApiTokenRequest,
 };
 
-use crate::args::{Global, TokenCreateArgs, TokenRevokeArgs};
+use crate::args::{Global, TokenCreateArgs, TokenRevokeArgs, TokenScope};
 use crate::connect::{Ctx, RpcResult as _};
 use crate::output::{Render, Table, time, to_utc, ts_json};
 
@@ -17,7 +17,11 @@ pub async fn token_create(a: TokenCreateArgs) -> anyhow::Result<()> {
         .accounts()?
         .create_api_token(CreateApiTokenRequest {
             name: a.name,
-            ttl_days: a.ttl_days.unwrap_or(0),
+            ttl_days: a.expires_in.or(a.ttl_days).unwrap_or(0),
+            scope: match a.scope {
+                TokenScope::Full => ApiTokenScope::Full,
+                TokenScope::ReadOnly => ApiTokenScope::ReadOnly,
+            } as i32,
         })
         .await
         .or_fail(&ctx)?;
@@ -26,7 +30,8 @@ pub async fn token_create(a: TokenCreateArgs) -> anyhow::Result<()> {
     // token only; JSON carries everything on stdout.
     if !ctx.json() {
         eprintln!(
-            "Created API token {} ({}), valid until {}. It is shown only now: store it safely.",
+            "Created {} API token {} ({}), valid until {}. It is shown only now: store it safely.",
+            scope_name(meta.scope),
             meta.name,
             meta.id,
             time(meta.expires_at.as_ref())
@@ -99,12 +104,15 @@ impl Render for Tokens {
             return "No API tokens: create one with `kapal token create <name>`.\n".to_string();
         }
         let now = Utc::now();
-        let mut t = Table::new(&["ID", "NAME", "PREFIX", "STATE", "CREATED", "EXPIRES"]);
+        let mut t = Table::new(&[
+            "ID", "NAME", "PREFIX", "SCOPE", "STATE", "CREATED", "EXPIRES",
+        ]);
         for k in &self.0 {
             t.row(vec![
                 k.id.clone(),
                 k.name.clone(),
                 k.prefix.clone(),
+                scope_name(k.scope).to_string(),
                 token_state(k, now).to_string(),
                 time(k.created_at.as_ref()),
                 time(k.expires_at.as_ref()),
@@ -139,6 +147,7 @@ struct TokenJson<'a> {
     id: &'a str,
     name: &'a str,
     prefix: &'a str,
+    scope: &'static str,
     state: &'static str,
     created_at: Option<String>,
     expires_at: Option<String>,
@@ -151,6 +160,7 @@ impl<'a> From<&'a ApiToken> for TokenJson<'a> {
             id: &k.id,
             name: &k.name,
             prefix: &k.prefix,
+            scope: scope_name(k.scope),
             state: token_state(k, Utc::now()),
             created_at: ts_json(k.created_at.as_ref()),
             expires_at: ts_json(k.expires_at.as_ref()),
@@ -172,5 +182,14 @@ fn token_state(k: &ApiToken, now: DateTime<Utc>) -> &'static str {
         "expired"
     } else {
         "active"
+    }
+}
+
+/// `full` or `read-only`, as `--scope` takes it.
+fn scope_name(scope: i32) -> &'static str {
+    match ApiTokenScope::try_from(scope) {
+        Ok(ApiTokenScope::ReadOnly) => "read-only",
+        Ok(ApiTokenScope::Full) => "full",
+        _ => "unknown",
     }
 }

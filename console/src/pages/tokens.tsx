@@ -33,14 +33,14 @@ export function Tokens() {
           id="token-days"
           type="number"
           min={1}
-          max={3650}
+          max={365}
           placeholder="365"
           aria-describedby="token-days-hint"
           value={days}
           onInput={(e) => setDays(e.currentTarget.value)}
         />
         <p id="token-days-hint" class="hint">
-          Empty for 365 days.
+          At most 365. Empty for 365 days.
         </p>
         <ErrorText error={create.error} />
         <button type="submit" class="primary" disabled={create.busy}>

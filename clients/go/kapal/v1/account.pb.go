@@ -22,6 +22,63 @@ const (
 	_ = protoimpl.EnforceVersion(protoimpl.MaxVersion - 20)
 )
 
+// What an API token may do.
+type ApiTokenScope int32
+
+const (
+	// Not set: CreateApiTokenRequest treats it as FULL.
+	ApiTokenScope_API_TOKEN_SCOPE_UNSPECIFIED ApiTokenScope = 0
+	// Everything the account may do. Tokens made before scopes existed have this scope.
+	ApiTokenScope_API_TOKEN_SCOPE_FULL ApiTokenScope = 1
+	// Only calls that change nothing: WhoAmI, ListApiTokens, ListSessions, the catalog, and the
+	// Get*, List* and Watch* calls of orders, instances (with credentials), subscriptions,
+	// invoices and support tickets (and for an operator the admin reports and listings, but not
+	// GetInstanceAsAdmin, which is audited). Every other call is PERMISSION_DENIED, creating
+	// tokens included.
+	ApiTokenScope_API_TOKEN_SCOPE_READ_ONLY ApiTokenScope = 2
+)
+
+// Enum value maps for ApiTokenScope.
+var (
+	ApiTokenScope_name = map[int32]string{
+		0: "API_TOKEN_SCOPE_UNSPECIFIED",
+		1: "API_TOKEN_SCOPE_FULL",
+		2: "API_TOKEN_SCOPE_READ_ONLY",
+	}
+	ApiTokenScope_value = map[string]int32{
+		"API_TOKEN_SCOPE_UNSPECIFIED": 0,
+		"API_TOKEN_SCOPE_FULL":        1,
+		"API_TOKEN_SCOPE_READ_ONLY":   2,
+	}
+)
+
+func (x ApiTokenScope) Enum() *ApiTokenScope {
+	p := new(ApiTokenScope)
+	*p = x
+	return p
+}
+
+func (x ApiTokenScope) String() string {
+	return protoimpl.X.EnumStringOf(x.Descriptor(), protoreflect.EnumNumber(x))
+}
+
+func (ApiTokenScope) Descriptor() protoreflect.EnumDescriptor {
+	return file_kapal_v1_account_proto_enumTypes[0].Descriptor()
+}
+
+func (ApiTokenScope) Type() protoreflect.EnumType {
+	return &file_kapal_v1_account_proto_enumTypes[0]
+}
+
+func (x ApiTokenScope) Number() protoreflect.EnumNumber {
+	return protoreflect.EnumNumber(x)
+}
+
+// Deprecated: Use ApiTokenScope.Descriptor instead.
+func (ApiTokenScope) EnumDescriptor() ([]byte, []int) {
+	return file_kapal_v1_account_proto_rawDescGZIP(), []int{0}
+}
+
 // The role of an account.
 type Role int32
 
@@ -58,11 +115,11 @@ func (x Role) String() string {
 }
 
 func (Role) Descriptor() protoreflect.EnumDescriptor {
-	return file_kapal_v1_account_proto_enumTypes[0].Descriptor()
+	return file_kapal_v1_account_proto_enumTypes[1].Descriptor()
 }
 
 func (Role) Type() protoreflect.EnumType {
-	return &file_kapal_v1_account_proto_enumTypes[0]
+	return &file_kapal_v1_account_proto_enumTypes[1]
 }
 
 func (x Role) Number() protoreflect.EnumNumber {
@@ -71,7 +128,7 @@ func (x Role) Number() protoreflect.EnumNumber {
 
 // Deprecated: Use Role.Descriptor instead.
 func (Role) EnumDescriptor() ([]byte, []int) {
-	return file_kapal_v1_account_proto_rawDescGZIP(), []int{0}
+	return file_kapal_v1_account_proto_rawDescGZIP(), []int{1}
 }
 
 type Account struct {
@@ -472,8 +529,11 @@ type CreateApiTokenRequest struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	// A name to recognise the token by (1-64 characters).
 	Name string `protobuf:"bytes,1,opt,name=name,proto3" json:"name,omitempty"`
-	// Lifetime in days; 0 means the default of 365 days. At most 3650.
-	TtlDays       uint32 `protobuf:"varint,2,opt,name=ttl_days,json=ttlDays,proto3" json:"ttl_days,omitempty"`
+	// Lifetime in days, at most 365. 0 means as long as allowed: 365 days, or until the API
+	// token making the call expires, whichever is sooner.
+	TtlDays uint32 `protobuf:"varint,2,opt,name=ttl_days,json=ttlDays,proto3" json:"ttl_days,omitempty"`
+	// What the token may do; UNSPECIFIED means FULL.
+	Scope         ApiTokenScope `protobuf:"varint,3,opt,name=scope,proto3,enum=kapal.v1.ApiTokenScope" json:"scope,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -520,6 +580,13 @@ func (x *CreateApiTokenRequest) GetTtlDays() uint32 {
 		return x.TtlDays
 	}
 	return 0
+}
+
+func (x *CreateApiTokenRequest) GetScope() ApiTokenScope {
+	if x != nil {
+		return x.Scope
+	}
+	return ApiTokenScope_API_TOKEN_SCOPE_UNSPECIFIED
 }
 
 type CreateApiTokenResponse struct {
@@ -587,7 +654,9 @@ type ApiToken struct {
 	// Set once the token is revoked.
 	RevokedAt *timestamppb.Timestamp `protobuf:"bytes,5,opt,name=revoked_at,json=revokedAt,proto3" json:"revoked_at,omitempty"`
 	// The first characters of the secret, to tell tokens apart.
-	Prefix        string `protobuf:"bytes,6,opt,name=prefix,proto3" json:"prefix,omitempty"`
+	Prefix string `protobuf:"bytes,6,opt,name=prefix,proto3" json:"prefix,omitempty"`
+	// What the token may do.
+	Scope         ApiTokenScope `protobuf:"varint,7,opt,name=scope,proto3,enum=kapal.v1.ApiTokenScope" json:"scope,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -662,6 +731,13 @@ func (x *ApiToken) GetPrefix() string {
 		return x.Prefix
 	}
 	return ""
+}
+
+func (x *ApiToken) GetScope() ApiTokenScope {
+	if x != nil {
+		return x.Scope
+	}
+	return ApiTokenScope_API_TOKEN_SCOPE_UNSPECIFIED
 }
 
 type ListApiTokensRequest struct {
@@ -1131,6 +1207,358 @@ func (*ResetPasswordResponse) Descriptor() ([]byte, []int) {
 	return file_kapal_v1_account_proto_rawDescGZIP(), []int{20}
 }
 
+type ChangePasswordRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The password the account has now.
+	CurrentPassword string `protobuf:"bytes,1,opt,name=current_password,json=currentPassword,proto3" json:"current_password,omitempty"`
+	// The new password: at least 10 characters, with letters and at least one digit or symbol.
+	NewPassword   string `protobuf:"bytes,2,opt,name=new_password,json=newPassword,proto3" json:"new_password,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ChangePasswordRequest) Reset() {
+	*x = ChangePasswordRequest{}
+	mi := &file_kapal_v1_account_proto_msgTypes[21]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ChangePasswordRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ChangePasswordRequest) ProtoMessage() {}
+
+func (x *ChangePasswordRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_kapal_v1_account_proto_msgTypes[21]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ChangePasswordRequest.ProtoReflect.Descriptor instead.
+func (*ChangePasswordRequest) Descriptor() ([]byte, []int) {
+	return file_kapal_v1_account_proto_rawDescGZIP(), []int{21}
+}
+
+func (x *ChangePasswordRequest) GetCurrentPassword() string {
+	if x != nil {
+		return x.CurrentPassword
+	}
+	return ""
+}
+
+func (x *ChangePasswordRequest) GetNewPassword() string {
+	if x != nil {
+		return x.NewPassword
+	}
+	return ""
+}
+
+type ChangePasswordResponse struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// How many other sessions were ended.
+	SessionsEnded uint32 `protobuf:"varint,1,opt,name=sessions_ended,json=sessionsEnded,proto3" json:"sessions_ended,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ChangePasswordResponse) Reset() {
+	*x = ChangePasswordResponse{}
+	mi := &file_kapal_v1_account_proto_msgTypes[22]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ChangePasswordResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ChangePasswordResponse) ProtoMessage() {}
+
+func (x *ChangePasswordResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_kapal_v1_account_proto_msgTypes[22]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ChangePasswordResponse.ProtoReflect.Descriptor instead.
+func (*ChangePasswordResponse) Descriptor() ([]byte, []int) {
+	return file_kapal_v1_account_proto_rawDescGZIP(), []int{22}
+}
+
+func (x *ChangePasswordResponse) GetSessionsEnded() uint32 {
+	if x != nil {
+		return x.SessionsEnded
+	}
+	return 0
+}
+
+// A login session of the caller's account. The secret token is never shown again.
+type Session struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// Session id (UUID), for RevokeSession.
+	Id string `protobuf:"bytes,1,opt,name=id,proto3" json:"id,omitempty"`
+	// When it was opened (LogIn or SignUp).
+	CreatedAt *timestamppb.Timestamp `protobuf:"bytes,2,opt,name=created_at,json=createdAt,proto3" json:"created_at,omitempty"`
+	// When it ends by itself.
+	ExpiresAt *timestamppb.Timestamp `protobuf:"bytes,3,opt,name=expires_at,json=expiresAt,proto3" json:"expires_at,omitempty"`
+	// When it was last used to authenticate, to within 5 minutes; unset when never since it
+	// was opened.
+	LastUsedAt *timestamppb.Timestamp `protobuf:"bytes,4,opt,name=last_used_at,json=lastUsedAt,proto3" json:"last_used_at,omitempty"`
+	// The `user-agent` of the client that opened it (at most 200 characters), if it sent one.
+	UserAgent string `protobuf:"bytes,5,opt,name=user_agent,json=userAgent,proto3" json:"user_agent,omitempty"`
+	// Whether this is the session that made the ListSessions call.
+	Current bool `protobuf:"varint,6,opt,name=current,proto3" json:"current,omitempty"`
+	// Set once the session is ended (RevokeSession's answer).
+	RevokedAt     *timestamppb.Timestamp `protobuf:"bytes,7,opt,name=revoked_at,json=revokedAt,proto3" json:"revoked_at,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *Session) Reset() {
+	*x = Session{}
+	mi := &file_kapal_v1_account_proto_msgTypes[23]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *Session) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*Session) ProtoMessage() {}
+
+func (x *Session) ProtoReflect() protoreflect.Message {
+	mi := &file_kapal_v1_account_proto_msgTypes[23]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use Session.ProtoReflect.Descriptor instead.
+func (*Session) Descriptor() ([]byte, []int) {
+	return file_kapal_v1_account_proto_rawDescGZIP(), []int{23}
+}
+
+func (x *Session) GetId() string {
+	if x != nil {
+		return x.Id
+	}
+	return ""
+}
+
+func (x *Session) GetCreatedAt() *timestamppb.Timestamp {
+	if x != nil {
+		return x.CreatedAt
+	}
+	return nil
+}
+
+func (x *Session) GetExpiresAt() *timestamppb.Timestamp {
+	if x != nil {
+		return x.ExpiresAt
+	}
+	return nil
+}
+
+func (x *Session) GetLastUsedAt() *timestamppb.Timestamp {
+	if x != nil {
+		return x.LastUsedAt
+	}
+	return nil
+}
+
+func (x *Session) GetUserAgent() string {
+	if x != nil {
+		return x.UserAgent
+	}
+	return ""
+}
+
+func (x *Session) GetCurrent() bool {
+	if x != nil {
+		return x.Current
+	}
+	return false
+}
+
+func (x *Session) GetRevokedAt() *timestamppb.Timestamp {
+	if x != nil {
+		return x.RevokedAt
+	}
+	return nil
+}
+
+type ListSessionsRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// At most this many sessions (default 50, at most 500).
+	PageSize uint32 `protobuf:"varint,1,opt,name=page_size,json=pageSize,proto3" json:"page_size,omitempty"`
+	// From ListSessionsResponse.next_page_token, to continue a listing.
+	PageToken     string `protobuf:"bytes,2,opt,name=page_token,json=pageToken,proto3" json:"page_token,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ListSessionsRequest) Reset() {
+	*x = ListSessionsRequest{}
+	mi := &file_kapal_v1_account_proto_msgTypes[24]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ListSessionsRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ListSessionsRequest) ProtoMessage() {}
+
+func (x *ListSessionsRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_kapal_v1_account_proto_msgTypes[24]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ListSessionsRequest.ProtoReflect.Descriptor instead.
+func (*ListSessionsRequest) Descriptor() ([]byte, []int) {
+	return file_kapal_v1_account_proto_rawDescGZIP(), []int{24}
+}
+
+func (x *ListSessionsRequest) GetPageSize() uint32 {
+	if x != nil {
+		return x.PageSize
+	}
+	return 0
+}
+
+func (x *ListSessionsRequest) GetPageToken() string {
+	if x != nil {
+		return x.PageToken
+	}
+	return ""
+}
+
+type ListSessionsResponse struct {
+	state    protoimpl.MessageState `protogen:"open.v1"`
+	Sessions []*Session             `protobuf:"bytes,1,rep,name=sessions,proto3" json:"sessions,omitempty"`
+	// Empty when there are no more sessions.
+	NextPageToken string `protobuf:"bytes,2,opt,name=next_page_token,json=nextPageToken,proto3" json:"next_page_token,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ListSessionsResponse) Reset() {
+	*x = ListSessionsResponse{}
+	mi := &file_kapal_v1_account_proto_msgTypes[25]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ListSessionsResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ListSessionsResponse) ProtoMessage() {}
+
+func (x *ListSessionsResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_kapal_v1_account_proto_msgTypes[25]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ListSessionsResponse.ProtoReflect.Descriptor instead.
+func (*ListSessionsResponse) Descriptor() ([]byte, []int) {
+	return file_kapal_v1_account_proto_rawDescGZIP(), []int{25}
+}
+
+func (x *ListSessionsResponse) GetSessions() []*Session {
+	if x != nil {
+		return x.Sessions
+	}
+	return nil
+}
+
+func (x *ListSessionsResponse) GetNextPageToken() string {
+	if x != nil {
+		return x.NextPageToken
+	}
+	return ""
+}
+
+type RevokeSessionRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// Id of the session to end (Session.id).
+	Id            string `protobuf:"bytes,1,opt,name=id,proto3" json:"id,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *RevokeSessionRequest) Reset() {
+	*x = RevokeSessionRequest{}
+	mi := &file_kapal_v1_account_proto_msgTypes[26]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *RevokeSessionRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*RevokeSessionRequest) ProtoMessage() {}
+
+func (x *RevokeSessionRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_kapal_v1_account_proto_msgTypes[26]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use RevokeSessionRequest.ProtoReflect.Descriptor instead.
+func (*RevokeSessionRequest) Descriptor() ([]byte, []int) {
+	return file_kapal_v1_account_proto_rawDescGZIP(), []int{26}
+}
+
+func (x *RevokeSessionRequest) GetId() string {
+	if x != nil {
+		return x.Id
+	}
+	return ""
+}
+
 var File_kapal_v1_account_proto protoreflect.FileDescriptor
 
 const file_kapal_v1_account_proto_rawDesc = "" +
@@ -1161,13 +1589,14 @@ const file_kapal_v1_account_proto_rawDesc = "" +
 	"\x11verification_sent\x18\x04 \x01(\bR\x10verificationSent\"\x0f\n" +
 	"\rLogOutRequest\"\x10\n" +
 	"\x0eLogOutResponse\"\x0f\n" +
-	"\rWhoAmIRequest\"F\n" +
+	"\rWhoAmIRequest\"u\n" +
 	"\x15CreateApiTokenRequest\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\x12\x19\n" +
-	"\bttl_days\x18\x02 \x01(\rR\attlDays\"_\n" +
+	"\bttl_days\x18\x02 \x01(\rR\attlDays\x12-\n" +
+	"\x05scope\x18\x03 \x01(\x0e2\x17.kapal.v1.ApiTokenScopeR\x05scope\"_\n" +
 	"\x16CreateApiTokenResponse\x12/\n" +
 	"\tapi_token\x18\x01 \x01(\v2\x12.kapal.v1.ApiTokenR\bapiToken\x12\x14\n" +
-	"\x05token\x18\x02 \x01(\tR\x05token\"\xf7\x01\n" +
+	"\x05token\x18\x02 \x01(\tR\x05token\"\xa6\x02\n" +
 	"\bApiToken\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\tR\x02id\x12\x12\n" +
 	"\x04name\x18\x02 \x01(\tR\x04name\x129\n" +
@@ -1177,7 +1606,8 @@ const file_kapal_v1_account_proto_rawDesc = "" +
 	"expires_at\x18\x04 \x01(\v2\x1a.google.protobuf.TimestampR\texpiresAt\x129\n" +
 	"\n" +
 	"revoked_at\x18\x05 \x01(\v2\x1a.google.protobuf.TimestampR\trevokedAt\x12\x16\n" +
-	"\x06prefix\x18\x06 \x01(\tR\x06prefix\"\x16\n" +
+	"\x06prefix\x18\x06 \x01(\tR\x06prefix\x12-\n" +
+	"\x05scope\x18\a \x01(\x0e2\x17.kapal.v1.ApiTokenScopeR\x05scope\"\x16\n" +
 	"\x14ListApiTokensRequest\"J\n" +
 	"\x15ListApiTokensResponse\x121\n" +
 	"\n" +
@@ -1197,12 +1627,43 @@ const file_kapal_v1_account_proto_rawDesc = "" +
 	"\x05email\x18\x01 \x01(\tR\x05email\x12\x12\n" +
 	"\x04code\x18\x02 \x01(\tR\x04code\x12!\n" +
 	"\fnew_password\x18\x03 \x01(\tR\vnewPassword\"\x17\n" +
-	"\x15ResetPasswordResponse*?\n" +
+	"\x15ResetPasswordResponse\"e\n" +
+	"\x15ChangePasswordRequest\x12)\n" +
+	"\x10current_password\x18\x01 \x01(\tR\x0fcurrentPassword\x12!\n" +
+	"\fnew_password\x18\x02 \x01(\tR\vnewPassword\"?\n" +
+	"\x16ChangePasswordResponse\x12%\n" +
+	"\x0esessions_ended\x18\x01 \x01(\rR\rsessionsEnded\"\xc1\x02\n" +
+	"\aSession\x12\x0e\n" +
+	"\x02id\x18\x01 \x01(\tR\x02id\x129\n" +
+	"\n" +
+	"created_at\x18\x02 \x01(\v2\x1a.google.protobuf.TimestampR\tcreatedAt\x129\n" +
+	"\n" +
+	"expires_at\x18\x03 \x01(\v2\x1a.google.protobuf.TimestampR\texpiresAt\x12<\n" +
+	"\flast_used_at\x18\x04 \x01(\v2\x1a.google.protobuf.TimestampR\n" +
+	"lastUsedAt\x12\x1d\n" +
+	"\n" +
+	"user_agent\x18\x05 \x01(\tR\tuserAgent\x12\x18\n" +
+	"\acurrent\x18\x06 \x01(\bR\acurrent\x129\n" +
+	"\n" +
+	"revoked_at\x18\a \x01(\v2\x1a.google.protobuf.TimestampR\trevokedAt\"Q\n" +
+	"\x13ListSessionsRequest\x12\x1b\n" +
+	"\tpage_size\x18\x01 \x01(\rR\bpageSize\x12\x1d\n" +
+	"\n" +
+	"page_token\x18\x02 \x01(\tR\tpageToken\"m\n" +
+	"\x14ListSessionsResponse\x12-\n" +
+	"\bsessions\x18\x01 \x03(\v2\x11.kapal.v1.SessionR\bsessions\x12&\n" +
+	"\x0fnext_page_token\x18\x02 \x01(\tR\rnextPageToken\"&\n" +
+	"\x14RevokeSessionRequest\x12\x0e\n" +
+	"\x02id\x18\x01 \x01(\tR\x02id*i\n" +
+	"\rApiTokenScope\x12\x1f\n" +
+	"\x1bAPI_TOKEN_SCOPE_UNSPECIFIED\x10\x00\x12\x18\n" +
+	"\x14API_TOKEN_SCOPE_FULL\x10\x01\x12\x1d\n" +
+	"\x19API_TOKEN_SCOPE_READ_ONLY\x10\x02*?\n" +
 	"\x04Role\x12\x14\n" +
 	"\x10ROLE_UNSPECIFIED\x10\x00\x12\x11\n" +
 	"\rROLE_CUSTOMER\x10\x01\x12\x0e\n" +
 	"\n" +
-	"ROLE_ADMIN\x10\x022\xd1\x06\n" +
+	"ROLE_ADMIN\x10\x022\xb9\b\n" +
 	"\x0eAccountService\x12<\n" +
 	"\x06SignUp\x12\x17.kapal.v1.SignUpRequest\x1a\x19.kapal.v1.SessionResponse\x12:\n" +
 	"\x05LogIn\x12\x16.kapal.v1.LogInRequest\x1a\x19.kapal.v1.SessionResponse\x12;\n" +
@@ -1214,7 +1675,10 @@ const file_kapal_v1_account_proto_rawDesc = "" +
 	"\vVerifyEmail\x12\x1c.kapal.v1.VerifyEmailRequest\x1a\x1d.kapal.v1.VerifyEmailResponse\x12_\n" +
 	"\x12ResendVerification\x12#.kapal.v1.ResendVerificationRequest\x1a$.kapal.v1.ResendVerificationResponse\x12e\n" +
 	"\x14RequestPasswordReset\x12%.kapal.v1.RequestPasswordResetRequest\x1a&.kapal.v1.RequestPasswordResetResponse\x12P\n" +
-	"\rResetPassword\x12\x1e.kapal.v1.ResetPasswordRequest\x1a\x1f.kapal.v1.ResetPasswordResponseB\x80\x01\n" +
+	"\rResetPassword\x12\x1e.kapal.v1.ResetPasswordRequest\x1a\x1f.kapal.v1.ResetPasswordResponse\x12S\n" +
+	"\x0eChangePassword\x12\x1f.kapal.v1.ChangePasswordRequest\x1a .kapal.v1.ChangePasswordResponse\x12M\n" +
+	"\fListSessions\x12\x1d.kapal.v1.ListSessionsRequest\x1a\x1e.kapal.v1.ListSessionsResponse\x12B\n" +
+	"\rRevokeSession\x12\x1e.kapal.v1.RevokeSessionRequest\x1a\x11.kapal.v1.SessionB\x80\x01\n" +
 	"\fcom.kapal.v1B\fAccountProtoP\x01Z!kapal/clients/go/kapal/v1;kapalv1\xa2\x02\x03KXX\xaa\x02\bKapal.V1\xca\x02\bKapal\\V1\xe2\x02\x14Kapal\\V1\\GPBMetadata\xea\x02\tKapal::V1b\x06proto3"
 
 var (
@@ -1229,70 +1693,90 @@ func file_kapal_v1_account_proto_rawDescGZIP() []byte {
 	return file_kapal_v1_account_proto_rawDescData
 }
 
-var file_kapal_v1_account_proto_enumTypes = make([]protoimpl.EnumInfo, 1)
-var file_kapal_v1_account_proto_msgTypes = make([]protoimpl.MessageInfo, 21)
+var file_kapal_v1_account_proto_enumTypes = make([]protoimpl.EnumInfo, 2)
+var file_kapal_v1_account_proto_msgTypes = make([]protoimpl.MessageInfo, 27)
 var file_kapal_v1_account_proto_goTypes = []any{
-	(Role)(0),                            // 0: kapal.v1.Role
-	(*Account)(nil),                      // 1: kapal.v1.Account
-	(*SignUpRequest)(nil),                // 2: kapal.v1.SignUpRequest
-	(*LogInRequest)(nil),                 // 3: kapal.v1.LogInRequest
-	(*SessionResponse)(nil),              // 4: kapal.v1.SessionResponse
-	(*LogOutRequest)(nil),                // 5: kapal.v1.LogOutRequest
-	(*LogOutResponse)(nil),               // 6: kapal.v1.LogOutResponse
-	(*WhoAmIRequest)(nil),                // 7: kapal.v1.WhoAmIRequest
-	(*CreateApiTokenRequest)(nil),        // 8: kapal.v1.CreateApiTokenRequest
-	(*CreateApiTokenResponse)(nil),       // 9: kapal.v1.CreateApiTokenResponse
-	(*ApiToken)(nil),                     // 10: kapal.v1.ApiToken
-	(*ListApiTokensRequest)(nil),         // 11: kapal.v1.ListApiTokensRequest
-	(*ListApiTokensResponse)(nil),        // 12: kapal.v1.ListApiTokensResponse
-	(*RevokeApiTokenRequest)(nil),        // 13: kapal.v1.RevokeApiTokenRequest
-	(*VerifyEmailRequest)(nil),           // 14: kapal.v1.VerifyEmailRequest
-	(*VerifyEmailResponse)(nil),          // 15: kapal.v1.VerifyEmailResponse
-	(*ResendVerificationRequest)(nil),    // 16: kapal.v1.ResendVerificationRequest
-	(*ResendVerificationResponse)(nil),   // 17: kapal.v1.ResendVerificationResponse
-	(*RequestPasswordResetRequest)(nil),  // 18: kapal.v1.RequestPasswordResetRequest
-	(*RequestPasswordResetResponse)(nil), // 19: kapal.v1.RequestPasswordResetResponse
-	(*ResetPasswordRequest)(nil),         // 20: kapal.v1.ResetPasswordRequest
-	(*ResetPasswordResponse)(nil),        // 21: kapal.v1.ResetPasswordResponse
-	(*timestamppb.Timestamp)(nil),        // 22: google.protobuf.Timestamp
+	(ApiTokenScope)(0),                   // 0: kapal.v1.ApiTokenScope
+	(Role)(0),                            // 1: kapal.v1.Role
+	(*Account)(nil),                      // 2: kapal.v1.Account
+	(*SignUpRequest)(nil),                // 3: kapal.v1.SignUpRequest
+	(*LogInRequest)(nil),                 // 4: kapal.v1.LogInRequest
+	(*SessionResponse)(nil),              // 5: kapal.v1.SessionResponse
+	(*LogOutRequest)(nil),                // 6: kapal.v1.LogOutRequest
+	(*LogOutResponse)(nil),               // 7: kapal.v1.LogOutResponse
+	(*WhoAmIRequest)(nil),                // 8: kapal.v1.WhoAmIRequest
+	(*CreateApiTokenRequest)(nil),        // 9: kapal.v1.CreateApiTokenRequest
+	(*CreateApiTokenResponse)(nil),       // 10: kapal.v1.CreateApiTokenResponse
+	(*ApiToken)(nil),                     // 11: kapal.v1.ApiToken
+	(*ListApiTokensRequest)(nil),         // 12: kapal.v1.ListApiTokensRequest
+	(*ListApiTokensResponse)(nil),        // 13: kapal.v1.ListApiTokensResponse
+	(*RevokeApiTokenRequest)(nil),        // 14: kapal.v1.RevokeApiTokenRequest
+	(*VerifyEmailRequest)(nil),           // 15: kapal.v1.VerifyEmailRequest
+	(*VerifyEmailResponse)(nil),          // 16: kapal.v1.VerifyEmailResponse
+	(*ResendVerificationRequest)(nil),    // 17: kapal.v1.ResendVerificationRequest
+	(*ResendVerificationResponse)(nil),   // 18: kapal.v1.ResendVerificationResponse
+	(*RequestPasswordResetRequest)(nil),  // 19: kapal.v1.RequestPasswordResetRequest
+	(*RequestPasswordResetResponse)(nil), // 20: kapal.v1.RequestPasswordResetResponse
+	(*ResetPasswordRequest)(nil),         // 21: kapal.v1.ResetPasswordRequest
+	(*ResetPasswordResponse)(nil),        // 22: kapal.v1.ResetPasswordResponse
+	(*ChangePasswordRequest)(nil),        // 23: kapal.v1.ChangePasswordRequest
+	(*ChangePasswordResponse)(nil),       // 24: kapal.v1.ChangePasswordResponse
+	(*Session)(nil),                      // 25: kapal.v1.Session
+	(*ListSessionsRequest)(nil),          // 26: kapal.v1.ListSessionsRequest
+	(*ListSessionsResponse)(nil),         // 27: kapal.v1.ListSessionsResponse
+	(*RevokeSessionRequest)(nil),         // 28: kapal.v1.RevokeSessionRequest
+	(*timestamppb.Timestamp)(nil),        // 29: google.protobuf.Timestamp
 }
 var file_kapal_v1_account_proto_depIdxs = []int32{
-	0,  // 0: kapal.v1.Account.role:type_name -> kapal.v1.Role
-	22, // 1: kapal.v1.Account.created_at:type_name -> google.protobuf.Timestamp
-	22, // 2: kapal.v1.SessionResponse.expires_at:type_name -> google.protobuf.Timestamp
-	1,  // 3: kapal.v1.SessionResponse.account:type_name -> kapal.v1.Account
-	10, // 4: kapal.v1.CreateApiTokenResponse.api_token:type_name -> kapal.v1.ApiToken
-	22, // 5: kapal.v1.ApiToken.created_at:type_name -> google.protobuf.Timestamp
-	22, // 6: kapal.v1.ApiToken.expires_at:type_name -> google.protobuf.Timestamp
-	22, // 7: kapal.v1.ApiToken.revoked_at:type_name -> google.protobuf.Timestamp
-	10, // 8: kapal.v1.ListApiTokensResponse.api_tokens:type_name -> kapal.v1.ApiToken
-	2,  // 9: kapal.v1.AccountService.SignUp:input_type -> kapal.v1.SignUpRequest
-	3,  // 10: kapal.v1.AccountService.LogIn:input_type -> kapal.v1.LogInRequest
-	5,  // 11: kapal.v1.AccountService.LogOut:input_type -> kapal.v1.LogOutRequest
-	7,  // 12: kapal.v1.AccountService.WhoAmI:input_type -> kapal.v1.WhoAmIRequest
-	8,  // 13: kapal.v1.AccountService.CreateApiToken:input_type -> kapal.v1.CreateApiTokenRequest
-	11, // 14: kapal.v1.AccountService.ListApiTokens:input_type -> kapal.v1.ListApiTokensRequest
-	13, // 15: kapal.v1.AccountService.RevokeApiToken:input_type -> kapal.v1.RevokeApiTokenRequest
-	14, // 16: kapal.v1.AccountService.VerifyEmail:input_type -> kapal.v1.VerifyEmailRequest
-	16, // 17: kapal.v1.AccountService.ResendVerification:input_type -> kapal.v1.ResendVerificationRequest
-	18, // 18: kapal.v1.AccountService.RequestPasswordReset:input_type -> kapal.v1.RequestPasswordResetRequest
-	20, // 19: kapal.v1.AccountService.ResetPassword:input_type -> kapal.v1.ResetPasswordRequest
-	4,  // 20: kapal.v1.AccountService.SignUp:output_type -> kapal.v1.SessionResponse
-	4,  // 21: kapal.v1.AccountService.LogIn:output_type -> kapal.v1.SessionResponse
-	6,  // 22: kapal.v1.AccountService.LogOut:output_type -> kapal.v1.LogOutResponse
-	1,  // 23: kapal.v1.AccountService.WhoAmI:output_type -> kapal.v1.Account
-	9,  // 24: kapal.v1.AccountService.CreateApiToken:output_type -> kapal.v1.CreateApiTokenResponse
-	12, // 25: kapal.v1.AccountService.ListApiTokens:output_type -> kapal.v1.ListApiTokensResponse
-	10, // 26: kapal.v1.AccountService.RevokeApiToken:output_type -> kapal.v1.ApiToken
-	15, // 27: kapal.v1.AccountService.VerifyEmail:output_type -> kapal.v1.VerifyEmailResponse
-	17, // 28: kapal.v1.AccountService.ResendVerification:output_type -> kapal.v1.ResendVerificationResponse
-	19, // 29: kapal.v1.AccountService.RequestPasswordReset:output_type -> kapal.v1.RequestPasswordResetResponse
-	21, // 30: kapal.v1.AccountService.ResetPassword:output_type -> kapal.v1.ResetPasswordResponse
-	20, // [20:31] is the sub-list for method output_type
-	9,  // [9:20] is the sub-list for method input_type
-	9,  // [9:9] is the sub-list for extension type_name
-	9,  // [9:9] is the sub-list for extension extendee
-	0,  // [0:9] is the sub-list for field type_name
+	1,  // 0: kapal.v1.Account.role:type_name -> kapal.v1.Role
+	29, // 1: kapal.v1.Account.created_at:type_name -> google.protobuf.Timestamp
+	29, // 2: kapal.v1.SessionResponse.expires_at:type_name -> google.protobuf.Timestamp
+	2,  // 3: kapal.v1.SessionResponse.account:type_name -> kapal.v1.Account
+	0,  // 4: kapal.v1.CreateApiTokenRequest.scope:type_name -> kapal.v1.ApiTokenScope
+	11, // 5: kapal.v1.CreateApiTokenResponse.api_token:type_name -> kapal.v1.ApiToken
+	29, // 6: kapal.v1.ApiToken.created_at:type_name -> google.protobuf.Timestamp
+	29, // 7: kapal.v1.ApiToken.expires_at:type_name -> google.protobuf.Timestamp
+	29, // 8: kapal.v1.ApiToken.revoked_at:type_name -> google.protobuf.Timestamp
+	0,  // 9: kapal.v1.ApiToken.scope:type_name -> kapal.v1.ApiTokenScope
+	11, // 10: kapal.v1.ListApiTokensResponse.api_tokens:type_name -> kapal.v1.ApiToken
+	29, // 11: kapal.v1.Session.created_at:type_name -> google.protobuf.Timestamp
+	29, // 12: kapal.v1.Session.expires_at:type_name -> google.protobuf.Timestamp
+	29, // 13: kapal.v1.Session.last_used_at:type_name -> google.protobuf.Timestamp
+	29, // 14: kapal.v1.Session.revoked_at:type_name -> google.protobuf.Timestamp
+	25, // 15: kapal.v1.ListSessionsResponse.sessions:type_name -> kapal.v1.Session
+	3,  // 16: kapal.v1.AccountService.SignUp:input_type -> kapal.v1.SignUpRequest
+	4,  // 17: kapal.v1.AccountService.LogIn:input_type -> kapal.v1.LogInRequest
+	6,  // 18: kapal.v1.AccountService.LogOut:input_type -> kapal.v1.LogOutRequest
+	8,  // 19: kapal.v1.AccountService.WhoAmI:input_type -> kapal.v1.WhoAmIRequest
+	9,  // 20: kapal.v1.AccountService.CreateApiToken:input_type -> kapal.v1.CreateApiTokenRequest
+	12, // 21: kapal.v1.AccountService.ListApiTokens:input_type -> kapal.v1.ListApiTokensRequest
+	14, // 22: kapal.v1.AccountService.RevokeApiToken:input_type -> kapal.v1.RevokeApiTokenRequest
+	15, // 23: kapal.v1.AccountService.VerifyEmail:input_type -> kapal.v1.VerifyEmailRequest
+	17, // 24: kapal.v1.AccountService.ResendVerification:input_type -> kapal.v1.ResendVerificationRequest
+	19, // 25: kapal.v1.AccountService.RequestPasswordReset:input_type -> kapal.v1.RequestPasswordResetRequest
+	21, // 26: kapal.v1.AccountService.ResetPassword:input_type -> kapal.v1.ResetPasswordRequest
+	23, // 27: kapal.v1.AccountService.ChangePassword:input_type -> kapal.v1.ChangePasswordRequest
+	26, // 28: kapal.v1.AccountService.ListSessions:input_type -> kapal.v1.ListSessionsRequest
+	28, // 29: kapal.v1.AccountService.RevokeSession:input_type -> kapal.v1.RevokeSessionRequest
+	5,  // 30: kapal.v1.AccountService.SignUp:output_type -> kapal.v1.SessionResponse
+	5,  // 31: kapal.v1.AccountService.LogIn:output_type -> kapal.v1.SessionResponse
+	7,  // 32: kapal.v1.AccountService.LogOut:output_type -> kapal.v1.LogOutResponse
+	2,  // 33: kapal.v1.AccountService.WhoAmI:output_type -> kapal.v1.Account
+	10, // 34: kapal.v1.AccountService.CreateApiToken:output_type -> kapal.v1.CreateApiTokenResponse
+	13, // 35: kapal.v1.AccountService.ListApiTokens:output_type -> kapal.v1.ListApiTokensResponse
+	11, // 36: kapal.v1.AccountService.RevokeApiToken:output_type -> kapal.v1.ApiToken
+	16, // 37: kapal.v1.AccountService.VerifyEmail:output_type -> kapal.v1.VerifyEmailResponse
+	18, // 38: kapal.v1.AccountService.ResendVerification:output_type -> kapal.v1.ResendVerificationResponse
+	20, // 39: kapal.v1.AccountService.RequestPasswordReset:output_type -> kapal.v1.RequestPasswordResetResponse
+	22, // 40: kapal.v1.AccountService.ResetPassword:output_type -> kapal.v1.ResetPasswordResponse
+	24, // 41: kapal.v1.AccountService.ChangePassword:output_type -> kapal.v1.ChangePasswordResponse
+	27, // 42: kapal.v1.AccountService.ListSessions:output_type -> kapal.v1.ListSessionsResponse
+	25, // 43: kapal.v1.AccountService.RevokeSession:output_type -> kapal.v1.Session
+	30, // [30:44] is the sub-list for method output_type
+	16, // [16:30] is the sub-list for method input_type
+	16, // [16:16] is the sub-list for extension type_name
+	16, // [16:16] is the sub-list for extension extendee
+	0,  // [0:16] is the sub-list for field type_name
 }
 
 func init() { file_kapal_v1_account_proto_init() }
@@ -1305,8 +1789,8 @@ func file_kapal_v1_account_proto_init() {
 		File: protoimpl.DescBuilder{
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_kapal_v1_account_proto_rawDesc), len(file_kapal_v1_account_proto_rawDesc)),
-			NumEnums:      1,
-			NumMessages:   21,
+			NumEnums:      2,
+			NumMessages:   27,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

@@ -62,6 +62,15 @@ const (
 	// AccountServiceResetPasswordProcedure is the fully-qualified name of the AccountService's
 	// ResetPassword RPC.
 	AccountServiceResetPasswordProcedure = "/kapal.v1.AccountService/ResetPassword"
+	// AccountServiceChangePasswordProcedure is the fully-qualified name of the AccountService's
+	// ChangePassword RPC.
+	AccountServiceChangePasswordProcedure = "/kapal.v1.AccountService/ChangePassword"
+	// AccountServiceListSessionsProcedure is the fully-qualified name of the AccountService's
+	// ListSessions RPC.
+	AccountServiceListSessionsProcedure = "/kapal.v1.AccountService/ListSessions"
+	// AccountServiceRevokeSessionProcedure is the fully-qualified name of the AccountService's
+	// RevokeSession RPC.
+	AccountServiceRevokeSessionProcedure = "/kapal.v1.AccountService/RevokeSession"
 )
 
 // AccountServiceClient is a client for the kapal.v1.AccountService service.
@@ -87,7 +96,13 @@ type AccountServiceClient interface {
 	LogOut(context.Context, *connect.Request[v1.LogOutRequest]) (*connect.Response[v1.LogOutResponse], error)
 	// Returns the account of the caller.
 	WhoAmI(context.Context, *connect.Request[v1.WhoAmIRequest]) (*connect.Response[v1.Account], error)
-	// Creates a long-lived API token for scripts and partner integrations. The token is returned once.
+	// Creates an API token for scripts and partner integrations. The token is returned once.
+	// The creator picks its scope (FULL unless asked otherwise) and lifetime (at most 365 days).
+	// A token never makes a token with more power than itself: a READ_ONLY token cannot create
+	// tokens at all (PERMISSION_DENIED, like every other call that changes something), and an
+	// API token with scope FULL may create tokens that expire no later than itself
+	// (INVALID_ARGUMENT for a longer `ttl_days`). A session (LogIn) may create any scope for up
+	// to 365 days.
 	CreateApiToken(context.Context, *connect.Request[v1.CreateApiTokenRequest]) (*connect.Response[v1.CreateApiTokenResponse], error)
 	// Lists the caller's API tokens (never the secret part).
 	ListApiTokens(context.Context, *connect.Request[v1.ListApiTokensRequest]) (*connect.Response[v1.ListApiTokensResponse], error)
@@ -111,6 +126,19 @@ type AccountServiceClient interface {
 	// or used code, or a weak password. Receiving the code proves the address, so the account
 	// counts as verified afterwards.
 	ResetPassword(context.Context, *connect.Request[v1.ResetPasswordRequest]) (*connect.Response[v1.ResetPasswordResponse], error)
+	// Changes the caller's password. PERMISSION_DENIED when `current_password` is wrong;
+	// INVALID_ARGUMENT when the new one is weak (the rules of SignUp). Every other session of the
+	// account ends: at once on the gateway that served the call, within the gateway's identity
+	// cache time (10 s by default) on other gateway replicas. The session that made the call
+	// stays, and so do API tokens (list them with ListApiTokens, end them with RevokeApiToken).
+	ChangePassword(context.Context, *connect.Request[v1.ChangePasswordRequest]) (*connect.Response[v1.ChangePasswordResponse], error)
+	// Lists the caller's live sessions (those LogIn and SignUp opened, not API tokens), newest
+	// first; the one that made this call has `current` set.
+	ListSessions(context.Context, *connect.Request[v1.ListSessionsRequest]) (*connect.Response[v1.ListSessionsResponse], error)
+	// Ends one of the caller's sessions, like LogOut does for the current one: calls with it fail
+	// from then on (on other gateway replicas within the identity cache time). NOT_FOUND when the
+	// id is not a session of the caller's account.
+	RevokeSession(context.Context, *connect.Request[v1.RevokeSessionRequest]) (*connect.Response[v1.Session], error)
 }
 
 // NewAccountServiceClient constructs a client for the kapal.v1.AccountService service. By default,
@@ -190,6 +218,24 @@ func NewAccountServiceClient(httpClient connect.HTTPClient, baseURL string, opts
 			connect.WithSchema(accountServiceMethods.ByName("ResetPassword")),
 			connect.WithClientOptions(opts...),
 		),
+		changePassword: connect.NewClient[v1.ChangePasswordRequest, v1.ChangePasswordResponse](
+			httpClient,
+			baseURL+AccountServiceChangePasswordProcedure,
+			connect.WithSchema(accountServiceMethods.ByName("ChangePassword")),
+			connect.WithClientOptions(opts...),
+		),
+		listSessions: connect.NewClient[v1.ListSessionsRequest, v1.ListSessionsResponse](
+			httpClient,
+			baseURL+AccountServiceListSessionsProcedure,
+			connect.WithSchema(accountServiceMethods.ByName("ListSessions")),
+			connect.WithClientOptions(opts...),
+		),
+		revokeSession: connect.NewClient[v1.RevokeSessionRequest, v1.Session](
+			httpClient,
+			baseURL+AccountServiceRevokeSessionProcedure,
+			connect.WithSchema(accountServiceMethods.ByName("RevokeSession")),
+			connect.WithClientOptions(opts...),
+		),
 	}
 }
 
@@ -206,6 +252,9 @@ type accountServiceClient struct {
 	resendVerification   *connect.Client[v1.ResendVerificationRequest, v1.ResendVerificationResponse]
 	requestPasswordReset *connect.Client[v1.RequestPasswordResetRequest, v1.RequestPasswordResetResponse]
 	resetPassword        *connect.Client[v1.ResetPasswordRequest, v1.ResetPasswordResponse]
+	changePassword       *connect.Client[v1.ChangePasswordRequest, v1.ChangePasswordResponse]
+	listSessions         *connect.Client[v1.ListSessionsRequest, v1.ListSessionsResponse]
+	revokeSession        *connect.Client[v1.RevokeSessionRequest, v1.Session]
 }
 
 // SignUp calls kapal.v1.AccountService.SignUp.
@@ -263,6 +312,21 @@ func (c *accountServiceClient) ResetPassword(ctx context.Context, req *connect.R
 	return c.resetPassword.CallUnary(ctx, req)
 }
 
+// ChangePassword calls kapal.v1.AccountService.ChangePassword.
+func (c *accountServiceClient) ChangePassword(ctx context.Context, req *connect.Request[v1.ChangePasswordRequest]) (*connect.Response[v1.ChangePasswordResponse], error) {
+	return c.changePassword.CallUnary(ctx, req)
+}
+
+// ListSessions calls kapal.v1.AccountService.ListSessions.
+func (c *accountServiceClient) ListSessions(ctx context.Context, req *connect.Request[v1.ListSessionsRequest]) (*connect.Response[v1.ListSessionsResponse], error) {
+	return c.listSessions.CallUnary(ctx, req)
+}
+
+// RevokeSession calls kapal.v1.AccountService.RevokeSession.
+func (c *accountServiceClient) RevokeSession(ctx context.Context, req *connect.Request[v1.RevokeSessionRequest]) (*connect.Response[v1.Session], error) {
+	return c.revokeSession.CallUnary(ctx, req)
+}
+
 // AccountServiceHandler is an implementation of the kapal.v1.AccountService service.
 type AccountServiceHandler interface {
 	// Creates a customer account. INVALID_ARGUMENT for a malformed email or a weak password.
@@ -286,7 +350,13 @@ type AccountServiceHandler interface {
 	LogOut(context.Context, *connect.Request[v1.LogOutRequest]) (*connect.Response[v1.LogOutResponse], error)
 	// Returns the account of the caller.
 	WhoAmI(context.Context, *connect.Request[v1.WhoAmIRequest]) (*connect.Response[v1.Account], error)
-	// Creates a long-lived API token for scripts and partner integrations. The token is returned once.
+	// Creates an API token for scripts and partner integrations. The token is returned once.
+	// The creator picks its scope (FULL unless asked otherwise) and lifetime (at most 365 days).
+	// A token never makes a token with more power than itself: a READ_ONLY token cannot create
+	// tokens at all (PERMISSION_DENIED, like every other call that changes something), and an
+	// API token with scope FULL may create tokens that expire no later than itself
+	// (INVALID_ARGUMENT for a longer `ttl_days`). A session (LogIn) may create any scope for up
+	// to 365 days.
 	CreateApiToken(context.Context, *connect.Request[v1.CreateApiTokenRequest]) (*connect.Response[v1.CreateApiTokenResponse], error)
 	// Lists the caller's API tokens (never the secret part).
 	ListApiTokens(context.Context, *connect.Request[v1.ListApiTokensRequest]) (*connect.Response[v1.ListApiTokensResponse], error)
@@ -310,6 +380,19 @@ type AccountServiceHandler interface {
 	// or used code, or a weak password. Receiving the code proves the address, so the account
 	// counts as verified afterwards.
 	ResetPassword(context.Context, *connect.Request[v1.ResetPasswordRequest]) (*connect.Response[v1.ResetPasswordResponse], error)
+	// Changes the caller's password. PERMISSION_DENIED when `current_password` is wrong;
+	// INVALID_ARGUMENT when the new one is weak (the rules of SignUp). Every other session of the
+	// account ends: at once on the gateway that served the call, within the gateway's identity
+	// cache time (10 s by default) on other gateway replicas. The session that made the call
+	// stays, and so do API tokens (list them with ListApiTokens, end them with RevokeApiToken).
+	ChangePassword(context.Context, *connect.Request[v1.ChangePasswordRequest]) (*connect.Response[v1.ChangePasswordResponse], error)
+	// Lists the caller's live sessions (those LogIn and SignUp opened, not API tokens), newest
+	// first; the one that made this call has `current` set.
+	ListSessions(context.Context, *connect.Request[v1.ListSessionsRequest]) (*connect.Response[v1.ListSessionsResponse], error)
+	// Ends one of the caller's sessions, like LogOut does for the current one: calls with it fail
+	// from then on (on other gateway replicas within the identity cache time). NOT_FOUND when the
+	// id is not a session of the caller's account.
+	RevokeSession(context.Context, *connect.Request[v1.RevokeSessionRequest]) (*connect.Response[v1.Session], error)
 }
 
 // NewAccountServiceHandler builds an HTTP handler from the service implementation. It returns the
@@ -385,6 +468,24 @@ func NewAccountServiceHandler(svc AccountServiceHandler, opts ...connect.Handler
 		connect.WithSchema(accountServiceMethods.ByName("ResetPassword")),
 		connect.WithHandlerOptions(opts...),
 	)
+	accountServiceChangePasswordHandler := connect.NewUnaryHandler(
+		AccountServiceChangePasswordProcedure,
+		svc.ChangePassword,
+		connect.WithSchema(accountServiceMethods.ByName("ChangePassword")),
+		connect.WithHandlerOptions(opts...),
+	)
+	accountServiceListSessionsHandler := connect.NewUnaryHandler(
+		AccountServiceListSessionsProcedure,
+		svc.ListSessions,
+		connect.WithSchema(accountServiceMethods.ByName("ListSessions")),
+		connect.WithHandlerOptions(opts...),
+	)
+	accountServiceRevokeSessionHandler := connect.NewUnaryHandler(
+		AccountServiceRevokeSessionProcedure,
+		svc.RevokeSession,
+		connect.WithSchema(accountServiceMethods.ByName("RevokeSession")),
+		connect.WithHandlerOptions(opts...),
+	)
 	return "/kapal.v1.AccountService/", http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		switch r.URL.Path {
 		case AccountServiceSignUpProcedure:
@@ -409,6 +510,12 @@ func NewAccountServiceHandler(svc AccountServiceHandler, opts ...connect.Handler
 			accountServiceRequestPasswordResetHandler.ServeHTTP(w, r)
 		case AccountServiceResetPasswordProcedure:
 			accountServiceResetPasswordHandler.ServeHTTP(w, r)
+		case AccountServiceChangePasswordProcedure:
+			accountServiceChangePasswordHandler.ServeHTTP(w, r)
+		case AccountServiceListSessionsProcedure:
+			accountServiceListSessionsHandler.ServeHTTP(w, r)
+		case AccountServiceRevokeSessionProcedure:
+			accountServiceRevokeSessionHandler.ServeHTTP(w, r)
 		default:
 			http.NotFound(w, r)
 		}
@@ -460,4 +567,16 @@ func (UnimplementedAccountServiceHandler) RequestPasswordReset(context.Context, 
 
 func (UnimplementedAccountServiceHandler) ResetPassword(context.Context, *connect.Request[v1.ResetPasswordRequest]) (*connect.Response[v1.ResetPasswordResponse], error) {
 	return nil, connect.NewError(connect.CodeUnimplemented, errors.New("kapal.v1.AccountService.ResetPassword is not implemented"))
+}
+
+func (UnimplementedAccountServiceHandler) ChangePassword(context.Context, *connect.Request[v1.ChangePasswordRequest]) (*connect.Response[v1.ChangePasswordResponse], error) {
+	return nil, connect.NewError(connect.CodeUnimplemented, errors.New("kapal.v1.AccountService.ChangePassword is not implemented"))
+}
+
+func (UnimplementedAccountServiceHandler) ListSessions(context.Context, *connect.Request[v1.ListSessionsRequest]) (*connect.Response[v1.ListSessionsResponse], error) {
+	return nil, connect.NewError(connect.CodeUnimplemented, errors.New("kapal.v1.AccountService.ListSessions is not implemented"))
+}
+
+func (UnimplementedAccountServiceHandler) RevokeSession(context.Context, *connect.Request[v1.RevokeSessionRequest]) (*connect.Response[v1.Session], error) {
+	return nil, connect.NewError(connect.CodeUnimplemented, errors.New("kapal.v1.AccountService.RevokeSession is not implemented"))
 }

@@ -91,6 +91,21 @@ class AccountServiceStub:
                 request_serializer=kapal_dot_v1_dot_account__pb2.ResetPasswordRequest.SerializeToString,
                 response_deserializer=kapal_dot_v1_dot_account__pb2.ResetPasswordResponse.FromString,
                 _registered_method=True)
+        self.ChangePassword = channel.unary_unary(
+                '/kapal.v1.AccountService/ChangePassword',
+                request_serializer=kapal_dot_v1_dot_account__pb2.ChangePasswordRequest.SerializeToString,
+                response_deserializer=kapal_dot_v1_dot_account__pb2.ChangePasswordResponse.FromString,
+                _registered_method=True)
+        self.ListSessions = channel.unary_unary(
+                '/kapal.v1.AccountService/ListSessions',
+                request_serializer=kapal_dot_v1_dot_account__pb2.ListSessionsRequest.SerializeToString,
+                response_deserializer=kapal_dot_v1_dot_account__pb2.ListSessionsResponse.FromString,
+                _registered_method=True)
+        self.RevokeSession = channel.unary_unary(
+                '/kapal.v1.AccountService/RevokeSession',
+                request_serializer=kapal_dot_v1_dot_account__pb2.RevokeSessionRequest.SerializeToString,
+                response_deserializer=kapal_dot_v1_dot_account__pb2.Session.FromString,
+                _registered_method=True)
 
 
 class AccountServiceServicer:
@@ -140,7 +155,13 @@ class AccountServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def CreateApiToken(self, request, context):
-        """Creates a long-lived API token for scripts and partner integrations. The token is returned once.
+        """Creates an API token for scripts and partner integrations. The token is returned once.
+        The creator picks its scope (FULL unless asked otherwise) and lifetime (at most 365 days).
+        A token never makes a token with more power than itself: a READ_ONLY token cannot create
+        tokens at all (PERMISSION_DENIED, like every other call that changes something), and an
+        API token with scope FULL may create tokens that expire no later than itself
+        (INVALID_ARGUMENT for a longer `ttl_days`). A session (LogIn) may create any scope for up
+        to 365 days.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -193,6 +214,34 @@ class AccountServiceServicer:
         account (API tokens stay). Needs no authentication. INVALID_ARGUMENT for a wrong, expired
         or used code, or a weak password. Receiving the code proves the address, so the account
         counts as verified afterwards.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ChangePassword(self, request, context):
+        """Changes the caller's password. PERMISSION_DENIED when `current_password` is wrong;
+        INVALID_ARGUMENT when the new one is weak (the rules of SignUp). Every other session of the
+        account ends: at once on the gateway that served the call, within the gateway's identity
+        cache time (10 s by default) on other gateway replicas. The session that made the call
+        stays, and so do API tokens (list them with ListApiTokens, end them with RevokeApiToken).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListSessions(self, request, context):
+        """Lists the caller's live sessions (those LogIn and SignUp opened, not API tokens), newest
+        first; the one that made this call has `current` set.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def RevokeSession(self, request, context):
+        """Ends one of the caller's sessions, like LogOut does for the current one: calls with it fail
+        from then on (on other gateway replicas within the identity cache time). NOT_FOUND when the
+        id is not a session of the caller's account.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -255,6 +304,21 @@ def add_AccountServiceServicer_to_server(servicer, server):
                     servicer.ResetPassword,
                     request_deserializer=kapal_dot_v1_dot_account__pb2.ResetPasswordRequest.FromString,
                     response_serializer=kapal_dot_v1_dot_account__pb2.ResetPasswordResponse.SerializeToString,
+            ),
+            'ChangePassword': grpc.unary_unary_rpc_method_handler(
+                    servicer.ChangePassword,
+                    request_deserializer=kapal_dot_v1_dot_account__pb2.ChangePasswordRequest.FromString,
+                    response_serializer=kapal_dot_v1_dot_account__pb2.ChangePasswordResponse.SerializeToString,
+            ),
+            'ListSessions': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListSessions,
+                    request_deserializer=kapal_dot_v1_dot_account__pb2.ListSessionsRequest.FromString,
+                    response_serializer=kapal_dot_v1_dot_account__pb2.ListSessionsResponse.SerializeToString,
+            ),
+            'RevokeSession': grpc.unary_unary_rpc_method_handler(
+                    servicer.RevokeSession,
+                    request_deserializer=kapal_dot_v1_dot_account__pb2.RevokeSessionRequest.FromString,
+                    response_serializer=kapal_dot_v1_dot_account__pb2.Session.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -556,6 +620,87 @@ class AccountService:
             '/kapal.v1.AccountService/ResetPassword',
             kapal_dot_v1_dot_account__pb2.ResetPasswordRequest.SerializeToString,
             kapal_dot_v1_dot_account__pb2.ResetPasswordResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ChangePassword(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/kapal.v1.AccountService/ChangePassword',
+            kapal_dot_v1_dot_account__pb2.ChangePasswordRequest.SerializeToString,
+            kapal_dot_v1_dot_account__pb2.ChangePasswordResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListSessions(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/kapal.v1.AccountService/ListSessions',
+            kapal_dot_v1_dot_account__pb2.ListSessionsRequest.SerializeToString,
+            kapal_dot_v1_dot_account__pb2.ListSessionsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RevokeSession(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/kapal.v1.AccountService/RevokeSession',
+            kapal_dot_v1_dot_account__pb2.RevokeSessionRequest.SerializeToString,
+            kapal_dot_v1_dot_account__pb2.Session.FromString,
             options,
             channel_credentials,
             insecure,

@@ -59,7 +59,14 @@ class AccountServiceStub:
     WhoAmI: _grpc.UnaryUnaryMultiCallable[_account_pb2.WhoAmIRequest, _account_pb2.Account]
     """Returns the account of the caller."""
     CreateApiToken: _grpc.UnaryUnaryMultiCallable[_account_pb2.CreateApiTokenRequest, _account_pb2.CreateApiTokenResponse]
-    """Creates a long-lived API token for scripts and partner integrations. The token is returned once."""
+    """Creates an API token for scripts and partner integrations. The token is returned once.
+    The creator picks its scope (FULL unless asked otherwise) and lifetime (at most 365 days).
+    A token never makes a token with more power than itself: a READ_ONLY token cannot create
+    tokens at all (PERMISSION_DENIED, like every other call that changes something), and an
+    API token with scope FULL may create tokens that expire no later than itself
+    (INVALID_ARGUMENT for a longer `ttl_days`). A session (LogIn) may create any scope for up
+    to 365 days.
+    """
     ListApiTokens: _grpc.UnaryUnaryMultiCallable[_account_pb2.ListApiTokensRequest, _account_pb2.ListApiTokensResponse]
     """Lists the caller's API tokens (never the secret part)."""
     RevokeApiToken: _grpc.UnaryUnaryMultiCallable[_account_pb2.RevokeApiTokenRequest, _account_pb2.ApiToken]
@@ -85,6 +92,22 @@ class AccountServiceStub:
     account (API tokens stay). Needs no authentication. INVALID_ARGUMENT for a wrong, expired
     or used code, or a weak password. Receiving the code proves the address, so the account
     counts as verified afterwards.
+    """
+    ChangePassword: _grpc.UnaryUnaryMultiCallable[_account_pb2.ChangePasswordRequest, _account_pb2.ChangePasswordResponse]
+    """Changes the caller's password. PERMISSION_DENIED when `current_password` is wrong;
+    INVALID_ARGUMENT when the new one is weak (the rules of SignUp). Every other session of the
+    account ends: at once on the gateway that served the call, within the gateway's identity
+    cache time (10 s by default) on other gateway replicas. The session that made the call
+    stays, and so do API tokens (list them with ListApiTokens, end them with RevokeApiToken).
+    """
+    ListSessions: _grpc.UnaryUnaryMultiCallable[_account_pb2.ListSessionsRequest, _account_pb2.ListSessionsResponse]
+    """Lists the caller's live sessions (those LogIn and SignUp opened, not API tokens), newest
+    first; the one that made this call has `current` set.
+    """
+    RevokeSession: _grpc.UnaryUnaryMultiCallable[_account_pb2.RevokeSessionRequest, _account_pb2.Session]
+    """Ends one of the caller's sessions, like LogOut does for the current one: calls with it fail
+    from then on (on other gateway replicas within the identity cache time). NOT_FOUND when the
+    id is not a session of the caller's account.
     """
 
 @_typing.type_check_only
@@ -118,7 +141,14 @@ class AccountServiceAsyncStub(AccountServiceStub):
     WhoAmI: _aio.UnaryUnaryMultiCallable[_account_pb2.WhoAmIRequest, _account_pb2.Account]  # type: ignore[assignment]
     """Returns the account of the caller."""
     CreateApiToken: _aio.UnaryUnaryMultiCallable[_account_pb2.CreateApiTokenRequest, _account_pb2.CreateApiTokenResponse]  # type: ignore[assignment]
-    """Creates a long-lived API token for scripts and partner integrations. The token is returned once."""
+    """Creates an API token for scripts and partner integrations. The token is returned once.
+    The creator picks its scope (FULL unless asked otherwise) and lifetime (at most 365 days).
+    A token never makes a token with more power than itself: a READ_ONLY token cannot create
+    tokens at all (PERMISSION_DENIED, like every other call that changes something), and an
+    API token with scope FULL may create tokens that expire no later than itself
+    (INVALID_ARGUMENT for a longer `ttl_days`). A session (LogIn) may create any scope for up
+    to 365 days.
+    """
     ListApiTokens: _aio.UnaryUnaryMultiCallable[_account_pb2.ListApiTokensRequest, _account_pb2.ListApiTokensResponse]  # type: ignore[assignment]
     """Lists the caller's API tokens (never the secret part)."""
     RevokeApiToken: _aio.UnaryUnaryMultiCallable[_account_pb2.RevokeApiTokenRequest, _account_pb2.ApiToken]  # type: ignore[assignment]
@@ -144,6 +174,22 @@ class AccountServiceAsyncStub(AccountServiceStub):
     account (API tokens stay). Needs no authentication. INVALID_ARGUMENT for a wrong, expired
     or used code, or a weak password. Receiving the code proves the address, so the account
     counts as verified afterwards.
+    """
+    ChangePassword: _aio.UnaryUnaryMultiCallable[_account_pb2.ChangePasswordRequest, _account_pb2.ChangePasswordResponse]  # type: ignore[assignment]
+    """Changes the caller's password. PERMISSION_DENIED when `current_password` is wrong;
+    INVALID_ARGUMENT when the new one is weak (the rules of SignUp). Every other session of the
+    account ends: at once on the gateway that served the call, within the gateway's identity
+    cache time (10 s by default) on other gateway replicas. The session that made the call
+    stays, and so do API tokens (list them with ListApiTokens, end them with RevokeApiToken).
+    """
+    ListSessions: _aio.UnaryUnaryMultiCallable[_account_pb2.ListSessionsRequest, _account_pb2.ListSessionsResponse]  # type: ignore[assignment]
+    """Lists the caller's live sessions (those LogIn and SignUp opened, not API tokens), newest
+    first; the one that made this call has `current` set.
+    """
+    RevokeSession: _aio.UnaryUnaryMultiCallable[_account_pb2.RevokeSessionRequest, _account_pb2.Session]  # type: ignore[assignment]
+    """Ends one of the caller's sessions, like LogOut does for the current one: calls with it fail
+    from then on (on other gateway replicas within the identity cache time). NOT_FOUND when the
+    id is not a session of the caller's account.
     """
 
 class AccountServiceServicer(metaclass=_abc_1.ABCMeta):
@@ -204,7 +250,14 @@ class AccountServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _account_pb2.CreateApiTokenRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_account_pb2.CreateApiTokenResponse, _abc.Awaitable[_account_pb2.CreateApiTokenResponse]]:
-        """Creates a long-lived API token for scripts and partner integrations. The token is returned once."""
+        """Creates an API token for scripts and partner integrations. The token is returned once.
+        The creator picks its scope (FULL unless asked otherwise) and lifetime (at most 365 days).
+        A token never makes a token with more power than itself: a READ_ONLY token cannot create
+        tokens at all (PERMISSION_DENIED, like every other call that changes something), and an
+        API token with scope FULL may create tokens that expire no later than itself
+        (INVALID_ARGUMENT for a longer `ttl_days`). A session (LogIn) may create any scope for up
+        to 365 days.
+        """
 
     @_abc_1.abstractmethod
     def ListApiTokens(
@@ -266,6 +319,40 @@ class AccountServiceServicer(metaclass=_abc_1.ABCMeta):
         account (API tokens stay). Needs no authentication. INVALID_ARGUMENT for a wrong, expired
         or used code, or a weak password. Receiving the code proves the address, so the account
         counts as verified afterwards.
+        """
+
+    @_abc_1.abstractmethod
+    def ChangePassword(
+        self,
+        request: _account_pb2.ChangePasswordRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_account_pb2.ChangePasswordResponse, _abc.Awaitable[_account_pb2.ChangePasswordResponse]]:
+        """Changes the caller's password. PERMISSION_DENIED when `current_password` is wrong;
+        INVALID_ARGUMENT when the new one is weak (the rules of SignUp). Every other session of the
+        account ends: at once on the gateway that served the call, within the gateway's identity
+        cache time (10 s by default) on other gateway replicas. The session that made the call
+        stays, and so do API tokens (list them with ListApiTokens, end them with RevokeApiToken).
+        """
+
+    @_abc_1.abstractmethod
+    def ListSessions(
+        self,
+        request: _account_pb2.ListSessionsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_account_pb2.ListSessionsResponse, _abc.Awaitable[_account_pb2.ListSessionsResponse]]:
+        """Lists the caller's live sessions (those LogIn and SignUp opened, not API tokens), newest
+        first; the one that made this call has `current` set.
+        """
+
+    @_abc_1.abstractmethod
+    def RevokeSession(
+        self,
+        request: _account_pb2.RevokeSessionRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_account_pb2.Session, _abc.Awaitable[_account_pb2.Session]]:
+        """Ends one of the caller's sessions, like LogOut does for the current one: calls with it fail
+        from then on (on other gateway replicas within the identity cache time). NOT_FOUND when the
+        id is not a session of the caller's account.
         """
 
 def add_AccountServiceServicer_to_server(servicer: AccountServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

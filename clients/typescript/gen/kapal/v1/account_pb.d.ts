@@ -209,11 +209,19 @@ export declare type CreateApiTokenRequest = Message<"kapal.v1.CreateApiTokenRequ
   name: string;
 
   /**
-   * Lifetime in days; 0 means the default of 365 days. At most 3650.
+   * Lifetime in days, at most 365. 0 means as long as allowed: 365 days, or until the API
+   * token making the call expires, whichever is sooner.
    *
    * @generated from field: uint32 ttl_days = 2;
    */
   ttlDays: number;
+
+  /**
+   * What the token may do; UNSPECIFIED means FULL.
+   *
+   * @generated from field: kapal.v1.ApiTokenScope scope = 3;
+   */
+  scope: ApiTokenScope;
 };
 
 /**
@@ -288,6 +296,13 @@ export declare type ApiToken = Message<"kapal.v1.ApiToken"> & {
    * @generated from field: string prefix = 6;
    */
   prefix: string;
+
+  /**
+   * What the token may do.
+   *
+   * @generated from field: kapal.v1.ApiTokenScope scope = 7;
+   */
+  scope: ApiTokenScope;
 };
 
 /**
@@ -478,6 +493,215 @@ export declare type ResetPasswordResponse = Message<"kapal.v1.ResetPasswordRespo
 export declare const ResetPasswordResponseSchema: GenMessage<ResetPasswordResponse>;
 
 /**
+ * @generated from message kapal.v1.ChangePasswordRequest
+ */
+export declare type ChangePasswordRequest = Message<"kapal.v1.ChangePasswordRequest"> & {
+  /**
+   * The password the account has now.
+   *
+   * @generated from field: string current_password = 1;
+   */
+  currentPassword: string;
+
+  /**
+   * The new password: at least 10 characters, with letters and at least one digit or symbol.
+   *
+   * @generated from field: string new_password = 2;
+   */
+  newPassword: string;
+};
+
+/**
+ * Describes the message kapal.v1.ChangePasswordRequest.
+ * Use `create(ChangePasswordRequestSchema)` to create a new message.
+ */
+export declare const ChangePasswordRequestSchema: GenMessage<ChangePasswordRequest>;
+
+/**
+ * @generated from message kapal.v1.ChangePasswordResponse
+ */
+export declare type ChangePasswordResponse = Message<"kapal.v1.ChangePasswordResponse"> & {
+  /**
+   * How many other sessions were ended.
+   *
+   * @generated from field: uint32 sessions_ended = 1;
+   */
+  sessionsEnded: number;
+};
+
+/**
+ * Describes the message kapal.v1.ChangePasswordResponse.
+ * Use `create(ChangePasswordResponseSchema)` to create a new message.
+ */
+export declare const ChangePasswordResponseSchema: GenMessage<ChangePasswordResponse>;
+
+/**
+ * A login session of the caller's account. The secret token is never shown again.
+ *
+ * @generated from message kapal.v1.Session
+ */
+export declare type Session = Message<"kapal.v1.Session"> & {
+  /**
+   * Session id (UUID), for RevokeSession.
+   *
+   * @generated from field: string id = 1;
+   */
+  id: string;
+
+  /**
+   * When it was opened (LogIn or SignUp).
+   *
+   * @generated from field: google.protobuf.Timestamp created_at = 2;
+   */
+  createdAt?: Timestamp | undefined;
+
+  /**
+   * When it ends by itself.
+   *
+   * @generated from field: google.protobuf.Timestamp expires_at = 3;
+   */
+  expiresAt?: Timestamp | undefined;
+
+  /**
+   * When it was last used to authenticate, to within 5 minutes; unset when never since it
+   * was opened.
+   *
+   * @generated from field: google.protobuf.Timestamp last_used_at = 4;
+   */
+  lastUsedAt?: Timestamp | undefined;
+
+  /**
+   * The `user-agent` of the client that opened it (at most 200 characters), if it sent one.
+   *
+   * @generated from field: string user_agent = 5;
+   */
+  userAgent: string;
+
+  /**
+   * Whether this is the session that made the ListSessions call.
+   *
+   * @generated from field: bool current = 6;
+   */
+  current: boolean;
+
+  /**
+   * Set once the session is ended (RevokeSession's answer).
+   *
+   * @generated from field: google.protobuf.Timestamp revoked_at = 7;
+   */
+  revokedAt?: Timestamp | undefined;
+};
+
+/**
+ * Describes the message kapal.v1.Session.
+ * Use `create(SessionSchema)` to create a new message.
+ */
+export declare const SessionSchema: GenMessage<Session>;
+
+/**
+ * @generated from message kapal.v1.ListSessionsRequest
+ */
+export declare type ListSessionsRequest = Message<"kapal.v1.ListSessionsRequest"> & {
+  /**
+   * At most this many sessions (default 50, at most 500).
+   *
+   * @generated from field: uint32 page_size = 1;
+   */
+  pageSize: number;
+
+  /**
+   * From ListSessionsResponse.next_page_token, to continue a listing.
+   *
+   * @generated from field: string page_token = 2;
+   */
+  pageToken: string;
+};
+
+/**
+ * Describes the message kapal.v1.ListSessionsRequest.
+ * Use `create(ListSessionsRequestSchema)` to create a new message.
+ */
+export declare const ListSessionsRequestSchema: GenMessage<ListSessionsRequest>;
+
+/**
+ * @generated from message kapal.v1.ListSessionsResponse
+ */
+export declare type ListSessionsResponse = Message<"kapal.v1.ListSessionsResponse"> & {
+  /**
+   * @generated from field: repeated kapal.v1.Session sessions = 1;
+   */
+  sessions: Session[];
+
+  /**
+   * Empty when there are no more sessions.
+   *
+   * @generated from field: string next_page_token = 2;
+   */
+  nextPageToken: string;
+};
+
+/**
+ * Describes the message kapal.v1.ListSessionsResponse.
+ * Use `create(ListSessionsResponseSchema)` to create a new message.
+ */
+export declare const ListSessionsResponseSchema: GenMessage<ListSessionsResponse>;
+
+/**
+ * @generated from message kapal.v1.RevokeSessionRequest
+ */
+export declare type RevokeSessionRequest = Message<"kapal.v1.RevokeSessionRequest"> & {
+  /**
+   * Id of the session to end (Session.id).
+   *
+   * @generated from field: string id = 1;
+   */
+  id: string;
+};
+
+/**
+ * Describes the message kapal.v1.RevokeSessionRequest.
+ * Use `create(RevokeSessionRequestSchema)` to create a new message.
+ */
+export declare const RevokeSessionRequestSchema: GenMessage<RevokeSessionRequest>;
+
+/**
+ * What an API token may do.
+ *
+ * @generated from enum kapal.v1.ApiTokenScope
+ */
+export enum ApiTokenScope {
+  /**
+   * Not set: CreateApiTokenRequest treats it as FULL.
+   *
+   * @generated from enum value: API_TOKEN_SCOPE_UNSPECIFIED = 0;
+   */
+  UNSPECIFIED = 0,
+
+  /**
+   * Everything the account may do. Tokens made before scopes existed have this scope.
+   *
+   * @generated from enum value: API_TOKEN_SCOPE_FULL = 1;
+   */
+  FULL = 1,
+
+  /**
+   * Only calls that change nothing: WhoAmI, ListApiTokens, ListSessions, the catalog, and the
+   * Get*, List* and Watch* calls of orders, instances (with credentials), subscriptions,
+   * invoices and support tickets (and for an operator the admin reports and listings, but not
+   * GetInstanceAsAdmin, which is audited). Every other call is PERMISSION_DENIED, creating
+   * tokens included.
+   *
+   * @generated from enum value: API_TOKEN_SCOPE_READ_ONLY = 2;
+   */
+  READ_ONLY = 2,
+}
+
+/**
+ * Describes the enum kapal.v1.ApiTokenScope.
+ */
+export declare const ApiTokenScopeSchema: GenEnum<ApiTokenScope>;
+
+/**
  * The role of an account.
  *
  * @generated from enum kapal.v1.Role
@@ -569,7 +793,13 @@ export declare const AccountService: GenService<{
     output: typeof AccountSchema;
   },
   /**
-   * Creates a long-lived API token for scripts and partner integrations. The token is returned once.
+   * Creates an API token for scripts and partner integrations. The token is returned once.
+   * The creator picks its scope (FULL unless asked otherwise) and lifetime (at most 365 days).
+   * A token never makes a token with more power than itself: a READ_ONLY token cannot create
+   * tokens at all (PERMISSION_DENIED, like every other call that changes something), and an
+   * API token with scope FULL may create tokens that expire no later than itself
+   * (INVALID_ARGUMENT for a longer `ttl_days`). A session (LogIn) may create any scope for up
+   * to 365 days.
    *
    * @generated from rpc kapal.v1.AccountService.CreateApiToken
    */
@@ -647,6 +877,43 @@ export declare const AccountService: GenService<{
     methodKind: "unary";
     input: typeof ResetPasswordRequestSchema;
     output: typeof ResetPasswordResponseSchema;
+  },
+  /**
+   * Changes the caller's password. PERMISSION_DENIED when `current_password` is wrong;
+   * INVALID_ARGUMENT when the new one is weak (the rules of SignUp). Every other session of the
+   * account ends: at once on the gateway that served the call, within the gateway's identity
+   * cache time (10 s by default) on other gateway replicas. The session that made the call
+   * stays, and so do API tokens (list them with ListApiTokens, end them with RevokeApiToken).
+   *
+   * @generated from rpc kapal.v1.AccountService.ChangePassword
+   */
+  changePassword: {
+    methodKind: "unary";
+    input: typeof ChangePasswordRequestSchema;
+    output: typeof ChangePasswordResponseSchema;
+  },
+  /**
+   * Lists the caller's live sessions (those LogIn and SignUp opened, not API tokens), newest
+   * first; the one that made this call has `current` set.
+   *
+   * @generated from rpc kapal.v1.AccountService.ListSessions
+   */
+  listSessions: {
+    methodKind: "unary";
+    input: typeof ListSessionsRequestSchema;
+    output: typeof ListSessionsResponseSchema;
+  },
+  /**
+   * Ends one of the caller's sessions, like LogOut does for the current one: calls with it fail
+   * from then on (on other gateway replicas within the identity cache time). NOT_FOUND when the
+   * id is not a session of the caller's account.
+   *
+   * @generated from rpc kapal.v1.AccountService.RevokeSession
+   */
+  revokeSession: {
+    methodKind: "unary";
+    input: typeof RevokeSessionRequestSchema;
+    output: typeof SessionSchema;
   },
 }>;
 
