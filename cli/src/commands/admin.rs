@@ -1004,6 +1004,7 @@ async fn events(a: SubscriptionArg) -> anyhow::Result<()> {
         .billing_admin()?
         .list_subscription_events_as_admin(ListSubscriptionEventsRequest {
             subscription_id: a.id.clone(),
+            ..Default::default()
         })
         .await
         .or_fail_as_operator(&ctx)?

@@ -84,6 +84,7 @@ pub async fn events(a: SubscriptionArg) -> anyhow::Result<()> {
         .subscriptions()?
         .list_subscription_events(ListSubscriptionEventsRequest {
             subscription_id: a.id.clone(),
+            ..Default::default()
         })
         .await
         .or_fail(&ctx)?
