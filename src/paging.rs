@@ -123,7 +123,10 @@ mod tests {
         let at = chrono::DateTime::from_timestamp(1_800_000_000, 0)
             .expect("valid")
             .naive_utc();
-        assert_eq!(parse_after_id(&token(at, "203")).expect("parses"), Some(203));
+        assert_eq!(
+            parse_after_id(&token(at, "203")).expect("parses"),
+            Some(203)
+        );
         assert_eq!(parse_after_id("").expect("empty"), None);
         let e = parse_after_id(&token(at, "0b9f6c1e")).expect_err("not a number");
         assert_eq!(e.code(), tonic::Code::InvalidArgument);

@@ -561,7 +561,10 @@ async fn one_customers_story(backend: Backend) {
         assert!(err.message().contains(words), "{words}: {}", err.message());
     }
     let sub = billing.get(&customer(big), &pro.id).await.expect("get");
-    assert_eq!((sub.plan_id.as_str(), sub.next_plan_id.as_str()), ("pro", ""));
+    assert_eq!(
+        (sub.plan_id.as_str(), sub.next_plan_id.as_str()),
+        ("pro", "")
+    );
 
     // Converting the trial: the paid plan is charged at the end of the trial.
     let converted = billing
@@ -1184,7 +1187,10 @@ async fn check_invariants(billing: &Billing, cp: &ControlPlane) {
                     .await?;
                 let outbox_plans = entitlement_outbox::table
                     .order(entitlement_outbox::id.asc())
-                    .select((entitlement_outbox::subscription_id, entitlement_outbox::plan_id))
+                    .select((
+                        entitlement_outbox::subscription_id,
+                        entitlement_outbox::plan_id,
+                    ))
                     .load(c)
                     .await?;
                 Ok::<_, diesel::result::Error>((plans, outbox_plans))
