@@ -1178,26 +1178,26 @@ async fn check_invariants(billing: &Billing, cp: &ControlPlane) {
     // Every entitlement change carries the plan the subscription pays for then, so the last one
     // of a subscription names its current plan (a plan change at renewal always sends one).
     let mut conn = billing.inspect.get().await.expect("conn");
-    let (plans, outbox_plans): (Vec<(String, String)>, Vec<(String, Option<String>)>) =
-        kapal::db!(&mut conn, |c| {
-            async {
-                let plans = subscriptions::table
-                    .select((subscriptions::id, subscriptions::plan_id))
-                    .load(c)
-                    .await?;
-                let outbox_plans = entitlement_outbox::table
-                    .order(entitlement_outbox::id.asc())
-                    .select((
-                        entitlement_outbox::subscription_id,
-                        entitlement_outbox::plan_id,
-                    ))
-                    .load(c)
-                    .await?;
-                Ok::<_, diesel::result::Error>((plans, outbox_plans))
-            }
-            .await
-        })
-        .expect("load plans");
+    type Plans = (Vec<(String, String)>, Vec<(String, Option<String>)>);
+    let (plans, outbox_plans): Plans = kapal::db!(&mut conn, |c| {
+        async {
+            let plans = subscriptions::table
+                .select((subscriptions::id, subscriptions::plan_id))
+                .load(c)
+                .await?;
+            let outbox_plans = entitlement_outbox::table
+                .order(entitlement_outbox::id.asc())
+                .select((
+                    entitlement_outbox::subscription_id,
+                    entitlement_outbox::plan_id,
+                ))
+                .load(c)
+                .await?;
+            Ok::<_, diesel::result::Error>((plans, outbox_plans))
+        }
+        .await
+    })
+    .expect("load plans");
     drop(conn);
     let last_plan: HashMap<&str, Option<&str>> = outbox_plans
         .iter()
