@@ -52,6 +52,16 @@ pub fn token(at: NaiveDateTime, id: &str) -> String {
     URL_SAFE_NO_PAD.encode(format!("{nanos}|{id}"))
 }
 
+/// For listings ordered oldest first by an increasing numeric id (billing's subscription
+/// events): the id of the last row of the previous page, from a token made by [`token`] with
+/// the id written in decimal; `None` for the first page. The next page is the rows with a
+/// greater id.
+pub fn parse_after_id(token: &str) -> Result<Option<i64>, Status> {
+    parse(token)?
+        .map(|c| c.id.parse::<i64>().map_err(|_| invalid()))
+        .transpose()
+}
+
 /// Splits `limit + 1` loaded rows into the page and the next page's token (empty on the last
 /// page); `key` gives a row's `(created_at, id)`.
 pub fn split<T>(
@@ -106,6 +116,20 @@ mod tests {
         let e = parse("1738540800123456.0190f3c2-7b1e-7c3a-9d2e-5f4a3b2c1d0e").expect_err("old");
         assert_eq!(e.code(), tonic::Code::InvalidArgument);
         assert!(e.message().contains("start again"), "{}", e.message());
+    }
+
+    #[test]
+    fn numeric_id_tokens_round_trip_and_reject_other_ids() {
+        let at = chrono::DateTime::from_timestamp(1_800_000_000, 0)
+            .expect("valid")
+            .naive_utc();
+        assert_eq!(
+            parse_after_id(&token(at, "203")).expect("parses"),
+            Some(203)
+        );
+        assert_eq!(parse_after_id("").expect("empty"), None);
+        let e = parse_after_id(&token(at, "0b9f6c1e")).expect_err("not a number");
+        assert_eq!(e.code(), tonic::Code::InvalidArgument);
     }
 
     #[test]

@@ -467,7 +467,10 @@ impl pb::billing_admin_service_server::BillingAdminService for Billing {
         request: Request<pb::ListSubscriptionEventsRequest>,
     ) -> Result<Response<pb::ListSubscriptionEventsResponse>, Status> {
         auth::admin(&request)?;
-        let id = wire::uuid("subscription_id", &request.get_ref().subscription_id)?.to_string();
+        let req = request.get_ref();
+        let id = wire::uuid("subscription_id", &req.subscription_id)?.to_string();
+        let limit = wire::page_size(req.page_size);
+        let after = paging::parse_after_id(req.page_token.trim())?;
         let mut conn = self.db().get().await.map_err(Error::from)?;
         let found: Option<String> = kapal::db!(&mut conn, |c| {
             subscriptions::table
@@ -482,9 +485,11 @@ impl pb::billing_admin_service_server::BillingAdminService for Billing {
         if found.is_none() {
             return Err(Error::NotFound("subscription").into());
         }
-        let rows = store::subscription_events(self.db(), &id).await?;
+        let (rows, next_page_token) =
+            store::subscription_events(self.db(), &id, after, limit).await?;
         Ok(Response::new(pb::ListSubscriptionEventsResponse {
             events: events_to_proto(&rows),
+            next_page_token,
         }))
     }
 }

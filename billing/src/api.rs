@@ -502,6 +502,22 @@ impl pb::subscription_service_server::SubscriptionService for Billing {
             ))
             .into());
         }
+        // Volumes cannot shrink (Kubernetes refuses a smaller PersistentVolumeClaim): a plan
+        // whose volume is smaller than the current plan's would not hold the data there.
+        if let Some(current) = app.plan(&sub.plan_id)
+            && plan.storage_gib < current.storage_gib
+        {
+            return Err(Error::FailedPrecondition(format!(
+                "plan {} has a {} GiB volume, smaller than the {} GiB volume of this instance's plan {}; volumes cannot shrink. Choose a plan with at least {} GiB, or order {} as a new instance and move your data there.",
+                plan.id,
+                plan.storage_gib,
+                current.storage_gib,
+                current.id,
+                current.storage_gib,
+                plan.id
+            ))
+            .into());
+        }
         let (row, next_plan) = store::change_plan(
             &self.0.db,
             &account,
@@ -519,11 +535,16 @@ impl pb::subscription_service_server::SubscriptionService for Billing {
         request: Request<pb::ListSubscriptionEventsRequest>,
     ) -> Result<Response<pb::ListSubscriptionEventsResponse>, Status> {
         let account = auth::customer(&request)?.account_id.to_string();
-        let id = wire::uuid("subscription_id", &request.get_ref().subscription_id)?.to_string();
+        let req = request.get_ref();
+        let id = wire::uuid("subscription_id", &req.subscription_id)?.to_string();
+        let limit = wire::page_size(req.page_size);
+        let after = kapal::paging::parse_after_id(req.page_token.trim())?;
         store::customer_subscription(&self.0.db, &account, &id).await?;
-        let rows = store::subscription_events(&self.0.db, &id).await?;
+        let (rows, next_page_token) =
+            store::subscription_events(&self.0.db, &id, after, limit).await?;
         Ok(Response::new(pb::ListSubscriptionEventsResponse {
             events: events_to_proto(&rows),
+            next_page_token,
         }))
     }
 }

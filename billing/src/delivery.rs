@@ -1,7 +1,7 @@
 //! Delivery of the entitlement outbox to the control-plane.
 //!
-//! The scheduler writes every change of what an instance may do (`entitlement_outbox`) in the
-//! same transaction as the status change. [`Delivery`] sends those rows to the control-plane's
+//! The scheduler writes every change of what an instance may do (`entitlement_outbox`), with the
+//! plan the subscription pays for from then on, in the same transaction as the status change. [`Delivery`] sends those rows to the control-plane's
 //! `kapal.internal.v1.EntitlementService/SetEntitlement`, signed as a service, with the row's
 //! id as the `sequence`, until the control-plane answers:
 //!
@@ -89,6 +89,7 @@ struct OutboxRow {
     attempts: i32,
     lease_until: Option<NaiveDateTime>,
     cause: Option<String>,
+    plan_id: Option<String>,
 }
 
 /// Sends the outbox to the control-plane. Cheap to clone.
@@ -291,6 +292,7 @@ impl Delivery {
                 .cause
                 .clone()
                 .unwrap_or_else(|| cause(entitlement).to_string()),
+            plan_id: row.plan_id.clone().unwrap_or_default(),
         };
         let mut client = self.0.client.clone();
         match tokio::time::timeout(CALL_TIMEOUT, client.set_entitlement(request)).await {

@@ -11,7 +11,8 @@
 //! - `TRIALING`/`ACTIVE` at the end of the period: cancelled → `CANCELED`; a trial that was not
 //!   converted (ChangePlan) → `EXPIRED`; auto-renew off → `EXPIRED`; otherwise the next period
 //!   is invoiced (one invoice per period: `UNIQUE (subscription_id, period_start)`) and charged.
-//!   Paid → `ACTIVE` with the new period (and the new plan of a ChangePlan); failed →
+//!   Paid → `ACTIVE` with the new period (and the new plan of a ChangePlan, sent to the
+//!   control-plane as an entitlement so the instance gets the plan's resources); failed →
 //!   `PAST_DUE` with a grace period ([`Settings::grace`]).
 //! - `PAST_DUE`/`SUSPENDED`: the unpaid invoice is charged again every [`Settings::retry_every`]
 //!   while auto-renew is on; paid → `ACTIVE` (reactivated, the instance resumes). At the end of
@@ -40,7 +41,8 @@
 //! ## Effects on instances
 //!
 //! A change of what the instance may do ([`Entitlement`]) is written to `entitlement_outbox`
-//! in the same transaction as the status change, with its cause, for delivery to the
+//! in the same transaction as the status change, with its cause and the subscription's plan
+//! from then on, for delivery to the
 //! control-plane ([`crate::delivery`]); the scheduler then wakes the delivery
 //! ([`Scheduler::with_outbox_wake`]).
 //!
@@ -650,10 +652,14 @@ impl Scheduler {
                                 ),
                                 _ => format!("renewed: invoice {number} paid"),
                             },
+                            // A reactivation lets the instance run again; a new plan (a
+                            // ChangePlan, a converted trial) re-renders it with the plan's
+                            // resources: both reach the control-plane as an entitlement.
+                            entitlement: (from == SubscriptionStatus::Suspended
+                                || plan != sub.plan_id)
+                                .then_some(Entitlement::Active),
                             renewal: Some((invoice.period_start, invoice.period_end, plan, price)),
                             sched: next,
-                            entitlement: (from == SubscriptionStatus::Suspended)
-                                .then_some(Entitlement::Active),
                             void_unpaid: false,
                         }
                     }
@@ -974,6 +980,11 @@ impl Scheduler {
                     .execute(c)
                     .await?;
                 if let Some(entitlement) = change.entitlement {
+                    // The plan from this change on: the renewal's (new) plan, or the current one.
+                    let plan = change
+                        .renewal
+                        .as_ref()
+                        .map_or(&sub.plan_id, |(_, _, plan, _)| plan);
                     diesel::insert_into(entitlement_outbox::table)
                         .values((
                             entitlement_outbox::subscription_id.eq(&sub.id),
@@ -981,6 +992,7 @@ impl Scheduler {
                             entitlement_outbox::entitlement.eq(entitlement.as_str()),
                             entitlement_outbox::at.eq(change.due),
                             entitlement_outbox::cause.eq(Some(&change.cause)),
+                            entitlement_outbox::plan_id.eq(Some(plan)),
                         ))
                         .execute(c)
                         .await?;

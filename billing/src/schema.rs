@@ -50,6 +50,7 @@ diesel::table! {
         lease_until -> Nullable<Timestamp>,
         cause -> Nullable<Text>,
         last_error -> Nullable<Text>,
+        plan_id -> Nullable<Text>,
     }
 }
 

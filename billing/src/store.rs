@@ -166,24 +166,40 @@ pub async fn next_plan(db: &Db, id: &str) -> Result<Option<String>, Error> {
 #[derive(Clone, Debug, Queryable, Selectable)]
 #[diesel(table_name = subscription_events)]
 pub struct EventRow {
+    pub id: i64,
     pub at: NaiveDateTime,
     pub from_status: Option<String>,
     pub to_status: String,
     pub cause: String,
 }
 
-/// A subscription's events, oldest first.
-pub async fn subscription_events(db: &Db, id: &str) -> Result<Vec<EventRow>, Error> {
+/// A page of a subscription's events, oldest first: at most `limit` events after the event
+/// `after` (an event id, from [`kapal::paging::parse_after_id`]), and the next page's token
+/// (empty on the last page).
+pub async fn subscription_events(
+    db: &Db,
+    id: &str,
+    after: Option<i64>,
+    limit: i64,
+) -> Result<(Vec<EventRow>, String), Error> {
     let mut conn = db.read().await?;
-    let rows = kapal::db!(&mut conn, |c| {
+    let mut rows: Vec<EventRow> = kapal::db!(&mut conn, |c| {
         subscription_events::table
             .filter(subscription_events::subscription_id.eq(id))
+            .filter(subscription_events::id.gt(after.unwrap_or(i64::MIN)))
             .order(subscription_events::id.asc())
+            .limit(limit.saturating_add(1))
             .select(EventRow::as_select())
             .load(c)
             .await
     })?;
-    Ok(rows)
+    let more = rows.len() as i64 > limit;
+    rows.truncate(usize::try_from(limit).unwrap_or(0));
+    let next = match rows.last() {
+        Some(last) if more => kapal::paging::token(last.at, &last.id.to_string()),
+        _ => String::new(),
+    };
+    Ok((rows, next))
 }
 
 /// Sets (or, for the current plan, withdraws) the plan one of the account's subscriptions

@@ -464,6 +464,7 @@ impl Billing {
                 who,
                 pb::ListSubscriptionEventsRequest {
                     subscription_id: id.to_string(),
+                    ..Default::default()
                 },
             ))
             .await
@@ -548,6 +549,23 @@ async fn one_customers_story(backend: Backend) {
         Code::NotFound
     );
 
+    // A plan whose volume is smaller than the current one is refused: volumes cannot shrink.
+    let big = Uuid::new_v4();
+    let pro = billing.create(big, Uuid::new_v4(), "n8n", "pro").await;
+    let err = billing
+        .change_plan(&customer(big), &pro.id, "starter")
+        .await
+        .expect_err("downgrade to a smaller volume");
+    assert_eq!(err.code(), Code::FailedPrecondition, "{err:?}");
+    for words in ["5 GiB", "10 GiB", "cannot shrink"] {
+        assert!(err.message().contains(words), "{words}: {}", err.message());
+    }
+    let sub = billing.get(&customer(big), &pro.id).await.expect("get");
+    assert_eq!(
+        (sub.plan_id.as_str(), sub.next_plan_id.as_str()),
+        ("pro", "")
+    );
+
     // Converting the trial: the paid plan is charged at the end of the trial.
     let converted = billing
         .change_plan(&me, &trial.id, "starter")
@@ -623,20 +641,35 @@ async fn one_customers_story(backend: Backend) {
             .any(|e| e.cause.contains("retention period over")),
         "{events:#?}"
     );
-    // The instance was suspended, resumed, suspended at the end and deleted after retention.
-    let outbox: Vec<String> = {
+    // The instance moved to the paid plan when the trial converted, was suspended, resumed,
+    // suspended at the end and deleted after retention; every change names the plan.
+    let outbox: Vec<(String, Option<String>)> = {
         let mut conn = billing.inspect.get().await.expect("conn");
         kapal::db!(&mut conn, |c| {
             entitlement_outbox::table
                 .filter(entitlement_outbox::subscription_id.eq(&trial.id))
                 .order(entitlement_outbox::id.asc())
-                .select(entitlement_outbox::entitlement)
+                .select((entitlement_outbox::entitlement, entitlement_outbox::plan_id))
                 .load(c)
                 .await
         })
         .expect("outbox")
     };
-    assert_eq!(outbox, ["suspended", "active", "suspended", "expired"]);
+    let outbox: Vec<(&str, Option<&str>)> = outbox
+        .iter()
+        .map(|(e, p)| (e.as_str(), p.as_deref()))
+        .collect();
+    let starter = Some("starter");
+    assert_eq!(
+        outbox,
+        [
+            ("active", starter),
+            ("suspended", starter),
+            ("active", starter),
+            ("suspended", starter),
+            ("expired", starter)
+        ]
+    );
     // An ended subscription cannot change plan.
     assert_eq!(
         billing
@@ -656,6 +689,123 @@ async fn one_customers_story(backend: Backend) {
     let sub = billing.get(&me, &lapsed.id).await.expect("get");
     assert_eq!(status(&sub), pb::SubscriptionStatus::Expired);
     billing.stop().await;
+}
+
+// ---------------------------------------------------------------------------------------------
+// Subscription events page
+// ---------------------------------------------------------------------------------------------
+
+async fn events_page(
+    billing: &Billing,
+    who: &Principal,
+    id: &str,
+    page_size: u32,
+    page_token: &str,
+) -> Result<pb::ListSubscriptionEventsResponse, tonic::Status> {
+    billing
+        .public()
+        .list_subscription_events(billing.signed(
+            who,
+            pb::ListSubscriptionEventsRequest {
+                subscription_id: id.to_string(),
+                page_size,
+                page_token: page_token.to_string(),
+            },
+        ))
+        .await
+        .map(|r| r.into_inner())
+}
+
+/// 200 auto-renew toggles make 200 events more; they come back in pages of the default size
+/// (50), oldest first, each with the token of the next, the last without one.
+async fn subscription_events_come_in_pages(backend: Backend) {
+    let billing = Billing::start(backend).await;
+    let account = Uuid::new_v4();
+    let me = customer(account);
+    let sub = billing
+        .create(account, Uuid::new_v4(), "n8n", "starter")
+        .await;
+    let before = events_page(&billing, &me, &sub.id, 500, "")
+        .await
+        .expect("events")
+        .events
+        .len();
+    for i in 0..200 {
+        billing
+            .auto_renew(&me, &sub.id, i % 2 == 1)
+            .await
+            .expect("toggle");
+    }
+    let total = before + 200;
+    let mut token = String::new();
+    let mut seen = Vec::new();
+    let mut sizes = Vec::new();
+    loop {
+        let page = events_page(&billing, &me, &sub.id, 0, &token)
+            .await
+            .expect("page");
+        sizes.push(page.events.len());
+        seen.extend(page.events);
+        if page.next_page_token.is_empty() {
+            break;
+        }
+        token = page.next_page_token;
+        assert!(sizes.len() <= total / 50 + 1, "pages never end: {sizes:?}");
+    }
+    let mut want = vec![50; total / 50];
+    if total % 50 > 0 {
+        want.push(total % 50);
+    }
+    assert_eq!(sizes, want, "{total} events in pages of 50");
+    let at = |e: &pb::SubscriptionEvent| e.at.as_ref().map(|t| (t.seconds, t.nanos));
+    assert!(
+        seen.windows(2).all(|w| at(&w[0]) <= at(&w[1])),
+        "oldest first"
+    );
+    let all = events_page(&billing, &me, &sub.id, 500, "")
+        .await
+        .expect("one page");
+    assert_eq!((all.events, all.next_page_token), (seen, String::new()));
+    // At most 500 per page, whatever is asked.
+    let capped = events_page(&billing, &me, &sub.id, 100_000, "")
+        .await
+        .expect("capped");
+    assert_eq!(capped.events.len(), total.min(500));
+
+    // A token this service did not make is INVALID_ARGUMENT, and says what to do.
+    for bad in ["garbage!", "MTIzNDU2fGFiYw", "1738540800123456.0190f3c2"] {
+        let err = events_page(&billing, &me, &sub.id, 0, bad)
+            .await
+            .expect_err("bad token");
+        assert_eq!(err.code(), Code::InvalidArgument, "{bad}: {err:?}");
+        assert!(err.message().contains("page_token"), "{}", err.message());
+    }
+    // Operators page the same way.
+    let admin_page = billing
+        .admin()
+        .list_subscription_events_as_admin(billing.signed(
+            &operator(),
+            pb::ListSubscriptionEventsRequest {
+                subscription_id: sub.id.clone(),
+                ..Default::default()
+            },
+        ))
+        .await
+        .expect("admin page")
+        .into_inner();
+    assert_eq!(admin_page.events.len(), 50);
+    assert!(!admin_page.next_page_token.is_empty());
+    billing.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn subscription_events_come_in_pages_sqlite() {
+    subscription_events_come_in_pages(Backend::Sqlite).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn subscription_events_come_in_pages_postgres() {
+    subscription_events_come_in_pages(Backend::Postgres).await;
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -1025,6 +1175,43 @@ async fn check_invariants(billing: &Billing, cp: &ControlPlane) {
     .expect("load state");
     drop(conn);
 
+    // Every entitlement change carries the plan the subscription pays for then, so the last one
+    // of a subscription names its current plan (a plan change at renewal always sends one).
+    let mut conn = billing.inspect.get().await.expect("conn");
+    type Plans = (Vec<(String, String)>, Vec<(String, Option<String>)>);
+    let (plans, outbox_plans): Plans = kapal::db!(&mut conn, |c| {
+        async {
+            let plans = subscriptions::table
+                .select((subscriptions::id, subscriptions::plan_id))
+                .load(c)
+                .await?;
+            let outbox_plans = entitlement_outbox::table
+                .order(entitlement_outbox::id.asc())
+                .select((
+                    entitlement_outbox::subscription_id,
+                    entitlement_outbox::plan_id,
+                ))
+                .load(c)
+                .await?;
+            Ok::<_, diesel::result::Error>((plans, outbox_plans))
+        }
+        .await
+    })
+    .expect("load plans");
+    drop(conn);
+    let last_plan: HashMap<&str, Option<&str>> = outbox_plans
+        .iter()
+        .map(|(sub, plan)| (sub.as_str(), plan.as_deref()))
+        .collect();
+    for (id, plan) in &plans {
+        if let Some(sent) = last_plan.get(id.as_str()) {
+            assert_eq!(
+                *sent,
+                Some(plan.as_str()),
+                "subscription {id} is on plan {plan}; its last entitlement change says {sent:?}"
+            );
+        }
+    }
     let scheds: HashMap<&str, &SchedRow> = scheds.iter().map(|s| (s.0.as_str(), s)).collect();
     let mut history: HashMap<&str, Vec<Entitlement>> = HashMap::new();
     for (sub, e) in &outbox {
@@ -1911,6 +2098,7 @@ async fn operators_see_revenue_and_every_subscription(backend: Backend) {
                 &Principal::service(),
                 pb::ListSubscriptionEventsRequest {
                     subscription_id: a.id.clone(),
+                    ..Default::default()
                 },
             ))
             .await
@@ -2099,6 +2287,7 @@ async fn operators_see_revenue_and_every_subscription(backend: Backend) {
             &operator(),
             pb::ListSubscriptionEventsRequest {
                 subscription_id: zs.id.clone(),
+                ..Default::default()
             },
         ))
         .await
@@ -2120,6 +2309,7 @@ async fn operators_see_revenue_and_every_subscription(backend: Backend) {
             &operator(),
             pb::ListSubscriptionEventsRequest {
                 subscription_id: Uuid::new_v4().to_string(),
+                ..Default::default()
             },
         ))
         .await

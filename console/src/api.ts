@@ -49,6 +49,23 @@ export const instances = createClient(InstanceService, transport);
 export const subscriptions = createClient(SubscriptionService, transport);
 
 /** The message the server sent (without the code prefix connect adds), for a person. */
+/** Every row of a paged listing, following next_page_token to the last page (at most
+ * `maxPages` pages, so a server that never ends cannot hang the page). */
+export async function allPages<T>(
+  page: (pageToken: string) => Promise<{ rows: T[]; next: string }>,
+  maxPages = 100,
+): Promise<T[]> {
+  const all: T[] = [];
+  let token = '';
+  for (let i = 0; i < maxPages; i++) {
+    const { rows, next } = await page(token);
+    all.push(...rows);
+    if (!next || next === token) break;
+    token = next;
+  }
+  return all;
+}
+
 export function errorMessage(err: unknown): string {
   if (err instanceof ConnectError) {
     return err.rawMessage || Code[err.code];

@@ -13,11 +13,20 @@
 //! - SUSPENDED: STOPPED with `suspended_by_billing` (scaled to zero, data kept);
 //! - ACTIVE: the customer's desired state, so an instance the customer had not stopped runs
 //!   again and one they stopped stays stopped.
+//!
+//! A change also names the plan the subscription pays for from then on (a ChangePlan applied
+//! at renewal, a converted trial). A plan other than the instance's is recorded on the instance
+//! in the same transaction, with an entry in its history, and the push that follows has the
+//! provisioner re-render the instance with that plan's resources (CPU and memory of its
+//! workloads, its quota; a volume grows when its storage class can expand, and never shrinks:
+//! billing refuses such downgrades at ChangePlan). A plan billing names that is not in the
+//! catalog is logged and the instance keeps its plan.
 
 use chrono::NaiveDateTime;
 use diesel::prelude::*;
 use diesel_async::{AsyncConnection as _, RunQueryDsl};
 use kapal::auth;
+use kapal::catalog::Plan;
 use kapal::db::DbError;
 use kapal::proto::internal::v1::entitlement_service_server::EntitlementService;
 use kapal::proto::internal::v1::{Entitlement, SetEntitlementRequest, SetEntitlementResponse};
@@ -134,6 +143,8 @@ struct Change {
     sequence: i64,
     at: NaiveDateTime,
     cause: String,
+    /// The plan from this change on; `None` when billing did not say.
+    plan_id: Option<String>,
 }
 
 fn parse(ctx: &Ctx, req: &SetEntitlementRequest) -> Result<Change> {
@@ -161,7 +172,34 @@ fn parse(ctx: &Ctx, req: &SetEntitlementRequest) -> Result<Change> {
         sequence: req.sequence,
         at,
         cause: kapal::wire::truncate(req.cause.trim(), 300).to_string(),
+        plan_id: Some(req.plan_id.trim())
+            .filter(|p| !p.is_empty())
+            .map(|p| kapal::wire::truncate(p, 64).to_string()),
     })
+}
+
+/// The history entry a customer sees when billing moves the instance to another plan.
+fn plan_change_reason(from: &str, to: &Plan, subscription_id: &str) -> String {
+    let text = format!(
+        "Plan changed from {from} to {} by subscription {subscription_id}: the instance is given {} mCPU, {} MiB of memory and a {} GiB volume (a volume never shrinks).",
+        to.id, to.cpu_millis, to.memory_mib, to.storage_gib
+    );
+    kapal::wire::truncate(&text, 500).to_string()
+}
+
+/// The plan the change moves the instance to, when it names another plan of the instance's
+/// app; a plan not in the catalog is logged and ignored (the instance keeps its plan).
+fn new_plan<'a>(ctx: &'a Ctx, row: &Instance, change: &Change) -> Option<&'a Plan> {
+    let wanted = change.plan_id.as_deref().filter(|p| *p != row.plan_id)?;
+    let plan = ctx.catalog.app(&row.app_id).and_then(|a| a.plan(wanted));
+    if plan.is_none() {
+        tracing::warn!(
+            instance_id = %row.id, app_id = %row.app_id, plan_id = wanted,
+            "billing names a plan that is not in the catalog; the instance keeps plan {}",
+            row.plan_id
+        );
+    }
+    plan
 }
 
 /// Stores the change if it is newer than the one stored; appends to the instance's history.
@@ -214,6 +252,22 @@ async fn store(ctx: &Ctx, change: &Change) -> Result<Outcome> {
                 // Billing kept the data through its retention already: it goes now.
                 diesel::update(instances::table.find(&change.instance_id))
                     .set(instances::data_deleted_after.eq(now))
+                    .execute(c)
+                    .await?;
+            }
+            if let Some(plan) = new_plan(ctx, &row, change) {
+                diesel::update(instances::table.find(&change.instance_id))
+                    .set(instances::plan_id.eq(&plan.id))
+                    .execute(c)
+                    .await?;
+                diesel::insert_into(instance_events::table)
+                    .values(&InstanceEvent {
+                        id: Uuid::now_v7().to_string(),
+                        instance_id: change.instance_id.clone(),
+                        status: row.status.clone(),
+                        reason: plan_change_reason(&row.plan_id, plan, &change.subscription_id),
+                        at: now,
+                    })
                     .execute(c)
                     .await?;
             }
@@ -300,6 +354,7 @@ impl EntitlementService for Entitlements {
                 tracing::info!(
                     instance_id = %change.instance_id, subscription_id = %change.subscription_id,
                     entitlement = change.value, sequence = change.sequence, cause = %change.cause,
+                    plan_id = change.plan_id.as_deref().unwrap_or(""),
                     "entitlement applied"
                 );
                 converge(ctx, &change.instance_id);

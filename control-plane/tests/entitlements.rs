@@ -322,6 +322,29 @@ impl Stack {
         entitlement: Entitlement,
         sequence: i64,
     ) -> Result<bool, Status> {
+        self.set_full(principal, c, entitlement, sequence, "").await
+    }
+
+    /// An entitlement change naming the plan the subscription pays for from now on.
+    async fn set_plan(
+        &self,
+        c: &Customer,
+        entitlement: Entitlement,
+        sequence: i64,
+        plan_id: &str,
+    ) -> Result<bool, Status> {
+        self.set_full(&self.service(), c, entitlement, sequence, plan_id)
+            .await
+    }
+
+    async fn set_full(
+        &self,
+        principal: &Principal,
+        c: &Customer,
+        entitlement: Entitlement,
+        sequence: i64,
+        plan_id: &str,
+    ) -> Result<bool, Status> {
         EntitlementServiceClient::new(self.channel.clone())
             .set_entitlement(signed(
                 &self.key,
@@ -333,6 +356,7 @@ impl Stack {
                     sequence,
                     at: Some(kapal::wire::timestamp(self.clock_now().naive_utc())),
                     cause: "test".into(),
+                    plan_id: plan_id.into(),
                 },
             ))
             .await
@@ -381,6 +405,15 @@ impl Stack {
     }
 
     async fn desired_ids(&self) -> Vec<String> {
+        self.desired_specs()
+            .await
+            .into_iter()
+            .map(|s| s.instance_id)
+            .collect()
+    }
+
+    /// What the provisioner's resync reads.
+    async fn desired_specs(&self) -> Vec<InstanceSpec> {
         InstanceStateServiceClient::new(self.channel.clone())
             .list_desired_instances(signed(
                 &self.key,
@@ -391,9 +424,6 @@ impl Stack {
             .expect("list desired")
             .into_inner()
             .instances
-            .into_iter()
-            .map(|s| s.instance_id)
-            .collect()
     }
 }
 
@@ -834,7 +864,60 @@ async fn late_statuses_never_replace_newer_ones(backend: Backend) {
     );
 }
 
+/// Billing names the plan the subscription pays for: the instance takes it (what customers
+/// see, what the provisioner is asked to render); an unknown plan or none keeps the plan.
+async fn a_plan_change_reaches_the_provisioner(backend: Backend) {
+    let stack = start(backend).await;
+    let c = stack.customer().await;
+    let before = stack.get(&c).await;
+    let app = stack.catalog.app(&before.app_id).expect("app");
+    let other = app
+        .plans
+        .iter()
+        .find(|p| p.id != before.plan_id && p.trial_days == 0)
+        .expect("another plan")
+        .id
+        .clone();
+
+    assert!(
+        stack
+            .set_plan(&c, Entitlement::Active, 1, &other)
+            .await
+            .expect("plan change")
+    );
+    let spec = stack.pushed(&c, |s| s.plan_id == other).await;
+    assert_eq!(desired(&spec), DesiredState::Running);
+    assert_eq!(stack.get(&c).await.plan_id, other);
+    assert!(
+        stack
+            .desired_specs()
+            .await
+            .iter()
+            .any(|s| s.instance_id == c.instance_id && s.plan_id == other),
+        "the resync lists the new plan too"
+    );
+
+    // A plan that is not in the catalog, or none at all: the entitlement applies, the plan stays.
+    assert!(
+        stack
+            .set_plan(&c, Entitlement::Suspended, 2, "gold")
+            .await
+            .expect("unknown plan")
+    );
+    assert!(stack.get(&c).await.suspended_by_billing);
+    assert!(
+        stack
+            .set_plan(&c, Entitlement::Active, 3, "")
+            .await
+            .expect("no plan")
+    );
+    let after = stack.get(&c).await;
+    assert!(!after.suspended_by_billing);
+    assert_eq!(after.plan_id, other);
+}
+
 kapal::on_both_backends!(
+    a_plan_change_reaches_the_provisioner,
     late_statuses_never_replace_newer_ones,
     concurrent_changes_keep_the_newest,
     suspension_and_reactivation,

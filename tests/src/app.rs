@@ -65,6 +65,8 @@ struct Options {
     console_dir: Option<std::path::PathBuf>,
     /// The control-plane sends mail here (email verification on); default: off.
     mail: Option<kapal_control_plane::MailConfig>,
+    /// The catalog every service loads (default: the repository's `catalog/`).
+    catalog_dir: Option<std::path::PathBuf>,
 }
 
 /// The running services of one test.
@@ -175,6 +177,12 @@ impl TestAppBuilder {
         self
     }
 
+    /// Every service loads its catalog from `dir` instead of the repository's `catalog/`.
+    pub fn with_catalog_dir(mut self, dir: impl Into<std::path::PathBuf>) -> Self {
+        self.options.catalog_dir = Some(dir.into());
+        self
+    }
+
     pub fn with_data_retention(mut self, retention: Duration) -> Self {
         self.options.data_retention = Some(retention);
         self
@@ -186,7 +194,12 @@ impl TestAppBuilder {
         let cluster = crate::cluster::cluster().await?;
         let dir = Arc::new(tempfile::tempdir()?);
         let db = kapal::testing::db_config(self.backend, dir.path()).await?;
-        let catalog = Arc::new(Catalog::load(&kapal::catalog::repo_catalog_dir())?);
+        let catalog_dir = self
+            .options
+            .catalog_dir
+            .clone()
+            .unwrap_or_else(kapal::catalog::repo_catalog_dir);
+        let catalog = Arc::new(Catalog::load(&catalog_dir)?);
         let (stop, _) = watch::channel(false);
         let mut app = TestApp {
             backend: self.backend,

@@ -29,6 +29,7 @@ kapal::on_both_backends!(
     unpaid_renewal_suspends_and_payment_resumes,
     ended_trial_is_suspended_then_removed,
     operators_see_everything,
+    a_downgrade_lowers_the_deployment_at_renewal,
 );
 
 fn checkout(app: &str, plan: &str) -> CheckoutRequest {
@@ -285,6 +286,7 @@ async fn unpaid_renewal_suspends_and_payment_resumes(backend: Backend) -> anyhow
         .subscriptions
         .list_subscription_events(ListSubscriptionEventsRequest {
             subscription_id: sub_id.clone(),
+            ..Default::default()
         })
         .await?
         .into_inner()
@@ -535,5 +537,134 @@ async fn checkout_over_the_capacity_ceiling_is_refused() -> anyhow::Result<()> {
         refused.message()
     );
     assert_eq!(c.counts().await?, before, "nothing written");
+    Ok(())
+}
+
+/// The CPU and memory limits and requests of the instance's Deployment containers:
+/// `[(limit cpu, limit memory, request cpu, request memory)]`.
+async fn deployment_resources(ns: &str) -> anyhow::Result<Vec<[String; 4]>> {
+    let deployments: Api<Deployment> = Api::namespaced(kube().await?, ns);
+    let mut out = Vec::new();
+    for d in deployments.list(&ListParams::default()).await? {
+        let containers = d
+            .spec
+            .and_then(|s| s.template.spec)
+            .map(|s| s.containers)
+            .unwrap_or_default();
+        for c in containers {
+            let r = c.resources.unwrap_or_default();
+            let (limits, requests) = (r.limits.unwrap_or_default(), r.requests.unwrap_or_default());
+            let q =
+                |m: &std::collections::BTreeMap<
+                    String,
+                    k8s_openapi::apimachinery::pkg::api::resource::Quantity,
+                >,
+                 k: &str| { m.get(k).map(|q| q.0.clone()).unwrap_or_default() };
+            out.push([
+                q(&limits, "cpu"),
+                q(&limits, "memory"),
+                q(&requests, "cpu"),
+                q(&requests, "memory"),
+            ]);
+        }
+    }
+    Ok(out)
+}
+
+/// A downgrade chosen with ChangePlan takes effect at renewal: billing charges the new plan and
+/// sends it with the entitlement, the control-plane records it, and the provisioner re-renders
+/// the Deployment with the smaller plan's CPU and memory. The catalog is the repository's with
+/// n8n's Pro volume as small as Starter's (the shipped Pro volume is larger, and volumes cannot
+/// shrink: that downgrade is refused at ChangePlan, see billing's tests).
+async fn a_downgrade_lowers_the_deployment_at_renewal(backend: Backend) -> anyhow::Result<()> {
+    let catalog = tempfile::tempdir()?;
+    let n8n = std::fs::read_to_string(kapal::catalog::repo_catalog_dir().join("n8n.yaml"))?;
+    let pro_line = n8n
+        .lines()
+        .find(|l| l.contains("{id: pro,"))
+        .context("n8n has a pro plan")?;
+    let n8n = n8n.replace(
+        pro_line,
+        &pro_line.replace("storage_gib: 10}", "storage_gib: 5}"),
+    );
+    anyhow::ensure!(
+        n8n.contains("cpu_millis: 500, memory_mib: 1024, storage_gib: 5}"),
+        "{n8n}"
+    );
+    std::fs::write(catalog.path().join("n8n.yaml"), n8n)?;
+
+    let clock = ManualClock::new(Utc::now());
+    let app = TestApp::builder()
+        .backend(backend)
+        .with_catalog_dir(catalog.path())
+        .with_billing_clock(clock.clone(), Duration::from_millis(200))
+        .with_payments(Arc::new(DummyProvider::new()))
+        .start()
+        .await?;
+    let mut c = app.customer("dewi").await?.clients;
+    let mut ops = app.admin().await?.clients;
+
+    let (instance_id, sub_id) = order_ready(&mut c, "n8n", "pro").await?;
+    let ns = namespace_of(&mut ops, &instance_id).await?;
+    let pro = ["500m", "1Gi", "500m", "1Gi"].map(String::from);
+    let starter = ["200m", "400Mi", "200m", "400Mi"].map(String::from);
+    assert_eq!(deployment_resources(&ns).await?, vec![pro.clone()]);
+
+    // The downgrade is accepted for the next renewal; until then nothing changes.
+    let changed = c
+        .subscriptions
+        .change_plan(ChangePlanRequest {
+            subscription_id: sub_id.clone(),
+            plan_id: "starter".into(),
+        })
+        .await?
+        .into_inner();
+    assert_eq!(
+        (changed.plan_id.as_str(), changed.next_plan_id.as_str()),
+        ("pro", "starter")
+    );
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert_eq!(deployment_resources(&ns).await?, vec![pro]);
+    assert_eq!(instance(&mut c, &instance_id).await?.plan_id, "pro");
+
+    // Renewal: Starter is charged, and the Deployment gets Starter's resources.
+    let period_end = changed
+        .current_period_end
+        .as_ref()
+        .context("period end")?
+        .seconds;
+    let to_end = period_end - clock_now_secs(&clock);
+    clock.advance(chrono::Duration::seconds(to_end) + chrono::Duration::hours(1));
+    let renewed = eventually("renewed on starter", EFFECT_TIMEOUT, || {
+        let mut c = c.clone();
+        let id = sub_id.clone();
+        async move {
+            let s = subscription(&mut c, &id).await?;
+            Ok((s.plan_id == "starter").then_some(s))
+        }
+    })
+    .await?;
+    assert_eq!(renewed.status, SubscriptionStatus::Active as i32);
+    assert_eq!(renewed.next_plan_id, "");
+    eventually(
+        "the Deployment has starter's resources",
+        EFFECT_TIMEOUT,
+        || {
+            let ns = ns.clone();
+            let starter = starter.clone();
+            async move { Ok((deployment_resources(&ns).await? == vec![starter]).then_some(())) }
+        },
+    )
+    .await?;
+    let i = instance(&mut c, &instance_id).await?;
+    assert_eq!(i.plan_id, "starter");
+    assert!(!i.suspended_by_billing, "{i:?}");
+    watch_until(
+        &mut c.instances,
+        &instance_id,
+        InstanceStatus::Ready,
+        READY_TIMEOUT,
+    )
+    .await?;
     Ok(())
 }

@@ -1000,14 +1000,20 @@ impl<'a> From<&'a Subscription> for AdminSubscriptionJson<'a> {
 
 async fn events(a: SubscriptionArg) -> anyhow::Result<()> {
     let ctx = Ctx::new(&a.global)?;
-    let events = ctx
-        .billing_admin()?
-        .list_subscription_events_as_admin(ListSubscriptionEventsRequest {
-            subscription_id: a.id.clone(),
-        })
-        .await
-        .or_fail_as_operator(&ctx)?
-        .events;
+    let mut client = ctx.billing_admin()?;
+    // Every event, oldest first, a page at a time.
+    let (events, _) = collect_pages(u32::MAX, async |page_size, page_token| {
+        let resp = client
+            .list_subscription_events_as_admin(ListSubscriptionEventsRequest {
+                subscription_id: a.id.clone(),
+                page_size,
+                page_token,
+            })
+            .await
+            .or_fail_as_operator(&ctx)?;
+        Ok((resp.events, resp.next_page_token))
+    })
+    .await?;
     ctx.print(&Events {
         subscription_id: &a.id,
         events: &events,

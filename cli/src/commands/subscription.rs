@@ -11,7 +11,7 @@ use kapal::proto::v1::{
 };
 
 use crate::args::{AutoRenewArgs, ChangePlanArgs, Global, InvoicesArgs, OnOff, SubscriptionArg};
-use crate::connect::{Ctx, RpcResult as _};
+use crate::connect::{Ctx, RpcResult as _, collect_pages};
 use crate::output::{
     MoneyJson, Render, Table, dash, key_values, money, money_json, short, time, ts_json,
 };
@@ -80,14 +80,20 @@ pub async fn change_plan(a: ChangePlanArgs) -> anyhow::Result<()> {
 
 pub async fn events(a: SubscriptionArg) -> anyhow::Result<()> {
     let ctx = Ctx::new(&a.global)?;
-    let events = ctx
-        .subscriptions()?
-        .list_subscription_events(ListSubscriptionEventsRequest {
-            subscription_id: a.id.clone(),
-        })
-        .await
-        .or_fail(&ctx)?
-        .events;
+    let mut client = ctx.subscriptions()?;
+    // Every event, oldest first, a page at a time.
+    let (events, _) = collect_pages(u32::MAX, async |page_size, page_token| {
+        let resp = client
+            .list_subscription_events(ListSubscriptionEventsRequest {
+                subscription_id: a.id.clone(),
+                page_size,
+                page_token,
+            })
+            .await
+            .or_fail(&ctx)?;
+        Ok((resp.events, resp.next_page_token))
+    })
+    .await?;
     ctx.print(&Events {
         subscription_id: &a.id,
         events: &events,

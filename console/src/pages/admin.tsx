@@ -13,7 +13,7 @@ import {
 import { timestampFromDate } from '@bufbuild/protobuf/wkt';
 import { createClient } from '@connectrpc/connect';
 import { AdminService, BillingAdminService } from '@kapal/client';
-import { catalog, transport } from '../api';
+import { allPages, catalog, transport } from '../api';
 import { BarChart, CapacityBar, LineChart } from '../charts';
 import { ErrorText, Loading, Page, Pager, useAction, useLoad, usePager } from '../components';
 import { bytes, day, instanceStatus, isoTime, millicores, percent, rupiah, rupiahNumber, severity, subscriptionStatus, when } from '../format';
@@ -171,7 +171,7 @@ function AdminInstancePage({ id }: { id: string }) {
   const read = useAction();
   const subId = got.data?.instance?.subscriptionId ?? '';
   const events = useLoad<SubscriptionEvent[]>(
-    async () => (subId ? (await billingAdmin.listSubscriptionEventsAsAdmin({ subscriptionId: subId })).events : []),
+    async () => (subId ? await subscriptionEventsAsAdmin(subId) : []),
     [subId],
   );
   const [samples, setSamples] = useState<{ t: number; u: InstanceUsage }[]>([]);
@@ -629,6 +629,14 @@ function RevenuePage() {
   );
 }
 
+/** Every event of a subscription, oldest first, a page at a time. */
+function subscriptionEventsAsAdmin(subscriptionId: string): Promise<SubscriptionEvent[]> {
+  return allPages(async (pageToken) => {
+    const r = await billingAdmin.listSubscriptionEventsAsAdmin({ subscriptionId, pageToken });
+    return { rows: r.events, next: r.nextPageToken };
+  });
+}
+
 function SubEventsCell({ id }: { id: string }) {
   const [events, setEvents] = useState<SubscriptionEvent[] | undefined>();
   const act = useAction();
@@ -636,7 +644,7 @@ function SubEventsCell({ id }: { id: string }) {
     <details
       onToggle={(e) => {
         if ((e.currentTarget as HTMLDetailsElement).open && !events) {
-          act.run(async () => setEvents((await billingAdmin.listSubscriptionEventsAsAdmin({ subscriptionId: id })).events));
+          act.run(async () => setEvents(await subscriptionEventsAsAdmin(id)));
         }
       }}
     >

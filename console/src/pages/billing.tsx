@@ -1,6 +1,6 @@
 import { useState } from 'preact/hooks';
 import { SubscriptionStatus, type App, type Subscription, type SubscriptionEvent } from '@kapal/client';
-import { catalog, subscriptions } from '../api';
+import { allPages, catalog, subscriptions } from '../api';
 import { ConfirmButton, ErrorText, Loading, Page, useAction, useLoad } from '../components';
 import { day, invoiceStatus, isoTime, rupiah, subscriptionStatus, when } from '../format';
 import { href } from '../router';
@@ -160,7 +160,14 @@ function SubscriptionCard({ sub: initial, app }: { sub: Subscription; app?: App 
       <details
         onToggle={(e) => {
           if ((e.currentTarget as HTMLDetailsElement).open) {
-            ev.run(async () => setEvents((await subscriptions.listSubscriptionEvents({ subscriptionId: sub.id })).events));
+            ev.run(async () =>
+              setEvents(
+                await allPages(async (pageToken) => {
+                  const r = await subscriptions.listSubscriptionEvents({ subscriptionId: sub.id, pageToken });
+                  return { rows: r.events, next: r.nextPageToken };
+                }),
+              ),
+            );
           }
         }}
       >

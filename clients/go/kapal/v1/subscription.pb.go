@@ -754,7 +754,8 @@ func (x *ListInvoicesResponse) GetInvoices() []*Invoice {
 type ChangePlanRequest struct {
 	state          protoimpl.MessageState `protogen:"open.v1"`
 	SubscriptionId string                 `protobuf:"bytes,1,opt,name=subscription_id,json=subscriptionId,proto3" json:"subscription_id,omitempty"`
-	// A paid plan of the subscription's app.
+	// A paid plan of the subscription's app. A plan whose volume is smaller than the current
+	// plan's is refused (FAILED_PRECONDITION): volumes cannot shrink.
 	PlanId        string `protobuf:"bytes,2,opt,name=plan_id,json=planId,proto3" json:"plan_id,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
@@ -807,8 +808,13 @@ func (x *ChangePlanRequest) GetPlanId() string {
 type ListSubscriptionEventsRequest struct {
 	state          protoimpl.MessageState `protogen:"open.v1"`
 	SubscriptionId string                 `protobuf:"bytes,1,opt,name=subscription_id,json=subscriptionId,proto3" json:"subscription_id,omitempty"`
-	unknownFields  protoimpl.UnknownFields
-	sizeCache      protoimpl.SizeCache
+	// At most this many events (default 50, at most 500).
+	PageSize uint32 `protobuf:"varint,2,opt,name=page_size,json=pageSize,proto3" json:"page_size,omitempty"`
+	// From ListSubscriptionEventsResponse.next_page_token, to continue a listing; empty for the
+	// first page. A token not returned by this service is INVALID_ARGUMENT.
+	PageToken     string `protobuf:"bytes,3,opt,name=page_token,json=pageToken,proto3" json:"page_token,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
 }
 
 func (x *ListSubscriptionEventsRequest) Reset() {
@@ -844,6 +850,20 @@ func (*ListSubscriptionEventsRequest) Descriptor() ([]byte, []int) {
 func (x *ListSubscriptionEventsRequest) GetSubscriptionId() string {
 	if x != nil {
 		return x.SubscriptionId
+	}
+	return ""
+}
+
+func (x *ListSubscriptionEventsRequest) GetPageSize() uint32 {
+	if x != nil {
+		return x.PageSize
+	}
+	return 0
+}
+
+func (x *ListSubscriptionEventsRequest) GetPageToken() string {
+	if x != nil {
+		return x.PageToken
 	}
 	return ""
 }
@@ -921,8 +941,10 @@ func (x *SubscriptionEvent) GetCause() string {
 }
 
 type ListSubscriptionEventsResponse struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	Events        []*SubscriptionEvent   `protobuf:"bytes,1,rep,name=events,proto3" json:"events,omitempty"`
+	state  protoimpl.MessageState `protogen:"open.v1"`
+	Events []*SubscriptionEvent   `protobuf:"bytes,1,rep,name=events,proto3" json:"events,omitempty"`
+	// Empty on the last page.
+	NextPageToken string `protobuf:"bytes,2,opt,name=next_page_token,json=nextPageToken,proto3" json:"next_page_token,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -962,6 +984,13 @@ func (x *ListSubscriptionEventsResponse) GetEvents() []*SubscriptionEvent {
 		return x.Events
 	}
 	return nil
+}
+
+func (x *ListSubscriptionEventsResponse) GetNextPageToken() string {
+	if x != nil {
+		return x.NextPageToken
+	}
+	return ""
 }
 
 var File_kapal_v1_subscription_proto protoreflect.FileDescriptor
@@ -1023,17 +1052,21 @@ const file_kapal_v1_subscription_proto_rawDesc = "" +
 	"\binvoices\x18\x01 \x03(\v2\x11.kapal.v1.InvoiceR\binvoices\"U\n" +
 	"\x11ChangePlanRequest\x12'\n" +
 	"\x0fsubscription_id\x18\x01 \x01(\tR\x0esubscriptionId\x12\x17\n" +
-	"\aplan_id\x18\x02 \x01(\tR\x06planId\"H\n" +
+	"\aplan_id\x18\x02 \x01(\tR\x06planId\"\x84\x01\n" +
 	"\x1dListSubscriptionEventsRequest\x12'\n" +
-	"\x0fsubscription_id\x18\x01 \x01(\tR\x0esubscriptionId\"\xcf\x01\n" +
+	"\x0fsubscription_id\x18\x01 \x01(\tR\x0esubscriptionId\x12\x1b\n" +
+	"\tpage_size\x18\x02 \x01(\rR\bpageSize\x12\x1d\n" +
+	"\n" +
+	"page_token\x18\x03 \x01(\tR\tpageToken\"\xcf\x01\n" +
 	"\x11SubscriptionEvent\x12*\n" +
 	"\x02at\x18\x01 \x01(\v2\x1a.google.protobuf.TimestampR\x02at\x12=\n" +
 	"\vfrom_status\x18\x02 \x01(\x0e2\x1c.kapal.v1.SubscriptionStatusR\n" +
 	"fromStatus\x129\n" +
 	"\tto_status\x18\x03 \x01(\x0e2\x1c.kapal.v1.SubscriptionStatusR\btoStatus\x12\x14\n" +
-	"\x05cause\x18\x04 \x01(\tR\x05cause\"U\n" +
+	"\x05cause\x18\x04 \x01(\tR\x05cause\"}\n" +
 	"\x1eListSubscriptionEventsResponse\x123\n" +
-	"\x06events\x18\x01 \x03(\v2\x1b.kapal.v1.SubscriptionEventR\x06events*\x83\x02\n" +
+	"\x06events\x18\x01 \x03(\v2\x1b.kapal.v1.SubscriptionEventR\x06events\x12&\n" +
+	"\x0fnext_page_token\x18\x02 \x01(\tR\rnextPageToken*\x83\x02\n" +
 	"\x12SubscriptionStatus\x12#\n" +
 	"\x1fSUBSCRIPTION_STATUS_UNSPECIFIED\x10\x00\x12 \n" +
 	"\x1cSUBSCRIPTION_STATUS_TRIALING\x10\x01\x12\x1e\n" +

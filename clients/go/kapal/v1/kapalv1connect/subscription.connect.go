@@ -73,7 +73,7 @@ type SubscriptionServiceClient interface {
 	// current plan withdraws a pending change.
 	ChangePlan(context.Context, *connect.Request[v1.ChangePlanRequest]) (*connect.Response[v1.Subscription], error)
 	// Lists every status change of one of the caller's subscriptions (and changes to how it
-	// ends), oldest first, with time and cause.
+	// ends), oldest first, with time and cause, a page at a time.
 	ListSubscriptionEvents(context.Context, *connect.Request[v1.ListSubscriptionEventsRequest]) (*connect.Response[v1.ListSubscriptionEventsResponse], error)
 }
 
@@ -196,7 +196,7 @@ type SubscriptionServiceHandler interface {
 	// current plan withdraws a pending change.
 	ChangePlan(context.Context, *connect.Request[v1.ChangePlanRequest]) (*connect.Response[v1.Subscription], error)
 	// Lists every status change of one of the caller's subscriptions (and changes to how it
-	// ends), oldest first, with time and cause.
+	// ends), oldest first, with time and cause, a page at a time.
 	ListSubscriptionEvents(context.Context, *connect.Request[v1.ListSubscriptionEventsRequest]) (*connect.Response[v1.ListSubscriptionEventsResponse], error)
 }
 

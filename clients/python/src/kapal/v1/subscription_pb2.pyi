@@ -152,10 +152,14 @@ class ChangePlanRequest(_message.Message):
     def __init__(self, subscription_id: _Optional[str] = ..., plan_id: _Optional[str] = ...) -> None: ...
 
 class ListSubscriptionEventsRequest(_message.Message):
-    __slots__ = ("subscription_id",)
+    __slots__ = ("subscription_id", "page_size", "page_token")
     SUBSCRIPTION_ID_FIELD_NUMBER: _ClassVar[int]
+    PAGE_SIZE_FIELD_NUMBER: _ClassVar[int]
+    PAGE_TOKEN_FIELD_NUMBER: _ClassVar[int]
     subscription_id: str
-    def __init__(self, subscription_id: _Optional[str] = ...) -> None: ...
+    page_size: int
+    page_token: str
+    def __init__(self, subscription_id: _Optional[str] = ..., page_size: _Optional[int] = ..., page_token: _Optional[str] = ...) -> None: ...
 
 class SubscriptionEvent(_message.Message):
     __slots__ = ("at", "from_status", "to_status", "cause")
@@ -170,7 +174,9 @@ class SubscriptionEvent(_message.Message):
     def __init__(self, at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., from_status: _Optional[_Union[SubscriptionStatus, str]] = ..., to_status: _Optional[_Union[SubscriptionStatus, str]] = ..., cause: _Optional[str] = ...) -> None: ...
 
 class ListSubscriptionEventsResponse(_message.Message):
-    __slots__ = ("events",)
+    __slots__ = ("events", "next_page_token")
     EVENTS_FIELD_NUMBER: _ClassVar[int]
+    NEXT_PAGE_TOKEN_FIELD_NUMBER: _ClassVar[int]
     events: _containers.RepeatedCompositeFieldContainer[SubscriptionEvent]
-    def __init__(self, events: _Optional[_Iterable[_Union[SubscriptionEvent, _Mapping]]] = ...) -> None: ...
+    next_page_token: str
+    def __init__(self, events: _Optional[_Iterable[_Union[SubscriptionEvent, _Mapping]]] = ..., next_page_token: _Optional[str] = ...) -> None: ...

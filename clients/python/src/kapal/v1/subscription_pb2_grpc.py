@@ -122,7 +122,7 @@ class SubscriptionServiceServicer:
 
     def ListSubscriptionEvents(self, request, context):
         """Lists every status change of one of the caller's subscriptions (and changes to how it
-        ends), oldest first, with time and cause.
+        ends), oldest first, with time and cause, a page at a time.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

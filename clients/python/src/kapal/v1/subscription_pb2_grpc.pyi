@@ -50,7 +50,7 @@ class SubscriptionServiceStub:
     """
     ListSubscriptionEvents: _grpc.UnaryUnaryMultiCallable[_subscription_pb2.ListSubscriptionEventsRequest, _subscription_pb2.ListSubscriptionEventsResponse]
     """Lists every status change of one of the caller's subscriptions (and changes to how it
-    ends), oldest first, with time and cause.
+    ends), oldest first, with time and cause, a page at a time.
     """
 
 @_typing.type_check_only
@@ -75,7 +75,7 @@ class SubscriptionServiceAsyncStub(SubscriptionServiceStub):
     """
     ListSubscriptionEvents: _aio.UnaryUnaryMultiCallable[_subscription_pb2.ListSubscriptionEventsRequest, _subscription_pb2.ListSubscriptionEventsResponse]  # type: ignore[assignment]
     """Lists every status change of one of the caller's subscriptions (and changes to how it
-    ends), oldest first, with time and cause.
+    ends), oldest first, with time and cause, a page at a time.
     """
 
 class SubscriptionServiceServicer(metaclass=_abc_1.ABCMeta):
@@ -139,7 +139,7 @@ class SubscriptionServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_subscription_pb2.ListSubscriptionEventsResponse, _abc.Awaitable[_subscription_pb2.ListSubscriptionEventsResponse]]:
         """Lists every status change of one of the caller's subscriptions (and changes to how it
-        ends), oldest first, with time and cause.
+        ends), oldest first, with time and cause, a page at a time.
         """
 
 def add_SubscriptionServiceServicer_to_server(servicer: SubscriptionServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

@@ -317,7 +317,8 @@ export declare type ChangePlanRequest = Message<"kapal.v1.ChangePlanRequest"> & 
   subscriptionId: string;
 
   /**
-   * A paid plan of the subscription's app.
+   * A paid plan of the subscription's app. A plan whose volume is smaller than the current
+   * plan's is refused (FAILED_PRECONDITION): volumes cannot shrink.
    *
    * @generated from field: string plan_id = 2;
    */
@@ -338,6 +339,21 @@ export declare type ListSubscriptionEventsRequest = Message<"kapal.v1.ListSubscr
    * @generated from field: string subscription_id = 1;
    */
   subscriptionId: string;
+
+  /**
+   * At most this many events (default 50, at most 500).
+   *
+   * @generated from field: uint32 page_size = 2;
+   */
+  pageSize: number;
+
+  /**
+   * From ListSubscriptionEventsResponse.next_page_token, to continue a listing; empty for the
+   * first page. A token not returned by this service is INVALID_ARGUMENT.
+   *
+   * @generated from field: string page_token = 3;
+   */
+  pageToken: string;
 };
 
 /**
@@ -393,6 +409,13 @@ export declare type ListSubscriptionEventsResponse = Message<"kapal.v1.ListSubsc
    * @generated from field: repeated kapal.v1.SubscriptionEvent events = 1;
    */
   events: SubscriptionEvent[];
+
+  /**
+   * Empty on the last page.
+   *
+   * @generated from field: string next_page_token = 2;
+   */
+  nextPageToken: string;
 };
 
 /**
@@ -571,7 +594,7 @@ export declare const SubscriptionService: GenService<{
   },
   /**
    * Lists every status change of one of the caller's subscriptions (and changes to how it
-   * ends), oldest first, with time and cause.
+   * ends), oldest first, with time and cause, a page at a time.
    *
    * @generated from rpc kapal.v1.SubscriptionService.ListSubscriptionEvents
    */

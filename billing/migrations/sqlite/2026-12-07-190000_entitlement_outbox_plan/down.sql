@@ -1,0 +1,1 @@
+ALTER TABLE entitlement_outbox DROP COLUMN plan_id;
