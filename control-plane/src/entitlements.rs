@@ -229,6 +229,7 @@ async fn store(ctx: &Ctx, change: &Change) -> Result<Outcome> {
                             &change.cause,
                         ),
                         at: now,
+                        actor: crate::models::BILLING.into(),
                     })
                     .execute(c)
                     .await?;

@@ -114,6 +114,7 @@ pub(crate) async fn record_state(ctx: &Ctx, state: &ipb::InstanceState) -> Resul
                     status: status_db.to_string(),
                     reason: reason.clone(),
                     at: now,
+                    actor: String::new(),
                 })
                 .execute(c)
                 .await?;

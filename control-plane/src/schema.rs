@@ -91,6 +91,7 @@ diesel::table! {
         status -> Text,
         reason -> Text,
         at -> Timestamp,
+        actor -> Text,
     }
 }
 

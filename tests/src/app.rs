@@ -15,6 +15,7 @@ use kapal::proto::v1::admin_service_client::AdminServiceClient;
 use kapal::proto::v1::billing_admin_service_client::BillingAdminServiceClient;
 use kapal::proto::v1::catalog_service_client::CatalogServiceClient;
 use kapal::proto::v1::instance_service_client::InstanceServiceClient;
+use kapal::proto::v1::operator_service_client::OperatorServiceClient;
 use kapal::proto::v1::order_service_client::OrderServiceClient;
 use kapal::proto::v1::subscription_service_client::SubscriptionServiceClient;
 use kapal::proto::v1::support_admin_service_client::SupportAdminServiceClient;
@@ -61,6 +62,8 @@ struct Options {
     console_dir: Option<std::path::PathBuf>,
     /// The control-plane sends mail here (email verification on); default: off.
     mail: Option<kapal_control_plane::MailConfig>,
+    /// The app catalog of every service (default: the repository's `catalog/`).
+    catalog: Option<Arc<Catalog>>,
 }
 
 /// The running services of one test.
@@ -100,6 +103,12 @@ impl TestAppBuilder {
     /// `kapal server --console-dir` does.
     pub fn with_console_dir(mut self, dir: impl Into<std::path::PathBuf>) -> Self {
         self.options.console_dir = Some(dir.into());
+        self
+    }
+
+    /// Every service uses `catalog` instead of the repository's (e.g. with an app made to fail).
+    pub fn with_catalog(mut self, catalog: Catalog) -> Self {
+        self.options.catalog = Some(Arc::new(catalog));
         self
     }
 
@@ -170,7 +179,10 @@ impl TestAppBuilder {
         let cluster = crate::cluster::cluster().await?;
         let dir = Arc::new(tempfile::tempdir()?);
         let db = kapal::testing::db_config(self.backend, dir.path()).await?;
-        let catalog = Arc::new(Catalog::load(&kapal::catalog::repo_catalog_dir())?);
+        let catalog = match &self.options.catalog {
+            Some(c) => c.clone(),
+            None => Arc::new(Catalog::load(&kapal::catalog::repo_catalog_dir())?),
+        };
         let (stop, _) = watch::channel(false);
         let mut app = TestApp {
             backend: self.backend,
@@ -546,6 +558,7 @@ pub struct Clients<S = Channel> {
     pub instances: InstanceServiceClient<Authed<S>>,
     pub subscriptions: SubscriptionServiceClient<Authed<S>>,
     pub admin: AdminServiceClient<Authed<S>>,
+    pub operator: OperatorServiceClient<Authed<S>>,
     pub billing_admin: BillingAdminServiceClient<Authed<S>>,
     pub support: SupportServiceClient<Authed<S>>,
     pub support_admin: SupportAdminServiceClient<Authed<S>>,
@@ -590,6 +603,7 @@ where
             instances: client!(InstanceServiceClient),
             subscriptions: client!(SubscriptionServiceClient),
             admin: client!(AdminServiceClient),
+            operator: client!(OperatorServiceClient),
             billing_admin: client!(BillingAdminServiceClient),
             support: client!(SupportServiceClient),
             support_admin: client!(SupportAdminServiceClient),
