@@ -187,6 +187,13 @@ pub(crate) async fn act(
 ) -> Result<Instance, Status> {
     let account_id = account_id.to_string();
     let id = id.to_string();
+    // A suspended account's own actions are refused (the gateway refuses its calls too, once
+    // its identity cache has seen the suspension).
+    if matches!(actor, Actor::Owner)
+        && let Some(s) = crate::suspensions::of(ctx, &account_id).await?
+    {
+        return Err(crate::suspensions::refusal(&s));
+    }
     {
         let override_capacity = matches!(
             actor,

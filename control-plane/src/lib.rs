@@ -25,6 +25,7 @@ pub mod operators;
 mod orders;
 mod schema;
 pub mod support;
+mod suspensions;
 
 use std::future::Future;
 use std::sync::Arc;

@@ -11,7 +11,8 @@ use diesel_async::RunQueryDsl;
 use kapal::auth::{self, Principal};
 use kapal::proto::v1::operator_service_server::OperatorService;
 use kapal::proto::v1::{
-    self as pb, GetInstanceDiagnosticsRequest, InstanceDiagnostics, OperatorInstanceActionRequest,
+    self as pb, AccountSuspension, GetInstanceDiagnosticsRequest, InstanceDiagnostics,
+    OperatorInstanceActionRequest, SuspendAccountRequest, UnsuspendAccountRequest,
 };
 use tonic::{Request, Response, Status};
 use uuid::Uuid;
@@ -19,8 +20,9 @@ use uuid::Uuid;
 use crate::Ctx;
 use crate::error::{Error, Result};
 use crate::instances::{Action, Actor, instance_to_wire};
-use crate::models::AuditEntry;
+use crate::models::{AuditEntry, entitlement, instance_state};
 use crate::schema::{accounts, audit_log, instances};
+use crate::suspensions::Suspension;
 
 pub struct Operator(pub Ctx);
 
@@ -138,6 +140,112 @@ impl OperatorService for Operator {
         self.act(req, Action::Start).await
     }
 
+    async fn suspend_account(
+        &self,
+        req: Request<SuspendAccountRequest>,
+    ) -> Result<Response<AccountSuspension>, Status> {
+        let p = auth::admin(&req)?.clone();
+        let req = req.into_inner();
+        let ctx = &self.0;
+        let account_id = kapal::wire::uuid("account_id", &req.account_id)?.to_string();
+        let reason = check_reason(&req.reason, "suspending an account")?;
+        let customer_id = customer_account(ctx, &account_id).await?;
+        if crate::suspensions::of(ctx, &account_id).await?.is_some() {
+            return Err(Status::failed_precondition(
+                "the account is suspended already (see `kapal admin audit`)",
+            ));
+        }
+        audit(
+            ctx,
+            &p,
+            "suspend_account",
+            &account_id,
+            &account_id,
+            &reason,
+        )
+        .await?;
+        // The row first: from here on the account's calls and instance actions are refused.
+        let suspension = Suspension {
+            account_id: account_id.clone(),
+            reason: reason.clone(),
+            actor_account_id: p.account_id.to_string(),
+            suspended_at: ctx.now(),
+            instance_ids: String::new(),
+        };
+        crate::suspensions::insert(ctx, &suspension)
+            .await
+            .map_err(|e| match e {
+                // Suspended by another operator at the same moment.
+                Error::Db(kapal::db::DbError::Query(diesel::result::Error::DatabaseError(
+                    diesel::result::DatabaseErrorKind::UniqueViolation,
+                    _,
+                ))) => Status::failed_precondition("the account is suspended already"),
+                e => e.into(),
+            })?;
+        let history = format!("account suspended: {reason}");
+        let mut stopped = Vec::new();
+        for id in running_instances(ctx, &account_id).await? {
+            let actor = Actor::Operator {
+                reason: &history,
+                override_capacity: false,
+            };
+            match crate::instances::act(ctx, (&account_id, &customer_id), &id, Action::Stop, actor)
+                .await
+            {
+                Ok(_) => stopped.push(id),
+                // Deleted or ended meanwhile: nothing to stop.
+                Err(s) if s.code() == tonic::Code::FailedPrecondition => {}
+                Err(s) => return Err(s),
+            }
+        }
+        crate::suspensions::set_instances(ctx, &account_id, &stopped).await?;
+        let mut wire = suspension_to_wire(&suspension, true);
+        wire.instance_ids = stopped;
+        Ok(Response::new(wire))
+    }
+
+    async fn unsuspend_account(
+        &self,
+        req: Request<UnsuspendAccountRequest>,
+    ) -> Result<Response<AccountSuspension>, Status> {
+        let p = auth::admin(&req)?.clone();
+        let req = req.into_inner();
+        let ctx = &self.0;
+        let account_id = kapal::wire::uuid("account_id", &req.account_id)?.to_string();
+        let reason = check_reason(&req.reason, "lifting a suspension")?;
+        let Some(suspension) = crate::suspensions::of(ctx, &account_id).await? else {
+            return Err(Status::failed_precondition("the account is not suspended"));
+        };
+        let customer_id = customer_account(ctx, &account_id).await?;
+        audit(
+            ctx,
+            &p,
+            "unsuspend_account",
+            &account_id,
+            &account_id,
+            &reason,
+        )
+        .await?;
+        if !crate::suspensions::remove(ctx, &account_id).await? {
+            return Err(Status::failed_precondition("the account is not suspended"));
+        }
+        let history = format!("account suspension lifted: {reason}");
+        let mut wire = suspension_to_wire(&suspension, false);
+        for id in suspension.instances() {
+            let actor = Actor::Operator {
+                reason: &history,
+                override_capacity: false,
+            };
+            match crate::instances::act(ctx, (&account_id, &customer_id), &id, Action::Start, actor)
+                .await
+            {
+                Ok(_) => wire.instance_ids.push(id),
+                Err(s) => wire.not_started.push(format!("{id}: {}", s.message())),
+            }
+        }
+        Ok(Response::new(wire))
+    }
+
     async fn get_instance_diagnostics_as_operator(
         &self,
         req: Request<GetInstanceDiagnosticsRequest>,
@@ -153,6 +261,49 @@ impl OperatorService for Operator {
         Ok(Response::new(
             crate::diagnostics::diagnostics(ctx, &id, req.log_lines, true).await?,
         ))
+    }
+}
+
+/// The account's customer id, or NOT_FOUND; FAILED_PRECONDITION for an operator's account.
+async fn customer_account(ctx: &Ctx, account_id: &str) -> Result<String> {
+    let mut conn = ctx.db.read().await?;
+    let (customer_id, role): (String, String) = kapal::db!(&mut conn, |c| accounts::table
+        .find(account_id)
+        .select((accounts::customer_id, accounts::role))
+        .first(c)
+        .await
+        .optional())?
+    .ok_or_else(|| Error::not_found(format!("no account {account_id}")))?;
+    if role == "admin" {
+        return Err(Error::FailedPrecondition(
+            "this is an operator's account: revoke its admin role first (`kapal admin revoke`)"
+                .into(),
+        ));
+    }
+    Ok(customer_id)
+}
+
+/// The account's instances meant to run (not deleted, not ended by billing).
+async fn running_instances(ctx: &Ctx, account_id: &str) -> Result<Vec<String>> {
+    let mut conn = ctx.db.read().await?;
+    Ok(kapal::db!(&mut conn, |c| instances::table
+        .filter(instances::account_id.eq(account_id))
+        .filter(instances::desired_state.eq(instance_state::RUNNING))
+        .filter(instances::entitlement.ne(entitlement::EXPIRED))
+        .order(instances::created_at.asc())
+        .select(instances::id)
+        .load(c)
+        .await)?)
+}
+
+fn suspension_to_wire(s: &Suspension, suspended: bool) -> AccountSuspension {
+    AccountSuspension {
+        account_id: s.account_id.clone(),
+        suspended,
+        reason: s.reason.clone(),
+        suspended_at: Some(kapal::wire::timestamp(s.suspended_at)),
+        instance_ids: Vec::new(),
+        not_started: Vec::new(),
     }
 }
 

@@ -30,6 +30,10 @@ pub enum Error {
     /// The identity service does not know the token.
     #[error("the token is invalid, expired or revoked: log in again")]
     InvalidToken,
+    /// The identity service refused the token's account (suspended by an operator); the
+    /// message is the control-plane's, written for the caller.
+    #[error("{0}")]
+    AccountRefused(String),
     /// The caller is over its rate limit.
     #[error("rate limit exceeded: try again in {} ms", retry_after.as_millis().max(1))]
     RateLimited { retry_after: Duration },
@@ -65,6 +69,7 @@ impl From<Error> for Status {
             Error::MissingToken | Error::MalformedAuthorization | Error::InvalidToken => {
                 Status::unauthenticated(message)
             }
+            Error::AccountRefused(_) => Status::permission_denied(message),
             Error::RateLimited { .. } => Status::resource_exhausted(message),
             Error::MessageTooLarge { .. } | Error::RequestBody(_) => {
                 Status::invalid_argument(message)

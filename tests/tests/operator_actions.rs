@@ -7,6 +7,11 @@
 //! customer sees each effect (status, desired state) and each action in the instance's history
 //! with the operator's reason, and the audit log holds who, what, whose and why.
 //!
+//! Account suspension, on both: customers cannot; an operator's account cannot be suspended;
+//! the suspended account's instance stops, its calls are refused with PERMISSION_DENIED saying
+//! why (once the gateway's identity cache has seen it), its subscription keeps its state;
+//! lifted, its calls work again and the instance runs again; both in history and audit log.
+//!
 //! Diagnostics: an instance whose pod cannot be scheduled (its plan asks for more CPU than any
 //! node has, though the cluster as a whole has room, so the checkout is accepted): the answer
 //! carries the scheduler's FailedScheduling event and the pod's PodScheduled=False
@@ -21,7 +26,8 @@ use kapal::catalog::Catalog;
 use kapal::proto::v1::{
     CheckoutRequest, DesiredState, GetInstanceDiagnosticsRequest, GetInstanceRequest,
     InstanceActionRequest, InstanceDiagnostics, InstanceStatus, ListAuditEventsRequest,
-    ListInstanceEventsRequest, OperatorInstanceActionRequest,
+    ListInstanceEventsRequest, OperatorInstanceActionRequest, SuspendAccountRequest,
+    UnsuspendAccountRequest,
 };
 use kapal::testing::Backend;
 use kapal_tests::app::{Customer, TestApp, watch_until};
@@ -417,8 +423,228 @@ async fn diagnostics_explain_an_unschedulable_instance(backend: Backend) -> anyh
     result
 }
 
+/// The gateway's identity cache (10 s) plus room for a slow machine: how long a suspension or
+/// its lifting may take to reach a session in use.
+const IDENTITY_CHANGE_LIMIT: Duration = Duration::from_secs(30);
+
+async fn operators_suspend_and_unsuspend_an_account(backend: Backend) -> anyhow::Result<()> {
+    let app = TestApp::builder().backend(backend).start().await?;
+    let mut admin = app.admin().await?;
+    let mut owner = app.customer("owner").await?;
+    let mut other = app.customer("other").await?;
+    let id = order(&mut owner, "n8n", "trial").await?;
+    watch_until(
+        &mut owner.clients.instances,
+        &id,
+        InstanceStatus::Ready,
+        READY_TIMEOUT,
+    )
+    .await?;
+    let account_id = owner.account.id.clone();
+    let suspend = |account_id: &str, reason: &str| SuspendAccountRequest {
+        account_id: account_id.into(),
+        reason: reason.into(),
+    };
+    let unsuspend = |account_id: &str, reason: &str| UnsuspendAccountRequest {
+        account_id: account_id.into(),
+        reason: reason.into(),
+    };
+
+    // Customers cannot; an operator needs a reason and cannot suspend an operator.
+    for c in [&mut owner, &mut other] {
+        assert_eq!(
+            code(
+                c.clients
+                    .operator
+                    .suspend_account(suspend(&account_id, "T-20: abuse"))
+                    .await
+            ),
+            Code::PermissionDenied
+        );
+        assert_eq!(
+            code(
+                c.clients
+                    .operator
+                    .unsuspend_account(unsuspend(&account_id, "T-20: abuse"))
+                    .await
+            ),
+            Code::PermissionDenied
+        );
+    }
+    let op = &mut admin.clients.operator;
+    assert_eq!(
+        code(op.suspend_account(suspend(&account_id, "")).await),
+        Code::InvalidArgument
+    );
+    assert_eq!(
+        code(
+            op.suspend_account(suspend(&admin.account.id, "T-20: abuse"))
+                .await
+        ),
+        Code::FailedPrecondition
+    );
+    assert_eq!(
+        code(
+            op.unsuspend_account(unsuspend(&account_id, "T-20: not yet"))
+                .await
+        ),
+        Code::FailedPrecondition
+    );
+
+    // Suspended: its instance stops, its calls are refused saying why.
+    let reason = "T-20: phishing pages reported on the instance";
+    let s = op
+        .suspend_account(suspend(&account_id, reason))
+        .await?
+        .into_inner();
+    assert!(s.suspended);
+    assert_eq!(s.instance_ids, vec![id.clone()]);
+    assert_eq!(
+        code(op.suspend_account(suspend(&account_id, reason)).await),
+        Code::FailedPrecondition
+    );
+    let started = std::time::Instant::now();
+    let refused = loop {
+        match owner
+            .clients
+            .instances
+            .list_instances(kapal::proto::v1::ListInstancesRequest::default())
+            .await
+        {
+            Err(s) => break s,
+            Ok(_) => {
+                assert!(
+                    started.elapsed() < IDENTITY_CHANGE_LIMIT,
+                    "the suspension did not reach the gateway"
+                );
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+        }
+    };
+    assert_eq!(refused.code(), Code::PermissionDenied, "{refused:?}");
+    assert!(
+        refused.message().contains("suspended") && refused.message().contains(reason),
+        "{refused:?}"
+    );
+    let s = owner
+        .clients
+        .instances
+        .start_instance(InstanceActionRequest {
+            instance_id: id.clone(),
+        })
+        .await
+        .expect_err("suspended");
+    assert_eq!(s.code(), Code::PermissionDenied, "{s:?}");
+    let as_admin = |admin: &mut Customer| {
+        let mut a = admin.clients.admin.clone();
+        let id = id.clone();
+        async move {
+            anyhow::Ok(
+                a.get_instance_as_admin(kapal::proto::v1::GetInstanceAsAdminRequest {
+                    instance_id: id,
+                    include_credentials: false,
+                    reason: String::new(),
+                })
+                .await?
+                .into_inner()
+                .instance
+                .context("instance")?,
+            )
+        }
+    };
+    let started = std::time::Instant::now();
+    loop {
+        let i = as_admin(&mut admin).await?;
+        assert_eq!(i.desired_state, DesiredState::Stopped as i32);
+        if i.status == InstanceStatus::Suspended as i32 {
+            break;
+        }
+        assert!(started.elapsed() < READY_TIMEOUT, "not stopped: {i:?}");
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    // Its subscription keeps its state.
+    let subs = admin
+        .clients
+        .billing_admin
+        .list_all_subscriptions(kapal::proto::v1::ListAllSubscriptionsRequest {
+            account_id: account_id.clone(),
+            ..Default::default()
+        })
+        .await?
+        .into_inner()
+        .subscriptions;
+    assert_eq!(subs.len(), 1);
+    assert_eq!(
+        subs[0].status,
+        kapal::proto::v1::SubscriptionStatus::Trialing as i32,
+        "{subs:?}"
+    );
+
+    // Lifted: calls accepted again, the instance runs again.
+    let lifted_reason = "T-20: pages removed by the customer";
+    let s = admin
+        .clients
+        .operator
+        .unsuspend_account(unsuspend(&account_id, lifted_reason))
+        .await?
+        .into_inner();
+    assert!(!s.suspended);
+    assert_eq!(s.instance_ids, vec![id.clone()]);
+    assert!(s.not_started.is_empty(), "{s:?}");
+    let started = std::time::Instant::now();
+    while let Err(s) = owner
+        .clients
+        .instances
+        .list_instances(kapal::proto::v1::ListInstancesRequest::default())
+        .await
+    {
+        assert_eq!(s.code(), Code::PermissionDenied, "{s:?}");
+        assert!(
+            started.elapsed() < IDENTITY_CHANGE_LIMIT,
+            "the lifting did not reach the gateway"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    watch_until(
+        &mut owner.clients.instances,
+        &id,
+        InstanceStatus::Ready,
+        READY_TIMEOUT,
+    )
+    .await?;
+    assert_eq!(
+        operator_history(&mut owner, &id).await?,
+        vec![
+            format!("Stopped by Kapal support: account suspended: {reason}"),
+            format!("Started by Kapal support: account suspension lifted: {lifted_reason}"),
+        ]
+    );
+    let audit = admin
+        .clients
+        .admin
+        .list_audit_events(ListAuditEventsRequest::default())
+        .await?
+        .into_inner()
+        .events;
+    let ours: Vec<_> = audit
+        .iter()
+        .filter(|e| e.instance_account_id == account_id && e.action.ends_with("account"))
+        .map(|e| (e.action.as_str(), e.reason.as_str(), e.actor_email.as_str()))
+        .collect();
+    assert_eq!(
+        ours,
+        vec![
+            ("unsuspend_account", lifted_reason, admin.email.as_str()),
+            ("suspend_account", reason, admin.email.as_str()),
+        ],
+        "{audit:?}"
+    );
+    Ok(())
+}
+
 kapal::on_both_backends!(
     worker_threads = 4;
     operators_act_on_any_instance_with_a_reason,
+    operators_suspend_and_unsuspend_an_account,
     diagnostics_explain_an_unschedulable_instance
 );
