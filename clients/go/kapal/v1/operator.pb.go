@@ -9,6 +9,7 @@ package kapalv1
 import (
 	protoreflect "google.golang.org/protobuf/reflect/protoreflect"
 	protoimpl "google.golang.org/protobuf/runtime/protoimpl"
+	timestamppb "google.golang.org/protobuf/types/known/timestamppb"
 	reflect "reflect"
 	sync "sync"
 	unsafe "unsafe"
@@ -20,6 +21,207 @@ const (
 	// Verify that runtime/protoimpl is sufficiently up-to-date.
 	_ = protoimpl.EnforceVersion(protoimpl.MaxVersion - 20)
 )
+
+type SuspendAccountRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The account (UUID).
+	AccountId string `protobuf:"bytes,1,opt,name=account_id,json=accountId,proto3" json:"account_id,omitempty"`
+	// Why (3-500 characters): kept in the audit log, shown in the stopped instances' history and
+	// told to the customer when their calls are refused.
+	Reason        string `protobuf:"bytes,2,opt,name=reason,proto3" json:"reason,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *SuspendAccountRequest) Reset() {
+	*x = SuspendAccountRequest{}
+	mi := &file_kapal_v1_operator_proto_msgTypes[0]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *SuspendAccountRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*SuspendAccountRequest) ProtoMessage() {}
+
+func (x *SuspendAccountRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_kapal_v1_operator_proto_msgTypes[0]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use SuspendAccountRequest.ProtoReflect.Descriptor instead.
+func (*SuspendAccountRequest) Descriptor() ([]byte, []int) {
+	return file_kapal_v1_operator_proto_rawDescGZIP(), []int{0}
+}
+
+func (x *SuspendAccountRequest) GetAccountId() string {
+	if x != nil {
+		return x.AccountId
+	}
+	return ""
+}
+
+func (x *SuspendAccountRequest) GetReason() string {
+	if x != nil {
+		return x.Reason
+	}
+	return ""
+}
+
+type UnsuspendAccountRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The account (UUID).
+	AccountId string `protobuf:"bytes,1,opt,name=account_id,json=accountId,proto3" json:"account_id,omitempty"`
+	// Why (3-500 characters), kept in the audit log and the restarted instances' history.
+	Reason        string `protobuf:"bytes,2,opt,name=reason,proto3" json:"reason,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *UnsuspendAccountRequest) Reset() {
+	*x = UnsuspendAccountRequest{}
+	mi := &file_kapal_v1_operator_proto_msgTypes[1]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *UnsuspendAccountRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*UnsuspendAccountRequest) ProtoMessage() {}
+
+func (x *UnsuspendAccountRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_kapal_v1_operator_proto_msgTypes[1]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use UnsuspendAccountRequest.ProtoReflect.Descriptor instead.
+func (*UnsuspendAccountRequest) Descriptor() ([]byte, []int) {
+	return file_kapal_v1_operator_proto_rawDescGZIP(), []int{1}
+}
+
+func (x *UnsuspendAccountRequest) GetAccountId() string {
+	if x != nil {
+		return x.AccountId
+	}
+	return ""
+}
+
+func (x *UnsuspendAccountRequest) GetReason() string {
+	if x != nil {
+		return x.Reason
+	}
+	return ""
+}
+
+// An account's suspension after SuspendAccount or UnsuspendAccount.
+type AccountSuspension struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The account (UUID).
+	AccountId string `protobuf:"bytes,1,opt,name=account_id,json=accountId,proto3" json:"account_id,omitempty"`
+	// Whether the account is suspended now.
+	Suspended bool `protobuf:"varint,2,opt,name=suspended,proto3" json:"suspended,omitempty"`
+	// The suspension's reason (the one given to SuspendAccount).
+	Reason string `protobuf:"bytes,3,opt,name=reason,proto3" json:"reason,omitempty"`
+	// When it was suspended.
+	SuspendedAt *timestamppb.Timestamp `protobuf:"bytes,4,opt,name=suspended_at,json=suspendedAt,proto3" json:"suspended_at,omitempty"`
+	// SuspendAccount: the instances it stopped. UnsuspendAccount: the instances started again.
+	InstanceIds []string `protobuf:"bytes,5,rep,name=instance_ids,json=instanceIds,proto3" json:"instance_ids,omitempty"`
+	// UnsuspendAccount: instances the suspension stopped that could not be started again (e.g.
+	// no capacity under the ceiling, or held by billing), with why; start them later.
+	NotStarted    []string `protobuf:"bytes,6,rep,name=not_started,json=notStarted,proto3" json:"not_started,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *AccountSuspension) Reset() {
+	*x = AccountSuspension{}
+	mi := &file_kapal_v1_operator_proto_msgTypes[2]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *AccountSuspension) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*AccountSuspension) ProtoMessage() {}
+
+func (x *AccountSuspension) ProtoReflect() protoreflect.Message {
+	mi := &file_kapal_v1_operator_proto_msgTypes[2]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use AccountSuspension.ProtoReflect.Descriptor instead.
+func (*AccountSuspension) Descriptor() ([]byte, []int) {
+	return file_kapal_v1_operator_proto_rawDescGZIP(), []int{2}
+}
+
+func (x *AccountSuspension) GetAccountId() string {
+	if x != nil {
+		return x.AccountId
+	}
+	return ""
+}
+
+func (x *AccountSuspension) GetSuspended() bool {
+	if x != nil {
+		return x.Suspended
+	}
+	return false
+}
+
+func (x *AccountSuspension) GetReason() string {
+	if x != nil {
+		return x.Reason
+	}
+	return ""
+}
+
+func (x *AccountSuspension) GetSuspendedAt() *timestamppb.Timestamp {
+	if x != nil {
+		return x.SuspendedAt
+	}
+	return nil
+}
+
+func (x *AccountSuspension) GetInstanceIds() []string {
+	if x != nil {
+		return x.InstanceIds
+	}
+	return nil
+}
+
+func (x *AccountSuspension) GetNotStarted() []string {
+	if x != nil {
+		return x.NotStarted
+	}
+	return nil
+}
 
 type OperatorInstanceActionRequest struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
@@ -36,7 +238,7 @@ type OperatorInstanceActionRequest struct {
 
 func (x *OperatorInstanceActionRequest) Reset() {
 	*x = OperatorInstanceActionRequest{}
-	mi := &file_kapal_v1_operator_proto_msgTypes[0]
+	mi := &file_kapal_v1_operator_proto_msgTypes[3]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -48,7 +250,7 @@ func (x *OperatorInstanceActionRequest) String() string {
 func (*OperatorInstanceActionRequest) ProtoMessage() {}
 
 func (x *OperatorInstanceActionRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_kapal_v1_operator_proto_msgTypes[0]
+	mi := &file_kapal_v1_operator_proto_msgTypes[3]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -61,7 +263,7 @@ func (x *OperatorInstanceActionRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use OperatorInstanceActionRequest.ProtoReflect.Descriptor instead.
 func (*OperatorInstanceActionRequest) Descriptor() ([]byte, []int) {
-	return file_kapal_v1_operator_proto_rawDescGZIP(), []int{0}
+	return file_kapal_v1_operator_proto_rawDescGZIP(), []int{3}
 }
 
 func (x *OperatorInstanceActionRequest) GetInstanceId() string {
@@ -89,17 +291,36 @@ var File_kapal_v1_operator_proto protoreflect.FileDescriptor
 
 const file_kapal_v1_operator_proto_rawDesc = "" +
 	"\n" +
-	"\x17kapal/v1/operator.proto\x12\bkapal.v1\x1a\x17kapal/v1/instance.proto\"\x85\x01\n" +
+	"\x17kapal/v1/operator.proto\x12\bkapal.v1\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x17kapal/v1/instance.proto\"N\n" +
+	"\x15SuspendAccountRequest\x12\x1d\n" +
+	"\n" +
+	"account_id\x18\x01 \x01(\tR\taccountId\x12\x16\n" +
+	"\x06reason\x18\x02 \x01(\tR\x06reason\"P\n" +
+	"\x17UnsuspendAccountRequest\x12\x1d\n" +
+	"\n" +
+	"account_id\x18\x01 \x01(\tR\taccountId\x12\x16\n" +
+	"\x06reason\x18\x02 \x01(\tR\x06reason\"\xeb\x01\n" +
+	"\x11AccountSuspension\x12\x1d\n" +
+	"\n" +
+	"account_id\x18\x01 \x01(\tR\taccountId\x12\x1c\n" +
+	"\tsuspended\x18\x02 \x01(\bR\tsuspended\x12\x16\n" +
+	"\x06reason\x18\x03 \x01(\tR\x06reason\x12=\n" +
+	"\fsuspended_at\x18\x04 \x01(\v2\x1a.google.protobuf.TimestampR\vsuspendedAt\x12!\n" +
+	"\finstance_ids\x18\x05 \x03(\tR\vinstanceIds\x12\x1f\n" +
+	"\vnot_started\x18\x06 \x03(\tR\n" +
+	"notStarted\"\x85\x01\n" +
 	"\x1dOperatorInstanceActionRequest\x12\x1f\n" +
 	"\vinstance_id\x18\x01 \x01(\tR\n" +
 	"instanceId\x12\x16\n" +
 	"\x06reason\x18\x02 \x01(\tR\x06reason\x12+\n" +
-	"\x11override_capacity\x18\x03 \x01(\bR\x10overrideCapacity2\x86\x03\n" +
+	"\x11override_capacity\x18\x03 \x01(\bR\x10overrideCapacity2\xaa\x04\n" +
 	"\x0fOperatorService\x12X\n" +
 	"\x19RestartInstanceAsOperator\x12'.kapal.v1.OperatorInstanceActionRequest\x1a\x12.kapal.v1.Instance\x12U\n" +
 	"\x16StopInstanceAsOperator\x12'.kapal.v1.OperatorInstanceActionRequest\x1a\x12.kapal.v1.Instance\x12V\n" +
 	"\x17StartInstanceAsOperator\x12'.kapal.v1.OperatorInstanceActionRequest\x1a\x12.kapal.v1.Instance\x12j\n" +
-	" GetInstanceDiagnosticsAsOperator\x12'.kapal.v1.GetInstanceDiagnosticsRequest\x1a\x1d.kapal.v1.InstanceDiagnosticsB\x81\x01\n" +
+	" GetInstanceDiagnosticsAsOperator\x12'.kapal.v1.GetInstanceDiagnosticsRequest\x1a\x1d.kapal.v1.InstanceDiagnostics\x12N\n" +
+	"\x0eSuspendAccount\x12\x1f.kapal.v1.SuspendAccountRequest\x1a\x1b.kapal.v1.AccountSuspension\x12R\n" +
+	"\x10UnsuspendAccount\x12!.kapal.v1.UnsuspendAccountRequest\x1a\x1b.kapal.v1.AccountSuspensionB\x81\x01\n" +
 	"\fcom.kapal.v1B\rOperatorProtoP\x01Z!kapal/clients/go/kapal/v1;kapalv1\xa2\x02\x03KXX\xaa\x02\bKapal.V1\xca\x02\bKapal\\V1\xe2\x02\x14Kapal\\V1\\GPBMetadata\xea\x02\tKapal::V1b\x06proto3"
 
 var (
@@ -114,27 +335,36 @@ func file_kapal_v1_operator_proto_rawDescGZIP() []byte {
 	return file_kapal_v1_operator_proto_rawDescData
 }
 
-var file_kapal_v1_operator_proto_msgTypes = make([]protoimpl.MessageInfo, 1)
+var file_kapal_v1_operator_proto_msgTypes = make([]protoimpl.MessageInfo, 4)
 var file_kapal_v1_operator_proto_goTypes = []any{
-	(*OperatorInstanceActionRequest)(nil), // 0: kapal.v1.OperatorInstanceActionRequest
-	(*GetInstanceDiagnosticsRequest)(nil), // 1: kapal.v1.GetInstanceDiagnosticsRequest
-	(*Instance)(nil),                      // 2: kapal.v1.Instance
-	(*InstanceDiagnostics)(nil),           // 3: kapal.v1.InstanceDiagnostics
+	(*SuspendAccountRequest)(nil),         // 0: kapal.v1.SuspendAccountRequest
+	(*UnsuspendAccountRequest)(nil),       // 1: kapal.v1.UnsuspendAccountRequest
+	(*AccountSuspension)(nil),             // 2: kapal.v1.AccountSuspension
+	(*OperatorInstanceActionRequest)(nil), // 3: kapal.v1.OperatorInstanceActionRequest
+	(*timestamppb.Timestamp)(nil),         // 4: google.protobuf.Timestamp
+	(*GetInstanceDiagnosticsRequest)(nil), // 5: kapal.v1.GetInstanceDiagnosticsRequest
+	(*Instance)(nil),                      // 6: kapal.v1.Instance
+	(*InstanceDiagnostics)(nil),           // 7: kapal.v1.InstanceDiagnostics
 }
 var file_kapal_v1_operator_proto_depIdxs = []int32{
-	0, // 0: kapal.v1.OperatorService.RestartInstanceAsOperator:input_type -> kapal.v1.OperatorInstanceActionRequest
-	0, // 1: kapal.v1.OperatorService.StopInstanceAsOperator:input_type -> kapal.v1.OperatorInstanceActionRequest
-	0, // 2: kapal.v1.OperatorService.StartInstanceAsOperator:input_type -> kapal.v1.OperatorInstanceActionRequest
-	1, // 3: kapal.v1.OperatorService.GetInstanceDiagnosticsAsOperator:input_type -> kapal.v1.GetInstanceDiagnosticsRequest
-	2, // 4: kapal.v1.OperatorService.RestartInstanceAsOperator:output_type -> kapal.v1.Instance
-	2, // 5: kapal.v1.OperatorService.StopInstanceAsOperator:output_type -> kapal.v1.Instance
-	2, // 6: kapal.v1.OperatorService.StartInstanceAsOperator:output_type -> kapal.v1.Instance
-	3, // 7: kapal.v1.OperatorService.GetInstanceDiagnosticsAsOperator:output_type -> kapal.v1.InstanceDiagnostics
-	4, // [4:8] is the sub-list for method output_type
-	0, // [0:4] is the sub-list for method input_type
-	0, // [0:0] is the sub-list for extension type_name
-	0, // [0:0] is the sub-list for extension extendee
-	0, // [0:0] is the sub-list for field type_name
+	4, // 0: kapal.v1.AccountSuspension.suspended_at:type_name -> google.protobuf.Timestamp
+	3, // 1: kapal.v1.OperatorService.RestartInstanceAsOperator:input_type -> kapal.v1.OperatorInstanceActionRequest
+	3, // 2: kapal.v1.OperatorService.StopInstanceAsOperator:input_type -> kapal.v1.OperatorInstanceActionRequest
+	3, // 3: kapal.v1.OperatorService.StartInstanceAsOperator:input_type -> kapal.v1.OperatorInstanceActionRequest
+	5, // 4: kapal.v1.OperatorService.GetInstanceDiagnosticsAsOperator:input_type -> kapal.v1.GetInstanceDiagnosticsRequest
+	0, // 5: kapal.v1.OperatorService.SuspendAccount:input_type -> kapal.v1.SuspendAccountRequest
+	1, // 6: kapal.v1.OperatorService.UnsuspendAccount:input_type -> kapal.v1.UnsuspendAccountRequest
+	6, // 7: kapal.v1.OperatorService.RestartInstanceAsOperator:output_type -> kapal.v1.Instance
+	6, // 8: kapal.v1.OperatorService.StopInstanceAsOperator:output_type -> kapal.v1.Instance
+	6, // 9: kapal.v1.OperatorService.StartInstanceAsOperator:output_type -> kapal.v1.Instance
+	7, // 10: kapal.v1.OperatorService.GetInstanceDiagnosticsAsOperator:output_type -> kapal.v1.InstanceDiagnostics
+	2, // 11: kapal.v1.OperatorService.SuspendAccount:output_type -> kapal.v1.AccountSuspension
+	2, // 12: kapal.v1.OperatorService.UnsuspendAccount:output_type -> kapal.v1.AccountSuspension
+	7, // [7:13] is the sub-list for method output_type
+	1, // [1:7] is the sub-list for method input_type
+	1, // [1:1] is the sub-list for extension type_name
+	1, // [1:1] is the sub-list for extension extendee
+	0, // [0:1] is the sub-list for field type_name
 }
 
 func init() { file_kapal_v1_operator_proto_init() }
@@ -149,7 +379,7 @@ func file_kapal_v1_operator_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_kapal_v1_operator_proto_rawDesc), len(file_kapal_v1_operator_proto_rawDesc)),
 			NumEnums:      0,
-			NumMessages:   1,
+			NumMessages:   4,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

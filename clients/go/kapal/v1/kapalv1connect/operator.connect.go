@@ -45,6 +45,12 @@ const (
 	// OperatorServiceGetInstanceDiagnosticsAsOperatorProcedure is the fully-qualified name of the
 	// OperatorService's GetInstanceDiagnosticsAsOperator RPC.
 	OperatorServiceGetInstanceDiagnosticsAsOperatorProcedure = "/kapal.v1.OperatorService/GetInstanceDiagnosticsAsOperator"
+	// OperatorServiceSuspendAccountProcedure is the fully-qualified name of the OperatorService's
+	// SuspendAccount RPC.
+	OperatorServiceSuspendAccountProcedure = "/kapal.v1.OperatorService/SuspendAccount"
+	// OperatorServiceUnsuspendAccountProcedure is the fully-qualified name of the OperatorService's
+	// UnsuspendAccount RPC.
+	OperatorServiceUnsuspendAccountProcedure = "/kapal.v1.OperatorService/UnsuspendAccount"
 )
 
 // OperatorServiceClient is a client for the kapal.v1.OperatorService service.
@@ -62,6 +68,18 @@ type OperatorServiceClient interface {
 	// termination), volumes, status history and the tail of each container's log. Needs a
 	// reason (GetInstanceDiagnosticsRequest.reason), kept in the audit log; not in the history.
 	GetInstanceDiagnosticsAsOperator(context.Context, *connect.Request[v1.GetInstanceDiagnosticsRequest]) (*connect.Response[v1.InstanceDiagnostics], error)
+	// Suspends a customer's account: its running instances are stopped (data kept; each stop is
+	// in the instance's history with the reason), its subscriptions keep their state, and every
+	// call made with its tokens is refused with PERMISSION_DENIED saying the account is suspended
+	// (within the gateway's identity cache time, 10 s). Audited as suspend_account. An operator's
+	// account cannot be suspended (FAILED_PRECONDITION); suspending a suspended account is
+	// FAILED_PRECONDITION too.
+	SuspendAccount(context.Context, *connect.Request[v1.SuspendAccountRequest]) (*connect.Response[v1.AccountSuspension], error)
+	// Lifts a suspension: the account's calls are accepted again and the instances the
+	// suspension stopped are started again (under the capacity ceiling: those that do not fit
+	// stay stopped and are listed). Audited as unsuspend_account. FAILED_PRECONDITION when the
+	// account is not suspended.
+	UnsuspendAccount(context.Context, *connect.Request[v1.UnsuspendAccountRequest]) (*connect.Response[v1.AccountSuspension], error)
 }
 
 // NewOperatorServiceClient constructs a client for the kapal.v1.OperatorService service. By
@@ -99,6 +117,18 @@ func NewOperatorServiceClient(httpClient connect.HTTPClient, baseURL string, opt
 			connect.WithSchema(operatorServiceMethods.ByName("GetInstanceDiagnosticsAsOperator")),
 			connect.WithClientOptions(opts...),
 		),
+		suspendAccount: connect.NewClient[v1.SuspendAccountRequest, v1.AccountSuspension](
+			httpClient,
+			baseURL+OperatorServiceSuspendAccountProcedure,
+			connect.WithSchema(operatorServiceMethods.ByName("SuspendAccount")),
+			connect.WithClientOptions(opts...),
+		),
+		unsuspendAccount: connect.NewClient[v1.UnsuspendAccountRequest, v1.AccountSuspension](
+			httpClient,
+			baseURL+OperatorServiceUnsuspendAccountProcedure,
+			connect.WithSchema(operatorServiceMethods.ByName("UnsuspendAccount")),
+			connect.WithClientOptions(opts...),
+		),
 	}
 }
 
@@ -108,6 +138,8 @@ type operatorServiceClient struct {
 	stopInstanceAsOperator           *connect.Client[v1.OperatorInstanceActionRequest, v1.Instance]
 	startInstanceAsOperator          *connect.Client[v1.OperatorInstanceActionRequest, v1.Instance]
 	getInstanceDiagnosticsAsOperator *connect.Client[v1.GetInstanceDiagnosticsRequest, v1.InstanceDiagnostics]
+	suspendAccount                   *connect.Client[v1.SuspendAccountRequest, v1.AccountSuspension]
+	unsuspendAccount                 *connect.Client[v1.UnsuspendAccountRequest, v1.AccountSuspension]
 }
 
 // RestartInstanceAsOperator calls kapal.v1.OperatorService.RestartInstanceAsOperator.
@@ -130,6 +162,16 @@ func (c *operatorServiceClient) GetInstanceDiagnosticsAsOperator(ctx context.Con
 	return c.getInstanceDiagnosticsAsOperator.CallUnary(ctx, req)
 }
 
+// SuspendAccount calls kapal.v1.OperatorService.SuspendAccount.
+func (c *operatorServiceClient) SuspendAccount(ctx context.Context, req *connect.Request[v1.SuspendAccountRequest]) (*connect.Response[v1.AccountSuspension], error) {
+	return c.suspendAccount.CallUnary(ctx, req)
+}
+
+// UnsuspendAccount calls kapal.v1.OperatorService.UnsuspendAccount.
+func (c *operatorServiceClient) UnsuspendAccount(ctx context.Context, req *connect.Request[v1.UnsuspendAccountRequest]) (*connect.Response[v1.AccountSuspension], error) {
+	return c.unsuspendAccount.CallUnary(ctx, req)
+}
+
 // OperatorServiceHandler is an implementation of the kapal.v1.OperatorService service.
 type OperatorServiceHandler interface {
 	// Restarts any customer's instance (rolling). FAILED_PRECONDITION unless it is meant to run.
@@ -145,6 +187,18 @@ type OperatorServiceHandler interface {
 	// termination), volumes, status history and the tail of each container's log. Needs a
 	// reason (GetInstanceDiagnosticsRequest.reason), kept in the audit log; not in the history.
 	GetInstanceDiagnosticsAsOperator(context.Context, *connect.Request[v1.GetInstanceDiagnosticsRequest]) (*connect.Response[v1.InstanceDiagnostics], error)
+	// Suspends a customer's account: its running instances are stopped (data kept; each stop is
+	// in the instance's history with the reason), its subscriptions keep their state, and every
+	// call made with its tokens is refused with PERMISSION_DENIED saying the account is suspended
+	// (within the gateway's identity cache time, 10 s). Audited as suspend_account. An operator's
+	// account cannot be suspended (FAILED_PRECONDITION); suspending a suspended account is
+	// FAILED_PRECONDITION too.
+	SuspendAccount(context.Context, *connect.Request[v1.SuspendAccountRequest]) (*connect.Response[v1.AccountSuspension], error)
+	// Lifts a suspension: the account's calls are accepted again and the instances the
+	// suspension stopped are started again (under the capacity ceiling: those that do not fit
+	// stay stopped and are listed). Audited as unsuspend_account. FAILED_PRECONDITION when the
+	// account is not suspended.
+	UnsuspendAccount(context.Context, *connect.Request[v1.UnsuspendAccountRequest]) (*connect.Response[v1.AccountSuspension], error)
 }
 
 // NewOperatorServiceHandler builds an HTTP handler from the service implementation. It returns the
@@ -178,6 +232,18 @@ func NewOperatorServiceHandler(svc OperatorServiceHandler, opts ...connect.Handl
 		connect.WithSchema(operatorServiceMethods.ByName("GetInstanceDiagnosticsAsOperator")),
 		connect.WithHandlerOptions(opts...),
 	)
+	operatorServiceSuspendAccountHandler := connect.NewUnaryHandler(
+		OperatorServiceSuspendAccountProcedure,
+		svc.SuspendAccount,
+		connect.WithSchema(operatorServiceMethods.ByName("SuspendAccount")),
+		connect.WithHandlerOptions(opts...),
+	)
+	operatorServiceUnsuspendAccountHandler := connect.NewUnaryHandler(
+		OperatorServiceUnsuspendAccountProcedure,
+		svc.UnsuspendAccount,
+		connect.WithSchema(operatorServiceMethods.ByName("UnsuspendAccount")),
+		connect.WithHandlerOptions(opts...),
+	)
 	return "/kapal.v1.OperatorService/", http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		switch r.URL.Path {
 		case OperatorServiceRestartInstanceAsOperatorProcedure:
@@ -188,6 +254,10 @@ func NewOperatorServiceHandler(svc OperatorServiceHandler, opts ...connect.Handl
 			operatorServiceStartInstanceAsOperatorHandler.ServeHTTP(w, r)
 		case OperatorServiceGetInstanceDiagnosticsAsOperatorProcedure:
 			operatorServiceGetInstanceDiagnosticsAsOperatorHandler.ServeHTTP(w, r)
+		case OperatorServiceSuspendAccountProcedure:
+			operatorServiceSuspendAccountHandler.ServeHTTP(w, r)
+		case OperatorServiceUnsuspendAccountProcedure:
+			operatorServiceUnsuspendAccountHandler.ServeHTTP(w, r)
 		default:
 			http.NotFound(w, r)
 		}
@@ -211,4 +281,12 @@ func (UnimplementedOperatorServiceHandler) StartInstanceAsOperator(context.Conte
 
 func (UnimplementedOperatorServiceHandler) GetInstanceDiagnosticsAsOperator(context.Context, *connect.Request[v1.GetInstanceDiagnosticsRequest]) (*connect.Response[v1.InstanceDiagnostics], error) {
 	return nil, connect.NewError(connect.CodeUnimplemented, errors.New("kapal.v1.OperatorService.GetInstanceDiagnosticsAsOperator is not implemented"))
+}
+
+func (UnimplementedOperatorServiceHandler) SuspendAccount(context.Context, *connect.Request[v1.SuspendAccountRequest]) (*connect.Response[v1.AccountSuspension], error) {
+	return nil, connect.NewError(connect.CodeUnimplemented, errors.New("kapal.v1.OperatorService.SuspendAccount is not implemented"))
+}
+
+func (UnimplementedOperatorServiceHandler) UnsuspendAccount(context.Context, *connect.Request[v1.UnsuspendAccountRequest]) (*connect.Response[v1.AccountSuspension], error) {
+	return nil, connect.NewError(connect.CodeUnimplemented, errors.New("kapal.v1.OperatorService.UnsuspendAccount is not implemented"))
 }

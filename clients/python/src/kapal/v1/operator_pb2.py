@@ -22,18 +22,25 @@ _runtime_version.ValidateProtobufRuntimeVersion(
 _sym_db = _symbol_database.Default()
 
 
+from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 from kapal.v1 import instance_pb2 as kapal_dot_v1_dot_instance__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x17kapal/v1/operator.proto\x12\x08kapal.v1\x1a\x17kapal/v1/instance.proto\"_\n\x1dOperatorInstanceActionRequest\x12\x13\n\x0binstance_id\x18\x01 \x01(\t\x12\x0e\n\x06reason\x18\x02 \x01(\t\x12\x19\n\x11override_capacity\x18\x03 \x01(\x08\x32\x86\x03\n\x0fOperatorService\x12X\n\x19RestartInstanceAsOperator\x12\'.kapal.v1.OperatorInstanceActionRequest\x1a\x12.kapal.v1.Instance\x12U\n\x16StopInstanceAsOperator\x12\'.kapal.v1.OperatorInstanceActionRequest\x1a\x12.kapal.v1.Instance\x12V\n\x17StartInstanceAsOperator\x12\'.kapal.v1.OperatorInstanceActionRequest\x1a\x12.kapal.v1.Instance\x12j\n GetInstanceDiagnosticsAsOperator\x12\'.kapal.v1.GetInstanceDiagnosticsRequest\x1a\x1d.kapal.v1.InstanceDiagnosticsb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x17kapal/v1/operator.proto\x12\x08kapal.v1\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x17kapal/v1/instance.proto\";\n\x15SuspendAccountRequest\x12\x12\n\naccount_id\x18\x01 \x01(\t\x12\x0e\n\x06reason\x18\x02 \x01(\t\"=\n\x17UnsuspendAccountRequest\x12\x12\n\naccount_id\x18\x01 \x01(\t\x12\x0e\n\x06reason\x18\x02 \x01(\t\"\xa7\x01\n\x11\x41\x63\x63ountSuspension\x12\x12\n\naccount_id\x18\x01 \x01(\t\x12\x11\n\tsuspended\x18\x02 \x01(\x08\x12\x0e\n\x06reason\x18\x03 \x01(\t\x12\x30\n\x0csuspended_at\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x14\n\x0cinstance_ids\x18\x05 \x03(\t\x12\x13\n\x0bnot_started\x18\x06 \x03(\t\"_\n\x1dOperatorInstanceActionRequest\x12\x13\n\x0binstance_id\x18\x01 \x01(\t\x12\x0e\n\x06reason\x18\x02 \x01(\t\x12\x19\n\x11override_capacity\x18\x03 \x01(\x08\x32\xaa\x04\n\x0fOperatorService\x12X\n\x19RestartInstanceAsOperator\x12\'.kapal.v1.OperatorInstanceActionRequest\x1a\x12.kapal.v1.Instance\x12U\n\x16StopInstanceAsOperator\x12\'.kapal.v1.OperatorInstanceActionRequest\x1a\x12.kapal.v1.Instance\x12V\n\x17StartInstanceAsOperator\x12\'.kapal.v1.OperatorInstanceActionRequest\x1a\x12.kapal.v1.Instance\x12j\n GetInstanceDiagnosticsAsOperator\x12\'.kapal.v1.GetInstanceDiagnosticsRequest\x1a\x1d.kapal.v1.InstanceDiagnostics\x12N\n\x0eSuspendAccount\x12\x1f.kapal.v1.SuspendAccountRequest\x1a\x1b.kapal.v1.AccountSuspension\x12R\n\x10UnsuspendAccount\x12!.kapal.v1.UnsuspendAccountRequest\x1a\x1b.kapal.v1.AccountSuspensionb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'kapal.v1.operator_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_OPERATORINSTANCEACTIONREQUEST']._serialized_start=62
-  _globals['_OPERATORINSTANCEACTIONREQUEST']._serialized_end=157
-  _globals['_OPERATORSERVICE']._serialized_start=160
-  _globals['_OPERATORSERVICE']._serialized_end=550
+  _globals['_SUSPENDACCOUNTREQUEST']._serialized_start=95
+  _globals['_SUSPENDACCOUNTREQUEST']._serialized_end=154
+  _globals['_UNSUSPENDACCOUNTREQUEST']._serialized_start=156
+  _globals['_UNSUSPENDACCOUNTREQUEST']._serialized_end=217
+  _globals['_ACCOUNTSUSPENSION']._serialized_start=220
+  _globals['_ACCOUNTSUSPENSION']._serialized_end=387
+  _globals['_OPERATORINSTANCEACTIONREQUEST']._serialized_start=389
+  _globals['_OPERATORINSTANCEACTIONREQUEST']._serialized_end=484
+  _globals['_OPERATORSERVICE']._serialized_start=487
+  _globals['_OPERATORSERVICE']._serialized_end=1041
 # @@protoc_insertion_point(module_scope)

@@ -27,7 +27,7 @@ if _version_not_supported:
 
 
 class OperatorServiceStub:
-    """Operators acting on any customer's instances, served by the control-plane. Every call needs
+    """Operators acting on any customer's instances and accounts, served by the control-plane. Every call needs
     an account with role ADMIN (PERMISSION_DENIED otherwise) and a reason. Each action is written
     to the audit log (who, what, whose, why) before it is carried out, and appears in the
     instance's history (InstanceService.ListInstanceEvents) that its owner reads, with the reason:
@@ -61,10 +61,20 @@ class OperatorServiceStub:
                 request_serializer=kapal_dot_v1_dot_instance__pb2.GetInstanceDiagnosticsRequest.SerializeToString,
                 response_deserializer=kapal_dot_v1_dot_instance__pb2.InstanceDiagnostics.FromString,
                 _registered_method=True)
+        self.SuspendAccount = channel.unary_unary(
+                '/kapal.v1.OperatorService/SuspendAccount',
+                request_serializer=kapal_dot_v1_dot_operator__pb2.SuspendAccountRequest.SerializeToString,
+                response_deserializer=kapal_dot_v1_dot_operator__pb2.AccountSuspension.FromString,
+                _registered_method=True)
+        self.UnsuspendAccount = channel.unary_unary(
+                '/kapal.v1.OperatorService/UnsuspendAccount',
+                request_serializer=kapal_dot_v1_dot_operator__pb2.UnsuspendAccountRequest.SerializeToString,
+                response_deserializer=kapal_dot_v1_dot_operator__pb2.AccountSuspension.FromString,
+                _registered_method=True)
 
 
 class OperatorServiceServicer:
-    """Operators acting on any customer's instances, served by the control-plane. Every call needs
+    """Operators acting on any customer's instances and accounts, served by the control-plane. Every call needs
     an account with role ADMIN (PERMISSION_DENIED otherwise) and a reason. Each action is written
     to the audit log (who, what, whose, why) before it is carried out, and appears in the
     instance's history (InstanceService.ListInstanceEvents) that its owner reads, with the reason:
@@ -105,6 +115,28 @@ class OperatorServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def SuspendAccount(self, request, context):
+        """Suspends a customer's account: its running instances are stopped (data kept; each stop is
+        in the instance's history with the reason), its subscriptions keep their state, and every
+        call made with its tokens is refused with PERMISSION_DENIED saying the account is suspended
+        (within the gateway's identity cache time, 10 s). Audited as suspend_account. An operator's
+        account cannot be suspended (FAILED_PRECONDITION); suspending a suspended account is
+        FAILED_PRECONDITION too.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def UnsuspendAccount(self, request, context):
+        """Lifts a suspension: the account's calls are accepted again and the instances the
+        suspension stopped are started again (under the capacity ceiling: those that do not fit
+        stay stopped and are listed). Audited as unsuspend_account. FAILED_PRECONDITION when the
+        account is not suspended.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_OperatorServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -128,6 +160,16 @@ def add_OperatorServiceServicer_to_server(servicer, server):
                     request_deserializer=kapal_dot_v1_dot_instance__pb2.GetInstanceDiagnosticsRequest.FromString,
                     response_serializer=kapal_dot_v1_dot_instance__pb2.InstanceDiagnostics.SerializeToString,
             ),
+            'SuspendAccount': grpc.unary_unary_rpc_method_handler(
+                    servicer.SuspendAccount,
+                    request_deserializer=kapal_dot_v1_dot_operator__pb2.SuspendAccountRequest.FromString,
+                    response_serializer=kapal_dot_v1_dot_operator__pb2.AccountSuspension.SerializeToString,
+            ),
+            'UnsuspendAccount': grpc.unary_unary_rpc_method_handler(
+                    servicer.UnsuspendAccount,
+                    request_deserializer=kapal_dot_v1_dot_operator__pb2.UnsuspendAccountRequest.FromString,
+                    response_serializer=kapal_dot_v1_dot_operator__pb2.AccountSuspension.SerializeToString,
+            ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
             'kapal.v1.OperatorService', rpc_method_handlers)
@@ -137,7 +179,7 @@ def add_OperatorServiceServicer_to_server(servicer, server):
 
  # This class is part of an EXPERIMENTAL API.
 class OperatorService:
-    """Operators acting on any customer's instances, served by the control-plane. Every call needs
+    """Operators acting on any customer's instances and accounts, served by the control-plane. Every call needs
     an account with role ADMIN (PERMISSION_DENIED otherwise) and a reason. Each action is written
     to the audit log (who, what, whose, why) before it is carried out, and appears in the
     instance's history (InstanceService.ListInstanceEvents) that its owner reads, with the reason:
@@ -243,6 +285,60 @@ class OperatorService:
             '/kapal.v1.OperatorService/GetInstanceDiagnosticsAsOperator',
             kapal_dot_v1_dot_instance__pb2.GetInstanceDiagnosticsRequest.SerializeToString,
             kapal_dot_v1_dot_instance__pb2.InstanceDiagnostics.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def SuspendAccount(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/kapal.v1.OperatorService/SuspendAccount',
+            kapal_dot_v1_dot_operator__pb2.SuspendAccountRequest.SerializeToString,
+            kapal_dot_v1_dot_operator__pb2.AccountSuspension.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def UnsuspendAccount(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/kapal.v1.OperatorService/UnsuspendAccount',
+            kapal_dot_v1_dot_operator__pb2.UnsuspendAccountRequest.SerializeToString,
+            kapal_dot_v1_dot_operator__pb2.AccountSuspension.FromString,
             options,
             channel_credentials,
             insecure,

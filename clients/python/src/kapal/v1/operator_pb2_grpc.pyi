@@ -28,7 +28,7 @@ GRPC_GENERATED_VERSION: str
 GRPC_VERSION: str
 
 class OperatorServiceStub:
-    """Operators acting on any customer's instances, served by the control-plane. Every call needs
+    """Operators acting on any customer's instances and accounts, served by the control-plane. Every call needs
     an account with role ADMIN (PERMISSION_DENIED otherwise) and a reason. Each action is written
     to the audit log (who, what, whose, why) before it is carried out, and appears in the
     instance's history (InstanceService.ListInstanceEvents) that its owner reads, with the reason:
@@ -56,10 +56,24 @@ class OperatorServiceStub:
     termination), volumes, status history and the tail of each container's log. Needs a
     reason (GetInstanceDiagnosticsRequest.reason), kept in the audit log; not in the history.
     """
+    SuspendAccount: _grpc.UnaryUnaryMultiCallable[_operator_pb2.SuspendAccountRequest, _operator_pb2.AccountSuspension]
+    """Suspends a customer's account: its running instances are stopped (data kept; each stop is
+    in the instance's history with the reason), its subscriptions keep their state, and every
+    call made with its tokens is refused with PERMISSION_DENIED saying the account is suspended
+    (within the gateway's identity cache time, 10 s). Audited as suspend_account. An operator's
+    account cannot be suspended (FAILED_PRECONDITION); suspending a suspended account is
+    FAILED_PRECONDITION too.
+    """
+    UnsuspendAccount: _grpc.UnaryUnaryMultiCallable[_operator_pb2.UnsuspendAccountRequest, _operator_pb2.AccountSuspension]
+    """Lifts a suspension: the account's calls are accepted again and the instances the
+    suspension stopped are started again (under the capacity ceiling: those that do not fit
+    stay stopped and are listed). Audited as unsuspend_account. FAILED_PRECONDITION when the
+    account is not suspended.
+    """
 
 @_typing.type_check_only
 class OperatorServiceAsyncStub(OperatorServiceStub):
-    """Operators acting on any customer's instances, served by the control-plane. Every call needs
+    """Operators acting on any customer's instances and accounts, served by the control-plane. Every call needs
     an account with role ADMIN (PERMISSION_DENIED otherwise) and a reason. Each action is written
     to the audit log (who, what, whose, why) before it is carried out, and appears in the
     instance's history (InstanceService.ListInstanceEvents) that its owner reads, with the reason:
@@ -84,9 +98,23 @@ class OperatorServiceAsyncStub(OperatorServiceStub):
     termination), volumes, status history and the tail of each container's log. Needs a
     reason (GetInstanceDiagnosticsRequest.reason), kept in the audit log; not in the history.
     """
+    SuspendAccount: _aio.UnaryUnaryMultiCallable[_operator_pb2.SuspendAccountRequest, _operator_pb2.AccountSuspension]  # type: ignore[assignment]
+    """Suspends a customer's account: its running instances are stopped (data kept; each stop is
+    in the instance's history with the reason), its subscriptions keep their state, and every
+    call made with its tokens is refused with PERMISSION_DENIED saying the account is suspended
+    (within the gateway's identity cache time, 10 s). Audited as suspend_account. An operator's
+    account cannot be suspended (FAILED_PRECONDITION); suspending a suspended account is
+    FAILED_PRECONDITION too.
+    """
+    UnsuspendAccount: _aio.UnaryUnaryMultiCallable[_operator_pb2.UnsuspendAccountRequest, _operator_pb2.AccountSuspension]  # type: ignore[assignment]
+    """Lifts a suspension: the account's calls are accepted again and the instances the
+    suspension stopped are started again (under the capacity ceiling: those that do not fit
+    stay stopped and are listed). Audited as unsuspend_account. FAILED_PRECONDITION when the
+    account is not suspended.
+    """
 
 class OperatorServiceServicer(metaclass=_abc_1.ABCMeta):
-    """Operators acting on any customer's instances, served by the control-plane. Every call needs
+    """Operators acting on any customer's instances and accounts, served by the control-plane. Every call needs
     an account with role ADMIN (PERMISSION_DENIED otherwise) and a reason. Each action is written
     to the audit log (who, what, whose, why) before it is carried out, and appears in the
     instance's history (InstanceService.ListInstanceEvents) that its owner reads, with the reason:
@@ -132,6 +160,32 @@ class OperatorServiceServicer(metaclass=_abc_1.ABCMeta):
         """Why an instance is unhappy: its Kubernetes events, pods (phase, node, restarts, last
         termination), volumes, status history and the tail of each container's log. Needs a
         reason (GetInstanceDiagnosticsRequest.reason), kept in the audit log; not in the history.
+        """
+
+    @_abc_1.abstractmethod
+    def SuspendAccount(
+        self,
+        request: _operator_pb2.SuspendAccountRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_operator_pb2.AccountSuspension, _abc.Awaitable[_operator_pb2.AccountSuspension]]:
+        """Suspends a customer's account: its running instances are stopped (data kept; each stop is
+        in the instance's history with the reason), its subscriptions keep their state, and every
+        call made with its tokens is refused with PERMISSION_DENIED saying the account is suspended
+        (within the gateway's identity cache time, 10 s). Audited as suspend_account. An operator's
+        account cannot be suspended (FAILED_PRECONDITION); suspending a suspended account is
+        FAILED_PRECONDITION too.
+        """
+
+    @_abc_1.abstractmethod
+    def UnsuspendAccount(
+        self,
+        request: _operator_pb2.UnsuspendAccountRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_operator_pb2.AccountSuspension, _abc.Awaitable[_operator_pb2.AccountSuspension]]:
+        """Lifts a suspension: the account's calls are accepted again and the instances the
+        suspension stopped are started again (under the capacity ceiling: those that do not fit
+        stay stopped and are listed). Audited as unsuspend_account. FAILED_PRECONDITION when the
+        account is not suspended.
         """
 
 def add_OperatorServiceServicer_to_server(servicer: OperatorServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

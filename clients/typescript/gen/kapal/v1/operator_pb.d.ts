@@ -4,12 +4,120 @@
 
 import type { GenFile, GenMessage, GenService } from "@bufbuild/protobuf/codegenv2";
 import type { Message } from "@bufbuild/protobuf";
+import type { Timestamp } from "@bufbuild/protobuf/wkt";
 import type { GetInstanceDiagnosticsRequestSchema, InstanceDiagnosticsSchema, InstanceSchema } from "./instance_pb.js";
 
 /**
  * Describes the file kapal/v1/operator.proto.
  */
 export declare const file_kapal_v1_operator: GenFile;
+
+/**
+ * @generated from message kapal.v1.SuspendAccountRequest
+ */
+export declare type SuspendAccountRequest = Message<"kapal.v1.SuspendAccountRequest"> & {
+  /**
+   * The account (UUID).
+   *
+   * @generated from field: string account_id = 1;
+   */
+  accountId: string;
+
+  /**
+   * Why (3-500 characters): kept in the audit log, shown in the stopped instances' history and
+   * told to the customer when their calls are refused.
+   *
+   * @generated from field: string reason = 2;
+   */
+  reason: string;
+};
+
+/**
+ * Describes the message kapal.v1.SuspendAccountRequest.
+ * Use `create(SuspendAccountRequestSchema)` to create a new message.
+ */
+export declare const SuspendAccountRequestSchema: GenMessage<SuspendAccountRequest>;
+
+/**
+ * @generated from message kapal.v1.UnsuspendAccountRequest
+ */
+export declare type UnsuspendAccountRequest = Message<"kapal.v1.UnsuspendAccountRequest"> & {
+  /**
+   * The account (UUID).
+   *
+   * @generated from field: string account_id = 1;
+   */
+  accountId: string;
+
+  /**
+   * Why (3-500 characters), kept in the audit log and the restarted instances' history.
+   *
+   * @generated from field: string reason = 2;
+   */
+  reason: string;
+};
+
+/**
+ * Describes the message kapal.v1.UnsuspendAccountRequest.
+ * Use `create(UnsuspendAccountRequestSchema)` to create a new message.
+ */
+export declare const UnsuspendAccountRequestSchema: GenMessage<UnsuspendAccountRequest>;
+
+/**
+ * An account's suspension after SuspendAccount or UnsuspendAccount.
+ *
+ * @generated from message kapal.v1.AccountSuspension
+ */
+export declare type AccountSuspension = Message<"kapal.v1.AccountSuspension"> & {
+  /**
+   * The account (UUID).
+   *
+   * @generated from field: string account_id = 1;
+   */
+  accountId: string;
+
+  /**
+   * Whether the account is suspended now.
+   *
+   * @generated from field: bool suspended = 2;
+   */
+  suspended: boolean;
+
+  /**
+   * The suspension's reason (the one given to SuspendAccount).
+   *
+   * @generated from field: string reason = 3;
+   */
+  reason: string;
+
+  /**
+   * When it was suspended.
+   *
+   * @generated from field: google.protobuf.Timestamp suspended_at = 4;
+   */
+  suspendedAt?: Timestamp | undefined;
+
+  /**
+   * SuspendAccount: the instances it stopped. UnsuspendAccount: the instances started again.
+   *
+   * @generated from field: repeated string instance_ids = 5;
+   */
+  instanceIds: string[];
+
+  /**
+   * UnsuspendAccount: instances the suspension stopped that could not be started again (e.g.
+   * no capacity under the ceiling, or held by billing), with why; start them later.
+   *
+   * @generated from field: repeated string not_started = 6;
+   */
+  notStarted: string[];
+};
+
+/**
+ * Describes the message kapal.v1.AccountSuspension.
+ * Use `create(AccountSuspensionSchema)` to create a new message.
+ */
+export declare const AccountSuspensionSchema: GenMessage<AccountSuspension>;
 
 /**
  * @generated from message kapal.v1.OperatorInstanceActionRequest
@@ -45,7 +153,7 @@ export declare type OperatorInstanceActionRequest = Message<"kapal.v1.OperatorIn
 export declare const OperatorInstanceActionRequestSchema: GenMessage<OperatorInstanceActionRequest>;
 
 /**
- * Operators acting on any customer's instances, served by the control-plane. Every call needs
+ * Operators acting on any customer's instances and accounts, served by the control-plane. Every call needs
  * an account with role ADMIN (PERMISSION_DENIED otherwise) and a reason. Each action is written
  * to the audit log (who, what, whose, why) before it is carried out, and appears in the
  * instance's history (InstanceService.ListInstanceEvents) that its owner reads, with the reason:
@@ -99,6 +207,34 @@ export declare const OperatorService: GenService<{
     methodKind: "unary";
     input: typeof GetInstanceDiagnosticsRequestSchema;
     output: typeof InstanceDiagnosticsSchema;
+  },
+  /**
+   * Suspends a customer's account: its running instances are stopped (data kept; each stop is
+   * in the instance's history with the reason), its subscriptions keep their state, and every
+   * call made with its tokens is refused with PERMISSION_DENIED saying the account is suspended
+   * (within the gateway's identity cache time, 10 s). Audited as suspend_account. An operator's
+   * account cannot be suspended (FAILED_PRECONDITION); suspending a suspended account is
+   * FAILED_PRECONDITION too.
+   *
+   * @generated from rpc kapal.v1.OperatorService.SuspendAccount
+   */
+  suspendAccount: {
+    methodKind: "unary";
+    input: typeof SuspendAccountRequestSchema;
+    output: typeof AccountSuspensionSchema;
+  },
+  /**
+   * Lifts a suspension: the account's calls are accepted again and the instances the
+   * suspension stopped are started again (under the capacity ceiling: those that do not fit
+   * stay stopped and are listed). Audited as unsuspend_account. FAILED_PRECONDITION when the
+   * account is not suspended.
+   *
+   * @generated from rpc kapal.v1.OperatorService.UnsuspendAccount
+   */
+  unsuspendAccount: {
+    methodKind: "unary";
+    input: typeof UnsuspendAccountRequestSchema;
+    output: typeof AccountSuspensionSchema;
   },
 }>;
 

@@ -3,23 +3,45 @@
 /* eslint-disable */
 
 import { fileDesc, messageDesc, serviceDesc } from "@bufbuild/protobuf/codegenv2";
+import { file_google_protobuf_timestamp } from "@bufbuild/protobuf/wkt";
 import { file_kapal_v1_instance } from "./instance_pb.js";
 
 /**
  * Describes the file kapal/v1/operator.proto.
  */
 export const file_kapal_v1_operator = /*@__PURE__*/
-  fileDesc("ChdrYXBhbC92MS9vcGVyYXRvci5wcm90bxIIa2FwYWwudjEiXwodT3BlcmF0b3JJbnN0YW5jZUFjdGlvblJlcXVlc3QSEwoLaW5zdGFuY2VfaWQYASABKAkSDgoGcmVhc29uGAIgASgJEhkKEW92ZXJyaWRlX2NhcGFjaXR5GAMgASgIMoYDCg9PcGVyYXRvclNlcnZpY2USWAoZUmVzdGFydEluc3RhbmNlQXNPcGVyYXRvchInLmthcGFsLnYxLk9wZXJhdG9ySW5zdGFuY2VBY3Rpb25SZXF1ZXN0GhIua2FwYWwudjEuSW5zdGFuY2USVQoWU3RvcEluc3RhbmNlQXNPcGVyYXRvchInLmthcGFsLnYxLk9wZXJhdG9ySW5zdGFuY2VBY3Rpb25SZXF1ZXN0GhIua2FwYWwudjEuSW5zdGFuY2USVgoXU3RhcnRJbnN0YW5jZUFzT3BlcmF0b3ISJy5rYXBhbC52MS5PcGVyYXRvckluc3RhbmNlQWN0aW9uUmVxdWVzdBoSLmthcGFsLnYxLkluc3RhbmNlEmoKIEdldEluc3RhbmNlRGlhZ25vc3RpY3NBc09wZXJhdG9yEicua2FwYWwudjEuR2V0SW5zdGFuY2VEaWFnbm9zdGljc1JlcXVlc3QaHS5rYXBhbC52MS5JbnN0YW5jZURpYWdub3N0aWNzYgZwcm90bzM", [file_kapal_v1_instance]);
+  fileDesc("ChdrYXBhbC92MS9vcGVyYXRvci5wcm90bxIIa2FwYWwudjEiOwoVU3VzcGVuZEFjY291bnRSZXF1ZXN0EhIKCmFjY291bnRfaWQYASABKAkSDgoGcmVhc29uGAIgASgJIj0KF1Vuc3VzcGVuZEFjY291bnRSZXF1ZXN0EhIKCmFjY291bnRfaWQYASABKAkSDgoGcmVhc29uGAIgASgJIqcBChFBY2NvdW50U3VzcGVuc2lvbhISCgphY2NvdW50X2lkGAEgASgJEhEKCXN1c3BlbmRlZBgCIAEoCBIOCgZyZWFzb24YAyABKAkSMAoMc3VzcGVuZGVkX2F0GAQgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIUCgxpbnN0YW5jZV9pZHMYBSADKAkSEwoLbm90X3N0YXJ0ZWQYBiADKAkiXwodT3BlcmF0b3JJbnN0YW5jZUFjdGlvblJlcXVlc3QSEwoLaW5zdGFuY2VfaWQYASABKAkSDgoGcmVhc29uGAIgASgJEhkKEW92ZXJyaWRlX2NhcGFjaXR5GAMgASgIMqoECg9PcGVyYXRvclNlcnZpY2USWAoZUmVzdGFydEluc3RhbmNlQXNPcGVyYXRvchInLmthcGFsLnYxLk9wZXJhdG9ySW5zdGFuY2VBY3Rpb25SZXF1ZXN0GhIua2FwYWwudjEuSW5zdGFuY2USVQoWU3RvcEluc3RhbmNlQXNPcGVyYXRvchInLmthcGFsLnYxLk9wZXJhdG9ySW5zdGFuY2VBY3Rpb25SZXF1ZXN0GhIua2FwYWwudjEuSW5zdGFuY2USVgoXU3RhcnRJbnN0YW5jZUFzT3BlcmF0b3ISJy5rYXBhbC52MS5PcGVyYXRvckluc3RhbmNlQWN0aW9uUmVxdWVzdBoSLmthcGFsLnYxLkluc3RhbmNlEmoKIEdldEluc3RhbmNlRGlhZ25vc3RpY3NBc09wZXJhdG9yEicua2FwYWwudjEuR2V0SW5zdGFuY2VEaWFnbm9zdGljc1JlcXVlc3QaHS5rYXBhbC52MS5JbnN0YW5jZURpYWdub3N0aWNzEk4KDlN1c3BlbmRBY2NvdW50Eh8ua2FwYWwudjEuU3VzcGVuZEFjY291bnRSZXF1ZXN0Ghsua2FwYWwudjEuQWNjb3VudFN1c3BlbnNpb24SUgoQVW5zdXNwZW5kQWNjb3VudBIhLmthcGFsLnYxLlVuc3VzcGVuZEFjY291bnRSZXF1ZXN0Ghsua2FwYWwudjEuQWNjb3VudFN1c3BlbnNpb25iBnByb3RvMw", [file_google_protobuf_timestamp, file_kapal_v1_instance]);
+
+/**
+ * Describes the message kapal.v1.SuspendAccountRequest.
+ * Use `create(SuspendAccountRequestSchema)` to create a new message.
+ */
+export const SuspendAccountRequestSchema = /*@__PURE__*/
+  messageDesc(file_kapal_v1_operator, 0);
+
+/**
+ * Describes the message kapal.v1.UnsuspendAccountRequest.
+ * Use `create(UnsuspendAccountRequestSchema)` to create a new message.
+ */
+export const UnsuspendAccountRequestSchema = /*@__PURE__*/
+  messageDesc(file_kapal_v1_operator, 1);
+
+/**
+ * Describes the message kapal.v1.AccountSuspension.
+ * Use `create(AccountSuspensionSchema)` to create a new message.
+ */
+export const AccountSuspensionSchema = /*@__PURE__*/
+  messageDesc(file_kapal_v1_operator, 2);
 
 /**
  * Describes the message kapal.v1.OperatorInstanceActionRequest.
  * Use `create(OperatorInstanceActionRequestSchema)` to create a new message.
  */
 export const OperatorInstanceActionRequestSchema = /*@__PURE__*/
-  messageDesc(file_kapal_v1_operator, 0);
+  messageDesc(file_kapal_v1_operator, 3);
 
 /**
- * Operators acting on any customer's instances, served by the control-plane. Every call needs
+ * Operators acting on any customer's instances and accounts, served by the control-plane. Every call needs
  * an account with role ADMIN (PERMISSION_DENIED otherwise) and a reason. Each action is written
  * to the audit log (who, what, whose, why) before it is carried out, and appears in the
  * instance's history (InstanceService.ListInstanceEvents) that its owner reads, with the reason:
