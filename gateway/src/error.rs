@@ -136,6 +136,18 @@ mod tests {
     }
 
     #[test]
+    fn a_suspended_account_is_told_why() {
+        let status = Status::from(Error::AccountRefused(
+            "This account was suspended by Kapal support: T-9".into(),
+        ));
+        assert_eq!(status.code(), tonic::Code::PermissionDenied);
+        assert_eq!(
+            status.message(),
+            "This account was suspended by Kapal support: T-9"
+        );
+    }
+
+    #[test]
     fn caller_mistakes_keep_their_message() {
         let status = Status::from(Error::MessageTooLarge { limit: 64 * 1024 });
         assert_eq!(status.code(), tonic::Code::InvalidArgument);
