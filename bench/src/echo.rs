@@ -121,6 +121,20 @@ impl InstanceService for Echo {
             ..Default::default()
         }))
     }
+
+    async fn list_instance_events(
+        &self,
+        _: Request<kapal::proto::v1::ListInstanceEventsRequest>,
+    ) -> Result<Response<kapal::proto::v1::ListInstanceEventsResponse>, Status> {
+        Err(Status::unimplemented("not served by the echo server"))
+    }
+
+    async fn get_instance_diagnostics(
+        &self,
+        _: Request<kapal::proto::v1::GetInstanceDiagnosticsRequest>,
+    ) -> Result<Response<kapal::proto::v1::InstanceDiagnostics>, Status> {
+        Err(Status::unimplemented("not served by the echo server"))
+    }
 }
 
 /// `kapal-bench echo-server`: serves on a free loopback port, prints `listening <addr>` on

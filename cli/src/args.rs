@@ -106,6 +106,12 @@ pub enum ClientCommand {
     AutoRenew(AutoRenewArgs),
     /// Show what an instance uses now: CPU and memory against its plan's limits, and storage.
     Usage(InstanceArg),
+    /// List an instance's history, oldest first: status changes and actions taken on it
+    /// (by billing or by Kapal support, with their reason).
+    History(InstanceArg),
+    /// Why an instance is unhappy: Kubernetes events, pods and containers, volumes, history and
+    /// the last lines of each container's log.
+    Diagnose(DiagnoseArgs),
     /// Change a subscription's plan from its next renewal on (a trial: converts it to paid).
     ChangePlan(ChangePlanArgs),
     /// List every status change of a subscription, oldest first, with time and cause.
@@ -214,6 +220,17 @@ pub struct OrderArgs {
 pub struct InstanceArg {
     /// The instance's id (see `kapal instances`).
     pub id: String,
+    #[command(flatten)]
+    pub global: Global,
+}
+
+#[derive(Args)]
+pub struct DiagnoseArgs {
+    /// The instance's id (see `kapal instances`).
+    pub id: String,
+    /// Lines of each container's log to show (at most 500).
+    #[arg(long, default_value_t = 50, value_parser = clap::value_parser!(u32).range(1..=500))]
+    pub log_lines: u32,
     #[command(flatten)]
     pub global: Global,
 }
@@ -568,10 +585,28 @@ pub enum AdminCommand {
     Capacity(Global),
     /// List what needs an operator's attention now, critical first.
     Alerts(Global),
-    /// List operators' reads of customer secrets, newest first.
+    /// List operators' actions on customer data (credential and diagnostics reads, restarts,
+    /// stops, starts), newest first.
     Audit(AuditArgs),
     /// Show what any instance uses now: CPU, memory and storage.
     Usage(InstanceArg),
+    /// Restart any customer's instance (rolling). Recorded in the audit log and shown in the
+    /// instance's history with the reason.
+    Restart(OperatorActionArgs),
+    /// Stop any customer's instance (its data is kept). Audited, in the instance's history.
+    Stop(OperatorActionArgs),
+    /// Start any customer's stopped instance; the capacity ceiling holds unless
+    /// --override-capacity. Audited, in the instance's history.
+    Start(OperatorStartArgs),
+    /// Why any instance is unhappy: events, pods (with nodes), volumes, history and log tails.
+    /// Needs --reason (recorded in the audit log).
+    Diagnose(OperatorDiagnoseArgs),
+    /// Suspend a customer's account: its running instances stop (data kept), its calls are
+    /// refused, its subscriptions keep their state. Audited, in the instances' history.
+    Suspend(AccountActionArgs),
+    /// Lift a customer's suspension: its calls work again and the instances the suspension
+    /// stopped start again (under the capacity ceiling). Audited, in the instances' history.
+    Unsuspend(AccountActionArgs),
     /// Revenue report: MRR, subscriptions per app, trial conversion, renewal rate, churn and
     /// invoices per month.
     Revenue(RevenueArgs),
@@ -632,6 +667,55 @@ pub struct InstanceArgs {
     /// Why the credentials are read, e.g. a support ticket (kept in the audit log).
     #[arg(long, value_name = "TEXT", requires = "credentials", value_parser = parse_reason)]
     pub reason: Option<String>,
+    #[command(flatten)]
+    pub global: Global,
+}
+
+#[derive(Args)]
+pub struct OperatorActionArgs {
+    /// The instance's id (see `kapal admin instances`).
+    pub id: String,
+    /// Why, e.g. a support ticket: kept in the audit log and shown to the customer in the
+    /// instance's history.
+    #[arg(long, value_name = "TEXT", value_parser = parse_action_reason)]
+    pub reason: String,
+    #[command(flatten)]
+    pub global: Global,
+}
+
+#[derive(Args)]
+pub struct AccountActionArgs {
+    /// The account (its UUID, see `kapal admin instances`).
+    #[arg(long, value_name = "UUID", value_parser = parse_account)]
+    pub account: String,
+    /// Why, e.g. a support ticket: kept in the audit log; a suspension's reason is also told to
+    /// the customer.
+    #[arg(long, value_name = "TEXT", value_parser = parse_action_reason)]
+    pub reason: String,
+    #[command(flatten)]
+    pub global: Global,
+}
+
+#[derive(Args)]
+pub struct OperatorStartArgs {
+    #[command(flatten)]
+    pub action: OperatorActionArgs,
+    /// Start even if the plan would push committed capacity over the ceiling (recorded in the
+    /// audit log).
+    #[arg(long)]
+    pub override_capacity: bool,
+}
+
+#[derive(Args)]
+pub struct OperatorDiagnoseArgs {
+    /// The instance's id (see `kapal admin instances`).
+    pub id: String,
+    /// Why the customer's logs and events are read (kept in the audit log).
+    #[arg(long, value_name = "TEXT", value_parser = parse_action_reason)]
+    pub reason: String,
+    /// Lines of each container's log to show (at most 500).
+    #[arg(long, default_value_t = 50, value_parser = clap::value_parser!(u32).range(1..=500))]
+    pub log_lines: u32,
     #[command(flatten)]
     pub global: Global,
 }
@@ -740,6 +824,15 @@ fn parse_reason(s: &str) -> Result<String, String> {
     let s = s.trim();
     if s.is_empty() {
         return Err("give the reason for reading the credentials, e.g. a support ticket".into());
+    }
+    Ok(s.to_string())
+}
+
+/// The reason of an operator's action: 3-500 characters, as the server checks it.
+fn parse_action_reason(s: &str) -> Result<String, String> {
+    let s = s.trim();
+    if !(3..=500).contains(&s.chars().count()) {
+        return Err("give a reason of 3-500 characters, e.g. a support ticket".into());
     }
     Ok(s.to_string())
 }

@@ -24,6 +24,7 @@ use kapal::proto::v1::admin_service_client::AdminServiceClient;
 use kapal::proto::v1::billing_admin_service_client::BillingAdminServiceClient;
 use kapal::proto::v1::catalog_service_client::CatalogServiceClient;
 use kapal::proto::v1::instance_service_client::InstanceServiceClient;
+use kapal::proto::v1::operator_service_client::OperatorServiceClient;
 use kapal::proto::v1::order_service_client::OrderServiceClient;
 use kapal::proto::v1::subscription_service_client::SubscriptionServiceClient;
 use kapal::proto::v1::support_admin_service_client::SupportAdminServiceClient;
@@ -130,6 +131,9 @@ impl Ctx {
     }
     pub fn admin(&self) -> anyhow::Result<AdminServiceClient<Svc>> {
         Ok(AdminServiceClient::new(self.authed()?))
+    }
+    pub fn operator(&self) -> anyhow::Result<OperatorServiceClient<Svc>> {
+        Ok(OperatorServiceClient::new(self.authed()?))
     }
     pub fn billing_admin(&self) -> anyhow::Result<BillingAdminServiceClient<Svc>> {
         Ok(BillingAdminServiceClient::new(self.authed()?))

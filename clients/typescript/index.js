@@ -4,6 +4,7 @@ export * from "./gen/kapal/v1/admin_pb.js";
 export * from "./gen/kapal/v1/catalog_pb.js";
 export * from "./gen/kapal/v1/common_pb.js";
 export * from "./gen/kapal/v1/instance_pb.js";
+export * from "./gen/kapal/v1/operator_pb.js";
 export * from "./gen/kapal/v1/order_pb.js";
 export * from "./gen/kapal/v1/subscription_pb.js";
 export * from "./gen/kapal/v1/support_pb.js";

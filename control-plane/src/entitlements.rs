@@ -267,6 +267,7 @@ async fn store(ctx: &Ctx, change: &Change) -> Result<Outcome> {
                         status: row.status.clone(),
                         reason: plan_change_reason(&row.plan_id, plan, &change.subscription_id),
                         at: now,
+                        actor: crate::models::BILLING.into(),
                     })
                     .execute(c)
                     .await?;
@@ -283,6 +284,7 @@ async fn store(ctx: &Ctx, change: &Change) -> Result<Outcome> {
                             &change.cause,
                         ),
                         at: now,
+                        actor: crate::models::BILLING.into(),
                     })
                     .execute(c)
                     .await?;

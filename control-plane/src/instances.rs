@@ -15,8 +15,10 @@ use kapal::paging;
 use kapal::proto::internal::v1::{ApplyInstanceRequest, InstanceSpec};
 use kapal::proto::v1::instance_service_server::InstanceService;
 use kapal::proto::v1::{
-    self as pb, GetInstanceRequest, GetInstanceUsageRequest, InstanceActionRequest, InstanceEvent,
-    InstanceUsage, ListInstancesRequest, ListInstancesResponse, WatchInstanceRequest,
+    self as pb, GetInstanceDiagnosticsRequest, GetInstanceRequest, GetInstanceUsageRequest,
+    InstanceActionRequest, InstanceDiagnostics, InstanceEvent, InstanceUsage,
+    ListInstanceEventsRequest, ListInstanceEventsResponse, ListInstancesRequest,
+    ListInstancesResponse, WatchInstanceRequest,
 };
 use kapal::wire::{opt_timestamp, timestamp};
 use tokio::sync::broadcast::error::RecvError;
@@ -24,8 +26,8 @@ use tonic::{Request, Response, Status};
 
 use crate::Ctx;
 use crate::error::{Error, Result};
-use crate::models::{Account, Instance, entitlement, instance_state};
-use crate::schema::{accounts, instances};
+use crate::models::{self, Account, Instance, entitlement, instance_state};
+use crate::schema::{accounts, instance_events, instances};
 
 pub struct Instances {
     pub ctx: Ctx,
@@ -117,11 +119,25 @@ pub(crate) async fn load(ctx: &Ctx, id: &str) -> Result<Option<Instance>> {
         .optional())?)
 }
 
-enum Action {
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Action {
     Restart,
     Stop,
     Start,
     Delete,
+}
+
+/// Who acts on an instance.
+#[derive(Clone, Copy, Debug)]
+pub(crate) enum Actor<'a> {
+    /// Its owner, through InstanceService.
+    Owner,
+    /// An operator (OperatorService), with the reason they gave (shown in the instance's
+    /// history) and whether a start may go over the capacity ceiling.
+    Operator {
+        reason: &'a str,
+        override_capacity: bool,
+    },
 }
 
 impl Instances {
@@ -132,12 +148,66 @@ impl Instances {
     ) -> Result<Response<pb::Instance>, Status> {
         let p = auth::customer(&req)?.clone();
         let id = kapal::wire::uuid("instance_id", &req.get_ref().instance_id)?.to_string();
-        let ctx = &self.ctx;
         let account_id = p.account_id.to_string();
+        let updated = act(
+            &self.ctx,
+            (&account_id, &p.customer_id),
+            &id,
+            action,
+            Actor::Owner,
+        )
+        .await?;
+        Ok(Response::new(instance_to_wire(&updated)))
+    }
+}
+
+/// What an operator's action says in the instance's history.
+fn operator_history(action: Action, reason: &str, override_capacity: bool) -> String {
+    let done = match action {
+        Action::Restart => "Restarted",
+        Action::Stop => "Stopped",
+        Action::Start if override_capacity => "Started over the capacity ceiling",
+        Action::Start => "Started",
+        Action::Delete => "Deleted",
+    };
+    format!("{done} by Kapal support: {reason}")
+}
+
+/// Restarts, stops, starts or deletes the instance `id` of `account_id` (whose customer id is
+/// `customer_id`) for `actor`: the same rules for its owner and for operators (deleted and
+/// expired instances are not changed, billing's holds are kept, a start is checked against the
+/// capacity ceiling unless an operator overrides it). An operator's action is also written to
+/// the instance's history. Returns the instance after the change.
+pub(crate) async fn act(
+    ctx: &Ctx,
+    (account_id, customer_id): (&str, &str),
+    id: &str,
+    action: Action,
+    actor: Actor<'_>,
+) -> Result<Instance, Status> {
+    let account_id = account_id.to_string();
+    let id = id.to_string();
+    // A suspended account's own actions are refused (the gateway refuses its calls too, once
+    // its identity cache has seen the suspension).
+    if matches!(actor, Actor::Owner)
+        && let Some(s) = crate::suspensions::of(ctx, &account_id).await?
+    {
+        return Err(crate::suspensions::refusal(&s));
+    }
+    {
+        let override_capacity = matches!(
+            actor,
+            Actor::Operator {
+                override_capacity: true,
+                ..
+            }
+        );
         // Starting a stopped instance commits its plan again: the cluster is read first (no
         // connection is held across a call to a peer), checked below as a checkout would be.
         let capacity = match action {
-            Action::Start => ctx.capacity.observe(&ctx.provisioner).await.capacity,
+            Action::Start if !override_capacity => {
+                ctx.capacity.observe(&ctx.provisioner).await.capacity
+            }
             _ => None,
         };
         // Read on the connection that writes: what is checked below is what gets changed.
@@ -234,14 +304,33 @@ impl Instances {
             let now_current = owned(ctx, &account_id, &id).await?;
             return Err(crate::entitlements::expired_refusal(&now_current).into());
         }
+        if let Actor::Operator {
+            reason,
+            override_capacity,
+        } = actor
+        {
+            let event = models::InstanceEvent {
+                id: uuid::Uuid::now_v7().to_string(),
+                instance_id: id.clone(),
+                status: current.status.clone(),
+                reason: operator_history(action, reason, override_capacity),
+                at: now,
+                actor: crate::models::OPERATOR.into(),
+            };
+            let mut conn = ctx.db.get().await.map_err(Error::from)?;
+            kapal::db!(&mut conn, |c| diesel::insert_into(instance_events::table)
+                .values(&event)
+                .execute(c)
+                .await)
+            .map_err(Error::from)?;
+        }
         let _ = ctx.changes.send(id.clone());
         if matches!(action, Action::Delete) {
             ctx.credentials.evict(&id);
         }
         let updated = owned(ctx, &account_id, &id).await?;
-        push_to_provisioner(ctx, &updated, &p.customer_id).await;
-        let updated = owned(ctx, &account_id, &id).await?;
-        Ok(Response::new(instance_to_wire(&updated)))
+        push_to_provisioner(ctx, &updated, customer_id).await;
+        Ok(owned(ctx, &account_id, &id).await?)
     }
 }
 
@@ -415,6 +504,31 @@ impl InstanceService for Instances {
         // Another customer's instance is NOT_FOUND, before the cluster is asked.
         owned(&self.ctx, &p.account_id.to_string(), &id).await?;
         Ok(Response::new(crate::admin::usage(&self.ctx, &id).await?))
+    }
+
+    async fn list_instance_events(
+        &self,
+        req: Request<ListInstanceEventsRequest>,
+    ) -> Result<Response<ListInstanceEventsResponse>, Status> {
+        let p = auth::customer(&req)?;
+        let id = kapal::wire::uuid("instance_id", &req.get_ref().instance_id)?.to_string();
+        owned(&self.ctx, &p.account_id.to_string(), &id).await?;
+        Ok(Response::new(ListInstanceEventsResponse {
+            events: crate::diagnostics::history(&self.ctx, &id).await?,
+        }))
+    }
+
+    async fn get_instance_diagnostics(
+        &self,
+        req: Request<GetInstanceDiagnosticsRequest>,
+    ) -> Result<Response<InstanceDiagnostics>, Status> {
+        let p = auth::customer(&req)?;
+        let id = kapal::wire::uuid("instance_id", &req.get_ref().instance_id)?.to_string();
+        // Another customer's instance is NOT_FOUND, before the cluster is asked.
+        owned(&self.ctx, &p.account_id.to_string(), &id).await?;
+        Ok(Response::new(
+            crate::diagnostics::diagnostics(&self.ctx, &id, req.get_ref().log_lines, false).await?,
+        ))
     }
 }
 

@@ -29,6 +29,10 @@ impl IdentityService for Identity {
     ) -> Result<Response<ipb::Principal>, Status> {
         auth::service(&req)?;
         let (p, expires_at, scope) = accounts::authenticate(&self.0, &req.get_ref().token).await?;
+        // A suspended account's calls are refused, with why (the gateway passes this on).
+        if let Some(s) = crate::suspensions::of(&self.0, &p.account_id.to_string()).await? {
+            return Err(crate::suspensions::refusal(&s));
+        }
         let role = match p.role {
             auth::Role::Admin => kapal::proto::v1::Role::Admin,
             _ => kapal::proto::v1::Role::Customer,
@@ -115,6 +119,7 @@ pub(crate) async fn record_state(ctx: &Ctx, state: &ipb::InstanceState) -> Resul
                     status: status_db.to_string(),
                     reason: reason.clone(),
                     at: now,
+                    actor: String::new(),
                 })
                 .execute(c)
                 .await?;

@@ -13,6 +13,7 @@ mod alerting;
 mod capacity;
 mod catalog;
 mod credentials;
+mod diagnostics;
 mod entitlements;
 pub mod error;
 mod instances;
@@ -21,11 +22,13 @@ mod login;
 mod mail;
 mod metrics;
 mod models;
+mod operator_api;
 pub mod operators;
 mod orders;
 mod schema;
 mod sessions;
 pub mod support;
+mod suspensions;
 
 use std::future::Future;
 use std::sync::Arc;
@@ -46,6 +49,7 @@ use kapal::proto::v1::account_service_server::AccountServiceServer;
 use kapal::proto::v1::admin_service_server::AdminServiceServer;
 use kapal::proto::v1::catalog_service_server::CatalogServiceServer;
 use kapal::proto::v1::instance_service_server::InstanceServiceServer;
+use kapal::proto::v1::operator_service_server::OperatorServiceServer;
 use kapal::proto::v1::order_service_server::OrderServiceServer;
 use kapal::proto::v1::support_admin_service_server::SupportAdminServiceServer;
 use kapal::proto::v1::support_service_server::SupportServiceServer;
@@ -255,6 +259,9 @@ pub async fn run(
         .set_serving::<AdminServiceServer<admin::Admin>>()
         .await;
     health_reporter
+        .set_serving::<OperatorServiceServer<operator_api::Operator>>()
+        .await;
+    health_reporter
         .set_serving::<InstanceStateServiceServer<internal::InstanceState>>()
         .await;
     health_reporter
@@ -309,6 +316,10 @@ pub async fn run(
         ))
         .add_service(AdminServiceServer::with_interceptor(
             admin::Admin(ctx.clone()),
+            verify.clone(),
+        ))
+        .add_service(OperatorServiceServer::with_interceptor(
+            operator_api::Operator(ctx.clone()),
             verify.clone(),
         ))
         .add_service(SupportServiceServer::with_interceptor(

@@ -114,7 +114,15 @@ pub struct InstanceEvent {
     pub status: String,
     pub reason: String,
     pub at: NaiveDateTime,
+    /// Who acted: empty for status changes from the cluster, [`OPERATOR`] for operators'
+    /// actions.
+    pub actor: String,
 }
+
+/// [`InstanceEvent::actor`] of an operator's action.
+pub const OPERATOR: &str = "operator";
+/// [`InstanceEvent::actor`] of billing holding or releasing the instance (its subscription).
+pub const BILLING: &str = "billing";
 
 /// An operator's action on customer data: `target` is the instance id, `detail` the reason
 /// the operator gave, `subject_account_id` the instance's owner.

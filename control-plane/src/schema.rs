@@ -94,6 +94,7 @@ diesel::table! {
         status -> Text,
         reason -> Text,
         at -> Timestamp,
+        actor -> Text,
     }
 }
 
@@ -150,6 +151,16 @@ diesel::table! {
 
 diesel::joinable!(tokens -> accounts (account_id));
 diesel::joinable!(instances -> accounts (account_id));
+diesel::table! {
+    account_suspensions (account_id) {
+        account_id -> Text,
+        reason -> Text,
+        actor_account_id -> Text,
+        suspended_at -> Timestamp,
+        instance_ids -> Text,
+    }
+}
+
 diesel::joinable!(instance_events -> instances (instance_id));
 diesel::joinable!(support_tickets -> accounts (account_id));
 diesel::joinable!(support_messages -> support_tickets (ticket_id));
@@ -171,5 +182,6 @@ diesel::allow_tables_to_appear_in_same_query!(
     instance_events,
     audit_log,
     support_tickets,
-    support_messages
+    support_messages,
+    account_suspensions
 );

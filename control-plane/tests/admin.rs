@@ -126,6 +126,13 @@ impl ProvisionerService for FakeProvisioner {
             observed_at: None,
         }))
     }
+
+    async fn get_diagnostics(
+        &self,
+        _: Request<kapal::proto::internal::v1::GetDiagnosticsRequest>,
+    ) -> Result<Response<kapal::proto::v1::InstanceDiagnostics>, Status> {
+        Err(Status::unavailable("the fake provisioner has no cluster"))
+    }
 }
 
 /// One subscription per order, the same on every retry.

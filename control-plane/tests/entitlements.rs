@@ -109,6 +109,13 @@ impl ProvisionerService for FakeProvisioner {
     ) -> Result<Response<InstanceUsage>, Status> {
         Err(Status::unavailable("the fake provisioner has no cluster"))
     }
+
+    async fn get_diagnostics(
+        &self,
+        _: Request<kapal::proto::internal::v1::GetDiagnosticsRequest>,
+    ) -> Result<Response<kapal::proto::v1::InstanceDiagnostics>, Status> {
+        Err(Status::unavailable("the fake provisioner has no cluster"))
+    }
 }
 
 /// One subscription per order, the same on every retry.

@@ -35,6 +35,10 @@ pub enum Error {
         "this API token is read-only and {method} changes something: use a session (kapal login) or an API token with scope FULL"
     )]
     ReadOnlyToken { method: String },
+    /// The identity service refused the token's account (suspended by an operator); the
+    /// message is the control-plane's, written for the caller.
+    #[error("{0}")]
+    AccountRefused(String),
     /// The caller is over its rate limit.
     #[error("rate limit exceeded: try again in {} ms", retry_after.as_millis().max(1))]
     RateLimited { retry_after: Duration },
@@ -71,6 +75,7 @@ impl From<Error> for Status {
                 Status::unauthenticated(message)
             }
             Error::ReadOnlyToken { .. } => Status::permission_denied(message),
+            Error::AccountRefused(_) => Status::permission_denied(message),
             Error::RateLimited { .. } => Status::resource_exhausted(message),
             Error::MessageTooLarge { .. } | Error::RequestBody(_) => {
                 Status::invalid_argument(message)
@@ -134,6 +139,18 @@ mod tests {
         )));
         assert_eq!(status.code(), tonic::Code::Unavailable);
         assert!(!status.message().contains("10.0.0.7"));
+    }
+
+    #[test]
+    fn a_suspended_account_is_told_why() {
+        let status = Status::from(Error::AccountRefused(
+            "This account was suspended by Kapal support: T-9".into(),
+        ));
+        assert_eq!(status.code(), tonic::Code::PermissionDenied);
+        assert_eq!(
+            status.message(),
+            "This account was suspended by Kapal support: T-9"
+        );
     }
 
     #[test]

@@ -158,6 +158,10 @@ impl Authenticator {
             Err(status) if status.code() == tonic::Code::Unauthenticated => {
                 return Err(Error::InvalidToken);
             }
+            // The account is suspended: the control-plane's message says so, for the caller.
+            Err(status) if status.code() == tonic::Code::PermissionDenied => {
+                return Err(Error::AccountRefused(status.message().to_string()));
+            }
             Err(status) => return Err(Error::Identity(status)),
         };
         let (caller, expires_at) = principal_from_wire(wire)?;

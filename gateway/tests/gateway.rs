@@ -385,6 +385,20 @@ impl InstanceService for Instances {
         Err(not_needed())
     }
 
+    async fn list_instance_events(
+        &self,
+        _: Request<pb::ListInstanceEventsRequest>,
+    ) -> Result<Response<pb::ListInstanceEventsResponse>, Status> {
+        Err(not_needed())
+    }
+
+    async fn get_instance_diagnostics(
+        &self,
+        _: Request<pb::GetInstanceDiagnosticsRequest>,
+    ) -> Result<Response<pb::InstanceDiagnostics>, Status> {
+        Err(not_needed())
+    }
+
     async fn delete_instance(
         &self,
         _: Request<pb::InstanceActionRequest>,

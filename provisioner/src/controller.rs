@@ -347,6 +347,44 @@ impl Controller {
         })
     }
 
+    /// GetDiagnostics: events, pods, volumes and log tails of the instance, read now (the
+    /// control-plane adds the status history). NOT_FOUND until the instance has been applied.
+    pub async fn diagnostics(
+        &self,
+        instance_id: &str,
+        log_lines: u32,
+    ) -> Result<kapal::proto::v1::InstanceDiagnostics> {
+        let id = kapal::wire::uuid("instance_id", instance_id)?;
+        if !(1..=500).contains(&log_lines) {
+            return Err(Error::invalid("log_lines must be 1-500"));
+        }
+        let stored = self
+            .store
+            .get(id)
+            .await?
+            .ok_or_else(|| Error::NotFound(format!("instance {id} is not known here")))?;
+        let spec = &stored.spec;
+        if !matches!(
+            self.cluster.owner(spec).await?,
+            crate::cluster::Owner::Ours { .. }
+        ) {
+            return Err(Error::NotFound(format!(
+                "instance {id} has no namespace of its own in the cluster"
+            )));
+        }
+        let selector = format!("{}={}", crate::render::LABEL_INSTANCE, spec.instance_id);
+        let mut d = crate::diagnostics::read(
+            self.cluster.client(),
+            &spec.namespace,
+            &selector,
+            log_lines as usize,
+        )
+        .await?;
+        d.instance_id = id.to_string();
+        d.observed_at = Some(kapal::wire::timestamp(self.clock.now().naive_utc()));
+        Ok(d)
+    }
+
     /// One orphan sweep (see [`Sweep`]). Does nothing when the desired list cannot be fetched
     /// (or there is no control-plane): only a list that was read can say what is orphaned.
     pub async fn sweep_orphans(&self) -> Result<Swept> {

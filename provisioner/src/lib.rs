@@ -26,6 +26,7 @@
 pub mod capacity;
 pub mod cluster;
 pub mod controller;
+pub mod diagnostics;
 pub mod error;
 pub mod fence;
 pub mod quantity;

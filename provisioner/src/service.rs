@@ -4,10 +4,10 @@ use std::sync::Arc;
 
 use kapal::proto::internal::v1::provisioner_service_server::ProvisionerService;
 use kapal::proto::internal::v1::{
-    ApplyInstanceRequest, GetCapacityRequest, GetCredentialsRequest, GetInstanceStateRequest,
-    GetUsageRequest, InstanceState,
+    ApplyInstanceRequest, GetCapacityRequest, GetCredentialsRequest, GetDiagnosticsRequest,
+    GetInstanceStateRequest, GetUsageRequest, InstanceState,
 };
-use kapal::proto::v1::{Capacity, Credentials, InstanceUsage};
+use kapal::proto::v1::{Capacity, Credentials, InstanceDiagnostics, InstanceUsage};
 use tonic::{Request, Response, Status};
 
 use crate::controller::Controller;
@@ -75,6 +75,19 @@ impl ProvisionerService for Provisioner {
         kapal::auth::service(&req)?;
         Ok(Response::new(
             self.controller.usage(&req.get_ref().instance_id).await?,
+        ))
+    }
+
+    async fn get_diagnostics(
+        &self,
+        req: Request<GetDiagnosticsRequest>,
+    ) -> Result<Response<InstanceDiagnostics>, Status> {
+        kapal::auth::service(&req)?;
+        let r = req.get_ref();
+        Ok(Response::new(
+            self.controller
+                .diagnostics(&r.instance_id, r.log_lines)
+                .await?,
         ))
     }
 }

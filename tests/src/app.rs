@@ -15,6 +15,7 @@ use kapal::proto::v1::admin_service_client::AdminServiceClient;
 use kapal::proto::v1::billing_admin_service_client::BillingAdminServiceClient;
 use kapal::proto::v1::catalog_service_client::CatalogServiceClient;
 use kapal::proto::v1::instance_service_client::InstanceServiceClient;
+use kapal::proto::v1::operator_service_client::OperatorServiceClient;
 use kapal::proto::v1::order_service_client::OrderServiceClient;
 use kapal::proto::v1::subscription_service_client::SubscriptionServiceClient;
 use kapal::proto::v1::support_admin_service_client::SupportAdminServiceClient;
@@ -67,6 +68,8 @@ struct Options {
     mail: Option<kapal_control_plane::MailConfig>,
     /// The catalog every service loads (default: the repository's `catalog/`).
     catalog_dir: Option<std::path::PathBuf>,
+    /// The app catalog of every service (default: the repository's `catalog/`).
+    catalog: Option<Arc<Catalog>>,
 }
 
 /// The running services of one test.
@@ -106,6 +109,12 @@ impl TestAppBuilder {
     /// `kapal server --console-dir` does.
     pub fn with_console_dir(mut self, dir: impl Into<std::path::PathBuf>) -> Self {
         self.options.console_dir = Some(dir.into());
+        self
+    }
+
+    /// Every service uses `catalog` instead of the repository's (e.g. with an app made to fail).
+    pub fn with_catalog(mut self, catalog: Catalog) -> Self {
+        self.options.catalog = Some(Arc::new(catalog));
         self
     }
 
@@ -194,12 +203,17 @@ impl TestAppBuilder {
         let cluster = crate::cluster::cluster().await?;
         let dir = Arc::new(tempfile::tempdir()?);
         let db = kapal::testing::db_config(self.backend, dir.path()).await?;
-        let catalog_dir = self
-            .options
-            .catalog_dir
-            .clone()
-            .unwrap_or_else(kapal::catalog::repo_catalog_dir);
-        let catalog = Arc::new(Catalog::load(&catalog_dir)?);
+        let catalog = match &self.options.catalog {
+            Some(c) => c.clone(),
+            None => {
+                let dir = self
+                    .options
+                    .catalog_dir
+                    .clone()
+                    .unwrap_or_else(kapal::catalog::repo_catalog_dir);
+                Arc::new(Catalog::load(&dir)?)
+            }
+        };
         let (stop, _) = watch::channel(false);
         let mut app = TestApp {
             backend: self.backend,
@@ -579,6 +593,7 @@ pub struct Clients<S = Channel> {
     pub instances: InstanceServiceClient<Authed<S>>,
     pub subscriptions: SubscriptionServiceClient<Authed<S>>,
     pub admin: AdminServiceClient<Authed<S>>,
+    pub operator: OperatorServiceClient<Authed<S>>,
     pub billing_admin: BillingAdminServiceClient<Authed<S>>,
     pub support: SupportServiceClient<Authed<S>>,
     pub support_admin: SupportAdminServiceClient<Authed<S>>,
@@ -623,6 +638,7 @@ where
             instances: client!(InstanceServiceClient),
             subscriptions: client!(SubscriptionServiceClient),
             admin: client!(AdminServiceClient),
+            operator: client!(OperatorServiceClient),
             billing_admin: client!(BillingAdminServiceClient),
             support: client!(SupportServiceClient),
             support_admin: client!(SupportAdminServiceClient),

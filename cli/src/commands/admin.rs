@@ -21,6 +21,8 @@ use crate::args::{
     AdminCommand, AuditArgs, Global, InstanceArg, InstanceArgs, InstancesArgs, RevenueArgs,
     SubscriptionArg, SubscriptionsArgs,
 };
+use crate::commands::diagnostics;
+use crate::commands::instance::Action;
 use crate::commands::instance::{
     InstanceJson, Usage, credential_lines, instance_lines, instance_status_name,
 };
@@ -104,6 +106,14 @@ pub async fn run(cmd: AdminCommand) -> anyhow::Result<()> {
         AdminCommand::Alerts(g) => alerts(g).await,
         AdminCommand::Audit(a) => audit(a).await,
         AdminCommand::Usage(a) => usage(a).await,
+        AdminCommand::Restart(a) => diagnostics::operator_action(a, Action::Restart, false).await,
+        AdminCommand::Stop(a) => diagnostics::operator_action(a, Action::Stop, false).await,
+        AdminCommand::Start(a) => {
+            diagnostics::operator_action(a.action, Action::Start, a.override_capacity).await
+        }
+        AdminCommand::Diagnose(a) => diagnostics::diagnose_as_operator(a).await,
+        AdminCommand::Suspend(a) => diagnostics::suspension(a, true).await,
+        AdminCommand::Unsuspend(a) => diagnostics::suspension(a, false).await,
         AdminCommand::Revenue(a) => revenue(a).await,
         AdminCommand::Subscriptions(a) => subscriptions(a).await,
         AdminCommand::Events(a) => events(a).await,

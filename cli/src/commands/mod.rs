@@ -9,6 +9,7 @@
 pub mod account;
 pub mod admin;
 pub mod catalog;
+pub mod diagnostics;
 pub mod instance;
 pub mod order;
 pub mod session;
@@ -45,6 +46,8 @@ pub async fn run(cmd: ClientCommand) -> anyhow::Result<()> {
         ClientCommand::Cancel(a) => subscription::cancel(a).await,
         ClientCommand::AutoRenew(a) => subscription::auto_renew(a).await,
         ClientCommand::Usage(a) => instance::usage(a).await,
+        ClientCommand::History(a) => diagnostics::history(a).await,
+        ClientCommand::Diagnose(a) => diagnostics::diagnose(a).await,
         ClientCommand::ChangePlan(a) => subscription::change_plan(a).await,
         ClientCommand::Events(a) => subscription::events(a).await,
         ClientCommand::Admin(cmd) => admin::run(cmd).await,

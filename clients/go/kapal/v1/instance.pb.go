@@ -851,6 +851,846 @@ func (x *InstanceUsage) GetObservedAt() *timestamppb.Timestamp {
 	return nil
 }
 
+type ListInstanceEventsRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The instance (UUID).
+	InstanceId    string `protobuf:"bytes,1,opt,name=instance_id,json=instanceId,proto3" json:"instance_id,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ListInstanceEventsRequest) Reset() {
+	*x = ListInstanceEventsRequest{}
+	mi := &file_kapal_v1_instance_proto_msgTypes[10]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ListInstanceEventsRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ListInstanceEventsRequest) ProtoMessage() {}
+
+func (x *ListInstanceEventsRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_kapal_v1_instance_proto_msgTypes[10]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ListInstanceEventsRequest.ProtoReflect.Descriptor instead.
+func (*ListInstanceEventsRequest) Descriptor() ([]byte, []int) {
+	return file_kapal_v1_instance_proto_rawDescGZIP(), []int{10}
+}
+
+func (x *ListInstanceEventsRequest) GetInstanceId() string {
+	if x != nil {
+		return x.InstanceId
+	}
+	return ""
+}
+
+type ListInstanceEventsResponse struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// Oldest first (at most the last 500).
+	Events        []*InstanceHistoryEntry `protobuf:"bytes,1,rep,name=events,proto3" json:"events,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ListInstanceEventsResponse) Reset() {
+	*x = ListInstanceEventsResponse{}
+	mi := &file_kapal_v1_instance_proto_msgTypes[11]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ListInstanceEventsResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ListInstanceEventsResponse) ProtoMessage() {}
+
+func (x *ListInstanceEventsResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_kapal_v1_instance_proto_msgTypes[11]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ListInstanceEventsResponse.ProtoReflect.Descriptor instead.
+func (*ListInstanceEventsResponse) Descriptor() ([]byte, []int) {
+	return file_kapal_v1_instance_proto_rawDescGZIP(), []int{11}
+}
+
+func (x *ListInstanceEventsResponse) GetEvents() []*InstanceHistoryEntry {
+	if x != nil {
+		return x.Events
+	}
+	return nil
+}
+
+type GetInstanceDiagnosticsRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The instance (UUID).
+	InstanceId string `protobuf:"bytes,1,opt,name=instance_id,json=instanceId,proto3" json:"instance_id,omitempty"`
+	// How many of the last lines of each container's log (default 50, at most 500; 0 for the
+	// default).
+	LogLines uint32 `protobuf:"varint,2,opt,name=log_lines,json=logLines,proto3" json:"log_lines,omitempty"`
+	// OperatorService.GetInstanceDiagnosticsAsOperator only: why an operator reads a customer's
+	// logs and events (3-500 characters), kept in the audit log. Ignored for the owner.
+	Reason        string `protobuf:"bytes,3,opt,name=reason,proto3" json:"reason,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *GetInstanceDiagnosticsRequest) Reset() {
+	*x = GetInstanceDiagnosticsRequest{}
+	mi := &file_kapal_v1_instance_proto_msgTypes[12]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *GetInstanceDiagnosticsRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*GetInstanceDiagnosticsRequest) ProtoMessage() {}
+
+func (x *GetInstanceDiagnosticsRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_kapal_v1_instance_proto_msgTypes[12]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use GetInstanceDiagnosticsRequest.ProtoReflect.Descriptor instead.
+func (*GetInstanceDiagnosticsRequest) Descriptor() ([]byte, []int) {
+	return file_kapal_v1_instance_proto_rawDescGZIP(), []int{12}
+}
+
+func (x *GetInstanceDiagnosticsRequest) GetInstanceId() string {
+	if x != nil {
+		return x.InstanceId
+	}
+	return ""
+}
+
+func (x *GetInstanceDiagnosticsRequest) GetLogLines() uint32 {
+	if x != nil {
+		return x.LogLines
+	}
+	return 0
+}
+
+func (x *GetInstanceDiagnosticsRequest) GetReason() string {
+	if x != nil {
+		return x.Reason
+	}
+	return ""
+}
+
+// What Kubernetes says about one instance, as structured data. Served by
+// InstanceService.GetInstanceDiagnostics to the owner and
+// OperatorService.GetInstanceDiagnosticsAsOperator to operators (node names only to operators).
+type InstanceDiagnostics struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The instance (UUID).
+	InstanceId string `protobuf:"bytes,1,opt,name=instance_id,json=instanceId,proto3" json:"instance_id,omitempty"`
+	// Its Kubernetes namespace.
+	Namespace string `protobuf:"bytes,2,opt,name=namespace,proto3" json:"namespace,omitempty"`
+	// Events about the instance's objects (pods, workloads, volumes), newest last.
+	Events []*KubernetesEvent `protobuf:"bytes,3,rep,name=events,proto3" json:"events,omitempty"`
+	// The instance's pods.
+	Pods []*PodDiagnostics `protobuf:"bytes,4,rep,name=pods,proto3" json:"pods,omitempty"`
+	// The instance's volume claims.
+	Volumes []*VolumeDiagnostics `protobuf:"bytes,5,rep,name=volumes,proto3" json:"volumes,omitempty"`
+	// The instance's status changes and actions on it, oldest first (as ListInstanceEvents).
+	History []*InstanceHistoryEntry `protobuf:"bytes,6,rep,name=history,proto3" json:"history,omitempty"`
+	// When the cluster was read.
+	ObservedAt    *timestamppb.Timestamp `protobuf:"bytes,7,opt,name=observed_at,json=observedAt,proto3" json:"observed_at,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *InstanceDiagnostics) Reset() {
+	*x = InstanceDiagnostics{}
+	mi := &file_kapal_v1_instance_proto_msgTypes[13]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *InstanceDiagnostics) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*InstanceDiagnostics) ProtoMessage() {}
+
+func (x *InstanceDiagnostics) ProtoReflect() protoreflect.Message {
+	mi := &file_kapal_v1_instance_proto_msgTypes[13]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use InstanceDiagnostics.ProtoReflect.Descriptor instead.
+func (*InstanceDiagnostics) Descriptor() ([]byte, []int) {
+	return file_kapal_v1_instance_proto_rawDescGZIP(), []int{13}
+}
+
+func (x *InstanceDiagnostics) GetInstanceId() string {
+	if x != nil {
+		return x.InstanceId
+	}
+	return ""
+}
+
+func (x *InstanceDiagnostics) GetNamespace() string {
+	if x != nil {
+		return x.Namespace
+	}
+	return ""
+}
+
+func (x *InstanceDiagnostics) GetEvents() []*KubernetesEvent {
+	if x != nil {
+		return x.Events
+	}
+	return nil
+}
+
+func (x *InstanceDiagnostics) GetPods() []*PodDiagnostics {
+	if x != nil {
+		return x.Pods
+	}
+	return nil
+}
+
+func (x *InstanceDiagnostics) GetVolumes() []*VolumeDiagnostics {
+	if x != nil {
+		return x.Volumes
+	}
+	return nil
+}
+
+func (x *InstanceDiagnostics) GetHistory() []*InstanceHistoryEntry {
+	if x != nil {
+		return x.History
+	}
+	return nil
+}
+
+func (x *InstanceDiagnostics) GetObservedAt() *timestamppb.Timestamp {
+	if x != nil {
+		return x.ObservedAt
+	}
+	return nil
+}
+
+// One Kubernetes event (core/v1 Event), e.g. FailedScheduling or Failed (image pull).
+type KubernetesEvent struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// "Normal" or "Warning".
+	Type string `protobuf:"bytes,1,opt,name=type,proto3" json:"type,omitempty"`
+	// Kubernetes' short reason, e.g. "FailedScheduling", "Failed", "BackOff".
+	Reason string `protobuf:"bytes,2,opt,name=reason,proto3" json:"reason,omitempty"`
+	// What happened, for a person.
+	Message string `protobuf:"bytes,3,opt,name=message,proto3" json:"message,omitempty"`
+	// The object it is about, as "Kind/name", e.g. "Pod/n8n-0".
+	Object string `protobuf:"bytes,4,opt,name=object,proto3" json:"object,omitempty"`
+	// How many times it happened.
+	Count uint32 `protobuf:"varint,5,opt,name=count,proto3" json:"count,omitempty"`
+	// First and last time it happened, when known.
+	FirstSeen *timestamppb.Timestamp `protobuf:"bytes,6,opt,name=first_seen,json=firstSeen,proto3" json:"first_seen,omitempty"`
+	LastSeen  *timestamppb.Timestamp `protobuf:"bytes,7,opt,name=last_seen,json=lastSeen,proto3" json:"last_seen,omitempty"`
+	// Who reported it, e.g. "default-scheduler", "kubelet".
+	Source        string `protobuf:"bytes,8,opt,name=source,proto3" json:"source,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *KubernetesEvent) Reset() {
+	*x = KubernetesEvent{}
+	mi := &file_kapal_v1_instance_proto_msgTypes[14]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *KubernetesEvent) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*KubernetesEvent) ProtoMessage() {}
+
+func (x *KubernetesEvent) ProtoReflect() protoreflect.Message {
+	mi := &file_kapal_v1_instance_proto_msgTypes[14]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use KubernetesEvent.ProtoReflect.Descriptor instead.
+func (*KubernetesEvent) Descriptor() ([]byte, []int) {
+	return file_kapal_v1_instance_proto_rawDescGZIP(), []int{14}
+}
+
+func (x *KubernetesEvent) GetType() string {
+	if x != nil {
+		return x.Type
+	}
+	return ""
+}
+
+func (x *KubernetesEvent) GetReason() string {
+	if x != nil {
+		return x.Reason
+	}
+	return ""
+}
+
+func (x *KubernetesEvent) GetMessage() string {
+	if x != nil {
+		return x.Message
+	}
+	return ""
+}
+
+func (x *KubernetesEvent) GetObject() string {
+	if x != nil {
+		return x.Object
+	}
+	return ""
+}
+
+func (x *KubernetesEvent) GetCount() uint32 {
+	if x != nil {
+		return x.Count
+	}
+	return 0
+}
+
+func (x *KubernetesEvent) GetFirstSeen() *timestamppb.Timestamp {
+	if x != nil {
+		return x.FirstSeen
+	}
+	return nil
+}
+
+func (x *KubernetesEvent) GetLastSeen() *timestamppb.Timestamp {
+	if x != nil {
+		return x.LastSeen
+	}
+	return nil
+}
+
+func (x *KubernetesEvent) GetSource() string {
+	if x != nil {
+		return x.Source
+	}
+	return ""
+}
+
+// One pod of the instance.
+type PodDiagnostics struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	Name  string                 `protobuf:"bytes,1,opt,name=name,proto3" json:"name,omitempty"`
+	// Pending, Running, Succeeded, Failed or Unknown.
+	Phase string `protobuf:"bytes,2,opt,name=phase,proto3" json:"phase,omitempty"`
+	// The node it is placed on; empty when not scheduled, and for customers.
+	Node string `protobuf:"bytes,3,opt,name=node,proto3" json:"node,omitempty"`
+	// The pod's conditions (PodScheduled, Initialized, ContainersReady, Ready).
+	Conditions []*PodCondition `protobuf:"bytes,4,rep,name=conditions,proto3" json:"conditions,omitempty"`
+	// Its containers (init containers first).
+	Containers []*ContainerDiagnostics `protobuf:"bytes,5,rep,name=containers,proto3" json:"containers,omitempty"`
+	// When the pod was created.
+	CreatedAt     *timestamppb.Timestamp `protobuf:"bytes,6,opt,name=created_at,json=createdAt,proto3" json:"created_at,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *PodDiagnostics) Reset() {
+	*x = PodDiagnostics{}
+	mi := &file_kapal_v1_instance_proto_msgTypes[15]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *PodDiagnostics) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*PodDiagnostics) ProtoMessage() {}
+
+func (x *PodDiagnostics) ProtoReflect() protoreflect.Message {
+	mi := &file_kapal_v1_instance_proto_msgTypes[15]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use PodDiagnostics.ProtoReflect.Descriptor instead.
+func (*PodDiagnostics) Descriptor() ([]byte, []int) {
+	return file_kapal_v1_instance_proto_rawDescGZIP(), []int{15}
+}
+
+func (x *PodDiagnostics) GetName() string {
+	if x != nil {
+		return x.Name
+	}
+	return ""
+}
+
+func (x *PodDiagnostics) GetPhase() string {
+	if x != nil {
+		return x.Phase
+	}
+	return ""
+}
+
+func (x *PodDiagnostics) GetNode() string {
+	if x != nil {
+		return x.Node
+	}
+	return ""
+}
+
+func (x *PodDiagnostics) GetConditions() []*PodCondition {
+	if x != nil {
+		return x.Conditions
+	}
+	return nil
+}
+
+func (x *PodDiagnostics) GetContainers() []*ContainerDiagnostics {
+	if x != nil {
+		return x.Containers
+	}
+	return nil
+}
+
+func (x *PodDiagnostics) GetCreatedAt() *timestamppb.Timestamp {
+	if x != nil {
+		return x.CreatedAt
+	}
+	return nil
+}
+
+// A pod condition, e.g. PodScheduled False Unschedulable "0/3 nodes are available: ...".
+type PodCondition struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	Type  string                 `protobuf:"bytes,1,opt,name=type,proto3" json:"type,omitempty"`
+	// "True", "False" or "Unknown".
+	Status        string `protobuf:"bytes,2,opt,name=status,proto3" json:"status,omitempty"`
+	Reason        string `protobuf:"bytes,3,opt,name=reason,proto3" json:"reason,omitempty"`
+	Message       string `protobuf:"bytes,4,opt,name=message,proto3" json:"message,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *PodCondition) Reset() {
+	*x = PodCondition{}
+	mi := &file_kapal_v1_instance_proto_msgTypes[16]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *PodCondition) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*PodCondition) ProtoMessage() {}
+
+func (x *PodCondition) ProtoReflect() protoreflect.Message {
+	mi := &file_kapal_v1_instance_proto_msgTypes[16]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use PodCondition.ProtoReflect.Descriptor instead.
+func (*PodCondition) Descriptor() ([]byte, []int) {
+	return file_kapal_v1_instance_proto_rawDescGZIP(), []int{16}
+}
+
+func (x *PodCondition) GetType() string {
+	if x != nil {
+		return x.Type
+	}
+	return ""
+}
+
+func (x *PodCondition) GetStatus() string {
+	if x != nil {
+		return x.Status
+	}
+	return ""
+}
+
+func (x *PodCondition) GetReason() string {
+	if x != nil {
+		return x.Reason
+	}
+	return ""
+}
+
+func (x *PodCondition) GetMessage() string {
+	if x != nil {
+		return x.Message
+	}
+	return ""
+}
+
+// One container of a pod.
+type ContainerDiagnostics struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	Name  string                 `protobuf:"bytes,1,opt,name=name,proto3" json:"name,omitempty"`
+	Image string                 `protobuf:"bytes,2,opt,name=image,proto3" json:"image,omitempty"`
+	// An init container (runs to completion before the app's containers).
+	Init  bool `protobuf:"varint,3,opt,name=init,proto3" json:"init,omitempty"`
+	Ready bool `protobuf:"varint,4,opt,name=ready,proto3" json:"ready,omitempty"`
+	// How many times it was restarted.
+	RestartCount uint32 `protobuf:"varint,5,opt,name=restart_count,json=restartCount,proto3" json:"restart_count,omitempty"`
+	// "waiting", "running", "terminated", or empty when the kubelet has not reported it.
+	State string `protobuf:"bytes,6,opt,name=state,proto3" json:"state,omitempty"`
+	// The reason of that state, e.g. "ImagePullBackOff", "ErrImagePull", "CrashLoopBackOff".
+	StateReason string `protobuf:"bytes,7,opt,name=state_reason,json=stateReason,proto3" json:"state_reason,omitempty"`
+	// The message of that state, for a person.
+	StateMessage string `protobuf:"bytes,8,opt,name=state_message,json=stateMessage,proto3" json:"state_message,omitempty"`
+	// How it ended the last time it terminated (e.g. "OOMKilled", "Error"); empty if never.
+	LastTerminationReason string `protobuf:"bytes,9,opt,name=last_termination_reason,json=lastTerminationReason,proto3" json:"last_termination_reason,omitempty"`
+	// Its exit code then.
+	LastExitCode int32 `protobuf:"varint,10,opt,name=last_exit_code,json=lastExitCode,proto3" json:"last_exit_code,omitempty"`
+	// When it terminated then.
+	LastTerminatedAt *timestamppb.Timestamp `protobuf:"bytes,11,opt,name=last_terminated_at,json=lastTerminatedAt,proto3" json:"last_terminated_at,omitempty"`
+	// The last lines of its log, oldest first.
+	LogTail []string `protobuf:"bytes,12,rep,name=log_tail,json=logTail,proto3" json:"log_tail,omitempty"`
+	// Why log_tail is empty, when it is (e.g. the container has not started).
+	LogNote       string `protobuf:"bytes,13,opt,name=log_note,json=logNote,proto3" json:"log_note,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ContainerDiagnostics) Reset() {
+	*x = ContainerDiagnostics{}
+	mi := &file_kapal_v1_instance_proto_msgTypes[17]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ContainerDiagnostics) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ContainerDiagnostics) ProtoMessage() {}
+
+func (x *ContainerDiagnostics) ProtoReflect() protoreflect.Message {
+	mi := &file_kapal_v1_instance_proto_msgTypes[17]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ContainerDiagnostics.ProtoReflect.Descriptor instead.
+func (*ContainerDiagnostics) Descriptor() ([]byte, []int) {
+	return file_kapal_v1_instance_proto_rawDescGZIP(), []int{17}
+}
+
+func (x *ContainerDiagnostics) GetName() string {
+	if x != nil {
+		return x.Name
+	}
+	return ""
+}
+
+func (x *ContainerDiagnostics) GetImage() string {
+	if x != nil {
+		return x.Image
+	}
+	return ""
+}
+
+func (x *ContainerDiagnostics) GetInit() bool {
+	if x != nil {
+		return x.Init
+	}
+	return false
+}
+
+func (x *ContainerDiagnostics) GetReady() bool {
+	if x != nil {
+		return x.Ready
+	}
+	return false
+}
+
+func (x *ContainerDiagnostics) GetRestartCount() uint32 {
+	if x != nil {
+		return x.RestartCount
+	}
+	return 0
+}
+
+func (x *ContainerDiagnostics) GetState() string {
+	if x != nil {
+		return x.State
+	}
+	return ""
+}
+
+func (x *ContainerDiagnostics) GetStateReason() string {
+	if x != nil {
+		return x.StateReason
+	}
+	return ""
+}
+
+func (x *ContainerDiagnostics) GetStateMessage() string {
+	if x != nil {
+		return x.StateMessage
+	}
+	return ""
+}
+
+func (x *ContainerDiagnostics) GetLastTerminationReason() string {
+	if x != nil {
+		return x.LastTerminationReason
+	}
+	return ""
+}
+
+func (x *ContainerDiagnostics) GetLastExitCode() int32 {
+	if x != nil {
+		return x.LastExitCode
+	}
+	return 0
+}
+
+func (x *ContainerDiagnostics) GetLastTerminatedAt() *timestamppb.Timestamp {
+	if x != nil {
+		return x.LastTerminatedAt
+	}
+	return nil
+}
+
+func (x *ContainerDiagnostics) GetLogTail() []string {
+	if x != nil {
+		return x.LogTail
+	}
+	return nil
+}
+
+func (x *ContainerDiagnostics) GetLogNote() string {
+	if x != nil {
+		return x.LogNote
+	}
+	return ""
+}
+
+// One volume claim of the instance.
+type VolumeDiagnostics struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The PersistentVolumeClaim's name.
+	Claim string `protobuf:"bytes,1,opt,name=claim,proto3" json:"claim,omitempty"`
+	// Pending, Bound or Lost.
+	Phase string `protobuf:"bytes,2,opt,name=phase,proto3" json:"phase,omitempty"`
+	// The PersistentVolume it is bound to; empty while Pending.
+	Volume       string `protobuf:"bytes,3,opt,name=volume,proto3" json:"volume,omitempty"`
+	StorageClass string `protobuf:"bytes,4,opt,name=storage_class,json=storageClass,proto3" json:"storage_class,omitempty"`
+	// Size asked for, bytes.
+	RequestedBytes int64 `protobuf:"varint,5,opt,name=requested_bytes,json=requestedBytes,proto3" json:"requested_bytes,omitempty"`
+	// Size provided, bytes (0 while Pending).
+	CapacityBytes int64 `protobuf:"varint,6,opt,name=capacity_bytes,json=capacityBytes,proto3" json:"capacity_bytes,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *VolumeDiagnostics) Reset() {
+	*x = VolumeDiagnostics{}
+	mi := &file_kapal_v1_instance_proto_msgTypes[18]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *VolumeDiagnostics) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*VolumeDiagnostics) ProtoMessage() {}
+
+func (x *VolumeDiagnostics) ProtoReflect() protoreflect.Message {
+	mi := &file_kapal_v1_instance_proto_msgTypes[18]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use VolumeDiagnostics.ProtoReflect.Descriptor instead.
+func (*VolumeDiagnostics) Descriptor() ([]byte, []int) {
+	return file_kapal_v1_instance_proto_rawDescGZIP(), []int{18}
+}
+
+func (x *VolumeDiagnostics) GetClaim() string {
+	if x != nil {
+		return x.Claim
+	}
+	return ""
+}
+
+func (x *VolumeDiagnostics) GetPhase() string {
+	if x != nil {
+		return x.Phase
+	}
+	return ""
+}
+
+func (x *VolumeDiagnostics) GetVolume() string {
+	if x != nil {
+		return x.Volume
+	}
+	return ""
+}
+
+func (x *VolumeDiagnostics) GetStorageClass() string {
+	if x != nil {
+		return x.StorageClass
+	}
+	return ""
+}
+
+func (x *VolumeDiagnostics) GetRequestedBytes() int64 {
+	if x != nil {
+		return x.RequestedBytes
+	}
+	return 0
+}
+
+func (x *VolumeDiagnostics) GetCapacityBytes() int64 {
+	if x != nil {
+		return x.CapacityBytes
+	}
+	return 0
+}
+
+// One entry of an instance's history: a status change reported from the cluster, or an
+// action on it (by its owner's subscription or by an operator).
+type InstanceHistoryEntry struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The status the instance had after it.
+	Status InstanceStatus `protobuf:"varint,1,opt,name=status,proto3,enum=kapal.v1.InstanceStatus" json:"status,omitempty"`
+	// What happened, for a person; an operator's action says so and gives the operator's reason.
+	Reason string                 `protobuf:"bytes,2,opt,name=reason,proto3" json:"reason,omitempty"`
+	At     *timestamppb.Timestamp `protobuf:"bytes,3,opt,name=at,proto3" json:"at,omitempty"`
+	// Who acted: empty for status changes reported from the cluster, "billing" when the
+	// subscription held or released the instance, "operator" for operators' actions.
+	Actor         string `protobuf:"bytes,4,opt,name=actor,proto3" json:"actor,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *InstanceHistoryEntry) Reset() {
+	*x = InstanceHistoryEntry{}
+	mi := &file_kapal_v1_instance_proto_msgTypes[19]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *InstanceHistoryEntry) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*InstanceHistoryEntry) ProtoMessage() {}
+
+func (x *InstanceHistoryEntry) ProtoReflect() protoreflect.Message {
+	mi := &file_kapal_v1_instance_proto_msgTypes[19]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use InstanceHistoryEntry.ProtoReflect.Descriptor instead.
+func (*InstanceHistoryEntry) Descriptor() ([]byte, []int) {
+	return file_kapal_v1_instance_proto_rawDescGZIP(), []int{19}
+}
+
+func (x *InstanceHistoryEntry) GetStatus() InstanceStatus {
+	if x != nil {
+		return x.Status
+	}
+	return InstanceStatus_INSTANCE_STATUS_UNSPECIFIED
+}
+
+func (x *InstanceHistoryEntry) GetReason() string {
+	if x != nil {
+		return x.Reason
+	}
+	return ""
+}
+
+func (x *InstanceHistoryEntry) GetAt() *timestamppb.Timestamp {
+	if x != nil {
+		return x.At
+	}
+	return nil
+}
+
+func (x *InstanceHistoryEntry) GetActor() string {
+	if x != nil {
+		return x.Actor
+	}
+	return ""
+}
+
 var File_kapal_v1_instance_proto protoreflect.FileDescriptor
 
 const file_kapal_v1_instance_proto_rawDesc = "" +
@@ -919,7 +1759,81 @@ const file_kapal_v1_instance_proto_rawDesc = "" +
 	"observedAtB\r\n" +
 	"\v_cpu_millisB\x0f\n" +
 	"\r_memory_bytesB\x15\n" +
-	"\x13_storage_used_bytes*\x9f\x02\n" +
+	"\x13_storage_used_bytes\"<\n" +
+	"\x19ListInstanceEventsRequest\x12\x1f\n" +
+	"\vinstance_id\x18\x01 \x01(\tR\n" +
+	"instanceId\"T\n" +
+	"\x1aListInstanceEventsResponse\x126\n" +
+	"\x06events\x18\x01 \x03(\v2\x1e.kapal.v1.InstanceHistoryEntryR\x06events\"u\n" +
+	"\x1dGetInstanceDiagnosticsRequest\x12\x1f\n" +
+	"\vinstance_id\x18\x01 \x01(\tR\n" +
+	"instanceId\x12\x1b\n" +
+	"\tlog_lines\x18\x02 \x01(\rR\blogLines\x12\x16\n" +
+	"\x06reason\x18\x03 \x01(\tR\x06reason\"\xe3\x02\n" +
+	"\x13InstanceDiagnostics\x12\x1f\n" +
+	"\vinstance_id\x18\x01 \x01(\tR\n" +
+	"instanceId\x12\x1c\n" +
+	"\tnamespace\x18\x02 \x01(\tR\tnamespace\x121\n" +
+	"\x06events\x18\x03 \x03(\v2\x19.kapal.v1.KubernetesEventR\x06events\x12,\n" +
+	"\x04pods\x18\x04 \x03(\v2\x18.kapal.v1.PodDiagnosticsR\x04pods\x125\n" +
+	"\avolumes\x18\x05 \x03(\v2\x1b.kapal.v1.VolumeDiagnosticsR\avolumes\x128\n" +
+	"\ahistory\x18\x06 \x03(\v2\x1e.kapal.v1.InstanceHistoryEntryR\ahistory\x12;\n" +
+	"\vobserved_at\x18\a \x01(\v2\x1a.google.protobuf.TimestampR\n" +
+	"observedAt\"\x91\x02\n" +
+	"\x0fKubernetesEvent\x12\x12\n" +
+	"\x04type\x18\x01 \x01(\tR\x04type\x12\x16\n" +
+	"\x06reason\x18\x02 \x01(\tR\x06reason\x12\x18\n" +
+	"\amessage\x18\x03 \x01(\tR\amessage\x12\x16\n" +
+	"\x06object\x18\x04 \x01(\tR\x06object\x12\x14\n" +
+	"\x05count\x18\x05 \x01(\rR\x05count\x129\n" +
+	"\n" +
+	"first_seen\x18\x06 \x01(\v2\x1a.google.protobuf.TimestampR\tfirstSeen\x127\n" +
+	"\tlast_seen\x18\a \x01(\v2\x1a.google.protobuf.TimestampR\blastSeen\x12\x16\n" +
+	"\x06source\x18\b \x01(\tR\x06source\"\x81\x02\n" +
+	"\x0ePodDiagnostics\x12\x12\n" +
+	"\x04name\x18\x01 \x01(\tR\x04name\x12\x14\n" +
+	"\x05phase\x18\x02 \x01(\tR\x05phase\x12\x12\n" +
+	"\x04node\x18\x03 \x01(\tR\x04node\x126\n" +
+	"\n" +
+	"conditions\x18\x04 \x03(\v2\x16.kapal.v1.PodConditionR\n" +
+	"conditions\x12>\n" +
+	"\n" +
+	"containers\x18\x05 \x03(\v2\x1e.kapal.v1.ContainerDiagnosticsR\n" +
+	"containers\x129\n" +
+	"\n" +
+	"created_at\x18\x06 \x01(\v2\x1a.google.protobuf.TimestampR\tcreatedAt\"l\n" +
+	"\fPodCondition\x12\x12\n" +
+	"\x04type\x18\x01 \x01(\tR\x04type\x12\x16\n" +
+	"\x06status\x18\x02 \x01(\tR\x06status\x12\x16\n" +
+	"\x06reason\x18\x03 \x01(\tR\x06reason\x12\x18\n" +
+	"\amessage\x18\x04 \x01(\tR\amessage\"\xcb\x03\n" +
+	"\x14ContainerDiagnostics\x12\x12\n" +
+	"\x04name\x18\x01 \x01(\tR\x04name\x12\x14\n" +
+	"\x05image\x18\x02 \x01(\tR\x05image\x12\x12\n" +
+	"\x04init\x18\x03 \x01(\bR\x04init\x12\x14\n" +
+	"\x05ready\x18\x04 \x01(\bR\x05ready\x12#\n" +
+	"\rrestart_count\x18\x05 \x01(\rR\frestartCount\x12\x14\n" +
+	"\x05state\x18\x06 \x01(\tR\x05state\x12!\n" +
+	"\fstate_reason\x18\a \x01(\tR\vstateReason\x12#\n" +
+	"\rstate_message\x18\b \x01(\tR\fstateMessage\x126\n" +
+	"\x17last_termination_reason\x18\t \x01(\tR\x15lastTerminationReason\x12$\n" +
+	"\x0elast_exit_code\x18\n" +
+	" \x01(\x05R\flastExitCode\x12H\n" +
+	"\x12last_terminated_at\x18\v \x01(\v2\x1a.google.protobuf.TimestampR\x10lastTerminatedAt\x12\x19\n" +
+	"\blog_tail\x18\f \x03(\tR\alogTail\x12\x19\n" +
+	"\blog_note\x18\r \x01(\tR\alogNote\"\xcc\x01\n" +
+	"\x11VolumeDiagnostics\x12\x14\n" +
+	"\x05claim\x18\x01 \x01(\tR\x05claim\x12\x14\n" +
+	"\x05phase\x18\x02 \x01(\tR\x05phase\x12\x16\n" +
+	"\x06volume\x18\x03 \x01(\tR\x06volume\x12#\n" +
+	"\rstorage_class\x18\x04 \x01(\tR\fstorageClass\x12'\n" +
+	"\x0frequested_bytes\x18\x05 \x01(\x03R\x0erequestedBytes\x12%\n" +
+	"\x0ecapacity_bytes\x18\x06 \x01(\x03R\rcapacityBytes\"\xa2\x01\n" +
+	"\x14InstanceHistoryEntry\x120\n" +
+	"\x06status\x18\x01 \x01(\x0e2\x18.kapal.v1.InstanceStatusR\x06status\x12\x16\n" +
+	"\x06reason\x18\x02 \x01(\tR\x06reason\x12*\n" +
+	"\x02at\x18\x03 \x01(\v2\x1a.google.protobuf.TimestampR\x02at\x12\x14\n" +
+	"\x05actor\x18\x04 \x01(\tR\x05actor*\x9f\x02\n" +
 	"\x0eInstanceStatus\x12\x1f\n" +
 	"\x1bINSTANCE_STATUS_UNSPECIFIED\x10\x00\x12\x1b\n" +
 	"\x17INSTANCE_STATUS_PENDING\x10\x01\x12 \n" +
@@ -934,7 +1848,7 @@ const file_kapal_v1_instance_proto_rawDesc = "" +
 	"\x19DESIRED_STATE_UNSPECIFIED\x10\x00\x12\x19\n" +
 	"\x15DESIRED_STATE_RUNNING\x10\x01\x12\x19\n" +
 	"\x15DESIRED_STATE_STOPPED\x10\x02\x12\x19\n" +
-	"\x15DESIRED_STATE_DELETED\x10\x032\xda\x04\n" +
+	"\x15DESIRED_STATE_DELETED\x10\x032\x9d\x06\n" +
 	"\x0fInstanceService\x12P\n" +
 	"\rListInstances\x12\x1e.kapal.v1.ListInstancesRequest\x1a\x1f.kapal.v1.ListInstancesResponse\x12?\n" +
 	"\vGetInstance\x12\x1c.kapal.v1.GetInstanceRequest\x1a\x12.kapal.v1.Instance\x12J\n" +
@@ -943,7 +1857,9 @@ const file_kapal_v1_instance_proto_rawDesc = "" +
 	"\fStopInstance\x12\x1f.kapal.v1.InstanceActionRequest\x1a\x12.kapal.v1.Instance\x12D\n" +
 	"\rStartInstance\x12\x1f.kapal.v1.InstanceActionRequest\x1a\x12.kapal.v1.Instance\x12E\n" +
 	"\x0eDeleteInstance\x12\x1f.kapal.v1.InstanceActionRequest\x1a\x12.kapal.v1.Instance\x12N\n" +
-	"\x10GetInstanceUsage\x12!.kapal.v1.GetInstanceUsageRequest\x1a\x17.kapal.v1.InstanceUsageB\x81\x01\n" +
+	"\x10GetInstanceUsage\x12!.kapal.v1.GetInstanceUsageRequest\x1a\x17.kapal.v1.InstanceUsage\x12_\n" +
+	"\x12ListInstanceEvents\x12#.kapal.v1.ListInstanceEventsRequest\x1a$.kapal.v1.ListInstanceEventsResponse\x12`\n" +
+	"\x16GetInstanceDiagnostics\x12'.kapal.v1.GetInstanceDiagnosticsRequest\x1a\x1d.kapal.v1.InstanceDiagnosticsB\x81\x01\n" +
 	"\fcom.kapal.v1B\rInstanceProtoP\x01Z!kapal/clients/go/kapal/v1;kapalv1\xa2\x02\x03KXX\xaa\x02\bKapal.V1\xca\x02\bKapal\\V1\xe2\x02\x14Kapal\\V1\\GPBMetadata\xea\x02\tKapal::V1b\x06proto3"
 
 var (
@@ -959,55 +1875,83 @@ func file_kapal_v1_instance_proto_rawDescGZIP() []byte {
 }
 
 var file_kapal_v1_instance_proto_enumTypes = make([]protoimpl.EnumInfo, 2)
-var file_kapal_v1_instance_proto_msgTypes = make([]protoimpl.MessageInfo, 10)
+var file_kapal_v1_instance_proto_msgTypes = make([]protoimpl.MessageInfo, 20)
 var file_kapal_v1_instance_proto_goTypes = []any{
-	(InstanceStatus)(0),             // 0: kapal.v1.InstanceStatus
-	(DesiredState)(0),               // 1: kapal.v1.DesiredState
-	(*Instance)(nil),                // 2: kapal.v1.Instance
-	(*Credentials)(nil),             // 3: kapal.v1.Credentials
-	(*ListInstancesRequest)(nil),    // 4: kapal.v1.ListInstancesRequest
-	(*ListInstancesResponse)(nil),   // 5: kapal.v1.ListInstancesResponse
-	(*GetInstanceRequest)(nil),      // 6: kapal.v1.GetInstanceRequest
-	(*WatchInstanceRequest)(nil),    // 7: kapal.v1.WatchInstanceRequest
-	(*InstanceActionRequest)(nil),   // 8: kapal.v1.InstanceActionRequest
-	(*InstanceEvent)(nil),           // 9: kapal.v1.InstanceEvent
-	(*GetInstanceUsageRequest)(nil), // 10: kapal.v1.GetInstanceUsageRequest
-	(*InstanceUsage)(nil),           // 11: kapal.v1.InstanceUsage
-	(*timestamppb.Timestamp)(nil),   // 12: google.protobuf.Timestamp
+	(InstanceStatus)(0),                   // 0: kapal.v1.InstanceStatus
+	(DesiredState)(0),                     // 1: kapal.v1.DesiredState
+	(*Instance)(nil),                      // 2: kapal.v1.Instance
+	(*Credentials)(nil),                   // 3: kapal.v1.Credentials
+	(*ListInstancesRequest)(nil),          // 4: kapal.v1.ListInstancesRequest
+	(*ListInstancesResponse)(nil),         // 5: kapal.v1.ListInstancesResponse
+	(*GetInstanceRequest)(nil),            // 6: kapal.v1.GetInstanceRequest
+	(*WatchInstanceRequest)(nil),          // 7: kapal.v1.WatchInstanceRequest
+	(*InstanceActionRequest)(nil),         // 8: kapal.v1.InstanceActionRequest
+	(*InstanceEvent)(nil),                 // 9: kapal.v1.InstanceEvent
+	(*GetInstanceUsageRequest)(nil),       // 10: kapal.v1.GetInstanceUsageRequest
+	(*InstanceUsage)(nil),                 // 11: kapal.v1.InstanceUsage
+	(*ListInstanceEventsRequest)(nil),     // 12: kapal.v1.ListInstanceEventsRequest
+	(*ListInstanceEventsResponse)(nil),    // 13: kapal.v1.ListInstanceEventsResponse
+	(*GetInstanceDiagnosticsRequest)(nil), // 14: kapal.v1.GetInstanceDiagnosticsRequest
+	(*InstanceDiagnostics)(nil),           // 15: kapal.v1.InstanceDiagnostics
+	(*KubernetesEvent)(nil),               // 16: kapal.v1.KubernetesEvent
+	(*PodDiagnostics)(nil),                // 17: kapal.v1.PodDiagnostics
+	(*PodCondition)(nil),                  // 18: kapal.v1.PodCondition
+	(*ContainerDiagnostics)(nil),          // 19: kapal.v1.ContainerDiagnostics
+	(*VolumeDiagnostics)(nil),             // 20: kapal.v1.VolumeDiagnostics
+	(*InstanceHistoryEntry)(nil),          // 21: kapal.v1.InstanceHistoryEntry
+	(*timestamppb.Timestamp)(nil),         // 22: google.protobuf.Timestamp
 }
 var file_kapal_v1_instance_proto_depIdxs = []int32{
 	0,  // 0: kapal.v1.Instance.status:type_name -> kapal.v1.InstanceStatus
 	1,  // 1: kapal.v1.Instance.desired_state:type_name -> kapal.v1.DesiredState
 	3,  // 2: kapal.v1.Instance.credentials:type_name -> kapal.v1.Credentials
-	12, // 3: kapal.v1.Instance.created_at:type_name -> google.protobuf.Timestamp
-	12, // 4: kapal.v1.Instance.updated_at:type_name -> google.protobuf.Timestamp
-	12, // 5: kapal.v1.Instance.ready_at:type_name -> google.protobuf.Timestamp
-	12, // 6: kapal.v1.Instance.data_deleted_after:type_name -> google.protobuf.Timestamp
+	22, // 3: kapal.v1.Instance.created_at:type_name -> google.protobuf.Timestamp
+	22, // 4: kapal.v1.Instance.updated_at:type_name -> google.protobuf.Timestamp
+	22, // 5: kapal.v1.Instance.ready_at:type_name -> google.protobuf.Timestamp
+	22, // 6: kapal.v1.Instance.data_deleted_after:type_name -> google.protobuf.Timestamp
 	2,  // 7: kapal.v1.ListInstancesResponse.instances:type_name -> kapal.v1.Instance
 	2,  // 8: kapal.v1.InstanceEvent.instance:type_name -> kapal.v1.Instance
-	12, // 9: kapal.v1.InstanceEvent.at:type_name -> google.protobuf.Timestamp
-	12, // 10: kapal.v1.InstanceUsage.observed_at:type_name -> google.protobuf.Timestamp
-	4,  // 11: kapal.v1.InstanceService.ListInstances:input_type -> kapal.v1.ListInstancesRequest
-	6,  // 12: kapal.v1.InstanceService.GetInstance:input_type -> kapal.v1.GetInstanceRequest
-	7,  // 13: kapal.v1.InstanceService.WatchInstance:input_type -> kapal.v1.WatchInstanceRequest
-	8,  // 14: kapal.v1.InstanceService.RestartInstance:input_type -> kapal.v1.InstanceActionRequest
-	8,  // 15: kapal.v1.InstanceService.StopInstance:input_type -> kapal.v1.InstanceActionRequest
-	8,  // 16: kapal.v1.InstanceService.StartInstance:input_type -> kapal.v1.InstanceActionRequest
-	8,  // 17: kapal.v1.InstanceService.DeleteInstance:input_type -> kapal.v1.InstanceActionRequest
-	10, // 18: kapal.v1.InstanceService.GetInstanceUsage:input_type -> kapal.v1.GetInstanceUsageRequest
-	5,  // 19: kapal.v1.InstanceService.ListInstances:output_type -> kapal.v1.ListInstancesResponse
-	2,  // 20: kapal.v1.InstanceService.GetInstance:output_type -> kapal.v1.Instance
-	9,  // 21: kapal.v1.InstanceService.WatchInstance:output_type -> kapal.v1.InstanceEvent
-	2,  // 22: kapal.v1.InstanceService.RestartInstance:output_type -> kapal.v1.Instance
-	2,  // 23: kapal.v1.InstanceService.StopInstance:output_type -> kapal.v1.Instance
-	2,  // 24: kapal.v1.InstanceService.StartInstance:output_type -> kapal.v1.Instance
-	2,  // 25: kapal.v1.InstanceService.DeleteInstance:output_type -> kapal.v1.Instance
-	11, // 26: kapal.v1.InstanceService.GetInstanceUsage:output_type -> kapal.v1.InstanceUsage
-	19, // [19:27] is the sub-list for method output_type
-	11, // [11:19] is the sub-list for method input_type
-	11, // [11:11] is the sub-list for extension type_name
-	11, // [11:11] is the sub-list for extension extendee
-	0,  // [0:11] is the sub-list for field type_name
+	22, // 9: kapal.v1.InstanceEvent.at:type_name -> google.protobuf.Timestamp
+	22, // 10: kapal.v1.InstanceUsage.observed_at:type_name -> google.protobuf.Timestamp
+	21, // 11: kapal.v1.ListInstanceEventsResponse.events:type_name -> kapal.v1.InstanceHistoryEntry
+	16, // 12: kapal.v1.InstanceDiagnostics.events:type_name -> kapal.v1.KubernetesEvent
+	17, // 13: kapal.v1.InstanceDiagnostics.pods:type_name -> kapal.v1.PodDiagnostics
+	20, // 14: kapal.v1.InstanceDiagnostics.volumes:type_name -> kapal.v1.VolumeDiagnostics
+	21, // 15: kapal.v1.InstanceDiagnostics.history:type_name -> kapal.v1.InstanceHistoryEntry
+	22, // 16: kapal.v1.InstanceDiagnostics.observed_at:type_name -> google.protobuf.Timestamp
+	22, // 17: kapal.v1.KubernetesEvent.first_seen:type_name -> google.protobuf.Timestamp
+	22, // 18: kapal.v1.KubernetesEvent.last_seen:type_name -> google.protobuf.Timestamp
+	18, // 19: kapal.v1.PodDiagnostics.conditions:type_name -> kapal.v1.PodCondition
+	19, // 20: kapal.v1.PodDiagnostics.containers:type_name -> kapal.v1.ContainerDiagnostics
+	22, // 21: kapal.v1.PodDiagnostics.created_at:type_name -> google.protobuf.Timestamp
+	22, // 22: kapal.v1.ContainerDiagnostics.last_terminated_at:type_name -> google.protobuf.Timestamp
+	0,  // 23: kapal.v1.InstanceHistoryEntry.status:type_name -> kapal.v1.InstanceStatus
+	22, // 24: kapal.v1.InstanceHistoryEntry.at:type_name -> google.protobuf.Timestamp
+	4,  // 25: kapal.v1.InstanceService.ListInstances:input_type -> kapal.v1.ListInstancesRequest
+	6,  // 26: kapal.v1.InstanceService.GetInstance:input_type -> kapal.v1.GetInstanceRequest
+	7,  // 27: kapal.v1.InstanceService.WatchInstance:input_type -> kapal.v1.WatchInstanceRequest
+	8,  // 28: kapal.v1.InstanceService.RestartInstance:input_type -> kapal.v1.InstanceActionRequest
+	8,  // 29: kapal.v1.InstanceService.StopInstance:input_type -> kapal.v1.InstanceActionRequest
+	8,  // 30: kapal.v1.InstanceService.StartInstance:input_type -> kapal.v1.InstanceActionRequest
+	8,  // 31: kapal.v1.InstanceService.DeleteInstance:input_type -> kapal.v1.InstanceActionRequest
+	10, // 32: kapal.v1.InstanceService.GetInstanceUsage:input_type -> kapal.v1.GetInstanceUsageRequest
+	12, // 33: kapal.v1.InstanceService.ListInstanceEvents:input_type -> kapal.v1.ListInstanceEventsRequest
+	14, // 34: kapal.v1.InstanceService.GetInstanceDiagnostics:input_type -> kapal.v1.GetInstanceDiagnosticsRequest
+	5,  // 35: kapal.v1.InstanceService.ListInstances:output_type -> kapal.v1.ListInstancesResponse
+	2,  // 36: kapal.v1.InstanceService.GetInstance:output_type -> kapal.v1.Instance
+	9,  // 37: kapal.v1.InstanceService.WatchInstance:output_type -> kapal.v1.InstanceEvent
+	2,  // 38: kapal.v1.InstanceService.RestartInstance:output_type -> kapal.v1.Instance
+	2,  // 39: kapal.v1.InstanceService.StopInstance:output_type -> kapal.v1.Instance
+	2,  // 40: kapal.v1.InstanceService.StartInstance:output_type -> kapal.v1.Instance
+	2,  // 41: kapal.v1.InstanceService.DeleteInstance:output_type -> kapal.v1.Instance
+	11, // 42: kapal.v1.InstanceService.GetInstanceUsage:output_type -> kapal.v1.InstanceUsage
+	13, // 43: kapal.v1.InstanceService.ListInstanceEvents:output_type -> kapal.v1.ListInstanceEventsResponse
+	15, // 44: kapal.v1.InstanceService.GetInstanceDiagnostics:output_type -> kapal.v1.InstanceDiagnostics
+	35, // [35:45] is the sub-list for method output_type
+	25, // [25:35] is the sub-list for method input_type
+	25, // [25:25] is the sub-list for extension type_name
+	25, // [25:25] is the sub-list for extension extendee
+	0,  // [0:25] is the sub-list for field type_name
 }
 
 func init() { file_kapal_v1_instance_proto_init() }
@@ -1022,7 +1966,7 @@ func file_kapal_v1_instance_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_kapal_v1_instance_proto_rawDesc), len(file_kapal_v1_instance_proto_rawDesc)),
 			NumEnums:      2,
-			NumMessages:   10,
+			NumMessages:   20,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

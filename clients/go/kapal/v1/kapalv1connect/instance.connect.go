@@ -57,6 +57,12 @@ const (
 	// InstanceServiceGetInstanceUsageProcedure is the fully-qualified name of the InstanceService's
 	// GetInstanceUsage RPC.
 	InstanceServiceGetInstanceUsageProcedure = "/kapal.v1.InstanceService/GetInstanceUsage"
+	// InstanceServiceListInstanceEventsProcedure is the fully-qualified name of the InstanceService's
+	// ListInstanceEvents RPC.
+	InstanceServiceListInstanceEventsProcedure = "/kapal.v1.InstanceService/ListInstanceEvents"
+	// InstanceServiceGetInstanceDiagnosticsProcedure is the fully-qualified name of the
+	// InstanceService's GetInstanceDiagnostics RPC.
+	InstanceServiceGetInstanceDiagnosticsProcedure = "/kapal.v1.InstanceService/GetInstanceDiagnostics"
 )
 
 // InstanceServiceClient is a client for the kapal.v1.InstanceService service.
@@ -79,6 +85,12 @@ type InstanceServiceClient interface {
 	// CPU and memory from the cluster's metrics API (or a note that there is none) and the
 	// instance's storage.
 	GetInstanceUsage(context.Context, *connect.Request[v1.GetInstanceUsageRequest]) (*connect.Response[v1.InstanceUsage], error)
+	// The instance's history, oldest first: status changes reported from the cluster and actions
+	// taken on it by operators (with the reason they gave).
+	ListInstanceEvents(context.Context, *connect.Request[v1.ListInstanceEventsRequest]) (*connect.Response[v1.ListInstanceEventsResponse], error)
+	// Why the instance is unhappy: its Kubernetes events, pods, volumes, status history and the
+	// tail of each container's log (node names are left out).
+	GetInstanceDiagnostics(context.Context, *connect.Request[v1.GetInstanceDiagnosticsRequest]) (*connect.Response[v1.InstanceDiagnostics], error)
 }
 
 // NewInstanceServiceClient constructs a client for the kapal.v1.InstanceService service. By
@@ -140,19 +152,33 @@ func NewInstanceServiceClient(httpClient connect.HTTPClient, baseURL string, opt
 			connect.WithSchema(instanceServiceMethods.ByName("GetInstanceUsage")),
 			connect.WithClientOptions(opts...),
 		),
+		listInstanceEvents: connect.NewClient[v1.ListInstanceEventsRequest, v1.ListInstanceEventsResponse](
+			httpClient,
+			baseURL+InstanceServiceListInstanceEventsProcedure,
+			connect.WithSchema(instanceServiceMethods.ByName("ListInstanceEvents")),
+			connect.WithClientOptions(opts...),
+		),
+		getInstanceDiagnostics: connect.NewClient[v1.GetInstanceDiagnosticsRequest, v1.InstanceDiagnostics](
+			httpClient,
+			baseURL+InstanceServiceGetInstanceDiagnosticsProcedure,
+			connect.WithSchema(instanceServiceMethods.ByName("GetInstanceDiagnostics")),
+			connect.WithClientOptions(opts...),
+		),
 	}
 }
 
 // instanceServiceClient implements InstanceServiceClient.
 type instanceServiceClient struct {
-	listInstances    *connect.Client[v1.ListInstancesRequest, v1.ListInstancesResponse]
-	getInstance      *connect.Client[v1.GetInstanceRequest, v1.Instance]
-	watchInstance    *connect.Client[v1.WatchInstanceRequest, v1.InstanceEvent]
-	restartInstance  *connect.Client[v1.InstanceActionRequest, v1.Instance]
-	stopInstance     *connect.Client[v1.InstanceActionRequest, v1.Instance]
-	startInstance    *connect.Client[v1.InstanceActionRequest, v1.Instance]
-	deleteInstance   *connect.Client[v1.InstanceActionRequest, v1.Instance]
-	getInstanceUsage *connect.Client[v1.GetInstanceUsageRequest, v1.InstanceUsage]
+	listInstances          *connect.Client[v1.ListInstancesRequest, v1.ListInstancesResponse]
+	getInstance            *connect.Client[v1.GetInstanceRequest, v1.Instance]
+	watchInstance          *connect.Client[v1.WatchInstanceRequest, v1.InstanceEvent]
+	restartInstance        *connect.Client[v1.InstanceActionRequest, v1.Instance]
+	stopInstance           *connect.Client[v1.InstanceActionRequest, v1.Instance]
+	startInstance          *connect.Client[v1.InstanceActionRequest, v1.Instance]
+	deleteInstance         *connect.Client[v1.InstanceActionRequest, v1.Instance]
+	getInstanceUsage       *connect.Client[v1.GetInstanceUsageRequest, v1.InstanceUsage]
+	listInstanceEvents     *connect.Client[v1.ListInstanceEventsRequest, v1.ListInstanceEventsResponse]
+	getInstanceDiagnostics *connect.Client[v1.GetInstanceDiagnosticsRequest, v1.InstanceDiagnostics]
 }
 
 // ListInstances calls kapal.v1.InstanceService.ListInstances.
@@ -195,6 +221,16 @@ func (c *instanceServiceClient) GetInstanceUsage(ctx context.Context, req *conne
 	return c.getInstanceUsage.CallUnary(ctx, req)
 }
 
+// ListInstanceEvents calls kapal.v1.InstanceService.ListInstanceEvents.
+func (c *instanceServiceClient) ListInstanceEvents(ctx context.Context, req *connect.Request[v1.ListInstanceEventsRequest]) (*connect.Response[v1.ListInstanceEventsResponse], error) {
+	return c.listInstanceEvents.CallUnary(ctx, req)
+}
+
+// GetInstanceDiagnostics calls kapal.v1.InstanceService.GetInstanceDiagnostics.
+func (c *instanceServiceClient) GetInstanceDiagnostics(ctx context.Context, req *connect.Request[v1.GetInstanceDiagnosticsRequest]) (*connect.Response[v1.InstanceDiagnostics], error) {
+	return c.getInstanceDiagnostics.CallUnary(ctx, req)
+}
+
 // InstanceServiceHandler is an implementation of the kapal.v1.InstanceService service.
 type InstanceServiceHandler interface {
 	// Lists the caller's instances (without credentials), newest first.
@@ -215,6 +251,12 @@ type InstanceServiceHandler interface {
 	// CPU and memory from the cluster's metrics API (or a note that there is none) and the
 	// instance's storage.
 	GetInstanceUsage(context.Context, *connect.Request[v1.GetInstanceUsageRequest]) (*connect.Response[v1.InstanceUsage], error)
+	// The instance's history, oldest first: status changes reported from the cluster and actions
+	// taken on it by operators (with the reason they gave).
+	ListInstanceEvents(context.Context, *connect.Request[v1.ListInstanceEventsRequest]) (*connect.Response[v1.ListInstanceEventsResponse], error)
+	// Why the instance is unhappy: its Kubernetes events, pods, volumes, status history and the
+	// tail of each container's log (node names are left out).
+	GetInstanceDiagnostics(context.Context, *connect.Request[v1.GetInstanceDiagnosticsRequest]) (*connect.Response[v1.InstanceDiagnostics], error)
 }
 
 // NewInstanceServiceHandler builds an HTTP handler from the service implementation. It returns the
@@ -272,6 +314,18 @@ func NewInstanceServiceHandler(svc InstanceServiceHandler, opts ...connect.Handl
 		connect.WithSchema(instanceServiceMethods.ByName("GetInstanceUsage")),
 		connect.WithHandlerOptions(opts...),
 	)
+	instanceServiceListInstanceEventsHandler := connect.NewUnaryHandler(
+		InstanceServiceListInstanceEventsProcedure,
+		svc.ListInstanceEvents,
+		connect.WithSchema(instanceServiceMethods.ByName("ListInstanceEvents")),
+		connect.WithHandlerOptions(opts...),
+	)
+	instanceServiceGetInstanceDiagnosticsHandler := connect.NewUnaryHandler(
+		InstanceServiceGetInstanceDiagnosticsProcedure,
+		svc.GetInstanceDiagnostics,
+		connect.WithSchema(instanceServiceMethods.ByName("GetInstanceDiagnostics")),
+		connect.WithHandlerOptions(opts...),
+	)
 	return "/kapal.v1.InstanceService/", http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		switch r.URL.Path {
 		case InstanceServiceListInstancesProcedure:
@@ -290,6 +344,10 @@ func NewInstanceServiceHandler(svc InstanceServiceHandler, opts ...connect.Handl
 			instanceServiceDeleteInstanceHandler.ServeHTTP(w, r)
 		case InstanceServiceGetInstanceUsageProcedure:
 			instanceServiceGetInstanceUsageHandler.ServeHTTP(w, r)
+		case InstanceServiceListInstanceEventsProcedure:
+			instanceServiceListInstanceEventsHandler.ServeHTTP(w, r)
+		case InstanceServiceGetInstanceDiagnosticsProcedure:
+			instanceServiceGetInstanceDiagnosticsHandler.ServeHTTP(w, r)
 		default:
 			http.NotFound(w, r)
 		}
@@ -329,4 +387,12 @@ func (UnimplementedInstanceServiceHandler) DeleteInstance(context.Context, *conn
 
 func (UnimplementedInstanceServiceHandler) GetInstanceUsage(context.Context, *connect.Request[v1.GetInstanceUsageRequest]) (*connect.Response[v1.InstanceUsage], error) {
 	return nil, connect.NewError(connect.CodeUnimplemented, errors.New("kapal.v1.InstanceService.GetInstanceUsage is not implemented"))
+}
+
+func (UnimplementedInstanceServiceHandler) ListInstanceEvents(context.Context, *connect.Request[v1.ListInstanceEventsRequest]) (*connect.Response[v1.ListInstanceEventsResponse], error) {
+	return nil, connect.NewError(connect.CodeUnimplemented, errors.New("kapal.v1.InstanceService.ListInstanceEvents is not implemented"))
+}
+
+func (UnimplementedInstanceServiceHandler) GetInstanceDiagnostics(context.Context, *connect.Request[v1.GetInstanceDiagnosticsRequest]) (*connect.Response[v1.InstanceDiagnostics], error) {
+	return nil, connect.NewError(connect.CodeUnimplemented, errors.New("kapal.v1.InstanceService.GetInstanceDiagnostics is not implemented"))
 }

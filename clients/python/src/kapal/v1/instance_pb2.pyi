@@ -159,3 +159,149 @@ class InstanceUsage(_message.Message):
     storage_used_bytes: int
     observed_at: _timestamp_pb2.Timestamp
     def __init__(self, instance_id: _Optional[str] = ..., metrics_available: _Optional[bool] = ..., metrics_note: _Optional[str] = ..., cpu_millis: _Optional[int] = ..., memory_bytes: _Optional[int] = ..., cpu_limit_millis: _Optional[int] = ..., memory_limit_bytes: _Optional[int] = ..., storage_capacity_bytes: _Optional[int] = ..., storage_used_bytes: _Optional[int] = ..., observed_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
+
+class ListInstanceEventsRequest(_message.Message):
+    __slots__ = ("instance_id",)
+    INSTANCE_ID_FIELD_NUMBER: _ClassVar[int]
+    instance_id: str
+    def __init__(self, instance_id: _Optional[str] = ...) -> None: ...
+
+class ListInstanceEventsResponse(_message.Message):
+    __slots__ = ("events",)
+    EVENTS_FIELD_NUMBER: _ClassVar[int]
+    events: _containers.RepeatedCompositeFieldContainer[InstanceHistoryEntry]
+    def __init__(self, events: _Optional[_Iterable[_Union[InstanceHistoryEntry, _Mapping]]] = ...) -> None: ...
+
+class GetInstanceDiagnosticsRequest(_message.Message):
+    __slots__ = ("instance_id", "log_lines", "reason")
+    INSTANCE_ID_FIELD_NUMBER: _ClassVar[int]
+    LOG_LINES_FIELD_NUMBER: _ClassVar[int]
+    REASON_FIELD_NUMBER: _ClassVar[int]
+    instance_id: str
+    log_lines: int
+    reason: str
+    def __init__(self, instance_id: _Optional[str] = ..., log_lines: _Optional[int] = ..., reason: _Optional[str] = ...) -> None: ...
+
+class InstanceDiagnostics(_message.Message):
+    __slots__ = ("instance_id", "namespace", "events", "pods", "volumes", "history", "observed_at")
+    INSTANCE_ID_FIELD_NUMBER: _ClassVar[int]
+    NAMESPACE_FIELD_NUMBER: _ClassVar[int]
+    EVENTS_FIELD_NUMBER: _ClassVar[int]
+    PODS_FIELD_NUMBER: _ClassVar[int]
+    VOLUMES_FIELD_NUMBER: _ClassVar[int]
+    HISTORY_FIELD_NUMBER: _ClassVar[int]
+    OBSERVED_AT_FIELD_NUMBER: _ClassVar[int]
+    instance_id: str
+    namespace: str
+    events: _containers.RepeatedCompositeFieldContainer[KubernetesEvent]
+    pods: _containers.RepeatedCompositeFieldContainer[PodDiagnostics]
+    volumes: _containers.RepeatedCompositeFieldContainer[VolumeDiagnostics]
+    history: _containers.RepeatedCompositeFieldContainer[InstanceHistoryEntry]
+    observed_at: _timestamp_pb2.Timestamp
+    def __init__(self, instance_id: _Optional[str] = ..., namespace: _Optional[str] = ..., events: _Optional[_Iterable[_Union[KubernetesEvent, _Mapping]]] = ..., pods: _Optional[_Iterable[_Union[PodDiagnostics, _Mapping]]] = ..., volumes: _Optional[_Iterable[_Union[VolumeDiagnostics, _Mapping]]] = ..., history: _Optional[_Iterable[_Union[InstanceHistoryEntry, _Mapping]]] = ..., observed_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
+
+class KubernetesEvent(_message.Message):
+    __slots__ = ("type", "reason", "message", "object", "count", "first_seen", "last_seen", "source")
+    TYPE_FIELD_NUMBER: _ClassVar[int]
+    REASON_FIELD_NUMBER: _ClassVar[int]
+    MESSAGE_FIELD_NUMBER: _ClassVar[int]
+    OBJECT_FIELD_NUMBER: _ClassVar[int]
+    COUNT_FIELD_NUMBER: _ClassVar[int]
+    FIRST_SEEN_FIELD_NUMBER: _ClassVar[int]
+    LAST_SEEN_FIELD_NUMBER: _ClassVar[int]
+    SOURCE_FIELD_NUMBER: _ClassVar[int]
+    type: str
+    reason: str
+    message: str
+    object: str
+    count: int
+    first_seen: _timestamp_pb2.Timestamp
+    last_seen: _timestamp_pb2.Timestamp
+    source: str
+    def __init__(self, type: _Optional[str] = ..., reason: _Optional[str] = ..., message: _Optional[str] = ..., object: _Optional[str] = ..., count: _Optional[int] = ..., first_seen: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., last_seen: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., source: _Optional[str] = ...) -> None: ...
+
+class PodDiagnostics(_message.Message):
+    __slots__ = ("name", "phase", "node", "conditions", "containers", "created_at")
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    PHASE_FIELD_NUMBER: _ClassVar[int]
+    NODE_FIELD_NUMBER: _ClassVar[int]
+    CONDITIONS_FIELD_NUMBER: _ClassVar[int]
+    CONTAINERS_FIELD_NUMBER: _ClassVar[int]
+    CREATED_AT_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    phase: str
+    node: str
+    conditions: _containers.RepeatedCompositeFieldContainer[PodCondition]
+    containers: _containers.RepeatedCompositeFieldContainer[ContainerDiagnostics]
+    created_at: _timestamp_pb2.Timestamp
+    def __init__(self, name: _Optional[str] = ..., phase: _Optional[str] = ..., node: _Optional[str] = ..., conditions: _Optional[_Iterable[_Union[PodCondition, _Mapping]]] = ..., containers: _Optional[_Iterable[_Union[ContainerDiagnostics, _Mapping]]] = ..., created_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
+
+class PodCondition(_message.Message):
+    __slots__ = ("type", "status", "reason", "message")
+    TYPE_FIELD_NUMBER: _ClassVar[int]
+    STATUS_FIELD_NUMBER: _ClassVar[int]
+    REASON_FIELD_NUMBER: _ClassVar[int]
+    MESSAGE_FIELD_NUMBER: _ClassVar[int]
+    type: str
+    status: str
+    reason: str
+    message: str
+    def __init__(self, type: _Optional[str] = ..., status: _Optional[str] = ..., reason: _Optional[str] = ..., message: _Optional[str] = ...) -> None: ...
+
+class ContainerDiagnostics(_message.Message):
+    __slots__ = ("name", "image", "init", "ready", "restart_count", "state", "state_reason", "state_message", "last_termination_reason", "last_exit_code", "last_terminated_at", "log_tail", "log_note")
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    IMAGE_FIELD_NUMBER: _ClassVar[int]
+    INIT_FIELD_NUMBER: _ClassVar[int]
+    READY_FIELD_NUMBER: _ClassVar[int]
+    RESTART_COUNT_FIELD_NUMBER: _ClassVar[int]
+    STATE_FIELD_NUMBER: _ClassVar[int]
+    STATE_REASON_FIELD_NUMBER: _ClassVar[int]
+    STATE_MESSAGE_FIELD_NUMBER: _ClassVar[int]
+    LAST_TERMINATION_REASON_FIELD_NUMBER: _ClassVar[int]
+    LAST_EXIT_CODE_FIELD_NUMBER: _ClassVar[int]
+    LAST_TERMINATED_AT_FIELD_NUMBER: _ClassVar[int]
+    LOG_TAIL_FIELD_NUMBER: _ClassVar[int]
+    LOG_NOTE_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    image: str
+    init: bool
+    ready: bool
+    restart_count: int
+    state: str
+    state_reason: str
+    state_message: str
+    last_termination_reason: str
+    last_exit_code: int
+    last_terminated_at: _timestamp_pb2.Timestamp
+    log_tail: _containers.RepeatedScalarFieldContainer[str]
+    log_note: str
+    def __init__(self, name: _Optional[str] = ..., image: _Optional[str] = ..., init: _Optional[bool] = ..., ready: _Optional[bool] = ..., restart_count: _Optional[int] = ..., state: _Optional[str] = ..., state_reason: _Optional[str] = ..., state_message: _Optional[str] = ..., last_termination_reason: _Optional[str] = ..., last_exit_code: _Optional[int] = ..., last_terminated_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., log_tail: _Optional[_Iterable[str]] = ..., log_note: _Optional[str] = ...) -> None: ...
+
+class VolumeDiagnostics(_message.Message):
+    __slots__ = ("claim", "phase", "volume", "storage_class", "requested_bytes", "capacity_bytes")
+    CLAIM_FIELD_NUMBER: _ClassVar[int]
+    PHASE_FIELD_NUMBER: _ClassVar[int]
+    VOLUME_FIELD_NUMBER: _ClassVar[int]
+    STORAGE_CLASS_FIELD_NUMBER: _ClassVar[int]
+    REQUESTED_BYTES_FIELD_NUMBER: _ClassVar[int]
+    CAPACITY_BYTES_FIELD_NUMBER: _ClassVar[int]
+    claim: str
+    phase: str
+    volume: str
+    storage_class: str
+    requested_bytes: int
+    capacity_bytes: int
+    def __init__(self, claim: _Optional[str] = ..., phase: _Optional[str] = ..., volume: _Optional[str] = ..., storage_class: _Optional[str] = ..., requested_bytes: _Optional[int] = ..., capacity_bytes: _Optional[int] = ...) -> None: ...
+
+class InstanceHistoryEntry(_message.Message):
+    __slots__ = ("status", "reason", "at", "actor")
+    STATUS_FIELD_NUMBER: _ClassVar[int]
+    REASON_FIELD_NUMBER: _ClassVar[int]
+    AT_FIELD_NUMBER: _ClassVar[int]
+    ACTOR_FIELD_NUMBER: _ClassVar[int]
+    status: InstanceStatus
+    reason: str
+    at: _timestamp_pb2.Timestamp
+    actor: str
+    def __init__(self, status: _Optional[_Union[InstanceStatus, str]] = ..., reason: _Optional[str] = ..., at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., actor: _Optional[str] = ...) -> None: ...

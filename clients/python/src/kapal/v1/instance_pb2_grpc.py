@@ -76,6 +76,16 @@ class InstanceServiceStub:
                 request_serializer=kapal_dot_v1_dot_instance__pb2.GetInstanceUsageRequest.SerializeToString,
                 response_deserializer=kapal_dot_v1_dot_instance__pb2.InstanceUsage.FromString,
                 _registered_method=True)
+        self.ListInstanceEvents = channel.unary_unary(
+                '/kapal.v1.InstanceService/ListInstanceEvents',
+                request_serializer=kapal_dot_v1_dot_instance__pb2.ListInstanceEventsRequest.SerializeToString,
+                response_deserializer=kapal_dot_v1_dot_instance__pb2.ListInstanceEventsResponse.FromString,
+                _registered_method=True)
+        self.GetInstanceDiagnostics = channel.unary_unary(
+                '/kapal.v1.InstanceService/GetInstanceDiagnostics',
+                request_serializer=kapal_dot_v1_dot_instance__pb2.GetInstanceDiagnosticsRequest.SerializeToString,
+                response_deserializer=kapal_dot_v1_dot_instance__pb2.InstanceDiagnostics.FromString,
+                _registered_method=True)
 
 
 class InstanceServiceServicer:
@@ -141,6 +151,22 @@ class InstanceServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ListInstanceEvents(self, request, context):
+        """The instance's history, oldest first: status changes reported from the cluster and actions
+        taken on it by operators (with the reason they gave).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetInstanceDiagnostics(self, request, context):
+        """Why the instance is unhappy: its Kubernetes events, pods, volumes, status history and the
+        tail of each container's log (node names are left out).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_InstanceServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -183,6 +209,16 @@ def add_InstanceServiceServicer_to_server(servicer, server):
                     servicer.GetInstanceUsage,
                     request_deserializer=kapal_dot_v1_dot_instance__pb2.GetInstanceUsageRequest.FromString,
                     response_serializer=kapal_dot_v1_dot_instance__pb2.InstanceUsage.SerializeToString,
+            ),
+            'ListInstanceEvents': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListInstanceEvents,
+                    request_deserializer=kapal_dot_v1_dot_instance__pb2.ListInstanceEventsRequest.FromString,
+                    response_serializer=kapal_dot_v1_dot_instance__pb2.ListInstanceEventsResponse.SerializeToString,
+            ),
+            'GetInstanceDiagnostics': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetInstanceDiagnostics,
+                    request_deserializer=kapal_dot_v1_dot_instance__pb2.GetInstanceDiagnosticsRequest.FromString,
+                    response_serializer=kapal_dot_v1_dot_instance__pb2.InstanceDiagnostics.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -403,6 +439,60 @@ class InstanceService:
             '/kapal.v1.InstanceService/GetInstanceUsage',
             kapal_dot_v1_dot_instance__pb2.GetInstanceUsageRequest.SerializeToString,
             kapal_dot_v1_dot_instance__pb2.InstanceUsage.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListInstanceEvents(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/kapal.v1.InstanceService/ListInstanceEvents',
+            kapal_dot_v1_dot_instance__pb2.ListInstanceEventsRequest.SerializeToString,
+            kapal_dot_v1_dot_instance__pb2.ListInstanceEventsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetInstanceDiagnostics(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/kapal.v1.InstanceService/GetInstanceDiagnostics',
+            kapal_dot_v1_dot_instance__pb2.GetInstanceDiagnosticsRequest.SerializeToString,
+            kapal_dot_v1_dot_instance__pb2.InstanceDiagnostics.FromString,
             options,
             channel_credentials,
             insecure,

@@ -55,6 +55,14 @@ class InstanceServiceStub:
     """CPU and memory from the cluster's metrics API (or a note that there is none) and the
     instance's storage.
     """
+    ListInstanceEvents: _grpc.UnaryUnaryMultiCallable[_instance_pb2.ListInstanceEventsRequest, _instance_pb2.ListInstanceEventsResponse]
+    """The instance's history, oldest first: status changes reported from the cluster and actions
+    taken on it by operators (with the reason they gave).
+    """
+    GetInstanceDiagnostics: _grpc.UnaryUnaryMultiCallable[_instance_pb2.GetInstanceDiagnosticsRequest, _instance_pb2.InstanceDiagnostics]
+    """Why the instance is unhappy: its Kubernetes events, pods, volumes, status history and the
+    tail of each container's log (node names are left out).
+    """
 
 @_typing.type_check_only
 class InstanceServiceAsyncStub(InstanceServiceStub):
@@ -82,6 +90,14 @@ class InstanceServiceAsyncStub(InstanceServiceStub):
     GetInstanceUsage: _aio.UnaryUnaryMultiCallable[_instance_pb2.GetInstanceUsageRequest, _instance_pb2.InstanceUsage]  # type: ignore[assignment]
     """CPU and memory from the cluster's metrics API (or a note that there is none) and the
     instance's storage.
+    """
+    ListInstanceEvents: _aio.UnaryUnaryMultiCallable[_instance_pb2.ListInstanceEventsRequest, _instance_pb2.ListInstanceEventsResponse]  # type: ignore[assignment]
+    """The instance's history, oldest first: status changes reported from the cluster and actions
+    taken on it by operators (with the reason they gave).
+    """
+    GetInstanceDiagnostics: _aio.UnaryUnaryMultiCallable[_instance_pb2.GetInstanceDiagnosticsRequest, _instance_pb2.InstanceDiagnostics]  # type: ignore[assignment]
+    """Why the instance is unhappy: its Kubernetes events, pods, volumes, status history and the
+    tail of each container's log (node names are left out).
     """
 
 class InstanceServiceServicer(metaclass=_abc_1.ABCMeta):
@@ -155,6 +171,26 @@ class InstanceServiceServicer(metaclass=_abc_1.ABCMeta):
     ) -> _typing.Union[_instance_pb2.InstanceUsage, _abc.Awaitable[_instance_pb2.InstanceUsage]]:
         """CPU and memory from the cluster's metrics API (or a note that there is none) and the
         instance's storage.
+        """
+
+    @_abc_1.abstractmethod
+    def ListInstanceEvents(
+        self,
+        request: _instance_pb2.ListInstanceEventsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_instance_pb2.ListInstanceEventsResponse, _abc.Awaitable[_instance_pb2.ListInstanceEventsResponse]]:
+        """The instance's history, oldest first: status changes reported from the cluster and actions
+        taken on it by operators (with the reason they gave).
+        """
+
+    @_abc_1.abstractmethod
+    def GetInstanceDiagnostics(
+        self,
+        request: _instance_pb2.GetInstanceDiagnosticsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_instance_pb2.InstanceDiagnostics, _abc.Awaitable[_instance_pb2.InstanceDiagnostics]]:
+        """Why the instance is unhappy: its Kubernetes events, pods, volumes, status history and the
+        tail of each container's log (node names are left out).
         """
 
 def add_InstanceServiceServicer_to_server(servicer: InstanceServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

@@ -371,6 +371,487 @@ export declare type InstanceUsage = Message<"kapal.v1.InstanceUsage"> & {
 export declare const InstanceUsageSchema: GenMessage<InstanceUsage>;
 
 /**
+ * @generated from message kapal.v1.ListInstanceEventsRequest
+ */
+export declare type ListInstanceEventsRequest = Message<"kapal.v1.ListInstanceEventsRequest"> & {
+  /**
+   * The instance (UUID).
+   *
+   * @generated from field: string instance_id = 1;
+   */
+  instanceId: string;
+};
+
+/**
+ * Describes the message kapal.v1.ListInstanceEventsRequest.
+ * Use `create(ListInstanceEventsRequestSchema)` to create a new message.
+ */
+export declare const ListInstanceEventsRequestSchema: GenMessage<ListInstanceEventsRequest>;
+
+/**
+ * @generated from message kapal.v1.ListInstanceEventsResponse
+ */
+export declare type ListInstanceEventsResponse = Message<"kapal.v1.ListInstanceEventsResponse"> & {
+  /**
+   * Oldest first (at most the last 500).
+   *
+   * @generated from field: repeated kapal.v1.InstanceHistoryEntry events = 1;
+   */
+  events: InstanceHistoryEntry[];
+};
+
+/**
+ * Describes the message kapal.v1.ListInstanceEventsResponse.
+ * Use `create(ListInstanceEventsResponseSchema)` to create a new message.
+ */
+export declare const ListInstanceEventsResponseSchema: GenMessage<ListInstanceEventsResponse>;
+
+/**
+ * @generated from message kapal.v1.GetInstanceDiagnosticsRequest
+ */
+export declare type GetInstanceDiagnosticsRequest = Message<"kapal.v1.GetInstanceDiagnosticsRequest"> & {
+  /**
+   * The instance (UUID).
+   *
+   * @generated from field: string instance_id = 1;
+   */
+  instanceId: string;
+
+  /**
+   * How many of the last lines of each container's log (default 50, at most 500; 0 for the
+   * default).
+   *
+   * @generated from field: uint32 log_lines = 2;
+   */
+  logLines: number;
+
+  /**
+   * OperatorService.GetInstanceDiagnosticsAsOperator only: why an operator reads a customer's
+   * logs and events (3-500 characters), kept in the audit log. Ignored for the owner.
+   *
+   * @generated from field: string reason = 3;
+   */
+  reason: string;
+};
+
+/**
+ * Describes the message kapal.v1.GetInstanceDiagnosticsRequest.
+ * Use `create(GetInstanceDiagnosticsRequestSchema)` to create a new message.
+ */
+export declare const GetInstanceDiagnosticsRequestSchema: GenMessage<GetInstanceDiagnosticsRequest>;
+
+/**
+ * What Kubernetes says about one instance, as structured data. Served by
+ * InstanceService.GetInstanceDiagnostics to the owner and
+ * OperatorService.GetInstanceDiagnosticsAsOperator to operators (node names only to operators).
+ *
+ * @generated from message kapal.v1.InstanceDiagnostics
+ */
+export declare type InstanceDiagnostics = Message<"kapal.v1.InstanceDiagnostics"> & {
+  /**
+   * The instance (UUID).
+   *
+   * @generated from field: string instance_id = 1;
+   */
+  instanceId: string;
+
+  /**
+   * Its Kubernetes namespace.
+   *
+   * @generated from field: string namespace = 2;
+   */
+  namespace: string;
+
+  /**
+   * Events about the instance's objects (pods, workloads, volumes), newest last.
+   *
+   * @generated from field: repeated kapal.v1.KubernetesEvent events = 3;
+   */
+  events: KubernetesEvent[];
+
+  /**
+   * The instance's pods.
+   *
+   * @generated from field: repeated kapal.v1.PodDiagnostics pods = 4;
+   */
+  pods: PodDiagnostics[];
+
+  /**
+   * The instance's volume claims.
+   *
+   * @generated from field: repeated kapal.v1.VolumeDiagnostics volumes = 5;
+   */
+  volumes: VolumeDiagnostics[];
+
+  /**
+   * The instance's status changes and actions on it, oldest first (as ListInstanceEvents).
+   *
+   * @generated from field: repeated kapal.v1.InstanceHistoryEntry history = 6;
+   */
+  history: InstanceHistoryEntry[];
+
+  /**
+   * When the cluster was read.
+   *
+   * @generated from field: google.protobuf.Timestamp observed_at = 7;
+   */
+  observedAt?: Timestamp | undefined;
+};
+
+/**
+ * Describes the message kapal.v1.InstanceDiagnostics.
+ * Use `create(InstanceDiagnosticsSchema)` to create a new message.
+ */
+export declare const InstanceDiagnosticsSchema: GenMessage<InstanceDiagnostics>;
+
+/**
+ * One Kubernetes event (core/v1 Event), e.g. FailedScheduling or Failed (image pull).
+ *
+ * @generated from message kapal.v1.KubernetesEvent
+ */
+export declare type KubernetesEvent = Message<"kapal.v1.KubernetesEvent"> & {
+  /**
+   * "Normal" or "Warning".
+   *
+   * @generated from field: string type = 1;
+   */
+  type: string;
+
+  /**
+   * Kubernetes' short reason, e.g. "FailedScheduling", "Failed", "BackOff".
+   *
+   * @generated from field: string reason = 2;
+   */
+  reason: string;
+
+  /**
+   * What happened, for a person.
+   *
+   * @generated from field: string message = 3;
+   */
+  message: string;
+
+  /**
+   * The object it is about, as "Kind/name", e.g. "Pod/n8n-0".
+   *
+   * @generated from field: string object = 4;
+   */
+  object: string;
+
+  /**
+   * How many times it happened.
+   *
+   * @generated from field: uint32 count = 5;
+   */
+  count: number;
+
+  /**
+   * First and last time it happened, when known.
+   *
+   * @generated from field: google.protobuf.Timestamp first_seen = 6;
+   */
+  firstSeen?: Timestamp | undefined;
+
+  /**
+   * @generated from field: google.protobuf.Timestamp last_seen = 7;
+   */
+  lastSeen?: Timestamp | undefined;
+
+  /**
+   * Who reported it, e.g. "default-scheduler", "kubelet".
+   *
+   * @generated from field: string source = 8;
+   */
+  source: string;
+};
+
+/**
+ * Describes the message kapal.v1.KubernetesEvent.
+ * Use `create(KubernetesEventSchema)` to create a new message.
+ */
+export declare const KubernetesEventSchema: GenMessage<KubernetesEvent>;
+
+/**
+ * One pod of the instance.
+ *
+ * @generated from message kapal.v1.PodDiagnostics
+ */
+export declare type PodDiagnostics = Message<"kapal.v1.PodDiagnostics"> & {
+  /**
+   * @generated from field: string name = 1;
+   */
+  name: string;
+
+  /**
+   * Pending, Running, Succeeded, Failed or Unknown.
+   *
+   * @generated from field: string phase = 2;
+   */
+  phase: string;
+
+  /**
+   * The node it is placed on; empty when not scheduled, and for customers.
+   *
+   * @generated from field: string node = 3;
+   */
+  node: string;
+
+  /**
+   * The pod's conditions (PodScheduled, Initialized, ContainersReady, Ready).
+   *
+   * @generated from field: repeated kapal.v1.PodCondition conditions = 4;
+   */
+  conditions: PodCondition[];
+
+  /**
+   * Its containers (init containers first).
+   *
+   * @generated from field: repeated kapal.v1.ContainerDiagnostics containers = 5;
+   */
+  containers: ContainerDiagnostics[];
+
+  /**
+   * When the pod was created.
+   *
+   * @generated from field: google.protobuf.Timestamp created_at = 6;
+   */
+  createdAt?: Timestamp | undefined;
+};
+
+/**
+ * Describes the message kapal.v1.PodDiagnostics.
+ * Use `create(PodDiagnosticsSchema)` to create a new message.
+ */
+export declare const PodDiagnosticsSchema: GenMessage<PodDiagnostics>;
+
+/**
+ * A pod condition, e.g. PodScheduled False Unschedulable "0/3 nodes are available: ...".
+ *
+ * @generated from message kapal.v1.PodCondition
+ */
+export declare type PodCondition = Message<"kapal.v1.PodCondition"> & {
+  /**
+   * @generated from field: string type = 1;
+   */
+  type: string;
+
+  /**
+   * "True", "False" or "Unknown".
+   *
+   * @generated from field: string status = 2;
+   */
+  status: string;
+
+  /**
+   * @generated from field: string reason = 3;
+   */
+  reason: string;
+
+  /**
+   * @generated from field: string message = 4;
+   */
+  message: string;
+};
+
+/**
+ * Describes the message kapal.v1.PodCondition.
+ * Use `create(PodConditionSchema)` to create a new message.
+ */
+export declare const PodConditionSchema: GenMessage<PodCondition>;
+
+/**
+ * One container of a pod.
+ *
+ * @generated from message kapal.v1.ContainerDiagnostics
+ */
+export declare type ContainerDiagnostics = Message<"kapal.v1.ContainerDiagnostics"> & {
+  /**
+   * @generated from field: string name = 1;
+   */
+  name: string;
+
+  /**
+   * @generated from field: string image = 2;
+   */
+  image: string;
+
+  /**
+   * An init container (runs to completion before the app's containers).
+   *
+   * @generated from field: bool init = 3;
+   */
+  init: boolean;
+
+  /**
+   * @generated from field: bool ready = 4;
+   */
+  ready: boolean;
+
+  /**
+   * How many times it was restarted.
+   *
+   * @generated from field: uint32 restart_count = 5;
+   */
+  restartCount: number;
+
+  /**
+   * "waiting", "running", "terminated", or empty when the kubelet has not reported it.
+   *
+   * @generated from field: string state = 6;
+   */
+  state: string;
+
+  /**
+   * The reason of that state, e.g. "ImagePullBackOff", "ErrImagePull", "CrashLoopBackOff".
+   *
+   * @generated from field: string state_reason = 7;
+   */
+  stateReason: string;
+
+  /**
+   * The message of that state, for a person.
+   *
+   * @generated from field: string state_message = 8;
+   */
+  stateMessage: string;
+
+  /**
+   * How it ended the last time it terminated (e.g. "OOMKilled", "Error"); empty if never.
+   *
+   * @generated from field: string last_termination_reason = 9;
+   */
+  lastTerminationReason: string;
+
+  /**
+   * Its exit code then.
+   *
+   * @generated from field: int32 last_exit_code = 10;
+   */
+  lastExitCode: number;
+
+  /**
+   * When it terminated then.
+   *
+   * @generated from field: google.protobuf.Timestamp last_terminated_at = 11;
+   */
+  lastTerminatedAt?: Timestamp | undefined;
+
+  /**
+   * The last lines of its log, oldest first.
+   *
+   * @generated from field: repeated string log_tail = 12;
+   */
+  logTail: string[];
+
+  /**
+   * Why log_tail is empty, when it is (e.g. the container has not started).
+   *
+   * @generated from field: string log_note = 13;
+   */
+  logNote: string;
+};
+
+/**
+ * Describes the message kapal.v1.ContainerDiagnostics.
+ * Use `create(ContainerDiagnosticsSchema)` to create a new message.
+ */
+export declare const ContainerDiagnosticsSchema: GenMessage<ContainerDiagnostics>;
+
+/**
+ * One volume claim of the instance.
+ *
+ * @generated from message kapal.v1.VolumeDiagnostics
+ */
+export declare type VolumeDiagnostics = Message<"kapal.v1.VolumeDiagnostics"> & {
+  /**
+   * The PersistentVolumeClaim's name.
+   *
+   * @generated from field: string claim = 1;
+   */
+  claim: string;
+
+  /**
+   * Pending, Bound or Lost.
+   *
+   * @generated from field: string phase = 2;
+   */
+  phase: string;
+
+  /**
+   * The PersistentVolume it is bound to; empty while Pending.
+   *
+   * @generated from field: string volume = 3;
+   */
+  volume: string;
+
+  /**
+   * @generated from field: string storage_class = 4;
+   */
+  storageClass: string;
+
+  /**
+   * Size asked for, bytes.
+   *
+   * @generated from field: int64 requested_bytes = 5;
+   */
+  requestedBytes: bigint;
+
+  /**
+   * Size provided, bytes (0 while Pending).
+   *
+   * @generated from field: int64 capacity_bytes = 6;
+   */
+  capacityBytes: bigint;
+};
+
+/**
+ * Describes the message kapal.v1.VolumeDiagnostics.
+ * Use `create(VolumeDiagnosticsSchema)` to create a new message.
+ */
+export declare const VolumeDiagnosticsSchema: GenMessage<VolumeDiagnostics>;
+
+/**
+ * One entry of an instance's history: a status change reported from the cluster, or an
+ * action on it (by its owner's subscription or by an operator).
+ *
+ * @generated from message kapal.v1.InstanceHistoryEntry
+ */
+export declare type InstanceHistoryEntry = Message<"kapal.v1.InstanceHistoryEntry"> & {
+  /**
+   * The status the instance had after it.
+   *
+   * @generated from field: kapal.v1.InstanceStatus status = 1;
+   */
+  status: InstanceStatus;
+
+  /**
+   * What happened, for a person; an operator's action says so and gives the operator's reason.
+   *
+   * @generated from field: string reason = 2;
+   */
+  reason: string;
+
+  /**
+   * @generated from field: google.protobuf.Timestamp at = 3;
+   */
+  at?: Timestamp | undefined;
+
+  /**
+   * Who acted: empty for status changes reported from the cluster, "billing" when the
+   * subscription held or released the instance, "operator" for operators' actions.
+   *
+   * @generated from field: string actor = 4;
+   */
+  actor: string;
+};
+
+/**
+ * Describes the message kapal.v1.InstanceHistoryEntry.
+ * Use `create(InstanceHistoryEntrySchema)` to create a new message.
+ */
+export declare const InstanceHistoryEntrySchema: GenMessage<InstanceHistoryEntry>;
+
+/**
  * Where an instance is in its life, computed from the cluster.
  *
  * @generated from enum kapal.v1.InstanceStatus
@@ -563,6 +1044,28 @@ export declare const InstanceService: GenService<{
     methodKind: "unary";
     input: typeof GetInstanceUsageRequestSchema;
     output: typeof InstanceUsageSchema;
+  },
+  /**
+   * The instance's history, oldest first: status changes reported from the cluster and actions
+   * taken on it by operators (with the reason they gave).
+   *
+   * @generated from rpc kapal.v1.InstanceService.ListInstanceEvents
+   */
+  listInstanceEvents: {
+    methodKind: "unary";
+    input: typeof ListInstanceEventsRequestSchema;
+    output: typeof ListInstanceEventsResponseSchema;
+  },
+  /**
+   * Why the instance is unhappy: its Kubernetes events, pods, volumes, status history and the
+   * tail of each container's log (node names are left out).
+   *
+   * @generated from rpc kapal.v1.InstanceService.GetInstanceDiagnostics
+   */
+  getInstanceDiagnostics: {
+    methodKind: "unary";
+    input: typeof GetInstanceDiagnosticsRequestSchema;
+    output: typeof InstanceDiagnosticsSchema;
   },
 }>;
 

@@ -1,0 +1,1 @@
+ALTER TABLE instance_events DROP COLUMN actor;
