@@ -200,18 +200,11 @@ pub async fn run(
 
     let routes = tonic::service::Routes::new(health_service)
         .add_service(kapal::serve::reflection(kapal::proto::DESCRIPTOR_SET)?)
-        .add_service(BillingServiceServer::with_interceptor(
-            billing.clone(),
-            VerifyPrincipal(key.clone()),
-        ))
-        .add_service(SubscriptionServiceServer::with_interceptor(
-            billing.clone(),
-            VerifyPrincipal(key.clone()),
-        ))
-        .add_service(BillingAdminServiceServer::with_interceptor(
-            billing,
-            VerifyPrincipal(key),
-        ))
+        .add_service(VerifyPrincipal(key.clone()).wrap(BillingServiceServer::new(billing.clone())))
+        .add_service(
+            VerifyPrincipal(key.clone()).wrap(SubscriptionServiceServer::new(billing.clone())),
+        )
+        .add_service(VerifyPrincipal(key).wrap(BillingAdminServiceServer::new(billing)))
         .prepare();
     let routes = kapal::metrics::instrument(routes, "billing");
     if let Some(local) = &local {

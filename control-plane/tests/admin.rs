@@ -35,7 +35,10 @@ use kapal::proto::v1::{
 use kapal::testing::Backend;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
-use tonic::transport::Channel;
+use tonic::service::interceptor::InterceptedService;
+/// A channel whose calls are signed as the principal each request names
+/// ([`kapal::auth::SignWith`]), for the method called, as the gateway signs them.
+type Channel = InterceptedService<tonic::transport::Channel, kapal::auth::SignRequested>;
 use tonic::{Code, Request, Response, Status};
 use uuid::Uuid;
 
@@ -205,9 +208,7 @@ impl Drop for Stack {
 }
 
 fn signed<T>(key: &InternalKey, principal: &Principal, message: T) -> Request<T> {
-    let mut req = Request::new(message);
-    key.sign_into(principal, req.metadata_mut());
-    req
+    kapal::auth::SignWith::request(key, principal, message)
 }
 
 async fn start(backend: Backend, capacity: Capacity) -> Stack {
@@ -257,7 +258,12 @@ async fn start(backend: Backend, capacity: Capacity) -> Stack {
     // Every call sees the cluster as the test set it last.
     config.capacity_cache_ttl = Duration::ZERO;
     tokio::spawn(kapal_control_plane::run(config, cp, shutdown()));
-    let channel = Channel::from_shared(cp_url).expect("url").connect_lazy();
+    let channel = InterceptedService::new(
+        tonic::transport::Channel::from_shared(cp_url)
+            .expect("url")
+            .connect_lazy(),
+        kapal::auth::SignRequested,
+    );
     Stack {
         channel,
         db,

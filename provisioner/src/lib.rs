@@ -249,10 +249,11 @@ pub async fn run(
         .await;
     let routes = tonic::service::Routes::new(health_service)
         .add_service(kapal::serve::reflection(kapal::proto::DESCRIPTOR_SET)?)
-        .add_service(ProvisionerServiceServer::with_interceptor(
-            service::Provisioner::new(controller),
-            VerifyPrincipal(config.key.clone()),
-        ));
+        .add_service(
+            VerifyPrincipal(config.key.clone()).wrap(ProvisionerServiceServer::new(
+                service::Provisioner::new(controller),
+            )),
+        );
     let router = tonic::transport::Server::builder()
         .add_routes(kapal::metrics::instrument(routes, "provisioner"));
     tracing::info!(addr = ?listener.local_addr().ok(), "provisioner serving");
