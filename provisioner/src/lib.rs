@@ -67,6 +67,9 @@ pub struct Config {
     /// `http://host:port` of the control-plane's InstanceStateService. Empty: none (desired
     /// state comes only from ApplyInstance, and statuses are not reported).
     pub control_plane_endpoint: String,
+    /// How long a call to the control-plane may take before it ends with DEADLINE_EXCEEDED.
+    /// Default 10 s.
+    pub internal_deadline: Duration,
     /// IngressClass of instance Ingresses. Default `traefik` (K3s).
     pub ingress_class: String,
     /// Namespace of the ingress controller, allowed through instance network policies.
@@ -130,6 +133,7 @@ impl Config {
             key,
             kube,
             control_plane_endpoint: control_plane_endpoint.into(),
+            internal_deadline: kapal::serve::DEFAULT_INTERNAL_DEADLINE,
             ingress_class: "traefik".to_string(),
             ingress_namespace: "kube-system".to_string(),
             dns_namespace: "kube-system".to_string(),
@@ -196,7 +200,11 @@ pub async fn run(
             None
         }
         endpoint => Some(InstanceStateServiceClient::new(
-            kapal::serve::internal_channel(endpoint, &config.key)?,
+            kapal::serve::internal_channel_with_deadline(
+                endpoint,
+                &config.key,
+                config.internal_deadline,
+            )?,
         )),
     };
     let cluster = cluster::Cluster::new(client);
