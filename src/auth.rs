@@ -6,6 +6,13 @@
 //! accept an identity only with a valid, unexpired signature, so a client that reaches a service
 //! port directly cannot claim to be someone else. Service-to-service calls sign a
 //! [`Role::Service`] principal the same way.
+//!
+//! A signature covers the gRPC method path it was made for (`/kapal.internal.v1.X/Method`) and
+//! expires after a minute: one captured from a call (a log, a proxy, a packet capture) cannot
+//! be replayed on another method, and not for long on the same one. Servers verify with
+//! [`VerifyPrincipal`], a layer that sees the request's path; clients sign with an interceptor
+//! ([`SignAsService`], [`SignAs`]) that reads the method tonic's generated clients record
+//! ([`tonic::GrpcMethod`]).
 
 use std::fmt;
 use std::path::Path;
@@ -15,8 +22,13 @@ use base64::Engine as _;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use hmac::{Hmac, Mac};
 use sha2::Sha256;
+use std::convert::Infallible;
+use std::task::{Context, Poll};
+
+use futures::future::Either;
 use tonic::metadata::MetadataMap;
-use tonic::{Request, Status};
+use tonic::server::NamedService;
+use tonic::{GrpcMethod, Request, Status};
 use uuid::Uuid;
 
 /// Metadata key carrying the encoded principal.
@@ -76,19 +88,22 @@ impl Principal {
         }
     }
 
-    fn encode(&self, expires_unix: i64) -> String {
+    /// The principal, the method path it may call and its expiry, as one signed string. A path
+    /// never holds a newline (it is a URI path), so the fields cannot run into each other.
+    fn encode(&self, method: &str, expires_unix: i64) -> String {
         let raw = format!(
-            "{}\n{}\n{}\n{}\n{}",
+            "{}\n{}\n{}\n{}\n{}\n{}",
             self.account_id,
             self.customer_id,
             self.role.as_str(),
             self.token_id,
-            expires_unix
+            expires_unix,
+            method
         );
         URL_SAFE_NO_PAD.encode(raw)
     }
 
-    fn decode(encoded: &str) -> Option<(Principal, i64)> {
+    fn decode(encoded: &str) -> Option<(Principal, i64, String)> {
         let raw = String::from_utf8(URL_SAFE_NO_PAD.decode(encoded).ok()?).ok()?;
         let mut parts = raw.split('\n');
         let account_id = Uuid::parse_str(parts.next()?).ok()?;
@@ -96,6 +111,7 @@ impl Principal {
         let role = Role::parse(parts.next()?)?;
         let token_id = Uuid::parse_str(parts.next()?).ok()?;
         let expires = parts.next()?.parse().ok()?;
+        let method = parts.next()?.to_string();
         if parts.next().is_some() {
             return None;
         }
@@ -107,6 +123,7 @@ impl Principal {
                 token_id,
             },
             expires,
+            method,
         ))
     }
 }
@@ -168,10 +185,11 @@ impl InternalKey {
         mac
     }
 
-    /// Writes `principal` into `metadata`, signed, replacing whatever identity was there.
-    pub fn sign_into(&self, principal: &Principal, metadata: &mut MetadataMap) {
+    /// Writes `principal` into `metadata`, signed for one call of `method` (the gRPC path,
+    /// `/package.Service/Method`), replacing whatever identity was there.
+    pub fn sign_into(&self, principal: &Principal, method: &str, metadata: &mut MetadataMap) {
         let expires = chrono::Utc::now().timestamp() + SIGNATURE_TTL_SECS;
-        let encoded = principal.encode(expires);
+        let encoded = principal.encode(method, expires);
         let signature = hex::encode(self.mac(&encoded).finalize().into_bytes());
         // Both values are base64url / hex, so always valid ASCII metadata.
         if let (Ok(p), Ok(s)) = (encoded.parse(), signature.parse()) {
@@ -180,8 +198,13 @@ impl InternalKey {
         }
     }
 
-    /// The principal in `metadata` if it carries a valid, unexpired signature.
-    pub fn verify(&self, metadata: &MetadataMap) -> Result<Option<Principal>, Status> {
+    /// The principal in `metadata` if it carries a valid, unexpired signature made for a call
+    /// of `method` (the request's path).
+    pub fn verify(
+        &self,
+        metadata: &MetadataMap,
+        method: &str,
+    ) -> Result<Option<Principal>, Status> {
         let Some(encoded) = metadata.get(PRINCIPAL_HEADER) else {
             return Ok(None);
         };
@@ -195,36 +218,163 @@ impl InternalKey {
         self.mac(encoded)
             .verify_slice(&signature)
             .map_err(|_| invalid())?;
-        let (principal, expires) = Principal::decode(encoded).ok_or_else(invalid)?;
+        let (principal, expires, signed_for) = Principal::decode(encoded).ok_or_else(invalid)?;
         if expires < chrono::Utc::now().timestamp() {
+            return Err(invalid());
+        }
+        // Constant-time is not needed here: the path is public, only the MAC is secret.
+        if signed_for != method {
             return Err(invalid());
         }
         Ok(Some(principal))
     }
 }
 
-/// Server-side interceptor: verifies the signed principal and puts it into the request's
-/// extensions, for [`caller`] to read. A request without a principal passes on anonymous.
+/// Server side: verifies the signed principal against the called method's path and puts it
+/// into the request's extensions, for [`caller`] to read. A request without a principal passes
+/// on anonymous; a bad, expired or replayed (signed for another method) one is UNAUTHENTICATED.
+///
+/// A [`tower::Layer`] rather than a tonic interceptor, because interceptors do not see the
+/// path: `VerifyPrincipal(key).wrap(FooServiceServer::new(service))`.
 #[derive(Clone, Debug)]
 pub struct VerifyPrincipal(pub InternalKey);
 
-impl tonic::service::Interceptor for VerifyPrincipal {
-    fn call(&mut self, mut req: Request<()>) -> Result<Request<()>, Status> {
-        if let Some(principal) = self.0.verify(req.metadata())? {
-            req.extensions_mut().insert(principal);
+impl<S> tower::Layer<S> for VerifyPrincipal {
+    type Service = Verified<S>;
+
+    fn layer(&self, inner: S) -> Verified<S> {
+        Verified {
+            inner,
+            key: self.0.clone(),
         }
-        Ok(req)
     }
 }
 
+impl VerifyPrincipal {
+    /// `inner` (a generated `FooServiceServer`) with its callers' principals verified.
+    pub fn wrap<S>(&self, inner: S) -> Verified<S> {
+        tower::Layer::layer(self, inner)
+    }
+}
+
+/// A gRPC service whose callers' principals are verified (see [`VerifyPrincipal`]).
+#[derive(Clone, Debug)]
+pub struct Verified<S> {
+    inner: S,
+    key: InternalKey,
+}
+
+impl<S: NamedService> NamedService for Verified<S> {
+    const NAME: &'static str = S::NAME;
+}
+
+impl<S, B> tower::Service<http::Request<B>> for Verified<S>
+where
+    S: tower::Service<
+            http::Request<B>,
+            Response = http::Response<tonic::body::Body>,
+            Error = Infallible,
+        >,
+{
+    type Response = http::Response<tonic::body::Body>;
+    type Error = Infallible;
+    type Future = Either<S::Future, std::future::Ready<Result<Self::Response, Infallible>>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, mut req: http::Request<B>) -> Self::Future {
+        let metadata = MetadataMap::from_headers(std::mem::take(req.headers_mut()));
+        let verified = self.key.verify(&metadata, req.uri().path());
+        *req.headers_mut() = metadata.into_headers();
+        match verified {
+            Ok(principal) => {
+                // Whatever a caller put there, only a verified principal is read.
+                req.extensions_mut().remove::<Principal>();
+                if let Some(principal) = principal {
+                    req.extensions_mut().insert(principal);
+                }
+                Either::Left(self.inner.call(req))
+            }
+            Err(status) => Either::Right(std::future::ready(Ok(status.into_http()))),
+        }
+    }
+}
+
+/// The gRPC path of the method a client call is for, as tonic's generated clients record it.
+fn called_method<T>(req: &Request<T>) -> Result<String, Status> {
+    req.extensions()
+        .get::<GrpcMethod>()
+        .map(|m| format!("/{}/{}", m.service(), m.method()))
+        .ok_or_else(|| {
+            Status::internal("cannot sign a call without its method (use a generated client)")
+        })
+}
+
 /// Client-side interceptor for calls between Kapal's services: signs every call as
-/// [`Role::Service`].
+/// [`Role::Service`], for the method called.
 #[derive(Clone, Debug)]
 pub struct SignAsService(pub InternalKey);
 
 impl tonic::service::Interceptor for SignAsService {
     fn call(&mut self, mut req: Request<()>) -> Result<Request<()>, Status> {
-        self.0.sign_into(&Principal::service(), req.metadata_mut());
+        let method = called_method(&req)?;
+        self.0
+            .sign_into(&Principal::service(), &method, req.metadata_mut());
+        Ok(req)
+    }
+}
+
+/// Client-side interceptor that signs every call as `principal`, for the method called, as the
+/// gateway does for the services behind it (tests and benchmarks call services directly).
+#[derive(Clone, Debug)]
+pub struct SignAs {
+    pub key: InternalKey,
+    pub principal: Principal,
+}
+
+impl tonic::service::Interceptor for SignAs {
+    fn call(&mut self, mut req: Request<()>) -> Result<Request<()>, Status> {
+        let method = called_method(&req)?;
+        self.key
+            .sign_into(&self.principal, &method, req.metadata_mut());
+        Ok(req)
+    }
+}
+
+/// Client-side interceptor that signs calls carrying a [`SignWith`] extension with its key and
+/// principal, for the method called; other calls pass unsigned. For tests that call one
+/// service as several principals over one channel.
+#[derive(Clone, Debug, Default)]
+pub struct SignRequested;
+
+/// Asks [`SignRequested`] to sign this request as `principal` with `key`.
+#[derive(Clone, Debug)]
+pub struct SignWith {
+    pub key: InternalKey,
+    pub principal: Principal,
+}
+
+impl SignWith {
+    /// `message` in a request that [`SignRequested`] signs as `principal`.
+    pub fn request<T>(key: &InternalKey, principal: &Principal, message: T) -> Request<T> {
+        let mut req = Request::new(message);
+        req.extensions_mut().insert(SignWith {
+            key: key.clone(),
+            principal: principal.clone(),
+        });
+        req
+    }
+}
+
+impl tonic::service::Interceptor for SignRequested {
+    fn call(&mut self, mut req: Request<()>) -> Result<Request<()>, Status> {
+        if let Some(sign) = req.extensions_mut().remove::<SignWith>() {
+            let method = called_method(&req)?;
+            sign.key
+                .sign_into(&sign.principal, &method, req.metadata_mut());
+        }
         Ok(req)
     }
 }
@@ -288,6 +438,9 @@ pub fn admin<T>(req: &Request<T>) -> Result<&Principal, Status> {
 mod tests {
     use super::*;
 
+    const LIST: &str = "/kapal.internal.v1.InstanceStateService/ListDesiredInstances";
+    const CREDENTIALS: &str = "/kapal.internal.v1.ProvisionerService/GetCredentials";
+
     fn alice() -> Principal {
         Principal {
             account_id: Uuid::new_v4(),
@@ -301,8 +454,8 @@ mod tests {
     fn signed_principal_round_trips() {
         let key = InternalKey::random();
         let mut md = MetadataMap::new();
-        key.sign_into(&alice(), &mut md);
-        let got = key.verify(&md).ok().flatten();
+        key.sign_into(&alice(), LIST, &mut md);
+        let got = key.verify(&md, LIST).ok().flatten();
         assert_eq!(got.map(|p| p.customer_id), Some("c1234567".to_string()));
     }
 
@@ -310,38 +463,51 @@ mod tests {
     fn another_key_or_a_tampered_principal_is_rejected() {
         let key = InternalKey::random();
         let mut md = MetadataMap::new();
-        key.sign_into(&alice(), &mut md);
-        assert!(InternalKey::random().verify(&md).is_err());
+        key.sign_into(&alice(), LIST, &mut md);
+        assert!(InternalKey::random().verify(&md, LIST).is_err());
 
         let mut admin = alice();
         admin.role = Role::Admin;
-        let forged = admin.encode(chrono::Utc::now().timestamp() + 60);
+        let forged = admin.encode(LIST, chrono::Utc::now().timestamp() + 60);
         md.insert(PRINCIPAL_HEADER, forged.parse().expect("ascii"));
-        assert!(key.verify(&md).is_err());
+        assert!(key.verify(&md, LIST).is_err());
+    }
+
+    #[test]
+    fn a_signature_is_valid_for_its_method_only() {
+        let key = InternalKey::random();
+        let mut md = MetadataMap::new();
+        key.sign_into(&Principal::service(), LIST, &mut md);
+        assert!(key.verify(&md, LIST).is_ok_and(|p| p.is_some()));
+        let replayed = key.verify(&md, CREDENTIALS);
+        assert_eq!(
+            replayed.err().map(|s| s.code()),
+            Some(tonic::Code::Unauthenticated)
+        );
     }
 
     #[test]
     fn a_signature_is_valid_for_a_minute_at_most() {
         let key = InternalKey::random();
         let mut md = MetadataMap::new();
-        key.sign_into(&alice(), &mut md);
+        key.sign_into(&alice(), LIST, &mut md);
         let encoded = md
             .get(PRINCIPAL_HEADER)
             .and_then(|v| v.to_str().ok())
             .expect("principal");
-        let (_, expires) = Principal::decode(encoded).expect("decodes");
+        let (_, expires, _) = Principal::decode(encoded).expect("decodes");
         assert!(expires <= chrono::Utc::now().timestamp() + 60, "{expires}");
         // One that expired a second ago, correctly signed, is refused.
-        let stale = alice().encode(chrono::Utc::now().timestamp() - 1);
+        let stale = alice().encode(LIST, chrono::Utc::now().timestamp() - 1);
         let signature = hex::encode(key.mac(&stale).finalize().into_bytes());
         md.insert(PRINCIPAL_HEADER, stale.parse().expect("ascii"));
         md.insert(SIGNATURE_HEADER, signature.parse().expect("ascii"));
-        assert!(key.verify(&md).is_err());
+        assert!(key.verify(&md, LIST).is_err());
     }
 
     #[test]
     fn no_principal_is_anonymous() {
         let key = InternalKey::random();
-        assert_eq!(key.verify(&MetadataMap::new()).ok(), Some(None));
+        assert_eq!(key.verify(&MetadataMap::new(), LIST).ok(), Some(None));
     }
 }

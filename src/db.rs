@@ -56,6 +56,16 @@ pub enum DbConfig {
 }
 
 impl DbConfig {
+    /// This configuration with `settings` on PostgreSQL connections (see
+    /// [`PostgresSettings::apply_to`]); SQLite is unchanged. Without it, connections get
+    /// [`PostgresSettings::default`].
+    pub fn with_postgres_settings(self, settings: &PostgresSettings) -> anyhow::Result<DbConfig> {
+        Ok(match self {
+            DbConfig::Postgres(url) => DbConfig::Postgres(settings.apply_to(&url)?),
+            sqlite => sqlite,
+        })
+    }
+
     /// Postgres when a URL is given, the data directory otherwise.
     pub fn new(database_url: Option<&str>, data_dir: PathBuf) -> anyhow::Result<DbConfig> {
         match database_url.map(str::trim).filter(|u| !u.is_empty()) {
@@ -67,6 +77,70 @@ impl DbConfig {
                 "KAPAL_DATABASE_URL must be a postgres:// or postgresql:// URL; leave it unset to use SQLite files in the data directory"
             ),
         }
+    }
+}
+
+/// Limits every pooled PostgreSQL connection gets, so that neither a runaway query nor a
+/// silently dead connection (a NAT or firewall that dropped it, a database host that vanished)
+/// holds a request, a lease or a pool slot for long.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct PostgresSettings {
+    /// The server cancels a statement that runs longer (PostgreSQL's `statement_timeout`).
+    /// Migrations run without it. Default 30 s.
+    pub statement_timeout: Duration,
+    /// TCP keep-alive probes start after the connection is idle this long (libpq's
+    /// `keepalives_idle`); a peer that stopped answering is found out instead of waited on for
+    /// the operating system's 2 hours. Default 60 s.
+    pub keepalive_idle: Duration,
+}
+
+impl Default for PostgresSettings {
+    fn default() -> Self {
+        PostgresSettings {
+            statement_timeout: Duration::from_secs(30),
+            keepalive_idle: Duration::from_secs(60),
+        }
+    }
+}
+
+impl PostgresSettings {
+    /// `url` with these settings as connection parameters (`keepalives`, `keepalives_idle`,
+    /// `options=-c statement_timeout=…`), except those the URL sets itself: an operator's own
+    /// parameters win.
+    pub fn apply_to(&self, url: &str) -> anyhow::Result<String> {
+        anyhow::ensure!(
+            !self.statement_timeout.is_zero(),
+            "the database statement timeout must be longer than zero"
+        );
+        anyhow::ensure!(
+            self.keepalive_idle >= Duration::from_secs(1),
+            "the database keep-alive interval must be at least one second"
+        );
+        let (base, query) = match url.split_once('?') {
+            Some((base, query)) => (base, query),
+            None => (url, ""),
+        };
+        let mut params: Vec<String> = query
+            .split('&')
+            .filter(|p| !p.is_empty())
+            .map(str::to_string)
+            .collect();
+        let has =
+            |params: &[String], key: &str| params.iter().any(|p| p.split('=').next() == Some(key));
+        if !has(&params, "keepalives") {
+            params.push("keepalives=1".into());
+        }
+        if !has(&params, "keepalives_idle") {
+            params.push(format!("keepalives_idle={}", self.keepalive_idle.as_secs()));
+        }
+        if !has(&params, "options") {
+            // `-c statement_timeout=<ms>`, percent-encoded.
+            params.push(format!(
+                "options=-c%20statement_timeout%3D{}",
+                self.statement_timeout.as_millis()
+            ));
+        }
+        Ok(format!("{base}?{}", params.join("&")))
     }
 }
 
@@ -171,6 +245,8 @@ impl Db {
                 Db::Sqlite { writer, readers }
             }
             DbConfig::Postgres(url) => {
+                // The defaults, for whatever the URL (or with_postgres_settings) left unset.
+                let url = &PostgresSettings::default().apply_to(url)?;
                 let schema = format!("kapal_{}", service.replace('-', "_"));
                 create_schema(url, &schema).await?;
                 let mut manager_config = ManagerConfig::<AsyncPgConnection>::default();
@@ -191,7 +267,7 @@ impl Db {
                     .boxed()
                 });
                 let manager =
-                    AsyncDieselConnectionManager::new_with_config(url.clone(), manager_config);
+                    AsyncDieselConnectionManager::new_with_config(url.to_string(), manager_config);
                 let pool = Pool::builder()
                     .max_size(16)
                     .connection_timeout(Duration::from_secs(10))
@@ -208,16 +284,25 @@ impl Db {
     async fn migrate(&self, migrations: Migrations) -> anyhow::Result<()> {
         let result = match self {
             Db::Postgres(pool) => {
-                let conn = pool
+                let mut conn = pool
                     .get_owned()
                     .await
                     .context("connecting to run migrations")?;
+                // A migration may rewrite a big table: no statement timeout for it, and the
+                // connection's own (from its connection options) back before the pool has it.
+                conn.batch_execute("SET statement_timeout = 0")
+                    .await
+                    .context("preparing to run migrations")?;
                 let source = migrations.postgres;
-                tokio::task::block_in_place(|| {
-                    AsyncMigrationHarness::new(conn)
-                        .run_pending_migrations(source)
-                        .map(|_| ())
-                })
+                let mut harness = AsyncMigrationHarness::new(conn);
+                let result = tokio::task::block_in_place(|| {
+                    harness.run_pending_migrations(source).map(|_| ())
+                });
+                let mut conn = harness.into_inner();
+                conn.batch_execute("RESET statement_timeout")
+                    .await
+                    .context("after running migrations")?;
+                result
             }
             Db::Sqlite { writer, .. } => {
                 let conn = writer
@@ -393,4 +478,101 @@ pub fn sqlite_sync(path: &std::path::Path) -> anyhow::Result<SqliteConnection> {
     let mut conn = SqliteConnection::establish(&path.to_string_lossy())?;
     conn.batch_execute("PRAGMA busy_timeout = 10000;")?;
     Ok(conn)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Instant;
+
+    use diesel_migrations::EmbeddedMigrations;
+
+    use super::*;
+
+    const NO_MIGRATIONS: EmbeddedMigrations = EmbeddedMigrations::new(&[]);
+
+    fn no_migrations() -> Migrations {
+        Migrations {
+            postgres: NO_MIGRATIONS,
+            sqlite: NO_MIGRATIONS,
+        }
+    }
+
+    #[test]
+    fn settings_become_connection_parameters_and_the_operators_own_win() {
+        let s = PostgresSettings {
+            statement_timeout: Duration::from_millis(1500),
+            keepalive_idle: Duration::from_secs(20),
+        };
+        assert_eq!(
+            s.apply_to("postgres://u:p@db/kapal").ok().as_deref(),
+            Some(
+                "postgres://u:p@db/kapal?keepalives=1&keepalives_idle=20&options=-c%20statement_timeout%3D1500"
+            )
+        );
+        assert_eq!(
+            s.apply_to("postgres://db/k?sslmode=disable&keepalives_idle=5&options=-c%20x%3Dy")
+                .ok()
+                .as_deref(),
+            Some(
+                "postgres://db/k?sslmode=disable&keepalives_idle=5&options=-c%20x%3Dy&keepalives=1"
+            )
+        );
+        let zero = PostgresSettings {
+            statement_timeout: Duration::ZERO,
+            ..s
+        };
+        assert!(zero.apply_to("postgres://db/k").is_err());
+    }
+
+    async fn show(db: &Db, setting: &str) -> String {
+        #[derive(diesel::QueryableByName)]
+        struct Row {
+            #[diesel(sql_type = diesel::sql_types::Text)]
+            value: String,
+        }
+        let mut conn = db.get().await.expect("a connection");
+        let DbConn::Postgres(c) = &mut conn else {
+            panic!("not PostgreSQL");
+        };
+        let rows: Vec<Row> = diesel_async::RunQueryDsl::load(
+            diesel::sql_query(format!("SELECT current_setting('{setting}') AS value")),
+            &mut **c,
+        )
+        .await
+        .expect("current_setting");
+        rows.into_iter().next().map(|r| r.value).unwrap_or_default()
+    }
+
+    #[tokio::test(flavor = "multi_thread")]
+    async fn a_postgres_query_longer_than_the_statement_timeout_is_cancelled() {
+        let url = crate::testing::fresh_postgres_database()
+            .await
+            .expect("a PostgreSQL database (KAPAL_TEST_DATABASE_URL)");
+
+        // Kapal's defaults, with nothing configured.
+        let db = Db::connect(&DbConfig::Postgres(url.clone()), "probe", no_migrations())
+            .await
+            .expect("connect");
+        assert_eq!(show(&db, "statement_timeout").await, "30s");
+
+        let config = DbConfig::Postgres(url)
+            .with_postgres_settings(&PostgresSettings {
+                statement_timeout: Duration::from_secs(1),
+                keepalive_idle: Duration::from_secs(30),
+            })
+            .expect("settings");
+        let db = Db::connect(&config, "probe", no_migrations())
+            .await
+            .expect("connect");
+        assert_eq!(show(&db, "statement_timeout").await, "1s");
+        let mut conn = db.get().await.expect("a connection from the pool");
+        let started = Instant::now();
+        let slow = crate::db!(&mut conn, |c| c.batch_execute("SELECT pg_sleep(5)").await);
+        let elapsed = started.elapsed();
+        let error = slow.expect_err("a 5 s query under a 1 s statement timeout");
+        assert!(error.to_string().contains("statement timeout"), "{error}");
+        assert!(elapsed < Duration::from_secs(4), "{elapsed:?}");
+        // The connection is still good for the next query.
+        crate::db!(&mut conn, |c| c.batch_execute("SELECT 1").await).expect("next query");
+    }
 }

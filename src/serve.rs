@@ -1,7 +1,9 @@
 //! Starting gRPC servers and connecting to peers, the same way in every service.
 
 use std::future::Future;
+use std::pin::Pin;
 use std::sync::{Arc, OnceLock};
+use std::task::{Context, Poll};
 use std::time::Duration;
 
 use anyhow::Context as _;
@@ -11,20 +13,117 @@ use tonic::transport::{Channel, Endpoint};
 
 use crate::auth::{InternalKey, SignAsService};
 
-/// A channel to another Kapal service, signing every call as a service.
-pub type InternalChannel = InterceptedService<Channel, SignAsService>;
+/// A channel to another Kapal service, signing every call as a service, each call with a
+/// deadline.
+pub type InternalChannel = Deadline<InterceptedService<Channel, SignAsService>>;
 
-/// A lazily connecting channel to `endpoint` (`http://host:port`), signed with `key`.
+/// How long a call to another Kapal service may take unless configured otherwise
+/// ([`internal_channel_with_deadline`]; `kapal server --internal-deadline`).
+pub const DEFAULT_INTERNAL_DEADLINE: Duration = Duration::from_secs(10);
+
+/// A lazily connecting channel to `endpoint` (`http://host:port`), signed with `key`, whose
+/// calls end with DEADLINE_EXCEEDED after [`DEFAULT_INTERNAL_DEADLINE`].
 pub fn internal_channel(endpoint: &str, key: &InternalKey) -> anyhow::Result<InternalChannel> {
+    internal_channel_with_deadline(endpoint, key, DEFAULT_INTERNAL_DEADLINE)
+}
+
+/// Like [`internal_channel`], with calls that end with DEADLINE_EXCEEDED after `deadline` (or
+/// a shorter one the caller set with [`tonic::Request::set_timeout`]).
+pub fn internal_channel_with_deadline(
+    endpoint: &str,
+    key: &InternalKey,
+    deadline: Duration,
+) -> anyhow::Result<InternalChannel> {
+    anyhow::ensure!(
+        deadline > Duration::ZERO,
+        "the deadline of internal calls must be longer than zero"
+    );
     let channel = Endpoint::from_shared(endpoint.to_string())
         .with_context(|| {
             format!("{endpoint:?} is not a valid endpoint URL (expected http://host:port)")
         })?
-        .connect_timeout(Duration::from_secs(5))
+        .connect_timeout(Duration::from_secs(5).min(deadline))
         .tcp_nodelay(true)
         .http2_keep_alive_interval(Duration::from_secs(30))
         .connect_lazy();
-    Ok(InterceptedService::new(channel, SignAsService(key.clone())))
+    Ok(Deadline::new(
+        InterceptedService::new(channel, SignAsService(key.clone())),
+        deadline,
+    ))
+}
+
+/// A client-side gRPC service whose calls end with DEADLINE_EXCEEDED when the peer has not
+/// answered (response headers) within the deadline: a peer that accepts and stalls cannot
+/// hold a task, a lease or a loop forever. It also tells the peer (`grpc-timeout`), so the
+/// peer stops working on a call nobody waits for.
+#[derive(Clone, Debug)]
+pub struct Deadline<S> {
+    inner: S,
+    deadline: Duration,
+}
+
+impl<S> Deadline<S> {
+    pub fn new(inner: S, deadline: Duration) -> Deadline<S> {
+        Deadline { inner, deadline }
+    }
+}
+
+type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+fn deadline_exceeded(deadline: Duration) -> BoxError {
+    Box::new(tonic::Status::deadline_exceeded(format!(
+        "no answer from the Kapal service called within {} ms",
+        deadline.as_millis()
+    )))
+}
+
+impl<S, B> tower::Service<http::Request<B>> for Deadline<S>
+where
+    S: tower::Service<http::Request<B>>,
+    S::Error: Into<BoxError>,
+    S::Future: Send + 'static,
+{
+    type Response = S::Response;
+    type Error = BoxError;
+    type Future = Pin<Box<dyn Future<Output = Result<S::Response, BoxError>> + Send>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), BoxError>> {
+        self.inner.poll_ready(cx).map_err(Into::into)
+    }
+
+    fn call(&mut self, mut req: http::Request<B>) -> Self::Future {
+        let deadline = self.deadline;
+        // A caller's own, shorter deadline stays (tonic's channel enforces it, see below).
+        if !req.headers().contains_key("grpc-timeout") {
+            // At most 8 digits, as the gRPC spec allows.
+            let millis = deadline.as_millis().clamp(1, 99_999_999);
+            if let Ok(value) = format!("{millis}m").parse() {
+                req.headers_mut().insert("grpc-timeout", value);
+            }
+        }
+        let call = self.inner.call(req);
+        Box::pin(async move {
+            match tokio::time::timeout(deadline, call).await {
+                Ok(Ok(response)) => Ok(response),
+                Ok(Err(e)) => {
+                    let e: BoxError = e.into();
+                    // tonic's channel ends a call past its grpc-timeout with `TimeoutExpired`,
+                    // which it would report as CANCELLED: it is a deadline.
+                    let timed_out = std::iter::successors(
+                        Some(&*e as &(dyn std::error::Error + 'static)),
+                        |e| e.source(),
+                    )
+                    .any(|e| e.is::<tonic::TimeoutExpired>());
+                    if timed_out {
+                        Err(deadline_exceeded(deadline))
+                    } else {
+                        Err(e)
+                    }
+                }
+                Err(_elapsed) => Err(deadline_exceeded(deadline)),
+            }
+        })
+    }
 }
 
 /// A service's gRPC routes, shared with a gateway in the same process (`kapal server` running
@@ -121,4 +220,68 @@ pub fn init_tracing_with_default(json: bool, default_filter: &str) {
 /// Installs rustls' process-wide crypto provider (ring). Call first thing in `main`.
 pub fn install_crypto_provider() {
     let _ = rustls::crypto::ring::default_provider().install_default();
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Instant;
+
+    use super::*;
+    use crate::proto::internal::v1::ListDesiredInstancesRequest;
+    use crate::proto::internal::v1::instance_state_service_client::InstanceStateServiceClient;
+
+    /// A peer that accepts connections and never answers (not even the HTTP/2 handshake).
+    async fn stalling_peer() -> (String, tokio::task::JoinHandle<()>) {
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        let task = tokio::spawn(async move {
+            let mut held = Vec::new();
+            while let Ok((socket, _)) = listener.accept().await {
+                held.push(socket);
+            }
+        });
+        (format!("http://{addr}"), task)
+    }
+
+    #[tokio::test]
+    async fn a_call_to_a_peer_that_never_answers_ends_at_the_deadline() {
+        let (endpoint, peer) = stalling_peer().await;
+        let key = InternalKey::random();
+        let channel = internal_channel_with_deadline(&endpoint, &key, Duration::from_millis(700))
+            .expect("channel");
+        let mut client = InstanceStateServiceClient::new(channel);
+        let started = Instant::now();
+        let result = tokio::time::timeout(
+            Duration::from_secs(20),
+            client.list_desired_instances(ListDesiredInstancesRequest::default()),
+        )
+        .await
+        .expect("the call ended on its own, well before 20 s");
+        let elapsed = started.elapsed();
+        assert_eq!(
+            result.err().map(|s| s.code()),
+            Some(tonic::Code::DeadlineExceeded)
+        );
+        assert!(elapsed >= Duration::from_millis(600), "{elapsed:?}");
+        assert!(elapsed < Duration::from_secs(3), "{elapsed:?}");
+        peer.abort();
+    }
+
+    #[tokio::test]
+    async fn a_callers_shorter_deadline_is_a_deadline_too() {
+        let (endpoint, peer) = stalling_peer().await;
+        let key = InternalKey::random();
+        let mut client =
+            InstanceStateServiceClient::new(internal_channel(&endpoint, &key).expect("channel"));
+        let mut req = tonic::Request::new(ListDesiredInstancesRequest::default());
+        req.set_timeout(Duration::from_millis(300));
+        let started = Instant::now();
+        let result = client.list_desired_instances(req).await;
+        assert_eq!(
+            result.err().map(|s| s.code()),
+            Some(tonic::Code::DeadlineExceeded)
+        );
+        assert!(started.elapsed() < Duration::from_secs(3));
+        peer.abort();
+    }
 }

@@ -4,7 +4,6 @@
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use kapal::auth::{InternalKey, Principal};
 use kapal_tests::app::{Clients, WebTransport};
 use tonic::transport::{Channel, Endpoint};
 
@@ -43,16 +42,6 @@ pub fn grpc_web(addr: SocketAddr, token: &str) -> anyhow::Result<Clients<WebTran
     ))
 }
 
-/// Signs every call with a principal, exactly as the gateway does for the services behind it.
-#[derive(Clone)]
-pub struct SignAs {
-    pub key: InternalKey,
-    pub principal: Principal,
-}
-
-impl tonic::service::Interceptor for SignAs {
-    fn call(&mut self, mut req: tonic::Request<()>) -> Result<tonic::Request<()>, tonic::Status> {
-        self.key.sign_into(&self.principal, req.metadata_mut());
-        Ok(req)
-    }
-}
+/// Signs every call with a principal, for the method called, exactly as the gateway does for
+/// the services behind it.
+pub use kapal::auth::SignAs;

@@ -118,7 +118,25 @@ impl Delivery {
         endpoint: &str,
         key: &InternalKey,
     ) -> anyhow::Result<Delivery> {
-        let channel = kapal::serve::internal_channel(endpoint, key)?;
+        Delivery::with_deadline(
+            db,
+            clock,
+            endpoint,
+            key,
+            kapal::serve::DEFAULT_INTERNAL_DEADLINE,
+        )
+    }
+
+    /// Like [`Delivery::new`], each delivery ending with DEADLINE_EXCEEDED (and retried)
+    /// after `deadline`.
+    pub fn with_deadline(
+        db: Db,
+        clock: SharedClock,
+        endpoint: &str,
+        key: &InternalKey,
+        deadline: std::time::Duration,
+    ) -> anyhow::Result<Delivery> {
+        let channel = kapal::serve::internal_channel_with_deadline(endpoint, key, deadline)?;
         Ok(Delivery(Arc::new(Inner {
             db,
             clock,

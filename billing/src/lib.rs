@@ -95,6 +95,9 @@ pub struct Config {
     /// (`kapal.internal.v1.EntitlementService`); `None`: they stay in the outbox (tests that do
     /// not need them).
     pub control_plane_endpoint: Option<String>,
+    /// How long a delivery to the control-plane may take before it ends with
+    /// DEADLINE_EXCEEDED (and is retried). Default 10 s.
+    pub internal_deadline: std::time::Duration,
     /// Where to publish billing's routes for a gateway in the same process (see
     /// [`kapal::serve::LocalRoutes`]); `None` serves over the listener only.
     pub local: Option<kapal::serve::LocalRoutes>,
@@ -113,6 +116,7 @@ impl Config {
             scheduler_interval: Some(std::time::Duration::from_secs(60)),
             notifier: Arc::new(notify::LogNotifier),
             control_plane_endpoint: None,
+            internal_deadline: kapal::serve::DEFAULT_INTERNAL_DEADLINE,
             local: None,
         }
     }
@@ -135,6 +139,7 @@ pub async fn run(
         scheduler_interval,
         notifier,
         control_plane_endpoint,
+        internal_deadline,
         local,
     } = config;
     let db = Db::connect(&db, DB_NAME, migrations())
@@ -158,8 +163,14 @@ pub async fn run(
     // The scheduler wakes the delivery as soon as it wrote entitlement changes.
     let outbox_written = Arc::new(tokio::sync::Notify::new());
     if let Some(endpoint) = control_plane_endpoint.as_deref() {
-        let delivery = delivery::Delivery::new(db.clone(), clock.clone(), endpoint, &key)
-            .context("the control-plane endpoint")?;
+        let delivery = delivery::Delivery::with_deadline(
+            db.clone(),
+            clock.clone(),
+            endpoint,
+            &key,
+            internal_deadline,
+        )
+        .context("the control-plane endpoint")?;
         let mut stop = stop_rx.clone();
         let wake = outbox_written.clone();
         background.spawn(async move {
@@ -200,18 +211,11 @@ pub async fn run(
 
     let routes = tonic::service::Routes::new(health_service)
         .add_service(kapal::serve::reflection(kapal::proto::DESCRIPTOR_SET)?)
-        .add_service(BillingServiceServer::with_interceptor(
-            billing.clone(),
-            VerifyPrincipal(key.clone()),
-        ))
-        .add_service(SubscriptionServiceServer::with_interceptor(
-            billing.clone(),
-            VerifyPrincipal(key.clone()),
-        ))
-        .add_service(BillingAdminServiceServer::with_interceptor(
-            billing,
-            VerifyPrincipal(key),
-        ))
+        .add_service(VerifyPrincipal(key.clone()).wrap(BillingServiceServer::new(billing.clone())))
+        .add_service(
+            VerifyPrincipal(key.clone()).wrap(SubscriptionServiceServer::new(billing.clone())),
+        )
+        .add_service(VerifyPrincipal(key).wrap(BillingAdminServiceServer::new(billing)))
         .prepare();
     let routes = kapal::metrics::instrument(routes, "billing");
     if let Some(local) = &local {

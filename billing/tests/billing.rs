@@ -23,7 +23,10 @@ use kapal_billing::{
 };
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
-use tonic::transport::Channel;
+use tonic::service::interceptor::InterceptedService;
+/// A channel whose calls are signed as the principal each request names
+/// ([`kapal::auth::SignWith`]), for the method called, as the gateway signs them.
+type Channel = InterceptedService<tonic::transport::Channel, kapal::auth::SignRequested>;
 use tonic::{Code, Request};
 use uuid::Uuid;
 
@@ -123,9 +126,12 @@ impl Setup {
         let task = tokio::spawn(kapal_billing::run(config, listener, async {
             let _ = stopped.await;
         }));
-        let channel = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))
-            .expect("endpoint")
-            .connect_lazy();
+        let channel = InterceptedService::new(
+            tonic::transport::Endpoint::from_shared(format!("http://{addr}"))
+                .expect("endpoint")
+                .connect_lazy(),
+            kapal::auth::SignRequested,
+        );
         Running {
             addr,
             key: self.key.clone(),
@@ -173,9 +179,7 @@ impl Running {
     }
 
     fn signed<T>(&self, principal: &Principal, message: T) -> Request<T> {
-        let mut req = Request::new(message);
-        self.key.sign_into(principal, req.metadata_mut());
-        req
+        kapal::auth::SignWith::request(&self.key, principal, message)
     }
 
     /// CreateSubscription as the control-plane calls it.
@@ -767,8 +771,8 @@ async fn callers_must_be_signed_and_in_the_right_role(backend: Backend) {
         .await;
     assert_code(unsigned, Code::Unauthenticated);
     // An identity signed with another deployment's key.
-    let mut forged = Request::new(req.clone());
-    InternalKey::random().sign_into(&Principal::service(), forged.metadata_mut());
+    let forged =
+        kapal::auth::SignWith::request(&InternalKey::random(), &Principal::service(), req.clone());
     assert_code(
         billing.internal().create_subscription(forged).await,
         Code::Unauthenticated,

@@ -37,7 +37,10 @@ use kapal_billing::{ChargeRequest, Config, PaymentError, PaymentProvider, Paymen
 use rand::rngs::StdRng;
 use rand::{Rng as _, SeedableRng as _};
 use tokio::sync::oneshot;
-use tonic::transport::Channel;
+use tonic::service::interceptor::InterceptedService;
+/// A channel whose calls are signed as the principal each request names
+/// ([`kapal::auth::SignWith`]), for the method called, as the gateway signs them.
+type Channel = InterceptedService<tonic::transport::Channel, kapal::auth::SignRequested>;
 use tonic::{Code, Request};
 use uuid::Uuid;
 
@@ -188,10 +191,8 @@ impl ControlPlane {
         let addr = listener.local_addr().expect("addr");
         let fake = FakeEntitlements::default();
         let router = tonic::transport::Server::builder().add_service(
-            EntitlementServiceServer::with_interceptor(
-                fake.clone(),
-                kapal::auth::VerifyPrincipal(key.clone()),
-            ),
+            kapal::auth::VerifyPrincipal(key.clone())
+                .wrap(EntitlementServiceServer::new(fake.clone())),
         );
         tokio::spawn(kapal::serve::serve(
             router,
@@ -290,9 +291,12 @@ impl Billing {
         let task = tokio::spawn(kapal_billing::run(config, listener, async {
             let _ = stopped.await;
         }));
-        let channel = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))
-            .expect("endpoint")
-            .connect_lazy();
+        let channel = InterceptedService::new(
+            tonic::transport::Endpoint::from_shared(format!("http://{addr}"))
+                .expect("endpoint")
+                .connect_lazy(),
+            kapal::auth::SignRequested,
+        );
         Billing {
             db,
             key,
@@ -328,9 +332,7 @@ impl Billing {
     }
 
     fn signed<T>(&self, principal: &Principal, message: T) -> Request<T> {
-        let mut req = Request::new(message);
-        self.key.sign_into(principal, req.metadata_mut());
-        req
+        kapal::auth::SignWith::request(&self.key, principal, message)
     }
 
     fn public(&self) -> SubscriptionServiceClient<Channel> {

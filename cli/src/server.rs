@@ -56,6 +56,18 @@ pub struct ServerArgs {
     /// PostgreSQL URL (postgres://user:password@host/db); SQLite files in the data directory when unset.
     #[arg(long, env = "KAPAL_DATABASE_URL", hide_env_values = true)]
     pub database_url: Option<String>,
+    /// PostgreSQL cancels a statement that runs longer than this (its statement_timeout; not
+    /// for migrations), e.g. 30s, 2m. A statement_timeout in the URL's `options` wins.
+    #[arg(long, default_value = "30s", value_parser = parse_period, env = "KAPAL_DB_STATEMENT_TIMEOUT")]
+    pub db_statement_timeout: Duration,
+    /// TCP keep-alive probes on PostgreSQL connections start after this long idle, so a dead
+    /// connection is found out in about a minute, not hours. A `keepalives_idle` in the URL wins.
+    #[arg(long, default_value = "60s", value_parser = parse_period, env = "KAPAL_DB_KEEPALIVE")]
+    pub db_keepalive: Duration,
+    /// How long a call from one Kapal service to another may take before it ends with
+    /// DEADLINE_EXCEEDED (and is retried where it is retried), e.g. 10s.
+    #[arg(long, default_value = "10s", value_parser = parse_period, env = "KAPAL_INTERNAL_DEADLINE")]
+    pub internal_deadline: Duration,
     /// Directory of the app catalog (*.yaml).
     #[arg(long, default_value = "catalog", env = "KAPAL_CATALOG_DIR")]
     pub catalog_dir: PathBuf,
@@ -373,7 +385,20 @@ async fn check(args: &ServerArgs) -> anyhow::Result<Checked> {
     }
     let db = DbConfig::new(args.database_url.as_deref(), args.data_dir.clone())
         .map_err(|e| problems.push(format!("KAPAL_DATABASE_URL (--database-url): {e}")))
-        .ok();
+        .ok()
+        .and_then(|db| {
+            let settings = kapal::db::PostgresSettings {
+                statement_timeout: args.db_statement_timeout,
+                keepalive_idle: args.db_keepalive,
+            };
+            db.with_postgres_settings(&settings)
+                .map_err(|e| {
+                    problems.push(format!(
+                        "KAPAL_DB_STATEMENT_TIMEOUT (--db-statement-timeout), KAPAL_DB_KEEPALIVE (--db-keepalive): {e}"
+                    ))
+                })
+                .ok()
+        });
     let catalog = Catalog::load(&args.catalog_dir)
         .map_err(|e| problems.push(format!("KAPAL_CATALOG_DIR (--catalog-dir): {e:#}")))
         .ok();
@@ -641,6 +666,7 @@ pub async fn run(args: ServerArgs) -> anyhow::Result<()> {
         );
         // Suspensions and resumptions reach instances through the control-plane.
         config.control_plane_endpoint = Some(cp_endpoint.clone());
+        config.internal_deadline = args.internal_deadline;
         config.local = local_billing.clone();
         if let Some(notifier) = &checked.notifier {
             config.notifier = notifier.clone();
@@ -662,6 +688,7 @@ pub async fn run(args: ServerArgs) -> anyhow::Result<()> {
             prov_endpoint.clone(),
         );
         config.domain = args.domain.clone();
+        config.internal_deadline = args.internal_deadline;
         config.capacity_ceiling_percent = args.capacity_ceiling;
         config.max_watches_per_account = args.max_watches_per_account;
         config.mail = checked.mail.clone();
@@ -694,6 +721,7 @@ pub async fn run(args: ServerArgs) -> anyhow::Result<()> {
             });
         }
         config.cors_allowed_origins = args.cors_origins.clone();
+        config.internal_deadline = args.internal_deadline;
         config.console_dir = args.console_dir.clone();
         config.rate_limit_per_second = args.rate_limit;
         config.rate_limit_burst = args.rate_burst;
@@ -782,6 +810,7 @@ fn provisioner_config(
         control_plane_endpoint.to_string(),
     );
     config.ingress_class = args.ingress_class.clone();
+    config.internal_deadline = args.internal_deadline;
     config.storage_class = args.storage_class.clone();
     config.tls_issuer = args.tls_issuer.clone();
     config.tls_secret = args.tls_secret.clone();

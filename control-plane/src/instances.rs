@@ -660,11 +660,20 @@ where
 /// Every instance the provisioner must keep, with its owner's customer id: those meant to run
 /// or be stopped, deleted ones not yet reported gone, and deleted ones whose data is still kept
 /// (so the provisioner's sweep of unknown namespaces does not remove retained data early).
-pub(crate) async fn desired(ctx: &Ctx) -> Result<Vec<InstanceSpec>> {
+/// The desired instances, in the order of their ids: those after `after` (a page token's id),
+/// at most `limit` of them; `None`, `None`: all of them.
+pub(crate) async fn desired(
+    ctx: &Ctx,
+    after: Option<&str>,
+    limit: Option<i64>,
+) -> Result<Vec<InstanceSpec>> {
     let now = ctx.now();
     let mut conn = ctx.db.get().await?;
+    let after = after.unwrap_or("").to_string();
+    let limit = limit.unwrap_or(i64::MAX);
     let rows: Vec<(Instance, Account)> = kapal::db!(&mut conn, |c| instances::table
         .inner_join(accounts::table)
+        .filter(instances::id.gt(&after))
         .filter(
             instances::status
                 .ne("deleted")
@@ -676,6 +685,8 @@ pub(crate) async fn desired(ctx: &Ctx) -> Result<Vec<InstanceSpec>> {
                     .nullable())
         )
         .select((Instance::as_select(), Account::as_select()))
+        .order(instances::id.asc())
+        .limit(limit)
         .load(c)
         .await)?;
     Ok(rows

@@ -155,8 +155,61 @@ impl InstanceStateService for InstanceState {
         req: Request<ListDesiredInstancesRequest>,
     ) -> Result<Response<ListDesiredInstancesResponse>, Status> {
         auth::service(&req)?;
+        let req = req.into_inner();
+        if req.page_size == 0 {
+            // A caller from before paging reads one answer and no token: give it everything,
+            // as before, rather than a first page it would take for the whole list.
+            return Ok(Response::new(ListDesiredInstancesResponse {
+                instances: crate::instances::desired(&self.0, None, None).await?,
+                next_page_token: String::new(),
+            }));
+        }
+        let limit = i64::from(req.page_size.min(MAX_DESIRED_PAGE));
+        let after = desired_cursor(&req.page_token)?;
+        let mut instances =
+            crate::instances::desired(&self.0, after.as_deref(), Some(limit + 1)).await?;
+        let more = instances.len() as i64 > limit;
+        instances.truncate(usize::try_from(limit).unwrap_or(0));
+        let next_page_token = match instances.last() {
+            Some(last) if more => desired_token(&last.instance_id),
+            _ => String::new(),
+        };
         Ok(Response::new(ListDesiredInstancesResponse {
-            instances: crate::instances::desired(&self.0).await?,
+            instances,
+            next_page_token,
         }))
     }
+}
+
+/// Most desired instances in one ListDesiredInstances answer (about 1 KB each: far below
+/// gRPC's 4 MB message limit).
+const MAX_DESIRED_PAGE: u32 = 1000;
+
+/// The page token after the instance `id` (opaque to callers).
+fn desired_token(id: &str) -> String {
+    use base64::Engine as _;
+    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(format!("desired|{id}"))
+}
+
+/// The instance id a page token continues after; `None` for the first page.
+fn desired_cursor(token: &str) -> Result<Option<String>, Status> {
+    use base64::Engine as _;
+    if token.is_empty() {
+        return Ok(None);
+    }
+    let invalid = || {
+        Status::invalid_argument(
+            "page_token is not one ListDesiredInstances returned; start again without a page_token",
+        )
+    };
+    if token.len() > 200 {
+        return Err(invalid());
+    }
+    let raw = base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .decode(token)
+        .map_err(|_| invalid())?;
+    let raw = String::from_utf8(raw).map_err(|_| invalid())?;
+    let id = raw.strip_prefix("desired|").ok_or_else(invalid)?;
+    let id = uuid::Uuid::parse_str(id).map_err(|_| invalid())?;
+    Ok(Some(id.to_string()))
 }

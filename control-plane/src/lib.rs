@@ -79,6 +79,14 @@ pub struct Config {
     pub session_ttl: Duration,
     /// How often orders left pending (e.g. by a crash) are picked up again.
     pub recovery_interval: Duration,
+    /// How many pending orders the recovery works on at once (default 8).
+    pub recovery_concurrency: usize,
+    /// How long the recovery works on one pending order before it leaves it for the next
+    /// round (default 30 s): one stuck order holds neither the others nor the loop.
+    pub recovery_order_timeout: Duration,
+    /// How long a call to another Kapal service (billing, the provisioner) may take before it
+    /// ends with DEADLINE_EXCEEDED (default 10 s).
+    pub internal_deadline: Duration,
     /// Live WatchInstance streams one account may hold at once (each holds a task and wakes
     /// on every change); one more is RESOURCE_EXHAUSTED. Default 20.
     pub max_watches_per_account: usize,
@@ -127,6 +135,9 @@ impl Config {
             domain: "kapal.localhost".into(),
             session_ttl: Duration::from_secs(30 * 24 * 3600),
             recovery_interval: Duration::from_secs(15),
+            recovery_concurrency: 8,
+            recovery_order_timeout: Duration::from_secs(30),
+            internal_deadline: kapal::serve::DEFAULT_INTERNAL_DEADLINE,
             max_watches_per_account: 20,
             capacity_ceiling_percent: 80,
             capacity_cache_ttl: Duration::from_secs(5),
@@ -187,6 +198,10 @@ pub async fn run(
 ) -> anyhow::Result<()> {
     validate_domain(&config.domain)?;
     anyhow::ensure!(
+        config.recovery_concurrency > 0 && !config.recovery_order_timeout.is_zero(),
+        "the order recovery needs a concurrency of at least 1 and a timeout longer than zero"
+    );
+    anyhow::ensure!(
         (1..=100).contains(&config.capacity_ceiling_percent),
         "the capacity ceiling must be a percentage from 1 to 100, got {}",
         config.capacity_ceiling_percent
@@ -215,13 +230,15 @@ pub async fn run(
         db,
         catalog: config.catalog,
         clock: config.clock,
-        billing: BillingServiceClient::new(kapal::serve::internal_channel(
+        billing: BillingServiceClient::new(kapal::serve::internal_channel_with_deadline(
             &config.billing_endpoint,
             &key,
+            config.internal_deadline,
         )?),
-        provisioner: ProvisionerServiceClient::new(kapal::serve::internal_channel(
+        provisioner: ProvisionerServiceClient::new(kapal::serve::internal_channel_with_deadline(
             &config.provisioner_endpoint,
             &key,
+            config.internal_deadline,
         )?),
         domain: config.domain,
         session_ttl: chrono::Duration::from_std(config.session_ttl)
@@ -279,7 +296,11 @@ pub async fn run(
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let recovery = tokio::spawn(orders::recover_pending(
         ctx.clone(),
-        config.recovery_interval,
+        orders::Recovery {
+            interval: config.recovery_interval,
+            concurrency: config.recovery_concurrency,
+            order_timeout: config.recovery_order_timeout,
+        },
         stop_rx.clone(),
     ));
     let support_sweep = tokio::spawn(support::sweep(ctx.clone(), stop_rx.clone()));
@@ -291,53 +312,40 @@ pub async fn run(
 
     let routes = tonic::service::Routes::new(health_service)
         .add_service(kapal::serve::reflection(kapal::proto::DESCRIPTOR_SET)?)
-        .add_service(CatalogServiceServer::with_interceptor(
-            catalog::CatalogApi(ctx.clone()),
-            verify.clone(),
-        ))
-        .add_service(AccountServiceServer::with_interceptor(
-            accounts::Accounts(ctx.clone()),
-            verify.clone(),
-        ))
-        .add_service(OrderServiceServer::with_interceptor(
-            orders::Orders(ctx.clone()),
-            verify.clone(),
-        ))
-        .add_service(InstanceServiceServer::with_interceptor(
-            instances::Instances {
+        .add_service(verify.wrap(CatalogServiceServer::new(catalog::CatalogApi(ctx.clone()))))
+        .add_service(verify.wrap(AccountServiceServer::new(accounts::Accounts(ctx.clone()))))
+        .add_service(verify.wrap(OrderServiceServer::new(orders::Orders(ctx.clone()))))
+        .add_service(
+            verify.wrap(InstanceServiceServer::new(instances::Instances {
                 ctx: ctx.clone(),
                 stop: stop_rx.clone(),
-            },
-            verify.clone(),
-        ))
-        .add_service(IdentityServiceServer::with_interceptor(
-            internal::Identity(ctx.clone()),
-            verify.clone(),
-        ))
-        .add_service(AdminServiceServer::with_interceptor(
-            admin::Admin(ctx.clone()),
-            verify.clone(),
-        ))
-        .add_service(OperatorServiceServer::with_interceptor(
-            operator_api::Operator(ctx.clone()),
-            verify.clone(),
-        ))
-        .add_service(SupportServiceServer::with_interceptor(
-            support::api::Support(ctx.clone()),
-            verify.clone(),
-        ))
-        .add_service(SupportAdminServiceServer::with_interceptor(
-            support::api::SupportAdmin(ctx.clone()),
-            verify.clone(),
-        ))
-        .add_service(InstanceStateServiceServer::with_interceptor(
-            internal::InstanceState(ctx.clone()),
-            verify.clone(),
-        ))
-        .add_service(EntitlementServiceServer::with_interceptor(
-            entitlements::Entitlements(ctx.clone()),
-            verify,
-        ))
+            })),
+        )
+        .add_service(verify.wrap(IdentityServiceServer::new(internal::Identity(ctx.clone()))))
+        .add_service(verify.wrap(AdminServiceServer::new(admin::Admin(ctx.clone()))))
+        .add_service(
+            verify.wrap(OperatorServiceServer::new(operator_api::Operator(
+                ctx.clone(),
+            ))),
+        )
+        .add_service(verify.wrap(SupportServiceServer::new(support::api::Support(
+            ctx.clone(),
+        ))))
+        .add_service(
+            verify.wrap(SupportAdminServiceServer::new(support::api::SupportAdmin(
+                ctx.clone(),
+            ))),
+        )
+        .add_service(
+            verify.wrap(InstanceStateServiceServer::new(internal::InstanceState(
+                ctx.clone(),
+            ))),
+        )
+        .add_service(
+            verify.wrap(EntitlementServiceServer::new(entitlements::Entitlements(
+                ctx.clone(),
+            ))),
+        )
         .prepare();
     let routes = kapal::metrics::instrument(routes, "control-plane");
     if let Some(local) = &config.local {

@@ -8,6 +8,7 @@
 //! that, and so does the recovery loop for orders left pending. No order is ever lost and none is
 //! provisioned twice.
 
+use futures::StreamExt as _;
 use std::time::Duration;
 
 use diesel::prelude::*;
@@ -586,11 +587,19 @@ impl OrderService for Orders {
 }
 
 /// Completes orders left pending (a crash, billing down) every `interval`, until `stop`.
+/// How the pending-order recovery runs (see [`crate::Config::recovery_interval`]).
+pub(crate) struct Recovery {
+    pub interval: Duration,
+    pub concurrency: usize,
+    pub order_timeout: Duration,
+}
+
 pub(crate) async fn recover_pending(
     ctx: Ctx,
-    interval: Duration,
+    recovery: Recovery,
     mut stop: tokio::sync::watch::Receiver<bool>,
 ) {
+    let interval = recovery.interval;
     loop {
         tokio::select! {
             _ = tokio::time::sleep(interval) => {}
@@ -611,12 +620,28 @@ pub(crate) async fn recover_pending(
         .await;
         match pending {
             Ok(orders) => {
-                for order in orders {
-                    let id = order.id.clone();
-                    if let Err(e) = process(&ctx, order).await {
-                        tracing::warn!(order_id = %id, error = %e, "could not complete a pending order; will retry");
-                    }
-                }
+                // Several at once, each with a timeout: a stuck order (a peer that never
+                // answers, a lock) holds one slot for one timeout, never the others or the loop.
+                // An order cut off here stays PENDING and is tried again next round; every step
+                // of `process` is idempotent per order id.
+                let timeout = recovery.order_timeout;
+                let ctx = &ctx;
+                futures::stream::iter(orders)
+                    .map(|order| async move {
+                        let id = order.id.clone();
+                        match tokio::time::timeout(timeout, process(ctx, order)).await {
+                            Ok(Ok(_)) => {}
+                            Ok(Err(e)) => {
+                                tracing::warn!(order_id = %id, error = %e, "could not complete a pending order; will retry");
+                            }
+                            Err(_) => {
+                                tracing::warn!(order_id = %id, timeout_ms = timeout.as_millis(), "a pending order took too long; will retry");
+                            }
+                        }
+                    })
+                    .buffer_unordered(recovery.concurrency)
+                    .collect::<()>()
+                    .await;
             }
             Err(e) => tracing::warn!(error = %e, "listing pending orders failed; will retry"),
         }

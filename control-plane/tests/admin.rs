@@ -36,7 +36,10 @@ use kapal::testing::Backend;
 use kapal_control_plane::support::notify::{AlertEvent, AlertNotice, Notice, Notifier};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
-use tonic::transport::Channel;
+use tonic::service::interceptor::InterceptedService;
+/// A channel whose calls are signed as the principal each request names
+/// ([`kapal::auth::SignWith`]), for the method called, as the gateway signs them.
+type Channel = InterceptedService<tonic::transport::Channel, kapal::auth::SignRequested>;
 use tonic::{Code, Request, Response, Status};
 use uuid::Uuid;
 
@@ -213,9 +216,7 @@ impl Drop for Stack {
 }
 
 fn signed<T>(key: &InternalKey, principal: &Principal, message: T) -> Request<T> {
-    let mut req = Request::new(message);
-    key.sign_into(principal, req.metadata_mut());
-    req
+    kapal::auth::SignWith::request(key, principal, message)
 }
 
 async fn start(backend: Backend, capacity: Capacity) -> Stack {
@@ -285,10 +286,13 @@ async fn start_with(
         config
     };
     tokio::spawn(kapal_control_plane::run(config(), cp, shutdown()));
-    let channel = Channel::from_shared(cp_url).expect("url").connect_lazy();
+    let raw = tonic::transport::Channel::from_shared(cp_url)
+        .expect("url")
+        .connect_lazy();
+    let channel = InterceptedService::new(raw.clone(), kapal::auth::SignRequested);
     if replicas > 1 {
         // The first has migrated the database once it answers.
-        let mut health = tonic_health::pb::health_client::HealthClient::new(channel.clone());
+        let mut health = tonic_health::pb::health_client::HealthClient::new(raw);
         let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
         while health
             .check(tonic_health::pb::HealthCheckRequest::default())

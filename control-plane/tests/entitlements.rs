@@ -25,14 +25,17 @@ use kapal::proto::v1::account_service_client::AccountServiceClient;
 use kapal::proto::v1::instance_service_client::InstanceServiceClient;
 use kapal::proto::v1::order_service_client::OrderServiceClient;
 use kapal::proto::v1::{
-    Capacity, CheckoutRequest, Credentials, DesiredState, GetInstanceRequest, Instance,
-    InstanceActionRequest, InstanceStatus, InstanceUsage, ListInstancesRequest, SignUpRequest,
-    Subscription, WatchInstanceRequest,
+    Capacity, CheckoutRequest, Credentials, DesiredState, GetInstanceRequest, GetOrderRequest,
+    Instance, InstanceActionRequest, InstanceStatus, InstanceUsage, ListInstancesRequest, Order,
+    OrderStatus, SignUpRequest, Subscription, WatchInstanceRequest,
 };
 use kapal::testing::Backend;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
-use tonic::transport::Channel;
+use tonic::service::interceptor::InterceptedService;
+/// A channel whose calls are signed as the principal each request names
+/// ([`kapal::auth::SignWith`]), for the method called, as the gateway signs them.
+type Channel = InterceptedService<tonic::transport::Channel, kapal::auth::SignRequested>;
 use tonic::{Code, Request, Response, Status};
 use uuid::Uuid;
 
@@ -118,8 +121,18 @@ impl ProvisionerService for FakeProvisioner {
     }
 }
 
-/// One subscription per order, the same on every retry.
-struct FakeBilling;
+/// One subscription per order, the same on every retry; or, as a test sets it, down, or
+/// stuck on some orders (it never answers them).
+#[derive(Clone, Default)]
+struct FakeBilling(Arc<Mutex<BillingMode>>);
+
+#[derive(Clone, Default)]
+enum BillingMode {
+    #[default]
+    Answers,
+    Unavailable,
+    StuckOn(Vec<String>),
+}
 
 #[tonic::async_trait]
 impl BillingService for FakeBilling {
@@ -128,6 +141,15 @@ impl BillingService for FakeBilling {
         req: Request<CreateSubscriptionRequest>,
     ) -> Result<Response<CreateSubscriptionResponse>, Status> {
         let req = req.into_inner();
+        let mode = self.0.lock().expect("lock").clone();
+        match mode {
+            BillingMode::Answers => {}
+            BillingMode::Unavailable => return Err(Status::unavailable("billing is down")),
+            BillingMode::StuckOn(orders) if orders.contains(&req.order_id) => {
+                std::future::pending::<()>().await;
+            }
+            BillingMode::StuckOn(_) => {}
+        }
         let order_id = Uuid::parse_str(&req.order_id)
             .map_err(|_| Status::invalid_argument("order_id must be a UUID"))?;
         Ok(Response::new(CreateSubscriptionResponse {
@@ -144,6 +166,7 @@ impl BillingService for FakeBilling {
 
 struct Stack {
     channel: Channel,
+    billing: FakeBilling,
     key: InternalKey,
     clock: Arc<ManualClock>,
     specs: Arc<Mutex<Vec<InstanceSpec>>>,
@@ -166,12 +189,17 @@ struct Customer {
 }
 
 fn signed<T>(key: &InternalKey, principal: &Principal, message: T) -> Request<T> {
-    let mut req = Request::new(message);
-    key.sign_into(principal, req.metadata_mut());
-    req
+    kapal::auth::SignWith::request(key, principal, message)
 }
 
 async fn start(backend: Backend) -> Stack {
+    start_with(backend, |_| {}).await
+}
+
+async fn start_with(
+    backend: Backend,
+    configure: impl FnOnce(&mut kapal_control_plane::Config),
+) -> Stack {
     kapal::serve::init_tracing_with_default(false, "warn");
     let dir = tempfile::tempdir().expect("tempdir");
     let db = kapal::testing::db_config(backend, dir.path())
@@ -200,8 +228,9 @@ async fn start(backend: Backend) -> Stack {
     let specs = provisioner.specs.clone();
     let fake_provisioner =
         tonic::transport::Server::builder().add_service(ProvisionerServiceServer::new(provisioner));
-    let fake_billing =
-        tonic::transport::Server::builder().add_service(BillingServiceServer::new(FakeBilling));
+    let billing_fake = FakeBilling::default();
+    let fake_billing = tonic::transport::Server::builder()
+        .add_service(BillingServiceServer::new(billing_fake.clone()));
     tokio::spawn(kapal::serve::serve(fake_provisioner, prov, shutdown()));
     tokio::spawn(kapal::serve::serve(fake_billing, billing, shutdown()));
 
@@ -209,10 +238,17 @@ async fn start(backend: Backend) -> Stack {
         kapal_control_plane::Config::new(db, catalog.clone(), key.clone(), billing_url, prov_url);
     config.clock = clock.clone();
     config.domain = "kapal.test".into();
+    configure(&mut config);
     tokio::spawn(kapal_control_plane::run(config, cp, shutdown()));
-    let channel = Channel::from_shared(cp_url).expect("url").connect_lazy();
+    let channel = InterceptedService::new(
+        tonic::transport::Channel::from_shared(cp_url)
+            .expect("url")
+            .connect_lazy(),
+        kapal::auth::SignRequested,
+    );
     Stack {
         channel,
+        billing: billing_fake,
         key,
         clock,
         specs,
@@ -274,6 +310,65 @@ impl Stack {
             instance_id: order.instance_id,
             subscription_id: order.subscription_id,
         }
+    }
+
+    /// Signs up and checks out, returning the order as checkout answered it (PENDING while
+    /// billing is down).
+    async fn order(&self) -> (Principal, Order) {
+        let email = format!("c{}@example.com", Uuid::new_v4().simple());
+        let mut accounts = AccountServiceClient::new(self.channel.clone());
+        let mut tries = 0;
+        let session = loop {
+            let req = SignUpRequest {
+                email: email.clone(),
+                password: "correct horse battery staple".into(),
+                display_name: String::new(),
+            };
+            match accounts.sign_up(req).await {
+                Ok(r) => break r.into_inner(),
+                Err(s) if s.code() == Code::Unavailable && tries < 100 => {
+                    tries += 1;
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+                Err(s) => panic!("sign up: {s:?}"),
+            }
+        };
+        let account = session.account.expect("account");
+        let principal = Principal {
+            account_id: account.id.parse().expect("account id"),
+            customer_id: account.customer_id,
+            role: Role::Customer,
+            token_id: Uuid::new_v4(),
+        };
+        let app = self.catalog.apps().next().expect("an app");
+        let order = OrderServiceClient::new(self.channel.clone())
+            .checkout(signed(
+                &self.key,
+                &principal,
+                CheckoutRequest {
+                    app_id: app.id.clone(),
+                    plan_id: app.plans[0].id.clone(),
+                    idempotency_key: Uuid::new_v4().to_string(),
+                },
+            ))
+            .await
+            .expect("checkout")
+            .into_inner();
+        (principal, order)
+    }
+
+    async fn get_order(&self, principal: &Principal, id: &str) -> Order {
+        OrderServiceClient::new(self.channel.clone())
+            .get_order(signed(
+                &self.key,
+                principal,
+                GetOrderRequest {
+                    order_id: id.to_string(),
+                },
+            ))
+            .await
+            .expect("get order")
+            .into_inner()
     }
 
     fn instances(&self) -> InstanceServiceClient<Channel> {
@@ -419,18 +514,36 @@ impl Stack {
             .collect()
     }
 
-    /// What the provisioner's resync reads.
+    /// What the provisioner's resync reads (everything, in one answer).
     async fn desired_specs(&self) -> Vec<InstanceSpec> {
-        InstanceStateServiceClient::new(self.channel.clone())
+        self.desired_spec_page(0, "").await.0
+    }
+
+    /// One page of ListDesiredInstances: the ids and the next page's token.
+    async fn desired_page(&self, page_size: u32, page_token: &str) -> (Vec<String>, String) {
+        let (specs, next) = self.desired_spec_page(page_size, page_token).await;
+        (specs.into_iter().map(|s| s.instance_id).collect(), next)
+    }
+
+    /// One page of ListDesiredInstances: the specs and the next page's token.
+    async fn desired_spec_page(
+        &self,
+        page_size: u32,
+        page_token: &str,
+    ) -> (Vec<InstanceSpec>, String) {
+        let page = InstanceStateServiceClient::new(self.channel.clone())
             .list_desired_instances(signed(
                 &self.key,
                 &self.service(),
-                ListDesiredInstancesRequest {},
+                ListDesiredInstancesRequest {
+                    page_size,
+                    page_token: page_token.to_string(),
+                },
             ))
             .await
             .expect("list desired")
-            .into_inner()
-            .instances
+            .into_inner();
+        (page.instances, page.next_page_token)
     }
 }
 
@@ -923,8 +1036,117 @@ async fn a_plan_change_reaches_the_provisioner(backend: Backend) {
     assert_eq!(after.plan_id, other);
 }
 
+/// ListDesiredInstances pages in the order of instance ids: every instance once, and a page
+/// token that is not the control-plane's is INVALID_ARGUMENT. A caller that sends no page size
+/// (one from before paging) still gets everything in one answer.
+async fn the_desired_list_comes_in_pages(backend: Backend) {
+    let stack = start(backend).await;
+    for _ in 0..5 {
+        let c = stack.customer().await;
+        stack
+            .pushed(&c, |s| desired(s) == DesiredState::Running)
+            .await;
+    }
+    let mut everything = stack.desired_ids().await;
+    assert_eq!(everything.len(), 5, "{everything:?}");
+    everything.sort();
+
+    let mut paged = Vec::new();
+    let mut token = String::new();
+    let mut pages = 0;
+    loop {
+        let (ids, next) = stack.desired_page(2, &token).await;
+        assert!(ids.len() <= 2, "{ids:?}");
+        paged.extend(ids);
+        pages += 1;
+        if next.is_empty() {
+            break;
+        }
+        assert!(pages < 10, "the pages never end");
+        token = next;
+    }
+    assert_eq!(pages, 3);
+    assert_eq!(paged, everything, "each instance once, in id order");
+
+    let bad = InstanceStateServiceClient::new(stack.channel.clone())
+        .list_desired_instances(signed(
+            &stack.key,
+            &stack.service(),
+            ListDesiredInstancesRequest {
+                page_size: 2,
+                page_token: "not-a-token".into(),
+            },
+        ))
+        .await
+        .expect_err("a made-up token");
+    assert_eq!(bad.code(), tonic::Code::InvalidArgument);
+    assert!(bad.message().contains("page_token"), "{bad:?}");
+}
+
+/// Orders left pending (billing was down) are recovered concurrently, each with a timeout:
+/// one whose billing call never returns holds neither the other orders nor the loop.
+async fn a_stuck_pending_order_does_not_hold_the_others(backend: Backend) {
+    let stack = start_with(backend, |config| {
+        config.recovery_interval = Duration::from_millis(200);
+        config.recovery_order_timeout = Duration::from_secs(3);
+        // Longer than the test waits: only concurrency lets the others through in time.
+        config.internal_deadline = Duration::from_secs(60);
+    })
+    .await;
+    *stack.billing.0.lock().expect("lock") = BillingMode::Unavailable;
+    let mut orders = Vec::new();
+    for _ in 0..4 {
+        let (principal, order) = stack.order().await;
+        assert_eq!(order.status, OrderStatus::Pending as i32, "{order:?}");
+        orders.push((principal, order));
+        // Each order older than the next, so the recovery's order is known.
+        stack.clock.advance(chrono::Duration::seconds(1));
+    }
+    // The oldest order is the one billing never answers; the recovery takes oldest first.
+    *stack.billing.0.lock().expect("lock") = BillingMode::StuckOn(vec![orders[0].1.id.clone()]);
+    // Orders are recovered once they have been pending for a few seconds.
+    stack.clock.advance(chrono::Duration::seconds(10));
+
+    let started = std::time::Instant::now();
+    for (principal, order) in &orders[1..] {
+        loop {
+            let now = stack.get_order(principal, &order.id).await;
+            if now.status == OrderStatus::Completed as i32 {
+                break;
+            }
+            assert!(
+                started.elapsed() < Duration::from_secs(8),
+                "order {} still {:?} after {:?}: held behind the stuck one",
+                order.id,
+                now.status,
+                started.elapsed()
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+    // The stuck one stays pending (it is retried every round, each try cut off in time), and
+    // completes as soon as billing answers it.
+    let stuck = stack.get_order(&orders[0].0, &orders[0].1.id).await;
+    assert_eq!(stuck.status, OrderStatus::Pending as i32);
+    *stack.billing.0.lock().expect("lock") = BillingMode::Answers;
+    let started = std::time::Instant::now();
+    loop {
+        let now = stack.get_order(&orders[0].0, &orders[0].1.id).await;
+        if now.status == OrderStatus::Completed as i32 {
+            break;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(15),
+            "the stuck order never completed: {now:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
 kapal::on_both_backends!(
     a_plan_change_reaches_the_provisioner,
+    a_stuck_pending_order_does_not_hold_the_others,
+    the_desired_list_comes_in_pages,
     late_statuses_never_replace_newer_ones,
     concurrent_changes_keep_the_newest,
     suspension_and_reactivation,

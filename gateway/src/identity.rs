@@ -301,7 +301,9 @@ impl Authenticate {
             Revokes::AccountTokens => self.authenticator.forget_account(principal.account_id),
         }
         let mut metadata = MetadataMap::from_headers(std::mem::take(&mut parts.headers));
-        self.key.sign_into(&principal, &mut metadata);
+        // Signed for this method only: a service refuses it on any other.
+        self.key
+            .sign_into(&principal, parts.uri.path(), &mut metadata);
         parts.headers = metadata.into_headers();
         Ok(Req::from_parts(parts, body))
     }

@@ -107,6 +107,9 @@ pub struct Config {
     /// gateway's LogOut / RevokeApiToken keeps working at most this long. Default 10 s; zero
     /// disables the cache.
     pub auth_cache_ttl: Duration,
+    /// How long the gateway waits for the control-plane to authenticate a token before the
+    /// call ends with DEADLINE_EXCEEDED. Default 10 s.
+    pub internal_deadline: Duration,
     /// Proxies (e.g. the cluster's ingress controller) whose `x-forwarded-for` is believed for
     /// the client address of anonymous rate limits: when the TCP peer is one of them, the
     /// client is the right-most address in `x-forwarded-for` that is not one of them (what a
@@ -140,6 +143,7 @@ impl Config {
             default_deadline: Duration::from_secs(15),
             max_deadline: Duration::from_secs(60),
             auth_cache_ttl: Duration::from_secs(10),
+            internal_deadline: kapal::serve::DEFAULT_INTERNAL_DEADLINE,
             trusted_proxies: Vec::new(),
             local_control_plane: None,
             local_billing: None,
@@ -252,9 +256,12 @@ pub async fn run(
     config.validate()?;
 
     let table = routes::RouteTable::new(kapal::proto::PUBLIC_DESCRIPTOR_SET)?;
-    let identity_channel =
-        kapal::serve::internal_channel(&config.control_plane_endpoint, &config.key)
-            .context("control_plane_endpoint")?;
+    let identity_channel = kapal::serve::internal_channel_with_deadline(
+        &config.control_plane_endpoint,
+        &config.key,
+        config.internal_deadline,
+    )
+    .context("control_plane_endpoint")?;
     let authenticator = identity::Authenticator::new(
         IdentityServiceClient::new(identity_channel),
         config.auth_cache_ttl,

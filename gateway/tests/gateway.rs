@@ -502,16 +502,15 @@ impl TestApp {
 
         let (cp_listener, control_plane) = listener().await;
         let cp = Server::builder()
-            .add_service(IdentityServiceServer::with_interceptor(identity, verify()))
-            .add_service(AccountServiceServer::with_interceptor(Accounts, verify()))
-            .add_service(CatalogServiceServer::with_interceptor(Catalog, verify()))
-            .add_service(InstanceServiceServer::with_interceptor(Instances, verify()));
+            .add_service(verify().wrap(IdentityServiceServer::new(identity)))
+            .add_service(verify().wrap(AccountServiceServer::new(Accounts)))
+            .add_service(verify().wrap(CatalogServiceServer::new(Catalog)))
+            .add_service(verify().wrap(InstanceServiceServer::new(Instances)));
         tokio::spawn(cp.serve_with_incoming(TcpListenerStream::new(cp_listener)));
 
         let (billing_listener, billing) = listener().await;
-        let billing_server = Server::builder().add_service(
-            SubscriptionServiceServer::with_interceptor(Subscriptions, verify()),
-        );
+        let billing_server = Server::builder()
+            .add_service(verify().wrap(SubscriptionServiceServer::new(Subscriptions)));
         tokio::spawn(billing_server.serve_with_incoming(TcpListenerStream::new(billing_listener)));
 
         let mut config = Config::new(control_plane.clone(), billing, key.clone());
@@ -893,7 +892,11 @@ async fn identity_headers_from_clients_are_stripped() {
     let channel = app.channel().await;
     // The worst case: a correctly signed principal (say, replayed from a leak).
     let mut forged = tonic::metadata::MetadataMap::new();
-    app.key.sign_into(&bob_as_admin(), &mut forged);
+    app.key.sign_into(
+        &bob_as_admin(),
+        "/kapal.v1.CatalogService/GetApp",
+        &mut forged,
+    );
     let with_forgery = |mut req: Request<pb::GetAppRequest>| {
         for name in [PRINCIPAL_HEADER, SIGNATURE_HEADER] {
             req.metadata_mut()
@@ -1082,8 +1085,11 @@ async fn internal_services_and_unknown_methods_are_unimplemented() {
         .await
         .expect("connect");
     let mut signed = ask();
-    app.key
-        .sign_into(&Principal::service(), signed.metadata_mut());
+    app.key.sign_into(
+        &Principal::service(),
+        "/kapal.internal.v1.IdentityService/Authenticate",
+        signed.metadata_mut(),
+    );
     IdentityServiceClient::new(direct)
         .authenticate(signed)
         .await
@@ -1097,8 +1103,11 @@ async fn internal_services_and_unknown_methods_are_unimplemented() {
         "{status:?}"
     );
     let mut forged = ask();
-    app.key
-        .sign_into(&Principal::service(), forged.metadata_mut());
+    app.key.sign_into(
+        &Principal::service(),
+        "/kapal.internal.v1.IdentityService/Authenticate",
+        forged.metadata_mut(),
+    );
     assert_code(identity.authenticate(forged).await, Code::Unimplemented);
 
     // A made-up method of a public service.

@@ -392,14 +392,8 @@ impl Controller {
         let Some(client) = &self.control_plane else {
             return Ok(swept);
         };
-        let desired: HashSet<Uuid> = match client
-            .clone()
-            .list_desired_instances(ListDesiredInstancesRequest {})
-            .await
-        {
-            Ok(r) => r
-                .into_inner()
-                .instances
+        let desired: HashSet<Uuid> = match list_desired(client).await {
+            Ok(instances) => instances
                 .iter()
                 .filter_map(|i| Uuid::parse_str(&i.instance_id).ok())
                 .collect(),
@@ -591,12 +585,8 @@ impl Controller {
             return;
         };
         let started = self.clock.now().naive_utc();
-        let listed = match client
-            .clone()
-            .list_desired_instances(ListDesiredInstancesRequest {})
-            .await
-        {
-            Ok(r) => r.into_inner().instances,
+        let listed = match list_desired(client).await {
+            Ok(instances) => instances,
             Err(s) => {
                 tracing::warn!(code = ?s.code(), message = s.message(), "cannot list desired instances from the control-plane; converging the recorded ones");
                 return;
@@ -800,5 +790,40 @@ async fn watch<K>(
                 return;
             }
         }
+    }
+}
+
+/// Instances asked for per ListDesiredInstances page (the control-plane may answer fewer).
+const DESIRED_PAGE_SIZE: u32 = 500;
+
+/// Every desired instance, following ListDesiredInstances' pages to the last. Fails when any
+/// page fails: a partial list must never pass for the whole one (the orphan sweep would take
+/// the rest for orphans).
+async fn list_desired(
+    client: &InstanceStateServiceClient<InternalChannel>,
+) -> std::result::Result<Vec<InstanceSpec>, tonic::Status> {
+    let mut all = Vec::new();
+    let mut page_token = String::new();
+    let mut seen_tokens = HashSet::new();
+    loop {
+        let page = client
+            .clone()
+            .list_desired_instances(ListDesiredInstancesRequest {
+                page_size: DESIRED_PAGE_SIZE,
+                page_token: page_token.clone(),
+            })
+            .await?
+            .into_inner();
+        all.extend(page.instances);
+        if page.next_page_token.is_empty() {
+            return Ok(all);
+        }
+        // A control-plane that hands out a token twice would keep us here forever.
+        if !seen_tokens.insert(page.next_page_token.clone()) {
+            return Err(tonic::Status::internal(
+                "the control-plane's ListDesiredInstances repeated a page token",
+            ));
+        }
+        page_token = page.next_page_token;
     }
 }

@@ -68,6 +68,9 @@ pub struct Config {
     /// `http://host:port` of the control-plane's InstanceStateService. Empty: none (desired
     /// state comes only from ApplyInstance, and statuses are not reported).
     pub control_plane_endpoint: String,
+    /// How long a call to the control-plane may take before it ends with DEADLINE_EXCEEDED.
+    /// Default 10 s.
+    pub internal_deadline: Duration,
     /// IngressClass of instance Ingresses. Default `traefik` (K3s).
     pub ingress_class: String,
     /// Namespace of the ingress controller, allowed through instance network policies.
@@ -131,6 +134,7 @@ impl Config {
             key,
             kube,
             control_plane_endpoint: control_plane_endpoint.into(),
+            internal_deadline: kapal::serve::DEFAULT_INTERNAL_DEADLINE,
             ingress_class: "traefik".to_string(),
             ingress_namespace: "kube-system".to_string(),
             dns_namespace: "kube-system".to_string(),
@@ -197,7 +201,11 @@ pub async fn run(
             None
         }
         endpoint => Some(InstanceStateServiceClient::new(
-            kapal::serve::internal_channel(endpoint, &config.key)?,
+            kapal::serve::internal_channel_with_deadline(
+                endpoint,
+                &config.key,
+                config.internal_deadline,
+            )?,
         )),
     };
     let cluster = cluster::Cluster::new(client);
@@ -250,10 +258,11 @@ pub async fn run(
         .await;
     let routes = tonic::service::Routes::new(health_service)
         .add_service(kapal::serve::reflection(kapal::proto::DESCRIPTOR_SET)?)
-        .add_service(ProvisionerServiceServer::with_interceptor(
-            service::Provisioner::new(controller),
-            VerifyPrincipal(config.key.clone()),
-        ));
+        .add_service(
+            VerifyPrincipal(config.key.clone()).wrap(ProvisionerServiceServer::new(
+                service::Provisioner::new(controller),
+            )),
+        );
     let router = tonic::transport::Server::builder()
         .add_routes(kapal::metrics::instrument(routes, "provisioner"));
     tracing::info!(addr = ?listener.local_addr().ok(), "provisioner serving");

@@ -23,6 +23,12 @@ pub struct ControlPlane {
     pub reports: Arc<Mutex<Vec<InstanceState>>>,
     /// What ListDesiredInstances answers.
     pub desired: Arc<Mutex<Vec<InstanceSpec>>>,
+    /// Most instances per ListDesiredInstances page, below what the caller asks for (`None`:
+    /// the caller's page size).
+    pub page_limit: Arc<Mutex<Option<usize>>>,
+    /// Every ListDesiredInstances request as it arrived: its metadata (the signed principal, as
+    /// anyone between the services could capture it) and its page token.
+    pub list_calls: Arc<Mutex<Vec<(tonic::metadata::MetadataMap, String)>>>,
 }
 
 #[tonic::async_trait]
@@ -41,8 +47,34 @@ impl InstanceStateService for ControlPlane {
         req: Request<ListDesiredInstancesRequest>,
     ) -> Result<Response<ListDesiredInstancesResponse>, Status> {
         kapal::auth::service(&req)?;
+        lock(&self.list_calls).push((req.metadata().clone(), req.get_ref().page_token.clone()));
+        let req = req.into_inner();
+        let all = lock(&self.desired).clone();
+        if req.page_size == 0 {
+            return Ok(Response::new(ListDesiredInstancesResponse {
+                instances: all,
+                next_page_token: String::new(),
+            }));
+        }
+        // The token is the offset of the next page (this fake's desired list only grows or is
+        // replaced between tests' steps).
+        let start: usize = match req.page_token.as_str() {
+            "" => 0,
+            t => t
+                .parse()
+                .map_err(|_| Status::invalid_argument("bad page_token"))?,
+        };
+        let size = (req.page_size as usize).min(lock(&self.page_limit).unwrap_or(usize::MAX));
+        let end = start.saturating_add(size).min(all.len());
+        let instances = all.get(start..end).unwrap_or_default().to_vec();
+        let next_page_token = if end < all.len() {
+            end.to_string()
+        } else {
+            String::new()
+        };
         Ok(Response::new(ListDesiredInstancesResponse {
-            instances: lock(&self.desired).clone(),
+            instances,
+            next_page_token,
         }))
     }
 }

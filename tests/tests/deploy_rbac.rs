@@ -1568,10 +1568,7 @@ async fn the_provisioner_does_its_whole_job_with_exactly_the_deployed_cluster_ro
     let (cp_listener, cp_endpoint) = free_listener().await?;
     let (cp_stop, cp_stopped) = oneshot::channel::<()>();
     let router = tonic::transport::Server::builder().add_service(
-        InstanceStateServiceServer::with_interceptor(
-            control_plane.clone(),
-            VerifyPrincipal(key.clone()),
-        ),
+        VerifyPrincipal(key.clone()).wrap(InstanceStateServiceServer::new(control_plane.clone())),
     );
     tokio::spawn(kapal::serve::serve(router, cp_listener, async {
         let _ = cp_stopped.await;

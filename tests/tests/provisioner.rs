@@ -53,6 +53,8 @@ struct Provisioner {
     key: InternalKey,
     endpoint: String,
     control_plane: FakeControlPlane,
+    /// Where the (fake) control-plane listens.
+    control_plane_endpoint: String,
     kube: Client,
     stop: Vec<oneshot::Sender<()>>,
     task: Option<tokio::task::JoinHandle<anyhow::Result<()>>>,
@@ -113,15 +115,14 @@ impl Provisioner {
 
         let (cp_listener, cp_endpoint) = free_listener().await?;
         let (cp_stop, cp_stopped) = oneshot::channel::<()>();
-        let router = tonic::transport::Server::builder().add_service(
-            InstanceStateServiceServer::with_interceptor(
-                options.control_plane.clone(),
-                VerifyPrincipal(key.clone()),
-            ),
-        );
+        let router =
+            tonic::transport::Server::builder().add_service(VerifyPrincipal(key.clone()).wrap(
+                InstanceStateServiceServer::new(options.control_plane.clone()),
+            ));
         tokio::spawn(kapal::serve::serve(router, cp_listener, async {
             let _ = cp_stopped.await;
         }));
+        let control_plane_endpoint = cp_endpoint.clone();
 
         let mut config = kapal_provisioner::Config::new(
             DbConfig::DataDir(options.data_dir.clone()),
@@ -150,6 +151,7 @@ impl Provisioner {
             key,
             endpoint,
             control_plane: options.control_plane,
+            control_plane_endpoint,
             kube: cluster.client(),
             stop: vec![stop, cp_stop],
             task: Some(task),
@@ -864,18 +866,24 @@ async fn bad_input_and_strangers_are_turned_away() -> anyhow::Result<()> {
         })
         .await;
     assert_eq!(code(anonymous), Code::Unauthenticated);
-    let mut req = Request::new(GetCredentialsRequest {
-        instance_id: never.clone(),
-    });
     let customer = Principal {
         account_id: Uuid::new_v4(),
         customer_id: "c1234567".into(),
         role: Role::Customer,
         token_id: Uuid::new_v4(),
     };
-    p.key.sign_into(&customer, req.metadata_mut());
+    let mut as_customer = ProvisionerServiceClient::with_interceptor(
+        tonic::transport::Channel::from_shared(p.endpoint.clone())?.connect_lazy(),
+        kapal::auth::SignAs {
+            key: p.key.clone(),
+            principal: customer,
+        },
+    );
+    let req = GetCredentialsRequest {
+        instance_id: never.clone(),
+    };
     assert_eq!(
-        code(client.get_credentials(req).await),
+        code(as_customer.get_credentials(req).await),
         Code::PermissionDenied
     );
     p.shutdown().await
@@ -1209,10 +1217,8 @@ async fn a_provisioner_killed_mid_provisioning_converges_after_a_restart() -> an
     let (cp_listener, cp_endpoint) = free_listener().await?;
     tokio::spawn(kapal::serve::serve(
         tonic::transport::Server::builder().add_service(
-            InstanceStateServiceServer::with_interceptor(
-                control_plane.clone(),
-                VerifyPrincipal(key.clone()),
-            ),
+            VerifyPrincipal(key.clone())
+                .wrap(InstanceStateServiceServer::new(control_plane.clone())),
         ),
         cp_listener,
         std::future::pending(),
@@ -1804,5 +1810,130 @@ async fn a_wildcard_certificate_is_copied_into_each_instance_and_kept_in_sync() 
         },
     )
     .await?;
+    p.shutdown().await
+}
+
+// ---------------------------------------------------------------------------------------------
+// Internal trust between the services.
+
+/// `message` in a request carrying exactly the identity headers of `captured`.
+fn replayed<T>(captured: &tonic::metadata::MetadataMap, message: T) -> Request<T> {
+    use kapal::auth::{PRINCIPAL_HEADER, SIGNATURE_HEADER};
+    let mut req = Request::new(message);
+    for name in [PRINCIPAL_HEADER, SIGNATURE_HEADER] {
+        if let Some(value) = captured.get(name) {
+            req.metadata_mut().insert(name, value.clone());
+        }
+    }
+    req
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_service_signature_captured_from_one_method_is_refused_on_another() -> anyhow::Result<()>
+{
+    let dir = tempfile::tempdir()?;
+    let spec = spec("n8n", "trial");
+    let _cleanup = Cleanup::new(&spec.namespace).await?;
+    let p = Provisioner::start(Options::new(dir.path())?).await?;
+    p.apply(&spec).await?;
+
+    // The provisioner's resync calls ListDesiredInstances, signed as a service: whoever sits
+    // between the services (a proxy, a packet capture, a log of headers) sees these headers.
+    let captured = wait_for("a ListDesiredInstances call", READY_TIMEOUT, || async {
+        Ok(lock(&p.control_plane.list_calls)
+            .first()
+            .map(|(metadata, _)| metadata.clone()))
+    })
+    .await?;
+
+    // Replayed on the method it was made for, within its minute, it still works (this is
+    // what the capture is worth)...
+    let channel = tonic::transport::Channel::from_shared(p.control_plane_endpoint.clone())?
+        .connect()
+        .await?;
+    use kapal::proto::internal::v1::ListDesiredInstancesRequest;
+    use kapal::proto::internal::v1::instance_state_service_client::InstanceStateServiceClient;
+    InstanceStateServiceClient::new(channel)
+        .list_desired_instances(replayed(&captured, ListDesiredInstancesRequest::default()))
+        .await
+        .context("the captured signature, on its own method")?;
+
+    // ...but it opens no other door: not the instance's credentials, not a change of its spec.
+    let mut direct = ProvisionerServiceClient::connect(p.endpoint.clone()).await?;
+    let credentials = direct
+        .get_credentials(replayed(
+            &captured,
+            GetCredentialsRequest {
+                instance_id: spec.instance_id.clone(),
+            },
+        ))
+        .await;
+    assert_eq!(code(credentials), Code::Unauthenticated);
+    let mut deleted = spec.clone();
+    deleted.desired_state = DesiredState::Deleted as i32;
+    let apply = direct
+        .apply_instance(replayed(
+            &captured,
+            ApplyInstanceRequest {
+                spec: Some(deleted),
+            },
+        ))
+        .await;
+    let status = apply.expect_err("a replayed signature applies nothing");
+    assert_eq!(status.code(), Code::Unauthenticated, "{status:?}");
+    assert!(
+        status.message().contains("could not be verified"),
+        "{status:?}"
+    );
+    // The instance is as it was: still wanted, its credentials there for the real services.
+    assert_ne!(
+        p.state(&spec.instance_id).await?.status,
+        InstanceStatus::Deleted as i32
+    );
+    p.credentials(&spec.instance_id).await?;
+    p.shutdown().await
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_resync_follows_every_page_of_the_desired_list() -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    let options = Options::new(dir.path())?;
+    // Five stopped instances (namespace, volume and secrets; no pods), two per page.
+    let mut specs = Vec::new();
+    let mut cleanups = Vec::new();
+    for _ in 0..5 {
+        let mut s = spec("n8n", "trial");
+        s.desired_state = DesiredState::Stopped as i32;
+        cleanups.push(Cleanup::new(&s.namespace).await?);
+        specs.push(s);
+    }
+    *lock(&options.control_plane.desired) = specs.clone();
+    *lock(&options.control_plane.page_limit) = Some(2);
+    let p = Provisioner::start(options).await?;
+
+    // Never applied over gRPC: each one, on every page, is found in the list and converged.
+    for s in &specs {
+        p.control_plane
+            .wait_reported(&s.instance_id, InstanceStatus::Suspended, READY_TIMEOUT)
+            .await?;
+    }
+    let tokens: Vec<String> = lock(&p.control_plane.list_calls)
+        .iter()
+        .map(|(_, token)| token.clone())
+        .collect();
+    for page in ["2", "4"] {
+        assert!(
+            tokens.iter().any(|t| t == page),
+            "the provisioner asked for the page at {page}: {tokens:?}"
+        );
+    }
+    for s in &mut specs {
+        s.desired_state = DesiredState::Deleted as i32;
+    }
+    *lock(&p.control_plane.desired) = specs.clone();
+    for s in &specs {
+        p.apply(s).await?;
+    }
+    drop(cleanups);
     p.shutdown().await
 }

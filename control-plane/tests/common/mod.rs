@@ -3,30 +3,27 @@
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use kapal::auth::{InternalKey, Principal};
+use kapal::auth::InternalKey;
 use kapal::proto::internal::v1::InstanceState;
 use kapal::proto::internal::v1::instance_state_service_client::InstanceStateServiceClient;
-use tonic::transport::Channel;
-use tonic::{Request, Status};
+use kapal::serve::InternalChannel;
+use tonic::Status;
 
 /// Reports statuses to the control-plane as the real provisioner does: by
 /// ReportInstanceState (the one road statuses take), each with a larger sequence than the last.
 #[derive(Clone)]
 pub struct Reporter {
-    client: InstanceStateServiceClient<Channel>,
-    key: InternalKey,
+    client: InstanceStateServiceClient<InternalChannel>,
     sequence: Arc<AtomicU64>,
 }
 
 impl Reporter {
     /// Reports to the control-plane at `url` (its InstanceStateService), signed with `key`.
     pub fn new(url: &str, key: &InternalKey) -> Self {
-        let channel = Channel::from_shared(url.to_string())
-            .expect("control-plane url")
-            .connect_lazy();
+        // Signed as a service, as the provisioner's channel is.
+        let channel = kapal::serve::internal_channel(url, key).expect("control-plane url");
         Reporter {
             client: InstanceStateServiceClient::new(channel),
-            key: key.clone(),
             sequence: Arc::new(AtomicU64::new(0)),
         }
     }
@@ -35,10 +32,7 @@ impl Reporter {
     /// real provisioner reports a changed status before it answers).
     pub async fn report(&self, mut state: InstanceState) -> Result<(), Status> {
         state.sequence = self.sequence.fetch_add(1, Ordering::SeqCst) + 1;
-        let mut req = Request::new(state);
-        self.key
-            .sign_into(&Principal::service(), req.metadata_mut());
-        self.client.clone().report_instance_state(req).await?;
+        self.client.clone().report_instance_state(state).await?;
         Ok(())
     }
 }
