@@ -48,6 +48,7 @@ async fn sessions_passwords_and_scoped_tokens_from_the_cli() -> anyhow::Result<(
         Command::new(KAPAL)
             .args(["server", "--listen", &format!("127.0.0.1:{port}")])
             .args(["--domain", "kapal.test", "--email-verification", "off"])
+            .args(["--payments", "dummy"])
             .arg("--data-dir")
             .arg(&data)
             .arg("--kubeconfig")

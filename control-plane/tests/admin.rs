@@ -282,6 +282,8 @@ async fn start_with(
         config.domain = "kapal.test".into();
         // Every call sees the cluster as the test set it last.
         config.capacity_cache_ttl = Duration::ZERO;
+        // These tests are about capacity and the operators' view, not the per-account cap.
+        config.max_instances_per_account = 100;
         configure(&mut config);
         config
     };
@@ -425,7 +427,9 @@ impl Stack {
                 p,
                 CheckoutRequest {
                     app_id: app.into(),
-                    plan_id: "trial".into(),
+                    // A paid plan (the trial's size): one account orders an app many times here,
+                    // and only one trial per app is allowed.
+                    plan_id: "starter".into(),
                     idempotency_key: key.into(),
                 },
             ))
