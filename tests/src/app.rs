@@ -90,6 +90,8 @@ pub struct TestApp {
     options: Options,
     stop: watch::Sender<bool>,
     tasks: JoinSet<(&'static str, anyhow::Result<()>)>,
+    /// The cluster's admin config, for deleting this stack's instances when it is dropped.
+    cluster_config: Option<kube::Config>,
 }
 
 impl TestAppBuilder {
@@ -229,6 +231,7 @@ impl TestAppBuilder {
             options: self.options,
             stop,
             tasks: JoinSet::new(),
+            cluster_config: Some(cluster.config().clone()),
         };
         app.spawn_services(None).await?;
         Ok(app)
@@ -558,6 +561,11 @@ impl TestApp {
 impl Drop for TestApp {
     fn drop(&mut self) {
         let _ = self.stop.send(true);
+        // Stop the provisioner before its namespaces go, so it recreates none of them.
+        self.tasks.abort_all();
+        if let Some(config) = self.cluster_config.take() {
+            crate::cluster::delete_partition_namespaces(config, self.partition.clone());
+        }
     }
 }
 

@@ -317,6 +317,28 @@ async fn delete_namespace(client: &Client, name: &str) -> anyhow::Result<()> {
     }
 }
 
+/// Deletes every namespace labelled `kapal.dev/partition=<partition>` (the instances a test
+/// stack's provisioner made), best effort and in the background of the API server (namespace
+/// deletion finishes after this returns). A stack's partition is its own, so this never touches
+/// another test's instances; without it every run would leave its instances' requests on the
+/// shared kwok nodes until the cluster is full.
+pub fn delete_partition_namespaces(config: Config, partition: String) {
+    best_effort(config, move |client| async move {
+        let api = Api::<Namespace>::all(client.clone());
+        let selector = format!("kapal.dev/partition={partition}");
+        let list = api
+            .list(&ListParams::default().labels(&selector))
+            .await
+            .with_context(|| format!("listing namespaces of partition {partition}"))?;
+        for ns in list.items {
+            if let Some(name) = ns.metadata.name {
+                delete_namespace(&client, &name).await?;
+            }
+        }
+        Ok(())
+    });
+}
+
 /// Runs `f` with an admin client on a thread and runtime of its own and waits for it, with a
 /// 20 s deadline; failures are printed, not raised. For clean-up in `Drop`: the test's runtime
 /// may be shutting down when a guard drops.
