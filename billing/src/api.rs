@@ -15,17 +15,12 @@ use kapal::wire;
 use tonic::{Request, Response, Status};
 use uuid::Uuid;
 
+use crate::charging::{self, CHARGE_LEASE, invoice_number};
 use crate::error::Error;
 use crate::lifecycle::{InvoiceStatus, RenewalChange, SubscriptionStatus};
-use crate::payments::{ChargeRequest, PaymentError, PaymentProvider};
+use crate::payments::PaymentProvider;
 use crate::store::{self, InvoiceRow, SubscriptionRow};
 
-/// How long one request may charge an invoice before another request may charge it again (with
-/// the same idempotency key). Longer than [`CHARGE_TIMEOUT`], so a lease only runs out when its
-/// holder died.
-pub(crate) const CHARGE_LEASE: chrono::Duration = chrono::Duration::seconds(120);
-/// How long billing waits for the payment provider.
-pub(crate) const CHARGE_TIMEOUT: Duration = Duration::from_secs(60);
 /// How long a request waits for a concurrent request of the same order to finish its charge.
 const WAIT_FOR_OTHER_CHARGE: Duration = Duration::from_secs(70);
 /// How often a waiting request looks again.
@@ -33,11 +28,6 @@ const POLL_INTERVAL: Duration = Duration::from_millis(20);
 
 /// The currency of every price in the catalog.
 const CURRENCY: &str = "IDR";
-
-/// The human-facing form of an invoice number: "KPL-000042".
-pub fn invoice_number(number: i64) -> String {
-    format!("KPL-{number:06}")
-}
 
 /// A CreateSubscription request, checked.
 struct NewOrder {
@@ -262,62 +252,12 @@ impl Billing {
         subscription_to_proto(row, next_plan)
     }
 
-    /// Charges a claimed invoice and records the outcome. No connection is held meanwhile.
+    /// Charges a claimed invoice and records the outcome (see [`charging`]).
     async fn charge(&self, claim: &store::Claim) -> Result<(), Error> {
-        let invoice = &claim.invoice;
-        let request = ChargeRequest {
-            invoice_id: parse_stored_uuid(&invoice.id)?,
-            invoice_number: invoice_number(invoice.number),
-            idempotency_key: claim.idempotency_key.clone(),
-            amount: invoice.amount,
-            currency: invoice.currency.clone(),
-            account_id: parse_stored_uuid(&invoice.account_id)?,
-        };
-        let outcome =
-            match tokio::time::timeout(CHARGE_TIMEOUT, self.0.payments.charge(request)).await {
-                Ok(outcome) => outcome,
-                Err(_) => Err(PaymentError::Unavailable(format!(
-                    "no answer within {}s",
-                    CHARGE_TIMEOUT.as_secs()
-                ))),
-            };
-        let now = self.now();
-        match outcome {
-            Ok(receipt) => {
-                tracing::info!(
-                    invoice = %invoice_number(invoice.number),
-                    provider = %receipt.provider,
-                    reference = %receipt.reference,
-                    amount = invoice.amount,
-                    "payment settled"
-                );
-                store::record_payment_success(
-                    &self.0.db,
-                    claim,
-                    &receipt.provider,
-                    &receipt.reference,
-                    now,
-                )
-                .await
-            }
-            Err(e) => {
-                tracing::warn!(
-                    invoice = %invoice_number(invoice.number),
-                    attempt = claim.attempt,
-                    error = %e,
-                    "payment failed"
-                );
-                let reason = e.public_reason();
-                store::record_payment_failure(&self.0.db, claim, &reason, &e.to_string(), now)
-                    .await?;
-                Err(Error::PaymentFailed(reason))
-            }
-        }
+        charging::charge_claimed(&self.0.db, self.0.payments.as_ref(), claim, || self.now())
+            .await?
+            .map_err(Error::PaymentFailed)
     }
-}
-
-fn parse_stored_uuid(s: &str) -> Result<Uuid, Error> {
-    Uuid::parse_str(s).map_err(|_| Error::Corrupt(format!("stored id {s:?} is not a UUID")))
 }
 
 pub(crate) fn subscription_to_proto(

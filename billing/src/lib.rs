@@ -43,6 +43,7 @@ use tonic::server::NamedService as _;
 
 mod admin;
 mod api;
+mod charging;
 pub mod delivery;
 pub mod error;
 pub mod lifecycle;

@@ -68,11 +68,11 @@ use kapal::db::Db;
 use tokio::sync::Notify;
 use uuid::Uuid;
 
-use crate::api::{CHARGE_LEASE, CHARGE_TIMEOUT, invoice_number};
+use crate::charging::{self, CHARGE_LEASE, invoice_number};
 use crate::error::Error;
 use crate::lifecycle::{Entitlement, InvoiceStatus, SubscriptionStatus};
 use crate::notify::{LogNotifier, Notification, NotificationKind, Notifier};
-use crate::payments::{ChargeRequest, PaymentError, PaymentProvider};
+use crate::payments::PaymentProvider;
 use crate::schema::{
     entitlement_outbox, invoice_counter, invoices, subscription_events, subscription_schedule,
     subscriptions,
@@ -846,38 +846,9 @@ impl Scheduler {
                 _ => Charged::Busy,
             });
         };
-        let request = ChargeRequest {
-            invoice_id: parse_uuid(&invoice.id)?,
-            invoice_number: invoice_number(invoice.number),
-            idempotency_key: claim.idempotency_key.clone(),
-            amount: invoice.amount,
-            currency: invoice.currency.clone(),
-            account_id: parse_uuid(&invoice.account_id)?,
-        };
-        let outcome =
-            match tokio::time::timeout(CHARGE_TIMEOUT, self.0.payments.charge(request)).await {
-                Ok(outcome) => outcome,
-                Err(_) => Err(PaymentError::Unavailable(format!(
-                    "no answer within {}s",
-                    CHARGE_TIMEOUT.as_secs()
-                ))),
-            };
-        match outcome {
-            Ok(receipt) => {
-                store::record_payment_success(
-                    db,
-                    &claim,
-                    &receipt.provider,
-                    &receipt.reference,
-                    now,
-                )
-                .await?;
-            }
-            Err(e) => {
-                let reason = e.public_reason();
-                store::record_payment_failure(db, &claim, &reason, &e.to_string(), now).await?;
-            }
-        }
+        // The outcome is on the invoice either way; it is read back below.
+        let _declined =
+            charging::charge_claimed(db, self.0.payments.as_ref(), &claim, || now).await?;
         let invoice = store::invoice(db, &invoice.id).await?;
         Ok(match invoice.status()? {
             InvoiceStatus::Paid => Charged::Paid(invoice),
@@ -1049,10 +1020,6 @@ fn notification_of(
         at: change.due,
         message: change.cause.clone(),
     }))
-}
-
-fn parse_uuid(s: &str) -> Result<Uuid, Error> {
-    Uuid::parse_str(s).map_err(|_| Error::Corrupt(format!("stored id {s:?} is not a UUID")))
 }
 
 /// When the scheduler next acts on a subscription that is now `status` after `change`.

@@ -504,7 +504,7 @@ pub async fn record_payment_success(
     let chargeable = [InvoiceStatus::Open.as_str(), InvoiceStatus::Failed.as_str()];
     let cause = format!(
         "invoice {} paid",
-        crate::api::invoice_number(invoice.number)
+        crate::charging::invoice_number(invoice.number)
     );
     let mut conn = db.get().await?;
     kapal::db!(&mut conn, |c| {
