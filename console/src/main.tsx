@@ -9,6 +9,7 @@ import { Catalog, Checkout } from './pages/catalog';
 import { InstancePage, Instances } from './pages/instances';
 import { Invoices, Subscriptions } from './pages/billing';
 import { Tokens } from './pages/tokens';
+import { AccountPage } from './pages/account';
 import { go, href, useRoute } from './router';
 import { isAdmin, SessionContext } from './session';
 import './style.css';
@@ -77,6 +78,8 @@ function Routes({ path, account }: { path: string[]; account?: Account }) {
       return <Invoices />;
     case 'tokens':
       return <Tokens />;
+    case 'account':
+      return <AccountPage />;
     case 'admin':
       return isAdmin(account) ? <LazyAdmin path={path.slice(1)} /> : <NotFound />;
   }
@@ -150,6 +153,7 @@ function App() {
                 <NavLink to="#/subscriptions" path={path}>Subscriptions</NavLink>
                 <NavLink to="#/invoices" path={path}>Invoices</NavLink>
                 <NavLink to="#/tokens" path={path}>API tokens</NavLink>
+                <NavLink to="#/account" path={path}>Account</NavLink>
               </>
             )}
           </ul>
@@ -184,6 +188,7 @@ function App() {
             <NavLink to="#/admin/audit" path={path}>Audit log</NavLink>
             <NavLink to="#/admin/revenue" path={path}>Revenue</NavLink>
             <NavLink to="#/admin/subscriptions" path={path}>All subscriptions</NavLink>
+            <NavLink to="#/admin/accounts" path={path}>Accounts</NavLink>
           </ul>
         </nav>
       )}
