@@ -3,7 +3,7 @@ import { useEffect, useState } from 'preact/hooks';
 import type { FunctionComponent } from 'preact';
 import type { Account } from '@kapal/client';
 import { accounts, isUnauthenticated, sessionToken, setSessionToken } from './api';
-import { Page } from './components';
+import { ErrorText, Page } from './components';
 import { LogIn, ResetPassword, SignUp, VerifyEmail } from './pages/auth';
 import { Catalog, Checkout } from './pages/catalog';
 import { InstancePage, Instances } from './pages/instances';
@@ -102,6 +102,9 @@ function App() {
   const path = useRoute();
   const [account, setAccount] = useState<Account | undefined>();
   const [checked, setChecked] = useState(!sessionToken());
+  // WhoAmI refused for another reason than an ended session (e.g. the account is suspended):
+  // the server's message stays on every page, since log-in cannot help.
+  const [refused, setRefused] = useState<unknown>();
 
   useEffect(() => {
     if (!sessionToken()) return;
@@ -112,6 +115,7 @@ function App() {
       },
       (e) => {
         if (isUnauthenticated(e)) setSessionToken('');
+        else setRefused(e);
         setChecked(true);
       },
     );
@@ -193,6 +197,7 @@ function App() {
         </nav>
       )}
       <main id="main" tabIndex={-1}>
+        {!account && <ErrorText error={refused} />}
         {checked ? <Routes path={path} account={account} /> : <p role="status">Loading…</p>}
       </main>
       <footer class="foot">

@@ -12,7 +12,7 @@ import { useSession } from '../session';
 function passwordErrorField(e: unknown): 'current' | 'new' | 'form' {
   if (e instanceof ConnectError) {
     if (e.code === Code.PermissionDenied) return 'current';
-    if (e.code === Code.InvalidArgument) return 'new';
+    if (e.code === Code.InvalidArgument) return /^current_password\b/.test(e.rawMessage) ? 'current' : 'new';
   }
   return 'form';
 }

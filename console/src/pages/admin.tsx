@@ -241,7 +241,7 @@ function AdminInstancePage({ id }: { id: string }) {
         <dt>Plan</dt>
         <dd>{inst.planId}</dd>
         <dt>Status</dt>
-        <dd>
+        <dd data-testid="status">
           <StatusBadge status={inst.status} /> {inst.statusReason}
         </dd>
         {inst.suspendedByBilling && (
