@@ -846,6 +846,9 @@ function OperatorActions({ inst, onDone }: { inst: Instance; onDone: (i: Instanc
     setDone('');
     act.run(async () => {
       const r = await f({ instanceId: inst.id, reason, overrideCapacity: override });
+      // Each action gets its own reason.
+      setReason('');
+      setOverride(false);
       setDone(`${what}. The audit log and the customer's history of the instance show it with your reason.`);
       onDone(r);
     });
@@ -1222,6 +1225,7 @@ function AdminAccountPage({ id }: { id: string }) {
     setResult('');
     act.run(async () => {
       setResult(suspensionResult(await f()));
+      setReason('');
       state.reload();
       insts.reload();
     });
