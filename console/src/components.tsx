@@ -14,6 +14,17 @@ export function ErrorText({ error }: { error: unknown }) {
   );
 }
 
+/** The server's message for one field, right under it: give the field
+ * `aria-describedby={id}` and `aria-invalid` while there is one. */
+export function FieldError({ id, error }: { id: string; error: unknown }) {
+  if (!error) return null;
+  return (
+    <p id={id} class="error" role="alert">
+      {errorMessage(error)}
+    </p>
+  );
+}
+
 export type Loaded<T> = { data?: T; error?: unknown; loading: boolean; reload: () => void };
 
 /** Loads once per change of deps; a 401 sends the user to the log-in page. */

@@ -3,12 +3,13 @@ import { useEffect, useState } from 'preact/hooks';
 import type { FunctionComponent } from 'preact';
 import type { Account } from '@kapal/client';
 import { accounts, isUnauthenticated, sessionToken, setSessionToken } from './api';
-import { Page } from './components';
+import { ErrorText, Page } from './components';
 import { LogIn, ResetPassword, SignUp, VerifyEmail } from './pages/auth';
 import { Catalog, Checkout } from './pages/catalog';
 import { InstancePage, Instances } from './pages/instances';
 import { Invoices, Subscriptions } from './pages/billing';
 import { Tokens } from './pages/tokens';
+import { AccountPage } from './pages/account';
 import { go, href, useRoute } from './router';
 import { isAdmin, SessionContext } from './session';
 import './style.css';
@@ -77,6 +78,8 @@ function Routes({ path, account }: { path: string[]; account?: Account }) {
       return <Invoices />;
     case 'tokens':
       return <Tokens />;
+    case 'account':
+      return <AccountPage />;
     case 'admin':
       return isAdmin(account) ? <LazyAdmin path={path.slice(1)} /> : <NotFound />;
   }
@@ -99,6 +102,9 @@ function App() {
   const path = useRoute();
   const [account, setAccount] = useState<Account | undefined>();
   const [checked, setChecked] = useState(!sessionToken());
+  // WhoAmI refused for another reason than an ended session (e.g. the account is suspended):
+  // the server's message stays on every page, since log-in cannot help.
+  const [refused, setRefused] = useState<unknown>();
 
   useEffect(() => {
     if (!sessionToken()) return;
@@ -109,6 +115,7 @@ function App() {
       },
       (e) => {
         if (isUnauthenticated(e)) setSessionToken('');
+        else setRefused(e);
         setChecked(true);
       },
     );
@@ -150,6 +157,7 @@ function App() {
                 <NavLink to="#/subscriptions" path={path}>Subscriptions</NavLink>
                 <NavLink to="#/invoices" path={path}>Invoices</NavLink>
                 <NavLink to="#/tokens" path={path}>API tokens</NavLink>
+                <NavLink to="#/account" path={path}>Account</NavLink>
               </>
             )}
           </ul>
@@ -184,10 +192,12 @@ function App() {
             <NavLink to="#/admin/audit" path={path}>Audit log</NavLink>
             <NavLink to="#/admin/revenue" path={path}>Revenue</NavLink>
             <NavLink to="#/admin/subscriptions" path={path}>All subscriptions</NavLink>
+            <NavLink to="#/admin/accounts" path={path}>Accounts</NavLink>
           </ul>
         </nav>
       )}
       <main id="main" tabIndex={-1}>
+        {!account && <ErrorText error={refused} />}
         {checked ? <Routes path={path} account={account} /> : <p role="status">Loading…</p>}
       </main>
       <footer class="foot">

@@ -22,6 +22,32 @@ test.describe.configure({ mode: 'serial' });
 const PASSWORD = 'correct horse 42';
 const READY_TIMEOUT = 240_000;
 const AUDIT_REASON = process.env.KAPAL_AUDIT_REASON || `support ticket ${Date.now()}: the customer cannot log in`;
+const TICKET = `T-${Date.now().toString(36)}`;
+const STOP_REASON = `support ticket ${TICKET}: stopped to restore a backup`;
+const START_REASON = `support ticket ${TICKET}: backup restored, started again`;
+const DIAG_REASON = `support ticket ${TICKET}: the customer reports slow pages`;
+const SUSPEND_REASON = `abuse report ${TICKET}: outgoing spam from this account`;
+const UNSUSPEND_REASON = `abuse report ${TICKET}: resolved with the customer`;
+
+/** An operator's browser (the account tests/tests/console.rs made), logged in. */
+async function operatorPage(browser: Browser) {
+  const email = process.env.KAPAL_ADMIN_EMAIL;
+  expect(email, 'KAPAL_ADMIN_EMAIL (set by tests/tests/console.rs)').toBeTruthy();
+  const context = await browser.newContext({ viewport: { width: 1280, height: 800 } });
+  const page = await context.newPage();
+  const problems = watchConsole(page);
+  await visit(page, 'login', 'Log in');
+  await page.getByLabel('Email').fill(email!);
+  await page.getByLabel('Password').fill(process.env.KAPAL_ADMIN_PASSWORD!);
+  await page.getByRole('button', { name: 'Log in' }).click();
+  await expect(page.getByRole('navigation', { name: 'Operator' })).toBeVisible();
+  return { email: email!, context, page, problems };
+}
+
+/** The audit log's row with this reason. */
+function auditRow(page: Page, reason: string) {
+  return page.getByRole('row').filter({ hasText: reason });
+}
 
 /** One customer's browser: its own context (storage, clipboard), its page, its console. */
 type Customer = { email: string; name: string; context: BrowserContext; page: Page; problems: string[] };
@@ -57,6 +83,7 @@ let instanceId = '';
 let instanceLink = '';
 let password = '';
 let bobInstanceLink = '';
+let bobInstanceId = '';
 
 test.afterAll(async () => {
   await alice?.context.close();
@@ -208,6 +235,7 @@ test('another customer sees none of it', async ({ browser, baseURL }) => {
   await expect(heading(page, 'ghost instance')).toBeVisible({ timeout: 60_000 });
   const bobId = decodeURIComponent(new URL(page.url()).hash.split('/').pop() ?? '');
   bobInstanceLink = `ghost ${bobId.slice(0, 8)}`;
+  bobInstanceId = bobId;
   // The refusals above are logged by the browser as failed calls; nothing else may be.
   expectNoConsoleErrors(bob.problems, [/Failed to load resource/]);
 });
@@ -287,5 +315,153 @@ test('an operator sees both customers, reads credentials with a reason, and the 
     expectNoConsoleErrors(problems);
   } finally {
     await context.close();
+  }
+});
+
+test('an operator stops and starts an instance with a reason, reads its diagnostics, and the customer sees it', async ({ browser }, info) => {
+  const op = await operatorPage(browser);
+  const page = op.page;
+  try {
+    await page.goto(`/#/admin/instances/${instanceId}`);
+    await expect(heading(page, `n8n instance of ${alice.email}`)).toBeVisible();
+    await expect(page.getByTestId('status')).toContainText('Ready');
+    const actions = page.getByRole('region', { name: 'Operator actions' });
+    const reason = page.getByLabel('Reason for the action');
+
+    // No reason: the server's refusal, under the reason field; nothing is done.
+    await confirm(page, 'Stop', 'Yes, stop it');
+    await expect(reason).toHaveAttribute('aria-invalid', 'true');
+    await expect(reason).toHaveAccessibleDescription(/needs a reason of 3-500 characters/);
+    await expect(page.getByTestId('status')).toContainText('Ready');
+
+    await reason.fill(STOP_REASON);
+    await actions.getByRole('button', { name: 'Stop', exact: true }).click();
+    await expect(page.getByRole('dialog')).toContainText(STOP_REASON);
+    await expectAccessible(page, 'the operator stop dialog');
+    await page.getByRole('dialog').getByRole('button', { name: 'Yes, stop it' }).click();
+    await expect(actions.getByRole('status')).toContainText('Stopped.');
+    await expect(reason).not.toHaveAttribute('aria-invalid', 'true');
+    await expect(page.getByTestId('status')).toContainText('Suspended', { timeout: READY_TIMEOUT });
+
+    // The customer reads it in the instance's history, with the operator's reason.
+    await alice.page.goto(`/#/instances/${instanceId}`);
+    await expect(heading(alice.page, 'n8n instance')).toBeVisible();
+    const aliceHistory = alice.page.getByRole('region', { name: 'Status history' });
+    await expect(aliceHistory).toContainText(STOP_REASON);
+    await expect(aliceHistory.getByRole('listitem').filter({ hasText: STOP_REASON })).toContainText('(by an operator)');
+    await expectAccessible(alice.page, 'an instance an operator stopped');
+
+    await reason.fill(START_REASON);
+    await confirm(page, 'Start', 'Yes, start it');
+    await expect(actions.getByRole('status')).toContainText('Started.');
+    await expect(page.getByTestId('status')).toContainText('Ready', { timeout: READY_TIMEOUT });
+    await expect(aliceHistory).toContainText(START_REASON);
+    await expect(liveStatus(alice.page)).toContainText('Ready', { timeout: READY_TIMEOUT });
+
+    // Diagnostics: structured tables, read with a reason.
+    const diag = page.getByRole('region', { name: 'Diagnostics' });
+    await page.getByLabel('Reason for reading the diagnostics').fill(DIAG_REASON);
+    await diag.getByRole('button', { name: 'Read diagnostics' }).click();
+    const history = diag.getByRole('table', { name: 'Status history and actions' });
+    await expect(history.getByRole('row').filter({ hasText: STOP_REASON })).toContainText('an operator');
+    await expect(history.getByRole('row').filter({ hasText: START_REASON })).toContainText('an operator');
+    const pods = diag.getByRole('table', { name: 'Pods' });
+    await expect(pods.getByRole('row').nth(1)).toContainText(/Running|Pending/);
+    await expect(diag.getByRole('heading', { name: 'Kubernetes events' })).toBeVisible();
+    await expect(diag.getByRole('heading', { name: 'Volumes' })).toBeVisible();
+    await expect(diag.getByRole('heading', { name: 'Logs' })).toBeVisible();
+    await expectAccessible(page, 'an instance with its diagnostics, as an operator');
+    await screenshots(page, 'admin-diagnostics', info);
+
+    // The audit log: who, what and why for each.
+    await op.page.getByRole('navigation', { name: 'Operator' }).getByRole('link', { name: 'Audit log' }).click();
+    await expect(heading(page, 'Audit log')).toBeVisible();
+    for (const [action, why] of [
+      ['stop_instance', STOP_REASON],
+      ['start_instance', START_REASON],
+      ['read_diagnostics', DIAG_REASON],
+    ]) {
+      const row = auditRow(page, why);
+      await expect(row).toHaveCount(1);
+      await expect(row).toContainText(action);
+      await expect(row).toContainText(op.email);
+      await expect(row).toContainText(instanceId);
+    }
+    // The refusals (no reason) are logged by the browser as failed calls.
+    expectNoConsoleErrors(op.problems, [/Failed to load resource/]);
+    expectNoConsoleErrors(alice.problems);
+  } finally {
+    await op.context.close();
+  }
+});
+
+test('an operator suspends an account with a reason and lifts the suspension', async ({ browser }, info) => {
+  const op = await operatorPage(browser);
+  const page = op.page;
+  try {
+    await op.page.getByRole('navigation', { name: 'Operator' }).getByRole('link', { name: 'Accounts' }).click();
+    await expect(heading(page, 'Customer accounts')).toBeVisible();
+    await expect(page.getByRole('table')).toContainText(alice.email);
+    await expectAccessible(page, 'customer accounts');
+
+    await page.goto(`/#/admin/instances/${bobInstanceId}`);
+    await expect(heading(page, `ghost instance of ${bob.email}`)).toBeVisible();
+    await page.getByRole('link', { name: /^account [0-9a-f-]{36}$/ }).click();
+    await expect(heading(page, 'Customer account')).toBeVisible();
+    const facts = page.locator('dl.facts');
+    await expect(facts).toContainText(bob.email);
+    await expect(facts).toContainText('Not suspended');
+    const bobAccount = decodeURIComponent(new URL(page.url()).hash.split('/').pop() ?? '');
+    await expect(page.getByRole('link', { name: bobInstanceLink })).toBeVisible();
+
+    const section = page.getByRole('region', { name: 'Suspension' });
+    await page.getByLabel('Reason', { exact: true }).fill(SUSPEND_REASON);
+    await section.getByRole('button', { name: 'Suspend account' }).click();
+    await expect(page.getByRole('dialog')).toContainText(SUSPEND_REASON);
+    await page.getByRole('dialog').getByRole('button', { name: 'Yes, suspend it' }).click();
+    await expect(section.getByRole('status')).toContainText('The account is suspended. Stopped 1 instance');
+    await expect(facts).toContainText(`Suspended since`);
+    await expect(facts).toContainText(SUSPEND_REASON);
+    await expect(section.getByRole('button', { name: 'Lift suspension' })).toBeVisible();
+    await expectAccessible(page, 'a suspended account');
+    await screenshots(page, 'admin-account', info);
+
+    // Bob's calls are refused with the reason (at once, or within the gateway's identity cache
+    // time).
+    await expect(async () => {
+      await bob.page.goto('/#/catalog');
+      await bob.page.goto('/#/instances');
+      await expect(bob.page.getByRole('alert').first()).toContainText(/suspended/i, { timeout: 2_000 });
+    }).toPass({ timeout: 60_000 });
+
+    await page.getByLabel('Reason', { exact: true }).fill(UNSUSPEND_REASON);
+    await section.getByRole('button', { name: 'Lift suspension' }).click();
+    await page.getByRole('dialog').getByRole('button', { name: 'Yes, lift it' }).click();
+    await expect(section.getByRole('status')).toContainText('The suspension is lifted.');
+    await expect(facts).toContainText('Not suspended; the last suspension was lifted');
+
+    await expect(async () => {
+      await bob.page.goto('/#/catalog');
+      await bob.page.goto('/#/instances');
+      await expect(bob.page.getByRole('link', { name: bobInstanceLink })).toBeVisible({ timeout: 2_000 });
+    }).toPass({ timeout: 60_000 });
+
+    await page.getByRole('main').getByRole('link', { name: 'Audit log' }).click();
+    await expect(heading(page, 'Audit log')).toBeVisible();
+    for (const [action, why] of [
+      ['suspend_account', SUSPEND_REASON],
+      ['unsuspend_account', UNSUSPEND_REASON],
+    ]) {
+      const row = auditRow(page, why);
+      await expect(row).toHaveCount(1);
+      await expect(row).toContainText(action);
+      await expect(row).toContainText(op.email);
+      await expect(row.getByRole('link', { name: `account ${bobAccount}` })).toBeVisible();
+    }
+    await expectAccessible(page, 'the audit log with account actions');
+    expectNoConsoleErrors(op.problems);
+    expectNoConsoleErrors(bob.problems, [/Failed to load resource/]);
+  } finally {
+    await op.context.close();
   }
 });

@@ -3,14 +3,18 @@
 //! Mailpit (the specs read the codes through its API), and Playwright (`console/tests`, driving
 //! Debian's `/usr/bin/chromium`) going through the console as customers and an operator do. The
 //! specs check the CSP and the other headers of the page, the customer journey to a READY n8n
-//! trial and back, that a second customer sees none of it, and the operator pages; axe-core runs
-//! on every page, and the main pages are photographed at 1280x800 and 390x844.
+//! trial and back, that a second customer sees none of it, a customer's sessions, password
+//! change and API token scopes, and the operator pages, operator actions on an instance and an
+//! account (with reasons the audit log then shows) and diagnostics; axe-core runs on every page,
+//! and the main pages are photographed at 1280x800 and 390x844.
 //!
 //! Needs `node`, `/usr/bin/chromium` (Debian's package `chromium`; KAPAL_CHROMIUM overrides it)
 //! and a built console: `scripts/test` builds it and installs Playwright (`npm ci` in console/
 //! and console/tests). This test fails, never skips, when any of them is missing or when the
 //! console was built before its latest source change. It runs `npm ci` in console/tests itself
 //! when Playwright is not installed there.
+//!
+//! Runs on SQLite; `KAPAL_CONSOLE_BACKEND=postgres` runs it on PostgreSQL (KAPAL_TEST_DATABASE_URL).
 //!
 //! `KAPAL_UPDATE_SCREENSHOTS=1` writes the screenshots into docs/screenshots (checked in, linked
 //! from the README); otherwise they go to a temporary directory.
@@ -21,6 +25,7 @@ use std::time::{Duration, SystemTime};
 
 use anyhow::{Context as _, ensure};
 use kapal::proto::v1::ListAuditEventsRequest;
+use kapal::testing::Backend;
 use kapal_tests::app::TestApp;
 use kapal_tests::mailpit::Mailpit;
 
@@ -29,7 +34,7 @@ use kapal_tests::mailpit::Mailpit;
 const PLAYWRIGHT_TIMEOUT: Duration = Duration::from_secs(20 * 60);
 
 /// The screenshots the specs take (each at two sizes).
-const SCREENSHOTS: [&str; 12] = [
+const SCREENSHOTS: [&str; 16] = [
     "catalog",
     "log-in",
     "checkout",
@@ -42,6 +47,10 @@ const SCREENSHOTS: [&str; 12] = [
     "admin-audit",
     "admin-capacity",
     "admin-revenue",
+    "account",
+    "tokens",
+    "admin-diagnostics",
+    "admin-account",
 ];
 
 fn repo_root() -> PathBuf {
@@ -114,6 +123,17 @@ async fn check_tools(root: &Path) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// The database the services use: SQLite, or PostgreSQL (KAPAL_TEST_DATABASE_URL) with
+/// `KAPAL_CONSOLE_BACKEND=postgres`. One browser run at a time: the specs take minutes and the
+/// server-side rules they reach are tested on both databases by the other targets.
+fn backend() -> anyhow::Result<Backend> {
+    match std::env::var("KAPAL_CONSOLE_BACKEND").as_deref() {
+        Err(_) | Ok("" | "sqlite") => Ok(Backend::Sqlite),
+        Ok("postgres") => Ok(Backend::Postgres),
+        Ok(other) => anyhow::bail!("KAPAL_CONSOLE_BACKEND={other}: expected sqlite or postgres"),
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn the_console_in_a_browser_for_customers_and_operators() -> anyhow::Result<()> {
     let root = repo_root();
@@ -123,6 +143,7 @@ async fn the_console_in_a_browser_for_customers_and_operators() -> anyhow::Resul
     // received before they can check out.
     let mailpit = Mailpit::get().await?;
     let app = TestApp::builder()
+        .backend(backend()?)
         .with_console_dir(root.join("console/dist"))
         .with_mail(mailpit.mail_config())
         .start()
@@ -175,8 +196,8 @@ async fn the_console_in_a_browser_for_customers_and_operators() -> anyhow::Resul
     );
     // Every spec ran (a filtered or skipped spec would also exit 0).
     ensure!(
-        !stdout.contains("skipped") && stdout.contains("9 passed"),
-        "expected the 9 specs to pass, none skipped: see Playwright's report above"
+        !stdout.contains("skipped") && stdout.contains("13 passed"),
+        "expected the 13 specs to pass, none skipped: see Playwright's report above"
     );
 
     // What the operator did in the browser is in the audit log, with the reason typed there.

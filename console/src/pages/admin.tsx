@@ -2,28 +2,34 @@
 import { useEffect, useState } from 'preact/hooks';
 import {
   AlertSeverity,
+  DesiredState,
   InstanceStatus,
   SubscriptionStatus,
+  type AccountSuspension,
   type AdminInstance,
+  type AuditEvent,
   type Credentials,
+  type Instance,
+  type InstanceDiagnostics,
   type InstanceUsage,
   type ResourceAmounts,
   type SubscriptionEvent,
 } from '@kapal/client';
 import { timestampFromDate } from '@bufbuild/protobuf/wkt';
-import { createClient } from '@connectrpc/connect';
-import { AdminService, BillingAdminService } from '@kapal/client';
-import { allPages, catalog, transport } from '../api';
+import { Code, ConnectError, createClient } from '@connectrpc/connect';
+import { AdminService, BillingAdminService, OperatorService } from '@kapal/client';
+import { allPages, catalog, errorMessage, transport } from '../api';
 import { BarChart, CapacityBar, LineChart } from '../charts';
-import { ErrorText, Loading, Page, Pager, useAction, useLoad, usePager } from '../components';
+import { ConfirmButton, ErrorText, FieldError, Loading, Page, Pager, useAction, useLoad, usePager } from '../components';
 import { bytes, day, instanceStatus, isoTime, millicores, percent, rupiah, rupiahNumber, severity, subscriptionStatus, when } from '../format';
 import { href } from '../router';
-import { StatusBadge } from './instances';
+import { actorName, StatusBadge } from './instances';
 import { SubscriptionEvents } from './billing';
 
 // Here rather than in api.ts: this module is loaded only when an operator opens an operator page.
 const admin = createClient(AdminService, transport);
 const billingAdmin = createClient(BillingAdminService, transport);
+const operator = createClient(OperatorService, transport);
 
 export default function AdminRoutes({ path }: { path: string[] }) {
   const [first, id] = path;
@@ -40,6 +46,8 @@ export default function AdminRoutes({ path }: { path: string[] }) {
       return <RevenuePage />;
     case 'subscriptions':
       return <AdminSubscriptions />;
+    case 'accounts':
+      return id ? <AdminAccountPage id={id} /> : <AdminAccounts />;
   }
   return (
     <Page title="Page not found">
@@ -166,6 +174,14 @@ function AdminInstances() {
 
 function AdminInstancePage({ id }: { id: string }) {
   const got = useLoad(() => admin.getInstanceAsAdmin({ instanceId: id }), [id]);
+  // The instance's status every 5 s (a plain read: only credentials are audited), so an action
+  // taken here shows its effect.
+  const reloadInstance = got.reload;
+  useEffect(() => {
+    const t = window.setInterval(reloadInstance, 5000);
+    return () => window.clearInterval(t);
+  }, [reloadInstance]);
+  const [acted, setActed] = useState<Instance | undefined>();
   const [reason, setReason] = useState('');
   const [creds, setCreds] = useState<Credentials | undefined>();
   const read = useAction();
@@ -198,7 +214,8 @@ function AdminInstancePage({ id }: { id: string }) {
   }, [id]);
 
   const ai: AdminInstance | undefined = got.data;
-  const inst = ai?.instance;
+  // The answer of an action until the next read is newer than it.
+  const inst = acted && (!ai?.instance?.updatedAt || (acted.updatedAt && acted.updatedAt.seconds > ai.instance.updatedAt.seconds)) ? acted : ai?.instance;
   if (!ai || !inst) {
     return (
       <Page title="Instance">
@@ -215,7 +232,7 @@ function AdminInstancePage({ id }: { id: string }) {
         <dd>{inst.id}</dd>
         <dt>Owner</dt>
         <dd>
-          {ai.email} (account {ai.accountId}, customer {ai.customerId})
+          {ai.email} (<a href={href('admin', 'accounts', ai.accountId)}>account {ai.accountId}</a>, customer {ai.customerId})
         </dd>
         <dt>Namespace</dt>
         <dd>{ai.namespace}</dd>
@@ -224,7 +241,7 @@ function AdminInstancePage({ id }: { id: string }) {
         <dt>Plan</dt>
         <dd>{inst.planId}</dd>
         <dt>Status</dt>
-        <dd>
+        <dd data-testid="status">
           <StatusBadge status={inst.status} /> {inst.statusReason}
         </dd>
         {inst.suspendedByBilling && (
@@ -235,7 +252,7 @@ function AdminInstancePage({ id }: { id: string }) {
         )}
       </dl>
 
-      <h2>Status history</h2>
+      <h2>Timeline</h2>
       <ol class="history">
         <li>
           <time dateTime={isoTime(inst.createdAt)}>{when(inst.createdAt)}</time> ordered
@@ -254,6 +271,16 @@ function AdminInstancePage({ id }: { id: string }) {
           </li>
         )}
       </ol>
+
+      <OperatorActions
+        inst={inst}
+        onDone={(r) => {
+          setActed(r);
+          got.reload();
+        }}
+      />
+
+      <DiagnosticsSection id={id} />
 
       <h2>Subscription events</h2>
       <p>
@@ -487,7 +514,7 @@ function AuditPage() {
               <th scope="col">When</th>
               <th scope="col">Operator</th>
               <th scope="col">Action</th>
-              <th scope="col">Instance</th>
+              <th scope="col">Subject</th>
               <th scope="col">Reason</th>
             </tr>
           </thead>
@@ -499,7 +526,9 @@ function AuditPage() {
                 </td>
                 <td>{e.actorEmail}</td>
                 <td>{e.action}</td>
-                <td>{e.instanceId ? <a href={href('admin', 'instances', e.instanceId)}>{e.instanceId}</a> : '—'}</td>
+                <td>
+                  <AuditSubject e={e} />
+                </td>
                 <td>{e.reason}</td>
               </tr>
             ))}
@@ -509,6 +538,16 @@ function AuditPage() {
       <Pager pager={pager} nextToken={list.data?.nextPageToken} />
     </Page>
   );
+}
+
+/** What an audit entry is about: an account for the account actions, an instance otherwise
+ * (AuditEvent.instance_id holds the target of either). */
+function AuditSubject({ e }: { e: AuditEvent }) {
+  if (!e.instanceId) return <>—</>;
+  if (e.action.endsWith('_account')) {
+    return <a href={href('admin', 'accounts', e.instanceId)}>account {e.instanceId}</a>;
+  }
+  return <a href={href('admin', 'instances', e.instanceId)}>{e.instanceId}</a>;
 }
 
 function Kpi({ label, value, detail }: { label: string; value: string; detail?: string }) {
@@ -755,6 +794,624 @@ function AdminSubscriptions() {
         </table>
       )}
       <Pager pager={pager} nextToken={list.data?.nextPageToken} />
+    </Page>
+  );
+}
+
+/** Whether an INVALID_ARGUMENT is about the operator's reason (the server names it). */
+function isReasonError(e: unknown): boolean {
+  return e instanceof ConnectError && e.code === Code.InvalidArgument && /reason/i.test(errorMessage(e));
+}
+
+/** A textbox for an operator's reason, with the server's refusal of it right under it. */
+function ReasonField(props: { id: string; label: string; hint: string; value: string; error: unknown; onInput: (v: string) => void }) {
+  const bad = isReasonError(props.error);
+  return (
+    <>
+      <label for={props.id}>{props.label}</label>
+      <input
+        id={props.id}
+        type="text"
+        required
+        minLength={3}
+        maxLength={500}
+        value={props.value}
+        aria-invalid={bad ? true : undefined}
+        aria-describedby={bad ? `${props.id}-hint ${props.id}-error` : `${props.id}-hint`}
+        onInput={(e) => props.onInput(e.currentTarget.value)}
+      />
+      <p id={`${props.id}-hint`} class="hint">
+        {props.hint}
+      </p>
+      {bad && <FieldError id={`${props.id}-error`} error={props.error} />}
+    </>
+  );
+}
+
+function reasonDetail(reason: string, what: string): string {
+  const r = reason.trim();
+  return r ? `${what} Your reason, kept in the audit log: "${r}".` : `${what} You have not given a reason yet: the server asks for one.`;
+}
+
+/** Restart, stop and start any customer's instance, each with a reason (audited, and shown in the
+ * instance's history to its owner) and a confirmation. */
+function OperatorActions({ inst, onDone }: { inst: Instance; onDone: (i: Instance) => void }) {
+  const [reason, setReason] = useState('');
+  const [override, setOverride] = useState(false);
+  const [done, setDone] = useState('');
+  const act = useAction();
+  const stopped = inst.desiredState === DesiredState.STOPPED;
+  const deleted = inst.desiredState === DesiredState.DELETED;
+  const run = (what: string, f: typeof operator.stopInstanceAsOperator) => {
+    setDone('');
+    act.run(async () => {
+      const r = await f({ instanceId: inst.id, reason, overrideCapacity: override });
+      // Each action gets its own reason.
+      setReason('');
+      setOverride(false);
+      setDone(`${what}. The audit log and the customer's history of the instance show it with your reason.`);
+      onDone(r);
+    });
+  };
+  return (
+    <section aria-labelledby="op-actions-title">
+      <h2 id="op-actions-title">Operator actions</h2>
+      <div class="form">
+        <ReasonField
+          id="op-reason"
+          label="Reason for the action"
+          hint="3-500 characters, e.g. a support ticket. The customer reads it in the instance's history."
+          value={reason}
+          error={act.error}
+          onInput={setReason}
+        />
+        {stopped && (
+          <label class="check">
+            <input type="checkbox" checked={override} onChange={(e) => setOverride(e.currentTarget.checked)} /> Start even over the capacity ceiling
+            (recorded)
+          </label>
+        )}
+      </div>
+      <div class="actions">
+        <ConfirmButton
+          label="Restart"
+          question="Restart this customer's instance?"
+          detail={reasonDetail(reason, "The app's workloads are restarted one by one.")}
+          confirmLabel="Yes, restart it"
+          disabled={act.busy || stopped || deleted}
+          onConfirm={() => run('Restarted', (r) => operator.restartInstanceAsOperator(r))}
+        />
+        {stopped ? (
+          <ConfirmButton
+            label="Start"
+            question="Start this customer's instance?"
+            detail={reasonDetail(reason, override ? 'It starts even if that pushes committed capacity over the ceiling.' : 'It starts if the cluster has room under the ceiling.')}
+            confirmLabel="Yes, start it"
+            disabled={act.busy}
+            onConfirm={() => run('Started', (r) => operator.startInstanceAsOperator(r))}
+          />
+        ) : (
+          <ConfirmButton
+            label="Stop"
+            question="Stop this customer's instance?"
+            detail={reasonDetail(reason, 'The app is scaled to zero; its data is kept and the customer can start it again.')}
+            confirmLabel="Yes, stop it"
+            danger
+            disabled={act.busy || deleted}
+            onConfirm={() => run('Stopped', (r) => operator.stopInstanceAsOperator(r))}
+          />
+        )}
+      </div>
+      {!isReasonError(act.error) && <ErrorText error={act.error} />}
+      {done && (
+        <p class="notice" role="status">
+          {done}
+        </p>
+      )}
+    </section>
+  );
+}
+
+function yesNo(b: boolean): string {
+  return b ? 'yes' : 'no';
+}
+
+/** What Kubernetes says about the instance (GetInstanceDiagnosticsAsOperator): read with a
+ * reason, which the audit log keeps. */
+function DiagnosticsSection({ id }: { id: string }) {
+  const [reason, setReason] = useState('');
+  const [lines, setLines] = useState('50');
+  const [diag, setDiag] = useState<InstanceDiagnostics | undefined>();
+  const read = useAction();
+  return (
+    <section aria-labelledby="diag-title">
+      <h2 id="diag-title">Diagnostics</h2>
+      <p>The instance's history, Kubernetes events, pods, volumes and log tails. Reading them is recorded in the audit log with your reason.</p>
+      <form
+        class="form"
+        onSubmit={(e) => {
+          e.preventDefault();
+          read.run(async () => setDiag(await operator.getInstanceDiagnosticsAsOperator({ instanceId: id, reason, logLines: Number(lines) })));
+        }}
+      >
+        <ReasonField
+          id="diag-reason"
+          label="Reason for reading the diagnostics"
+          hint="3-500 characters, e.g. a support ticket."
+          value={reason}
+          error={read.error}
+          onInput={setReason}
+        />
+        <label for="diag-lines">Log lines per container</label>
+        <select id="diag-lines" value={lines} onChange={(e) => setLines(e.currentTarget.value)}>
+          {['20', '50', '200', '500'].map((n) => (
+            <option key={n} value={n}>
+              {n}
+            </option>
+          ))}
+        </select>
+        {!isReasonError(read.error) && <ErrorText error={read.error} />}
+        <button type="submit" disabled={read.busy}>
+          {diag ? 'Read diagnostics again' : 'Read diagnostics'}
+        </button>
+      </form>
+      {diag && <DiagnosticsView d={diag} />}
+    </section>
+  );
+}
+
+function DiagnosticsView({ d }: { d: InstanceDiagnostics }) {
+  const containers = d.pods.flatMap((p) => p.containers.map((c) => ({ pod: p.name, c })));
+  return (
+    <div class="diagnostics">
+      <p class="muted" role="status">
+        Read from the cluster {when(d.observedAt)}; namespace <code>{d.namespace || '—'}</code>.
+      </p>
+
+      <h3 id="diag-history">Status history and actions</h3>
+      {d.history.length === 0 ? (
+        <p>No history yet.</p>
+      ) : (
+        <table tabIndex={0} aria-labelledby="diag-history">
+          <thead>
+            <tr>
+              <th scope="col">When</th>
+              <th scope="col">Status</th>
+              <th scope="col">What happened</th>
+              <th scope="col">By</th>
+            </tr>
+          </thead>
+          <tbody>
+            {d.history.map((h, i) => (
+              <tr key={i}>
+                <td>
+                  <time dateTime={isoTime(h.at)}>{when(h.at)}</time>
+                </td>
+                <td>
+                  <StatusBadge status={h.status} />
+                </td>
+                <td>{h.reason}</td>
+                <td>{actorName(h.actor)}</td>
+              </tr>
+            ))}
+          </tbody>
+        </table>
+      )}
+
+      <h3 id="diag-events">Kubernetes events</h3>
+      {d.events.length === 0 ? (
+        <p>No events (Kubernetes keeps them for an hour).</p>
+      ) : (
+        <table tabIndex={0} aria-labelledby="diag-events">
+          <thead>
+            <tr>
+              <th scope="col">Last seen</th>
+              <th scope="col">Type</th>
+              <th scope="col">Reason</th>
+              <th scope="col">Object</th>
+              <th scope="col">Message</th>
+              <th scope="col" class="num">Count</th>
+              <th scope="col">Source</th>
+            </tr>
+          </thead>
+          <tbody>
+            {d.events.map((e, i) => (
+              <tr key={i}>
+                <td>{when(e.lastSeen ?? e.firstSeen)}</td>
+                <td>
+                  <span class={`badge ${e.type === 'Warning' ? 's-warning' : 's-ready'}`}>{e.type}</span>
+                </td>
+                <td>{e.reason}</td>
+                <td>
+                  <code>{e.object}</code>
+                </td>
+                <td>{e.message}</td>
+                <td class="num">{e.count}</td>
+                <td>{e.source}</td>
+              </tr>
+            ))}
+          </tbody>
+        </table>
+      )}
+
+      <h3 id="diag-pods">Pods</h3>
+      {d.pods.length === 0 ? (
+        <p>No pods (the instance is stopped, or not placed yet).</p>
+      ) : (
+        <table tabIndex={0} aria-labelledby="diag-pods">
+          <thead>
+            <tr>
+              <th scope="col">Pod</th>
+              <th scope="col">Phase</th>
+              <th scope="col">Node</th>
+              <th scope="col" class="num">Restarts</th>
+              <th scope="col">Last termination</th>
+              <th scope="col">Conditions not met</th>
+              <th scope="col">Created</th>
+            </tr>
+          </thead>
+          <tbody>
+            {d.pods.map((p) => {
+              const restarts = p.containers.reduce((n, c) => n + c.restartCount, 0);
+              const ended = p.containers.filter((c) => c.lastTerminationReason);
+              const unmet = p.conditions.filter((c) => c.status !== 'True');
+              return (
+                <tr key={p.name}>
+                  <th scope="row">
+                    <code>{p.name}</code>
+                  </th>
+                  <td>{p.phase}</td>
+                  <td>{p.node || 'not scheduled'}</td>
+                  <td class="num">{restarts}</td>
+                  <td>
+                    {ended.length === 0
+                      ? 'none'
+                      : ended.map((c) => (
+                          <div key={c.name}>
+                            {c.name}: {c.lastTerminationReason} (exit {c.lastExitCode}) {when(c.lastTerminatedAt)}
+                          </div>
+                        ))}
+                  </td>
+                  <td>
+                    {unmet.length === 0
+                      ? 'none'
+                      : unmet.map((c) => (
+                          <div key={c.type}>
+                            {c.type} {c.status}
+                            {c.reason && `: ${c.reason}`}
+                            {c.message && ` (${c.message})`}
+                          </div>
+                        ))}
+                  </td>
+                  <td>{when(p.createdAt)}</td>
+                </tr>
+              );
+            })}
+          </tbody>
+        </table>
+      )}
+
+      {containers.length > 0 && (
+        <>
+          <h3 id="diag-containers">Containers</h3>
+          <table tabIndex={0} aria-labelledby="diag-containers">
+            <thead>
+              <tr>
+                <th scope="col">Container</th>
+                <th scope="col">Image</th>
+                <th scope="col">Ready</th>
+                <th scope="col">State</th>
+                <th scope="col" class="num">Restarts</th>
+              </tr>
+            </thead>
+            <tbody>
+              {containers.map(({ pod, c }) => (
+                <tr key={`${pod}/${c.name}`}>
+                  <th scope="row">
+                    <code>
+                      {pod}/{c.name}
+                    </code>
+                    {c.init && ' (init)'}
+                  </th>
+                  <td>
+                    <code>{c.image}</code>
+                  </td>
+                  <td>{yesNo(c.ready)}</td>
+                  <td>
+                    {c.state || 'not reported'}
+                    {c.stateReason && `: ${c.stateReason}`}
+                    {c.stateMessage && <div class="muted">{c.stateMessage}</div>}
+                  </td>
+                  <td class="num">{c.restartCount}</td>
+                </tr>
+              ))}
+            </tbody>
+          </table>
+        </>
+      )}
+
+      <h3 id="diag-volumes">Volumes</h3>
+      {d.volumes.length === 0 ? (
+        <p>No volume claims.</p>
+      ) : (
+        <table tabIndex={0} aria-labelledby="diag-volumes">
+          <thead>
+            <tr>
+              <th scope="col">Claim</th>
+              <th scope="col">Phase</th>
+              <th scope="col">Volume</th>
+              <th scope="col">Storage class</th>
+              <th scope="col" class="num">Requested</th>
+              <th scope="col" class="num">Capacity</th>
+            </tr>
+          </thead>
+          <tbody>
+            {d.volumes.map((v) => (
+              <tr key={v.claim}>
+                <th scope="row">
+                  <code>{v.claim}</code>
+                </th>
+                <td>{v.phase}</td>
+                <td>{v.volume ? <code>{v.volume}</code> : 'not bound'}</td>
+                <td>{v.storageClass || '—'}</td>
+                <td class="num">{bytes(v.requestedBytes)}</td>
+                <td class="num">{v.capacityBytes > 0n ? bytes(v.capacityBytes) : '—'}</td>
+              </tr>
+            ))}
+          </tbody>
+        </table>
+      )}
+
+      <h3>Logs</h3>
+      {containers.length === 0 && <p>No containers, so no logs.</p>}
+      {containers.map(({ pod, c }) => (
+        <details key={`${pod}/${c.name}`} class="log">
+          <summary>
+            Log of {pod}/{c.name} ({c.logTail.length} lines)
+          </summary>
+          {c.logTail.length > 0 ? (
+            <pre tabIndex={0}>{c.logTail.join('\n')}</pre>
+          ) : (
+            <p class="muted">{c.logNote || 'Nothing logged.'}</p>
+          )}
+        </details>
+      ))}
+    </div>
+  );
+}
+
+/** An account's suspension as the audit log tells it: its newest suspend_account or
+ * unsuspend_account entry (the API has no call that reads it directly). Looks at the newest
+ * 2,000 audit entries. */
+type SuspensionState = { suspended: boolean; event?: AuditEvent };
+
+async function suspensionFromAudit(accountId: string): Promise<SuspensionState> {
+  let token = '';
+  for (let i = 0; i < 4; i++) {
+    const r = await admin.listAuditEvents({ pageSize: 500, pageToken: token });
+    const e = r.events.find((e) => e.instanceId === accountId && (e.action === 'suspend_account' || e.action === 'unsuspend_account'));
+    if (e) return { suspended: e.action === 'suspend_account', event: e };
+    if (!r.nextPageToken) break;
+    token = r.nextPageToken;
+  }
+  return { suspended: false };
+}
+
+function suspensionText(s: SuspensionState): string {
+  if (!s.event) return 'Not suspended (no suspension in the recent audit log).';
+  const by = `${when(s.event.at)} by ${s.event.actorEmail}`;
+  return s.suspended ? `Suspended since ${by}: ${s.event.reason}` : `Not suspended; the last suspension was lifted ${by}: ${s.event.reason}`;
+}
+
+function suspensionResult(r: AccountSuspension): string {
+  const n = (k: number) => `${k} instance${k === 1 ? '' : 's'}`;
+  if (r.suspended) return `The account is suspended. Stopped ${n(r.instanceIds.length)}; its calls are refused with your reason.`;
+  const left = r.notStarted.length ? ` Not started: ${r.notStarted.join('; ')}.` : '';
+  return `The suspension is lifted. Started again: ${n(r.instanceIds.length)}.${left}`;
+}
+
+/** One customer's account: its instances and subscriptions, and suspending or lifting a
+ * suspension with a reason and a confirmation. */
+function AdminAccountPage({ id }: { id: string }) {
+  const insts = useLoad(() => admin.listAllInstances({ accountId: id, pageSize: 100 }), [id]);
+  const subs = useLoad(() => billingAdmin.listAllSubscriptions({ accountId: id, pageSize: 100 }), [id]);
+  const state = useLoad(() => suspensionFromAudit(id), [id]);
+  const [reason, setReason] = useState('');
+  const [result, setResult] = useState('');
+  const act = useAction();
+  const first = insts.data?.instances[0];
+  const suspended = state.data?.suspended;
+  const run = (f: () => Promise<AccountSuspension>) => {
+    setResult('');
+    act.run(async () => {
+      setResult(suspensionResult(await f()));
+      setReason('');
+      state.reload();
+      insts.reload();
+    });
+  };
+  return (
+    <Page title="Customer account">
+      <dl class="facts">
+        <dt>Account id</dt>
+        <dd>
+          <code>{id}</code>
+        </dd>
+        <dt>Email</dt>
+        <dd>{first ? first.email : insts.data ? 'not known here (the account has no instances)' : '…'}</dd>
+        <dt>Customer id</dt>
+        <dd>{first ? <code>{first.customerId}</code> : '—'}</dd>
+        <dt>Suspension</dt>
+        <dd>{state.data ? suspensionText(state.data) : '…'}</dd>
+      </dl>
+      <ErrorText error={state.error} />
+
+      <section aria-labelledby="suspend-title">
+        <h2 id="suspend-title">Suspension</h2>
+        <p>
+          A suspended account's running instances are stopped (data kept) and every call it makes is refused with your reason; its subscriptions
+          keep their state. Lifting the suspension starts those instances again where there is room.
+        </p>
+        <div class="form">
+          <ReasonField
+            id="acct-reason"
+            label="Reason"
+            hint="3-500 characters, e.g. a support ticket. The customer is told it when their calls are refused."
+            value={reason}
+            error={act.error}
+            onInput={setReason}
+          />
+        </div>
+        <div class="actions">
+          {suspended !== true && (
+            <ConfirmButton
+              label="Suspend account"
+              question="Suspend this account?"
+              detail={reasonDetail(reason, 'Its running instances stop and its calls are refused until you lift the suspension.')}
+              confirmLabel="Yes, suspend it"
+              danger
+              disabled={act.busy || !state.data}
+              onConfirm={() => run(() => operator.suspendAccount({ accountId: id, reason }))}
+            />
+          )}
+          {suspended !== false && (
+            <ConfirmButton
+              label="Lift suspension"
+              question="Lift this account's suspension?"
+              detail={reasonDetail(reason, 'Its calls are accepted again and the instances the suspension stopped start again.')}
+              confirmLabel="Yes, lift it"
+              disabled={act.busy}
+              onConfirm={() => run(() => operator.unsuspendAccount({ accountId: id, reason }))}
+            />
+          )}
+        </div>
+        {!isReasonError(act.error) && <ErrorText error={act.error} />}
+        {result && (
+          <p class="notice" role="status">
+            {result}
+          </p>
+        )}
+      </section>
+
+      <h2>Instances</h2>
+      <ErrorText error={insts.error} />
+      {insts.loading && !insts.data && <Loading what="instances" />}
+      {insts.data && insts.data.instances.length === 0 && <p>No instances.</p>}
+      {insts.data && insts.data.instances.length > 0 && (
+        <table tabIndex={0}>
+          <thead>
+            <tr>
+              <th scope="col">Instance</th>
+              <th scope="col">Plan</th>
+              <th scope="col">Status</th>
+              <th scope="col">Created</th>
+            </tr>
+          </thead>
+          <tbody>
+            {insts.data.instances.map((ai) => (
+              <tr key={ai.instance?.id}>
+                <th scope="row">
+                  <a href={href('admin', 'instances', ai.instance?.id ?? '')}>
+                    {ai.instance?.appId} {ai.instance?.id.slice(0, 8)}
+                  </a>
+                </th>
+                <td>{ai.instance?.planId}</td>
+                <td>
+                  {ai.instance && <StatusBadge status={ai.instance.status} />} {ai.instance?.statusReason}
+                </td>
+                <td>{when(ai.instance?.createdAt)}</td>
+              </tr>
+            ))}
+          </tbody>
+        </table>
+      )}
+
+      <h2>Subscriptions</h2>
+      <ErrorText error={subs.error} />
+      {subs.data && subs.data.subscriptions.length === 0 && <p>No subscriptions.</p>}
+      {subs.data && subs.data.subscriptions.length > 0 && (
+        <table tabIndex={0}>
+          <thead>
+            <tr>
+              <th scope="col">Subscription</th>
+              <th scope="col">Status</th>
+              <th scope="col" class="num">Price</th>
+              <th scope="col">Period ends</th>
+            </tr>
+          </thead>
+          <tbody>
+            {subs.data.subscriptions.map((s) => (
+              <tr key={s.id}>
+                <th scope="row">
+                  {s.appId} {s.planId}
+                </th>
+                <td>
+                  <span class={`badge s-${SubscriptionStatus[s.status]?.toLowerCase()}`}>{subscriptionStatus(s.status)}</span>
+                </td>
+                <td class="num">{rupiah(s.price)}</td>
+                <td>{day(s.currentPeriodEnd)}</td>
+              </tr>
+            ))}
+          </tbody>
+        </table>
+      )}
+      <p>
+        <a href={href('admin', 'audit')}>Audit log</a>
+      </p>
+    </Page>
+  );
+}
+
+/** Finding a customer's account: by id, or among the owners of the newest instances (the API
+ * has no listing of accounts). */
+function AdminAccounts() {
+  const [account, setAccount] = useState('');
+  const owners = useLoad(() => admin.listAllInstances({ pageSize: 200 }), []);
+  const seen = new Map<string, AdminInstance>();
+  for (const ai of owners.data?.instances ?? []) if (!seen.has(ai.accountId)) seen.set(ai.accountId, ai);
+  return (
+    <Page title="Customer accounts">
+      <form
+        class="filters"
+        onSubmit={(e) => {
+          e.preventDefault();
+          if (account.trim()) window.location.hash = href('admin', 'accounts', account.trim()).slice(1);
+        }}
+      >
+        <label for="a-account">Account id</label>
+        <input id="a-account" type="text" size={38} required value={account} onInput={(e) => setAccount(e.currentTarget.value)} />
+        <button type="submit">Open account</button>
+      </form>
+      <h2>Owners of the newest instances</h2>
+      <ErrorText error={owners.error} />
+      {owners.loading && !owners.data && <Loading what="accounts" />}
+      {owners.data && seen.size === 0 && <p>No instances yet.</p>}
+      {seen.size > 0 && (
+        <table tabIndex={0}>
+          <thead>
+            <tr>
+              <th scope="col">Email</th>
+              <th scope="col">Account id</th>
+              <th scope="col">Customer id</th>
+            </tr>
+          </thead>
+          <tbody>
+            {[...seen.values()].map((ai) => (
+              <tr key={ai.accountId}>
+                <th scope="row">
+                  <a href={href('admin', 'accounts', ai.accountId)}>{ai.email}</a>
+                </th>
+                <td>
+                  <code>{ai.accountId}</code>
+                </td>
+                <td>
+                  <code>{ai.customerId}</code>
+                </td>
+              </tr>
+            ))}
+          </tbody>
+        </table>
+      )}
     </Page>
   );
 }

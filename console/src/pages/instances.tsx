@@ -1,6 +1,6 @@
 import { useEffect, useState } from 'preact/hooks';
 import { Code, ConnectError } from '@connectrpc/connect';
-import { DesiredState, InstanceStatus, type Credentials, type Instance, type InstanceEvent, type InstanceUsage } from '@kapal/client';
+import { DesiredState, InstanceStatus, type Credentials, type Instance, type InstanceHistoryEntry, type InstanceUsage } from '@kapal/client';
 import { instances } from '../api';
 import { LineChart } from '../charts';
 import { ConfirmButton, Copy, ErrorText, Loading, Page, useAction, useLoad } from '../components';
@@ -98,7 +98,10 @@ function metricsNote(u: InstanceUsage): string {
 export function InstancePage({ id }: { id: string }) {
   const loaded = useLoad(() => instances.getInstance({ instanceId: id }), [id]);
   const [live, setLive] = useState<Instance | undefined>();
-  const [history, setHistory] = useState<InstanceEvent[]>([]);
+  // The history the server keeps (ListInstanceEvents), read again on every change the watch
+  // reports, so operators' actions and billing's holds appear with their reasons.
+  const [changes, setChanges] = useState(0);
+  const history = useLoad(() => instances.listInstanceEvents({ instanceId: id }), [id, changes]);
   const [watchError, setWatchError] = useState<unknown>();
   const [creds, setCreds] = useState<Credentials | undefined>();
   const [samples, setSamples] = useState<Sample[]>([]);
@@ -119,11 +122,7 @@ export function InstancePage({ id }: { id: string }) {
           gone = ev.instance?.status === InstanceStatus.DELETED;
           setWatchError(undefined);
           if (ev.instance) setLive(ev.instance);
-          setHistory((h) => {
-            const last = h[h.length - 1];
-            if (last && last.instance?.status === ev.instance?.status && last.instance?.statusReason === ev.instance?.statusReason) return h;
-            return [...h, ev];
-          });
+          setChanges((n) => n + 1);
         }
         // The server ends the stream once the instance is deleted; any other end is a dropped
         // connection: watch again.
@@ -350,15 +349,12 @@ export function InstancePage({ id }: { id: string }) {
 
       <section aria-labelledby="history-title">
         <h2 id="history-title">Status history</h2>
-        <p class="muted">Changes seen since this page was opened.</p>
-        <ol class="history">
-          {history.map((ev, i) => (
-            <li key={i}>
-              <time dateTime={isoTime(ev.at)}>{when(ev.at)}</time> <StatusBadge status={ev.instance?.status ?? InstanceStatus.UNSPECIFIED} />{' '}
-              {ev.instance?.statusReason}
-            </li>
-          ))}
-        </ol>
+        <ErrorText error={history.error} />
+        {history.data ? (
+          <HistoryList created={inst.createdAt && { at: inst.createdAt }} entries={history.data.events} />
+        ) : (
+          history.loading && <Loading what="the history" />
+        )}
       </section>
       {deleted && (
         <p>
@@ -371,3 +367,35 @@ export function InstancePage({ id }: { id: string }) {
   );
 }
 
+
+/** Who acted, in words, from InstanceHistoryEntry.actor. */
+export function actorName(actor: string): string {
+  switch (actor) {
+    case '':
+      return 'the cluster';
+    case 'operator':
+      return 'an operator';
+    default:
+      return actor;
+  }
+}
+
+/** An instance's history, oldest first: when it was ordered, then each entry the server keeps,
+ * with who acted when it was not the cluster. */
+export function HistoryList({ created, entries }: { created?: { at: Instance['createdAt'] }; entries: InstanceHistoryEntry[] }) {
+  return (
+    <ol class="history">
+      {created && (
+        <li>
+          <time dateTime={isoTime(created.at)}>{when(created.at)}</time> <StatusBadge status={InstanceStatus.PENDING} /> Ordered
+        </li>
+      )}
+      {entries.map((e, i) => (
+        <li key={i}>
+          <time dateTime={isoTime(e.at)}>{when(e.at)}</time> <StatusBadge status={e.status} /> {e.reason}
+          {e.actor && <span class="actor"> (by {actorName(e.actor)})</span>}
+        </li>
+      ))}
+    </ol>
+  );
+}
