@@ -83,7 +83,19 @@ pub(crate) async fn push(
 }
 
 /// One pass of [`push`].
+///
+/// What was pushed is read before the alerts are worked out, never after: another replica may
+/// close an alert between the two reads, and a replica that worked out its alerts from older
+/// state and then saw the row gone would open it again. Read first, a row this pass sees was
+/// pushed from state no newer than what this pass then judges, so it only closes or keeps it.
 pub(crate) async fn push_once(ctx: &Ctx) -> Result<()> {
+    let open: Vec<Pushed> = {
+        let mut conn = ctx.db.get().await?;
+        kapal::db!(&mut conn, |c| pushed_alerts::table
+            .select(Pushed::as_select())
+            .load(c)
+            .await)?
+    };
     let (alerts, capacity_known) = crate::admin::current_alerts(ctx).await?;
     let now = ctx.now();
     let current: HashMap<(&str, &str), &Alert> = alerts
@@ -92,10 +104,6 @@ pub(crate) async fn push_once(ctx: &Ctx) -> Result<()> {
         .map(|a| ((a.kind.as_str(), a.subject.as_str()), a))
         .collect();
     let mut conn = ctx.db.get().await?;
-    let open: Vec<Pushed> = kapal::db!(&mut conn, |c| pushed_alerts::table
-        .select(Pushed::as_select())
-        .load(c)
-        .await)?;
 
     for p in &open {
         if current.contains_key(&(p.kind.as_str(), p.subject.as_str())) {
