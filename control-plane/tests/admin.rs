@@ -12,25 +12,19 @@ use chrono::{DateTime, Utc};
 use kapal::auth::{InternalKey, Principal, Role};
 use kapal::catalog::Catalog;
 use kapal::clock::ManualClock;
-use kapal::proto::internal::v1::billing_service_server::{BillingService, BillingServiceServer};
+use kapal::proto::internal::v1::InstanceState;
+use kapal::proto::internal::v1::billing_service_server::BillingServiceServer;
 use kapal::proto::internal::v1::instance_state_service_client::InstanceStateServiceClient;
-use kapal::proto::internal::v1::provisioner_service_server::{
-    ProvisionerService, ProvisionerServiceServer,
-};
-use kapal::proto::internal::v1::{
-    self as ipb, ApplyInstanceRequest, CreateSubscriptionRequest, CreateSubscriptionResponse,
-    GetCredentialsRequest, GetInstanceStateRequest, GetUsageRequest, InstanceState,
-};
+use kapal::proto::internal::v1::provisioner_service_server::ProvisionerServiceServer;
 use kapal::proto::v1::account_service_client::AccountServiceClient;
 use kapal::proto::v1::admin_service_client::AdminServiceClient;
 use kapal::proto::v1::instance_service_client::InstanceServiceClient;
 use kapal::proto::v1::order_service_client::OrderServiceClient;
 use kapal::proto::v1::{
-    AlertSeverity, Capacity, CheckoutRequest, Credentials, GetCapacityRequest,
-    GetInstanceAsAdminRequest, GetInstanceRequest, GetInstanceUsageRequest, InstanceStatus,
-    InstanceUsage, ListAlertsRequest, ListAllInstancesRequest, ListAuditEventsRequest,
-    ListInstancesRequest, ListOrdersRequest, NodeCapacity, Order, ResourceAmounts, Role as PbRole,
-    SignUpRequest, Subscription,
+    AlertSeverity, Capacity, CheckoutRequest, GetCapacityRequest, GetInstanceAsAdminRequest,
+    GetInstanceRequest, GetInstanceUsageRequest, InstanceStatus, ListAlertsRequest,
+    ListAllInstancesRequest, ListAuditEventsRequest, ListInstancesRequest, ListOrdersRequest,
+    NodeCapacity, Order, ResourceAmounts, Role as PbRole, SignUpRequest,
 };
 use kapal::testing::Backend;
 use kapal_control_plane::support::notify::{AlertEvent, AlertNotice, Notice, Notifier};
@@ -44,130 +38,9 @@ use tonic::{Code, Request, Response, Status};
 use uuid::Uuid;
 
 mod common;
+use common::{FakeBilling, FakeProvisioner, MIB};
 
-const MIB: i64 = 1024 * 1024;
 const ADMIN_EMAIL: &str = "ops@example.com";
-
-/// The cluster as the fake provisioner reports it.
-struct Cluster {
-    capacity: Option<Capacity>,
-}
-
-#[derive(Clone)]
-struct FakeProvisioner {
-    cluster: Arc<Mutex<Cluster>>,
-    credential_reads: Arc<AtomicUsize>,
-    reporter: common::Reporter,
-}
-
-#[tonic::async_trait]
-impl ProvisionerService for FakeProvisioner {
-    async fn apply_instance(
-        &self,
-        req: Request<ApplyInstanceRequest>,
-    ) -> Result<Response<InstanceState>, Status> {
-        let spec = req
-            .into_inner()
-            .spec
-            .ok_or_else(|| Status::invalid_argument("spec is required"))?;
-        let state = InstanceState {
-            instance_id: spec.instance_id,
-            status: InstanceStatus::Ready as i32,
-            reason: "Running".into(),
-            observed_at: None,
-            sequence: 0,
-        };
-        self.reporter.report(state.clone()).await?;
-        Ok(Response::new(state))
-    }
-
-    async fn get_instance_state(
-        &self,
-        _: Request<GetInstanceStateRequest>,
-    ) -> Result<Response<InstanceState>, Status> {
-        Err(Status::not_found("the fake provisioner keeps no state"))
-    }
-
-    async fn get_credentials(
-        &self,
-        req: Request<GetCredentialsRequest>,
-    ) -> Result<Response<Credentials>, Status> {
-        self.credential_reads.fetch_add(1, Ordering::SeqCst);
-        Ok(Response::new(Credentials {
-            username: "admin".into(),
-            password: format!("pw-{}", req.into_inner().instance_id),
-            login_url: "https://example.test/login".into(),
-        }))
-    }
-
-    async fn get_capacity(
-        &self,
-        _: Request<ipb::GetCapacityRequest>,
-    ) -> Result<Response<Capacity>, Status> {
-        let cluster = self.cluster.lock().expect("lock");
-        cluster
-            .capacity
-            .clone()
-            .map(Response::new)
-            .ok_or_else(|| Status::unavailable("the API server is down"))
-    }
-
-    async fn get_usage(
-        &self,
-        req: Request<GetUsageRequest>,
-    ) -> Result<Response<InstanceUsage>, Status> {
-        Ok(Response::new(InstanceUsage {
-            instance_id: req.into_inner().instance_id,
-            metrics_available: true,
-            metrics_note: String::new(),
-            cpu_millis: Some(42),
-            memory_bytes: Some(100 * MIB),
-            cpu_limit_millis: 200,
-            memory_limit_bytes: 400 * MIB,
-            storage_capacity_bytes: 2 * 1024 * MIB,
-            storage_used_bytes: None,
-            observed_at: None,
-        }))
-    }
-
-    async fn get_diagnostics(
-        &self,
-        _: Request<kapal::proto::internal::v1::GetDiagnosticsRequest>,
-    ) -> Result<Response<kapal::proto::v1::InstanceDiagnostics>, Status> {
-        Err(Status::unavailable("the fake provisioner has no cluster"))
-    }
-}
-
-/// One subscription per order, the same on every retry.
-#[derive(Default)]
-struct FakeBilling {
-    by_order: Mutex<std::collections::HashMap<String, String>>,
-}
-
-#[tonic::async_trait]
-impl BillingService for FakeBilling {
-    async fn create_subscription(
-        &self,
-        req: Request<CreateSubscriptionRequest>,
-    ) -> Result<Response<CreateSubscriptionResponse>, Status> {
-        let req = req.into_inner();
-        Ok(Response::new(CreateSubscriptionResponse {
-            subscription: Some(Subscription {
-                id: self
-                    .by_order
-                    .lock()
-                    .expect("lock")
-                    .entry(req.order_id.clone())
-                    .or_insert_with(|| Uuid::new_v4().to_string())
-                    .clone(),
-                app_id: req.app_id,
-                plan_id: req.plan_id,
-                ..Default::default()
-            }),
-            invoice: None,
-        }))
-    }
-}
 
 fn amounts(cpu_millis: i64, memory_mib: i64, pods: i64) -> Option<ResourceAmounts> {
     Some(ResourceAmounts {
@@ -203,7 +76,7 @@ struct Stack {
     db: kapal::db::DbConfig,
     key: InternalKey,
     clock: Arc<ManualClock>,
-    cluster: Arc<Mutex<Cluster>>,
+    capacity: Arc<Mutex<Option<Capacity>>>,
     credential_reads: Arc<AtomicUsize>,
     stop: watch::Sender<bool>,
     _dir: tempfile::TempDir,
@@ -252,15 +125,9 @@ async fn start_with(
     let url = |l: &TcpListener| format!("http://{}", l.local_addr().expect("addr"));
     let (cp_url, billing_url, prov_url) = (url(&cp), url(&billing), url(&prov));
 
-    let provisioner = FakeProvisioner {
-        cluster: Arc::new(Mutex::new(Cluster {
-            capacity: Some(capacity),
-        })),
-        credential_reads: Arc::new(AtomicUsize::new(0)),
-        reporter: common::Reporter::new(&cp_url, &key),
-    };
+    let provisioner = FakeProvisioner::new(&cp_url, &key, Some(capacity));
     let (cluster, credential_reads) = (
-        provisioner.cluster.clone(),
+        provisioner.capacity.clone(),
         provisioner.credential_reads.clone(),
     );
     let fake_provisioner =
@@ -320,7 +187,7 @@ async fn start_with(
         db,
         key,
         clock,
-        cluster,
+        capacity: cluster,
         credential_reads,
         stop,
         _dir: dir,
@@ -351,7 +218,7 @@ impl Stack {
     }
 
     fn set_capacity(&self, capacity: Option<Capacity>) {
-        self.cluster.lock().expect("lock").capacity = capacity;
+        *self.capacity.lock().expect("lock") = capacity;
     }
 
     async fn sign_up(&self, email: &str) -> (Principal, String) {

@@ -10,24 +10,20 @@ use chrono::{DateTime, Utc};
 use kapal::auth::{InternalKey, Principal, Role};
 use kapal::catalog::Catalog;
 use kapal::clock::ManualClock;
-use kapal::proto::internal::v1::billing_service_server::{BillingService, BillingServiceServer};
+use kapal::proto::internal::v1::billing_service_server::BillingServiceServer;
 use kapal::proto::internal::v1::entitlement_service_client::EntitlementServiceClient;
 use kapal::proto::internal::v1::instance_state_service_client::InstanceStateServiceClient;
-use kapal::proto::internal::v1::provisioner_service_server::{
-    ProvisionerService, ProvisionerServiceServer,
-};
+use kapal::proto::internal::v1::provisioner_service_server::ProvisionerServiceServer;
 use kapal::proto::internal::v1::{
-    ApplyInstanceRequest, CreateSubscriptionRequest, CreateSubscriptionResponse, Entitlement,
-    GetCapacityRequest, GetCredentialsRequest, GetInstanceStateRequest, GetUsageRequest,
-    InstanceSpec, InstanceState, ListDesiredInstancesRequest, SetEntitlementRequest,
+    Entitlement, InstanceSpec, InstanceState, ListDesiredInstancesRequest, SetEntitlementRequest,
 };
 use kapal::proto::v1::account_service_client::AccountServiceClient;
 use kapal::proto::v1::instance_service_client::InstanceServiceClient;
 use kapal::proto::v1::order_service_client::OrderServiceClient;
 use kapal::proto::v1::{
-    Capacity, CheckoutRequest, Credentials, DesiredState, GetInstanceRequest, GetOrderRequest,
-    Instance, InstanceActionRequest, InstanceStatus, InstanceUsage, ListInstancesRequest, Order,
-    OrderStatus, SignUpRequest, Subscription, WatchInstanceRequest,
+    CheckoutRequest, DesiredState, GetInstanceRequest, GetOrderRequest, Instance,
+    InstanceActionRequest, InstanceStatus, ListInstancesRequest, Order, OrderStatus, SignUpRequest,
+    WatchInstanceRequest,
 };
 use kapal::testing::Backend;
 use tokio::net::TcpListener;
@@ -40,129 +36,7 @@ use tonic::{Code, Request, Response, Status};
 use uuid::Uuid;
 
 mod common;
-
-/// Records every spec, and reports and answers the status it asks for.
-#[derive(Clone)]
-struct FakeProvisioner {
-    specs: Arc<Mutex<Vec<InstanceSpec>>>,
-    reporter: common::Reporter,
-}
-
-#[tonic::async_trait]
-impl ProvisionerService for FakeProvisioner {
-    async fn apply_instance(
-        &self,
-        req: Request<ApplyInstanceRequest>,
-    ) -> Result<Response<InstanceState>, Status> {
-        let spec = req
-            .into_inner()
-            .spec
-            .ok_or_else(|| Status::invalid_argument("spec is required"))?;
-        let (status, reason) = match DesiredState::try_from(spec.desired_state) {
-            Ok(DesiredState::Running) => (InstanceStatus::Ready, "Running"),
-            Ok(DesiredState::Stopped) if spec.suspended_by_billing => {
-                (InstanceStatus::Suspended, "Suspended by billing")
-            }
-            Ok(DesiredState::Stopped) => (InstanceStatus::Suspended, "Stopped by the customer"),
-            Ok(DesiredState::Deleted) => (InstanceStatus::Deleted, "Deleted"),
-            _ => return Err(Status::invalid_argument("desired_state is required")),
-        };
-        let state = InstanceState {
-            instance_id: spec.instance_id.clone(),
-            status: status as i32,
-            reason: reason.into(),
-            observed_at: None,
-            sequence: 0,
-        };
-        // Recorded as it arrives (the order the control-plane pushed in), then reported.
-        self.specs.lock().expect("lock").push(spec);
-        self.reporter.report(state.clone()).await?;
-        Ok(Response::new(state))
-    }
-
-    async fn get_instance_state(
-        &self,
-        _: Request<GetInstanceStateRequest>,
-    ) -> Result<Response<InstanceState>, Status> {
-        Err(Status::not_found("the fake provisioner keeps no state"))
-    }
-
-    /// Always answers, so that tests see when the control-plane asks.
-    async fn get_credentials(
-        &self,
-        _: Request<GetCredentialsRequest>,
-    ) -> Result<Response<Credentials>, Status> {
-        Ok(Response::new(Credentials {
-            username: "admin".into(),
-            password: "secret".into(),
-            login_url: String::new(),
-        }))
-    }
-
-    async fn get_capacity(
-        &self,
-        _: Request<GetCapacityRequest>,
-    ) -> Result<Response<Capacity>, Status> {
-        Err(Status::unavailable("the fake provisioner has no cluster"))
-    }
-
-    async fn get_usage(
-        &self,
-        _: Request<GetUsageRequest>,
-    ) -> Result<Response<InstanceUsage>, Status> {
-        Err(Status::unavailable("the fake provisioner has no cluster"))
-    }
-
-    async fn get_diagnostics(
-        &self,
-        _: Request<kapal::proto::internal::v1::GetDiagnosticsRequest>,
-    ) -> Result<Response<kapal::proto::v1::InstanceDiagnostics>, Status> {
-        Err(Status::unavailable("the fake provisioner has no cluster"))
-    }
-}
-
-/// One subscription per order, the same on every retry; or, as a test sets it, down, or
-/// stuck on some orders (it never answers them).
-#[derive(Clone, Default)]
-struct FakeBilling(Arc<Mutex<BillingMode>>);
-
-#[derive(Clone, Default)]
-enum BillingMode {
-    #[default]
-    Answers,
-    Unavailable,
-    StuckOn(Vec<String>),
-}
-
-#[tonic::async_trait]
-impl BillingService for FakeBilling {
-    async fn create_subscription(
-        &self,
-        req: Request<CreateSubscriptionRequest>,
-    ) -> Result<Response<CreateSubscriptionResponse>, Status> {
-        let req = req.into_inner();
-        let mode = self.0.lock().expect("lock").clone();
-        match mode {
-            BillingMode::Answers => {}
-            BillingMode::Unavailable => return Err(Status::unavailable("billing is down")),
-            BillingMode::StuckOn(orders) if orders.contains(&req.order_id) => {
-                std::future::pending::<()>().await;
-            }
-            BillingMode::StuckOn(_) => {}
-        }
-        let order_id = Uuid::parse_str(&req.order_id)
-            .map_err(|_| Status::invalid_argument("order_id must be a UUID"))?;
-        Ok(Response::new(CreateSubscriptionResponse {
-            subscription: Some(Subscription {
-                id: Uuid::from_u128(order_id.as_u128().rotate_left(64)).to_string(),
-                app_id: req.app_id,
-                plan_id: req.plan_id,
-                ..Default::default()
-            }),
-            invoice: None,
-        }))
-    }
-}
+use common::{BillingMode, FakeBilling, FakeProvisioner};
 
 struct Stack {
     channel: Channel,
@@ -221,10 +95,7 @@ async fn start_with(
     let url = |l: &TcpListener| format!("http://{}", l.local_addr().expect("addr"));
     let (cp_url, billing_url, prov_url) = (url(&cp), url(&billing), url(&prov));
 
-    let provisioner = FakeProvisioner {
-        specs: Arc::default(),
-        reporter: common::Reporter::new(&cp_url, &key),
-    };
+    let provisioner = FakeProvisioner::new(&cp_url, &key, None);
     let specs = provisioner.specs.clone();
     let fake_provisioner =
         tonic::transport::Server::builder().add_service(ProvisionerServiceServer::new(provisioner));
