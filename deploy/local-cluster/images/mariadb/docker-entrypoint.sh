@@ -76,7 +76,11 @@ if [ "${1:-}" = mariadbd ] || [ "${1:-}" = mysqld ]; then
 
     {
       echo "SET @@SESSION.SQL_LOG_BIN=0;"
-      echo "DROP USER IF EXISTS ''@'localhost', ''@'$(hostname)';"
+      # mariadb-install-db also made password-less root@127.0.0.1, root@::1, root@<hostname>
+      # and anonymous users: only root@localhost and root@'%' stay, with the password
+      echo "DROP USER IF EXISTS ''@'localhost', root@'127.0.0.1', root@'::1';"
+      echo "EXECUTE IMMEDIATE CONCAT('DROP USER IF EXISTS root@\\'', @@hostname, '\\'');"
+      echo "EXECUTE IMMEDIATE CONCAT('DROP USER IF EXISTS \\'\\'@\\'', @@hostname, '\\'');"
       echo "SET PASSWORD FOR 'root'@'localhost' = PASSWORD($(sql_string "$root_password"));"
       echo "CREATE USER 'root'@'%' IDENTIFIED BY $(sql_string "$root_password");"
       echo "GRANT ALL ON *.* TO 'root'@'%' WITH GRANT OPTION;"
