@@ -185,6 +185,21 @@ pub struct ServerArgs {
     /// Name of a wildcard TLS secret for instance ingresses (instead of an issuer).
     #[arg(long, env = "KAPAL_TLS_SECRET")]
     pub tls_secret: Option<String>,
+    /// Node labels every instance pod selects (comma-separated key=value), e.g.
+    /// kapal.dev/real-node=true to run customers' apps on the local cluster's real nodes.
+    /// Default none: the scheduler chooses among all nodes.
+    #[arg(long, env = "KAPAL_INSTANCE_NODE_SELECTOR", value_delimiter = ',')]
+    pub instance_node_selector: Vec<String>,
+    /// Taints every instance pod tolerates (comma-separated, written like the taint:
+    /// key=value:Effect, or key:Effect for any value), e.g. kapal.dev/real-node=true:NoSchedule.
+    #[arg(long, env = "KAPAL_INSTANCE_TOLERATIONS", value_delimiter = ',')]
+    pub instance_toleration: Vec<String>,
+    /// File mapping the catalog's images to the images instance pods run instead, one
+    /// `<catalog image> <image>` pair per line (# comments). For the local cluster, whose real
+    /// nodes run images built on the machine: deploy/local-cluster/images.map. Production runs
+    /// the catalog's images (no map).
+    #[arg(long, env = "KAPAL_IMAGE_MAP")]
+    pub image_map: Option<PathBuf>,
     /// This deployment's partition of the cluster (label kapal.dev/partition): the provisioner
     /// only ever removes orphaned objects of its own partition.
     #[arg(long, default_value = "default", env = "KAPAL_PARTITION")]
@@ -320,6 +335,9 @@ struct Checked {
     cluster_cidrs: Vec<kapal::cidr::Cidr>,
     egress_deny: Vec<kapal::cidr::Cidr>,
     dns_labels: std::collections::BTreeMap<String, String>,
+    instance_node_selector: std::collections::BTreeMap<String, String>,
+    instance_tolerations: Vec<k8s_openapi::api::core::v1::Toleration>,
+    image_map: kapal_provisioner::placement::ImageMap,
     trusted_proxies: Vec<kapal::cidr::Cidr>,
     mail: Option<kapal_control_plane::MailConfig>,
 }
@@ -383,6 +401,41 @@ async fn check(args: &ServerArgs) -> anyhow::Result<Checked> {
                 .into(),
         );
     }
+    let mut instance_node_selector = std::collections::BTreeMap::new();
+    for label in args
+        .instance_node_selector
+        .iter()
+        .filter(|l| !l.trim().is_empty())
+    {
+        match kapal_provisioner::placement::parse_node_label(label) {
+            Ok((k, v)) => {
+                instance_node_selector.insert(k, v);
+            }
+            Err(e) => problems.push(format!(
+                "KAPAL_INSTANCE_NODE_SELECTOR (--instance-node-selector): {e}"
+            )),
+        }
+    }
+    let instance_tolerations = args
+        .instance_toleration
+        .iter()
+        .filter(|t| !t.trim().is_empty())
+        .filter_map(|t| {
+            kapal_provisioner::placement::parse_toleration(t)
+                .map_err(|e| {
+                    problems.push(format!(
+                        "KAPAL_INSTANCE_TOLERATIONS (--instance-toleration): {e}"
+                    ))
+                })
+                .ok()
+        })
+        .collect();
+    let image_map = match &args.image_map {
+        Some(path) => kapal_provisioner::placement::load_image_map(path)
+            .map_err(|e| problems.push(format!("KAPAL_IMAGE_MAP (--image-map): {e}")))
+            .unwrap_or_default(),
+        None => kapal_provisioner::placement::ImageMap::new(),
+    };
     let db = DbConfig::new(args.database_url.as_deref(), args.data_dir.clone())
         .map_err(|e| problems.push(format!("KAPAL_DATABASE_URL (--database-url): {e}")))
         .ok()
@@ -535,6 +588,9 @@ async fn check(args: &ServerArgs) -> anyhow::Result<Checked> {
             cluster_cidrs,
             egress_deny,
             dns_labels,
+            instance_node_selector,
+            instance_tolerations,
+            image_map,
             trusted_proxies,
             mail,
         }),
@@ -821,6 +877,9 @@ fn provisioner_config(
     config.dns_pod_labels = checked.dns_labels.clone();
     config.cluster_cidrs = checked.cluster_cidrs.clone();
     config.egress_deny = checked.egress_deny.clone();
+    config.node_selector = checked.instance_node_selector.clone();
+    config.extra_tolerations = checked.instance_tolerations.clone();
+    config.image_map = checked.image_map.clone();
     Ok(config)
 }
 

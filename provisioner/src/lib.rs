@@ -29,6 +29,7 @@ pub mod controller;
 pub mod diagnostics;
 pub mod error;
 pub mod fence;
+pub mod placement;
 pub mod quantity;
 pub mod render;
 pub mod service;
@@ -108,6 +109,12 @@ pub struct Config {
     pub extra_tolerations: Vec<k8s_openapi::api::core::v1::Toleration>,
     /// Affinity of every instance pod (e.g. a dedicated node pool). Default none.
     pub affinity: Option<k8s_openapi::api::core::v1::Affinity>,
+    /// Node labels every instance pod selects (app, database and setup job pods). Default none.
+    pub node_selector: std::collections::BTreeMap<String, String>,
+    /// Catalog image -> the image instance pods run instead ([`placement::parse_image_map`]).
+    /// For the local cluster, whose real nodes run images built on the machine; default empty
+    /// (production runs the catalog's images).
+    pub image_map: placement::ImageMap,
     /// Label value (`kapal.dev/partition`) on every object this provisioner makes; the orphan
     /// sweep only looks at namespaces of its own partition, so provisioners of several
     /// deployments (or tests) sharing a cluster never touch each other's. Default `default`.
@@ -155,6 +162,8 @@ impl Config {
             node_failure_toleration: Duration::from_secs(20),
             extra_tolerations: Vec::new(),
             affinity: None,
+            node_selector: std::collections::BTreeMap::new(),
+            image_map: placement::ImageMap::new(),
             partition: "default".to_string(),
             sweep_interval: Duration::from_secs(60),
             orphan_safety_delay: Duration::from_secs(600),
@@ -235,6 +244,8 @@ pub async fn run(
             node_failure_toleration: config.node_failure_toleration,
             extra_tolerations: config.extra_tolerations.clone(),
             affinity: config.affinity.clone(),
+            node_selector: config.node_selector.clone(),
+            image_map: config.image_map.clone(),
             partition: config.partition.clone(),
         },
         clock: config.clock.clone(),

@@ -128,6 +128,11 @@ pub struct Settings {
     pub extra_tolerations: Vec<Toleration>,
     /// Affinity of every instance pod; `None` (default) lets the scheduler choose.
     pub affinity: Option<Affinity>,
+    /// Node labels every instance pod (app, database, setup job) selects (`nodeSelector`).
+    pub node_selector: BTreeMap<String, String>,
+    /// Catalog image -> the image pods run instead (the local cluster's own builds; empty in
+    /// production).
+    pub image_map: crate::placement::ImageMap,
     /// Value of [`LABEL_PARTITION`] on every object.
     pub partition: String,
 }
@@ -470,7 +475,7 @@ fn setup_job(spec: &Spec, app: &App, setup: &SetupJob, settings: &Settings) -> O
     .quantities();
     let container = Container {
         name: SETUP_COMPONENT.to_string(),
-        image: Some(setup.image.clone()),
+        image: Some(crate::placement::image(&settings.image_map, &setup.image)),
         image_pull_policy: Some("IfNotPresent".to_string()),
         command: Some(
             setup
@@ -543,6 +548,7 @@ fn setup_job(spec: &Spec, app: &App, setup: &SetupJob, settings: &Settings) -> O
                     }),
                     containers: vec![container],
                     tolerations: Some(tolerations(settings)),
+                    node_selector: node_selector(settings),
                     affinity: Some(affinity),
                     volumes: component.volume.as_ref().map(|_| {
                         vec![Volume {
@@ -923,6 +929,11 @@ fn tolerations(settings: &Settings) -> Vec<Toleration> {
         .collect()
 }
 
+/// The `nodeSelector` of every instance pod: [`Settings::node_selector`], none when empty.
+fn node_selector(settings: &Settings) -> Option<BTreeMap<String, String>> {
+    (!settings.node_selector.is_empty()).then(|| settings.node_selector.clone())
+}
+
 fn pod_template(
     spec: &Spec,
     app: &App,
@@ -954,7 +965,10 @@ fn pod_template(
     let non_root = component.run_as_user.is_some();
     let container = Container {
         name: component.name.clone(),
-        image: Some(component.image.clone()),
+        image: Some(crate::placement::image(
+            &settings.image_map,
+            &component.image,
+        )),
         image_pull_policy: Some("IfNotPresent".to_string()),
         args: (!component.args.is_empty()).then(|| component.args.clone()),
         ports: Some(vec![ContainerPort {
@@ -1017,6 +1031,7 @@ fn pod_template(
             }),
             containers: vec![container],
             tolerations: Some(tolerations(settings)),
+            node_selector: node_selector(settings),
             affinity: settings.affinity.clone(),
             volumes: component.volume.as_ref().map(|_| {
                 vec![Volume {
@@ -1183,6 +1198,8 @@ mod tests {
             node_failure_toleration: Duration::from_secs(20),
             extra_tolerations: Vec::new(),
             affinity: None,
+            node_selector: BTreeMap::new(),
+            image_map: crate::placement::ImageMap::new(),
             partition: "p1".into(),
         }
     }
@@ -2043,6 +2060,84 @@ pod_security: restricted
             .expect("pod spec");
         assert_eq!(pod.tolerations.as_ref().map(Vec::len), Some(2));
         assert_eq!(pod.affinity, None);
+    }
+
+    #[test]
+    fn the_image_map_and_node_selector_reach_every_pod_the_instance_runs() {
+        let catalog = catalog();
+        let app = catalog.app("wordpress").expect("wordpress");
+        let spec = spec("wordpress", "trial");
+        let mut settings = settings();
+        settings.image_map = crate::placement::parse_image_map(
+            "mariadb:11.4.7 localhost/kapal/mariadb:10.11.19\n\
+             wordpress:6.8.1-php8.3-apache localhost/kapal/wordpress:6.1.9-php8.2-apache\n\
+             wordpress:cli-2.12.0-php8.3 localhost/kapal/wp-setup:6.1.9-php8.2\n\
+             ghost:5.116.2 localhost/kapal/ghost:5\n",
+        )
+        .expect("image map");
+        settings.node_selector = BTreeMap::from([("kapal.dev/real-node".into(), "true".into())]);
+        settings.extra_tolerations = vec![
+            crate::placement::parse_toleration("kapal.dev/real-node=true:NoSchedule")
+                .expect("toleration"),
+        ];
+        let objects = render(&spec, app, app.plan("trial").expect("trial"), &settings);
+        let mut pods: Vec<(String, &PodSpec)> = objects
+            .workloads
+            .iter()
+            .map(|w| {
+                let pod = w.pod_template().and_then(|t| t.spec.as_ref());
+                (w.name().to_string(), pod.expect("pod spec"))
+            })
+            .collect();
+        let job = objects.setup.as_ref().expect("setup job");
+        let job_pod = job.spec.as_ref().and_then(|s| s.template.spec.as_ref());
+        pods.push(("setup".into(), job_pod.expect("job pod")));
+        let images: BTreeMap<String, String> = pods
+            .iter()
+            .map(|(name, pod)| {
+                let image = pod.containers[0].image.clone().unwrap_or_default();
+                (name.clone(), image)
+            })
+            .collect();
+        assert_eq!(
+            images,
+            BTreeMap::from([
+                (
+                    "app".into(),
+                    "localhost/kapal/wordpress:6.1.9-php8.2-apache".into()
+                ),
+                ("db".into(), "localhost/kapal/mariadb:10.11.19".into()),
+                (
+                    "setup".into(),
+                    "localhost/kapal/wp-setup:6.1.9-php8.2".into()
+                ),
+            ])
+        );
+        for (name, pod) in &pods {
+            assert_eq!(
+                pod.node_selector.as_ref(),
+                Some(&settings.node_selector),
+                "{name}"
+            );
+            let tolerations = pod.tolerations.as_ref().expect("tolerations");
+            assert_eq!(
+                tolerations.last(),
+                settings.extra_tolerations.last(),
+                "{name}"
+            );
+        }
+
+        // Without them (production): the catalog's images, no node selector.
+        let (_, objects) = rendered("wordpress", "trial");
+        let pod = objects.workloads[0]
+            .pod_template()
+            .and_then(|t| t.spec.as_ref())
+            .expect("pod spec");
+        assert_eq!(
+            pod.containers[0].image.as_deref(),
+            Some("wordpress:6.8.1-php8.3-apache")
+        );
+        assert_eq!(pod.node_selector, None);
     }
 
     #[test]

@@ -70,6 +70,20 @@ struct Options {
     catalog_dir: Option<std::path::PathBuf>,
     /// The app catalog of every service (default: the repository's `catalog/`).
     catalog: Option<Arc<Catalog>>,
+    /// Instance pods go to the local cluster's real nodes, running its local images
+    /// ([`TestAppBuilder::on_real_nodes`]); default: kwok nodes, the catalog's images.
+    real_nodes: bool,
+    /// The provisioner's wildcard certificate Secret (`namespace/name`) for instance Ingresses.
+    tls_secret: Option<String>,
+}
+
+/// The node label and taint of the local cluster's real nodes (scripts/real-nodes).
+pub const REAL_NODE_LABEL: (&str, &str) = ("kapal.dev/real-node", "true");
+pub const REAL_NODE_TOLERATION: &str = "kapal.dev/real-node=true:NoSchedule";
+
+/// The local cluster's map of catalog images to the images built on the machine.
+pub fn local_image_map_path() -> std::path::PathBuf {
+    std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/local-cluster/images.map")
 }
 
 /// The running services of one test.
@@ -191,6 +205,28 @@ impl TestAppBuilder {
     /// Every service loads its catalog from `dir` instead of the repository's `catalog/`.
     pub fn with_catalog_dir(mut self, dir: impl Into<std::path::PathBuf>) -> Self {
         self.options.catalog_dir = Some(dir.into());
+        self
+    }
+
+    /// Customers' instances run on the local cluster's real nodes (`scripts/real-nodes`): their
+    /// pods select `kapal.dev/real-node=true`, tolerate its taint, and run the images of
+    /// `deploy/local-cluster/images.map` (built by scripts/build-images), as `kapal server
+    /// --instance-node-selector --instance-toleration --image-map` would set them.
+    pub fn on_real_nodes(mut self) -> Self {
+        self.options.real_nodes = true;
+        self
+    }
+
+    /// The domain instances are served under (`<customer>.<app>.<domain>`; default `kapal.test`).
+    pub fn with_domain(mut self, domain: impl Into<String>) -> Self {
+        self.domain = domain.into();
+        self
+    }
+
+    /// The provisioner copies this wildcard certificate Secret (`namespace/name`) into each
+    /// instance namespace for its Ingress (`kapal server --tls-secret`).
+    pub fn with_tls_secret(mut self, secret: impl Into<String>) -> Self {
+        self.options.tls_secret = Some(secret.into());
         self
     }
 
@@ -333,6 +369,20 @@ impl TestApp {
         prov_config.resync_interval = Duration::from_secs(5);
         // Other tests' stacks share the cluster: their objects are not this stack's orphans.
         prov_config.partition = self.partition.clone();
+        prov_config.tls_secret = self.options.tls_secret.clone();
+        if self.options.real_nodes {
+            prov_config.node_selector = std::collections::BTreeMap::from([(
+                REAL_NODE_LABEL.0.to_string(),
+                REAL_NODE_LABEL.1.to_string(),
+            )]);
+            prov_config.extra_tolerations = vec![
+                kapal_provisioner::placement::parse_toleration(REAL_NODE_TOLERATION)
+                    .map_err(anyhow::Error::msg)?,
+            ];
+            prov_config.image_map =
+                kapal_provisioner::placement::load_image_map(&local_image_map_path())
+                    .map_err(anyhow::Error::msg)?;
+        }
         self.tasks.spawn({
             let s = shutdown();
             async move {
