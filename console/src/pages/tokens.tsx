@@ -1,10 +1,18 @@
 import { useState } from 'preact/hooks';
-import { accounts } from '../api';
+import { accounts, allPages } from '../api';
 import { ConfirmButton, Copy, ErrorText, Loading, Page, useAction, useLoad } from '../components';
 import { when } from '../format';
 
 export function Tokens() {
-  const list = useLoad(() => accounts.listApiTokens({}), []);
+  const list = useLoad(
+    async () => ({
+      apiTokens: await allPages(async (pageToken) => {
+        const r = await accounts.listApiTokens({ pageToken });
+        return { rows: r.apiTokens, next: r.nextPageToken };
+      }),
+    }),
+    [],
+  );
   const [name, setName] = useState('');
   const [days, setDays] = useState('');
   const [secret, setSecret] = useState('');
