@@ -35,6 +35,11 @@ use uuid::Uuid;
 pub const PRINCIPAL_HEADER: &str = "x-kapal-principal";
 /// Metadata key carrying the principal's signature.
 pub const SIGNATURE_HEADER: &str = "x-kapal-signature";
+/// Metadata key carrying the client's IP address as the gateway saw it (the connecting
+/// address, or behind a trusted proxy the address it forwarded). The gateway removes any value
+/// a client sends and sets its own; services use it for display only (ListSessions), never to
+/// decide who may do what.
+pub const CLIENT_ADDRESS_HEADER: &str = "x-kapal-client-address";
 /// How long a signed principal stays valid: a captured one is of use for a minute at most
 /// (Kapal's processes need clocks within that of each other, as NTP keeps them).
 const SIGNATURE_TTL_SECS: i64 = 60;

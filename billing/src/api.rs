@@ -10,7 +10,10 @@ use kapal::catalog::Catalog;
 use kapal::clock::SharedClock;
 use kapal::db::Db;
 use kapal::proto::internal::v1 as internal;
+use kapal::proto::internal::v1::CheckPlanChangeRequest;
+use kapal::proto::internal::v1::entitlement_service_client::EntitlementServiceClient;
 use kapal::proto::v1 as pb;
+use kapal::serve::InternalChannel;
 use kapal::wire;
 use tonic::{Request, Response, Status};
 use uuid::Uuid;
@@ -61,6 +64,9 @@ struct Inner {
     catalog: Arc<Catalog>,
     clock: SharedClock,
     payments: Arc<dyn PaymentProvider>,
+    /// Asked whether a bigger plan fits the cluster (ChangePlan); `None`: not checked (billing
+    /// without a control-plane, as in some of its own tests).
+    control_plane: Option<EntitlementServiceClient<InternalChannel>>,
 }
 
 impl Billing {
@@ -75,7 +81,52 @@ impl Billing {
             catalog,
             clock,
             payments,
+            control_plane: None,
         }))
+    }
+
+    /// Checks plan upgrades against the cluster's capacity with the control-plane `client`
+    /// (see ChangePlan). Call before the value is shared.
+    pub fn with_control_plane(mut self, client: EntitlementServiceClient<InternalChannel>) -> Self {
+        if let Some(inner) = Arc::get_mut(&mut self.0) {
+            inner.control_plane = Some(client);
+        }
+        self
+    }
+
+    /// RESOURCE_EXHAUSTED when moving `sub`'s instance from plan `from` to the bigger plan `to`
+    /// would push the cluster past its capacity ceiling (the control-plane's answer, for the
+    /// customer); nothing is asked for a plan that is not bigger.
+    async fn check_capacity_for(
+        &self,
+        sub: &SubscriptionRow,
+        from: Option<&kapal::catalog::Plan>,
+        to: &kapal::catalog::Plan,
+    ) -> Result<(), Error> {
+        let bigger =
+            from.is_none_or(|f| to.cpu_millis > f.cpu_millis || to.memory_mib > f.memory_mib);
+        let Some(client) = self.0.control_plane.clone().filter(|_| bigger) else {
+            return Ok(());
+        };
+        let mut client = client;
+        let answer = client
+            .check_plan_change(CheckPlanChangeRequest {
+                instance_id: sub.instance_id.clone(),
+                plan_id: to.id.clone(),
+            })
+            .await;
+        match answer {
+            Ok(_) => Ok(()),
+            Err(s) if s.code() == tonic::Code::ResourceExhausted => {
+                Err(Error::ResourceExhausted(s.message().to_string()))
+            }
+            Err(s) => {
+                tracing::warn!(code = ?s.code(), message = s.message(), subscription_id = %sub.id, "the control-plane could not check a plan change against the cluster's capacity");
+                Err(Error::Unavailable(
+                    "the cluster's capacity for this plan could not be checked just now; nothing was changed, try again in a minute".into(),
+                ))
+            }
+        }
     }
 
     pub(crate) fn db(&self) -> &Db {
@@ -329,13 +380,18 @@ impl pb::subscription_service_server::SubscriptionService for Billing {
         request: Request<pb::ListSubscriptionsRequest>,
     ) -> Result<Response<pb::ListSubscriptionsResponse>, Status> {
         let account = auth::customer(&request)?.account_id.to_string();
-        let rows = store::list_subscriptions(&self.0.db, &account).await?;
+        let req = request.get_ref();
+        let limit = wire::page_size(req.page_size);
+        let after = kapal::paging::parse(req.page_token.trim())?;
+        let (rows, next_page_token) =
+            store::list_subscriptions(&self.0.db, &account, after.as_ref(), limit).await?;
         let mut subscriptions = Vec::with_capacity(rows.len());
         for row in &rows {
             subscriptions.push(self.subscription_to_proto(row).await?);
         }
         Ok(Response::new(pb::ListSubscriptionsResponse {
             subscriptions,
+            next_page_token,
         }))
     }
 
@@ -398,12 +454,24 @@ impl pb::subscription_service_server::SubscriptionService for Billing {
                 Some(id)
             }
         };
-        let rows = store::list_invoices(&self.0.db, &account, subscription_id.as_deref()).await?;
+        let limit = wire::page_size(request.get_ref().page_size);
+        let before = kapal::paging::parse_after_id(request.get_ref().page_token.trim())?;
+        let (rows, next_page_token) = store::list_invoices(
+            &self.0.db,
+            &account,
+            subscription_id.as_deref(),
+            before,
+            limit,
+        )
+        .await?;
         let invoices = rows
             .iter()
             .map(invoice_to_proto)
             .collect::<Result<_, _>>()?;
-        Ok(Response::new(pb::ListInvoicesResponse { invoices }))
+        Ok(Response::new(pb::ListInvoicesResponse {
+            invoices,
+            next_page_token,
+        }))
     }
 
     async fn change_plan(
@@ -458,6 +526,10 @@ impl pb::subscription_service_server::SubscriptionService for Billing {
             ))
             .into());
         }
+        // A bigger plan must fit the cluster: refused now, with nothing changed, rather than
+        // charged at renewal for resources the cluster cannot give.
+        self.check_capacity_for(&sub, app.plan(&sub.plan_id), plan)
+            .await?;
         let (row, next_plan) = store::change_plan(
             &self.0.db,
             &account,

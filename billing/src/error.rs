@@ -33,6 +33,12 @@ pub enum Error {
     /// A concurrent change won a race; the operation is retried from the start.
     #[error("a concurrent change won; retry")]
     Raced,
+    /// The cluster has no room for what was asked (e.g. a bigger plan); fit for the customer.
+    #[error("{0}")]
+    ResourceExhausted(String),
+    /// Another Kapal service needed for the answer could not be reached.
+    #[error("{0}")]
+    Unavailable(String),
     #[error(transparent)]
     Db(#[from] DbError),
     /// A stored row that billing cannot read (e.g. an unknown status).
@@ -65,6 +71,8 @@ impl From<Error> for Status {
                 Status::unavailable(format!("{e}; retry in a few seconds"))
             }
             e @ Error::Raced => Status::aborted(e.to_string()),
+            Error::ResourceExhausted(msg) => Status::resource_exhausted(msg),
+            Error::Unavailable(msg) => Status::unavailable(msg),
             e @ (Error::Db(_) | Error::Corrupt(_)) => {
                 tracing::error!(error = %ErrorChain(&e), "billing request failed");
                 Status::internal("billing failed internally; the error was logged")

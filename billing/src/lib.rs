@@ -151,7 +151,18 @@ pub async fn run(
         provider = payments.name(),
         "billing database ready"
     );
-    let billing = api::Billing::new(db.clone(), catalog, clock.clone(), payments.clone());
+    let mut billing = api::Billing::new(db.clone(), catalog, clock.clone(), payments.clone());
+    if let Some(endpoint) = control_plane_endpoint.as_deref() {
+        // ChangePlan asks the control-plane whether a bigger plan fits the cluster.
+        let channel =
+            kapal::serve::internal_channel_with_deadline(endpoint, &key, internal_deadline)
+                .context("the control-plane endpoint")?;
+        billing = billing.with_control_plane(
+            kapal::proto::internal::v1::entitlement_service_client::EntitlementServiceClient::new(
+                channel,
+            ),
+        );
+    }
 
     // Background tasks stop when `shutdown` completes.
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);

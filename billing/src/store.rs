@@ -5,8 +5,8 @@
 
 use chrono::NaiveDateTime;
 use diesel::{
-    ExpressionMethods as _, Insertable, OptionalExtension as _, QueryDsl as _, Queryable,
-    Selectable, SelectableHelper as _,
+    BoolExpressionMethods as _, ExpressionMethods as _, Insertable, OptionalExtension as _,
+    QueryDsl as _, Queryable, Selectable, SelectableHelper as _,
 };
 use diesel_async::{AsyncConnection as _, RunQueryDsl as _};
 use kapal::db::Db;
@@ -651,19 +651,36 @@ pub async fn subscription(db: &Db, id: &str) -> Result<SubscriptionRow, Error> {
 }
 
 /// The account's subscriptions the customer may see, newest first.
-pub async fn list_subscriptions(db: &Db, account_id: &str) -> Result<Vec<SubscriptionRow>, Error> {
+pub async fn list_subscriptions(
+    db: &Db,
+    account_id: &str,
+    after: Option<&kapal::paging::Cursor>,
+    limit: i64,
+) -> Result<(Vec<SubscriptionRow>, String), Error> {
     let hidden = SubscriptionStatus::Incomplete.as_str();
     let mut conn = db.read().await?;
     let rows = kapal::db!(&mut conn, |c| {
-        subscriptions::table
+        let mut query = subscriptions::table
             .filter(subscriptions::account_id.eq(account_id))
             .filter(subscriptions::status.ne(hidden))
             .order((subscriptions::created_at.desc(), subscriptions::id.desc()))
+            .limit(limit + 1)
             .select(SubscriptionRow::as_select())
-            .load(c)
-            .await
+            .into_boxed();
+        if let Some(after) = after {
+            query = query.filter(
+                subscriptions::created_at
+                    .lt(after.at)
+                    .or(subscriptions::created_at
+                        .eq(after.at)
+                        .and(subscriptions::id.lt(&after.id))),
+            );
+        }
+        query.load(c).await
     })?;
-    Ok(rows)
+    Ok(kapal::paging::split(rows, limit, |r| {
+        (r.created_at, r.id.as_str())
+    }))
 }
 
 /// One of the account's visible subscriptions; NotFound for anyone else's.
@@ -693,24 +710,38 @@ pub async fn list_invoices(
     db: &Db,
     account_id: &str,
     subscription_id: Option<&str>,
-) -> Result<Vec<InvoiceRow>, Error> {
+    before_number: Option<i64>,
+    limit: i64,
+) -> Result<(Vec<InvoiceRow>, String), Error> {
     let hidden = SubscriptionStatus::Incomplete.as_str();
     let mut conn = db.read().await?;
-    let rows = kapal::db!(&mut conn, |c| {
+    let mut rows = kapal::db!(&mut conn, |c| {
         let mut query = invoices::table
             .inner_join(subscriptions::table)
             .filter(invoices::account_id.eq(account_id))
             .filter(subscriptions::account_id.eq(account_id))
             .filter(subscriptions::status.ne(hidden))
             .order(invoices::number.desc())
+            .limit(limit + 1)
             .select(InvoiceRow::as_select())
             .into_boxed();
         if let Some(id) = subscription_id {
             query = query.filter(invoices::subscription_id.eq(id));
         }
+        if let Some(number) = before_number {
+            query = query.filter(invoices::number.lt(number));
+        }
         query.load(c).await
     })?;
-    Ok(rows)
+    // Invoice numbers are unique and increase: the next page is the numbers below the last
+    // row's (the shared token, with the number for its id).
+    let more = rows.len() as i64 > limit;
+    rows.truncate(usize::try_from(limit).unwrap_or(0));
+    let next = match rows.last() {
+        Some(last) if more => kapal::paging::token(last.created_at, &last.number.to_string()),
+        _ => String::new(),
+    };
+    Ok((rows, next))
 }
 
 /// Applies the customer's `change` to how one of their subscriptions ends (see

@@ -195,7 +195,7 @@ impl Running {
 
     async fn list_subscriptions(&self, who: &Principal) -> Vec<pb::Subscription> {
         self.public()
-            .list_subscriptions(self.signed(who, pb::ListSubscriptionsRequest {}))
+            .list_subscriptions(self.signed(who, pb::ListSubscriptionsRequest::default()))
             .await
             .expect("list subscriptions")
             .into_inner()
@@ -245,6 +245,7 @@ impl Running {
     ) -> Result<Vec<pb::Invoice>, tonic::Status> {
         let req = pb::ListInvoicesRequest {
             subscription_id: subscription_id.to_string(),
+            ..Default::default()
         };
         self.public()
             .list_invoices(self.signed(who, req))
@@ -767,7 +768,7 @@ async fn callers_must_be_signed_and_in_the_right_role(backend: Backend) {
     assert_code(unsigned, Code::Unauthenticated);
     let unsigned = billing
         .public()
-        .list_subscriptions(pb::ListSubscriptionsRequest {})
+        .list_subscriptions(pb::ListSubscriptionsRequest::default())
         .await;
     assert_code(unsigned, Code::Unauthenticated);
     // An identity signed with another deployment's key.
@@ -784,7 +785,10 @@ async fn callers_must_be_signed_and_in_the_right_role(backend: Backend) {
         billing.internal().create_subscription(as_customer).await,
         Code::PermissionDenied,
     );
-    let as_service = billing.signed(&Principal::service(), pb::ListSubscriptionsRequest {});
+    let as_service = billing.signed(
+        &Principal::service(),
+        pb::ListSubscriptionsRequest::default(),
+    );
     assert_code(
         billing.public().list_subscriptions(as_service).await,
         Code::PermissionDenied,

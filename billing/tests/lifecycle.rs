@@ -134,6 +134,17 @@ struct FakeEntitlements(Arc<Mutex<ControlPlaneState>>);
 
 #[tonic::async_trait]
 impl EntitlementService for FakeEntitlements {
+    async fn check_plan_change(
+        &self,
+        _: Request<kapal::proto::internal::v1::CheckPlanChangeRequest>,
+    ) -> Result<tonic::Response<kapal::proto::internal::v1::CheckPlanChangeResponse>, tonic::Status>
+    {
+        // Every plan fits: the capacity check is the control-plane's, tested end to end.
+        Ok(tonic::Response::new(
+            kapal::proto::internal::v1::CheckPlanChangeResponse {},
+        ))
+    }
+
     async fn set_entitlement(
         &self,
         request: Request<SetEntitlementRequest>,

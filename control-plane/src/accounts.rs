@@ -428,7 +428,7 @@ impl Accounts {
         name: &str,
         ttl: chrono::Duration,
         scope: &str,
-        user_agent: &str,
+        origin: &sessions::Origin,
     ) -> Result<(Token, String)> {
         let secret = new_token(kind);
         let now = self.0.now();
@@ -444,7 +444,8 @@ impl Accounts {
             revoked_at: None,
             scope: scope.to_string(),
             last_used_at: None,
-            user_agent: user_agent.to_string(),
+            user_agent: origin.user_agent.clone(),
+            client_address: origin.address.clone(),
         };
         let mut conn = self.0.db.get().await?;
         kapal::db!(&mut conn, |c| diesel::insert_into(tokens::table)
@@ -468,7 +469,7 @@ impl Accounts {
     async fn session(
         &self,
         account: Account,
-        user_agent: &str,
+        origin: &sessions::Origin,
     ) -> Result<Response<SessionResponse>> {
         let (token, secret) = self
             .issue(
@@ -477,7 +478,7 @@ impl Accounts {
                 "session",
                 self.0.session_ttl,
                 token_scope::FULL,
-                user_agent,
+                origin,
             )
             .await?;
         Ok(Response::new(SessionResponse {
@@ -495,7 +496,7 @@ impl AccountService for Accounts {
         &self,
         req: Request<SignUpRequest>,
     ) -> Result<Response<SessionResponse>, Status> {
-        let agent = sessions::user_agent(req.metadata());
+        let origin = sessions::origin(req.metadata());
         let req = req.into_inner();
         let email = normalize_email(&req.email)?;
         check_password(&req.password, &email)?;
@@ -529,7 +530,7 @@ impl AccountService for Accounts {
                 Ok(_) => {
                     tracing::info!(account_id = %account.id, "account created");
                     let Some(mailer) = &self.0.mailer else {
-                        return Ok(self.session(account, &agent).await?);
+                        return Ok(self.session(account, &origin).await?);
                     };
                     let code = issue_code(&self.0, &account.id, code_purpose::VERIFY).await?;
                     mailer.send_later(
@@ -575,7 +576,7 @@ impl AccountService for Accounts {
         &self,
         req: Request<LogInRequest>,
     ) -> Result<Response<SessionResponse>, Status> {
-        let agent = sessions::user_agent(req.metadata());
+        let origin = sessions::origin(req.metadata());
         let req = req.into_inner();
         let wrong = || Status::unauthenticated("wrong email or password");
         let Ok(email) = normalize_email(&req.email) else {
@@ -604,7 +605,7 @@ impl AccountService for Accounts {
         match account {
             Some(account) if ok => {
                 crate::login::succeeded(&self.0, &email).await?;
-                Ok(self.session(account, &agent).await?)
+                Ok(self.session(account, &origin).await?)
             }
             _ => {
                 crate::login::failed(&self.0, &email).await?;
@@ -644,6 +645,7 @@ impl AccountService for Accounts {
         req: Request<CreateApiTokenRequest>,
     ) -> Result<Response<CreateApiTokenResponse>, Status> {
         let p = auth::customer(&req)?.clone();
+        let origin = sessions::origin(req.metadata());
         let req = req.into_inner();
         let name = kapal::wire::display_text("name", &req.name, 64)?;
         let scope = sessions::requested_scope(req.scope)?;
@@ -657,7 +659,7 @@ impl AccountService for Accounts {
                 name,
                 ttl,
                 scope,
-                "",
+                &origin,
             )
             .await?;
         Ok(Response::new(CreateApiTokenResponse {
@@ -671,17 +673,33 @@ impl AccountService for Accounts {
         req: Request<ListApiTokensRequest>,
     ) -> Result<Response<ListApiTokensResponse>, Status> {
         let p = auth::customer(&req)?;
+        let limit = kapal::wire::page_size(req.get_ref().page_size);
+        let cursor = kapal::paging::parse(req.get_ref().page_token.trim())?;
         let mut conn = self.0.db.read().await.map_err(Error::from)?;
-        let rows = kapal::db!(&mut conn, |c| tokens::table
-            .filter(tokens::account_id.eq(p.account_id.to_string()))
-            .filter(tokens::kind.eq(token_kind::API))
-            .order(tokens::created_at.desc())
-            .select(Token::as_select())
-            .load(c)
-            .await)
+        let rows: Vec<Token> = kapal::db!(&mut conn, |c| {
+            let mut q = tokens::table
+                .filter(tokens::account_id.eq(p.account_id.to_string()))
+                .filter(tokens::kind.eq(token_kind::API))
+                .order((tokens::created_at.desc(), tokens::id.desc()))
+                .limit(limit + 1)
+                .select(Token::as_select())
+                .into_boxed();
+            if let Some(cur) = &cursor {
+                q = q.filter(
+                    tokens::created_at.lt(cur.at).or(tokens::created_at
+                        .eq(cur.at)
+                        .and(tokens::id.lt(cur.id.clone()))),
+                );
+            }
+            q.load(c).await
+        })
         .map_err(Error::from)?;
+        drop(conn);
+        let (page, next_page_token) =
+            kapal::paging::split(rows, limit, |t| (t.created_at, t.id.as_str()));
         Ok(Response::new(ListApiTokensResponse {
-            api_tokens: rows.iter().map(token_to_wire).collect(),
+            api_tokens: page.iter().map(token_to_wire).collect(),
+            next_page_token,
         }))
     }
 

@@ -302,6 +302,45 @@ pub(crate) fn check(
     ))
 }
 
+/// Whether an instance counted in `kapal` may grow from plan `from` to plan `to` under the
+/// ceiling (only the difference is new; a plan that is not bigger always fits); the refusal's
+/// message otherwise, for the customer who asked.
+pub(crate) fn check_growth(
+    capacity: &Capacity,
+    kapal: Amounts,
+    from: &Plan,
+    to: &Plan,
+    ceiling_percent: u32,
+) -> Result<(), String> {
+    let more_cpu = i64::from(to.cpu_millis) - i64::from(from.cpu_millis);
+    let more_memory = (i64::from(to.memory_mib) - i64::from(from.memory_mib)) * MIB;
+    if more_cpu <= 0 && more_memory <= 0 {
+        return Ok(());
+    }
+    let allocatable = Amounts::of(capacity.allocatable.as_ref());
+    let committed = committed(capacity, kapal);
+    let cpu_limit = ceiling(allocatable.cpu_millis, ceiling_percent);
+    let memory_limit = ceiling(allocatable.memory_bytes, ceiling_percent);
+    let fits = committed.cpu_millis.saturating_add(more_cpu.max(0)) <= cpu_limit
+        && committed.memory_bytes.saturating_add(more_memory.max(0)) <= memory_limit;
+    if fits {
+        return Ok(());
+    }
+    let cpu_left = (cpu_limit - committed.cpu_millis).max(0);
+    let memory_left = (memory_limit - committed.memory_bytes).max(0) / MIB;
+    Err(format!(
+        "The cluster is at capacity: plan {} needs {}m CPU / {} MiB more than plan {}, and only \
+         {cpu_left}m / {memory_left} MiB remain under the {ceiling_percent}% ceiling. Nothing was \
+         changed: the instance keeps plan {}. Try again later, choose a smaller plan, or contact \
+         support.",
+        to.id,
+        more_cpu.max(0),
+        more_memory.max(0) / MIB,
+        from.id,
+        from.id
+    ))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -361,6 +400,27 @@ mod tests {
         let full = complete(&cap, kapal, 80);
         assert_eq!(full.ceiling_percent, 80);
         assert_eq!(full.committed.map(|c| c.cpu_millis), Some(1100));
+    }
+
+    #[test]
+    fn growth_counts_only_the_difference() {
+        let cap = Capacity {
+            allocatable: amounts(2000, 4000, 110),
+            ..Default::default()
+        };
+        let kapal = Amounts {
+            cpu_millis: 1000,
+            memory_bytes: 1000 * MIB,
+            pods: 1,
+        };
+        let (small, big) = (plan(500, 500), plan(1100, 500));
+        // 1000 + 600 more = 1600, the 80% ceiling exactly.
+        assert!(check_growth(&cap, kapal, &small, &big, 80).is_ok());
+        let refusal = check_growth(&cap, kapal, &small, &plan(1101, 500), 80).expect_err("over");
+        assert!(refusal.contains("601m CPU / 0 MiB more"), "{refusal}");
+        assert!(refusal.contains("Nothing was changed"), "{refusal}");
+        // Smaller or equal plans always fit, even over the ceiling.
+        assert!(check_growth(&cap, kapal, &big, &small, 1).is_ok());
     }
 
     #[test]

@@ -29,7 +29,10 @@ use kapal::auth;
 use kapal::catalog::Plan;
 use kapal::db::DbError;
 use kapal::proto::internal::v1::entitlement_service_server::EntitlementService;
-use kapal::proto::internal::v1::{Entitlement, SetEntitlementRequest, SetEntitlementResponse};
+use kapal::proto::internal::v1::{
+    CheckPlanChangeRequest, CheckPlanChangeResponse, Entitlement, SetEntitlementRequest,
+    SetEntitlementResponse,
+};
 use kapal::proto::v1::DesiredState;
 use tonic::{Request, Response, Status};
 use uuid::Uuid;
@@ -376,6 +379,52 @@ impl EntitlementService for Entitlements {
             }
         };
         Ok(Response::new(SetEntitlementResponse { applied }))
+    }
+
+    async fn check_plan_change(
+        &self,
+        req: Request<CheckPlanChangeRequest>,
+    ) -> Result<Response<CheckPlanChangeResponse>, Status> {
+        auth::service(&req)?;
+        let ctx = &self.0;
+        let id = kapal::wire::uuid("instance_id", &req.get_ref().instance_id)?.to_string();
+        let plan_id = req.get_ref().plan_id.trim();
+        let row = crate::instances::load(ctx, &id)
+            .await?
+            .ok_or_else(|| Error::not_found(format!("no instance {id}")))?;
+        let app = ctx.catalog.app(&row.app_id);
+        let to = app.and_then(|a| a.plan(plan_id)).ok_or_else(|| {
+            Error::invalid(format!(
+                "plan_id {:?} is not a plan of {}",
+                kapal::wire::truncate(plan_id, 64),
+                row.app_id
+            ))
+        })?;
+        // A plan gone from the catalog counts as nothing (as in the commitments): all of the
+        // new plan is new then.
+        let from = app.and_then(|a| a.plan(&row.plan_id));
+        // Only an instance that should run holds resources against the ceiling; a stopped or
+        // suspended one is checked when it starts again (with the plan it has then).
+        let counted =
+            row.desired_state == instance_state::RUNNING && row.entitlement == entitlement::ACTIVE;
+        if !counted {
+            return Ok(Response::new(CheckPlanChangeResponse {}));
+        }
+        let Some(capacity) = ctx.capacity.observe(&ctx.provisioner).await.capacity else {
+            // Unknown capacity: accepted, as a checkout would be.
+            return Ok(Response::new(CheckPlanChangeResponse {}));
+        };
+        let kapal = crate::capacity::current_commitments(ctx).await?;
+        let nothing = Plan {
+            id: row.plan_id.clone(),
+            cpu_millis: 0,
+            memory_mib: 0,
+            ..to.clone()
+        };
+        let from = from.unwrap_or(&nothing);
+        crate::capacity::check_growth(&capacity, kapal, from, to, ctx.ceiling_percent)
+            .map_err(Error::ResourceExhausted)?;
+        Ok(Response::new(CheckPlanChangeResponse {}))
     }
 }
 

@@ -4,7 +4,6 @@
 //! the provisioner converges the cluster and reports the status it observes.
 
 use std::pin::Pin;
-use std::time::Duration;
 
 use diesel::prelude::*;
 use diesel_async::RunQueryDsl;
@@ -398,6 +397,8 @@ impl InstanceService for Instances {
         let p = auth::customer(&req)?;
         let id = kapal::wire::uuid("instance_id", &req.get_ref().instance_id)?.to_string();
         let account_id = p.account_id.to_string();
+        // Listening before the first read: a change committed right after it is not missed.
+        let mut changes = self.ctx.changes.subscribe();
         let first = owned(&self.ctx, &account_id, &id).await?;
         // Held by the stream's task: the slot is free again when the stream ends.
         let slot = self.ctx.watches.acquire(&account_id).ok_or_else(|| {
@@ -407,7 +408,6 @@ impl InstanceService for Instances {
             ))
         })?;
         let ctx = self.ctx.clone();
-        let mut changes = ctx.changes.subscribe();
         let mut stop = self.stop.clone();
         let stream = async_stream(move |tx| async move {
             let _slot = slot;
@@ -433,15 +433,15 @@ impl InstanceService for Instances {
                 return;
             }
             loop {
-                // Wake on a change of this instance, or every few seconds (changes made by another
-                // control-plane replica do not reach this process's channel).
+                // Wake only on a change of this instance: made here, or by another replica
+                // (found by this process's one change poller, see `crate::changes`). Missed
+                // notices (lagged) read the instance again.
                 tokio::select! {
                     r = changes.recv() => match r {
                         Ok(changed) if changed != id => continue,
                         Ok(_) | Err(RecvError::Lagged(_)) => {}
                         Err(RecvError::Closed) => return,
                     },
-                    _ = tokio::time::sleep(Duration::from_secs(3)) => {}
                     _ = stop.changed() => return,
                     _ = tx.closed() => return,
                 }

@@ -12,6 +12,7 @@ mod admin;
 mod alerting;
 mod capacity;
 mod catalog;
+mod changes;
 mod credentials;
 mod diagnostics;
 mod entitlements;
@@ -90,6 +91,10 @@ pub struct Config {
     /// Live WatchInstance streams one account may hold at once (each holds a task and wakes
     /// on every change); one more is RESOURCE_EXHAUSTED. Default 20.
     pub max_watches_per_account: usize,
+    /// How often this process's one change poller reads the instances changed (by any
+    /// replica) for its WatchInstance streams, while any is open (default 1 s): a change made
+    /// through another replica reaches a stream within about this long.
+    pub watch_poll_interval: Duration,
     /// Checkouts are refused when the plan would push committed CPU or memory over this share
     /// of the cluster's allocatable (percent, 1-100; default 80).
     pub capacity_ceiling_percent: u32,
@@ -139,6 +144,7 @@ impl Config {
             recovery_order_timeout: Duration::from_secs(30),
             internal_deadline: kapal::serve::DEFAULT_INTERNAL_DEADLINE,
             max_watches_per_account: 20,
+            watch_poll_interval: Duration::from_secs(1),
             capacity_ceiling_percent: 80,
             capacity_cache_ttl: Duration::from_secs(5),
             data_retention: Duration::from_secs(7 * 24 * 3600),
@@ -200,6 +206,10 @@ pub async fn run(
     anyhow::ensure!(
         config.recovery_concurrency > 0 && !config.recovery_order_timeout.is_zero(),
         "the order recovery needs a concurrency of at least 1 and a timeout longer than zero"
+    );
+    anyhow::ensure!(
+        !config.watch_poll_interval.is_zero(),
+        "the watch poll interval must be longer than zero"
     );
     anyhow::ensure!(
         (1..=100).contains(&config.capacity_ceiling_percent),
@@ -304,6 +314,11 @@ pub async fn run(
         stop_rx.clone(),
     ));
     let support_sweep = tokio::spawn(support::sweep(ctx.clone(), stop_rx.clone()));
+    let change_poller = tokio::spawn(changes::poll(
+        ctx.clone(),
+        config.watch_poll_interval,
+        stop_rx.clone(),
+    ));
     let alert_push = tokio::spawn(alerting::push(
         ctx.clone(),
         config.alert_interval,
@@ -358,6 +373,7 @@ pub async fn run(
     let _ = stop_tx.send(true);
     let _ = recovery.await;
     let _ = support_sweep.await;
+    let _ = change_poller.await;
     let _ = alert_push.await;
     result
 }

@@ -57,6 +57,8 @@ pub struct Token {
     pub last_used_at: Option<NaiveDateTime>,
     /// The user-agent of the client that opened a session; '' when none.
     pub user_agent: String,
+    /// The IP address of the client that opened it, as the gateway saw it; '' when unknown.
+    pub client_address: String,
 }
 
 #[derive(Clone, Debug, Queryable, Selectable, Insertable)]

@@ -40,6 +40,7 @@ diesel::table! {
         scope -> Text,
         last_used_at -> Nullable<Timestamp>,
         user_agent -> Text,
+        client_address -> Text,
     }
 }
 

@@ -39,6 +39,35 @@ pub(crate) const LAST_USED_PRECISION: chrono::Duration = chrono::Duration::minut
 /// The longest user-agent kept with a session.
 const MAX_USER_AGENT: usize = 200;
 
+/// Where a session or token was opened from, as shown in ListSessions.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub(crate) struct Origin {
+    /// See [`user_agent`].
+    pub user_agent: String,
+    /// See [`client_address`].
+    pub address: String,
+}
+
+/// The client's user agent and address of a call.
+pub(crate) fn origin(metadata: &MetadataMap) -> Origin {
+    Origin {
+        user_agent: user_agent(metadata),
+        address: client_address(metadata),
+    }
+}
+
+/// The client's IP address as the gateway saw it ([`kapal::auth::CLIENT_ADDRESS_HEADER`]: the
+/// gateway replaces whatever a client sends there); '' when the call did not come through a
+/// gateway or the value is not an IP address.
+pub(crate) fn client_address(metadata: &MetadataMap) -> String {
+    metadata
+        .get(kapal::auth::CLIENT_ADDRESS_HEADER)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.trim().parse::<std::net::IpAddr>().ok())
+        .map(|ip| ip.to_string())
+        .unwrap_or_default()
+}
+
 /// The client's `user-agent`, cut to [`MAX_USER_AGENT`] characters and with control
 /// characters dropped: it is shown back in ListSessions.
 pub(crate) fn user_agent(metadata: &MetadataMap) -> String {
@@ -157,6 +186,7 @@ fn session_to_wire(t: &Token, current: &str) -> pb::Session {
         user_agent: t.user_agent.clone(),
         current: t.id == current,
         revoked_at: opt_timestamp(t.revoked_at),
+        client_address: t.client_address.clone(),
     }
 }
 
@@ -316,6 +346,7 @@ mod tests {
             scope: scope.into(),
             last_used_at: None,
             user_agent: String::new(),
+            client_address: String::new(),
         }
     }
 

@@ -327,6 +327,11 @@ pub async fn run(
         // Forged identities out, first thing after translation: nothing below, and no upstream,
         // sees an identity the gateway did not sign itself.
         .layer(middleware::MiddlewareLayer(identity::StripIdentity))
+        // The client's address for the services (sessions show it), replacing any the client
+        // claimed itself.
+        .layer(middleware::MiddlewareLayer(rate_limit::ClientAddress {
+            trusted_proxies: config.trusted_proxies.clone().into(),
+        }))
         // Routing: unknown and internal methods are turned away before they cost anything (no
         // rate-limit token, no token check, no body read). The layers below read its Route.
         .layer(middleware::MiddlewareLayer(routes::Routing(table)))

@@ -189,6 +189,32 @@ fn forwarded_client(
     Some(client)
 }
 
+/// Tells the services who connected: sets [`kapal::auth::CLIENT_ADDRESS_HEADER`] to the
+/// client's address ([`client_address`], honouring the trusted proxies), after removing every
+/// value the client sent itself. The control-plane shows it with sessions (ListSessions).
+#[derive(Clone)]
+pub(crate) struct ClientAddress {
+    pub(crate) trusted_proxies: Arc<[Cidr]>,
+}
+
+impl Middleware for ClientAddress {
+    async fn call<S: Next>(self, mut req: Req, next: S) -> Res {
+        let client = client_address(&req, &self.trusted_proxies);
+        let headers = req.headers_mut();
+        headers.remove(kapal::auth::CLIENT_ADDRESS_HEADER);
+        if let Some(value) = client.and_then(|ip| {
+            let ip = match ip {
+                IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(ip, IpAddr::V4),
+                v4 => v4,
+            };
+            http::HeaderValue::from_str(&ip.to_string()).ok()
+        }) {
+            headers.insert(kapal::auth::CLIENT_ADDRESS_HEADER, value);
+        }
+        forward(next, req).await
+    }
+}
+
 /// The rate-limit layer; `limiter` is `None` when rate limits are off.
 #[derive(Clone)]
 pub(crate) struct RateLimit {

@@ -424,6 +424,7 @@ impl SubscriptionService for Subscriptions {
                 app_id: "billing".into(),
                 ..Default::default()
             }],
+            next_page_token: String::new(),
         }))
     }
 
@@ -661,7 +662,7 @@ async fn routes_the_public_api_to_both_upstreams_over_native_grpc() {
 
     // Billing.
     let subscriptions = SubscriptionServiceClient::new(channel)
-        .list_subscriptions(bearer(pb::ListSubscriptionsRequest {}, ALICE_TOKEN))
+        .list_subscriptions(bearer(pb::ListSubscriptionsRequest::default(), ALICE_TOKEN))
         .await
         .expect("list subscriptions")
         .into_inner()
@@ -725,7 +726,7 @@ async fn grpc_web_works(http2: bool) {
     assert_eq!(me.id, ALICE.to_string());
 
     let subscriptions = SubscriptionServiceClient::with_origin(web.clone(), origin.clone())
-        .list_subscriptions(bearer(pb::ListSubscriptionsRequest {}, ALICE_TOKEN))
+        .list_subscriptions(bearer(pb::ListSubscriptionsRequest::default(), ALICE_TOKEN))
         .await
         .expect("grpc-web list subscriptions")
         .into_inner();
@@ -835,7 +836,7 @@ async fn calls_without_a_valid_token_are_unauthenticated() {
 
     assert_code(
         SubscriptionServiceClient::new(channel.clone())
-            .list_subscriptions(pb::ListSubscriptionsRequest {})
+            .list_subscriptions(pb::ListSubscriptionsRequest::default())
             .await,
         Code::Unauthenticated,
     );
@@ -1393,7 +1394,7 @@ async fn an_unreachable_upstream_is_unavailable_and_says_nothing_more() {
     let app = TestApp::with(|c| c.billing_endpoint = closed.clone()).await;
     let status = assert_code(
         SubscriptionServiceClient::new(app.channel().await)
-            .list_subscriptions(bearer(pb::ListSubscriptionsRequest {}, ALICE_TOKEN))
+            .list_subscriptions(bearer(pb::ListSubscriptionsRequest::default(), ALICE_TOKEN))
             .await,
         Code::Unavailable,
     );

@@ -106,6 +106,9 @@ pub struct TestApp {
     tasks: JoinSet<(&'static str, anyhow::Result<()>)>,
     /// The cluster's admin config, for deleting this stack's instances when it is dropped.
     cluster_config: Option<kube::Config>,
+    /// Billing's and the provisioner's internal endpoints, for [`TestApp::replica`].
+    billing_url: String,
+    prov_url: String,
 }
 
 impl TestAppBuilder {
@@ -268,6 +271,8 @@ impl TestAppBuilder {
             stop,
             tasks: JoinSet::new(),
             cluster_config: Some(cluster.config().clone()),
+            billing_url: String::new(),
+            prov_url: String::new(),
         };
         app.spawn_services(None).await?;
         Ok(app)
@@ -328,6 +333,8 @@ impl TestApp {
         };
         let (cp_url, billing_url, prov_url) = (url(&cp)?, url(&billing)?, url(&prov)?);
         self.gateway_addr = gateway.local_addr()?;
+        self.billing_url = billing_url.clone();
+        self.prov_url = prov_url.clone();
 
         let mut billing_config =
             kapal_billing::Config::new(self.db.clone(), self.catalog.clone(), self.key.clone());
@@ -483,6 +490,89 @@ impl TestApp {
             );
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
+    }
+
+    /// Starts a second control-plane on the same database, billing and provisioner (as a
+    /// deployment with two control-plane replicas runs), with a gateway of its own in front of
+    /// it; returns that gateway's address. Both stop with the others.
+    pub async fn replica(&mut self) -> anyhow::Result<SocketAddr> {
+        let stop_rx = self.stop.subscribe();
+        let shutdown = move || {
+            let mut rx = stop_rx.clone();
+            async move {
+                let _ = rx.wait_for(|s| *s).await;
+            }
+        };
+        let cp = free_listener().await?;
+        let gateway = free_listener().await?;
+        let cp_url = format!("http://{}", cp.local_addr()?);
+        let addr = gateway.local_addr()?;
+        let mut cp_config = kapal_control_plane::Config::new(
+            self.db.clone(),
+            self.catalog.clone(),
+            self.key.clone(),
+            self.billing_url.clone(),
+            self.prov_url.clone(),
+        );
+        cp_config.domain = self.domain.clone();
+        cp_config.data_retention = self
+            .options
+            .data_retention
+            .unwrap_or(Duration::from_secs(1));
+        cp_config.recovery_interval = Duration::from_secs(1);
+        if let Some(n) = self.options.max_instances_per_account {
+            cp_config.max_instances_per_account = n;
+        }
+        if let Some(percent) = self.options.capacity_ceiling_percent {
+            cp_config.capacity_ceiling_percent = percent;
+        }
+        cp_config.mail = self.options.mail.clone();
+        self.tasks.spawn({
+            let s = shutdown();
+            async move {
+                (
+                    "control-plane replica",
+                    kapal_control_plane::run(cp_config, cp, s).await,
+                )
+            }
+        });
+        let mut gw_config =
+            kapal_gateway::Config::new(cp_url, self.billing_url.clone(), self.key.clone());
+        gw_config.trusted_proxies = self.options.trusted_proxies.clone();
+        gw_config.rate_limit_per_second = 100_000;
+        gw_config.rate_limit_burst = 100_000;
+        self.tasks.spawn({
+            let s = shutdown();
+            async move {
+                (
+                    "replica's gateway",
+                    kapal_gateway::run(gw_config, gateway, s).await,
+                )
+            }
+        });
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+        let url = format!("http://{addr}");
+        loop {
+            let channel = Channel::from_shared(url.clone())?.connect_lazy();
+            if CatalogServiceClient::new(channel)
+                .list_apps(kapal::proto::v1::ListAppsRequest {})
+                .await
+                .is_ok()
+            {
+                return Ok(addr);
+            }
+            anyhow::ensure!(
+                tokio::time::Instant::now() < deadline,
+                "the replica did not come up in 30 s"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// Clients acting with `token` through the gateway at `addr` (e.g. a [`TestApp::replica`]).
+    pub fn clients_at(&self, addr: SocketAddr, token: &str) -> anyhow::Result<Clients> {
+        let channel = Channel::from_shared(format!("http://{addr}"))?.connect_lazy();
+        Ok(Clients::new(channel, token))
     }
 
     /// Stops every service and waits for them to finish.
@@ -746,7 +836,7 @@ where
                 .len(),
             subscriptions: self
                 .subscriptions
-                .list_subscriptions(ListSubscriptionsRequest {})
+                .list_subscriptions(ListSubscriptionsRequest::default())
                 .await?
                 .into_inner()
                 .subscriptions

@@ -219,7 +219,7 @@ async fn journey(builder: TestAppBuilder) -> anyhow::Result<()> {
     // The subscription and its Rp 0 paid invoice.
     let subs = c
         .subscriptions
-        .list_subscriptions(ListSubscriptionsRequest {})
+        .list_subscriptions(ListSubscriptionsRequest::default())
         .await?
         .into_inner()
         .subscriptions;
@@ -231,6 +231,7 @@ async fn journey(builder: TestAppBuilder) -> anyhow::Result<()> {
         .subscriptions
         .list_invoices(ListInvoicesRequest {
             subscription_id: String::new(),
+            ..Default::default()
         })
         .await?
         .into_inner()
@@ -510,6 +511,7 @@ async fn customers_are_isolated(backend: Backend) -> anyhow::Result<()> {
         .subscriptions
         .list_invoices(ListInvoicesRequest {
             subscription_id: sid.clone(),
+            ..Default::default()
         })
         .await
     {
@@ -533,7 +535,7 @@ async fn customers_are_isolated(backend: Backend) -> anyhow::Result<()> {
     );
     assert!(
         b.accounts
-            .list_api_tokens(ListApiTokensRequest {})
+            .list_api_tokens(ListApiTokensRequest::default())
             .await?
             .into_inner()
             .api_tokens
@@ -608,7 +610,7 @@ async fn customers_are_isolated(backend: Backend) -> anyhow::Result<()> {
         assert_eq!(
             code(
                 anon.subscriptions
-                    .list_subscriptions(ListSubscriptionsRequest {})
+                    .list_subscriptions(ListSubscriptionsRequest::default())
                     .await
             ),
             Code::Unauthenticated
@@ -622,7 +624,11 @@ async fn customers_are_isolated(backend: Backend) -> anyhow::Result<()> {
             Code::Unauthenticated
         );
         assert_eq!(
-            code(anon.accounts.list_api_tokens(ListApiTokensRequest {}).await),
+            code(
+                anon.accounts
+                    .list_api_tokens(ListApiTokensRequest::default())
+                    .await
+            ),
             Code::Unauthenticated
         );
         assert!(anon.catalog.list_apps(ListAppsRequest {}).await.is_ok());

@@ -271,6 +271,7 @@ async fn unpaid_renewal_suspends_and_payment_resumes(backend: Backend) -> anyhow
         .subscriptions
         .list_invoices(ListInvoicesRequest {
             subscription_id: sub_id.clone(),
+            ..Default::default()
         })
         .await?
         .into_inner()

@@ -30,6 +30,7 @@ kapal::on_both_backends!(
     read_only_tokens_cannot_order_or_delete,
     change_password_ends_the_other_sessions,
     sessions_are_listed_and_revoked_by_their_owner_only,
+    sessions_show_the_address_and_agent_they_came_from,
 );
 
 fn err<T: std::fmt::Debug>(r: Result<tonic::Response<T>, tonic::Status>) -> tonic::Status {
@@ -160,7 +161,7 @@ async fn tokens_never_mint_more_than_themselves(backend: Backend) -> anyhow::Res
     let listed = ana
         .clients
         .accounts
-        .list_api_tokens(ListApiTokensRequest {})
+        .list_api_tokens(ListApiTokensRequest::default())
         .await?
         .into_inner()
         .api_tokens;
@@ -204,7 +205,7 @@ async fn read_only_tokens_cannot_order_or_delete(backend: Backend) -> anyhow::Re
     r.orders.list_orders(ListOrdersRequest::default()).await?;
     let subs = r
         .subscriptions
-        .list_subscriptions(ListSubscriptionsRequest {})
+        .list_subscriptions(ListSubscriptionsRequest::default())
         .await?
         .into_inner()
         .subscriptions;
@@ -492,5 +493,77 @@ async fn sessions_are_listed_and_revoked_by_their_owner_only(
         .sessions;
     assert_eq!(left.len(), 1);
     assert!(left[0].current);
+    Ok(())
+}
+
+/// A LogIn as a trusted proxy (the ingress) forwards it for a client at `from`.
+async fn log_in_from(
+    app: &TestApp,
+    c: &Customer,
+    from: &str,
+    agent: &str,
+) -> Result<String, tonic::Status> {
+    let mut req = tonic::Request::new(LogInRequest {
+        email: c.email.clone(),
+        password: c.password.clone(),
+    });
+    let xff = format!("203.0.113.250, {from}");
+    req.metadata_mut()
+        .insert("x-forwarded-for", xff.parse().expect("ascii"));
+    req.metadata_mut()
+        .insert("user-agent", agent.parse().expect("ascii"));
+    // A client that claims an address of its own in the gateway's header is not believed.
+    req.metadata_mut().insert(
+        "x-kapal-client-address",
+        "192.0.2.66".parse().expect("ascii"),
+    );
+    Ok(app
+        .clients("")
+        .accounts
+        .log_in(req)
+        .await?
+        .into_inner()
+        .token)
+}
+
+/// Sessions show where they came from: the client's address as the gateway saw it (behind a
+/// trusted proxy, the address it forwarded; never one the client claims itself) and its user
+/// agent, recorded when the session was opened.
+async fn sessions_show_the_address_and_agent_they_came_from(
+    backend: Backend,
+) -> anyhow::Result<()> {
+    let app = TestApp::builder()
+        .backend(backend)
+        .with_trusted_proxies(vec!["127.0.0.0/8".parse()?])
+        .start()
+        .await?;
+    let mut ana = app.customer("ana").await?;
+    let phone = log_in_from(&app, &ana, "198.51.100.7", "KapalPhone/2.1").await?;
+    app.clients(&phone)
+        .accounts
+        .who_am_i(WhoAmIRequest {})
+        .await?;
+    let sessions = ana
+        .clients
+        .accounts
+        .list_sessions(ListSessionsRequest::default())
+        .await?
+        .into_inner()
+        .sessions;
+    let from_phone = sessions
+        .iter()
+        .find(|s| !s.current)
+        .context("the phone's session")?;
+    assert_eq!(from_phone.client_address, "198.51.100.7", "{from_phone:?}");
+    assert!(
+        from_phone.user_agent.starts_with("KapalPhone/2.1"),
+        "{from_phone:?}"
+    );
+    // The sign-up's session came straight from the test over loopback (no forwarded header).
+    let own = sessions
+        .iter()
+        .find(|s| s.current)
+        .context("the current session")?;
+    assert_eq!(own.client_address, "127.0.0.1", "{own:?}");
     Ok(())
 }

@@ -12,7 +12,7 @@ use kapal::proto::v1::{
 
 use crate::args::{Global, PasswordChangeArgs, SessionRevokeArgs};
 use crate::connect::{Ctx, NO_LIMIT, RpcResult as _, collect_pages};
-use crate::output::{Render, Table, time, ts_json};
+use crate::output::{Render, Table, dash, time, ts_json};
 
 /// A secret from its flag or environment variable, else a prompt on a terminal, else one line
 /// of standard input (so a script can pipe the current and the new password, one per line).
@@ -127,7 +127,15 @@ struct SessionsJson<'a> {
 
 impl Render for Sessions {
     fn text(&self) -> String {
-        let mut t = Table::new(&["ID", "", "CREATED", "LAST USED", "EXPIRES", "CLIENT"]);
+        let mut t = Table::new(&[
+            "ID",
+            "",
+            "CREATED",
+            "LAST USED",
+            "EXPIRES",
+            "ADDRESS",
+            "CLIENT",
+        ]);
         for s in &self.0 {
             t.row(vec![
                 s.id.clone(),
@@ -135,6 +143,7 @@ impl Render for Sessions {
                 time(s.created_at.as_ref()),
                 time(s.last_used_at.as_ref()),
                 time(s.expires_at.as_ref()),
+                dash(&s.client_address),
                 s.user_agent.clone(),
             ]);
         }
@@ -173,6 +182,7 @@ impl Render for Revoked {
 struct SessionJson<'a> {
     id: &'a str,
     current: bool,
+    client_address: &'a str,
     user_agent: &'a str,
     created_at: Option<String>,
     last_used_at: Option<String>,
@@ -185,6 +195,7 @@ impl<'a> From<&'a SessionInfo> for SessionJson<'a> {
         SessionJson {
             id: &s.id,
             current: s.current,
+            client_address: &s.client_address,
             user_agent: &s.user_agent,
             created_at: ts_json(s.created_at.as_ref()),
             last_used_at: ts_json(s.last_used_at.as_ref()),

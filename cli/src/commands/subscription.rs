@@ -18,25 +18,39 @@ use crate::output::{
 
 pub async fn subscriptions(g: Global) -> anyhow::Result<()> {
     let ctx = Ctx::new(&g)?;
-    let subs = ctx
-        .subscriptions()?
-        .list_subscriptions(ListSubscriptionsRequest {})
-        .await
-        .or_fail(&ctx)?
-        .subscriptions;
+    let mut client = ctx.subscriptions()?;
+    // Every subscription, newest first, a page at a time.
+    let (subs, _) = collect_pages(u32::MAX, async |page_size, page_token| {
+        let resp = client
+            .list_subscriptions(ListSubscriptionsRequest {
+                page_size,
+                page_token,
+            })
+            .await
+            .or_fail(&ctx)?;
+        Ok((resp.subscriptions, resp.next_page_token))
+    })
+    .await?;
     ctx.print(&Subscriptions(subs))
 }
 
 pub async fn invoices(a: InvoicesArgs) -> anyhow::Result<()> {
     let ctx = Ctx::new(&a.global)?;
-    let invoices = ctx
-        .subscriptions()?
-        .list_invoices(ListInvoicesRequest {
-            subscription_id: a.subscription.unwrap_or_default(),
-        })
-        .await
-        .or_fail(&ctx)?
-        .invoices;
+    let mut client = ctx.subscriptions()?;
+    let subscription_id = a.subscription.unwrap_or_default();
+    // Every invoice, newest first, a page at a time.
+    let (invoices, _) = collect_pages(u32::MAX, async |page_size, page_token| {
+        let resp = client
+            .list_invoices(ListInvoicesRequest {
+                subscription_id: subscription_id.clone(),
+                page_size,
+                page_token,
+            })
+            .await
+            .or_fail(&ctx)?;
+        Ok((resp.invoices, resp.next_page_token))
+    })
+    .await?;
     ctx.print(&Invoices(invoices))
 }
 

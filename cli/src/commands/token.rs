@@ -8,7 +8,7 @@ use kapal::proto::v1::{
 };
 
 use crate::args::{Global, TokenCreateArgs, TokenRevokeArgs, TokenScope};
-use crate::connect::{Ctx, RpcResult as _};
+use crate::connect::{Ctx, RpcResult as _, collect_pages};
 use crate::output::{Render, Table, time, to_utc, ts_json};
 
 pub async fn token_create(a: TokenCreateArgs) -> anyhow::Result<()> {
@@ -45,12 +45,19 @@ pub async fn token_create(a: TokenCreateArgs) -> anyhow::Result<()> {
 
 pub async fn token_list(g: Global) -> anyhow::Result<()> {
     let ctx = Ctx::new(&g)?;
-    let tokens = ctx
-        .accounts()?
-        .list_api_tokens(ListApiTokensRequest {})
-        .await
-        .or_fail(&ctx)?
-        .api_tokens;
+    let mut client = ctx.accounts()?;
+    // Every token, newest first, a page at a time.
+    let (tokens, _) = collect_pages(u32::MAX, async |page_size, page_token| {
+        let resp = client
+            .list_api_tokens(ListApiTokensRequest {
+                page_size,
+                page_token,
+            })
+            .await
+            .or_fail(&ctx)?;
+        Ok((resp.api_tokens, resp.next_page_token))
+    })
+    .await?;
     ctx.print(&Tokens(tokens))
 }
 

@@ -6,7 +6,15 @@ import { day, invoiceStatus, isoTime, rupiah, subscriptionStatus, when } from '.
 import { href } from '../router';
 
 export function Subscriptions() {
-  const list = useLoad(() => subscriptions.listSubscriptions({}), []);
+  const list = useLoad(
+    async () => ({
+      subscriptions: await allPages(async (pageToken) => {
+        const r = await subscriptions.listSubscriptions({ pageToken });
+        return { rows: r.subscriptions, next: r.nextPageToken };
+      }),
+    }),
+    [],
+  );
   const apps = useLoad(() => catalog.listApps({}), []);
   return (
     <Page title="Subscriptions">
@@ -180,7 +188,15 @@ function SubscriptionCard({ sub: initial, app }: { sub: Subscription; app?: App 
 }
 
 export function Invoices() {
-  const list = useLoad(() => subscriptions.listInvoices({}), []);
+  const list = useLoad(
+    async () => ({
+      invoices: await allPages(async (pageToken) => {
+        const r = await subscriptions.listInvoices({ pageToken });
+        return { rows: r.invoices, next: r.nextPageToken };
+      }),
+    }),
+    [],
+  );
   return (
     <Page title="Invoices">
       {list.loading && !list.data && <Loading what="your invoices" />}

@@ -1,7 +1,7 @@
 import { useState } from 'preact/hooks';
 import { Code, ConnectError } from '@connectrpc/connect';
 import { ApiTokenScope } from '@kapal/client';
-import { accounts, errorMessage } from '../api';
+import { accounts, allPages, errorMessage } from '../api';
 import { ConfirmButton, Copy, ErrorText, FieldError, Loading, Page, useAction, useLoad } from '../components';
 import { isoTime, when } from '../format';
 
@@ -26,7 +26,15 @@ function tokenErrorField(e: unknown): 'name' | 'days' | 'form' {
 }
 
 export function Tokens() {
-  const list = useLoad(() => accounts.listApiTokens({}), []);
+  const list = useLoad(
+    async () => ({
+      apiTokens: await allPages(async (pageToken) => {
+        const r = await accounts.listApiTokens({ pageToken });
+        return { rows: r.apiTokens, next: r.nextPageToken };
+      }),
+    }),
+    [],
+  );
   const [name, setName] = useState('');
   const [days, setDays] = useState('90');
   const [scope, setScope] = useState(String(ApiTokenScope.FULL));

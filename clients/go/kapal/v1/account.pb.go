@@ -741,7 +741,12 @@ func (x *ApiToken) GetScope() ApiTokenScope {
 }
 
 type ListApiTokensRequest struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// At most this many tokens (default 50, at most 500).
+	PageSize uint32 `protobuf:"varint,1,opt,name=page_size,json=pageSize,proto3" json:"page_size,omitempty"`
+	// From ListApiTokensResponse.next_page_token, to continue a listing; empty for the first
+	// page. A token not returned by this service is INVALID_ARGUMENT.
+	PageToken     string `protobuf:"bytes,2,opt,name=page_token,json=pageToken,proto3" json:"page_token,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -776,9 +781,25 @@ func (*ListApiTokensRequest) Descriptor() ([]byte, []int) {
 	return file_kapal_v1_account_proto_rawDescGZIP(), []int{10}
 }
 
+func (x *ListApiTokensRequest) GetPageSize() uint32 {
+	if x != nil {
+		return x.PageSize
+	}
+	return 0
+}
+
+func (x *ListApiTokensRequest) GetPageToken() string {
+	if x != nil {
+		return x.PageToken
+	}
+	return ""
+}
+
 type ListApiTokensResponse struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	ApiTokens     []*ApiToken            `protobuf:"bytes,1,rep,name=api_tokens,json=apiTokens,proto3" json:"api_tokens,omitempty"`
+	state     protoimpl.MessageState `protogen:"open.v1"`
+	ApiTokens []*ApiToken            `protobuf:"bytes,1,rep,name=api_tokens,json=apiTokens,proto3" json:"api_tokens,omitempty"`
+	// Empty when there are no more tokens.
+	NextPageToken string `protobuf:"bytes,2,opt,name=next_page_token,json=nextPageToken,proto3" json:"next_page_token,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -818,6 +839,13 @@ func (x *ListApiTokensResponse) GetApiTokens() []*ApiToken {
 		return x.ApiTokens
 	}
 	return nil
+}
+
+func (x *ListApiTokensResponse) GetNextPageToken() string {
+	if x != nil {
+		return x.NextPageToken
+	}
+	return ""
 }
 
 type RevokeApiTokenRequest struct {
@@ -1323,7 +1351,11 @@ type Session struct {
 	// Whether this is the session that made the ListSessions call.
 	Current bool `protobuf:"varint,6,opt,name=current,proto3" json:"current,omitempty"`
 	// Set once the session is ended (RevokeSession's answer).
-	RevokedAt     *timestamppb.Timestamp `protobuf:"bytes,7,opt,name=revoked_at,json=revokedAt,proto3" json:"revoked_at,omitempty"`
+	RevokedAt *timestamppb.Timestamp `protobuf:"bytes,7,opt,name=revoked_at,json=revokedAt,proto3" json:"revoked_at,omitempty"`
+	// The IP address of the client that opened it, as the gateway saw it: the connecting
+	// address, or behind a trusted proxy (the gateway's --trusted-proxies) the address that proxy
+	// reported in x-forwarded-for. Empty for sessions opened before this was recorded.
+	ClientAddress string `protobuf:"bytes,8,opt,name=client_address,json=clientAddress,proto3" json:"client_address,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -1405,6 +1437,13 @@ func (x *Session) GetRevokedAt() *timestamppb.Timestamp {
 		return x.RevokedAt
 	}
 	return nil
+}
+
+func (x *Session) GetClientAddress() string {
+	if x != nil {
+		return x.ClientAddress
+	}
+	return ""
 }
 
 type ListSessionsRequest struct {
@@ -1607,11 +1646,15 @@ const file_kapal_v1_account_proto_rawDesc = "" +
 	"\n" +
 	"revoked_at\x18\x05 \x01(\v2\x1a.google.protobuf.TimestampR\trevokedAt\x12\x16\n" +
 	"\x06prefix\x18\x06 \x01(\tR\x06prefix\x12-\n" +
-	"\x05scope\x18\a \x01(\x0e2\x17.kapal.v1.ApiTokenScopeR\x05scope\"\x16\n" +
-	"\x14ListApiTokensRequest\"J\n" +
+	"\x05scope\x18\a \x01(\x0e2\x17.kapal.v1.ApiTokenScopeR\x05scope\"R\n" +
+	"\x14ListApiTokensRequest\x12\x1b\n" +
+	"\tpage_size\x18\x01 \x01(\rR\bpageSize\x12\x1d\n" +
+	"\n" +
+	"page_token\x18\x02 \x01(\tR\tpageToken\"r\n" +
 	"\x15ListApiTokensResponse\x121\n" +
 	"\n" +
-	"api_tokens\x18\x01 \x03(\v2\x12.kapal.v1.ApiTokenR\tapiTokens\"'\n" +
+	"api_tokens\x18\x01 \x03(\v2\x12.kapal.v1.ApiTokenR\tapiTokens\x12&\n" +
+	"\x0fnext_page_token\x18\x02 \x01(\tR\rnextPageToken\"'\n" +
 	"\x15RevokeApiTokenRequest\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\tR\x02id\">\n" +
 	"\x12VerifyEmailRequest\x12\x14\n" +
@@ -1632,7 +1675,7 @@ const file_kapal_v1_account_proto_rawDesc = "" +
 	"\x10current_password\x18\x01 \x01(\tR\x0fcurrentPassword\x12!\n" +
 	"\fnew_password\x18\x02 \x01(\tR\vnewPassword\"?\n" +
 	"\x16ChangePasswordResponse\x12%\n" +
-	"\x0esessions_ended\x18\x01 \x01(\rR\rsessionsEnded\"\xc1\x02\n" +
+	"\x0esessions_ended\x18\x01 \x01(\rR\rsessionsEnded\"\xe8\x02\n" +
 	"\aSession\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\tR\x02id\x129\n" +
 	"\n" +
@@ -1645,7 +1688,8 @@ const file_kapal_v1_account_proto_rawDesc = "" +
 	"user_agent\x18\x05 \x01(\tR\tuserAgent\x12\x18\n" +
 	"\acurrent\x18\x06 \x01(\bR\acurrent\x129\n" +
 	"\n" +
-	"revoked_at\x18\a \x01(\v2\x1a.google.protobuf.TimestampR\trevokedAt\"Q\n" +
+	"revoked_at\x18\a \x01(\v2\x1a.google.protobuf.TimestampR\trevokedAt\x12%\n" +
+	"\x0eclient_address\x18\b \x01(\tR\rclientAddress\"Q\n" +
 	"\x13ListSessionsRequest\x12\x1b\n" +
 	"\tpage_size\x18\x01 \x01(\rR\bpageSize\x12\x1d\n" +
 	"\n" +

@@ -314,7 +314,12 @@ func (x *Subscription) GetAccountId() string {
 }
 
 type ListSubscriptionsRequest struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// At most this many subscriptions (default 50, at most 500).
+	PageSize uint32 `protobuf:"varint,1,opt,name=page_size,json=pageSize,proto3" json:"page_size,omitempty"`
+	// From ListSubscriptionsResponse.next_page_token, to continue a listing; empty for the first
+	// page. A token not returned by this service is INVALID_ARGUMENT.
+	PageToken     string `protobuf:"bytes,2,opt,name=page_token,json=pageToken,proto3" json:"page_token,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -349,9 +354,25 @@ func (*ListSubscriptionsRequest) Descriptor() ([]byte, []int) {
 	return file_kapal_v1_subscription_proto_rawDescGZIP(), []int{1}
 }
 
+func (x *ListSubscriptionsRequest) GetPageSize() uint32 {
+	if x != nil {
+		return x.PageSize
+	}
+	return 0
+}
+
+func (x *ListSubscriptionsRequest) GetPageToken() string {
+	if x != nil {
+		return x.PageToken
+	}
+	return ""
+}
+
 type ListSubscriptionsResponse struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
 	Subscriptions []*Subscription        `protobuf:"bytes,1,rep,name=subscriptions,proto3" json:"subscriptions,omitempty"`
+	// Empty when there are no more subscriptions.
+	NextPageToken string `protobuf:"bytes,2,opt,name=next_page_token,json=nextPageToken,proto3" json:"next_page_token,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -391,6 +412,13 @@ func (x *ListSubscriptionsResponse) GetSubscriptions() []*Subscription {
 		return x.Subscriptions
 	}
 	return nil
+}
+
+func (x *ListSubscriptionsResponse) GetNextPageToken() string {
+	if x != nil {
+		return x.NextPageToken
+	}
+	return ""
 }
 
 type GetSubscriptionRequest struct {
@@ -666,8 +694,14 @@ type ListInvoicesRequest struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	// Only invoices of this subscription; empty for all of the caller's.
 	SubscriptionId string `protobuf:"bytes,1,opt,name=subscription_id,json=subscriptionId,proto3" json:"subscription_id,omitempty"`
-	unknownFields  protoimpl.UnknownFields
-	sizeCache      protoimpl.SizeCache
+	// At most this many invoices (default 50, at most 500).
+	PageSize uint32 `protobuf:"varint,2,opt,name=page_size,json=pageSize,proto3" json:"page_size,omitempty"`
+	// From ListInvoicesResponse.next_page_token, to continue a listing with the same
+	// subscription_id; empty for the first page. A token not returned by this service is
+	// INVALID_ARGUMENT.
+	PageToken     string `protobuf:"bytes,3,opt,name=page_token,json=pageToken,proto3" json:"page_token,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
 }
 
 func (x *ListInvoicesRequest) Reset() {
@@ -707,9 +741,25 @@ func (x *ListInvoicesRequest) GetSubscriptionId() string {
 	return ""
 }
 
+func (x *ListInvoicesRequest) GetPageSize() uint32 {
+	if x != nil {
+		return x.PageSize
+	}
+	return 0
+}
+
+func (x *ListInvoicesRequest) GetPageToken() string {
+	if x != nil {
+		return x.PageToken
+	}
+	return ""
+}
+
 type ListInvoicesResponse struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	Invoices      []*Invoice             `protobuf:"bytes,1,rep,name=invoices,proto3" json:"invoices,omitempty"`
+	state    protoimpl.MessageState `protogen:"open.v1"`
+	Invoices []*Invoice             `protobuf:"bytes,1,rep,name=invoices,proto3" json:"invoices,omitempty"`
+	// Empty when there are no more invoices.
+	NextPageToken string `protobuf:"bytes,2,opt,name=next_page_token,json=nextPageToken,proto3" json:"next_page_token,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -749,6 +799,13 @@ func (x *ListInvoicesResponse) GetInvoices() []*Invoice {
 		return x.Invoices
 	}
 	return nil
+}
+
+func (x *ListInvoicesResponse) GetNextPageToken() string {
+	if x != nil {
+		return x.NextPageToken
+	}
+	return ""
 }
 
 type ChangePlanRequest struct {
@@ -1019,10 +1076,14 @@ const file_kapal_v1_subscription_proto_rawDesc = "" +
 	"\vinstance_id\x18\x0e \x01(\tR\n" +
 	"instanceId\x12\x1d\n" +
 	"\n" +
-	"account_id\x18\x0f \x01(\tR\taccountId\"\x1a\n" +
-	"\x18ListSubscriptionsRequest\"Y\n" +
+	"account_id\x18\x0f \x01(\tR\taccountId\"V\n" +
+	"\x18ListSubscriptionsRequest\x12\x1b\n" +
+	"\tpage_size\x18\x01 \x01(\rR\bpageSize\x12\x1d\n" +
+	"\n" +
+	"page_token\x18\x02 \x01(\tR\tpageToken\"\x81\x01\n" +
 	"\x19ListSubscriptionsResponse\x12<\n" +
-	"\rsubscriptions\x18\x01 \x03(\v2\x16.kapal.v1.SubscriptionR\rsubscriptions\"A\n" +
+	"\rsubscriptions\x18\x01 \x03(\v2\x16.kapal.v1.SubscriptionR\rsubscriptions\x12&\n" +
+	"\x0fnext_page_token\x18\x02 \x01(\tR\rnextPageToken\"A\n" +
 	"\x16GetSubscriptionRequest\x12'\n" +
 	"\x0fsubscription_id\x18\x01 \x01(\tR\x0esubscriptionId\"D\n" +
 	"\x19CancelSubscriptionRequest\x12'\n" +
@@ -1045,11 +1106,15 @@ const file_kapal_v1_subscription_proto_rawDesc = "" +
 	"\apaid_at\x18\t \x01(\v2\x1a.google.protobuf.TimestampR\x06paidAt\x12)\n" +
 	"\x10payment_provider\x18\n" +
 	" \x01(\tR\x0fpaymentProvider\x12+\n" +
-	"\x11payment_reference\x18\v \x01(\tR\x10paymentReference\">\n" +
+	"\x11payment_reference\x18\v \x01(\tR\x10paymentReference\"z\n" +
 	"\x13ListInvoicesRequest\x12'\n" +
-	"\x0fsubscription_id\x18\x01 \x01(\tR\x0esubscriptionId\"E\n" +
+	"\x0fsubscription_id\x18\x01 \x01(\tR\x0esubscriptionId\x12\x1b\n" +
+	"\tpage_size\x18\x02 \x01(\rR\bpageSize\x12\x1d\n" +
+	"\n" +
+	"page_token\x18\x03 \x01(\tR\tpageToken\"m\n" +
 	"\x14ListInvoicesResponse\x12-\n" +
-	"\binvoices\x18\x01 \x03(\v2\x11.kapal.v1.InvoiceR\binvoices\"U\n" +
+	"\binvoices\x18\x01 \x03(\v2\x11.kapal.v1.InvoiceR\binvoices\x12&\n" +
+	"\x0fnext_page_token\x18\x02 \x01(\tR\rnextPageToken\"U\n" +
 	"\x11ChangePlanRequest\x12'\n" +
 	"\x0fsubscription_id\x18\x01 \x01(\tR\x0esubscriptionId\x12\x17\n" +
 	"\aplan_id\x18\x02 \x01(\tR\x06planId\"\x84\x01\n" +

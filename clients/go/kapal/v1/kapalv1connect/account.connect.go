@@ -104,7 +104,7 @@ type AccountServiceClient interface {
 	// (INVALID_ARGUMENT for a longer `ttl_days`). A session (LogIn) may create any scope for up
 	// to 365 days.
 	CreateApiToken(context.Context, *connect.Request[v1.CreateApiTokenRequest]) (*connect.Response[v1.CreateApiTokenResponse], error)
-	// Lists the caller's API tokens (never the secret part).
+	// Lists the caller's API tokens (never the secret part), newest first, a page at a time.
 	ListApiTokens(context.Context, *connect.Request[v1.ListApiTokensRequest]) (*connect.Response[v1.ListApiTokensResponse], error)
 	// Revokes one of the caller's API tokens; calls with it fail from then on.
 	RevokeApiToken(context.Context, *connect.Request[v1.RevokeApiTokenRequest]) (*connect.Response[v1.ApiToken], error)
@@ -358,7 +358,7 @@ type AccountServiceHandler interface {
 	// (INVALID_ARGUMENT for a longer `ttl_days`). A session (LogIn) may create any scope for up
 	// to 365 days.
 	CreateApiToken(context.Context, *connect.Request[v1.CreateApiTokenRequest]) (*connect.Response[v1.CreateApiTokenResponse], error)
-	// Lists the caller's API tokens (never the secret part).
+	// Lists the caller's API tokens (never the secret part), newest first, a page at a time.
 	ListApiTokens(context.Context, *connect.Request[v1.ListApiTokensRequest]) (*connect.Response[v1.ListApiTokensResponse], error)
 	// Revokes one of the caller's API tokens; calls with it fail from then on.
 	RevokeApiToken(context.Context, *connect.Request[v1.RevokeApiTokenRequest]) (*connect.Response[v1.ApiToken], error)

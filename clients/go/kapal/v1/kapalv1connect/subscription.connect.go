@@ -58,7 +58,8 @@ const (
 
 // SubscriptionServiceClient is a client for the kapal.v1.SubscriptionService service.
 type SubscriptionServiceClient interface {
-	// Lists the caller's subscriptions, newest first.
+	// Lists the caller's subscriptions, newest first, a page at a time (see
+	// ListSubscriptionsRequest).
 	ListSubscriptions(context.Context, *connect.Request[v1.ListSubscriptionsRequest]) (*connect.Response[v1.ListSubscriptionsResponse], error)
 	// Gets one of the caller's subscriptions.
 	GetSubscription(context.Context, *connect.Request[v1.GetSubscriptionRequest]) (*connect.Response[v1.Subscription], error)
@@ -66,11 +67,15 @@ type SubscriptionServiceClient interface {
 	CancelSubscription(context.Context, *connect.Request[v1.CancelSubscriptionRequest]) (*connect.Response[v1.Subscription], error)
 	// Turns automatic renewal on or off.
 	SetAutoRenew(context.Context, *connect.Request[v1.SetAutoRenewRequest]) (*connect.Response[v1.Subscription], error)
-	// Lists the invoices of the caller (optionally of one subscription), newest first.
+	// Lists the invoices of the caller (optionally of one subscription), newest first, a page at
+	// a time (see ListInvoicesRequest).
 	ListInvoices(context.Context, *connect.Request[v1.ListInvoicesRequest]) (*connect.Response[v1.ListInvoicesResponse], error)
 	// Changes the plan (of the same app) from the next renewal on. For a trial this converts it:
 	// at the end of the trial the paid plan is charged and auto-renew is turned on. Choosing the
-	// current plan withdraws a pending change.
+	// current plan withdraws a pending change. A plan with more CPU or memory than the current
+	// one is RESOURCE_EXHAUSTED, and nothing is changed, when the difference would push the
+	// cluster's committed resources past its capacity ceiling (try again later or contact
+	// support); the check is made when the change is asked for.
 	ChangePlan(context.Context, *connect.Request[v1.ChangePlanRequest]) (*connect.Response[v1.Subscription], error)
 	// Lists every status change of one of the caller's subscriptions (and changes to how it
 	// ends), oldest first, with time and cause, a page at a time.
@@ -181,7 +186,8 @@ func (c *subscriptionServiceClient) ListSubscriptionEvents(ctx context.Context, 
 
 // SubscriptionServiceHandler is an implementation of the kapal.v1.SubscriptionService service.
 type SubscriptionServiceHandler interface {
-	// Lists the caller's subscriptions, newest first.
+	// Lists the caller's subscriptions, newest first, a page at a time (see
+	// ListSubscriptionsRequest).
 	ListSubscriptions(context.Context, *connect.Request[v1.ListSubscriptionsRequest]) (*connect.Response[v1.ListSubscriptionsResponse], error)
 	// Gets one of the caller's subscriptions.
 	GetSubscription(context.Context, *connect.Request[v1.GetSubscriptionRequest]) (*connect.Response[v1.Subscription], error)
@@ -189,11 +195,15 @@ type SubscriptionServiceHandler interface {
 	CancelSubscription(context.Context, *connect.Request[v1.CancelSubscriptionRequest]) (*connect.Response[v1.Subscription], error)
 	// Turns automatic renewal on or off.
 	SetAutoRenew(context.Context, *connect.Request[v1.SetAutoRenewRequest]) (*connect.Response[v1.Subscription], error)
-	// Lists the invoices of the caller (optionally of one subscription), newest first.
+	// Lists the invoices of the caller (optionally of one subscription), newest first, a page at
+	// a time (see ListInvoicesRequest).
 	ListInvoices(context.Context, *connect.Request[v1.ListInvoicesRequest]) (*connect.Response[v1.ListInvoicesResponse], error)
 	// Changes the plan (of the same app) from the next renewal on. For a trial this converts it:
 	// at the end of the trial the paid plan is charged and auto-renew is turned on. Choosing the
-	// current plan withdraws a pending change.
+	// current plan withdraws a pending change. A plan with more CPU or memory than the current
+	// one is RESOURCE_EXHAUSTED, and nothing is changed, when the difference would push the
+	// cluster's committed resources past its capacity ceiling (try again later or contact
+	// support); the check is made when the change is asked for.
 	ChangePlan(context.Context, *connect.Request[v1.ChangePlanRequest]) (*connect.Response[v1.Subscription], error)
 	// Lists every status change of one of the caller's subscriptions (and changes to how it
 	// ends), oldest first, with time and cause, a page at a time.

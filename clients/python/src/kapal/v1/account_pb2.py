@@ -25,17 +25,17 @@ _sym_db = _symbol_database.Default()
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x16kapal/v1/account.proto\x12\x08kapal.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"\xb5\x01\n\x07\x41\x63\x63ount\x12\n\n\x02id\x18\x01 \x01(\t\x12\r\n\x05\x65mail\x18\x02 \x01(\t\x12\x13\n\x0b\x63ustomer_id\x18\x03 \x01(\t\x12\x14\n\x0c\x64isplay_name\x18\x04 \x01(\t\x12\x1c\n\x04role\x18\x05 \x01(\x0e\x32\x0e.kapal.v1.Role\x12.\n\ncreated_at\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x16\n\x0e\x65mail_verified\x18\x07 \x01(\x08\"F\n\rSignUpRequest\x12\r\n\x05\x65mail\x18\x01 \x01(\t\x12\x10\n\x08password\x18\x02 \x01(\t\x12\x14\n\x0c\x64isplay_name\x18\x03 \x01(\t\"/\n\x0cLogInRequest\x12\r\n\x05\x65mail\x18\x01 \x01(\t\x12\x10\n\x08password\x18\x02 \x01(\t\"\x8f\x01\n\x0fSessionResponse\x12\r\n\x05token\x18\x01 \x01(\t\x12.\n\nexpires_at\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\"\n\x07\x61\x63\x63ount\x18\x03 \x01(\x0b\x32\x11.kapal.v1.Account\x12\x19\n\x11verification_sent\x18\x04 \x01(\x08\"\x0f\n\rLogOutRequest\"\x10\n\x0eLogOutResponse\"\x0f\n\rWhoAmIRequest\"_\n\x15\x43reateApiTokenRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x10\n\x08ttl_days\x18\x02 \x01(\r\x12&\n\x05scope\x18\x03 \x01(\x0e\x32\x17.kapal.v1.ApiTokenScope\"N\n\x16\x43reateApiTokenResponse\x12%\n\tapi_token\x18\x01 \x01(\x0b\x32\x12.kapal.v1.ApiToken\x12\r\n\x05token\x18\x02 \x01(\t\"\xec\x01\n\x08\x41piToken\x12\n\n\x02id\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\x12.\n\ncreated_at\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12.\n\nexpires_at\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12.\n\nrevoked_at\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x0e\n\x06prefix\x18\x06 \x01(\t\x12&\n\x05scope\x18\x07 \x01(\x0e\x32\x17.kapal.v1.ApiTokenScope\"\x16\n\x14ListApiTokensRequest\"?\n\x15ListApiTokensResponse\x12&\n\napi_tokens\x18\x01 \x03(\x0b\x32\x12.kapal.v1.ApiToken\"#\n\x15RevokeApiTokenRequest\x12\n\n\x02id\x18\x01 \x01(\t\"1\n\x12VerifyEmailRequest\x12\r\n\x05\x65mail\x18\x01 \x01(\t\x12\x0c\n\x04\x63ode\x18\x02 \x01(\t\"\x15\n\x13VerifyEmailResponse\"\x1b\n\x19ResendVerificationRequest\"\x1c\n\x1aResendVerificationResponse\",\n\x1bRequestPasswordResetRequest\x12\r\n\x05\x65mail\x18\x01 \x01(\t\"\x1e\n\x1cRequestPasswordResetResponse\"I\n\x14ResetPasswordRequest\x12\r\n\x05\x65mail\x18\x01 \x01(\t\x12\x0c\n\x04\x63ode\x18\x02 \x01(\t\x12\x14\n\x0cnew_password\x18\x03 \x01(\t\"\x17\n\x15ResetPasswordResponse\"G\n\x15\x43hangePasswordRequest\x12\x18\n\x10\x63urrent_password\x18\x01 \x01(\t\x12\x14\n\x0cnew_password\x18\x02 \x01(\t\"0\n\x16\x43hangePasswordResponse\x12\x16\n\x0esessions_ended\x18\x01 \x01(\r\"\xfc\x01\n\x07Session\x12\n\n\x02id\x18\x01 \x01(\t\x12.\n\ncreated_at\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12.\n\nexpires_at\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x30\n\x0clast_used_at\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x12\n\nuser_agent\x18\x05 \x01(\t\x12\x0f\n\x07\x63urrent\x18\x06 \x01(\x08\x12.\n\nrevoked_at\x18\x07 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"<\n\x13ListSessionsRequest\x12\x11\n\tpage_size\x18\x01 \x01(\r\x12\x12\n\npage_token\x18\x02 \x01(\t\"T\n\x14ListSessionsResponse\x12#\n\x08sessions\x18\x01 \x03(\x0b\x32\x11.kapal.v1.Session\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"\"\n\x14RevokeSessionRequest\x12\n\n\x02id\x18\x01 \x01(\t*i\n\rApiTokenScope\x12\x1f\n\x1b\x41PI_TOKEN_SCOPE_UNSPECIFIED\x10\x00\x12\x18\n\x14\x41PI_TOKEN_SCOPE_FULL\x10\x01\x12\x1d\n\x19\x41PI_TOKEN_SCOPE_READ_ONLY\x10\x02*?\n\x04Role\x12\x14\n\x10ROLE_UNSPECIFIED\x10\x00\x12\x11\n\rROLE_CUSTOMER\x10\x01\x12\x0e\n\nROLE_ADMIN\x10\x02\x32\xb9\x08\n\x0e\x41\x63\x63ountService\x12<\n\x06SignUp\x12\x17.kapal.v1.SignUpRequest\x1a\x19.kapal.v1.SessionResponse\x12:\n\x05LogIn\x12\x16.kapal.v1.LogInRequest\x1a\x19.kapal.v1.SessionResponse\x12;\n\x06LogOut\x12\x17.kapal.v1.LogOutRequest\x1a\x18.kapal.v1.LogOutResponse\x12\x34\n\x06WhoAmI\x12\x17.kapal.v1.WhoAmIRequest\x1a\x11.kapal.v1.Account\x12S\n\x0e\x43reateApiToken\x12\x1f.kapal.v1.CreateApiTokenRequest\x1a .kapal.v1.CreateApiTokenResponse\x12P\n\rListApiTokens\x12\x1e.kapal.v1.ListApiTokensRequest\x1a\x1f.kapal.v1.ListApiTokensResponse\x12\x45\n\x0eRevokeApiToken\x12\x1f.kapal.v1.RevokeApiTokenRequest\x1a\x12.kapal.v1.ApiToken\x12J\n\x0bVerifyEmail\x12\x1c.kapal.v1.VerifyEmailRequest\x1a\x1d.kapal.v1.VerifyEmailResponse\x12_\n\x12ResendVerification\x12#.kapal.v1.ResendVerificationRequest\x1a$.kapal.v1.ResendVerificationResponse\x12\x65\n\x14RequestPasswordReset\x12%.kapal.v1.RequestPasswordResetRequest\x1a&.kapal.v1.RequestPasswordResetResponse\x12P\n\rResetPassword\x12\x1e.kapal.v1.ResetPasswordRequest\x1a\x1f.kapal.v1.ResetPasswordResponse\x12S\n\x0e\x43hangePassword\x12\x1f.kapal.v1.ChangePasswordRequest\x1a .kapal.v1.ChangePasswordResponse\x12M\n\x0cListSessions\x12\x1d.kapal.v1.ListSessionsRequest\x1a\x1e.kapal.v1.ListSessionsResponse\x12\x42\n\rRevokeSession\x12\x1e.kapal.v1.RevokeSessionRequest\x1a\x11.kapal.v1.Sessionb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x16kapal/v1/account.proto\x12\x08kapal.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"\xb5\x01\n\x07\x41\x63\x63ount\x12\n\n\x02id\x18\x01 \x01(\t\x12\r\n\x05\x65mail\x18\x02 \x01(\t\x12\x13\n\x0b\x63ustomer_id\x18\x03 \x01(\t\x12\x14\n\x0c\x64isplay_name\x18\x04 \x01(\t\x12\x1c\n\x04role\x18\x05 \x01(\x0e\x32\x0e.kapal.v1.Role\x12.\n\ncreated_at\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x16\n\x0e\x65mail_verified\x18\x07 \x01(\x08\"F\n\rSignUpRequest\x12\r\n\x05\x65mail\x18\x01 \x01(\t\x12\x10\n\x08password\x18\x02 \x01(\t\x12\x14\n\x0c\x64isplay_name\x18\x03 \x01(\t\"/\n\x0cLogInRequest\x12\r\n\x05\x65mail\x18\x01 \x01(\t\x12\x10\n\x08password\x18\x02 \x01(\t\"\x8f\x01\n\x0fSessionResponse\x12\r\n\x05token\x18\x01 \x01(\t\x12.\n\nexpires_at\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\"\n\x07\x61\x63\x63ount\x18\x03 \x01(\x0b\x32\x11.kapal.v1.Account\x12\x19\n\x11verification_sent\x18\x04 \x01(\x08\"\x0f\n\rLogOutRequest\"\x10\n\x0eLogOutResponse\"\x0f\n\rWhoAmIRequest\"_\n\x15\x43reateApiTokenRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x10\n\x08ttl_days\x18\x02 \x01(\r\x12&\n\x05scope\x18\x03 \x01(\x0e\x32\x17.kapal.v1.ApiTokenScope\"N\n\x16\x43reateApiTokenResponse\x12%\n\tapi_token\x18\x01 \x01(\x0b\x32\x12.kapal.v1.ApiToken\x12\r\n\x05token\x18\x02 \x01(\t\"\xec\x01\n\x08\x41piToken\x12\n\n\x02id\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\x12.\n\ncreated_at\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12.\n\nexpires_at\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12.\n\nrevoked_at\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x0e\n\x06prefix\x18\x06 \x01(\t\x12&\n\x05scope\x18\x07 \x01(\x0e\x32\x17.kapal.v1.ApiTokenScope\"=\n\x14ListApiTokensRequest\x12\x11\n\tpage_size\x18\x01 \x01(\r\x12\x12\n\npage_token\x18\x02 \x01(\t\"X\n\x15ListApiTokensResponse\x12&\n\napi_tokens\x18\x01 \x03(\x0b\x32\x12.kapal.v1.ApiToken\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"#\n\x15RevokeApiTokenRequest\x12\n\n\x02id\x18\x01 \x01(\t\"1\n\x12VerifyEmailRequest\x12\r\n\x05\x65mail\x18\x01 \x01(\t\x12\x0c\n\x04\x63ode\x18\x02 \x01(\t\"\x15\n\x13VerifyEmailResponse\"\x1b\n\x19ResendVerificationRequest\"\x1c\n\x1aResendVerificationResponse\",\n\x1bRequestPasswordResetRequest\x12\r\n\x05\x65mail\x18\x01 \x01(\t\"\x1e\n\x1cRequestPasswordResetResponse\"I\n\x14ResetPasswordRequest\x12\r\n\x05\x65mail\x18\x01 \x01(\t\x12\x0c\n\x04\x63ode\x18\x02 \x01(\t\x12\x14\n\x0cnew_password\x18\x03 \x01(\t\"\x17\n\x15ResetPasswordResponse\"G\n\x15\x43hangePasswordRequest\x12\x18\n\x10\x63urrent_password\x18\x01 \x01(\t\x12\x14\n\x0cnew_password\x18\x02 \x01(\t\"0\n\x16\x43hangePasswordResponse\x12\x16\n\x0esessions_ended\x18\x01 \x01(\r\"\x94\x02\n\x07Session\x12\n\n\x02id\x18\x01 \x01(\t\x12.\n\ncreated_at\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12.\n\nexpires_at\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x30\n\x0clast_used_at\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x12\n\nuser_agent\x18\x05 \x01(\t\x12\x0f\n\x07\x63urrent\x18\x06 \x01(\x08\x12.\n\nrevoked_at\x18\x07 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x16\n\x0e\x63lient_address\x18\x08 \x01(\t\"<\n\x13ListSessionsRequest\x12\x11\n\tpage_size\x18\x01 \x01(\r\x12\x12\n\npage_token\x18\x02 \x01(\t\"T\n\x14ListSessionsResponse\x12#\n\x08sessions\x18\x01 \x03(\x0b\x32\x11.kapal.v1.Session\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"\"\n\x14RevokeSessionRequest\x12\n\n\x02id\x18\x01 \x01(\t*i\n\rApiTokenScope\x12\x1f\n\x1b\x41PI_TOKEN_SCOPE_UNSPECIFIED\x10\x00\x12\x18\n\x14\x41PI_TOKEN_SCOPE_FULL\x10\x01\x12\x1d\n\x19\x41PI_TOKEN_SCOPE_READ_ONLY\x10\x02*?\n\x04Role\x12\x14\n\x10ROLE_UNSPECIFIED\x10\x00\x12\x11\n\rROLE_CUSTOMER\x10\x01\x12\x0e\n\nROLE_ADMIN\x10\x02\x32\xb9\x08\n\x0e\x41\x63\x63ountService\x12<\n\x06SignUp\x12\x17.kapal.v1.SignUpRequest\x1a\x19.kapal.v1.SessionResponse\x12:\n\x05LogIn\x12\x16.kapal.v1.LogInRequest\x1a\x19.kapal.v1.SessionResponse\x12;\n\x06LogOut\x12\x17.kapal.v1.LogOutRequest\x1a\x18.kapal.v1.LogOutResponse\x12\x34\n\x06WhoAmI\x12\x17.kapal.v1.WhoAmIRequest\x1a\x11.kapal.v1.Account\x12S\n\x0e\x43reateApiToken\x12\x1f.kapal.v1.CreateApiTokenRequest\x1a .kapal.v1.CreateApiTokenResponse\x12P\n\rListApiTokens\x12\x1e.kapal.v1.ListApiTokensRequest\x1a\x1f.kapal.v1.ListApiTokensResponse\x12\x45\n\x0eRevokeApiToken\x12\x1f.kapal.v1.RevokeApiTokenRequest\x1a\x12.kapal.v1.ApiToken\x12J\n\x0bVerifyEmail\x12\x1c.kapal.v1.VerifyEmailRequest\x1a\x1d.kapal.v1.VerifyEmailResponse\x12_\n\x12ResendVerification\x12#.kapal.v1.ResendVerificationRequest\x1a$.kapal.v1.ResendVerificationResponse\x12\x65\n\x14RequestPasswordReset\x12%.kapal.v1.RequestPasswordResetRequest\x1a&.kapal.v1.RequestPasswordResetResponse\x12P\n\rResetPassword\x12\x1e.kapal.v1.ResetPasswordRequest\x1a\x1f.kapal.v1.ResetPasswordResponse\x12S\n\x0e\x43hangePassword\x12\x1f.kapal.v1.ChangePasswordRequest\x1a .kapal.v1.ChangePasswordResponse\x12M\n\x0cListSessions\x12\x1d.kapal.v1.ListSessionsRequest\x1a\x1e.kapal.v1.ListSessionsResponse\x12\x42\n\rRevokeSession\x12\x1e.kapal.v1.RevokeSessionRequest\x1a\x11.kapal.v1.Sessionb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'kapal.v1.account_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_APITOKENSCOPE']._serialized_start=1987
-  _globals['_APITOKENSCOPE']._serialized_end=2092
-  _globals['_ROLE']._serialized_start=2094
-  _globals['_ROLE']._serialized_end=2157
+  _globals['_APITOKENSCOPE']._serialized_start=2075
+  _globals['_APITOKENSCOPE']._serialized_end=2180
+  _globals['_ROLE']._serialized_start=2182
+  _globals['_ROLE']._serialized_end=2245
   _globals['_ACCOUNT']._serialized_start=70
   _globals['_ACCOUNT']._serialized_end=251
   _globals['_SIGNUPREQUEST']._serialized_start=253
@@ -57,39 +57,39 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_APITOKEN']._serialized_start=750
   _globals['_APITOKEN']._serialized_end=986
   _globals['_LISTAPITOKENSREQUEST']._serialized_start=988
-  _globals['_LISTAPITOKENSREQUEST']._serialized_end=1010
-  _globals['_LISTAPITOKENSRESPONSE']._serialized_start=1012
-  _globals['_LISTAPITOKENSRESPONSE']._serialized_end=1075
-  _globals['_REVOKEAPITOKENREQUEST']._serialized_start=1077
-  _globals['_REVOKEAPITOKENREQUEST']._serialized_end=1112
-  _globals['_VERIFYEMAILREQUEST']._serialized_start=1114
-  _globals['_VERIFYEMAILREQUEST']._serialized_end=1163
-  _globals['_VERIFYEMAILRESPONSE']._serialized_start=1165
-  _globals['_VERIFYEMAILRESPONSE']._serialized_end=1186
-  _globals['_RESENDVERIFICATIONREQUEST']._serialized_start=1188
-  _globals['_RESENDVERIFICATIONREQUEST']._serialized_end=1215
-  _globals['_RESENDVERIFICATIONRESPONSE']._serialized_start=1217
-  _globals['_RESENDVERIFICATIONRESPONSE']._serialized_end=1245
-  _globals['_REQUESTPASSWORDRESETREQUEST']._serialized_start=1247
-  _globals['_REQUESTPASSWORDRESETREQUEST']._serialized_end=1291
-  _globals['_REQUESTPASSWORDRESETRESPONSE']._serialized_start=1293
-  _globals['_REQUESTPASSWORDRESETRESPONSE']._serialized_end=1323
-  _globals['_RESETPASSWORDREQUEST']._serialized_start=1325
-  _globals['_RESETPASSWORDREQUEST']._serialized_end=1398
-  _globals['_RESETPASSWORDRESPONSE']._serialized_start=1400
-  _globals['_RESETPASSWORDRESPONSE']._serialized_end=1423
-  _globals['_CHANGEPASSWORDREQUEST']._serialized_start=1425
-  _globals['_CHANGEPASSWORDREQUEST']._serialized_end=1496
-  _globals['_CHANGEPASSWORDRESPONSE']._serialized_start=1498
-  _globals['_CHANGEPASSWORDRESPONSE']._serialized_end=1546
-  _globals['_SESSION']._serialized_start=1549
-  _globals['_SESSION']._serialized_end=1801
-  _globals['_LISTSESSIONSREQUEST']._serialized_start=1803
-  _globals['_LISTSESSIONSREQUEST']._serialized_end=1863
-  _globals['_LISTSESSIONSRESPONSE']._serialized_start=1865
-  _globals['_LISTSESSIONSRESPONSE']._serialized_end=1949
-  _globals['_REVOKESESSIONREQUEST']._serialized_start=1951
-  _globals['_REVOKESESSIONREQUEST']._serialized_end=1985
-  _globals['_ACCOUNTSERVICE']._serialized_start=2160
-  _globals['_ACCOUNTSERVICE']._serialized_end=3241
+  _globals['_LISTAPITOKENSREQUEST']._serialized_end=1049
+  _globals['_LISTAPITOKENSRESPONSE']._serialized_start=1051
+  _globals['_LISTAPITOKENSRESPONSE']._serialized_end=1139
+  _globals['_REVOKEAPITOKENREQUEST']._serialized_start=1141
+  _globals['_REVOKEAPITOKENREQUEST']._serialized_end=1176
+  _globals['_VERIFYEMAILREQUEST']._serialized_start=1178
+  _globals['_VERIFYEMAILREQUEST']._serialized_end=1227
+  _globals['_VERIFYEMAILRESPONSE']._serialized_start=1229
+  _globals['_VERIFYEMAILRESPONSE']._serialized_end=1250
+  _globals['_RESENDVERIFICATIONREQUEST']._serialized_start=1252
+  _globals['_RESENDVERIFICATIONREQUEST']._serialized_end=1279
+  _globals['_RESENDVERIFICATIONRESPONSE']._serialized_start=1281
+  _globals['_RESENDVERIFICATIONRESPONSE']._serialized_end=1309
+  _globals['_REQUESTPASSWORDRESETREQUEST']._serialized_start=1311
+  _globals['_REQUESTPASSWORDRESETREQUEST']._serialized_end=1355
+  _globals['_REQUESTPASSWORDRESETRESPONSE']._serialized_start=1357
+  _globals['_REQUESTPASSWORDRESETRESPONSE']._serialized_end=1387
+  _globals['_RESETPASSWORDREQUEST']._serialized_start=1389
+  _globals['_RESETPASSWORDREQUEST']._serialized_end=1462
+  _globals['_RESETPASSWORDRESPONSE']._serialized_start=1464
+  _globals['_RESETPASSWORDRESPONSE']._serialized_end=1487
+  _globals['_CHANGEPASSWORDREQUEST']._serialized_start=1489
+  _globals['_CHANGEPASSWORDREQUEST']._serialized_end=1560
+  _globals['_CHANGEPASSWORDRESPONSE']._serialized_start=1562
+  _globals['_CHANGEPASSWORDRESPONSE']._serialized_end=1610
+  _globals['_SESSION']._serialized_start=1613
+  _globals['_SESSION']._serialized_end=1889
+  _globals['_LISTSESSIONSREQUEST']._serialized_start=1891
+  _globals['_LISTSESSIONSREQUEST']._serialized_end=1951
+  _globals['_LISTSESSIONSRESPONSE']._serialized_start=1953
+  _globals['_LISTSESSIONSRESPONSE']._serialized_end=2037
+  _globals['_REVOKESESSIONREQUEST']._serialized_start=2039
+  _globals['_REVOKESESSIONREQUEST']._serialized_end=2073
+  _globals['_ACCOUNTSERVICE']._serialized_start=2248
+  _globals['_ACCOUNTSERVICE']._serialized_end=3329
 # @@protoc_insertion_point(module_scope)

@@ -168,7 +168,7 @@ class AccountServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def ListApiTokens(self, request, context):
-        """Lists the caller's API tokens (never the secret part).
+        """Lists the caller's API tokens (never the secret part), newest first, a page at a time.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

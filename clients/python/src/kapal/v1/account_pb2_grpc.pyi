@@ -68,7 +68,7 @@ class AccountServiceStub:
     to 365 days.
     """
     ListApiTokens: _grpc.UnaryUnaryMultiCallable[_account_pb2.ListApiTokensRequest, _account_pb2.ListApiTokensResponse]
-    """Lists the caller's API tokens (never the secret part)."""
+    """Lists the caller's API tokens (never the secret part), newest first, a page at a time."""
     RevokeApiToken: _grpc.UnaryUnaryMultiCallable[_account_pb2.RevokeApiTokenRequest, _account_pb2.ApiToken]
     """Revokes one of the caller's API tokens; calls with it fail from then on."""
     VerifyEmail: _grpc.UnaryUnaryMultiCallable[_account_pb2.VerifyEmailRequest, _account_pb2.VerifyEmailResponse]
@@ -150,7 +150,7 @@ class AccountServiceAsyncStub(AccountServiceStub):
     to 365 days.
     """
     ListApiTokens: _aio.UnaryUnaryMultiCallable[_account_pb2.ListApiTokensRequest, _account_pb2.ListApiTokensResponse]  # type: ignore[assignment]
-    """Lists the caller's API tokens (never the secret part)."""
+    """Lists the caller's API tokens (never the secret part), newest first, a page at a time."""
     RevokeApiToken: _aio.UnaryUnaryMultiCallable[_account_pb2.RevokeApiTokenRequest, _account_pb2.ApiToken]  # type: ignore[assignment]
     """Revokes one of the caller's API tokens; calls with it fail from then on."""
     VerifyEmail: _aio.UnaryUnaryMultiCallable[_account_pb2.VerifyEmailRequest, _account_pb2.VerifyEmailResponse]  # type: ignore[assignment]
@@ -265,7 +265,7 @@ class AccountServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _account_pb2.ListApiTokensRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_account_pb2.ListApiTokensResponse, _abc.Awaitable[_account_pb2.ListApiTokensResponse]]:
-        """Lists the caller's API tokens (never the secret part)."""
+        """Lists the caller's API tokens (never the secret part), newest first, a page at a time."""
 
     @_abc_1.abstractmethod
     def RevokeApiToken(

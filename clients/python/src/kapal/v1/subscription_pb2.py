@@ -26,43 +26,43 @@ from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__
 from kapal.v1 import common_pb2 as kapal_dot_v1_dot_common__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1bkapal/v1/subscription.proto\x12\x08kapal.v1\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x15kapal/v1/common.proto\"\xdd\x03\n\x0cSubscription\x12\n\n\x02id\x18\x01 \x01(\t\x12\x0e\n\x06\x61pp_id\x18\x02 \x01(\t\x12\x0f\n\x07plan_id\x18\x03 \x01(\t\x12,\n\x06status\x18\x04 \x01(\x0e\x32\x1c.kapal.v1.SubscriptionStatus\x12\x1e\n\x05price\x18\x05 \x01(\x0b\x32\x0f.kapal.v1.Money\x12\x38\n\x14\x63urrent_period_start\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x36\n\x12\x63urrent_period_end\x18\x07 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x12\n\nauto_renew\x18\x08 \x01(\x08\x12\x1c\n\x14\x63\x61ncel_at_period_end\x18\t \x01(\x08\x12\x10\n\x08order_id\x18\n \x01(\t\x12.\n\ncreated_at\x18\x0b \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12-\n\ttrial_end\x18\x0c \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x14\n\x0cnext_plan_id\x18\r \x01(\t\x12\x13\n\x0binstance_id\x18\x0e \x01(\t\x12\x12\n\naccount_id\x18\x0f \x01(\t\"\x1a\n\x18ListSubscriptionsRequest\"J\n\x19ListSubscriptionsResponse\x12-\n\rsubscriptions\x18\x01 \x03(\x0b\x32\x16.kapal.v1.Subscription\"1\n\x16GetSubscriptionRequest\x12\x17\n\x0fsubscription_id\x18\x01 \x01(\t\"4\n\x19\x43\x61ncelSubscriptionRequest\x12\x17\n\x0fsubscription_id\x18\x01 \x01(\t\"B\n\x13SetAutoRenewRequest\x12\x17\n\x0fsubscription_id\x18\x01 \x01(\t\x12\x12\n\nauto_renew\x18\x02 \x01(\x08\"\xfc\x02\n\x07Invoice\x12\n\n\x02id\x18\x01 \x01(\t\x12\x0e\n\x06number\x18\x02 \x01(\t\x12\x17\n\x0fsubscription_id\x18\x03 \x01(\t\x12\x30\n\x0cperiod_start\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12.\n\nperiod_end\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x1f\n\x06\x61mount\x18\x06 \x01(\x0b\x32\x0f.kapal.v1.Money\x12\'\n\x06status\x18\x07 \x01(\x0e\x32\x17.kapal.v1.InvoiceStatus\x12.\n\ncreated_at\x18\x08 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12+\n\x07paid_at\x18\t \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x18\n\x10payment_provider\x18\n \x01(\t\x12\x19\n\x11payment_reference\x18\x0b \x01(\t\".\n\x13ListInvoicesRequest\x12\x17\n\x0fsubscription_id\x18\x01 \x01(\t\";\n\x14ListInvoicesResponse\x12#\n\x08invoices\x18\x01 \x03(\x0b\x32\x11.kapal.v1.Invoice\"=\n\x11\x43hangePlanRequest\x12\x17\n\x0fsubscription_id\x18\x01 \x01(\t\x12\x0f\n\x07plan_id\x18\x02 \x01(\t\"_\n\x1dListSubscriptionEventsRequest\x12\x17\n\x0fsubscription_id\x18\x01 \x01(\t\x12\x11\n\tpage_size\x18\x02 \x01(\r\x12\x12\n\npage_token\x18\x03 \x01(\t\"\xae\x01\n\x11SubscriptionEvent\x12&\n\x02\x61t\x18\x01 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x31\n\x0b\x66rom_status\x18\x02 \x01(\x0e\x32\x1c.kapal.v1.SubscriptionStatus\x12/\n\tto_status\x18\x03 \x01(\x0e\x32\x1c.kapal.v1.SubscriptionStatus\x12\r\n\x05\x63\x61use\x18\x04 \x01(\t\"f\n\x1eListSubscriptionEventsResponse\x12+\n\x06\x65vents\x18\x01 \x03(\x0b\x32\x1b.kapal.v1.SubscriptionEvent\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t*\x83\x02\n\x12SubscriptionStatus\x12#\n\x1fSUBSCRIPTION_STATUS_UNSPECIFIED\x10\x00\x12 \n\x1cSUBSCRIPTION_STATUS_TRIALING\x10\x01\x12\x1e\n\x1aSUBSCRIPTION_STATUS_ACTIVE\x10\x02\x12 \n\x1cSUBSCRIPTION_STATUS_PAST_DUE\x10\x03\x12!\n\x1dSUBSCRIPTION_STATUS_SUSPENDED\x10\x04\x12\x1f\n\x1bSUBSCRIPTION_STATUS_EXPIRED\x10\x05\x12 \n\x1cSUBSCRIPTION_STATUS_CANCELED\x10\x06*\x95\x01\n\rInvoiceStatus\x12\x1e\n\x1aINVOICE_STATUS_UNSPECIFIED\x10\x00\x12\x17\n\x13INVOICE_STATUS_OPEN\x10\x01\x12\x17\n\x13INVOICE_STATUS_PAID\x10\x02\x12\x19\n\x15INVOICE_STATUS_FAILED\x10\x03\x12\x17\n\x13INVOICE_STATUS_VOID\x10\x04\x32\xd9\x04\n\x13SubscriptionService\x12\\\n\x11ListSubscriptions\x12\".kapal.v1.ListSubscriptionsRequest\x1a#.kapal.v1.ListSubscriptionsResponse\x12K\n\x0fGetSubscription\x12 .kapal.v1.GetSubscriptionRequest\x1a\x16.kapal.v1.Subscription\x12Q\n\x12\x43\x61ncelSubscription\x12#.kapal.v1.CancelSubscriptionRequest\x1a\x16.kapal.v1.Subscription\x12\x45\n\x0cSetAutoRenew\x12\x1d.kapal.v1.SetAutoRenewRequest\x1a\x16.kapal.v1.Subscription\x12M\n\x0cListInvoices\x12\x1d.kapal.v1.ListInvoicesRequest\x1a\x1e.kapal.v1.ListInvoicesResponse\x12\x41\n\nChangePlan\x12\x1b.kapal.v1.ChangePlanRequest\x1a\x16.kapal.v1.Subscription\x12k\n\x16ListSubscriptionEvents\x12\'.kapal.v1.ListSubscriptionEventsRequest\x1a(.kapal.v1.ListSubscriptionEventsResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1bkapal/v1/subscription.proto\x12\x08kapal.v1\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x15kapal/v1/common.proto\"\xdd\x03\n\x0cSubscription\x12\n\n\x02id\x18\x01 \x01(\t\x12\x0e\n\x06\x61pp_id\x18\x02 \x01(\t\x12\x0f\n\x07plan_id\x18\x03 \x01(\t\x12,\n\x06status\x18\x04 \x01(\x0e\x32\x1c.kapal.v1.SubscriptionStatus\x12\x1e\n\x05price\x18\x05 \x01(\x0b\x32\x0f.kapal.v1.Money\x12\x38\n\x14\x63urrent_period_start\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x36\n\x12\x63urrent_period_end\x18\x07 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x12\n\nauto_renew\x18\x08 \x01(\x08\x12\x1c\n\x14\x63\x61ncel_at_period_end\x18\t \x01(\x08\x12\x10\n\x08order_id\x18\n \x01(\t\x12.\n\ncreated_at\x18\x0b \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12-\n\ttrial_end\x18\x0c \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x14\n\x0cnext_plan_id\x18\r \x01(\t\x12\x13\n\x0binstance_id\x18\x0e \x01(\t\x12\x12\n\naccount_id\x18\x0f \x01(\t\"A\n\x18ListSubscriptionsRequest\x12\x11\n\tpage_size\x18\x01 \x01(\r\x12\x12\n\npage_token\x18\x02 \x01(\t\"c\n\x19ListSubscriptionsResponse\x12-\n\rsubscriptions\x18\x01 \x03(\x0b\x32\x16.kapal.v1.Subscription\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"1\n\x16GetSubscriptionRequest\x12\x17\n\x0fsubscription_id\x18\x01 \x01(\t\"4\n\x19\x43\x61ncelSubscriptionRequest\x12\x17\n\x0fsubscription_id\x18\x01 \x01(\t\"B\n\x13SetAutoRenewRequest\x12\x17\n\x0fsubscription_id\x18\x01 \x01(\t\x12\x12\n\nauto_renew\x18\x02 \x01(\x08\"\xfc\x02\n\x07Invoice\x12\n\n\x02id\x18\x01 \x01(\t\x12\x0e\n\x06number\x18\x02 \x01(\t\x12\x17\n\x0fsubscription_id\x18\x03 \x01(\t\x12\x30\n\x0cperiod_start\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12.\n\nperiod_end\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x1f\n\x06\x61mount\x18\x06 \x01(\x0b\x32\x0f.kapal.v1.Money\x12\'\n\x06status\x18\x07 \x01(\x0e\x32\x17.kapal.v1.InvoiceStatus\x12.\n\ncreated_at\x18\x08 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12+\n\x07paid_at\x18\t \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x18\n\x10payment_provider\x18\n \x01(\t\x12\x19\n\x11payment_reference\x18\x0b \x01(\t\"U\n\x13ListInvoicesRequest\x12\x17\n\x0fsubscription_id\x18\x01 \x01(\t\x12\x11\n\tpage_size\x18\x02 \x01(\r\x12\x12\n\npage_token\x18\x03 \x01(\t\"T\n\x14ListInvoicesResponse\x12#\n\x08invoices\x18\x01 \x03(\x0b\x32\x11.kapal.v1.Invoice\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"=\n\x11\x43hangePlanRequest\x12\x17\n\x0fsubscription_id\x18\x01 \x01(\t\x12\x0f\n\x07plan_id\x18\x02 \x01(\t\"_\n\x1dListSubscriptionEventsRequest\x12\x17\n\x0fsubscription_id\x18\x01 \x01(\t\x12\x11\n\tpage_size\x18\x02 \x01(\r\x12\x12\n\npage_token\x18\x03 \x01(\t\"\xae\x01\n\x11SubscriptionEvent\x12&\n\x02\x61t\x18\x01 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x31\n\x0b\x66rom_status\x18\x02 \x01(\x0e\x32\x1c.kapal.v1.SubscriptionStatus\x12/\n\tto_status\x18\x03 \x01(\x0e\x32\x1c.kapal.v1.SubscriptionStatus\x12\r\n\x05\x63\x61use\x18\x04 \x01(\t\"f\n\x1eListSubscriptionEventsResponse\x12+\n\x06\x65vents\x18\x01 \x03(\x0b\x32\x1b.kapal.v1.SubscriptionEvent\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t*\x83\x02\n\x12SubscriptionStatus\x12#\n\x1fSUBSCRIPTION_STATUS_UNSPECIFIED\x10\x00\x12 \n\x1cSUBSCRIPTION_STATUS_TRIALING\x10\x01\x12\x1e\n\x1aSUBSCRIPTION_STATUS_ACTIVE\x10\x02\x12 \n\x1cSUBSCRIPTION_STATUS_PAST_DUE\x10\x03\x12!\n\x1dSUBSCRIPTION_STATUS_SUSPENDED\x10\x04\x12\x1f\n\x1bSUBSCRIPTION_STATUS_EXPIRED\x10\x05\x12 \n\x1cSUBSCRIPTION_STATUS_CANCELED\x10\x06*\x95\x01\n\rInvoiceStatus\x12\x1e\n\x1aINVOICE_STATUS_UNSPECIFIED\x10\x00\x12\x17\n\x13INVOICE_STATUS_OPEN\x10\x01\x12\x17\n\x13INVOICE_STATUS_PAID\x10\x02\x12\x19\n\x15INVOICE_STATUS_FAILED\x10\x03\x12\x17\n\x13INVOICE_STATUS_VOID\x10\x04\x32\xd9\x04\n\x13SubscriptionService\x12\\\n\x11ListSubscriptions\x12\".kapal.v1.ListSubscriptionsRequest\x1a#.kapal.v1.ListSubscriptionsResponse\x12K\n\x0fGetSubscription\x12 .kapal.v1.GetSubscriptionRequest\x1a\x16.kapal.v1.Subscription\x12Q\n\x12\x43\x61ncelSubscription\x12#.kapal.v1.CancelSubscriptionRequest\x1a\x16.kapal.v1.Subscription\x12\x45\n\x0cSetAutoRenew\x12\x1d.kapal.v1.SetAutoRenewRequest\x1a\x16.kapal.v1.Subscription\x12M\n\x0cListInvoices\x12\x1d.kapal.v1.ListInvoicesRequest\x1a\x1e.kapal.v1.ListInvoicesResponse\x12\x41\n\nChangePlan\x12\x1b.kapal.v1.ChangePlanRequest\x1a\x16.kapal.v1.Subscription\x12k\n\x16ListSubscriptionEvents\x12\'.kapal.v1.ListSubscriptionEventsRequest\x1a(.kapal.v1.ListSubscriptionEventsResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'kapal.v1.subscription_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_SUBSCRIPTIONSTATUS']._serialized_start=1788
-  _globals['_SUBSCRIPTIONSTATUS']._serialized_end=2047
-  _globals['_INVOICESTATUS']._serialized_start=2050
-  _globals['_INVOICESTATUS']._serialized_end=2199
+  _globals['_SUBSCRIPTIONSTATUS']._serialized_start=1916
+  _globals['_SUBSCRIPTIONSTATUS']._serialized_end=2175
+  _globals['_INVOICESTATUS']._serialized_start=2178
+  _globals['_INVOICESTATUS']._serialized_end=2327
   _globals['_SUBSCRIPTION']._serialized_start=98
   _globals['_SUBSCRIPTION']._serialized_end=575
   _globals['_LISTSUBSCRIPTIONSREQUEST']._serialized_start=577
-  _globals['_LISTSUBSCRIPTIONSREQUEST']._serialized_end=603
-  _globals['_LISTSUBSCRIPTIONSRESPONSE']._serialized_start=605
-  _globals['_LISTSUBSCRIPTIONSRESPONSE']._serialized_end=679
-  _globals['_GETSUBSCRIPTIONREQUEST']._serialized_start=681
-  _globals['_GETSUBSCRIPTIONREQUEST']._serialized_end=730
-  _globals['_CANCELSUBSCRIPTIONREQUEST']._serialized_start=732
-  _globals['_CANCELSUBSCRIPTIONREQUEST']._serialized_end=784
-  _globals['_SETAUTORENEWREQUEST']._serialized_start=786
-  _globals['_SETAUTORENEWREQUEST']._serialized_end=852
-  _globals['_INVOICE']._serialized_start=855
-  _globals['_INVOICE']._serialized_end=1235
-  _globals['_LISTINVOICESREQUEST']._serialized_start=1237
-  _globals['_LISTINVOICESREQUEST']._serialized_end=1283
-  _globals['_LISTINVOICESRESPONSE']._serialized_start=1285
-  _globals['_LISTINVOICESRESPONSE']._serialized_end=1344
-  _globals['_CHANGEPLANREQUEST']._serialized_start=1346
-  _globals['_CHANGEPLANREQUEST']._serialized_end=1407
-  _globals['_LISTSUBSCRIPTIONEVENTSREQUEST']._serialized_start=1409
-  _globals['_LISTSUBSCRIPTIONEVENTSREQUEST']._serialized_end=1504
-  _globals['_SUBSCRIPTIONEVENT']._serialized_start=1507
-  _globals['_SUBSCRIPTIONEVENT']._serialized_end=1681
-  _globals['_LISTSUBSCRIPTIONEVENTSRESPONSE']._serialized_start=1683
-  _globals['_LISTSUBSCRIPTIONEVENTSRESPONSE']._serialized_end=1785
-  _globals['_SUBSCRIPTIONSERVICE']._serialized_start=2202
-  _globals['_SUBSCRIPTIONSERVICE']._serialized_end=2803
+  _globals['_LISTSUBSCRIPTIONSREQUEST']._serialized_end=642
+  _globals['_LISTSUBSCRIPTIONSRESPONSE']._serialized_start=644
+  _globals['_LISTSUBSCRIPTIONSRESPONSE']._serialized_end=743
+  _globals['_GETSUBSCRIPTIONREQUEST']._serialized_start=745
+  _globals['_GETSUBSCRIPTIONREQUEST']._serialized_end=794
+  _globals['_CANCELSUBSCRIPTIONREQUEST']._serialized_start=796
+  _globals['_CANCELSUBSCRIPTIONREQUEST']._serialized_end=848
+  _globals['_SETAUTORENEWREQUEST']._serialized_start=850
+  _globals['_SETAUTORENEWREQUEST']._serialized_end=916
+  _globals['_INVOICE']._serialized_start=919
+  _globals['_INVOICE']._serialized_end=1299
+  _globals['_LISTINVOICESREQUEST']._serialized_start=1301
+  _globals['_LISTINVOICESREQUEST']._serialized_end=1386
+  _globals['_LISTINVOICESRESPONSE']._serialized_start=1388
+  _globals['_LISTINVOICESRESPONSE']._serialized_end=1472
+  _globals['_CHANGEPLANREQUEST']._serialized_start=1474
+  _globals['_CHANGEPLANREQUEST']._serialized_end=1535
+  _globals['_LISTSUBSCRIPTIONEVENTSREQUEST']._serialized_start=1537
+  _globals['_LISTSUBSCRIPTIONEVENTSREQUEST']._serialized_end=1632
+  _globals['_SUBSCRIPTIONEVENT']._serialized_start=1635
+  _globals['_SUBSCRIPTIONEVENT']._serialized_end=1809
+  _globals['_LISTSUBSCRIPTIONEVENTSRESPONSE']._serialized_start=1811
+  _globals['_LISTSUBSCRIPTIONEVENTSRESPONSE']._serialized_end=1913
+  _globals['_SUBSCRIPTIONSERVICE']._serialized_start=2330
+  _globals['_SUBSCRIPTIONSERVICE']._serialized_end=2931
 # @@protoc_insertion_point(module_scope)

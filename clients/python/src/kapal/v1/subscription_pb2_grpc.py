@@ -77,7 +77,8 @@ class SubscriptionServiceServicer:
     """
 
     def ListSubscriptions(self, request, context):
-        """Lists the caller's subscriptions, newest first.
+        """Lists the caller's subscriptions, newest first, a page at a time (see
+        ListSubscriptionsRequest).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -105,7 +106,8 @@ class SubscriptionServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def ListInvoices(self, request, context):
-        """Lists the invoices of the caller (optionally of one subscription), newest first.
+        """Lists the invoices of the caller (optionally of one subscription), newest first, a page at
+        a time (see ListInvoicesRequest).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -114,7 +116,10 @@ class SubscriptionServiceServicer:
     def ChangePlan(self, request, context):
         """Changes the plan (of the same app) from the next renewal on. For a trial this converts it:
         at the end of the trial the paid plan is charged and auto-renew is turned on. Choosing the
-        current plan withdraws a pending change.
+        current plan withdraws a pending change. A plan with more CPU or memory than the current
+        one is RESOURCE_EXHAUSTED, and nothing is changed, when the difference would push the
+        cluster's committed resources past its capacity ceiling (try again later or contact
+        support); the check is made when the change is asked for.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

@@ -34,7 +34,9 @@ class SubscriptionServiceStub:
     @_typing.overload
     def __new__(cls, channel: _aio.Channel) -> SubscriptionServiceAsyncStub: ...
     ListSubscriptions: _grpc.UnaryUnaryMultiCallable[_subscription_pb2.ListSubscriptionsRequest, _subscription_pb2.ListSubscriptionsResponse]
-    """Lists the caller's subscriptions, newest first."""
+    """Lists the caller's subscriptions, newest first, a page at a time (see
+    ListSubscriptionsRequest).
+    """
     GetSubscription: _grpc.UnaryUnaryMultiCallable[_subscription_pb2.GetSubscriptionRequest, _subscription_pb2.Subscription]
     """Gets one of the caller's subscriptions."""
     CancelSubscription: _grpc.UnaryUnaryMultiCallable[_subscription_pb2.CancelSubscriptionRequest, _subscription_pb2.Subscription]
@@ -42,11 +44,16 @@ class SubscriptionServiceStub:
     SetAutoRenew: _grpc.UnaryUnaryMultiCallable[_subscription_pb2.SetAutoRenewRequest, _subscription_pb2.Subscription]
     """Turns automatic renewal on or off."""
     ListInvoices: _grpc.UnaryUnaryMultiCallable[_subscription_pb2.ListInvoicesRequest, _subscription_pb2.ListInvoicesResponse]
-    """Lists the invoices of the caller (optionally of one subscription), newest first."""
+    """Lists the invoices of the caller (optionally of one subscription), newest first, a page at
+    a time (see ListInvoicesRequest).
+    """
     ChangePlan: _grpc.UnaryUnaryMultiCallable[_subscription_pb2.ChangePlanRequest, _subscription_pb2.Subscription]
     """Changes the plan (of the same app) from the next renewal on. For a trial this converts it:
     at the end of the trial the paid plan is charged and auto-renew is turned on. Choosing the
-    current plan withdraws a pending change.
+    current plan withdraws a pending change. A plan with more CPU or memory than the current
+    one is RESOURCE_EXHAUSTED, and nothing is changed, when the difference would push the
+    cluster's committed resources past its capacity ceiling (try again later or contact
+    support); the check is made when the change is asked for.
     """
     ListSubscriptionEvents: _grpc.UnaryUnaryMultiCallable[_subscription_pb2.ListSubscriptionEventsRequest, _subscription_pb2.ListSubscriptionEventsResponse]
     """Lists every status change of one of the caller's subscriptions (and changes to how it
@@ -59,7 +66,9 @@ class SubscriptionServiceAsyncStub(SubscriptionServiceStub):
 
     def __init__(self, channel: _aio.Channel) -> None: ...
     ListSubscriptions: _aio.UnaryUnaryMultiCallable[_subscription_pb2.ListSubscriptionsRequest, _subscription_pb2.ListSubscriptionsResponse]  # type: ignore[assignment]
-    """Lists the caller's subscriptions, newest first."""
+    """Lists the caller's subscriptions, newest first, a page at a time (see
+    ListSubscriptionsRequest).
+    """
     GetSubscription: _aio.UnaryUnaryMultiCallable[_subscription_pb2.GetSubscriptionRequest, _subscription_pb2.Subscription]  # type: ignore[assignment]
     """Gets one of the caller's subscriptions."""
     CancelSubscription: _aio.UnaryUnaryMultiCallable[_subscription_pb2.CancelSubscriptionRequest, _subscription_pb2.Subscription]  # type: ignore[assignment]
@@ -67,11 +76,16 @@ class SubscriptionServiceAsyncStub(SubscriptionServiceStub):
     SetAutoRenew: _aio.UnaryUnaryMultiCallable[_subscription_pb2.SetAutoRenewRequest, _subscription_pb2.Subscription]  # type: ignore[assignment]
     """Turns automatic renewal on or off."""
     ListInvoices: _aio.UnaryUnaryMultiCallable[_subscription_pb2.ListInvoicesRequest, _subscription_pb2.ListInvoicesResponse]  # type: ignore[assignment]
-    """Lists the invoices of the caller (optionally of one subscription), newest first."""
+    """Lists the invoices of the caller (optionally of one subscription), newest first, a page at
+    a time (see ListInvoicesRequest).
+    """
     ChangePlan: _aio.UnaryUnaryMultiCallable[_subscription_pb2.ChangePlanRequest, _subscription_pb2.Subscription]  # type: ignore[assignment]
     """Changes the plan (of the same app) from the next renewal on. For a trial this converts it:
     at the end of the trial the paid plan is charged and auto-renew is turned on. Choosing the
-    current plan withdraws a pending change.
+    current plan withdraws a pending change. A plan with more CPU or memory than the current
+    one is RESOURCE_EXHAUSTED, and nothing is changed, when the difference would push the
+    cluster's committed resources past its capacity ceiling (try again later or contact
+    support); the check is made when the change is asked for.
     """
     ListSubscriptionEvents: _aio.UnaryUnaryMultiCallable[_subscription_pb2.ListSubscriptionEventsRequest, _subscription_pb2.ListSubscriptionEventsResponse]  # type: ignore[assignment]
     """Lists every status change of one of the caller's subscriptions (and changes to how it
@@ -87,7 +101,9 @@ class SubscriptionServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _subscription_pb2.ListSubscriptionsRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_subscription_pb2.ListSubscriptionsResponse, _abc.Awaitable[_subscription_pb2.ListSubscriptionsResponse]]:
-        """Lists the caller's subscriptions, newest first."""
+        """Lists the caller's subscriptions, newest first, a page at a time (see
+        ListSubscriptionsRequest).
+        """
 
     @_abc_1.abstractmethod
     def GetSubscription(
@@ -119,7 +135,9 @@ class SubscriptionServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _subscription_pb2.ListInvoicesRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_subscription_pb2.ListInvoicesResponse, _abc.Awaitable[_subscription_pb2.ListInvoicesResponse]]:
-        """Lists the invoices of the caller (optionally of one subscription), newest first."""
+        """Lists the invoices of the caller (optionally of one subscription), newest first, a page at
+        a time (see ListInvoicesRequest).
+        """
 
     @_abc_1.abstractmethod
     def ChangePlan(
@@ -129,7 +147,10 @@ class SubscriptionServiceServicer(metaclass=_abc_1.ABCMeta):
     ) -> _typing.Union[_subscription_pb2.Subscription, _abc.Awaitable[_subscription_pb2.Subscription]]:
         """Changes the plan (of the same app) from the next renewal on. For a trial this converts it:
         at the end of the trial the paid plan is charged and auto-renew is turned on. Choosing the
-        current plan withdraws a pending change.
+        current plan withdraws a pending change. A plan with more CPU or memory than the current
+        one is RESOURCE_EXHAUSTED, and nothing is changed, when the difference would push the
+        cluster's committed resources past its capacity ceiling (try again later or contact
+        support); the check is made when the change is asked for.
         """
 
     @_abc_1.abstractmethod

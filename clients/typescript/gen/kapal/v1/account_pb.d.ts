@@ -315,6 +315,20 @@ export declare const ApiTokenSchema: GenMessage<ApiToken>;
  * @generated from message kapal.v1.ListApiTokensRequest
  */
 export declare type ListApiTokensRequest = Message<"kapal.v1.ListApiTokensRequest"> & {
+  /**
+   * At most this many tokens (default 50, at most 500).
+   *
+   * @generated from field: uint32 page_size = 1;
+   */
+  pageSize: number;
+
+  /**
+   * From ListApiTokensResponse.next_page_token, to continue a listing; empty for the first
+   * page. A token not returned by this service is INVALID_ARGUMENT.
+   *
+   * @generated from field: string page_token = 2;
+   */
+  pageToken: string;
 };
 
 /**
@@ -331,6 +345,13 @@ export declare type ListApiTokensResponse = Message<"kapal.v1.ListApiTokensRespo
    * @generated from field: repeated kapal.v1.ApiToken api_tokens = 1;
    */
   apiTokens: ApiToken[];
+
+  /**
+   * Empty when there are no more tokens.
+   *
+   * @generated from field: string next_page_token = 2;
+   */
+  nextPageToken: string;
 };
 
 /**
@@ -590,6 +611,15 @@ export declare type Session = Message<"kapal.v1.Session"> & {
    * @generated from field: google.protobuf.Timestamp revoked_at = 7;
    */
   revokedAt?: Timestamp | undefined;
+
+  /**
+   * The IP address of the client that opened it, as the gateway saw it: the connecting
+   * address, or behind a trusted proxy (the gateway's --trusted-proxies) the address that proxy
+   * reported in x-forwarded-for. Empty for sessions opened before this was recorded.
+   *
+   * @generated from field: string client_address = 8;
+   */
+  clientAddress: string;
 };
 
 /**
@@ -809,7 +839,7 @@ export declare const AccountService: GenService<{
     output: typeof CreateApiTokenResponseSchema;
   },
   /**
-   * Lists the caller's API tokens (never the secret part).
+   * Lists the caller's API tokens (never the secret part), newest first, a page at a time.
    *
    * @generated from rpc kapal.v1.AccountService.ListApiTokens
    */

@@ -120,6 +120,20 @@ export declare const SubscriptionSchema: GenMessage<Subscription>;
  * @generated from message kapal.v1.ListSubscriptionsRequest
  */
 export declare type ListSubscriptionsRequest = Message<"kapal.v1.ListSubscriptionsRequest"> & {
+  /**
+   * At most this many subscriptions (default 50, at most 500).
+   *
+   * @generated from field: uint32 page_size = 1;
+   */
+  pageSize: number;
+
+  /**
+   * From ListSubscriptionsResponse.next_page_token, to continue a listing; empty for the first
+   * page. A token not returned by this service is INVALID_ARGUMENT.
+   *
+   * @generated from field: string page_token = 2;
+   */
+  pageToken: string;
 };
 
 /**
@@ -136,6 +150,13 @@ export declare type ListSubscriptionsResponse = Message<"kapal.v1.ListSubscripti
    * @generated from field: repeated kapal.v1.Subscription subscriptions = 1;
    */
   subscriptions: Subscription[];
+
+  /**
+   * Empty when there are no more subscriptions.
+   *
+   * @generated from field: string next_page_token = 2;
+   */
+  nextPageToken: string;
 };
 
 /**
@@ -283,6 +304,22 @@ export declare type ListInvoicesRequest = Message<"kapal.v1.ListInvoicesRequest"
    * @generated from field: string subscription_id = 1;
    */
   subscriptionId: string;
+
+  /**
+   * At most this many invoices (default 50, at most 500).
+   *
+   * @generated from field: uint32 page_size = 2;
+   */
+  pageSize: number;
+
+  /**
+   * From ListInvoicesResponse.next_page_token, to continue a listing with the same
+   * subscription_id; empty for the first page. A token not returned by this service is
+   * INVALID_ARGUMENT.
+   *
+   * @generated from field: string page_token = 3;
+   */
+  pageToken: string;
 };
 
 /**
@@ -299,6 +336,13 @@ export declare type ListInvoicesResponse = Message<"kapal.v1.ListInvoicesRespons
    * @generated from field: repeated kapal.v1.Invoice invoices = 1;
    */
   invoices: Invoice[];
+
+  /**
+   * Empty when there are no more invoices.
+   *
+   * @generated from field: string next_page_token = 2;
+   */
+  nextPageToken: string;
 };
 
 /**
@@ -531,7 +575,8 @@ export declare const InvoiceStatusSchema: GenEnum<InvoiceStatus>;
  */
 export declare const SubscriptionService: GenService<{
   /**
-   * Lists the caller's subscriptions, newest first.
+   * Lists the caller's subscriptions, newest first, a page at a time (see
+   * ListSubscriptionsRequest).
    *
    * @generated from rpc kapal.v1.SubscriptionService.ListSubscriptions
    */
@@ -571,7 +616,8 @@ export declare const SubscriptionService: GenService<{
     output: typeof SubscriptionSchema;
   },
   /**
-   * Lists the invoices of the caller (optionally of one subscription), newest first.
+   * Lists the invoices of the caller (optionally of one subscription), newest first, a page at
+   * a time (see ListInvoicesRequest).
    *
    * @generated from rpc kapal.v1.SubscriptionService.ListInvoices
    */
@@ -583,7 +629,10 @@ export declare const SubscriptionService: GenService<{
   /**
    * Changes the plan (of the same app) from the next renewal on. For a trial this converts it:
    * at the end of the trial the paid plan is charged and auto-renew is turned on. Choosing the
-   * current plan withdraws a pending change.
+   * current plan withdraws a pending change. A plan with more CPU or memory than the current
+   * one is RESOURCE_EXHAUSTED, and nothing is changed, when the difference would push the
+   * cluster's committed resources past its capacity ceiling (try again later or contact
+   * support); the check is made when the change is asked for.
    *
    * @generated from rpc kapal.v1.SubscriptionService.ChangePlan
    */

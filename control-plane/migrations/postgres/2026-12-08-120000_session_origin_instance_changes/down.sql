@@ -1,0 +1,2 @@
+DROP INDEX instances_updated_at;
+ALTER TABLE tokens DROP COLUMN client_address;
