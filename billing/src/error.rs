@@ -30,6 +30,10 @@ pub enum Error {
     /// Another request is charging the same invoice and did not finish in time.
     #[error("a payment for this order is in progress")]
     PaymentInProgress,
+    /// Something billing needs (the audit log, the payment provider) did not answer; the text
+    /// says what was and was not done.
+    #[error("{0}")]
+    Unavailable(String),
     /// A concurrent change won a race; the operation is retried from the start.
     #[error("a concurrent change won; retry")]
     Raced,
@@ -64,6 +68,7 @@ impl From<Error> for Status {
             e @ Error::PaymentInProgress => {
                 Status::unavailable(format!("{e}; retry in a few seconds"))
             }
+            Error::Unavailable(msg) => Status::unavailable(msg),
             e @ Error::Raced => Status::aborted(e.to_string()),
             e @ (Error::Db(_) | Error::Corrupt(_)) => {
                 tracing::error!(error = %ErrorChain(&e), "billing request failed");
