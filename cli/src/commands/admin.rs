@@ -117,6 +117,8 @@ pub async fn run(cmd: AdminCommand) -> anyhow::Result<()> {
         AdminCommand::Revenue(a) => revenue(a).await,
         AdminCommand::Subscriptions(a) => subscriptions(a).await,
         AdminCommand::Events(a) => events(a).await,
+        AdminCommand::Extend(a) => crate::commands::billing_ops::extend(a).await,
+        AdminCommand::Credit(a) => crate::commands::billing_ops::credit(a).await,
         AdminCommand::Grant(a) => set_role(a, true).await,
         AdminCommand::Revoke(a) => set_role(a, false).await,
     }
