@@ -1245,4 +1245,32 @@ mod tests {
             assert!(e.contains("YYYY-MM"), "{e}");
         }
     }
+
+    #[test]
+    fn billing_actions_need_days_amounts_and_reasons() {
+        let reason = "T-9: outage compensation";
+        assert!(matches!(
+            parse_admin(&["extend", "s1", "--days", "7", "--reason", reason]),
+            Ok(AdminCommand::Extend(a)) if a.id == "s1" && a.days == 7 && a.reason == reason
+        ));
+        for days in ["0", "366", "-1"] {
+            assert!(
+                parse_admin(&["extend", "s1", "--days", days, "--reason", reason]).is_err(),
+                "{days}"
+            );
+        }
+        assert!(parse_admin(&["extend", "s1", "--days", "7", "--reason", "x"]).is_err());
+        assert!(parse_admin(&["extend", "s1", "--reason", reason]).is_err());
+        assert!(matches!(
+            parse_admin(&["credit", "KPL-000042", "--amount", "39500", "--reason", reason]),
+            Ok(AdminCommand::Credit(a)) if a.invoice == "KPL-000042" && a.amount == 39_500
+        ));
+        for amount in ["0", "-5", "1.5"] {
+            assert!(
+                parse_admin(&["credit", "KPL-1", "--amount", amount, "--reason", reason]).is_err(),
+                "{amount}"
+            );
+        }
+        assert!(parse_admin(&["credit", "KPL-1", "--amount", "100"]).is_err());
+    }
 }

@@ -129,3 +129,46 @@ impl Render for Credited<'_> {
         })
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use kapal::proto::v1::{CreditNote, Invoice};
+
+    fn idr(amount: i64) -> Option<Money> {
+        Some(Money {
+            amount,
+            currency: "IDR".into(),
+        })
+    }
+
+    #[test]
+    fn a_credit_note_shows_what_was_refunded_and_what_is_credited() {
+        let r = CreditInvoiceResponse {
+            credit_note: Some(CreditNote {
+                id: "n1".into(),
+                invoice_id: "i1".into(),
+                amount: idr(39_500),
+                reason: "T-9".into(),
+                status: CreditNoteStatus::Refunded as i32,
+                refund_provider: "dummy".into(),
+                refund_reference: "dummy-refund-1".into(),
+                ..Default::default()
+            }),
+            invoice: Some(Invoice {
+                id: "i1".into(),
+                number: "KPL-000042".into(),
+                amount: idr(79_000),
+                credited: idr(39_500),
+                ..Default::default()
+            }),
+        };
+        let text = Credited(&r).text();
+        assert!(text.contains("Credit note n1 (refunded)"), "{text}");
+        assert!(text.contains("dummy-refund-1"), "{text}");
+        assert!(text.contains("Invoice KPL-000042"), "{text}");
+        let json = crate::output::json_of(&Credited(&r));
+        assert_eq!(json["credit_note"]["status"], "refunded");
+        assert_eq!(json["invoice"]["number"], "KPL-000042");
+    }
+}
