@@ -48,7 +48,9 @@ use crate::api::{Billing, CHARGE_TIMEOUT, invoice_number};
 use crate::error::Error;
 use crate::lifecycle::{InvoiceStatus, SubscriptionStatus};
 use crate::payments::{PaymentError, RefundRequest};
-use crate::schema::{credit_notes, invoices, subscription_events, subscription_schedule, subscriptions};
+use crate::schema::{
+    credit_notes, invoices, subscription_events, subscription_schedule, subscriptions,
+};
 use crate::store::{self, CreditNoteRow, InvoiceRow, ScheduleRow, SubscriptionRow};
 
 /// The actor of operators' events in a subscription's history.
@@ -167,7 +169,10 @@ fn extension(
         }
         PastDue | Suspended => {
             let deadline = sched.deadline.ok_or_else(|| {
-                Error::Corrupt(format!("subscription {} is {status} without a deadline", sub.id))
+                Error::Corrupt(format!(
+                    "subscription {} is {status} without a deadline",
+                    sub.id
+                ))
             })? + by;
             next.deadline = Some(deadline);
             next.next_action_at = Some(match sched.next_charge_at {

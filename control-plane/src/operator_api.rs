@@ -60,7 +60,15 @@ pub(crate) async fn audit(
     subject_account_id: &str,
     reason: &str,
 ) -> Result<()> {
-    audit_as(ctx, &p.account_id.to_string(), action, target, subject_account_id, reason).await?;
+    audit_as(
+        ctx,
+        &p.account_id.to_string(),
+        action,
+        target,
+        subject_account_id,
+        reason,
+    )
+    .await?;
     Ok(())
 }
 

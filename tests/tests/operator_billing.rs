@@ -82,7 +82,10 @@ async fn order(c: &mut Clients, app: &str, plan: &str) -> anyhow::Result<(String
                 .get_order(GetOrderRequest { order_id: id })
                 .await?
                 .into_inner();
-            anyhow::ensure!(o.status != OrderStatus::Failed as i32, "order failed: {o:?}");
+            anyhow::ensure!(
+                o.status != OrderStatus::Failed as i32,
+                "order failed: {o:?}"
+            );
             Ok((!o.instance_id.is_empty() && !o.subscription_id.is_empty())
                 .then_some((o.instance_id, o.subscription_id)))
         }
@@ -236,7 +239,11 @@ async fn an_extended_trial_ends_at_its_new_end(backend: Backend) -> anyhow::Resu
     clock.advance(chrono::Duration::days(14) + chrono::Duration::hours(1));
     wait_status(&c, &witness, SubscriptionStatus::Expired).await?;
     let still = subscription(&mut c, &sub_id).await?;
-    assert_eq!(still.status, SubscriptionStatus::Trialing as i32, "{still:?}");
+    assert_eq!(
+        still.status,
+        SubscriptionStatus::Trialing as i32,
+        "{still:?}"
+    );
     assert!(!held_by_billing(&mut c, &instance).await?);
 
     // Past the new end: expired, the instance held by billing.
@@ -264,7 +271,10 @@ async fn an_extended_trial_ends_at_its_new_end(backend: Backend) -> anyhow::Resu
     assert_eq!(e.actor_account_id, admin.account.id);
     assert_eq!(e.actor_email, admin.email);
     assert_eq!(e.instance_account_id, customer.account.id);
-    assert!(e.reason.contains(reason) && e.reason.contains("7 days"), "{e:?}");
+    assert!(
+        e.reason.contains(reason) && e.reason.contains("7 days"),
+        "{e:?}"
+    );
 
     // Ended: nothing to extend.
     let s = ops
