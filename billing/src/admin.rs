@@ -18,8 +18,9 @@
 //!   CANCELED) inside the range; the rate is over the paid subscriptions that had started and
 //!   not ended before `from`.
 //! - Invoices per calendar month (UTC) by period start, clipped to the range: counts by status,
-//!   invoiced (every invoice not void) and collected (paid) sums; the totals are the sums of
-//!   the months, which equal the sums over the invoices of the range.
+//!   invoiced (every invoice not void) and collected (paid, less the credit notes issued on
+//!   them: `invoices.credited_amount`, shown as credited) sums; the totals are the sums of the
+//!   months, which equal the sums over the invoices of the range.
 
 use chrono::{Datelike as _, Months, NaiveDate, NaiveDateTime, NaiveTime, SubsecRound as _};
 use diesel::dsl::{count_star, exists, not, sql};
@@ -49,6 +50,7 @@ const MAX_MONTHS: u32 = 36;
 fn sum_of(column: &'static str) -> diesel::expression::SqlLiteral<BigInt> {
     sql::<BigInt>(match column {
         "amount" => "CAST(COALESCE(SUM(amount), 0) AS BIGINT)",
+        "credited" => "CAST(COALESCE(SUM(credited_amount), 0) AS BIGINT)",
         _ => "CAST(COALESCE(SUM(price_amount), 0) AS BIGINT)",
     })
 }
@@ -155,7 +157,7 @@ pub(crate) async fn revenue_report(
 
     type Counts = Vec<(String, String, i64)>;
     type Mrr = Vec<(String, i64)>;
-    type Month = Vec<(String, i64, i64)>;
+    type Month = Vec<(String, i64, i64, i64)>;
     let mut conn = db.get().await?;
     let (by_status, mrr, trials_ended, trials_converted, renewals_due, renewals_paid): (
         Counts,
@@ -265,14 +267,19 @@ pub(crate) async fn revenue_report(
         .await
     })?;
     let mut invoices_by_month = Vec::with_capacity(buckets.len());
-    let (mut invoiced_total, mut collected_total) = (0i64, 0i64);
+    let (mut invoiced_total, mut collected_total, mut credited_total) = (0i64, 0i64, 0i64);
     for (label, start, end) in buckets {
         let rows: Month = kapal::db!(&mut conn, |c| {
             invoices::table
                 .filter(invoices::period_start.ge(start))
                 .filter(invoices::period_start.lt(end))
                 .group_by(invoices::status)
-                .select((invoices::status, count_star(), sum_of("amount")))
+                .select((
+                    invoices::status,
+                    count_star(),
+                    sum_of("amount"),
+                    sum_of("credited"),
+                ))
                 .load(c)
                 .await
         })?;
@@ -280,14 +287,16 @@ pub(crate) async fn revenue_report(
             month: label,
             ..Default::default()
         };
-        let (mut invoiced, mut collected) = (0i64, 0i64);
-        for (status, n, amount) in rows {
+        let (mut invoiced, mut collected, mut credited) = (0i64, 0i64, 0i64);
+        for (status, n, amount, refunded) in rows {
             let n = count(n);
             month.invoices += n;
             match InvoiceStatus::parse(&status) {
                 Some(InvoiceStatus::Paid) => {
                     month.paid += n;
-                    collected += amount;
+                    // Net of the credit notes issued on them.
+                    collected += amount - refunded;
+                    credited += refunded;
                     invoiced += amount;
                 }
                 Some(InvoiceStatus::Failed) => {
@@ -305,8 +314,10 @@ pub(crate) async fn revenue_report(
         }
         month.invoiced = Some(wire::idr(invoiced));
         month.collected = Some(wire::idr(collected));
+        month.credited = Some(wire::idr(credited));
         invoiced_total += invoiced;
         collected_total += collected;
+        credited_total += credited;
         invoices_by_month.push(month);
     }
     drop(conn);
@@ -363,6 +374,7 @@ pub(crate) async fn revenue_report(
         invoices_by_month,
         invoiced_total: Some(wire::idr(invoiced_total)),
         collected_total: Some(wire::idr(collected_total)),
+        credited_total: Some(wire::idr(credited_total)),
         from: Some(wire::timestamp(from)),
         to: Some(wire::timestamp(to)),
         generated_at: Some(wire::timestamp(now)),
@@ -491,6 +503,24 @@ impl pb::billing_admin_service_server::BillingAdminService for Billing {
             events: events_to_proto(&rows),
             next_page_token,
         }))
+    }
+
+    async fn extend_subscription(
+        &self,
+        request: Request<pb::ExtendSubscriptionRequest>,
+    ) -> Result<Response<pb::Subscription>, Status> {
+        let operator = auth::admin(&request)?.clone();
+        let sub = Billing::extend_subscription(self, &operator, request.get_ref()).await?;
+        Ok(Response::new(sub))
+    }
+
+    async fn credit_invoice(
+        &self,
+        request: Request<pb::CreditInvoiceRequest>,
+    ) -> Result<Response<pb::CreditInvoiceResponse>, Status> {
+        let operator = auth::admin(&request)?.clone();
+        let answer = Billing::credit_invoice(self, &operator, request.get_ref()).await?;
+        Ok(Response::new(answer))
     }
 }
 

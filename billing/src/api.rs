@@ -67,6 +67,7 @@ struct Inner {
     /// Asked whether a bigger plan fits the cluster (ChangePlan); `None`: not checked (billing
     /// without a control-plane, as in some of its own tests).
     control_plane: Option<EntitlementServiceClient<InternalChannel>>,
+    audit: crate::operator::AuditLog,
 }
 
 impl Billing {
@@ -75,6 +76,7 @@ impl Billing {
         catalog: Arc<Catalog>,
         clock: SharedClock,
         payments: Arc<dyn PaymentProvider>,
+        audit: crate::operator::AuditLog,
     ) -> Billing {
         Billing(Arc::new(Inner {
             db,
@@ -82,6 +84,7 @@ impl Billing {
             clock,
             payments,
             control_plane: None,
+            audit,
         }))
     }
 
@@ -131,6 +134,14 @@ impl Billing {
 
     pub(crate) fn db(&self) -> &Db {
         &self.0.db
+    }
+
+    pub(crate) fn payments(&self) -> &dyn PaymentProvider {
+        self.0.payments.as_ref()
+    }
+
+    pub(crate) fn audit(&self) -> &crate::operator::AuditLog {
+        &self.0.audit
     }
 
     pub(crate) fn catalog(&self) -> &Catalog {
@@ -216,6 +227,7 @@ impl Billing {
             paid_at: None,
             payment_provider: None,
             payment_reference: None,
+            credited_amount: 0,
         };
         let cause = format!("created for order {order_id}");
         let (stored, first) =
@@ -338,8 +350,27 @@ pub(crate) fn subscription_to_proto(
     })
 }
 
-fn invoice_to_proto(row: &InvoiceRow) -> Result<pb::Invoice, Error> {
+/// The wire form of an invoice with its credit notes (`notes` may hold other invoices' notes).
+pub(crate) fn invoice_to_proto(
+    row: &InvoiceRow,
+    notes: &[store::CreditNoteRow],
+) -> Result<pb::Invoice, Error> {
+    let notes: Vec<&store::CreditNoteRow> =
+        notes.iter().filter(|n| n.invoice_id == row.id).collect();
+    let credited: i64 = notes
+        .iter()
+        .filter(|n| n.status == crate::operator::CreditNoteStatus::Refunded.as_str())
+        .map(|n| n.amount)
+        .sum();
     Ok(pb::Invoice {
+        credited: Some(pb::Money {
+            amount: credited,
+            currency: row.currency.clone(),
+        }),
+        credit_notes: notes
+            .into_iter()
+            .map(crate::operator::credit_note_to_proto)
+            .collect::<Result<_, _>>()?,
         id: row.id.clone(),
         number: invoice_number(row.number),
         subscription_id: row.subscription_id.clone(),
@@ -368,7 +399,7 @@ impl internal::billing_service_server::BillingService for Billing {
         let (sub, invoice) = self.create_subscription(order).await?;
         Ok(Response::new(internal::CreateSubscriptionResponse {
             subscription: Some(subscription_to_proto(&sub, None)?),
-            invoice: Some(invoice_to_proto(&invoice)?),
+            invoice: Some(invoice_to_proto(&invoice, &[])?),
         }))
     }
 }
@@ -464,9 +495,11 @@ impl pb::subscription_service_server::SubscriptionService for Billing {
             limit,
         )
         .await?;
+        let ids: Vec<String> = rows.iter().map(|r| r.id.clone()).collect();
+        let notes = store::credit_notes(&self.0.db, &ids).await?;
         let invoices = rows
             .iter()
-            .map(invoice_to_proto)
+            .map(|r| invoice_to_proto(r, &notes))
             .collect::<Result<_, _>>()?;
         Ok(Response::new(pb::ListInvoicesResponse {
             invoices,
@@ -575,6 +608,7 @@ pub(crate) fn events_to_proto(rows: &[store::EventRow]) -> Vec<pb::SubscriptionE
             from_status: status(e.from_status.as_deref()),
             to_status: status(Some(&e.to_status)),
             cause: e.cause.clone(),
+            actor: e.actor.clone(),
         })
         .collect()
 }

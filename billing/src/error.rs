@@ -30,15 +30,16 @@ pub enum Error {
     /// Another request is charging the same invoice and did not finish in time.
     #[error("a payment for this order is in progress")]
     PaymentInProgress,
+    /// Something billing needs (the audit log, the payment provider, the control-plane) did not
+    /// answer; the text says what was and was not done.
+    #[error("{0}")]
+    Unavailable(String),
     /// A concurrent change won a race; the operation is retried from the start.
     #[error("a concurrent change won; retry")]
     Raced,
     /// The cluster has no room for what was asked (e.g. a bigger plan); fit for the customer.
     #[error("{0}")]
     ResourceExhausted(String),
-    /// Another Kapal service needed for the answer could not be reached.
-    #[error("{0}")]
-    Unavailable(String),
     #[error(transparent)]
     Db(#[from] DbError),
     /// A stored row that billing cannot read (e.g. an unknown status).
@@ -70,9 +71,9 @@ impl From<Error> for Status {
             e @ Error::PaymentInProgress => {
                 Status::unavailable(format!("{e}; retry in a few seconds"))
             }
+            Error::Unavailable(msg) => Status::unavailable(msg),
             e @ Error::Raced => Status::aborted(e.to_string()),
             Error::ResourceExhausted(msg) => Status::resource_exhausted(msg),
-            Error::Unavailable(msg) => Status::unavailable(msg),
             e @ (Error::Db(_) | Error::Corrupt(_)) => {
                 tracing::error!(error = %ErrorChain(&e), "billing request failed");
                 Status::internal("billing failed internally; the error was logged")

@@ -49,13 +49,16 @@ pub mod error;
 pub mod lifecycle;
 mod metrics;
 pub mod notify;
+mod operator;
 pub mod payments;
 pub mod scheduler;
 pub mod schema;
 mod store;
 
 pub use error::Error;
-pub use payments::{ChargeRequest, DummyProvider, PaymentError, PaymentProvider, PaymentReceipt};
+pub use payments::{
+    ChargeRequest, DummyProvider, PaymentError, PaymentProvider, PaymentReceipt, RefundRequest,
+};
 
 const POSTGRES_MIGRATIONS: diesel_migrations::EmbeddedMigrations =
     diesel_migrations::embed_migrations!("migrations/postgres");
@@ -151,7 +154,23 @@ pub async fn run(
         provider = payments.name(),
         "billing database ready"
     );
-    let mut billing = api::Billing::new(db.clone(), catalog, clock.clone(), payments.clone());
+    // Operators' actions go to the control-plane's audit log before they are carried out.
+    let audit = match control_plane_endpoint.as_deref() {
+        Some(endpoint) => Some(
+            kapal::proto::internal::v1::audit_service_client::AuditServiceClient::new(
+                kapal::serve::internal_channel_with_deadline(endpoint, &key, internal_deadline)
+                    .context("the control-plane endpoint")?,
+            ),
+        ),
+        None => None,
+    };
+    let mut billing = api::Billing::new(
+        db.clone(),
+        catalog,
+        clock.clone(),
+        payments.clone(),
+        operator::AuditLog::new(audit),
+    );
     if let Some(endpoint) = control_plane_endpoint.as_deref() {
         // ChangePlan asks the control-plane whether a bigger plan fits the cluster.
         let channel =

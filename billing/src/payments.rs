@@ -41,7 +41,25 @@ pub struct PaymentReceipt {
     pub reference: String,
 }
 
-/// Why a charge did not settle.
+/// One refund of (part of) a settled payment: a credit note.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RefundRequest {
+    /// The credit note.
+    pub credit_note_id: Uuid,
+    pub invoice_id: Uuid,
+    /// The provider's reference of the payment refunded (from its receipt).
+    pub payment_reference: String,
+    /// The same for every attempt of the same credit note: a provider must refund one key at
+    /// most once.
+    pub idempotency_key: String,
+    /// Amount in whole units of `currency` (rupiah); positive.
+    pub amount: i64,
+    /// ISO 4217 code, "IDR".
+    pub currency: String,
+    pub account_id: Uuid,
+}
+
+/// Why a charge (or a refund) did not settle.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
 pub enum PaymentError {
     /// The provider refused the payment. The reason is meant for the customer (e.g. "card
@@ -77,6 +95,18 @@ pub trait PaymentProvider: Send + Sync + 'static {
     /// money twice. Billing bounds the call with a timeout and treats a timeout as
     /// [`PaymentError::Unavailable`].
     async fn charge(&self, request: ChargeRequest) -> Result<PaymentReceipt, PaymentError>;
+
+    /// Refunds `request.amount` of a settled payment. Must be idempotent on
+    /// `request.idempotency_key` like [`PaymentProvider::charge`]. Billing never asks for more
+    /// than the payment's amount less what it refunded before. A provider that cannot refund
+    /// declines (the default).
+    async fn refund(&self, request: RefundRequest) -> Result<PaymentReceipt, PaymentError> {
+        let _ = request;
+        Err(PaymentError::Declined(format!(
+            "the payment provider {} cannot refund; refund outside Kapal",
+            self.name()
+        )))
+    }
 }
 
 /// A provider that settles every charge instantly, like the Rp 0 trial checkout needs. Clones
@@ -88,6 +118,8 @@ pub struct DummyProvider {
     /// Settled charges by idempotency key, so a repeated key gets the same receipt, as a real
     /// gateway would answer.
     settled: Arc<Mutex<HashMap<String, PaymentReceipt>>>,
+    /// Refunds recorded, by idempotency key.
+    refunds: Arc<Mutex<HashMap<String, (RefundRequest, PaymentReceipt)>>>,
 }
 
 impl DummyProvider {
@@ -106,9 +138,15 @@ impl DummyProvider {
         provider
     }
 
-    /// Declines every following charge (`true`) or settles them again (`false`).
+    /// Declines every following charge and refund (`true`) or settles them again (`false`).
     pub fn set_fail(&self, fail: bool) {
         self.fail.store(fail, Ordering::SeqCst);
+    }
+
+    /// The refunds this provider recorded (one per idempotency key), in no particular order.
+    pub fn refunds(&self) -> Vec<(RefundRequest, PaymentReceipt)> {
+        let refunds = self.refunds.lock().unwrap_or_else(|e| e.into_inner());
+        refunds.values().cloned().collect()
     }
 }
 
@@ -138,6 +176,36 @@ impl PaymentProvider for DummyProvider {
             reference: format!("dummy-{}", Uuid::new_v4()),
         };
         settled.insert(request.idempotency_key, receipt.clone());
+        Ok(receipt)
+    }
+
+    async fn refund(&self, request: RefundRequest) -> Result<PaymentReceipt, PaymentError> {
+        let mut refunds = self.refunds.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some((_, receipt)) = refunds.get(&request.idempotency_key) {
+            return Ok(receipt.clone());
+        }
+        if self.fail.load(Ordering::SeqCst) {
+            return Err(PaymentError::Declined(
+                "the dummy provider was told to fail".to_string(),
+            ));
+        }
+        if request.amount <= 0 {
+            return Err(PaymentError::Declined(
+                "only a positive amount can be refunded".to_string(),
+            ));
+        }
+        let receipt = PaymentReceipt {
+            provider: Self::NAME.to_string(),
+            reference: format!("dummy-refund-{}", Uuid::new_v4()),
+        };
+        tracing::info!(
+            credit_note = %request.credit_note_id,
+            payment = %request.payment_reference,
+            amount = request.amount,
+            reference = %receipt.reference,
+            "dummy provider recorded a refund"
+        );
+        refunds.insert(request.idempotency_key.clone(), (request, receipt.clone()));
         Ok(receipt)
     }
 }

@@ -801,6 +801,7 @@ impl Scheduler {
                         paid_at: None,
                         payment_provider: None,
                         payment_reference: None,
+                        credited_amount: 0,
                     };
                     diesel::insert_into(invoices::table)
                         .values(&invoice)

@@ -78,6 +78,26 @@ diesel::table! {
         paid_at -> Nullable<Timestamp>,
         payment_provider -> Nullable<Text>,
         payment_reference -> Nullable<Text>,
+        credited_amount -> BigInt,
+    }
+}
+
+diesel::table! {
+    credit_notes (id) {
+        id -> Text,
+        invoice_id -> Text,
+        subscription_id -> Text,
+        account_id -> Text,
+        amount -> BigInt,
+        currency -> Text,
+        reason -> Text,
+        actor_account_id -> Text,
+        status -> Text,
+        provider -> Text,
+        reference -> Nullable<Text>,
+        error -> Nullable<Text>,
+        created_at -> Timestamp,
+        finished_at -> Nullable<Timestamp>,
     }
 }
 
@@ -106,11 +126,13 @@ diesel::table! {
         from_status -> Nullable<Text>,
         to_status -> Text,
         cause -> Text,
+        actor -> Text,
     }
 }
 
 diesel::joinable!(invoices -> subscriptions (subscription_id));
 diesel::joinable!(payments -> invoices (invoice_id));
+diesel::joinable!(credit_notes -> invoices (invoice_id));
 diesel::joinable!(subscription_events -> subscriptions (subscription_id));
 diesel::joinable!(entitlement_outbox -> subscriptions (subscription_id));
 diesel::joinable!(subscription_schedule -> subscriptions (subscription_id));
@@ -119,6 +141,7 @@ diesel::allow_tables_to_appear_in_same_query!(
     subscriptions,
     invoice_counter,
     invoices,
+    credit_notes,
     payments,
     subscription_events,
     entitlement_outbox,

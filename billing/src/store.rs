@@ -14,7 +14,8 @@ use kapal::db::Db;
 use crate::error::Error;
 use crate::lifecycle::{self, InvoiceStatus, Renewal, RenewalChange, SubscriptionStatus};
 use crate::schema::{
-    invoice_counter, invoices, payments, subscription_events, subscription_schedule, subscriptions,
+    credit_notes, invoice_counter, invoices, payments, subscription_events, subscription_schedule,
+    subscriptions,
 };
 
 /// A stored subscription.
@@ -75,6 +76,8 @@ pub struct InvoiceRow {
     pub paid_at: Option<NaiveDateTime>,
     pub payment_provider: Option<String>,
     pub payment_reference: Option<String>,
+    /// Credited by credit notes refunded or being refunded.
+    pub credited_amount: i64,
 }
 
 impl InvoiceRow {
@@ -171,6 +174,7 @@ pub struct EventRow {
     pub from_status: Option<String>,
     pub to_status: String,
     pub cause: String,
+    pub actor: String,
 }
 
 /// A page of a subscription's events, oldest first: at most `limit` events after the event
@@ -817,4 +821,41 @@ pub async fn change_renewal(
         })
         .await
     })
+}
+
+/// A stored credit note.
+#[derive(Clone, Debug, PartialEq, Eq, Queryable, Selectable, Insertable)]
+#[diesel(table_name = credit_notes)]
+pub struct CreditNoteRow {
+    pub id: String,
+    pub invoice_id: String,
+    pub subscription_id: String,
+    pub account_id: String,
+    pub amount: i64,
+    pub currency: String,
+    pub reason: String,
+    pub actor_account_id: String,
+    pub status: String,
+    pub provider: String,
+    pub reference: Option<String>,
+    pub error: Option<String>,
+    pub created_at: NaiveDateTime,
+    pub finished_at: Option<NaiveDateTime>,
+}
+
+/// The credit notes of the invoices `ids`, oldest first.
+pub async fn credit_notes(db: &Db, ids: &[String]) -> Result<Vec<CreditNoteRow>, Error> {
+    if ids.is_empty() {
+        return Ok(Vec::new());
+    }
+    let mut conn = db.read().await?;
+    let rows = kapal::db!(&mut conn, |c| {
+        credit_notes::table
+            .filter(credit_notes::invoice_id.eq_any(ids))
+            .order((credit_notes::created_at.asc(), credit_notes::id.asc()))
+            .select(CreditNoteRow::as_select())
+            .load(c)
+            .await
+    })?;
+    Ok(rows)
 }

@@ -614,6 +614,13 @@ pub enum AdminCommand {
     Subscriptions(SubscriptionsArgs),
     /// List every status change of any subscription, oldest first.
     Events(SubscriptionArg),
+    /// Extend a subscription by 1-365 days: a trial's or the current period's end (and the
+    /// renewal, notice and expiry with it), or an unpaid one's grace period or suspension.
+    /// Audited, in the subscription's history.
+    Extend(ExtendArgs),
+    /// Issue a credit note on a paid invoice: the amount is refunded through the payment
+    /// provider and shown on the invoice. Audited, in the subscription's history.
+    Credit(CreditArgs),
     /// Make an account an operator (role admin). Runs against the server's database (the same
     /// --data-dir or --database-url as `kapal server`), not the API: nobody becomes an admin
     /// by signing up. Recorded in the audit log with the reason.
@@ -716,6 +723,36 @@ pub struct OperatorDiagnoseArgs {
     /// Lines of each container's log to show (at most 500).
     #[arg(long, default_value_t = 50, value_parser = clap::value_parser!(u32).range(1..=500))]
     pub log_lines: u32,
+    #[command(flatten)]
+    pub global: Global,
+}
+
+#[derive(Args)]
+pub struct ExtendArgs {
+    /// The subscription's id (see `kapal admin subscriptions`).
+    pub id: String,
+    /// How many days to add (1-365).
+    #[arg(long, value_parser = clap::value_parser!(u32).range(1..=365))]
+    pub days: u32,
+    /// Why, e.g. a support ticket: kept in the audit log and shown to the customer in the
+    /// subscription's history.
+    #[arg(long, value_name = "TEXT", value_parser = parse_action_reason)]
+    pub reason: String,
+    #[command(flatten)]
+    pub global: Global,
+}
+
+#[derive(Args)]
+pub struct CreditArgs {
+    /// The invoice: its number as the customer sees it (e.g. KPL-000042) or its id.
+    pub invoice: String,
+    /// How much to credit and refund, in whole rupiah (at most what is not credited yet).
+    #[arg(long, value_name = "RUPIAH", value_parser = clap::value_parser!(i64).range(1..))]
+    pub amount: i64,
+    /// Why, e.g. a support ticket: kept in the audit log, on the credit note and in the
+    /// subscription's history.
+    #[arg(long, value_name = "TEXT", value_parser = parse_action_reason)]
+    pub reason: String,
     #[command(flatten)]
     pub global: Global,
 }
@@ -1207,5 +1244,33 @@ mod tests {
             let e = parse_month(bad).expect_err(bad);
             assert!(e.contains("YYYY-MM"), "{e}");
         }
+    }
+
+    #[test]
+    fn billing_actions_need_days_amounts_and_reasons() {
+        let reason = "T-9: outage compensation";
+        assert!(matches!(
+            parse_admin(&["extend", "s1", "--days", "7", "--reason", reason]),
+            Ok(AdminCommand::Extend(a)) if a.id == "s1" && a.days == 7 && a.reason == reason
+        ));
+        for days in ["0", "366", "-1"] {
+            assert!(
+                parse_admin(&["extend", "s1", "--days", days, "--reason", reason]).is_err(),
+                "{days}"
+            );
+        }
+        assert!(parse_admin(&["extend", "s1", "--days", "7", "--reason", "x"]).is_err());
+        assert!(parse_admin(&["extend", "s1", "--reason", reason]).is_err());
+        assert!(matches!(
+            parse_admin(&["credit", "KPL-000042", "--amount", "39500", "--reason", reason]),
+            Ok(AdminCommand::Credit(a)) if a.invoice == "KPL-000042" && a.amount == 39_500
+        ));
+        for amount in ["0", "-5", "1.5"] {
+            assert!(
+                parse_admin(&["credit", "KPL-1", "--amount", amount, "--reason", reason]).is_err(),
+                "{amount}"
+            );
+        }
+        assert!(parse_admin(&["credit", "KPL-1", "--amount", "100"]).is_err());
     }
 }

@@ -109,10 +109,15 @@ fn audit_to_wire(e: &AuditEntry) -> AuditEvent {
         actor_account_id: e.actor_account_id.clone(),
         actor_email: e.actor_email.clone(),
         action: e.action.clone(),
-        instance_id: e.target.clone(),
+        // Billing's actions are done to a subscription or an invoice, not an instance.
+        instance_id: match e.action.as_str() {
+            "extend_subscription" | "credit_invoice" => String::new(),
+            _ => e.target.clone(),
+        },
         instance_account_id: e.subject_account_id.clone(),
         reason: e.detail.clone(),
         at: Some(timestamp(e.at)),
+        target: e.target.clone(),
     }
 }
 

@@ -41,6 +41,7 @@ use kapal::auth::{InternalKey, VerifyPrincipal};
 use kapal::catalog::Catalog;
 use kapal::clock::SharedClock;
 use kapal::db::{Db, DbConfig, Migrations};
+use kapal::proto::internal::v1::audit_service_server::AuditServiceServer;
 use kapal::proto::internal::v1::billing_service_client::BillingServiceClient;
 use kapal::proto::internal::v1::entitlement_service_server::EntitlementServiceServer;
 use kapal::proto::internal::v1::identity_service_server::IdentityServiceServer;
@@ -300,6 +301,9 @@ pub async fn run(
     health_reporter
         .set_serving::<EntitlementServiceServer<entitlements::Entitlements>>()
         .await;
+    health_reporter
+        .set_serving::<AuditServiceServer<operator_api::AuditApi>>()
+        .await;
 
     let verify = VerifyPrincipal(key);
     let _metrics = metrics::register(ctx.clone());
@@ -361,6 +365,7 @@ pub async fn run(
                 ctx.clone(),
             ))),
         )
+        .add_service(verify.wrap(AuditServiceServer::new(operator_api::AuditApi(ctx.clone()))))
         .prepare();
     let routes = kapal::metrics::instrument(routes, "control-plane");
     if let Some(local) = &config.local {

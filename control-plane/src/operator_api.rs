@@ -60,16 +60,39 @@ pub(crate) async fn audit(
     subject_account_id: &str,
     reason: &str,
 ) -> Result<()> {
-    let actor = p.account_id.to_string();
+    audit_as(
+        ctx,
+        &p.account_id.to_string(),
+        action,
+        target,
+        subject_account_id,
+        reason,
+    )
+    .await?;
+    Ok(())
+}
+
+/// Writes the audit row of `action` by the account `actor` (with its email now) and returns
+/// its id. NOT_FOUND when there is no such account.
+async fn audit_as(
+    ctx: &Ctx,
+    actor: &str,
+    action: &str,
+    target: &str,
+    subject_account_id: &str,
+    reason: &str,
+) -> Result<AuditEntry> {
     let mut conn = ctx.db.get().await?;
     let actor_email: String = kapal::db!(&mut conn, |c| accounts::table
-        .find(&actor)
+        .find(actor)
         .select(accounts::email)
         .first(c)
-        .await)?;
+        .await
+        .optional())?
+    .ok_or_else(|| Error::not_found(format!("no account {actor}")))?;
     let entry = AuditEntry {
         id: Uuid::now_v7().to_string(),
-        actor_account_id: actor,
+        actor_account_id: actor.into(),
         action: action.into(),
         target: target.into(),
         detail: reason.into(),
@@ -82,7 +105,49 @@ pub(crate) async fn audit(
         .execute(c)
         .await)?;
     tracing::info!(audit_id = %entry.id, actor = %entry.actor_account_id, action, target, "operator action");
-    Ok(())
+    Ok(entry)
+}
+
+/// `kapal.internal.v1.AuditService` for billing: its operator actions (extending a
+/// subscription, crediting an invoice) go into the same audit log, written before billing
+/// carries them out.
+pub struct AuditApi(pub Ctx);
+
+#[tonic::async_trait]
+impl kapal::proto::internal::v1::audit_service_server::AuditService for AuditApi {
+    async fn record_operator_action(
+        &self,
+        req: Request<kapal::proto::internal::v1::RecordOperatorActionRequest>,
+    ) -> Result<Response<kapal::proto::internal::v1::RecordOperatorActionResponse>, Status> {
+        auth::service(&req)?;
+        let req = req.into_inner();
+        let ctx = &self.0;
+        let actor = kapal::wire::uuid("actor_account_id", &req.actor_account_id)?.to_string();
+        let subject = kapal::wire::uuid("subject_account_id", &req.subject_account_id)?.to_string();
+        let action = kapal::wire::required("action", &req.action)?;
+        let target = kapal::wire::required("target", &req.target)?;
+        let reason = check_reason(&req.reason, action)?;
+        // Only operators act on other customers' billing: the role is checked here too, on
+        // the account as it is now.
+        let mut conn = ctx.db.read().await.map_err(Error::from)?;
+        let role: Option<String> = kapal::db!(&mut conn, |c| accounts::table
+            .find(&actor)
+            .select(accounts::role)
+            .first(c)
+            .await
+            .optional())
+        .map_err(|e| Error::Db(kapal::db::DbError::from(e)))?;
+        drop(conn);
+        if role.as_deref() != Some("admin") {
+            return Err(Status::failed_precondition(format!(
+                "account {actor} is not an operator"
+            )));
+        }
+        let entry = audit_as(ctx, &actor, action, target, &subject, &reason).await?;
+        Ok(Response::new(
+            kapal::proto::internal::v1::RecordOperatorActionResponse { id: entry.id },
+        ))
+    }
 }
 
 impl Operator {

@@ -69,7 +69,9 @@ const READ_ONLY_CALLS: &[&str] = &[
     "kapal.v1.AdminService/ListAlerts",
     "kapal.v1.AdminService/GetInstanceUsage",
     "kapal.v1.AdminService/ListAuditEvents",
-    "kapal.v1.BillingAdminService/*",
+    "kapal.v1.BillingAdminService/GetRevenueReport",
+    "kapal.v1.BillingAdminService/ListAllSubscriptions",
+    "kapal.v1.BillingAdminService/ListSubscriptionEventsAsAdmin",
     "kapal.v1.SupportAdminService/ListTicketQueue",
     "kapal.v1.SupportAdminService/GetTicketAsAdmin",
     "kapal.v1.SupportAdminService/GetSupportReport",
@@ -303,6 +305,8 @@ mod tests {
             "/kapal.v1.SubscriptionService/ChangePlan",
             "/kapal.v1.SupportService/OpenTicket",
             "/kapal.v1.AdminService/GetInstanceAsAdmin",
+            "/kapal.v1.BillingAdminService/ExtendSubscription",
+            "/kapal.v1.BillingAdminService/CreditInvoice",
         ] {
             assert!(!read_only(path), "{path}");
         }

@@ -646,5 +646,97 @@ kapal::on_both_backends!(
     worker_threads = 4;
     operators_act_on_any_instance_with_a_reason,
     operators_suspend_and_unsuspend_an_account,
+    diagnostics_carry_the_container_log,
     diagnostics_explain_an_unschedulable_instance
 );
+
+/// The log lines kwok serves for every container on the local cluster's fake nodes
+/// (deploy/local-cluster/kwok/container.log, through the API server's pods/log).
+const KWOK_LOG_LINES: [&str; 2] = [
+    "kapal local cluster: kwok serves this file as the log of every container of its fake nodes",
+    "app listening on :8080",
+];
+
+fn log_is_shown(d: &InstanceDiagnostics) -> bool {
+    d.pods.iter().any(|p| {
+        p.containers.iter().any(|c| {
+            !c.init
+                && KWOK_LOG_LINES
+                    .iter()
+                    .all(|line| c.log_tail.iter().any(|l| l == line))
+        })
+    })
+}
+
+async fn diagnostics_carry_the_container_log(backend: Backend) -> anyhow::Result<()> {
+    let app = TestApp::builder().backend(backend).start().await?;
+    let mut owner = app.customer("owner").await?;
+    let mut admin = app.admin().await?;
+    let id = order(&mut owner, "n8n", "trial").await?;
+    let result =
+        async {
+            watch_until(
+                &mut owner.clients.instances,
+                &id,
+                InstanceStatus::Ready,
+                READY_TIMEOUT,
+            )
+            .await?;
+            let request = |reason: &str| GetInstanceDiagnosticsRequest {
+                instance_id: id.clone(),
+                log_lines: 20,
+                reason: reason.into(),
+            };
+            // The owner reads the tail of the app container's log, as the cluster serves it.
+            let mine = owner.clients.instances.clone();
+            let d = diagnostics_until(
+                async || {
+                    Ok(mine
+                        .clone()
+                        .get_instance_diagnostics(request(""))
+                        .await?
+                        .into_inner())
+                },
+                log_is_shown,
+            )
+            .await?;
+            let c = d
+                .pods
+                .iter()
+                .flat_map(|p| &p.containers)
+                .find(|c| !c.init && !c.log_tail.is_empty())
+                .context("a container with a log")?;
+            assert!(c.log_note.is_empty(), "{c:?}");
+            // An operator too; asking for one line gets the last one only.
+            let mut one = request("T-21: what does the app log");
+            one.log_lines = 1;
+            let d = admin
+                .clients
+                .operator
+                .get_instance_diagnostics_as_operator(one)
+                .await?
+                .into_inner();
+            let tails: Vec<&Vec<String>> = d
+                .pods
+                .iter()
+                .flat_map(|p| &p.containers)
+                .filter(|c| !c.init)
+                .map(|c| &c.log_tail)
+                .collect();
+            assert!(
+                tails.iter().any(|t| t.len() == 1
+                    && t[0].starts_with("warning: this is a simulated container log")),
+                "{tails:?}"
+            );
+            anyhow::Ok(())
+        }
+        .await;
+    owner
+        .clients
+        .instances
+        .delete_instance(InstanceActionRequest {
+            instance_id: id.clone(),
+        })
+        .await?;
+    result
+}

@@ -117,6 +117,8 @@ pub async fn run(cmd: AdminCommand) -> anyhow::Result<()> {
         AdminCommand::Revenue(a) => revenue(a).await,
         AdminCommand::Subscriptions(a) => subscriptions(a).await,
         AdminCommand::Events(a) => events(a).await,
+        AdminCommand::Extend(a) => crate::commands::billing_ops::extend(a).await,
+        AdminCommand::Credit(a) => crate::commands::billing_ops::credit(a).await,
         AdminCommand::Grant(a) => set_role(a, true).await,
         AdminCommand::Revoke(a) => set_role(a, false).await,
     }
@@ -639,13 +641,18 @@ impl Render for AuditLog<'_> {
 }
 
 fn audit_table(events: &[AuditEvent]) -> String {
-    let mut t = Table::new(&["AT", "OPERATOR", "ACTION", "INSTANCE", "OWNER", "REASON"]);
+    // TARGET: the instance, account, subscription or invoice the action was done to.
+    let mut t = Table::new(&["AT", "OPERATOR", "ACTION", "TARGET", "OWNER", "REASON"]);
     for e in events {
         t.row(vec![
             time(e.at.as_ref()),
             e.actor_email.clone(),
             e.action.clone(),
-            e.instance_id.clone(),
+            if e.target.is_empty() {
+                e.instance_id.clone()
+            } else {
+                e.target.clone()
+            },
             e.instance_account_id.clone(),
             e.reason.clone(),
         ]);
@@ -664,6 +671,7 @@ struct AuditEventJson<'a> {
     instance_id: &'a str,
     instance_account_id: &'a str,
     reason: &'a str,
+    target: &'a str,
 }
 
 impl<'a> From<&'a AuditEvent> for AuditEventJson<'a> {
@@ -675,6 +683,7 @@ impl<'a> From<&'a AuditEvent> for AuditEventJson<'a> {
             actor_email: &e.actor_email,
             action: &e.action,
             instance_id: &e.instance_id,
+            target: &e.target,
             instance_account_id: &e.instance_account_id,
             reason: &e.reason,
         }
@@ -1235,11 +1244,12 @@ mod tests {
             instance_account_id: ACCOUNT.to_string(),
             reason: "ticket 42".to_string(),
             at: at("2026-11-25T10:05:00Z"),
+            target: "i1".to_string(),
         };
         let table = audit_table(std::slice::from_ref(&e));
         assert!(
             table.starts_with(
-                "AT                    OPERATOR           ACTION            INSTANCE  OWNER"
+                "AT                    OPERATOR           ACTION            TARGET  OWNER"
             ),
             "{table}"
         );
@@ -1287,6 +1297,7 @@ mod tests {
                     void: 0,
                     invoiced: idr(395_000),
                     collected: idr(316_000),
+                    credited: idr(0),
                 },
                 InvoicePeriod {
                     month: "2026-11".to_string(),
@@ -1296,10 +1307,12 @@ mod tests {
                     void: 1,
                     invoiced: idr(474_000),
                     collected: idr(474_000),
+                    credited: idr(0),
                 },
             ],
             invoiced_total: idr(869_000),
             collected_total: idr(790_000),
+            credited_total: idr(0),
             from: at("2026-10-01T00:00:00Z"),
             to: at("2026-12-01T00:00:00Z"),
             generated_at: at("2026-11-25T10:00:00Z"),

@@ -8,6 +8,7 @@
 
 pub mod account;
 pub mod admin;
+pub mod billing_ops;
 pub mod catalog;
 pub mod diagnostics;
 pub mod instance;

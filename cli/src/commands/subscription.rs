@@ -531,12 +531,14 @@ mod tests {
                 from_status: SubscriptionStatus::Unspecified as i32,
                 to_status: SubscriptionStatus::Trialing as i32,
                 cause: "checkout".to_string(),
+                actor: String::new(),
             },
             SubscriptionEvent {
                 at: at("2026-11-15T08:00:00Z"),
                 from_status: SubscriptionStatus::Trialing as i32,
                 to_status: SubscriptionStatus::PastDue as i32,
                 cause: "renewal payment failed: declined".to_string(),
+                actor: String::new(),
             },
         ];
         assert_eq!(

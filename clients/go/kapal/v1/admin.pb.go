@@ -73,6 +73,190 @@ func (AlertSeverity) EnumDescriptor() ([]byte, []int) {
 	return file_kapal_v1_admin_proto_rawDescGZIP(), []int{0}
 }
 
+type ExtendSubscriptionRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The subscription (UUID), of any customer.
+	SubscriptionId string `protobuf:"bytes,1,opt,name=subscription_id,json=subscriptionId,proto3" json:"subscription_id,omitempty"`
+	// How many days to add: 1-365.
+	Days uint32 `protobuf:"varint,2,opt,name=days,proto3" json:"days,omitempty"`
+	// Why (3-500 characters): kept in the audit log and shown in the subscription's history
+	// (write it for the customer to read too, e.g. "support ticket T-42: outage compensation").
+	Reason        string `protobuf:"bytes,3,opt,name=reason,proto3" json:"reason,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ExtendSubscriptionRequest) Reset() {
+	*x = ExtendSubscriptionRequest{}
+	mi := &file_kapal_v1_admin_proto_msgTypes[0]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ExtendSubscriptionRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ExtendSubscriptionRequest) ProtoMessage() {}
+
+func (x *ExtendSubscriptionRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_kapal_v1_admin_proto_msgTypes[0]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ExtendSubscriptionRequest.ProtoReflect.Descriptor instead.
+func (*ExtendSubscriptionRequest) Descriptor() ([]byte, []int) {
+	return file_kapal_v1_admin_proto_rawDescGZIP(), []int{0}
+}
+
+func (x *ExtendSubscriptionRequest) GetSubscriptionId() string {
+	if x != nil {
+		return x.SubscriptionId
+	}
+	return ""
+}
+
+func (x *ExtendSubscriptionRequest) GetDays() uint32 {
+	if x != nil {
+		return x.Days
+	}
+	return 0
+}
+
+func (x *ExtendSubscriptionRequest) GetReason() string {
+	if x != nil {
+		return x.Reason
+	}
+	return ""
+}
+
+type CreditInvoiceRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The invoice, of any customer: its id (UUID) or its number as the customer sees it (e.g.
+	// "KPL-000042"). It must be PAID.
+	InvoiceId string `protobuf:"bytes,1,opt,name=invoice_id,json=invoiceId,proto3" json:"invoice_id,omitempty"`
+	// How much to credit and refund: a positive amount in the invoice's currency (IDR; an
+	// empty currency means IDR), at most the invoice's amount less what is credited already.
+	Amount *Money `protobuf:"bytes,2,opt,name=amount,proto3" json:"amount,omitempty"`
+	// Why (3-500 characters): kept in the audit log, on the credit note and in the
+	// subscription's history.
+	Reason        string `protobuf:"bytes,3,opt,name=reason,proto3" json:"reason,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *CreditInvoiceRequest) Reset() {
+	*x = CreditInvoiceRequest{}
+	mi := &file_kapal_v1_admin_proto_msgTypes[1]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *CreditInvoiceRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*CreditInvoiceRequest) ProtoMessage() {}
+
+func (x *CreditInvoiceRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_kapal_v1_admin_proto_msgTypes[1]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use CreditInvoiceRequest.ProtoReflect.Descriptor instead.
+func (*CreditInvoiceRequest) Descriptor() ([]byte, []int) {
+	return file_kapal_v1_admin_proto_rawDescGZIP(), []int{1}
+}
+
+func (x *CreditInvoiceRequest) GetInvoiceId() string {
+	if x != nil {
+		return x.InvoiceId
+	}
+	return ""
+}
+
+func (x *CreditInvoiceRequest) GetAmount() *Money {
+	if x != nil {
+		return x.Amount
+	}
+	return nil
+}
+
+func (x *CreditInvoiceRequest) GetReason() string {
+	if x != nil {
+		return x.Reason
+	}
+	return ""
+}
+
+type CreditInvoiceResponse struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The note just issued.
+	CreditNote *CreditNote `protobuf:"bytes,1,opt,name=credit_note,json=creditNote,proto3" json:"credit_note,omitempty"`
+	// The invoice with every credit note.
+	Invoice       *Invoice `protobuf:"bytes,2,opt,name=invoice,proto3" json:"invoice,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *CreditInvoiceResponse) Reset() {
+	*x = CreditInvoiceResponse{}
+	mi := &file_kapal_v1_admin_proto_msgTypes[2]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *CreditInvoiceResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*CreditInvoiceResponse) ProtoMessage() {}
+
+func (x *CreditInvoiceResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_kapal_v1_admin_proto_msgTypes[2]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use CreditInvoiceResponse.ProtoReflect.Descriptor instead.
+func (*CreditInvoiceResponse) Descriptor() ([]byte, []int) {
+	return file_kapal_v1_admin_proto_rawDescGZIP(), []int{2}
+}
+
+func (x *CreditInvoiceResponse) GetCreditNote() *CreditNote {
+	if x != nil {
+		return x.CreditNote
+	}
+	return nil
+}
+
+func (x *CreditInvoiceResponse) GetInvoice() *Invoice {
+	if x != nil {
+		return x.Invoice
+	}
+	return nil
+}
+
 // An instance as operators see it: with its owner and where it lives.
 type AdminInstance struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
@@ -92,7 +276,7 @@ type AdminInstance struct {
 
 func (x *AdminInstance) Reset() {
 	*x = AdminInstance{}
-	mi := &file_kapal_v1_admin_proto_msgTypes[0]
+	mi := &file_kapal_v1_admin_proto_msgTypes[3]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -104,7 +288,7 @@ func (x *AdminInstance) String() string {
 func (*AdminInstance) ProtoMessage() {}
 
 func (x *AdminInstance) ProtoReflect() protoreflect.Message {
-	mi := &file_kapal_v1_admin_proto_msgTypes[0]
+	mi := &file_kapal_v1_admin_proto_msgTypes[3]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -117,7 +301,7 @@ func (x *AdminInstance) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use AdminInstance.ProtoReflect.Descriptor instead.
 func (*AdminInstance) Descriptor() ([]byte, []int) {
-	return file_kapal_v1_admin_proto_rawDescGZIP(), []int{0}
+	return file_kapal_v1_admin_proto_rawDescGZIP(), []int{3}
 }
 
 func (x *AdminInstance) GetInstance() *Instance {
@@ -173,7 +357,7 @@ type ListAllInstancesRequest struct {
 
 func (x *ListAllInstancesRequest) Reset() {
 	*x = ListAllInstancesRequest{}
-	mi := &file_kapal_v1_admin_proto_msgTypes[1]
+	mi := &file_kapal_v1_admin_proto_msgTypes[4]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -185,7 +369,7 @@ func (x *ListAllInstancesRequest) String() string {
 func (*ListAllInstancesRequest) ProtoMessage() {}
 
 func (x *ListAllInstancesRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_kapal_v1_admin_proto_msgTypes[1]
+	mi := &file_kapal_v1_admin_proto_msgTypes[4]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -198,7 +382,7 @@ func (x *ListAllInstancesRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListAllInstancesRequest.ProtoReflect.Descriptor instead.
 func (*ListAllInstancesRequest) Descriptor() ([]byte, []int) {
-	return file_kapal_v1_admin_proto_rawDescGZIP(), []int{1}
+	return file_kapal_v1_admin_proto_rawDescGZIP(), []int{4}
 }
 
 func (x *ListAllInstancesRequest) GetPageSize() uint32 {
@@ -247,7 +431,7 @@ type ListAllInstancesResponse struct {
 
 func (x *ListAllInstancesResponse) Reset() {
 	*x = ListAllInstancesResponse{}
-	mi := &file_kapal_v1_admin_proto_msgTypes[2]
+	mi := &file_kapal_v1_admin_proto_msgTypes[5]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -259,7 +443,7 @@ func (x *ListAllInstancesResponse) String() string {
 func (*ListAllInstancesResponse) ProtoMessage() {}
 
 func (x *ListAllInstancesResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_kapal_v1_admin_proto_msgTypes[2]
+	mi := &file_kapal_v1_admin_proto_msgTypes[5]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -272,7 +456,7 @@ func (x *ListAllInstancesResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListAllInstancesResponse.ProtoReflect.Descriptor instead.
 func (*ListAllInstancesResponse) Descriptor() ([]byte, []int) {
-	return file_kapal_v1_admin_proto_rawDescGZIP(), []int{2}
+	return file_kapal_v1_admin_proto_rawDescGZIP(), []int{5}
 }
 
 func (x *ListAllInstancesResponse) GetInstances() []*AdminInstance {
@@ -303,7 +487,7 @@ type GetInstanceAsAdminRequest struct {
 
 func (x *GetInstanceAsAdminRequest) Reset() {
 	*x = GetInstanceAsAdminRequest{}
-	mi := &file_kapal_v1_admin_proto_msgTypes[3]
+	mi := &file_kapal_v1_admin_proto_msgTypes[6]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -315,7 +499,7 @@ func (x *GetInstanceAsAdminRequest) String() string {
 func (*GetInstanceAsAdminRequest) ProtoMessage() {}
 
 func (x *GetInstanceAsAdminRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_kapal_v1_admin_proto_msgTypes[3]
+	mi := &file_kapal_v1_admin_proto_msgTypes[6]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -328,7 +512,7 @@ func (x *GetInstanceAsAdminRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetInstanceAsAdminRequest.ProtoReflect.Descriptor instead.
 func (*GetInstanceAsAdminRequest) Descriptor() ([]byte, []int) {
-	return file_kapal_v1_admin_proto_rawDescGZIP(), []int{3}
+	return file_kapal_v1_admin_proto_rawDescGZIP(), []int{6}
 }
 
 func (x *GetInstanceAsAdminRequest) GetInstanceId() string {
@@ -360,7 +544,7 @@ type GetCapacityRequest struct {
 
 func (x *GetCapacityRequest) Reset() {
 	*x = GetCapacityRequest{}
-	mi := &file_kapal_v1_admin_proto_msgTypes[4]
+	mi := &file_kapal_v1_admin_proto_msgTypes[7]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -372,7 +556,7 @@ func (x *GetCapacityRequest) String() string {
 func (*GetCapacityRequest) ProtoMessage() {}
 
 func (x *GetCapacityRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_kapal_v1_admin_proto_msgTypes[4]
+	mi := &file_kapal_v1_admin_proto_msgTypes[7]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -385,7 +569,7 @@ func (x *GetCapacityRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetCapacityRequest.ProtoReflect.Descriptor instead.
 func (*GetCapacityRequest) Descriptor() ([]byte, []int) {
-	return file_kapal_v1_admin_proto_rawDescGZIP(), []int{4}
+	return file_kapal_v1_admin_proto_rawDescGZIP(), []int{7}
 }
 
 // Amounts of the resources the scheduler places pods by.
@@ -403,7 +587,7 @@ type ResourceAmounts struct {
 
 func (x *ResourceAmounts) Reset() {
 	*x = ResourceAmounts{}
-	mi := &file_kapal_v1_admin_proto_msgTypes[5]
+	mi := &file_kapal_v1_admin_proto_msgTypes[8]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -415,7 +599,7 @@ func (x *ResourceAmounts) String() string {
 func (*ResourceAmounts) ProtoMessage() {}
 
 func (x *ResourceAmounts) ProtoReflect() protoreflect.Message {
-	mi := &file_kapal_v1_admin_proto_msgTypes[5]
+	mi := &file_kapal_v1_admin_proto_msgTypes[8]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -428,7 +612,7 @@ func (x *ResourceAmounts) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ResourceAmounts.ProtoReflect.Descriptor instead.
 func (*ResourceAmounts) Descriptor() ([]byte, []int) {
-	return file_kapal_v1_admin_proto_rawDescGZIP(), []int{5}
+	return file_kapal_v1_admin_proto_rawDescGZIP(), []int{8}
 }
 
 func (x *ResourceAmounts) GetCpuMillis() int64 {
@@ -469,7 +653,7 @@ type NodeCapacity struct {
 
 func (x *NodeCapacity) Reset() {
 	*x = NodeCapacity{}
-	mi := &file_kapal_v1_admin_proto_msgTypes[6]
+	mi := &file_kapal_v1_admin_proto_msgTypes[9]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -481,7 +665,7 @@ func (x *NodeCapacity) String() string {
 func (*NodeCapacity) ProtoMessage() {}
 
 func (x *NodeCapacity) ProtoReflect() protoreflect.Message {
-	mi := &file_kapal_v1_admin_proto_msgTypes[6]
+	mi := &file_kapal_v1_admin_proto_msgTypes[9]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -494,7 +678,7 @@ func (x *NodeCapacity) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use NodeCapacity.ProtoReflect.Descriptor instead.
 func (*NodeCapacity) Descriptor() ([]byte, []int) {
-	return file_kapal_v1_admin_proto_rawDescGZIP(), []int{6}
+	return file_kapal_v1_admin_proto_rawDescGZIP(), []int{9}
 }
 
 func (x *NodeCapacity) GetName() string {
@@ -556,7 +740,7 @@ type Capacity struct {
 
 func (x *Capacity) Reset() {
 	*x = Capacity{}
-	mi := &file_kapal_v1_admin_proto_msgTypes[7]
+	mi := &file_kapal_v1_admin_proto_msgTypes[10]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -568,7 +752,7 @@ func (x *Capacity) String() string {
 func (*Capacity) ProtoMessage() {}
 
 func (x *Capacity) ProtoReflect() protoreflect.Message {
-	mi := &file_kapal_v1_admin_proto_msgTypes[7]
+	mi := &file_kapal_v1_admin_proto_msgTypes[10]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -581,7 +765,7 @@ func (x *Capacity) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Capacity.ProtoReflect.Descriptor instead.
 func (*Capacity) Descriptor() ([]byte, []int) {
-	return file_kapal_v1_admin_proto_rawDescGZIP(), []int{7}
+	return file_kapal_v1_admin_proto_rawDescGZIP(), []int{10}
 }
 
 func (x *Capacity) GetNodes() []*NodeCapacity {
@@ -641,7 +825,7 @@ type ListAlertsRequest struct {
 
 func (x *ListAlertsRequest) Reset() {
 	*x = ListAlertsRequest{}
-	mi := &file_kapal_v1_admin_proto_msgTypes[8]
+	mi := &file_kapal_v1_admin_proto_msgTypes[11]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -653,7 +837,7 @@ func (x *ListAlertsRequest) String() string {
 func (*ListAlertsRequest) ProtoMessage() {}
 
 func (x *ListAlertsRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_kapal_v1_admin_proto_msgTypes[8]
+	mi := &file_kapal_v1_admin_proto_msgTypes[11]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -666,7 +850,7 @@ func (x *ListAlertsRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListAlertsRequest.ProtoReflect.Descriptor instead.
 func (*ListAlertsRequest) Descriptor() ([]byte, []int) {
-	return file_kapal_v1_admin_proto_rawDescGZIP(), []int{8}
+	return file_kapal_v1_admin_proto_rawDescGZIP(), []int{11}
 }
 
 type Alert struct {
@@ -688,7 +872,7 @@ type Alert struct {
 
 func (x *Alert) Reset() {
 	*x = Alert{}
-	mi := &file_kapal_v1_admin_proto_msgTypes[9]
+	mi := &file_kapal_v1_admin_proto_msgTypes[12]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -700,7 +884,7 @@ func (x *Alert) String() string {
 func (*Alert) ProtoMessage() {}
 
 func (x *Alert) ProtoReflect() protoreflect.Message {
-	mi := &file_kapal_v1_admin_proto_msgTypes[9]
+	mi := &file_kapal_v1_admin_proto_msgTypes[12]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -713,7 +897,7 @@ func (x *Alert) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Alert.ProtoReflect.Descriptor instead.
 func (*Alert) Descriptor() ([]byte, []int) {
-	return file_kapal_v1_admin_proto_rawDescGZIP(), []int{9}
+	return file_kapal_v1_admin_proto_rawDescGZIP(), []int{12}
 }
 
 func (x *Alert) GetKind() string {
@@ -761,7 +945,7 @@ type ListAlertsResponse struct {
 
 func (x *ListAlertsResponse) Reset() {
 	*x = ListAlertsResponse{}
-	mi := &file_kapal_v1_admin_proto_msgTypes[10]
+	mi := &file_kapal_v1_admin_proto_msgTypes[13]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -773,7 +957,7 @@ func (x *ListAlertsResponse) String() string {
 func (*ListAlertsResponse) ProtoMessage() {}
 
 func (x *ListAlertsResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_kapal_v1_admin_proto_msgTypes[10]
+	mi := &file_kapal_v1_admin_proto_msgTypes[13]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -786,7 +970,7 @@ func (x *ListAlertsResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListAlertsResponse.ProtoReflect.Descriptor instead.
 func (*ListAlertsResponse) Descriptor() ([]byte, []int) {
-	return file_kapal_v1_admin_proto_rawDescGZIP(), []int{10}
+	return file_kapal_v1_admin_proto_rawDescGZIP(), []int{13}
 }
 
 func (x *ListAlertsResponse) GetAlerts() []*Alert {
@@ -808,7 +992,7 @@ type ListAuditEventsRequest struct {
 
 func (x *ListAuditEventsRequest) Reset() {
 	*x = ListAuditEventsRequest{}
-	mi := &file_kapal_v1_admin_proto_msgTypes[11]
+	mi := &file_kapal_v1_admin_proto_msgTypes[14]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -820,7 +1004,7 @@ func (x *ListAuditEventsRequest) String() string {
 func (*ListAuditEventsRequest) ProtoMessage() {}
 
 func (x *ListAuditEventsRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_kapal_v1_admin_proto_msgTypes[11]
+	mi := &file_kapal_v1_admin_proto_msgTypes[14]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -833,7 +1017,7 @@ func (x *ListAuditEventsRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListAuditEventsRequest.ProtoReflect.Descriptor instead.
 func (*ListAuditEventsRequest) Descriptor() ([]byte, []int) {
-	return file_kapal_v1_admin_proto_rawDescGZIP(), []int{11}
+	return file_kapal_v1_admin_proto_rawDescGZIP(), []int{14}
 }
 
 func (x *ListAuditEventsRequest) GetPageSize() uint32 {
@@ -859,22 +1043,27 @@ type AuditEvent struct {
 	ActorAccountId string `protobuf:"bytes,2,opt,name=actor_account_id,json=actorAccountId,proto3" json:"actor_account_id,omitempty"`
 	// The operator's email.
 	ActorEmail string `protobuf:"bytes,3,opt,name=actor_email,json=actorEmail,proto3" json:"actor_email,omitempty"`
-	// What was done, e.g. "read_credentials".
+	// What was done, e.g. "read_credentials", "extend_subscription", "credit_invoice".
 	Action string `protobuf:"bytes,4,opt,name=action,proto3" json:"action,omitempty"`
-	// The instance it was done to.
+	// The instance it was done to; empty for actions on a subscription or an invoice (see
+	// target).
 	InstanceId string `protobuf:"bytes,5,opt,name=instance_id,json=instanceId,proto3" json:"instance_id,omitempty"`
-	// The owner of that instance.
+	// The owner of what it was done to (instance, account, subscription or invoice).
 	InstanceAccountId string `protobuf:"bytes,6,opt,name=instance_account_id,json=instanceAccountId,proto3" json:"instance_account_id,omitempty"`
 	// The reason the operator gave.
-	Reason        string                 `protobuf:"bytes,7,opt,name=reason,proto3" json:"reason,omitempty"`
-	At            *timestamppb.Timestamp `protobuf:"bytes,8,opt,name=at,proto3" json:"at,omitempty"`
+	Reason string                 `protobuf:"bytes,7,opt,name=reason,proto3" json:"reason,omitempty"`
+	At     *timestamppb.Timestamp `protobuf:"bytes,8,opt,name=at,proto3" json:"at,omitempty"`
+	// What it was done to, by action: the instance id for instance actions, the account id for
+	// account actions, the subscription id for "extend_subscription", the invoice id for
+	// "credit_invoice".
+	Target        string `protobuf:"bytes,9,opt,name=target,proto3" json:"target,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
 
 func (x *AuditEvent) Reset() {
 	*x = AuditEvent{}
-	mi := &file_kapal_v1_admin_proto_msgTypes[12]
+	mi := &file_kapal_v1_admin_proto_msgTypes[15]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -886,7 +1075,7 @@ func (x *AuditEvent) String() string {
 func (*AuditEvent) ProtoMessage() {}
 
 func (x *AuditEvent) ProtoReflect() protoreflect.Message {
-	mi := &file_kapal_v1_admin_proto_msgTypes[12]
+	mi := &file_kapal_v1_admin_proto_msgTypes[15]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -899,7 +1088,7 @@ func (x *AuditEvent) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use AuditEvent.ProtoReflect.Descriptor instead.
 func (*AuditEvent) Descriptor() ([]byte, []int) {
-	return file_kapal_v1_admin_proto_rawDescGZIP(), []int{12}
+	return file_kapal_v1_admin_proto_rawDescGZIP(), []int{15}
 }
 
 func (x *AuditEvent) GetId() string {
@@ -958,6 +1147,13 @@ func (x *AuditEvent) GetAt() *timestamppb.Timestamp {
 	return nil
 }
 
+func (x *AuditEvent) GetTarget() string {
+	if x != nil {
+		return x.Target
+	}
+	return ""
+}
+
 type ListAuditEventsResponse struct {
 	state  protoimpl.MessageState `protogen:"open.v1"`
 	Events []*AuditEvent          `protobuf:"bytes,1,rep,name=events,proto3" json:"events,omitempty"`
@@ -969,7 +1165,7 @@ type ListAuditEventsResponse struct {
 
 func (x *ListAuditEventsResponse) Reset() {
 	*x = ListAuditEventsResponse{}
-	mi := &file_kapal_v1_admin_proto_msgTypes[13]
+	mi := &file_kapal_v1_admin_proto_msgTypes[16]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -981,7 +1177,7 @@ func (x *ListAuditEventsResponse) String() string {
 func (*ListAuditEventsResponse) ProtoMessage() {}
 
 func (x *ListAuditEventsResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_kapal_v1_admin_proto_msgTypes[13]
+	mi := &file_kapal_v1_admin_proto_msgTypes[16]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -994,7 +1190,7 @@ func (x *ListAuditEventsResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListAuditEventsResponse.ProtoReflect.Descriptor instead.
 func (*ListAuditEventsResponse) Descriptor() ([]byte, []int) {
-	return file_kapal_v1_admin_proto_rawDescGZIP(), []int{13}
+	return file_kapal_v1_admin_proto_rawDescGZIP(), []int{16}
 }
 
 func (x *ListAuditEventsResponse) GetEvents() []*AuditEvent {
@@ -1024,7 +1220,7 @@ type GetRevenueReportRequest struct {
 
 func (x *GetRevenueReportRequest) Reset() {
 	*x = GetRevenueReportRequest{}
-	mi := &file_kapal_v1_admin_proto_msgTypes[14]
+	mi := &file_kapal_v1_admin_proto_msgTypes[17]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1036,7 +1232,7 @@ func (x *GetRevenueReportRequest) String() string {
 func (*GetRevenueReportRequest) ProtoMessage() {}
 
 func (x *GetRevenueReportRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_kapal_v1_admin_proto_msgTypes[14]
+	mi := &file_kapal_v1_admin_proto_msgTypes[17]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1049,7 +1245,7 @@ func (x *GetRevenueReportRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetRevenueReportRequest.ProtoReflect.Descriptor instead.
 func (*GetRevenueReportRequest) Descriptor() ([]byte, []int) {
-	return file_kapal_v1_admin_proto_rawDescGZIP(), []int{14}
+	return file_kapal_v1_admin_proto_rawDescGZIP(), []int{17}
 }
 
 func (x *GetRevenueReportRequest) GetFrom() *timestamppb.Timestamp {
@@ -1082,7 +1278,7 @@ type AppSubscriptions struct {
 
 func (x *AppSubscriptions) Reset() {
 	*x = AppSubscriptions{}
-	mi := &file_kapal_v1_admin_proto_msgTypes[15]
+	mi := &file_kapal_v1_admin_proto_msgTypes[18]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1094,7 +1290,7 @@ func (x *AppSubscriptions) String() string {
 func (*AppSubscriptions) ProtoMessage() {}
 
 func (x *AppSubscriptions) ProtoReflect() protoreflect.Message {
-	mi := &file_kapal_v1_admin_proto_msgTypes[15]
+	mi := &file_kapal_v1_admin_proto_msgTypes[18]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1107,7 +1303,7 @@ func (x *AppSubscriptions) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use AppSubscriptions.ProtoReflect.Descriptor instead.
 func (*AppSubscriptions) Descriptor() ([]byte, []int) {
-	return file_kapal_v1_admin_proto_rawDescGZIP(), []int{15}
+	return file_kapal_v1_admin_proto_rawDescGZIP(), []int{18}
 }
 
 func (x *AppSubscriptions) GetAppId() string {
@@ -1163,15 +1359,18 @@ type InvoicePeriod struct {
 	Void     uint64 `protobuf:"varint,5,opt,name=void,proto3" json:"void,omitempty"`
 	// Sum of the amounts of every invoice of the month that is not void.
 	Invoiced *Money `protobuf:"bytes,6,opt,name=invoiced,proto3" json:"invoiced,omitempty"`
-	// Sum of the amounts of the paid invoices.
-	Collected     *Money `protobuf:"bytes,7,opt,name=collected,proto3" json:"collected,omitempty"`
+	// Sum of the amounts of the paid invoices, less the credit notes issued on them.
+	Collected *Money `protobuf:"bytes,7,opt,name=collected,proto3" json:"collected,omitempty"`
+	// Sum of the credit notes issued on the month's invoices (refunds); already taken off
+	// `collected`.
+	Credited      *Money `protobuf:"bytes,8,opt,name=credited,proto3" json:"credited,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
 
 func (x *InvoicePeriod) Reset() {
 	*x = InvoicePeriod{}
-	mi := &file_kapal_v1_admin_proto_msgTypes[16]
+	mi := &file_kapal_v1_admin_proto_msgTypes[19]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1183,7 +1382,7 @@ func (x *InvoicePeriod) String() string {
 func (*InvoicePeriod) ProtoMessage() {}
 
 func (x *InvoicePeriod) ProtoReflect() protoreflect.Message {
-	mi := &file_kapal_v1_admin_proto_msgTypes[16]
+	mi := &file_kapal_v1_admin_proto_msgTypes[19]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1196,7 +1395,7 @@ func (x *InvoicePeriod) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use InvoicePeriod.ProtoReflect.Descriptor instead.
 func (*InvoicePeriod) Descriptor() ([]byte, []int) {
-	return file_kapal_v1_admin_proto_rawDescGZIP(), []int{16}
+	return file_kapal_v1_admin_proto_rawDescGZIP(), []int{19}
 }
 
 func (x *InvoicePeriod) GetMonth() string {
@@ -1248,6 +1447,13 @@ func (x *InvoicePeriod) GetCollected() *Money {
 	return nil
 }
 
+func (x *InvoicePeriod) GetCredited() *Money {
+	if x != nil {
+		return x.Credited
+	}
+	return nil
+}
+
 type RevenueReport struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	// Monthly recurring revenue now: the monthly price of every ACTIVE or PAST_DUE subscription
@@ -1274,18 +1480,21 @@ type RevenueReport struct {
 	// Month by month over the range, oldest first.
 	InvoicesByMonth []*InvoicePeriod `protobuf:"bytes,11,rep,name=invoices_by_month,json=invoicesByMonth,proto3" json:"invoices_by_month,omitempty"`
 	// Sums of invoices_by_month: equal to the sum of the invoices themselves.
-	InvoicedTotal  *Money                 `protobuf:"bytes,12,opt,name=invoiced_total,json=invoicedTotal,proto3" json:"invoiced_total,omitempty"`
+	InvoicedTotal *Money `protobuf:"bytes,12,opt,name=invoiced_total,json=invoicedTotal,proto3" json:"invoiced_total,omitempty"`
+	// Net of credit notes (see InvoicePeriod.collected).
 	CollectedTotal *Money                 `protobuf:"bytes,13,opt,name=collected_total,json=collectedTotal,proto3" json:"collected_total,omitempty"`
 	From           *timestamppb.Timestamp `protobuf:"bytes,14,opt,name=from,proto3" json:"from,omitempty"`
 	To             *timestamppb.Timestamp `protobuf:"bytes,15,opt,name=to,proto3" json:"to,omitempty"`
 	GeneratedAt    *timestamppb.Timestamp `protobuf:"bytes,16,opt,name=generated_at,json=generatedAt,proto3" json:"generated_at,omitempty"`
-	unknownFields  protoimpl.UnknownFields
-	sizeCache      protoimpl.SizeCache
+	// Sum of credited over the months.
+	CreditedTotal *Money `protobuf:"bytes,17,opt,name=credited_total,json=creditedTotal,proto3" json:"credited_total,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
 }
 
 func (x *RevenueReport) Reset() {
 	*x = RevenueReport{}
-	mi := &file_kapal_v1_admin_proto_msgTypes[17]
+	mi := &file_kapal_v1_admin_proto_msgTypes[20]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1297,7 +1506,7 @@ func (x *RevenueReport) String() string {
 func (*RevenueReport) ProtoMessage() {}
 
 func (x *RevenueReport) ProtoReflect() protoreflect.Message {
-	mi := &file_kapal_v1_admin_proto_msgTypes[17]
+	mi := &file_kapal_v1_admin_proto_msgTypes[20]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1310,7 +1519,7 @@ func (x *RevenueReport) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RevenueReport.ProtoReflect.Descriptor instead.
 func (*RevenueReport) Descriptor() ([]byte, []int) {
-	return file_kapal_v1_admin_proto_rawDescGZIP(), []int{17}
+	return file_kapal_v1_admin_proto_rawDescGZIP(), []int{20}
 }
 
 func (x *RevenueReport) GetMrr() *Money {
@@ -1425,6 +1634,13 @@ func (x *RevenueReport) GetGeneratedAt() *timestamppb.Timestamp {
 	return nil
 }
 
+func (x *RevenueReport) GetCreditedTotal() *Money {
+	if x != nil {
+		return x.CreditedTotal
+	}
+	return nil
+}
+
 type ListAllSubscriptionsRequest struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	// At most this many subscriptions (default 50, at most 500).
@@ -1443,7 +1659,7 @@ type ListAllSubscriptionsRequest struct {
 
 func (x *ListAllSubscriptionsRequest) Reset() {
 	*x = ListAllSubscriptionsRequest{}
-	mi := &file_kapal_v1_admin_proto_msgTypes[18]
+	mi := &file_kapal_v1_admin_proto_msgTypes[21]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1455,7 +1671,7 @@ func (x *ListAllSubscriptionsRequest) String() string {
 func (*ListAllSubscriptionsRequest) ProtoMessage() {}
 
 func (x *ListAllSubscriptionsRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_kapal_v1_admin_proto_msgTypes[18]
+	mi := &file_kapal_v1_admin_proto_msgTypes[21]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1468,7 +1684,7 @@ func (x *ListAllSubscriptionsRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListAllSubscriptionsRequest.ProtoReflect.Descriptor instead.
 func (*ListAllSubscriptionsRequest) Descriptor() ([]byte, []int) {
-	return file_kapal_v1_admin_proto_rawDescGZIP(), []int{18}
+	return file_kapal_v1_admin_proto_rawDescGZIP(), []int{21}
 }
 
 func (x *ListAllSubscriptionsRequest) GetPageSize() uint32 {
@@ -1518,7 +1734,7 @@ type ListAllSubscriptionsResponse struct {
 
 func (x *ListAllSubscriptionsResponse) Reset() {
 	*x = ListAllSubscriptionsResponse{}
-	mi := &file_kapal_v1_admin_proto_msgTypes[19]
+	mi := &file_kapal_v1_admin_proto_msgTypes[22]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1530,7 +1746,7 @@ func (x *ListAllSubscriptionsResponse) String() string {
 func (*ListAllSubscriptionsResponse) ProtoMessage() {}
 
 func (x *ListAllSubscriptionsResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_kapal_v1_admin_proto_msgTypes[19]
+	mi := &file_kapal_v1_admin_proto_msgTypes[22]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1543,7 +1759,7 @@ func (x *ListAllSubscriptionsResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListAllSubscriptionsResponse.ProtoReflect.Descriptor instead.
 func (*ListAllSubscriptionsResponse) Descriptor() ([]byte, []int) {
-	return file_kapal_v1_admin_proto_rawDescGZIP(), []int{19}
+	return file_kapal_v1_admin_proto_rawDescGZIP(), []int{22}
 }
 
 func (x *ListAllSubscriptionsResponse) GetSubscriptions() []*Subscription {
@@ -1564,7 +1780,20 @@ var File_kapal_v1_admin_proto protoreflect.FileDescriptor
 
 const file_kapal_v1_admin_proto_rawDesc = "" +
 	"\n" +
-	"\x14kapal/v1/admin.proto\x12\bkapal.v1\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x15kapal/v1/common.proto\x1a\x17kapal/v1/instance.proto\x1a\x1bkapal/v1/subscription.proto\"\xb3\x01\n" +
+	"\x14kapal/v1/admin.proto\x12\bkapal.v1\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x15kapal/v1/common.proto\x1a\x17kapal/v1/instance.proto\x1a\x1bkapal/v1/subscription.proto\"p\n" +
+	"\x19ExtendSubscriptionRequest\x12'\n" +
+	"\x0fsubscription_id\x18\x01 \x01(\tR\x0esubscriptionId\x12\x12\n" +
+	"\x04days\x18\x02 \x01(\rR\x04days\x12\x16\n" +
+	"\x06reason\x18\x03 \x01(\tR\x06reason\"v\n" +
+	"\x14CreditInvoiceRequest\x12\x1d\n" +
+	"\n" +
+	"invoice_id\x18\x01 \x01(\tR\tinvoiceId\x12'\n" +
+	"\x06amount\x18\x02 \x01(\v2\x0f.kapal.v1.MoneyR\x06amount\x12\x16\n" +
+	"\x06reason\x18\x03 \x01(\tR\x06reason\"{\n" +
+	"\x15CreditInvoiceResponse\x125\n" +
+	"\vcredit_note\x18\x01 \x01(\v2\x14.kapal.v1.CreditNoteR\n" +
+	"creditNote\x12+\n" +
+	"\ainvoice\x18\x02 \x01(\v2\x11.kapal.v1.InvoiceR\ainvoice\"\xb3\x01\n" +
 	"\rAdminInstance\x12.\n" +
 	"\binstance\x18\x01 \x01(\v2\x12.kapal.v1.InstanceR\binstance\x12\x1d\n" +
 	"\n" +
@@ -1622,7 +1851,7 @@ const file_kapal_v1_admin_proto_rawDesc = "" +
 	"\x16ListAuditEventsRequest\x12\x1b\n" +
 	"\tpage_size\x18\x01 \x01(\rR\bpageSize\x12\x1d\n" +
 	"\n" +
-	"page_token\x18\x02 \x01(\tR\tpageToken\"\x94\x02\n" +
+	"page_token\x18\x02 \x01(\tR\tpageToken\"\xac\x02\n" +
 	"\n" +
 	"AuditEvent\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\tR\x02id\x12(\n" +
@@ -1634,7 +1863,8 @@ const file_kapal_v1_admin_proto_rawDesc = "" +
 	"instanceId\x12.\n" +
 	"\x13instance_account_id\x18\x06 \x01(\tR\x11instanceAccountId\x12\x16\n" +
 	"\x06reason\x18\a \x01(\tR\x06reason\x12*\n" +
-	"\x02at\x18\b \x01(\v2\x1a.google.protobuf.TimestampR\x02at\"o\n" +
+	"\x02at\x18\b \x01(\v2\x1a.google.protobuf.TimestampR\x02at\x12\x16\n" +
+	"\x06target\x18\t \x01(\tR\x06target\"o\n" +
 	"\x17ListAuditEventsResponse\x12,\n" +
 	"\x06events\x18\x01 \x03(\v2\x14.kapal.v1.AuditEventR\x06events\x12&\n" +
 	"\x0fnext_page_token\x18\x02 \x01(\tR\rnextPageToken\"u\n" +
@@ -1647,7 +1877,7 @@ const file_kapal_v1_admin_proto_rawDesc = "" +
 	"\x06active\x18\x03 \x01(\x04R\x06active\x12\x19\n" +
 	"\bpast_due\x18\x04 \x01(\x04R\apastDue\x12\x1c\n" +
 	"\tsuspended\x18\x05 \x01(\x04R\tsuspended\x12!\n" +
-	"\x03mrr\x18\x06 \x01(\v2\x0f.kapal.v1.MoneyR\x03mrr\"\xdd\x01\n" +
+	"\x03mrr\x18\x06 \x01(\v2\x0f.kapal.v1.MoneyR\x03mrr\"\x8a\x02\n" +
 	"\rInvoicePeriod\x12\x14\n" +
 	"\x05month\x18\x01 \x01(\tR\x05month\x12\x1a\n" +
 	"\binvoices\x18\x02 \x01(\x04R\binvoices\x12\x12\n" +
@@ -1655,7 +1885,8 @@ const file_kapal_v1_admin_proto_rawDesc = "" +
 	"\x06failed\x18\x04 \x01(\x04R\x06failed\x12\x12\n" +
 	"\x04void\x18\x05 \x01(\x04R\x04void\x12+\n" +
 	"\binvoiced\x18\x06 \x01(\v2\x0f.kapal.v1.MoneyR\binvoiced\x12-\n" +
-	"\tcollected\x18\a \x01(\v2\x0f.kapal.v1.MoneyR\tcollected\"\xdd\x05\n" +
+	"\tcollected\x18\a \x01(\v2\x0f.kapal.v1.MoneyR\tcollected\x12+\n" +
+	"\bcredited\x18\b \x01(\v2\x0f.kapal.v1.MoneyR\bcredited\"\x95\x06\n" +
 	"\rRevenueReport\x12!\n" +
 	"\x03mrr\x18\x01 \x01(\v2\x0f.kapal.v1.MoneyR\x03mrr\x121\n" +
 	"\x06by_app\x18\x02 \x03(\v2\x1a.kapal.v1.AppSubscriptionsR\x05byApp\x12!\n" +
@@ -1674,7 +1905,8 @@ const file_kapal_v1_admin_proto_rawDesc = "" +
 	"\x0fcollected_total\x18\r \x01(\v2\x0f.kapal.v1.MoneyR\x0ecollectedTotal\x12.\n" +
 	"\x04from\x18\x0e \x01(\v2\x1a.google.protobuf.TimestampR\x04from\x12*\n" +
 	"\x02to\x18\x0f \x01(\v2\x1a.google.protobuf.TimestampR\x02to\x12=\n" +
-	"\fgenerated_at\x18\x10 \x01(\v2\x1a.google.protobuf.TimestampR\vgeneratedAt\"\xc5\x01\n" +
+	"\fgenerated_at\x18\x10 \x01(\v2\x1a.google.protobuf.TimestampR\vgeneratedAt\x126\n" +
+	"\x0ecredited_total\x18\x11 \x01(\v2\x0f.kapal.v1.MoneyR\rcreditedTotal\"\xc5\x01\n" +
 	"\x1bListAllSubscriptionsRequest\x12\x1b\n" +
 	"\tpage_size\x18\x01 \x01(\rR\bpageSize\x12\x1d\n" +
 	"\n" +
@@ -1697,11 +1929,13 @@ const file_kapal_v1_admin_proto_rawDesc = "" +
 	"\n" +
 	"ListAlerts\x12\x1b.kapal.v1.ListAlertsRequest\x1a\x1c.kapal.v1.ListAlertsResponse\x12N\n" +
 	"\x10GetInstanceUsage\x12!.kapal.v1.GetInstanceUsageRequest\x1a\x17.kapal.v1.InstanceUsage\x12V\n" +
-	"\x0fListAuditEvents\x12 .kapal.v1.ListAuditEventsRequest\x1a!.kapal.v1.ListAuditEventsResponse2\xc0\x02\n" +
+	"\x0fListAuditEvents\x12 .kapal.v1.ListAuditEventsRequest\x1a!.kapal.v1.ListAuditEventsResponse2\xe5\x03\n" +
 	"\x13BillingAdminService\x12N\n" +
 	"\x10GetRevenueReport\x12!.kapal.v1.GetRevenueReportRequest\x1a\x17.kapal.v1.RevenueReport\x12e\n" +
 	"\x14ListAllSubscriptions\x12%.kapal.v1.ListAllSubscriptionsRequest\x1a&.kapal.v1.ListAllSubscriptionsResponse\x12r\n" +
-	"\x1dListSubscriptionEventsAsAdmin\x12'.kapal.v1.ListSubscriptionEventsRequest\x1a(.kapal.v1.ListSubscriptionEventsResponseB~\n" +
+	"\x1dListSubscriptionEventsAsAdmin\x12'.kapal.v1.ListSubscriptionEventsRequest\x1a(.kapal.v1.ListSubscriptionEventsResponse\x12Q\n" +
+	"\x12ExtendSubscription\x12#.kapal.v1.ExtendSubscriptionRequest\x1a\x16.kapal.v1.Subscription\x12P\n" +
+	"\rCreditInvoice\x12\x1e.kapal.v1.CreditInvoiceRequest\x1a\x1f.kapal.v1.CreditInvoiceResponseB~\n" +
 	"\fcom.kapal.v1B\n" +
 	"AdminProtoP\x01Z!kapal/clients/go/kapal/v1;kapalv1\xa2\x02\x03KXX\xaa\x02\bKapal.V1\xca\x02\bKapal\\V1\xe2\x02\x14Kapal\\V1\\GPBMetadata\xea\x02\tKapal::V1b\x06proto3"
 
@@ -1718,95 +1952,109 @@ func file_kapal_v1_admin_proto_rawDescGZIP() []byte {
 }
 
 var file_kapal_v1_admin_proto_enumTypes = make([]protoimpl.EnumInfo, 1)
-var file_kapal_v1_admin_proto_msgTypes = make([]protoimpl.MessageInfo, 20)
+var file_kapal_v1_admin_proto_msgTypes = make([]protoimpl.MessageInfo, 23)
 var file_kapal_v1_admin_proto_goTypes = []any{
 	(AlertSeverity)(0),                     // 0: kapal.v1.AlertSeverity
-	(*AdminInstance)(nil),                  // 1: kapal.v1.AdminInstance
-	(*ListAllInstancesRequest)(nil),        // 2: kapal.v1.ListAllInstancesRequest
-	(*ListAllInstancesResponse)(nil),       // 3: kapal.v1.ListAllInstancesResponse
-	(*GetInstanceAsAdminRequest)(nil),      // 4: kapal.v1.GetInstanceAsAdminRequest
-	(*GetCapacityRequest)(nil),             // 5: kapal.v1.GetCapacityRequest
-	(*ResourceAmounts)(nil),                // 6: kapal.v1.ResourceAmounts
-	(*NodeCapacity)(nil),                   // 7: kapal.v1.NodeCapacity
-	(*Capacity)(nil),                       // 8: kapal.v1.Capacity
-	(*ListAlertsRequest)(nil),              // 9: kapal.v1.ListAlertsRequest
-	(*Alert)(nil),                          // 10: kapal.v1.Alert
-	(*ListAlertsResponse)(nil),             // 11: kapal.v1.ListAlertsResponse
-	(*ListAuditEventsRequest)(nil),         // 12: kapal.v1.ListAuditEventsRequest
-	(*AuditEvent)(nil),                     // 13: kapal.v1.AuditEvent
-	(*ListAuditEventsResponse)(nil),        // 14: kapal.v1.ListAuditEventsResponse
-	(*GetRevenueReportRequest)(nil),        // 15: kapal.v1.GetRevenueReportRequest
-	(*AppSubscriptions)(nil),               // 16: kapal.v1.AppSubscriptions
-	(*InvoicePeriod)(nil),                  // 17: kapal.v1.InvoicePeriod
-	(*RevenueReport)(nil),                  // 18: kapal.v1.RevenueReport
-	(*ListAllSubscriptionsRequest)(nil),    // 19: kapal.v1.ListAllSubscriptionsRequest
-	(*ListAllSubscriptionsResponse)(nil),   // 20: kapal.v1.ListAllSubscriptionsResponse
-	(*Instance)(nil),                       // 21: kapal.v1.Instance
-	(InstanceStatus)(0),                    // 22: kapal.v1.InstanceStatus
-	(*timestamppb.Timestamp)(nil),          // 23: google.protobuf.Timestamp
+	(*ExtendSubscriptionRequest)(nil),      // 1: kapal.v1.ExtendSubscriptionRequest
+	(*CreditInvoiceRequest)(nil),           // 2: kapal.v1.CreditInvoiceRequest
+	(*CreditInvoiceResponse)(nil),          // 3: kapal.v1.CreditInvoiceResponse
+	(*AdminInstance)(nil),                  // 4: kapal.v1.AdminInstance
+	(*ListAllInstancesRequest)(nil),        // 5: kapal.v1.ListAllInstancesRequest
+	(*ListAllInstancesResponse)(nil),       // 6: kapal.v1.ListAllInstancesResponse
+	(*GetInstanceAsAdminRequest)(nil),      // 7: kapal.v1.GetInstanceAsAdminRequest
+	(*GetCapacityRequest)(nil),             // 8: kapal.v1.GetCapacityRequest
+	(*ResourceAmounts)(nil),                // 9: kapal.v1.ResourceAmounts
+	(*NodeCapacity)(nil),                   // 10: kapal.v1.NodeCapacity
+	(*Capacity)(nil),                       // 11: kapal.v1.Capacity
+	(*ListAlertsRequest)(nil),              // 12: kapal.v1.ListAlertsRequest
+	(*Alert)(nil),                          // 13: kapal.v1.Alert
+	(*ListAlertsResponse)(nil),             // 14: kapal.v1.ListAlertsResponse
+	(*ListAuditEventsRequest)(nil),         // 15: kapal.v1.ListAuditEventsRequest
+	(*AuditEvent)(nil),                     // 16: kapal.v1.AuditEvent
+	(*ListAuditEventsResponse)(nil),        // 17: kapal.v1.ListAuditEventsResponse
+	(*GetRevenueReportRequest)(nil),        // 18: kapal.v1.GetRevenueReportRequest
+	(*AppSubscriptions)(nil),               // 19: kapal.v1.AppSubscriptions
+	(*InvoicePeriod)(nil),                  // 20: kapal.v1.InvoicePeriod
+	(*RevenueReport)(nil),                  // 21: kapal.v1.RevenueReport
+	(*ListAllSubscriptionsRequest)(nil),    // 22: kapal.v1.ListAllSubscriptionsRequest
+	(*ListAllSubscriptionsResponse)(nil),   // 23: kapal.v1.ListAllSubscriptionsResponse
 	(*Money)(nil),                          // 24: kapal.v1.Money
-	(SubscriptionStatus)(0),                // 25: kapal.v1.SubscriptionStatus
-	(*Subscription)(nil),                   // 26: kapal.v1.Subscription
-	(*GetInstanceUsageRequest)(nil),        // 27: kapal.v1.GetInstanceUsageRequest
-	(*ListSubscriptionEventsRequest)(nil),  // 28: kapal.v1.ListSubscriptionEventsRequest
-	(*InstanceUsage)(nil),                  // 29: kapal.v1.InstanceUsage
-	(*ListSubscriptionEventsResponse)(nil), // 30: kapal.v1.ListSubscriptionEventsResponse
+	(*CreditNote)(nil),                     // 25: kapal.v1.CreditNote
+	(*Invoice)(nil),                        // 26: kapal.v1.Invoice
+	(*Instance)(nil),                       // 27: kapal.v1.Instance
+	(InstanceStatus)(0),                    // 28: kapal.v1.InstanceStatus
+	(*timestamppb.Timestamp)(nil),          // 29: google.protobuf.Timestamp
+	(SubscriptionStatus)(0),                // 30: kapal.v1.SubscriptionStatus
+	(*Subscription)(nil),                   // 31: kapal.v1.Subscription
+	(*GetInstanceUsageRequest)(nil),        // 32: kapal.v1.GetInstanceUsageRequest
+	(*ListSubscriptionEventsRequest)(nil),  // 33: kapal.v1.ListSubscriptionEventsRequest
+	(*InstanceUsage)(nil),                  // 34: kapal.v1.InstanceUsage
+	(*ListSubscriptionEventsResponse)(nil), // 35: kapal.v1.ListSubscriptionEventsResponse
 }
 var file_kapal_v1_admin_proto_depIdxs = []int32{
-	21, // 0: kapal.v1.AdminInstance.instance:type_name -> kapal.v1.Instance
-	22, // 1: kapal.v1.ListAllInstancesRequest.status:type_name -> kapal.v1.InstanceStatus
-	1,  // 2: kapal.v1.ListAllInstancesResponse.instances:type_name -> kapal.v1.AdminInstance
-	6,  // 3: kapal.v1.NodeCapacity.allocatable:type_name -> kapal.v1.ResourceAmounts
-	6,  // 4: kapal.v1.NodeCapacity.requested:type_name -> kapal.v1.ResourceAmounts
-	7,  // 5: kapal.v1.Capacity.nodes:type_name -> kapal.v1.NodeCapacity
-	6,  // 6: kapal.v1.Capacity.allocatable:type_name -> kapal.v1.ResourceAmounts
-	6,  // 7: kapal.v1.Capacity.requested:type_name -> kapal.v1.ResourceAmounts
-	6,  // 8: kapal.v1.Capacity.requested_by_kapal:type_name -> kapal.v1.ResourceAmounts
-	6,  // 9: kapal.v1.Capacity.committed:type_name -> kapal.v1.ResourceAmounts
-	23, // 10: kapal.v1.Capacity.observed_at:type_name -> google.protobuf.Timestamp
-	0,  // 11: kapal.v1.Alert.severity:type_name -> kapal.v1.AlertSeverity
-	23, // 12: kapal.v1.Alert.since:type_name -> google.protobuf.Timestamp
-	10, // 13: kapal.v1.ListAlertsResponse.alerts:type_name -> kapal.v1.Alert
-	23, // 14: kapal.v1.AuditEvent.at:type_name -> google.protobuf.Timestamp
-	13, // 15: kapal.v1.ListAuditEventsResponse.events:type_name -> kapal.v1.AuditEvent
-	23, // 16: kapal.v1.GetRevenueReportRequest.from:type_name -> google.protobuf.Timestamp
-	23, // 17: kapal.v1.GetRevenueReportRequest.to:type_name -> google.protobuf.Timestamp
-	24, // 18: kapal.v1.AppSubscriptions.mrr:type_name -> kapal.v1.Money
-	24, // 19: kapal.v1.InvoicePeriod.invoiced:type_name -> kapal.v1.Money
-	24, // 20: kapal.v1.InvoicePeriod.collected:type_name -> kapal.v1.Money
-	24, // 21: kapal.v1.RevenueReport.mrr:type_name -> kapal.v1.Money
-	16, // 22: kapal.v1.RevenueReport.by_app:type_name -> kapal.v1.AppSubscriptions
-	17, // 23: kapal.v1.RevenueReport.invoices_by_month:type_name -> kapal.v1.InvoicePeriod
-	24, // 24: kapal.v1.RevenueReport.invoiced_total:type_name -> kapal.v1.Money
-	24, // 25: kapal.v1.RevenueReport.collected_total:type_name -> kapal.v1.Money
-	23, // 26: kapal.v1.RevenueReport.from:type_name -> google.protobuf.Timestamp
-	23, // 27: kapal.v1.RevenueReport.to:type_name -> google.protobuf.Timestamp
-	23, // 28: kapal.v1.RevenueReport.generated_at:type_name -> google.protobuf.Timestamp
-	25, // 29: kapal.v1.ListAllSubscriptionsRequest.status:type_name -> kapal.v1.SubscriptionStatus
-	26, // 30: kapal.v1.ListAllSubscriptionsResponse.subscriptions:type_name -> kapal.v1.Subscription
-	2,  // 31: kapal.v1.AdminService.ListAllInstances:input_type -> kapal.v1.ListAllInstancesRequest
-	4,  // 32: kapal.v1.AdminService.GetInstanceAsAdmin:input_type -> kapal.v1.GetInstanceAsAdminRequest
-	5,  // 33: kapal.v1.AdminService.GetCapacity:input_type -> kapal.v1.GetCapacityRequest
-	9,  // 34: kapal.v1.AdminService.ListAlerts:input_type -> kapal.v1.ListAlertsRequest
-	27, // 35: kapal.v1.AdminService.GetInstanceUsage:input_type -> kapal.v1.GetInstanceUsageRequest
-	12, // 36: kapal.v1.AdminService.ListAuditEvents:input_type -> kapal.v1.ListAuditEventsRequest
-	15, // 37: kapal.v1.BillingAdminService.GetRevenueReport:input_type -> kapal.v1.GetRevenueReportRequest
-	19, // 38: kapal.v1.BillingAdminService.ListAllSubscriptions:input_type -> kapal.v1.ListAllSubscriptionsRequest
-	28, // 39: kapal.v1.BillingAdminService.ListSubscriptionEventsAsAdmin:input_type -> kapal.v1.ListSubscriptionEventsRequest
-	3,  // 40: kapal.v1.AdminService.ListAllInstances:output_type -> kapal.v1.ListAllInstancesResponse
-	1,  // 41: kapal.v1.AdminService.GetInstanceAsAdmin:output_type -> kapal.v1.AdminInstance
-	8,  // 42: kapal.v1.AdminService.GetCapacity:output_type -> kapal.v1.Capacity
-	11, // 43: kapal.v1.AdminService.ListAlerts:output_type -> kapal.v1.ListAlertsResponse
-	29, // 44: kapal.v1.AdminService.GetInstanceUsage:output_type -> kapal.v1.InstanceUsage
-	14, // 45: kapal.v1.AdminService.ListAuditEvents:output_type -> kapal.v1.ListAuditEventsResponse
-	18, // 46: kapal.v1.BillingAdminService.GetRevenueReport:output_type -> kapal.v1.RevenueReport
-	20, // 47: kapal.v1.BillingAdminService.ListAllSubscriptions:output_type -> kapal.v1.ListAllSubscriptionsResponse
-	30, // 48: kapal.v1.BillingAdminService.ListSubscriptionEventsAsAdmin:output_type -> kapal.v1.ListSubscriptionEventsResponse
-	40, // [40:49] is the sub-list for method output_type
-	31, // [31:40] is the sub-list for method input_type
-	31, // [31:31] is the sub-list for extension type_name
-	31, // [31:31] is the sub-list for extension extendee
-	0,  // [0:31] is the sub-list for field type_name
+	24, // 0: kapal.v1.CreditInvoiceRequest.amount:type_name -> kapal.v1.Money
+	25, // 1: kapal.v1.CreditInvoiceResponse.credit_note:type_name -> kapal.v1.CreditNote
+	26, // 2: kapal.v1.CreditInvoiceResponse.invoice:type_name -> kapal.v1.Invoice
+	27, // 3: kapal.v1.AdminInstance.instance:type_name -> kapal.v1.Instance
+	28, // 4: kapal.v1.ListAllInstancesRequest.status:type_name -> kapal.v1.InstanceStatus
+	4,  // 5: kapal.v1.ListAllInstancesResponse.instances:type_name -> kapal.v1.AdminInstance
+	9,  // 6: kapal.v1.NodeCapacity.allocatable:type_name -> kapal.v1.ResourceAmounts
+	9,  // 7: kapal.v1.NodeCapacity.requested:type_name -> kapal.v1.ResourceAmounts
+	10, // 8: kapal.v1.Capacity.nodes:type_name -> kapal.v1.NodeCapacity
+	9,  // 9: kapal.v1.Capacity.allocatable:type_name -> kapal.v1.ResourceAmounts
+	9,  // 10: kapal.v1.Capacity.requested:type_name -> kapal.v1.ResourceAmounts
+	9,  // 11: kapal.v1.Capacity.requested_by_kapal:type_name -> kapal.v1.ResourceAmounts
+	9,  // 12: kapal.v1.Capacity.committed:type_name -> kapal.v1.ResourceAmounts
+	29, // 13: kapal.v1.Capacity.observed_at:type_name -> google.protobuf.Timestamp
+	0,  // 14: kapal.v1.Alert.severity:type_name -> kapal.v1.AlertSeverity
+	29, // 15: kapal.v1.Alert.since:type_name -> google.protobuf.Timestamp
+	13, // 16: kapal.v1.ListAlertsResponse.alerts:type_name -> kapal.v1.Alert
+	29, // 17: kapal.v1.AuditEvent.at:type_name -> google.protobuf.Timestamp
+	16, // 18: kapal.v1.ListAuditEventsResponse.events:type_name -> kapal.v1.AuditEvent
+	29, // 19: kapal.v1.GetRevenueReportRequest.from:type_name -> google.protobuf.Timestamp
+	29, // 20: kapal.v1.GetRevenueReportRequest.to:type_name -> google.protobuf.Timestamp
+	24, // 21: kapal.v1.AppSubscriptions.mrr:type_name -> kapal.v1.Money
+	24, // 22: kapal.v1.InvoicePeriod.invoiced:type_name -> kapal.v1.Money
+	24, // 23: kapal.v1.InvoicePeriod.collected:type_name -> kapal.v1.Money
+	24, // 24: kapal.v1.InvoicePeriod.credited:type_name -> kapal.v1.Money
+	24, // 25: kapal.v1.RevenueReport.mrr:type_name -> kapal.v1.Money
+	19, // 26: kapal.v1.RevenueReport.by_app:type_name -> kapal.v1.AppSubscriptions
+	20, // 27: kapal.v1.RevenueReport.invoices_by_month:type_name -> kapal.v1.InvoicePeriod
+	24, // 28: kapal.v1.RevenueReport.invoiced_total:type_name -> kapal.v1.Money
+	24, // 29: kapal.v1.RevenueReport.collected_total:type_name -> kapal.v1.Money
+	29, // 30: kapal.v1.RevenueReport.from:type_name -> google.protobuf.Timestamp
+	29, // 31: kapal.v1.RevenueReport.to:type_name -> google.protobuf.Timestamp
+	29, // 32: kapal.v1.RevenueReport.generated_at:type_name -> google.protobuf.Timestamp
+	24, // 33: kapal.v1.RevenueReport.credited_total:type_name -> kapal.v1.Money
+	30, // 34: kapal.v1.ListAllSubscriptionsRequest.status:type_name -> kapal.v1.SubscriptionStatus
+	31, // 35: kapal.v1.ListAllSubscriptionsResponse.subscriptions:type_name -> kapal.v1.Subscription
+	5,  // 36: kapal.v1.AdminService.ListAllInstances:input_type -> kapal.v1.ListAllInstancesRequest
+	7,  // 37: kapal.v1.AdminService.GetInstanceAsAdmin:input_type -> kapal.v1.GetInstanceAsAdminRequest
+	8,  // 38: kapal.v1.AdminService.GetCapacity:input_type -> kapal.v1.GetCapacityRequest
+	12, // 39: kapal.v1.AdminService.ListAlerts:input_type -> kapal.v1.ListAlertsRequest
+	32, // 40: kapal.v1.AdminService.GetInstanceUsage:input_type -> kapal.v1.GetInstanceUsageRequest
+	15, // 41: kapal.v1.AdminService.ListAuditEvents:input_type -> kapal.v1.ListAuditEventsRequest
+	18, // 42: kapal.v1.BillingAdminService.GetRevenueReport:input_type -> kapal.v1.GetRevenueReportRequest
+	22, // 43: kapal.v1.BillingAdminService.ListAllSubscriptions:input_type -> kapal.v1.ListAllSubscriptionsRequest
+	33, // 44: kapal.v1.BillingAdminService.ListSubscriptionEventsAsAdmin:input_type -> kapal.v1.ListSubscriptionEventsRequest
+	1,  // 45: kapal.v1.BillingAdminService.ExtendSubscription:input_type -> kapal.v1.ExtendSubscriptionRequest
+	2,  // 46: kapal.v1.BillingAdminService.CreditInvoice:input_type -> kapal.v1.CreditInvoiceRequest
+	6,  // 47: kapal.v1.AdminService.ListAllInstances:output_type -> kapal.v1.ListAllInstancesResponse
+	4,  // 48: kapal.v1.AdminService.GetInstanceAsAdmin:output_type -> kapal.v1.AdminInstance
+	11, // 49: kapal.v1.AdminService.GetCapacity:output_type -> kapal.v1.Capacity
+	14, // 50: kapal.v1.AdminService.ListAlerts:output_type -> kapal.v1.ListAlertsResponse
+	34, // 51: kapal.v1.AdminService.GetInstanceUsage:output_type -> kapal.v1.InstanceUsage
+	17, // 52: kapal.v1.AdminService.ListAuditEvents:output_type -> kapal.v1.ListAuditEventsResponse
+	21, // 53: kapal.v1.BillingAdminService.GetRevenueReport:output_type -> kapal.v1.RevenueReport
+	23, // 54: kapal.v1.BillingAdminService.ListAllSubscriptions:output_type -> kapal.v1.ListAllSubscriptionsResponse
+	35, // 55: kapal.v1.BillingAdminService.ListSubscriptionEventsAsAdmin:output_type -> kapal.v1.ListSubscriptionEventsResponse
+	31, // 56: kapal.v1.BillingAdminService.ExtendSubscription:output_type -> kapal.v1.Subscription
+	3,  // 57: kapal.v1.BillingAdminService.CreditInvoice:output_type -> kapal.v1.CreditInvoiceResponse
+	47, // [47:58] is the sub-list for method output_type
+	36, // [36:47] is the sub-list for method input_type
+	36, // [36:36] is the sub-list for extension type_name
+	36, // [36:36] is the sub-list for extension extendee
+	0,  // [0:36] is the sub-list for field type_name
 }
 
 func init() { file_kapal_v1_admin_proto_init() }
@@ -1823,7 +2071,7 @@ func file_kapal_v1_admin_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_kapal_v1_admin_proto_rawDesc), len(file_kapal_v1_admin_proto_rawDesc)),
 			NumEnums:      1,
-			NumMessages:   20,
+			NumMessages:   23,
 			NumExtensions: 0,
 			NumServices:   2,
 		},

@@ -148,6 +148,61 @@ func (InvoiceStatus) EnumDescriptor() ([]byte, []int) {
 	return file_kapal_v1_subscription_proto_rawDescGZIP(), []int{1}
 }
 
+type CreditNoteStatus int32
+
+const (
+	CreditNoteStatus_CREDIT_NOTE_STATUS_UNSPECIFIED CreditNoteStatus = 0
+	// The refund is being sent to the payment provider.
+	CreditNoteStatus_CREDIT_NOTE_STATUS_PENDING CreditNoteStatus = 1
+	// Refunded: the amount is credited.
+	CreditNoteStatus_CREDIT_NOTE_STATUS_REFUNDED CreditNoteStatus = 2
+	// The provider declined the refund; nothing was credited.
+	CreditNoteStatus_CREDIT_NOTE_STATUS_FAILED CreditNoteStatus = 3
+)
+
+// Enum value maps for CreditNoteStatus.
+var (
+	CreditNoteStatus_name = map[int32]string{
+		0: "CREDIT_NOTE_STATUS_UNSPECIFIED",
+		1: "CREDIT_NOTE_STATUS_PENDING",
+		2: "CREDIT_NOTE_STATUS_REFUNDED",
+		3: "CREDIT_NOTE_STATUS_FAILED",
+	}
+	CreditNoteStatus_value = map[string]int32{
+		"CREDIT_NOTE_STATUS_UNSPECIFIED": 0,
+		"CREDIT_NOTE_STATUS_PENDING":     1,
+		"CREDIT_NOTE_STATUS_REFUNDED":    2,
+		"CREDIT_NOTE_STATUS_FAILED":      3,
+	}
+)
+
+func (x CreditNoteStatus) Enum() *CreditNoteStatus {
+	p := new(CreditNoteStatus)
+	*p = x
+	return p
+}
+
+func (x CreditNoteStatus) String() string {
+	return protoimpl.X.EnumStringOf(x.Descriptor(), protoreflect.EnumNumber(x))
+}
+
+func (CreditNoteStatus) Descriptor() protoreflect.EnumDescriptor {
+	return file_kapal_v1_subscription_proto_enumTypes[2].Descriptor()
+}
+
+func (CreditNoteStatus) Type() protoreflect.EnumType {
+	return &file_kapal_v1_subscription_proto_enumTypes[2]
+}
+
+func (x CreditNoteStatus) Number() protoreflect.EnumNumber {
+	return protoreflect.EnumNumber(x)
+}
+
+// Deprecated: Use CreditNoteStatus.Descriptor instead.
+func (CreditNoteStatus) EnumDescriptor() ([]byte, []int) {
+	return file_kapal_v1_subscription_proto_rawDescGZIP(), []int{2}
+}
+
 type Subscription struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	// Subscription id (UUID).
@@ -579,8 +634,12 @@ type Invoice struct {
 	PaymentProvider string `protobuf:"bytes,10,opt,name=payment_provider,json=paymentProvider,proto3" json:"payment_provider,omitempty"`
 	// The provider's reference of the payment.
 	PaymentReference string `protobuf:"bytes,11,opt,name=payment_reference,json=paymentReference,proto3" json:"payment_reference,omitempty"`
-	unknownFields    protoimpl.UnknownFields
-	sizeCache        protoimpl.SizeCache
+	// How much of the amount was credited back (refunded) by credit notes; zero when none.
+	Credited *Money `protobuf:"bytes,12,opt,name=credited,proto3" json:"credited,omitempty"`
+	// The credit notes issued on this invoice, oldest first.
+	CreditNotes   []*CreditNote `protobuf:"bytes,13,rep,name=credit_notes,json=creditNotes,proto3" json:"credit_notes,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
 }
 
 func (x *Invoice) Reset() {
@@ -690,6 +749,124 @@ func (x *Invoice) GetPaymentReference() string {
 	return ""
 }
 
+func (x *Invoice) GetCredited() *Money {
+	if x != nil {
+		return x.Credited
+	}
+	return nil
+}
+
+func (x *Invoice) GetCreditNotes() []*CreditNote {
+	if x != nil {
+		return x.CreditNotes
+	}
+	return nil
+}
+
+// Money given back on a paid invoice by Kapal support.
+type CreditNote struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// Credit note id (UUID).
+	Id        string `protobuf:"bytes,1,opt,name=id,proto3" json:"id,omitempty"`
+	InvoiceId string `protobuf:"bytes,2,opt,name=invoice_id,json=invoiceId,proto3" json:"invoice_id,omitempty"`
+	Amount    *Money `protobuf:"bytes,3,opt,name=amount,proto3" json:"amount,omitempty"`
+	// Why, as support wrote it.
+	Reason    string                 `protobuf:"bytes,4,opt,name=reason,proto3" json:"reason,omitempty"`
+	Status    CreditNoteStatus       `protobuf:"varint,5,opt,name=status,proto3,enum=kapal.v1.CreditNoteStatus" json:"status,omitempty"`
+	CreatedAt *timestamppb.Timestamp `protobuf:"bytes,6,opt,name=created_at,json=createdAt,proto3" json:"created_at,omitempty"`
+	// The payment provider that refunded it and its reference of the refund.
+	RefundProvider  string `protobuf:"bytes,7,opt,name=refund_provider,json=refundProvider,proto3" json:"refund_provider,omitempty"`
+	RefundReference string `protobuf:"bytes,8,opt,name=refund_reference,json=refundReference,proto3" json:"refund_reference,omitempty"`
+	unknownFields   protoimpl.UnknownFields
+	sizeCache       protoimpl.SizeCache
+}
+
+func (x *CreditNote) Reset() {
+	*x = CreditNote{}
+	mi := &file_kapal_v1_subscription_proto_msgTypes[7]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *CreditNote) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*CreditNote) ProtoMessage() {}
+
+func (x *CreditNote) ProtoReflect() protoreflect.Message {
+	mi := &file_kapal_v1_subscription_proto_msgTypes[7]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use CreditNote.ProtoReflect.Descriptor instead.
+func (*CreditNote) Descriptor() ([]byte, []int) {
+	return file_kapal_v1_subscription_proto_rawDescGZIP(), []int{7}
+}
+
+func (x *CreditNote) GetId() string {
+	if x != nil {
+		return x.Id
+	}
+	return ""
+}
+
+func (x *CreditNote) GetInvoiceId() string {
+	if x != nil {
+		return x.InvoiceId
+	}
+	return ""
+}
+
+func (x *CreditNote) GetAmount() *Money {
+	if x != nil {
+		return x.Amount
+	}
+	return nil
+}
+
+func (x *CreditNote) GetReason() string {
+	if x != nil {
+		return x.Reason
+	}
+	return ""
+}
+
+func (x *CreditNote) GetStatus() CreditNoteStatus {
+	if x != nil {
+		return x.Status
+	}
+	return CreditNoteStatus_CREDIT_NOTE_STATUS_UNSPECIFIED
+}
+
+func (x *CreditNote) GetCreatedAt() *timestamppb.Timestamp {
+	if x != nil {
+		return x.CreatedAt
+	}
+	return nil
+}
+
+func (x *CreditNote) GetRefundProvider() string {
+	if x != nil {
+		return x.RefundProvider
+	}
+	return ""
+}
+
+func (x *CreditNote) GetRefundReference() string {
+	if x != nil {
+		return x.RefundReference
+	}
+	return ""
+}
+
 type ListInvoicesRequest struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	// Only invoices of this subscription; empty for all of the caller's.
@@ -706,7 +883,7 @@ type ListInvoicesRequest struct {
 
 func (x *ListInvoicesRequest) Reset() {
 	*x = ListInvoicesRequest{}
-	mi := &file_kapal_v1_subscription_proto_msgTypes[7]
+	mi := &file_kapal_v1_subscription_proto_msgTypes[8]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -718,7 +895,7 @@ func (x *ListInvoicesRequest) String() string {
 func (*ListInvoicesRequest) ProtoMessage() {}
 
 func (x *ListInvoicesRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_kapal_v1_subscription_proto_msgTypes[7]
+	mi := &file_kapal_v1_subscription_proto_msgTypes[8]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -731,7 +908,7 @@ func (x *ListInvoicesRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListInvoicesRequest.ProtoReflect.Descriptor instead.
 func (*ListInvoicesRequest) Descriptor() ([]byte, []int) {
-	return file_kapal_v1_subscription_proto_rawDescGZIP(), []int{7}
+	return file_kapal_v1_subscription_proto_rawDescGZIP(), []int{8}
 }
 
 func (x *ListInvoicesRequest) GetSubscriptionId() string {
@@ -766,7 +943,7 @@ type ListInvoicesResponse struct {
 
 func (x *ListInvoicesResponse) Reset() {
 	*x = ListInvoicesResponse{}
-	mi := &file_kapal_v1_subscription_proto_msgTypes[8]
+	mi := &file_kapal_v1_subscription_proto_msgTypes[9]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -778,7 +955,7 @@ func (x *ListInvoicesResponse) String() string {
 func (*ListInvoicesResponse) ProtoMessage() {}
 
 func (x *ListInvoicesResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_kapal_v1_subscription_proto_msgTypes[8]
+	mi := &file_kapal_v1_subscription_proto_msgTypes[9]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -791,7 +968,7 @@ func (x *ListInvoicesResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListInvoicesResponse.ProtoReflect.Descriptor instead.
 func (*ListInvoicesResponse) Descriptor() ([]byte, []int) {
-	return file_kapal_v1_subscription_proto_rawDescGZIP(), []int{8}
+	return file_kapal_v1_subscription_proto_rawDescGZIP(), []int{9}
 }
 
 func (x *ListInvoicesResponse) GetInvoices() []*Invoice {
@@ -820,7 +997,7 @@ type ChangePlanRequest struct {
 
 func (x *ChangePlanRequest) Reset() {
 	*x = ChangePlanRequest{}
-	mi := &file_kapal_v1_subscription_proto_msgTypes[9]
+	mi := &file_kapal_v1_subscription_proto_msgTypes[10]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -832,7 +1009,7 @@ func (x *ChangePlanRequest) String() string {
 func (*ChangePlanRequest) ProtoMessage() {}
 
 func (x *ChangePlanRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_kapal_v1_subscription_proto_msgTypes[9]
+	mi := &file_kapal_v1_subscription_proto_msgTypes[10]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -845,7 +1022,7 @@ func (x *ChangePlanRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ChangePlanRequest.ProtoReflect.Descriptor instead.
 func (*ChangePlanRequest) Descriptor() ([]byte, []int) {
-	return file_kapal_v1_subscription_proto_rawDescGZIP(), []int{9}
+	return file_kapal_v1_subscription_proto_rawDescGZIP(), []int{10}
 }
 
 func (x *ChangePlanRequest) GetSubscriptionId() string {
@@ -876,7 +1053,7 @@ type ListSubscriptionEventsRequest struct {
 
 func (x *ListSubscriptionEventsRequest) Reset() {
 	*x = ListSubscriptionEventsRequest{}
-	mi := &file_kapal_v1_subscription_proto_msgTypes[10]
+	mi := &file_kapal_v1_subscription_proto_msgTypes[11]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -888,7 +1065,7 @@ func (x *ListSubscriptionEventsRequest) String() string {
 func (*ListSubscriptionEventsRequest) ProtoMessage() {}
 
 func (x *ListSubscriptionEventsRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_kapal_v1_subscription_proto_msgTypes[10]
+	mi := &file_kapal_v1_subscription_proto_msgTypes[11]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -901,7 +1078,7 @@ func (x *ListSubscriptionEventsRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListSubscriptionEventsRequest.ProtoReflect.Descriptor instead.
 func (*ListSubscriptionEventsRequest) Descriptor() ([]byte, []int) {
-	return file_kapal_v1_subscription_proto_rawDescGZIP(), []int{10}
+	return file_kapal_v1_subscription_proto_rawDescGZIP(), []int{11}
 }
 
 func (x *ListSubscriptionEventsRequest) GetSubscriptionId() string {
@@ -934,14 +1111,17 @@ type SubscriptionEvent struct {
 	FromStatus SubscriptionStatus `protobuf:"varint,2,opt,name=from_status,json=fromStatus,proto3,enum=kapal.v1.SubscriptionStatus" json:"from_status,omitempty"`
 	ToStatus   SubscriptionStatus `protobuf:"varint,3,opt,name=to_status,json=toStatus,proto3,enum=kapal.v1.SubscriptionStatus" json:"to_status,omitempty"`
 	// Why, in words, e.g. "renewal payment failed: declined: ...".
-	Cause         string `protobuf:"bytes,4,opt,name=cause,proto3" json:"cause,omitempty"`
+	Cause string `protobuf:"bytes,4,opt,name=cause,proto3" json:"cause,omitempty"`
+	// Who made the change when it was not billing's own lifecycle: "operator" for Kapal
+	// support's actions (an extension, a credit note; the reason is in cause); empty otherwise.
+	Actor         string `protobuf:"bytes,5,opt,name=actor,proto3" json:"actor,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
 
 func (x *SubscriptionEvent) Reset() {
 	*x = SubscriptionEvent{}
-	mi := &file_kapal_v1_subscription_proto_msgTypes[11]
+	mi := &file_kapal_v1_subscription_proto_msgTypes[12]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -953,7 +1133,7 @@ func (x *SubscriptionEvent) String() string {
 func (*SubscriptionEvent) ProtoMessage() {}
 
 func (x *SubscriptionEvent) ProtoReflect() protoreflect.Message {
-	mi := &file_kapal_v1_subscription_proto_msgTypes[11]
+	mi := &file_kapal_v1_subscription_proto_msgTypes[12]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -966,7 +1146,7 @@ func (x *SubscriptionEvent) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SubscriptionEvent.ProtoReflect.Descriptor instead.
 func (*SubscriptionEvent) Descriptor() ([]byte, []int) {
-	return file_kapal_v1_subscription_proto_rawDescGZIP(), []int{11}
+	return file_kapal_v1_subscription_proto_rawDescGZIP(), []int{12}
 }
 
 func (x *SubscriptionEvent) GetAt() *timestamppb.Timestamp {
@@ -997,6 +1177,13 @@ func (x *SubscriptionEvent) GetCause() string {
 	return ""
 }
 
+func (x *SubscriptionEvent) GetActor() string {
+	if x != nil {
+		return x.Actor
+	}
+	return ""
+}
+
 type ListSubscriptionEventsResponse struct {
 	state  protoimpl.MessageState `protogen:"open.v1"`
 	Events []*SubscriptionEvent   `protobuf:"bytes,1,rep,name=events,proto3" json:"events,omitempty"`
@@ -1008,7 +1195,7 @@ type ListSubscriptionEventsResponse struct {
 
 func (x *ListSubscriptionEventsResponse) Reset() {
 	*x = ListSubscriptionEventsResponse{}
-	mi := &file_kapal_v1_subscription_proto_msgTypes[12]
+	mi := &file_kapal_v1_subscription_proto_msgTypes[13]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1020,7 +1207,7 @@ func (x *ListSubscriptionEventsResponse) String() string {
 func (*ListSubscriptionEventsResponse) ProtoMessage() {}
 
 func (x *ListSubscriptionEventsResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_kapal_v1_subscription_proto_msgTypes[12]
+	mi := &file_kapal_v1_subscription_proto_msgTypes[13]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1033,7 +1220,7 @@ func (x *ListSubscriptionEventsResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListSubscriptionEventsResponse.ProtoReflect.Descriptor instead.
 func (*ListSubscriptionEventsResponse) Descriptor() ([]byte, []int) {
-	return file_kapal_v1_subscription_proto_rawDescGZIP(), []int{12}
+	return file_kapal_v1_subscription_proto_rawDescGZIP(), []int{13}
 }
 
 func (x *ListSubscriptionEventsResponse) GetEvents() []*SubscriptionEvent {
@@ -1091,7 +1278,7 @@ const file_kapal_v1_subscription_proto_rawDesc = "" +
 	"\x13SetAutoRenewRequest\x12'\n" +
 	"\x0fsubscription_id\x18\x01 \x01(\tR\x0esubscriptionId\x12\x1d\n" +
 	"\n" +
-	"auto_renew\x18\x02 \x01(\bR\tautoRenew\"\xf6\x03\n" +
+	"auto_renew\x18\x02 \x01(\bR\tautoRenew\"\xdc\x04\n" +
 	"\aInvoice\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\tR\x02id\x12\x16\n" +
 	"\x06number\x18\x02 \x01(\tR\x06number\x12'\n" +
@@ -1106,7 +1293,21 @@ const file_kapal_v1_subscription_proto_rawDesc = "" +
 	"\apaid_at\x18\t \x01(\v2\x1a.google.protobuf.TimestampR\x06paidAt\x12)\n" +
 	"\x10payment_provider\x18\n" +
 	" \x01(\tR\x0fpaymentProvider\x12+\n" +
-	"\x11payment_reference\x18\v \x01(\tR\x10paymentReference\"z\n" +
+	"\x11payment_reference\x18\v \x01(\tR\x10paymentReference\x12+\n" +
+	"\bcredited\x18\f \x01(\v2\x0f.kapal.v1.MoneyR\bcredited\x127\n" +
+	"\fcredit_notes\x18\r \x03(\v2\x14.kapal.v1.CreditNoteR\vcreditNotes\"\xbf\x02\n" +
+	"\n" +
+	"CreditNote\x12\x0e\n" +
+	"\x02id\x18\x01 \x01(\tR\x02id\x12\x1d\n" +
+	"\n" +
+	"invoice_id\x18\x02 \x01(\tR\tinvoiceId\x12'\n" +
+	"\x06amount\x18\x03 \x01(\v2\x0f.kapal.v1.MoneyR\x06amount\x12\x16\n" +
+	"\x06reason\x18\x04 \x01(\tR\x06reason\x122\n" +
+	"\x06status\x18\x05 \x01(\x0e2\x1a.kapal.v1.CreditNoteStatusR\x06status\x129\n" +
+	"\n" +
+	"created_at\x18\x06 \x01(\v2\x1a.google.protobuf.TimestampR\tcreatedAt\x12'\n" +
+	"\x0frefund_provider\x18\a \x01(\tR\x0erefundProvider\x12)\n" +
+	"\x10refund_reference\x18\b \x01(\tR\x0frefundReference\"z\n" +
 	"\x13ListInvoicesRequest\x12'\n" +
 	"\x0fsubscription_id\x18\x01 \x01(\tR\x0esubscriptionId\x12\x1b\n" +
 	"\tpage_size\x18\x02 \x01(\rR\bpageSize\x12\x1d\n" +
@@ -1122,13 +1323,14 @@ const file_kapal_v1_subscription_proto_rawDesc = "" +
 	"\x0fsubscription_id\x18\x01 \x01(\tR\x0esubscriptionId\x12\x1b\n" +
 	"\tpage_size\x18\x02 \x01(\rR\bpageSize\x12\x1d\n" +
 	"\n" +
-	"page_token\x18\x03 \x01(\tR\tpageToken\"\xcf\x01\n" +
+	"page_token\x18\x03 \x01(\tR\tpageToken\"\xe5\x01\n" +
 	"\x11SubscriptionEvent\x12*\n" +
 	"\x02at\x18\x01 \x01(\v2\x1a.google.protobuf.TimestampR\x02at\x12=\n" +
 	"\vfrom_status\x18\x02 \x01(\x0e2\x1c.kapal.v1.SubscriptionStatusR\n" +
 	"fromStatus\x129\n" +
 	"\tto_status\x18\x03 \x01(\x0e2\x1c.kapal.v1.SubscriptionStatusR\btoStatus\x12\x14\n" +
-	"\x05cause\x18\x04 \x01(\tR\x05cause\"}\n" +
+	"\x05cause\x18\x04 \x01(\tR\x05cause\x12\x14\n" +
+	"\x05actor\x18\x05 \x01(\tR\x05actor\"}\n" +
 	"\x1eListSubscriptionEventsResponse\x123\n" +
 	"\x06events\x18\x01 \x03(\v2\x1b.kapal.v1.SubscriptionEventR\x06events\x12&\n" +
 	"\x0fnext_page_token\x18\x02 \x01(\tR\rnextPageToken*\x83\x02\n" +
@@ -1145,7 +1347,12 @@ const file_kapal_v1_subscription_proto_rawDesc = "" +
 	"\x13INVOICE_STATUS_OPEN\x10\x01\x12\x17\n" +
 	"\x13INVOICE_STATUS_PAID\x10\x02\x12\x19\n" +
 	"\x15INVOICE_STATUS_FAILED\x10\x03\x12\x17\n" +
-	"\x13INVOICE_STATUS_VOID\x10\x042\xd9\x04\n" +
+	"\x13INVOICE_STATUS_VOID\x10\x04*\x96\x01\n" +
+	"\x10CreditNoteStatus\x12\"\n" +
+	"\x1eCREDIT_NOTE_STATUS_UNSPECIFIED\x10\x00\x12\x1e\n" +
+	"\x1aCREDIT_NOTE_STATUS_PENDING\x10\x01\x12\x1f\n" +
+	"\x1bCREDIT_NOTE_STATUS_REFUNDED\x10\x02\x12\x1d\n" +
+	"\x19CREDIT_NOTE_STATUS_FAILED\x10\x032\xd9\x04\n" +
 	"\x13SubscriptionService\x12\\\n" +
 	"\x11ListSubscriptions\x12\".kapal.v1.ListSubscriptionsRequest\x1a#.kapal.v1.ListSubscriptionsResponse\x12K\n" +
 	"\x0fGetSubscription\x12 .kapal.v1.GetSubscriptionRequest\x1a\x16.kapal.v1.Subscription\x12Q\n" +
@@ -1169,65 +1376,72 @@ func file_kapal_v1_subscription_proto_rawDescGZIP() []byte {
 	return file_kapal_v1_subscription_proto_rawDescData
 }
 
-var file_kapal_v1_subscription_proto_enumTypes = make([]protoimpl.EnumInfo, 2)
-var file_kapal_v1_subscription_proto_msgTypes = make([]protoimpl.MessageInfo, 13)
+var file_kapal_v1_subscription_proto_enumTypes = make([]protoimpl.EnumInfo, 3)
+var file_kapal_v1_subscription_proto_msgTypes = make([]protoimpl.MessageInfo, 14)
 var file_kapal_v1_subscription_proto_goTypes = []any{
 	(SubscriptionStatus)(0),                // 0: kapal.v1.SubscriptionStatus
 	(InvoiceStatus)(0),                     // 1: kapal.v1.InvoiceStatus
-	(*Subscription)(nil),                   // 2: kapal.v1.Subscription
-	(*ListSubscriptionsRequest)(nil),       // 3: kapal.v1.ListSubscriptionsRequest
-	(*ListSubscriptionsResponse)(nil),      // 4: kapal.v1.ListSubscriptionsResponse
-	(*GetSubscriptionRequest)(nil),         // 5: kapal.v1.GetSubscriptionRequest
-	(*CancelSubscriptionRequest)(nil),      // 6: kapal.v1.CancelSubscriptionRequest
-	(*SetAutoRenewRequest)(nil),            // 7: kapal.v1.SetAutoRenewRequest
-	(*Invoice)(nil),                        // 8: kapal.v1.Invoice
-	(*ListInvoicesRequest)(nil),            // 9: kapal.v1.ListInvoicesRequest
-	(*ListInvoicesResponse)(nil),           // 10: kapal.v1.ListInvoicesResponse
-	(*ChangePlanRequest)(nil),              // 11: kapal.v1.ChangePlanRequest
-	(*ListSubscriptionEventsRequest)(nil),  // 12: kapal.v1.ListSubscriptionEventsRequest
-	(*SubscriptionEvent)(nil),              // 13: kapal.v1.SubscriptionEvent
-	(*ListSubscriptionEventsResponse)(nil), // 14: kapal.v1.ListSubscriptionEventsResponse
-	(*Money)(nil),                          // 15: kapal.v1.Money
-	(*timestamppb.Timestamp)(nil),          // 16: google.protobuf.Timestamp
+	(CreditNoteStatus)(0),                  // 2: kapal.v1.CreditNoteStatus
+	(*Subscription)(nil),                   // 3: kapal.v1.Subscription
+	(*ListSubscriptionsRequest)(nil),       // 4: kapal.v1.ListSubscriptionsRequest
+	(*ListSubscriptionsResponse)(nil),      // 5: kapal.v1.ListSubscriptionsResponse
+	(*GetSubscriptionRequest)(nil),         // 6: kapal.v1.GetSubscriptionRequest
+	(*CancelSubscriptionRequest)(nil),      // 7: kapal.v1.CancelSubscriptionRequest
+	(*SetAutoRenewRequest)(nil),            // 8: kapal.v1.SetAutoRenewRequest
+	(*Invoice)(nil),                        // 9: kapal.v1.Invoice
+	(*CreditNote)(nil),                     // 10: kapal.v1.CreditNote
+	(*ListInvoicesRequest)(nil),            // 11: kapal.v1.ListInvoicesRequest
+	(*ListInvoicesResponse)(nil),           // 12: kapal.v1.ListInvoicesResponse
+	(*ChangePlanRequest)(nil),              // 13: kapal.v1.ChangePlanRequest
+	(*ListSubscriptionEventsRequest)(nil),  // 14: kapal.v1.ListSubscriptionEventsRequest
+	(*SubscriptionEvent)(nil),              // 15: kapal.v1.SubscriptionEvent
+	(*ListSubscriptionEventsResponse)(nil), // 16: kapal.v1.ListSubscriptionEventsResponse
+	(*Money)(nil),                          // 17: kapal.v1.Money
+	(*timestamppb.Timestamp)(nil),          // 18: google.protobuf.Timestamp
 }
 var file_kapal_v1_subscription_proto_depIdxs = []int32{
 	0,  // 0: kapal.v1.Subscription.status:type_name -> kapal.v1.SubscriptionStatus
-	15, // 1: kapal.v1.Subscription.price:type_name -> kapal.v1.Money
-	16, // 2: kapal.v1.Subscription.current_period_start:type_name -> google.protobuf.Timestamp
-	16, // 3: kapal.v1.Subscription.current_period_end:type_name -> google.protobuf.Timestamp
-	16, // 4: kapal.v1.Subscription.created_at:type_name -> google.protobuf.Timestamp
-	16, // 5: kapal.v1.Subscription.trial_end:type_name -> google.protobuf.Timestamp
-	2,  // 6: kapal.v1.ListSubscriptionsResponse.subscriptions:type_name -> kapal.v1.Subscription
-	16, // 7: kapal.v1.Invoice.period_start:type_name -> google.protobuf.Timestamp
-	16, // 8: kapal.v1.Invoice.period_end:type_name -> google.protobuf.Timestamp
-	15, // 9: kapal.v1.Invoice.amount:type_name -> kapal.v1.Money
+	17, // 1: kapal.v1.Subscription.price:type_name -> kapal.v1.Money
+	18, // 2: kapal.v1.Subscription.current_period_start:type_name -> google.protobuf.Timestamp
+	18, // 3: kapal.v1.Subscription.current_period_end:type_name -> google.protobuf.Timestamp
+	18, // 4: kapal.v1.Subscription.created_at:type_name -> google.protobuf.Timestamp
+	18, // 5: kapal.v1.Subscription.trial_end:type_name -> google.protobuf.Timestamp
+	3,  // 6: kapal.v1.ListSubscriptionsResponse.subscriptions:type_name -> kapal.v1.Subscription
+	18, // 7: kapal.v1.Invoice.period_start:type_name -> google.protobuf.Timestamp
+	18, // 8: kapal.v1.Invoice.period_end:type_name -> google.protobuf.Timestamp
+	17, // 9: kapal.v1.Invoice.amount:type_name -> kapal.v1.Money
 	1,  // 10: kapal.v1.Invoice.status:type_name -> kapal.v1.InvoiceStatus
-	16, // 11: kapal.v1.Invoice.created_at:type_name -> google.protobuf.Timestamp
-	16, // 12: kapal.v1.Invoice.paid_at:type_name -> google.protobuf.Timestamp
-	8,  // 13: kapal.v1.ListInvoicesResponse.invoices:type_name -> kapal.v1.Invoice
-	16, // 14: kapal.v1.SubscriptionEvent.at:type_name -> google.protobuf.Timestamp
-	0,  // 15: kapal.v1.SubscriptionEvent.from_status:type_name -> kapal.v1.SubscriptionStatus
-	0,  // 16: kapal.v1.SubscriptionEvent.to_status:type_name -> kapal.v1.SubscriptionStatus
-	13, // 17: kapal.v1.ListSubscriptionEventsResponse.events:type_name -> kapal.v1.SubscriptionEvent
-	3,  // 18: kapal.v1.SubscriptionService.ListSubscriptions:input_type -> kapal.v1.ListSubscriptionsRequest
-	5,  // 19: kapal.v1.SubscriptionService.GetSubscription:input_type -> kapal.v1.GetSubscriptionRequest
-	6,  // 20: kapal.v1.SubscriptionService.CancelSubscription:input_type -> kapal.v1.CancelSubscriptionRequest
-	7,  // 21: kapal.v1.SubscriptionService.SetAutoRenew:input_type -> kapal.v1.SetAutoRenewRequest
-	9,  // 22: kapal.v1.SubscriptionService.ListInvoices:input_type -> kapal.v1.ListInvoicesRequest
-	11, // 23: kapal.v1.SubscriptionService.ChangePlan:input_type -> kapal.v1.ChangePlanRequest
-	12, // 24: kapal.v1.SubscriptionService.ListSubscriptionEvents:input_type -> kapal.v1.ListSubscriptionEventsRequest
-	4,  // 25: kapal.v1.SubscriptionService.ListSubscriptions:output_type -> kapal.v1.ListSubscriptionsResponse
-	2,  // 26: kapal.v1.SubscriptionService.GetSubscription:output_type -> kapal.v1.Subscription
-	2,  // 27: kapal.v1.SubscriptionService.CancelSubscription:output_type -> kapal.v1.Subscription
-	2,  // 28: kapal.v1.SubscriptionService.SetAutoRenew:output_type -> kapal.v1.Subscription
-	10, // 29: kapal.v1.SubscriptionService.ListInvoices:output_type -> kapal.v1.ListInvoicesResponse
-	2,  // 30: kapal.v1.SubscriptionService.ChangePlan:output_type -> kapal.v1.Subscription
-	14, // 31: kapal.v1.SubscriptionService.ListSubscriptionEvents:output_type -> kapal.v1.ListSubscriptionEventsResponse
-	25, // [25:32] is the sub-list for method output_type
-	18, // [18:25] is the sub-list for method input_type
-	18, // [18:18] is the sub-list for extension type_name
-	18, // [18:18] is the sub-list for extension extendee
-	0,  // [0:18] is the sub-list for field type_name
+	18, // 11: kapal.v1.Invoice.created_at:type_name -> google.protobuf.Timestamp
+	18, // 12: kapal.v1.Invoice.paid_at:type_name -> google.protobuf.Timestamp
+	17, // 13: kapal.v1.Invoice.credited:type_name -> kapal.v1.Money
+	10, // 14: kapal.v1.Invoice.credit_notes:type_name -> kapal.v1.CreditNote
+	17, // 15: kapal.v1.CreditNote.amount:type_name -> kapal.v1.Money
+	2,  // 16: kapal.v1.CreditNote.status:type_name -> kapal.v1.CreditNoteStatus
+	18, // 17: kapal.v1.CreditNote.created_at:type_name -> google.protobuf.Timestamp
+	9,  // 18: kapal.v1.ListInvoicesResponse.invoices:type_name -> kapal.v1.Invoice
+	18, // 19: kapal.v1.SubscriptionEvent.at:type_name -> google.protobuf.Timestamp
+	0,  // 20: kapal.v1.SubscriptionEvent.from_status:type_name -> kapal.v1.SubscriptionStatus
+	0,  // 21: kapal.v1.SubscriptionEvent.to_status:type_name -> kapal.v1.SubscriptionStatus
+	15, // 22: kapal.v1.ListSubscriptionEventsResponse.events:type_name -> kapal.v1.SubscriptionEvent
+	4,  // 23: kapal.v1.SubscriptionService.ListSubscriptions:input_type -> kapal.v1.ListSubscriptionsRequest
+	6,  // 24: kapal.v1.SubscriptionService.GetSubscription:input_type -> kapal.v1.GetSubscriptionRequest
+	7,  // 25: kapal.v1.SubscriptionService.CancelSubscription:input_type -> kapal.v1.CancelSubscriptionRequest
+	8,  // 26: kapal.v1.SubscriptionService.SetAutoRenew:input_type -> kapal.v1.SetAutoRenewRequest
+	11, // 27: kapal.v1.SubscriptionService.ListInvoices:input_type -> kapal.v1.ListInvoicesRequest
+	13, // 28: kapal.v1.SubscriptionService.ChangePlan:input_type -> kapal.v1.ChangePlanRequest
+	14, // 29: kapal.v1.SubscriptionService.ListSubscriptionEvents:input_type -> kapal.v1.ListSubscriptionEventsRequest
+	5,  // 30: kapal.v1.SubscriptionService.ListSubscriptions:output_type -> kapal.v1.ListSubscriptionsResponse
+	3,  // 31: kapal.v1.SubscriptionService.GetSubscription:output_type -> kapal.v1.Subscription
+	3,  // 32: kapal.v1.SubscriptionService.CancelSubscription:output_type -> kapal.v1.Subscription
+	3,  // 33: kapal.v1.SubscriptionService.SetAutoRenew:output_type -> kapal.v1.Subscription
+	12, // 34: kapal.v1.SubscriptionService.ListInvoices:output_type -> kapal.v1.ListInvoicesResponse
+	3,  // 35: kapal.v1.SubscriptionService.ChangePlan:output_type -> kapal.v1.Subscription
+	16, // 36: kapal.v1.SubscriptionService.ListSubscriptionEvents:output_type -> kapal.v1.ListSubscriptionEventsResponse
+	30, // [30:37] is the sub-list for method output_type
+	23, // [23:30] is the sub-list for method input_type
+	23, // [23:23] is the sub-list for extension type_name
+	23, // [23:23] is the sub-list for extension extendee
+	0,  // [0:23] is the sub-list for field type_name
 }
 
 func init() { file_kapal_v1_subscription_proto_init() }
@@ -1241,8 +1455,8 @@ func file_kapal_v1_subscription_proto_init() {
 		File: protoimpl.DescBuilder{
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_kapal_v1_subscription_proto_rawDesc), len(file_kapal_v1_subscription_proto_rawDesc)),
-			NumEnums:      2,
-			NumMessages:   13,
+			NumEnums:      3,
+			NumMessages:   14,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

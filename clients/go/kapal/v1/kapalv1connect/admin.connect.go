@@ -61,6 +61,12 @@ const (
 	// BillingAdminServiceListSubscriptionEventsAsAdminProcedure is the fully-qualified name of the
 	// BillingAdminService's ListSubscriptionEventsAsAdmin RPC.
 	BillingAdminServiceListSubscriptionEventsAsAdminProcedure = "/kapal.v1.BillingAdminService/ListSubscriptionEventsAsAdmin"
+	// BillingAdminServiceExtendSubscriptionProcedure is the fully-qualified name of the
+	// BillingAdminService's ExtendSubscription RPC.
+	BillingAdminServiceExtendSubscriptionProcedure = "/kapal.v1.BillingAdminService/ExtendSubscription"
+	// BillingAdminServiceCreditInvoiceProcedure is the fully-qualified name of the
+	// BillingAdminService's CreditInvoice RPC.
+	BillingAdminServiceCreditInvoiceProcedure = "/kapal.v1.BillingAdminService/CreditInvoice"
 )
 
 // AdminServiceClient is a client for the kapal.v1.AdminService service.
@@ -291,6 +297,27 @@ type BillingAdminServiceClient interface {
 	ListAllSubscriptions(context.Context, *connect.Request[v1.ListAllSubscriptionsRequest]) (*connect.Response[v1.ListAllSubscriptionsResponse], error)
 	// Every status change of any subscription, oldest first, with time and cause.
 	ListSubscriptionEventsAsAdmin(context.Context, *connect.Request[v1.ListSubscriptionEventsRequest]) (*connect.Response[v1.ListSubscriptionEventsResponse], error)
+	// Extends a subscription by 1-365 days, with a reason. A trial's end (TRIALING) or the
+	// current period's end (ACTIVE) moves, and with it everything scheduled from it: the renewal
+	// charge or the trial's end, the renewal-upcoming notice and the expiry. Of a PAST_DUE or
+	// SUSPENDED subscription the grace period or the suspension (so its expiry) is extended.
+	// The extension is free: the current invoice's period is extended with it. Written to the
+	// audit log (action "extend_subscription", who, whose, why) before it is carried out, and to
+	// the subscription's history (actor "operator", with the reason) that its owner reads.
+	// INVALID_ARGUMENT for days outside 1-365 or no reason; NOT_FOUND for an unknown
+	// subscription; FAILED_PRECONDITION for an ended one (EXPIRED or CANCELED).
+	ExtendSubscription(context.Context, *connect.Request[v1.ExtendSubscriptionRequest]) (*connect.Response[v1.Subscription], error)
+	// Issues a credit note on a PAID invoice: the amount (at most what is not credited yet) is
+	// refunded through the payment provider that settled the invoice, and the note is shown on
+	// the invoice (Invoice.credited, Invoice.credit_notes) to its owner. Written to the audit log
+	// (action "credit_invoice") before it is carried out, and to the subscription's history
+	// (actor "operator", with the reason). The revenue report's collected sums are net of
+	// credit notes (InvoicePeriod.credited). INVALID_ARGUMENT for an amount that is not a
+	// positive number of rupiah or no reason; NOT_FOUND for an unknown invoice;
+	// FAILED_PRECONDITION for an invoice that is not PAID, or an amount over what is left to
+	// credit (the message says how much is left), or a refund the provider declined (the note
+	// is then FAILED and credits nothing).
+	CreditInvoice(context.Context, *connect.Request[v1.CreditInvoiceRequest]) (*connect.Response[v1.CreditInvoiceResponse], error)
 }
 
 // NewBillingAdminServiceClient constructs a client for the kapal.v1.BillingAdminService service. By
@@ -322,6 +349,18 @@ func NewBillingAdminServiceClient(httpClient connect.HTTPClient, baseURL string,
 			connect.WithSchema(billingAdminServiceMethods.ByName("ListSubscriptionEventsAsAdmin")),
 			connect.WithClientOptions(opts...),
 		),
+		extendSubscription: connect.NewClient[v1.ExtendSubscriptionRequest, v1.Subscription](
+			httpClient,
+			baseURL+BillingAdminServiceExtendSubscriptionProcedure,
+			connect.WithSchema(billingAdminServiceMethods.ByName("ExtendSubscription")),
+			connect.WithClientOptions(opts...),
+		),
+		creditInvoice: connect.NewClient[v1.CreditInvoiceRequest, v1.CreditInvoiceResponse](
+			httpClient,
+			baseURL+BillingAdminServiceCreditInvoiceProcedure,
+			connect.WithSchema(billingAdminServiceMethods.ByName("CreditInvoice")),
+			connect.WithClientOptions(opts...),
+		),
 	}
 }
 
@@ -330,6 +369,8 @@ type billingAdminServiceClient struct {
 	getRevenueReport              *connect.Client[v1.GetRevenueReportRequest, v1.RevenueReport]
 	listAllSubscriptions          *connect.Client[v1.ListAllSubscriptionsRequest, v1.ListAllSubscriptionsResponse]
 	listSubscriptionEventsAsAdmin *connect.Client[v1.ListSubscriptionEventsRequest, v1.ListSubscriptionEventsResponse]
+	extendSubscription            *connect.Client[v1.ExtendSubscriptionRequest, v1.Subscription]
+	creditInvoice                 *connect.Client[v1.CreditInvoiceRequest, v1.CreditInvoiceResponse]
 }
 
 // GetRevenueReport calls kapal.v1.BillingAdminService.GetRevenueReport.
@@ -347,6 +388,16 @@ func (c *billingAdminServiceClient) ListSubscriptionEventsAsAdmin(ctx context.Co
 	return c.listSubscriptionEventsAsAdmin.CallUnary(ctx, req)
 }
 
+// ExtendSubscription calls kapal.v1.BillingAdminService.ExtendSubscription.
+func (c *billingAdminServiceClient) ExtendSubscription(ctx context.Context, req *connect.Request[v1.ExtendSubscriptionRequest]) (*connect.Response[v1.Subscription], error) {
+	return c.extendSubscription.CallUnary(ctx, req)
+}
+
+// CreditInvoice calls kapal.v1.BillingAdminService.CreditInvoice.
+func (c *billingAdminServiceClient) CreditInvoice(ctx context.Context, req *connect.Request[v1.CreditInvoiceRequest]) (*connect.Response[v1.CreditInvoiceResponse], error) {
+	return c.creditInvoice.CallUnary(ctx, req)
+}
+
 // BillingAdminServiceHandler is an implementation of the kapal.v1.BillingAdminService service.
 type BillingAdminServiceHandler interface {
 	// MRR, subscriptions per app, trial conversion, renewal rate, churn and invoices per month.
@@ -355,6 +406,27 @@ type BillingAdminServiceHandler interface {
 	ListAllSubscriptions(context.Context, *connect.Request[v1.ListAllSubscriptionsRequest]) (*connect.Response[v1.ListAllSubscriptionsResponse], error)
 	// Every status change of any subscription, oldest first, with time and cause.
 	ListSubscriptionEventsAsAdmin(context.Context, *connect.Request[v1.ListSubscriptionEventsRequest]) (*connect.Response[v1.ListSubscriptionEventsResponse], error)
+	// Extends a subscription by 1-365 days, with a reason. A trial's end (TRIALING) or the
+	// current period's end (ACTIVE) moves, and with it everything scheduled from it: the renewal
+	// charge or the trial's end, the renewal-upcoming notice and the expiry. Of a PAST_DUE or
+	// SUSPENDED subscription the grace period or the suspension (so its expiry) is extended.
+	// The extension is free: the current invoice's period is extended with it. Written to the
+	// audit log (action "extend_subscription", who, whose, why) before it is carried out, and to
+	// the subscription's history (actor "operator", with the reason) that its owner reads.
+	// INVALID_ARGUMENT for days outside 1-365 or no reason; NOT_FOUND for an unknown
+	// subscription; FAILED_PRECONDITION for an ended one (EXPIRED or CANCELED).
+	ExtendSubscription(context.Context, *connect.Request[v1.ExtendSubscriptionRequest]) (*connect.Response[v1.Subscription], error)
+	// Issues a credit note on a PAID invoice: the amount (at most what is not credited yet) is
+	// refunded through the payment provider that settled the invoice, and the note is shown on
+	// the invoice (Invoice.credited, Invoice.credit_notes) to its owner. Written to the audit log
+	// (action "credit_invoice") before it is carried out, and to the subscription's history
+	// (actor "operator", with the reason). The revenue report's collected sums are net of
+	// credit notes (InvoicePeriod.credited). INVALID_ARGUMENT for an amount that is not a
+	// positive number of rupiah or no reason; NOT_FOUND for an unknown invoice;
+	// FAILED_PRECONDITION for an invoice that is not PAID, or an amount over what is left to
+	// credit (the message says how much is left), or a refund the provider declined (the note
+	// is then FAILED and credits nothing).
+	CreditInvoice(context.Context, *connect.Request[v1.CreditInvoiceRequest]) (*connect.Response[v1.CreditInvoiceResponse], error)
 }
 
 // NewBillingAdminServiceHandler builds an HTTP handler from the service implementation. It returns
@@ -382,6 +454,18 @@ func NewBillingAdminServiceHandler(svc BillingAdminServiceHandler, opts ...conne
 		connect.WithSchema(billingAdminServiceMethods.ByName("ListSubscriptionEventsAsAdmin")),
 		connect.WithHandlerOptions(opts...),
 	)
+	billingAdminServiceExtendSubscriptionHandler := connect.NewUnaryHandler(
+		BillingAdminServiceExtendSubscriptionProcedure,
+		svc.ExtendSubscription,
+		connect.WithSchema(billingAdminServiceMethods.ByName("ExtendSubscription")),
+		connect.WithHandlerOptions(opts...),
+	)
+	billingAdminServiceCreditInvoiceHandler := connect.NewUnaryHandler(
+		BillingAdminServiceCreditInvoiceProcedure,
+		svc.CreditInvoice,
+		connect.WithSchema(billingAdminServiceMethods.ByName("CreditInvoice")),
+		connect.WithHandlerOptions(opts...),
+	)
 	return "/kapal.v1.BillingAdminService/", http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		switch r.URL.Path {
 		case BillingAdminServiceGetRevenueReportProcedure:
@@ -390,6 +474,10 @@ func NewBillingAdminServiceHandler(svc BillingAdminServiceHandler, opts ...conne
 			billingAdminServiceListAllSubscriptionsHandler.ServeHTTP(w, r)
 		case BillingAdminServiceListSubscriptionEventsAsAdminProcedure:
 			billingAdminServiceListSubscriptionEventsAsAdminHandler.ServeHTTP(w, r)
+		case BillingAdminServiceExtendSubscriptionProcedure:
+			billingAdminServiceExtendSubscriptionHandler.ServeHTTP(w, r)
+		case BillingAdminServiceCreditInvoiceProcedure:
+			billingAdminServiceCreditInvoiceHandler.ServeHTTP(w, r)
 		default:
 			http.NotFound(w, r)
 		}
@@ -409,4 +497,12 @@ func (UnimplementedBillingAdminServiceHandler) ListAllSubscriptions(context.Cont
 
 func (UnimplementedBillingAdminServiceHandler) ListSubscriptionEventsAsAdmin(context.Context, *connect.Request[v1.ListSubscriptionEventsRequest]) (*connect.Response[v1.ListSubscriptionEventsResponse], error) {
 	return nil, connect.NewError(connect.CodeUnimplemented, errors.New("kapal.v1.BillingAdminService.ListSubscriptionEventsAsAdmin is not implemented"))
+}
+
+func (UnimplementedBillingAdminServiceHandler) ExtendSubscription(context.Context, *connect.Request[v1.ExtendSubscriptionRequest]) (*connect.Response[v1.Subscription], error) {
+	return nil, connect.NewError(connect.CodeUnimplemented, errors.New("kapal.v1.BillingAdminService.ExtendSubscription is not implemented"))
+}
+
+func (UnimplementedBillingAdminServiceHandler) CreditInvoice(context.Context, *connect.Request[v1.CreditInvoiceRequest]) (*connect.Response[v1.CreditInvoiceResponse], error) {
+	return nil, connect.NewError(connect.CodeUnimplemented, errors.New("kapal.v1.BillingAdminService.CreditInvoice is not implemented"))
 }

@@ -22,6 +22,34 @@ ALERT_SEVERITY_UNSPECIFIED: AlertSeverity
 ALERT_SEVERITY_WARNING: AlertSeverity
 ALERT_SEVERITY_CRITICAL: AlertSeverity
 
+class ExtendSubscriptionRequest(_message.Message):
+    __slots__ = ("subscription_id", "days", "reason")
+    SUBSCRIPTION_ID_FIELD_NUMBER: _ClassVar[int]
+    DAYS_FIELD_NUMBER: _ClassVar[int]
+    REASON_FIELD_NUMBER: _ClassVar[int]
+    subscription_id: str
+    days: int
+    reason: str
+    def __init__(self, subscription_id: _Optional[str] = ..., days: _Optional[int] = ..., reason: _Optional[str] = ...) -> None: ...
+
+class CreditInvoiceRequest(_message.Message):
+    __slots__ = ("invoice_id", "amount", "reason")
+    INVOICE_ID_FIELD_NUMBER: _ClassVar[int]
+    AMOUNT_FIELD_NUMBER: _ClassVar[int]
+    REASON_FIELD_NUMBER: _ClassVar[int]
+    invoice_id: str
+    amount: _common_pb2.Money
+    reason: str
+    def __init__(self, invoice_id: _Optional[str] = ..., amount: _Optional[_Union[_common_pb2.Money, _Mapping]] = ..., reason: _Optional[str] = ...) -> None: ...
+
+class CreditInvoiceResponse(_message.Message):
+    __slots__ = ("credit_note", "invoice")
+    CREDIT_NOTE_FIELD_NUMBER: _ClassVar[int]
+    INVOICE_FIELD_NUMBER: _ClassVar[int]
+    credit_note: _subscription_pb2.CreditNote
+    invoice: _subscription_pb2.Invoice
+    def __init__(self, credit_note: _Optional[_Union[_subscription_pb2.CreditNote, _Mapping]] = ..., invoice: _Optional[_Union[_subscription_pb2.Invoice, _Mapping]] = ...) -> None: ...
+
 class AdminInstance(_message.Message):
     __slots__ = ("instance", "account_id", "customer_id", "email", "namespace")
     INSTANCE_FIELD_NUMBER: _ClassVar[int]
@@ -147,7 +175,7 @@ class ListAuditEventsRequest(_message.Message):
     def __init__(self, page_size: _Optional[int] = ..., page_token: _Optional[str] = ...) -> None: ...
 
 class AuditEvent(_message.Message):
-    __slots__ = ("id", "actor_account_id", "actor_email", "action", "instance_id", "instance_account_id", "reason", "at")
+    __slots__ = ("id", "actor_account_id", "actor_email", "action", "instance_id", "instance_account_id", "reason", "at", "target")
     ID_FIELD_NUMBER: _ClassVar[int]
     ACTOR_ACCOUNT_ID_FIELD_NUMBER: _ClassVar[int]
     ACTOR_EMAIL_FIELD_NUMBER: _ClassVar[int]
@@ -156,6 +184,7 @@ class AuditEvent(_message.Message):
     INSTANCE_ACCOUNT_ID_FIELD_NUMBER: _ClassVar[int]
     REASON_FIELD_NUMBER: _ClassVar[int]
     AT_FIELD_NUMBER: _ClassVar[int]
+    TARGET_FIELD_NUMBER: _ClassVar[int]
     id: str
     actor_account_id: str
     actor_email: str
@@ -164,7 +193,8 @@ class AuditEvent(_message.Message):
     instance_account_id: str
     reason: str
     at: _timestamp_pb2.Timestamp
-    def __init__(self, id: _Optional[str] = ..., actor_account_id: _Optional[str] = ..., actor_email: _Optional[str] = ..., action: _Optional[str] = ..., instance_id: _Optional[str] = ..., instance_account_id: _Optional[str] = ..., reason: _Optional[str] = ..., at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
+    target: str
+    def __init__(self, id: _Optional[str] = ..., actor_account_id: _Optional[str] = ..., actor_email: _Optional[str] = ..., action: _Optional[str] = ..., instance_id: _Optional[str] = ..., instance_account_id: _Optional[str] = ..., reason: _Optional[str] = ..., at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., target: _Optional[str] = ...) -> None: ...
 
 class ListAuditEventsResponse(_message.Message):
     __slots__ = ("events", "next_page_token")
@@ -198,7 +228,7 @@ class AppSubscriptions(_message.Message):
     def __init__(self, app_id: _Optional[str] = ..., trialing: _Optional[int] = ..., active: _Optional[int] = ..., past_due: _Optional[int] = ..., suspended: _Optional[int] = ..., mrr: _Optional[_Union[_common_pb2.Money, _Mapping]] = ...) -> None: ...
 
 class InvoicePeriod(_message.Message):
-    __slots__ = ("month", "invoices", "paid", "failed", "void", "invoiced", "collected")
+    __slots__ = ("month", "invoices", "paid", "failed", "void", "invoiced", "collected", "credited")
     MONTH_FIELD_NUMBER: _ClassVar[int]
     INVOICES_FIELD_NUMBER: _ClassVar[int]
     PAID_FIELD_NUMBER: _ClassVar[int]
@@ -206,6 +236,7 @@ class InvoicePeriod(_message.Message):
     VOID_FIELD_NUMBER: _ClassVar[int]
     INVOICED_FIELD_NUMBER: _ClassVar[int]
     COLLECTED_FIELD_NUMBER: _ClassVar[int]
+    CREDITED_FIELD_NUMBER: _ClassVar[int]
     month: str
     invoices: int
     paid: int
@@ -213,10 +244,11 @@ class InvoicePeriod(_message.Message):
     void: int
     invoiced: _common_pb2.Money
     collected: _common_pb2.Money
-    def __init__(self, month: _Optional[str] = ..., invoices: _Optional[int] = ..., paid: _Optional[int] = ..., failed: _Optional[int] = ..., void: _Optional[int] = ..., invoiced: _Optional[_Union[_common_pb2.Money, _Mapping]] = ..., collected: _Optional[_Union[_common_pb2.Money, _Mapping]] = ...) -> None: ...
+    credited: _common_pb2.Money
+    def __init__(self, month: _Optional[str] = ..., invoices: _Optional[int] = ..., paid: _Optional[int] = ..., failed: _Optional[int] = ..., void: _Optional[int] = ..., invoiced: _Optional[_Union[_common_pb2.Money, _Mapping]] = ..., collected: _Optional[_Union[_common_pb2.Money, _Mapping]] = ..., credited: _Optional[_Union[_common_pb2.Money, _Mapping]] = ...) -> None: ...
 
 class RevenueReport(_message.Message):
-    __slots__ = ("mrr", "by_app", "trials_ended", "trials_converted", "trial_conversion_rate", "renewals_due", "renewals_paid", "renewal_rate", "churned", "churn_rate", "invoices_by_month", "invoiced_total", "collected_total", "to", "generated_at")
+    __slots__ = ("mrr", "by_app", "trials_ended", "trials_converted", "trial_conversion_rate", "renewals_due", "renewals_paid", "renewal_rate", "churned", "churn_rate", "invoices_by_month", "invoiced_total", "collected_total", "to", "generated_at", "credited_total")
     MRR_FIELD_NUMBER: _ClassVar[int]
     BY_APP_FIELD_NUMBER: _ClassVar[int]
     TRIALS_ENDED_FIELD_NUMBER: _ClassVar[int]
@@ -233,6 +265,7 @@ class RevenueReport(_message.Message):
     FROM_FIELD_NUMBER: _ClassVar[int]
     TO_FIELD_NUMBER: _ClassVar[int]
     GENERATED_AT_FIELD_NUMBER: _ClassVar[int]
+    CREDITED_TOTAL_FIELD_NUMBER: _ClassVar[int]
     mrr: _common_pb2.Money
     by_app: _containers.RepeatedCompositeFieldContainer[AppSubscriptions]
     trials_ended: int
@@ -248,7 +281,8 @@ class RevenueReport(_message.Message):
     collected_total: _common_pb2.Money
     to: _timestamp_pb2.Timestamp
     generated_at: _timestamp_pb2.Timestamp
-    def __init__(self, mrr: _Optional[_Union[_common_pb2.Money, _Mapping]] = ..., by_app: _Optional[_Iterable[_Union[AppSubscriptions, _Mapping]]] = ..., trials_ended: _Optional[int] = ..., trials_converted: _Optional[int] = ..., trial_conversion_rate: _Optional[float] = ..., renewals_due: _Optional[int] = ..., renewals_paid: _Optional[int] = ..., renewal_rate: _Optional[float] = ..., churned: _Optional[int] = ..., churn_rate: _Optional[float] = ..., invoices_by_month: _Optional[_Iterable[_Union[InvoicePeriod, _Mapping]]] = ..., invoiced_total: _Optional[_Union[_common_pb2.Money, _Mapping]] = ..., collected_total: _Optional[_Union[_common_pb2.Money, _Mapping]] = ..., to: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., generated_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., **kwargs) -> None: ...
+    credited_total: _common_pb2.Money
+    def __init__(self, mrr: _Optional[_Union[_common_pb2.Money, _Mapping]] = ..., by_app: _Optional[_Iterable[_Union[AppSubscriptions, _Mapping]]] = ..., trials_ended: _Optional[int] = ..., trials_converted: _Optional[int] = ..., trial_conversion_rate: _Optional[float] = ..., renewals_due: _Optional[int] = ..., renewals_paid: _Optional[int] = ..., renewal_rate: _Optional[float] = ..., churned: _Optional[int] = ..., churn_rate: _Optional[float] = ..., invoices_by_month: _Optional[_Iterable[_Union[InvoicePeriod, _Mapping]]] = ..., invoiced_total: _Optional[_Union[_common_pb2.Money, _Mapping]] = ..., collected_total: _Optional[_Union[_common_pb2.Money, _Mapping]] = ..., to: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., generated_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., credited_total: _Optional[_Union[_common_pb2.Money, _Mapping]] = ..., **kwargs) -> None: ...
 
 class ListAllSubscriptionsRequest(_message.Message):
     __slots__ = ("page_size", "page_token", "status", "app_id", "account_id")

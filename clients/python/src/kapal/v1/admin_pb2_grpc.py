@@ -356,6 +356,16 @@ class BillingAdminServiceStub:
                 request_serializer=kapal_dot_v1_dot_subscription__pb2.ListSubscriptionEventsRequest.SerializeToString,
                 response_deserializer=kapal_dot_v1_dot_subscription__pb2.ListSubscriptionEventsResponse.FromString,
                 _registered_method=True)
+        self.ExtendSubscription = channel.unary_unary(
+                '/kapal.v1.BillingAdminService/ExtendSubscription',
+                request_serializer=kapal_dot_v1_dot_admin__pb2.ExtendSubscriptionRequest.SerializeToString,
+                response_deserializer=kapal_dot_v1_dot_subscription__pb2.Subscription.FromString,
+                _registered_method=True)
+        self.CreditInvoice = channel.unary_unary(
+                '/kapal.v1.BillingAdminService/CreditInvoice',
+                request_serializer=kapal_dot_v1_dot_admin__pb2.CreditInvoiceRequest.SerializeToString,
+                response_deserializer=kapal_dot_v1_dot_admin__pb2.CreditInvoiceResponse.FromString,
+                _registered_method=True)
 
 
 class BillingAdminServiceServicer:
@@ -384,6 +394,37 @@ class BillingAdminServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ExtendSubscription(self, request, context):
+        """Extends a subscription by 1-365 days, with a reason. A trial's end (TRIALING) or the
+        current period's end (ACTIVE) moves, and with it everything scheduled from it: the renewal
+        charge or the trial's end, the renewal-upcoming notice and the expiry. Of a PAST_DUE or
+        SUSPENDED subscription the grace period or the suspension (so its expiry) is extended.
+        The extension is free: the current invoice's period is extended with it. Written to the
+        audit log (action "extend_subscription", who, whose, why) before it is carried out, and to
+        the subscription's history (actor "operator", with the reason) that its owner reads.
+        INVALID_ARGUMENT for days outside 1-365 or no reason; NOT_FOUND for an unknown
+        subscription; FAILED_PRECONDITION for an ended one (EXPIRED or CANCELED).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def CreditInvoice(self, request, context):
+        """Issues a credit note on a PAID invoice: the amount (at most what is not credited yet) is
+        refunded through the payment provider that settled the invoice, and the note is shown on
+        the invoice (Invoice.credited, Invoice.credit_notes) to its owner. Written to the audit log
+        (action "credit_invoice") before it is carried out, and to the subscription's history
+        (actor "operator", with the reason). The revenue report's collected sums are net of
+        credit notes (InvoicePeriod.credited). INVALID_ARGUMENT for an amount that is not a
+        positive number of rupiah or no reason; NOT_FOUND for an unknown invoice;
+        FAILED_PRECONDITION for an invoice that is not PAID, or an amount over what is left to
+        credit (the message says how much is left), or a refund the provider declined (the note
+        is then FAILED and credits nothing).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_BillingAdminServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -401,6 +442,16 @@ def add_BillingAdminServiceServicer_to_server(servicer, server):
                     servicer.ListSubscriptionEventsAsAdmin,
                     request_deserializer=kapal_dot_v1_dot_subscription__pb2.ListSubscriptionEventsRequest.FromString,
                     response_serializer=kapal_dot_v1_dot_subscription__pb2.ListSubscriptionEventsResponse.SerializeToString,
+            ),
+            'ExtendSubscription': grpc.unary_unary_rpc_method_handler(
+                    servicer.ExtendSubscription,
+                    request_deserializer=kapal_dot_v1_dot_admin__pb2.ExtendSubscriptionRequest.FromString,
+                    response_serializer=kapal_dot_v1_dot_subscription__pb2.Subscription.SerializeToString,
+            ),
+            'CreditInvoice': grpc.unary_unary_rpc_method_handler(
+                    servicer.CreditInvoice,
+                    request_deserializer=kapal_dot_v1_dot_admin__pb2.CreditInvoiceRequest.FromString,
+                    response_serializer=kapal_dot_v1_dot_admin__pb2.CreditInvoiceResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -486,6 +537,60 @@ class BillingAdminService:
             '/kapal.v1.BillingAdminService/ListSubscriptionEventsAsAdmin',
             kapal_dot_v1_dot_subscription__pb2.ListSubscriptionEventsRequest.SerializeToString,
             kapal_dot_v1_dot_subscription__pb2.ListSubscriptionEventsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ExtendSubscription(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/kapal.v1.BillingAdminService/ExtendSubscription',
+            kapal_dot_v1_dot_admin__pb2.ExtendSubscriptionRequest.SerializeToString,
+            kapal_dot_v1_dot_subscription__pb2.Subscription.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def CreditInvoice(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/kapal.v1.BillingAdminService/CreditInvoice',
+            kapal_dot_v1_dot_admin__pb2.CreditInvoiceRequest.SerializeToString,
+            kapal_dot_v1_dot_admin__pb2.CreditInvoiceResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -161,6 +161,29 @@ class BillingAdminServiceStub:
     """Lists every customer's subscriptions, newest first, optionally filtered."""
     ListSubscriptionEventsAsAdmin: _grpc.UnaryUnaryMultiCallable[_subscription_pb2.ListSubscriptionEventsRequest, _subscription_pb2.ListSubscriptionEventsResponse]
     """Every status change of any subscription, oldest first, with time and cause."""
+    ExtendSubscription: _grpc.UnaryUnaryMultiCallable[_admin_pb2.ExtendSubscriptionRequest, _subscription_pb2.Subscription]
+    """Extends a subscription by 1-365 days, with a reason. A trial's end (TRIALING) or the
+    current period's end (ACTIVE) moves, and with it everything scheduled from it: the renewal
+    charge or the trial's end, the renewal-upcoming notice and the expiry. Of a PAST_DUE or
+    SUSPENDED subscription the grace period or the suspension (so its expiry) is extended.
+    The extension is free: the current invoice's period is extended with it. Written to the
+    audit log (action "extend_subscription", who, whose, why) before it is carried out, and to
+    the subscription's history (actor "operator", with the reason) that its owner reads.
+    INVALID_ARGUMENT for days outside 1-365 or no reason; NOT_FOUND for an unknown
+    subscription; FAILED_PRECONDITION for an ended one (EXPIRED or CANCELED).
+    """
+    CreditInvoice: _grpc.UnaryUnaryMultiCallable[_admin_pb2.CreditInvoiceRequest, _admin_pb2.CreditInvoiceResponse]
+    """Issues a credit note on a PAID invoice: the amount (at most what is not credited yet) is
+    refunded through the payment provider that settled the invoice, and the note is shown on
+    the invoice (Invoice.credited, Invoice.credit_notes) to its owner. Written to the audit log
+    (action "credit_invoice") before it is carried out, and to the subscription's history
+    (actor "operator", with the reason). The revenue report's collected sums are net of
+    credit notes (InvoicePeriod.credited). INVALID_ARGUMENT for an amount that is not a
+    positive number of rupiah or no reason; NOT_FOUND for an unknown invoice;
+    FAILED_PRECONDITION for an invoice that is not PAID, or an amount over what is left to
+    credit (the message says how much is left), or a refund the provider declined (the note
+    is then FAILED and credits nothing).
+    """
 
 @_typing.type_check_only
 class BillingAdminServiceAsyncStub(BillingAdminServiceStub):
@@ -175,6 +198,29 @@ class BillingAdminServiceAsyncStub(BillingAdminServiceStub):
     """Lists every customer's subscriptions, newest first, optionally filtered."""
     ListSubscriptionEventsAsAdmin: _aio.UnaryUnaryMultiCallable[_subscription_pb2.ListSubscriptionEventsRequest, _subscription_pb2.ListSubscriptionEventsResponse]  # type: ignore[assignment]
     """Every status change of any subscription, oldest first, with time and cause."""
+    ExtendSubscription: _aio.UnaryUnaryMultiCallable[_admin_pb2.ExtendSubscriptionRequest, _subscription_pb2.Subscription]  # type: ignore[assignment]
+    """Extends a subscription by 1-365 days, with a reason. A trial's end (TRIALING) or the
+    current period's end (ACTIVE) moves, and with it everything scheduled from it: the renewal
+    charge or the trial's end, the renewal-upcoming notice and the expiry. Of a PAST_DUE or
+    SUSPENDED subscription the grace period or the suspension (so its expiry) is extended.
+    The extension is free: the current invoice's period is extended with it. Written to the
+    audit log (action "extend_subscription", who, whose, why) before it is carried out, and to
+    the subscription's history (actor "operator", with the reason) that its owner reads.
+    INVALID_ARGUMENT for days outside 1-365 or no reason; NOT_FOUND for an unknown
+    subscription; FAILED_PRECONDITION for an ended one (EXPIRED or CANCELED).
+    """
+    CreditInvoice: _aio.UnaryUnaryMultiCallable[_admin_pb2.CreditInvoiceRequest, _admin_pb2.CreditInvoiceResponse]  # type: ignore[assignment]
+    """Issues a credit note on a PAID invoice: the amount (at most what is not credited yet) is
+    refunded through the payment provider that settled the invoice, and the note is shown on
+    the invoice (Invoice.credited, Invoice.credit_notes) to its owner. Written to the audit log
+    (action "credit_invoice") before it is carried out, and to the subscription's history
+    (actor "operator", with the reason). The revenue report's collected sums are net of
+    credit notes (InvoicePeriod.credited). INVALID_ARGUMENT for an amount that is not a
+    positive number of rupiah or no reason; NOT_FOUND for an unknown invoice;
+    FAILED_PRECONDITION for an invoice that is not PAID, or an amount over what is left to
+    credit (the message says how much is left), or a refund the provider declined (the note
+    is then FAILED and credits nothing).
+    """
 
 class BillingAdminServiceServicer(metaclass=_abc_1.ABCMeta):
     """Revenue and subscription analytics for operators, served by billing. Every call needs an
@@ -204,5 +250,40 @@ class BillingAdminServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_subscription_pb2.ListSubscriptionEventsResponse, _abc.Awaitable[_subscription_pb2.ListSubscriptionEventsResponse]]:
         """Every status change of any subscription, oldest first, with time and cause."""
+
+    @_abc_1.abstractmethod
+    def ExtendSubscription(
+        self,
+        request: _admin_pb2.ExtendSubscriptionRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_subscription_pb2.Subscription, _abc.Awaitable[_subscription_pb2.Subscription]]:
+        """Extends a subscription by 1-365 days, with a reason. A trial's end (TRIALING) or the
+        current period's end (ACTIVE) moves, and with it everything scheduled from it: the renewal
+        charge or the trial's end, the renewal-upcoming notice and the expiry. Of a PAST_DUE or
+        SUSPENDED subscription the grace period or the suspension (so its expiry) is extended.
+        The extension is free: the current invoice's period is extended with it. Written to the
+        audit log (action "extend_subscription", who, whose, why) before it is carried out, and to
+        the subscription's history (actor "operator", with the reason) that its owner reads.
+        INVALID_ARGUMENT for days outside 1-365 or no reason; NOT_FOUND for an unknown
+        subscription; FAILED_PRECONDITION for an ended one (EXPIRED or CANCELED).
+        """
+
+    @_abc_1.abstractmethod
+    def CreditInvoice(
+        self,
+        request: _admin_pb2.CreditInvoiceRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_admin_pb2.CreditInvoiceResponse, _abc.Awaitable[_admin_pb2.CreditInvoiceResponse]]:
+        """Issues a credit note on a PAID invoice: the amount (at most what is not credited yet) is
+        refunded through the payment provider that settled the invoice, and the note is shown on
+        the invoice (Invoice.credited, Invoice.credit_notes) to its owner. Written to the audit log
+        (action "credit_invoice") before it is carried out, and to the subscription's history
+        (actor "operator", with the reason). The revenue report's collected sums are net of
+        credit notes (InvoicePeriod.credited). INVALID_ARGUMENT for an amount that is not a
+        positive number of rupiah or no reason; NOT_FOUND for an unknown invoice;
+        FAILED_PRECONDITION for an invoice that is not PAID, or an amount over what is left to
+        credit (the message says how much is left), or a refund the provider declined (the note
+        is then FAILED and credits nothing).
+        """
 
 def add_BillingAdminServiceServicer_to_server(servicer: BillingAdminServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

@@ -28,6 +28,13 @@ class InvoiceStatus(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     INVOICE_STATUS_PAID: _ClassVar[InvoiceStatus]
     INVOICE_STATUS_FAILED: _ClassVar[InvoiceStatus]
     INVOICE_STATUS_VOID: _ClassVar[InvoiceStatus]
+
+class CreditNoteStatus(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    CREDIT_NOTE_STATUS_UNSPECIFIED: _ClassVar[CreditNoteStatus]
+    CREDIT_NOTE_STATUS_PENDING: _ClassVar[CreditNoteStatus]
+    CREDIT_NOTE_STATUS_REFUNDED: _ClassVar[CreditNoteStatus]
+    CREDIT_NOTE_STATUS_FAILED: _ClassVar[CreditNoteStatus]
 SUBSCRIPTION_STATUS_UNSPECIFIED: SubscriptionStatus
 SUBSCRIPTION_STATUS_TRIALING: SubscriptionStatus
 SUBSCRIPTION_STATUS_ACTIVE: SubscriptionStatus
@@ -40,6 +47,10 @@ INVOICE_STATUS_OPEN: InvoiceStatus
 INVOICE_STATUS_PAID: InvoiceStatus
 INVOICE_STATUS_FAILED: InvoiceStatus
 INVOICE_STATUS_VOID: InvoiceStatus
+CREDIT_NOTE_STATUS_UNSPECIFIED: CreditNoteStatus
+CREDIT_NOTE_STATUS_PENDING: CreditNoteStatus
+CREDIT_NOTE_STATUS_REFUNDED: CreditNoteStatus
+CREDIT_NOTE_STATUS_FAILED: CreditNoteStatus
 
 class Subscription(_message.Message):
     __slots__ = ("id", "app_id", "plan_id", "status", "price", "current_period_start", "current_period_end", "auto_renew", "cancel_at_period_end", "order_id", "created_at", "trial_end", "next_plan_id", "instance_id", "account_id")
@@ -112,7 +123,7 @@ class SetAutoRenewRequest(_message.Message):
     def __init__(self, subscription_id: _Optional[str] = ..., auto_renew: _Optional[bool] = ...) -> None: ...
 
 class Invoice(_message.Message):
-    __slots__ = ("id", "number", "subscription_id", "period_start", "period_end", "amount", "status", "created_at", "paid_at", "payment_provider", "payment_reference")
+    __slots__ = ("id", "number", "subscription_id", "period_start", "period_end", "amount", "status", "created_at", "paid_at", "payment_provider", "payment_reference", "credited", "credit_notes")
     ID_FIELD_NUMBER: _ClassVar[int]
     NUMBER_FIELD_NUMBER: _ClassVar[int]
     SUBSCRIPTION_ID_FIELD_NUMBER: _ClassVar[int]
@@ -124,6 +135,8 @@ class Invoice(_message.Message):
     PAID_AT_FIELD_NUMBER: _ClassVar[int]
     PAYMENT_PROVIDER_FIELD_NUMBER: _ClassVar[int]
     PAYMENT_REFERENCE_FIELD_NUMBER: _ClassVar[int]
+    CREDITED_FIELD_NUMBER: _ClassVar[int]
+    CREDIT_NOTES_FIELD_NUMBER: _ClassVar[int]
     id: str
     number: str
     subscription_id: str
@@ -135,7 +148,29 @@ class Invoice(_message.Message):
     paid_at: _timestamp_pb2.Timestamp
     payment_provider: str
     payment_reference: str
-    def __init__(self, id: _Optional[str] = ..., number: _Optional[str] = ..., subscription_id: _Optional[str] = ..., period_start: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., period_end: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., amount: _Optional[_Union[_common_pb2.Money, _Mapping]] = ..., status: _Optional[_Union[InvoiceStatus, str]] = ..., created_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., paid_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., payment_provider: _Optional[str] = ..., payment_reference: _Optional[str] = ...) -> None: ...
+    credited: _common_pb2.Money
+    credit_notes: _containers.RepeatedCompositeFieldContainer[CreditNote]
+    def __init__(self, id: _Optional[str] = ..., number: _Optional[str] = ..., subscription_id: _Optional[str] = ..., period_start: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., period_end: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., amount: _Optional[_Union[_common_pb2.Money, _Mapping]] = ..., status: _Optional[_Union[InvoiceStatus, str]] = ..., created_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., paid_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., payment_provider: _Optional[str] = ..., payment_reference: _Optional[str] = ..., credited: _Optional[_Union[_common_pb2.Money, _Mapping]] = ..., credit_notes: _Optional[_Iterable[_Union[CreditNote, _Mapping]]] = ...) -> None: ...
+
+class CreditNote(_message.Message):
+    __slots__ = ("id", "invoice_id", "amount", "reason", "status", "created_at", "refund_provider", "refund_reference")
+    ID_FIELD_NUMBER: _ClassVar[int]
+    INVOICE_ID_FIELD_NUMBER: _ClassVar[int]
+    AMOUNT_FIELD_NUMBER: _ClassVar[int]
+    REASON_FIELD_NUMBER: _ClassVar[int]
+    STATUS_FIELD_NUMBER: _ClassVar[int]
+    CREATED_AT_FIELD_NUMBER: _ClassVar[int]
+    REFUND_PROVIDER_FIELD_NUMBER: _ClassVar[int]
+    REFUND_REFERENCE_FIELD_NUMBER: _ClassVar[int]
+    id: str
+    invoice_id: str
+    amount: _common_pb2.Money
+    reason: str
+    status: CreditNoteStatus
+    created_at: _timestamp_pb2.Timestamp
+    refund_provider: str
+    refund_reference: str
+    def __init__(self, id: _Optional[str] = ..., invoice_id: _Optional[str] = ..., amount: _Optional[_Union[_common_pb2.Money, _Mapping]] = ..., reason: _Optional[str] = ..., status: _Optional[_Union[CreditNoteStatus, str]] = ..., created_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., refund_provider: _Optional[str] = ..., refund_reference: _Optional[str] = ...) -> None: ...
 
 class ListInvoicesRequest(_message.Message):
     __slots__ = ("subscription_id", "page_size", "page_token")
@@ -174,16 +209,18 @@ class ListSubscriptionEventsRequest(_message.Message):
     def __init__(self, subscription_id: _Optional[str] = ..., page_size: _Optional[int] = ..., page_token: _Optional[str] = ...) -> None: ...
 
 class SubscriptionEvent(_message.Message):
-    __slots__ = ("at", "from_status", "to_status", "cause")
+    __slots__ = ("at", "from_status", "to_status", "cause", "actor")
     AT_FIELD_NUMBER: _ClassVar[int]
     FROM_STATUS_FIELD_NUMBER: _ClassVar[int]
     TO_STATUS_FIELD_NUMBER: _ClassVar[int]
     CAUSE_FIELD_NUMBER: _ClassVar[int]
+    ACTOR_FIELD_NUMBER: _ClassVar[int]
     at: _timestamp_pb2.Timestamp
     from_status: SubscriptionStatus
     to_status: SubscriptionStatus
     cause: str
-    def __init__(self, at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., from_status: _Optional[_Union[SubscriptionStatus, str]] = ..., to_status: _Optional[_Union[SubscriptionStatus, str]] = ..., cause: _Optional[str] = ...) -> None: ...
+    actor: str
+    def __init__(self, at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., from_status: _Optional[_Union[SubscriptionStatus, str]] = ..., to_status: _Optional[_Union[SubscriptionStatus, str]] = ..., cause: _Optional[str] = ..., actor: _Optional[str] = ...) -> None: ...
 
 class ListSubscriptionEventsResponse(_message.Message):
     __slots__ = ("events", "next_page_token")

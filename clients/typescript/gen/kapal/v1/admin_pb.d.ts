@@ -4,15 +4,108 @@
 
 import type { GenEnum, GenFile, GenMessage, GenService } from "@bufbuild/protobuf/codegenv2";
 import type { Message } from "@bufbuild/protobuf";
+import type { Money } from "./common_pb.js";
+import type { CreditNote, Invoice, ListSubscriptionEventsRequestSchema, ListSubscriptionEventsResponseSchema, Subscription, SubscriptionSchema, SubscriptionStatus } from "./subscription_pb.js";
 import type { GetInstanceUsageRequestSchema, Instance, InstanceStatus, InstanceUsageSchema } from "./instance_pb.js";
 import type { Timestamp } from "@bufbuild/protobuf/wkt";
-import type { Money } from "./common_pb.js";
-import type { ListSubscriptionEventsRequestSchema, ListSubscriptionEventsResponseSchema, Subscription, SubscriptionStatus } from "./subscription_pb.js";
 
 /**
  * Describes the file kapal/v1/admin.proto.
  */
 export declare const file_kapal_v1_admin: GenFile;
+
+/**
+ * @generated from message kapal.v1.ExtendSubscriptionRequest
+ */
+export declare type ExtendSubscriptionRequest = Message<"kapal.v1.ExtendSubscriptionRequest"> & {
+  /**
+   * The subscription (UUID), of any customer.
+   *
+   * @generated from field: string subscription_id = 1;
+   */
+  subscriptionId: string;
+
+  /**
+   * How many days to add: 1-365.
+   *
+   * @generated from field: uint32 days = 2;
+   */
+  days: number;
+
+  /**
+   * Why (3-500 characters): kept in the audit log and shown in the subscription's history
+   * (write it for the customer to read too, e.g. "support ticket T-42: outage compensation").
+   *
+   * @generated from field: string reason = 3;
+   */
+  reason: string;
+};
+
+/**
+ * Describes the message kapal.v1.ExtendSubscriptionRequest.
+ * Use `create(ExtendSubscriptionRequestSchema)` to create a new message.
+ */
+export declare const ExtendSubscriptionRequestSchema: GenMessage<ExtendSubscriptionRequest>;
+
+/**
+ * @generated from message kapal.v1.CreditInvoiceRequest
+ */
+export declare type CreditInvoiceRequest = Message<"kapal.v1.CreditInvoiceRequest"> & {
+  /**
+   * The invoice, of any customer: its id (UUID) or its number as the customer sees it (e.g.
+   * "KPL-000042"). It must be PAID.
+   *
+   * @generated from field: string invoice_id = 1;
+   */
+  invoiceId: string;
+
+  /**
+   * How much to credit and refund: a positive amount in the invoice's currency (IDR; an
+   * empty currency means IDR), at most the invoice's amount less what is credited already.
+   *
+   * @generated from field: kapal.v1.Money amount = 2;
+   */
+  amount?: Money | undefined;
+
+  /**
+   * Why (3-500 characters): kept in the audit log, on the credit note and in the
+   * subscription's history.
+   *
+   * @generated from field: string reason = 3;
+   */
+  reason: string;
+};
+
+/**
+ * Describes the message kapal.v1.CreditInvoiceRequest.
+ * Use `create(CreditInvoiceRequestSchema)` to create a new message.
+ */
+export declare const CreditInvoiceRequestSchema: GenMessage<CreditInvoiceRequest>;
+
+/**
+ * @generated from message kapal.v1.CreditInvoiceResponse
+ */
+export declare type CreditInvoiceResponse = Message<"kapal.v1.CreditInvoiceResponse"> & {
+  /**
+   * The note just issued.
+   *
+   * @generated from field: kapal.v1.CreditNote credit_note = 1;
+   */
+  creditNote?: CreditNote | undefined;
+
+  /**
+   * The invoice with every credit note.
+   *
+   * @generated from field: kapal.v1.Invoice invoice = 2;
+   */
+  invoice?: Invoice | undefined;
+};
+
+/**
+ * Describes the message kapal.v1.CreditInvoiceResponse.
+ * Use `create(CreditInvoiceResponseSchema)` to create a new message.
+ */
+export declare const CreditInvoiceResponseSchema: GenMessage<CreditInvoiceResponse>;
 
 /**
  * An instance as operators see it: with its owner and where it lives.
@@ -442,21 +535,22 @@ export declare type AuditEvent = Message<"kapal.v1.AuditEvent"> & {
   actorEmail: string;
 
   /**
-   * What was done, e.g. "read_credentials".
+   * What was done, e.g. "read_credentials", "extend_subscription", "credit_invoice".
    *
    * @generated from field: string action = 4;
    */
   action: string;
 
   /**
-   * The instance it was done to.
+   * The instance it was done to; empty for actions on a subscription or an invoice (see
+   * target).
    *
    * @generated from field: string instance_id = 5;
    */
   instanceId: string;
 
   /**
-   * The owner of that instance.
+   * The owner of what it was done to (instance, account, subscription or invoice).
    *
    * @generated from field: string instance_account_id = 6;
    */
@@ -473,6 +567,15 @@ export declare type AuditEvent = Message<"kapal.v1.AuditEvent"> & {
    * @generated from field: google.protobuf.Timestamp at = 8;
    */
   at?: Timestamp | undefined;
+
+  /**
+   * What it was done to, by action: the instance id for instance actions, the account id for
+   * account actions, the subscription id for "extend_subscription", the invoice id for
+   * "credit_invoice".
+   *
+   * @generated from field: string target = 9;
+   */
+  target: string;
 };
 
 /**
@@ -616,11 +719,19 @@ export declare type InvoicePeriod = Message<"kapal.v1.InvoicePeriod"> & {
   invoiced?: Money | undefined;
 
   /**
-   * Sum of the amounts of the paid invoices.
+   * Sum of the amounts of the paid invoices, less the credit notes issued on them.
    *
    * @generated from field: kapal.v1.Money collected = 7;
    */
   collected?: Money | undefined;
+
+  /**
+   * Sum of the credit notes issued on the month's invoices (refunds); already taken off
+   * `collected`.
+   *
+   * @generated from field: kapal.v1.Money credited = 8;
+   */
+  credited?: Money | undefined;
 };
 
 /**
@@ -719,6 +830,8 @@ export declare type RevenueReport = Message<"kapal.v1.RevenueReport"> & {
   invoicedTotal?: Money | undefined;
 
   /**
+   * Net of credit notes (see InvoicePeriod.collected).
+   *
    * @generated from field: kapal.v1.Money collected_total = 13;
    */
   collectedTotal?: Money | undefined;
@@ -737,6 +850,13 @@ export declare type RevenueReport = Message<"kapal.v1.RevenueReport"> & {
    * @generated from field: google.protobuf.Timestamp generated_at = 16;
    */
   generatedAt?: Timestamp | undefined;
+
+  /**
+   * Sum of credited over the months.
+   *
+   * @generated from field: kapal.v1.Money credited_total = 17;
+   */
+  creditedTotal?: Money | undefined;
 };
 
 /**
@@ -954,6 +1074,43 @@ export declare const BillingAdminService: GenService<{
     methodKind: "unary";
     input: typeof ListSubscriptionEventsRequestSchema;
     output: typeof ListSubscriptionEventsResponseSchema;
+  },
+  /**
+   * Extends a subscription by 1-365 days, with a reason. A trial's end (TRIALING) or the
+   * current period's end (ACTIVE) moves, and with it everything scheduled from it: the renewal
+   * charge or the trial's end, the renewal-upcoming notice and the expiry. Of a PAST_DUE or
+   * SUSPENDED subscription the grace period or the suspension (so its expiry) is extended.
+   * The extension is free: the current invoice's period is extended with it. Written to the
+   * audit log (action "extend_subscription", who, whose, why) before it is carried out, and to
+   * the subscription's history (actor "operator", with the reason) that its owner reads.
+   * INVALID_ARGUMENT for days outside 1-365 or no reason; NOT_FOUND for an unknown
+   * subscription; FAILED_PRECONDITION for an ended one (EXPIRED or CANCELED).
+   *
+   * @generated from rpc kapal.v1.BillingAdminService.ExtendSubscription
+   */
+  extendSubscription: {
+    methodKind: "unary";
+    input: typeof ExtendSubscriptionRequestSchema;
+    output: typeof SubscriptionSchema;
+  },
+  /**
+   * Issues a credit note on a PAID invoice: the amount (at most what is not credited yet) is
+   * refunded through the payment provider that settled the invoice, and the note is shown on
+   * the invoice (Invoice.credited, Invoice.credit_notes) to its owner. Written to the audit log
+   * (action "credit_invoice") before it is carried out, and to the subscription's history
+   * (actor "operator", with the reason). The revenue report's collected sums are net of
+   * credit notes (InvoicePeriod.credited). INVALID_ARGUMENT for an amount that is not a
+   * positive number of rupiah or no reason; NOT_FOUND for an unknown invoice;
+   * FAILED_PRECONDITION for an invoice that is not PAID, or an amount over what is left to
+   * credit (the message says how much is left), or a refund the provider declined (the note
+   * is then FAILED and credits nothing).
+   *
+   * @generated from rpc kapal.v1.BillingAdminService.CreditInvoice
+   */
+  creditInvoice: {
+    methodKind: "unary";
+    input: typeof CreditInvoiceRequestSchema;
+    output: typeof CreditInvoiceResponseSchema;
   },
 }>;
 

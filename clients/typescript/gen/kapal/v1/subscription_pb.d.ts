@@ -286,6 +286,20 @@ export declare type Invoice = Message<"kapal.v1.Invoice"> & {
    * @generated from field: string payment_reference = 11;
    */
   paymentReference: string;
+
+  /**
+   * How much of the amount was credited back (refunded) by credit notes; zero when none.
+   *
+   * @generated from field: kapal.v1.Money credited = 12;
+   */
+  credited?: Money | undefined;
+
+  /**
+   * The credit notes issued on this invoice, oldest first.
+   *
+   * @generated from field: repeated kapal.v1.CreditNote credit_notes = 13;
+   */
+  creditNotes: CreditNote[];
 };
 
 /**
@@ -293,6 +307,65 @@ export declare type Invoice = Message<"kapal.v1.Invoice"> & {
  * Use `create(InvoiceSchema)` to create a new message.
  */
 export declare const InvoiceSchema: GenMessage<Invoice>;
+
+/**
+ * Money given back on a paid invoice by Kapal support.
+ *
+ * @generated from message kapal.v1.CreditNote
+ */
+export declare type CreditNote = Message<"kapal.v1.CreditNote"> & {
+  /**
+   * Credit note id (UUID).
+   *
+   * @generated from field: string id = 1;
+   */
+  id: string;
+
+  /**
+   * @generated from field: string invoice_id = 2;
+   */
+  invoiceId: string;
+
+  /**
+   * @generated from field: kapal.v1.Money amount = 3;
+   */
+  amount?: Money | undefined;
+
+  /**
+   * Why, as support wrote it.
+   *
+   * @generated from field: string reason = 4;
+   */
+  reason: string;
+
+  /**
+   * @generated from field: kapal.v1.CreditNoteStatus status = 5;
+   */
+  status: CreditNoteStatus;
+
+  /**
+   * @generated from field: google.protobuf.Timestamp created_at = 6;
+   */
+  createdAt?: Timestamp | undefined;
+
+  /**
+   * The payment provider that refunded it and its reference of the refund.
+   *
+   * @generated from field: string refund_provider = 7;
+   */
+  refundProvider: string;
+
+  /**
+   * @generated from field: string refund_reference = 8;
+   */
+  refundReference: string;
+};
+
+/**
+ * Describes the message kapal.v1.CreditNote.
+ * Use `create(CreditNoteSchema)` to create a new message.
+ */
+export declare const CreditNoteSchema: GenMessage<CreditNote>;
 
 /**
  * @generated from message kapal.v1.ListInvoicesRequest
@@ -437,6 +510,14 @@ export declare type SubscriptionEvent = Message<"kapal.v1.SubscriptionEvent"> & 
    * @generated from field: string cause = 4;
    */
   cause: string;
+
+  /**
+   * Who made the change when it was not billing's own lifecycle: "operator" for Kapal
+   * support's actions (an extension, a credit note; the reason is in cause); empty otherwise.
+   *
+   * @generated from field: string actor = 5;
+   */
+  actor: string;
 };
 
 /**
@@ -567,6 +648,42 @@ export enum InvoiceStatus {
  * Describes the enum kapal.v1.InvoiceStatus.
  */
 export declare const InvoiceStatusSchema: GenEnum<InvoiceStatus>;
+
+/**
+ * @generated from enum kapal.v1.CreditNoteStatus
+ */
+export enum CreditNoteStatus {
+  /**
+   * @generated from enum value: CREDIT_NOTE_STATUS_UNSPECIFIED = 0;
+   */
+  UNSPECIFIED = 0,
+
+  /**
+   * The refund is being sent to the payment provider.
+   *
+   * @generated from enum value: CREDIT_NOTE_STATUS_PENDING = 1;
+   */
+  PENDING = 1,
+
+  /**
+   * Refunded: the amount is credited.
+   *
+   * @generated from enum value: CREDIT_NOTE_STATUS_REFUNDED = 2;
+   */
+  REFUNDED = 2,
+
+  /**
+   * The provider declined the refund; nothing was credited.
+   *
+   * @generated from enum value: CREDIT_NOTE_STATUS_FAILED = 3;
+   */
+  FAILED = 3,
+}
+
+/**
+ * Describes the enum kapal.v1.CreditNoteStatus.
+ */
+export declare const CreditNoteStatusSchema: GenEnum<CreditNoteStatus>;
 
 /**
  * A customer's subscriptions and invoices. Every call acts on the caller's own subscriptions only.
