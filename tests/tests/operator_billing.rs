@@ -301,6 +301,7 @@ async fn invoices(c: &mut Clients, sub: &str) -> anyhow::Result<Vec<Invoice>> {
     Ok(c.subscriptions
         .list_invoices(ListInvoicesRequest {
             subscription_id: sub.into(),
+            ..Default::default()
         })
         .await?
         .into_inner()
