@@ -101,6 +101,10 @@ pub fn init(settings: &Settings) -> anyhow::Result<()> {
 
     type BoxedLayer = Box<dyn tracing_subscriber::Layer<Registry> + Send + Sync>;
     static INSTALLED: OnceLock<Option<String>> = OnceLock::new();
+    // Services started at once (tests on both backends) set up one subscriber and one
+    // provider between them.
+    static SETTING_UP: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    let _setting_up = SETTING_UP.lock().unwrap_or_else(|e| e.into_inner());
 
     if let Some(installed) = INSTALLED.get() {
         return match (&settings.otlp_endpoint, installed) {
@@ -170,6 +174,7 @@ fn provider(endpoint: &str, service_name: &str) -> anyhow::Result<SdkTracerProvi
         matches!(uri.scheme_str(), Some("http" | "https")) && uri.host().is_some(),
         "the OTLP endpoint {endpoint:?} is not a URL like http://127.0.0.1:4317"
     );
+    // (Built once, under init's lock; never dropped.)
     let runtime = match EXPORT_RUNTIME.get() {
         Some(rt) => rt,
         None => {

@@ -145,28 +145,30 @@ impl Receiver {
     /// One receiver for the whole process, on a runtime of its own (tests on both backends run
     /// on runtimes of their own, and the tracer they export with is process-wide).
     pub fn shared() -> anyhow::Result<&'static Receiver> {
-        static SHARED: std::sync::OnceLock<Receiver> = std::sync::OnceLock::new();
-        static RUNTIME: std::sync::OnceLock<tokio::runtime::Runtime> = std::sync::OnceLock::new();
-        if let Some(r) = SHARED.get() {
+        static SHARED: std::sync::Mutex<Option<&'static Receiver>> = std::sync::Mutex::new(None);
+        // Held while starting: tests on both backends ask at once, and only one may start it.
+        let mut shared = SHARED.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(r) = *shared {
             return Ok(r);
         }
-        let runtime = match RUNTIME.get() {
-            Some(rt) => rt,
-            None => {
-                let rt = tokio::runtime::Builder::new_multi_thread()
-                    .worker_threads(1)
-                    .enable_all()
-                    .build()?;
-                RUNTIME.get_or_init(|| rt)
-            }
-        };
-        // Started on its own runtime's thread (not blocking the caller's runtime).
+        // Its runtime and the receiver live as long as the process (never dropped, so never
+        // dropped inside a test's runtime either).
         let started = std::thread::scope(|s| {
-            s.spawn(|| runtime.block_on(Receiver::start()))
-                .join()
-                .map_err(|_| anyhow::anyhow!("starting the OTLP receiver panicked"))
+            s.spawn(|| -> anyhow::Result<&'static Receiver> {
+                let runtime: &'static tokio::runtime::Runtime = Box::leak(Box::new(
+                    tokio::runtime::Builder::new_multi_thread()
+                        .worker_threads(1)
+                        .enable_all()
+                        .build()?,
+                ));
+                let receiver = runtime.block_on(Receiver::start())?;
+                Ok(Box::leak(Box::new(receiver)))
+            })
+            .join()
+            .map_err(|_| anyhow::anyhow!("starting the OTLP receiver panicked"))
         })??;
-        Ok(SHARED.get_or_init(|| started))
+        *shared = Some(started);
+        Ok(started)
     }
 
     /// Every span received so far.
