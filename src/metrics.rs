@@ -468,7 +468,10 @@ mod tests {
         );
         assert_eq!(grpc_type("grpc.health.v1.Health", "Watch"), "server_stream");
         assert_eq!(
-            grpc_type("grpc.reflection.v1.ServerReflection", "ServerReflectionInfo"),
+            grpc_type(
+                "grpc.reflection.v1.ServerReflection",
+                "ServerReflectionInfo"
+            ),
             "bidi_stream"
         );
         // what the gateway refuses still gets a label

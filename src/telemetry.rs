@@ -5,7 +5,8 @@
 //!   gateway's stack), named `package.Service/Method`, with `rpc.*` attributes, the answering
 //!   service (`kapal.service`), the gRPC status, and the instance, order and subscription ids
 //!   where the handler knows them ([`record_instance`], [`record_order`],
-//!   [`record_subscription`]).
+//!   [`record_subscription`]). A span ends when the call's response starts: the whole of a
+//!   unary call, the opening of a stream (WatchInstance's later events are not in it).
 //! - **Propagation.** W3C trace context (`traceparent`, `tracestate`) in gRPC metadata: every
 //!   call one Kapal service makes to another carries the caller's current span
 //!   ([`inject_current`], called by [`crate::auth::SignAsService`], the one interceptor of every
@@ -441,7 +442,11 @@ where
                     // Errors come trailers-only, their status in the headers; an answer whose
                     // status is in its trailers is OK or failed mid-stream.
                     let span = tracing::Span::current();
-                    match res.headers().get("grpc-status").and_then(|v| v.to_str().ok()) {
+                    match res
+                        .headers()
+                        .get("grpc-status")
+                        .and_then(|v| v.to_str().ok())
+                    {
                         Some(code) => {
                             span.record("rpc.grpc.status_code", code);
                             if code != "0" {

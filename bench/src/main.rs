@@ -216,9 +216,12 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 }),
                 None => None,
             };
-            let scraper = observability
-                .as_ref()
-                .map(|o| tokio::spawn(server::scrape_every(o.metrics_listen, Duration::from_secs(15))));
+            let scraper = observability.as_ref().map(|o| {
+                tokio::spawn(server::scrape_every(
+                    o.metrics_listen,
+                    Duration::from_secs(15),
+                ))
+            });
             let mut server = KapalServer::start(
                 &settings.kapal_bin,
                 backend,
