@@ -374,8 +374,8 @@ impl internal::billing_service_server::BillingService for Billing {
     ) -> Result<Response<internal::CreateSubscriptionResponse>, Status> {
         auth::service(&request)?;
         let order = NewOrder::try_from(request.into_inner())?;
-        kapal::telemetry::record_order(&order.order_id);
-        kapal::telemetry::record_instance(&order.instance_id);
+        kapal::telemetry::record_order(order.order_id);
+        kapal::telemetry::record_instance(order.instance_id);
         let (sub, invoice) = self.create_subscription(order).await?;
         kapal::telemetry::record_subscription(&sub.id);
         Ok(Response::new(internal::CreateSubscriptionResponse {
@@ -408,7 +408,7 @@ impl pb::subscription_service_server::SubscriptionService for Billing {
     ) -> Result<Response<pb::Subscription>, Status> {
         let account = auth::customer(&request)?.account_id.to_string();
         let id = wire::uuid("subscription_id", &request.get_ref().subscription_id)?;
-        kapal::telemetry::record_subscription(&id);
+        kapal::telemetry::record_subscription(id);
         let row = store::customer_subscription(&self.0.db, &account, &id.to_string()).await?;
         Ok(Response::new(self.subscription_to_proto(&row).await?))
     }
@@ -419,7 +419,7 @@ impl pb::subscription_service_server::SubscriptionService for Billing {
     ) -> Result<Response<pb::Subscription>, Status> {
         let account = auth::customer(&request)?.account_id.to_string();
         let id = wire::uuid("subscription_id", &request.get_ref().subscription_id)?;
-        kapal::telemetry::record_subscription(&id);
+        kapal::telemetry::record_subscription(id);
         let row = store::change_renewal(
             &self.0.db,
             &account,
@@ -438,7 +438,7 @@ impl pb::subscription_service_server::SubscriptionService for Billing {
         let account = auth::customer(&request)?.account_id.to_string();
         let req = request.get_ref();
         let id = wire::uuid("subscription_id", &req.subscription_id)?;
-        kapal::telemetry::record_subscription(&id);
+        kapal::telemetry::record_subscription(id);
         let row = store::change_renewal(
             &self.0.db,
             &account,
