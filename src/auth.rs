@@ -318,7 +318,8 @@ fn called_method<T>(req: &Request<T>) -> Result<String, Status> {
 }
 
 /// Client-side interceptor for calls between Kapal's services: signs every call as
-/// [`Role::Service`], for the method called.
+/// [`Role::Service`], for the method called, and carries the caller's trace context
+/// (`traceparent`, when traces are exported; [`crate::telemetry`]).
 #[derive(Clone, Debug)]
 pub struct SignAsService(pub InternalKey);
 
@@ -327,6 +328,7 @@ impl tonic::service::Interceptor for SignAsService {
         let method = called_method(&req)?;
         self.0
             .sign_into(&Principal::service(), &method, req.metadata_mut());
+        crate::telemetry::inject_current(req.metadata_mut());
         Ok(req)
     }
 }

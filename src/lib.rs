@@ -31,6 +31,7 @@ pub mod db;
 pub mod metrics;
 pub mod paging;
 pub mod serve;
+pub mod telemetry;
 pub mod testing;
 pub mod webhook;
 pub mod wire;

@@ -213,7 +213,8 @@ pub struct GrpcMetrics<S> {
     component: &'static str,
 }
 
-/// `routes` with [`GrpcMetricsLayer`] around every service: what a service publishes as its
+/// `routes` with [`GrpcMetricsLayer`] and the trace spans ([`crate::telemetry::TraceLayer`])
+/// around every service: what a service publishes as its
 /// [`crate::serve::LocalRoutes`] too, so calls the gateway hands over in-process are counted
 /// the same as calls over the network.
 pub fn instrument(
@@ -223,8 +224,54 @@ pub fn instrument(
     tonic::service::Routes::from(
         routes
             .into_axum_router()
-            .layer(GrpcMetricsLayer::new(component)),
+            .layer(GrpcMetricsLayer::new(component))
+            .layer(crate::telemetry::TraceLayer::internal(component)),
     )
+}
+
+/// The kind of a method, as go-grpc-prometheus labels it (`grpc_type`): `unary`,
+/// `client_stream`, `server_stream` or `bidi_stream`, from the descriptors of every service
+/// Kapal serves (its own, health, reflection). An unknown method (refused by the gateway) is
+/// `unary`.
+pub fn grpc_type(service: &str, method: &str) -> &'static str {
+    static TYPES: OnceLock<std::collections::HashMap<String, &'static str>> = OnceLock::new();
+    let types = TYPES.get_or_init(|| {
+        use prost::Message as _;
+        let mut types = std::collections::HashMap::new();
+        for set in [
+            crate::proto::DESCRIPTOR_SET,
+            tonic_health::pb::FILE_DESCRIPTOR_SET,
+            tonic_reflection::pb::v1::FILE_DESCRIPTOR_SET,
+        ] {
+            let Ok(set) = prost_types::FileDescriptorSet::decode(set) else {
+                continue;
+            };
+            for file in set.file {
+                let package = file.package().to_string();
+                for svc in &file.service {
+                    for m in &svc.method {
+                        let kind = match (m.client_streaming(), m.server_streaming()) {
+                            (false, false) => "unary",
+                            (true, false) => "client_stream",
+                            (false, true) => "server_stream",
+                            (true, true) => "bidi_stream",
+                        };
+                        let full = if package.is_empty() {
+                            format!("{}/{}", svc.name(), m.name())
+                        } else {
+                            format!("{package}.{}/{}", svc.name(), m.name())
+                        };
+                        types.insert(full, kind);
+                    }
+                }
+            }
+        }
+        types
+    });
+    types
+        .get(&format!("{service}/{method}"))
+        .copied()
+        .unwrap_or("unary")
 }
 
 /// What one call is labelled with.
@@ -249,7 +296,7 @@ impl Call {
             labels: [
                 ("grpc_service", service.to_string()),
                 ("grpc_method", method.to_string()),
-                ("grpc_type", "unary".to_string()),
+                ("grpc_type", grpc_type(service, method).to_string()),
                 ("kapal_service", component.to_string()),
             ],
             start: Instant::now(),
@@ -405,5 +452,29 @@ impl<B: Body + Unpin> Body for MeteredBody<B> {
 
     fn size_hint(&self) -> SizeHint {
         self.inner.size_hint()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::grpc_type;
+
+    #[test]
+    fn the_type_of_a_call_comes_from_its_method() {
+        assert_eq!(grpc_type("kapal.v1.CatalogService", "ListApps"), "unary");
+        assert_eq!(
+            grpc_type("kapal.v1.InstanceService", "WatchInstance"),
+            "server_stream"
+        );
+        assert_eq!(grpc_type("grpc.health.v1.Health", "Watch"), "server_stream");
+        assert_eq!(
+            grpc_type(
+                "grpc.reflection.v1.ServerReflection",
+                "ServerReflectionInfo"
+            ),
+            "bidi_stream"
+        );
+        // what the gateway refuses still gets a label
+        assert_eq!(grpc_type("no.Such", "Method"), "unary");
     }
 }

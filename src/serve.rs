@@ -201,20 +201,12 @@ pub fn init_tracing(json: bool) {
     init_tracing_with_default(json, "info");
 }
 
-/// Like [`init_tracing`], with another filter when `RUST_LOG` is unset (tests use `warn`).
+/// Like [`init_tracing`], with another filter when `RUST_LOG` is unset (tests use `warn`). No
+/// trace export; [`crate::telemetry::init`] sets that up too.
 pub fn init_tracing_with_default(json: bool, default_filter: &str) {
-    use tracing_subscriber::EnvFilter;
-    let filter =
-        EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default_filter));
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_target(true);
-    // A second call (tests start many services in one process) keeps the first subscriber.
-    let _ = if json {
-        builder.json().try_init()
-    } else {
-        builder.try_init()
-    };
+    // A second call (tests start many services in one process) keeps the first subscriber;
+    // without an OTLP endpoint nothing here can fail.
+    let _ = crate::telemetry::init(&crate::telemetry::Settings::new(json, default_filter));
 }
 
 /// Installs rustls' process-wide crypto provider (ring). Call first thing in `main`.

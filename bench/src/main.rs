@@ -68,6 +68,11 @@ struct Cli {
     /// Also write the results as JSON here.
     #[arg(long)]
     json: Option<PathBuf>,
+    /// `on`: `kapal server` runs with Prometheus metrics (--metrics-listen, scraped every
+    /// 15 s as Prometheus would) and trace export (--otlp-endpoint, to an OTLP receiver in this
+    /// process), to measure what they cost; `off` (default): neither.
+    #[arg(long, value_enum, default_value = "off")]
+    observability: Observability,
     /// The `kapal` binary (default: next to this one, i.e. target/release/kapal).
     #[arg(long)]
     kapal_bin: Option<PathBuf>,
@@ -101,6 +106,12 @@ enum Scenario {
     NodeFailure,
     /// 7. start-up, idle and loaded memory of `kapal server`
     Memory,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+enum Observability {
+    Off,
+    On,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
@@ -163,6 +174,10 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         ("instances", cli.instances.to_string()),
         ("kapal_bin", settings.kapal_bin.display().to_string()),
         (
+            "observability",
+            format!("{:?}", cli.observability).to_lowercase(),
+        ),
+        (
             "rust_log",
             std::env::var("RUST_LOG").unwrap_or_else(|_| "(unset: info)".into()),
         ),
@@ -186,11 +201,34 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
     if needs_server {
         kapal::serve::install_crypto_provider();
         let cluster = kapal_tests::cluster::cluster().await?;
+        // The OTLP receiver spans are exported to (observability on), in this process.
+        let receiver = match cli.observability {
+            Observability::On => Some(kapal_tests::otlp::Receiver::start().await?),
+            Observability::Off => None,
+        };
         for backend in backends {
             let b = backend_name(backend);
             eprintln!("== starting kapal server [{b}]");
-            let mut server =
-                KapalServer::start(&settings.kapal_bin, backend, cluster.kubeconfig_path()).await?;
+            let observability = match &receiver {
+                Some(r) => Some(server::Observability {
+                    metrics_listen: server::free_addr().await?,
+                    otlp_endpoint: r.endpoint.clone(),
+                }),
+                None => None,
+            };
+            let scraper = observability.as_ref().map(|o| {
+                tokio::spawn(server::scrape_every(
+                    o.metrics_listen,
+                    Duration::from_secs(15),
+                ))
+            });
+            let mut server = KapalServer::start(
+                &settings.kapal_bin,
+                backend,
+                cluster.kubeconfig_path(),
+                observability,
+            )
+            .await?;
             let result: anyhow::Result<()> = async {
                 if wants(Scenario::Memory) {
                     bench.memory_idle(&server).await;
@@ -217,6 +255,16 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 eprintln!("[{b}] failed: {e:#}\nserver log:\n{}", server.log_tail());
             }
             server.stop().await;
+            if let Some(scraper) = scraper {
+                scraper.abort();
+            }
+            if let Some(r) = &receiver {
+                eprintln!(
+                    "[{b}] OTLP receiver: {} spans in {} exports",
+                    r.spans().len(),
+                    r.requests()
+                );
+            }
             result?;
         }
     }

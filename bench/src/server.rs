@@ -18,7 +18,7 @@ use tokio::process::{Child, Command};
 use tokio::time::Instant;
 
 /// A free loopback port (bound and released; the child binds it right after).
-async fn free_addr() -> anyhow::Result<SocketAddr> {
+pub async fn free_addr() -> anyhow::Result<SocketAddr> {
     let l = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
     Ok(l.local_addr()?)
 }
@@ -63,12 +63,27 @@ pub struct KapalServer {
     bin: PathBuf,
     kubeconfig: PathBuf,
     secret: String,
+    /// Metrics and trace export on (`--observability on`).
+    observability: Option<Observability>,
+}
+
+/// What `kapal server` is run with when observability is on: `--metrics-listen` (its own
+/// loopback port) and `--otlp-endpoint` (the benchmark's OTLP receiver).
+#[derive(Clone, Debug)]
+pub struct Observability {
+    pub metrics_listen: SocketAddr,
+    pub otlp_endpoint: String,
 }
 
 impl KapalServer {
     /// Starts `kapal server` on a new data directory (SQLite) or a new PostgreSQL database, and
     /// waits for the first successful ListApps through the gateway.
-    pub async fn start(bin: &Path, backend: Backend, kubeconfig: &Path) -> anyhow::Result<Self> {
+    pub async fn start(
+        bin: &Path,
+        backend: Backend,
+        kubeconfig: &Path,
+        observability: Option<Observability>,
+    ) -> anyhow::Result<Self> {
         anyhow::ensure!(
             bin.is_file(),
             "{} not found: build it with `cargo build --release -p kapal-cli` (scripts/bench does) or pass --kapal-bin",
@@ -94,6 +109,7 @@ impl KapalServer {
             bin: bin.to_path_buf(),
             kubeconfig: kubeconfig.to_path_buf(),
             secret: secret.clone(),
+            observability,
         };
         let _ = server.child.wait().await;
         server.spawn(&secret).await?;
@@ -173,6 +189,18 @@ impl KapalServer {
         if let Some(url) = &self.database_url {
             cmd.env("KAPAL_DATABASE_URL", url);
         }
+        match &self.observability {
+            Some(o) => {
+                cmd.arg("--metrics-listen")
+                    .arg(o.metrics_listen.to_string())
+                    .arg("--otlp-endpoint")
+                    .arg(&o.otlp_endpoint);
+            }
+            None => {
+                cmd.env_remove("KAPAL_METRICS_LISTEN")
+                    .env_remove("KAPAL_OTLP_ENDPOINT");
+            }
+        }
         let started = Instant::now();
         self.child = cmd
             .spawn()
@@ -222,6 +250,23 @@ impl KapalServer {
         terminate(&mut self.child, Duration::from_secs(15)).await;
         if let Some(url) = self.database_url.take() {
             let _ = drop_database(&url).await;
+        }
+    }
+}
+
+/// GETs http://`addr`/metrics every `every`, as Prometheus scrapes (failures, e.g. before the
+/// server is up, are ignored).
+pub async fn scrape_every(addr: SocketAddr, every: Duration) {
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    let mut tick = tokio::time::interval(every);
+    loop {
+        tick.tick().await;
+        if let Ok(mut s) = tokio::net::TcpStream::connect(addr).await {
+            let request = "GET /metrics HTTP/1.1\r\nhost: 127.0.0.1\r\nconnection: close\r\n\r\n";
+            if s.write_all(request.as_bytes()).await.is_ok() {
+                let mut sink = Vec::new();
+                let _ = s.read_to_end(&mut sink).await;
+            }
         }
     }
 }

@@ -396,7 +396,10 @@ impl internal::billing_service_server::BillingService for Billing {
     ) -> Result<Response<internal::CreateSubscriptionResponse>, Status> {
         auth::service(&request)?;
         let order = NewOrder::try_from(request.into_inner())?;
+        kapal::telemetry::record_order(order.order_id);
+        kapal::telemetry::record_instance(order.instance_id);
         let (sub, invoice) = self.create_subscription(order).await?;
+        kapal::telemetry::record_subscription(&sub.id);
         Ok(Response::new(internal::CreateSubscriptionResponse {
             subscription: Some(subscription_to_proto(&sub, None)?),
             invoice: Some(invoice_to_proto(&invoice, &[])?),
@@ -432,6 +435,7 @@ impl pb::subscription_service_server::SubscriptionService for Billing {
     ) -> Result<Response<pb::Subscription>, Status> {
         let account = auth::customer(&request)?.account_id.to_string();
         let id = wire::uuid("subscription_id", &request.get_ref().subscription_id)?;
+        kapal::telemetry::record_subscription(id);
         let row = store::customer_subscription(&self.0.db, &account, &id.to_string()).await?;
         Ok(Response::new(self.subscription_to_proto(&row).await?))
     }
@@ -442,6 +446,7 @@ impl pb::subscription_service_server::SubscriptionService for Billing {
     ) -> Result<Response<pb::Subscription>, Status> {
         let account = auth::customer(&request)?.account_id.to_string();
         let id = wire::uuid("subscription_id", &request.get_ref().subscription_id)?;
+        kapal::telemetry::record_subscription(id);
         let row = store::change_renewal(
             &self.0.db,
             &account,
@@ -460,6 +465,7 @@ impl pb::subscription_service_server::SubscriptionService for Billing {
         let account = auth::customer(&request)?.account_id.to_string();
         let req = request.get_ref();
         let id = wire::uuid("subscription_id", &req.subscription_id)?;
+        kapal::telemetry::record_subscription(id);
         let row = store::change_renewal(
             &self.0.db,
             &account,
@@ -514,6 +520,7 @@ impl pb::subscription_service_server::SubscriptionService for Billing {
         let account = auth::customer(&request)?.account_id.to_string();
         let req = request.get_ref();
         let id = wire::uuid("subscription_id", &req.subscription_id)?.to_string();
+        kapal::telemetry::record_subscription(&id);
         let plan_id = wire::required("plan_id", &req.plan_id)?;
         let sub = store::customer_subscription(&self.0.db, &account, &id).await?;
         let app = self.0.catalog.app(&sub.app_id).ok_or_else(|| {
@@ -582,6 +589,7 @@ impl pb::subscription_service_server::SubscriptionService for Billing {
         let account = auth::customer(&request)?.account_id.to_string();
         let req = request.get_ref();
         let id = wire::uuid("subscription_id", &req.subscription_id)?.to_string();
+        kapal::telemetry::record_subscription(&id);
         let limit = wire::page_size(req.page_size);
         let after = kapal::paging::parse_after_id(req.page_token.trim())?;
         store::customer_subscription(&self.0.db, &account, &id).await?;

@@ -129,6 +129,11 @@ pub struct ServerArgs {
     /// its own, never the public port. Off when unset.
     #[arg(long, env = "KAPAL_METRICS_LISTEN")]
     pub metrics_listen: Option<String>,
+    /// Export traces (one per public call, across the services) over OTLP/gRPC to this
+    /// collector, e.g. http://127.0.0.1:4317. Off when unset; OpenTelemetry's own
+    /// OTEL_EXPORTER_OTLP_ENDPOINT does not turn it on.
+    #[arg(long, env = "KAPAL_OTLP_ENDPOINT")]
+    pub otlp_endpoint: Option<String>,
     /// URL of the control-plane for the other services (default: from its listen address).
     #[arg(long, env = "KAPAL_CONTROL_PLANE_ENDPOINT")]
     pub control_plane_endpoint: Option<String>,
@@ -653,7 +658,18 @@ fn endpoint(explicit: &Option<String>, listener: Option<&TcpListener>, default: 
 }
 
 pub async fn run(args: ServerArgs) -> anyhow::Result<()> {
-    kapal::serve::init_tracing(args.log_json);
+    let mut telemetry = kapal::telemetry::Settings::new(args.log_json, "info");
+    telemetry.otlp_endpoint = args.otlp_endpoint.clone();
+    telemetry.service_name = match args.service {
+        Service::All => "kapal".to_string(),
+        s => format!(
+            "kapal-{}",
+            s.to_possible_value()
+                .map(|v| v.get_name().to_string())
+                .unwrap_or_default()
+        ),
+    };
+    kapal::telemetry::init(&telemetry).context("--otlp-endpoint")?;
     let started = std::time::Instant::now();
     let checked = check(&args).await?;
     let all = args.service == Service::All;
@@ -834,6 +850,8 @@ pub async fn run(args: ServerArgs) -> anyhow::Result<()> {
     {
         tracing::warn!("services did not stop within 10 s");
     }
+    // The spans still buffered go out before the process ends.
+    let _ = tokio::task::spawn_blocking(kapal::telemetry::shutdown).await;
     match failure {
         Some(e) => Err(e),
         None => Ok(()),

@@ -191,6 +191,42 @@ async fn metrics_are_scraped_during_a_journey() -> anyhow::Result<()> {
         ],
     )?)?;
     let ready = scrape(metrics_port)?;
+    // `--wait` followed the instance with WatchInstance, a server-streaming call: labelled so
+    // at the gateway and at the control-plane; ListApps is unary.
+    for service in ["gateway", "control-plane"] {
+        assert!(
+            value(
+                &ready,
+                "grpc_server_started_total",
+                &[
+                    ("kapal_service", service),
+                    ("grpc_method", "WatchInstance"),
+                    ("grpc_type", "server_stream")
+                ]
+            ) >= 1.0,
+            "{service}: {:?}",
+            find(
+                &ready,
+                "grpc_server_started_total",
+                &[("grpc_method", "WatchInstance")]
+            )
+        );
+    }
+    assert_eq!(
+        value(
+            &ready,
+            "grpc_server_started_total",
+            &[("grpc_method", "WatchInstance"), ("grpc_type", "unary")]
+        ),
+        0.0
+    );
+    assert!(
+        value(
+            &ready,
+            "grpc_server_started_total",
+            &[("grpc_method", "ListApps"), ("grpc_type", "unary")]
+        ) >= 4.0
+    );
     assert_eq!(
         value(
             &ready,

@@ -147,6 +147,7 @@ impl Instances {
     ) -> Result<Response<pb::Instance>, Status> {
         let p = auth::customer(&req)?.clone();
         let id = kapal::wire::uuid("instance_id", &req.get_ref().instance_id)?.to_string();
+        kapal::telemetry::record_instance(&id);
         let account_id = p.account_id.to_string();
         let updated = act(
             &self.ctx,
@@ -377,6 +378,7 @@ impl InstanceService for Instances {
     ) -> Result<Response<pb::Instance>, Status> {
         let p = auth::customer(&req)?;
         let id = kapal::wire::uuid("instance_id", &req.get_ref().instance_id)?.to_string();
+        kapal::telemetry::record_instance(&id);
         let instance = owned(&self.ctx, &p.account_id.to_string(), &id).await?;
         let mut wire = instance_to_wire(&instance);
         // Not for an instance deleted by its customer or because its subscription expired.
@@ -396,6 +398,7 @@ impl InstanceService for Instances {
     ) -> Result<Response<EventStream>, Status> {
         let p = auth::customer(&req)?;
         let id = kapal::wire::uuid("instance_id", &req.get_ref().instance_id)?.to_string();
+        kapal::telemetry::record_instance(&id);
         let account_id = p.account_id.to_string();
         // Listening before the first read: a change committed right after it is not missed.
         let mut changes = self.ctx.changes.subscribe();
@@ -501,6 +504,7 @@ impl InstanceService for Instances {
     ) -> Result<Response<InstanceUsage>, Status> {
         let p = auth::customer(&req)?;
         let id = kapal::wire::uuid("instance_id", &req.get_ref().instance_id)?.to_string();
+        kapal::telemetry::record_instance(&id);
         // Another customer's instance is NOT_FOUND, before the cluster is asked.
         owned(&self.ctx, &p.account_id.to_string(), &id).await?;
         Ok(Response::new(crate::admin::usage(&self.ctx, &id).await?))
@@ -512,6 +516,7 @@ impl InstanceService for Instances {
     ) -> Result<Response<ListInstanceEventsResponse>, Status> {
         let p = auth::customer(&req)?;
         let id = kapal::wire::uuid("instance_id", &req.get_ref().instance_id)?.to_string();
+        kapal::telemetry::record_instance(&id);
         owned(&self.ctx, &p.account_id.to_string(), &id).await?;
         Ok(Response::new(ListInstanceEventsResponse {
             events: crate::diagnostics::history(&self.ctx, &id).await?,
@@ -524,6 +529,7 @@ impl InstanceService for Instances {
     ) -> Result<Response<InstanceDiagnostics>, Status> {
         let p = auth::customer(&req)?;
         let id = kapal::wire::uuid("instance_id", &req.get_ref().instance_id)?.to_string();
+        kapal::telemetry::record_instance(&id);
         // Another customer's instance is NOT_FOUND, before the cluster is asked.
         owned(&self.ctx, &p.account_id.to_string(), &id).await?;
         Ok(Response::new(

@@ -143,6 +143,7 @@ impl InstanceStateService for InstanceState {
     ) -> Result<Response<ReportInstanceStateResponse>, Status> {
         auth::service(&req)?;
         let id = kapal::wire::uuid("instance_id", &req.get_ref().instance_id)?.to_string();
+        kapal::telemetry::record_instance(&id);
         if crate::instances::load(&self.0, &id).await?.is_none() {
             return Err(Status::not_found(format!("no instance {id}")));
         }

@@ -181,9 +181,10 @@ pub(crate) async fn process(ctx: &Ctx, order: Order) -> Result<Order> {
         tracing::info!(order_id = %order.id, instance_id = %instance.id, "order completed");
         let ctx = ctx.clone();
         let customer_id = account.customer_id.clone();
-        tokio::spawn(async move {
+        // In the checkout's span: the push is part of the checkout's trace.
+        tokio::spawn(kapal::telemetry::in_current_span(async move {
             instances::push_to_provisioner(&ctx, &instance, &customer_id).await;
-        });
+        }));
     }
     Ok(load_order(ctx, &order.account_id, &order.id)
         .await?
@@ -535,7 +536,12 @@ impl OrderService for Orders {
                 }
             }
         };
+        kapal::telemetry::record_order(&order.id);
+        kapal::telemetry::record_instance(&order.instance_id);
         let order = process(ctx, order).await?;
+        if let Some(subscription_id) = &order.subscription_id {
+            kapal::telemetry::record_subscription(subscription_id);
+        }
         Ok(Response::new(order_to_wire(&order)))
     }
 
@@ -545,6 +551,7 @@ impl OrderService for Orders {
     ) -> Result<Response<pb::Order>, Status> {
         let p = auth::customer(&req)?;
         let id = kapal::wire::uuid("order_id", &req.get_ref().order_id)?;
+        kapal::telemetry::record_order(id);
         let order = load_order(&self.0, &p.account_id.to_string(), &id.to_string())
             .await?
             .ok_or_else(|| Status::not_found(format!("no order {id}")))?;

@@ -324,6 +324,10 @@ pub async fn run(
         // gRPC server metrics (grpc_server_*), of every call as gRPC, the gateway's own
         // refusals below included.
         .layer(kapal::metrics::GrpcMetricsLayer::new("gateway"))
+        // One trace per public call: this call's span, a new trace whatever `traceparent` the
+        // caller sent (dropped here; kept as a link), its context written into the call the
+        // proxy forwards, so the services' spans are its children (kapal::telemetry).
+        .layer(kapal::telemetry::TraceLayer::public("gateway"))
         // Forged identities out, first thing after translation: nothing below, and no upstream,
         // sees an identity the gateway did not sign itself.
         .layer(middleware::MiddlewareLayer(identity::StripIdentity))

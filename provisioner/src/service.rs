@@ -33,6 +33,7 @@ impl ProvisionerService for Provisioner {
             .into_inner()
             .spec
             .ok_or_else(|| Status::invalid_argument("spec is required"))?;
+        kapal::telemetry::record_instance(&spec.instance_id);
         Ok(Response::new(self.controller.apply(&spec).await?))
     }
 
@@ -41,6 +42,7 @@ impl ProvisionerService for Provisioner {
         req: Request<GetInstanceStateRequest>,
     ) -> Result<Response<InstanceState>, Status> {
         kapal::auth::service(&req)?;
+        kapal::telemetry::record_instance(&req.get_ref().instance_id);
         Ok(Response::new(
             self.controller
                 .instance_state(&req.get_ref().instance_id)
@@ -53,6 +55,7 @@ impl ProvisionerService for Provisioner {
         req: Request<GetCredentialsRequest>,
     ) -> Result<Response<Credentials>, Status> {
         kapal::auth::service(&req)?;
+        kapal::telemetry::record_instance(&req.get_ref().instance_id);
         Ok(Response::new(
             self.controller
                 .credentials(&req.get_ref().instance_id)
@@ -73,6 +76,7 @@ impl ProvisionerService for Provisioner {
         req: Request<GetUsageRequest>,
     ) -> Result<Response<InstanceUsage>, Status> {
         kapal::auth::service(&req)?;
+        kapal::telemetry::record_instance(&req.get_ref().instance_id);
         Ok(Response::new(
             self.controller.usage(&req.get_ref().instance_id).await?,
         ))
@@ -84,6 +88,7 @@ impl ProvisionerService for Provisioner {
     ) -> Result<Response<InstanceDiagnostics>, Status> {
         kapal::auth::service(&req)?;
         let r = req.get_ref();
+        kapal::telemetry::record_instance(&r.instance_id);
         Ok(Response::new(
             self.controller
                 .diagnostics(&r.instance_id, r.log_lines)

@@ -75,6 +75,9 @@ struct Options {
     real_nodes: bool,
     /// The provisioner's wildcard certificate Secret (`namespace/name`) for instance Ingresses.
     tls_secret: Option<String>,
+    /// Export traces to this OTLP/gRPC endpoint (default: none). Process-wide: the first
+    /// TestApp of a test binary sets it up (see [`TestAppBuilder::with_otlp_endpoint`]).
+    otlp_endpoint: Option<String>,
 }
 
 /// The node label and taint of the local cluster's real nodes (scripts/real-nodes).
@@ -233,6 +236,15 @@ impl TestAppBuilder {
         self
     }
 
+    /// The services export their traces over OTLP/gRPC to `endpoint`, as `kapal server
+    /// --otlp-endpoint` does. The tracer is process-wide, like the `tracing` subscriber: use it
+    /// in a test binary of its own, whose first TestApp sets it up (a later TestApp asking for
+    /// another endpoint fails to start).
+    pub fn with_otlp_endpoint(mut self, endpoint: impl Into<String>) -> Self {
+        self.options.otlp_endpoint = Some(endpoint.into());
+        self
+    }
+
     pub fn with_data_retention(mut self, retention: Duration) -> Self {
         self.options.data_retention = Some(retention);
         self
@@ -240,7 +252,9 @@ impl TestAppBuilder {
 
     pub async fn start(self) -> anyhow::Result<TestApp> {
         kapal::serve::install_crypto_provider();
-        kapal::serve::init_tracing_with_default(false, "warn");
+        let mut telemetry = kapal::telemetry::Settings::new(false, "warn");
+        telemetry.otlp_endpoint = self.options.otlp_endpoint.clone();
+        kapal::telemetry::init(&telemetry)?;
         let cluster = crate::cluster::cluster().await?;
         let dir = Arc::new(tempfile::tempdir()?);
         let db = kapal::testing::db_config(self.backend, dir.path()).await?;

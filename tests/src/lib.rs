@@ -3,3 +3,4 @@ pub mod cluster;
 pub mod fake;
 pub mod fence;
 pub mod mailpit;
+pub mod otlp;
