@@ -339,6 +339,27 @@ pub fn delete_partition_namespaces(config: Config, partition: String) {
     });
 }
 
+/// The local cluster's real nodes (`scripts/real-nodes`, label
+/// [`crate::app::REAL_NODE_LABEL`]) that are Ready now; empty when none runs (tests that need
+/// one then say they skipped).
+pub async fn ready_real_nodes(kube: &Client) -> anyhow::Result<Vec<String>> {
+    let (key, value) = crate::app::REAL_NODE_LABEL;
+    let nodes = Api::<Node>::all(kube.clone())
+        .list(&ListParams::default().labels(&format!("{key}={value}")))
+        .await?;
+    Ok(nodes
+        .items
+        .into_iter()
+        .filter(|n| {
+            n.status
+                .as_ref()
+                .and_then(|s| s.conditions.as_ref())
+                .is_some_and(|cs| cs.iter().any(|c| c.type_ == "Ready" && c.status == "True"))
+        })
+        .filter_map(|n| n.metadata.name)
+        .collect())
+}
+
 /// Runs `f` with an admin client on a thread and runtime of its own and waits for it, with a
 /// 20 s deadline; failures are printed, not raised. For clean-up in `Drop`: the test's runtime
 /// may be shutting down when a guard drops.

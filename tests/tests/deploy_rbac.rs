@@ -1543,7 +1543,10 @@ fn forbidden_warnings() -> Vec<String> {
         .iter()
         .filter(|w| {
             let w = w.to_lowercase();
-            w.contains("forbidden") || w.contains("403")
+            // 403 as a word of its own: an instance id such as "…-ae72-4034-…" is not a refusal.
+            w.contains("forbidden")
+                || w.split(|c: char| !c.is_ascii_alphanumeric())
+                    .any(|t| t == "403")
         })
         .cloned()
         .collect()

@@ -647,7 +647,8 @@ kapal::on_both_backends!(
     operators_act_on_any_instance_with_a_reason,
     operators_suspend_and_unsuspend_an_account,
     diagnostics_carry_the_container_log,
-    diagnostics_explain_an_unschedulable_instance
+    diagnostics_explain_an_unschedulable_instance,
+    diagnostics_explain_an_image_that_cannot_be_pulled
 );
 
 /// The log lines kwok serves for every container on the local cluster's fake nodes
@@ -739,4 +740,131 @@ async fn diagnostics_carry_the_container_log(backend: Backend) -> anyhow::Result
         })
         .await?;
     result
+}
+
+/// An image no registry serves: `127.0.0.1:1` is the loopback of the real node's own network
+/// namespace (made by scripts/real-nodes), where nothing listens, so the pull is refused at once
+/// and no traffic leaves the node.
+const UNPULLABLE_IMAGE: &str = "127.0.0.1:1/kapal/missing:1";
+
+/// A catalog with one more app whose image cannot be pulled.
+fn catalog_with_an_unpullable_app() -> anyhow::Result<Catalog> {
+    let mut catalog = Catalog::load(&kapal::catalog::repo_catalog_dir())?;
+    catalog.add_yaml(
+        std::path::Path::new("unpullable.yaml"),
+        &format!(
+            r#"
+id: unpullable
+name: Unpullable
+description: Its image is in no registry.
+version: "1"
+plans: [{{id: trial, name: Free trial, monthly_price_idr: 0, trial_days: 14, cpu_millis: 100, memory_mib: 64, storage_gib: 1}}]
+components:
+  - name: app
+    kind: Deployment
+    image: "{UNPULLABLE_IMAGE}"
+    port: 80
+    public: true
+    resource_share: 100
+    volume: {{mount_path: /data, storage_share: 100}}
+credentials: {{username: admin}}
+"#
+        ),
+    )?;
+    Ok(catalog)
+}
+
+fn unpullable_is_explained(d: &InstanceDiagnostics) -> bool {
+    let event = d.events.iter().any(|e| {
+        e.r#type == "Warning"
+            && (e.reason == "Failed" || e.reason == "BackOff")
+            && e.message.contains(UNPULLABLE_IMAGE)
+    });
+    let waiting = d.pods.iter().any(|p| {
+        !p.node.is_empty()
+            && p.containers.iter().any(|c| {
+                !c.init
+                    && c.image == UNPULLABLE_IMAGE
+                    && c.state == "waiting"
+                    && (c.state_reason == "ErrImagePull" || c.state_reason == "ImagePullBackOff")
+            })
+    });
+    event && waiting
+}
+
+/// Diagnostics of an instance whose image cannot be pulled, on a real node of the local cluster
+/// (kwok's nodes pull nothing): the kubelet's pull failure event naming the image, and the
+/// container waiting in ErrImagePull / ImagePullBackOff on its node. Skipped, saying so, when no
+/// real node runs.
+async fn diagnostics_explain_an_image_that_cannot_be_pulled(
+    backend: Backend,
+) -> anyhow::Result<()> {
+    let kube = kapal_tests::cluster::cluster().await?.client();
+    if kapal_tests::cluster::ready_real_nodes(&kube)
+        .await?
+        .is_empty()
+    {
+        eprintln!(
+            "SKIPPED diagnostics_explain_an_image_that_cannot_be_pulled ({backend:?}): no Ready real node; start them with `scripts/local-cluster up --real-nodes 2`"
+        );
+        return Ok(());
+    }
+    let app = TestApp::builder()
+        .backend(backend)
+        .with_catalog(catalog_with_an_unpullable_app()?)
+        .on_real_nodes()
+        .start()
+        .await?;
+    let mut admin = app.admin().await?;
+    let mut owner = app.customer("owner").await?;
+    let id = order(&mut owner, "unpullable", "trial").await?;
+    let reason = "T-20: the app never starts";
+    let d = diagnostics_until(
+        async || {
+            Ok(admin
+                .clients
+                .operator
+                .get_instance_diagnostics_as_operator(GetInstanceDiagnosticsRequest {
+                    instance_id: id.clone(),
+                    log_lines: 20,
+                    reason: reason.into(),
+                })
+                .await?
+                .into_inner())
+        },
+        unpullable_is_explained,
+    )
+    .await?;
+    let c = d
+        .pods
+        .iter()
+        .flat_map(|p| &p.containers)
+        .find(|c| !c.init && c.image == UNPULLABLE_IMAGE)
+        .context("the app's container")?;
+    assert!(
+        c.state_message.contains(UNPULLABLE_IMAGE)
+            || c.state_reason == "ErrImagePull"
+            || c.state_reason == "ImagePullBackOff",
+        "{c:?}"
+    );
+    assert!(!c.ready, "{c:?}");
+    // The owner sees the same explanation (without node names).
+    let mine = owner
+        .clients
+        .instances
+        .get_instance_diagnostics(GetInstanceDiagnosticsRequest {
+            instance_id: id.clone(),
+            log_lines: 0,
+            reason: String::new(),
+        })
+        .await?
+        .into_inner();
+    assert!(
+        mine.events
+            .iter()
+            .any(|e| e.message.contains(UNPULLABLE_IMAGE)),
+        "{mine:#?}"
+    );
+    assert!(mine.pods.iter().all(|p| p.node.is_empty()), "{mine:#?}");
+    Ok(())
 }

@@ -27,7 +27,7 @@ use anyhow::Context as _;
 use bytes::Bytes;
 use http_body_util::{BodyExt as _, Full};
 use hyper_util::rt::TokioIo;
-use k8s_openapi::api::core::v1::{Namespace, Node, Pod, Secret};
+use k8s_openapi::api::core::v1::{Namespace, Pod, Secret};
 use kapal::proto::v1::*;
 use kapal::testing::Backend;
 use kapal_tests::app::{Clients, REAL_NODE_LABEL, TestApp, watch_until};
@@ -51,7 +51,7 @@ kapal::on_both_backends!(
 
 async fn wordpress_runs_answers_its_url_and_keeps_its_data(backend: Backend) -> anyhow::Result<()> {
     let kube = kapal_tests::cluster::cluster().await?.client();
-    let nodes = ready_real_nodes(&kube).await?;
+    let nodes = kapal_tests::cluster::ready_real_nodes(&kube).await?;
     if nodes.is_empty() {
         eprintln!(
             "SKIPPED real_apps ({backend:?}): no Ready real node (label {}={}); start them with `scripts/local-cluster up --real-nodes 2`",
@@ -365,25 +365,6 @@ async fn order_ready(c: &mut Clients, app: &str, plan: &str) -> anyhow::Result<S
 }
 
 /// Names of the real nodes that are Ready.
-async fn ready_real_nodes(kube: &kube::Client) -> anyhow::Result<Vec<String>> {
-    let nodes = Api::<Node>::all(kube.clone())
-        .list(
-            &ListParams::default().labels(&format!("{}={}", REAL_NODE_LABEL.0, REAL_NODE_LABEL.1)),
-        )
-        .await?;
-    Ok(nodes
-        .items
-        .into_iter()
-        .filter(|n| {
-            n.status
-                .as_ref()
-                .and_then(|s| s.conditions.as_ref())
-                .is_some_and(|cs| cs.iter().any(|c| c.type_ == "Ready" && c.status == "True"))
-        })
-        .filter_map(|n| n.metadata.name)
-        .collect())
-}
-
 fn repo_script(name: &str) -> std::path::PathBuf {
     std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
         .join("../scripts")
