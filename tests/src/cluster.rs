@@ -342,12 +342,16 @@ pub fn delete_partition_namespaces(config: Config, partition: String) {
 /// The local cluster's real nodes (`scripts/real-nodes`, label
 /// [`crate::app::REAL_NODE_LABEL`]) that are Ready now; empty when none runs (tests that need
 /// one then say they skipped).
+///
+/// Tests that need real nodes skip themselves (saying so) when this is empty, unless
+/// `KAPAL_TEST_REQUIRE_REAL_NODES=1` is set: then no Ready real node is an error, so a run that
+/// started real nodes for these tests (`scripts/test`'s real-node stage) cannot pass by skipping.
 pub async fn ready_real_nodes(kube: &Client) -> anyhow::Result<Vec<String>> {
     let (key, value) = crate::app::REAL_NODE_LABEL;
     let nodes = Api::<Node>::all(kube.clone())
         .list(&ListParams::default().labels(&format!("{key}={value}")))
         .await?;
-    Ok(nodes
+    let ready: Vec<String> = nodes
         .items
         .into_iter()
         .filter(|n| {
@@ -357,7 +361,14 @@ pub async fn ready_real_nodes(kube: &Client) -> anyhow::Result<Vec<String>> {
                 .is_some_and(|cs| cs.iter().any(|c| c.type_ == "Ready" && c.status == "True"))
         })
         .filter_map(|n| n.metadata.name)
-        .collect())
+        .collect();
+    if ready.is_empty() && std::env::var("KAPAL_TEST_REQUIRE_REAL_NODES").is_ok_and(|v| v == "1") {
+        anyhow::bail!(
+            "KAPAL_TEST_REQUIRE_REAL_NODES=1 but no real node (label {key}={value}) is Ready: \
+             see `scripts/real-nodes status` and the kubelet logs under the cluster's real-nodes/"
+        );
+    }
+    Ok(ready)
 }
 
 /// Runs `f` with an admin client on a thread and runtime of its own and waits for it, with a
