@@ -153,6 +153,11 @@ pub struct ServerArgs {
     /// instances (K3s runs Traefik in kube-system).
     #[arg(long, default_value = "kube-system", env = "KAPAL_INGRESS_NAMESPACE")]
     pub ingress_namespace: String,
+    /// Addresses (comma-separated CIDRs) of an ingress controller that does not run as a pod,
+    /// also allowed to connect to instances. Default none (K3s runs Traefik as a pod); the
+    /// local cluster's real nodes run Traefik as a process on node 1: 10.213.0.11/32.
+    #[arg(long, env = "KAPAL_INGRESS_SOURCE_CIDRS", value_delimiter = ',')]
+    pub ingress_source_cidrs: Vec<String>,
     /// The cluster's pod and service networks (comma-separated CIDRs), which instance pods may
     /// never reach (K3s' defaults: --cluster-cidr 10.42.0.0/16, --service-cidr 10.43.0.0/16).
     #[arg(
@@ -339,6 +344,7 @@ struct Checked {
     kube: Option<kapal_provisioner::KubeConfig>,
     cluster_cidrs: Vec<kapal::cidr::Cidr>,
     egress_deny: Vec<kapal::cidr::Cidr>,
+    ingress_sources: Vec<kapal::cidr::Cidr>,
     dns_labels: std::collections::BTreeMap<String, String>,
     instance_node_selector: std::collections::BTreeMap<String, String>,
     instance_tolerations: Vec<k8s_openapi::api::core::v1::Toleration>,
@@ -382,6 +388,11 @@ async fn check(args: &ServerArgs) -> anyhow::Result<Checked> {
     let egress_deny = cidrs(
         "KAPAL_EGRESS_DENY (--egress-deny)",
         &args.egress_deny,
+        &mut problems,
+    );
+    let ingress_sources = cidrs(
+        "KAPAL_INGRESS_SOURCE_CIDRS (--ingress-source-cidrs)",
+        &args.ingress_source_cidrs,
         &mut problems,
     );
     let trusted_proxies = cidrs(
@@ -592,6 +603,7 @@ async fn check(args: &ServerArgs) -> anyhow::Result<Checked> {
             kube,
             cluster_cidrs,
             egress_deny,
+            ingress_sources,
             dns_labels,
             instance_node_selector,
             instance_tolerations,
@@ -895,6 +907,7 @@ fn provisioner_config(
     config.dns_pod_labels = checked.dns_labels.clone();
     config.cluster_cidrs = checked.cluster_cidrs.clone();
     config.egress_deny = checked.egress_deny.clone();
+    config.ingress_sources = checked.ingress_sources.clone();
     config.node_selector = checked.instance_node_selector.clone();
     config.extra_tolerations = checked.instance_tolerations.clone();
     config.image_map = checked.image_map.clone();

@@ -77,6 +77,11 @@ pub struct Config {
     /// Namespace of the ingress controller, allowed through instance network policies.
     /// Default `kube-system` (where K3s runs Traefik).
     pub ingress_namespace: String,
+    /// Addresses the ingress controller connects to instances from when it does not run as a
+    /// pod (the local cluster's Traefik is a process on a node, so its connections carry that
+    /// node's address), allowed in beside `ingress_namespace`'s pods. Default none: on K3s
+    /// Traefik is a pod.
+    pub ingress_sources: Vec<kapal::cidr::Cidr>,
     /// The cluster DNS instance pods may query: namespace and pod labels. Default
     /// `kube-system`, `k8s-app=kube-dns` (K3s' CoreDNS).
     pub dns_namespace: String,
@@ -144,6 +149,7 @@ impl Config {
             internal_deadline: kapal::serve::DEFAULT_INTERNAL_DEADLINE,
             ingress_class: "traefik".to_string(),
             ingress_namespace: "kube-system".to_string(),
+            ingress_sources: Vec::new(),
             dns_namespace: "kube-system".to_string(),
             dns_pod_labels: std::collections::BTreeMap::from([(
                 "k8s-app".to_string(),
@@ -237,6 +243,7 @@ pub async fn run(
             tls_issuer: config.tls_issuer.clone(),
             tls_secret: config.tls_secret.clone(),
             ingress_namespace: config.ingress_namespace.clone(),
+            ingress_sources: config.ingress_sources.clone(),
             dns_namespace: config.dns_namespace.clone(),
             dns_pod_labels: config.dns_pod_labels.clone(),
             cluster_cidrs: config.cluster_cidrs.clone(),

@@ -109,6 +109,9 @@ pub struct Settings {
     pub tls_secret: Option<String>,
     /// Namespace of the ingress controller, the only other namespace allowed to reach instances.
     pub ingress_namespace: String,
+    /// Addresses of an ingress controller that is not a pod (the local cluster's Traefik runs as
+    /// a process on a node), also allowed to reach instances. Empty on K3s.
+    pub ingress_sources: Vec<Cidr>,
     /// The cluster DNS: its namespace and its pods' labels (K3s' CoreDNS: `kube-system`,
     /// `k8s-app=kube-dns`). Instance pods may send DNS queries (port 53) to these pods only.
     pub dns_namespace: String,
@@ -759,10 +762,20 @@ fn network_policies(spec: &Spec, app: &App, settings: &Settings) -> Vec<NetworkP
         policy(
             ALLOW_INGRESS_POLICY,
             Some(vec![NetworkPolicyIngressRule {
-                from: Some(vec![NetworkPolicyPeer {
-                    namespace_selector: namespace_named(&settings.ingress_namespace),
-                    ..NetworkPolicyPeer::default()
-                }]),
+                from: Some(
+                    std::iter::once(NetworkPolicyPeer {
+                        namespace_selector: namespace_named(&settings.ingress_namespace),
+                        ..NetworkPolicyPeer::default()
+                    })
+                    .chain(settings.ingress_sources.iter().map(|c| NetworkPolicyPeer {
+                        ip_block: Some(IPBlock {
+                            cidr: c.to_string(),
+                            except: None,
+                        }),
+                        ..NetworkPolicyPeer::default()
+                    }))
+                    .collect(),
+                ),
                 ..NetworkPolicyIngressRule::default()
             }]),
             None,
@@ -1191,6 +1204,7 @@ mod tests {
             tls_issuer: None,
             tls_secret: None,
             ingress_namespace: "kube-system".into(),
+            ingress_sources: Vec::new(),
             dns_namespace: "kube-system".into(),
             dns_pod_labels: BTreeMap::from([("k8s-app".into(), "kube-dns".into())]),
             cluster_cidrs: vec![cidr("10.42.0.0/16"), cidr("10.43.0.0/16")],
@@ -2395,6 +2409,16 @@ pod_security: restricted
         pub fn ingress(policies: &[NetworkPolicy], from: &Pod, to: &Pod, port: u16) -> bool {
             allows(policies, "Ingress", to, &To::Pod(from), port, "TCP")
         }
+
+        /// Whether `to` accepts a connection from `from`, a pod or an address that is no pod's.
+        pub fn ingress_from(
+            policies: &[NetworkPolicy],
+            from: &To<'_>,
+            to: &Pod,
+            port: u16,
+        ) -> bool {
+            allows(policies, "Ingress", to, from, port, "TCP")
+        }
     }
 
     /// The pods of an instance as the cluster would label them, with made-up pod IPs.
@@ -2538,6 +2562,35 @@ pod_security: restricted
                     "{what}: nothing else from outside"
                 );
             }
+        }
+    }
+
+    #[test]
+    fn an_ingress_controller_that_is_no_pod_is_let_in_by_its_address_only() {
+        use boundary::{To, ingress_from};
+        let catalog = catalog();
+        let app = catalog.app("wordpress").expect("wordpress");
+        let plan = app.plan("trial").expect("trial");
+        let spec = spec("wordpress", "trial");
+        let node_1 = To::Address("10.213.0.11".parse().expect("IP"));
+        let node_2 = To::Address("10.213.0.12".parse().expect("IP"));
+        // K3s: Traefik is a pod; a node's address is nobody the instance lets in.
+        let objects = render(&spec, app, plan, &settings());
+        let pods = instance_pods(&spec, app, &objects);
+        for (_, pod) in &pods {
+            assert!(!ingress_from(&objects.network_policies, &node_1, pod, 80));
+        }
+        // The local cluster: Traefik is a process on node 1, told with ingress_sources.
+        let mut settings = settings();
+        settings.ingress_sources = vec![cidr("10.213.0.11/32")];
+        let objects = render(&spec, app, plan, &settings);
+        let pods = instance_pods(&spec, app, &objects);
+        for (_, pod) in &pods {
+            assert!(ingress_from(&objects.network_policies, &node_1, pod, 80));
+            assert!(
+                !ingress_from(&objects.network_policies, &node_2, pod, 80),
+                "only the address named"
+            );
         }
     }
 

@@ -83,6 +83,10 @@ struct Options {
 /// The node label and taint of the local cluster's real nodes (scripts/real-nodes).
 pub const REAL_NODE_LABEL: (&str, &str) = ("kapal.dev/real-node", "true");
 pub const REAL_NODE_TOLERATION: &str = "kapal.dev/real-node=true:NoSchedule";
+/// The address Traefik connects to instances from on the real nodes: it runs as a process in
+/// node 1's network namespace (scripts/real-nodes, `KAPAL_REAL_NET`), not as a pod, so the
+/// NetworkPolicy engine there sees node 1's address (`kapal server --ingress-source-cidrs`).
+pub const REAL_NODE_INGRESS_SOURCE: &str = "10.213.0.11/32";
 
 /// The local cluster's map of catalog images to the images built on the machine.
 pub fn local_image_map_path() -> std::path::PathBuf {
@@ -403,6 +407,11 @@ impl TestApp {
             prov_config.image_map =
                 kapal_provisioner::placement::load_image_map(&local_image_map_path())
                     .map_err(anyhow::Error::msg)?;
+            prov_config.ingress_sources = vec![
+                REAL_NODE_INGRESS_SOURCE
+                    .parse()
+                    .map_err(|e| anyhow::anyhow!("{REAL_NODE_INGRESS_SOURCE}: {e}"))?,
+            ];
         }
         self.tasks.spawn({
             let s = shutdown();
