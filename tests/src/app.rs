@@ -83,10 +83,12 @@ struct Options {
 /// The node label and taint of the local cluster's real nodes (scripts/real-nodes).
 pub const REAL_NODE_LABEL: (&str, &str) = ("kapal.dev/real-node", "true");
 pub const REAL_NODE_TOLERATION: &str = "kapal.dev/real-node=true:NoSchedule";
-/// The address Traefik connects to instances from on the real nodes: it runs as a process in
-/// node 1's network namespace (scripts/real-nodes, `KAPAL_REAL_NET`), not as a pod, so the
-/// NetworkPolicy engine there sees node 1's address (`kapal server --ingress-source-cidrs`).
-pub const REAL_NODE_INGRESS_SOURCE: &str = "10.213.0.11/32";
+/// The address of real node `i` (1-based): scripts/real-nodes gives node i `$KAPAL_REAL_NET.(10+i)`
+/// (default network 10.213.0).
+pub fn real_node_ip(i: u8) -> String {
+    let net = std::env::var("KAPAL_REAL_NET").unwrap_or_else(|_| "10.213.0".to_string());
+    format!("{net}.{}", 10 + u16::from(i))
+}
 
 /// The local cluster's map of catalog images to the images built on the machine.
 pub fn local_image_map_path() -> std::path::PathBuf {
@@ -407,10 +409,13 @@ impl TestApp {
             prov_config.image_map =
                 kapal_provisioner::placement::load_image_map(&local_image_map_path())
                     .map_err(anyhow::Error::msg)?;
+            // Traefik runs as a process in node 1's network namespace, not as a pod, so the
+            // NetworkPolicy engine sees node 1's address (`kapal server --ingress-source-cidrs`).
+            let traefik = format!("{}/32", real_node_ip(1));
             prov_config.ingress_sources = vec![
-                REAL_NODE_INGRESS_SOURCE
+                traefik
                     .parse()
-                    .map_err(|e| anyhow::anyhow!("{REAL_NODE_INGRESS_SOURCE}: {e}"))?,
+                    .map_err(|e| anyhow::anyhow!("{traefik}: {e}"))?,
             ];
         }
         self.tasks.spawn({

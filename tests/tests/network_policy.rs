@@ -1,7 +1,8 @@
 //! The tenant boundary as real connections (issue 15): the NetworkPolicies Kapal's provisioner
 //! renders for every instance, enforced by the NetworkPolicy engine of the local cluster's real
-//! nodes (scripts/real-nodes: kube-network-policies, nftables + nfqueue in each node's network
-//! namespace), between real containers.
+//! nodes (scripts/real-nodes: kube-router's policy controller, as K3s embeds it, with iptables and
+//! ipsets in each node's network namespace), between real containers. Without the engine every
+//! connection below opens (checked: the test then fails on "other customer's pod").
 //!
 //! Two customers order an instance of a small app (`boundary`: two busybox httpd components, "app"
 //! and "db", from the image scripts/build-images makes). Then a probe pod in the first customer's
@@ -10,7 +11,7 @@
 //!
 //! - its own instance's other pod: opens;
 //! - the other customer's pod, by its IP and through its Service: does not;
-//! - the kubelets of both real nodes (10.213.0.11/12:10250): does not;
+//! - the kubelets of both real nodes (`real_node_ip`, port 10250): does not;
 //!
 //! and, as the control that each target listens, the same targets from node 1's network
 //! namespace (where Traefik runs, let in by `--ingress-source-cidrs`) do open. Not tried here,
@@ -29,13 +30,13 @@ use k8s_openapi::api::core::v1::{Namespace, Pod, Service};
 use kapal::catalog::Catalog;
 use kapal::proto::v1::*;
 use kapal::testing::Backend;
-use kapal_tests::app::{Clients, REAL_NODE_LABEL, REAL_NODE_TOLERATION, TestApp, watch_until};
+use kapal_tests::app::{
+    Clients, REAL_NODE_LABEL, REAL_NODE_TOLERATION, TestApp, real_node_ip, watch_until,
+};
 use kube::api::{Api, ListParams, LogParams, PostParams};
 
 const READY_TIMEOUT: Duration = Duration::from_secs(240);
 const HTTPD_IMAGE: &str = "localhost/kapal/busybox-httpd:1.35";
-/// Node 1 and node 2 of scripts/real-nodes (KAPAL_REAL_NET=10.213.0).
-const NODE_IPS: [&str; 2] = ["10.213.0.11", "10.213.0.12"];
 
 kapal::on_both_backends!(
     worker_threads = 4;
@@ -111,8 +112,8 @@ async fn the_tenant_boundary_holds_for_real_connections(backend: Backend) -> any
         ("own db", a_db.clone(), 8080),
         ("other customer's pod", b_app.clone(), 8080),
         ("other customer's Service", b_service.clone(), 8080),
-        ("kubelet of node 1", NODE_IPS[0].to_string(), 10250),
-        ("kubelet of node 2", NODE_IPS[1].to_string(), 10250),
+        ("kubelet of node 1", real_node_ip(1), 10250),
+        ("kubelet of node 2", real_node_ip(2), 10250),
     ];
     let seen = probe_from(&kube, &ns_a, &targets).await?;
     let open = |what: &str| seen.get(what).map(String::as_str) == Some("open");
@@ -129,7 +130,7 @@ async fn the_tenant_boundary_holds_for_real_connections(backend: Backend) -> any
     ] {
         assert!(
             closed(what),
-            "{what} must be out of reach of a customer's pod, but: {seen:?} (is kube-network-policies running? scripts/real-nodes status)"
+            "{what} must be out of reach of a customer's pod, but: {seen:?} (is the NetworkPolicy engine, kube-router, running? scripts/real-nodes status)"
         );
     }
     Ok(())
