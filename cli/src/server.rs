@@ -158,6 +158,11 @@ pub struct ServerArgs {
     /// local cluster's real nodes run Traefik as a process on node 1: 10.213.0.11/32.
     #[arg(long, env = "KAPAL_INGRESS_SOURCE_CIDRS", value_delimiter = ',')]
     pub ingress_source_cidrs: Vec<String>,
+    /// Addresses (comma-separated CIDRs) of a cluster DNS that does not run as pods, which
+    /// instance pods may also query on port 53. Default none (K3s runs CoreDNS as pods); the
+    /// local cluster's real nodes run CoreDNS as a process on node 1: 10.213.0.11/32.
+    #[arg(long, env = "KAPAL_DNS_CIDRS", value_delimiter = ',')]
+    pub dns_cidrs: Vec<String>,
     /// The cluster's pod and service networks (comma-separated CIDRs), which instance pods may
     /// never reach (K3s' defaults: --cluster-cidr 10.42.0.0/16, --service-cidr 10.43.0.0/16).
     #[arg(
@@ -345,6 +350,7 @@ struct Checked {
     cluster_cidrs: Vec<kapal::cidr::Cidr>,
     egress_deny: Vec<kapal::cidr::Cidr>,
     ingress_sources: Vec<kapal::cidr::Cidr>,
+    dns_addresses: Vec<kapal::cidr::Cidr>,
     dns_labels: std::collections::BTreeMap<String, String>,
     instance_node_selector: std::collections::BTreeMap<String, String>,
     instance_tolerations: Vec<k8s_openapi::api::core::v1::Toleration>,
@@ -393,6 +399,11 @@ async fn check(args: &ServerArgs) -> anyhow::Result<Checked> {
     let ingress_sources = cidrs(
         "KAPAL_INGRESS_SOURCE_CIDRS (--ingress-source-cidrs)",
         &args.ingress_source_cidrs,
+        &mut problems,
+    );
+    let dns_addresses = cidrs(
+        "KAPAL_DNS_CIDRS (--dns-cidrs)",
+        &args.dns_cidrs,
         &mut problems,
     );
     let trusted_proxies = cidrs(
@@ -604,6 +615,7 @@ async fn check(args: &ServerArgs) -> anyhow::Result<Checked> {
             cluster_cidrs,
             egress_deny,
             ingress_sources,
+            dns_addresses,
             dns_labels,
             instance_node_selector,
             instance_tolerations,
@@ -908,6 +920,7 @@ fn provisioner_config(
     config.cluster_cidrs = checked.cluster_cidrs.clone();
     config.egress_deny = checked.egress_deny.clone();
     config.ingress_sources = checked.ingress_sources.clone();
+    config.dns_addresses = checked.dns_addresses.clone();
     config.node_selector = checked.instance_node_selector.clone();
     config.extra_tolerations = checked.instance_tolerations.clone();
     config.image_map = checked.image_map.clone();

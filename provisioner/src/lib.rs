@@ -82,6 +82,10 @@ pub struct Config {
     /// node's address), allowed in beside `ingress_namespace`'s pods. Default none: on K3s
     /// Traefik is a pod.
     pub ingress_sources: Vec<kapal::cidr::Cidr>,
+    /// Addresses of a cluster DNS that does not run as pods (the local cluster's CoreDNS is a
+    /// process on a node), which instance pods may also query on port 53. Default none: on K3s
+    /// CoreDNS is a pod, matched by `dns_namespace` and `dns_pod_labels`.
+    pub dns_addresses: Vec<kapal::cidr::Cidr>,
     /// The cluster DNS instance pods may query: namespace and pod labels. Default
     /// `kube-system`, `k8s-app=kube-dns` (K3s' CoreDNS).
     pub dns_namespace: String,
@@ -150,6 +154,7 @@ impl Config {
             ingress_class: "traefik".to_string(),
             ingress_namespace: "kube-system".to_string(),
             ingress_sources: Vec::new(),
+            dns_addresses: Vec::new(),
             dns_namespace: "kube-system".to_string(),
             dns_pod_labels: std::collections::BTreeMap::from([(
                 "k8s-app".to_string(),
@@ -244,6 +249,7 @@ pub async fn run(
             tls_secret: config.tls_secret.clone(),
             ingress_namespace: config.ingress_namespace.clone(),
             ingress_sources: config.ingress_sources.clone(),
+            dns_addresses: config.dns_addresses.clone(),
             dns_namespace: config.dns_namespace.clone(),
             dns_pod_labels: config.dns_pod_labels.clone(),
             cluster_cidrs: config.cluster_cidrs.clone(),

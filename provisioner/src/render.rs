@@ -112,6 +112,9 @@ pub struct Settings {
     /// Addresses of an ingress controller that is not a pod (the local cluster's Traefik runs as
     /// a process on a node), also allowed to reach instances. Empty on K3s.
     pub ingress_sources: Vec<Cidr>,
+    /// Addresses of a cluster DNS that is not pods (the local cluster's CoreDNS is a process on
+    /// a node), also allowed as DNS servers (port 53). Empty on K3s.
+    pub dns_addresses: Vec<Cidr>,
     /// The cluster DNS: its namespace and its pods' labels (K3s' CoreDNS: `kube-system`,
     /// `k8s-app=kube-dns`). Instance pods may send DNS queries (port 53) to these pods only.
     pub dns_namespace: String,
@@ -787,14 +790,24 @@ fn network_policies(spec: &Spec, app: &App, settings: &Settings) -> Vec<NetworkP
             ALLOW_DNS_POLICY,
             None,
             Some(vec![NetworkPolicyEgressRule {
-                to: Some(vec![NetworkPolicyPeer {
-                    namespace_selector: namespace_named(&settings.dns_namespace),
-                    pod_selector: Some(LabelSelector {
-                        match_labels: Some(settings.dns_pod_labels.clone()),
-                        ..LabelSelector::default()
-                    }),
-                    ..NetworkPolicyPeer::default()
-                }]),
+                to: Some(
+                    std::iter::once(NetworkPolicyPeer {
+                        namespace_selector: namespace_named(&settings.dns_namespace),
+                        pod_selector: Some(LabelSelector {
+                            match_labels: Some(settings.dns_pod_labels.clone()),
+                            ..LabelSelector::default()
+                        }),
+                        ..NetworkPolicyPeer::default()
+                    })
+                    .chain(settings.dns_addresses.iter().map(|c| NetworkPolicyPeer {
+                        ip_block: Some(IPBlock {
+                            cidr: c.to_string(),
+                            except: None,
+                        }),
+                        ..NetworkPolicyPeer::default()
+                    }))
+                    .collect(),
+                ),
                 ports: Some(vec![port(53, "UDP"), port(53, "TCP")]),
             }]),
         ),
@@ -1205,6 +1218,7 @@ mod tests {
             tls_secret: None,
             ingress_namespace: "kube-system".into(),
             ingress_sources: Vec::new(),
+            dns_addresses: Vec::new(),
             dns_namespace: "kube-system".into(),
             dns_pod_labels: BTreeMap::from([("k8s-app".into(), "kube-dns".into())]),
             cluster_cidrs: vec![cidr("10.42.0.0/16"), cidr("10.43.0.0/16")],
@@ -2590,6 +2604,31 @@ pod_security: restricted
             assert!(
                 !ingress_from(&objects.network_policies, &node_2, pod, 80),
                 "only the address named"
+            );
+        }
+    }
+
+    #[test]
+    fn a_cluster_dns_that_is_no_pod_is_reached_by_its_address_on_port_53_only() {
+        use boundary::{To, egress};
+        let catalog = catalog();
+        let app = catalog.app("wordpress").expect("wordpress");
+        let plan = app.plan("trial").expect("trial");
+        let spec = spec("wordpress", "trial");
+        let node_1 = To::Address("10.213.0.11".parse().expect("IP"));
+        let objects = render(&spec, app, plan, &settings());
+        for (_, pod) in &instance_pods(&spec, app, &objects) {
+            assert!(!egress(&objects.network_policies, pod, &node_1, 53, "UDP"));
+        }
+        let mut settings = settings();
+        settings.dns_addresses = vec![cidr("10.213.0.11/32")];
+        let objects = render(&spec, app, plan, &settings);
+        for (_, pod) in &instance_pods(&spec, app, &objects) {
+            assert!(egress(&objects.network_policies, pod, &node_1, 53, "UDP"));
+            assert!(egress(&objects.network_policies, pod, &node_1, 53, "TCP"));
+            assert!(
+                !egress(&objects.network_policies, pod, &node_1, 10250, "TCP"),
+                "DNS only"
             );
         }
     }

@@ -409,14 +409,15 @@ impl TestApp {
             prov_config.image_map =
                 kapal_provisioner::placement::load_image_map(&local_image_map_path())
                     .map_err(anyhow::Error::msg)?;
-            // Traefik runs as a process in node 1's network namespace, not as a pod, so the
-            // NetworkPolicy engine sees node 1's address (`kapal server --ingress-source-cidrs`).
-            let traefik = format!("{}/32", real_node_ip(1));
-            prov_config.ingress_sources = vec![
-                traefik
-                    .parse()
-                    .map_err(|e| anyhow::anyhow!("{traefik}: {e}"))?,
-            ];
+            // Traefik and CoreDNS run as processes in node 1's network namespace, not as pods,
+            // so the NetworkPolicy engine sees node 1's address (`kapal server
+            // --ingress-source-cidrs --dns-cidrs`).
+            let node_1 = format!("{}/32", real_node_ip(1));
+            let node_1: kapal::cidr::Cidr = node_1
+                .parse()
+                .map_err(|e| anyhow::anyhow!("{node_1}: {e}"))?;
+            prov_config.ingress_sources = vec![node_1];
+            prov_config.dns_addresses = vec![node_1];
         }
         self.tasks.spawn({
             let s = shutdown();

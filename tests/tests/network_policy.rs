@@ -9,7 +9,7 @@
 //! namespace (under that instance's policies, like any pod there) opens TCP connections, and the
 //! test reads which ones opened:
 //!
-//! - its own instance's other pod: opens;
+//! - its own instance's other pod, by IP and by its Service's name (the cluster DNS): opens;
 //! - the other customer's pod, by its IP and through its Service: does not;
 //! - the kubelets of both real nodes (`real_node_ip`, port 10250): does not;
 //!
@@ -110,6 +110,8 @@ async fn the_tenant_boundary_holds_for_real_connections(backend: Backend) -> any
 
     let targets = vec![
         ("own db", a_db.clone(), 8080),
+        // by its Service's name: the cluster DNS answers through the policies too
+        ("own db by name", "db".to_string(), 8080),
         ("other customer's pod", b_app.clone(), 8080),
         ("other customer's Service", b_service.clone(), 8080),
         ("kubelet of node 1", real_node_ip(1), 10250),
@@ -121,6 +123,10 @@ async fn the_tenant_boundary_holds_for_real_connections(backend: Backend) -> any
     assert!(
         open("own db"),
         "the instance's own pods reach each other: {seen:?}"
+    );
+    assert!(
+        open("own db by name"),
+        "the instance's pods find each other through the cluster DNS: {seen:?}"
     );
     for what in [
         "other customer's pod",
@@ -243,7 +249,7 @@ async fn probe_from(
     let mut script = String::from("sleep 5\n");
     for (what, ip, port) in targets {
         script.push_str(&format!(
-            "r=closed; for i in 1 2 3 4 5 6 7 8 9 10; do if nc -w 3 {ip} {port} </dev/null >/dev/null 2>&1; then r=open; break; fi; [ \"{what}\" = \"own db\" ] || break; sleep 1; done; echo \"{what}=$r\"\n"
+            "r=closed; for i in 1 2 3 4 5 6 7 8 9 10; do if nc -w 3 {ip} {port} </dev/null >/dev/null 2>&1; then r=open; break; fi; case \"{what}\" in \"own db\"*) ;; *) break ;; esac; sleep 1; done; echo \"{what}=$r\"\n"
         ));
     }
     let (key, value) = REAL_NODE_LABEL;
