@@ -9,7 +9,11 @@
 //! - namespace missing or still terminating from an earlier delete: PROVISIONING;
 //! - desired STOPPED and every workload scaled to 0: SUSPENDED ("stopping" while pods remain;
 //!   the reason says whether billing or the customer stopped it);
-//! - every component's workload has all its desired replicas ready and updated: READY;
+//! - every component's workload has all its desired replicas ready and updated, and the app's
+//!   setup Job (catalog `setup:`, e.g. WordPress' install with the generated admin) has
+//!   succeeded: READY. Until the first READY of a life the setup Job gates it: while it runs the
+//!   instance is PROVISIONING ("Setting up the app"), a failed Job (or a setup pod that cannot
+//!   start) is FAILED with the reason; once READY was seen the Job no longer counts;
 //! - otherwise, if the instance was READY since it was last started: DEGRADED with the reason;
 //! - otherwise, a hard failure (image cannot be pulled, crash loop, invalid configuration, no
 //!   capacity or no volume for longer than the grace period, a failed rollout): FAILED;
@@ -19,6 +23,7 @@ use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use k8s_openapi::api::apps::v1::{Deployment, StatefulSet};
+use k8s_openapi::api::batch::v1::Job;
 use k8s_openapi::api::core::v1::{Namespace, PersistentVolumeClaim, Pod};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use kapal::catalog::{App, WorkloadKind};
@@ -35,6 +40,10 @@ pub struct Observed {
     pub stateful_sets: Vec<StatefulSet>,
     pub pods: Vec<Pod>,
     pub volumes: Vec<PersistentVolumeClaim>,
+    /// The app's setup Job ([`crate::render::SETUP_JOB`]), if it exists.
+    pub setup: Option<Job>,
+    /// The setup Job's pods (not in `pods`: they are not a component's).
+    pub setup_pods: Vec<Pod>,
 }
 
 /// What the provisioner knows of an applied instance.
@@ -300,6 +309,57 @@ fn volume_problem(
     }
 }
 
+/// Every component is ready and the app has a setup Job: READY once the Job has succeeded.
+fn setup_verdict(observed: &Observed, now: DateTime<Utc>, grace: Duration) -> Verdict {
+    use InstanceStatus as S;
+    const WAITING: &str = "Setting up the app (its first-time installation).";
+    let Some(job) = &observed.setup else {
+        return verdict(S::Provisioning, WAITING);
+    };
+    let status = job.status.clone().unwrap_or_default();
+    let condition = |type_: &str| {
+        status
+            .conditions
+            .iter()
+            .flatten()
+            .find(|c| c.type_ == type_ && c.status == "True")
+    };
+    // `Complete` is the Job controller's last word; `succeeded` counts a pod that already
+    // finished while the controller adds the condition (SuccessCriteriaMet first in 1.31+).
+    if condition("Complete").is_some()
+        || condition("SuccessCriteriaMet").is_some()
+        || status.succeeded.unwrap_or(0) > 0
+    {
+        return verdict(S::Ready, "The app is running.");
+    }
+    if let Some(failed) = condition("Failed").or_else(|| condition("FailureTarget")) {
+        let why = failed
+            .message
+            .as_deref()
+            .or(failed.reason.as_deref())
+            .unwrap_or("it gave up");
+        return verdict(
+            S::Failed,
+            format!(
+                "The app's first-time setup failed ({}); the app runs but is not installed.",
+                why.trim_end_matches('.')
+            ),
+        );
+    }
+    match observed
+        .setup_pods
+        .iter()
+        .filter_map(|p| pod_problem(p, now, grace))
+        .max_by_key(|p| p.severity)
+    {
+        Some(p) if p.severity == Severity::Fatal => verdict(
+            S::Failed,
+            format!("The app's first-time setup cannot run: {}", p.message),
+        ),
+        _ => verdict(S::Provisioning, WAITING),
+    }
+}
+
 /// The instance's status. `unschedulable_grace` is how long a pod may wait for capacity or a
 /// volume before the instance counts as FAILED.
 pub fn compute(
@@ -393,6 +453,9 @@ pub fn compute(
         .filter(|(_, s)| s.as_ref().is_some_and(WorkloadState::is_ready))
         .count();
     if ready == total {
+        if known.app.setup.is_some() && !known.was_ready {
+            return setup_verdict(observed, now, unschedulable_grace);
+        }
         return verdict(S::Ready, "The app is running.");
     }
 
@@ -603,6 +666,107 @@ mod tests {
         assert_eq!(
             check(Desired::Running, false, &stale).status,
             InstanceStatus::Provisioning
+        );
+    }
+
+    fn wordpress(was_ready: bool, observed: &Observed) -> Verdict {
+        let catalog = catalog();
+        let app = catalog.app("wordpress").expect("wordpress");
+        compute(
+            Some(Known {
+                was_ready,
+                ..known(app, Desired::Running)
+            }),
+            observed,
+            now(),
+            GRACE,
+        )
+    }
+
+    fn setup_job(status: serde_json::Value) -> Job {
+        from(json!({ "metadata": { "name": "kapal-setup" }, "spec": { "template": {} }, "status": status }))
+    }
+
+    #[test]
+    fn ready_waits_for_the_setup_job_to_succeed() {
+        // WordPress' pods are ready, but its setup Job has not installed it yet: the site would
+        // show WordPress' installer, so the instance is not READY.
+        let pods_ready = ghost_observed(1, 1);
+        let v = wordpress(false, &pods_ready);
+        assert_eq!(
+            v,
+            verdict(
+                InstanceStatus::Provisioning,
+                "Setting up the app (its first-time installation)."
+            )
+        );
+        let running = Observed {
+            setup: Some(setup_job(json!({ "active": 1 }))),
+            setup_pods: vec![pod("setup", json!({ "phase": "Running" }))],
+            ..ghost_observed(1, 1)
+        };
+        assert_eq!(wordpress(false, &running), v);
+        // Succeeded: READY.
+        let done = Observed {
+            setup: Some(setup_job(json!({ "succeeded": 1, "conditions": [
+                { "type": "SuccessCriteriaMet", "status": "True" },
+                { "type": "Complete", "status": "True" },
+            ] }))),
+            ..ghost_observed(1, 1)
+        };
+        assert_eq!(
+            wordpress(false, &done),
+            verdict(InstanceStatus::Ready, "The app is running.")
+        );
+        // The Job's success does not make unready pods READY.
+        let mut unready = done.clone();
+        unready.deployments[0] = deployment("app", 1, 0);
+        assert_eq!(wordpress(false, &unready).status, InstanceStatus::Provisioning);
+        // Apps without a setup Job are READY with their pods.
+        assert_eq!(
+            check(Desired::Running, false, &ghost_observed(1, 1)).status,
+            InstanceStatus::Ready
+        );
+    }
+
+    #[test]
+    fn a_failed_setup_job_is_a_clear_failure() {
+        let failed = Observed {
+            setup: Some(setup_job(json!({ "failed": 7, "conditions": [{
+                "type": "Failed", "status": "True", "reason": "BackoffLimitExceeded",
+                "message": "Job has reached the specified backoff limit",
+            }] }))),
+            ..ghost_observed(1, 1)
+        };
+        assert_eq!(
+            wordpress(false, &failed),
+            verdict(
+                InstanceStatus::Failed,
+                "The app's first-time setup failed (Job has reached the specified backoff limit); the app runs but is not installed."
+            )
+        );
+        // Its pod cannot start (its image is missing): FAILED at once, not after the Job's
+        // deadline.
+        let stuck = Observed {
+            setup: Some(setup_job(json!({ "active": 1 }))),
+            setup_pods: vec![pod("setup", waiting("ErrImagePull"))],
+            ..ghost_observed(1, 1)
+        };
+        let v = wordpress(false, &stuck);
+        assert_eq!(v.status, InstanceStatus::Failed);
+        assert!(
+            v.reason.starts_with(
+                "The app's first-time setup cannot run: The image of the setup component"
+            ),
+            "{}",
+            v.reason
+        );
+        // Once the instance was READY in this life the Job no longer counts (a restart keeps
+        // the finished Job; nothing is reinstalled).
+        assert_eq!(wordpress(true, &failed).status, InstanceStatus::Ready);
+        assert_eq!(
+            wordpress(true, &ghost_observed(1, 1)).status,
+            InstanceStatus::Ready
         );
     }
 

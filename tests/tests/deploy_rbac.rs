@@ -1977,7 +1977,7 @@ async fn the_deployed_cluster_role_allows_nothing_else() -> anyhow::Result<()> {
         ("create", "", "persistentvolumes", None, None),
         ("create", "apps", "daemonsets", None, elsewhere),
         ("create", "batch", "cronjobs", None, elsewhere),
-        ("list", "batch", "jobs", None, elsewhere),
+        ("get", "batch", "jobs", None, elsewhere),
         (
             "create",
             "apiextensions.k8s.io",
