@@ -83,6 +83,9 @@ struct Options {
 /// The node label and taint of the local cluster's real nodes (scripts/real-nodes).
 pub const REAL_NODE_LABEL: (&str, &str) = ("kapal.dev/real-node", "true");
 pub const REAL_NODE_TOLERATION: &str = "kapal.dev/real-node=true:NoSchedule";
+/// The StorageClass of instance volumes on real nodes: K3s' local-path-provisioner
+/// (scripts/real-nodes), directories made 0777 on the node the pod was placed on.
+pub const REAL_NODE_STORAGE_CLASS: &str = "real-local-path";
 
 /// The local cluster's map of catalog images to the images built on the machine.
 pub fn local_image_map_path() -> std::path::PathBuf {
@@ -215,9 +218,10 @@ impl TestAppBuilder {
     }
 
     /// Customers' instances run on the local cluster's real nodes (`scripts/real-nodes`): their
-    /// pods select `kapal.dev/real-node=true`, tolerate its taint, and run the images of
-    /// `deploy/local-cluster/images.map` (built by scripts/build-images), as `kapal server
-    /// --instance-node-selector --instance-toleration --image-map` would set them.
+    /// pods select `kapal.dev/real-node=true`, tolerate its taint, run the images of
+    /// `deploy/local-cluster/images.map` (built by scripts/build-images) and keep their data on
+    /// volumes of [`REAL_NODE_STORAGE_CLASS`], as `kapal server --instance-node-selector
+    /// --instance-toleration --image-map --storage-class` would set them.
     pub fn on_real_nodes(mut self) -> Self {
         self.options.real_nodes = true;
         self
@@ -403,6 +407,7 @@ impl TestApp {
             prov_config.image_map =
                 kapal_provisioner::placement::load_image_map(&local_image_map_path())
                     .map_err(anyhow::Error::msg)?;
+            prov_config.storage_class = Some(REAL_NODE_STORAGE_CLASS.to_string());
         }
         self.tasks.spawn({
             let s = shutdown();
