@@ -15,7 +15,8 @@
 //!   instance is PROVISIONING ("Setting up the app"), a failed Job (or a setup pod that cannot
 //!   start) is FAILED with the reason; once READY was seen the Job no longer counts;
 //! - otherwise, if the instance was READY since it was last started: DEGRADED with the reason;
-//! - otherwise, a hard failure (image cannot be pulled, crash loop, invalid configuration, no
+//! - otherwise, a hard failure (image cannot be pulled, crash loop of 5 restarts or more,
+//!   invalid configuration, no
 //!   capacity or no volume for longer than the grace period, a failed rollout): FAILED;
 //! - otherwise PROVISIONING, saying what it waits for.
 
@@ -184,6 +185,10 @@ fn first_sentence(message: &str) -> &str {
         .trim_end_matches('.')
 }
 
+/// Restarts of a crash-looping container from which it counts as a hard failure (about five
+/// minutes of the kubelet's back-off); fewer are an app still starting.
+const CRASH_RESTARTS: i32 = 5;
+
 /// What keeps a pod from running, if anything.
 fn pod_problem(pod: &Pod, now: DateTime<Utc>, grace: Duration) -> Option<Problem> {
     let component = pod
@@ -218,6 +223,17 @@ fn pod_problem(pod: &Pod, now: DateTime<Utc>, grace: Duration) -> Option<Problem
                     "The image of the {component} component ({}) could not be downloaded ({reason}).",
                     c.image
                 )
+            }
+            // An app that starts before its database is up (Ghost beside MySQL initialising
+            // its volume) exits and is restarted a few times: waiting, not yet a failure.
+            "CrashLoopBackOff" if c.restart_count < CRASH_RESTARTS => {
+                return Some(Problem {
+                    severity: Severity::Waiting,
+                    message: format!(
+                        "The {component} component is starting (restarted {} times so far).",
+                        c.restart_count
+                    ),
+                });
             }
             "CrashLoopBackOff" => {
                 let oom = c
@@ -559,7 +575,7 @@ mod tests {
 
     fn waiting(reason: &str) -> serde_json::Value {
         json!({ "phase": "Pending", "containerStatuses": [{
-            "name": "app", "image": "ghost:5.116.2", "imageID": "", "ready": false, "restartCount": 4,
+            "name": "app", "image": "ghost:5.116.2", "imageID": "", "ready": false, "restartCount": 5,
             "state": { "waiting": { "reason": reason } },
             "lastState": { "terminated": { "exitCode": 137, "reason": "Error" } },
         }] })
@@ -796,7 +812,7 @@ mod tests {
         assert_eq!(v.status, InstanceStatus::Degraded);
         assert_eq!(
             v.reason,
-            "The app component keeps crashing on start-up (restarted 4 times)."
+            "The app component keeps crashing on start-up (restarted 5 times)."
         );
     }
 
@@ -811,7 +827,23 @@ mod tests {
             "The image of the app component (ghost:5.116.2) could not be downloaded (ImagePullBackOff)."
         );
 
+        // A crash or two while the database starts is not a failure yet.
+        let mut early = waiting("CrashLoopBackOff");
+        early["containerStatuses"][0]["restartCount"] = json!(1);
+        let obs = Observed {
+            pods: vec![pod("app", early)],
+            ..ghost_observed(0, 1)
+        };
+        assert_eq!(
+            check(Desired::Running, false, &obs),
+            verdict(
+                InstanceStatus::Provisioning,
+                "The app component is starting (restarted 1 times so far)."
+            )
+        );
+
         let mut oom = waiting("CrashLoopBackOff");
+        oom["containerStatuses"][0]["restartCount"] = json!(5);
         oom["containerStatuses"][0]["lastState"]["terminated"]["reason"] = json!("OOMKilled");
         let obs = Observed {
             pods: vec![pod("app", oom)],
