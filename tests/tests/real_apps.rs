@@ -474,7 +474,7 @@ async fn ghost(t: &Run<'_>, c: &mut Clients) -> anyhow::Result<()> {
 
 /// The node of the instance's database fails (`scripts/real-nodes node-down`). Its volume is a
 /// local-path directory bound to that node (as on K3s), so its evicted pod's replacement cannot
-/// go elsewhere: it waits unplaced ("volume node affinity conflict") and the instance is
+/// go elsewhere: it waits unplaced ("didn't match PersistentVolume's node affinity") and the instance is
 /// DEGRADED saying its storage is not ready. The node comes back (`node-up`): the database
 /// starts there again, READY, and the post is there.
 async fn node_failure_waits_for_its_volume(
@@ -564,7 +564,12 @@ async fn unplaced_for_volume(
             .into_iter()
             .find(|c| c.type_ == "PodScheduled" && c.status == "False")
             .and_then(|c| c.message)
-            .filter(|m| m.contains("volume node affinity conflict"))
+            // (kube-scheduler 1.36: "didn't match PersistentVolume's node affinity"; older
+            // ones: "volume node affinity conflict")
+            .filter(|m| {
+                m.contains("PersistentVolume's node affinity")
+                    || m.contains("volume node affinity conflict")
+            })
     }))
 }
 
