@@ -517,18 +517,26 @@ impl Cluster {
             self.namespaced::<Pod>(n),
             self.namespaced::<PersistentVolumeClaim>(n),
         );
-        let (deployments, stateful_sets, pods, volumes) = tokio::try_join!(
+        let jobs = self.namespaced::<Job>(n);
+        let (deployments, stateful_sets, pods, volumes, setup) = tokio::try_join!(
             deployments.list(&lp),
             stateful_sets.list(&lp),
             pods.list(&lp),
-            volumes.list(&lp)
+            volumes.list(&lp),
+            jobs.list(&lp)
         )?;
+        let setup = setup
+            .items
+            .into_iter()
+            .find(|j| j.metadata.name.as_deref() == Some(render::SETUP_JOB));
         Ok(Observed {
             namespace: ns,
             deployments: deployments.items,
             stateful_sets: stateful_sets.items,
             pods: pods.items,
             volumes: volumes.items,
+            setup,
+            setup_pods: Vec::new(),
         })
     }
 }

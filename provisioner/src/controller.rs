@@ -162,8 +162,16 @@ impl Controller {
                 resource_version,
             )),
             tokio::spawn(watch(
-                Api::<Pod>::all(client),
+                Api::<Pod>::all(client.clone()),
                 "pods",
+                queues_of(false),
+                resource_version,
+            )),
+            // The setup job's completion gates the first READY (its pod's last change may come
+            // before the Job controller marks the Job complete).
+            tokio::spawn(watch(
+                Api::<k8s_openapi::api::batch::v1::Job>::all(client),
+                "jobs",
                 queues_of(false),
                 resource_version,
             )),
@@ -482,14 +490,18 @@ impl Controller {
         {
             tracing::warn!(instance = %id, error = %chain(&e), "cannot release pods stranded on a failed node");
         }
-        // The status is the components'; a setup job's pod is not one of them.
-        observed.pods.retain(|p| {
-            p.metadata
-                .labels
-                .as_ref()
-                .and_then(|l| l.get(crate::render::LABEL_COMPONENT))
-                .is_none_or(|c| c != crate::render::SETUP_COMPONENT)
-        });
+        // The components' pods; a setup job's pod is not one of them.
+        let (setup_pods, pods) = std::mem::take(&mut observed.pods)
+            .into_iter()
+            .partition(|p| {
+                p.metadata
+                    .labels
+                    .as_ref()
+                    .and_then(|l| l.get(crate::render::LABEL_COMPONENT))
+                    .is_some_and(|c| c == crate::render::SETUP_COMPONENT)
+            });
+        observed.pods = pods;
+        observed.setup_pods = setup_pods;
         let known = Known {
             desired: stored.spec.desired,
             was_ready: stored.was_ready,

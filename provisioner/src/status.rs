@@ -9,9 +9,14 @@
 //! - namespace missing or still terminating from an earlier delete: PROVISIONING;
 //! - desired STOPPED and every workload scaled to 0: SUSPENDED ("stopping" while pods remain;
 //!   the reason says whether billing or the customer stopped it);
-//! - every component's workload has all its desired replicas ready and updated: READY;
+//! - every component's workload has all its desired replicas ready and updated, and the app's
+//!   setup Job (catalog `setup:`, e.g. WordPress' install with the generated admin) has
+//!   succeeded: READY. Until the first READY of a life the setup Job gates it: while it runs the
+//!   instance is PROVISIONING ("Setting up the app"), a failed Job (or a setup pod that cannot
+//!   start) is FAILED with the reason; once READY was seen the Job no longer counts;
 //! - otherwise, if the instance was READY since it was last started: DEGRADED with the reason;
-//! - otherwise, a hard failure (image cannot be pulled, crash loop, invalid configuration, no
+//! - otherwise, a hard failure (image cannot be pulled, crash loop of 5 restarts or more,
+//!   invalid configuration, no
 //!   capacity or no volume for longer than the grace period, a failed rollout): FAILED;
 //! - otherwise PROVISIONING, saying what it waits for.
 
@@ -19,6 +24,7 @@ use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use k8s_openapi::api::apps::v1::{Deployment, StatefulSet};
+use k8s_openapi::api::batch::v1::Job;
 use k8s_openapi::api::core::v1::{Namespace, PersistentVolumeClaim, Pod};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use kapal::catalog::{App, WorkloadKind};
@@ -35,6 +41,10 @@ pub struct Observed {
     pub stateful_sets: Vec<StatefulSet>,
     pub pods: Vec<Pod>,
     pub volumes: Vec<PersistentVolumeClaim>,
+    /// The app's setup Job ([`crate::render::SETUP_JOB`]), if it exists.
+    pub setup: Option<Job>,
+    /// The setup Job's pods (not in `pods`: they are not a component's).
+    pub setup_pods: Vec<Pod>,
 }
 
 /// What the provisioner knows of an applied instance.
@@ -175,6 +185,10 @@ fn first_sentence(message: &str) -> &str {
         .trim_end_matches('.')
 }
 
+/// Restarts of a crash-looping container from which it counts as a hard failure (about five
+/// minutes of the kubelet's back-off); fewer are an app still starting.
+const CRASH_RESTARTS: i32 = 5;
+
 /// What keeps a pod from running, if anything.
 fn pod_problem(pod: &Pod, now: DateTime<Utc>, grace: Duration) -> Option<Problem> {
     let component = pod
@@ -209,6 +223,17 @@ fn pod_problem(pod: &Pod, now: DateTime<Utc>, grace: Duration) -> Option<Problem
                     "The image of the {component} component ({}) could not be downloaded ({reason}).",
                     c.image
                 )
+            }
+            // An app that starts before its database is up (Ghost beside MySQL initialising
+            // its volume) exits and is restarted a few times: waiting, not yet a failure.
+            "CrashLoopBackOff" if c.restart_count < CRASH_RESTARTS => {
+                return Some(Problem {
+                    severity: Severity::Waiting,
+                    message: format!(
+                        "The {component} component is starting (restarted {} times so far).",
+                        c.restart_count
+                    ),
+                });
             }
             "CrashLoopBackOff" => {
                 let oom = c
@@ -297,6 +322,57 @@ fn volume_problem(
             })
         }
         _ => None,
+    }
+}
+
+/// Every component is ready and the app has a setup Job: READY once the Job has succeeded.
+fn setup_verdict(observed: &Observed, now: DateTime<Utc>, grace: Duration) -> Verdict {
+    use InstanceStatus as S;
+    const WAITING: &str = "Setting up the app (its first-time installation).";
+    let Some(job) = &observed.setup else {
+        return verdict(S::Provisioning, WAITING);
+    };
+    let status = job.status.clone().unwrap_or_default();
+    let condition = |type_: &str| {
+        status
+            .conditions
+            .iter()
+            .flatten()
+            .find(|c| c.type_ == type_ && c.status == "True")
+    };
+    // `Complete` is the Job controller's last word; `succeeded` counts a pod that already
+    // finished while the controller adds the condition (SuccessCriteriaMet first in 1.31+).
+    if condition("Complete").is_some()
+        || condition("SuccessCriteriaMet").is_some()
+        || status.succeeded.unwrap_or(0) > 0
+    {
+        return verdict(S::Ready, "The app is running.");
+    }
+    if let Some(failed) = condition("Failed").or_else(|| condition("FailureTarget")) {
+        let why = failed
+            .message
+            .as_deref()
+            .or(failed.reason.as_deref())
+            .unwrap_or("it gave up");
+        return verdict(
+            S::Failed,
+            format!(
+                "The app's first-time setup failed ({}); the app runs but is not installed.",
+                why.trim_end_matches('.')
+            ),
+        );
+    }
+    match observed
+        .setup_pods
+        .iter()
+        .filter_map(|p| pod_problem(p, now, grace))
+        .max_by_key(|p| p.severity)
+    {
+        Some(p) if p.severity == Severity::Fatal => verdict(
+            S::Failed,
+            format!("The app's first-time setup cannot run: {}", p.message),
+        ),
+        _ => verdict(S::Provisioning, WAITING),
     }
 }
 
@@ -393,6 +469,9 @@ pub fn compute(
         .filter(|(_, s)| s.as_ref().is_some_and(WorkloadState::is_ready))
         .count();
     if ready == total {
+        if known.app.setup.is_some() && !known.was_ready {
+            return setup_verdict(observed, now, unschedulable_grace);
+        }
         return verdict(S::Ready, "The app is running.");
     }
 
@@ -496,7 +575,7 @@ mod tests {
 
     fn waiting(reason: &str) -> serde_json::Value {
         json!({ "phase": "Pending", "containerStatuses": [{
-            "name": "app", "image": "ghost:5.116.2", "imageID": "", "ready": false, "restartCount": 4,
+            "name": "app", "image": "ghost:5.116.2", "imageID": "", "ready": false, "restartCount": 5,
             "state": { "waiting": { "reason": reason } },
             "lastState": { "terminated": { "exitCode": 137, "reason": "Error" } },
         }] })
@@ -509,11 +588,15 @@ mod tests {
         }] })
     }
 
+    /// Ghost's app and database, its setup Job done (it sets up the owner).
     fn ghost_observed(app_ready: i32, db_ready: i32) -> Observed {
         Observed {
             namespace: Some(namespace()),
             deployments: vec![deployment("app", 1, app_ready)],
             stateful_sets: vec![stateful_set("db", 1, db_ready)],
+            setup: Some(setup_job(json!({ "succeeded": 1, "conditions": [
+                { "type": "Complete", "status": "True" },
+            ] }))),
             ..Observed::default()
         }
     }
@@ -606,6 +689,114 @@ mod tests {
         );
     }
 
+    fn wordpress(was_ready: bool, observed: &Observed) -> Verdict {
+        let catalog = catalog();
+        let app = catalog.app("wordpress").expect("wordpress");
+        compute(
+            Some(Known {
+                was_ready,
+                ..known(app, Desired::Running)
+            }),
+            observed,
+            now(),
+            GRACE,
+        )
+    }
+
+    fn pods_only() -> Observed {
+        Observed {
+            setup: None,
+            ..ghost_observed(1, 1)
+        }
+    }
+
+    fn setup_job(status: serde_json::Value) -> Job {
+        from(
+            json!({ "metadata": { "name": "kapal-setup" }, "spec": { "template": {} }, "status": status }),
+        )
+    }
+
+    #[test]
+    fn ready_waits_for_the_setup_job_to_succeed() {
+        // WordPress' pods are ready, but its setup Job has not installed it yet: the site would
+        // show WordPress' installer, so the instance is not READY.
+        let pods_ready = Observed {
+            setup: None,
+            ..ghost_observed(1, 1)
+        };
+        let v = wordpress(false, &pods_ready);
+        assert_eq!(
+            v,
+            verdict(
+                InstanceStatus::Provisioning,
+                "Setting up the app (its first-time installation)."
+            )
+        );
+        let running = Observed {
+            setup: Some(setup_job(json!({ "active": 1 }))),
+            setup_pods: vec![pod("setup", json!({ "phase": "Running" }))],
+            ..ghost_observed(1, 1)
+        };
+        assert_eq!(wordpress(false, &running), v);
+        // Succeeded: READY.
+        let done = Observed {
+            setup: Some(setup_job(json!({ "succeeded": 1, "conditions": [
+                { "type": "SuccessCriteriaMet", "status": "True" },
+                { "type": "Complete", "status": "True" },
+            ] }))),
+            ..ghost_observed(1, 1)
+        };
+        assert_eq!(
+            wordpress(false, &done),
+            verdict(InstanceStatus::Ready, "The app is running.")
+        );
+        // The Job's success does not make unready pods READY.
+        let mut unready = done.clone();
+        unready.deployments[0] = deployment("app", 1, 0);
+        assert_eq!(
+            wordpress(false, &unready).status,
+            InstanceStatus::Provisioning
+        );
+    }
+
+    #[test]
+    fn a_failed_setup_job_is_a_clear_failure() {
+        let failed = Observed {
+            setup: Some(setup_job(json!({ "failed": 7, "conditions": [{
+                "type": "Failed", "status": "True", "reason": "BackoffLimitExceeded",
+                "message": "Job has reached the specified backoff limit",
+            }] }))),
+            ..ghost_observed(1, 1)
+        };
+        assert_eq!(
+            wordpress(false, &failed),
+            verdict(
+                InstanceStatus::Failed,
+                "The app's first-time setup failed (Job has reached the specified backoff limit); the app runs but is not installed."
+            )
+        );
+        // Its pod cannot start (its image is missing): FAILED at once, not after the Job's
+        // deadline.
+        let stuck = Observed {
+            setup: Some(setup_job(json!({ "active": 1 }))),
+            setup_pods: vec![pod("setup", waiting("ErrImagePull"))],
+            ..ghost_observed(1, 1)
+        };
+        let v = wordpress(false, &stuck);
+        assert_eq!(v.status, InstanceStatus::Failed);
+        assert!(
+            v.reason.starts_with(
+                "The app's first-time setup cannot run: The image of the setup component"
+            ),
+            "{}",
+            v.reason
+        );
+        // Once the instance was READY in this life the Job no longer counts (a restart keeps
+        // the finished Job; nothing is reinstalled).
+        assert_eq!(wordpress(true, &failed).status, InstanceStatus::Ready);
+        assert_eq!(wordpress(true, &pods_only()).status, InstanceStatus::Ready);
+    }
+
     #[test]
     fn was_ready_and_not_anymore_is_degraded() {
         let v = check(Desired::Running, true, &ghost_observed(0, 1));
@@ -621,7 +812,7 @@ mod tests {
         assert_eq!(v.status, InstanceStatus::Degraded);
         assert_eq!(
             v.reason,
-            "The app component keeps crashing on start-up (restarted 4 times)."
+            "The app component keeps crashing on start-up (restarted 5 times)."
         );
     }
 
@@ -636,7 +827,23 @@ mod tests {
             "The image of the app component (ghost:5.116.2) could not be downloaded (ImagePullBackOff)."
         );
 
+        // A crash or two while the database starts is not a failure yet.
+        let mut early = waiting("CrashLoopBackOff");
+        early["containerStatuses"][0]["restartCount"] = json!(1);
+        let obs = Observed {
+            pods: vec![pod("app", early)],
+            ..ghost_observed(0, 1)
+        };
+        assert_eq!(
+            check(Desired::Running, false, &obs),
+            verdict(
+                InstanceStatus::Provisioning,
+                "The app component is starting (restarted 1 times so far)."
+            )
+        );
+
         let mut oom = waiting("CrashLoopBackOff");
+        oom["containerStatuses"][0]["restartCount"] = json!(5);
         oom["containerStatuses"][0]["lastState"]["terminated"]["reason"] = json!("OOMKilled");
         let obs = Observed {
             pods: vec![pod("app", oom)],

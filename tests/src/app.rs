@@ -89,6 +89,9 @@ pub fn real_node_ip(i: u8) -> String {
     let net = std::env::var("KAPAL_REAL_NET").unwrap_or_else(|_| "10.213.0".to_string());
     format!("{net}.{}", 10 + u16::from(i))
 }
+/// The StorageClass of instance volumes on real nodes: K3s' local-path-provisioner
+/// (scripts/real-nodes), directories made 0777 on the node the pod was placed on.
+pub const REAL_NODE_STORAGE_CLASS: &str = "real-local-path";
 
 /// The local cluster's map of catalog images to the images built on the machine.
 pub fn local_image_map_path() -> std::path::PathBuf {
@@ -221,9 +224,10 @@ impl TestAppBuilder {
     }
 
     /// Customers' instances run on the local cluster's real nodes (`scripts/real-nodes`): their
-    /// pods select `kapal.dev/real-node=true`, tolerate its taint, and run the images of
-    /// `deploy/local-cluster/images.map` (built by scripts/build-images), as `kapal server
-    /// --instance-node-selector --instance-toleration --image-map` would set them.
+    /// pods select `kapal.dev/real-node=true`, tolerate its taint, run the images of
+    /// `deploy/local-cluster/images.map` (built by scripts/build-images) and keep their data on
+    /// volumes of [`REAL_NODE_STORAGE_CLASS`], as `kapal server --instance-node-selector
+    /// --instance-toleration --image-map --storage-class` would set them.
     pub fn on_real_nodes(mut self) -> Self {
         self.options.real_nodes = true;
         self
@@ -418,6 +422,7 @@ impl TestApp {
                 .map_err(|e| anyhow::anyhow!("{node_1}: {e}"))?;
             prov_config.ingress_sources = vec![node_1];
             prov_config.dns_addresses = vec![node_1];
+            prov_config.storage_class = Some(REAL_NODE_STORAGE_CLASS.to_string());
         }
         self.tasks.spawn({
             let s = shutdown();

@@ -636,9 +636,10 @@ async fn delete_node(client: &Client, name: &str) -> anyhow::Result<()> {
     }
 }
 
-/// Sets the CPU and memory use kwok simulates for every container of every pod in `namespace`
-/// (the annotations of `deploy/local-cluster/kwok/usage-from-annotation.yaml`, e.g. `"250m"`,
-/// `"300Mi"`); metrics-server reports it through the metrics API after its next scrapes.
+/// Sets the CPU and memory use kwok simulates for every container of every running pod in
+/// `namespace` (the annotations of `deploy/local-cluster/kwok/usage-from-annotation.yaml`, e.g.
+/// `"250m"`, `"300Mi"`); metrics-server reports it through the metrics API after its next
+/// scrapes. Finished pods (an app's completed setup Job) use nothing and are left alone.
 /// Returns how many pods were annotated.
 pub async fn simulate_usage(
     client: &Client,
@@ -652,12 +653,22 @@ pub async fn simulate_usage(
         "kwok.x-k8s.io/usage-cpu": cpu,
         "kwok.x-k8s.io/usage-memory": memory,
     } } });
-    for pod in &list.items {
+    let running: Vec<_> = list
+        .items
+        .iter()
+        .filter(|p| {
+            !matches!(
+                p.status.as_ref().and_then(|s| s.phase.as_deref()),
+                Some("Succeeded" | "Failed")
+            )
+        })
+        .collect();
+    for pod in &running {
         if let Some(name) = pod.metadata.name.as_deref() {
             pods.patch(name, &PatchParams::default(), &Patch::Merge(&patch))
                 .await
                 .with_context(|| format!("annotating pod {namespace}/{name}"))?;
         }
     }
-    Ok(list.items.len())
+    Ok(running.len())
 }

@@ -1727,7 +1727,9 @@ async fn the_provisioner_does_its_whole_job_with_exactly_the_deployed_cluster_ro
     // Node failure: the pod is evicted from the stopped node, force-deleted by the provisioner
     // (no kubelet will confirm its end) and replaced on another node.
     let pods = Api::<Pod>::namespaced(admin.clone(), &spec.namespace);
-    let first = pods.list(&ListParams::default()).await?.items;
+    // The app's pods (n8n's finished setup Job pod stays beside them).
+    let app_pods = ListParams::default().labels("kapal.dev/component=app");
+    let first = pods.list(&app_pods).await?.items;
     ensure!(
         first.len() == 1
             && first[0].spec.as_ref().and_then(|s| s.node_name.as_deref()) == Some(node.name()),
@@ -1744,7 +1746,7 @@ async fn the_provisioner_does_its_whole_job_with_exactly_the_deployed_cluster_ro
         "the evicted pod to be released and replaced on another node",
         Duration::from_secs(180),
         || async {
-            let now = pods.list(&ListParams::default()).await?.items;
+            let now = pods.list(&app_pods).await?.items;
             let released = now.iter().all(|p| p.uid() != first_pod);
             let replaced = now.iter().any(|p| {
                 p.spec.as_ref().and_then(|s| s.node_name.as_deref()) != Some(node.name())
@@ -1977,7 +1979,7 @@ async fn the_deployed_cluster_role_allows_nothing_else() -> anyhow::Result<()> {
         ("create", "", "persistentvolumes", None, None),
         ("create", "apps", "daemonsets", None, elsewhere),
         ("create", "batch", "cronjobs", None, elsewhere),
-        ("list", "batch", "jobs", None, elsewhere),
+        ("get", "batch", "jobs", None, elsewhere),
         (
             "create",
             "apiextensions.k8s.io",

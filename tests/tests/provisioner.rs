@@ -360,11 +360,15 @@ fn phase(pod: &Pod) -> &str {
         .unwrap_or("")
 }
 
+/// The pods of the instance's components (not of its setup Job, whose finished pod stays).
 async fn pods(client: &Client, ns: &str) -> anyhow::Result<Vec<Pod>> {
     Ok(namespaced::<Pod>(client, ns)
         .list(&ListParams::default())
         .await?
-        .items)
+        .items
+        .into_iter()
+        .filter(|p| p.labels().get("kapal.dev/component").map(String::as_str) != Some("setup"))
+        .collect())
 }
 
 async fn pvc_phase(client: &Client, ns: &str, name: &str) -> anyhow::Result<String> {
