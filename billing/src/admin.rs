@@ -505,6 +505,44 @@ impl pb::billing_admin_service_server::BillingAdminService for Billing {
         }))
     }
 
+    async fn list_invoices_as_admin(
+        &self,
+        request: Request<pb::ListInvoicesAsAdminRequest>,
+    ) -> Result<Response<pb::ListInvoicesResponse>, Status> {
+        auth::admin(&request)?;
+        let req = request.get_ref();
+        let account = wire::uuid("account_id", &req.account_id)?.to_string();
+        let subscription_id = match req.subscription_id.trim() {
+            "" => None,
+            id => {
+                let id = wire::uuid("subscription_id", id)?.to_string();
+                // Another account's (or no) subscription is NOT_FOUND, not an empty list.
+                store::customer_subscription(self.db(), &account, &id).await?;
+                Some(id)
+            }
+        };
+        let limit = wire::page_size(req.page_size);
+        let before = paging::parse_after_id(req.page_token.trim())?;
+        let (rows, next_page_token) = store::list_invoices(
+            self.db(),
+            &account,
+            subscription_id.as_deref(),
+            before,
+            limit,
+        )
+        .await?;
+        let ids: Vec<String> = rows.iter().map(|r| r.id.clone()).collect();
+        let notes = store::credit_notes(self.db(), &ids).await?;
+        let invoices = rows
+            .iter()
+            .map(|r| crate::api::invoice_to_proto(r, &notes))
+            .collect::<Result<_, _>>()?;
+        Ok(Response::new(pb::ListInvoicesResponse {
+            invoices,
+            next_page_token,
+        }))
+    }
+
     async fn extend_subscription(
         &self,
         request: Request<pb::ExtendSubscriptionRequest>,

@@ -68,6 +68,9 @@ struct Inner {
     /// without a control-plane, as in some of its own tests).
     control_plane: Option<EntitlementServiceClient<InternalChannel>>,
     audit: crate::operator::AuditLog,
+    /// How refunds the provider did not answer are asked again (the first attempt is
+    /// CreditInvoice's).
+    refunds: crate::refunds::RefundPolicy,
 }
 
 impl Billing {
@@ -85,7 +88,17 @@ impl Billing {
             payments,
             control_plane: None,
             audit,
+            refunds: crate::refunds::RefundPolicy::default(),
         }))
+    }
+
+    /// Retries refunds the provider did not answer by `policy` (the scheduler's). Call before
+    /// the value is shared.
+    pub fn with_refund_policy(mut self, policy: crate::refunds::RefundPolicy) -> Self {
+        if let Some(inner) = Arc::get_mut(&mut self.0) {
+            inner.refunds = policy;
+        }
+        self
     }
 
     /// Checks plan upgrades against the cluster's capacity with the control-plane `client`
@@ -142,6 +155,10 @@ impl Billing {
 
     pub(crate) fn audit(&self) -> &crate::operator::AuditLog {
         &self.0.audit
+    }
+
+    pub(crate) fn refund_policy(&self) -> &crate::refunds::RefundPolicy {
+        &self.0.refunds
     }
 
     pub(crate) fn catalog(&self) -> &Catalog {
@@ -505,8 +522,15 @@ impl pb::subscription_service_server::SubscriptionService for Billing {
         let notes = store::credit_notes(&self.0.db, &ids).await?;
         let invoices = rows
             .iter()
-            .map(|r| invoice_to_proto(r, &notes))
-            .collect::<Result<_, _>>()?;
+            .map(|r| {
+                let mut invoice = invoice_to_proto(r, &notes)?;
+                // The provider's answers are for operators.
+                for note in &mut invoice.credit_notes {
+                    note.last_error.clear();
+                }
+                Ok(invoice)
+            })
+            .collect::<Result<_, Error>>()?;
         Ok(Response::new(pb::ListInvoicesResponse {
             invoices,
             next_page_token,

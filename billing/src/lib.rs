@@ -51,6 +51,7 @@ mod metrics;
 pub mod notify;
 mod operator;
 pub mod payments;
+pub mod refunds;
 pub mod scheduler;
 pub mod schema;
 mod store;
@@ -170,7 +171,8 @@ pub async fn run(
         clock.clone(),
         payments.clone(),
         operator::AuditLog::new(audit),
-    );
+    )
+    .with_refund_policy(scheduler.refunds);
     if let Some(endpoint) = control_plane_endpoint.as_deref() {
         // ChangePlan asks the control-plane whether a bigger plan fits the cluster.
         let channel =

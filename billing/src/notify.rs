@@ -1,6 +1,7 @@
 //! Notifications of the subscription lifecycle, as events sent to a [`Notifier`]: a renewal is
 //! coming up (once per period, a few days before; see `scheduler::Settings::renewal_notice`),
-//! a payment failed, a subscription was suspended, a subscription ended. The scheduler sends
+//! a payment failed, a subscription was suspended, a subscription ended; and, for operators, a
+//! credit note's refund that failed (see [`crate::refunds`]). The scheduler sends
 //! one after the step that caused it is committed (best effort: a notifier that fails is
 //! logged, the step stands).
 //!
@@ -21,6 +22,10 @@ pub enum NotificationKind {
     PaymentFailed,
     Suspended,
     Expired,
+    /// For operators: a credit note's refund failed (the provider declined it, or did not
+    /// answer billing's last attempt); the note is FAILED and its amount released. Someone
+    /// checks with the provider whether the money moved, and credits again if it did not.
+    RefundFailed,
 }
 
 /// One notification.
@@ -31,8 +36,11 @@ pub struct Notification {
     pub account_id: String,
     /// When it happened (UTC).
     pub at: NaiveDateTime,
-    /// In words, for the customer.
+    /// In words, for the customer (for operators: `refund_failed`).
     pub message: String,
+    /// The credit note, for `refund_failed` (absent from the JSON otherwise).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub credit_note_id: Option<String>,
 }
 
 /// Where notifications go.
@@ -69,6 +77,11 @@ impl Notification {
             &self.at.and_utc().timestamp_micros().to_string(),
         ] {
             hash.update(part.as_bytes());
+            hash.update([0]);
+        }
+        // Two notes of one subscription may fail at the same moment.
+        if let Some(note) = &self.credit_note_id {
+            hash.update(note.as_bytes());
             hash.update([0]);
         }
         let digest = hash.finalize();

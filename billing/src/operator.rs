@@ -22,11 +22,13 @@
 //! ## Crediting
 //!
 //! The invoice's `credited_amount` is raised first with a compare-and-set that keeps it at most
-//! the invoice's amount, in the same transaction as the PENDING credit note; then the provider
-//! refunds (idempotency key `kapal-credit-<note id>`); the note becomes REFUNDED (and an event
-//! is written to the subscription's history), or FAILED with the amount released. A provider
-//! that does not answer leaves the note PENDING, its amount reserved: the refund may have
-//! happened.
+//! the invoice's amount, in the same transaction as the PENDING credit note (holding its first
+//! attempt); then the provider refunds (idempotency key `kapal-credit-<note id>`); the note
+//! becomes REFUNDED (and an event is written to the subscription's history), or FAILED with
+//! the amount released. A provider that does not answer leaves the note PENDING, its amount
+//! reserved (the refund may have happened), and the PENDING note is the answer: billing's
+//! scheduler asks again with back-off, and gives up after a bounded number of attempts
+//! ([`crate::refunds`]).
 
 use std::time::Duration;
 
@@ -45,10 +47,10 @@ use kapal::wire;
 use uuid::Uuid;
 
 use crate::api::Billing;
-use crate::charging::{CHARGE_TIMEOUT, invoice_number};
+use crate::charging::invoice_number;
 use crate::error::Error;
 use crate::lifecycle::{InvoiceStatus, SubscriptionStatus};
-use crate::payments::{PaymentError, RefundRequest};
+use crate::refunds::{self, Outcome, REFUND_LEASE};
 use crate::schema::{
     credit_notes, invoices, subscription_events, subscription_schedule, subscriptions,
 };
@@ -427,7 +429,6 @@ impl Billing {
                 invoice.status
             )));
         }
-        let sub = store::subscription(self.db(), &invoice.subscription_id).await?;
         check_left(&invoice, amount)?;
         self.audit()
             .record(
@@ -455,6 +456,9 @@ impl Billing {
             error: None,
             created_at: now,
             finished_at: None,
+            // This request holds the first attempt; should it die, the scheduler takes over.
+            attempts: 1,
+            next_attempt_at: Some(now + REFUND_LEASE),
         };
         let mut conn = self.db().get().await?;
         let reserved = kapal::db!(&mut conn, |c| {
@@ -487,93 +491,29 @@ impl Billing {
             return Err(Error::Raced);
         }
 
-        let request = RefundRequest {
-            credit_note_id: parse_uuid(&note.id)?,
-            invoice_id: parse_uuid(&invoice.id)?,
-            payment_reference: invoice.payment_reference.clone().unwrap_or_default(),
-            idempotency_key: format!("kapal-credit-{}", note.id),
-            amount,
-            currency: invoice.currency.clone(),
-            account_id: parse_uuid(&invoice.account_id)?,
-        };
-        let outcome =
-            match tokio::time::timeout(CHARGE_TIMEOUT, self.payments().refund(request)).await {
-                Ok(outcome) => outcome,
-                Err(_) => Err(PaymentError::Unavailable(format!(
-                    "no answer within {}s",
-                    CHARGE_TIMEOUT.as_secs()
-                ))),
-            };
-        let now = self.now();
-        let status = sub.status()?;
-        let mut conn = self.db().get().await?;
+        let outcome = refunds::attempt(
+            self.db(),
+            self.payments(),
+            self.refund_policy(),
+            &note,
+            &invoice,
+            || self.now(),
+        )
+        .await?;
         match outcome {
-            Ok(receipt) => {
-                let cause = format!(
-                    "Kapal support credited Rp {amount} on invoice {number} (refund {} by {}): {reason}",
-                    receipt.reference, receipt.provider
-                );
-                kapal::db!(&mut conn, |c| {
-                    c.transaction(async |c| {
-                        diesel::update(credit_notes::table.find(&note.id))
-                            .set((
-                                credit_notes::status.eq(CreditNoteStatus::Refunded.as_str()),
-                                credit_notes::provider.eq(&receipt.provider),
-                                credit_notes::reference.eq(Some(&receipt.reference)),
-                                credit_notes::finished_at.eq(Some(now)),
-                            ))
-                            .execute(c)
-                            .await?;
-                        diesel::insert_into(subscription_events::table)
-                            .values((
-                                subscription_events::subscription_id.eq(&sub.id),
-                                subscription_events::at.eq(now),
-                                subscription_events::from_status.eq(Some(status.as_str())),
-                                subscription_events::to_status.eq(status.as_str()),
-                                subscription_events::cause.eq(&cause),
-                                subscription_events::actor.eq(OPERATOR),
-                            ))
-                            .execute(c)
-                            .await?;
-                        Ok::<_, diesel::result::Error>(())
-                    })
-                    .await
-                })?;
-                tracing::info!(invoice = %number, credit_note = %note.id, amount, reference = %receipt.reference, "invoice credited");
-            }
-            Err(PaymentError::Declined(why)) => {
-                kapal::db!(&mut conn, |c| {
-                    c.transaction(async |c| {
-                        diesel::update(credit_notes::table.find(&note.id))
-                            .set((
-                                credit_notes::status.eq(CreditNoteStatus::Failed.as_str()),
-                                credit_notes::error.eq(Some(&why)),
-                                credit_notes::finished_at.eq(Some(now)),
-                            ))
-                            .execute(c)
-                            .await?;
-                        diesel::update(invoices::table.find(&invoice.id))
-                            .set(invoices::credited_amount.eq(invoices::credited_amount - amount))
-                            .execute(c)
-                            .await?;
-                        Ok::<_, diesel::result::Error>(())
-                    })
-                    .await
-                })?;
+            Outcome::Refunded | Outcome::Lost => {}
+            Outcome::Failed { why, .. } => {
                 return Err(Error::FailedPrecondition(format!(
-                    "the payment provider declined the refund ({why}); credit note {} failed and nothing was credited",
+                    "{why}; credit note {} failed and nothing was credited",
                     note.id
                 )));
             }
-            Err(e @ PaymentError::Unavailable(_)) => {
-                tracing::warn!(invoice = %number, credit_note = %note.id, error = %e, "refund outcome unknown");
-                return Err(Error::Unavailable(format!(
-                    "the payment provider did not answer: credit note {} stays PENDING with its amount reserved (the refund may have happened); check with the provider",
-                    note.id
-                )));
+            Outcome::Retrying { error, next } => {
+                // Answered with the PENDING note: billing asks again (the refund may have
+                // happened; the same idempotency key keeps it to one).
+                tracing::warn!(invoice = %number, credit_note = %note.id, %error, %next, "refund unanswered; the scheduler asks again");
             }
         }
-        drop(conn);
         let invoice = store::invoice(self.db(), &invoice.id).await?;
         let notes = store::credit_notes(self.db(), std::slice::from_ref(&invoice.id)).await?;
         let credit_note = notes
@@ -600,10 +540,6 @@ fn check_left(invoice: &InvoiceRow, amount: i64) -> Result<(), Error> {
         )));
     }
     Ok(())
-}
-
-fn parse_uuid(s: &str) -> Result<Uuid, Error> {
-    Uuid::parse_str(s).map_err(|_| Error::Corrupt(format!("stored id {s:?} is not a UUID")))
 }
 
 /// The status of a credit note.
@@ -661,6 +597,13 @@ pub(crate) fn credit_note_to_proto(n: &CreditNoteRow) -> Result<pb::CreditNote, 
         created_at: Some(wire::timestamp(n.created_at)),
         refund_provider: n.provider.clone(),
         refund_reference: n.reference.clone().unwrap_or_default(),
+        refund_attempts: u32::try_from(n.attempts).unwrap_or(0),
+        next_attempt_at: n
+            .next_attempt_at
+            .filter(|_| status == CreditNoteStatus::Pending)
+            .map(wire::timestamp),
+        last_error: n.error.clone().unwrap_or_default(),
+        finished_at: n.finished_at.map(wire::timestamp),
     })
 }
 

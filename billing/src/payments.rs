@@ -7,7 +7,7 @@
 //! implementation of the trait; the subscription lifecycle does not change.
 //!
 //! [`DummyProvider`] settles every charge instantly (the free trial is Rp 0) and can be told to
-//! fail, for tests.
+//! fail (decline), or to leave refunds unanswered, for tests.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -120,6 +120,10 @@ pub struct DummyProvider {
     settled: Arc<Mutex<HashMap<String, PaymentReceipt>>>,
     /// Refunds recorded, by idempotency key.
     refunds: Arc<Mutex<HashMap<String, (RefundRequest, PaymentReceipt)>>>,
+    /// How many of the next refund calls get no answer ([`PaymentError::Unavailable`]).
+    unanswered_refunds: Arc<Mutex<usize>>,
+    /// Every refund call, by idempotency key (answered or not).
+    refund_calls: Arc<Mutex<HashMap<String, usize>>>,
 }
 
 impl DummyProvider {
@@ -141,6 +145,21 @@ impl DummyProvider {
     /// Declines every following charge and refund (`true`) or settles them again (`false`).
     pub fn set_fail(&self, fail: bool) {
         self.fail.store(fail, Ordering::SeqCst);
+    }
+
+    /// Leaves the next `n` refund calls unanswered ([`PaymentError::Unavailable`], as a gateway
+    /// that timed out), whatever their key; then refunds again.
+    pub fn leave_refunds_unanswered(&self, n: usize) {
+        *self
+            .unanswered_refunds
+            .lock()
+            .unwrap_or_else(|e| e.into_inner()) = n;
+    }
+
+    /// How many times a refund with `idempotency_key` was asked for, answered or not.
+    pub fn refund_calls(&self, idempotency_key: &str) -> usize {
+        let calls = self.refund_calls.lock().unwrap_or_else(|e| e.into_inner());
+        calls.get(idempotency_key).copied().unwrap_or(0)
     }
 
     /// The refunds this provider recorded (one per idempotency key), in no particular order.
@@ -180,6 +199,24 @@ impl PaymentProvider for DummyProvider {
     }
 
     async fn refund(&self, request: RefundRequest) -> Result<PaymentReceipt, PaymentError> {
+        *self
+            .refund_calls
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .entry(request.idempotency_key.clone())
+            .or_default() += 1;
+        {
+            let mut unanswered = self
+                .unanswered_refunds
+                .lock()
+                .unwrap_or_else(|e| e.into_inner());
+            if *unanswered > 0 {
+                *unanswered -= 1;
+                return Err(PaymentError::Unavailable(
+                    "the dummy provider was told not to answer".to_string(),
+                ));
+            }
+        }
         let mut refunds = self.refunds.lock().unwrap_or_else(|e| e.into_inner());
         if let Some((_, receipt)) = refunds.get(&request.idempotency_key) {
             return Ok(receipt.clone());

@@ -46,6 +46,11 @@
 //! control-plane ([`crate::delivery`]); the scheduler then wakes the delivery
 //! ([`Scheduler::with_outbox_wake`]).
 //!
+//! ## Refunds
+//!
+//! Every tick also asks the payment provider again for the credit notes whose refund it did
+//! not answer, when their next attempt is due ([`crate::refunds`]).
+//!
 //! ## Renewal upcoming
 //!
 //! Every tick also tells the customers whose auto-renewing subscription renews (or whose
@@ -73,6 +78,7 @@ use crate::error::Error;
 use crate::lifecycle::{Entitlement, InvoiceStatus, SubscriptionStatus};
 use crate::notify::{LogNotifier, Notification, NotificationKind, Notifier};
 use crate::payments::PaymentProvider;
+use crate::refunds::RefundPolicy;
 use crate::schema::{
     entitlement_outbox, invoice_counter, invoices, subscription_events, subscription_schedule,
     subscriptions,
@@ -102,6 +108,9 @@ pub struct Settings {
     /// How long before a renewal (or the end of a converted trial) the customer is told that
     /// it will be charged ("renewal upcoming", once per period).
     pub renewal_notice: chrono::Duration,
+    /// How credit notes whose refund the provider did not answer are asked again (each tick
+    /// makes the attempts due; see [`crate::refunds`]).
+    pub refunds: RefundPolicy,
 }
 
 impl Default for Settings {
@@ -115,6 +124,7 @@ impl Default for Settings {
             batch: 500,
             concurrency: 8,
             renewal_notice: chrono::Duration::days(3),
+            refunds: RefundPolicy::default(),
         }
     }
 }
@@ -130,6 +140,8 @@ pub struct TickReport {
     pub failed: usize,
     /// "Renewal upcoming" notices sent.
     pub notices: usize,
+    /// Refund attempts made for PENDING credit notes (and notes given up).
+    pub refunds: usize,
 }
 
 /// The scheduler. Cheap to clone; any number may run against the same database.
@@ -243,7 +255,7 @@ impl Scheduler {
             }
             let now = self.0.clock.now();
             match self.tick(now).await {
-                Ok(report) if report.steps > 0 || report.failed > 0 => {
+                Ok(report) if report.steps > 0 || report.failed > 0 || report.refunds > 0 => {
                     tracing::info!(?report, "billing scheduler tick");
                 }
                 Ok(_) => {}
@@ -295,6 +307,15 @@ impl Scheduler {
             }
         }
         report.notices = self.renewal_notices(now).await?;
+        report.refunds = crate::refunds::Retries {
+            db: self.0.db.clone(),
+            payments: self.0.payments.clone(),
+            notifier: self.0.notifier.clone(),
+            policy: self.0.settings.refunds,
+            batch: self.0.settings.batch,
+        }
+        .run(now)
+        .await?;
         Ok(report)
     }
 
@@ -390,6 +411,7 @@ impl Scheduler {
                     account_id: sub.account_id.clone(),
                     at: (end - notice).max(sub.current_period_start),
                     message,
+                    credit_note_id: None,
                 };
                 if let Err(e) = self.0.notifier.notify(&n).await {
                     metrics::counter!("kapal_webhook_failures_total", "source" => "billing")
@@ -1020,6 +1042,7 @@ fn notification_of(
         account_id: sub.account_id.clone(),
         at: change.due,
         message: change.cause.clone(),
+        credit_note_id: None,
     }))
 }
 

@@ -98,6 +98,8 @@ diesel::table! {
         error -> Nullable<Text>,
         created_at -> Timestamp,
         finished_at -> Nullable<Timestamp>,
+        attempts -> Integer,
+        next_attempt_at -> Nullable<Timestamp>,
     }
 }
 

@@ -841,6 +841,11 @@ pub struct CreditNoteRow {
     pub error: Option<String>,
     pub created_at: NaiveDateTime,
     pub finished_at: Option<NaiveDateTime>,
+    /// Refund calls started so far.
+    pub attempts: i32,
+    /// PENDING: when the provider is next asked (while an attempt runs: when it may be taken
+    /// over).
+    pub next_attempt_at: Option<NaiveDateTime>,
 }
 
 /// The credit notes of the invoices `ids`, oldest first.

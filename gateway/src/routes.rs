@@ -72,6 +72,7 @@ const READ_ONLY_CALLS: &[&str] = &[
     "kapal.v1.BillingAdminService/GetRevenueReport",
     "kapal.v1.BillingAdminService/ListAllSubscriptions",
     "kapal.v1.BillingAdminService/ListSubscriptionEventsAsAdmin",
+    "kapal.v1.BillingAdminService/ListInvoicesAsAdmin",
     "kapal.v1.SupportAdminService/ListTicketQueue",
     "kapal.v1.SupportAdminService/GetTicketAsAdmin",
     "kapal.v1.SupportAdminService/GetSupportReport",

@@ -46,6 +46,8 @@ struct Options {
     scheduler_interval: Option<Duration>,
     scheduler: Option<kapal_billing::scheduler::Settings>,
     payments: Option<Arc<dyn kapal_billing::PaymentProvider>>,
+    /// Where billing's scheduler sends notifications (default: the log).
+    billing_notifier: Option<Arc<dyn kapal_billing::notify::Notifier>>,
     /// Share of the cluster's allocatable CPU and memory checkouts may commit (percent).
     capacity_ceiling_percent: Option<u32>,
     /// How long a deleted instance's data is kept.
@@ -173,6 +175,15 @@ impl TestAppBuilder {
 
     pub fn with_payments(mut self, payments: Arc<dyn kapal_billing::PaymentProvider>) -> Self {
         self.options.payments = Some(payments);
+        self
+    }
+
+    /// Billing's scheduler sends its notifications (lifecycle, failed refunds) to `notifier`.
+    pub fn with_billing_notifier(
+        mut self,
+        notifier: Arc<dyn kapal_billing::notify::Notifier>,
+    ) -> Self {
+        self.options.billing_notifier = Some(notifier);
         self
     }
 
@@ -371,6 +382,9 @@ impl TestApp {
         }
         if let Some(payments) = &self.options.payments {
             billing_config.payments = payments.clone();
+        }
+        if let Some(notifier) = &self.options.billing_notifier {
+            billing_config.notifier = notifier.clone();
         }
         billing_config.control_plane_endpoint = Some(cp_url.clone());
         billing_config.local = local_billing.clone();

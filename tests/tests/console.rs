@@ -5,7 +5,8 @@
 //! specs check the CSP and the other headers of the page, the customer journey to a READY n8n
 //! trial and back, that a second customer sees none of it, a customer's sessions, password
 //! change and API token scopes, and the operator pages, operator actions on an instance and an
-//! account (with reasons the audit log then shows) and diagnostics; axe-core runs on every page,
+//! account (with reasons the audit log then shows) and diagnostics, and a credit note an operator
+//! issues on a paid invoice that the customer then sees; axe-core runs on every page,
 //! and the main pages are photographed at 1280x800 and 390x844.
 //!
 //! Needs `node`, `/usr/bin/chromium` (Debian's package `chromium`; KAPAL_CHROMIUM overrides it)
@@ -34,7 +35,7 @@ use kapal_tests::mailpit::Mailpit;
 const PLAYWRIGHT_TIMEOUT: Duration = Duration::from_secs(20 * 60);
 
 /// The screenshots the specs take (each at two sizes).
-const SCREENSHOTS: [&str; 16] = [
+const SCREENSHOTS: [&str; 18] = [
     "catalog",
     "log-in",
     "checkout",
@@ -51,6 +52,8 @@ const SCREENSHOTS: [&str; 16] = [
     "tokens",
     "admin-diagnostics",
     "admin-account",
+    "admin-credit-note",
+    "invoices-credited",
 ];
 
 fn repo_root() -> PathBuf {
@@ -196,8 +199,8 @@ async fn the_console_in_a_browser_for_customers_and_operators() -> anyhow::Resul
     );
     // Every spec ran (a filtered or skipped spec would also exit 0).
     ensure!(
-        !stdout.contains("skipped") && stdout.contains("13 passed"),
-        "expected the 13 specs to pass, none skipped: see Playwright's report above"
+        !stdout.contains("skipped") && stdout.contains("14 passed"),
+        "expected the 14 specs to pass, none skipped: see Playwright's report above"
     );
 
     // What the operator did in the browser is in the audit log, with the reason typed there.

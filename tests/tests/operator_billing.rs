@@ -13,15 +13,22 @@
 //! by its number) is refunded by the dummy provider (against the invoice's payment), shown on
 //! the customer's invoice, in the subscription's history and the audit log, and taken off the
 //! revenue report's collected total; crediting the rest of it then over-credits.
+//!
+//! Retrying: a refund the provider does not answer stays PENDING and is asked again by
+//! billing's scheduler with back-off (manual clock, two schedulers), refunded once; one never
+//! answered is FAILED after the last attempt, its amount released, operators notified.
 
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use chrono::Utc;
-use kapal::clock::ManualClock;
+use kapal::clock::{Clock as _, ManualClock};
+use kapal::db::Db;
 use kapal::proto::v1::*;
 use kapal::testing::Backend;
 use kapal_billing::DummyProvider;
+use kapal_billing::notify::{Notification, NotificationKind, Notifier};
+use kapal_billing::scheduler::{Scheduler, Settings};
 use kapal_tests::app::{Clients, TestApp};
 use tonic::Code;
 
@@ -29,6 +36,7 @@ kapal::on_both_backends!(
     worker_threads = 4;
     an_extended_trial_ends_at_its_new_end,
     a_credit_note_refunds_part_of_a_paid_invoice,
+    an_unanswered_refund_is_retried_then_given_up,
 );
 
 /// How long billing's effects may take to show: the scheduler runs every 200 ms, delivery to
@@ -457,5 +465,263 @@ async fn a_credit_note_refunds_part_of_a_paid_invoice(backend: Backend) -> anyho
         Code::FailedPrecondition
     );
     assert_eq!(dummy.refunds().len(), 1);
+    Ok(())
+}
+
+/// Collects billing's notifications (the scheduler's notifier).
+#[derive(Debug, Default)]
+struct Collected(Mutex<Vec<Notification>>);
+
+#[tonic::async_trait]
+impl Notifier for Collected {
+    async fn notify(&self, n: &Notification) -> Result<(), String> {
+        self.0
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push(n.clone());
+        Ok(())
+    }
+}
+
+impl Collected {
+    fn refunds_failed(&self) -> Vec<Notification> {
+        let all = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        all.iter()
+            .filter(|n| n.kind == NotificationKind::RefundFailed)
+            .cloned()
+            .collect()
+    }
+}
+
+/// A credit note as operators see it (ListInvoicesAsAdmin), with its invoice.
+async fn admin_note(
+    ops: &mut Clients,
+    account: &str,
+    note: &str,
+) -> anyhow::Result<(Invoice, CreditNote)> {
+    let invoices = ops
+        .billing_admin
+        .list_invoices_as_admin(ListInvoicesAsAdminRequest {
+            account_id: account.into(),
+            ..Default::default()
+        })
+        .await?
+        .into_inner()
+        .invoices;
+    for invoice in invoices {
+        if let Some(n) = invoice.credit_notes.iter().find(|n| n.id == note).cloned() {
+            return Ok((invoice, n));
+        }
+    }
+    anyhow::bail!("credit note {note} is on none of the account's invoices")
+}
+
+fn is(note: &CreditNote, status: CreditNoteStatus) -> bool {
+    note.status == status as i32
+}
+
+/// Issue 17: a refund the provider does not answer leaves the note PENDING (the operator is
+/// answered with it, its attempt and the error), and billing's scheduler asks again with
+/// back-off on the manual clock: refunded at the third attempt, once, although two billing
+/// schedulers (replicas) run on the database: the provider was asked exactly once per attempt.
+/// A note the provider never answers is FAILED after the last (8th) attempt, its amount
+/// released, and operators are notified (`refund_failed`).
+async fn an_unanswered_refund_is_retried_then_given_up(backend: Backend) -> anyhow::Result<()> {
+    let clock = ManualClock::new(Utc::now());
+    let dummy = DummyProvider::new();
+    let alerts = Arc::new(Collected::default());
+    let settings = Settings::default();
+    let app = TestApp::builder()
+        .backend(backend)
+        .with_billing_clock(clock.clone(), Duration::from_millis(200))
+        .with_payments(Arc::new(dummy.clone()))
+        .with_billing_notifier(alerts.clone())
+        .start()
+        .await?;
+    // A second billing scheduler on the same database, as a second billing replica runs.
+    let db = Db::connect(&app.db, kapal_billing::DB_NAME, kapal_billing::migrations()).await?;
+    let replica = Scheduler::new(db, clock.clone(), Arc::new(dummy.clone()), settings.clone())
+        .with_notifier(alerts.clone());
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let replica = tokio::spawn(replica.run(Duration::from_millis(150), async {
+        let _ = stopped.await;
+    }));
+
+    let admin = app.admin().await?;
+    let mut ops = admin.clients.clone();
+    let customer = app.customer("sari").await?;
+    let account = customer.account.id.clone();
+    let mut c = customer.clients.clone();
+    let (_, sub_id) = order(&mut c, "n8n", "starter").await?;
+    let invoice = invoices(&mut c, &sub_id)
+        .await?
+        .into_iter()
+        .next()
+        .expect("the first invoice");
+    assert_eq!(money(&invoice.amount), 79_000);
+    let reason = "T-11: the outage of the 3rd";
+
+    // The provider does not answer the first two refund calls.
+    dummy.leave_refunds_unanswered(2);
+    let answer = ops
+        .billing_admin
+        .credit_invoice(credit(&invoice.number, 30_000, reason))
+        .await?
+        .into_inner();
+    let note = answer.credit_note.expect("the note");
+    let key = format!("kapal-credit-{}", note.id);
+    assert!(is(&note, CreditNoteStatus::Pending), "{note:?}");
+    assert_eq!(note.refund_attempts, 1);
+    assert!(note.last_error.contains("did not answer"), "{note:?}");
+    assert_eq!(
+        secs(&note.next_attempt_at),
+        secs(&note.created_at) + 5 * 60,
+        "{note:?}"
+    );
+    assert!(note.finished_at.is_none());
+    // The customer sees the pending note (not the provider's answer), nothing credited yet.
+    let seen = invoices(&mut c, &sub_id)
+        .await?
+        .into_iter()
+        .find(|i| i.id == invoice.id)
+        .expect("the invoice");
+    assert_eq!(money(&seen.credited), 0);
+    assert_eq!(seen.credit_notes.len(), 1);
+    assert!(is(&seen.credit_notes[0], CreditNoteStatus::Pending));
+    assert_eq!(seen.credit_notes[0].last_error, "");
+    assert_eq!(seen.credit_notes[0].refund_attempts, 1);
+    // The operator sees the attempts and the error; customers may not look.
+    let (_, seen) = admin_note(&mut ops, &account, &note.id).await?;
+    assert_eq!(seen.refund_attempts, 1);
+    assert_eq!(seen.last_error, note.last_error);
+    assert_eq!(
+        code(
+            c.billing_admin
+                .list_invoices_as_admin(ListInvoicesAsAdminRequest {
+                    account_id: account.clone(),
+                    ..Default::default()
+                })
+                .await
+        ),
+        Code::PermissionDenied
+    );
+    // The amount stays reserved.
+    let s = ops
+        .billing_admin
+        .credit_invoice(credit(&invoice.id, 49_001, reason))
+        .await
+        .expect_err("the pending note is reserved");
+    assert_eq!(s.code(), Code::FailedPrecondition, "{s:?}");
+    assert!(s.message().contains("Rp 49000 is left"), "{s:?}");
+
+    // Five minutes later: the second attempt, unanswered too; the next in ten minutes.
+    clock.advance(chrono::Duration::minutes(5));
+    let second_at = clock.now().timestamp();
+    let n = eventually("the second attempt", EFFECT_TIMEOUT, || {
+        let mut ops = ops.clone();
+        let (account, id) = (account.clone(), note.id.clone());
+        async move {
+            let (_, n) = admin_note(&mut ops, &account, &id).await?;
+            Ok(
+                (n.refund_attempts == 2 && secs(&n.next_attempt_at) == second_at + 10 * 60)
+                    .then_some(n),
+            )
+        }
+    })
+    .await?;
+    assert!(is(&n, CreditNoteStatus::Pending), "{n:?}");
+    // Ten minutes later: the third attempt refunds.
+    clock.advance(chrono::Duration::minutes(10));
+    let n = eventually("the refund", EFFECT_TIMEOUT, || {
+        let mut ops = ops.clone();
+        let (account, id) = (account.clone(), note.id.clone());
+        async move {
+            let (_, n) = admin_note(&mut ops, &account, &id).await?;
+            Ok(is(&n, CreditNoteStatus::Refunded).then_some(n))
+        }
+    })
+    .await?;
+    assert_eq!(n.refund_attempts, 3);
+    assert!(
+        n.next_attempt_at.is_none() && n.finished_at.is_some(),
+        "{n:?}"
+    );
+    // Once per attempt, though two schedulers ran; refunded once.
+    assert_eq!(dummy.refund_calls(&key), 3);
+    let refunds = dummy.refunds();
+    assert_eq!(refunds.len(), 1);
+    assert_eq!(refunds[0].1.reference, n.refund_reference);
+    // The customer's invoice shows it, and the history.
+    let seen = invoices(&mut c, &sub_id)
+        .await?
+        .into_iter()
+        .find(|i| i.id == invoice.id)
+        .expect("the invoice");
+    assert_eq!(money(&seen.credited), 30_000);
+    assert!(is(&seen.credit_notes[0], CreditNoteStatus::Refunded));
+    let events = operator_events(&mut c, &sub_id).await?;
+    assert_eq!(events.len(), 1, "{events:?}");
+    assert!(events[0].cause.contains(reason), "{events:?}");
+    assert!(alerts.refunds_failed().is_empty());
+
+    // A provider that never answers: FAILED after the 8th attempt.
+    dummy.leave_refunds_unanswered(usize::MAX);
+    let lost = ops
+        .billing_admin
+        .credit_invoice(credit(
+            &invoice.id,
+            20_000,
+            "T-12: a second goodwill credit",
+        ))
+        .await?
+        .into_inner()
+        .credit_note
+        .expect("the note");
+    assert!(is(&lost, CreditNoteStatus::Pending), "{lost:?}");
+    for attempt in 2..=settings.refunds.max_attempts {
+        // The longest wait between attempts is 6 hours.
+        clock.advance(chrono::Duration::hours(6));
+        let now = clock.now().timestamp();
+        eventually(&format!("attempt {attempt}"), EFFECT_TIMEOUT, || {
+            let mut ops = ops.clone();
+            let (account, id) = (account.clone(), lost.id.clone());
+            async move {
+                let (_, n) = admin_note(&mut ops, &account, &id).await?;
+                Ok((n.refund_attempts == attempt
+                    && (is(&n, CreditNoteStatus::Failed)
+                        || secs(&n.next_attempt_at) > now
+                            && secs(&n.next_attempt_at) <= now + 6 * 3600))
+                    .then_some(()))
+            }
+        })
+        .await?;
+    }
+    let (seen, n) = admin_note(&mut ops, &account, &lost.id).await?;
+    assert!(is(&n, CreditNoteStatus::Failed), "{n:?}");
+    assert_eq!(n.refund_attempts, 8);
+    assert!(n.last_error.contains("8 attempts"), "{n:?}");
+    assert!(
+        n.finished_at.is_some() && n.next_attempt_at.is_none(),
+        "{n:?}"
+    );
+    assert_eq!(dummy.refund_calls(&format!("kapal-credit-{}", lost.id)), 8);
+    assert_eq!(money(&seen.credited), 30_000);
+    // Released: what is left is the invoice less the refunded note.
+    let s = ops
+        .billing_admin
+        .credit_invoice(credit(&invoice.id, 49_001, reason))
+        .await
+        .expect_err("over-credited");
+    assert!(s.message().contains("Rp 49000 is left"), "{s:?}");
+    // Operators were told, once.
+    let told = alerts.refunds_failed();
+    assert_eq!(told.len(), 1, "{told:?}");
+    assert_eq!(told[0].credit_note_id.as_deref(), Some(lost.id.as_str()));
+    assert_eq!(told[0].account_id, account);
+    assert!(told[0].message.contains(&invoice.number), "{told:?}");
+    assert_eq!(dummy.refunds().len(), 1);
+
+    let _ = stop.send(());
+    replica.await?;
     Ok(())
 }

@@ -87,14 +87,25 @@ impl Render for Credited<'_> {
         let r = self.0;
         let mut out = String::new();
         if let Some(n) = &r.credit_note {
-            out.push_str(&format!(
-                "Credit note {} ({}): {} refunded by {} (reference {}).\n",
-                n.id,
-                note_status(n.status),
-                money(n.amount.as_ref()),
-                n.refund_provider,
-                n.refund_reference
-            ));
+            if n.status == CreditNoteStatus::Pending as i32 {
+                out.push_str(&format!(
+                    "Credit note {} (pending): {} not refunded yet: the payment provider did not answer attempt {} ({}); billing asks again from {}.\n",
+                    n.id,
+                    money(n.amount.as_ref()),
+                    n.refund_attempts,
+                    n.last_error,
+                    ts_json(n.next_attempt_at.as_ref()).unwrap_or_else(|| "its next run".into())
+                ));
+            } else {
+                out.push_str(&format!(
+                    "Credit note {} ({}): {} refunded by {} (reference {}).\n",
+                    n.id,
+                    note_status(n.status),
+                    money(n.amount.as_ref()),
+                    n.refund_provider,
+                    n.refund_reference
+                ));
+            }
         }
         if let Some(i) = &r.invoice {
             out.push_str(&format!(
@@ -118,6 +129,9 @@ impl Render for Credited<'_> {
                 "reason": n.reason,
                 "refund_provider": n.refund_provider,
                 "refund_reference": n.refund_reference,
+                "refund_attempts": n.refund_attempts,
+                "next_attempt_at": ts_json(n.next_attempt_at.as_ref()),
+                "last_error": n.last_error,
                 "created_at": ts_json(n.created_at.as_ref()),
             })),
             "invoice": r.invoice.as_ref().map(|i| json!({
@@ -170,5 +184,32 @@ mod tests {
         let json = crate::output::json_of(&Credited(&r));
         assert_eq!(json["credit_note"]["status"], "refunded");
         assert_eq!(json["invoice"]["number"], "KPL-000042");
+    }
+
+    #[test]
+    fn a_pending_credit_note_says_billing_asks_again() {
+        let r = CreditInvoiceResponse {
+            credit_note: Some(CreditNote {
+                id: "n2".into(),
+                amount: idr(10_000),
+                status: CreditNoteStatus::Pending as i32,
+                refund_attempts: 1,
+                last_error: "the payment provider did not answer".into(),
+                next_attempt_at: Some(prost_types::Timestamp {
+                    seconds: 1_800_000_000,
+                    nanos: 0,
+                }),
+                ..Default::default()
+            }),
+            invoice: None,
+        };
+        let text = Credited(&r).text();
+        assert!(text.contains("Credit note n2 (pending)"), "{text}");
+        assert!(text.contains("not refunded yet"), "{text}");
+        assert!(text.contains("attempt 1"), "{text}");
+        assert!(!text.contains("refunded by"), "{text}");
+        let json = crate::output::json_of(&Credited(&r));
+        assert_eq!(json["credit_note"]["refund_attempts"], 1);
+        assert!(json["credit_note"]["next_attempt_at"].is_string());
     }
 }

@@ -4,6 +4,7 @@ import {
   AlertSeverity,
   DesiredState,
   InstanceStatus,
+  InvoiceStatus,
   SubscriptionStatus,
   type AccountSuspension,
   type AdminInstance,
@@ -24,7 +25,7 @@ import { ConfirmButton, ErrorText, FieldError, Loading, Page, Pager, useAction, 
 import { bytes, day, instanceStatus, isoTime, millicores, percent, rupiah, rupiahNumber, severity, subscriptionStatus, when } from '../format';
 import { href } from '../router';
 import { actorName, StatusBadge } from './instances';
-import { SubscriptionEvents } from './billing';
+import { CreditNotes, creditNoteState, InvoiceTable, SubscriptionEvents } from './billing';
 
 // Here rather than in api.ts: this module is loaded only when an operator opens an operator page.
 const admin = createClient(AdminService, transport);
@@ -543,6 +544,15 @@ function AuditPage() {
 /** What an audit entry is about: an account for the account actions, an instance otherwise
  * (AuditEvent.instance_id holds the target of either). */
 function AuditSubject({ e }: { e: AuditEvent }) {
+  // Billing's actions name an invoice or a subscription: linked to its owner's account.
+  if (!e.instanceId && e.instanceAccountId && (e.action === 'credit_invoice' || e.action === 'extend_subscription')) {
+    const what = e.action === 'credit_invoice' ? 'invoice' : 'subscription';
+    return (
+      <a href={href('admin', 'accounts', e.instanceAccountId)}>
+        {what} {e.target.slice(0, 8)} of account {e.instanceAccountId}
+      </a>
+    );
+  }
   if (!e.instanceId) return <>—</>;
   if (e.action.endsWith('_account')) {
     return <a href={href('admin', 'accounts', e.instanceId)}>account {e.instanceId}</a>;
@@ -1355,10 +1365,145 @@ function AdminAccountPage({ id }: { id: string }) {
           </tbody>
         </table>
       )}
+      <AccountInvoices id={id} />
       <p>
         <a href={href('admin', 'audit')}>Audit log</a>
       </p>
     </Page>
+  );
+}
+
+/** Whether an error is about the amount of a credit note (the server names it, or says how much
+ * is left to credit). */
+function isAmountError(e: unknown): boolean {
+  if (!(e instanceof ConnectError)) return false;
+  const m = errorMessage(e);
+  return (e.code === Code.InvalidArgument && /amount|currency/i.test(m)) || (e.code === Code.FailedPrecondition && /is left to credit/i.test(m));
+}
+
+/** A customer account's invoices and credit notes as operators see them (refund attempts and the
+ * provider's last answer), and issuing a credit note on a paid invoice: an amount and a reason,
+ * confirmed; the server's refusal shows under the field it is about. */
+function AccountInvoices({ id }: { id: string }) {
+  const list = useLoad(
+    async () => ({
+      invoices: await allPages(async (pageToken) => {
+        const r = await billingAdmin.listInvoicesAsAdmin({ accountId: id, pageSize: 100, pageToken });
+        return { rows: r.invoices, next: r.nextPageToken };
+      }),
+    }),
+    [id],
+  );
+  const paid = (list.data?.invoices ?? []).filter((i) => i.status === InvoiceStatus.PAID);
+  const [invoice, setInvoice] = useState('');
+  const [amount, setAmount] = useState('');
+  const [reason, setReason] = useState('');
+  const [done, setDone] = useState('');
+  const act = useAction();
+  const chosen = invoice || paid[0]?.id || '';
+  const chosenInvoice = paid.find((i) => i.id === chosen);
+  const amountBad = isAmountError(act.error);
+  const reasonBad = isReasonError(act.error);
+  const issue = () => {
+    setDone('');
+    act.run(async () => {
+      if (!/^\d+$/.test(amount.trim())) {
+        throw new ConnectError('amount must be a positive whole number of rupiah', Code.InvalidArgument);
+      }
+      const r = await billingAdmin.creditInvoice({
+        invoiceId: chosen,
+        amount: { amount: BigInt(amount.trim()), currency: 'IDR' },
+        reason,
+      });
+      setAmount('');
+      setReason('');
+      setDone(
+        r.creditNote
+          ? `Credit note of ${rupiah(r.creditNote.amount)} on ${r.invoice?.number ?? 'the invoice'}: ${creditNoteState(r.creditNote)}.`
+          : 'Credit note issued.',
+      );
+      list.reload();
+    });
+  };
+  return (
+    <section aria-labelledby="acct-invoices-title">
+      <h2 id="acct-invoices-title">Invoices</h2>
+      <ErrorText error={list.error} />
+      {list.loading && !list.data && <Loading what="invoices" />}
+      {list.data && list.data.invoices.length === 0 && <p>No invoices.</p>}
+      {list.data && list.data.invoices.length > 0 && (
+        <>
+          <InvoiceTable invoices={list.data.invoices} caption="The account's invoices" />
+          <CreditNotes invoices={list.data.invoices} operator />
+        </>
+      )}
+      <section aria-labelledby="credit-title">
+        <h2 id="credit-title">Issue a credit note</h2>
+        <p>
+          The amount is refunded through the payment provider that settled the invoice and shown to the customer on the invoice with your reason. A
+          refund the provider does not answer is tried again by billing.
+        </p>
+        {paid.length === 0 ? (
+          <p>No paid invoice to credit.</p>
+        ) : (
+          <>
+            <div class="form">
+              <label for="credit-invoice">Invoice</label>
+              <select id="credit-invoice" value={chosen} onChange={(e) => setInvoice(e.currentTarget.value)}>
+                {paid.map((i) => (
+                  <option key={i.id} value={i.id}>
+                    {i.number}: {rupiah(i.amount)}
+                    {i.credited && i.credited.amount > 0n ? `, ${rupiah(i.credited)} credited` : ''}
+                  </option>
+                ))}
+              </select>
+              <label for="credit-amount">Amount in rupiah</label>
+              <input
+                id="credit-amount"
+                type="text"
+                inputMode="numeric"
+                required
+                value={amount}
+                aria-invalid={amountBad ? true : undefined}
+                aria-describedby={amountBad ? 'credit-amount-hint credit-amount-error' : 'credit-amount-hint'}
+                onInput={(e) => setAmount(e.currentTarget.value)}
+              />
+              <p id="credit-amount-hint" class="hint">
+                Whole rupiah, e.g. 39500; at most what is left to credit on the invoice.
+              </p>
+              {amountBad && <FieldError id="credit-amount-error" error={act.error} />}
+              <ReasonField
+                id="credit-reason"
+                label="Reason for the credit note"
+                hint="3-500 characters, e.g. a support ticket. The customer reads it on the invoice."
+                value={reason}
+                error={act.error}
+                onInput={setReason}
+              />
+            </div>
+            <div class="actions">
+              <ConfirmButton
+                label="Issue credit note"
+                question="Issue this credit note?"
+                detail={reasonDetail(
+                  reason,
+                  `Rp ${amount.trim() || '?'} is refunded to the customer on ${chosenInvoice?.number ?? 'the invoice'} (${rupiah(chosenInvoice?.amount)}).`,
+                )}
+                confirmLabel="Yes, issue it"
+                disabled={act.busy || !chosen}
+                onConfirm={issue}
+              />
+            </div>
+          </>
+        )}
+        {!amountBad && !reasonBad && <ErrorText error={act.error} />}
+        {done && (
+          <p class="notice" role="status">
+            {done}
+          </p>
+        )}
+      </section>
+    </section>
   );
 }
 

@@ -1,5 +1,5 @@
 import { useState } from 'preact/hooks';
-import { SubscriptionStatus, type App, type Subscription, type SubscriptionEvent } from '@kapal/client';
+import { CreditNoteStatus, SubscriptionStatus, type App, type CreditNote, type Invoice, type Subscription, type SubscriptionEvent } from '@kapal/client';
 import { allPages, catalog, subscriptions } from '../api';
 import { ConfirmButton, ErrorText, Loading, Page, useAction, useLoad } from '../components';
 import { day, invoiceStatus, isoTime, rupiah, subscriptionStatus, when } from '../format';
@@ -203,33 +203,112 @@ export function Invoices() {
       <ErrorText error={list.error} />
       {list.data?.invoices.length === 0 && <p>No invoices yet.</p>}
       {list.data && list.data.invoices.length > 0 && (
+        <>
+          <InvoiceTable invoices={list.data.invoices} caption="Your invoices" />
+          <CreditNotes invoices={list.data.invoices} />
+        </>
+      )}
+    </Page>
+  );
+}
+
+/** Invoices, with what was credited back on each. */
+export function InvoiceTable({ invoices, caption }: { invoices: Invoice[]; caption: string }) {
+  return (
+    <table tabIndex={0}>
+      <caption class="sr-only">{caption}</caption>
+      <thead>
+        <tr>
+          <th scope="col">Number</th>
+          <th scope="col">Period</th>
+          <th scope="col" class="num">Amount</th>
+          <th scope="col">Status</th>
+          <th scope="col" class="num">Credited</th>
+          <th scope="col">Paid</th>
+          <th scope="col">Payment</th>
+        </tr>
+      </thead>
+      <tbody>
+        {invoices.map((inv) => (
+          <tr key={inv.id}>
+            <th scope="row">{inv.number}</th>
+            <td>
+              {day(inv.periodStart)} to {day(inv.periodEnd)}
+            </td>
+            <td class="num">{rupiah(inv.amount)}</td>
+            <td>{invoiceStatus(inv.status)}</td>
+            <td class="num">{inv.credited && inv.credited.amount > 0n ? rupiah(inv.credited) : '—'}</td>
+            <td>{when(inv.paidAt)}</td>
+            <td>{inv.paymentProvider ? `${inv.paymentProvider} ${inv.paymentReference}` : '—'}</td>
+          </tr>
+        ))}
+      </tbody>
+    </table>
+  );
+}
+
+/** A credit note's state in words: refunded, a refund billing is still trying (with its
+ * attempts and the next try), or failed. */
+export function creditNoteState(n: CreditNote): string {
+  switch (n.status) {
+    case CreditNoteStatus.REFUNDED:
+      return n.finishedAt ? `Refunded ${when(n.finishedAt)}` : 'Refunded';
+    case CreditNoteStatus.PENDING: {
+      const tries = `${n.refundAttempts} attempt${n.refundAttempts === 1 ? '' : 's'} so far`;
+      return n.nextAttemptAt ? `Refund pending: ${tries}, next try ${when(n.nextAttemptAt)}` : `Refund pending: ${tries}`;
+    }
+    case CreditNoteStatus.FAILED:
+      return 'Failed: nothing was credited';
+    default:
+      return 'Unknown';
+  }
+}
+
+/** Every credit note of `invoices`, newest invoice first. Operators also see each refund's
+ * attempts and the provider's last answer. */
+export function CreditNotes({ invoices, operator = false }: { invoices: Invoice[]; operator?: boolean }) {
+  const notes = invoices.flatMap((inv) => inv.creditNotes.map((n) => ({ inv, n })));
+  return (
+    <section aria-labelledby="credit-notes-title">
+      <h2 id="credit-notes-title">Credit notes</h2>
+      {notes.length === 0 ? (
+        <p>No credit notes.</p>
+      ) : (
         <table tabIndex={0}>
+          <caption class="sr-only">Credit notes</caption>
           <thead>
             <tr>
-              <th scope="col">Number</th>
-              <th scope="col">Period</th>
+              <th scope="col">Invoice</th>
+              <th scope="col">Issued</th>
               <th scope="col" class="num">Amount</th>
-              <th scope="col">Status</th>
-              <th scope="col">Paid</th>
-              <th scope="col">Payment</th>
+              <th scope="col">Reason</th>
+              <th scope="col">State</th>
+              {operator && <th scope="col">Refund</th>}
             </tr>
           </thead>
           <tbody>
-            {list.data.invoices.map((inv) => (
-              <tr key={inv.id}>
+            {notes.map(({ inv, n }) => (
+              <tr key={n.id}>
                 <th scope="row">{inv.number}</th>
                 <td>
-                  {day(inv.periodStart)} to {day(inv.periodEnd)}
+                  <time dateTime={isoTime(n.createdAt)}>{when(n.createdAt)}</time>
                 </td>
-                <td class="num">{rupiah(inv.amount)}</td>
-                <td>{invoiceStatus(inv.status)}</td>
-                <td>{when(inv.paidAt)}</td>
-                <td>{inv.paymentProvider ? `${inv.paymentProvider} ${inv.paymentReference}` : '—'}</td>
+                <td class="num">{rupiah(n.amount)}</td>
+                <td>{n.reason}</td>
+                <td>
+                  <span class={`badge c-${CreditNoteStatus[n.status]?.toLowerCase()}`}>{creditNoteState(n)}</span>
+                </td>
+                {operator && (
+                  <td>
+                    {n.refundProvider} {n.refundReference || '—'}; {n.refundAttempts} attempt{n.refundAttempts === 1 ? '' : 's'}
+                    {n.lastError && <span class="hint"> (last error: {n.lastError})</span>}
+                  </td>
+                )}
               </tr>
             ))}
           </tbody>
         </table>
       )}
-    </Page>
+    </section>
   );
 }

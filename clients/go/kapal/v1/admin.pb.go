@@ -73,6 +73,79 @@ func (AlertSeverity) EnumDescriptor() ([]byte, []int) {
 	return file_kapal_v1_admin_proto_rawDescGZIP(), []int{0}
 }
 
+type ListInvoicesAsAdminRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The customer account (UUID), required.
+	AccountId string `protobuf:"bytes,1,opt,name=account_id,json=accountId,proto3" json:"account_id,omitempty"`
+	// Only invoices of this subscription (UUID) of the account; empty for all of them.
+	SubscriptionId string `protobuf:"bytes,2,opt,name=subscription_id,json=subscriptionId,proto3" json:"subscription_id,omitempty"`
+	// At most this many invoices (default 50, at most 500).
+	PageSize uint32 `protobuf:"varint,3,opt,name=page_size,json=pageSize,proto3" json:"page_size,omitempty"`
+	// From ListInvoicesResponse.next_page_token, to continue a listing with the same account_id
+	// and subscription_id; empty for the first page.
+	PageToken     string `protobuf:"bytes,4,opt,name=page_token,json=pageToken,proto3" json:"page_token,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ListInvoicesAsAdminRequest) Reset() {
+	*x = ListInvoicesAsAdminRequest{}
+	mi := &file_kapal_v1_admin_proto_msgTypes[0]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ListInvoicesAsAdminRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ListInvoicesAsAdminRequest) ProtoMessage() {}
+
+func (x *ListInvoicesAsAdminRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_kapal_v1_admin_proto_msgTypes[0]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ListInvoicesAsAdminRequest.ProtoReflect.Descriptor instead.
+func (*ListInvoicesAsAdminRequest) Descriptor() ([]byte, []int) {
+	return file_kapal_v1_admin_proto_rawDescGZIP(), []int{0}
+}
+
+func (x *ListInvoicesAsAdminRequest) GetAccountId() string {
+	if x != nil {
+		return x.AccountId
+	}
+	return ""
+}
+
+func (x *ListInvoicesAsAdminRequest) GetSubscriptionId() string {
+	if x != nil {
+		return x.SubscriptionId
+	}
+	return ""
+}
+
+func (x *ListInvoicesAsAdminRequest) GetPageSize() uint32 {
+	if x != nil {
+		return x.PageSize
+	}
+	return 0
+}
+
+func (x *ListInvoicesAsAdminRequest) GetPageToken() string {
+	if x != nil {
+		return x.PageToken
+	}
+	return ""
+}
+
 type ExtendSubscriptionRequest struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	// The subscription (UUID), of any customer.
@@ -88,7 +161,7 @@ type ExtendSubscriptionRequest struct {
 
 func (x *ExtendSubscriptionRequest) Reset() {
 	*x = ExtendSubscriptionRequest{}
-	mi := &file_kapal_v1_admin_proto_msgTypes[0]
+	mi := &file_kapal_v1_admin_proto_msgTypes[1]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -100,7 +173,7 @@ func (x *ExtendSubscriptionRequest) String() string {
 func (*ExtendSubscriptionRequest) ProtoMessage() {}
 
 func (x *ExtendSubscriptionRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_kapal_v1_admin_proto_msgTypes[0]
+	mi := &file_kapal_v1_admin_proto_msgTypes[1]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -113,7 +186,7 @@ func (x *ExtendSubscriptionRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ExtendSubscriptionRequest.ProtoReflect.Descriptor instead.
 func (*ExtendSubscriptionRequest) Descriptor() ([]byte, []int) {
-	return file_kapal_v1_admin_proto_rawDescGZIP(), []int{0}
+	return file_kapal_v1_admin_proto_rawDescGZIP(), []int{1}
 }
 
 func (x *ExtendSubscriptionRequest) GetSubscriptionId() string {
@@ -154,7 +227,7 @@ type CreditInvoiceRequest struct {
 
 func (x *CreditInvoiceRequest) Reset() {
 	*x = CreditInvoiceRequest{}
-	mi := &file_kapal_v1_admin_proto_msgTypes[1]
+	mi := &file_kapal_v1_admin_proto_msgTypes[2]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -166,7 +239,7 @@ func (x *CreditInvoiceRequest) String() string {
 func (*CreditInvoiceRequest) ProtoMessage() {}
 
 func (x *CreditInvoiceRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_kapal_v1_admin_proto_msgTypes[1]
+	mi := &file_kapal_v1_admin_proto_msgTypes[2]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -179,7 +252,7 @@ func (x *CreditInvoiceRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CreditInvoiceRequest.ProtoReflect.Descriptor instead.
 func (*CreditInvoiceRequest) Descriptor() ([]byte, []int) {
-	return file_kapal_v1_admin_proto_rawDescGZIP(), []int{1}
+	return file_kapal_v1_admin_proto_rawDescGZIP(), []int{2}
 }
 
 func (x *CreditInvoiceRequest) GetInvoiceId() string {
@@ -215,7 +288,7 @@ type CreditInvoiceResponse struct {
 
 func (x *CreditInvoiceResponse) Reset() {
 	*x = CreditInvoiceResponse{}
-	mi := &file_kapal_v1_admin_proto_msgTypes[2]
+	mi := &file_kapal_v1_admin_proto_msgTypes[3]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -227,7 +300,7 @@ func (x *CreditInvoiceResponse) String() string {
 func (*CreditInvoiceResponse) ProtoMessage() {}
 
 func (x *CreditInvoiceResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_kapal_v1_admin_proto_msgTypes[2]
+	mi := &file_kapal_v1_admin_proto_msgTypes[3]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -240,7 +313,7 @@ func (x *CreditInvoiceResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CreditInvoiceResponse.ProtoReflect.Descriptor instead.
 func (*CreditInvoiceResponse) Descriptor() ([]byte, []int) {
-	return file_kapal_v1_admin_proto_rawDescGZIP(), []int{2}
+	return file_kapal_v1_admin_proto_rawDescGZIP(), []int{3}
 }
 
 func (x *CreditInvoiceResponse) GetCreditNote() *CreditNote {
@@ -276,7 +349,7 @@ type AdminInstance struct {
 
 func (x *AdminInstance) Reset() {
 	*x = AdminInstance{}
-	mi := &file_kapal_v1_admin_proto_msgTypes[3]
+	mi := &file_kapal_v1_admin_proto_msgTypes[4]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -288,7 +361,7 @@ func (x *AdminInstance) String() string {
 func (*AdminInstance) ProtoMessage() {}
 
 func (x *AdminInstance) ProtoReflect() protoreflect.Message {
-	mi := &file_kapal_v1_admin_proto_msgTypes[3]
+	mi := &file_kapal_v1_admin_proto_msgTypes[4]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -301,7 +374,7 @@ func (x *AdminInstance) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use AdminInstance.ProtoReflect.Descriptor instead.
 func (*AdminInstance) Descriptor() ([]byte, []int) {
-	return file_kapal_v1_admin_proto_rawDescGZIP(), []int{3}
+	return file_kapal_v1_admin_proto_rawDescGZIP(), []int{4}
 }
 
 func (x *AdminInstance) GetInstance() *Instance {
@@ -357,7 +430,7 @@ type ListAllInstancesRequest struct {
 
 func (x *ListAllInstancesRequest) Reset() {
 	*x = ListAllInstancesRequest{}
-	mi := &file_kapal_v1_admin_proto_msgTypes[4]
+	mi := &file_kapal_v1_admin_proto_msgTypes[5]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -369,7 +442,7 @@ func (x *ListAllInstancesRequest) String() string {
 func (*ListAllInstancesRequest) ProtoMessage() {}
 
 func (x *ListAllInstancesRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_kapal_v1_admin_proto_msgTypes[4]
+	mi := &file_kapal_v1_admin_proto_msgTypes[5]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -382,7 +455,7 @@ func (x *ListAllInstancesRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListAllInstancesRequest.ProtoReflect.Descriptor instead.
 func (*ListAllInstancesRequest) Descriptor() ([]byte, []int) {
-	return file_kapal_v1_admin_proto_rawDescGZIP(), []int{4}
+	return file_kapal_v1_admin_proto_rawDescGZIP(), []int{5}
 }
 
 func (x *ListAllInstancesRequest) GetPageSize() uint32 {
@@ -431,7 +504,7 @@ type ListAllInstancesResponse struct {
 
 func (x *ListAllInstancesResponse) Reset() {
 	*x = ListAllInstancesResponse{}
-	mi := &file_kapal_v1_admin_proto_msgTypes[5]
+	mi := &file_kapal_v1_admin_proto_msgTypes[6]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -443,7 +516,7 @@ func (x *ListAllInstancesResponse) String() string {
 func (*ListAllInstancesResponse) ProtoMessage() {}
 
 func (x *ListAllInstancesResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_kapal_v1_admin_proto_msgTypes[5]
+	mi := &file_kapal_v1_admin_proto_msgTypes[6]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -456,7 +529,7 @@ func (x *ListAllInstancesResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListAllInstancesResponse.ProtoReflect.Descriptor instead.
 func (*ListAllInstancesResponse) Descriptor() ([]byte, []int) {
-	return file_kapal_v1_admin_proto_rawDescGZIP(), []int{5}
+	return file_kapal_v1_admin_proto_rawDescGZIP(), []int{6}
 }
 
 func (x *ListAllInstancesResponse) GetInstances() []*AdminInstance {
@@ -487,7 +560,7 @@ type GetInstanceAsAdminRequest struct {
 
 func (x *GetInstanceAsAdminRequest) Reset() {
 	*x = GetInstanceAsAdminRequest{}
-	mi := &file_kapal_v1_admin_proto_msgTypes[6]
+	mi := &file_kapal_v1_admin_proto_msgTypes[7]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -499,7 +572,7 @@ func (x *GetInstanceAsAdminRequest) String() string {
 func (*GetInstanceAsAdminRequest) ProtoMessage() {}
 
 func (x *GetInstanceAsAdminRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_kapal_v1_admin_proto_msgTypes[6]
+	mi := &file_kapal_v1_admin_proto_msgTypes[7]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -512,7 +585,7 @@ func (x *GetInstanceAsAdminRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetInstanceAsAdminRequest.ProtoReflect.Descriptor instead.
 func (*GetInstanceAsAdminRequest) Descriptor() ([]byte, []int) {
-	return file_kapal_v1_admin_proto_rawDescGZIP(), []int{6}
+	return file_kapal_v1_admin_proto_rawDescGZIP(), []int{7}
 }
 
 func (x *GetInstanceAsAdminRequest) GetInstanceId() string {
@@ -544,7 +617,7 @@ type GetCapacityRequest struct {
 
 func (x *GetCapacityRequest) Reset() {
 	*x = GetCapacityRequest{}
-	mi := &file_kapal_v1_admin_proto_msgTypes[7]
+	mi := &file_kapal_v1_admin_proto_msgTypes[8]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -556,7 +629,7 @@ func (x *GetCapacityRequest) String() string {
 func (*GetCapacityRequest) ProtoMessage() {}
 
 func (x *GetCapacityRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_kapal_v1_admin_proto_msgTypes[7]
+	mi := &file_kapal_v1_admin_proto_msgTypes[8]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -569,7 +642,7 @@ func (x *GetCapacityRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetCapacityRequest.ProtoReflect.Descriptor instead.
 func (*GetCapacityRequest) Descriptor() ([]byte, []int) {
-	return file_kapal_v1_admin_proto_rawDescGZIP(), []int{7}
+	return file_kapal_v1_admin_proto_rawDescGZIP(), []int{8}
 }
 
 // Amounts of the resources the scheduler places pods by.
@@ -587,7 +660,7 @@ type ResourceAmounts struct {
 
 func (x *ResourceAmounts) Reset() {
 	*x = ResourceAmounts{}
-	mi := &file_kapal_v1_admin_proto_msgTypes[8]
+	mi := &file_kapal_v1_admin_proto_msgTypes[9]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -599,7 +672,7 @@ func (x *ResourceAmounts) String() string {
 func (*ResourceAmounts) ProtoMessage() {}
 
 func (x *ResourceAmounts) ProtoReflect() protoreflect.Message {
-	mi := &file_kapal_v1_admin_proto_msgTypes[8]
+	mi := &file_kapal_v1_admin_proto_msgTypes[9]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -612,7 +685,7 @@ func (x *ResourceAmounts) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ResourceAmounts.ProtoReflect.Descriptor instead.
 func (*ResourceAmounts) Descriptor() ([]byte, []int) {
-	return file_kapal_v1_admin_proto_rawDescGZIP(), []int{8}
+	return file_kapal_v1_admin_proto_rawDescGZIP(), []int{9}
 }
 
 func (x *ResourceAmounts) GetCpuMillis() int64 {
@@ -653,7 +726,7 @@ type NodeCapacity struct {
 
 func (x *NodeCapacity) Reset() {
 	*x = NodeCapacity{}
-	mi := &file_kapal_v1_admin_proto_msgTypes[9]
+	mi := &file_kapal_v1_admin_proto_msgTypes[10]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -665,7 +738,7 @@ func (x *NodeCapacity) String() string {
 func (*NodeCapacity) ProtoMessage() {}
 
 func (x *NodeCapacity) ProtoReflect() protoreflect.Message {
-	mi := &file_kapal_v1_admin_proto_msgTypes[9]
+	mi := &file_kapal_v1_admin_proto_msgTypes[10]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -678,7 +751,7 @@ func (x *NodeCapacity) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use NodeCapacity.ProtoReflect.Descriptor instead.
 func (*NodeCapacity) Descriptor() ([]byte, []int) {
-	return file_kapal_v1_admin_proto_rawDescGZIP(), []int{9}
+	return file_kapal_v1_admin_proto_rawDescGZIP(), []int{10}
 }
 
 func (x *NodeCapacity) GetName() string {
@@ -740,7 +813,7 @@ type Capacity struct {
 
 func (x *Capacity) Reset() {
 	*x = Capacity{}
-	mi := &file_kapal_v1_admin_proto_msgTypes[10]
+	mi := &file_kapal_v1_admin_proto_msgTypes[11]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -752,7 +825,7 @@ func (x *Capacity) String() string {
 func (*Capacity) ProtoMessage() {}
 
 func (x *Capacity) ProtoReflect() protoreflect.Message {
-	mi := &file_kapal_v1_admin_proto_msgTypes[10]
+	mi := &file_kapal_v1_admin_proto_msgTypes[11]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -765,7 +838,7 @@ func (x *Capacity) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Capacity.ProtoReflect.Descriptor instead.
 func (*Capacity) Descriptor() ([]byte, []int) {
-	return file_kapal_v1_admin_proto_rawDescGZIP(), []int{10}
+	return file_kapal_v1_admin_proto_rawDescGZIP(), []int{11}
 }
 
 func (x *Capacity) GetNodes() []*NodeCapacity {
@@ -825,7 +898,7 @@ type ListAlertsRequest struct {
 
 func (x *ListAlertsRequest) Reset() {
 	*x = ListAlertsRequest{}
-	mi := &file_kapal_v1_admin_proto_msgTypes[11]
+	mi := &file_kapal_v1_admin_proto_msgTypes[12]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -837,7 +910,7 @@ func (x *ListAlertsRequest) String() string {
 func (*ListAlertsRequest) ProtoMessage() {}
 
 func (x *ListAlertsRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_kapal_v1_admin_proto_msgTypes[11]
+	mi := &file_kapal_v1_admin_proto_msgTypes[12]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -850,7 +923,7 @@ func (x *ListAlertsRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListAlertsRequest.ProtoReflect.Descriptor instead.
 func (*ListAlertsRequest) Descriptor() ([]byte, []int) {
-	return file_kapal_v1_admin_proto_rawDescGZIP(), []int{11}
+	return file_kapal_v1_admin_proto_rawDescGZIP(), []int{12}
 }
 
 type Alert struct {
@@ -872,7 +945,7 @@ type Alert struct {
 
 func (x *Alert) Reset() {
 	*x = Alert{}
-	mi := &file_kapal_v1_admin_proto_msgTypes[12]
+	mi := &file_kapal_v1_admin_proto_msgTypes[13]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -884,7 +957,7 @@ func (x *Alert) String() string {
 func (*Alert) ProtoMessage() {}
 
 func (x *Alert) ProtoReflect() protoreflect.Message {
-	mi := &file_kapal_v1_admin_proto_msgTypes[12]
+	mi := &file_kapal_v1_admin_proto_msgTypes[13]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -897,7 +970,7 @@ func (x *Alert) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Alert.ProtoReflect.Descriptor instead.
 func (*Alert) Descriptor() ([]byte, []int) {
-	return file_kapal_v1_admin_proto_rawDescGZIP(), []int{12}
+	return file_kapal_v1_admin_proto_rawDescGZIP(), []int{13}
 }
 
 func (x *Alert) GetKind() string {
@@ -945,7 +1018,7 @@ type ListAlertsResponse struct {
 
 func (x *ListAlertsResponse) Reset() {
 	*x = ListAlertsResponse{}
-	mi := &file_kapal_v1_admin_proto_msgTypes[13]
+	mi := &file_kapal_v1_admin_proto_msgTypes[14]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -957,7 +1030,7 @@ func (x *ListAlertsResponse) String() string {
 func (*ListAlertsResponse) ProtoMessage() {}
 
 func (x *ListAlertsResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_kapal_v1_admin_proto_msgTypes[13]
+	mi := &file_kapal_v1_admin_proto_msgTypes[14]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -970,7 +1043,7 @@ func (x *ListAlertsResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListAlertsResponse.ProtoReflect.Descriptor instead.
 func (*ListAlertsResponse) Descriptor() ([]byte, []int) {
-	return file_kapal_v1_admin_proto_rawDescGZIP(), []int{13}
+	return file_kapal_v1_admin_proto_rawDescGZIP(), []int{14}
 }
 
 func (x *ListAlertsResponse) GetAlerts() []*Alert {
@@ -992,7 +1065,7 @@ type ListAuditEventsRequest struct {
 
 func (x *ListAuditEventsRequest) Reset() {
 	*x = ListAuditEventsRequest{}
-	mi := &file_kapal_v1_admin_proto_msgTypes[14]
+	mi := &file_kapal_v1_admin_proto_msgTypes[15]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1004,7 +1077,7 @@ func (x *ListAuditEventsRequest) String() string {
 func (*ListAuditEventsRequest) ProtoMessage() {}
 
 func (x *ListAuditEventsRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_kapal_v1_admin_proto_msgTypes[14]
+	mi := &file_kapal_v1_admin_proto_msgTypes[15]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1017,7 +1090,7 @@ func (x *ListAuditEventsRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListAuditEventsRequest.ProtoReflect.Descriptor instead.
 func (*ListAuditEventsRequest) Descriptor() ([]byte, []int) {
-	return file_kapal_v1_admin_proto_rawDescGZIP(), []int{14}
+	return file_kapal_v1_admin_proto_rawDescGZIP(), []int{15}
 }
 
 func (x *ListAuditEventsRequest) GetPageSize() uint32 {
@@ -1063,7 +1136,7 @@ type AuditEvent struct {
 
 func (x *AuditEvent) Reset() {
 	*x = AuditEvent{}
-	mi := &file_kapal_v1_admin_proto_msgTypes[15]
+	mi := &file_kapal_v1_admin_proto_msgTypes[16]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1075,7 +1148,7 @@ func (x *AuditEvent) String() string {
 func (*AuditEvent) ProtoMessage() {}
 
 func (x *AuditEvent) ProtoReflect() protoreflect.Message {
-	mi := &file_kapal_v1_admin_proto_msgTypes[15]
+	mi := &file_kapal_v1_admin_proto_msgTypes[16]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1088,7 +1161,7 @@ func (x *AuditEvent) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use AuditEvent.ProtoReflect.Descriptor instead.
 func (*AuditEvent) Descriptor() ([]byte, []int) {
-	return file_kapal_v1_admin_proto_rawDescGZIP(), []int{15}
+	return file_kapal_v1_admin_proto_rawDescGZIP(), []int{16}
 }
 
 func (x *AuditEvent) GetId() string {
@@ -1165,7 +1238,7 @@ type ListAuditEventsResponse struct {
 
 func (x *ListAuditEventsResponse) Reset() {
 	*x = ListAuditEventsResponse{}
-	mi := &file_kapal_v1_admin_proto_msgTypes[16]
+	mi := &file_kapal_v1_admin_proto_msgTypes[17]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1177,7 +1250,7 @@ func (x *ListAuditEventsResponse) String() string {
 func (*ListAuditEventsResponse) ProtoMessage() {}
 
 func (x *ListAuditEventsResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_kapal_v1_admin_proto_msgTypes[16]
+	mi := &file_kapal_v1_admin_proto_msgTypes[17]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1190,7 +1263,7 @@ func (x *ListAuditEventsResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListAuditEventsResponse.ProtoReflect.Descriptor instead.
 func (*ListAuditEventsResponse) Descriptor() ([]byte, []int) {
-	return file_kapal_v1_admin_proto_rawDescGZIP(), []int{16}
+	return file_kapal_v1_admin_proto_rawDescGZIP(), []int{17}
 }
 
 func (x *ListAuditEventsResponse) GetEvents() []*AuditEvent {
@@ -1220,7 +1293,7 @@ type GetRevenueReportRequest struct {
 
 func (x *GetRevenueReportRequest) Reset() {
 	*x = GetRevenueReportRequest{}
-	mi := &file_kapal_v1_admin_proto_msgTypes[17]
+	mi := &file_kapal_v1_admin_proto_msgTypes[18]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1232,7 +1305,7 @@ func (x *GetRevenueReportRequest) String() string {
 func (*GetRevenueReportRequest) ProtoMessage() {}
 
 func (x *GetRevenueReportRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_kapal_v1_admin_proto_msgTypes[17]
+	mi := &file_kapal_v1_admin_proto_msgTypes[18]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1245,7 +1318,7 @@ func (x *GetRevenueReportRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetRevenueReportRequest.ProtoReflect.Descriptor instead.
 func (*GetRevenueReportRequest) Descriptor() ([]byte, []int) {
-	return file_kapal_v1_admin_proto_rawDescGZIP(), []int{17}
+	return file_kapal_v1_admin_proto_rawDescGZIP(), []int{18}
 }
 
 func (x *GetRevenueReportRequest) GetFrom() *timestamppb.Timestamp {
@@ -1278,7 +1351,7 @@ type AppSubscriptions struct {
 
 func (x *AppSubscriptions) Reset() {
 	*x = AppSubscriptions{}
-	mi := &file_kapal_v1_admin_proto_msgTypes[18]
+	mi := &file_kapal_v1_admin_proto_msgTypes[19]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1290,7 +1363,7 @@ func (x *AppSubscriptions) String() string {
 func (*AppSubscriptions) ProtoMessage() {}
 
 func (x *AppSubscriptions) ProtoReflect() protoreflect.Message {
-	mi := &file_kapal_v1_admin_proto_msgTypes[18]
+	mi := &file_kapal_v1_admin_proto_msgTypes[19]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1303,7 +1376,7 @@ func (x *AppSubscriptions) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use AppSubscriptions.ProtoReflect.Descriptor instead.
 func (*AppSubscriptions) Descriptor() ([]byte, []int) {
-	return file_kapal_v1_admin_proto_rawDescGZIP(), []int{18}
+	return file_kapal_v1_admin_proto_rawDescGZIP(), []int{19}
 }
 
 func (x *AppSubscriptions) GetAppId() string {
@@ -1370,7 +1443,7 @@ type InvoicePeriod struct {
 
 func (x *InvoicePeriod) Reset() {
 	*x = InvoicePeriod{}
-	mi := &file_kapal_v1_admin_proto_msgTypes[19]
+	mi := &file_kapal_v1_admin_proto_msgTypes[20]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1382,7 +1455,7 @@ func (x *InvoicePeriod) String() string {
 func (*InvoicePeriod) ProtoMessage() {}
 
 func (x *InvoicePeriod) ProtoReflect() protoreflect.Message {
-	mi := &file_kapal_v1_admin_proto_msgTypes[19]
+	mi := &file_kapal_v1_admin_proto_msgTypes[20]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1395,7 +1468,7 @@ func (x *InvoicePeriod) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use InvoicePeriod.ProtoReflect.Descriptor instead.
 func (*InvoicePeriod) Descriptor() ([]byte, []int) {
-	return file_kapal_v1_admin_proto_rawDescGZIP(), []int{19}
+	return file_kapal_v1_admin_proto_rawDescGZIP(), []int{20}
 }
 
 func (x *InvoicePeriod) GetMonth() string {
@@ -1494,7 +1567,7 @@ type RevenueReport struct {
 
 func (x *RevenueReport) Reset() {
 	*x = RevenueReport{}
-	mi := &file_kapal_v1_admin_proto_msgTypes[20]
+	mi := &file_kapal_v1_admin_proto_msgTypes[21]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1506,7 +1579,7 @@ func (x *RevenueReport) String() string {
 func (*RevenueReport) ProtoMessage() {}
 
 func (x *RevenueReport) ProtoReflect() protoreflect.Message {
-	mi := &file_kapal_v1_admin_proto_msgTypes[20]
+	mi := &file_kapal_v1_admin_proto_msgTypes[21]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1519,7 +1592,7 @@ func (x *RevenueReport) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RevenueReport.ProtoReflect.Descriptor instead.
 func (*RevenueReport) Descriptor() ([]byte, []int) {
-	return file_kapal_v1_admin_proto_rawDescGZIP(), []int{20}
+	return file_kapal_v1_admin_proto_rawDescGZIP(), []int{21}
 }
 
 func (x *RevenueReport) GetMrr() *Money {
@@ -1659,7 +1732,7 @@ type ListAllSubscriptionsRequest struct {
 
 func (x *ListAllSubscriptionsRequest) Reset() {
 	*x = ListAllSubscriptionsRequest{}
-	mi := &file_kapal_v1_admin_proto_msgTypes[21]
+	mi := &file_kapal_v1_admin_proto_msgTypes[22]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1671,7 +1744,7 @@ func (x *ListAllSubscriptionsRequest) String() string {
 func (*ListAllSubscriptionsRequest) ProtoMessage() {}
 
 func (x *ListAllSubscriptionsRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_kapal_v1_admin_proto_msgTypes[21]
+	mi := &file_kapal_v1_admin_proto_msgTypes[22]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1684,7 +1757,7 @@ func (x *ListAllSubscriptionsRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListAllSubscriptionsRequest.ProtoReflect.Descriptor instead.
 func (*ListAllSubscriptionsRequest) Descriptor() ([]byte, []int) {
-	return file_kapal_v1_admin_proto_rawDescGZIP(), []int{21}
+	return file_kapal_v1_admin_proto_rawDescGZIP(), []int{22}
 }
 
 func (x *ListAllSubscriptionsRequest) GetPageSize() uint32 {
@@ -1734,7 +1807,7 @@ type ListAllSubscriptionsResponse struct {
 
 func (x *ListAllSubscriptionsResponse) Reset() {
 	*x = ListAllSubscriptionsResponse{}
-	mi := &file_kapal_v1_admin_proto_msgTypes[22]
+	mi := &file_kapal_v1_admin_proto_msgTypes[23]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1746,7 +1819,7 @@ func (x *ListAllSubscriptionsResponse) String() string {
 func (*ListAllSubscriptionsResponse) ProtoMessage() {}
 
 func (x *ListAllSubscriptionsResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_kapal_v1_admin_proto_msgTypes[22]
+	mi := &file_kapal_v1_admin_proto_msgTypes[23]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1759,7 +1832,7 @@ func (x *ListAllSubscriptionsResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListAllSubscriptionsResponse.ProtoReflect.Descriptor instead.
 func (*ListAllSubscriptionsResponse) Descriptor() ([]byte, []int) {
-	return file_kapal_v1_admin_proto_rawDescGZIP(), []int{22}
+	return file_kapal_v1_admin_proto_rawDescGZIP(), []int{23}
 }
 
 func (x *ListAllSubscriptionsResponse) GetSubscriptions() []*Subscription {
@@ -1780,7 +1853,14 @@ var File_kapal_v1_admin_proto protoreflect.FileDescriptor
 
 const file_kapal_v1_admin_proto_rawDesc = "" +
 	"\n" +
-	"\x14kapal/v1/admin.proto\x12\bkapal.v1\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x15kapal/v1/common.proto\x1a\x17kapal/v1/instance.proto\x1a\x1bkapal/v1/subscription.proto\"p\n" +
+	"\x14kapal/v1/admin.proto\x12\bkapal.v1\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x15kapal/v1/common.proto\x1a\x17kapal/v1/instance.proto\x1a\x1bkapal/v1/subscription.proto\"\xa0\x01\n" +
+	"\x1aListInvoicesAsAdminRequest\x12\x1d\n" +
+	"\n" +
+	"account_id\x18\x01 \x01(\tR\taccountId\x12'\n" +
+	"\x0fsubscription_id\x18\x02 \x01(\tR\x0esubscriptionId\x12\x1b\n" +
+	"\tpage_size\x18\x03 \x01(\rR\bpageSize\x12\x1d\n" +
+	"\n" +
+	"page_token\x18\x04 \x01(\tR\tpageToken\"p\n" +
 	"\x19ExtendSubscriptionRequest\x12'\n" +
 	"\x0fsubscription_id\x18\x01 \x01(\tR\x0esubscriptionId\x12\x12\n" +
 	"\x04days\x18\x02 \x01(\rR\x04days\x12\x16\n" +
@@ -1929,13 +2009,14 @@ const file_kapal_v1_admin_proto_rawDesc = "" +
 	"\n" +
 	"ListAlerts\x12\x1b.kapal.v1.ListAlertsRequest\x1a\x1c.kapal.v1.ListAlertsResponse\x12N\n" +
 	"\x10GetInstanceUsage\x12!.kapal.v1.GetInstanceUsageRequest\x1a\x17.kapal.v1.InstanceUsage\x12V\n" +
-	"\x0fListAuditEvents\x12 .kapal.v1.ListAuditEventsRequest\x1a!.kapal.v1.ListAuditEventsResponse2\xe5\x03\n" +
+	"\x0fListAuditEvents\x12 .kapal.v1.ListAuditEventsRequest\x1a!.kapal.v1.ListAuditEventsResponse2\xc2\x04\n" +
 	"\x13BillingAdminService\x12N\n" +
 	"\x10GetRevenueReport\x12!.kapal.v1.GetRevenueReportRequest\x1a\x17.kapal.v1.RevenueReport\x12e\n" +
 	"\x14ListAllSubscriptions\x12%.kapal.v1.ListAllSubscriptionsRequest\x1a&.kapal.v1.ListAllSubscriptionsResponse\x12r\n" +
 	"\x1dListSubscriptionEventsAsAdmin\x12'.kapal.v1.ListSubscriptionEventsRequest\x1a(.kapal.v1.ListSubscriptionEventsResponse\x12Q\n" +
 	"\x12ExtendSubscription\x12#.kapal.v1.ExtendSubscriptionRequest\x1a\x16.kapal.v1.Subscription\x12P\n" +
-	"\rCreditInvoice\x12\x1e.kapal.v1.CreditInvoiceRequest\x1a\x1f.kapal.v1.CreditInvoiceResponseB~\n" +
+	"\rCreditInvoice\x12\x1e.kapal.v1.CreditInvoiceRequest\x1a\x1f.kapal.v1.CreditInvoiceResponse\x12[\n" +
+	"\x13ListInvoicesAsAdmin\x12$.kapal.v1.ListInvoicesAsAdminRequest\x1a\x1e.kapal.v1.ListInvoicesResponseB~\n" +
 	"\fcom.kapal.v1B\n" +
 	"AdminProtoP\x01Z!kapal/clients/go/kapal/v1;kapalv1\xa2\x02\x03KXX\xaa\x02\bKapal.V1\xca\x02\bKapal\\V1\xe2\x02\x14Kapal\\V1\\GPBMetadata\xea\x02\tKapal::V1b\x06proto3"
 
@@ -1952,106 +2033,110 @@ func file_kapal_v1_admin_proto_rawDescGZIP() []byte {
 }
 
 var file_kapal_v1_admin_proto_enumTypes = make([]protoimpl.EnumInfo, 1)
-var file_kapal_v1_admin_proto_msgTypes = make([]protoimpl.MessageInfo, 23)
+var file_kapal_v1_admin_proto_msgTypes = make([]protoimpl.MessageInfo, 24)
 var file_kapal_v1_admin_proto_goTypes = []any{
 	(AlertSeverity)(0),                     // 0: kapal.v1.AlertSeverity
-	(*ExtendSubscriptionRequest)(nil),      // 1: kapal.v1.ExtendSubscriptionRequest
-	(*CreditInvoiceRequest)(nil),           // 2: kapal.v1.CreditInvoiceRequest
-	(*CreditInvoiceResponse)(nil),          // 3: kapal.v1.CreditInvoiceResponse
-	(*AdminInstance)(nil),                  // 4: kapal.v1.AdminInstance
-	(*ListAllInstancesRequest)(nil),        // 5: kapal.v1.ListAllInstancesRequest
-	(*ListAllInstancesResponse)(nil),       // 6: kapal.v1.ListAllInstancesResponse
-	(*GetInstanceAsAdminRequest)(nil),      // 7: kapal.v1.GetInstanceAsAdminRequest
-	(*GetCapacityRequest)(nil),             // 8: kapal.v1.GetCapacityRequest
-	(*ResourceAmounts)(nil),                // 9: kapal.v1.ResourceAmounts
-	(*NodeCapacity)(nil),                   // 10: kapal.v1.NodeCapacity
-	(*Capacity)(nil),                       // 11: kapal.v1.Capacity
-	(*ListAlertsRequest)(nil),              // 12: kapal.v1.ListAlertsRequest
-	(*Alert)(nil),                          // 13: kapal.v1.Alert
-	(*ListAlertsResponse)(nil),             // 14: kapal.v1.ListAlertsResponse
-	(*ListAuditEventsRequest)(nil),         // 15: kapal.v1.ListAuditEventsRequest
-	(*AuditEvent)(nil),                     // 16: kapal.v1.AuditEvent
-	(*ListAuditEventsResponse)(nil),        // 17: kapal.v1.ListAuditEventsResponse
-	(*GetRevenueReportRequest)(nil),        // 18: kapal.v1.GetRevenueReportRequest
-	(*AppSubscriptions)(nil),               // 19: kapal.v1.AppSubscriptions
-	(*InvoicePeriod)(nil),                  // 20: kapal.v1.InvoicePeriod
-	(*RevenueReport)(nil),                  // 21: kapal.v1.RevenueReport
-	(*ListAllSubscriptionsRequest)(nil),    // 22: kapal.v1.ListAllSubscriptionsRequest
-	(*ListAllSubscriptionsResponse)(nil),   // 23: kapal.v1.ListAllSubscriptionsResponse
-	(*Money)(nil),                          // 24: kapal.v1.Money
-	(*CreditNote)(nil),                     // 25: kapal.v1.CreditNote
-	(*Invoice)(nil),                        // 26: kapal.v1.Invoice
-	(*Instance)(nil),                       // 27: kapal.v1.Instance
-	(InstanceStatus)(0),                    // 28: kapal.v1.InstanceStatus
-	(*timestamppb.Timestamp)(nil),          // 29: google.protobuf.Timestamp
-	(SubscriptionStatus)(0),                // 30: kapal.v1.SubscriptionStatus
-	(*Subscription)(nil),                   // 31: kapal.v1.Subscription
-	(*GetInstanceUsageRequest)(nil),        // 32: kapal.v1.GetInstanceUsageRequest
-	(*ListSubscriptionEventsRequest)(nil),  // 33: kapal.v1.ListSubscriptionEventsRequest
-	(*InstanceUsage)(nil),                  // 34: kapal.v1.InstanceUsage
-	(*ListSubscriptionEventsResponse)(nil), // 35: kapal.v1.ListSubscriptionEventsResponse
+	(*ListInvoicesAsAdminRequest)(nil),     // 1: kapal.v1.ListInvoicesAsAdminRequest
+	(*ExtendSubscriptionRequest)(nil),      // 2: kapal.v1.ExtendSubscriptionRequest
+	(*CreditInvoiceRequest)(nil),           // 3: kapal.v1.CreditInvoiceRequest
+	(*CreditInvoiceResponse)(nil),          // 4: kapal.v1.CreditInvoiceResponse
+	(*AdminInstance)(nil),                  // 5: kapal.v1.AdminInstance
+	(*ListAllInstancesRequest)(nil),        // 6: kapal.v1.ListAllInstancesRequest
+	(*ListAllInstancesResponse)(nil),       // 7: kapal.v1.ListAllInstancesResponse
+	(*GetInstanceAsAdminRequest)(nil),      // 8: kapal.v1.GetInstanceAsAdminRequest
+	(*GetCapacityRequest)(nil),             // 9: kapal.v1.GetCapacityRequest
+	(*ResourceAmounts)(nil),                // 10: kapal.v1.ResourceAmounts
+	(*NodeCapacity)(nil),                   // 11: kapal.v1.NodeCapacity
+	(*Capacity)(nil),                       // 12: kapal.v1.Capacity
+	(*ListAlertsRequest)(nil),              // 13: kapal.v1.ListAlertsRequest
+	(*Alert)(nil),                          // 14: kapal.v1.Alert
+	(*ListAlertsResponse)(nil),             // 15: kapal.v1.ListAlertsResponse
+	(*ListAuditEventsRequest)(nil),         // 16: kapal.v1.ListAuditEventsRequest
+	(*AuditEvent)(nil),                     // 17: kapal.v1.AuditEvent
+	(*ListAuditEventsResponse)(nil),        // 18: kapal.v1.ListAuditEventsResponse
+	(*GetRevenueReportRequest)(nil),        // 19: kapal.v1.GetRevenueReportRequest
+	(*AppSubscriptions)(nil),               // 20: kapal.v1.AppSubscriptions
+	(*InvoicePeriod)(nil),                  // 21: kapal.v1.InvoicePeriod
+	(*RevenueReport)(nil),                  // 22: kapal.v1.RevenueReport
+	(*ListAllSubscriptionsRequest)(nil),    // 23: kapal.v1.ListAllSubscriptionsRequest
+	(*ListAllSubscriptionsResponse)(nil),   // 24: kapal.v1.ListAllSubscriptionsResponse
+	(*Money)(nil),                          // 25: kapal.v1.Money
+	(*CreditNote)(nil),                     // 26: kapal.v1.CreditNote
+	(*Invoice)(nil),                        // 27: kapal.v1.Invoice
+	(*Instance)(nil),                       // 28: kapal.v1.Instance
+	(InstanceStatus)(0),                    // 29: kapal.v1.InstanceStatus
+	(*timestamppb.Timestamp)(nil),          // 30: google.protobuf.Timestamp
+	(SubscriptionStatus)(0),                // 31: kapal.v1.SubscriptionStatus
+	(*Subscription)(nil),                   // 32: kapal.v1.Subscription
+	(*GetInstanceUsageRequest)(nil),        // 33: kapal.v1.GetInstanceUsageRequest
+	(*ListSubscriptionEventsRequest)(nil),  // 34: kapal.v1.ListSubscriptionEventsRequest
+	(*InstanceUsage)(nil),                  // 35: kapal.v1.InstanceUsage
+	(*ListSubscriptionEventsResponse)(nil), // 36: kapal.v1.ListSubscriptionEventsResponse
+	(*ListInvoicesResponse)(nil),           // 37: kapal.v1.ListInvoicesResponse
 }
 var file_kapal_v1_admin_proto_depIdxs = []int32{
-	24, // 0: kapal.v1.CreditInvoiceRequest.amount:type_name -> kapal.v1.Money
-	25, // 1: kapal.v1.CreditInvoiceResponse.credit_note:type_name -> kapal.v1.CreditNote
-	26, // 2: kapal.v1.CreditInvoiceResponse.invoice:type_name -> kapal.v1.Invoice
-	27, // 3: kapal.v1.AdminInstance.instance:type_name -> kapal.v1.Instance
-	28, // 4: kapal.v1.ListAllInstancesRequest.status:type_name -> kapal.v1.InstanceStatus
-	4,  // 5: kapal.v1.ListAllInstancesResponse.instances:type_name -> kapal.v1.AdminInstance
-	9,  // 6: kapal.v1.NodeCapacity.allocatable:type_name -> kapal.v1.ResourceAmounts
-	9,  // 7: kapal.v1.NodeCapacity.requested:type_name -> kapal.v1.ResourceAmounts
-	10, // 8: kapal.v1.Capacity.nodes:type_name -> kapal.v1.NodeCapacity
-	9,  // 9: kapal.v1.Capacity.allocatable:type_name -> kapal.v1.ResourceAmounts
-	9,  // 10: kapal.v1.Capacity.requested:type_name -> kapal.v1.ResourceAmounts
-	9,  // 11: kapal.v1.Capacity.requested_by_kapal:type_name -> kapal.v1.ResourceAmounts
-	9,  // 12: kapal.v1.Capacity.committed:type_name -> kapal.v1.ResourceAmounts
-	29, // 13: kapal.v1.Capacity.observed_at:type_name -> google.protobuf.Timestamp
+	25, // 0: kapal.v1.CreditInvoiceRequest.amount:type_name -> kapal.v1.Money
+	26, // 1: kapal.v1.CreditInvoiceResponse.credit_note:type_name -> kapal.v1.CreditNote
+	27, // 2: kapal.v1.CreditInvoiceResponse.invoice:type_name -> kapal.v1.Invoice
+	28, // 3: kapal.v1.AdminInstance.instance:type_name -> kapal.v1.Instance
+	29, // 4: kapal.v1.ListAllInstancesRequest.status:type_name -> kapal.v1.InstanceStatus
+	5,  // 5: kapal.v1.ListAllInstancesResponse.instances:type_name -> kapal.v1.AdminInstance
+	10, // 6: kapal.v1.NodeCapacity.allocatable:type_name -> kapal.v1.ResourceAmounts
+	10, // 7: kapal.v1.NodeCapacity.requested:type_name -> kapal.v1.ResourceAmounts
+	11, // 8: kapal.v1.Capacity.nodes:type_name -> kapal.v1.NodeCapacity
+	10, // 9: kapal.v1.Capacity.allocatable:type_name -> kapal.v1.ResourceAmounts
+	10, // 10: kapal.v1.Capacity.requested:type_name -> kapal.v1.ResourceAmounts
+	10, // 11: kapal.v1.Capacity.requested_by_kapal:type_name -> kapal.v1.ResourceAmounts
+	10, // 12: kapal.v1.Capacity.committed:type_name -> kapal.v1.ResourceAmounts
+	30, // 13: kapal.v1.Capacity.observed_at:type_name -> google.protobuf.Timestamp
 	0,  // 14: kapal.v1.Alert.severity:type_name -> kapal.v1.AlertSeverity
-	29, // 15: kapal.v1.Alert.since:type_name -> google.protobuf.Timestamp
-	13, // 16: kapal.v1.ListAlertsResponse.alerts:type_name -> kapal.v1.Alert
-	29, // 17: kapal.v1.AuditEvent.at:type_name -> google.protobuf.Timestamp
-	16, // 18: kapal.v1.ListAuditEventsResponse.events:type_name -> kapal.v1.AuditEvent
-	29, // 19: kapal.v1.GetRevenueReportRequest.from:type_name -> google.protobuf.Timestamp
-	29, // 20: kapal.v1.GetRevenueReportRequest.to:type_name -> google.protobuf.Timestamp
-	24, // 21: kapal.v1.AppSubscriptions.mrr:type_name -> kapal.v1.Money
-	24, // 22: kapal.v1.InvoicePeriod.invoiced:type_name -> kapal.v1.Money
-	24, // 23: kapal.v1.InvoicePeriod.collected:type_name -> kapal.v1.Money
-	24, // 24: kapal.v1.InvoicePeriod.credited:type_name -> kapal.v1.Money
-	24, // 25: kapal.v1.RevenueReport.mrr:type_name -> kapal.v1.Money
-	19, // 26: kapal.v1.RevenueReport.by_app:type_name -> kapal.v1.AppSubscriptions
-	20, // 27: kapal.v1.RevenueReport.invoices_by_month:type_name -> kapal.v1.InvoicePeriod
-	24, // 28: kapal.v1.RevenueReport.invoiced_total:type_name -> kapal.v1.Money
-	24, // 29: kapal.v1.RevenueReport.collected_total:type_name -> kapal.v1.Money
-	29, // 30: kapal.v1.RevenueReport.from:type_name -> google.protobuf.Timestamp
-	29, // 31: kapal.v1.RevenueReport.to:type_name -> google.protobuf.Timestamp
-	29, // 32: kapal.v1.RevenueReport.generated_at:type_name -> google.protobuf.Timestamp
-	24, // 33: kapal.v1.RevenueReport.credited_total:type_name -> kapal.v1.Money
-	30, // 34: kapal.v1.ListAllSubscriptionsRequest.status:type_name -> kapal.v1.SubscriptionStatus
-	31, // 35: kapal.v1.ListAllSubscriptionsResponse.subscriptions:type_name -> kapal.v1.Subscription
-	5,  // 36: kapal.v1.AdminService.ListAllInstances:input_type -> kapal.v1.ListAllInstancesRequest
-	7,  // 37: kapal.v1.AdminService.GetInstanceAsAdmin:input_type -> kapal.v1.GetInstanceAsAdminRequest
-	8,  // 38: kapal.v1.AdminService.GetCapacity:input_type -> kapal.v1.GetCapacityRequest
-	12, // 39: kapal.v1.AdminService.ListAlerts:input_type -> kapal.v1.ListAlertsRequest
-	32, // 40: kapal.v1.AdminService.GetInstanceUsage:input_type -> kapal.v1.GetInstanceUsageRequest
-	15, // 41: kapal.v1.AdminService.ListAuditEvents:input_type -> kapal.v1.ListAuditEventsRequest
-	18, // 42: kapal.v1.BillingAdminService.GetRevenueReport:input_type -> kapal.v1.GetRevenueReportRequest
-	22, // 43: kapal.v1.BillingAdminService.ListAllSubscriptions:input_type -> kapal.v1.ListAllSubscriptionsRequest
-	33, // 44: kapal.v1.BillingAdminService.ListSubscriptionEventsAsAdmin:input_type -> kapal.v1.ListSubscriptionEventsRequest
-	1,  // 45: kapal.v1.BillingAdminService.ExtendSubscription:input_type -> kapal.v1.ExtendSubscriptionRequest
-	2,  // 46: kapal.v1.BillingAdminService.CreditInvoice:input_type -> kapal.v1.CreditInvoiceRequest
-	6,  // 47: kapal.v1.AdminService.ListAllInstances:output_type -> kapal.v1.ListAllInstancesResponse
-	4,  // 48: kapal.v1.AdminService.GetInstanceAsAdmin:output_type -> kapal.v1.AdminInstance
-	11, // 49: kapal.v1.AdminService.GetCapacity:output_type -> kapal.v1.Capacity
-	14, // 50: kapal.v1.AdminService.ListAlerts:output_type -> kapal.v1.ListAlertsResponse
-	34, // 51: kapal.v1.AdminService.GetInstanceUsage:output_type -> kapal.v1.InstanceUsage
-	17, // 52: kapal.v1.AdminService.ListAuditEvents:output_type -> kapal.v1.ListAuditEventsResponse
-	21, // 53: kapal.v1.BillingAdminService.GetRevenueReport:output_type -> kapal.v1.RevenueReport
-	23, // 54: kapal.v1.BillingAdminService.ListAllSubscriptions:output_type -> kapal.v1.ListAllSubscriptionsResponse
-	35, // 55: kapal.v1.BillingAdminService.ListSubscriptionEventsAsAdmin:output_type -> kapal.v1.ListSubscriptionEventsResponse
-	31, // 56: kapal.v1.BillingAdminService.ExtendSubscription:output_type -> kapal.v1.Subscription
-	3,  // 57: kapal.v1.BillingAdminService.CreditInvoice:output_type -> kapal.v1.CreditInvoiceResponse
-	47, // [47:58] is the sub-list for method output_type
-	36, // [36:47] is the sub-list for method input_type
+	30, // 15: kapal.v1.Alert.since:type_name -> google.protobuf.Timestamp
+	14, // 16: kapal.v1.ListAlertsResponse.alerts:type_name -> kapal.v1.Alert
+	30, // 17: kapal.v1.AuditEvent.at:type_name -> google.protobuf.Timestamp
+	17, // 18: kapal.v1.ListAuditEventsResponse.events:type_name -> kapal.v1.AuditEvent
+	30, // 19: kapal.v1.GetRevenueReportRequest.from:type_name -> google.protobuf.Timestamp
+	30, // 20: kapal.v1.GetRevenueReportRequest.to:type_name -> google.protobuf.Timestamp
+	25, // 21: kapal.v1.AppSubscriptions.mrr:type_name -> kapal.v1.Money
+	25, // 22: kapal.v1.InvoicePeriod.invoiced:type_name -> kapal.v1.Money
+	25, // 23: kapal.v1.InvoicePeriod.collected:type_name -> kapal.v1.Money
+	25, // 24: kapal.v1.InvoicePeriod.credited:type_name -> kapal.v1.Money
+	25, // 25: kapal.v1.RevenueReport.mrr:type_name -> kapal.v1.Money
+	20, // 26: kapal.v1.RevenueReport.by_app:type_name -> kapal.v1.AppSubscriptions
+	21, // 27: kapal.v1.RevenueReport.invoices_by_month:type_name -> kapal.v1.InvoicePeriod
+	25, // 28: kapal.v1.RevenueReport.invoiced_total:type_name -> kapal.v1.Money
+	25, // 29: kapal.v1.RevenueReport.collected_total:type_name -> kapal.v1.Money
+	30, // 30: kapal.v1.RevenueReport.from:type_name -> google.protobuf.Timestamp
+	30, // 31: kapal.v1.RevenueReport.to:type_name -> google.protobuf.Timestamp
+	30, // 32: kapal.v1.RevenueReport.generated_at:type_name -> google.protobuf.Timestamp
+	25, // 33: kapal.v1.RevenueReport.credited_total:type_name -> kapal.v1.Money
+	31, // 34: kapal.v1.ListAllSubscriptionsRequest.status:type_name -> kapal.v1.SubscriptionStatus
+	32, // 35: kapal.v1.ListAllSubscriptionsResponse.subscriptions:type_name -> kapal.v1.Subscription
+	6,  // 36: kapal.v1.AdminService.ListAllInstances:input_type -> kapal.v1.ListAllInstancesRequest
+	8,  // 37: kapal.v1.AdminService.GetInstanceAsAdmin:input_type -> kapal.v1.GetInstanceAsAdminRequest
+	9,  // 38: kapal.v1.AdminService.GetCapacity:input_type -> kapal.v1.GetCapacityRequest
+	13, // 39: kapal.v1.AdminService.ListAlerts:input_type -> kapal.v1.ListAlertsRequest
+	33, // 40: kapal.v1.AdminService.GetInstanceUsage:input_type -> kapal.v1.GetInstanceUsageRequest
+	16, // 41: kapal.v1.AdminService.ListAuditEvents:input_type -> kapal.v1.ListAuditEventsRequest
+	19, // 42: kapal.v1.BillingAdminService.GetRevenueReport:input_type -> kapal.v1.GetRevenueReportRequest
+	23, // 43: kapal.v1.BillingAdminService.ListAllSubscriptions:input_type -> kapal.v1.ListAllSubscriptionsRequest
+	34, // 44: kapal.v1.BillingAdminService.ListSubscriptionEventsAsAdmin:input_type -> kapal.v1.ListSubscriptionEventsRequest
+	2,  // 45: kapal.v1.BillingAdminService.ExtendSubscription:input_type -> kapal.v1.ExtendSubscriptionRequest
+	3,  // 46: kapal.v1.BillingAdminService.CreditInvoice:input_type -> kapal.v1.CreditInvoiceRequest
+	1,  // 47: kapal.v1.BillingAdminService.ListInvoicesAsAdmin:input_type -> kapal.v1.ListInvoicesAsAdminRequest
+	7,  // 48: kapal.v1.AdminService.ListAllInstances:output_type -> kapal.v1.ListAllInstancesResponse
+	5,  // 49: kapal.v1.AdminService.GetInstanceAsAdmin:output_type -> kapal.v1.AdminInstance
+	12, // 50: kapal.v1.AdminService.GetCapacity:output_type -> kapal.v1.Capacity
+	15, // 51: kapal.v1.AdminService.ListAlerts:output_type -> kapal.v1.ListAlertsResponse
+	35, // 52: kapal.v1.AdminService.GetInstanceUsage:output_type -> kapal.v1.InstanceUsage
+	18, // 53: kapal.v1.AdminService.ListAuditEvents:output_type -> kapal.v1.ListAuditEventsResponse
+	22, // 54: kapal.v1.BillingAdminService.GetRevenueReport:output_type -> kapal.v1.RevenueReport
+	24, // 55: kapal.v1.BillingAdminService.ListAllSubscriptions:output_type -> kapal.v1.ListAllSubscriptionsResponse
+	36, // 56: kapal.v1.BillingAdminService.ListSubscriptionEventsAsAdmin:output_type -> kapal.v1.ListSubscriptionEventsResponse
+	32, // 57: kapal.v1.BillingAdminService.ExtendSubscription:output_type -> kapal.v1.Subscription
+	4,  // 58: kapal.v1.BillingAdminService.CreditInvoice:output_type -> kapal.v1.CreditInvoiceResponse
+	37, // 59: kapal.v1.BillingAdminService.ListInvoicesAsAdmin:output_type -> kapal.v1.ListInvoicesResponse
+	48, // [48:60] is the sub-list for method output_type
+	36, // [36:48] is the sub-list for method input_type
 	36, // [36:36] is the sub-list for extension type_name
 	36, // [36:36] is the sub-list for extension extendee
 	0,  // [0:36] is the sub-list for field type_name
@@ -2071,7 +2156,7 @@ func file_kapal_v1_admin_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_kapal_v1_admin_proto_rawDesc), len(file_kapal_v1_admin_proto_rawDesc)),
 			NumEnums:      1,
-			NumMessages:   23,
+			NumMessages:   24,
 			NumExtensions: 0,
 			NumServices:   2,
 		},

@@ -152,11 +152,15 @@ type CreditNoteStatus int32
 
 const (
 	CreditNoteStatus_CREDIT_NOTE_STATUS_UNSPECIFIED CreditNoteStatus = 0
-	// The refund is being sent to the payment provider.
+	// The refund is being sent to the payment provider, or the provider did not answer and
+	// billing asks again (with the same idempotency key, with back-off: see
+	// CreditNote.refund_attempts and next_attempt_at). The amount is reserved meanwhile (no
+	// other note may credit it) but not counted in Invoice.credited.
 	CreditNoteStatus_CREDIT_NOTE_STATUS_PENDING CreditNoteStatus = 1
 	// Refunded: the amount is credited.
 	CreditNoteStatus_CREDIT_NOTE_STATUS_REFUNDED CreditNoteStatus = 2
-	// The provider declined the refund; nothing was credited.
+	// The provider declined the refund, or did not answer the last of billing's attempts;
+	// nothing is credited (the amount is released) and operators were notified.
 	CreditNoteStatus_CREDIT_NOTE_STATUS_FAILED CreditNoteStatus = 3
 )
 
@@ -777,8 +781,20 @@ type CreditNote struct {
 	// The payment provider that refunded it and its reference of the refund.
 	RefundProvider  string `protobuf:"bytes,7,opt,name=refund_provider,json=refundProvider,proto3" json:"refund_provider,omitempty"`
 	RefundReference string `protobuf:"bytes,8,opt,name=refund_reference,json=refundReference,proto3" json:"refund_reference,omitempty"`
-	unknownFields   protoimpl.UnknownFields
-	sizeCache       protoimpl.SizeCache
+	// How many times the refund was asked of the payment provider so far (1 after the first
+	// attempt; billing retries a refund the provider did not answer, a bounded number of times).
+	RefundAttempts uint32 `protobuf:"varint,9,opt,name=refund_attempts,json=refundAttempts,proto3" json:"refund_attempts,omitempty"`
+	// PENDING only: when billing next asks the provider (while an attempt runs: when another
+	// billing replica may take it over); unset once the note is REFUNDED or FAILED.
+	NextAttemptAt *timestamppb.Timestamp `protobuf:"bytes,10,opt,name=next_attempt_at,json=nextAttemptAt,proto3" json:"next_attempt_at,omitempty"`
+	// Why the last attempt did not refund (the provider's answer, or that it did not answer);
+	// empty when none failed. Filled in for operators (CreditInvoice, ListInvoicesAsAdmin);
+	// always empty for customers (ListInvoices).
+	LastError string `protobuf:"bytes,11,opt,name=last_error,json=lastError,proto3" json:"last_error,omitempty"`
+	// When the note became REFUNDED or FAILED; unset while PENDING.
+	FinishedAt    *timestamppb.Timestamp `protobuf:"bytes,12,opt,name=finished_at,json=finishedAt,proto3" json:"finished_at,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
 }
 
 func (x *CreditNote) Reset() {
@@ -865,6 +881,34 @@ func (x *CreditNote) GetRefundReference() string {
 		return x.RefundReference
 	}
 	return ""
+}
+
+func (x *CreditNote) GetRefundAttempts() uint32 {
+	if x != nil {
+		return x.RefundAttempts
+	}
+	return 0
+}
+
+func (x *CreditNote) GetNextAttemptAt() *timestamppb.Timestamp {
+	if x != nil {
+		return x.NextAttemptAt
+	}
+	return nil
+}
+
+func (x *CreditNote) GetLastError() string {
+	if x != nil {
+		return x.LastError
+	}
+	return ""
+}
+
+func (x *CreditNote) GetFinishedAt() *timestamppb.Timestamp {
+	if x != nil {
+		return x.FinishedAt
+	}
+	return nil
 }
 
 type ListInvoicesRequest struct {
@@ -1295,7 +1339,7 @@ const file_kapal_v1_subscription_proto_rawDesc = "" +
 	" \x01(\tR\x0fpaymentProvider\x12+\n" +
 	"\x11payment_reference\x18\v \x01(\tR\x10paymentReference\x12+\n" +
 	"\bcredited\x18\f \x01(\v2\x0f.kapal.v1.MoneyR\bcredited\x127\n" +
-	"\fcredit_notes\x18\r \x03(\v2\x14.kapal.v1.CreditNoteR\vcreditNotes\"\xbf\x02\n" +
+	"\fcredit_notes\x18\r \x03(\v2\x14.kapal.v1.CreditNoteR\vcreditNotes\"\x88\x04\n" +
 	"\n" +
 	"CreditNote\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\tR\x02id\x12\x1d\n" +
@@ -1307,7 +1351,14 @@ const file_kapal_v1_subscription_proto_rawDesc = "" +
 	"\n" +
 	"created_at\x18\x06 \x01(\v2\x1a.google.protobuf.TimestampR\tcreatedAt\x12'\n" +
 	"\x0frefund_provider\x18\a \x01(\tR\x0erefundProvider\x12)\n" +
-	"\x10refund_reference\x18\b \x01(\tR\x0frefundReference\"z\n" +
+	"\x10refund_reference\x18\b \x01(\tR\x0frefundReference\x12'\n" +
+	"\x0frefund_attempts\x18\t \x01(\rR\x0erefundAttempts\x12B\n" +
+	"\x0fnext_attempt_at\x18\n" +
+	" \x01(\v2\x1a.google.protobuf.TimestampR\rnextAttemptAt\x12\x1d\n" +
+	"\n" +
+	"last_error\x18\v \x01(\tR\tlastError\x12;\n" +
+	"\vfinished_at\x18\f \x01(\v2\x1a.google.protobuf.TimestampR\n" +
+	"finishedAt\"z\n" +
 	"\x13ListInvoicesRequest\x12'\n" +
 	"\x0fsubscription_id\x18\x01 \x01(\tR\x0esubscriptionId\x12\x1b\n" +
 	"\tpage_size\x18\x02 \x01(\rR\bpageSize\x12\x1d\n" +
@@ -1418,30 +1469,32 @@ var file_kapal_v1_subscription_proto_depIdxs = []int32{
 	17, // 15: kapal.v1.CreditNote.amount:type_name -> kapal.v1.Money
 	2,  // 16: kapal.v1.CreditNote.status:type_name -> kapal.v1.CreditNoteStatus
 	18, // 17: kapal.v1.CreditNote.created_at:type_name -> google.protobuf.Timestamp
-	9,  // 18: kapal.v1.ListInvoicesResponse.invoices:type_name -> kapal.v1.Invoice
-	18, // 19: kapal.v1.SubscriptionEvent.at:type_name -> google.protobuf.Timestamp
-	0,  // 20: kapal.v1.SubscriptionEvent.from_status:type_name -> kapal.v1.SubscriptionStatus
-	0,  // 21: kapal.v1.SubscriptionEvent.to_status:type_name -> kapal.v1.SubscriptionStatus
-	15, // 22: kapal.v1.ListSubscriptionEventsResponse.events:type_name -> kapal.v1.SubscriptionEvent
-	4,  // 23: kapal.v1.SubscriptionService.ListSubscriptions:input_type -> kapal.v1.ListSubscriptionsRequest
-	6,  // 24: kapal.v1.SubscriptionService.GetSubscription:input_type -> kapal.v1.GetSubscriptionRequest
-	7,  // 25: kapal.v1.SubscriptionService.CancelSubscription:input_type -> kapal.v1.CancelSubscriptionRequest
-	8,  // 26: kapal.v1.SubscriptionService.SetAutoRenew:input_type -> kapal.v1.SetAutoRenewRequest
-	11, // 27: kapal.v1.SubscriptionService.ListInvoices:input_type -> kapal.v1.ListInvoicesRequest
-	13, // 28: kapal.v1.SubscriptionService.ChangePlan:input_type -> kapal.v1.ChangePlanRequest
-	14, // 29: kapal.v1.SubscriptionService.ListSubscriptionEvents:input_type -> kapal.v1.ListSubscriptionEventsRequest
-	5,  // 30: kapal.v1.SubscriptionService.ListSubscriptions:output_type -> kapal.v1.ListSubscriptionsResponse
-	3,  // 31: kapal.v1.SubscriptionService.GetSubscription:output_type -> kapal.v1.Subscription
-	3,  // 32: kapal.v1.SubscriptionService.CancelSubscription:output_type -> kapal.v1.Subscription
-	3,  // 33: kapal.v1.SubscriptionService.SetAutoRenew:output_type -> kapal.v1.Subscription
-	12, // 34: kapal.v1.SubscriptionService.ListInvoices:output_type -> kapal.v1.ListInvoicesResponse
-	3,  // 35: kapal.v1.SubscriptionService.ChangePlan:output_type -> kapal.v1.Subscription
-	16, // 36: kapal.v1.SubscriptionService.ListSubscriptionEvents:output_type -> kapal.v1.ListSubscriptionEventsResponse
-	30, // [30:37] is the sub-list for method output_type
-	23, // [23:30] is the sub-list for method input_type
-	23, // [23:23] is the sub-list for extension type_name
-	23, // [23:23] is the sub-list for extension extendee
-	0,  // [0:23] is the sub-list for field type_name
+	18, // 18: kapal.v1.CreditNote.next_attempt_at:type_name -> google.protobuf.Timestamp
+	18, // 19: kapal.v1.CreditNote.finished_at:type_name -> google.protobuf.Timestamp
+	9,  // 20: kapal.v1.ListInvoicesResponse.invoices:type_name -> kapal.v1.Invoice
+	18, // 21: kapal.v1.SubscriptionEvent.at:type_name -> google.protobuf.Timestamp
+	0,  // 22: kapal.v1.SubscriptionEvent.from_status:type_name -> kapal.v1.SubscriptionStatus
+	0,  // 23: kapal.v1.SubscriptionEvent.to_status:type_name -> kapal.v1.SubscriptionStatus
+	15, // 24: kapal.v1.ListSubscriptionEventsResponse.events:type_name -> kapal.v1.SubscriptionEvent
+	4,  // 25: kapal.v1.SubscriptionService.ListSubscriptions:input_type -> kapal.v1.ListSubscriptionsRequest
+	6,  // 26: kapal.v1.SubscriptionService.GetSubscription:input_type -> kapal.v1.GetSubscriptionRequest
+	7,  // 27: kapal.v1.SubscriptionService.CancelSubscription:input_type -> kapal.v1.CancelSubscriptionRequest
+	8,  // 28: kapal.v1.SubscriptionService.SetAutoRenew:input_type -> kapal.v1.SetAutoRenewRequest
+	11, // 29: kapal.v1.SubscriptionService.ListInvoices:input_type -> kapal.v1.ListInvoicesRequest
+	13, // 30: kapal.v1.SubscriptionService.ChangePlan:input_type -> kapal.v1.ChangePlanRequest
+	14, // 31: kapal.v1.SubscriptionService.ListSubscriptionEvents:input_type -> kapal.v1.ListSubscriptionEventsRequest
+	5,  // 32: kapal.v1.SubscriptionService.ListSubscriptions:output_type -> kapal.v1.ListSubscriptionsResponse
+	3,  // 33: kapal.v1.SubscriptionService.GetSubscription:output_type -> kapal.v1.Subscription
+	3,  // 34: kapal.v1.SubscriptionService.CancelSubscription:output_type -> kapal.v1.Subscription
+	3,  // 35: kapal.v1.SubscriptionService.SetAutoRenew:output_type -> kapal.v1.Subscription
+	12, // 36: kapal.v1.SubscriptionService.ListInvoices:output_type -> kapal.v1.ListInvoicesResponse
+	3,  // 37: kapal.v1.SubscriptionService.ChangePlan:output_type -> kapal.v1.Subscription
+	16, // 38: kapal.v1.SubscriptionService.ListSubscriptionEvents:output_type -> kapal.v1.ListSubscriptionEventsResponse
+	32, // [32:39] is the sub-list for method output_type
+	25, // [25:32] is the sub-list for method input_type
+	25, // [25:25] is the sub-list for extension type_name
+	25, // [25:25] is the sub-list for extension extendee
+	0,  // [0:25] is the sub-list for field type_name
 }
 
 func init() { file_kapal_v1_subscription_proto_init() }

@@ -67,6 +67,9 @@ const (
 	// BillingAdminServiceCreditInvoiceProcedure is the fully-qualified name of the
 	// BillingAdminService's CreditInvoice RPC.
 	BillingAdminServiceCreditInvoiceProcedure = "/kapal.v1.BillingAdminService/CreditInvoice"
+	// BillingAdminServiceListInvoicesAsAdminProcedure is the fully-qualified name of the
+	// BillingAdminService's ListInvoicesAsAdmin RPC.
+	BillingAdminServiceListInvoicesAsAdminProcedure = "/kapal.v1.BillingAdminService/ListInvoicesAsAdmin"
 )
 
 // AdminServiceClient is a client for the kapal.v1.AdminService service.
@@ -316,8 +319,15 @@ type BillingAdminServiceClient interface {
 	// positive number of rupiah or no reason; NOT_FOUND for an unknown invoice;
 	// FAILED_PRECONDITION for an invoice that is not PAID, or an amount over what is left to
 	// credit (the message says how much is left), or a refund the provider declined (the note
-	// is then FAILED and credits nothing).
+	// is then FAILED and credits nothing). A provider that does not answer leaves the note
+	// PENDING (returned, with its last_error): billing's scheduler asks again with back-off, and
+	// after its last attempt the note is FAILED, the amount released and operators notified.
 	CreditInvoice(context.Context, *connect.Request[v1.CreditInvoiceRequest]) (*connect.Response[v1.CreditInvoiceResponse], error)
+	// The invoices of one customer account (or one subscription of it), newest first, with
+	// their credit notes as operators see them (refund attempts and the last error), in pages.
+	// INVALID_ARGUMENT for a missing or malformed account_id; NOT_FOUND for a subscription
+	// that is not the account's.
+	ListInvoicesAsAdmin(context.Context, *connect.Request[v1.ListInvoicesAsAdminRequest]) (*connect.Response[v1.ListInvoicesResponse], error)
 }
 
 // NewBillingAdminServiceClient constructs a client for the kapal.v1.BillingAdminService service. By
@@ -361,6 +371,12 @@ func NewBillingAdminServiceClient(httpClient connect.HTTPClient, baseURL string,
 			connect.WithSchema(billingAdminServiceMethods.ByName("CreditInvoice")),
 			connect.WithClientOptions(opts...),
 		),
+		listInvoicesAsAdmin: connect.NewClient[v1.ListInvoicesAsAdminRequest, v1.ListInvoicesResponse](
+			httpClient,
+			baseURL+BillingAdminServiceListInvoicesAsAdminProcedure,
+			connect.WithSchema(billingAdminServiceMethods.ByName("ListInvoicesAsAdmin")),
+			connect.WithClientOptions(opts...),
+		),
 	}
 }
 
@@ -371,6 +387,7 @@ type billingAdminServiceClient struct {
 	listSubscriptionEventsAsAdmin *connect.Client[v1.ListSubscriptionEventsRequest, v1.ListSubscriptionEventsResponse]
 	extendSubscription            *connect.Client[v1.ExtendSubscriptionRequest, v1.Subscription]
 	creditInvoice                 *connect.Client[v1.CreditInvoiceRequest, v1.CreditInvoiceResponse]
+	listInvoicesAsAdmin           *connect.Client[v1.ListInvoicesAsAdminRequest, v1.ListInvoicesResponse]
 }
 
 // GetRevenueReport calls kapal.v1.BillingAdminService.GetRevenueReport.
@@ -396,6 +413,11 @@ func (c *billingAdminServiceClient) ExtendSubscription(ctx context.Context, req 
 // CreditInvoice calls kapal.v1.BillingAdminService.CreditInvoice.
 func (c *billingAdminServiceClient) CreditInvoice(ctx context.Context, req *connect.Request[v1.CreditInvoiceRequest]) (*connect.Response[v1.CreditInvoiceResponse], error) {
 	return c.creditInvoice.CallUnary(ctx, req)
+}
+
+// ListInvoicesAsAdmin calls kapal.v1.BillingAdminService.ListInvoicesAsAdmin.
+func (c *billingAdminServiceClient) ListInvoicesAsAdmin(ctx context.Context, req *connect.Request[v1.ListInvoicesAsAdminRequest]) (*connect.Response[v1.ListInvoicesResponse], error) {
+	return c.listInvoicesAsAdmin.CallUnary(ctx, req)
 }
 
 // BillingAdminServiceHandler is an implementation of the kapal.v1.BillingAdminService service.
@@ -425,8 +447,15 @@ type BillingAdminServiceHandler interface {
 	// positive number of rupiah or no reason; NOT_FOUND for an unknown invoice;
 	// FAILED_PRECONDITION for an invoice that is not PAID, or an amount over what is left to
 	// credit (the message says how much is left), or a refund the provider declined (the note
-	// is then FAILED and credits nothing).
+	// is then FAILED and credits nothing). A provider that does not answer leaves the note
+	// PENDING (returned, with its last_error): billing's scheduler asks again with back-off, and
+	// after its last attempt the note is FAILED, the amount released and operators notified.
 	CreditInvoice(context.Context, *connect.Request[v1.CreditInvoiceRequest]) (*connect.Response[v1.CreditInvoiceResponse], error)
+	// The invoices of one customer account (or one subscription of it), newest first, with
+	// their credit notes as operators see them (refund attempts and the last error), in pages.
+	// INVALID_ARGUMENT for a missing or malformed account_id; NOT_FOUND for a subscription
+	// that is not the account's.
+	ListInvoicesAsAdmin(context.Context, *connect.Request[v1.ListInvoicesAsAdminRequest]) (*connect.Response[v1.ListInvoicesResponse], error)
 }
 
 // NewBillingAdminServiceHandler builds an HTTP handler from the service implementation. It returns
@@ -466,6 +495,12 @@ func NewBillingAdminServiceHandler(svc BillingAdminServiceHandler, opts ...conne
 		connect.WithSchema(billingAdminServiceMethods.ByName("CreditInvoice")),
 		connect.WithHandlerOptions(opts...),
 	)
+	billingAdminServiceListInvoicesAsAdminHandler := connect.NewUnaryHandler(
+		BillingAdminServiceListInvoicesAsAdminProcedure,
+		svc.ListInvoicesAsAdmin,
+		connect.WithSchema(billingAdminServiceMethods.ByName("ListInvoicesAsAdmin")),
+		connect.WithHandlerOptions(opts...),
+	)
 	return "/kapal.v1.BillingAdminService/", http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		switch r.URL.Path {
 		case BillingAdminServiceGetRevenueReportProcedure:
@@ -478,6 +513,8 @@ func NewBillingAdminServiceHandler(svc BillingAdminServiceHandler, opts ...conne
 			billingAdminServiceExtendSubscriptionHandler.ServeHTTP(w, r)
 		case BillingAdminServiceCreditInvoiceProcedure:
 			billingAdminServiceCreditInvoiceHandler.ServeHTTP(w, r)
+		case BillingAdminServiceListInvoicesAsAdminProcedure:
+			billingAdminServiceListInvoicesAsAdminHandler.ServeHTTP(w, r)
 		default:
 			http.NotFound(w, r)
 		}
@@ -505,4 +542,8 @@ func (UnimplementedBillingAdminServiceHandler) ExtendSubscription(context.Contex
 
 func (UnimplementedBillingAdminServiceHandler) CreditInvoice(context.Context, *connect.Request[v1.CreditInvoiceRequest]) (*connect.Response[v1.CreditInvoiceResponse], error) {
 	return nil, connect.NewError(connect.CodeUnimplemented, errors.New("kapal.v1.BillingAdminService.CreditInvoice is not implemented"))
+}
+
+func (UnimplementedBillingAdminServiceHandler) ListInvoicesAsAdmin(context.Context, *connect.Request[v1.ListInvoicesAsAdminRequest]) (*connect.Response[v1.ListInvoicesResponse], error) {
+	return nil, connect.NewError(connect.CodeUnimplemented, errors.New("kapal.v1.BillingAdminService.ListInvoicesAsAdmin is not implemented"))
 }

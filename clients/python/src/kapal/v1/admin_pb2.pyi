@@ -22,6 +22,18 @@ ALERT_SEVERITY_UNSPECIFIED: AlertSeverity
 ALERT_SEVERITY_WARNING: AlertSeverity
 ALERT_SEVERITY_CRITICAL: AlertSeverity
 
+class ListInvoicesAsAdminRequest(_message.Message):
+    __slots__ = ("account_id", "subscription_id", "page_size", "page_token")
+    ACCOUNT_ID_FIELD_NUMBER: _ClassVar[int]
+    SUBSCRIPTION_ID_FIELD_NUMBER: _ClassVar[int]
+    PAGE_SIZE_FIELD_NUMBER: _ClassVar[int]
+    PAGE_TOKEN_FIELD_NUMBER: _ClassVar[int]
+    account_id: str
+    subscription_id: str
+    page_size: int
+    page_token: str
+    def __init__(self, account_id: _Optional[str] = ..., subscription_id: _Optional[str] = ..., page_size: _Optional[int] = ..., page_token: _Optional[str] = ...) -> None: ...
+
 class ExtendSubscriptionRequest(_message.Message):
     __slots__ = ("subscription_id", "days", "reason")
     SUBSCRIPTION_ID_FIELD_NUMBER: _ClassVar[int]

@@ -366,6 +366,11 @@ class BillingAdminServiceStub:
                 request_serializer=kapal_dot_v1_dot_admin__pb2.CreditInvoiceRequest.SerializeToString,
                 response_deserializer=kapal_dot_v1_dot_admin__pb2.CreditInvoiceResponse.FromString,
                 _registered_method=True)
+        self.ListInvoicesAsAdmin = channel.unary_unary(
+                '/kapal.v1.BillingAdminService/ListInvoicesAsAdmin',
+                request_serializer=kapal_dot_v1_dot_admin__pb2.ListInvoicesAsAdminRequest.SerializeToString,
+                response_deserializer=kapal_dot_v1_dot_subscription__pb2.ListInvoicesResponse.FromString,
+                _registered_method=True)
 
 
 class BillingAdminServiceServicer:
@@ -419,7 +424,19 @@ class BillingAdminServiceServicer:
         positive number of rupiah or no reason; NOT_FOUND for an unknown invoice;
         FAILED_PRECONDITION for an invoice that is not PAID, or an amount over what is left to
         credit (the message says how much is left), or a refund the provider declined (the note
-        is then FAILED and credits nothing).
+        is then FAILED and credits nothing). A provider that does not answer leaves the note
+        PENDING (returned, with its last_error): billing's scheduler asks again with back-off, and
+        after its last attempt the note is FAILED, the amount released and operators notified.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListInvoicesAsAdmin(self, request, context):
+        """The invoices of one customer account (or one subscription of it), newest first, with
+        their credit notes as operators see them (refund attempts and the last error), in pages.
+        INVALID_ARGUMENT for a missing or malformed account_id; NOT_FOUND for a subscription
+        that is not the account's.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -452,6 +469,11 @@ def add_BillingAdminServiceServicer_to_server(servicer, server):
                     servicer.CreditInvoice,
                     request_deserializer=kapal_dot_v1_dot_admin__pb2.CreditInvoiceRequest.FromString,
                     response_serializer=kapal_dot_v1_dot_admin__pb2.CreditInvoiceResponse.SerializeToString,
+            ),
+            'ListInvoicesAsAdmin': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListInvoicesAsAdmin,
+                    request_deserializer=kapal_dot_v1_dot_admin__pb2.ListInvoicesAsAdminRequest.FromString,
+                    response_serializer=kapal_dot_v1_dot_subscription__pb2.ListInvoicesResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -591,6 +613,33 @@ class BillingAdminService:
             '/kapal.v1.BillingAdminService/CreditInvoice',
             kapal_dot_v1_dot_admin__pb2.CreditInvoiceRequest.SerializeToString,
             kapal_dot_v1_dot_admin__pb2.CreditInvoiceResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListInvoicesAsAdmin(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/kapal.v1.BillingAdminService/ListInvoicesAsAdmin',
+            kapal_dot_v1_dot_admin__pb2.ListInvoicesAsAdminRequest.SerializeToString,
+            kapal_dot_v1_dot_subscription__pb2.ListInvoicesResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -182,7 +182,15 @@ class BillingAdminServiceStub:
     positive number of rupiah or no reason; NOT_FOUND for an unknown invoice;
     FAILED_PRECONDITION for an invoice that is not PAID, or an amount over what is left to
     credit (the message says how much is left), or a refund the provider declined (the note
-    is then FAILED and credits nothing).
+    is then FAILED and credits nothing). A provider that does not answer leaves the note
+    PENDING (returned, with its last_error): billing's scheduler asks again with back-off, and
+    after its last attempt the note is FAILED, the amount released and operators notified.
+    """
+    ListInvoicesAsAdmin: _grpc.UnaryUnaryMultiCallable[_admin_pb2.ListInvoicesAsAdminRequest, _subscription_pb2.ListInvoicesResponse]
+    """The invoices of one customer account (or one subscription of it), newest first, with
+    their credit notes as operators see them (refund attempts and the last error), in pages.
+    INVALID_ARGUMENT for a missing or malformed account_id; NOT_FOUND for a subscription
+    that is not the account's.
     """
 
 @_typing.type_check_only
@@ -219,7 +227,15 @@ class BillingAdminServiceAsyncStub(BillingAdminServiceStub):
     positive number of rupiah or no reason; NOT_FOUND for an unknown invoice;
     FAILED_PRECONDITION for an invoice that is not PAID, or an amount over what is left to
     credit (the message says how much is left), or a refund the provider declined (the note
-    is then FAILED and credits nothing).
+    is then FAILED and credits nothing). A provider that does not answer leaves the note
+    PENDING (returned, with its last_error): billing's scheduler asks again with back-off, and
+    after its last attempt the note is FAILED, the amount released and operators notified.
+    """
+    ListInvoicesAsAdmin: _aio.UnaryUnaryMultiCallable[_admin_pb2.ListInvoicesAsAdminRequest, _subscription_pb2.ListInvoicesResponse]  # type: ignore[assignment]
+    """The invoices of one customer account (or one subscription of it), newest first, with
+    their credit notes as operators see them (refund attempts and the last error), in pages.
+    INVALID_ARGUMENT for a missing or malformed account_id; NOT_FOUND for a subscription
+    that is not the account's.
     """
 
 class BillingAdminServiceServicer(metaclass=_abc_1.ABCMeta):
@@ -283,7 +299,21 @@ class BillingAdminServiceServicer(metaclass=_abc_1.ABCMeta):
         positive number of rupiah or no reason; NOT_FOUND for an unknown invoice;
         FAILED_PRECONDITION for an invoice that is not PAID, or an amount over what is left to
         credit (the message says how much is left), or a refund the provider declined (the note
-        is then FAILED and credits nothing).
+        is then FAILED and credits nothing). A provider that does not answer leaves the note
+        PENDING (returned, with its last_error): billing's scheduler asks again with back-off, and
+        after its last attempt the note is FAILED, the amount released and operators notified.
+        """
+
+    @_abc_1.abstractmethod
+    def ListInvoicesAsAdmin(
+        self,
+        request: _admin_pb2.ListInvoicesAsAdminRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_subscription_pb2.ListInvoicesResponse, _abc.Awaitable[_subscription_pb2.ListInvoicesResponse]]:
+        """The invoices of one customer account (or one subscription of it), newest first, with
+        their credit notes as operators see them (refund attempts and the last error), in pages.
+        INVALID_ARGUMENT for a missing or malformed account_id; NOT_FOUND for a subscription
+        that is not the account's.
         """
 
 def add_BillingAdminServiceServicer_to_server(servicer: BillingAdminServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

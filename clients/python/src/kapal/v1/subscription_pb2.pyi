@@ -153,7 +153,7 @@ class Invoice(_message.Message):
     def __init__(self, id: _Optional[str] = ..., number: _Optional[str] = ..., subscription_id: _Optional[str] = ..., period_start: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., period_end: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., amount: _Optional[_Union[_common_pb2.Money, _Mapping]] = ..., status: _Optional[_Union[InvoiceStatus, str]] = ..., created_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., paid_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., payment_provider: _Optional[str] = ..., payment_reference: _Optional[str] = ..., credited: _Optional[_Union[_common_pb2.Money, _Mapping]] = ..., credit_notes: _Optional[_Iterable[_Union[CreditNote, _Mapping]]] = ...) -> None: ...
 
 class CreditNote(_message.Message):
-    __slots__ = ("id", "invoice_id", "amount", "reason", "status", "created_at", "refund_provider", "refund_reference")
+    __slots__ = ("id", "invoice_id", "amount", "reason", "status", "created_at", "refund_provider", "refund_reference", "refund_attempts", "next_attempt_at", "last_error", "finished_at")
     ID_FIELD_NUMBER: _ClassVar[int]
     INVOICE_ID_FIELD_NUMBER: _ClassVar[int]
     AMOUNT_FIELD_NUMBER: _ClassVar[int]
@@ -162,6 +162,10 @@ class CreditNote(_message.Message):
     CREATED_AT_FIELD_NUMBER: _ClassVar[int]
     REFUND_PROVIDER_FIELD_NUMBER: _ClassVar[int]
     REFUND_REFERENCE_FIELD_NUMBER: _ClassVar[int]
+    REFUND_ATTEMPTS_FIELD_NUMBER: _ClassVar[int]
+    NEXT_ATTEMPT_AT_FIELD_NUMBER: _ClassVar[int]
+    LAST_ERROR_FIELD_NUMBER: _ClassVar[int]
+    FINISHED_AT_FIELD_NUMBER: _ClassVar[int]
     id: str
     invoice_id: str
     amount: _common_pb2.Money
@@ -170,7 +174,11 @@ class CreditNote(_message.Message):
     created_at: _timestamp_pb2.Timestamp
     refund_provider: str
     refund_reference: str
-    def __init__(self, id: _Optional[str] = ..., invoice_id: _Optional[str] = ..., amount: _Optional[_Union[_common_pb2.Money, _Mapping]] = ..., reason: _Optional[str] = ..., status: _Optional[_Union[CreditNoteStatus, str]] = ..., created_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., refund_provider: _Optional[str] = ..., refund_reference: _Optional[str] = ...) -> None: ...
+    refund_attempts: int
+    next_attempt_at: _timestamp_pb2.Timestamp
+    last_error: str
+    finished_at: _timestamp_pb2.Timestamp
+    def __init__(self, id: _Optional[str] = ..., invoice_id: _Optional[str] = ..., amount: _Optional[_Union[_common_pb2.Money, _Mapping]] = ..., reason: _Optional[str] = ..., status: _Optional[_Union[CreditNoteStatus, str]] = ..., created_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., refund_provider: _Optional[str] = ..., refund_reference: _Optional[str] = ..., refund_attempts: _Optional[int] = ..., next_attempt_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., last_error: _Optional[str] = ..., finished_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
 
 class ListInvoicesRequest(_message.Message):
     __slots__ = ("subscription_id", "page_size", "page_token")

@@ -5,7 +5,7 @@
 import type { GenEnum, GenFile, GenMessage, GenService } from "@bufbuild/protobuf/codegenv2";
 import type { Message } from "@bufbuild/protobuf";
 import type { Money } from "./common_pb.js";
-import type { CreditNote, Invoice, ListSubscriptionEventsRequestSchema, ListSubscriptionEventsResponseSchema, Subscription, SubscriptionSchema, SubscriptionStatus } from "./subscription_pb.js";
+import type { CreditNote, Invoice, ListInvoicesResponseSchema, ListSubscriptionEventsRequestSchema, ListSubscriptionEventsResponseSchema, Subscription, SubscriptionSchema, SubscriptionStatus } from "./subscription_pb.js";
 import type { GetInstanceUsageRequestSchema, Instance, InstanceStatus, InstanceUsageSchema } from "./instance_pb.js";
 import type { Timestamp } from "@bufbuild/protobuf/wkt";
 
@@ -13,6 +13,46 @@ import type { Timestamp } from "@bufbuild/protobuf/wkt";
  * Describes the file kapal/v1/admin.proto.
  */
 export declare const file_kapal_v1_admin: GenFile;
+
+/**
+ * @generated from message kapal.v1.ListInvoicesAsAdminRequest
+ */
+export declare type ListInvoicesAsAdminRequest = Message<"kapal.v1.ListInvoicesAsAdminRequest"> & {
+  /**
+   * The customer account (UUID), required.
+   *
+   * @generated from field: string account_id = 1;
+   */
+  accountId: string;
+
+  /**
+   * Only invoices of this subscription (UUID) of the account; empty for all of them.
+   *
+   * @generated from field: string subscription_id = 2;
+   */
+  subscriptionId: string;
+
+  /**
+   * At most this many invoices (default 50, at most 500).
+   *
+   * @generated from field: uint32 page_size = 3;
+   */
+  pageSize: number;
+
+  /**
+   * From ListInvoicesResponse.next_page_token, to continue a listing with the same account_id
+   * and subscription_id; empty for the first page.
+   *
+   * @generated from field: string page_token = 4;
+   */
+  pageToken: string;
+};
+
+/**
+ * Describes the message kapal.v1.ListInvoicesAsAdminRequest.
+ * Use `create(ListInvoicesAsAdminRequestSchema)` to create a new message.
+ */
+export declare const ListInvoicesAsAdminRequestSchema: GenMessage<ListInvoicesAsAdminRequest>;
 
 /**
  * @generated from message kapal.v1.ExtendSubscriptionRequest
@@ -1103,7 +1143,9 @@ export declare const BillingAdminService: GenService<{
    * positive number of rupiah or no reason; NOT_FOUND for an unknown invoice;
    * FAILED_PRECONDITION for an invoice that is not PAID, or an amount over what is left to
    * credit (the message says how much is left), or a refund the provider declined (the note
-   * is then FAILED and credits nothing).
+   * is then FAILED and credits nothing). A provider that does not answer leaves the note
+   * PENDING (returned, with its last_error): billing's scheduler asks again with back-off, and
+   * after its last attempt the note is FAILED, the amount released and operators notified.
    *
    * @generated from rpc kapal.v1.BillingAdminService.CreditInvoice
    */
@@ -1111,6 +1153,19 @@ export declare const BillingAdminService: GenService<{
     methodKind: "unary";
     input: typeof CreditInvoiceRequestSchema;
     output: typeof CreditInvoiceResponseSchema;
+  },
+  /**
+   * The invoices of one customer account (or one subscription of it), newest first, with
+   * their credit notes as operators see them (refund attempts and the last error), in pages.
+   * INVALID_ARGUMENT for a missing or malformed account_id; NOT_FOUND for a subscription
+   * that is not the account's.
+   *
+   * @generated from rpc kapal.v1.BillingAdminService.ListInvoicesAsAdmin
+   */
+  listInvoicesAsAdmin: {
+    methodKind: "unary";
+    input: typeof ListInvoicesAsAdminRequestSchema;
+    output: typeof ListInvoicesResponseSchema;
   },
 }>;
 

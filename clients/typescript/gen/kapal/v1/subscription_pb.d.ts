@@ -359,6 +359,38 @@ export declare type CreditNote = Message<"kapal.v1.CreditNote"> & {
    * @generated from field: string refund_reference = 8;
    */
   refundReference: string;
+
+  /**
+   * How many times the refund was asked of the payment provider so far (1 after the first
+   * attempt; billing retries a refund the provider did not answer, a bounded number of times).
+   *
+   * @generated from field: uint32 refund_attempts = 9;
+   */
+  refundAttempts: number;
+
+  /**
+   * PENDING only: when billing next asks the provider (while an attempt runs: when another
+   * billing replica may take it over); unset once the note is REFUNDED or FAILED.
+   *
+   * @generated from field: google.protobuf.Timestamp next_attempt_at = 10;
+   */
+  nextAttemptAt?: Timestamp | undefined;
+
+  /**
+   * Why the last attempt did not refund (the provider's answer, or that it did not answer);
+   * empty when none failed. Filled in for operators (CreditInvoice, ListInvoicesAsAdmin);
+   * always empty for customers (ListInvoices).
+   *
+   * @generated from field: string last_error = 11;
+   */
+  lastError: string;
+
+  /**
+   * When the note became REFUNDED or FAILED; unset while PENDING.
+   *
+   * @generated from field: google.protobuf.Timestamp finished_at = 12;
+   */
+  finishedAt?: Timestamp | undefined;
 };
 
 /**
@@ -659,7 +691,10 @@ export enum CreditNoteStatus {
   UNSPECIFIED = 0,
 
   /**
-   * The refund is being sent to the payment provider.
+   * The refund is being sent to the payment provider, or the provider did not answer and
+   * billing asks again (with the same idempotency key, with back-off: see
+   * CreditNote.refund_attempts and next_attempt_at). The amount is reserved meanwhile (no
+   * other note may credit it) but not counted in Invoice.credited.
    *
    * @generated from enum value: CREDIT_NOTE_STATUS_PENDING = 1;
    */
@@ -673,7 +708,8 @@ export enum CreditNoteStatus {
   REFUNDED = 2,
 
   /**
-   * The provider declined the refund; nothing was credited.
+   * The provider declined the refund, or did not answer the last of billing's attempts;
+   * nothing is credited (the amount is released) and operators were notified.
    *
    * @generated from enum value: CREDIT_NOTE_STATUS_FAILED = 3;
    */
