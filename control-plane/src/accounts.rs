@@ -7,7 +7,7 @@ use argon2::Argon2;
 use argon2::password_hash::{PasswordHash, PasswordHasher, PasswordVerifier, SaltString};
 use base64::Engine as _;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
-use kapal::auth::{self, Principal};
+use kapal::auth;
 use kapal::proto::v1::account_service_server::AccountService;
 use kapal::proto::v1::{
     self as pb, ChangePasswordRequest, ChangePasswordResponse, CreateApiTokenRequest,
@@ -319,23 +319,6 @@ async fn account_by_email(ctx: &Ctx, email: &str) -> Result<Option<Account>> {
 
 async fn mark_verified(ctx: &Ctx, account_id: &str) -> Result<()> {
     store::accounts::mark_verified(&ctx.db, account_id, ctx.now()).await
-}
-
-/// FAILED_PRECONDITION unless the account may buy: when the server sends email, its address
-/// must be verified.
-pub(crate) async fn ensure_may_check_out(ctx: &Ctx, account_id: &str) -> Result<()> {
-    if ctx.mailer.is_none() {
-        return Ok(());
-    }
-    let (email, verified) = store::accounts::email_and_verified(&ctx.db, account_id)
-        .await?
-        .ok_or_else(|| Error::Internal(format!("account {account_id} is gone")))?;
-    if verified.is_none() {
-        return Err(Error::FailedPrecondition(format!(
-            "verify your email address before checking out: enter the code mailed to {email} with `kapal verify-email --email {email} --code CODE` (no mail? `kapal resend-verification` sends a new code)"
-        )));
-    }
-    Ok(())
 }
 
 fn require_mailer(ctx: &Ctx) -> Result<&crate::mail::Mailer> {
@@ -751,43 +734,6 @@ impl AccountService for Accounts {
         let session = sessions::revoke_session(&self.0, p, req.get_ref()).await?;
         Ok(Response::new(session))
     }
-}
-
-/// The principal of a bearer token, if it is valid now.
-pub(crate) async fn authenticate(
-    ctx: &Ctx,
-    secret: &str,
-) -> Result<(Principal, chrono::NaiveDateTime, pb::ApiTokenScope)> {
-    let invalid =
-        || Error::Unauthenticated("the token is invalid, expired or revoked; log in again".into());
-    if secret.is_empty() || secret.len() > 200 {
-        return Err(invalid());
-    }
-    let hash = token_hash(secret);
-    let now = ctx.now();
-    let row = store::tokens::valid_with_account(&ctx.db, &hash, now).await?;
-    let (token, account) = row.ok_or_else(invalid)?;
-    sessions::touch(ctx, &token, now);
-    let scope = match token.kind.as_str() {
-        token_kind::API => token_scope::to_wire(&token.scope),
-        _ => pb::ApiTokenScope::Full,
-    };
-    let role = match account.role.as_str() {
-        "admin" => auth::Role::Admin,
-        _ => auth::Role::Customer,
-    };
-    let parse =
-        |s: &str| Uuid::parse_str(s).map_err(|e| Error::Internal(format!("stored id {s:?}: {e}")));
-    Ok((
-        Principal {
-            account_id: parse(&account.id)?,
-            customer_id: account.customer_id,
-            role,
-            token_id: parse(&token.id)?,
-        },
-        token.expires_at,
-        scope,
-    ))
 }
 
 #[cfg(test)]

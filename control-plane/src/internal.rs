@@ -13,7 +13,7 @@ use tonic::{Request, Response, Status};
 use crate::error::{Error, Result};
 use crate::models::instance_state;
 use crate::store::instances::Recorded;
-use crate::{Ctx, accounts, lifecycle, store};
+use crate::{Ctx, lifecycle, sessions, store};
 
 pub struct Identity(pub Ctx);
 
@@ -24,7 +24,7 @@ impl IdentityService for Identity {
         req: Request<AuthenticateRequest>,
     ) -> Result<Response<ipb::Principal>, Status> {
         auth::service(&req)?;
-        let (p, expires_at, scope) = accounts::authenticate(&self.0, &req.get_ref().token).await?;
+        let (p, expires_at, scope) = sessions::authenticate(&self.0, &req.get_ref().token).await?;
         // A suspended account's calls are refused, with why (the gateway passes this on).
         if let Some(s) = crate::suspensions::of(&self.0, &p.account_id.to_string()).await? {
             return Err(crate::suspensions::refusal(&s));

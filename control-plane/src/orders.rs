@@ -91,6 +91,23 @@ async fn set_failed(ctx: &Ctx, order: &Order, reason: &str) -> Result<Order> {
         .unwrap_or_else(|| order.clone()))
 }
 
+/// FAILED_PRECONDITION unless the account may buy: when the server sends email, its address
+/// must be verified.
+async fn ensure_may_check_out(ctx: &Ctx, account_id: &str) -> Result<()> {
+    if ctx.mailer.is_none() {
+        return Ok(());
+    }
+    let (email, verified) = store::accounts::email_and_verified(&ctx.db, account_id)
+        .await?
+        .ok_or_else(|| Error::Internal(format!("account {account_id} is gone")))?;
+    if verified.is_none() {
+        return Err(Error::FailedPrecondition(format!(
+            "verify your email address before checking out: enter the code mailed to {email} with `kapal verify-email --email {email} --code CODE` (no mail? `kapal resend-verification` sends a new code)"
+        )));
+    }
+    Ok(())
+}
+
 /// Completes a pending order; returns it as it is afterwards. Safe to call any number of times,
 /// concurrently too.
 pub(crate) async fn process(ctx: &Ctx, order: Order) -> Result<Order> {
@@ -339,7 +356,7 @@ impl OrderService for Orders {
         let order = match find_by_key(ctx, &account_id, &req.idempotency_key).await? {
             Some(existing) => same_order(existing, &new)?,
             None => {
-                crate::accounts::ensure_may_check_out(ctx, &account_id).await?;
+                ensure_may_check_out(ctx, &account_id).await?;
                 match place(ctx, &new, app, plan).await? {
                     Placed::Inserted => {
                         tracing::info!(order_id = %new.id, app = %new.app_id, plan = %new.plan_id, "order accepted");

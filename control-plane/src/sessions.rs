@@ -1,5 +1,6 @@
 //! Sessions and API tokens as their owner manages them (issue 14, item 5): ChangePassword,
-//! ListSessions, RevokeSession, and the rules CreateApiToken follows for scopes and lifetimes.
+//! ListSessions, RevokeSession, the rules CreateApiToken follows for scopes and lifetimes, and
+//! [`authenticate`] (a bearer token to its principal, for IdentityService).
 //!
 //! The rules, as `kapal.v1.AccountService` documents them:
 //! - an API token has a scope, `full` or `read_only`; the gateway refuses a read-only caller
@@ -14,7 +15,7 @@
 //! ChangePassword or RevokeSession, so on that gateway an ended session fails at once; other
 //! gateway replicas notice within their identity cache time.
 
-use kapal::auth::Principal;
+use kapal::auth::{self, Principal};
 use kapal::paging;
 use kapal::proto::v1::{
     self as pb, ApiTokenScope, ChangePasswordRequest, ChangePasswordResponse, ListSessionsRequest,
@@ -271,6 +272,44 @@ pub(crate) async fn revoke_session(
     })?;
     tracing::info!(account_id = %account_id, session_id = %id, "session revoked");
     Ok(session_to_wire(&session, &p.token_id.to_string()))
+}
+
+/// The principal of a bearer token, if it is valid now.
+pub(crate) async fn authenticate(
+    ctx: &Ctx,
+    secret: &str,
+) -> Result<(Principal, chrono::NaiveDateTime, pb::ApiTokenScope)> {
+    let invalid =
+        || Error::Unauthenticated("the token is invalid, expired or revoked; log in again".into());
+    if secret.is_empty() || secret.len() > 200 {
+        return Err(invalid());
+    }
+    let hash = accounts::token_hash(secret);
+    let now = ctx.now();
+    let row = store::tokens::valid_with_account(&ctx.db, &hash, now).await?;
+    let (token, account) = row.ok_or_else(invalid)?;
+    touch(ctx, &token, now);
+    let scope = match token.kind.as_str() {
+        token_kind::API => token_scope::to_wire(&token.scope),
+        _ => pb::ApiTokenScope::Full,
+    };
+    let role = match account.role.as_str() {
+        "admin" => auth::Role::Admin,
+        _ => auth::Role::Customer,
+    };
+    let parse = |s: &str| {
+        uuid::Uuid::parse_str(s).map_err(|e| Error::Internal(format!("stored id {s:?}: {e}")))
+    };
+    Ok((
+        Principal {
+            account_id: parse(&account.id)?,
+            customer_id: account.customer_id,
+            role,
+            token_id: parse(&token.id)?,
+        },
+        token.expires_at,
+        scope,
+    ))
 }
 
 #[cfg(test)]
