@@ -7,9 +7,7 @@ use argon2::Argon2;
 use argon2::password_hash::{PasswordHash, PasswordHasher, PasswordVerifier, SaltString};
 use base64::Engine as _;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
-use diesel::prelude::*;
-use diesel_async::RunQueryDsl;
-use kapal::auth::{self, Principal};
+use kapal::auth;
 use kapal::proto::v1::account_service_server::AccountService;
 use kapal::proto::v1::{
     self as pb, ChangePasswordRequest, ChangePasswordResponse, CreateApiTokenRequest,
@@ -28,8 +26,7 @@ use uuid::Uuid;
 use crate::Ctx;
 use crate::error::{Error, Result};
 use crate::models::{Account, EmailCode, Token, code_purpose, token_kind, token_scope};
-use crate::schema::{accounts, email_codes, tokens};
-use crate::sessions;
+use crate::{sessions, store};
 
 pub struct Accounts(pub Ctx);
 
@@ -283,34 +280,14 @@ async fn issue_code(ctx: &Ctx, account_id: &str, purpose: &str) -> Result<String
         attempts: 0,
         used_at: None,
     };
-    let mut conn = ctx.db.get().await?;
-    kapal::db!(&mut conn, |c| diesel::update(
-        email_codes::table
-            .filter(email_codes::account_id.eq(account_id))
-            .filter(email_codes::purpose.eq(purpose))
-            .filter(email_codes::used_at.is_null())
-    )
-    .set(email_codes::used_at.eq(now))
-    .execute(c)
-    .await)?;
-    kapal::db!(&mut conn, |c| diesel::insert_into(email_codes::table)
-        .values(&row)
-        .execute(c)
-        .await)?;
+    store::email_codes::replace(&ctx.db, &row, now).await?;
     Ok(code)
 }
 
 /// Whether a code of `purpose` was mailed to the account less than [`CODE_INTERVAL`] ago.
 async fn code_sent_recently(ctx: &Ctx, account_id: &str, purpose: &str) -> Result<bool> {
     let since = ctx.now() - CODE_INTERVAL;
-    let mut conn = ctx.db.get().await?;
-    let n: i64 = kapal::db!(&mut conn, |c| email_codes::table
-        .filter(email_codes::account_id.eq(account_id))
-        .filter(email_codes::purpose.eq(purpose))
-        .filter(email_codes::created_at.gt(since))
-        .count()
-        .get_result(c)
-        .await)?;
+    let n = store::email_codes::made_since(&ctx.db, account_id, purpose, since).await?;
     Ok(n > 0)
 }
 
@@ -329,87 +306,19 @@ async fn use_code(ctx: &Ctx, account_id: &str, purpose: &str, code: &str) -> Res
         return Err(wrong());
     }
     let now = ctx.now();
-    let mut conn = ctx.db.get().await?;
-    let live = kapal::db!(&mut conn, |c| email_codes::table
-        .filter(email_codes::account_id.eq(account_id))
-        .filter(email_codes::purpose.eq(purpose))
-        .filter(email_codes::used_at.is_null())
-        .filter(email_codes::expires_at.gt(now))
-        .order(email_codes::created_at.desc())
-        .select(EmailCode::as_select())
-        .first(c)
-        .await
-        .optional())?
-    .ok_or_else(wrong)?;
-    let counted = kapal::db!(&mut conn, |c| diesel::update(
-        email_codes::table
-            .find(&live.id)
-            .filter(email_codes::used_at.is_null())
-            .filter(email_codes::attempts.lt(CODE_ATTEMPTS))
-    )
-    .set(email_codes::attempts.eq(email_codes::attempts + 1))
-    .execute(c)
-    .await)?;
-    if counted == 0 || token_hash(&digits) != live.code_hash {
-        return Err(wrong());
-    }
-    let used = kapal::db!(&mut conn, |c| diesel::update(
-        email_codes::table
-            .find(&live.id)
-            .filter(email_codes::used_at.is_null())
-    )
-    .set(email_codes::used_at.eq(now))
-    .execute(c)
-    .await)?;
-    if used == 0 {
+    let hash = token_hash(&digits);
+    if !store::email_codes::spend(&ctx.db, account_id, purpose, &hash, CODE_ATTEMPTS, now).await? {
         return Err(wrong());
     }
     Ok(())
 }
 
 async fn account_by_email(ctx: &Ctx, email: &str) -> Result<Option<Account>> {
-    let mut conn = ctx.db.get().await?;
-    Ok(kapal::db!(&mut conn, |c| accounts::table
-        .filter(accounts::email.eq(email))
-        .select(Account::as_select())
-        .first(c)
-        .await
-        .optional())?)
+    store::accounts::by_email(&ctx.db, email).await
 }
 
 async fn mark_verified(ctx: &Ctx, account_id: &str) -> Result<()> {
-    let now = ctx.now();
-    let mut conn = ctx.db.get().await?;
-    kapal::db!(&mut conn, |c| diesel::update(
-        accounts::table
-            .find(account_id)
-            .filter(accounts::email_verified_at.is_null())
-    )
-    .set(accounts::email_verified_at.eq(now))
-    .execute(c)
-    .await)?;
-    Ok(())
-}
-
-/// FAILED_PRECONDITION unless the account may buy: when the server sends email, its address
-/// must be verified.
-pub(crate) async fn ensure_may_check_out(ctx: &Ctx, account_id: &str) -> Result<()> {
-    if ctx.mailer.is_none() {
-        return Ok(());
-    }
-    let mut conn = ctx.db.read().await?;
-    let (email, verified): (String, Option<chrono::NaiveDateTime>) =
-        kapal::db!(&mut conn, |c| accounts::table
-            .find(account_id)
-            .select((accounts::email, accounts::email_verified_at))
-            .first(c)
-            .await)?;
-    if verified.is_none() {
-        return Err(Error::FailedPrecondition(format!(
-            "verify your email address before checking out: enter the code mailed to {email} with `kapal verify-email --email {email} --code CODE` (no mail? `kapal resend-verification` sends a new code)"
-        )));
-    }
-    Ok(())
+    store::accounts::mark_verified(&ctx.db, account_id, ctx.now()).await
 }
 
 fn require_mailer(ctx: &Ctx) -> Result<&crate::mail::Mailer> {
@@ -447,23 +356,16 @@ impl Accounts {
             user_agent: origin.user_agent.clone(),
             client_address: origin.address.clone(),
         };
-        let mut conn = self.0.db.get().await?;
-        kapal::db!(&mut conn, |c| diesel::insert_into(tokens::table)
-            .values(&token)
-            .execute(c)
-            .await)?;
+        store::tokens::insert(&self.0.db, &token).await?;
         Ok((token, secret))
     }
 
     async fn account(&self, id: &Uuid) -> Result<Account> {
-        let mut conn = self.0.db.read().await?;
-        kapal::db!(&mut conn, |c| accounts::table
-            .find(id.to_string())
-            .select(Account::as_select())
-            .first(c)
-            .await
-            .optional())?
-        .ok_or_else(|| Error::Unauthenticated("the account of this token no longer exists".into()))
+        store::accounts::get_read(&self.0.db, &id.to_string())
+            .await?
+            .ok_or_else(|| {
+                Error::Unauthenticated("the account of this token no longer exists".into())
+            })
     }
 
     async fn session(
@@ -520,13 +422,8 @@ impl AccountService for Accounts {
                 created_at: self.0.now(),
                 email_verified_at: None,
             };
-            let mut conn = self.0.db.get().await.map_err(Error::from)?;
-            let inserted = kapal::db!(&mut conn, |c| diesel::insert_into(accounts::table)
-                .values(&account)
-                .execute(c)
-                .await);
-            drop(conn);
-            match inserted.map_err(kapal::db::DbError::from) {
+            let inserted = store::accounts::insert(&self.0.db, &account).await;
+            match inserted {
                 Ok(_) => {
                     tracing::info!(account_id = %account.id, "account created");
                     let Some(mailer) = &self.0.mailer else {
@@ -541,13 +438,7 @@ impl AccountService for Accounts {
                     return Ok(Response::new(verification_sent()));
                 }
                 Err(e) if e.is_unique_violation() => {
-                    let mut conn = self.0.db.get().await.map_err(Error::from)?;
-                    let taken: i64 = kapal::db!(&mut conn, |c| accounts::table
-                        .filter(accounts::email.eq(&email))
-                        .count()
-                        .get_result(c)
-                        .await)
-                    .map_err(Error::from)?;
+                    let taken = store::accounts::count_with_email(&self.0.db, &email).await?;
                     if taken > 0 {
                         // The same answer as for a new account; the owner learns of it by mail.
                         if let Some(mailer) = &self.0.mailer {
@@ -587,15 +478,7 @@ impl AccountService for Accounts {
         if let Some(secs) = crate::login::waiting(&self.0, &email).await? {
             return Err(crate::login::refusal(secs).into());
         }
-        let mut conn = self.0.db.get().await.map_err(Error::from)?;
-        let account = kapal::db!(&mut conn, |c| accounts::table
-            .filter(accounts::email.eq(&email))
-            .select(Account::as_select())
-            .first(c)
-            .await
-            .optional())
-        .map_err(Error::from)?;
-        drop(conn);
+        let account = store::accounts::by_email(&self.0.db, &email).await?;
         // Verify against a dummy hash when the account does not exist, so timing does not tell.
         const DUMMY: &str = "$argon2id$v=19$m=19456,t=2,p=1$c29tZXNhbHRzb21lc2FsdA$0aN3Ri3IJSdjtq2YQAkvfSBHqDZBzRDHW5XAAULxz1A";
         let hash = account
@@ -619,18 +502,14 @@ impl AccountService for Accounts {
         req: Request<LogOutRequest>,
     ) -> Result<Response<LogOutResponse>, Status> {
         let p = auth::customer(&req)?;
-        let mut conn = self.0.db.get().await.map_err(Error::from)?;
         let now = self.0.now();
-        kapal::db!(&mut conn, |c| diesel::update(
-            tokens::table
-                .filter(tokens::id.eq(p.token_id.to_string()))
-                .filter(tokens::account_id.eq(p.account_id.to_string()))
-                .filter(tokens::revoked_at.is_null())
+        store::tokens::revoke(
+            &self.0.db,
+            &p.account_id.to_string(),
+            &p.token_id.to_string(),
+            now,
         )
-        .set(tokens::revoked_at.eq(now))
-        .execute(c)
-        .await)
-        .map_err(Error::from)?;
+        .await?;
         Ok(Response::new(LogOutResponse {}))
     }
 
@@ -675,26 +554,15 @@ impl AccountService for Accounts {
         let p = auth::customer(&req)?;
         let limit = kapal::wire::page_size(req.get_ref().page_size);
         let cursor = kapal::paging::parse(req.get_ref().page_token.trim())?;
-        let mut conn = self.0.db.read().await.map_err(Error::from)?;
-        let rows: Vec<Token> = kapal::db!(&mut conn, |c| {
-            let mut q = tokens::table
-                .filter(tokens::account_id.eq(p.account_id.to_string()))
-                .filter(tokens::kind.eq(token_kind::API))
-                .order((tokens::created_at.desc(), tokens::id.desc()))
-                .limit(limit + 1)
-                .select(Token::as_select())
-                .into_boxed();
-            if let Some(cur) = &cursor {
-                q = q.filter(
-                    tokens::created_at.lt(cur.at).or(tokens::created_at
-                        .eq(cur.at)
-                        .and(tokens::id.lt(cur.id.clone()))),
-                );
-            }
-            q.load(c).await
-        })
-        .map_err(Error::from)?;
-        drop(conn);
+        let rows = store::tokens::page(
+            &self.0.db,
+            &p.account_id.to_string(),
+            token_kind::API,
+            None,
+            cursor.as_ref(),
+            limit + 1,
+        )
+        .await?;
         let (page, next_page_token) =
             kapal::paging::split(rows, limit, |t| (t.created_at, t.id.as_str()));
         Ok(Response::new(ListApiTokensResponse {
@@ -710,27 +578,14 @@ impl AccountService for Accounts {
         let p = auth::customer(&req)?;
         let id = kapal::wire::uuid("id", &req.get_ref().id)?;
         let now = self.0.now();
-        let mut conn = self.0.db.get().await.map_err(Error::from)?;
-        let (id, account_id) = (id.to_string(), p.account_id.to_string());
-        let mine = || {
-            tokens::table
-                .filter(tokens::id.eq(id.clone()))
-                .filter(tokens::account_id.eq(account_id.clone()))
-                .filter(tokens::kind.eq(token_kind::API))
-        };
-        kapal::db!(&mut conn, |c| diesel::update(
-            mine().filter(tokens::revoked_at.is_null())
+        let token = store::tokens::revoke_of_kind(
+            &self.0.db,
+            &p.account_id.to_string(),
+            &id.to_string(),
+            token_kind::API,
+            now,
         )
-        .set(tokens::revoked_at.eq(now))
-        .execute(c)
-        .await)
-        .map_err(Error::from)?;
-        let token = kapal::db!(&mut conn, |c| mine()
-            .select(Token::as_select())
-            .first(c)
-            .await
-            .optional())
-        .map_err(Error::from)?
+        .await?
         .ok_or_else(|| Status::not_found("no such API token"))?;
         Ok(Response::new(token_to_wire(&token)))
     }
@@ -846,26 +701,8 @@ impl AccountService for Accounts {
         use_code(ctx, &account.id, code_purpose::RESET, &req.code).await?;
         let hash = hash_password(req.new_password).await?;
         let now = ctx.now();
-        let mut conn = ctx.db.get().await.map_err(Error::from)?;
-        kapal::db!(&mut conn, |c| diesel::update(
-            accounts::table.find(&account.id)
-        )
-        .set(accounts::password_hash.eq(&hash))
-        .execute(c)
-        .await)
-        .map_err(Error::from)?;
         // Whoever had the old password (or a stolen session) is logged out.
-        kapal::db!(&mut conn, |c| diesel::update(
-            tokens::table
-                .filter(tokens::account_id.eq(&account.id))
-                .filter(tokens::kind.eq(token_kind::SESSION))
-                .filter(tokens::revoked_at.is_null())
-        )
-        .set(tokens::revoked_at.eq(now))
-        .execute(c)
-        .await)
-        .map_err(Error::from)?;
-        drop(conn);
+        store::tokens::set_password_ending_sessions(&ctx.db, &account.id, &hash, None, now).await?;
         mark_verified(ctx, &account.id).await?;
         tracing::info!(account_id = %account.id, "password reset; sessions ended");
         Ok(Response::new(ResetPasswordResponse {}))
@@ -897,52 +734,6 @@ impl AccountService for Accounts {
         let session = sessions::revoke_session(&self.0, p, req.get_ref()).await?;
         Ok(Response::new(session))
     }
-}
-
-/// The principal of a bearer token, if it is valid now.
-pub(crate) async fn authenticate(
-    ctx: &Ctx,
-    secret: &str,
-) -> Result<(Principal, chrono::NaiveDateTime, pb::ApiTokenScope)> {
-    let invalid =
-        || Error::Unauthenticated("the token is invalid, expired or revoked; log in again".into());
-    if secret.is_empty() || secret.len() > 200 {
-        return Err(invalid());
-    }
-    let hash = token_hash(secret);
-    let now = ctx.now();
-    let mut conn = ctx.db.read().await?;
-    let row: Option<(Token, Account)> = kapal::db!(&mut conn, |c| tokens::table
-        .inner_join(accounts::table)
-        .filter(tokens::token_hash.eq(&hash))
-        .filter(tokens::revoked_at.is_null())
-        .filter(tokens::expires_at.gt(now))
-        .select((Token::as_select(), Account::as_select()))
-        .first(c)
-        .await
-        .optional())?;
-    let (token, account) = row.ok_or_else(invalid)?;
-    sessions::touch(ctx, &token, now);
-    let scope = match token.kind.as_str() {
-        token_kind::API => token_scope::to_wire(&token.scope),
-        _ => pb::ApiTokenScope::Full,
-    };
-    let role = match account.role.as_str() {
-        "admin" => auth::Role::Admin,
-        _ => auth::Role::Customer,
-    };
-    let parse =
-        |s: &str| Uuid::parse_str(s).map_err(|e| Error::Internal(format!("stored id {s:?}: {e}")));
-    Ok((
-        Principal {
-            account_id: parse(&account.id)?,
-            customer_id: account.customer_id,
-            role,
-            token_id: parse(&token.id)?,
-        },
-        token.expires_at,
-        scope,
-    ))
 }
 
 #[cfg(test)]

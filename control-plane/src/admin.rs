@@ -4,12 +4,8 @@
 //! Reading an instance's credentials needs a reason, and is written to the audit log before
 //! the credentials are read: if the audit row cannot be written, no credentials are returned.
 
-use diesel::prelude::*;
-use diesel_async::RunQueryDsl;
 use kapal::auth;
-use kapal::db::DbError;
 use kapal::paging;
-use kapal::proto::internal::v1::GetUsageRequest;
 use kapal::proto::v1::admin_service_server::AdminService;
 use kapal::proto::v1::{
     AdminInstance, Alert, AlertSeverity, AuditEvent, Capacity, GetCapacityRequest,
@@ -21,12 +17,12 @@ use kapal::wire::timestamp;
 use tonic::{Request, Response, Status};
 use uuid::Uuid;
 
-use crate::Ctx;
 use crate::capacity::{self, Amounts};
 use crate::error::{Error, Result};
-use crate::instances::instance_to_wire;
+use crate::lifecycle::{self, instance_to_wire};
 use crate::models::{AuditEntry, Instance, instance_state};
-use crate::schema::{accounts, audit_log, instance_events, instances};
+use crate::store::instances::Owner;
+use crate::{Ctx, store};
 
 pub struct Admin(pub Ctx);
 
@@ -38,9 +34,6 @@ const DEGRADED_ALERT_AFTER: chrono::Duration = chrono::Duration::minutes(5);
 const WARNING_MARGIN: f64 = 10.0;
 /// At most this many failed or degraded instances are looked at per ListAlerts.
 const MAX_INSTANCE_ALERTS: i64 = 1000;
-
-/// The owner of an instance, as operators see it.
-type Owner = (String, String);
 
 fn admin_instance(i: &Instance, (customer_id, email): &Owner) -> AdminInstance {
     AdminInstance {
@@ -54,41 +47,9 @@ fn admin_instance(i: &Instance, (customer_id, email): &Owner) -> AdminInstance {
 
 /// Any instance with its owner's customer id and email.
 async fn with_owner(ctx: &Ctx, id: &str) -> Result<(Instance, Owner)> {
-    let mut conn = ctx.db.read().await?;
-    kapal::db!(&mut conn, |c| instances::table
-        .inner_join(accounts::table)
-        .filter(instances::id.eq(id))
-        .select((
-            Instance::as_select(),
-            (accounts::customer_id, accounts::email)
-        ))
-        .first(c)
-        .await
-        .optional())?
-    .ok_or_else(|| Error::not_found(format!("no instance {id}")))
-}
-
-/// The instance's usage from the provisioner.
-pub(crate) async fn usage(ctx: &Ctx, instance_id: &str) -> Result<InstanceUsage> {
-    match ctx
-        .provisioner
-        .clone()
-        .get_usage(GetUsageRequest {
-            instance_id: instance_id.to_string(),
-        })
-        .await
-    {
-        Ok(u) => Ok(u.into_inner()),
-        Err(s) if s.code() == tonic::Code::NotFound => Err(Error::not_found(format!(
-            "instance {instance_id} has nothing in the cluster yet; usage is shown once it is provisioned"
-        ))),
-        Err(s) => {
-            tracing::warn!(instance_id, code = ?s.code(), message = s.message(), "usage unavailable");
-            Err(Error::Unavailable(
-                "the instance's usage cannot be read from the cluster now; retry shortly".into(),
-            ))
-        }
-    }
+    store::instances::with_owner(&ctx.db, id)
+        .await?
+        .ok_or_else(|| Error::not_found(format!("no instance {id}")))
 }
 
 /// Checks the reason given for reading credentials: 3-500 characters.
@@ -239,36 +200,13 @@ fn status_since(
 async fn instance_alerts(ctx: &Ctx, out: &mut Vec<Alert>) -> Result<()> {
     let failed = instance_state::status_to_db(InstanceStatus::Failed);
     let degraded = instance_state::status_to_db(InstanceStatus::Degraded);
-    let mut conn = ctx.db.read().await?;
-    let rows: Vec<(Instance, String)> = kapal::db!(&mut conn, |c| instances::table
-        .inner_join(accounts::table)
-        .filter(instances::status.eq_any([failed, degraded]))
-        .filter(instances::desired_state.ne(instance_state::DELETED))
-        .order(instances::updated_at.asc())
-        .limit(MAX_INSTANCE_ALERTS)
-        .select((Instance::as_select(), accounts::customer_id))
-        .load(c)
-        .await)?;
+    let rows =
+        store::instances::in_status(&ctx.db, &[failed, degraded], MAX_INSTANCE_ALERTS).await?;
     if rows.is_empty() {
         return Ok(());
     }
     let ids: Vec<&str> = rows.iter().map(|(i, _)| i.id.as_str()).collect();
-    let events: Vec<(String, String, chrono::NaiveDateTime)> =
-        kapal::db!(&mut conn, |c| instance_events::table
-            .filter(instance_events::instance_id.eq_any(&ids))
-            .order((
-                instance_events::instance_id,
-                instance_events::at.desc(),
-                instance_events::id.desc()
-            ))
-            .select((
-                instance_events::instance_id,
-                instance_events::status,
-                instance_events::at
-            ))
-            .load(c)
-            .await)?;
-    drop(conn);
+    let events = store::instance_events::statuses_of(&ctx.db, &ids).await?;
     let mut by_instance: std::collections::HashMap<&str, Vec<(String, chrono::NaiveDateTime)>> =
         std::collections::HashMap::new();
     for (id, status, at) in &events {
@@ -367,37 +305,13 @@ impl AdminService for Admin {
             "" => None,
             a => Some(kapal::wire::uuid("account_id", a)?.to_string()),
         };
-        let mut conn = self.0.db.read().await.map_err(Error::from)?;
-        let rows: Vec<(Instance, Owner)> = kapal::db!(&mut conn, |c| {
-            let mut q = instances::table
-                .inner_join(accounts::table)
-                .select((
-                    Instance::as_select(),
-                    (accounts::customer_id, accounts::email),
-                ))
-                .order((instances::created_at.desc(), instances::id.desc()))
-                .limit(limit + 1)
-                .into_boxed();
-            if let Some(s) = status {
-                q = q.filter(instances::status.eq(s));
-            }
-            if let Some(a) = &app_id {
-                q = q.filter(instances::app_id.eq(a.clone()));
-            }
-            if let Some(a) = &account_id {
-                q = q.filter(instances::account_id.eq(a.clone()));
-            }
-            if let Some(cur) = &cursor {
-                q = q.filter(
-                    instances::created_at.lt(cur.at).or(instances::created_at
-                        .eq(cur.at)
-                        .and(instances::id.lt(cur.id.clone()))),
-                );
-            }
-            q.load(c).await
-        })
-        .map_err(Error::from)?;
-        drop(conn);
+        let filter = store::instances::Filter {
+            status,
+            app_id,
+            account_id,
+        };
+        let rows =
+            store::instances::list_all(&self.0.db, &filter, cursor.as_ref(), limit + 1).await?;
         let (page, next) = paging::split(rows, limit, |(i, _)| (i.created_at, i.id.as_str()));
         Ok(Response::new(ListAllInstancesResponse {
             instances: page.iter().map(|(i, o)| admin_instance(i, o)).collect(),
@@ -422,35 +336,27 @@ impl AdminService for Admin {
         let mut wire = admin_instance(&instance, &owner);
         if let Some(reason) = reason {
             // The audit row first: no row, no credentials.
-            let actor = p.account_id.to_string();
-            let mut conn = ctx.db.get().await.map_err(Error::from)?;
-            let actor_email: String = kapal::db!(&mut conn, |c| accounts::table
-                .find(&actor)
-                .select(accounts::email)
-                .first(c)
-                .await)
-            .map_err(Error::from)?;
             let entry = AuditEntry {
                 id: Uuid::now_v7().to_string(),
-                actor_account_id: actor,
+                actor_account_id: p.account_id.to_string(),
                 action: READ_CREDENTIALS.into(),
                 target: instance.id.clone(),
                 detail: reason,
                 at: ctx.now(),
-                actor_email,
+                actor_email: String::new(),
                 subject_account_id: instance.account_id.clone(),
             };
-            kapal::db!(&mut conn, |c| diesel::insert_into(audit_log::table)
-                .values(&entry)
-                .execute(c)
-                .await)
-            .map_err(Error::from)?;
-            drop(conn);
+            // An operator whose account is gone: an internal error, as before.
+            let entry = store::audit_log::insert_with_actor_email(&ctx.db, entry)
+                .await?
+                .ok_or_else(|| {
+                    Error::Internal(format!("the operator account {} is gone", p.account_id))
+                })?;
             tracing::info!(audit_id = %entry.id, actor = %entry.actor_account_id, instance_id = %instance.id, "operator read an instance's credentials");
             if instance.desired_state != instance_state::DELETED
                 && let Some(i) = wire.instance.as_mut()
             {
-                let cacheable = crate::entitlements::effective(&instance).desired
+                let cacheable = lifecycle::effective(&instance).desired
                     != kapal::proto::v1::DesiredState::Deleted;
                 i.credentials = crate::credentials::read(ctx, &instance.id, cacheable).await;
             }
@@ -497,7 +403,7 @@ impl AdminService for Admin {
         let id = kapal::wire::uuid("instance_id", &req.get_ref().instance_id)?.to_string();
         // NOT_FOUND for ids that are no instance at all, before asking the cluster.
         with_owner(&self.0, &id).await?;
-        Ok(Response::new(usage(&self.0, &id).await?))
+        Ok(Response::new(lifecycle::usage(&self.0, &id).await?))
     }
 
     async fn list_audit_events(
@@ -507,24 +413,7 @@ impl AdminService for Admin {
         auth::admin(&req)?;
         let limit = kapal::wire::page_size(req.get_ref().page_size);
         let cursor = paging::parse(&req.get_ref().page_token)?;
-        let mut conn = self.0.db.read().await.map_err(Error::from)?;
-        let rows: Vec<AuditEntry> = kapal::db!(&mut conn, |c| {
-            let mut q = audit_log::table
-                .select(AuditEntry::as_select())
-                .order((audit_log::at.desc(), audit_log::id.desc()))
-                .limit(limit + 1)
-                .into_boxed();
-            if let Some(cur) = &cursor {
-                q = q.filter(
-                    audit_log::at.lt(cur.at).or(audit_log::at
-                        .eq(cur.at)
-                        .and(audit_log::id.lt(cur.id.clone()))),
-                );
-            }
-            q.load(c).await
-        })
-        .map_err(|e| Error::Db(DbError::from(e)))?;
-        drop(conn);
+        let rows = store::audit_log::page(&self.0.db, cursor.as_ref(), limit + 1).await?;
         let (page, next) = paging::split(rows, limit, |e| (e.at, e.id.as_str()));
         Ok(Response::new(ListAuditEventsResponse {
             events: page.iter().map(audit_to_wire).collect(),

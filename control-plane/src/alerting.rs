@@ -14,28 +14,15 @@ use std::collections::HashMap;
 use std::time::Duration;
 
 use chrono::NaiveDateTime;
-use diesel::prelude::*;
-use diesel_async::RunQueryDsl;
 use kapal::proto::v1::{Alert, AlertSeverity};
 
-use crate::Ctx;
 use crate::error::Result;
-use crate::schema::pushed_alerts;
+use crate::store::pushed_alerts::Pushed;
 use crate::support::notify::{AlertEvent, AlertNotice};
+use crate::{Ctx, store};
 
 /// Kinds that are judged only when the cluster's capacity could be read.
 const CLUSTER_KINDS: [&str; 2] = ["node_not_ready", "capacity_high"];
-
-/// An alert sent as opened and not yet as closed.
-#[derive(Clone, Debug, Queryable, Selectable, Insertable)]
-#[diesel(table_name = pushed_alerts)]
-struct Pushed {
-    kind: String,
-    subject: String,
-    severity: i32,
-    message: String,
-    opened_at: NaiveDateTime,
-}
 
 fn severity_name(severity: i32) -> &'static str {
     match AlertSeverity::try_from(severity) {
@@ -89,13 +76,7 @@ pub(crate) async fn push(
 /// state and then saw the row gone would open it again. Read first, a row this pass sees was
 /// pushed from state no newer than what this pass then judges, so it only closes or keeps it.
 pub(crate) async fn push_once(ctx: &Ctx) -> Result<()> {
-    let open: Vec<Pushed> = {
-        let mut conn = ctx.db.get().await?;
-        kapal::db!(&mut conn, |c| pushed_alerts::table
-            .select(Pushed::as_select())
-            .load(c)
-            .await)?
-    };
+    let open = store::pushed_alerts::all(&ctx.db).await?;
     let (alerts, capacity_known) = crate::admin::current_alerts(ctx).await?;
     let now = ctx.now();
     let current: HashMap<(&str, &str), &Alert> = alerts
@@ -103,7 +84,6 @@ pub(crate) async fn push_once(ctx: &Ctx) -> Result<()> {
         .filter(|a| !a.kind.starts_with("ticket_"))
         .map(|a| ((a.kind.as_str(), a.subject.as_str()), a))
         .collect();
-    let mut conn = ctx.db.get().await?;
 
     for p in &open {
         if current.contains_key(&(p.kind.as_str(), p.subject.as_str())) {
@@ -112,15 +92,7 @@ pub(crate) async fn push_once(ctx: &Ctx) -> Result<()> {
         if !capacity_known && CLUSTER_KINDS.contains(&p.kind.as_str()) {
             continue;
         }
-        let gone = kapal::db!(&mut conn, |c| diesel::delete(
-            pushed_alerts::table
-                .filter(pushed_alerts::kind.eq(&p.kind))
-                .filter(pushed_alerts::subject.eq(&p.subject))
-                .filter(pushed_alerts::opened_at.eq(p.opened_at))
-        )
-        .execute(c)
-        .await)?;
-        if gone == 1 {
+        if store::pushed_alerts::remove(&ctx.db, p).await? {
             send(ctx, notice(AlertEvent::AlertClosed, p, now)).await;
         }
     }
@@ -138,29 +110,13 @@ pub(crate) async fn push_once(ctx: &Ctx) -> Result<()> {
                     message: a.message.clone(),
                     opened_at: now,
                 };
-                let added = kapal::db!(&mut conn, |c| diesel::insert_into(pushed_alerts::table)
-                    .values(&row)
-                    .on_conflict_do_nothing()
-                    .execute(c)
-                    .await)?;
-                if added == 1 {
+                if store::pushed_alerts::add(&ctx.db, &row).await? {
                     send(ctx, notice(AlertEvent::AlertOpened, &row, now)).await;
                 }
             }
             Some(p) if p.severity != a.severity => {
-                let changed = kapal::db!(&mut conn, |c| diesel::update(
-                    pushed_alerts::table
-                        .filter(pushed_alerts::kind.eq(&p.kind))
-                        .filter(pushed_alerts::subject.eq(&p.subject))
-                        .filter(pushed_alerts::severity.eq(p.severity))
-                )
-                .set((
-                    pushed_alerts::severity.eq(a.severity),
-                    pushed_alerts::message.eq(&a.message),
-                ))
-                .execute(c)
-                .await)?;
-                if changed == 1 {
+                if store::pushed_alerts::change_severity(&ctx.db, p, a.severity, &a.message).await?
+                {
                     let row = Pushed {
                         severity: a.severity,
                         message: a.message.clone(),

@@ -167,35 +167,7 @@ impl Amounts {
     }
 }
 
-/// Rows `(app_id, plan_id, count)` of what Kapal has committed: instances that should run
-/// (desired RUNNING and entitled by billing) and orders still being completed, each grouped by
-/// app and plan. One statement, so one snapshot: an order completing meanwhile (pending order
-/// replaced by its instance in one transaction) is counted exactly once. Expands to
-/// diesel-async code on the connection `$c`; `?` converts to the enclosing function's error
-/// (e.g. `DbError` inside a transaction).
-macro_rules! commitment_rows {
-    ($c:expr) => {{
-        use diesel::dsl::count_star;
-        use $crate::schema::{instances as ci, orders as co};
-        let rows: Vec<(String, String, i64)> = ci::table
-            .filter(ci::desired_state.eq($crate::models::instance_state::RUNNING))
-            .filter(ci::entitlement.eq($crate::models::entitlement::ACTIVE))
-            .group_by((ci::app_id, ci::plan_id))
-            .select((ci::app_id, ci::plan_id, count_star()))
-            .union_all(
-                co::table
-                    .filter(co::status.eq($crate::models::order_status::PENDING))
-                    .group_by((co::app_id, co::plan_id))
-                    .select((co::app_id, co::plan_id, count_star())),
-            )
-            .load($c)
-            .await?;
-        rows
-    }};
-}
-pub(crate) use commitment_rows;
-
-/// The plan resources of [`commitment_rows`]' rows. Plans no longer in the catalog count as
+/// The plan resources of [`crate::store::instances::commitment_rows`]' rows. Plans no longer in the catalog count as
 /// nothing (they cannot be ordered; their pods show in the provisioner's Kapal requests).
 pub(crate) fn kapal_commitments(catalog: &Catalog, rows: &[(String, String, i64)]) -> Amounts {
     rows.iter()
@@ -217,13 +189,7 @@ pub(crate) fn kapal_commitments(catalog: &Catalog, rows: &[(String, String, i64)
 
 /// Kapal's commitments now (outside a checkout).
 pub(crate) async fn current_commitments(ctx: &crate::Ctx) -> crate::error::Result<Amounts> {
-    use diesel::prelude::*;
-    use diesel_async::RunQueryDsl;
-    let mut conn = ctx.db.get().await?;
-    let rows = kapal::db!(&mut conn, |c| async {
-        Ok::<_, kapal::db::DbError>(commitment_rows!(c))
-    }
-    .await)?;
+    let rows = crate::store::instances::commitments(&ctx.db).await?;
     Ok(kapal_commitments(&ctx.catalog, &rows))
 }
 

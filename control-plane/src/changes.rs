@@ -21,12 +21,9 @@ use std::collections::HashMap;
 use std::time::Duration;
 
 use chrono::NaiveDateTime;
-use diesel::prelude::*;
-use diesel_async::RunQueryDsl;
 
-use crate::Ctx;
 use crate::error::Result;
-use crate::schema::instances;
+use crate::{Ctx, store};
 
 /// How far before its cursor each poll reads again (commit delays, replicas' clock skew).
 const OVERLAP: chrono::Duration = chrono::Duration::seconds(10);
@@ -68,23 +65,14 @@ async fn round(
     cursor: Option<NaiveDateTime>,
     sent: &mut HashMap<String, NaiveDateTime>,
 ) -> Result<NaiveDateTime> {
-    let mut conn = ctx.db.read().await?;
     let cursor = match cursor {
         Some(c) => c,
-        None => kapal::db!(&mut conn, |c| instances::table
-            .select(diesel::dsl::max(instances::updated_at))
-            .first::<Option<NaiveDateTime>>(c)
-            .await)?
-        .unwrap_or_else(|| ctx.now()),
+        None => store::instances::newest_update(&ctx.db)
+            .await?
+            .unwrap_or_else(|| ctx.now()),
     };
     let since = cursor - OVERLAP;
-    let rows: Vec<(String, NaiveDateTime)> = kapal::db!(&mut conn, |c| instances::table
-        .filter(instances::updated_at.gt(since))
-        .order(instances::updated_at.asc())
-        .select((instances::id, instances::updated_at))
-        .load(c)
-        .await)?;
-    drop(conn);
+    let rows = store::instances::updated_after(&ctx.db, since).await?;
     let mut newest = cursor;
     for (id, at) in rows {
         newest = newest.max(at);

@@ -2,16 +2,13 @@
 //! Kubernetes says about it, read by the provisioner, with that history added), for its owner
 //! (InstanceService) and for operators (OperatorService).
 
-use diesel::prelude::*;
-use diesel_async::RunQueryDsl;
 use kapal::proto::internal::v1::GetDiagnosticsRequest;
 use kapal::proto::v1::{InstanceDiagnostics, InstanceHistoryEntry};
 use kapal::wire::timestamp;
 
-use crate::Ctx;
 use crate::error::{Error, Result};
-use crate::models::{InstanceEvent, instance_state};
-use crate::schema::instance_events;
+use crate::models::instance_state;
+use crate::{Ctx, store};
 
 /// At most this many entries of history are returned (the newest).
 const MAX_HISTORY: i64 = 500;
@@ -21,14 +18,7 @@ const MAX_LOG_LINES: u32 = 500;
 
 /// The instance's history, oldest first (the newest [`MAX_HISTORY`] entries).
 pub(crate) async fn history(ctx: &Ctx, instance_id: &str) -> Result<Vec<InstanceHistoryEntry>> {
-    let mut conn = ctx.db.read().await?;
-    let mut rows: Vec<InstanceEvent> = kapal::db!(&mut conn, |c| instance_events::table
-        .filter(instance_events::instance_id.eq(instance_id))
-        .order((instance_events::at.desc(), instance_events::id.desc()))
-        .limit(MAX_HISTORY)
-        .select(InstanceEvent::as_select())
-        .load(c)
-        .await)?;
+    let mut rows = store::instance_events::newest(&ctx.db, instance_id, MAX_HISTORY).await?;
     rows.reverse();
     Ok(rows
         .iter()

@@ -6,7 +6,7 @@
 //! its sequence is higher than the one stored: the conditional UPDATE makes that race-safe, so
 //! a late or repeated delivery never undoes a newer one.
 //!
-//! What the provisioner is asked for is the *effective* desired state ([`effective`]):
+//! What the provisioner is asked for is the *effective* desired state ([`lifecycle::effective`]):
 //! - the customer deleted the instance: DELETED, data kept until `data_deleted_after`;
 //! - EXPIRED: DELETED, data removed at once (billing kept it through its own retention). Final:
 //!   later changes are acknowledged and ignored;
@@ -23,88 +23,21 @@
 //! catalog is logged and the instance keeps its plan.
 
 use chrono::NaiveDateTime;
-use diesel::prelude::*;
-use diesel_async::{AsyncConnection as _, RunQueryDsl};
 use kapal::auth;
 use kapal::catalog::Plan;
-use kapal::db::DbError;
 use kapal::proto::internal::v1::entitlement_service_server::EntitlementService;
 use kapal::proto::internal::v1::{
     CheckPlanChangeRequest, CheckPlanChangeResponse, Entitlement, SetEntitlementRequest,
     SetEntitlementResponse,
 };
-use kapal::proto::v1::DesiredState;
 use tonic::{Request, Response, Status};
-use uuid::Uuid;
 
-use crate::Ctx;
 use crate::error::{Error, Result};
-use crate::models::{Instance, InstanceEvent, entitlement, instance_state};
-use crate::schema::{accounts, instance_events, instances};
+use crate::models::{Instance, entitlement, instance_state};
+use crate::store::instances::EntitlementOutcome as Outcome;
+use crate::{Ctx, lifecycle, store};
 
 pub struct Entitlements(pub Ctx);
-
-/// What the provisioner is asked to make of an instance.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub(crate) struct Effective {
-    pub desired: DesiredState,
-    /// With `desired` DELETED: when the data goes (None: at once).
-    pub delete_data_after: Option<NaiveDateTime>,
-    /// With `desired` STOPPED: stopped by billing, not by the customer.
-    pub suspended_by_billing: bool,
-}
-
-/// The instance's effective desired state: the customer's wish within what billing allows.
-pub(crate) fn effective(i: &Instance) -> Effective {
-    if i.desired_state == instance_state::DELETED || i.entitlement == entitlement::EXPIRED {
-        return Effective {
-            desired: DesiredState::Deleted,
-            delete_data_after: i.data_deleted_after,
-            suspended_by_billing: false,
-        };
-    }
-    if i.entitlement == entitlement::SUSPENDED {
-        return Effective {
-            desired: DesiredState::Stopped,
-            delete_data_after: None,
-            suspended_by_billing: true,
-        };
-    }
-    Effective {
-        desired: instance_state::desired_to_wire(&i.desired_state),
-        delete_data_after: None,
-        suspended_by_billing: false,
-    }
-}
-
-/// Whether billing (not the customer) keeps the instance from running.
-pub(crate) fn suspended_by_billing(i: &Instance) -> bool {
-    i.desired_state != instance_state::DELETED && i.entitlement != entitlement::ACTIVE
-}
-
-fn subscription_of(i: &Instance) -> &str {
-    i.subscription_id.as_deref().unwrap_or("")
-}
-
-/// Why a customer cannot start (or restart) the instance now, when billing holds it.
-pub(crate) fn start_refusal(i: &Instance) -> Option<Error> {
-    match i.entitlement.as_str() {
-        entitlement::SUSPENDED => Some(Error::FailedPrecondition(format!(
-            "This instance is suspended because its subscription {} is unpaid or has ended; pay or reactivate the subscription and it starts again.",
-            subscription_of(i)
-        ))),
-        entitlement::EXPIRED => Some(expired_refusal(i)),
-        _ => None,
-    }
-}
-
-/// Why no action is possible on an instance whose subscription expired.
-pub(crate) fn expired_refusal(i: &Instance) -> Error {
-    Error::FailedPrecondition(format!(
-        "This instance was deleted because its subscription {} ended; its data is removed. Order the app again for a new instance.",
-        subscription_of(i)
-    ))
-}
 
 /// The history entry a customer sees for an entitlement change.
 fn history_reason(value: &str, subscription_id: &str, cause: &str) -> String {
@@ -125,17 +58,6 @@ fn history_reason(value: &str, subscription_id: &str, cause: &str) -> String {
         ),
     };
     kapal::wire::truncate(&text, 500).to_string()
-}
-
-enum Outcome {
-    NotFound,
-    OtherSubscription(String),
-    /// Stored now.
-    Applied,
-    /// The same change again (a redelivery): nothing to store.
-    Repeated,
-    /// A later change was applied already (or the instance expired): ignored.
-    Stale,
 }
 
 /// A validated SetEntitlement request.
@@ -206,96 +128,28 @@ fn new_plan<'a>(ctx: &'a Ctx, row: &Instance, change: &Change) -> Option<&'a Pla
 }
 
 /// Stores the change if it is newer than the one stored; appends to the instance's history.
-async fn store(ctx: &Ctx, change: &Change) -> Result<Outcome> {
-    let now = ctx.now();
-    let mut conn = ctx.db.get().await?;
-    let outcome: Result<Outcome, DbError> = kapal::db!(&mut conn, |c| c
-        .transaction(async |c| {
-            let Some(row) = instances::table
-                .find(&change.instance_id)
-                .select(Instance::as_select())
-                .first(c)
-                .await
-                .optional()?
-            else {
-                return Ok(Outcome::NotFound);
-            };
-            if let Some(other) = row.subscription_id.as_ref()
-                && *other != change.subscription_id
-            {
-                return Ok(Outcome::OtherSubscription(other.clone()));
-            }
-            // The condition is what makes this race-safe: of two concurrent changes only a
-            // higher sequence can still match after the other committed.
-            let updated = diesel::update(
-                instances::table
-                    .find(&change.instance_id)
-                    .filter(instances::entitlement_sequence.lt(change.sequence))
-                    .filter(instances::entitlement.ne(entitlement::EXPIRED)),
-            )
-            .set((
-                instances::entitlement.eq(change.value),
-                instances::entitlement_sequence.eq(change.sequence),
-                instances::entitlement_cause.eq(&change.cause),
-                instances::entitlement_at.eq(change.at),
-                instances::updated_at.eq(now),
-            ))
-            .execute(c)
-            .await?;
-            if updated == 0 {
-                let repeated =
-                    row.entitlement_sequence == change.sequence && row.entitlement == change.value;
-                return Ok(if repeated {
-                    Outcome::Repeated
-                } else {
-                    Outcome::Stale
-                });
-            }
-            if change.value == entitlement::EXPIRED {
-                // Billing kept the data through its retention already: it goes now.
-                diesel::update(instances::table.find(&change.instance_id))
-                    .set(instances::data_deleted_after.eq(now))
-                    .execute(c)
-                    .await?;
-            }
-            if let Some(plan) = new_plan(ctx, &row, change) {
-                diesel::update(instances::table.find(&change.instance_id))
-                    .set(instances::plan_id.eq(&plan.id))
-                    .execute(c)
-                    .await?;
-                diesel::insert_into(instance_events::table)
-                    .values(&InstanceEvent {
-                        id: Uuid::now_v7().to_string(),
-                        instance_id: change.instance_id.clone(),
-                        status: row.status.clone(),
-                        reason: plan_change_reason(&row.plan_id, plan, &change.subscription_id),
-                        at: now,
-                        actor: crate::models::BILLING.into(),
-                    })
-                    .execute(c)
-                    .await?;
-            }
-            if change.value != row.entitlement {
-                diesel::insert_into(instance_events::table)
-                    .values(&InstanceEvent {
-                        id: Uuid::now_v7().to_string(),
-                        instance_id: change.instance_id.clone(),
-                        status: row.status.clone(),
-                        reason: history_reason(
-                            change.value,
-                            &change.subscription_id,
-                            &change.cause,
-                        ),
-                        at: now,
-                        actor: crate::models::BILLING.into(),
-                    })
-                    .execute(c)
-                    .await?;
-            }
-            Ok(Outcome::Applied)
-        })
-        .await);
-    Ok(outcome?)
+async fn save(ctx: &Ctx, change: &Change) -> Result<Outcome> {
+    let stored = store::instances::EntitlementChange {
+        instance_id: &change.instance_id,
+        subscription_id: &change.subscription_id,
+        value: change.value,
+        sequence: change.sequence,
+        at: change.at,
+        cause: &change.cause,
+    };
+    store::instances::set_entitlement(
+        &ctx.db,
+        &stored,
+        ctx.now(),
+        |row| {
+            new_plan(ctx, row, change).map(|plan| {
+                let reason = plan_change_reason(&row.plan_id, plan, &change.subscription_id);
+                (plan.id.clone(), reason)
+            })
+        },
+        |_| history_reason(change.value, &change.subscription_id, &change.cause),
+    )
+    .await
 }
 
 /// Hands the instance's effective spec to the provisioner in the background, like checkout: the
@@ -307,20 +161,10 @@ fn converge(ctx: &Ctx, instance_id: &str) {
     let ctx = ctx.clone();
     let instance_id = instance_id.to_string();
     tokio::spawn(async move {
-        let row = async {
-            let mut conn = ctx.db.get().await?;
-            Ok::<_, Error>(kapal::db!(&mut conn, |c| instances::table
-                .inner_join(accounts::table)
-                .filter(instances::id.eq(&instance_id))
-                .select((Instance::as_select(), accounts::customer_id))
-                .first::<(Instance, String)>(c)
-                .await
-                .optional())?)
-        }
-        .await;
+        let row = store::instances::with_customer(&ctx.db, &instance_id).await;
         match row {
             Ok(Some((instance, customer_id))) => {
-                crate::instances::push_to_provisioner(&ctx, &instance, &customer_id).await;
+                lifecycle::push_to_provisioner(&ctx, &instance, &customer_id).await;
             }
             Ok(None) => {}
             Err(e) => tracing::warn!(
@@ -340,7 +184,7 @@ impl EntitlementService for Entitlements {
         auth::service(&req)?;
         let ctx = &self.0;
         let change = parse(ctx, req.get_ref())?;
-        let applied = match store(ctx, &change).await? {
+        let applied = match save(ctx, &change).await? {
             Outcome::NotFound => {
                 return Err(Error::not_found(format!("no instance {}", change.instance_id)).into());
             }
@@ -389,7 +233,7 @@ impl EntitlementService for Entitlements {
         let ctx = &self.0;
         let id = kapal::wire::uuid("instance_id", &req.get_ref().instance_id)?.to_string();
         let plan_id = req.get_ref().plan_id.trim();
-        let row = crate::instances::load(ctx, &id)
+        let row = store::instances::get(&ctx.db, &id)
             .await?
             .ok_or_else(|| Error::not_found(format!("no instance {id}")))?;
         let app = ctx.catalog.app(&row.app_id);
@@ -425,67 +269,5 @@ impl EntitlementService for Entitlements {
         crate::capacity::check_growth(&capacity, kapal, from, to, ctx.ceiling_percent)
             .map_err(Error::ResourceExhausted)?;
         Ok(Response::new(CheckPlanChangeResponse {}))
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn instance(desired: &str, entitlement: &str) -> Instance {
-        let t = chrono::DateTime::from_timestamp(1_800_000_000, 0)
-            .expect("valid")
-            .naive_utc();
-        Instance {
-            id: "i".into(),
-            account_id: "a".into(),
-            order_id: "o".into(),
-            app_id: "n8n".into(),
-            plan_id: "starter".into(),
-            hostname: "h".into(),
-            namespace: "n".into(),
-            subscription_id: Some("s".into()),
-            desired_state: desired.into(),
-            status: "ready".into(),
-            status_reason: String::new(),
-            restart_generation: 0,
-            created_at: t,
-            updated_at: t,
-            ready_at: None,
-            entitlement: entitlement.into(),
-            entitlement_sequence: 0,
-            entitlement_cause: String::new(),
-            entitlement_at: None,
-            data_deleted_after: Some(t),
-        }
-    }
-
-    #[test]
-    fn effective_state_combines_the_customer_and_billing() {
-        use instance_state::{DELETED, RUNNING, STOPPED};
-        let e = |d, en| effective(&instance(d, en));
-        assert_eq!(
-            e(RUNNING, entitlement::ACTIVE).desired,
-            DesiredState::Running
-        );
-        assert_eq!(
-            e(STOPPED, entitlement::ACTIVE).desired,
-            DesiredState::Stopped
-        );
-        let s = e(RUNNING, entitlement::SUSPENDED);
-        assert_eq!(
-            (s.desired, s.suspended_by_billing),
-            (DesiredState::Stopped, true)
-        );
-        let x = e(RUNNING, entitlement::EXPIRED);
-        assert_eq!(x.desired, DesiredState::Deleted);
-        assert!(x.delete_data_after.is_some());
-        assert_eq!(
-            e(DELETED, entitlement::SUSPENDED).desired,
-            DesiredState::Deleted
-        );
-        assert!(!e(DELETED, entitlement::SUSPENDED).suspended_by_billing);
-        assert!(start_refusal(&instance(STOPPED, entitlement::ACTIVE)).is_none());
-        assert!(start_refusal(&instance(RUNNING, entitlement::SUSPENDED)).is_some());
     }
 }

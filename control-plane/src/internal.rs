@@ -1,23 +1,19 @@
 //! Internal services: identity for the gateway, instance state for the provisioner.
 
-use diesel::prelude::*;
-use diesel_async::{AsyncConnection as _, RunQueryDsl};
 use kapal::auth;
-use kapal::db::DbError;
 use kapal::proto::internal::v1::identity_service_server::IdentityService;
 use kapal::proto::internal::v1::instance_state_service_server::InstanceStateService;
 use kapal::proto::internal::v1::{
-    self as ipb, AuthenticateRequest, ListDesiredInstancesRequest, ListDesiredInstancesResponse,
-    ReportInstanceStateResponse,
+    self as ipb, AuthenticateRequest, InstanceSpec, ListDesiredInstancesRequest,
+    ListDesiredInstancesResponse, ReportInstanceStateResponse,
 };
 use kapal::proto::v1::InstanceStatus;
 use tonic::{Request, Response, Status};
-use uuid::Uuid;
 
 use crate::error::{Error, Result};
-use crate::models::{Instance, InstanceEvent, instance_state};
-use crate::schema::{instance_events, instances};
-use crate::{Ctx, accounts};
+use crate::models::instance_state;
+use crate::store::instances::Recorded;
+use crate::{Ctx, lifecycle, sessions, store};
 
 pub struct Identity(pub Ctx);
 
@@ -28,7 +24,7 @@ impl IdentityService for Identity {
         req: Request<AuthenticateRequest>,
     ) -> Result<Response<ipb::Principal>, Status> {
         auth::service(&req)?;
-        let (p, expires_at, scope) = accounts::authenticate(&self.0, &req.get_ref().token).await?;
+        let (p, expires_at, scope) = sessions::authenticate(&self.0, &req.get_ref().token).await?;
         // A suspended account's calls are refused, with why (the gateway passes this on).
         if let Some(s) = crate::suspensions::of(&self.0, &p.account_id.to_string()).await? {
             return Err(crate::suspensions::refusal(&s));
@@ -67,67 +63,24 @@ pub(crate) async fn record_state(ctx: &Ctx, state: &ipb::InstanceState) -> Resul
     let status_db = instance_state::status_to_db(status);
     let now = ctx.now();
     let reason = kapal::wire::truncate(&state.reason, 500).to_string();
-    let mut conn = ctx.db.get().await?;
-    let changed: Result<bool, DbError> = kapal::db!(&mut conn, |c| {
-        c
-        .transaction(async |c| {
-            let Some((current, stored_sequence)) = instances::table
-                .find(&id)
-                .select((Instance::as_select(), instances::status_sequence))
-                .first::<(Instance, i64)>(c)
-                .await
-                .optional()?
-            else {
-                return Ok(false);
-            };
-            if sequence != 0 && sequence <= stored_sequence {
-                tracing::debug!(instance_id = %id, status = status_db, sequence, stored_sequence, "a report older than the stored one: ignored");
-                return Ok(false);
+    let observed = store::instances::ObservedStatus {
+        instance_id: &id,
+        status: status_db,
+        ready: status == InstanceStatus::Ready,
+        reason: &reason,
+        sequence,
+    };
+    let changed = match store::instances::record_status(&ctx.db, &observed, now).await? {
+        Recorded::Unchanged => false,
+        Recorded::Changed { first_ready } => {
+            if let Some((app_id, created_at)) = first_ready {
+                let took = (now - created_at).num_milliseconds().max(0) as f64 / 1e3;
+                metrics::histogram!("kapal_provisioning_duration_seconds", "app" => app_id)
+                    .record(took);
             }
-            if current.status == status_db && current.status_reason == reason {
-                if sequence != 0 {
-                    diesel::update(instances::table.find(&id))
-                        .set(instances::status_sequence.eq(sequence))
-                        .execute(c)
-                        .await?;
-                }
-                return Ok(false);
-            }
-            let ready_at = match (current.ready_at, status) {
-                (None, InstanceStatus::Ready) => {
-                    let took = (now - current.created_at).num_milliseconds().max(0) as f64 / 1e3;
-                    metrics::histogram!("kapal_provisioning_duration_seconds", "app" => current.app_id.clone())
-                        .record(took);
-                    Some(now)
-                }
-                (r, _) => r,
-            };
-            diesel::update(instances::table.find(&id))
-                .set((
-                    instances::status.eq(status_db),
-                    instances::status_reason.eq(&reason),
-                    instances::ready_at.eq(ready_at),
-                    instances::updated_at.eq(now),
-                    instances::status_sequence.eq(sequence.max(stored_sequence)),
-                ))
-                .execute(c)
-                .await?;
-            diesel::insert_into(instance_events::table)
-                .values(&InstanceEvent {
-                    id: Uuid::now_v7().to_string(),
-                    instance_id: id.clone(),
-                    status: status_db.to_string(),
-                    reason: reason.clone(),
-                    at: now,
-                    actor: String::new(),
-                })
-                .execute(c)
-                .await?;
-            Ok(true)
-        })
-        .await
-    });
-    let changed = changed?;
+            true
+        }
+    };
     if changed {
         tracing::info!(instance_id = %id, status = status_db, reason = %reason, "instance status changed");
         let _ = ctx.changes.send(id);
@@ -144,7 +97,7 @@ impl InstanceStateService for InstanceState {
         auth::service(&req)?;
         let id = kapal::wire::uuid("instance_id", &req.get_ref().instance_id)?.to_string();
         kapal::telemetry::record_instance(&id);
-        if crate::instances::load(&self.0, &id).await?.is_none() {
+        if store::instances::get(&self.0.db, &id).await?.is_none() {
             return Err(Status::not_found(format!("no instance {id}")));
         }
         record_state(&self.0, req.get_ref()).await?;
@@ -161,14 +114,13 @@ impl InstanceStateService for InstanceState {
             // A caller from before paging reads one answer and no token: give it everything,
             // as before, rather than a first page it would take for the whole list.
             return Ok(Response::new(ListDesiredInstancesResponse {
-                instances: crate::instances::desired(&self.0, None, None).await?,
+                instances: desired(&self.0, None, None).await?,
                 next_page_token: String::new(),
             }));
         }
         let limit = i64::from(req.page_size.min(MAX_DESIRED_PAGE));
         let after = desired_cursor(&req.page_token)?;
-        let mut instances =
-            crate::instances::desired(&self.0, after.as_deref(), Some(limit + 1)).await?;
+        let mut instances = desired(&self.0, after.as_deref(), Some(limit + 1)).await?;
         let more = instances.len() as i64 > limit;
         instances.truncate(usize::try_from(limit).unwrap_or(0));
         let next_page_token = match instances.last() {
@@ -213,4 +165,23 @@ fn desired_cursor(token: &str) -> Result<Option<String>, Status> {
     let id = raw.strip_prefix("desired|").ok_or_else(invalid)?;
     let id = uuid::Uuid::parse_str(id).map_err(|_| invalid())?;
     Ok(Some(id.to_string()))
+}
+
+/// Every instance the provisioner must keep, with its owner's customer id: those meant to run
+/// or be stopped, deleted ones not yet reported gone, and deleted ones whose data is still kept
+/// (so the provisioner's sweep of unknown namespaces does not remove retained data early).
+/// The desired instances, in the order of their ids: those after `after` (a page token's id),
+/// at most `limit` of them; `None`, `None`: all of them.
+async fn desired(ctx: &Ctx, after: Option<&str>, limit: Option<i64>) -> Result<Vec<InstanceSpec>> {
+    let rows = store::instances::desired(
+        &ctx.db,
+        ctx.now(),
+        after.unwrap_or(""),
+        limit.unwrap_or(i64::MAX),
+    )
+    .await?;
+    Ok(rows
+        .iter()
+        .map(|(i, a)| lifecycle::spec_of(i, &a.customer_id))
+        .collect())
 }

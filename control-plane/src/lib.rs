@@ -6,6 +6,21 @@
 //! `SupportAdminService` (role ADMIN). Internal services: `kapal.internal.v1.IdentityService`
 //! (for the gateway), `InstanceStateService` (for the provisioner) and `EntitlementService` (for
 //! billing).
+//!
+//! Where things live, in three rooms:
+//! - **Handlers**, one module per service, thin: they check the caller and the request, call the
+//!   rules and the store, and turn the result into the answer. `accounts` (AccountService, with
+//!   `sessions`), `catalog`, `orders`, `instances`, `admin`, `operator_api` (OperatorService and
+//!   billing's AuditService), `entitlements`, `internal` (IdentityService,
+//!   InstanceStateService), `support::api`. No handler reaches into another for data.
+//! - **Rules** the handlers share: `lifecycle` (an instance's effective desired state within
+//!   billing, the refusals that follow, its wire form and provisioner spec, the push to the
+//!   provisioner, its usage, and the actions on it for owners and operators), `capacity` (the
+//!   ceiling), `login` (log-in back-off, bounded hashing), `suspensions`, `diagnostics`,
+//!   `credentials` (the cache); background jobs: `changes` (the change poller for watches),
+//!   `alerting`, `metrics`, the order recovery in `orders`.
+//! - **Data access**: [`store`](crate::store), one module per table, holding every diesel query
+//!   (support tickets: `support::store`). `models` and `schema` are the rows and tables.
 
 mod accounts;
 mod admin;
@@ -19,6 +34,7 @@ mod entitlements;
 pub mod error;
 mod instances;
 mod internal;
+mod lifecycle;
 mod login;
 mod mail;
 mod metrics;
@@ -28,6 +44,7 @@ pub mod operators;
 mod orders;
 mod schema;
 mod sessions;
+mod store;
 pub mod support;
 mod suspensions;
 

@@ -15,12 +15,8 @@
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 
-use diesel::prelude::*;
-use diesel_async::RunQueryDsl;
-
-use crate::Ctx;
 use crate::error::{Error, Result};
-use crate::schema::login_failures;
+use crate::{Ctx, store};
 
 /// Failed log-ins in a row an address may have before it waits.
 pub(crate) const FREE_FAILURES: i64 = 5;
@@ -57,15 +53,8 @@ pub(crate) fn refusal(secs: i64) -> Error {
 /// Seconds `email` must still wait before a log-in is tried (`None`: it may log in now).
 pub(crate) async fn waiting(ctx: &Ctx, email: &str) -> Result<Option<i64>> {
     let now = ctx.now();
-    let mut conn = ctx.db.read().await?;
-    let until: Option<Option<chrono::NaiveDateTime>> =
-        kapal::db!(&mut conn, |c| login_failures::table
-            .filter(login_failures::email.eq(email))
-            .select(login_failures::blocked_until)
-            .first(c)
-            .await
-            .optional())?;
-    Ok(until.flatten().and_then(|until| {
+    let until = store::login_failures::blocked_until(&ctx.db, email).await?;
+    Ok(until.and_then(|until| {
         let left = until - now;
         // Whole seconds, rounded up: "0 s" would invite a retry that is refused again.
         let ms = left.num_milliseconds();
@@ -76,41 +65,14 @@ pub(crate) async fn waiting(ctx: &Ctx, email: &str) -> Result<Option<i64>> {
 /// Counts a failed log-in of `email` and starts its wait when it has failed too often.
 pub(crate) async fn failed(ctx: &Ctx, email: &str) -> Result<()> {
     let now = ctx.now();
-    let mut conn = ctx.db.get().await?;
     let stale = now - chrono::Duration::seconds(FORGET_AFTER_SECS);
-    kapal::db!(&mut conn, |c| diesel::delete(
-        login_failures::table.filter(login_failures::updated_at.lt(stale))
-    )
-    .execute(c)
-    .await)?;
-    let failures: i64 = kapal::db!(&mut conn, |c| {
-        diesel::insert_into(login_failures::table)
-            .values((
-                login_failures::email.eq(email),
-                login_failures::failures.eq(1_i64),
-                login_failures::updated_at.eq(now),
-            ))
-            .on_conflict(login_failures::email)
-            .do_update()
-            .set((
-                login_failures::failures.eq(login_failures::failures + 1_i64),
-                login_failures::updated_at.eq(now),
-            ))
-            .returning(login_failures::failures)
-            .get_result(c)
-            .await
-    })?;
-    if let Some(secs) = wait_after(failures) {
-        let until = now + chrono::Duration::seconds(secs);
-        kapal::db!(&mut conn, |c| diesel::update(
-            login_failures::table.filter(login_failures::email.eq(email))
-        )
-        .set(login_failures::blocked_until.eq(until))
-        .execute(c)
-        .await)?;
+    let wait = |failures| wait_after(failures).map(|secs| now + chrono::Duration::seconds(secs));
+    let (failures, until) =
+        store::login_failures::count_failure(&ctx.db, email, now, stale, wait).await?;
+    if let Some(until) = until {
         tracing::warn!(
             failures,
-            wait_secs = secs,
+            wait_secs = (until - now).num_seconds(),
             "failed log-ins in a row: the address waits"
         );
     }
@@ -119,13 +81,7 @@ pub(crate) async fn failed(ctx: &Ctx, email: &str) -> Result<()> {
 
 /// A successful log-in of `email`: its count starts again.
 pub(crate) async fn succeeded(ctx: &Ctx, email: &str) -> Result<()> {
-    let mut conn = ctx.db.get().await?;
-    kapal::db!(&mut conn, |c| diesel::delete(
-        login_failures::table.filter(login_failures::email.eq(email))
-    )
-    .execute(c)
-    .await)?;
-    Ok(())
+    store::login_failures::clear(&ctx.db, email).await
 }
 
 /// A semaphore of `concurrent` password hashes with a queue of at most `max_waiting` callers;

@@ -7,14 +7,11 @@
 use std::collections::BTreeSet;
 use std::sync::{Arc, Mutex};
 
-use diesel::QueryDsl as _;
-use diesel::dsl::count_star;
-use diesel_async::RunQueryDsl;
 use kapal::proto::v1::ResourceAmounts;
 use metrics::gauge;
 
 use crate::Ctx;
-use crate::schema::instances;
+use crate::store;
 
 /// Label sets written before, to zero those that disappear.
 #[derive(Default)]
@@ -37,13 +34,7 @@ pub(crate) fn register(ctx: Ctx) -> kapal::metrics::CollectorGuard {
 }
 
 async fn collect(ctx: &Ctx, seen: &Mutex<Seen>) -> crate::error::Result<()> {
-    let mut conn = ctx.db.read().await?;
-    let rows: Vec<(String, String, i64)> = kapal::db!(&mut conn, |c| instances::table
-        .group_by((instances::app_id, instances::status))
-        .select((instances::app_id, instances::status, count_star()))
-        .load(c)
-        .await)?;
-    drop(conn);
+    let rows = store::instances::count_by_app_and_status(&ctx.db).await?;
     let current: BTreeSet<(String, String)> = rows
         .iter()
         .map(|(app, status, _)| (app.clone(), status.clone()))

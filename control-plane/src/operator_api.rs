@@ -4,10 +4,8 @@
 //! The audit row (who, what, whose, why) is written before the action is carried out: if it
 //! cannot be written, nothing is done, and an action that is then refused (e.g. by the
 //! capacity ceiling) stays recorded as attempted. The action follows the customer's own rules
-//! (see [`crate::instances::act`]) and is written to the instance's history with the reason.
+//! (see [`crate::lifecycle::act`]) and is written to the instance's history with the reason.
 
-use diesel::prelude::*;
-use diesel_async::RunQueryDsl;
 use kapal::auth::{self, Principal};
 use kapal::proto::v1::operator_service_server::OperatorService;
 use kapal::proto::v1::{
@@ -17,12 +15,11 @@ use kapal::proto::v1::{
 use tonic::{Request, Response, Status};
 use uuid::Uuid;
 
-use crate::Ctx;
 use crate::error::{Error, Result};
-use crate::instances::{Action, Actor, instance_to_wire};
-use crate::models::{AuditEntry, entitlement, instance_state};
-use crate::schema::{accounts, audit_log, instances};
+use crate::lifecycle::{self, Action, Actor, instance_to_wire};
+use crate::models::AuditEntry;
 use crate::suspensions::Suspension;
+use crate::{Ctx, store};
 
 pub struct Operator(pub Ctx);
 
@@ -40,15 +37,9 @@ fn check_reason(reason: &str, what: &str) -> Result<String> {
 
 /// The owner (account id, customer id) of any instance, or NOT_FOUND.
 async fn owner(ctx: &Ctx, id: &str) -> Result<(String, String)> {
-    let mut conn = ctx.db.read().await?;
-    kapal::db!(&mut conn, |c| instances::table
-        .inner_join(accounts::table)
-        .filter(instances::id.eq(id))
-        .select((instances::account_id, accounts::customer_id))
-        .first(c)
-        .await
-        .optional())?
-    .ok_or_else(|| Error::not_found(format!("no instance {id}")))
+    store::instances::owner_ids(&ctx.db, id)
+        .await?
+        .ok_or_else(|| Error::not_found(format!("no instance {id}")))
 }
 
 /// Writes the audit row of `action` by the operator `p` on `target` (of `subject_account_id`).
@@ -82,14 +73,6 @@ async fn audit_as(
     subject_account_id: &str,
     reason: &str,
 ) -> Result<AuditEntry> {
-    let mut conn = ctx.db.get().await?;
-    let actor_email: String = kapal::db!(&mut conn, |c| accounts::table
-        .find(actor)
-        .select(accounts::email)
-        .first(c)
-        .await
-        .optional())?
-    .ok_or_else(|| Error::not_found(format!("no account {actor}")))?;
     let entry = AuditEntry {
         id: Uuid::now_v7().to_string(),
         actor_account_id: actor.into(),
@@ -97,13 +80,12 @@ async fn audit_as(
         target: target.into(),
         detail: reason.into(),
         at: ctx.now(),
-        actor_email,
+        actor_email: String::new(),
         subject_account_id: subject_account_id.into(),
     };
-    kapal::db!(&mut conn, |c| diesel::insert_into(audit_log::table)
-        .values(&entry)
-        .execute(c)
-        .await)?;
+    let entry = store::audit_log::insert_with_actor_email(&ctx.db, entry)
+        .await?
+        .ok_or_else(|| Error::not_found(format!("no account {actor}")))?;
     tracing::info!(audit_id = %entry.id, actor = %entry.actor_account_id, action, target, "operator action");
     Ok(entry)
 }
@@ -129,15 +111,7 @@ impl kapal::proto::internal::v1::audit_service_server::AuditService for AuditApi
         let reason = check_reason(&req.reason, action)?;
         // Only operators act on other customers' billing: the role is checked here too, on
         // the account as it is now.
-        let mut conn = ctx.db.read().await.map_err(Error::from)?;
-        let role: Option<String> = kapal::db!(&mut conn, |c| accounts::table
-            .find(&actor)
-            .select(accounts::role)
-            .first(c)
-            .await
-            .optional())
-        .map_err(|e| Error::Db(kapal::db::DbError::from(e)))?;
-        drop(conn);
+        let role = store::accounts::role(&ctx.db, &actor).await?;
         if role.as_deref() != Some("admin") {
             return Err(Status::failed_precondition(format!(
                 "account {actor} is not an operator"
@@ -176,8 +150,7 @@ impl Operator {
             reason: &reason,
             override_capacity: action == Action::Start && req.override_capacity,
         };
-        let updated =
-            crate::instances::act(ctx, (&account_id, &customer_id), &id, action, actor).await?;
+        let updated = lifecycle::act(ctx, (&account_id, &customer_id), &id, action, actor).await?;
         Ok(Response::new(instance_to_wire(&updated)))
     }
 }
@@ -241,10 +214,9 @@ impl OperatorService for Operator {
             .await
             .map_err(|e| match e {
                 // Suspended by another operator at the same moment.
-                Error::Db(kapal::db::DbError::Query(diesel::result::Error::DatabaseError(
-                    diesel::result::DatabaseErrorKind::UniqueViolation,
-                    _,
-                ))) => Status::failed_precondition("the account is suspended already"),
+                Error::Db(e) if e.is_unique_violation() => {
+                    Status::failed_precondition("the account is suspended already")
+                }
                 e => e.into(),
             })?;
         let history = format!("account suspended: {reason}");
@@ -254,9 +226,7 @@ impl OperatorService for Operator {
                 reason: &history,
                 override_capacity: false,
             };
-            match crate::instances::act(ctx, (&account_id, &customer_id), &id, Action::Stop, actor)
-                .await
-            {
+            match lifecycle::act(ctx, (&account_id, &customer_id), &id, Action::Stop, actor).await {
                 Ok(_) => stopped.push(id),
                 // Deleted or ended meanwhile: nothing to stop.
                 Err(s) if s.code() == tonic::Code::FailedPrecondition => {}
@@ -301,8 +271,7 @@ impl OperatorService for Operator {
                 reason: &history,
                 override_capacity: false,
             };
-            match crate::instances::act(ctx, (&account_id, &customer_id), &id, Action::Start, actor)
-                .await
+            match lifecycle::act(ctx, (&account_id, &customer_id), &id, Action::Start, actor).await
             {
                 Ok(_) => wire.instance_ids.push(id),
                 Err(s) => wire.not_started.push(format!("{id}: {}", s.message())),
@@ -331,14 +300,9 @@ impl OperatorService for Operator {
 
 /// The account's customer id, or NOT_FOUND; FAILED_PRECONDITION for an operator's account.
 async fn customer_account(ctx: &Ctx, account_id: &str) -> Result<String> {
-    let mut conn = ctx.db.read().await?;
-    let (customer_id, role): (String, String) = kapal::db!(&mut conn, |c| accounts::table
-        .find(account_id)
-        .select((accounts::customer_id, accounts::role))
-        .first(c)
-        .await
-        .optional())?
-    .ok_or_else(|| Error::not_found(format!("no account {account_id}")))?;
+    let (customer_id, role) = store::accounts::customer_id_and_role(&ctx.db, account_id)
+        .await?
+        .ok_or_else(|| Error::not_found(format!("no account {account_id}")))?;
     if role == "admin" {
         return Err(Error::FailedPrecondition(
             "this is an operator's account: revoke its admin role first (`kapal admin revoke`)"
@@ -350,15 +314,7 @@ async fn customer_account(ctx: &Ctx, account_id: &str) -> Result<String> {
 
 /// The account's instances meant to run (not deleted, not ended by billing).
 async fn running_instances(ctx: &Ctx, account_id: &str) -> Result<Vec<String>> {
-    let mut conn = ctx.db.read().await?;
-    Ok(kapal::db!(&mut conn, |c| instances::table
-        .filter(instances::account_id.eq(account_id))
-        .filter(instances::desired_state.eq(instance_state::RUNNING))
-        .filter(instances::entitlement.ne(entitlement::EXPIRED))
-        .order(instances::created_at.asc())
-        .select(instances::id)
-        .load(c)
-        .await)?)
+    store::instances::running_ids(&ctx.db, account_id).await
 }
 
 fn suspension_to_wire(s: &Suspension, suspended: bool) -> AccountSuspension {

@@ -8,13 +8,10 @@
 //! new sessions at once, and for a session already in use when the gateway's identity cache
 //! forgets it (`auth_cache_ttl`, 10 s by default).
 
-use diesel::prelude::*;
-use diesel_async::RunQueryDsl;
 use kapal::db::{Db, DbConfig, Migrations};
 use uuid::Uuid;
 
 use crate::models::{Account, AuditEntry};
-use crate::schema::{accounts, audit_log};
 
 /// The audit actions of a role change.
 pub const GRANT_ADMIN: &str = "grant_admin";
@@ -61,51 +58,25 @@ pub async fn set_admin(
         "give a reason of 3-500 characters (e.g. a ticket); it is kept in the audit log"
     );
     let role = if admin { "admin" } else { "customer" };
-    let mut conn = db.get().await?;
-    let outcome: Result<Option<RoleChange>, kapal::db::DbError> = kapal::db!(&mut conn, |c| {
-        use diesel_async::AsyncConnection as _;
-        c.transaction(async |c| {
-            let Some(account) = accounts::table
-                .filter(accounts::email.eq(&email))
-                .select(Account::as_select())
-                .first(c)
-                .await
-                .optional()?
-            else {
-                return Ok(None);
-            };
-            if account.role == role {
-                return Ok(Some(RoleChange {
-                    account_id: account.id,
-                    email: account.email,
-                    changed: false,
-                }));
-            }
-            diesel::update(accounts::table.find(&account.id))
-                .set(accounts::role.eq(role))
-                .execute(c)
-                .await?;
-            diesel::insert_into(audit_log::table)
-                .values(&AuditEntry {
-                    id: Uuid::now_v7().to_string(),
-                    actor_account_id: String::new(),
-                    action: if admin { GRANT_ADMIN } else { REVOKE_ADMIN }.into(),
-                    target: String::new(),
-                    detail: reason.to_string(),
-                    at,
-                    actor_email: operator.to_string(),
-                    subject_account_id: account.id.clone(),
-                })
-                .execute(c)
-                .await?;
-            Ok(Some(RoleChange {
+    let audit = |account: &Account| AuditEntry {
+        id: Uuid::now_v7().to_string(),
+        actor_account_id: String::new(),
+        action: if admin { GRANT_ADMIN } else { REVOKE_ADMIN }.into(),
+        target: String::new(),
+        detail: reason.to_string(),
+        at,
+        actor_email: operator.to_string(),
+        subject_account_id: account.id.clone(),
+    };
+    let outcome = crate::store::accounts::set_role(db, &email, role, audit)
+        .await
+        .map(|o| {
+            o.map(|(account, changed)| RoleChange {
                 account_id: account.id,
                 email: account.email,
-                changed: true,
-            }))
-        })
-        .await
-    });
+                changed,
+            })
+        });
     match outcome? {
         Some(change) => {
             if change.changed {

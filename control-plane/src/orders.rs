@@ -11,10 +11,7 @@
 use futures::StreamExt as _;
 use std::time::Duration;
 
-use diesel::prelude::*;
-use diesel_async::{AsyncConnection as _, RunQueryDsl};
 use kapal::auth;
-use kapal::db::{DbConn, DbError};
 use kapal::paging;
 use kapal::proto::internal::v1::CreateSubscriptionRequest;
 use kapal::proto::v1::order_service_server::OrderService;
@@ -25,12 +22,12 @@ use kapal::wire::timestamp;
 use tonic::{Code, Request, Response, Status};
 use uuid::Uuid;
 
-use crate::Ctx;
 use crate::capacity;
 use crate::error::{Error, Result};
-use crate::instances;
+use crate::lifecycle;
 use crate::models::{Account, Instance, Order, instance_state, order_status};
-use crate::schema::{accounts, instances as instances_t, orders};
+use crate::store::orders::{AccountLimits, Placed};
+use crate::{Ctx, store};
 
 pub struct Orders(pub Ctx);
 
@@ -83,36 +80,32 @@ fn check_idempotency_key(key: &str) -> Result<()> {
 }
 
 async fn load_order(ctx: &Ctx, account_id: &str, id: &str) -> Result<Option<Order>> {
-    let mut conn = ctx.db.read().await?;
-    Ok(kapal::db!(&mut conn, |c| orders::table
-        .filter(orders::id.eq(id))
-        .filter(orders::account_id.eq(account_id))
-        .select(Order::as_select())
-        .first(c)
-        .await
-        .optional())?)
+    store::orders::owned(&ctx.db, account_id, id).await
 }
 
 async fn set_failed(ctx: &Ctx, order: &Order, reason: &str) -> Result<Order> {
-    let now = ctx.now();
-    let mut conn = ctx.db.get().await?;
-    kapal::db!(&mut conn, |c| diesel::update(
-        orders::table
-            .filter(orders::id.eq(&order.id))
-            .filter(orders::status.eq(order_status::PENDING))
-    )
-    .set((
-        orders::status.eq(order_status::FAILED),
-        orders::failure_reason.eq(reason),
-        orders::updated_at.eq(now),
-    ))
-    .execute(c)
-    .await)?;
-    drop(conn);
+    store::orders::fail_pending(&ctx.db, &order.id, reason, ctx.now()).await?;
     tracing::warn!(order_id = %order.id, reason, "order failed");
     Ok(load_order(ctx, &order.account_id, &order.id)
         .await?
         .unwrap_or_else(|| order.clone()))
+}
+
+/// FAILED_PRECONDITION unless the account may buy: when the server sends email, its address
+/// must be verified.
+async fn ensure_may_check_out(ctx: &Ctx, account_id: &str) -> Result<()> {
+    if ctx.mailer.is_none() {
+        return Ok(());
+    }
+    let (email, verified) = store::accounts::email_and_verified(&ctx.db, account_id)
+        .await?
+        .ok_or_else(|| Error::Internal(format!("account {account_id} is gone")))?;
+    if verified.is_none() {
+        return Err(Error::FailedPrecondition(format!(
+            "verify your email address before checking out: enter the code mailed to {email} with `kapal verify-email --email {email} --code CODE` (no mail? `kapal resend-verification` sends a new code)"
+        )));
+    }
+    Ok(())
 }
 
 /// Completes a pending order; returns it as it is afterwards. Safe to call any number of times,
@@ -153,14 +146,14 @@ pub(crate) async fn process(ctx: &Ctx, order: Order) -> Result<Order> {
     }
 
     // 2. The instance row and the order's completion, in one transaction.
-    let account = {
-        let mut conn = ctx.db.get().await?;
-        kapal::db!(&mut conn, |c| accounts::table
-            .find(&order.account_id)
-            .select(Account::as_select())
-            .first(c)
-            .await)?
-    };
+    let account = store::accounts::get(&ctx.db, &order.account_id)
+        .await?
+        .ok_or_else(|| {
+            Error::Internal(format!(
+                "the account {} of order {} is gone",
+                order.account_id, order.id
+            ))
+        })?;
     let mut attempt = 0;
     let (instance, completed_here) = loop {
         attempt += 1;
@@ -183,7 +176,7 @@ pub(crate) async fn process(ctx: &Ctx, order: Order) -> Result<Order> {
         let customer_id = account.customer_id.clone();
         // In the checkout's span: the push is part of the checkout's trace.
         tokio::spawn(kapal::telemetry::in_current_span(async move {
-            instances::push_to_provisioner(&ctx, &instance, &customer_id).await;
+            lifecycle::push_to_provisioner(&ctx, &instance, &customer_id).await;
         }));
     }
     Ok(load_order(ctx, &order.account_id, &order.id)
@@ -200,13 +193,7 @@ async fn create_instance(
     subscription_id: &str,
 ) -> Result<(Instance, bool)> {
     let now = ctx.now();
-    let mut conn = ctx.db.get().await?;
-    let existing: Vec<String> = kapal::db!(&mut conn, |c| instances_t::table
-        .filter(instances_t::account_id.eq(&account.id))
-        .filter(instances_t::app_id.eq(&order.app_id))
-        .select(instances_t::hostname)
-        .load(c)
-        .await)?;
+    let existing = store::orders::instance_hostnames(&ctx.db, &account.id, &order.app_id).await?;
     let label = (1..)
         .map(|n| {
             if n == 1 {
@@ -239,52 +226,12 @@ async fn create_instance(
         entitlement_at: None,
         data_deleted_after: None,
     };
-    let result: Result<(Instance, bool), DbError> = kapal::db!(&mut conn, |c| c
-        .transaction(async |c| {
-            let instance = match instances_t::table
-                .find(&fresh.id)
-                .select(Instance::as_select())
-                .first(c)
-                .await
-                .optional()?
-            {
-                Some(instance) => instance,
-                None => {
-                    diesel::insert_into(instances_t::table)
-                        .values(&fresh)
-                        .execute(c)
-                        .await?;
-                    fresh.clone()
-                }
-            };
-            let completed = diesel::update(
-                orders::table
-                    .find(&order.id)
-                    .filter(orders::status.eq(order_status::PENDING)),
-            )
-            .set((
-                orders::status.eq(order_status::COMPLETED),
-                orders::subscription_id.eq(subscription_id),
-                orders::updated_at.eq(now),
-            ))
-            .execute(c)
-            .await?;
-            Ok((instance, completed == 1))
-        })
-        .await);
-    Ok(result?)
+    Ok(store::orders::complete(&ctx.db, &order.id, &fresh, subscription_id, now).await?)
 }
 
 /// The order the caller placed with this idempotency key, if any.
 async fn find_by_key(ctx: &Ctx, account_id: &str, key: &str) -> Result<Option<Order>> {
-    let mut conn = ctx.db.get().await?;
-    Ok(kapal::db!(&mut conn, |c| orders::table
-        .filter(orders::account_id.eq(account_id))
-        .filter(orders::idempotency_key.eq(key))
-        .select(Order::as_select())
-        .first(c)
-        .await
-        .optional())?)
+    store::orders::by_key(&ctx.db, account_id, key).await
 }
 
 /// An existing order for a retried key: the same app and plan, or FAILED_PRECONDITION.
@@ -296,89 +243,6 @@ fn same_order(existing: Order, new: &Order) -> Result<Order> {
         )));
     }
     Ok(existing)
-}
-
-/// What placing a new order did.
-enum Placed {
-    Inserted,
-    /// Another request placed an order with the same key first.
-    Existing(Box<Order>),
-    /// No room in the cluster; nothing was written.
-    Refused(String),
-    /// The account has had this app's free trial (one per account and app).
-    TrialUsed,
-    /// The account holds as many live instances (and pending orders) as it may.
-    TooMany(i64),
-}
-
-/// What one account may order, checked with the capacity in the same transaction.
-struct AccountLimits {
-    /// The app's trial plans when the plan ordered is one (else empty: no trial check).
-    trial_plans: Vec<String>,
-    /// Live (not deleted) instances plus pending orders one account may hold.
-    max_live: i64,
-}
-
-/// The PostgreSQL advisory lock that serializes checkouts' capacity check and insert (and the
-/// same check when a stopped instance is started).
-pub(crate) const CHECKOUT_LOCK_KEY: i64 = 0x006b_6170_616c_636b; // "kapalck"
-
-/// The capacity check and the insert of the order, in one transaction. `$snapshot` is the
-/// provisioner's capacity (`None`: unknown, accept); `$c` the backend connection.
-macro_rules! check_and_insert {
-    ($c:ident, $new:expr, $snapshot:expr, $catalog:expr, $plan:expr, $ceiling:expr, $limits:expr) => {{
-        if let Some(existing) = orders::table
-            .filter(orders::account_id.eq(&$new.account_id))
-            .filter(orders::idempotency_key.eq(&$new.idempotency_key))
-            .select(Order::as_select())
-            .first($c)
-            .await
-            .optional()?
-        {
-            return Ok(Placed::Existing(Box::new(existing)));
-        }
-        let limits: &AccountLimits = $limits;
-        if !limits.trial_plans.is_empty() {
-            let trials: i64 = orders::table
-                .filter(orders::account_id.eq(&$new.account_id))
-                .filter(orders::app_id.eq(&$new.app_id))
-                .filter(orders::plan_id.eq_any(&limits.trial_plans))
-                .filter(orders::status.ne(order_status::FAILED))
-                .count()
-                .get_result($c)
-                .await?;
-            if trials > 0 {
-                return Ok(Placed::TrialUsed);
-            }
-        }
-        let live: i64 = instances_t::table
-            .filter(instances_t::account_id.eq(&$new.account_id))
-            .filter(instances_t::desired_state.ne(instance_state::DELETED))
-            .count()
-            .get_result($c)
-            .await?;
-        let pending: i64 = orders::table
-            .filter(orders::account_id.eq(&$new.account_id))
-            .filter(orders::status.eq(order_status::PENDING))
-            .count()
-            .get_result($c)
-            .await?;
-        if live + pending >= limits.max_live {
-            return Ok(Placed::TooMany(live + pending));
-        }
-        if let Some(cap) = $snapshot {
-            let rows = capacity::commitment_rows!($c);
-            let kapal = capacity::kapal_commitments($catalog, &rows);
-            if let Err(message) = capacity::check(cap, kapal, $plan, $ceiling) {
-                return Ok(Placed::Refused(message));
-            }
-        }
-        diesel::insert_into(orders::table)
-            .values($new)
-            .execute($c)
-            .await?;
-        Ok(Placed::Inserted)
-    }};
 }
 
 /// Places a new order if the cluster has room for its plan under the ceiling. The check counts
@@ -415,25 +279,17 @@ async fn place(
     let snapshot = observed.capacity.as_deref();
     let catalog = &*ctx.catalog;
     let ceiling = ctx.ceiling_percent;
-    let mut conn = ctx.db.get().await?;
-    let placed: Result<Placed, DbError> = match &mut conn {
-        DbConn::Postgres(c) => {
-            c.transaction(async |c| {
-                diesel::sql_query(format!("SELECT pg_advisory_xact_lock({CHECKOUT_LOCK_KEY})"))
-                    .execute(c)
-                    .await?;
-                check_and_insert!(c, new, snapshot, catalog, plan, ceiling, limits)
-            })
-            .await
-        }
-        DbConn::Sqlite(c) => {
-            c.transaction(async |c| {
-                check_and_insert!(c, new, snapshot, catalog, plan, ceiling, limits)
-            })
-            .await
-        }
+    let check = |rows: &[(String, String, i64)]| match snapshot {
+        Some(cap) => capacity::check(
+            cap,
+            capacity::kapal_commitments(catalog, rows),
+            plan,
+            ceiling,
+        ),
+        None => Ok(()),
     };
-    drop(conn);
+    let check: Option<&store::Check<'_>> = snapshot.map(|_| &check as &store::Check<'_>);
+    let placed = store::orders::place(&ctx.db, new, limits, check).await;
     match placed {
         Ok(p) => Ok(p),
         Err(e) if e.is_unique_violation() => {
@@ -500,7 +356,7 @@ impl OrderService for Orders {
         let order = match find_by_key(ctx, &account_id, &req.idempotency_key).await? {
             Some(existing) => same_order(existing, &new)?,
             None => {
-                crate::accounts::ensure_may_check_out(ctx, &account_id).await?;
+                ensure_may_check_out(ctx, &account_id).await?;
                 match place(ctx, &new, app, plan).await? {
                     Placed::Inserted => {
                         tracing::info!(order_id = %new.id, app = %new.app_id, plan = %new.plan_id, "order accepted");
@@ -565,26 +421,14 @@ impl OrderService for Orders {
         let p = auth::customer(&req)?;
         let limit = kapal::wire::page_size(req.get_ref().page_size);
         let cursor = paging::parse(&req.get_ref().page_token)?;
-        let mut conn = self.0.db.read().await.map_err(Error::from)?;
         // Keyset pages on the (account_id, created_at, id) index.
-        let rows: Vec<Order> = kapal::db!(&mut conn, |c| {
-            let mut q = orders::table
-                .filter(orders::account_id.eq(p.account_id.to_string()))
-                .order((orders::created_at.desc(), orders::id.desc()))
-                .limit(limit + 1)
-                .select(Order::as_select())
-                .into_boxed();
-            if let Some(cur) = &cursor {
-                q = q.filter(
-                    orders::created_at.lt(cur.at).or(orders::created_at
-                        .eq(cur.at)
-                        .and(orders::id.lt(cur.id.clone()))),
-                );
-            }
-            q.load(c).await
-        })
-        .map_err(Error::from)?;
-        drop(conn);
+        let rows = store::orders::list_owned(
+            &self.0.db,
+            &p.account_id.to_string(),
+            cursor.as_ref(),
+            limit + 1,
+        )
+        .await?;
         let (page, next) = paging::split(rows, limit, |o| (o.created_at, o.id.as_str()));
         Ok(Response::new(ListOrdersResponse {
             orders: page.iter().map(order_to_wire).collect(),
@@ -613,18 +457,7 @@ pub(crate) async fn recover_pending(
             _ = stop.changed() => return,
         }
         let cutoff = ctx.now() - chrono::Duration::seconds(5);
-        let pending = async {
-            let mut conn = ctx.db.get().await?;
-            Ok::<_, Error>(kapal::db!(&mut conn, |c| orders::table
-                .filter(orders::status.eq(order_status::PENDING))
-                .filter(orders::updated_at.lt(cutoff))
-                .order(orders::created_at.asc())
-                .limit(100)
-                .select(Order::as_select())
-                .load(c)
-                .await)?)
-        }
-        .await;
+        let pending = store::orders::pending_before(&ctx.db, cutoff, 100).await;
         match pending {
             Ok(orders) => {
                 // Several at once, each with a timeout: a stuck order (a peer that never

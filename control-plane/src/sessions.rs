@@ -1,5 +1,6 @@
 //! Sessions and API tokens as their owner manages them (issue 14, item 5): ChangePassword,
-//! ListSessions, RevokeSession, and the rules CreateApiToken follows for scopes and lifetimes.
+//! ListSessions, RevokeSession, the rules CreateApiToken follows for scopes and lifetimes, and
+//! [`authenticate`] (a bearer token to its principal, for IdentityService).
 //!
 //! The rules, as `kapal.v1.AccountService` documents them:
 //! - an API token has a scope, `full` or `read_only`; the gateway refuses a read-only caller
@@ -14,9 +15,7 @@
 //! ChangePassword or RevokeSession, so on that gateway an ended session fails at once; other
 //! gateway replicas notice within their identity cache time.
 
-use diesel::prelude::*;
-use diesel_async::RunQueryDsl;
-use kapal::auth::Principal;
+use kapal::auth::{self, Principal};
 use kapal::paging;
 use kapal::proto::v1::{
     self as pb, ApiTokenScope, ChangePasswordRequest, ChangePasswordResponse, ListSessionsRequest,
@@ -28,8 +27,8 @@ use tonic::metadata::MetadataMap;
 use crate::Ctx;
 use crate::accounts;
 use crate::error::{Error, Result};
-use crate::models::{Account, Token, token_kind, token_scope};
-use crate::schema::{accounts as accounts_table, tokens};
+use crate::models::{Token, token_kind, token_scope};
+use crate::store;
 
 /// The longest life an API token may be given.
 pub(crate) const MAX_API_TOKEN_DAYS: u32 = 365;
@@ -139,15 +138,9 @@ pub(crate) fn api_token_lifetime(
 
 /// The token that made the call (session or API token) of the caller's account.
 pub(crate) async fn caller_token(ctx: &Ctx, p: &Principal) -> Result<Token> {
-    let mut conn = ctx.db.read().await?;
-    kapal::db!(&mut conn, |c| tokens::table
-        .find(p.token_id.to_string())
-        .filter(tokens::account_id.eq(p.account_id.to_string()))
-        .select(Token::as_select())
-        .first(c)
-        .await
-        .optional())?
-    .ok_or_else(|| Error::Unauthenticated("the token of this call no longer exists".into()))
+    store::tokens::owned(&ctx.db, &p.account_id.to_string(), &p.token_id.to_string())
+        .await?
+        .ok_or_else(|| Error::Unauthenticated("the token of this call no longer exists".into()))
 }
 
 /// Records that `token` authenticated a call now, unless it was recorded less than
@@ -161,16 +154,7 @@ pub(crate) fn touch(ctx: &Ctx, token: &Token, now: chrono::NaiveDateTime) {
     }
     let (ctx, id) = (ctx.clone(), token.id.clone());
     tokio::spawn(async move {
-        let written: Result<usize> = async {
-            let mut conn = ctx.db.get().await?;
-            Ok(kapal::db!(&mut conn, |c| diesel::update(
-                tokens::table.find(&id)
-            )
-            .set(tokens::last_used_at.eq(now))
-            .execute(c)
-            .await)?)
-        }
-        .await;
+        let written = store::tokens::set_last_used(&ctx.db, &id, now).await;
         if let Err(e) = written {
             tracing::warn!(token_id = %id, error = %e, "recording when a token was last used");
         }
@@ -197,18 +181,11 @@ pub(crate) async fn change_password(
     req: ChangePasswordRequest,
 ) -> Result<ChangePasswordResponse> {
     let account_id = p.account_id.to_string();
-    let account = {
-        let mut conn = ctx.db.read().await?;
-        kapal::db!(&mut conn, |c| accounts_table::table
-            .find(&account_id)
-            .select(Account::as_select())
-            .first(c)
-            .await
-            .optional())?
+    let account = store::accounts::get_read(&ctx.db, &account_id)
+        .await?
         .ok_or_else(|| {
             Error::Unauthenticated("the account of this token no longer exists".into())
-        })?
-    };
+        })?;
     if req.current_password.is_empty() {
         return Err(Error::invalid(
             "current_password is required: the password you log in with now",
@@ -229,24 +206,15 @@ pub(crate) async fn change_password(
     let hash = accounts::hash_password(req.new_password).await?;
     let now = ctx.now();
     let current = p.token_id.to_string();
-    let mut conn = ctx.db.get().await?;
-    kapal::db!(&mut conn, |c| diesel::update(
-        accounts_table::table.find(&account_id)
-    )
-    .set(accounts_table::password_hash.eq(&hash))
-    .execute(c)
-    .await)?;
     // Whoever else holds a session (perhaps the one who learned the old password) is out.
-    let ended = kapal::db!(&mut conn, |c| diesel::update(
-        tokens::table
-            .filter(tokens::account_id.eq(&account_id))
-            .filter(tokens::kind.eq(token_kind::SESSION))
-            .filter(tokens::revoked_at.is_null())
-            .filter(tokens::id.ne(&current))
+    let ended = store::tokens::set_password_ending_sessions(
+        &ctx.db,
+        &account_id,
+        &hash,
+        Some(&current),
+        now,
     )
-    .set(tokens::revoked_at.eq(now))
-    .execute(c)
-    .await)?;
+    .await?;
     tracing::info!(account_id = %account_id, sessions_ended = ended, "password changed; other sessions ended");
     Ok(ChangePasswordResponse {
         sessions_ended: u32::try_from(ended).unwrap_or(u32::MAX),
@@ -263,27 +231,15 @@ pub(crate) async fn list_sessions(
     let cursor = paging::parse(&req.page_token)?;
     let now = ctx.now();
     let account_id = p.account_id.to_string();
-    let mut conn = ctx.db.read().await?;
-    let rows: Vec<Token> = kapal::db!(&mut conn, |c| {
-        let mut q = tokens::table
-            .filter(tokens::account_id.eq(&account_id))
-            .filter(tokens::kind.eq(token_kind::SESSION))
-            .filter(tokens::revoked_at.is_null())
-            .filter(tokens::expires_at.gt(now))
-            .order((tokens::created_at.desc(), tokens::id.desc()))
-            .limit(limit + 1)
-            .select(Token::as_select())
-            .into_boxed();
-        if let Some(cur) = &cursor {
-            q = q.filter(
-                tokens::created_at.lt(cur.at).or(tokens::created_at
-                    .eq(cur.at)
-                    .and(tokens::id.lt(cur.id.clone()))),
-            );
-        }
-        q.load(c).await
-    })?;
-    drop(conn);
+    let rows = store::tokens::page(
+        &ctx.db,
+        &account_id,
+        token_kind::SESSION,
+        Some(now),
+        cursor.as_ref(),
+        limit + 1,
+    )
+    .await?;
     let (page, next) = paging::split(rows, limit, |t| (t.created_at, t.id.as_str()));
     let current = p.token_id.to_string();
     Ok(ListSessionsResponse {
@@ -301,24 +257,14 @@ pub(crate) async fn revoke_session(
     let id = kapal::wire::uuid("id", &req.id)?.to_string();
     let account_id = p.account_id.to_string();
     let now = ctx.now();
-    let mine = || {
-        tokens::table
-            .filter(tokens::id.eq(id.clone()))
-            .filter(tokens::account_id.eq(account_id.clone()))
-            .filter(tokens::kind.eq(token_kind::SESSION))
-    };
-    let mut conn = ctx.db.get().await?;
-    kapal::db!(&mut conn, |c| diesel::update(
-        mine().filter(tokens::revoked_at.is_null())
+    let session = store::tokens::revoke_of_kind(
+        &ctx.db,
+        &account_id,
+        &id,
+        token_kind::SESSION,
+        now,
     )
-    .set(tokens::revoked_at.eq(now))
-    .execute(c)
-    .await)?;
-    let session = kapal::db!(&mut conn, |c| mine()
-        .select(Token::as_select())
-        .first(c)
-        .await
-        .optional())?
+    .await?
     .ok_or_else(|| {
         Error::not_found(format!(
             "no session {id} on your account; list yours with ListSessions (kapal sessions list)"
@@ -326,6 +272,44 @@ pub(crate) async fn revoke_session(
     })?;
     tracing::info!(account_id = %account_id, session_id = %id, "session revoked");
     Ok(session_to_wire(&session, &p.token_id.to_string()))
+}
+
+/// The principal of a bearer token, if it is valid now.
+pub(crate) async fn authenticate(
+    ctx: &Ctx,
+    secret: &str,
+) -> Result<(Principal, chrono::NaiveDateTime, pb::ApiTokenScope)> {
+    let invalid =
+        || Error::Unauthenticated("the token is invalid, expired or revoked; log in again".into());
+    if secret.is_empty() || secret.len() > 200 {
+        return Err(invalid());
+    }
+    let hash = accounts::token_hash(secret);
+    let now = ctx.now();
+    let row = store::tokens::valid_with_account(&ctx.db, &hash, now).await?;
+    let (token, account) = row.ok_or_else(invalid)?;
+    touch(ctx, &token, now);
+    let scope = match token.kind.as_str() {
+        token_kind::API => token_scope::to_wire(&token.scope),
+        _ => pb::ApiTokenScope::Full,
+    };
+    let role = match account.role.as_str() {
+        "admin" => auth::Role::Admin,
+        _ => auth::Role::Customer,
+    };
+    let parse = |s: &str| {
+        uuid::Uuid::parse_str(s).map_err(|e| Error::Internal(format!("stored id {s:?}: {e}")))
+    };
+    Ok((
+        Principal {
+            account_id: parse(&account.id)?,
+            customer_id: account.customer_id,
+            role,
+            token_id: parse(&token.id)?,
+        },
+        token.expires_at,
+        scope,
+    ))
 }
 
 #[cfg(test)]

@@ -4,44 +4,16 @@
 //! identity cache). The instances the suspension stopped are listed so that lifting it starts
 //! exactly those again.
 
-use diesel::prelude::*;
-use diesel_async::RunQueryDsl;
 use tonic::Status;
 
-use crate::Ctx;
 use crate::error::Result;
-use crate::schema::account_suspensions;
+use crate::{Ctx, store};
 
-#[derive(Clone, Debug, Queryable, Selectable, Insertable)]
-#[diesel(table_name = account_suspensions)]
-pub(crate) struct Suspension {
-    pub account_id: String,
-    pub reason: String,
-    pub actor_account_id: String,
-    pub suspended_at: chrono::NaiveDateTime,
-    /// The instances the suspension stopped, comma-separated.
-    pub instance_ids: String,
-}
-
-impl Suspension {
-    pub(crate) fn instances(&self) -> Vec<String> {
-        self.instance_ids
-            .split(',')
-            .filter(|s| !s.is_empty())
-            .map(str::to_string)
-            .collect()
-    }
-}
+pub(crate) use crate::store::account_suspensions::Suspension;
 
 /// The suspension of `account_id`, if it is suspended.
 pub(crate) async fn of(ctx: &Ctx, account_id: &str) -> Result<Option<Suspension>> {
-    let mut conn = ctx.db.read().await?;
-    Ok(kapal::db!(&mut conn, |c| account_suspensions::table
-        .find(account_id)
-        .select(Suspension::as_select())
-        .first(c)
-        .await
-        .optional())?)
+    store::account_suspensions::get(&ctx.db, account_id).await
 }
 
 /// What a suspended account's calls are answered.
@@ -54,36 +26,16 @@ pub(crate) fn refusal(s: &Suspension) -> Status {
 }
 
 pub(crate) async fn insert(ctx: &Ctx, s: &Suspension) -> Result<()> {
-    let mut conn = ctx.db.get().await?;
-    kapal::db!(&mut conn, |c| diesel::insert_into(
-        account_suspensions::table
-    )
-    .values(s)
-    .execute(c)
-    .await)?;
-    Ok(())
+    store::account_suspensions::insert(&ctx.db, s).await
 }
 
 pub(crate) async fn set_instances(ctx: &Ctx, account_id: &str, ids: &[String]) -> Result<()> {
-    let mut conn = ctx.db.get().await?;
-    kapal::db!(&mut conn, |c| diesel::update(
-        account_suspensions::table.find(account_id)
-    )
-    .set(account_suspensions::instance_ids.eq(ids.join(",")))
-    .execute(c)
-    .await)?;
-    Ok(())
+    store::account_suspensions::set_instances(&ctx.db, account_id, ids).await
 }
 
 /// Lifts the suspension; `false` when there was none (e.g. lifted meanwhile).
 pub(crate) async fn remove(ctx: &Ctx, account_id: &str) -> Result<bool> {
-    let mut conn = ctx.db.get().await?;
-    let n = kapal::db!(&mut conn, |c| diesel::delete(
-        account_suspensions::table.find(account_id)
-    )
-    .execute(c)
-    .await)?;
-    Ok(n > 0)
+    store::account_suspensions::remove(&ctx.db, account_id).await
 }
 
 #[cfg(test)]

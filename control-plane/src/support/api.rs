@@ -2,8 +2,6 @@
 //! and `kapal.v1.SupportAdminService` (role ADMIN: the queue, answers, the report).
 
 use chrono::NaiveDateTime;
-use diesel::prelude::*;
-use diesel_async::RunQueryDsl;
 use kapal::auth;
 use kapal::paging;
 use kapal::proto::v1::support_admin_service_server::SupportAdminService;
@@ -23,7 +21,6 @@ use super::store::{self, Change, Message, Owner, Ticket};
 use super::{author, severity, status};
 use crate::Ctx;
 use crate::error::{Error, Result};
-use crate::schema::instances;
 
 pub struct Support(pub Ctx);
 pub struct SupportAdmin(pub Ctx);
@@ -170,15 +167,7 @@ impl SupportService for Support {
             "" => None,
             id => {
                 let id = kapal::wire::uuid("instance_id", id)?.to_string();
-                let mut conn = ctx.db.read().await.map_err(Error::from)?;
-                let owned: Option<String> = kapal::db!(&mut conn, |c| instances::table
-                    .filter(instances::id.eq(&id))
-                    .filter(instances::account_id.eq(&account_id))
-                    .select(instances::id)
-                    .first(c)
-                    .await
-                    .optional())
-                .map_err(Error::from)?;
+                let owned = crate::store::instances::owned_id(&ctx.db, &account_id, &id).await?;
                 Some(owned.ok_or_else(|| Error::not_found(format!("no instance {id}")))?)
             }
         };
