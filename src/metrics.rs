@@ -186,14 +186,22 @@ pub async fn serve(
 /// `grpc_code`) and `grpc_server_handling_seconds`, labelled `grpc_service`, `grpc_method`,
 /// `grpc_type` and `kapal_service` (which of Kapal's services answered: `kapal server` runs
 /// them all in one process, and a public call is counted by the gateway and by the service).
+///
+/// The handles of a method's metrics are made once, at its first call, and kept (per layer,
+/// for the methods Kapal serves): a call costs a lookup by its path, two counter increments
+/// and a histogram sample, no labels built. Nothing at all while no recorder is installed.
 #[derive(Clone, Debug)]
 pub struct GrpcMetricsLayer {
     component: &'static str,
+    methods: Arc<MethodCache>,
 }
 
 impl GrpcMetricsLayer {
     pub fn new(component: &'static str) -> GrpcMetricsLayer {
-        GrpcMetricsLayer { component }
+        GrpcMetricsLayer {
+            component,
+            methods: Arc::default(),
+        }
     }
 }
 
@@ -203,6 +211,7 @@ impl<S> tower::Layer<S> for GrpcMetricsLayer {
         GrpcMetrics {
             inner,
             component: self.component,
+            methods: self.methods.clone(),
         }
     }
 }
@@ -211,6 +220,7 @@ impl<S> tower::Layer<S> for GrpcMetricsLayer {
 pub struct GrpcMetrics<S> {
     inner: S,
     component: &'static str,
+    methods: Arc<MethodCache>,
 }
 
 /// `routes` with [`GrpcMetricsLayer`] and the trace spans ([`crate::telemetry::TraceLayer`])
@@ -234,6 +244,11 @@ pub fn instrument(
 /// Kapal serves (its own, health, reflection). An unknown method (refused by the gateway) is
 /// `unary`.
 pub fn grpc_type(service: &str, method: &str) -> &'static str {
+    known_type(&format!("{service}/{method}")).unwrap_or("unary")
+}
+
+/// The kind of the method at `path` (`package.Service/Method`), if Kapal serves it.
+fn known_type(path: &str) -> Option<&'static str> {
     static TYPES: OnceLock<std::collections::HashMap<String, &'static str>> = OnceLock::new();
     let types = TYPES.get_or_init(|| {
         use prost::Message as _;
@@ -268,81 +283,157 @@ pub fn grpc_type(service: &str, method: &str) -> &'static str {
         }
         types
     });
-    types
-        .get(&format!("{service}/{method}"))
-        .copied()
-        .unwrap_or("unary")
+    types.get(path).copied()
 }
 
-/// What one call is labelled with.
-#[derive(Clone, Debug)]
+/// The `grpc_code` names, by `grpc-status` value.
+const CODE_NAMES: [&str; 17] = [
+    "OK",
+    "Canceled",
+    "Unknown",
+    "InvalidArgument",
+    "DeadlineExceeded",
+    "NotFound",
+    "AlreadyExists",
+    "PermissionDenied",
+    "ResourceExhausted",
+    "FailedPrecondition",
+    "Aborted",
+    "OutOfRange",
+    "Unimplemented",
+    "Internal",
+    "Unavailable",
+    "DataLoss",
+    "Unauthenticated",
+];
+const CANCELED: usize = 1;
+const UNKNOWN: usize = 2;
+const INTERNAL: usize = 13;
+const UNAVAILABLE: usize = 14;
+
+/// The metric handles of one method at one service.
+struct MethodMetrics {
+    labels: [metrics::Label; 4],
+    started: metrics::Counter,
+    handling: metrics::Histogram,
+    /// `grpc_server_handled_total` by code, each made at its first use.
+    handled: [OnceLock<metrics::Counter>; 17],
+}
+
+impl MethodMetrics {
+    fn new(component: &'static str, path: &str, kind: &'static str) -> MethodMetrics {
+        let (service, method) = path.split_once('/').unwrap_or((path, ""));
+        let labels = [
+            metrics::Label::new("grpc_service", service.to_string()),
+            metrics::Label::new("grpc_method", method.to_string()),
+            metrics::Label::new("grpc_type", kind),
+            metrics::Label::new("kapal_service", component),
+        ];
+        MethodMetrics {
+            started: metrics::counter!("grpc_server_started_total", labels.to_vec()),
+            handling: metrics::histogram!("grpc_server_handling_seconds", labels.to_vec()),
+            handled: Default::default(),
+            labels,
+        }
+    }
+
+    fn handled(&self, code: usize) -> &metrics::Counter {
+        let code = code.min(CODE_NAMES.len() - 1);
+        self.handled[code].get_or_init(|| {
+            let mut labels = self.labels.to_vec();
+            labels.push(metrics::Label::new("grpc_code", CODE_NAMES[code]));
+            metrics::counter!("grpc_server_handled_total", labels)
+        })
+    }
+}
+
+/// The handles of every method a layer has seen (only methods Kapal serves: the gateway
+/// also counts made-up paths it refuses, and those are not kept).
+#[derive(Default)]
+struct MethodCache(std::sync::RwLock<std::collections::HashMap<Box<str>, Arc<MethodMetrics>>>);
+
+impl std::fmt::Debug for MethodCache {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("MethodCache")
+    }
+}
+
+impl MethodCache {
+    fn get(&self, component: &'static str, path: &str) -> Arc<MethodMetrics> {
+        if let Ok(methods) = self.0.read()
+            && let Some(m) = methods.get(path)
+        {
+            return m.clone();
+        }
+        match known_type(path) {
+            Some(kind) => {
+                let m = Arc::new(MethodMetrics::new(component, path, kind));
+                if let Ok(mut methods) = self.0.write() {
+                    methods.insert(path.into(), m.clone());
+                }
+                m
+            }
+            None => Arc::new(MethodMetrics::new(component, path, "unary")),
+        }
+    }
+}
+
+/// One call being counted.
 struct Call {
-    labels: [(&'static str, String); 4],
+    metrics: Arc<MethodMetrics>,
     start: Instant,
 }
 
 impl Call {
-    fn of<B>(req: &http::Request<B>, component: &'static str) -> Option<Call> {
+    fn of<B>(
+        req: &http::Request<B>,
+        component: &'static str,
+        methods: &MethodCache,
+    ) -> Option<Call> {
+        // No recorder: nothing would be recorded (and handles made now would stay no-ops).
+        HANDLE.get()?;
         let is_grpc = req
             .headers()
             .get(http::header::CONTENT_TYPE)
-            .and_then(|v| v.to_str().ok())
-            .is_some_and(|v| v.starts_with("application/grpc"));
+            .is_some_and(|v| v.as_bytes().starts_with(b"application/grpc"));
         if !is_grpc {
             return None;
         }
-        let (service, method) = req.uri().path().trim_start_matches('/').split_once('/')?;
-        let call = Call {
-            labels: [
-                ("grpc_service", service.to_string()),
-                ("grpc_method", method.to_string()),
-                ("grpc_type", grpc_type(service, method).to_string()),
-                ("kapal_service", component.to_string()),
-            ],
+        let path = req.uri().path().trim_start_matches('/');
+        path.split_once('/')?;
+        let metrics = methods.get(component, path);
+        metrics.started.increment(1);
+        Some(Call {
+            metrics,
             start: Instant::now(),
-        };
-        metrics::counter!("grpc_server_started_total", &call.labels).increment(1);
-        Some(call)
+        })
     }
 
-    fn done(self, code: &str) {
+    fn done(self, code: usize) {
         let elapsed = self.start.elapsed().as_secs_f64();
-        let [a, b, c, d] = self.labels;
-        let labels = [a, b, c, d, ("grpc_code", code.to_string())];
-        metrics::counter!("grpc_server_handled_total", &labels).increment(1);
-        metrics::histogram!("grpc_server_handling_seconds", &labels[..4]).record(elapsed);
+        self.metrics.handled(code).increment(1);
+        self.metrics.handling.record(elapsed);
     }
 }
 
 /// The name Prometheus' gRPC metrics give a `grpc-status` value.
 pub fn code_name(status: &str) -> &'static str {
-    match status.trim() {
-        "0" => "OK",
-        "1" => "Canceled",
-        "2" => "Unknown",
-        "3" => "InvalidArgument",
-        "4" => "DeadlineExceeded",
-        "5" => "NotFound",
-        "6" => "AlreadyExists",
-        "7" => "PermissionDenied",
-        "8" => "ResourceExhausted",
-        "9" => "FailedPrecondition",
-        "10" => "Aborted",
-        "11" => "OutOfRange",
-        "12" => "Unimplemented",
-        "13" => "Internal",
-        "14" => "Unavailable",
-        "15" => "DataLoss",
-        "16" => "Unauthenticated",
-        _ => "Unknown",
+    CODE_NAMES[code_index(status)]
+}
+
+/// The `grpc-status` value `status` (`Unknown` if it is none).
+fn code_index(status: &str) -> usize {
+    match status.trim().parse::<usize>() {
+        Ok(i) if i < CODE_NAMES.len() => i,
+        _ => UNKNOWN,
     }
 }
 
-fn status_of(headers: &http::HeaderMap) -> Option<&'static str> {
+fn status_of(headers: &http::HeaderMap) -> Option<usize> {
     headers
         .get("grpc-status")
         .and_then(|v| v.to_str().ok())
-        .map(code_name)
+        .map(code_index)
 }
 
 impl<S, ReqBody, ResBody> tower::Service<http::Request<ReqBody>> for GrpcMetrics<S>
@@ -361,7 +452,7 @@ where
     }
 
     fn call(&mut self, req: http::Request<ReqBody>) -> Self::Future {
-        let call = Call::of(&req, self.component);
+        let call = Call::of(&req, self.component, &self.methods);
         let fut = self.inner.call(req);
         Box::pin(async move {
             match fut.await {
@@ -388,7 +479,7 @@ where
                 }
                 Err(e) => {
                     if let Some(call) = call {
-                        call.done("Unavailable");
+                        call.done(UNAVAILABLE);
                     }
                     Err(e)
                 }
@@ -407,7 +498,7 @@ pub struct MeteredBody<B> {
 impl<B> Drop for MeteredBody<B> {
     fn drop(&mut self) {
         if let Some(call) = self.call.take() {
-            call.done("Canceled");
+            call.done(CANCELED);
         }
     }
 }
@@ -427,18 +518,18 @@ impl<B: Body + Unpin> Body for MeteredBody<B> {
                 if let Some(trailers) = frame.trailers_ref()
                     && let Some(call) = this.call.take()
                 {
-                    call.done(status_of(trailers).unwrap_or("Unknown"));
+                    call.done(status_of(trailers).unwrap_or(UNKNOWN));
                 }
             }
             Poll::Ready(Some(Err(_))) => {
                 if let Some(call) = this.call.take() {
-                    call.done("Internal");
+                    call.done(INTERNAL);
                 }
             }
             Poll::Ready(None) => {
                 if let Some(call) = this.call.take() {
                     // a body that ended without trailers: a gRPC answer without a status
-                    call.done("Unknown");
+                    call.done(UNKNOWN);
                 }
             }
             Poll::Pending => {}

@@ -70,7 +70,8 @@ struct Cli {
     json: Option<PathBuf>,
     /// `on`: `kapal server` runs with Prometheus metrics (--metrics-listen, scraped every
     /// 15 s as Prometheus would) and trace export (--otlp-endpoint, to an OTLP receiver in this
-    /// process), to measure what they cost; `off` (default): neither.
+    /// process, with the server's default sampler unless OTEL_TRACES_SAMPLER is set), to
+    /// measure what they cost; `metrics` or `traces`: one of them; `off` (default): neither.
     #[arg(long, value_enum, default_value = "off")]
     observability: Observability,
     /// The `kapal` binary (default: next to this one, i.e. target/release/kapal).
@@ -111,7 +112,18 @@ enum Scenario {
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
 enum Observability {
     Off,
+    Metrics,
+    Traces,
     On,
+}
+
+impl Observability {
+    fn metrics(self) -> bool {
+        matches!(self, Observability::Metrics | Observability::On)
+    }
+    fn traces(self) -> bool {
+        matches!(self, Observability::Traces | Observability::On)
+    }
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
@@ -178,6 +190,17 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             format!("{:?}", cli.observability).to_lowercase(),
         ),
         (
+            "otel_traces_sampler",
+            match (
+                std::env::var("OTEL_TRACES_SAMPLER"),
+                std::env::var("OTEL_TRACES_SAMPLER_ARG"),
+            ) {
+                (Ok(s), Ok(a)) => format!("{s} {a}"),
+                (Ok(s), Err(_)) => s,
+                _ => "(unset: the server's default)".into(),
+            },
+        ),
+        (
             "rust_log",
             std::env::var("RUST_LOG").unwrap_or_else(|_| "(unset: info)".into()),
         ),
@@ -201,27 +224,26 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
     if needs_server {
         kapal::serve::install_crypto_provider();
         let cluster = kapal_tests::cluster::cluster().await?;
-        // The OTLP receiver spans are exported to (observability on), in this process.
-        let receiver = match cli.observability {
-            Observability::On => Some(kapal_tests::otlp::Receiver::start().await?),
-            Observability::Off => None,
+        // The OTLP receiver spans are exported to (traces or on), in this process.
+        let receiver = if cli.observability.traces() {
+            Some(kapal_tests::otlp::Receiver::start().await?)
+        } else {
+            None
         };
         for backend in backends {
             let b = backend_name(backend);
             eprintln!("== starting kapal server [{b}]");
-            let observability = match &receiver {
-                Some(r) => Some(server::Observability {
-                    metrics_listen: server::free_addr().await?,
-                    otlp_endpoint: r.endpoint.clone(),
-                }),
-                None => None,
+            let observability = server::Observability {
+                metrics_listen: if cli.observability.metrics() {
+                    Some(server::free_addr().await?)
+                } else {
+                    None
+                },
+                otlp_endpoint: receiver.as_ref().map(|r| r.endpoint.clone()),
             };
-            let scraper = observability.as_ref().map(|o| {
-                tokio::spawn(server::scrape_every(
-                    o.metrics_listen,
-                    Duration::from_secs(15),
-                ))
-            });
+            let scraper = observability
+                .metrics_listen
+                .map(|addr| tokio::spawn(server::scrape_every(addr, Duration::from_secs(15))));
             let mut server = KapalServer::start(
                 &settings.kapal_bin,
                 backend,
@@ -261,7 +283,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             if let Some(r) = &receiver {
                 eprintln!(
                     "[{b}] OTLP receiver: {} spans in {} exports",
-                    r.spans().len(),
+                    r.span_count(),
                     r.requests()
                 );
             }

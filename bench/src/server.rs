@@ -63,16 +63,16 @@ pub struct KapalServer {
     bin: PathBuf,
     kubeconfig: PathBuf,
     secret: String,
-    /// Metrics and trace export on (`--observability on`).
-    observability: Option<Observability>,
+    /// Metrics and trace export (`--observability`).
+    observability: Observability,
 }
 
-/// What `kapal server` is run with when observability is on: `--metrics-listen` (its own
-/// loopback port) and `--otlp-endpoint` (the benchmark's OTLP receiver).
-#[derive(Clone, Debug)]
+/// What `kapal server` is run with for `--observability`: `--metrics-listen` (its own
+/// loopback port) and `--otlp-endpoint` (the benchmark's OTLP receiver), each or neither.
+#[derive(Clone, Debug, Default)]
 pub struct Observability {
-    pub metrics_listen: SocketAddr,
-    pub otlp_endpoint: String,
+    pub metrics_listen: Option<SocketAddr>,
+    pub otlp_endpoint: Option<String>,
 }
 
 impl KapalServer {
@@ -82,7 +82,7 @@ impl KapalServer {
         bin: &Path,
         backend: Backend,
         kubeconfig: &Path,
-        observability: Option<Observability>,
+        observability: Observability,
     ) -> anyhow::Result<Self> {
         anyhow::ensure!(
             bin.is_file(),
@@ -189,16 +189,20 @@ impl KapalServer {
         if let Some(url) = &self.database_url {
             cmd.env("KAPAL_DATABASE_URL", url);
         }
-        match &self.observability {
-            Some(o) => {
-                cmd.arg("--metrics-listen")
-                    .arg(o.metrics_listen.to_string())
-                    .arg("--otlp-endpoint")
-                    .arg(&o.otlp_endpoint);
+        match &self.observability.metrics_listen {
+            Some(addr) => {
+                cmd.arg("--metrics-listen").arg(addr.to_string());
             }
             None => {
-                cmd.env_remove("KAPAL_METRICS_LISTEN")
-                    .env_remove("KAPAL_OTLP_ENDPOINT");
+                cmd.env_remove("KAPAL_METRICS_LISTEN");
+            }
+        }
+        match &self.observability.otlp_endpoint {
+            Some(endpoint) => {
+                cmd.arg("--otlp-endpoint").arg(endpoint);
+            }
+            None => {
+                cmd.env_remove("KAPAL_OTLP_ENDPOINT");
             }
         }
         let started = Instant::now();

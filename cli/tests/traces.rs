@@ -40,6 +40,9 @@ fn serve_three_calls(
             // OpenTelemetry's standard variable does not turn export on.
             .env("OTEL_EXPORTER_OTLP_ENDPOINT", &receiver.endpoint)
             .env("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", &receiver.endpoint)
+            // Every call traced (the default is a share of them).
+            .env("OTEL_TRACES_SAMPLER", "always_on")
+            .env_remove("OTEL_TRACES_SAMPLER_ARG")
             .stdout(Stdio::null())
             .stderr(std::fs::File::create(&log_path)?)
             .spawn()?,

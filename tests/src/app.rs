@@ -260,7 +260,8 @@ impl TestAppBuilder {
     /// The services export their traces over OTLP/gRPC to `endpoint`, as `kapal server
     /// --otlp-endpoint` does. The tracer is process-wide, like the `tracing` subscriber: use it
     /// in a test binary of its own, whose first TestApp sets it up (a later TestApp asking for
-    /// another endpoint fails to start).
+    /// another endpoint fails to start). Every call is traced (`always_on`), not the default
+    /// share of them.
     pub fn with_otlp_endpoint(mut self, endpoint: impl Into<String>) -> Self {
         self.options.otlp_endpoint = Some(endpoint.into());
         self
@@ -275,6 +276,7 @@ impl TestAppBuilder {
         kapal::serve::install_crypto_provider();
         let mut telemetry = kapal::telemetry::Settings::new(false, "warn");
         telemetry.otlp_endpoint = self.options.otlp_endpoint.clone();
+        telemetry.sampler = Some(kapal::telemetry::Sampler::ALWAYS_ON);
         kapal::telemetry::init(&telemetry)?;
         let cluster = crate::cluster::cluster().await?;
         let dir = Arc::new(tempfile::tempdir()?);

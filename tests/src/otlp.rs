@@ -180,6 +180,11 @@ impl Receiver {
             .unwrap_or_default()
     }
 
+    /// How many spans were received so far (without copying them).
+    pub fn span_count(&self) -> usize {
+        self.store.spans.lock().map(|s| s.len()).unwrap_or_default()
+    }
+
     /// Export calls received so far (however many spans each held).
     pub fn requests(&self) -> usize {
         self.store.requests.load(Ordering::SeqCst)

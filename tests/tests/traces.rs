@@ -6,11 +6,14 @@
 //! as attributes. The `traceparent` a public caller sends is not continued (the attack: a
 //! caller picking Kapal's trace ids), only linked.
 //!
+//! A stream's span covers the stream: WatchInstance's spans end when the stream is closed,
+//! after its last event, not when the response starts.
+//!
 //! A binary of its own: the tracer, like the `tracing` subscriber, is process-wide.
 
 use std::time::Duration;
 
-use kapal::proto::v1::CheckoutRequest;
+use kapal::proto::v1::{CheckoutRequest, InstanceActionRequest, WatchInstanceRequest};
 use kapal::testing::Backend;
 use kapal_tests::app::TestApp;
 use kapal_tests::otlp::{ReceivedSpan, Receiver};
@@ -174,4 +177,103 @@ async fn a_checkout_is_one_trace_across_the_services(backend: Backend) -> anyhow
     Ok(())
 }
 
-kapal::on_both_backends!(a_checkout_is_one_trace_across_the_services);
+/// Nanoseconds since the epoch, as spans are stamped.
+fn now_unix_nanos() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos() as u64)
+        .unwrap_or_default()
+}
+
+async fn a_streams_span_lasts_until_the_stream_closes(backend: Backend) -> anyhow::Result<()> {
+    let receiver = Receiver::shared()?;
+    let app = TestApp::builder()
+        .backend(backend)
+        .with_otlp_endpoint(receiver.endpoint.clone())
+        .start()
+        .await?;
+    let mut ana = app.customer("ana").await?.clients;
+    let order = ana
+        .orders
+        .checkout(CheckoutRequest {
+            app_id: "n8n".into(),
+            plan_id: "trial".into(),
+            idempotency_key: uuid::Uuid::new_v4().to_string(),
+        })
+        .await?
+        .into_inner();
+    let instance_id = order.instance_id.clone();
+
+    let mut stream = ana
+        .instances
+        .watch_instance(WatchInstanceRequest {
+            instance_id: instance_id.clone(),
+        })
+        .await?
+        .into_inner();
+    let first = stream.message().await?;
+    anyhow::ensure!(first.is_some(), "the stream ended before its first event");
+    // The last event the caller gets: the stream's spans end after it, when the caller hangs up.
+    let last_received = now_unix_nanos();
+    drop(stream);
+
+    // The trace of this watch: the gateway's span and the control-plane's, each ended (and so
+    // exported) only once the stream was closed.
+    let watch_spans = |spans: &[ReceivedSpan]| -> Vec<ReceivedSpan> {
+        let cp: Vec<&ReceivedSpan> = find(
+            spans,
+            "kapal.v1.InstanceService/WatchInstance",
+            "control-plane",
+        )
+        .into_iter()
+        .filter(|s| s.attr("kapal.instance_id").as_deref() == Some(instance_id.as_str()))
+        .collect();
+        spans
+            .iter()
+            .filter(|s| {
+                s.name() == "kapal.v1.InstanceService/WatchInstance"
+                    && cp.iter().any(|c| c.trace_id() == s.trace_id())
+            })
+            .cloned()
+            .collect()
+    };
+    let done = |spans: &[ReceivedSpan]| watch_spans(spans).len() >= 2;
+    let mut spans = receiver.spans();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    while !done(&spans) && tokio::time::Instant::now() < deadline {
+        tokio::task::spawn_blocking(kapal::telemetry::flush).await??;
+        spans = receiver
+            .wait_for(Duration::from_millis(500), |s| done(s))
+            .await;
+    }
+    let watch = watch_spans(&spans);
+    let this_trace = describe(&watch);
+    for service in ["gateway", "control-plane"] {
+        let s = find(&watch, "kapal.v1.InstanceService/WatchInstance", service);
+        assert_eq!(s.len(), 1, "one {service} span of the watch:\n{this_trace}");
+        let s = s[0];
+        assert!(
+            s.span.end_time_unix_nano >= last_received,
+            "the {service} span of WatchInstance ended at {}, before the caller got the stream's \
+             last event at {last_received} (it covers only the opening of the stream)",
+            s.span.end_time_unix_nano
+        );
+        // The caller hung up: CANCELLED, the stream's outcome, not the OK of its opening.
+        assert_eq!(
+            s.attr("rpc.grpc.status_code").as_deref(),
+            Some("1"),
+            "{service}: {:?}",
+            s.span.attributes
+        );
+    }
+
+    ana.instances
+        .delete_instance(InstanceActionRequest { instance_id })
+        .await?;
+    Ok(())
+}
+
+kapal::on_both_backends!(
+    a_checkout_is_one_trace_across_the_services,
+    a_streams_span_lasts_until_the_stream_closes,
+);
