@@ -817,26 +817,29 @@ mod tests {
 
     #[test]
     fn the_sampler_comes_from_opentelemetry_variables() {
-        assert_eq!(Sampler::parse(None, None).unwrap(), Sampler::default());
         assert_eq!(
-            Sampler::parse(None, Some("0.25")).unwrap(),
+            Sampler::parse(None, None).expect("a valid sampler"),
+            Sampler::default()
+        );
+        assert_eq!(
+            Sampler::parse(None, Some("0.25")).expect("a valid sampler"),
             Sampler {
                 parent_based: true,
                 ratio: 0.25
             }
         );
         assert_eq!(
-            Sampler::parse(Some("always_on"), None).unwrap(),
+            Sampler::parse(Some("always_on"), None).expect("a valid sampler"),
             Sampler::ALWAYS_ON
         );
         assert_eq!(
             Sampler::parse(Some("parentbased_traceidratio"), None)
-                .unwrap()
+                .expect("a valid sampler")
                 .ratio,
             1.0
         );
         assert_eq!(
-            Sampler::parse(Some("traceidratio"), Some("0.5")).unwrap(),
+            Sampler::parse(Some("traceidratio"), Some("0.5")).expect("a valid sampler"),
             Sampler {
                 parent_based: false,
                 ratio: 0.5
@@ -864,7 +867,7 @@ mod tests {
         assert!((700..1300).contains(&sampled), "{sampled} of 10,000");
         assert!(
             !Sampler::parse(Some("always_off"), None)
-                .unwrap()
+                .expect("a valid sampler")
                 .sampled(id, None)
         );
     }
