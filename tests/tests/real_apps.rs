@@ -93,18 +93,9 @@ async fn wordpress_runs_answers_its_url_and_keeps_its_data(backend: Backend) -> 
     anyhow::ensure!(app.domain == domain, "the test's domain is {}", app.domain);
     let mut c = app.customer("wp").await?.clients;
     let result = wordpress_on_real_nodes(backend, &kube, &nodes, &mut c, &certified.cert).await;
-    // Whatever happened, this stack's instances leave the real nodes (other tests share them).
-    let namespaces = Api::<Namespace>::all(kube.clone());
-    let mine = ListParams::default().labels(&format!(
-        "{}={}",
-        kapal_provisioner::render::LABEL_PARTITION,
-        app.partition
-    ));
-    for ns in namespaces.list(&mine).await?.items {
-        if let Some(name) = ns.metadata.name {
-            let _ = namespaces.delete(&name, &Default::default()).await;
-        }
-    }
+    // Whatever happened, this stack's instances leave the real nodes (other tests share them):
+    // TestApp's Drop deletes its partition's namespaces.
+    drop(app);
     tls_ns.cleanup().await?;
     result
 }
