@@ -329,9 +329,6 @@ fn parse_period(s: &str) -> Result<Duration, String> {
 
 /// Settings checked all at once, so every mistake is reported before exiting.
 struct Checked {
-    /// Whether `db` is the configured database (else a stand-in, for checking the rest).
-    #[allow(dead_code)]
-    db_ok: bool,
     db: DbConfig,
     catalog: Arc<Catalog>,
     key: InternalKey,
@@ -548,7 +545,6 @@ async fn check(args: &ServerArgs) -> anyhow::Result<(Checked, kapal_stack::Stack
     // The services' own checks, of configurations made of what could be read (stand-ins for
     // what could not), so every problem is reported at once.
     let checked = Checked {
-        db_ok: db.is_some(),
         db: db.unwrap_or_else(|| DbConfig::DataDir(args.data_dir.clone())),
         catalog: Arc::new(catalog.unwrap_or_default()),
         key: key.unwrap_or_else(InternalKey::random),

@@ -129,7 +129,8 @@ fn upstream(
 
 impl Stack {
     /// Binds every listener, builds the services (in the order that lets in-process edges
-    /// exist) and starts serving. A service that fails to build stops the ones built before it.
+    /// exist) and starts serving. A service that fails to build stops the ones built before it
+    /// (their background work is dropped, so it ends).
     pub async fn start(self) -> anyhow::Result<Running> {
         let Stack {
             gateway,
@@ -158,77 +159,59 @@ impl Stack {
         };
         running.metrics = metrics.as_ref().and_then(|l| l.local_addr().ok());
 
-        let mut built: Vec<Ready> = Vec::new();
-        let result = async {
-            // The provisioner and billing call the control-plane, which is built after them.
-            let prov = match provisioner.here {
-                Some((mut config, listener)) => {
-                    if let Some(u) = upstream(false, None, cp_endpoint.as_ref()) {
-                        config.control_plane = Some(u);
-                    }
-                    Some(Ready {
-                        built: kapal_provisioner::build(config).await?,
-                        listener,
-                    })
+        // A service that fails to build drops those built before it: their background work
+        // ends with them (kapal::serve::Background's Drop).
+        // The provisioner and billing call the control-plane, which is built after them; they
+        // need nothing of each other, so they are built at the same time.
+        let (prov, billing) = tokio::try_join!(
+            async {
+                let Some((mut config, listener)) = provisioner.here else {
+                    return anyhow::Ok(None);
+                };
+                if let Some(u) = upstream(false, None, cp_endpoint.as_ref()) {
+                    config.control_plane = Some(u);
                 }
-                None => None,
-            };
-            let billing = match billing.here {
-                Some((mut config, listener)) => {
-                    if let Some(u) = upstream(false, None, cp_endpoint.as_ref()) {
-                        config.control_plane = Some(u);
-                    }
-                    Some(Ready {
-                        built: kapal_billing::build(config).await?,
-                        listener,
-                    })
+                let built = kapal_provisioner::build(config).await?;
+                Ok(Some(Ready { built, listener }))
+            },
+            async {
+                let Some((mut config, listener)) = billing.here else {
+                    return anyhow::Ok(None);
+                };
+                if let Some(u) = upstream(false, None, cp_endpoint.as_ref()) {
+                    config.control_plane = Some(u);
                 }
-                None => None,
-            };
-            let cp = match control_plane.here {
-                Some((mut config, listener)) => {
-                    if let Some(u) =
-                        upstream(in_process, billing.as_ref(), billing_endpoint.as_ref())
-                    {
-                        config.billing = u;
-                    }
-                    if let Some(u) = upstream(in_process, prov.as_ref(), prov_endpoint.as_ref()) {
-                        config.provisioner = u;
-                    }
-                    Some(Ready {
-                        built: kapal_control_plane::build(config).await?,
-                        listener,
-                    })
+                let built = kapal_billing::build(config).await?;
+                Ok(Some(Ready { built, listener }))
+            },
+        )?;
+        let cp = match control_plane.here {
+            Some((mut config, listener)) => {
+                if let Some(u) = upstream(in_process, billing.as_ref(), billing_endpoint.as_ref()) {
+                    config.billing = u;
                 }
-                None => None,
-            };
-            let gateway = match gateway.here {
-                Some((mut config, listener)) => {
-                    if let Some(u) = upstream(in_process, cp.as_ref(), cp_endpoint.as_ref()) {
-                        config.control_plane = u;
-                    }
-                    if let Some(u) =
-                        upstream(in_process, billing.as_ref(), billing_endpoint.as_ref())
-                    {
-                        config.billing = u;
-                    }
-                    Some(Ready {
-                        built: kapal_gateway::build(config).await?,
-                        listener,
-                    })
+                if let Some(u) = upstream(in_process, prov.as_ref(), prov_endpoint.as_ref()) {
+                    config.provisioner = u;
                 }
-                None => None,
-            };
-            built.extend([prov, billing, cp, gateway].into_iter().flatten());
-            anyhow::Ok(())
-        }
-        .await;
-        if let Err(e) = result {
-            for ready in built {
-                ready.built.tasks.stop().await;
+                let built = kapal_control_plane::build(config).await?;
+                Some(Ready { built, listener })
             }
-            return Err(e);
-        }
+            None => None,
+        };
+        let gateway = match gateway.here {
+            Some((mut config, listener)) => {
+                if let Some(u) = upstream(in_process, cp.as_ref(), cp_endpoint.as_ref()) {
+                    config.control_plane = u;
+                }
+                if let Some(u) = upstream(in_process, billing.as_ref(), billing_endpoint.as_ref()) {
+                    config.billing = u;
+                }
+                let built = kapal_gateway::build(config).await?;
+                Some(Ready { built, listener })
+            }
+            None => None,
+        };
+        let built = [prov, billing, cp, gateway].into_iter().flatten();
 
         if let Some(listener) = metrics {
             kapal::metrics::install();
