@@ -679,9 +679,7 @@ fn stack(args: &ServerArgs, checked: &Checked) -> anyhow::Result<kapal_stack::St
             .clone()
             .unwrap_or_else(|| format!("http://{default}"))
     };
-    let mut stack = kapal_stack::Stack::default();
-    stack.metrics = args.metrics_listen.clone().map(Listen::Addr);
-    stack.control_plane = if runs(Service::ControlPlane) {
+    let control_plane = if runs(Service::ControlPlane) {
         Part::Here(
             control_plane_config(args, checked),
             listen(&args.control_plane_listen, "127.0.0.1:8081"),
@@ -689,7 +687,7 @@ fn stack(args: &ServerArgs, checked: &Checked) -> anyhow::Result<kapal_stack::St
     } else {
         Part::Elsewhere(elsewhere(&args.control_plane_endpoint, "127.0.0.1:8081"))
     };
-    stack.billing = if runs(Service::Billing) {
+    let billing = if runs(Service::Billing) {
         Part::Here(
             billing_config(args, checked),
             listen(&args.billing_listen, "127.0.0.1:8082"),
@@ -697,7 +695,7 @@ fn stack(args: &ServerArgs, checked: &Checked) -> anyhow::Result<kapal_stack::St
     } else {
         Part::Elsewhere(elsewhere(&args.billing_endpoint, "127.0.0.1:8082"))
     };
-    stack.provisioner = if runs(Service::Provisioner) {
+    let provisioner = if runs(Service::Provisioner) {
         Part::Here(
             provisioner_config(args, checked)?,
             listen(&args.provisioner_listen, "127.0.0.1:8083"),
@@ -705,12 +703,22 @@ fn stack(args: &ServerArgs, checked: &Checked) -> anyhow::Result<kapal_stack::St
     } else {
         Part::Elsewhere(elsewhere(&args.provisioner_endpoint, "127.0.0.1:8083"))
     };
-    if runs(Service::Gateway) {
-        stack.gateway = Part::Here(
+    let gateway = if runs(Service::Gateway) {
+        Part::Here(
             gateway_config(args, checked),
             Listen::Addr(args.listen.clone()),
-        );
-    }
+        )
+    } else {
+        Part::Absent
+    };
+    let stack = kapal_stack::Stack {
+        gateway,
+        control_plane,
+        billing,
+        provisioner,
+        in_process: true,
+        metrics: args.metrics_listen.clone().map(Listen::Addr),
+    };
     Ok(stack)
 }
 
