@@ -211,7 +211,7 @@ fn every_services_problems_are_named_at_once() -> anyhow::Result<()> {
         ])
         .args(["--domain", "Not_A_Domain"])
         // The provisioner's: a partition that is no label value.
-        .args(["--partition", "-bad-"])
+        .arg("--partition=-bad-")
         .arg("--data-dir")
         .arg(dir.path())
         .env("KAPAL_CATALOG_DIR", kapal::catalog::repo_catalog_dir())
