@@ -27,6 +27,7 @@ pub mod auth;
 pub mod catalog;
 pub mod cidr;
 pub mod clock;
+pub mod config;
 pub mod db;
 pub mod metrics;
 pub mod paging;

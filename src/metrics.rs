@@ -225,7 +225,8 @@ pub struct GrpcMetrics<S> {
 
 /// `routes` with [`GrpcMetricsLayer`] and the trace spans ([`crate::telemetry::TraceLayer`])
 /// around every service: what a service publishes as its
-/// [`crate::serve::LocalRoutes`] too, so calls the gateway hands over in-process are counted
+/// [`crate::serve::Built::routes`], which callers in the same process call directly
+/// ([`crate::serve::Upstream::InProcess`]), so calls handed over in-process are counted
 /// the same as calls over the network.
 pub fn instrument(
     routes: tonic::service::Routes,

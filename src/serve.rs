@@ -1,8 +1,10 @@
-//! Starting gRPC servers and connecting to peers, the same way in every service.
+//! Starting gRPC servers and connecting to peers, the same way in every service: a service's
+//! `build(config)` gives a [`Built`] (routes and background work); its calls to other services go
+//! through an [`Upstream`] each, over the network or in-process. The `kapal-stack` crate composes
+//! them (listeners, shutdown, and the choice of every upstream).
 
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::{Arc, OnceLock};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
@@ -15,7 +17,7 @@ use crate::auth::{InternalKey, SignAsService};
 
 /// A channel to another Kapal service, signing every call as a service, each call with a
 /// deadline.
-pub type InternalChannel = Deadline<InterceptedService<Channel, SignAsService>>;
+pub type InternalChannel = Deadline<InterceptedService<Transport, SignAsService>>;
 
 /// How long a call to another Kapal service may take unless configured otherwise
 /// ([`internal_channel_with_deadline`]; `kapal server --internal-deadline`).
@@ -34,22 +36,7 @@ pub fn internal_channel_with_deadline(
     key: &InternalKey,
     deadline: Duration,
 ) -> anyhow::Result<InternalChannel> {
-    anyhow::ensure!(
-        deadline > Duration::ZERO,
-        "the deadline of internal calls must be longer than zero"
-    );
-    let channel = Endpoint::from_shared(endpoint.to_string())
-        .with_context(|| {
-            format!("{endpoint:?} is not a valid endpoint URL (expected http://host:port)")
-        })?
-        .connect_timeout(Duration::from_secs(5).min(deadline))
-        .tcp_nodelay(true)
-        .http2_keep_alive_interval(Duration::from_secs(30))
-        .connect_lazy();
-    Ok(Deadline::new(
-        InterceptedService::new(channel, SignAsService(key.clone())),
-        deadline,
-    ))
+    Upstream::from(endpoint).internal_channel_with_deadline(key, deadline)
 }
 
 /// A client-side gRPC service whose calls end with DEADLINE_EXCEEDED when the peer has not
@@ -126,32 +113,305 @@ where
     }
 }
 
-/// A service's gRPC routes, shared with a gateway in the same process (`kapal server` running
-/// the whole stack): the gateway then hands calls to the service directly, with no loopback
-/// socket and no HTTP/2 in between. The service sets its routes once they are built; until then
-/// (and when it runs elsewhere) the gateway uses the network. Everything a call goes through is
-/// the same either way: the gateway's layers before, the service's interceptors and handlers
-/// after; the gateway's deadline drops (cancels) a call that runs out of time.
-#[derive(Clone, Default)]
-pub struct LocalRoutes(Arc<OnceLock<tonic::service::Routes>>);
+/// How a service reaches another Kapal service (an internal edge of the stack): over the
+/// network, at an `http://host:port` endpoint, or, when both run in the same process
+/// (`kapal server`, [`kapal-stack`]), by handing each call to the other service's routes
+/// directly: no loopback socket and no HTTP/2 in between. Everything a call goes through is the
+/// same either way: the caller's interceptors and deadline before, the service's metrics, trace
+/// spans, interceptors and handlers after; a caller's deadline drops (cancels) a call that runs
+/// out of time. The stack builder makes the choice for every edge; a service only sees this.
+#[derive(Clone)]
+pub enum Upstream {
+    /// `http://host:port` (empty: not configured).
+    Network(String),
+    /// The routes of a service in this process ([`Built::routes`]).
+    InProcess(tonic::service::Routes),
+}
 
-impl LocalRoutes {
-    /// Publishes the service's routes (the first call wins).
-    pub fn set(&self, routes: tonic::service::Routes) {
-        let _ = self.0.set(routes);
-    }
-
-    /// The routes, once the service published them.
-    pub fn get(&self) -> Option<&tonic::service::Routes> {
-        self.0.get()
+impl Default for Upstream {
+    /// Not configured: an empty endpoint.
+    fn default() -> Upstream {
+        Upstream::Network(String::new())
     }
 }
 
-impl std::fmt::Debug for LocalRoutes {
+impl From<String> for Upstream {
+    fn from(endpoint: String) -> Upstream {
+        Upstream::Network(endpoint)
+    }
+}
+
+impl From<&str> for Upstream {
+    fn from(endpoint: &str) -> Upstream {
+        Upstream::Network(endpoint.to_string())
+    }
+}
+
+impl From<&String> for Upstream {
+    fn from(endpoint: &String) -> Upstream {
+        Upstream::Network(endpoint.clone())
+    }
+}
+
+impl std::fmt::Debug for Upstream {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("LocalRoutes")
-            .field("ready", &self.0.get().is_some())
-            .finish()
+        match self {
+            Upstream::Network(endpoint) => write!(f, "{endpoint}"),
+            Upstream::InProcess(_) => f.write_str("in-process"),
+        }
+    }
+}
+
+impl std::fmt::Display for Upstream {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        std::fmt::Debug::fmt(self, f)
+    }
+}
+
+impl Upstream {
+    /// Whether there is somewhere to call: routes, or a non-empty endpoint.
+    pub fn is_set(&self) -> bool {
+        match self {
+            Upstream::Network(endpoint) => !endpoint.trim().is_empty(),
+            Upstream::InProcess(_) => true,
+        }
+    }
+
+    /// The endpoint, when calls go over the network.
+    pub fn endpoint(&self) -> Option<&str> {
+        match self {
+            Upstream::Network(endpoint) => Some(endpoint),
+            Upstream::InProcess(_) => None,
+        }
+    }
+
+    /// A transport to the service whose network channel is made by `channel` (from the
+    /// endpoint) when calls go over the network.
+    pub fn transport_with(
+        &self,
+        channel: impl FnOnce(&str) -> anyhow::Result<Channel>,
+    ) -> anyhow::Result<Transport> {
+        Ok(match self {
+            Upstream::Network(endpoint) => Transport::Network(channel(endpoint)?),
+            Upstream::InProcess(routes) => Transport::InProcess(routes.clone()),
+        })
+    }
+
+    /// A channel to the service signing every call as a service, each call ending with
+    /// DEADLINE_EXCEEDED after [`DEFAULT_INTERNAL_DEADLINE`].
+    pub fn internal_channel(&self, key: &InternalKey) -> anyhow::Result<InternalChannel> {
+        self.internal_channel_with_deadline(key, DEFAULT_INTERNAL_DEADLINE)
+    }
+
+    /// Like [`Upstream::internal_channel`], with calls that end after `deadline`.
+    pub fn internal_channel_with_deadline(
+        &self,
+        key: &InternalKey,
+        deadline: Duration,
+    ) -> anyhow::Result<InternalChannel> {
+        anyhow::ensure!(
+            deadline > Duration::ZERO,
+            "the deadline of internal calls must be longer than zero"
+        );
+        let transport = self.transport_with(|endpoint| network_channel(endpoint, deadline))?;
+        Ok(Deadline::new(
+            InterceptedService::new(transport, SignAsService(key.clone())),
+            deadline,
+        ))
+    }
+}
+
+/// Where a call to another service goes: a network channel, or the service's routes in this
+/// process ([`Upstream`]).
+#[derive(Clone)]
+pub enum Transport {
+    Network(Channel),
+    InProcess(tonic::service::Routes),
+}
+
+impl std::fmt::Debug for Transport {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Transport::Network(channel) => channel.fmt(f),
+            Transport::InProcess(_) => f.write_str("in-process"),
+        }
+    }
+}
+
+impl tower::Service<http::Request<tonic::body::Body>> for Transport {
+    type Response = http::Response<tonic::body::Body>;
+    type Error = BoxError;
+    type Future = Pin<Box<dyn Future<Output = Result<Self::Response, BoxError>> + Send>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), BoxError>> {
+        match self {
+            Transport::Network(channel) => {
+                tower::Service::poll_ready(channel, cx).map_err(Into::into)
+            }
+            // Each call takes its own clone of the routes (below).
+            Transport::InProcess(_) => Poll::Ready(Ok(())),
+        }
+    }
+
+    fn call(&mut self, req: http::Request<tonic::body::Body>) -> Self::Future {
+        match self {
+            Transport::Network(channel) => {
+                let call = tower::Service::call(channel, req);
+                Box::pin(async move { call.await.map_err(Into::into) })
+            }
+            Transport::InProcess(routes) => {
+                let routes = routes.clone();
+                Box::pin(async move {
+                    match tower::ServiceExt::oneshot(routes, req).await {
+                        Ok(response) => Ok(response),
+                        Err(never) => match never {},
+                    }
+                })
+            }
+        }
+    }
+}
+
+fn network_channel(endpoint: &str, deadline: Duration) -> anyhow::Result<Channel> {
+    Ok(Endpoint::from_shared(endpoint.to_string())
+        .with_context(|| {
+            format!("{endpoint:?} is not a valid endpoint URL (expected http://host:port)")
+        })?
+        .connect_timeout(Duration::from_secs(5).min(deadline))
+        .tcp_nodelay(true)
+        .http2_keep_alive_interval(Duration::from_secs(30))
+        .connect_lazy())
+}
+
+/// A service built and ready to serve (each service crate's `build(config)`): the routes it
+/// answers, for its listener and for callers in the same process ([`Upstream::InProcess`]),
+/// and the work it runs in the background. The stack builder (`kapal-stack`) serves it.
+pub struct Built {
+    /// Which service, for logs and errors (`control-plane`, `billing`, ...).
+    pub name: &'static str,
+    /// The service's gRPC routes, instrumented ([`crate::metrics::instrument`]).
+    pub routes: tonic::service::Routes,
+    /// Background work (loops, pollers); stops after the server.
+    pub tasks: Background,
+    /// A server of the service's own (the gateway's layers, TLS, HTTP/1.1); `None`: a plain
+    /// gRPC server of `routes`.
+    server: Option<ServeFn>,
+}
+
+/// Serves on a listener until the shutdown future completes.
+pub type ServeFn = Box<
+    dyn FnOnce(
+            TcpListener,
+            Pin<Box<dyn Future<Output = ()> + Send>>,
+        ) -> Pin<Box<dyn Future<Output = anyhow::Result<()>> + Send>>
+        + Send,
+>;
+
+impl Built {
+    /// A service served as a plain gRPC server of `routes`.
+    pub fn new(name: &'static str, routes: tonic::service::Routes, tasks: Background) -> Built {
+        Built {
+            name,
+            routes,
+            tasks,
+            server: None,
+        }
+    }
+
+    /// The service is served by `server` instead (the gateway: its layers, TLS, HTTP/1.1).
+    pub fn with_server(mut self, server: ServeFn) -> Built {
+        self.server = Some(server);
+        self
+    }
+
+    /// Serves on `listener` until `shutdown` completes, then stops the background work.
+    pub async fn serve(
+        self,
+        listener: TcpListener,
+        shutdown: impl Future<Output = ()> + Send + 'static,
+    ) -> anyhow::Result<()> {
+        let Built {
+            routes,
+            tasks,
+            server,
+            ..
+        } = self;
+        let served = match server {
+            Some(server) => server(listener, Box::pin(shutdown)).await,
+            None => {
+                let router = tonic::transport::Server::builder().add_routes(routes);
+                serve(router, listener, shutdown).await
+            }
+        };
+        tasks.stop().await;
+        served
+    }
+}
+
+/// A service's background work: tasks that watch [`Background::stopping`] and end when it
+/// turns true, and tasks that are aborted.
+pub struct Background {
+    stop: tokio::sync::watch::Sender<bool>,
+    tasks: tokio::task::JoinSet<()>,
+    aborted: Vec<tokio::task::JoinHandle<()>>,
+}
+
+impl Default for Background {
+    fn default() -> Background {
+        Background::new()
+    }
+}
+
+impl Background {
+    pub fn new() -> Background {
+        Background {
+            stop: tokio::sync::watch::channel(false).0,
+            tasks: tokio::task::JoinSet::new(),
+            aborted: Vec::new(),
+        }
+    }
+
+    /// Turns true when the work should stop.
+    pub fn stopping(&self) -> tokio::sync::watch::Receiver<bool> {
+        self.stop.subscribe()
+    }
+
+    /// Completes when the work should stop.
+    pub fn stopped(&self) -> impl Future<Output = ()> + Send + 'static {
+        let mut stop = self.stopping();
+        async move {
+            let _ = stop.wait_for(|stop| *stop).await;
+        }
+    }
+
+    /// Runs `task`, which ends on its own once [`Background::stopping`] turns true.
+    pub fn spawn(&mut self, task: impl Future<Output = ()> + Send + 'static) {
+        self.tasks.spawn(task);
+    }
+
+    /// Keeps `task` to abort when the work stops.
+    pub fn abort_on_stop(&mut self, task: tokio::task::JoinHandle<()>) {
+        self.aborted.push(task);
+    }
+
+    /// Signals the stop and waits for the tasks to end (aborting those kept to abort).
+    pub async fn stop(mut self) {
+        let _ = self.stop.send(true);
+        for task in &self.aborted {
+            task.abort();
+        }
+        while self.tasks.join_next().await.is_some() {}
+    }
+}
+
+impl Drop for Background {
+    /// Dropped without [`Background::stop`] (a service task aborted): every task ends.
+    fn drop(&mut self) {
+        let _ = self.stop.send(true);
+        for task in &self.aborted {
+            task.abort();
+        }
+        self.tasks.abort_all();
     }
 }
 

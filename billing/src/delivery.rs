@@ -115,13 +115,13 @@ impl Delivery {
     pub fn new(
         db: Db,
         clock: SharedClock,
-        endpoint: &str,
+        control_plane: impl Into<kapal::serve::Upstream>,
         key: &InternalKey,
     ) -> anyhow::Result<Delivery> {
         Delivery::with_deadline(
             db,
             clock,
-            endpoint,
+            control_plane,
             key,
             kapal::serve::DEFAULT_INTERNAL_DEADLINE,
         )
@@ -132,11 +132,13 @@ impl Delivery {
     pub fn with_deadline(
         db: Db,
         clock: SharedClock,
-        endpoint: &str,
+        control_plane: impl Into<kapal::serve::Upstream>,
         key: &InternalKey,
         deadline: std::time::Duration,
     ) -> anyhow::Result<Delivery> {
-        let channel = kapal::serve::internal_channel_with_deadline(endpoint, key, deadline)?;
+        let channel = control_plane
+            .into()
+            .internal_channel_with_deadline(key, deadline)?;
         Ok(Delivery(Arc::new(Inner {
             db,
             clock,

@@ -96,16 +96,14 @@ pub struct Config {
     pub scheduler_interval: Option<std::time::Duration>,
     /// Where lifecycle notifications (renewal upcoming, payment failed, suspended, expired) go.
     pub notifier: Arc<dyn notify::Notifier>,
-    /// The control-plane (`http://host:port`) that entitlement changes are delivered to
-    /// (`kapal.internal.v1.EntitlementService`); `None`: they stay in the outbox (tests that do
-    /// not need them).
-    pub control_plane_endpoint: Option<String>,
+    /// The control-plane, that entitlement changes are delivered to
+    /// (`kapal.internal.v1.EntitlementService`), operators' actions audited with and plan
+    /// changes checked against; `None`: changes stay in the outbox (tests that do not need
+    /// them). Set by the stack builder (`kapal-stack`) when billing runs in a stack.
+    pub control_plane: Option<kapal::serve::Upstream>,
     /// How long a delivery to the control-plane may take before it ends with
     /// DEADLINE_EXCEEDED (and is retried). Default 10 s.
     pub internal_deadline: std::time::Duration,
-    /// Where to publish billing's routes for a gateway in the same process (see
-    /// [`kapal::serve::LocalRoutes`]); `None` serves over the listener only.
-    pub local: Option<kapal::serve::LocalRoutes>,
 }
 
 impl Config {
@@ -120,10 +118,27 @@ impl Config {
             scheduler: scheduler::Settings::default(),
             scheduler_interval: Some(std::time::Duration::from_secs(60)),
             notifier: Arc::new(notify::LogNotifier),
-            control_plane_endpoint: None,
+            control_plane: None,
             internal_deadline: kapal::serve::DEFAULT_INTERNAL_DEADLINE,
-            local: None,
         }
+    }
+
+    /// Every invalid setting, named.
+    pub fn validate(&self) -> Vec<kapal::config::Problem> {
+        let mut problems = Vec::new();
+        if self.internal_deadline.is_zero() {
+            problems.push(kapal::config::Problem::new(
+                "internal_deadline",
+                "must be longer than zero",
+            ));
+        }
+        if self.scheduler_interval.is_some_and(|i| i.is_zero()) {
+            problems.push(kapal::config::Problem::new(
+                "scheduler_interval",
+                "must be longer than zero (None: no scheduler)",
+            ));
+        }
+        problems
     }
 }
 
@@ -134,6 +149,13 @@ pub async fn run(
     listener: TcpListener,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
+    build(config).await?.serve(listener, shutdown).await
+}
+
+/// Connects the database (running migrations) and builds billing: its routes, and its
+/// background work (delivery of entitlement changes, the lifecycle scheduler).
+pub async fn build(config: Config) -> anyhow::Result<kapal::serve::Built> {
+    kapal::config::check("billing", config.validate())?;
     let Config {
         db,
         catalog,
@@ -143,9 +165,8 @@ pub async fn run(
         scheduler,
         scheduler_interval,
         notifier,
-        control_plane_endpoint,
+        control_plane,
         internal_deadline,
-        local,
     } = config;
     let db = Db::connect(&db, DB_NAME, migrations())
         .await
@@ -156,10 +177,11 @@ pub async fn run(
         "billing database ready"
     );
     // Operators' actions go to the control-plane's audit log before they are carried out.
-    let audit = match control_plane_endpoint.as_deref() {
-        Some(endpoint) => Some(
+    let audit = match &control_plane {
+        Some(upstream) => Some(
             kapal::proto::internal::v1::audit_service_client::AuditServiceClient::new(
-                kapal::serve::internal_channel_with_deadline(endpoint, &key, internal_deadline)
+                upstream
+                    .internal_channel_with_deadline(&key, internal_deadline)
                     .context("the control-plane endpoint")?,
             ),
         ),
@@ -173,11 +195,11 @@ pub async fn run(
         operator::AuditLog::new(audit),
     )
     .with_refund_policy(scheduler.refunds);
-    if let Some(endpoint) = control_plane_endpoint.as_deref() {
+    if let Some(upstream) = &control_plane {
         // ChangePlan asks the control-plane whether a bigger plan fits the cluster.
-        let channel =
-            kapal::serve::internal_channel_with_deadline(endpoint, &key, internal_deadline)
-                .context("the control-plane endpoint")?;
+        let channel = upstream
+            .internal_channel_with_deadline(&key, internal_deadline)
+            .context("the control-plane endpoint")?;
         billing = billing.with_control_plane(
             kapal::proto::internal::v1::entitlement_service_client::EntitlementServiceClient::new(
                 channel,
@@ -185,35 +207,26 @@ pub async fn run(
         );
     }
 
-    // Background tasks stop when `shutdown` completes.
-    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
-    let shutdown = async move {
-        shutdown.await;
-        let _ = stop_tx.send(true);
-    };
-    let mut background = tokio::task::JoinSet::new();
+    // Background tasks stop after the server.
+    let mut background = kapal::serve::Background::new();
     let _metrics = metrics::register(db.clone(), clock.clone());
     // The scheduler wakes the delivery as soon as it wrote entitlement changes.
     let outbox_written = Arc::new(tokio::sync::Notify::new());
-    if let Some(endpoint) = control_plane_endpoint.as_deref() {
+    if let Some(upstream) = &control_plane {
         let delivery = delivery::Delivery::with_deadline(
             db.clone(),
             clock.clone(),
-            endpoint,
+            upstream.clone(),
             &key,
             internal_deadline,
         )
         .context("the control-plane endpoint")?;
-        let mut stop = stop_rx.clone();
+        let stop = background.stopped();
         let wake = outbox_written.clone();
         background.spawn(async move {
-            delivery
-                .run(wake, async move {
-                    let _ = stop.wait_for(|stop| *stop).await;
-                })
-                .await;
+            delivery.run(wake, stop).await;
         });
-        tracing::info!(%endpoint, "delivering entitlement changes to the control-plane");
+        tracing::info!(%upstream, "delivering entitlement changes to the control-plane");
     } else {
         tracing::warn!("no control-plane endpoint: entitlement changes stay in billing's outbox");
     }
@@ -221,13 +234,9 @@ pub async fn run(
         let scheduler = scheduler::Scheduler::new(db, clock, payments, scheduler)
             .with_notifier(notifier)
             .with_outbox_wake(outbox_written);
-        let mut stop = stop_rx.clone();
+        let stop = background.stopped();
         background.spawn(async move {
-            scheduler
-                .run(interval, async move {
-                    let _ = stop.wait_for(|stop| *stop).await;
-                })
-                .await;
+            scheduler.run(interval, stop).await;
         });
     }
 
@@ -251,15 +260,5 @@ pub async fn run(
         .add_service(VerifyPrincipal(key).wrap(BillingAdminServiceServer::new(billing)))
         .prepare();
     let routes = kapal::metrics::instrument(routes, "billing");
-    if let Some(local) = &local {
-        local.set(routes.clone());
-    }
-    let router = tonic::transport::Server::builder().add_routes(routes);
-    if let Ok(addr) = listener.local_addr() {
-        tracing::info!(%addr, "billing serving gRPC");
-    }
-    let served = kapal::serve::serve(router, listener, shutdown).await;
-    drop(stop_rx);
-    while background.join_next().await.is_some() {}
-    served
+    Ok(kapal::serve::Built::new("billing", routes, background))
 }

@@ -289,7 +289,7 @@ impl Billing {
         config.payments = provider.clone();
         // The tests tick themselves.
         config.scheduler_interval = None;
-        config.control_plane_endpoint = control_plane.map(|cp| cp.endpoint.clone());
+        config.control_plane = control_plane.map(|cp| cp.endpoint.clone().into());
         // Migrations first, so the server and the extra connections do not race on them.
         let inspect = Db::connect(&db, kapal_billing::DB_NAME, kapal_billing::migrations())
             .await

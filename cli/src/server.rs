@@ -1,5 +1,8 @@
-//! `kapal server`: runs all four services in one process (still talking gRPC to each other over
-//! loopback), or one of them.
+//! `kapal server`: runs all four services in one process, or one of them, composed by the stack
+//! builder (`kapal-stack`): in one process the gateway calls the control-plane and billing, and
+//! the control-plane calls billing and the provisioner, in-process; billing and the provisioner
+//! call the control-plane over its loopback socket. This file turns flags into each service's
+//! `Config` and reports every problem (flags and the services' `Config::validate`) at once.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -11,9 +14,6 @@ use clap::{Args, ValueEnum};
 use kapal::auth::InternalKey;
 use kapal::catalog::Catalog;
 use kapal::db::DbConfig;
-use kapal::serve::LocalRoutes;
-use tokio::net::TcpListener;
-use tokio::sync::watch;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
 pub enum Service {
@@ -237,11 +237,11 @@ pub struct ServerArgs {
     /// gateway's port. Without it, browsers get a plain 404 (the API works as ever).
     #[arg(long, env = "KAPAL_CONSOLE_DIR")]
     pub console_dir: Option<PathBuf>,
-    /// Requests per second allowed per caller.
-    #[arg(long, default_value_t = 50, env = "KAPAL_RATE_LIMIT")]
+    /// Requests per second allowed per caller; 0 turns rate limits off.
+    #[arg(long, default_value_t = kapal_gateway::DEFAULT_RATE_LIMIT_PER_SECOND, env = "KAPAL_RATE_LIMIT")]
     pub rate_limit: u32,
-    /// Burst of requests allowed per caller above the rate.
-    #[arg(long, default_value_t = 100, env = "KAPAL_RATE_BURST")]
+    /// Burst of requests allowed per caller above the rate (at least 1 when limits are on).
+    #[arg(long, default_value_t = kapal_gateway::DEFAULT_RATE_LIMIT_BURST, env = "KAPAL_RATE_BURST")]
     pub rate_burst: u32,
     /// Proxies in front of the gateway whose X-Forwarded-For is believed (comma-separated CIDRs,
     /// e.g. the cluster's pod network where Traefik runs: 10.42.0.0/16). Anonymous callers are
@@ -371,7 +371,7 @@ fn cidrs(name: &str, values: &[String], problems: &mut Vec<String>) -> Vec<kapal
         .collect()
 }
 
-async fn check(args: &ServerArgs) -> anyhow::Result<Checked> {
+async fn check(args: &ServerArgs) -> anyhow::Result<(Checked, kapal_stack::Stack)> {
     let mut problems = Vec::new();
     let runs_provisioner = matches!(args.service, Service::All | Service::Provisioner);
     let kube = if runs_provisioner {
@@ -421,12 +421,6 @@ async fn check(args: &ServerArgs) -> anyhow::Result<Checked> {
                 "KAPAL_DNS_LABELS (--dns-labels): {label:?} is not key=value"
             )),
         }
-    }
-    if dns_labels.is_empty() {
-        problems.push(
-            "KAPAL_DNS_LABELS (--dns-labels): name the cluster DNS pods' labels, e.g. k8s-app=kube-dns"
-                .into(),
-        );
     }
     let mut instance_node_selector = std::collections::BTreeMap::new();
     for label in args
@@ -545,44 +539,10 @@ async fn check(args: &ServerArgs) -> anyhow::Result<Checked> {
             "KAPAL_ADMIN_EMAILS (--admin-emails): no longer supported (whoever signed up first with a listed email became an admin); make operators with `kapal admin grant --email E --reason R` against this server's database, and remove the setting".into(),
         );
     }
-    if args.rate_limit == 0 {
-        problems
-            .push("KAPAL_RATE_LIMIT (--rate-limit): must be at least 1 request per second".into());
-    }
-    if args.max_watches_per_account == 0 {
-        problems.push(
-            "KAPAL_MAX_WATCHES_PER_ACCOUNT (--max-watches-per-account): must be at least 1".into(),
-        );
-    }
     let mail = mail_config(args, &mut problems);
-    if args.max_instances_per_account == 0 {
-        problems.push(
-            "KAPAL_MAX_INSTANCES_PER_ACCOUNT (--max-instances-per-account): must be at least 1"
-                .into(),
-        );
-    }
     if args.max_message_bytes < 1024 {
         problems
             .push("KAPAL_MAX_MESSAGE_BYTES (--max-message-bytes): must be at least 1024".into());
-    }
-    if !(1..=100).contains(&args.capacity_ceiling) {
-        problems.push(format!(
-            "KAPAL_CAPACITY_CEILING (--capacity-ceiling): {} is not a percentage from 1 to 100",
-            args.capacity_ceiling
-        ));
-    }
-    let p = &args.partition;
-    if p.is_empty()
-        || p.len() > 63
-        || !p
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
-        || !p.starts_with(|c: char| c.is_ascii_alphanumeric())
-        || !p.ends_with(|c: char| c.is_ascii_alphanumeric())
-    {
-        problems.push(format!(
-            "KAPAL_PARTITION (--partition): {p:?} is not a Kubernetes label value (1-63 letters, digits, '-', '_' or '.', starting and ending with a letter or digit)"
-        ));
     }
     let mut notifier: Option<Arc<dyn kapal_billing::notify::Notifier>> = None;
     let mut support_notifier: Option<Arc<dyn kapal_control_plane::support::notify::Notifier>> =
@@ -604,27 +564,98 @@ async fn check(args: &ServerArgs) -> anyhow::Result<Checked> {
             support_notifier = Some(Arc::new(n));
         }
     }
-    match (db, catalog, key) {
-        (Some(db), Some(catalog), Some(key)) if problems.is_empty() => Ok(Checked {
-            db,
-            catalog: Arc::new(catalog),
-            key,
-            notifier,
-            support_notifier,
-            kube,
-            cluster_cidrs,
-            egress_deny,
-            ingress_sources,
-            dns_addresses,
-            dns_labels,
-            instance_node_selector,
-            instance_tolerations,
-            image_map,
-            trusted_proxies,
-            mail,
-        }),
-        _ => anyhow::bail!("invalid configuration:\n  - {}", problems.join("\n  - ")),
+    // The services' own checks, of configurations made of what could be read (stand-ins for
+    // what could not), so every problem is reported at once.
+    let checked = Checked {
+        db: db.unwrap_or_else(|| DbConfig::DataDir(args.data_dir.clone())),
+        catalog: Arc::new(catalog.unwrap_or_default()),
+        key: key.unwrap_or_else(InternalKey::random),
+        notifier,
+        support_notifier,
+        kube,
+        cluster_cidrs,
+        egress_deny,
+        ingress_sources,
+        dns_addresses,
+        dns_labels,
+        instance_node_selector,
+        instance_tolerations,
+        image_map,
+        trusted_proxies,
+        mail,
+    };
+    let stack = stack(args, &checked)?;
+    for (service, service_problems) in [
+        (
+            "gateway",
+            here(&stack.gateway, kapal_gateway::Config::validate),
+        ),
+        (
+            "control-plane",
+            here(&stack.control_plane, kapal_control_plane::Config::validate),
+        ),
+        (
+            "billing",
+            here(&stack.billing, kapal_billing::Config::validate),
+        ),
+        (
+            "provisioner",
+            here(&stack.provisioner, kapal_provisioner::Config::validate),
+        ),
+    ] {
+        problems.extend(
+            service_problems
+                .into_iter()
+                .map(|p| format!("{}: {}", flag(service, p.setting), p.message)),
+        );
     }
+    if !problems.is_empty() {
+        anyhow::bail!("invalid configuration:\n  - {}", problems.join("\n  - "));
+    }
+    Ok((checked, stack))
+}
+
+/// The problems of a service's configuration, when it runs here.
+fn here<C>(
+    part: &kapal_stack::Part<C>,
+    validate: fn(&C) -> Vec<kapal::config::Problem>,
+) -> Vec<kapal::config::Problem> {
+    match part {
+        kapal_stack::Part::Here(config, _) => validate(config),
+        _ => Vec::new(),
+    }
+}
+
+/// The variable and flag that set a service's `Config` field.
+fn flag(service: &str, setting: &str) -> String {
+    let flag = match (service, setting) {
+        ("gateway", "rate_limit_burst" | "rate_limit_per_second") => {
+            "KAPAL_RATE_LIMIT (--rate-limit), KAPAL_RATE_BURST (--rate-burst)"
+        }
+        ("gateway", "max_message_bytes") => "KAPAL_MAX_MESSAGE_BYTES (--max-message-bytes)",
+        ("gateway", "cors_allowed_origins") => "KAPAL_CORS_ORIGINS (--cors-origins)",
+        ("gateway", "console_dir") => "KAPAL_CONSOLE_DIR (--console-dir)",
+        ("gateway", "tls.cert_path") => "KAPAL_TLS_CERT (--tls-cert)",
+        ("gateway", "tls.key_path") => "KAPAL_TLS_KEY (--tls-key)",
+        (_, "internal_deadline") => "KAPAL_INTERNAL_DEADLINE (--internal-deadline)",
+        ("control-plane", "domain") => "KAPAL_DOMAIN (--domain)",
+        ("control-plane", "capacity_ceiling_percent") => {
+            "KAPAL_CAPACITY_CEILING (--capacity-ceiling)"
+        }
+        ("control-plane", "max_instances_per_account") => {
+            "KAPAL_MAX_INSTANCES_PER_ACCOUNT (--max-instances-per-account)"
+        }
+        ("control-plane", "max_watches_per_account") => {
+            "KAPAL_MAX_WATCHES_PER_ACCOUNT (--max-watches-per-account)"
+        }
+        ("control-plane", "data_retention") => "KAPAL_DATA_RETENTION (--data-retention)",
+        ("control-plane", "mail") => "KAPAL_SMTP_URL / KAPAL_MAIL_FROM",
+        ("provisioner", "partition") => "KAPAL_PARTITION (--partition)",
+        ("provisioner", "dns_pod_labels") => "KAPAL_DNS_LABELS (--dns-labels)",
+        ("provisioner", "orphan_safety_delay") => "KAPAL_ORPHAN_DELAY (--orphan-delay)",
+        _ => return format!("{service} {setting}"),
+    };
+    flag.to_string()
 }
 
 /// The control-plane's mail settings, when this process runs it with email verification on.
@@ -649,36 +680,131 @@ fn mail_config(
         password: args.smtp_password.clone(),
         from: args.mail_from.clone(),
     };
-    match config.check() {
-        Ok(()) => Some(config),
-        Err(e) => {
-            problems.push(format!("KAPAL_SMTP_URL / KAPAL_MAIL_FROM: {e:#}"));
-            None
+    // The control-plane's Config::validate checks the URL and the sender.
+    Some(config)
+}
+
+/// The stack this process runs: the services of `--service` here, the others elsewhere at their
+/// endpoints.
+fn stack(args: &ServerArgs, checked: &Checked) -> anyhow::Result<kapal_stack::Stack> {
+    use kapal_stack::{Listen, Part};
+    let all = args.service == Service::All;
+    let runs = |s: Service| all || args.service == s;
+    // With every service here, those without an address of their own take a free port.
+    let listen = |explicit: &Option<String>, default: &str| -> Listen {
+        match explicit {
+            Some(a) => Listen::Addr(a.clone()),
+            None if all => Listen::any_loopback(),
+            None => Listen::Addr(default.to_string()),
         }
-    }
-}
-
-async fn listener(
-    explicit: &Option<String>,
-    all_in_one: bool,
-    default: &str,
-) -> anyhow::Result<TcpListener> {
-    let addr = match explicit {
-        Some(a) => a.as_str(),
-        None if all_in_one => "127.0.0.1:0",
-        None => default,
     };
-    kapal::serve::bind(addr).await
+    let elsewhere = |explicit: &Option<String>, default: &str| -> String {
+        explicit
+            .clone()
+            .unwrap_or_else(|| format!("http://{default}"))
+    };
+    let control_plane = if runs(Service::ControlPlane) {
+        Part::Here(
+            control_plane_config(args, checked),
+            listen(&args.control_plane_listen, "127.0.0.1:8081"),
+        )
+    } else {
+        Part::Elsewhere(elsewhere(&args.control_plane_endpoint, "127.0.0.1:8081"))
+    };
+    let billing = if runs(Service::Billing) {
+        Part::Here(
+            billing_config(args, checked),
+            listen(&args.billing_listen, "127.0.0.1:8082"),
+        )
+    } else {
+        Part::Elsewhere(elsewhere(&args.billing_endpoint, "127.0.0.1:8082"))
+    };
+    let provisioner = if runs(Service::Provisioner) {
+        Part::Here(
+            provisioner_config(args, checked)?,
+            listen(&args.provisioner_listen, "127.0.0.1:8083"),
+        )
+    } else {
+        Part::Elsewhere(elsewhere(&args.provisioner_endpoint, "127.0.0.1:8083"))
+    };
+    let gateway = if runs(Service::Gateway) {
+        Part::Here(
+            gateway_config(args, checked),
+            Listen::Addr(args.listen.clone()),
+        )
+    } else {
+        Part::Absent
+    };
+    let stack = kapal_stack::Stack {
+        gateway,
+        control_plane,
+        billing,
+        provisioner,
+        in_process: true,
+        metrics: args.metrics_listen.clone().map(Listen::Addr),
+    };
+    Ok(stack)
 }
 
-fn endpoint(explicit: &Option<String>, listener: Option<&TcpListener>, default: &str) -> String {
-    if let Some(e) = explicit {
-        return e.clone();
+fn billing_config(args: &ServerArgs, checked: &Checked) -> kapal_billing::Config {
+    let mut config = kapal_billing::Config::new(
+        checked.db.clone(),
+        checked.catalog.clone(),
+        checked.key.clone(),
+    );
+    // Suspensions and resumptions reach instances through the control-plane (set by the stack).
+    config.internal_deadline = args.internal_deadline;
+    if let Some(notifier) = &checked.notifier {
+        config.notifier = notifier.clone();
     }
-    match listener.and_then(|l| l.local_addr().ok()) {
-        Some(addr) => format!("http://{addr}"),
-        None => format!("http://{default}"),
+    config
+}
+
+fn control_plane_config(args: &ServerArgs, checked: &Checked) -> kapal_control_plane::Config {
+    // Billing and the provisioner: set by the stack.
+    let mut config = kapal_control_plane::Config::new(
+        checked.db.clone(),
+        checked.catalog.clone(),
+        checked.key.clone(),
+        kapal::serve::Upstream::default(),
+        kapal::serve::Upstream::default(),
+    );
+    config.domain = args.domain.clone();
+    config.internal_deadline = args.internal_deadline;
+    config.capacity_ceiling_percent = args.capacity_ceiling;
+    config.max_watches_per_account = args.max_watches_per_account;
+    config.mail = checked.mail.clone();
+    config.max_instances_per_account = args.max_instances_per_account;
+    config.data_retention = args.data_retention;
+    config.support = args.support_sla.clone();
+    config.alert_interval = args.alert_interval;
+    if let Some(n) = &checked.support_notifier {
+        config.notifier = n.clone();
     }
+    config
+}
+
+fn gateway_config(args: &ServerArgs, checked: &Checked) -> kapal_gateway::Config {
+    // The control-plane and billing: set by the stack.
+    let mut config = kapal_gateway::Config::new(
+        kapal::serve::Upstream::default(),
+        kapal::serve::Upstream::default(),
+        checked.key.clone(),
+    );
+    if let (Some(cert_path), Some(key_path)) = (&args.tls_cert, &args.tls_key) {
+        config.tls = Some(kapal_gateway::TlsConfig {
+            cert_path: cert_path.clone(),
+            key_path: key_path.clone(),
+        });
+    }
+    config.cors_allowed_origins = args.cors_origins.clone();
+    config.internal_deadline = args.internal_deadline;
+    config.console_dir = args.console_dir.clone();
+    config.rate_limit_per_second = args.rate_limit;
+    config.rate_limit_burst = args.rate_burst;
+    config.max_message_bytes = args.max_message_bytes;
+    config.trusted_proxies = checked.trusted_proxies.clone();
+    config
 }
 
 pub async fn run(args: ServerArgs) -> anyhow::Result<()> {
@@ -695,152 +821,23 @@ pub async fn run(args: ServerArgs) -> anyhow::Result<()> {
     };
     kapal::telemetry::init(&telemetry).context("--otlp-endpoint")?;
     let started = std::time::Instant::now();
-    let checked = check(&args).await?;
-    let all = args.service == Service::All;
-    let runs = |s: Service| all || args.service == s;
-
-    // Bind every listener first, so the endpoints the services give each other are known.
-    let cp_listener = if runs(Service::ControlPlane) {
-        Some(listener(&args.control_plane_listen, all, "127.0.0.1:8081").await?)
-    } else {
-        None
-    };
-    let billing_listener = if runs(Service::Billing) {
-        Some(listener(&args.billing_listen, all, "127.0.0.1:8082").await?)
-    } else {
-        None
-    };
-    let prov_listener = if runs(Service::Provisioner) {
-        Some(listener(&args.provisioner_listen, all, "127.0.0.1:8083").await?)
-    } else {
-        None
-    };
-    let gateway_listener = if runs(Service::Gateway) {
-        Some(kapal::serve::bind(&args.listen).await?)
-    } else {
-        None
-    };
-    let cp_endpoint = endpoint(
-        &args.control_plane_endpoint,
-        cp_listener.as_ref(),
-        "127.0.0.1:8081",
-    );
-    let billing_endpoint = endpoint(
-        &args.billing_endpoint,
-        billing_listener.as_ref(),
-        "127.0.0.1:8082",
-    );
-    let prov_endpoint = endpoint(
-        &args.provisioner_endpoint,
-        prov_listener.as_ref(),
-        "127.0.0.1:8083",
-    );
-
-    let (stop_tx, stop_rx) = watch::channel(false);
-    let shutdown = move || {
-        let mut rx = stop_rx.clone();
-        async move {
-            let _ = rx.wait_for(|stop| *stop).await;
-        }
-    };
-    let mut tasks = tokio::task::JoinSet::new();
-    if let Some(addr) = &args.metrics_listen {
-        let l = kapal::serve::bind(addr).await?;
-        kapal::metrics::install();
-        let stop = shutdown();
-        tasks.spawn(async move { ("metrics", kapal::metrics::serve(l, stop).await) });
-    }
-    // The gateway hands calls to the control-plane and billing directly when they run here too.
-    let local = |s: Service| (runs(s) && runs(Service::Gateway)).then(LocalRoutes::default);
-    let (local_cp, local_billing) = (local(Service::ControlPlane), local(Service::Billing));
-
-    if let Some(l) = billing_listener {
-        let mut config = kapal_billing::Config::new(
-            checked.db.clone(),
-            checked.catalog.clone(),
-            checked.key.clone(),
-        );
-        // Suspensions and resumptions reach instances through the control-plane.
-        config.control_plane_endpoint = Some(cp_endpoint.clone());
-        config.internal_deadline = args.internal_deadline;
-        config.local = local_billing.clone();
-        if let Some(notifier) = &checked.notifier {
-            config.notifier = notifier.clone();
-        }
-        let stop = shutdown();
-        tasks.spawn(async move { ("billing", kapal_billing::run(config, l, stop).await) });
-    }
-    if let Some(l) = prov_listener {
-        let config = provisioner_config(&args, &checked, &cp_endpoint)?;
-        let stop = shutdown();
-        tasks.spawn(async move { ("provisioner", kapal_provisioner::run(config, l, stop).await) });
-    }
-    if let Some(l) = cp_listener {
-        let mut config = kapal_control_plane::Config::new(
-            checked.db.clone(),
-            checked.catalog.clone(),
-            checked.key.clone(),
-            billing_endpoint.clone(),
-            prov_endpoint.clone(),
-        );
-        config.domain = args.domain.clone();
-        config.internal_deadline = args.internal_deadline;
-        config.capacity_ceiling_percent = args.capacity_ceiling;
-        config.max_watches_per_account = args.max_watches_per_account;
-        config.mail = checked.mail.clone();
-        config.max_instances_per_account = args.max_instances_per_account;
-        config.data_retention = args.data_retention;
-        config.support = args.support_sla.clone();
-        config.alert_interval = args.alert_interval;
-        if let Some(n) = &checked.support_notifier {
-            config.notifier = n.clone();
-        }
-        config.local = local_cp.clone();
-        let stop = shutdown();
-        tasks.spawn(async move {
-            (
-                "control-plane",
-                kapal_control_plane::run(config, l, stop).await,
-            )
-        });
-    }
-    if let Some(l) = gateway_listener {
-        let mut config = kapal_gateway::Config::new(
-            cp_endpoint.clone(),
-            billing_endpoint.clone(),
-            checked.key.clone(),
-        );
-        if let (Some(cert_path), Some(key_path)) = (&args.tls_cert, &args.tls_key) {
-            config.tls = Some(kapal_gateway::TlsConfig {
-                cert_path: cert_path.clone(),
-                key_path: key_path.clone(),
-            });
-        }
-        config.cors_allowed_origins = args.cors_origins.clone();
-        config.internal_deadline = args.internal_deadline;
-        config.console_dir = args.console_dir.clone();
-        config.rate_limit_per_second = args.rate_limit;
-        config.rate_limit_burst = args.rate_burst;
-        config.max_message_bytes = args.max_message_bytes;
-        config.trusted_proxies = checked.trusted_proxies.clone();
-        config.local_control_plane = local_cp;
-        config.local_billing = local_billing;
-        let scheme = if config.tls.is_some() {
+    let (checked, stack) = check(&args).await?;
+    if args.service == Service::All || args.service == Service::Gateway {
+        let scheme = if args.tls_cert.is_some() {
             "https"
         } else {
             "http"
         };
         tracing::info!("Kapal gateway on {scheme}://{}", args.listen);
-        if let Some(dir) = &config.console_dir {
+        if let Some(dir) = &args.console_dir {
             tracing::info!(
                 "Kapal console (from {}): open {scheme}://{}/ in a browser",
                 dir.display(),
                 args.listen
             );
         }
-        let stop = shutdown();
-        tasks.spawn(async move { ("gateway", kapal_gateway::run(config, l, stop).await) });
     }
+    let mut running = stack.start().await?;
     tracing::info!(
         service = ?args.service,
         database = checked.db_kind(),
@@ -852,27 +849,10 @@ pub async fn run(args: ServerArgs) -> anyhow::Result<()> {
     let mut failure = None;
     tokio::select! {
         _ = shutdown_signal() => tracing::info!("shutting down"),
-        Some(done) = tasks.join_next() => {
-            failure = Some(match done {
-                Ok((name, Ok(()))) => anyhow::anyhow!("{name} stopped unexpectedly"),
-                Ok((name, Err(e))) => e.context(format!("{name} failed")),
-                Err(e) => anyhow::anyhow!("a service task panicked: {e}"),
-            });
-        }
+        e = running.failed() => failure = Some(e),
     }
-    let _ = stop_tx.send(true);
-    let drain = async {
-        while let Some(done) = tasks.join_next().await {
-            if let Ok((name, Err(e))) = done {
-                tracing::error!(service = name, error = %format!("{e:#}"), "service failed while stopping");
-            }
-        }
-    };
-    if tokio::time::timeout(Duration::from_secs(10), drain)
-        .await
-        .is_err()
-    {
-        tracing::warn!("services did not stop within 10 s");
+    if let Err(e) = running.stop_within(Duration::from_secs(10)).await {
+        tracing::warn!(error = %format!("{e:#}"), "stopping the services");
     }
     // The spans still buffered go out before the process ends.
     let _ = tokio::task::spawn_blocking(kapal::telemetry::shutdown).await;
@@ -894,18 +874,23 @@ impl Checked {
 fn provisioner_config(
     args: &ServerArgs,
     checked: &Checked,
-    control_plane_endpoint: &str,
 ) -> anyhow::Result<kapal_provisioner::Config> {
-    let kube = checked
-        .kube
-        .clone()
-        .context("the provisioner's cluster credentials were not loaded")?;
+    // Without credentials (a problem reported already) a stand-in, for checking the rest.
+    let kube = match &checked.kube {
+        Some(kube) => kube.clone(),
+        None => kapal_provisioner::KubeConfig::new(
+            "https://127.0.0.1:6443"
+                .parse()
+                .context("the stand-in cluster URL")?,
+        ),
+    };
+    // The control-plane: set by the stack.
     let mut config = kapal_provisioner::Config::new(
         checked.db.clone(),
         checked.catalog.clone(),
         checked.key.clone(),
         kube,
-        control_plane_endpoint.to_string(),
+        kapal::serve::Upstream::default(),
     );
     config.ingress_class = args.ingress_class.clone();
     config.internal_deadline = args.internal_deadline;

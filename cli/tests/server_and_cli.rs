@@ -186,6 +186,111 @@ fn invalid_settings_are_all_reported() -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Flags the services' own `Config::validate()` refuses (issue 12) are named with the rest, all
+/// at once, by their variable and flag, and the server exits with a failure.
+#[test]
+fn every_services_problems_are_named_at_once() -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    let out = Command::new(KAPAL)
+        .args([
+            "server",
+            "--service",
+            "all",
+            "--database-url",
+            "mysql://nope",
+        ])
+        // The gateway's: a rate with no burst.
+        .args(["--rate-limit", "5", "--rate-burst", "0"])
+        // The control-plane's: a ceiling that is no percentage, no instance allowed, a domain
+        // that is no DNS name.
+        .args([
+            "--capacity-ceiling",
+            "0",
+            "--max-instances-per-account",
+            "0",
+        ])
+        .args(["--domain", "Not_A_Domain"])
+        // The provisioner's: a partition that is no label value.
+        .arg("--partition=-bad-")
+        .arg("--data-dir")
+        .arg(dir.path())
+        .env("KAPAL_CATALOG_DIR", kapal::catalog::repo_catalog_dir())
+        .env("KAPAL_EMAIL_VERIFICATION", "off")
+        .env("KAPAL_PAYMENTS", "dummy")
+        .env_remove("KAPAL_DATABASE_URL")
+        .env_remove("KAPAL_SERVICE")
+        .stdin(Stdio::null())
+        .output()?;
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    for named in [
+        "KAPAL_DATABASE_URL (--database-url)",
+        "KAPAL_RATE_BURST (--rate-burst)",
+        "KAPAL_CAPACITY_CEILING (--capacity-ceiling)",
+        "KAPAL_MAX_INSTANCES_PER_ACCOUNT (--max-instances-per-account)",
+        "KAPAL_DOMAIN (--domain)",
+        "KAPAL_PARTITION (--partition)",
+    ] {
+        assert!(stderr.contains(named), "{named} in {stderr}");
+    }
+    Ok(())
+}
+
+/// `--rate-limit 0` turns rate limits off, as the gateway documents; the server accepts it.
+#[tokio::test]
+async fn a_rate_limit_of_zero_is_off_and_accepted() -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    let log = dir.path().join("server.log");
+    let port = free_port()?;
+    let child = Command::new(KAPAL)
+        .args([
+            "server",
+            "--service",
+            "gateway",
+            "--rate-limit",
+            "0",
+            "--rate-burst",
+            "0",
+        ])
+        .args(["--listen", &format!("127.0.0.1:{port}")])
+        .arg("--data-dir")
+        .arg(dir.path())
+        .env("KAPAL_CATALOG_DIR", kapal::catalog::repo_catalog_dir())
+        .env("KAPAL_EMAIL_VERIFICATION", "off")
+        .env_remove("KAPAL_DATABASE_URL")
+        .env_remove("KAPAL_SERVICE")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(&log)?)
+        .spawn()?;
+    let mut server = Server(child);
+    // The gateway answers its own health checks (no upstream needed) once it runs.
+    let channel =
+        tonic::transport::Channel::from_shared(format!("http://127.0.0.1:{port}"))?.connect_lazy();
+    let mut health = tonic_health::pb::health_client::HealthClient::new(channel);
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        if let Some(status) = server.0.try_wait()? {
+            anyhow::bail!(
+                "the server exited ({status}): {}",
+                std::fs::read_to_string(&log)?
+            );
+        }
+        let check = tonic_health::pb::HealthCheckRequest {
+            service: String::new(),
+        };
+        if health.check(check).await.is_ok() {
+            return Ok(());
+        }
+        anyhow::ensure!(
+            Instant::now() < deadline,
+            "the gateway did not come up: {}",
+            std::fs::read_to_string(&log)?
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
 /// A server that would sell priced plans through the dummy provider (which charges nobody)
 /// refuses to start unless told `--payments dummy` (issue 14, item 7), and says so.
 #[test]

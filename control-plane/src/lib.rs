@@ -57,6 +57,7 @@ use diesel_migrations::{EmbeddedMigrations, embed_migrations};
 use kapal::auth::{InternalKey, VerifyPrincipal};
 use kapal::catalog::Catalog;
 use kapal::clock::SharedClock;
+use kapal::config::Problem;
 use kapal::db::{Db, DbConfig, Migrations};
 use kapal::proto::internal::v1::audit_service_server::AuditServiceServer;
 use kapal::proto::internal::v1::billing_service_client::BillingServiceClient;
@@ -72,7 +73,7 @@ use kapal::proto::v1::operator_service_server::OperatorServiceServer;
 use kapal::proto::v1::order_service_server::OrderServiceServer;
 use kapal::proto::v1::support_admin_service_server::SupportAdminServiceServer;
 use kapal::proto::v1::support_service_server::SupportServiceServer;
-use kapal::serve::InternalChannel;
+use kapal::serve::{InternalChannel, Upstream};
 use tokio::net::TcpListener;
 use tokio::sync::broadcast;
 
@@ -88,10 +89,11 @@ pub struct Config {
     /// Signs and verifies principals between Kapal's services.
     pub key: InternalKey,
     pub clock: SharedClock,
-    /// Billing's internal gRPC endpoint, e.g. `http://127.0.0.1:8082`.
-    pub billing_endpoint: String,
-    /// The provisioner's internal gRPC endpoint.
-    pub provisioner_endpoint: String,
+    /// Billing (its internal gRPC endpoint, e.g. `http://127.0.0.1:8082`, or its routes in
+    /// this process; the stack builder `kapal-stack` chooses).
+    pub billing: Upstream,
+    /// The provisioner.
+    pub provisioner: Upstream,
     /// Instances are served on `<customer-id>.<app>.<domain>`.
     pub domain: String,
     /// Lifetime of a login session.
@@ -127,9 +129,6 @@ pub struct Config {
     /// How often the alerts of ListAlerts are worked out and their openings and closings
     /// pushed to the notifier (default 60 s; zero: never, only ListAlerts shows them).
     pub alert_interval: Duration,
-    /// Where to publish the control-plane's routes for a gateway in the same process (see
-    /// [`kapal::serve::LocalRoutes`]); `None` serves over the listener only.
-    pub local: Option<kapal::serve::LocalRoutes>,
     /// The SMTP server for verification and password-reset mail. `Some`: sign-up mails a code,
     /// only verified accounts check out, and passwords can be reset. `None`: email verification
     /// is off (development only: sign-up answers at once and tells whether an address is taken).
@@ -145,16 +144,16 @@ impl Config {
         db: DbConfig,
         catalog: Arc<Catalog>,
         key: InternalKey,
-        billing_endpoint: impl Into<String>,
-        provisioner_endpoint: impl Into<String>,
+        billing: impl Into<Upstream>,
+        provisioner: impl Into<Upstream>,
     ) -> Config {
         Config {
             db,
             catalog,
             key,
             clock: kapal::clock::system(),
-            billing_endpoint: billing_endpoint.into(),
-            provisioner_endpoint: provisioner_endpoint.into(),
+            billing: billing.into(),
+            provisioner: provisioner.into(),
             domain: "kapal.localhost".into(),
             session_ttl: Duration::from_secs(30 * 24 * 3600),
             recovery_interval: Duration::from_secs(15),
@@ -169,10 +168,61 @@ impl Config {
             support: support::Settings::default(),
             notifier: Arc::new(support::notify::LogNotifier),
             alert_interval: Duration::from_secs(60),
-            local: None,
             mail: None,
             max_instances_per_account: 5,
         }
+    }
+
+    /// Every invalid setting, named.
+    pub fn validate(&self) -> Vec<Problem> {
+        let mut problems = Vec::new();
+        if let Err(e) = validate_domain(&self.domain) {
+            problems.push(Problem::new("domain", format!("{e:#}")));
+        }
+        if self.recovery_concurrency == 0 {
+            problems.push(Problem::new("recovery_concurrency", "must be at least 1"));
+        }
+        for (setting, value) in [
+            ("recovery_order_timeout", self.recovery_order_timeout),
+            ("recovery_interval", self.recovery_interval),
+            ("watch_poll_interval", self.watch_poll_interval),
+            ("internal_deadline", self.internal_deadline),
+            ("session_ttl", self.session_ttl),
+        ] {
+            if value.is_zero() {
+                problems.push(Problem::new(setting, "must be longer than zero"));
+            }
+        }
+        if !(1..=100).contains(&self.capacity_ceiling_percent) {
+            problems.push(Problem::new(
+                "capacity_ceiling_percent",
+                format!(
+                    "{} is not a percentage from 1 to 100",
+                    self.capacity_ceiling_percent
+                ),
+            ));
+        }
+        if self.max_instances_per_account == 0 {
+            problems.push(Problem::new(
+                "max_instances_per_account",
+                "must be at least 1",
+            ));
+        }
+        if self.max_watches_per_account == 0 {
+            problems.push(Problem::new(
+                "max_watches_per_account",
+                "must be at least 1",
+            ));
+        }
+        if chrono::Duration::from_std(self.data_retention).is_err() {
+            problems.push(Problem::new("data_retention", "is too long"));
+        }
+        if let Some(mail) = &self.mail
+            && let Err(e) = mail.check()
+        {
+            problems.push(Problem::new("mail", format!("{e:#}")));
+        }
+        problems
     }
 }
 
@@ -220,20 +270,13 @@ pub async fn run(
     listener: TcpListener,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
-    validate_domain(&config.domain)?;
-    anyhow::ensure!(
-        config.recovery_concurrency > 0 && !config.recovery_order_timeout.is_zero(),
-        "the order recovery needs a concurrency of at least 1 and a timeout longer than zero"
-    );
-    anyhow::ensure!(
-        !config.watch_poll_interval.is_zero(),
-        "the watch poll interval must be longer than zero"
-    );
-    anyhow::ensure!(
-        (1..=100).contains(&config.capacity_ceiling_percent),
-        "the capacity ceiling must be a percentage from 1 to 100, got {}",
-        config.capacity_ceiling_percent
-    );
+    build(config).await?.serve(listener, shutdown).await
+}
+
+/// Connects the database (running migrations) and builds the control-plane: its routes, and
+/// its background work (order recovery, support sweep, change poller, alert push).
+pub async fn build(config: Config) -> anyhow::Result<kapal::serve::Built> {
+    kapal::config::check("control-plane", config.validate())?;
     let db = Db::connect(
         &config.db,
         "control-plane",
@@ -244,10 +287,6 @@ pub async fn run(
     )
     .await?;
     let key = config.key.clone();
-    anyhow::ensure!(
-        config.max_instances_per_account >= 1,
-        "the instance limit per account must be at least 1"
-    );
     let mailer = config.mail.as_ref().map(mail::Mailer::new).transpose()?;
     if mailer.is_none() {
         tracing::warn!(
@@ -258,16 +297,18 @@ pub async fn run(
         db,
         catalog: config.catalog,
         clock: config.clock,
-        billing: BillingServiceClient::new(kapal::serve::internal_channel_with_deadline(
-            &config.billing_endpoint,
-            &key,
-            config.internal_deadline,
-        )?),
-        provisioner: ProvisionerServiceClient::new(kapal::serve::internal_channel_with_deadline(
-            &config.provisioner_endpoint,
-            &key,
-            config.internal_deadline,
-        )?),
+        billing: BillingServiceClient::new(
+            config
+                .billing
+                .internal_channel_with_deadline(&key, config.internal_deadline)
+                .context("billing")?,
+        ),
+        provisioner: ProvisionerServiceClient::new(
+            config
+                .provisioner
+                .internal_channel_with_deadline(&key, config.internal_deadline)
+                .context("the provisioner")?,
+        ),
         domain: config.domain,
         session_ttl: chrono::Duration::from_std(config.session_ttl)
             .context("session_ttl is too large")?,
@@ -324,8 +365,9 @@ pub async fn run(
 
     let verify = VerifyPrincipal(key);
     let _metrics = metrics::register(ctx.clone());
-    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
-    let recovery = tokio::spawn(orders::recover_pending(
+    let mut background = kapal::serve::Background::new();
+    let stop_rx = background.stopping();
+    background.spawn(orders::recover_pending(
         ctx.clone(),
         orders::Recovery {
             interval: config.recovery_interval,
@@ -334,13 +376,13 @@ pub async fn run(
         },
         stop_rx.clone(),
     ));
-    let support_sweep = tokio::spawn(support::sweep(ctx.clone(), stop_rx.clone()));
-    let change_poller = tokio::spawn(changes::poll(
+    background.spawn(support::sweep(ctx.clone(), stop_rx.clone()));
+    background.spawn(changes::poll(
         ctx.clone(),
         config.watch_poll_interval,
         stop_rx.clone(),
     ));
-    let alert_push = tokio::spawn(alerting::push(
+    background.spawn(alerting::push(
         ctx.clone(),
         config.alert_interval,
         stop_rx.clone(),
@@ -385,19 +427,12 @@ pub async fn run(
         .add_service(verify.wrap(AuditServiceServer::new(operator_api::AuditApi(ctx.clone()))))
         .prepare();
     let routes = kapal::metrics::instrument(routes, "control-plane");
-    if let Some(local) = &config.local {
-        local.set(routes.clone());
-    }
-    let router = tonic::transport::Server::builder().add_routes(routes);
-
-    tracing::info!(addr = ?listener.local_addr().ok(), backend = ctx.db.backend(), "control-plane serving");
-    let result = kapal::serve::serve(router, listener, shutdown).await;
-    let _ = stop_tx.send(true);
-    let _ = recovery.await;
-    let _ = support_sweep.await;
-    let _ = change_poller.await;
-    let _ = alert_push.await;
-    result
+    tracing::info!(backend = ctx.db.backend(), "control-plane built");
+    Ok(kapal::serve::Built::new(
+        "control-plane",
+        routes,
+        background,
+    ))
 }
 
 fn validate_domain(domain: &str) -> anyhow::Result<()> {

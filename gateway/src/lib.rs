@@ -23,7 +23,9 @@ use std::time::Duration;
 use anyhow::Context as _;
 use http::{HeaderName, HeaderValue, Method};
 use kapal::auth::InternalKey;
+use kapal::config::Problem;
 use kapal::proto::internal::v1::identity_service_client::IdentityServiceClient;
+use kapal::serve::Upstream;
 use tokio::net::TcpListener;
 use tonic::transport::{Identity, Server, ServerTlsConfig};
 use tower::ServiceBuilder;
@@ -73,11 +75,12 @@ pub struct TlsConfig {
 /// Everything the gateway needs; [`Config::new`] fills in the defaults.
 #[derive(Clone, Debug)]
 pub struct Config {
-    /// The control-plane's gRPC endpoint, `http://host:port`: most public services and the
-    /// internal identity service.
-    pub control_plane_endpoint: String,
-    /// Billing's gRPC endpoint, `http://host:port`: `SubscriptionService`.
-    pub billing_endpoint: String,
+    /// The control-plane (its gRPC endpoint, `http://host:port`, or its routes in this
+    /// process; the stack builder `kapal-stack` chooses): most public services and the internal
+    /// identity service.
+    pub control_plane: Upstream,
+    /// Billing: `SubscriptionService`, `BillingAdminService`.
+    pub billing: Upstream,
     /// The deployment's internal key: signs callers for the upstreams and the gateway's own
     /// calls to the identity service.
     pub key: InternalKey,
@@ -92,9 +95,10 @@ pub struct Config {
     /// on this port. `None` (default): page requests get a plain 404.
     pub console_dir: Option<PathBuf>,
     /// Calls per second per caller (account, or client address when anonymous); 0 turns rate
-    /// limits off. Default 10.
+    /// limits off. Default [`DEFAULT_RATE_LIMIT_PER_SECOND`].
     pub rate_limit_per_second: u32,
-    /// Calls a caller may make at once before the rate applies. Default 50.
+    /// Calls a caller may make at once before the rate applies (at least 1 when limits are
+    /// on). Default [`DEFAULT_RATE_LIMIT_BURST`].
     pub rate_limit_burst: u32,
     /// Largest request message accepted. Default 64 KiB. Responses are not limited.
     pub max_message_bytes: usize,
@@ -116,81 +120,100 @@ pub struct Config {
     /// client writes into the header itself stays to the left and is ignored). Default none:
     /// the TCP peer's address, and the header is ignored.
     pub trusted_proxies: Vec<kapal::cidr::Cidr>,
-    /// The control-plane's routes when it runs in this process: calls go to it directly, not
-    /// through `control_plane_endpoint` (see [`kapal::serve::LocalRoutes`]). Default `None`.
-    pub local_control_plane: Option<kapal::serve::LocalRoutes>,
-    /// Billing's routes when it runs in this process. Default `None`.
-    pub local_billing: Option<kapal::serve::LocalRoutes>,
 }
+
+/// Calls per second per caller unless configured otherwise (`kapal server --rate-limit`; 0:
+/// off).
+pub const DEFAULT_RATE_LIMIT_PER_SECOND: u32 = 50;
+/// Calls a caller may make at once unless configured otherwise (`kapal server --rate-burst`).
+pub const DEFAULT_RATE_LIMIT_BURST: u32 = 100;
 
 impl Config {
     /// A configuration with the defaults for everything but the upstreams and the key.
     pub fn new(
-        control_plane_endpoint: impl Into<String>,
-        billing_endpoint: impl Into<String>,
+        control_plane: impl Into<Upstream>,
+        billing: impl Into<Upstream>,
         key: InternalKey,
     ) -> Config {
         Config {
-            control_plane_endpoint: control_plane_endpoint.into(),
-            billing_endpoint: billing_endpoint.into(),
+            control_plane: control_plane.into(),
+            billing: billing.into(),
             key,
             tls: None,
             cors_allowed_origins: Vec::new(),
             console_dir: None,
-            rate_limit_per_second: 10,
-            rate_limit_burst: 50,
+            rate_limit_per_second: DEFAULT_RATE_LIMIT_PER_SECOND,
+            rate_limit_burst: DEFAULT_RATE_LIMIT_BURST,
             max_message_bytes: 64 * 1024,
             default_deadline: Duration::from_secs(15),
             max_deadline: Duration::from_secs(60),
             auth_cache_ttl: Duration::from_secs(10),
             internal_deadline: kapal::serve::DEFAULT_INTERNAL_DEADLINE,
             trusted_proxies: Vec::new(),
-            local_control_plane: None,
-            local_billing: None,
         }
     }
 
     /// Every invalid setting, named, with what was expected.
-    fn validate(&self) -> anyhow::Result<()> {
+    pub fn validate(&self) -> Vec<Problem> {
         let mut problems = Vec::new();
         if self.rate_limit_per_second > 0 && self.rate_limit_burst == 0 {
-            problems.push(
-                "rate_limit_burst must be at least 1 when rate limits are on (rate_limit_per_second > 0)"
-                    .to_string(),
-            );
+            problems.push(Problem::new(
+                "rate_limit_burst",
+                "must be at least 1 when rate limits are on (rate_limit_per_second > 0; 0 turns them off)",
+            ));
         }
         if self.max_message_bytes == 0 {
-            problems.push("max_message_bytes must be at least 1".to_string());
+            problems.push(Problem::new("max_message_bytes", "must be at least 1"));
         }
         if self.max_deadline.is_zero() {
-            problems.push("max_deadline must be longer than zero".to_string());
+            problems.push(Problem::new("max_deadline", "must be longer than zero"));
         }
         if self.default_deadline.is_zero() {
-            problems.push("default_deadline must be longer than zero".to_string());
+            problems.push(Problem::new("default_deadline", "must be longer than zero"));
+        }
+        if self.internal_deadline.is_zero() {
+            problems.push(Problem::new(
+                "internal_deadline",
+                "must be longer than zero",
+            ));
         }
         if self.default_deadline > self.max_deadline {
-            problems.push(format!(
-                "default_deadline ({:?}) must not be longer than max_deadline ({:?})",
-                self.default_deadline, self.max_deadline
+            problems.push(Problem::new(
+                "default_deadline",
+                format!(
+                    "{:?} must not be longer than max_deadline ({:?})",
+                    self.default_deadline, self.max_deadline
+                ),
             ));
         }
         if let Err(e) = allowed_origins(&self.cors_allowed_origins) {
-            problems.push(format!("{e:#}"));
+            problems.push(Problem::new("cors_allowed_origins", format!("{e:#}")));
         }
         if let Some(dir) = &self.console_dir
             && !dir.join("index.html").is_file()
         {
-            problems.push(format!(
-                "console_dir: {} has no index.html (build the console: npm ci && npm run build in console/)",
-                dir.display()
+            problems.push(Problem::new(
+                "console_dir",
+                format!(
+                    "{} has no index.html (build the console: npm ci && npm run build in console/)",
+                    dir.display()
+                ),
             ));
         }
-        anyhow::ensure!(
-            problems.is_empty(),
-            "invalid gateway configuration:\n  {}",
-            problems.join("\n  ")
-        );
-        Ok(())
+        if let Some(tls) = &self.tls {
+            for (setting, path) in [
+                ("tls.cert_path", &tls.cert_path),
+                ("tls.key_path", &tls.key_path),
+            ] {
+                if !path.is_file() {
+                    problems.push(Problem::new(
+                        setting,
+                        format!("{} is not a file", path.display()),
+                    ));
+                }
+            }
+        }
+        problems
     }
 }
 
@@ -252,32 +275,29 @@ pub async fn run(
     listener: TcpListener,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
+    build(config).await?.serve(listener, shutdown).await
+}
+
+/// Builds the gateway: its own routes (health, reflection, the proxy to its upstreams) and the
+/// server that serves them behind its layers (TLS, grpc-web, CORS, rate limits, identities,
+/// deadlines, size limits). It has no background work.
+pub async fn build(config: Config) -> anyhow::Result<kapal::serve::Built> {
     kapal::serve::install_crypto_provider();
-    config.validate()?;
+    kapal::config::check("gateway", config.validate())?;
 
     let table = routes::RouteTable::new(kapal::proto::PUBLIC_DESCRIPTOR_SET)?;
-    let identity_channel = kapal::serve::internal_channel_with_deadline(
-        &config.control_plane_endpoint,
-        &config.key,
-        config.internal_deadline,
-    )
-    .context("control_plane_endpoint")?;
+    let identity_channel = config
+        .control_plane
+        .internal_channel_with_deadline(&config.key, config.internal_deadline)
+        .context("control_plane")?;
     let authenticator = identity::Authenticator::new(
         IdentityServiceClient::new(identity_channel),
         config.auth_cache_ttl,
         kapal::clock::system(),
     );
     let proxy = proxy::Proxy::new(
-        proxy::Upstream::new(
-            routes::Target::ControlPlane.name(),
-            &config.control_plane_endpoint,
-            config.local_control_plane.clone(),
-        )?,
-        proxy::Upstream::new(
-            routes::Target::Billing.name(),
-            &config.billing_endpoint,
-            config.local_billing.clone(),
-        )?,
+        proxy::Upstream::new(routes::Target::ControlPlane.name(), &config.control_plane)?,
+        proxy::Upstream::new(routes::Target::Billing.name(), &config.billing)?,
     );
 
     let (health_reporter, health) = tonic_health::server::health_reporter();
@@ -291,6 +311,7 @@ pub async fn run(
     let services = tonic::service::Routes::from(axum::Router::new().fallback_service(proxy))
         .add_service(health)
         .add_service(reflection);
+    let own_routes = services.clone();
 
     let limiter = (config.rate_limit_per_second > 0).then(|| {
         Arc::new(rate_limit::Limiter::new(
@@ -378,18 +399,27 @@ pub async fn run(
         .layer(stack)
         .add_routes(services);
 
-    tracing::info!(
-        addr = ?listener.local_addr().ok(),
-        tls = config.tls.is_some(),
-        control_plane = %config.control_plane_endpoint,
-        billing = %config.billing_endpoint,
-        in_process = config.local_control_plane.is_some(),
-        "gateway listening"
-    );
-    router
-        .serve_with_incoming_shutdown(kapal::serve::incoming(listener), shutdown)
-        .await
-        .context("the gateway server failed")
+    let tls = config.tls.is_some();
+    let (control_plane, billing) = (config.control_plane.clone(), config.billing.clone());
+    let serve: kapal::serve::ServeFn = Box::new(move |listener, shutdown| {
+        Box::pin(async move {
+            tracing::info!(
+                addr = ?listener.local_addr().ok(),
+                tls,
+                %control_plane,
+                %billing,
+                "gateway listening"
+            );
+            router
+                .serve_with_incoming_shutdown(kapal::serve::incoming(listener), shutdown)
+                .await
+                .context("the gateway server failed")
+        })
+    });
+    Ok(
+        kapal::serve::Built::new("gateway", own_routes, kapal::serve::Background::new())
+            .with_server(serve),
+    )
 }
 
 #[cfg(test)]
@@ -406,7 +436,15 @@ mod tests {
 
     #[test]
     fn defaults_are_valid() {
-        assert!(config().validate().is_ok());
+        assert_eq!(config().validate(), Vec::new());
+    }
+
+    #[test]
+    fn a_rate_limit_of_zero_is_off_and_valid() {
+        let mut c = config();
+        c.rate_limit_per_second = 0;
+        c.rate_limit_burst = 0;
+        assert_eq!(c.validate(), Vec::new());
     }
 
     #[test]
@@ -416,14 +454,14 @@ mod tests {
         c.max_message_bytes = 0;
         c.default_deadline = Duration::from_secs(120);
         c.cors_allowed_origins = vec!["https://console.example.com/".into()];
-        let message = format!("{:#}", c.validate().expect_err("invalid"));
+        let named: Vec<&str> = c.validate().iter().map(|p| p.setting).collect();
         for setting in [
             "rate_limit_burst",
             "max_message_bytes",
             "default_deadline",
             "cors_allowed_origins",
         ] {
-            assert!(message.contains(setting), "{setting} in {message}");
+            assert!(named.contains(&setting), "{setting} in {named:?}");
         }
     }
 
@@ -431,8 +469,8 @@ mod tests {
     fn a_console_dir_needs_an_index() {
         let mut c = config();
         c.console_dir = Some(PathBuf::from("/nonexistent/console/dist"));
-        let message = format!("{:#}", c.validate().expect_err("invalid"));
-        assert!(message.contains("console_dir"), "{message}");
+        let named: Vec<&str> = c.validate().iter().map(|p| p.setting).collect();
+        assert_eq!(named, ["console_dir"]);
     }
 
     #[test]

@@ -1,7 +1,8 @@
 //! The proxy at the bottom of the stack: forwards a routed gRPC call, as HTTP/2, to the service
 //! that serves it, and streams the answer back as it comes (server-streaming calls included).
-//! When the service runs in the same process (`kapal server`), the call goes to its routes
-//! directly instead. It knows nothing about individual methods.
+//! When the service runs in the same process ([`kapal::serve::Upstream::InProcess`], chosen by
+//! the stack builder), the call goes to its routes directly instead. It knows nothing about
+//! individual methods.
 
 use std::convert::Infallible;
 use std::future::Future;
@@ -11,7 +12,7 @@ use std::time::Duration;
 
 use anyhow::Context as _;
 use http::header::{self, HeaderName};
-use kapal::serve::LocalRoutes;
+use kapal::serve::Transport;
 use tonic::body::Body;
 use tonic::transport::{Channel, Endpoint};
 use tower::{Service, ServiceExt as _};
@@ -49,44 +50,33 @@ impl Proxy {
     }
 }
 
-/// One upstream: a lazily connecting HTTP/2 channel, and its routes when it runs in this process
-/// (used as soon as it has published them).
+/// One upstream: a lazily connecting HTTP/2 channel, or its routes when it runs in this process.
 #[derive(Clone, Debug)]
 pub(crate) struct Upstream {
     name: &'static str,
-    channel: Channel,
-    local: Option<LocalRoutes>,
+    transport: Transport,
 }
 
 impl Upstream {
     pub(crate) fn new(
         name: &'static str,
-        endpoint: &str,
-        local: Option<LocalRoutes>,
+        upstream: &kapal::serve::Upstream,
     ) -> anyhow::Result<Upstream> {
         Ok(Upstream {
             name,
-            channel: channel(name, endpoint)?,
-            local,
+            transport: upstream.transport_with(|endpoint| channel(name, endpoint))?,
         })
     }
 
     async fn call(self, req: http::Request<Body>) -> Res {
-        let answer = match self.local.as_ref().and_then(LocalRoutes::get) {
-            // In this process: the service's own routes, no socket in between.
-            Some(routes) => match routes.clone().oneshot(req).await {
-                Ok(res) => return res,
-                Err(never) => match never {},
-            },
-            None => match self.channel.ready_oneshot().await {
-                Ok(mut channel) => channel.call(req).await,
-                Err(e) => Err(e),
-            },
+        let answer = match self.transport.ready_oneshot().await {
+            Ok(mut transport) => transport.call(req).await,
+            Err(e) => Err(e),
         };
         answer.unwrap_or_else(|e| {
             Error::Upstream {
                 upstream: self.name,
-                source: e.into(),
+                source: e,
             }
             .into_response()
         })

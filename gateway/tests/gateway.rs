@@ -1391,7 +1391,7 @@ async fn an_unreachable_upstream_is_unavailable_and_says_nothing_more() {
         let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
         format!("http://{}", l.local_addr().expect("addr"))
     };
-    let app = TestApp::with(|c| c.billing_endpoint = closed.clone()).await;
+    let app = TestApp::with(|c| c.billing = closed.clone().into()).await;
     let status = assert_code(
         SubscriptionServiceClient::new(app.channel().await)
             .list_subscriptions(bearer(pb::ListSubscriptionsRequest::default(), ALICE_TOKEN))

@@ -66,9 +66,10 @@ pub struct Config {
     /// How to reach the cluster (e.g. [`kube::Config::infer`], or from a kubeconfig file with
     /// [`kube_config_from`]).
     pub kube: kube::Config,
-    /// `http://host:port` of the control-plane's InstanceStateService. Empty: none (desired
-    /// state comes only from ApplyInstance, and statuses are not reported).
-    pub control_plane_endpoint: String,
+    /// The control-plane's InstanceStateService (`http://host:port`, or its routes in this
+    /// process). `None`: desired state comes only from ApplyInstance, and statuses are not
+    /// reported. Set by the stack builder (`kapal-stack`) when the provisioner runs in a stack.
+    pub control_plane: Option<kapal::serve::Upstream>,
     /// How long a call to the control-plane may take before it ends with DEADLINE_EXCEEDED.
     /// Default 10 s.
     pub internal_deadline: Duration,
@@ -142,14 +143,16 @@ impl Config {
         catalog: Arc<Catalog>,
         key: InternalKey,
         kube: kube::Config,
-        control_plane_endpoint: impl Into<String>,
+        control_plane: impl Into<kapal::serve::Upstream>,
     ) -> Config {
+        // An empty endpoint: none.
+        let control_plane = Some(control_plane.into()).filter(kapal::serve::Upstream::is_set);
         Config {
             db,
             catalog,
             key,
             kube,
-            control_plane_endpoint: control_plane_endpoint.into(),
+            control_plane,
             internal_deadline: kapal::serve::DEFAULT_INTERNAL_DEADLINE,
             ingress_class: "traefik".to_string(),
             ingress_namespace: "kube-system".to_string(),
@@ -181,6 +184,48 @@ impl Config {
             clock: kapal::clock::system(),
         }
     }
+
+    /// Every invalid setting, named.
+    pub fn validate(&self) -> Vec<kapal::config::Problem> {
+        use kapal::config::Problem;
+        let mut problems = Vec::new();
+        if !is_label_value(&self.partition) {
+            problems.push(Problem::new(
+                "partition",
+                format!(
+                    "{:?} is not a Kubernetes label value (1-63 letters, digits, '-', '_' or '.', starting and ending with a letter or digit)",
+                    self.partition
+                ),
+            ));
+        }
+        if self.dns_pod_labels.is_empty() {
+            problems.push(Problem::new(
+                "dns_pod_labels",
+                "name the cluster DNS pods' labels, e.g. k8s-app=kube-dns",
+            ));
+        }
+        for (setting, value) in [
+            ("internal_deadline", self.internal_deadline),
+            ("resync_interval", self.resync_interval),
+            ("sweep_interval", self.sweep_interval),
+        ] {
+            if value.is_zero() {
+                problems.push(Problem::new(setting, "must be longer than zero"));
+            }
+        }
+        problems
+    }
+}
+
+/// A Kubernetes label value that is not empty: 1-63 letters, digits, '-', '_' or '.', starting
+/// and ending with a letter or digit.
+fn is_label_value(v: &str) -> bool {
+    !v.is_empty()
+        && v.len() <= 63
+        && v.chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
+        && v.starts_with(|c: char| c.is_ascii_alphanumeric())
+        && v.ends_with(|c: char| c.is_ascii_alphanumeric())
 }
 
 /// How to reach the cluster: only the provisioner talks to Kubernetes, so other crates name
@@ -211,21 +256,24 @@ pub async fn run(
     listener: TcpListener,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
+    build(config).await?.serve(listener, shutdown).await
+}
+
+/// Connects the database (running migrations) and builds the provisioner: its routes, and its
+/// controller's tasks (aborted when it stops).
+pub async fn build(config: Config) -> anyhow::Result<kapal::serve::Built> {
     kapal::serve::install_crypto_provider();
+    kapal::config::check("provisioner", config.validate())?;
     let db = Db::connect(&config.db, "provisioner", store::migrations()).await?;
     let client =
         kube::Client::try_from(config.kube.clone()).context("building the Kubernetes client")?;
-    let control_plane = match config.control_plane_endpoint.trim() {
-        "" => {
+    let control_plane = match &config.control_plane {
+        None => {
             tracing::warn!("no control-plane endpoint: statuses are not reported");
             None
         }
-        endpoint => Some(InstanceStateServiceClient::new(
-            kapal::serve::internal_channel_with_deadline(
-                endpoint,
-                &config.key,
-                config.internal_deadline,
-            )?,
+        Some(upstream) => Some(InstanceStateServiceClient::new(
+            upstream.internal_channel_with_deadline(&config.key, config.internal_deadline)?,
         )),
     };
     let cluster = cluster::Cluster::new(client);
@@ -233,11 +281,12 @@ pub async fn run(
     // Secrets of each instance namespace (fence). Should this fail, the first convergence asks
     // again.
     let whoami = cluster.clone();
-    let identity = tokio::spawn(async move {
+    let mut background = kapal::serve::Background::new();
+    background.abort_on_stop(tokio::spawn(async move {
         if let Err(e) = whoami.me().await {
             tracing::info!(error = %error::chain(&e), "the provisioner's Kubernetes identity is not known yet");
         }
-    });
+    }));
     let (controller, queues) = controller::Controller::new(controller::Parts {
         store: store::Store::new(db),
         catalog: config.catalog.clone(),
@@ -271,7 +320,9 @@ pub async fn run(
             safety_delay: config.orphan_safety_delay,
         },
     });
-    let tasks = controller.spawn(queues);
+    for task in controller.spawn(queues) {
+        background.abort_on_stop(task);
+    }
 
     let (health, health_service) = tonic_health::server::health_reporter();
     health
@@ -287,13 +338,6 @@ pub async fn run(
                 service::Provisioner::new(controller),
             )),
         );
-    let router = tonic::transport::Server::builder()
-        .add_routes(kapal::metrics::instrument(routes, "provisioner"));
-    tracing::info!(addr = ?listener.local_addr().ok(), "provisioner serving");
-    let served = kapal::serve::serve(router, listener, shutdown).await;
-    identity.abort();
-    for task in tasks {
-        task.abort();
-    }
-    served
+    let routes = kapal::metrics::instrument(routes.prepare(), "provisioner");
+    Ok(kapal::serve::Built::new("provisioner", routes, background))
 }

@@ -1,5 +1,7 @@
-//! `TestApp`: Kapal's four real services on free loopback ports, talking gRPC to each other, with
-//! a client side for tests (native gRPC and grpc-web through the gateway).
+//! `TestApp`: Kapal's four real services on free loopback ports, composed by the stack builder
+//! (`kapal-stack`) as `kapal server` composes them (in-process edges, or all over the network
+//! with [`TestAppBuilder::upstreams_over_the_network`]), with a client side for tests (native
+//! gRPC and grpc-web through the gateway).
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -23,8 +25,6 @@ use kapal::proto::v1::support_service_client::SupportServiceClient;
 use kapal::proto::v1::{InstanceStatus, SignUpRequest, WatchInstanceRequest};
 use kapal::testing::Backend;
 use tokio::net::TcpListener;
-use tokio::sync::watch;
-use tokio::task::JoinSet;
 use tonic::metadata::MetadataValue;
 use tonic::service::interceptor::InterceptedService;
 use tonic::transport::Channel;
@@ -116,8 +116,11 @@ pub struct TestApp {
     /// This stack's partition label on the cluster (objects of other stacks are not its orphans).
     pub partition: String,
     options: Options,
-    stop: watch::Sender<bool>,
-    tasks: JoinSet<(&'static str, anyhow::Result<()>)>,
+    /// The services, composed by the stack builder (kapal-stack) as `kapal server` composes
+    /// them; `None` before the first start.
+    running: Option<kapal_stack::Running>,
+    /// Further control-planes and gateways ([`TestApp::replica`]).
+    replicas: Vec<kapal_stack::Running>,
     /// The cluster's admin config, for deleting this stack's instances when it is dropped.
     cluster_config: Option<kube::Config>,
     /// Billing's and the provisioner's internal endpoints, for [`TestApp::replica`].
@@ -292,7 +295,6 @@ impl TestAppBuilder {
                 Arc::new(Catalog::load(&dir)?)
             }
         };
-        let (stop, _) = watch::channel(false);
         let mut app = TestApp {
             backend: self.backend,
             gateway_addr: ([127, 0, 0, 1], 0).into(),
@@ -305,8 +307,8 @@ impl TestAppBuilder {
             admin_email: format!("ops-{}@example.com", short_id()),
             partition: format!("test-{}", short_id()),
             options: self.options,
-            stop,
-            tasks: JoinSet::new(),
+            running: None,
+            replicas: Vec::new(),
             cluster_config: Some(cluster.config().clone()),
             billing_url: String::new(),
             prov_url: String::new(),
@@ -320,10 +322,6 @@ fn short_id() -> String {
     uuid::Uuid::new_v4().simple().to_string()[..8].to_string()
 }
 
-async fn free_listener() -> anyhow::Result<TcpListener> {
-    Ok(TcpListener::bind("127.0.0.1:0").await?)
-}
-
 impl TestApp {
     pub fn builder() -> TestAppBuilder {
         TestAppBuilder {
@@ -333,25 +331,57 @@ impl TestApp {
         }
     }
 
+    /// The control-plane's configuration (also of [`TestApp::replica`]s); its upstreams are
+    /// set by the stack.
+    fn control_plane_config(&self) -> kapal_control_plane::Config {
+        let mut cp_config = kapal_control_plane::Config::new(
+            self.db.clone(),
+            self.catalog.clone(),
+            self.key.clone(),
+            kapal::serve::Upstream::default(),
+            kapal::serve::Upstream::default(),
+        );
+        cp_config.domain = self.domain.clone();
+        if let Some(percent) = self.options.capacity_ceiling_percent {
+            cp_config.capacity_ceiling_percent = percent;
+        }
+        // Tests do not keep deleted instances' data for days on the shared cluster (each stack
+        // has its own partition, so no later sweep would find it); a test that looks at
+        // retention asks for a period.
+        cp_config.data_retention = self
+            .options
+            .data_retention
+            .unwrap_or(Duration::from_secs(1));
+        cp_config.recovery_interval = Duration::from_secs(1);
+        if let Some(n) = self.options.max_instances_per_account {
+            cp_config.max_instances_per_account = n;
+        }
+        cp_config.mail = self.options.mail.clone();
+        cp_config
+    }
+
+    /// The gateway's configuration (also of [`TestApp::replica`]s).
+    fn gateway_config(&self) -> kapal_gateway::Config {
+        let mut gw_config = kapal_gateway::Config::new(
+            kapal::serve::Upstream::default(),
+            kapal::serve::Upstream::default(),
+            self.key.clone(),
+        );
+        gw_config.trusted_proxies = self.options.trusted_proxies.clone();
+        // Tests fire requests fast; the limiter has tests of its own.
+        (gw_config.rate_limit_per_second, gw_config.rate_limit_burst) =
+            self.options.rate_limit.unwrap_or((100_000, 100_000));
+        gw_config
+    }
+
     async fn spawn_services(&mut self, gateway_addr: Option<SocketAddr>) -> anyhow::Result<()> {
-        let (stop, stop_rx) = watch::channel(false);
-        self.stop = stop;
-        let shutdown = move || {
-            let mut rx = stop_rx.clone();
-            async move {
-                let _ = rx.wait_for(|s| *s).await;
-            }
-        };
-        let cp = free_listener().await?;
-        let billing = free_listener().await?;
-        let prov = free_listener().await?;
         let gateway = match gateway_addr {
             // Restarting: the same address, so clients keep working (retry while it is released).
             Some(addr) => {
                 let mut tries = 0;
                 loop {
                     match TcpListener::bind(addr).await {
-                        Ok(l) => break l,
+                        Ok(l) => break kapal_stack::Listen::Bound(l),
                         Err(_) if tries < 50 => {
                             tries += 1;
                             tokio::time::sleep(Duration::from_millis(100)).await;
@@ -360,18 +390,8 @@ impl TestApp {
                     }
                 }
             }
-            None => free_listener().await?,
+            None => kapal_stack::Listen::any_loopback(),
         };
-        let local =
-            || (!self.options.upstreams_over_the_network).then(kapal::serve::LocalRoutes::default);
-        let (local_cp, local_billing) = (local(), local());
-        let url = |l: &TcpListener| -> anyhow::Result<String> {
-            Ok(format!("http://{}", l.local_addr()?))
-        };
-        let (cp_url, billing_url, prov_url) = (url(&cp)?, url(&billing)?, url(&prov)?);
-        self.gateway_addr = gateway.local_addr()?;
-        self.billing_url = billing_url.clone();
-        self.prov_url = prov_url.clone();
 
         let mut billing_config =
             kapal_billing::Config::new(self.db.clone(), self.catalog.clone(), self.key.clone());
@@ -388,30 +408,14 @@ impl TestApp {
         if let Some(notifier) = &self.options.billing_notifier {
             billing_config.notifier = notifier.clone();
         }
-        billing_config.control_plane_endpoint = Some(cp_url.clone());
-        billing_config.local = local_billing.clone();
-        self.tasks.spawn({
-            let s = shutdown();
-            async move {
-                (
-                    "billing",
-                    kapal_billing::run(billing_config, billing, s).await,
-                )
-            }
-        });
 
-        let kubeconfig = kube::config::Kubeconfig::read_from(&self.kubeconfig)?;
-        let kube = kube::Config::from_custom_kubeconfig(
-            kubeconfig,
-            &kube::config::KubeConfigOptions::default(),
-        )
-        .await?;
+        let kube = kapal_provisioner::kube_config_from(Some(&self.kubeconfig)).await?;
         let mut prov_config = kapal_provisioner::Config::new(
             self.db.clone(),
             self.catalog.clone(),
             self.key.clone(),
             kube,
-            cp_url.clone(),
+            kapal::serve::Upstream::default(),
         );
         prov_config.resync_interval = Duration::from_secs(5);
         // Other tests' stacks share the cluster: their objects are not this stack's orphans.
@@ -440,38 +444,8 @@ impl TestApp {
             prov_config.dns_addresses = vec![node_1];
             prov_config.storage_class = Some(REAL_NODE_STORAGE_CLASS.to_string());
         }
-        self.tasks.spawn({
-            let s = shutdown();
-            async move {
-                (
-                    "provisioner",
-                    kapal_provisioner::run(prov_config, prov, s).await,
-                )
-            }
-        });
 
-        let mut cp_config = kapal_control_plane::Config::new(
-            self.db.clone(),
-            self.catalog.clone(),
-            self.key.clone(),
-            billing_url.clone(),
-            prov_url,
-        );
-        cp_config.domain = self.domain.clone();
-        if let Some(percent) = self.options.capacity_ceiling_percent {
-            cp_config.capacity_ceiling_percent = percent;
-        }
-        // Tests do not keep deleted instances' data for days on the shared cluster (each stack
-        // has its own partition, so no later sweep would find it); a test that looks at
-        // retention asks for a period.
-        cp_config.data_retention = self
-            .options
-            .data_retention
-            .unwrap_or(Duration::from_secs(1));
-        cp_config.recovery_interval = Duration::from_secs(1);
-        if let Some(n) = self.options.max_instances_per_account {
-            cp_config.max_instances_per_account = n;
-        }
+        let mut cp_config = self.control_plane_config();
         if let Some(clock) = &self.options.control_plane_clock {
             cp_config.clock = clock.clone();
         }
@@ -481,50 +455,38 @@ impl TestApp {
         if let Some(notifier) = &self.options.support_notifier {
             cp_config.notifier = notifier.clone();
         }
-        cp_config.mail = self.options.mail.clone();
-        cp_config.local = local_cp.clone();
-        self.tasks.spawn({
-            let s = shutdown();
-            async move {
-                (
-                    "control-plane",
-                    kapal_control_plane::run(cp_config, cp, s).await,
-                )
-            }
-        });
 
-        let mut gw_config = kapal_gateway::Config::new(cp_url, billing_url, self.key.clone());
-        gw_config.local_control_plane = local_cp;
-        gw_config.local_billing = local_billing;
+        let mut gw_config = self.gateway_config();
         if let Some(n) = self.options.max_message_bytes {
             gw_config.max_message_bytes = n;
         }
         gw_config.console_dir = self.options.console_dir.clone();
-        gw_config.trusted_proxies = self.options.trusted_proxies.clone();
-        match self.options.rate_limit {
-            Some((rate, burst)) => {
-                gw_config.rate_limit_per_second = rate;
-                gw_config.rate_limit_burst = burst;
-            }
-            // Tests fire requests fast; the limiter has tests of its own.
-            None => {
-                gw_config.rate_limit_per_second = 100_000;
-                gw_config.rate_limit_burst = 100_000;
-            }
-        }
-        self.tasks.spawn({
-            let s = shutdown();
-            async move { ("gateway", kapal_gateway::run(gw_config, gateway, s).await) }
-        });
+
+        use kapal_stack::{Listen, Part};
+        let stack = kapal_stack::Stack {
+            gateway: Part::Here(gw_config, gateway),
+            control_plane: Part::Here(cp_config, Listen::any_loopback()),
+            billing: Part::Here(billing_config, Listen::any_loopback()),
+            provisioner: Part::Here(prov_config, Listen::any_loopback()),
+            in_process: !self.options.upstreams_over_the_network,
+            metrics: None,
+        };
+        let running = stack.start().await?;
+        let endpoint = |addr: Option<SocketAddr>| {
+            kapal_stack::Running::endpoint(addr).context("a service of the stack has no address")
+        };
+        self.gateway_addr = running.gateway.context("the gateway's address")?;
+        self.billing_url = endpoint(running.billing)?;
+        self.prov_url = endpoint(running.provisioner)?;
+        self.running = Some(running);
         self.wait_ready().await
     }
 
     async fn wait_ready(&mut self) -> anyhow::Result<()> {
         let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
         loop {
-            if let Some(done) = self.tasks.try_join_next() {
-                let (name, result) = done?;
-                anyhow::bail!("{name} stopped during start-up: {:?}", result.err());
+            if let Some(e) = self.running.as_mut().and_then(|r| r.try_failed()) {
+                return Err(e.context("stopped during start-up"));
             }
             let mut catalog = CatalogServiceClient::new(self.channel());
             if catalog
@@ -546,60 +508,18 @@ impl TestApp {
     /// deployment with two control-plane replicas runs), with a gateway of its own in front of
     /// it; returns that gateway's address. Both stop with the others.
     pub async fn replica(&mut self) -> anyhow::Result<SocketAddr> {
-        let stop_rx = self.stop.subscribe();
-        let shutdown = move || {
-            let mut rx = stop_rx.clone();
-            async move {
-                let _ = rx.wait_for(|s| *s).await;
-            }
+        use kapal_stack::{Listen, Part};
+        let stack = kapal_stack::Stack {
+            gateway: Part::Here(self.gateway_config(), Listen::any_loopback()),
+            control_plane: Part::Here(self.control_plane_config(), Listen::any_loopback()),
+            billing: Part::Elsewhere(self.billing_url.clone()),
+            provisioner: Part::Elsewhere(self.prov_url.clone()),
+            in_process: !self.options.upstreams_over_the_network,
+            metrics: None,
         };
-        let cp = free_listener().await?;
-        let gateway = free_listener().await?;
-        let cp_url = format!("http://{}", cp.local_addr()?);
-        let addr = gateway.local_addr()?;
-        let mut cp_config = kapal_control_plane::Config::new(
-            self.db.clone(),
-            self.catalog.clone(),
-            self.key.clone(),
-            self.billing_url.clone(),
-            self.prov_url.clone(),
-        );
-        cp_config.domain = self.domain.clone();
-        cp_config.data_retention = self
-            .options
-            .data_retention
-            .unwrap_or(Duration::from_secs(1));
-        cp_config.recovery_interval = Duration::from_secs(1);
-        if let Some(n) = self.options.max_instances_per_account {
-            cp_config.max_instances_per_account = n;
-        }
-        if let Some(percent) = self.options.capacity_ceiling_percent {
-            cp_config.capacity_ceiling_percent = percent;
-        }
-        cp_config.mail = self.options.mail.clone();
-        self.tasks.spawn({
-            let s = shutdown();
-            async move {
-                (
-                    "control-plane replica",
-                    kapal_control_plane::run(cp_config, cp, s).await,
-                )
-            }
-        });
-        let mut gw_config =
-            kapal_gateway::Config::new(cp_url, self.billing_url.clone(), self.key.clone());
-        gw_config.trusted_proxies = self.options.trusted_proxies.clone();
-        gw_config.rate_limit_per_second = 100_000;
-        gw_config.rate_limit_burst = 100_000;
-        self.tasks.spawn({
-            let s = shutdown();
-            async move {
-                (
-                    "replica's gateway",
-                    kapal_gateway::run(gw_config, gateway, s).await,
-                )
-            }
-        });
+        let running = stack.start().await?;
+        let addr = running.gateway.context("the replica's gateway address")?;
+        self.replicas.push(running);
         let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
         let url = format!("http://{addr}");
         loop {
@@ -627,12 +547,14 @@ impl TestApp {
 
     /// Stops every service and waits for them to finish.
     pub async fn stop(&mut self) -> anyhow::Result<()> {
-        let _ = self.stop.send(true);
-        while let Some(done) = self.tasks.join_next().await {
-            let (name, result) = done?;
-            result.with_context(|| format!("{name} failed"))?;
+        let mut result = Ok(());
+        for mut replica in self.replicas.drain(..) {
+            result = result.and(replica.stop().await);
         }
-        Ok(())
+        if let Some(mut running) = self.running.take() {
+            result = result.and(running.stop().await);
+        }
+        result
     }
 
     /// Stops every service and starts them again on the same data and gateway address.
@@ -750,9 +672,10 @@ impl TestApp {
 
 impl Drop for TestApp {
     fn drop(&mut self) {
-        let _ = self.stop.send(true);
         // Stop the provisioner before its namespaces go, so it recreates none of them.
-        self.tasks.abort_all();
+        for running in self.replicas.iter_mut().chain(self.running.as_mut()) {
+            running.abort();
+        }
         if let Some(config) = self.cluster_config.take() {
             crate::cluster::delete_partition_namespaces(config, self.partition.clone());
         }

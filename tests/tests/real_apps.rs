@@ -130,18 +130,9 @@ async fn on_real_nodes(backend: Backend, app_id: &str) -> anyhow::Result<()> {
         "n8n" => n8n(&t, &mut c).await,
         _ => ghost(&t, &mut c).await,
     };
-    // Whatever happened, this stack's instances leave the real nodes (other tests share them).
-    let namespaces = Api::<Namespace>::all(kube.clone());
-    let mine = ListParams::default().labels(&format!(
-        "{}={}",
-        kapal_provisioner::render::LABEL_PARTITION,
-        app.partition
-    ));
-    for ns in namespaces.list(&mine).await?.items {
-        if let Some(name) = ns.metadata.name {
-            let _ = namespaces.delete(&name, &Default::default()).await;
-        }
-    }
+    // Whatever happened, this stack's instances leave the real nodes (other tests share them):
+    // TestApp's Drop deletes its partition's namespaces.
+    drop(app);
     tls_ns.cleanup().await?;
     result
 }

@@ -141,32 +141,7 @@ function AdminInstances() {
       {list.loading && !list.data && <Loading what="instances" />}
       {list.data && list.data.instances.length === 0 && <p>No instances match.</p>}
       {list.data && list.data.instances.length > 0 && (
-        <table tabIndex={0}>
-          <thead>
-            <tr>
-              <th scope="col">Instance</th>
-              <th scope="col">Owner</th>
-              <th scope="col">Plan</th>
-              <th scope="col">Status</th>
-              <th scope="col">Created</th>
-            </tr>
-          </thead>
-          <tbody>
-            {list.data.instances.map((ai) => (
-              <tr key={ai.instance?.id}>
-                <th scope="row">
-                  <a href={href('admin', 'instances', ai.instance?.id ?? '')}>
-                    {ai.instance?.appId} {ai.instance?.id.slice(0, 8)}
-                  </a>
-                </th>
-                <td>{ai.email}</td>
-                <td>{ai.instance?.planId}</td>
-                <td>{ai.instance && <StatusBadge status={ai.instance.status} />}</td>
-                <td>{when(ai.instance?.createdAt)}</td>
-              </tr>
-            ))}
-          </tbody>
-        </table>
+        <InstanceTable instances={list.data.instances} owner />
       )}
       <Pager pager={pager} nextToken={list.data?.nextPageToken} />
     </Page>
@@ -1308,32 +1283,7 @@ function AdminAccountPage({ id }: { id: string }) {
       {insts.loading && !insts.data && <Loading what="instances" />}
       {insts.data && insts.data.instances.length === 0 && <p>No instances.</p>}
       {insts.data && insts.data.instances.length > 0 && (
-        <table tabIndex={0}>
-          <thead>
-            <tr>
-              <th scope="col">Instance</th>
-              <th scope="col">Plan</th>
-              <th scope="col">Status</th>
-              <th scope="col">Created</th>
-            </tr>
-          </thead>
-          <tbody>
-            {insts.data.instances.map((ai) => (
-              <tr key={ai.instance?.id}>
-                <th scope="row">
-                  <a href={href('admin', 'instances', ai.instance?.id ?? '')}>
-                    {ai.instance?.appId} {ai.instance?.id.slice(0, 8)}
-                  </a>
-                </th>
-                <td>{ai.instance?.planId}</td>
-                <td>
-                  {ai.instance && <StatusBadge status={ai.instance.status} />} {ai.instance?.statusReason}
-                </td>
-                <td>{when(ai.instance?.createdAt)}</td>
-              </tr>
-            ))}
-          </tbody>
-        </table>
+        <InstanceTable instances={insts.data.instances} reason />
       )}
 
       <h2>Subscriptions</h2>
@@ -1558,5 +1508,49 @@ function AdminAccounts() {
         </table>
       )}
     </Page>
+  );
+}
+
+/** Instances as operators list them: the fleet (`owner`: with each owner's email) and one
+ * account's (`reason`: with the status reason). */
+function InstanceTable({
+  instances,
+  owner = false,
+  reason = false,
+}: {
+  instances: AdminInstance[];
+  owner?: boolean;
+  reason?: boolean;
+}) {
+  return (
+    <table tabIndex={0}>
+      <thead>
+        <tr>
+          <th scope="col">Instance</th>
+          {owner && <th scope="col">Owner</th>}
+          <th scope="col">Plan</th>
+          <th scope="col">Status</th>
+          <th scope="col">Created</th>
+        </tr>
+      </thead>
+      <tbody>
+        {instances.map((ai) => (
+          <tr key={ai.instance?.id}>
+            <th scope="row">
+              <a href={href('admin', 'instances', ai.instance?.id ?? '')}>
+                {ai.instance?.appId} {ai.instance?.id.slice(0, 8)}
+              </a>
+            </th>
+            {owner && <td>{ai.email}</td>}
+            <td>{ai.instance?.planId}</td>
+            <td>
+              {ai.instance && <StatusBadge status={ai.instance.status} />}
+              {reason && <> {ai.instance?.statusReason}</>}
+            </td>
+            <td>{when(ai.instance?.createdAt)}</td>
+          </tr>
+        ))}
+      </tbody>
+    </table>
   );
 }
