@@ -159,10 +159,20 @@ impl Stack {
         };
         running.metrics = metrics.as_ref().and_then(|l| l.local_addr().ok());
 
+        // The recorder first: the services' metric handles are made on their first calls.
+        if let Some(listener) = metrics {
+            kapal::metrics::install();
+            let stop = running.stopped();
+            running
+                .tasks
+                .spawn(async move { ("metrics", kapal::metrics::serve(listener, stop).await) });
+        }
+
         // A service that fails to build drops those built before it: their background work
-        // ends with them (kapal::serve::Background's Drop).
-        // The provisioner and billing call the control-plane, which is built after them; they
-        // need nothing of each other, so they are built at the same time.
+        // ends with them (kapal::serve::Background's Drop). Each serves as soon as it is built
+        // (its listener is bound already): the provisioner's and billing's background work
+        // calls the control-plane, which is built after them, and must not wait for the rest.
+        // The provisioner and billing need nothing of each other, so they are built together.
         let (prov, billing) = tokio::try_join!(
             async {
                 let Some((mut config, listener)) = provisioner.here else {
@@ -185,12 +195,17 @@ impl Stack {
                 Ok(Some(Ready { built, listener }))
             },
         )?;
+        let cp_to_billing = upstream(in_process, billing.as_ref(), billing_endpoint.as_ref());
+        let cp_to_prov = upstream(in_process, prov.as_ref(), prov_endpoint.as_ref());
+        let gateway_to_billing = upstream(in_process, billing.as_ref(), billing_endpoint.as_ref());
+        running.serve(prov);
+        running.serve(billing);
         let cp = match control_plane.here {
             Some((mut config, listener)) => {
-                if let Some(u) = upstream(in_process, billing.as_ref(), billing_endpoint.as_ref()) {
+                if let Some(u) = cp_to_billing {
                     config.billing = u;
                 }
-                if let Some(u) = upstream(in_process, prov.as_ref(), prov_endpoint.as_ref()) {
+                if let Some(u) = cp_to_prov {
                     config.provisioner = u;
                 }
                 let built = kapal_control_plane::build(config).await?;
@@ -198,12 +213,14 @@ impl Stack {
             }
             None => None,
         };
+        let gateway_to_cp = upstream(in_process, cp.as_ref(), cp_endpoint.as_ref());
+        running.serve(cp);
         let gateway = match gateway.here {
             Some((mut config, listener)) => {
-                if let Some(u) = upstream(in_process, cp.as_ref(), cp_endpoint.as_ref()) {
+                if let Some(u) = gateway_to_cp {
                     config.control_plane = u;
                 }
-                if let Some(u) = upstream(in_process, billing.as_ref(), billing_endpoint.as_ref()) {
+                if let Some(u) = gateway_to_billing {
                     config.billing = u;
                 }
                 let built = kapal_gateway::build(config).await?;
@@ -211,27 +228,7 @@ impl Stack {
             }
             None => None,
         };
-        let built = [prov, billing, cp, gateway].into_iter().flatten();
-
-        if let Some(listener) = metrics {
-            kapal::metrics::install();
-            let stop = running.stopped();
-            running
-                .tasks
-                .spawn(async move { ("metrics", kapal::metrics::serve(listener, stop).await) });
-        }
-        for Ready { built, listener } in built {
-            let name = built.name;
-            tracing::info!(
-                service = name,
-                addr = ?listener.local_addr().ok(),
-                "serving"
-            );
-            let stop = running.stopped();
-            running
-                .tasks
-                .spawn(async move { (name, built.serve(listener, stop).await) });
-        }
+        running.serve(gateway);
         Ok(running)
     }
 }
@@ -283,6 +280,22 @@ pub struct Running {
 }
 
 impl Running {
+    /// Serves a built service on its listener until the stack stops.
+    fn serve(&mut self, ready: Option<Ready>) {
+        let Some(Ready { built, listener }) = ready else {
+            return;
+        };
+        let name = built.name;
+        tracing::info!(
+            service = name,
+            addr = ?listener.local_addr().ok(),
+            "serving"
+        );
+        let stop = self.stopped();
+        self.tasks
+            .spawn(async move { (name, built.serve(listener, stop).await) });
+    }
+
     fn new() -> Running {
         Running {
             gateway: None,
