@@ -209,7 +209,13 @@ pub async fn build(config: Config) -> anyhow::Result<kapal::serve::Built> {
 
     // Background tasks stop after the server.
     let mut background = kapal::serve::Background::new();
-    let _metrics = metrics::register(db.clone(), clock.clone());
+    // The metrics collector is registered for as long as the service's background work runs.
+    let collector = metrics::register(db.clone(), clock.clone());
+    let stopped = background.stopped();
+    background.spawn(async move {
+        stopped.await;
+        drop(collector);
+    });
     // The scheduler wakes the delivery as soon as it wrote entitlement changes.
     let outbox_written = Arc::new(tokio::sync::Notify::new());
     if let Some(upstream) = &control_plane {

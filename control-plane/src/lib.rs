@@ -364,9 +364,15 @@ pub async fn build(config: Config) -> anyhow::Result<kapal::serve::Built> {
         .await;
 
     let verify = VerifyPrincipal(key);
-    let _metrics = metrics::register(ctx.clone());
     let mut background = kapal::serve::Background::new();
     let stop_rx = background.stopping();
+    // The metrics collector is registered for as long as the service's background work runs.
+    let collector = metrics::register(ctx.clone());
+    let stopped = background.stopped();
+    background.spawn(async move {
+        stopped.await;
+        drop(collector);
+    });
     background.spawn(orders::recover_pending(
         ctx.clone(),
         orders::Recovery {
